@@ -1,0 +1,251 @@
+"""The typed, frozen configuration of one Worker, each class validating itself at construction.
+
+Errors raised here carry the config key they concern, relative to the class (`port`,
+`triggers.crons[1]`); `config.py` nests them under the table they came from and names the
+file. Mappings are stored as read-only copies so a loaded config cannot change at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from edge_runtime.catalog import DEFAULT_POPS
+from edge_runtime.config_error import ConfigError
+from edge_runtime.config_values import (
+    check_cidr,
+    check_colo,
+    check_compatibility_date,
+    check_cron,
+    check_location_spec,
+    check_port,
+    describe,
+    expect_bool,
+    expect_int,
+    expect_nonempty_str,
+    expect_number,
+    expect_str,
+    json_value,
+)
+
+# workerd compatibility-date.capnp: pythonNoGlobalHandlers has $compatEnableDate("2025-08-14")
+NO_GLOBAL_HANDLERS_DATE = "2025-08-14"
+NO_GLOBAL_HANDLERS_FLAG = "python_no_global_handlers"
+GLOBAL_HANDLERS_FLAG = "disable_python_no_global_handlers"
+
+
+def _freeze(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return value if isinstance(value, MappingProxyType) else MappingProxyType(dict(value))
+
+
+@dataclass(frozen=True)
+class PopSpec:
+    """One PoP of the emulated edge."""
+
+    colo: str  # catalog IATA code, upper-case
+    port: int | None = None  # own listening port for this PoP, or None
+    healthy: bool = True  # start marked unhealthy when False
+
+    def __post_init__(self) -> None:
+        check_colo(self.colo, "colo")
+        if self.port is not None:
+            check_port(self.port, "port")
+        expect_bool(self.healthy, "healthy")
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """Simulated network delay of a hop: base_ms + distance * ms_per_1000km."""
+
+    enabled: bool = True
+    base_ms: float = 2.0  # fixed cost of any hop
+    ms_per_1000km: float = 10.0  # ~ round trip in fibre with routing overhead
+
+    def __post_init__(self) -> None:
+        expect_bool(self.enabled, "enabled")
+        expect_number(self.base_ms, "base_ms")
+        expect_number(self.ms_per_1000km, "ms_per_1000km")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-request limits, defaulting to Cloudflare's free/pro plan values."""
+
+    max_request_body_bytes: int = 100 * 1024 * 1024
+    max_subrequests: int = 50
+    wall_time_s: float = 30.0  # a handler that has not answered by then gets an error
+    wait_until_s: float = 30.0  # how long ctx.waitUntil work may run after the response
+
+    def __post_init__(self) -> None:
+        expect_int(self.max_request_body_bytes, "max_request_body_bytes")
+        expect_int(self.max_subrequests, "max_subrequests")
+        # a zero time limit would fail every request, so it is a mistake, not a setting
+        expect_number(self.wall_time_s, "wall_time_s", minimum=0.001)
+        expect_number(self.wait_until_s, "wait_until_s")
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """An inference backend the AI binding may call."""
+
+    url: str  # http(s)://host:port
+    location: str | None = None  # IATA code where it sits (for nearest-backend choice)
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url) if isinstance(self.url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            allowed = 'an http(s) URL like "http://127.0.0.1:8000"'
+            raise ConfigError(None, "url", f"must be {allowed}, got {describe(self.url)}")
+        if self.location is not None:
+            check_colo(self.location, "location")
+        if self.token is not None:
+            expect_str(self.token, "token")
+
+
+def default_pop_specs() -> tuple[PopSpec, ...]:
+    return tuple(PopSpec(colo) for colo in DEFAULT_POPS)
+
+
+@dataclass(frozen=True)
+class EdgewiseConfig:
+    """The local-only `[edgewise]` table: the shape of the emulated edge."""
+
+    pops: tuple[PopSpec, ...] = field(default_factory=default_pop_specs)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    client_location: str | None = None  # "LAT,LON", IATA or country code; None = dev default
+    ip_locations: tuple[tuple[str, str], ...] = ()  # (CIDR, location spec) pairs
+    cf: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # over every request.cf
+    backends: tuple[BackendSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pops", tuple(self.pops))
+        object.__setattr__(self, "backends", tuple(self.backends))
+        object.__setattr__(self, "cf", MappingProxyType(json_value(dict(self.cf), "cf")))
+        self._check_pops()
+        if self.client_location is not None:
+            check_location_spec(self.client_location, "client_location")
+        object.__setattr__(self, "ip_locations", tuple(self._checked_ip_locations()))
+
+    def _checked_ip_locations(self) -> list[tuple[str, str]]:
+        checked = []
+        for cidr, spec in self.ip_locations:
+            check_location_spec(spec, f'ip_locations."{cidr}"')
+            checked.append((check_cidr(cidr, f'ip_locations."{cidr}"'), spec))
+        return checked
+
+    def _check_pops(self) -> None:
+        if not self.pops:
+            raise ConfigError(None, "pops", f"must list at least one PoP, e.g. {list(DEFAULT_POPS)}")
+        seen_colos: set[str] = set()
+        seen_ports: set[int] = set()
+        for i, pop in enumerate(self.pops):
+            if pop.colo in seen_colos:
+                message = f"repeats PoP {pop.colo!r}; each PoP may appear once"
+                raise ConfigError(None, f"pops[{i}]", message)
+            if pop.port in seen_ports:
+                message = f"repeats port {pop.port}; each PoP needs its own port"
+                raise ConfigError(None, f"pops[{i}].port", message)
+            seen_colos.add(pop.colo)
+            if pop.port:  # None and 0 (any free port) never clash
+                seen_ports.add(pop.port)
+
+    @property
+    def pop_colos(self) -> tuple[str, ...]:
+        return tuple(pop.colo for pop in self.pops)
+
+
+@dataclass(frozen=True)
+class DevConfig:
+    """wrangler's `[dev]` table (the parts a local edge uses)."""
+
+    ip: str = "localhost"
+    port: int = 8787
+
+    def __post_init__(self) -> None:
+        expect_nonempty_str(self.ip, "ip")
+        check_port(self.port, "port")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """A Worker as wrangler config, env selection, `--var` and `.dev.vars` resolve it."""
+
+    file: Path  # the config file read (absolute)
+    root: Path  # its directory
+    name: str
+    main: Path  # absolute path of the entry module
+    compatibility_date: str  # "YYYY-MM-DD"
+    compatibility_flags: tuple[str, ...]
+    vars: Mapping[str, Any]  # strings, or JSON values kept as Python values
+    secrets: Mapping[str, str]  # from .dev.vars / .env
+    crons: tuple[str, ...]  # triggers.crons
+    ai_binding: str | None  # [ai] binding name, e.g. "AI"
+    dev: DevConfig = field(default_factory=DevConfig)
+    edgewise: EdgewiseConfig = field(default_factory=EdgewiseConfig)
+    env_name: str | None = None
+    warnings: tuple[str, ...] = ()  # e.g. unknown top-level keys (wrangler warns, does not fail)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compatibility_flags", tuple(self.compatibility_flags))
+        object.__setattr__(self, "crons", tuple(self.crons))
+        object.__setattr__(self, "warnings", tuple(self.warnings))
+        variables = {name: json_value(value, f"vars.{name}") for name, value in self.vars.items()}
+        object.__setattr__(self, "vars", _freeze(variables))
+        object.__setattr__(self, "secrets", _freeze(self.secrets))
+        expect_nonempty_str(self.name, "name")
+        self._check_main()
+        check_compatibility_date(self.compatibility_date, "compatibility_date")
+        self._check_flags()
+        for i, cron in enumerate(self.crons):
+            check_cron(cron, f"triggers.crons[{i}]")
+        self._check_ai_binding()
+
+    def _check_main(self) -> None:
+        shown = _relative(self.main, self.root)
+        if self.main.suffix != ".py":
+            raise ConfigError(None, "main", f'must be a Python module ending in ".py", got "{shown}"')
+        if not self.main.is_file():
+            message = f'must name an existing file, but "{shown}" does not exist in {self.root}'
+            raise ConfigError(None, "main", message)
+
+    def _check_flags(self) -> None:
+        for i, flag in enumerate(self.compatibility_flags):
+            expect_nonempty_str(flag, f"compatibility_flags[{i}]")
+        if {NO_GLOBAL_HANDLERS_FLAG, GLOBAL_HANDLERS_FLAG} <= set(self.compatibility_flags):
+            message = f"cannot contain both {NO_GLOBAL_HANDLERS_FLAG!r} and {GLOBAL_HANDLERS_FLAG!r}"
+            raise ConfigError(None, "compatibility_flags", message)
+
+    def _check_ai_binding(self) -> None:
+        if self.ai_binding is None:
+            return
+        if not isinstance(self.ai_binding, str) or not self.ai_binding.isidentifier():
+            message = f'must be a binding name like "AI", got {describe(self.ai_binding)}'
+            raise ConfigError(None, "ai.binding", message)
+        if self.ai_binding in self.vars or self.ai_binding in self.secrets:
+            message = f"{self.ai_binding!r} is also a var or secret; binding names must be unique"
+            raise ConfigError(None, "ai.binding", message)
+
+    @property
+    def uses_global_handlers(self) -> bool:
+        """Whether top-level `on_fetch` etc. are honoured instead of a `Default` class.
+
+        An explicit flag wins over the compatibility date, as in workerd.
+        """
+        if NO_GLOBAL_HANDLERS_FLAG in self.compatibility_flags:
+            return False
+        if GLOBAL_HANDLERS_FLAG in self.compatibility_flags:
+            return True
+        return self.compatibility_date < NO_GLOBAL_HANDLERS_DATE
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)

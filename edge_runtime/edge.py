@@ -1,0 +1,62 @@
+"""The local edge of one dev run: the PoPs, each with its own Worker instance, and the router between them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from .bindings import Env, build_env
+from .catalog import get_location
+from .config import WorkerConfig
+from .frontdoor import FrontDoor
+from .geo import ClientLocator
+from .loader import import_isolated
+from .pop import EdgeServices, Pop
+from .routing import AnycastRouter
+from .tail import TailHub
+from .worker import Worker
+
+log = logging.getLogger("edgewise.edge")
+
+
+class Edge:
+    """Builds every PoP up front; a Worker that fails to load stops the whole start (nothing half-starts)."""
+
+    def __init__(self, config: WorkerConfig, bindings: Mapping[str, Any] | None = None) -> None:
+        self.config = config
+        self.bindings = dict(bindings or {})
+        self.hub = TailHub()
+        self.locator = ClientLocator(config.edgewise.ip_locations, config.edgewise.client_location)
+        self.services = EdgeServices(config, self.locator, self.hub)
+        self.pops = [self._new_pop(spec.colo, spec.port, spec.healthy) for spec in config.edgewise.pops]
+        self.router = AnycastRouter(self.pops)
+        self.front_door = FrontDoor(self)
+
+    def _new_pop(self, colo: str, port: int | None, healthy: bool) -> Pop:
+        worker, env = self._load(self.config, colo)
+        return Pop(get_location(colo), self.services, worker, env, port=port, healthy=healthy)
+
+    def _load(self, config: WorkerConfig, colo: str) -> tuple[Worker, Env]:
+        env = build_env(config.vars, config.secrets, self.bindings)
+        return Worker(import_isolated(config.main, colo, env), config.uses_global_handlers), env
+
+    def reload(self, config: WorkerConfig | None = None) -> None:
+        """Load fresh Worker instances (and vars) for every PoP, then swap them in; on failure keep the old.
+
+        PoPs, ports and routing settings stay as started: changing those needs a restart.
+        """
+        config = config or self.config
+        fresh = [(pop, *self._load(config, pop.colo)) for pop in self.pops]
+        self.config = self.services.config = config
+        for pop, worker, env in fresh:
+            pop.worker, pop.env = worker, env
+
+    def pop(self, colo: str) -> Pop:
+        return next(pop for pop in self.pops if pop.colo == colo.upper())
+
+    @staticmethod
+    def describe(pop: Pop) -> dict[str, Any]:
+        location = pop.location
+        return {"colo": pop.colo, "city": location.city, "country": location.country, "healthy": pop.healthy,
+                "port": pop.port, "latitude": location.latitude, "longitude": location.longitude}

@@ -1,0 +1,60 @@
+"""Imports a Worker's main module once per PoP, so module globals are not shared, as between isolates."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from workers import _state
+
+_generation = itertools.count(1)
+
+
+class WorkerLoadError(Exception):
+    """The main module failed to import or declares its handlers wrongly; the message says what to fix."""
+
+
+def import_isolated(main: Path, instance: str, env: Any) -> ModuleType:
+    """Import ``main`` under a name of its own; modules from its folder are imported afresh for it too.
+
+    Modules from the Worker's own folder that the import pulls in are taken out of ``sys.modules``
+    afterwards, so the next PoP's import gets its own copies (the loaded module keeps references).
+    """
+    folder = str(main.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    before = set(sys.modules)
+    name = f"_edgewise_{instance}_{next(_generation)}_{main.stem}"
+    token = _state.current_env.set(env)  # `from workers import env` at import time sees this PoP's env
+    try:
+        return _exec_module(name, main)
+    finally:
+        _state.current_env.reset(token)
+        _forget_local_modules(before, main.parent)
+
+
+def _exec_module(name: str, main: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, main)
+    if spec is None or spec.loader is None:
+        raise WorkerLoadError(f"{main}: not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as error:  # a Worker's top level may raise anything, SystemExit included
+        sys.modules.pop(name, None)
+        detail = "".join(traceback.format_exception(error)).rstrip()
+        raise WorkerLoadError(f"{main}: the module raised while being imported:\n{detail}") from error
+    return module
+
+
+def _forget_local_modules(before: set[str], folder: Path) -> None:
+    for name in set(sys.modules) - before:
+        path = getattr(sys.modules[name], "__file__", None)
+        if path and "site-packages" not in path and Path(path).is_relative_to(folder):
+            del sys.modules[name]

@@ -1,0 +1,242 @@
+"""A PoP: one emulated Cloudflare location running its own instance of the Worker, as an ASGI app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from http import HTTPStatus
+from dataclasses import dataclass
+from typing import Any
+
+from workers import Context, Headers, Request, Response, _state
+
+from . import http_io
+from .bindings import Env
+from .catalog import Location
+from .cf import base_cf, new_ray_id, request_cf
+from .config import WorkerConfig
+from .errors import EdgeError, bad_request, render, worker_exceeded_limits, worker_threw
+from .geo import ClientLocation, ClientLocator, LocationError
+from .routing import simulated_rtt_ms
+from .scheduled import SCHEDULED_PATHS, run_scheduled_endpoint
+from .tail import TailHub, invocation_logs, request_event
+from .websocket_bridge import serve_websocket
+from .worker import Worker
+
+log = logging.getLogger("edgewise.edge")
+request_log = logging.getLogger("edgewise.requests")
+
+CLIENT_SCOPE_KEY = "edgewise.client"  # set by the front door: the client location it routed on
+
+
+@dataclass
+class EdgeServices:
+    """What every PoP of one dev run shares."""
+
+    config: WorkerConfig
+    locator: ClientLocator
+    hub: TailHub
+
+
+class Pop:
+    """Serves requests for one location: builds ``request.cf``, runs the Worker, adds ``CF-Ray``."""
+
+    def __init__(self, location: Location, services: EdgeServices, worker: Worker, env: Env,
+                 port: int | None = None, healthy: bool = True) -> None:
+        self.location = location
+        self.colo = location.iata
+        self.services = services
+        self.worker = worker
+        self.env = env
+        self.port = port
+        self.healthy = healthy
+        self._cf_cache: dict[ClientLocation, Any] = {}
+        self._background: set[asyncio.Future[Any]] = set()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _refuse_lifespan(receive, send)
+            return
+        ray_id = new_ray_id(self.colo)
+        if not self.healthy and CLIENT_SCOPE_KEY not in scope:
+            await self._send_error(send, scope, EdgeError(503, None, f"PoP {self.colo} is down"), ray_id)
+            return
+        try:
+            client = scope.get(CLIENT_SCOPE_KEY) or self._locate(scope)
+        except LocationError as error:
+            await self._send_error(send, scope, bad_request(str(error)), ray_id)
+            return
+        if scope["type"] == "websocket":
+            await serve_websocket(self, scope, receive, send, client, ray_id)
+        elif scope["path"] in SCHEDULED_PATHS:
+            await run_scheduled_endpoint(self, scope, send)
+        else:
+            await self._serve_http(scope, receive, send, client, ray_id)
+
+    def _locate(self, scope: dict[str, Any]) -> ClientLocation:
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        peer = scope.get("client")
+        return self.services.locator.locate(headers, peer[0] if peer else None)
+
+    def build_request(self, scope: dict[str, Any], client: ClientLocation, ray_id: str,
+                      body: http_io.IncomingBody | None, headers: Headers) -> Request:
+        """The Worker's view: Cloudflare's request headers added and ``request.cf`` filled in."""
+        peer_ip = scope["client"][0] if scope.get("client") else "127.0.0.1"
+        accept_encoding = headers.get("accept-encoding") or ""
+        headers.set("accept-encoding", "br, gzip")
+        headers.set("cf-connecting-ip", peer_ip)
+        headers.set("cf-ipcountry", client.country or "XX")
+        headers.set("cf-ray", ray_id)
+        headers.set("cf-visitor", '{"scheme":"%s"}' % _http_scheme(scope))
+        headers.set("x-forwarded-proto", _http_scheme(scope))
+        if "x-real-ip" not in headers:
+            headers.set("x-real-ip", peer_ip)
+        cf = request_cf(self._base_cf(client), accept_encoding, scope.get("http_version", "1.1"),
+                        simulated_rtt_ms(self.location, client, self.services.config.edgewise.latency),
+                        headers.get("mf-cf-blob"))
+        return Request._incoming(_url(scope, headers), scope.get("method", "GET"), headers, body, cf)
+
+    def _base_cf(self, client: ClientLocation) -> Any:
+        cached = self._cf_cache.get(client)
+        if cached is None:
+            cached = base_cf(self.location, client, self.services.config.edgewise.cf)
+            if len(self._cf_cache) < 10_000:
+                self._cf_cache[client] = cached
+        return cached
+
+    async def _serve_http(self, scope: dict[str, Any], receive: Any, send: Any, client: ClientLocation,
+                          ray_id: str) -> None:
+        started = time.perf_counter()
+        limits = self.services.config.edgewise.limits
+        headers = Headers.from_raw(scope["headers"])
+        ctx, logs, exceptions = Context(), [], []
+        status: int | None = None
+        request = None
+        try:
+            body = http_io.request_body(headers, receive, limits.max_request_body_bytes)
+            request = self.build_request(scope, client, ray_id, body, headers)
+            response = await self.invoke_fetch(request, ctx, ray_id, logs)
+            if response.status == 101:
+                raise worker_threw("TypeError: a 101 response with a WebSocket needs an `Upgrade: websocket` request")
+            status = response.status
+            await self._send_response(send, receive, response, ray_id, scope["method"] == "HEAD", body)
+        except EdgeError as error:
+            exceptions.append({"name": "Error", "message": str(error), "timestamp": int(time.time() * 1000)})
+            status = error.status
+            await self._send_error(send, scope, error, ray_id)
+        finally:
+            self.after_invocation(ctx, ray_id)
+            self._record(scope, request, status, logs, exceptions, ray_id, started)
+
+    async def invoke_fetch(self, request: Request, ctx: Context, ray_id: str, logs: list) -> Response:
+        """Run the Worker's fetch within the wall-time limit; every failure becomes an ``EdgeError``."""
+        wall_time_s = self.services.config.edgewise.limits.wall_time_s
+        tokens = self._enter(ctx, logs)
+        try:
+            async with asyncio.timeout(wall_time_s):
+                response = await self.worker.fetch(request, self.env, ctx)
+        except EdgeError:
+            raise
+        except TimeoutError:
+            raise worker_exceeded_limits(
+                f"The fetch handler did not return a Response within {wall_time_s:g} s "
+                "([edgewise.limits] wall_time_s)."
+            ) from None
+        except Exception as error:
+            raise self._worker_error(error, ray_id) from error
+        finally:
+            self._exit(tokens)
+        if not isinstance(response, Response):
+            raise worker_threw(
+                "TypeError: Incorrect type for Promise: the Promise did not resolve to 'Response' "
+                f"(fetch returned {type(response).__name__}; return workers.Response(...))."
+            )
+        return response
+
+    async def _send_response(self, send: Any, receive: Any, response: Response, ray_id: str, head_only: bool,
+                             body: http_io.IncomingBody | None) -> None:
+        try:
+            await http_io.send_response(send, receive, response, ray_id, head_only, body)
+        except Exception as error:
+            # Headers are out: the client sees a truncated body; the log says why.
+            log.error("Response body stream failed at %s (ray %s): %r", self.colo, ray_id, error)
+
+    def _enter(self, ctx: Context, logs: list) -> tuple:
+        limit = self.services.config.edgewise.limits.max_subrequests
+        return (_state.current_env.set(self.env), _state.current_ctx.set(ctx),
+                _state.current_subrequests.set(_state.SubrequestBudget(limit)), invocation_logs.set(logs))
+
+    @staticmethod
+    def _exit(tokens: tuple) -> None:
+        for var, token in zip((_state.current_env, _state.current_ctx, _state.current_subrequests,
+                               invocation_logs), tokens):
+            var.reset(token)
+
+    def _worker_error(self, error: Exception, ray_id: str) -> EdgeError:
+        detail = "".join(traceback.format_exception(error)).rstrip()
+        log.error("Uncaught exception in the Worker at %s (ray %s)\n%s", self.colo, ray_id, detail)
+        return worker_threw(detail)
+
+    def after_invocation(self, ctx: Context, ray_id: str) -> None:
+        """``waitUntil`` work runs on after the response, up to its own bound."""
+        if ctx._tasks:
+            wait_s = self.services.config.edgewise.limits.wait_until_s
+            task = asyncio.ensure_future(ctx.drain(wait_s, f"(colo {self.colo}, ray {ray_id})"))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def deny_websocket(self, send: Any, scope: dict[str, Any], response: Response, ray_id: str) -> None:
+        """The Worker answered an upgrade with an ordinary response (say 426): pass it on as the refusal."""
+        body = b"" if response._body is None else await response.bytes()
+        content_type = response.headers.get("content-type") or "text/plain;charset=UTF-8"
+        await http_io.send_websocket_denial(send, scope, response.status, body, content_type, ray_id)
+
+    async def _send_error(self, send: Any, scope: dict[str, Any], error: EdgeError, ray_id: str) -> None:
+        accept = next((value for name, value in scope.get("headers", ()) if name == b"accept"), b"")
+        body, content_type = render(error, ray_id, b"text/html" in accept)
+        if scope["type"] == "websocket":
+            await http_io.send_websocket_denial(send, scope, error.status, body, content_type, ray_id)
+            return
+        await http_io.send_plain(send, error.status, body, content_type, [(b"cf-ray", ray_id.encode())])
+
+    def _record(self, scope: dict[str, Any], request: Request | None, status: int | None, logs: list,
+                exceptions: list, ray_id: str, started: float) -> None:
+        duration_ms = (time.perf_counter() - started) * 1000
+        if request_log.isEnabledFor(logging.INFO):
+            request_log.info("%s %s %s %s (%.0fms) %s", scope.get("method"), scope["path"], status,
+                             _phrase(status), duration_ms, ray_id)
+        hub = self.services.hub
+        if hub.has_subscribers:
+            summary = {"url": request.url if request else scope["path"], "method": scope.get("method"),
+                       "headers": dict(request.headers) if request else {}, "cf": dict(request.cf or {}) if request else {}}
+            outcome = "exception" if exceptions else "ok"
+            hub.publish(request_event(self.services.config.name, outcome, summary, status, logs, exceptions,
+                                      self.colo, ray_id, duration_ms))
+
+
+def _http_scheme(scope: dict[str, Any]) -> str:
+    return {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme", "http"))
+
+
+def _url(scope: dict[str, Any], headers: Headers) -> str:
+    host = headers.get("host") or "localhost"
+    query = scope.get("query_string", b"")
+    path = scope.get("raw_path") or scope["path"].encode()
+    target = path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+    return f"{_http_scheme(scope)}://{host}{target}"
+
+
+async def _refuse_lifespan(receive: Any, send: Any) -> None:
+    message = await receive()
+    if message["type"] == "lifespan.startup":
+        await send({"type": "lifespan.startup.complete"})
+
+
+
+def _phrase(status: int | None) -> str:
+    try:
+        return HTTPStatus(status).phrase if status else ""
+    except ValueError:
+        return ""

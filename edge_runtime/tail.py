@@ -1,0 +1,97 @@
+"""Tail events: what each invocation did, fanned out to ``edgewise tail`` clients and printed in two formats."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+_QUEUE_SIZE = 1000
+
+# The console.log / logging records of the invocation in progress, attached to its tail event.
+invocation_logs: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar(
+    "edgewise_invocation_logs", default=None
+)
+
+
+class TailHub:
+    """Publish/subscribe of tail events; a slow subscriber loses events instead of slowing requests."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+
+    @property
+    def has_subscribers(self) -> bool:
+        return bool(self._subscribers)
+
+    def publish(self, event: dict[str, Any]) -> None:
+        for queue in self._subscribers:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(event)
+
+    @contextmanager
+    def subscribe(self) -> Iterator[asyncio.Queue[dict[str, Any]]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(_QUEUE_SIZE)
+        self._subscribers.add(queue)
+        try:
+            yield queue
+        finally:
+            self._subscribers.discard(queue)
+
+
+class InvocationLogHandler(logging.Handler):
+    """Copies Worker log records (logger ``edgewise.worker``: console.log, logging) into the tail event."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logs = invocation_logs.get()
+        if logs is not None:
+            level = "log" if record.levelno == logging.INFO else record.levelname.lower()
+            logs.append({"message": [record.getMessage()], "level": level, "timestamp": int(record.created * 1000)})
+
+
+def request_event(script: str, outcome: str, request: dict[str, Any], status: int | None,
+                  logs: list[dict[str, Any]], exceptions: list[dict[str, Any]], colo: str, ray: str,
+                  duration_ms: float) -> dict[str, Any]:
+    """Wrangler tail's JSON event shape, plus an ``edgewise`` table with the colo, ray id and duration."""
+    return {
+        "outcome": outcome,
+        "scriptName": script,
+        "entrypoint": "Default",
+        "exceptions": exceptions,
+        "logs": logs,
+        "eventTimestamp": int(time.time() * 1000),
+        "event": {"request": request, "response": {"status": status}},
+        "edgewise": {"colo": colo, "rayId": ray, "durationMs": round(duration_ms, 3)},
+    }
+
+
+def exception_entry(error: BaseException) -> dict[str, Any]:
+    return {"name": type(error).__name__, "message": str(error), "timestamp": int(time.time() * 1000)}
+
+
+_OUTCOMES = {"ok": "Ok", "exception": "Exception Thrown", "exceededCpu": "Exceeded CPU Limit", "canceled": "Canceled"}
+
+
+def pretty(event: dict[str, Any]) -> str:
+    """Wrangler's pretty format: ``GET https://host/path - Ok @ <time>`` then the logs and exceptions."""
+    when = datetime.fromtimestamp(event["eventTimestamp"] / 1000).strftime("%m/%d/%Y, %I:%M:%S %p")
+    outcome = _OUTCOMES.get(event["outcome"], "Unknown")
+    detail = event["event"]
+    if "cron" in detail:
+        head = f'"{detail["cron"]}" @ {when} - {outcome}'
+    else:
+        request = detail["request"]
+        head = f"{request['method']} {request['url']} - {outcome} @ {when}"
+    edge = event.get("edgewise", {})
+    if edge:
+        head += f"  [{edge.get('colo')} {edge.get('rayId')}]"
+    lines = [head]
+    lines += [f"  ({log['level']}) {' '.join(map(str, log['message']))}" for log in event["logs"]]
+    lines += [f"  {error['name']}: {error['message']}" for error in event["exceptions"]]
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""``Blob``, ``File`` and ``FormData``: the body types Workers pass around, with multipart encoding."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Iterator
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import Union
+from urllib.parse import parse_qsl
+
+BlobPart = Union[str, bytes, bytearray, memoryview, "Blob"]
+
+
+def _part_bytes(part: BlobPart) -> bytes:
+    if isinstance(part, Blob):
+        return part._data
+    if isinstance(part, str):
+        return part.encode()
+    return bytes(part)
+
+
+class Blob:
+    """Immutable bytes with a MIME type."""
+
+    def __init__(self, parts: Iterable[BlobPart] | BlobPart = (), type: str = "") -> None:
+        if isinstance(parts, (str, bytes, bytearray, memoryview, Blob)):
+            parts = [parts]
+        self._data = b"".join(_part_bytes(part) for part in parts)
+        self.type = type
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    async def bytes(self) -> bytes:
+        return self._data
+
+    async def text(self) -> str:
+        return self._data.decode()
+
+    async def arrayBuffer(self) -> bytes:  # noqa: N802 - JS name
+        return self._data
+
+    def slice(self, start: int = 0, end: int | None = None, type: str = "") -> Blob:
+        return Blob(self._data[start:end], type=type)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, type={self.type!r})"
+
+
+class File(Blob):
+    """A Blob with a file name (what multipart uploads become)."""
+
+    def __init__(self, parts: Iterable[BlobPart] | BlobPart, name: str, type: str = "") -> None:
+        super().__init__(parts, type=type)
+        self.name = name
+
+
+FormDataValue = Union[str, Blob]
+
+
+class FormData:
+    """Ordered multi-map of form fields; values are ``str`` or ``File``."""
+
+    def __init__(self, init: dict[str, FormDataValue] | Iterable[tuple[str, FormDataValue]] | None = None) -> None:
+        self._fields: list[tuple[str, FormDataValue]] = []
+        pairs = init.items() if isinstance(init, dict) else (init or ())
+        for name, value in pairs:
+            self.append(name, value)
+
+    @classmethod
+    def new(cls) -> FormData:
+        return cls()
+
+    def append(self, name: str, value: FormDataValue, filename: str | None = None) -> None:
+        if isinstance(value, Blob) and filename is not None:
+            value = File([value], filename, type=value.type)
+        elif not isinstance(value, Blob):
+            value = str(value)
+        self._fields.append((name, value))
+
+    def set(self, name: str, value: FormDataValue, filename: str | None = None) -> None:
+        self.delete(name)
+        self.append(name, value, filename)
+
+    def get(self, name: str) -> FormDataValue | None:
+        return next((value for key, value in self._fields if key == name), None)
+
+    def get_all(self, name: str) -> list[FormDataValue]:
+        return [value for key, value in self._fields if key == name]
+
+    getAll = get_all  # noqa: N815 - JS name
+
+    def has(self, name: str) -> bool:
+        return any(key == name for key, _ in self._fields)
+
+    def delete(self, name: str) -> None:
+        self._fields = [(key, value) for key, value in self._fields if key != name]
+
+    def items(self) -> Iterator[tuple[str, FormDataValue]]:
+        return iter(list(self._fields))
+
+    entries = items
+
+    def keys(self) -> Iterator[str]:
+        return (key for key, _ in self._fields)
+
+    def values(self) -> Iterator[FormDataValue]:
+        return (value for _, value in self._fields)
+
+    def __iter__(self) -> Iterator[str]:
+        return self.keys()
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.has(name)
+
+    def encode(self) -> tuple[bytes, str]:
+        """The multipart/form-data body and its content-type (with boundary)."""
+        boundary = "----edgewise" + secrets.token_hex(12)
+        chunks: list[bytes] = []
+        for name, value in self._fields:
+            chunks.append(_multipart_head(boundary, name, value))
+            chunks.append(value._data if isinstance(value, Blob) else value.encode())
+            chunks.append(b"\r\n")
+        chunks.append(f"--{boundary}--\r\n".encode())
+        return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+    def __repr__(self) -> str:
+        return f"FormData({self._fields!r})"
+
+
+def _multipart_head(boundary: str, name: str, value: FormDataValue) -> bytes:
+    disposition = f'form-data; name="{name}"'
+    lines = [f"--{boundary}"]
+    if isinstance(value, File):
+        disposition += f'; filename="{value.name}"'
+    lines.append(f"Content-Disposition: {disposition}")
+    if isinstance(value, Blob):
+        lines.append(f"Content-Type: {value.type or 'application/octet-stream'}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def parse_form(body: bytes, content_type: str) -> FormData:
+    """Decode an urlencoded or multipart body; anything else is a TypeError, like the JS API."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "application/x-www-form-urlencoded":
+        return FormData(parse_qsl(body.decode(), keep_blank_values=True))
+    if media_type == "multipart/form-data":
+        return _parse_multipart(body, content_type)
+    raise TypeError(f"Can't parse a {media_type or 'body without content-type'} body as form data")
+
+
+def _parse_multipart(body: bytes, content_type: str) -> FormData:
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    form = FormData()
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is None:
+            form.append(name, payload.decode(part.get_content_charset() or "utf-8"))
+        else:
+            form.append(name, File([payload], filename, type=part.get_content_type()))
+    return form
+
+

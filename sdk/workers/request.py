@@ -1,0 +1,106 @@
+"""``Request``: an incoming or outgoing HTTP request, with Cloudflare's Python Workers API."""
+
+from __future__ import annotations
+
+from http import HTTPMethod
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ._jsdict import JsDict, to_jsdict
+from .body import Body, BodyInit, BodySource, encode_body
+from .headers import Headers, HeadersInit
+
+_NO_BODY_METHODS = (HTTPMethod.GET, HTTPMethod.HEAD)
+
+
+def _normalise_url(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        raise TypeError(f"Invalid URL: {url!r} (a Request needs an absolute URL such as 'https://example.com/')")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", parts.query, parts.fragment))
+
+
+def _method(value: str | HTTPMethod) -> HTTPMethod:
+    try:
+        return HTTPMethod(str(value).upper())
+    except ValueError:
+        raise TypeError(f"Invalid HTTP method: {value!r}") from None
+
+
+class Request(Body):
+    """``Request(input, *, method, headers, body, redirect, cf)`` with ``input`` a URL or another Request."""
+
+    def __init__(
+        self,
+        input: str | Request,
+        *,
+        method: str | HTTPMethod | None = None,
+        headers: HeadersInit = None,
+        body: BodyInit = None,
+        redirect: str | None = None,
+        cf: Any = None,
+        fetcher: Any = None,
+        **other: Any,
+    ) -> None:
+        if isinstance(input, Request):
+            self._copy_from(input, headers is None, body is None)
+        else:
+            self.url = _normalise_url(str(input))
+            self.method = HTTPMethod.GET
+            self.headers = Headers()
+            self._body, self._body_used = None, False
+            self.redirect, self.cf = "follow", None
+        if method is not None:
+            self.method = _method(method)
+        if headers is not None:
+            self.headers = Headers(headers)
+        if body is not None:
+            if self.method in _NO_BODY_METHODS:
+                raise TypeError(f"Request with {self.method} method cannot have a body.")
+            self._body, self._body_used = encode_body(body, self.headers, "Request"), False
+        if redirect is not None:
+            self.redirect = redirect
+        if cf is not None:
+            self.cf = to_jsdict(dict(cf)) if isinstance(cf, dict) else cf
+        self.fetcher = fetcher
+        self.options = other
+
+    def _copy_from(self, other: Request, keep_headers: bool, keep_body: bool) -> None:
+        if keep_body and other._body is not None and other._body_used:
+            raise TypeError("Cannot construct a Request with a Request object that has already been used.")
+        self.url, self.method, self.redirect, self.cf = other.url, other.method, other.redirect, other.cf
+        self.headers = other.headers.copy() if keep_headers else Headers()
+        self._body, self._body_used = (other._body, False) if keep_body else (None, False)
+        if keep_body and other._body is not None:
+            other._body_used = True  # the stream moves to the new request, as in JS
+
+    @classmethod
+    def _incoming(cls, url: str, method: str, headers: Headers, body: BodySource, cf: JsDict | None) -> Request:
+        """The runtime's constructor for a request arriving at a Worker: no validation, no copies."""
+        request = cls.__new__(cls)
+        request.url, request.method, request.headers = url, HTTPMethod(method), headers
+        request._body, request._body_used = body, False
+        request.redirect, request.cf, request.fetcher, request.options = "manual", cf, None, {}
+        return request
+
+    @classmethod
+    def new(cls, input: str | Request, init: dict[str, Any] | None = None) -> Request:
+        """JS spelling ``Request.new(url, {...})``."""
+        return cls(input, **(init or {}))
+
+    @property
+    def js_object(self) -> Request:
+        # On Pyodide this is the JS Request; here the Python object plays both roles.
+        return self
+
+    def clone(self) -> Request:
+        if self._body_used:
+            raise OSError("Body already used")
+        if self._body is not None and not isinstance(self._body, bytes):
+            raise OSError("Cannot clone a Request whose body is a stream; read it with bytes() first")
+        clone = Request(self)
+        self._body_used = False
+        return clone
+
+    def __repr__(self) -> str:
+        return f"Request(method={str(self.method)!r}, url={self.url!r})"

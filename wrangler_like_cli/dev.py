@@ -1,0 +1,102 @@
+"""``edgewise dev``: serve a Worker on the emulated edge."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import click
+
+from edge_runtime.catalog import get_location
+from edge_runtime.config import ConfigError, PopSpec, WorkerConfig, load_config
+from edge_runtime.devserver import BindError, Listener, display_host, open_listeners, serve
+from edge_runtime.edge import Edge
+from edge_runtime.loader import WorkerLoadError
+
+from .output import LOG_LEVELS, console, fail, setup_logging
+
+
+def _parse_vars(values: tuple[str, ...]) -> dict[str, str]:
+    pairs = {}
+    for item in values:
+        name, sep, value = item.partition(":")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r} is not KEY:VALUE", param_hint="--var")
+        pairs[name] = value
+    return pairs
+
+
+def _parse_pops(value: str | None, base_port: int | None) -> tuple[PopSpec, ...] | None:
+    if not value:
+        return None
+    codes = [code.strip().upper() for code in value.split(",") if code.strip()]
+    for code in codes:
+        try:
+            get_location(code)
+        except KeyError as error:
+            raise click.BadParameter(str(error), param_hint="--pops") from None
+    if len(set(codes)) != len(codes):
+        raise click.BadParameter("a PoP is listed twice", param_hint="--pops")
+    return tuple(PopSpec(code, port=None if base_port is None else base_port + i) for i, code in enumerate(codes))
+
+
+def _apply_cli(config: WorkerConfig, pops: str | None, latency: str | None, pop_ports: int | None) -> WorkerConfig:
+    edgewise = config.edgewise
+    specs = _parse_pops(pops, pop_ports)
+    if specs is None and pop_ports is not None:
+        specs = tuple(dataclasses.replace(spec, port=pop_ports + i) for i, spec in enumerate(edgewise.pops))
+    if specs is not None:
+        edgewise = dataclasses.replace(edgewise, pops=specs)
+    if latency is not None:
+        edgewise = dataclasses.replace(edgewise, latency=dataclasses.replace(edgewise.latency, enabled=latency == "on"))
+    return dataclasses.replace(config, edgewise=edgewise)
+
+
+def _print_ready(config: WorkerConfig, host: str, listeners: list[Listener], edge: Edge) -> None:
+    front = listeners[0]
+    console.print(f"[bold]edgewise[/] dev · [cyan]{config.name}[/] · {len(edge.pops)} PoPs · "
+                  f"latency {'on' if config.edgewise.latency.enabled else 'off'}")
+    for pop in edge.pops:
+        port = next((f"http://{display_host(host)}:{lst.port}" for lst in listeners if lst.name == pop.colo), "")
+        state = "" if pop.healthy else " [red](down)[/]"
+        console.print(f"  {pop.colo}  {pop.location.city}, {pop.location.country}  {port}{state}")
+    for warning in config.warnings:
+        console.print(f"[yellow]▲ [WARNING][/] {warning}")
+    # The exact line wrangler prints; tools wait for it.
+    print(f"[wrangler:info] Ready on http://{display_host(host)}:{front.port}", flush=True)
+
+
+@click.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path), default=".")
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Path to wrangler.json/.jsonc/.toml (default: looked up in DIRECTORY).")
+@click.option("--env", "-e", "env_name", help="Use the [env.NAME] section of the config.")
+@click.option("--port", type=click.IntRange(0, 65535), help="Front door port (default: [dev] port, or 8787).")
+@click.option("--ip", help="Address to listen on (default: 127.0.0.1).")
+@click.option("--pops", help="Comma-separated PoP codes, e.g. LHR,SFO,SIN,FRA,NRT (default: [edgewise] pops).")
+@click.option("--pop-ports", type=click.IntRange(1, 65535), help="Also serve each PoP on its own port, from this one up.")
+@click.option("--var", "vars_", multiple=True, metavar="KEY:VALUE", help="Set or override a var (repeatable).")
+@click.option("--latency", type=click.Choice(["on", "off"]), help="Simulated network delay from distance.")
+@click.option("--reload/--no-reload", default=True, show_default=True, help="Reload the Worker when files change.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="log", show_default=True)
+def dev(directory: Path, config_path: Path | None, env_name: str | None, port: int | None, ip: str | None,
+        pops: str | None, pop_ports: int | None, vars_: tuple[str, ...], latency: str | None, reload: bool,
+        log_level: str) -> None:
+    """Serve the Worker in DIRECTORY on emulated PoPs behind an anycast front door."""
+    setup_logging(log_level)
+    overrides = _parse_vars(vars_)
+
+    def read_config() -> WorkerConfig:
+        return _apply_cli(load_config(directory, config_path, env_name, overrides), pops, latency, pop_ports)
+
+    try:
+        config = read_config()
+        edge = Edge(config)
+        host = ip or ("127.0.0.1" if config.dev.ip == "localhost" else config.dev.ip)
+        listeners = open_listeners(edge, host, config.dev.port if port is None else port)
+    except (ConfigError, WorkerLoadError, BindError) as error:
+        fail(str(error))
+        return
+    asyncio.run(serve(edge, listeners, reload=reload, reload_config=read_config,
+                      on_ready=lambda ready: _print_ready(config, host, ready, edge)))

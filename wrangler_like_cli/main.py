@@ -1,0 +1,38 @@
+"""The ``edgewise`` command: a wrangler-like CLI (init, dev, tail)."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+import click
+
+from .dev import dev
+from .init import init
+from .tail import tail
+
+
+def _version() -> str:
+    try:
+        return version("edgewise")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(_version(), "--version", "-v", prog_name="edgewise")
+def cli() -> None:
+    """Run Cloudflare-style Python Workers on a local anycast edge, with real AI models.
+
+    \b
+    edgewise init my-worker          create a Worker project
+    edgewise dev my-worker           serve it on emulated PoPs at http://localhost:8787
+    edgewise tail                    stream the dev server's request logs
+    """
+
+
+cli.add_command(init)
+cli.add_command(dev)
+cli.add_command(tail)
+
+if __name__ == "__main__":
+    cli()

@@ -51,6 +51,7 @@ class Edge:
         self.config = self.services.config = config
         for pop, worker, env in fresh:
             pop.worker, pop.env = worker, env
+            pop.forget_cached_cf()
 
     def pop(self, colo: str) -> Pop:
         return next(pop for pop in self.pops if pop.colo == colo.upper())

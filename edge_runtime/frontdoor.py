@@ -91,8 +91,9 @@ class FrontDoor:
     async def _tail(self, receive: Any, send: Any) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        await send({"type": "websocket.accept"})
+        # Subscribe before accepting: a client that sees the handshake must not miss the next event.
         with self.edge.hub.subscribe() as events:
+            await send({"type": "websocket.accept"})
             forward = asyncio.ensure_future(_forward_events(events, send))
             try:
                 while (await receive())["type"] != "websocket.disconnect":

@@ -64,9 +64,11 @@ async def send_response(send: Send, receive: Receive, response: Response, ray_id
     headers = raw_headers(response, ray_id)
     body = response._body
     if body is None or isinstance(body, bytes):
-        body = b"" if body is None or head_only else body
-        if not any(name == b"content-length" for name, _ in headers):
+        body = body or b""
+        if "content-length" not in response.headers:
+            # HEAD: the length the GET body would have, not the empty body actually sent
             headers.append((b"content-length", str(len(body)).encode()))
+        body = b"" if head_only else body
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return

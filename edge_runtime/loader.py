@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import itertools
 import sys
@@ -31,15 +33,45 @@ def import_isolated(main: Path, instance: str, env: Any) -> ModuleType:
     before = set(sys.modules)
     name = f"_edgewise_{instance}_{next(_generation)}_{main.stem}"
     token = _state.current_env.set(env)  # `from workers import env` at import time sees this PoP's env
+    finder = _WorkerFolderFinder(main.parent)
+    sys.meta_path.insert(0, finder)
     try:
         return _exec_module(name, main)
     finally:
+        sys.meta_path.remove(finder)
         _state.current_env.reset(token)
         _forget_local_modules(before, main.parent)
 
 
+class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
+    """Compiles the Worker's own modules from source on every load.
+
+    A cached .pyc counts as fresh when the source's mtime (whole seconds) and size match, so a
+    reload after a same-size edit within the same second would otherwise run the old code.
+    """
+
+    def get_code(self, fullname: str) -> Any:
+        return self.source_to_code(self.get_data(self.path), self.path)
+
+
+class _WorkerFolderFinder(importlib.abc.MetaPathFinder):
+    """During a load, modules from the Worker's folder get a ``_SourceOnlyLoader``; others are left alone."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+            return None
+        if "site-packages" in spec.origin or not Path(spec.origin).is_relative_to(self._folder):
+            return None  # a venv inside the Worker's folder keeps its cached bytecode
+        spec.loader = _SourceOnlyLoader(spec.loader.name, spec.loader.path)
+        return spec
+
+
 def _exec_module(name: str, main: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, main)
+    spec = importlib.util.spec_from_file_location(name, main, loader=_SourceOnlyLoader(name, str(main)))
     if spec is None or spec.loader is None:
         raise WorkerLoadError(f"{main}: not a Python module")
     module = importlib.util.module_from_spec(spec)

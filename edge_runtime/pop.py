@@ -7,7 +7,7 @@ import logging
 import time
 import traceback
 from http import HTTPStatus
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from workers import Context, Headers, Request, Response, _state
@@ -17,6 +17,7 @@ from .bindings import Env
 from .catalog import Location
 from .cf import base_cf, new_ray_id, request_cf
 from .config import WorkerConfig
+from .deadlines import Deadlines
 from .errors import EdgeError, bad_request, render, worker_exceeded_limits, worker_threw
 from .geo import ClientLocation, ClientLocator, LocationError
 from .routing import simulated_rtt_ms
@@ -38,6 +39,7 @@ class EdgeServices:
     config: WorkerConfig
     locator: ClientLocator
     hub: TailHub
+    deadlines: Deadlines = field(default_factory=Deadlines)
 
 
 class Pop:
@@ -84,27 +86,33 @@ class Pop:
                       body: http_io.IncomingBody | None, headers: Headers) -> Request:
         """The Worker's view: Cloudflare's request headers added and ``request.cf`` filled in."""
         peer_ip = scope["client"][0] if scope.get("client") else "127.0.0.1"
+        scheme = _http_scheme(scope)
         accept_encoding = headers.get("accept-encoding") or ""
-        headers.set("accept-encoding", "br, gzip")
-        headers.set("cf-connecting-ip", peer_ip)
-        headers.set("cf-ipcountry", client.country or "XX")
-        headers.set("cf-ray", ray_id)
-        headers.set("cf-visitor", '{"scheme":"%s"}' % _http_scheme(scope))
-        headers.set("x-forwarded-proto", _http_scheme(scope))
+        put = headers.put_lower
+        put("accept-encoding", "br, gzip")
+        put("cf-connecting-ip", peer_ip)
+        put("cf-ipcountry", client.country or "XX")
+        put("cf-ray", ray_id)
+        put("cf-visitor", '{"scheme":"%s"}' % scheme)
+        put("x-forwarded-proto", scheme)
         if "x-real-ip" not in headers:
-            headers.set("x-real-ip", peer_ip)
-        cf = request_cf(self._base_cf(client), accept_encoding, scope.get("http_version", "1.1"),
-                        simulated_rtt_ms(self.location, client, self.services.config.edgewise.latency),
-                        headers.get("mf-cf-blob"))
-        return Request._incoming(_url(scope, headers), scope.get("method", "GET"), headers, body, cf)
+            put("x-real-ip", peer_ip)
+        base, rtt_ms = self._base_cf(client)
+        cf = request_cf(base, accept_encoding, scope.get("http_version", "1.1"), rtt_ms, headers.get("mf-cf-blob"))
+        return Request._incoming(_url(scope, headers, scheme), scope.get("method", "GET"), headers, body, cf)
 
-    def _base_cf(self, client: ClientLocation) -> Any:
+    def _base_cf(self, client: ClientLocation) -> tuple[Any, float]:
         cached = self._cf_cache.get(client)
         if cached is None:
-            cached = base_cf(self.location, client, self.services.config.edgewise.cf)
-            if len(self._cf_cache) < 10_000:
+            edgewise = self.services.config.edgewise
+            cached = (base_cf(self.location, client, edgewise.cf),
+                      simulated_rtt_ms(self.location, client, edgewise.latency))
+            if len(self._cf_cache) < 10_000:  # bounded: client locations come from request headers
                 self._cf_cache[client] = cached
         return cached
+
+    def forget_cached_cf(self) -> None:
+        self._cf_cache.clear()
 
     async def _serve_http(self, scope: dict[str, Any], receive: Any, send: Any, client: ClientLocation,
                           ray_id: str) -> None:
@@ -134,12 +142,15 @@ class Pop:
         """Run the Worker's fetch within the wall-time limit; every failure becomes an ``EdgeError``."""
         wall_time_s = self.services.config.edgewise.limits.wall_time_s
         tokens = self._enter(ctx, logs)
+        watch = self.services.deadlines.watch(wall_time_s)
         try:
-            async with asyncio.timeout(wall_time_s):
-                response = await self.worker.fetch(request, self.env, ctx)
+            response = await self.worker.fetch(request, self.env, ctx)
         except EdgeError:
             raise
-        except TimeoutError:
+        except asyncio.CancelledError:
+            if not watch.expired:
+                raise  # the client went away or the server is stopping
+            asyncio.current_task().uncancel()
             raise worker_exceeded_limits(
                 f"The fetch handler did not return a Response within {wall_time_s:g} s "
                 "([edgewise.limits] wall_time_s)."
@@ -147,6 +158,7 @@ class Pop:
         except Exception as error:
             raise self._worker_error(error, ray_id) from error
         finally:
+            self.services.deadlines.unwatch(watch)
             self._exit(tokens)
         if not isinstance(response, Response):
             raise worker_threw(
@@ -217,15 +229,19 @@ class Pop:
 
 
 def _http_scheme(scope: dict[str, Any]) -> str:
-    return {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme", "http"))
+    scheme = scope.get("scheme", "http")
+    return _HTTP_SCHEMES.get(scheme, scheme)
 
 
-def _url(scope: dict[str, Any], headers: Headers) -> str:
+_HTTP_SCHEMES = {"ws": "http", "wss": "https"}
+
+
+def _url(scope: dict[str, Any], headers: Headers, scheme: str) -> str:
     host = headers.get("host") or "localhost"
     query = scope.get("query_string", b"")
     path = scope.get("raw_path") or scope["path"].encode()
     target = path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-    return f"{_http_scheme(scope)}://{host}{target}"
+    return f"{scheme}://{host}{target}"
 
 
 async def _refuse_lifespan(receive: Any, send: Any) -> None:

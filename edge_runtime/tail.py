@@ -24,6 +24,7 @@ class TailHub:
 
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        install_log_capture()
 
     @property
     def has_subscribers(self) -> bool:
@@ -53,6 +54,13 @@ class InvocationLogHandler(logging.Handler):
         if logs is not None:
             level = "log" if record.levelno == logging.INFO else record.levelname.lower()
             logs.append({"message": [record.getMessage()], "level": level, "timestamp": int(record.created * 1000)})
+
+
+def install_log_capture() -> None:
+    """Attach one ``InvocationLogHandler`` to the Worker logger (idempotent: every Edge shares it)."""
+    worker_log = logging.getLogger("edgewise.worker")
+    if not any(isinstance(handler, InvocationLogHandler) for handler in worker_log.handlers):
+        worker_log.addHandler(InvocationLogHandler())
 
 
 def request_event(script: str, outcome: str, request: dict[str, Any], status: int | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 from pathlib import Path
 
 import click
@@ -98,5 +99,17 @@ def dev(directory: Path, config_path: Path | None, env_name: str | None, port: i
     except (ConfigError, WorkerLoadError, BindError) as error:
         fail(str(error))
         return
-    asyncio.run(serve(edge, listeners, reload=reload, reload_config=read_config,
-                      on_ready=lambda ready: _print_ready(config, host, ready, edge)))
+    # Everything loaded so far lives as long as the server: keep it out of the cyclic GC's scans.
+    gc.freeze()
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(edge, listeners, reload=reload, reload_config=read_config,
+                         on_ready=lambda ready: _print_ready(config, host, ready, edge)))
+
+
+def _loop_factory():  # noqa: ANN202 - a loop constructor
+    """uvloop where installed (uvicorn[standard] brings it), as uvicorn itself would choose."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -31,13 +32,17 @@ def setup_logging(level: str) -> None:
                "error": logging.ERROR, "none": logging.CRITICAL + 1}[level]
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(_WranglerFormatter())
+    handler.setLevel(numeric)
     root = logging.getLogger("edgewise")
     root.handlers[:] = [handler]
     root.setLevel(numeric)
     root.propagate = False
+    # Worker logs (console.log) always reach `edgewise tail`; the handler's level decides what prints.
+    logging.getLogger("edgewise.worker").setLevel(logging.DEBUG)
 
 
 def fail(message: str) -> None:
     """Print a clear error and exit non-zero (click's Abort would print 'Aborted!' instead)."""
-    err_console.print(f"[bold red]✘ [ERROR][/] {message}", markup=True, soft_wrap=True)
+    # escape: messages quote config tables such as [vars], which rich would take for style tags
+    err_console.print(f"[bold red]✘ [ERROR][/] {escape(message)}", markup=True, soft_wrap=True)
     raise SystemExit(1)

@@ -55,5 +55,7 @@ def tail(url: str, fmt: str, status: str | None, method: str | None, search: str
         asyncio.run(_stream(ws_url, fmt, status, method, search, limit))
     except (OSError, websockets.InvalidHandshake, TimeoutError) as error:
         fail(f"cannot tail {url}: {error} (is `edgewise dev` running there?)")
+    except websockets.ConnectionClosed as error:
+        fail(f"lost the connection to {url}: {error} (did `edgewise dev` stop?)")
     except KeyboardInterrupt:
         pass

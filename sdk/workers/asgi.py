@@ -141,6 +141,7 @@ class _Lifespan:
         loop = asyncio.get_running_loop()
         self._started: asyncio.Future[bool] = loop.create_future()  # False: no lifespan support
         self._stopped: asyncio.Future[None] = loop.create_future()
+        self._is_supported = False
 
     async def startup(self) -> None:
         """Raises ``RuntimeError`` when the app reports ``lifespan.startup.failed``."""
@@ -148,10 +149,10 @@ class _Lifespan:
         _background.add(task)
         task.add_done_callback(_background.discard)
         self._inbox.put_nowait({"type": "lifespan.startup"})
-        await self._started
+        self._is_supported = await self._started
 
     async def shutdown(self) -> None:
-        if not self._started.done() or self._started.exception() is not None or not self._started.result():
+        if not self._is_supported:
             return
         self._inbox.put_nowait({"type": "lifespan.shutdown"})
         await self._stopped

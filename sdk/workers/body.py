@@ -56,11 +56,18 @@ async def _iterate(source: AsyncIterable[bytes] | bytes) -> AsyncIterator[bytes]
         if source:
             yield source
         return
-    async for chunk in source:
-        if isinstance(chunk, str):
-            chunk = chunk.encode()
-        if chunk:
-            yield bytes(chunk)
+    chunks = aiter(source)
+    try:
+        async for chunk in chunks:
+            if isinstance(chunk, str):
+                chunk = chunk.encode()
+            if chunk:
+                yield bytes(chunk)
+    finally:
+        # A reader that stops early (client gone) must release the producer now, not at garbage collection.
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def encode_body(body: BodyInit, headers: Headers, owner: str) -> BodySource:
@@ -121,7 +128,8 @@ class Body:
         return b"".join([chunk async for chunk in _iterate(source)])
 
     async def text(self) -> str:
-        return (await self.bytes()).decode()
+        # JS's UTF-8 decode: a leading BOM is dropped and bad bytes become U+FFFD instead of raising.
+        return (await self.bytes()).decode("utf-8-sig", errors="replace")
 
     async def json(self, **kwargs: Any) -> Any:
         # Dicts come back attribute-capable so both `data["name"]` and the docs' `data.name` work.

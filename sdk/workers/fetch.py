@@ -87,8 +87,14 @@ class _UpstreamBody:
         self._upstream = upstream
         self._loop = asyncio.get_running_loop()
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return _stream(self._upstream)
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._upstream.aiter_bytes():
+                yield chunk
+        except httpx.HTTPError as error:
+            raise OSError(f"fetch {self._upstream.url}: body read failed: {error}") from error
+        finally:
+            await self._upstream.aclose()
 
     def __del__(self) -> None:
         # Without this, ~100 fetches whose body is never read (only `.status`) exhaust httpx's pool.
@@ -103,13 +109,3 @@ def _close_later(upstream: httpx.Response) -> None:
     task = asyncio.get_running_loop().create_task(upstream.aclose())
     _closing.add(task)  # the loop keeps only weak references to tasks
     task.add_done_callback(_closing.discard)
-
-
-async def _stream(upstream: httpx.Response) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in upstream.aiter_bytes():
-            yield chunk
-    except httpx.HTTPError as error:
-        raise OSError(f"fetch {upstream.url}: body read failed: {error}") from error
-    finally:
-        await upstream.aclose()

@@ -50,6 +50,11 @@ class Headers(Mapping[str, str]):
         else:
             values[0] = f"{values[0]}, {value}"
 
+    def put_lower(self, key: str, value: str) -> None:
+        """``set`` for a name already lower-case and a clean value (the runtime's hot path)."""
+        self._values[key] = [value]
+        self._names[key] = key
+
     def set(self, name: str, value: str) -> None:
         key = name.lower()
         self._values[key] = [str(value).strip()]

@@ -84,9 +84,9 @@ class Request(Body):
         return request
 
     @classmethod
-    def new(cls, input: str | Request, init: dict[str, Any] | None = None) -> Request:
-        """JS spelling ``Request.new(url, {...})``."""
-        return cls(input, **(init or {}))
+    def new(cls, input: str | Request, init: dict[str, Any] | None = None, **init_kw: Any) -> Request:
+        """JS spelling ``Request.new(url, {...})``; Pyodide also passes the init as keywords."""
+        return cls(input, **{**(init or {}), **init_kw})
 
     @property
     def js_object(self) -> Request:

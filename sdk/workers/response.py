@@ -74,9 +74,9 @@ class Response(Body):
         return response
 
     @classmethod
-    def new(cls, body: BodyInit = None, init: dict[str, Any] | None = None) -> Response:
-        """JS spelling ``Response.new(body, {"status": 200, "headers": {...}})``."""
-        init = dict(init or {})
+    def new(cls, body: BodyInit = None, init: dict[str, Any] | None = None, **init_kw: Any) -> Response:
+        """JS spelling ``Response.new(body, {"status": 200})``; Pyodide also passes the init as keywords."""
+        init = {**(init or {}), **init_kw}
         return cls(body, status=init.get("status"), status_text=init.get("statusText", ""),
                    headers=init.get("headers"), web_socket=init.get("webSocket"))
 

@@ -97,9 +97,8 @@ async def test_form_data_urlencoded() -> None:
 
 
 async def test_form_data_multipart_from_a_real_client() -> None:
-    encoded = httpx.Request(
-        "POST", "https://test.com/", data={"name": "Ada"}, files={"upload": ("notes.txt", b"line1\nline2\r\n", "text/plain")}
-    )
+    upload_file = ("notes.txt", b"line1\nline2\r\n", "text/plain")
+    encoded = httpx.Request("POST", "https://test.com/", data={"name": "Ada"}, files={"upload": upload_file})
     request = Request("https://test.com/", method="POST", body=encoded.read(), headers=dict(encoded.headers))
     form = await request.formData()
     assert form.get("name") == "Ada"

@@ -22,6 +22,11 @@ async def test_str_body_defaults_to_text_plain() -> None:
     assert await response.text() == "Hello world!"
 
 
+async def test_text_decodes_like_js() -> None:
+    assert await Response(b"caf\xe9 ok").text() == "caf\ufffd ok"
+    assert await Response(b"\xef\xbb\xbf{\"a\": 1}").json() == {"a": 1}
+
+
 async def test_bytes_body_has_no_content_type() -> None:
     response = Response(b"\x00\x01")
     assert response.headers.get("content-type") is None
@@ -64,7 +69,9 @@ async def test_json_on_instance_reads_the_body() -> None:
     assert response.body_used
 
 
-@pytest.mark.parametrize(("body", "name"), [({"a": 1}, "dict"), ([1], "list"), (42, "int"), (iter([b"x"]), "list_iterator")])
+@pytest.mark.parametrize(
+    ("body", "name"), [({"a": 1}, "dict"), ([1], "list"), (42, "int"), (iter([b"x"]), "list_iterator")]
+)
 def test_unsupported_body_type(body: object, name: str) -> None:
     with pytest.raises(TypeError, match=rf"^Unsupported type in Response: {name}"):
         Response(body)  # type: ignore[arg-type]

@@ -1,0 +1,355 @@
+"""``edgewise dev`` as a real process: the examples served over sockets, tail, per-PoP ports, reload, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+STARTUP_TIMEOUT_S = 20.0
+RAY = re.compile(r"^[0-9a-f]{16}-([A-Z]{3})$")
+
+
+def edgewise_command() -> list[str]:
+    script = Path(sys.executable).with_name("edgewise")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "wrangler_like_cli.main"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_port_pair() -> int:
+    """A free port whose successor is free too (``--pop-ports`` numbers PoPs consecutively)."""
+    for _ in range(50):
+        base = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", base + 1))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError("no two consecutive free ports")
+
+
+def is_listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Process:
+    """A CLI subprocess whose stdout and stderr lines are collected by reader threads."""
+
+    def __init__(self, args: list[str], cwd: Path = ROOT) -> None:
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"}
+        self.popen = subprocess.Popen([*edgewise_command(), *args], cwd=cwd, env=environment, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.lines: list[tuple[str, str]] = []  # (stream, line)
+        self._changed = threading.Condition()
+        self._readers = [threading.Thread(target=self._read, args=(stream, name), daemon=True)
+                         for stream, name in ((self.popen.stdout, "stdout"), (self.popen.stderr, "stderr"))]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: object, name: str) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            with self._changed:
+                self.lines.append((name, line.rstrip("\n")))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(f"[{name}] {line}" for name, line in self.lines)
+
+    def count(self, text: str, stream: str | None = None) -> int:
+        with self._changed:
+            return sum(text in line for name, line in self.lines if stream in (None, name))
+
+    def wait_for(self, text: str, *, stream: str | None = None, times: int = 1, timeout_s: float = 10.0) -> bool:
+        """Whether ``text`` has appeared ``times`` times within the timeout (False if the process exits first)."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self.count(text, stream) < times:
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.popen.poll() is not None and not any(r.is_alive() for r in self._readers)):
+                    return False
+                self._changed.wait(min(left, 0.1))
+            return True
+
+    def wait(self, timeout_s: float) -> int:
+        """The exit code, once the process has exited and its output is read."""
+        returncode = self.popen.wait(timeout_s)
+        for reader in self._readers:
+            reader.join(timeout_s)
+        return returncode
+
+    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 5.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                return self.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+        return self.wait(timeout_s)
+
+
+class DevServer(Process):
+    def __init__(self, project: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(["dev", str(project), "--port", str(self.port), "--latency", "off", "--log-level", "info",
+                          *extra])
+        ready = f"[wrangler:info] Ready on http://localhost:{self.port}"
+        if not self.wait_for(ready, stream="stdout", timeout_s=STARTUP_TIMEOUT_S):
+            self.stop(signal.SIGKILL)
+            pytest.fail(f"edgewise dev did not get ready in {STARTUP_TIMEOUT_S} s:\n{self.output}")
+
+    def get(self, path: str = "/", **kwargs: object) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=10, **kwargs)
+
+
+@pytest.fixture
+def start_dev() -> Iterator[Callable[..., DevServer]]:
+    servers: list[DevServer] = []
+
+    def start(project: Path, *extra: str) -> DevServer:
+        servers.append(DevServer(project, *extra))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def hello() -> Iterator[DevServer]:
+    server = DevServer(EXAMPLES / "hello")
+    yield server
+    server.stop(signal.SIGKILL)
+
+
+# --- the hello example on the anycast front door --------------------------------------------------
+
+
+def test_default_client_is_served_by_dfw(hello: DevServer) -> None:
+    response = hello.get()
+    assert response.status_code == 200
+    body = response.json()
+    assert body["colo"] == "DFW"
+    assert body["message"] == "Hello from the edge"
+    ray = response.headers["cf-ray"]
+    assert RAY.match(ray).group(1) == body["colo"]
+    assert body["ray"] == ray
+    assert body["cf"]["country"] == "US"
+
+
+@pytest.mark.parametrize("header", [
+    {"edgewise-client-location": "51.5074,-0.1278"},
+    {"edgewise-client-location": "LHR"},
+    {"mf-cf-blob": '{"colo": "LHR", "country": "GB"}'},
+    {"cf-ipcountry": "GB"},
+])
+def test_london_client_is_served_by_lhr(hello: DevServer, header: dict[str, str]) -> None:
+    response = hello.get(headers=header)
+    assert response.status_code == 200
+    assert response.json()["colo"] == "LHR"
+    assert response.json()["client"]["country"] == "GB"
+    assert RAY.match(response.headers["cf-ray"]).group(1) == "LHR"
+
+
+def test_request_log_line(hello: DevServer) -> None:
+    ray = hello.get("/logged").headers["cf-ray"]
+    assert hello.wait_for("[wrangler:info] GET /logged 200 OK", stream="stdout")
+    assert hello.count(ray) == 1
+
+
+def test_control_api_lists_the_pops(hello: DevServer) -> None:
+    response = hello.get("/cdn-cgi/edgewise/pops")
+    assert response.status_code == 200
+    assert [pop["colo"] for pop in response.json()] == ["DFW", "SFO", "LHR", "FRA", "SIN", "NRT"]
+
+
+def test_tail_receives_the_event_of_one_request(hello: DevServer) -> None:
+    tail = Process(["tail", "--url", hello.url, "--format", "json", "--limit", "1"])
+    try:
+        # Events before tail subscribes are not replayed: send probes until one arrives and tail exits.
+        deadline = time.monotonic() + 15
+        probe = 0
+        while tail.popen.poll() is None and time.monotonic() < deadline:
+            probe += 1
+            hello.get(f"/tail-probe-{probe}")
+            tail.wait_for("tail-probe", stream="stdout", timeout_s=0.3)
+        assert tail.popen.poll() is not None, f"tail got no event in 15 s:\n{tail.output}"
+        assert tail.wait(timeout_s=5) == 0, tail.output
+    finally:
+        tail.stop(signal.SIGKILL)
+    events = [json.loads(line) for name, line in tail.lines if name == "stdout"]
+    assert len(events) == 1
+    event = events[0]
+    assert event["outcome"] == "ok"
+    assert event["scriptName"] == "hello"
+    assert event["event"]["request"]["method"] == "GET"
+    assert re.search(r"/tail-probe-\d+$", event["event"]["request"]["url"])
+    assert event["event"]["response"]["status"] == 200
+    assert event["edgewise"]["colo"] == "DFW"
+    assert RAY.match(event["edgewise"]["rayId"]).group(1) == "DFW"
+
+
+def test_tail_pretty_then_server_stops(start_dev: Callable[..., DevServer]) -> None:
+    server = start_dev(EXAMPLES / "hello")
+    tail = Process(["tail", "--url", server.url])
+    try:
+        assert tail.wait_for("waiting for logs", stream="stdout"), tail.output
+        server.get("/pretty")
+        assert tail.wait_for(f"GET http://127.0.0.1:{server.port}/pretty - Ok @", stream="stdout"), tail.output
+        assert server.stop() in (0, -signal.SIGINT)
+        assert tail.wait(timeout_s=10) == 1
+    finally:
+        tail.stop(signal.SIGKILL)
+    assert tail.count("lost the connection", stream="stderr") == 1
+    assert "Traceback" not in tail.output
+
+
+def test_tail_fails_clearly_without_a_server() -> None:
+    tail = Process(["tail", "--url", f"http://127.0.0.1:{free_port()}", "--format", "json"])
+    try:
+        assert tail.wait(timeout_s=15) == 1
+    finally:
+        tail.stop(signal.SIGKILL)
+    assert tail.count("is `edgewise dev` running there?", stream="stderr") == 1
+
+
+# --- the other examples ------------------------------------------------------------------------
+
+
+def test_cron_example(start_dev: Callable[..., DevServer]) -> None:
+    server = start_dev(EXAMPLES / "cron")
+    assert server.get().json() == {"colo": "DFW", "last_run": None}
+    triggered = server.get("/__scheduled", params={"cron": "*/5 * * * *"})
+    assert (triggered.status_code, triggered.text) == (200, "ok")
+    last_run = server.get().json()["last_run"]
+    assert last_run["cron"] == "*/5 * * * *"
+    assert abs(last_run["scheduledTime"] - time.time() * 1000) < 60_000
+    miniflare_style = server.get("/cdn-cgi/handler/scheduled", params={"cron": "0 * * * *", "time": "1000"})
+    assert (miniflare_style.status_code, miniflare_style.text) == (200, "ok")
+    assert server.get().json()["last_run"]["scheduledTime"] == 1000
+
+
+async def test_websocket_echo_example(start_dev: Callable[..., DevServer]) -> None:
+    server = start_dev(EXAMPLES / "websocket-echo")
+    page = server.get()
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "new WebSocket(" in page.text
+    plain = server.get("/ws")
+    assert plain.status_code == 426
+    async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=10) as connection:
+        assert RAY.match(connection.response.headers["cf-ray"]).group(1) == "DFW"
+        for message in ("hello edge", "second", b"\x00\xffbinary"):
+            await connection.send(message)
+            assert await connection.recv() == message
+    assert connection.close_code == 1000
+
+
+def test_asgi_starlette_example(start_dev: Callable[..., DevServer]) -> None:
+    server = start_dev(EXAMPLES / "asgi-starlette")
+    assert server.get().json()["app"] == "starlette"
+    assert server.get("/env").json() == {"MESSAGE": "Hello from a Starlette app on the edge"}
+    echoed = httpx.post(server.url + "/echo", content=b"ping", headers={"content-type": "text/plain"}, timeout=10)
+    assert echoed.status_code == 200
+    assert echoed.json() == {"method": "POST", "content_type": "text/plain", "body": "ping", "colo": "DFW"}
+
+
+def test_var_override_reaches_the_asgi_app(start_dev: Callable[..., DevServer]) -> None:
+    server = start_dev(EXAMPLES / "asgi-starlette", "--var", "MESSAGE:from the command line")
+    assert server.get("/env").json() == {"MESSAGE": "from the command line"}
+
+
+# --- per-PoP ports ------------------------------------------------------------------------------
+
+
+def test_pop_ports_serve_each_pop_directly(start_dev: Callable[..., DevServer]) -> None:
+    base = free_port_pair()
+    server = start_dev(EXAMPLES / "hello", "--pops", "DFW,LHR", "--pop-ports", str(base))
+    assert f"http://localhost:{base + 1}" in server.output
+    for port, colo in ((base, "DFW"), (base + 1, "LHR")):
+        response = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+        assert response.status_code == 200
+        assert response.json()["colo"] == colo
+        assert RAY.match(response.headers["cf-ray"]).group(1) == colo
+    assert server.get().json()["colo"] == "DFW"  # the front door still routes the Austin default to Dallas
+
+
+# --- reload -------------------------------------------------------------------------------------
+
+
+def edit_until(process: Process, path: Path, text: str, marker: str, timeout_s: float = 15.0) -> None:
+    """Write ``text`` until ``marker`` is printed once more (the watcher starts just after "Ready")."""
+    seen = process.count(marker)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        path.write_text(text)
+        if process.wait_for(marker, times=seen + 1, timeout_s=2.0):
+            return
+    pytest.fail(f"no {marker!r} after editing {path.name}:\n{process.output}")
+
+
+def test_editing_the_worker_reloads_it(start_dev: Callable[..., DevServer], tmp_path: Path) -> None:
+    project = tmp_path / "hello"
+    shutil.copytree(EXAMPLES / "hello", project)
+    entry = project / "src" / "entry.py"
+    original = entry.read_text()
+    server = start_dev(project)
+    assert server.get().json()["message"] == "Hello from the edge"
+
+    edited = original.replace('"message": self.env.GREETING', '"message": "Edited while running"')
+    assert edited != original
+    edit_until(server, entry, edited, "Updated and ready")
+    assert server.get().json()["message"] == "Edited while running"
+
+    edit_until(server, entry, edited + "\ndef broken(:\n", "Reload failed")
+    assert "SyntaxError" in server.output
+    assert server.get().json()["message"] == "Edited while running"
+
+    config = project / "wrangler.toml"
+    edit_until(server, entry, original, "Updated and ready")
+    edit_until(server, config, config.read_text().replace("Hello from the edge", "Vars reload too"),
+               "Updated and ready")
+    assert server.get().json()["message"] == "Vars reload too"
+
+
+# --- stopping -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_the_server(start_dev: Callable[..., DevServer], sig: signal.Signals) -> None:
+    server = start_dev(EXAMPLES / "hello")
+    assert server.get().status_code == 200
+    server.popen.send_signal(sig)
+    try:
+        returncode = server.popen.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"edgewise dev still running 5 s after {sig.name}:\n{server.output}")
+    assert returncode in (0, -sig)
+    assert not is_listening(server.port)
+    assert "Traceback" not in server.output

@@ -161,7 +161,7 @@ def main() -> None:
         try:
             wait_ready(f"http://127.0.0.1:{edge_port}/")
             body_file = Path(workdir) / "body.json"
-            body_file.write_bytes(httpx.get(f"http://127.0.0.1:{edge_port}/").content)
+            body_bytes = body_file.write_bytes(httpx.get(f"http://127.0.0.1:{edge_port}/").content)
             bare = start_bare(bare_port, 0, body_file, Path(workdir))
             try:
                 wait_ready(f"http://127.0.0.1:{bare_port}/")
@@ -174,7 +174,7 @@ def main() -> None:
         finally:
             edge.terminate()
             edge.wait(10)
-    result = {**environment(args), "body_bytes": body_file.stat().st_size if body_file.exists() else None,
+    result = {**environment(args), "body_bytes": body_bytes,
               "summary": summarise(runs), "runs": runs, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print_table(result["summary"])

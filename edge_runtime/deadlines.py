@@ -7,16 +7,15 @@ work; a limit measured in seconds does not need millisecond precision.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 
 TICK_S = 0.05
 
 
-@dataclass(eq=False)
 class Watch:
-    task: asyncio.Task
-    deadline: float
-    expired: bool = field(default=False)
+    __slots__ = ("task", "deadline", "expired")
+
+    def __init__(self, task: asyncio.Task, deadline: float) -> None:
+        self.task, self.deadline, self.expired = task, deadline, False
 
 
 class Deadlines:

@@ -218,7 +218,7 @@ class Pop:
         duration_ms = (time.perf_counter() - started) * 1000
         if request_log.isEnabledFor(logging.INFO):
             request_log.info("%s %s %s %s (%.0fms) %s", scope.get("method"), scope["path"], status,
-                             _phrase(status), duration_ms, ray_id)
+                             _REASONS.get(status, ""), duration_ms, ray_id)
         hub = self.services.hub
         if hub.has_subscribers:
             summary = {"url": request.url if request else scope["path"], "method": scope.get("method"),
@@ -234,6 +234,7 @@ def _http_scheme(scope: dict[str, Any]) -> str:
 
 
 _HTTP_SCHEMES = {"ws": "http", "wss": "https"}
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
 def _url(scope: dict[str, Any], headers: Headers, scheme: str) -> str:
@@ -248,11 +249,3 @@ async def _refuse_lifespan(receive: Any, send: Any) -> None:
     message = await receive()
     if message["type"] == "lifespan.startup":
         await send({"type": "lifespan.startup.complete"})
-
-
-
-def _phrase(status: int | None) -> str:
-    try:
-        return HTTPStatus(status).phrase if status else ""
-    except ValueError:
-        return ""

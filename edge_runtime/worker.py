@@ -37,6 +37,8 @@ class Worker:
         self.on_fetch = _global_handler(module, "on_fetch", uses_global_handlers, self.entrypoint)
         self.on_scheduled = _global_handler(module, "on_scheduled", uses_global_handlers, self.entrypoint)
         self._fetch_arity = _handler_arity(self.entrypoint, "fetch") if self.entrypoint else _arity(self.on_fetch)
+        fetch = getattr(self.entrypoint, "fetch", None) if self.entrypoint else self.on_fetch
+        self._fetch_is_async = inspect.iscoroutinefunction(fetch)
         self._scheduled_arity = (
             _handler_arity(self.entrypoint, "scheduled") if self.entrypoint else _arity(self.on_scheduled)
         )
@@ -54,9 +56,10 @@ class Worker:
             raise TypeError("Handler does not export a fetch() function.")
         if self.entrypoint is not None:
             # Class entrypoints get env and ctx as None in the arguments; they read self.env / self.ctx.
-            method = self._instance(env, ctx).fetch
-            return await _settle(method(*(request, None, None)[: self._fetch_arity]))
-        return await _settle(self.on_fetch(*(request, env, ctx)[: self._fetch_arity]))
+            result = self._instance(env, ctx).fetch(*(request, None, None)[: self._fetch_arity])
+        else:
+            result = self.on_fetch(*(request, env, ctx)[: self._fetch_arity])
+        return await result if self._fetch_is_async else await _settle(result)
 
     async def scheduled(self, controller: ScheduledController, env: Any, ctx: Context) -> None:
         if self._scheduled_arity is None:

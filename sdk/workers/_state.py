@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass, field
 from typing import Any
 
 current_env: contextvars.ContextVar[Any] = contextvars.ContextVar("workers_env", default=None)
@@ -14,12 +13,13 @@ class SubrequestLimitError(RuntimeError):
     """Raised by ``fetch`` past the per-request subrequest limit, as Cloudflare does."""
 
 
-@dataclass
 class SubrequestBudget:
     """Counts outbound subrequests of one incoming request."""
 
-    limit: int
-    used: int = field(default=0)
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int, used: int = 0) -> None:
+        self.limit, self.used = limit, used
 
     def take(self) -> None:
         if self.used >= self.limit:

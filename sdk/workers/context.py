@@ -18,10 +18,18 @@ _CANCEL_GRACE_S = 1.0
 class Context:
     """Work registered with ``waitUntil`` starts at once and may outlive the response, up to a bound."""
 
+    __slots__ = ("_props", "pass_through_on_exception", "_tasks")
+
     def __init__(self, props: dict[str, Any] | None = None) -> None:
-        self.props = JsDict(props or {})
+        self._props = props
         self.pass_through_on_exception = False
         self._tasks: list[asyncio.Future[Any]] = []
+
+    @property
+    def props(self) -> JsDict:
+        if not isinstance(self._props, JsDict):
+            self._props = JsDict(self._props or {})
+        return self._props
 
     def waitUntil(self, awaitable: Awaitable[Any]) -> None:  # noqa: N802 - JS name
         if not inspect.isawaitable(awaitable):

@@ -29,8 +29,17 @@ class Headers(Mapping[str, str]):
     def from_raw(cls, raw: Iterable[tuple[bytes, bytes]]) -> Headers:
         """Build from ASGI's ``[(b"name", b"value")]`` list (names already lower-case)."""
         headers = cls()
-        for name, value in raw:
-            headers.append(name.decode("latin-1"), value.decode("latin-1"))
+        values, names = headers._values, headers._names
+        for raw_name, raw_value in raw:
+            key, value = raw_name.decode("latin-1"), raw_value.decode("latin-1").strip()
+            existing = values.get(key)
+            if existing is None:
+                values[key] = [value]
+                names[key] = key
+            elif key == _SET_COOKIE:
+                existing.append(value)
+            else:
+                existing[0] = f"{existing[0]}, {value}"
         return headers
 
     @classmethod

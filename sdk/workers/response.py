@@ -82,9 +82,10 @@ class Response(Body):
 
     @staticmethod
     def _json_factory(data: Any, status: int | HTTPStatus = 200, status_text: str = "", headers: HeadersInit = None) -> Response:
-        response = Response(json.dumps(data), status=status, status_text=status_text, headers=headers)
-        if response.headers.get("content-type") == "text/plain;charset=UTF-8" and not _sets_type(headers):
-            response.headers.set("content-type", "application/json")
+        # A bytes body gets no default content-type, so a caller's own one is simply kept.
+        response = Response(json.dumps(data).encode(), status=status, status_text=status_text, headers=headers)
+        if "content-type" not in response.headers:
+            response.headers.put_lower("content-type", "application/json")
         return response
 
     json = _ClassOrInstance("_json_factory", Body.json)  # type: ignore[assignment]
@@ -140,12 +141,8 @@ class Response(Body):
 FetchResponse = Response
 
 
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+
+
 def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
-
-
-def _sets_type(headers: HeadersInit) -> bool:
-    return headers is not None and "content-type" in Headers(headers)
+    return _REASONS.get(status, "")

@@ -88,15 +88,12 @@ class Pop:
         peer_ip = scope["client"][0] if scope.get("client") else "127.0.0.1"
         scheme = _http_scheme(scope)
         accept_encoding = headers.get("accept-encoding") or ""
-        put = headers.put_lower
-        put("accept-encoding", "br, gzip")
-        put("cf-connecting-ip", peer_ip)
-        put("cf-ipcountry", client.country or "XX")
-        put("cf-ray", ray_id)
-        put("cf-visitor", '{"scheme":"%s"}' % scheme)
-        put("x-forwarded-proto", scheme)
         if "x-real-ip" not in headers:
-            put("x-real-ip", peer_ip)
+            headers.put_lower("x-real-ip", peer_ip)
+        headers.update_lower({
+            "accept-encoding": "br, gzip", "cf-connecting-ip": peer_ip, "cf-ipcountry": client.country or "XX",
+            "cf-ray": ray_id, "cf-visitor": '{"scheme":"%s"}' % scheme, "x-forwarded-proto": scheme,
+        })
         base, rtt_ms = self._base_cf(client)
         cf = request_cf(base, accept_encoding, scope.get("http_version", "1.1"), rtt_ms, headers.get("mf-cf-blob"))
         return Request._incoming(_url(scope, headers, scheme), scope.get("method", "GET"), headers, body, cf)
@@ -136,7 +133,8 @@ class Pop:
             await self._send_error(send, scope, error, ray_id)
         finally:
             self.after_invocation(ctx, ray_id)
-            self._record(scope, request, status, logs, exceptions, ray_id, started)
+            if self.services.hub.has_subscribers or request_log.isEnabledFor(logging.INFO):
+                self._record(scope, request, status, logs, exceptions, ray_id, started)
 
     async def invoke_fetch(self, request: Request, ctx: Context, ray_id: str, logs: list) -> Response:
         """Run the Worker's fetch within the wall-time limit; every failure becomes an ``EdgeError``."""
@@ -182,9 +180,11 @@ class Pop:
 
     @staticmethod
     def _exit(tokens: tuple) -> None:
-        for var, token in zip((_state.current_env, _state.current_ctx, _state.current_subrequests,
-                               invocation_logs), tokens):
-            var.reset(token)
+        env_token, ctx_token, budget_token, logs_token = tokens
+        _state.current_env.reset(env_token)
+        _state.current_ctx.reset(ctx_token)
+        _state.current_subrequests.reset(budget_token)
+        invocation_logs.reset(logs_token)
 
     def _worker_error(self, error: Exception, ray_id: str) -> EdgeError:
         detail = "".join(traceback.format_exception(error)).rstrip()

@@ -40,7 +40,10 @@ class AnycastRouter:
         return order
 
     def pick(self, client: ClientLocation) -> Routable | None:
-        return next((pop for pop in self.ranked(client) if pop.healthy), None)
+        for pop in self.ranked(client):
+            if pop.healthy:
+                return pop
+        return None
 
 
 def _distance(pop: Routable, client: ClientLocation) -> float:

@@ -6,10 +6,8 @@ raises an error that says so, instead of a bare ``cannot import name``.
 
 from __future__ import annotations
 
-import dis
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import date, datetime
@@ -318,17 +316,9 @@ class Date:
         return time.time_ns() // 1_000_000
 
 
-_IMPORT_FROM = dis.opmap["IMPORT_FROM"]
-
-
 def __getattr__(name: str) -> Any:
-    message = (
+    # `from js import X` turns this into "cannot import name 'X' from 'js'"; `js.X` shows it whole.
+    raise AttributeError(
         f"edgewise's js shim has no {name!r}: it covers {', '.join(__all__)}. "
         "Use the Python equivalent (the workers module, or the standard library) instead."
     )
-    # `from js import X` would swallow an AttributeError into a bare "cannot import name"; raise an
-    # ImportError there so the message survives, and an AttributeError elsewhere so hasattr() still works.
-    caller = sys._getframe(1)
-    if caller.f_code.co_code[caller.f_lasti] == _IMPORT_FROM:
-        raise ImportError(message, name=__name__)
-    raise AttributeError(message)

@@ -11,13 +11,17 @@ _SET_COOKIE = "set-cookie"
 
 
 class Headers(Mapping[str, str]):
-    """Case-insensitive headers; repeated names are comma-joined, except Set-Cookie, as on Cloudflare."""
+    """Case-insensitive headers; repeated names are comma-joined, except Set-Cookie, as on Cloudflare.
 
-    __slots__ = ("_values", "_names")
+    ``_values`` maps each lower-case name to its (joined) value; Set-Cookie lines are also kept
+    one by one in ``_cookies``, since a comma can't separate them.
+    """
+
+    __slots__ = ("_values", "_cookies")
 
     def __init__(self, init: HeadersInit = None) -> None:
-        self._values: dict[str, list[str]] = {}
-        self._names: dict[str, str] = {}
+        self._values: dict[str, str] = {}
+        self._cookies: list[str] = []
         if init is None:
             return
         # A Headers' own items() comma-joins Set-Cookie; copy its wire lines to keep cookies apart.
@@ -29,17 +33,15 @@ class Headers(Mapping[str, str]):
     def from_raw(cls, raw: Iterable[tuple[bytes, bytes]]) -> Headers:
         """Build from ASGI's ``[(b"name", b"value")]`` list (names already lower-case)."""
         headers = cls()
-        values, names = headers._values, headers._names
+        values = headers._values
         for raw_name, raw_value in raw:
             key, value = raw_name.decode("latin-1"), raw_value.decode("latin-1").strip()
-            existing = values.get(key)
-            if existing is None:
-                values[key] = [value]
-                names[key] = key
-            elif key == _SET_COOKIE:
-                existing.append(value)
+            if key in values:
+                headers._join(key, value)
             else:
-                existing[0] = f"{existing[0]}, {value}"
+                values[key] = value
+                if key == _SET_COOKIE:
+                    headers._cookies.append(value)
         return headers
 
     @classmethod
@@ -50,57 +52,74 @@ class Headers(Mapping[str, str]):
     def append(self, name: str, value: str) -> None:
         key = name.lower()
         value = str(value).strip()
-        values = self._values.get(key)
-        if values is None:
-            self._values[key] = [value]
-            self._names[key] = name
-        elif key == _SET_COOKIE:
-            values.append(value)
+        if key in self._values:
+            self._join(key, value)
         else:
-            values[0] = f"{values[0]}, {value}"
+            self.set(key, value)
+
+    def _join(self, key: str, value: str) -> None:
+        self._values[key] = f"{self._values[key]}, {value}"
+        if key == _SET_COOKIE:
+            self._cookies.append(value)
 
     def put_lower(self, key: str, value: str) -> None:
         """``set`` for a name already lower-case and a clean value (the runtime's hot path)."""
-        self._values[key] = [value]
-        self._names[key] = key
+        self._values[key] = value
+
+    def update_lower(self, items: Mapping[str, str]) -> None:
+        """Several ``put_lower`` at once; none of them may be Set-Cookie."""
+        self._values.update(items)
 
     def set(self, name: str, value: str) -> None:
         key = name.lower()
-        self._values[key] = [str(value).strip()]
-        self._names[key] = name
+        value = str(value).strip()
+        self._values[key] = value
+        if key == _SET_COOKIE:
+            self._cookies = [value]
 
     def delete(self, name: str) -> None:
         key = name.lower()
         self._values.pop(key, None)
-        self._names.pop(key, None)
+        if key == _SET_COOKIE:
+            self._cookies = []
 
     def has(self, name: str) -> bool:
         return name.lower() in self._values
 
     def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
-        values = self._values.get(name.lower())
-        return default if values is None else ", ".join(values)
+        return self._values.get(name.lower(), default)
 
     def get_all(self, name: str, default: list[str] | None = None) -> list[str] | None:
-        values = self._values.get(name.lower())
-        return default if values is None else list(values)
+        key = name.lower()
+        if key == _SET_COOKIE and self._cookies:
+            return list(self._cookies)
+        value = self._values.get(key)
+        return default if value is None else [value]
 
     def getSetCookie(self) -> list[str]:  # noqa: N802 - JS name
-        return list(self._values.get(_SET_COOKIE, ()))
+        return list(self._cookies)
 
     def raw_items(self) -> list[tuple[str, str]]:
         """Every header line as it goes on the wire (Set-Cookie values on their own lines)."""
-        return [(key, value) for key, values in self._values.items() for value in values]
+        if not self._cookies:
+            return list(self._values.items())
+        lines: list[tuple[str, str]] = []
+        for key, value in self._values.items():
+            if key == _SET_COOKIE:
+                lines += [(key, cookie) for cookie in self._cookies]
+            else:
+                lines.append((key, value))
+        return lines
 
     def copy(self) -> Headers:
         clone = Headers()
-        clone._values = {key: list(values) for key, values in self._values.items()}
-        clone._names = dict(self._names)
+        clone._values = dict(self._values)
+        clone._cookies = list(self._cookies)
         return clone
 
     def __getitem__(self, name: str) -> str | None:  # type: ignore[override]
         # http.client.HTTPMessage returns None for a missing name; the SDK's headers subclass it.
-        return self.get(name)
+        return self._values.get(name.lower())
 
     def __setitem__(self, name: str, value: str) -> None:
         self.set(name, value)

@@ -1,21 +1,35 @@
-"""Wall-time limits for invocations: one coarse periodic check for all of them.
+"""Wall-time limits for invocations: one coarse periodic check for all of them, plus a watchdog.
 
 A timer per request (``asyncio.timeout``) costs more than the rest of a small request's edge
-work; a limit measured in seconds does not need millisecond precision.
+work; a limit measured in seconds does not need millisecond precision. Cancelling only works at
+an ``await``: Worker code that never awaits (``while True: pass``) holds the event loop, so a
+watchdog thread notices the stalled loop and raises ``WallTimeExceeded`` inside that code, the
+way Cloudflare stops a Worker past its CPU limit. Code blocked inside a C call (``time.sleep``)
+is only stopped when the call returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import threading
+import time
 
 TICK_S = 0.05
 
 
-class Watch:
-    __slots__ = ("task", "deadline", "expired")
+class WallTimeExceeded(BaseException):
+    """Raised inside Worker code that kept the event loop busy past its wall-time limit.
 
-    def __init__(self, task: asyncio.Task, deadline: float) -> None:
-        self.task, self.deadline, self.expired = task, deadline, False
+    A BaseException, so a Worker's ``except Exception`` does not swallow it.
+    """
+
+
+class Watch:
+    __slots__ = ("task", "deadline", "expires_at", "expired")
+
+    def __init__(self, task: asyncio.Task, deadline: float, expires_at: float) -> None:
+        self.task, self.deadline, self.expires_at, self.expired = task, deadline, expires_at, False
 
 
 class Deadlines:
@@ -25,13 +39,19 @@ class Deadlines:
         self._tick_s = tick_s
         self._watches: set[Watch] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._last_tick = time.monotonic()
+        self._loop_thread: int | None = None
+        self._watchdog: threading.Thread | None = None
 
     def watch(self, timeout_s: float) -> Watch:
         loop = asyncio.get_running_loop()
-        entry = Watch(asyncio.current_task(), loop.time() + timeout_s)
+        entry = Watch(asyncio.current_task(), loop.time() + timeout_s, time.monotonic() + timeout_s)
         self._watches.add(entry)
         if self._timer is None:
+            self._last_tick = time.monotonic()
             self._timer = loop.call_later(self._tick_s, self._check)
+        if self._watchdog is None:
+            self._start_watchdog()
         return entry
 
     def unwatch(self, entry: Watch) -> None:
@@ -39,9 +59,33 @@ class Deadlines:
 
     def _check(self) -> None:
         loop = asyncio.get_running_loop()
+        self._last_tick = time.monotonic()
         now = loop.time()
         for entry in [entry for entry in self._watches if entry.deadline <= now]:
             entry.expired = True
             entry.task.cancel()
             self._watches.discard(entry)
         self._timer = loop.call_later(self._tick_s, self._check) if self._watches else None
+
+    def _start_watchdog(self) -> None:
+        self._loop_thread = threading.get_ident()
+        self._watchdog = threading.Thread(target=self._guard, name="edgewise-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _guard(self) -> None:
+        while True:
+            time.sleep(self._tick_s * 2)
+            now = time.monotonic()
+            if self._timer is None or now - self._last_tick < self._tick_s * 4:
+                continue  # no invocation in flight, or the loop is turning
+            overdue = [entry for entry in list(self._watches) if entry.expires_at <= now]
+            if overdue:
+                for entry in overdue:
+                    entry.expired = True
+                    self._watches.discard(entry)
+                self._last_tick = now
+                _raise_in_thread(self._loop_thread, WallTimeExceeded)
+
+
+def _raise_in_thread(thread_id: int, error: type[BaseException]) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(error))

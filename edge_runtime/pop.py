@@ -17,7 +17,7 @@ from .bindings import Env
 from .catalog import Location
 from .cf import base_cf, new_ray_id, request_cf
 from .config import WorkerConfig
-from .deadlines import Deadlines
+from .deadlines import Deadlines, WallTimeExceeded
 from .errors import EdgeError, bad_request, render, worker_exceeded_limits, worker_threw
 from .geo import ClientLocation, ClientLocator, LocationError
 from .routing import simulated_rtt_ms
@@ -145,10 +145,11 @@ class Pop:
             response = await self.worker.fetch(request, self.env, ctx)
         except EdgeError:
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, WallTimeExceeded) as error:
             if not watch.expired:
                 raise  # the client went away or the server is stopping
-            asyncio.current_task().uncancel()
+            if isinstance(error, asyncio.CancelledError):
+                asyncio.current_task().uncancel()
             raise worker_exceeded_limits(
                 f"The fetch handler did not return a Response within {wall_time_s:g} s "
                 "([edgewise.limits] wall_time_s)."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from http import HTTPMethod
 from typing import Any
 
@@ -32,7 +33,7 @@ def python_from_rpc(value: Any) -> Any:
 
 def python_to_rpc(value: Any) -> Any:
     """Values crossing from Python into a binding; tuples and bytearrays can't cross, as on Workers."""
-    if isinstance(value, (tuple, bytearray)):
+    if isinstance(value, (tuple, bytearray)) or inspect.iscoroutine(value):
         raise TypeError(f"{type(value).__name__} cannot be sent over RPC.")
     if isinstance(value, dict):
         return {key: python_to_rpc(item) for key, item in value.items()}

@@ -26,6 +26,8 @@ def _client() -> httpx.AsyncClient:
     if client is None or client.is_closed:
         # Redirects are followed by hand so that redirect="manual"/"error" can be honoured per call.
         client = httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(60.0, connect=10.0))
+        for closed in [other for other in _clients if other.is_closed()]:
+            del _clients[closed]  # its connections died with it
         _clients[loop] = client
     return client
 

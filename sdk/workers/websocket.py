@@ -52,6 +52,7 @@ class WebSocket:
         self._accepted = False
         self._held: list[Event] = []
         self._bridge: asyncio.Queue[Event] | None = None
+        self._listener_tasks: set[asyncio.Future[Any]] = set()
         self.readyState = CONNECTING  # noqa: N815 - JS name
         self.binaryType = "arraybuffer"  # noqa: N815 - JS name
         self.onopen = self.onmessage = self.onclose = self.onerror = None
@@ -123,10 +124,13 @@ class WebSocket:
             self._report(error, event)
             return
         if inspect.isawaitable(result):
+            # The event loop keeps only weak references to tasks: hold the listener's until it ends.
             task = asyncio.ensure_future(result)
+            self._listener_tasks.add(task)
             task.add_done_callback(lambda done: self._task_done(done, event))
 
     def _task_done(self, task: asyncio.Future[Any], event: Event) -> None:
+        self._listener_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self._report(task.exception(), event)
 

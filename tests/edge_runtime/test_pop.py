@@ -227,6 +227,12 @@ ERRORS = """
                 return {"not": "a response"}
             if path == "/hang":
                 await asyncio.sleep(3600)
+            if path == "/spin":
+                try:
+                    while True:  # never awaits: only the watchdog can stop it
+                        pass
+                except Exception:
+                    return Response("swallowed the limit")
             if path == "/upload":
                 return Response(f"read {len(await request.bytes())} bytes")
             return Response("fine")
@@ -283,6 +289,17 @@ async def test_handler_that_never_returns_is_1102_after_wall_time(edge_client) -
     assert "error code: 1102" in response.text
     assert "0.5 s" in response.text
     assert 0.45 <= elapsed < 2.0
+    await _still_serves(client)
+
+
+async def test_handler_that_spins_without_awaiting_is_stopped_with_1102(edge_client) -> None:
+    _, client = edge_client(ERRORS, limits={"wall_time_s": 0.5})
+    started = time.perf_counter()
+    response = await client.get("/spin")
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 503
+    assert "error code: 1102" in response.text
+    assert 0.45 <= elapsed < 3.0
     await _still_serves(client)
 
 

@@ -14,8 +14,11 @@ import asyncio
 import ctypes
 import threading
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 TICK_S = 0.05
+Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class WallTimeExceeded(BaseException):
@@ -26,14 +29,35 @@ class WallTimeExceeded(BaseException):
 
 
 class Watch:
-    __slots__ = ("task", "deadline", "expires_at", "expired")
+    """One invocation in flight; ``receive`` (ASGI) is listened on once it has run for a tick."""
 
-    def __init__(self, task: asyncio.Task, deadline: float, expires_at: float) -> None:
+    __slots__ = ("task", "deadline", "expires_at", "expired", "receive", "body", "listener", "disconnected")
+
+    def __init__(self, task: asyncio.Task, deadline: float, expires_at: float, receive: Receive | None,
+                 body: Any) -> None:
         self.task, self.deadline, self.expires_at, self.expired = task, deadline, expires_at, False
+        self.receive, self.body, self.listener, self.disconnected = receive, body, None, False
+
+    @property
+    def can_listen(self) -> bool:
+        # While the Worker still reads the request body, `receive` is its: a second reader would steal chunks.
+        return self.receive is not None and self.listener is None and (self.body is None or self.body.complete)
+
+    async def listen(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        self.disconnected = True
+        self.task.cancel()
 
 
 class Deadlines:
-    """``watch`` the current task; past its deadline it is cancelled and ``expired`` is set."""
+    """``watch`` the current task; past its deadline it is cancelled and ``expired`` is set.
+
+    With ``receive``, an invocation still running after a tick also has its client watched: if the
+    client goes away the task is cancelled and ``disconnected`` is set, so what the Worker was
+    waiting for (an AI generation, a subrequest) is abandoned at once. Quick requests, most of
+    them, never pay for a listener.
+    """
 
     def __init__(self, tick_s: float = TICK_S) -> None:
         self._tick_s = tick_s
@@ -43,9 +67,10 @@ class Deadlines:
         self._loop_thread: int | None = None
         self._watchdog: threading.Thread | None = None
 
-    def watch(self, timeout_s: float) -> Watch:
+    def watch(self, timeout_s: float, receive: Receive | None = None, body: Any = None) -> Watch:
+        """``body`` (with a ``complete`` flag) is the request body the Worker may still be reading."""
         loop = asyncio.get_running_loop()
-        entry = Watch(asyncio.current_task(), loop.time() + timeout_s, time.monotonic() + timeout_s)
+        entry = Watch(asyncio.current_task(), loop.time() + timeout_s, time.monotonic() + timeout_s, receive, body)
         self._watches.add(entry)
         if self._timer is None:
             self._last_tick = time.monotonic()
@@ -56,15 +81,20 @@ class Deadlines:
 
     def unwatch(self, entry: Watch) -> None:
         self._watches.discard(entry)
+        if entry.listener is not None:
+            entry.listener.cancel()
 
     def _check(self) -> None:
         loop = asyncio.get_running_loop()
         self._last_tick = time.monotonic()
         now = loop.time()
-        for entry in [entry for entry in self._watches if entry.deadline <= now]:
-            entry.expired = True
-            entry.task.cancel()
-            self._watches.discard(entry)
+        for entry in list(self._watches):
+            if entry.deadline <= now:
+                entry.expired = True
+                entry.task.cancel()
+                self.unwatch(entry)
+            elif entry.can_listen:
+                entry.listener = loop.create_task(entry.listen())
         self._timer = loop.call_later(self._tick_s, self._check) if self._watches else None
 
     def _start_watchdog(self) -> None:

@@ -35,6 +35,11 @@ def payload_too_large(limit_bytes: int) -> EdgeError:
     )
 
 
+def client_disconnected() -> EdgeError:
+    # 499 is nginx's "client closed request"; nobody receives it, but logs and tail show it.
+    return EdgeError(499, None, "Client Closed Request", "The client disconnected before the Worker answered.")
+
+
 def bad_request(detail: str) -> EdgeError:
     return EdgeError(400, None, "Bad Request", detail)
 

@@ -18,7 +18,7 @@ from .catalog import Location
 from .cf import base_cf, new_ray_id, request_cf
 from .config import WorkerConfig
 from .deadlines import Deadlines, WallTimeExceeded
-from .errors import EdgeError, bad_request, render, worker_exceeded_limits, worker_threw
+from .errors import EdgeError, bad_request, client_disconnected, render, worker_exceeded_limits, worker_threw
 from .geo import ClientLocation, ClientLocator, LocationError
 from .routing import simulated_rtt_ms
 from .scheduled import SCHEDULED_PATHS, run_scheduled_endpoint
@@ -122,7 +122,7 @@ class Pop:
         try:
             body = http_io.request_body(headers, receive, limits.max_request_body_bytes)
             request = self.build_request(scope, client, ray_id, body, headers)
-            response = await self.invoke_fetch(request, ctx, ray_id, logs)
+            response = await self.invoke_fetch(request, ctx, ray_id, logs, receive, body)
             if response.status == 101:
                 raise worker_threw("TypeError: a 101 response with a WebSocket needs an `Upgrade: websocket` request")
             status = response.status
@@ -136,20 +136,26 @@ class Pop:
             if self.services.hub.has_subscribers or request_log.isEnabledFor(logging.INFO):
                 self._record(scope, request, status, logs, exceptions, ray_id, started)
 
-    async def invoke_fetch(self, request: Request, ctx: Context, ray_id: str, logs: list) -> Response:
-        """Run the Worker's fetch within the wall-time limit; every failure becomes an ``EdgeError``."""
+    async def invoke_fetch(self, request: Request, ctx: Context, ray_id: str, logs: list,
+                           receive: Any = None, body: http_io.IncomingBody | None = None) -> Response:
+        """Run the Worker's fetch within the wall-time limit; every failure becomes an ``EdgeError``.
+
+        With ``receive``, a client that disconnects cancels the invocation (499).
+        """
         wall_time_s = self.services.config.edgewise.limits.wall_time_s
         tokens = self._enter(ctx, logs)
-        watch = self.services.deadlines.watch(wall_time_s)
+        watch = self.services.deadlines.watch(wall_time_s, receive, body)
         try:
             response = await self.worker.fetch(request, self.env, ctx)
         except EdgeError:
             raise
         except (asyncio.CancelledError, WallTimeExceeded) as error:
-            if not watch.expired:
-                raise  # the client went away or the server is stopping
+            if not (watch.expired or watch.disconnected):
+                raise  # the server is stopping
             if isinstance(error, asyncio.CancelledError):
                 asyncio.current_task().uncancel()
+            if watch.disconnected:
+                raise client_disconnected() from None
             raise worker_exceeded_limits(
                 f"The fetch handler did not return a Response within {wall_time_s:g} s "
                 "([edgewise.limits] wall_time_s)."

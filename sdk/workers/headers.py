@@ -25,7 +25,10 @@ class Headers(Mapping[str, str]):
         if init is None:
             return
         # A Headers' own items() comma-joins Set-Cookie; copy its wire lines to keep cookies apart.
-        pairs = init.raw_items() if isinstance(init, Headers) else init.items() if isinstance(init, Mapping) else init
+        if type(init) is dict:  # the common case, without the ABC checks below
+            pairs = init.items()
+        else:
+            pairs = init.raw_items() if isinstance(init, Headers) else init.items() if isinstance(init, Mapping) else init
         for name, value in pairs:
             self.append(name, value)
 

@@ -11,6 +11,7 @@ from .body import Body, BodyInit, BodySource, encode_body
 from .headers import Headers, HeadersInit
 
 _NO_BODY_METHODS = (HTTPMethod.GET, HTTPMethod.HEAD)
+_METHODS = {method.value: method for method in HTTPMethod}  # a dict lookup; Enum(value) is slow
 
 
 def _normalise_url(url: str) -> str:
@@ -78,7 +79,7 @@ class Request(Body):
     def _incoming(cls, url: str, method: str, headers: Headers, body: BodySource, cf: JsDict | None) -> Request:
         """The runtime's constructor for a request arriving at a Worker: no validation, no copies."""
         request = cls.__new__(cls)
-        request.url, request.method, request.headers = url, HTTPMethod(method), headers
+        request.url, request.method, request.headers = url, _METHODS.get(method) or _method(method), headers
         request._body, request._body_used = body, False
         request.redirect, request.cf, request.fetcher, request.options = "manual", cf, None, {}
         return request

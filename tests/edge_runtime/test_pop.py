@@ -396,3 +396,33 @@ async def test_client_disconnect_closes_a_streamed_body(make_edge, serve, wait_f
         assert first == "chunk 0"
         assert events == []
     await wait_for(lambda: events == ["closed"], timeout_s=5)
+
+
+SLOW = """
+    import asyncio
+    from workers import Response, WorkerEntrypoint
+
+    EVENTS = []
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            EVENTS.append("started")
+            try:
+                await asyncio.sleep(30)  # stands for an AI generation or a slow subrequest
+            except asyncio.CancelledError:
+                EVENTS.append("cancelled")
+                raise
+            return Response("too late")
+"""
+
+
+async def test_client_disconnect_cancels_a_waiting_handler(make_edge, serve, wait_for) -> None:
+    edge = make_edge(SLOW)
+    base = await serve(edge.front_door)
+    events = edge.pops[0].worker.module.EVENTS
+    async with httpx.AsyncClient() as client:
+        request = asyncio.ensure_future(client.get(base + "/"))
+        await wait_for(lambda: events == ["started"])
+        request.cancel()  # closes the connection
+        await asyncio.gather(request, return_exceptions=True)
+    await wait_for(lambda: events == ["started", "cancelled"], timeout_s=2.0)

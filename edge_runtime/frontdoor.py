@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from . import http_io
 from .errors import bad_request, no_healthy_pop, render
 from .geo import ClientLocation, LocationError
-from .pop import CLIENT_SCOPE_KEY, Pop
+from .pop import CLIENT_SCOPE_KEY
 from .routing import simulated_rtt_ms
 
 if TYPE_CHECKING:
@@ -46,7 +46,9 @@ class FrontDoor:
         if pop is None:
             await _refuse(send, scope, 503, no_healthy_pop("Every configured PoP is marked down."))
             return
-        await self._delay(pop, client)
+        latency = self.edge.config.edgewise.latency
+        if latency.enabled:
+            await asyncio.sleep(simulated_rtt_ms(pop.location, client, latency) / 1000.0)
         scope[CLIENT_SCOPE_KEY] = client
         await pop(scope, receive, send)
 
@@ -55,11 +57,6 @@ class FrontDoor:
                    if name in _LOCATION_HEADERS}
         peer = scope.get("client")
         return self.edge.locator.locate(headers, peer[0] if peer else None)
-
-    async def _delay(self, pop: Pop, client: ClientLocation) -> None:
-        latency = self.edge.config.edgewise.latency
-        if latency.enabled:
-            await asyncio.sleep(simulated_rtt_ms(pop.location, client, latency) / 1000.0)
 
     async def _control(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         route = scope["path"][len(CONTROL_PREFIX):].strip("/").split("/")

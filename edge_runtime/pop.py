@@ -126,11 +126,15 @@ class Pop:
             if response.status == 101:
                 raise worker_threw("TypeError: a 101 response with a WebSocket needs an `Upgrade: websocket` request")
             status = response.status
-            await self._send_response(send, receive, response, ray_id, scope["method"] == "HEAD", body)
+            await http_io.send_response(send, receive, response, ray_id, scope["method"] == "HEAD", body)
         except EdgeError as error:
             exceptions.append({"name": "Error", "message": str(error), "timestamp": int(time.time() * 1000)})
             status = error.status
             await self._send_error(send, scope, error, ray_id)
+        except Exception as error:
+            # Everything before the response is an EdgeError: this is the body stream failing after
+            # the headers went out, so the client sees a truncated body and the log says why.
+            log.error("Response body stream failed at %s (ray %s): %r", self.colo, ray_id, error)
         finally:
             self.after_invocation(ctx, ray_id)
             if self.services.hub.has_subscribers or request_log.isEnabledFor(logging.INFO):
@@ -171,14 +175,6 @@ class Pop:
                 f"(fetch returned {type(response).__name__}; return workers.Response(...))."
             )
         return response
-
-    async def _send_response(self, send: Any, receive: Any, response: Response, ray_id: str, head_only: bool,
-                             body: http_io.IncomingBody | None) -> None:
-        try:
-            await http_io.send_response(send, receive, response, ray_id, head_only, body)
-        except Exception as error:
-            # Headers are out: the client sees a truncated body; the log says why.
-            log.error("Response body stream failed at %s (ray %s): %r", self.colo, ray_id, error)
 
     def _enter(self, ctx: Context, logs: list) -> tuple:
         limit = self.services.config.edgewise.limits.max_subrequests

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -51,7 +51,8 @@ class Worker:
     def has_scheduled(self) -> bool:
         return self._scheduled_arity is not None
 
-    async def fetch(self, request: Request, env: Any, ctx: Context) -> Any:
+    def fetch(self, request: Request, env: Any, ctx: Context) -> Awaitable[Any]:
+        """The handler's result to await (a plain function, so the handler's coroutine is awaited directly)."""
         if self._fetch_arity is None:
             raise TypeError("Handler does not export a fetch() function.")
         if self.entrypoint is not None:
@@ -59,7 +60,7 @@ class Worker:
             result = self._instance(env, ctx).fetch(*(request, None, None)[: self._fetch_arity])
         else:
             result = self.on_fetch(*(request, env, ctx)[: self._fetch_arity])
-        return await result if self._fetch_is_async else await _settle(result)
+        return result if self._fetch_is_async else _settle(result)
 
     async def scheduled(self, controller: ScheduledController, env: Any, ctx: Context) -> None:
         if self._scheduled_arity is None:

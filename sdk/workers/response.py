@@ -50,7 +50,7 @@ class Response(Body):
                 raise ValueError("Response(body=<Response>) takes no other options; use replace_body() to keep status and headers")
             self._adopt(body)
             return
-        self.status = _status(status, web_socket)
+        self.status = 200 if status is None else _status(status, web_socket)
         self.status_text = status_text or _reason(self.status)
         self.headers = Headers(headers)
         self.web_socket = web_socket

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import traceback
-from http import HTTPStatus
+from http import HTTPMethod, HTTPStatus
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from .errors import EdgeError, bad_request, client_disconnected, render, worker_
 from .geo import ClientLocation, ClientLocator, LocationError
 from .routing import simulated_rtt_ms
 from .scheduled import SCHEDULED_PATHS, run_scheduled_endpoint
-from .tail import TailHub, invocation_logs, request_event
+from .tail import TailHub, exception_entry, invocation_logs, request_event
 from .websocket_bridge import serve_websocket
 from .worker import Worker
 
@@ -94,6 +94,9 @@ class Pop:
             "accept-encoding": "br, gzip", "cf-connecting-ip": peer_ip, "cf-ipcountry": client.country or "XX",
             "cf-ray": ray_id, "cf-visitor": '{"scheme":"%s"}' % scheme, "x-forwarded-proto": scheme,
         })
+        if scope.get("method", "GET") not in _METHODS:
+            raise EdgeError(405, None, "Method Not Allowed",
+                            f"{scope['method']} is not an HTTP method a Worker can receive (use one of {sorted(_METHODS)}).")
         base, rtt_ms = self._base_cf(client)
         cf = request_cf(base, accept_encoding, scope.get("http_version", "1.1"), rtt_ms, headers.get("mf-cf-blob"))
         return Request._incoming(_url(scope, headers, scheme), scope.get("method", "GET"), headers, body, cf)
@@ -128,7 +131,7 @@ class Pop:
             status = response.status
             await http_io.send_response(send, receive, response, ray_id, scope["method"] == "HEAD", body)
         except EdgeError as error:
-            exceptions.append({"name": "Error", "message": str(error), "timestamp": int(time.time() * 1000)})
+            exceptions.append(exception_entry(error))
             status = error.status
             await self._send_error(send, scope, error, ray_id)
         except Exception as error:
@@ -238,6 +241,7 @@ def _http_scheme(scope: dict[str, Any]) -> str:
 
 _HTTP_SCHEMES = {"ws": "http", "wss": "https"}
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
+_METHODS = frozenset(method.value for method in HTTPMethod)
 
 
 def _url(scope: dict[str, Any], headers: Headers, scheme: str) -> str:

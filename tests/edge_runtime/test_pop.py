@@ -426,3 +426,11 @@ async def test_client_disconnect_cancels_a_waiting_handler(make_edge, serve, wai
         request.cancel()  # closes the connection
         await asyncio.gather(request, return_exceptions=True)
     await wait_for(lambda: events == ["started", "cancelled"], timeout_s=2.0)
+
+
+async def test_an_unknown_http_method_is_405_and_the_edge_keeps_serving(edge_client) -> None:
+    _, client = edge_client(ERRORS)
+    response = await client.request("PROPFIND", "/")
+    assert response.status_code == 405
+    assert "PROPFIND" in response.text
+    await _still_serves(client)

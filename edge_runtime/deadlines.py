@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 TICK_S = 0.05
+_IDLE_CHECKS_BEFORE_EXIT = 50  # an idle watchdog thread ends after ~5 s
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
@@ -103,11 +104,22 @@ class Deadlines:
         self._watchdog.start()
 
     def _guard(self) -> None:
+        idle_checks = 0
         while True:
             time.sleep(self._tick_s * 2)
+            if not self._watches:
+                idle_checks += 1
+                if idle_checks > _IDLE_CHECKS_BEFORE_EXIT:
+                    self._watchdog = None  # the next watch() starts a fresh one...
+                    if not self._watches:
+                        return
+                    self._watchdog = threading.current_thread()  # ...unless one came in meanwhile
+                    idle_checks = 0
+                continue
+            idle_checks = 0
             now = time.monotonic()
             if self._timer is None or now - self._last_tick < self._tick_s * 4:
-                continue  # no invocation in flight, or the loop is turning
+                continue  # the loop is turning
             overdue = [entry for entry in list(self._watches) if entry.expires_at <= now]
             if overdue:
                 for entry in overdue:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import gc
 from pathlib import Path
 
@@ -42,8 +43,23 @@ def _parse_pops(value: str | None, base_port: int | None) -> tuple[PopSpec, ...]
     return tuple(PopSpec(code, port=None if base_port is None else base_port + i) for i, code in enumerate(codes))
 
 
-def _apply_cli(config: WorkerConfig, pops: str | None, latency: str | None, pop_ports: int | None) -> WorkerConfig:
+def _parse_cf(value: str | None) -> dict | None:
+    if value is None:
+        return None
+    try:
+        fields = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"not JSON ({error})", param_hint="--cf") from None
+    if not isinstance(fields, dict):
+        raise click.BadParameter('needs a JSON object such as \'{"asn": 13335}\'', param_hint="--cf")
+    return fields
+
+
+def _apply_cli(config: WorkerConfig, pops: str | None, latency: str | None, pop_ports: int | None,
+               cf: dict | None) -> WorkerConfig:
     edgewise = config.edgewise
+    if cf is not None:
+        edgewise = dataclasses.replace(edgewise, cf={**edgewise.cf, **cf})
     specs = _parse_pops(pops, pop_ports)
     if specs is None and pop_ports is not None:
         specs = tuple(dataclasses.replace(spec, port=pop_ports + i) for i, spec in enumerate(edgewise.pops))
@@ -79,17 +95,19 @@ def _print_ready(config: WorkerConfig, host: str, listeners: list[Listener], edg
 @click.option("--pop-ports", type=click.IntRange(1, 65535), help="Also serve each PoP on its own port, from this one up.")
 @click.option("--var", "vars_", multiple=True, metavar="KEY:VALUE", help="Set or override a var (repeatable).")
 @click.option("--latency", type=click.Choice(["on", "off"]), help="Simulated network delay from distance.")
+@click.option("--cf", metavar="JSON", help='Fields merged into every request.cf, e.g. \'{"asn": 13335}\' (over [edgewise] cf).')
 @click.option("--reload/--no-reload", default=True, show_default=True, help="Reload the Worker when files change.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="log", show_default=True)
 def dev(directory: Path, config_path: Path | None, env_name: str | None, port: int | None, ip: str | None,
-        pops: str | None, pop_ports: int | None, vars_: tuple[str, ...], latency: str | None, reload: bool,
-        log_level: str) -> None:
+        pops: str | None, pop_ports: int | None, vars_: tuple[str, ...], latency: str | None, cf: str | None,
+        reload: bool, log_level: str) -> None:
     """Serve the Worker in DIRECTORY on emulated PoPs behind an anycast front door."""
     setup_logging(log_level)
     overrides = _parse_vars(vars_)
+    cf_fields = _parse_cf(cf)
 
     def read_config() -> WorkerConfig:
-        return _apply_cli(load_config(directory, config_path, env_name, overrides), pops, latency, pop_ports)
+        return _apply_cli(load_config(directory, config_path, env_name, overrides), pops, latency, pop_ports, cf_fields)
 
     try:
         config = read_config()

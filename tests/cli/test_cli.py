@@ -205,6 +205,13 @@ def test_dev_rejects_an_unknown_pop() -> None:
     assert not is_listening(port)
 
 
+@pytest.mark.parametrize("value, message", [("{not json", "not JSON"), ("[1, 2]", "JSON object")])
+def test_dev_rejects_a_malformed_cf(value: str, message: str) -> None:
+    result = invoke("dev", str(EXAMPLES / "hello"), "--cf", value)
+    assert result.exit_code == 2
+    assert "--cf" in result.output and message in result.output
+
+
 def test_dev_rejects_a_malformed_var() -> None:
     result = invoke("dev", str(EXAMPLES / "hello"), "--var", "NOCOLON")
     assert result.exit_code == 2

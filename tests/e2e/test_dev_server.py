@@ -285,6 +285,12 @@ def test_var_override_reaches_the_asgi_app(start_dev: Callable[..., DevServer]) 
     assert server.get("/env").json() == {"MESSAGE": "from the command line"}
 
 
+def test_cf_override_from_the_command_line(start_dev: Callable[..., DevServer]) -> None:
+    server = start_dev(EXAMPLES / "hello", "--cf", '{"asn": 13335, "asOrganization": "edgewise"}')
+    cf = server.get().json()["cf"]
+    assert (cf["asn"], cf["asOrganization"], cf["colo"]) == (13335, "edgewise", "DFW")
+
+
 # --- per-PoP ports ------------------------------------------------------------------------------
 
 

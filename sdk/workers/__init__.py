@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import AsyncIterable, Iterator, Mapping
+from contextlib import contextmanager
 from http import HTTPMethod
-from typing import Any
+from typing import Any, Literal, TypedDict, Union
 
 from . import _state
 from ._jsdict import JsDict, to_jsdict
-from .body import BodyStream
+from .body import Body, BodyStream
 from .context import Context
 from .entrypoint import DurableObject, WorkerEntrypoint, WorkflowEntrypoint, handler
 from .fetch import fetch
@@ -19,11 +21,78 @@ from .response import FetchResponse, Response
 from .websocket import WebSocket, WebSocketPair
 
 __all__ = [
-    "Blob", "BodyStream", "Context", "DurableObject", "FetchResponse", "File", "FormData", "FormDataValue",
-    "HTTPMethod", "Headers", "JsDict", "Request", "Response", "WebSocket", "WebSocketPair", "WorkerEntrypoint",
-    "WorkflowEntrypoint", "env", "fetch", "handler", "python_from_rpc", "python_to_rpc", "waitUntil",
-    "wait_until",
+    "Blob", "BlobEnding", "BlobValue", "Body", "BodyStream", "Context", "DurableObject", "FetchKwargs",
+    "FetchResponse", "File", "FormData", "FormDataValue", "HTTPMethod", "Headers", "JSBody", "JsDict", "Request",
+    "RequestInitCfProperties", "Response", "WebSocket", "WebSocketPair", "WorkerEntrypoint", "WorkflowEntrypoint",
+    "env", "fetch", "handler", "import_from_javascript", "patch_env", "python_from_rpc", "python_to_rpc",
+    "waitUntil", "wait_until",
 ]
+
+# Type names the SDK exports for annotations.
+BlobValue = Union[str, bytes, Blob]
+BlobEnding = Literal["transparent", "native"]
+JSBody = Union[str, bytes, FormData, Blob, AsyncIterable[bytes], None]
+
+
+class RequestInitCfProperties(TypedDict, total=False):
+    """The ``cf`` options of an outbound ``fetch`` (accepted; a local edge has no cache to apply them to)."""
+
+    apps: bool
+    cacheEverything: bool  # noqa: N815 - Cloudflare's names
+    cacheKey: str  # noqa: N815
+    cacheTags: list[str]  # noqa: N815
+    cacheTtl: int  # noqa: N815
+    cacheTtlByStatus: dict[str, int]  # noqa: N815
+    image: dict[str, Any]
+    mirage: bool
+    polish: str
+    resolveOverride: str  # noqa: N815
+    scrapeShield: bool  # noqa: N815
+    webp: bool
+
+
+class FetchKwargs(TypedDict, total=False):
+    """The keyword options of ``fetch`` and ``Request``."""
+
+    headers: Any
+    body: JSBody
+    method: str | HTTPMethod
+    redirect: str
+    cf: RequestInitCfProperties
+    fetcher: Any
+
+
+@contextmanager
+def patch_env(patch: Mapping[str, Any] | None = None, **values: Any) -> Iterator[Any]:
+    """Overlay values on the module-level ``env`` while the block runs (tests of Worker code use it)."""
+    base = _state.current_env.get()
+    patched = JsDict(base or {})
+    patched.update(patch or {}, **values)
+    token = _state.current_env.set(patched)
+    try:
+        yield patched
+    finally:
+        _state.current_env.reset(token)
+
+
+class _CloudflareWorkers:
+    """What ``import_from_javascript("cloudflare:workers")`` gives: the live ``env`` and ``waitUntil``."""
+
+    @property
+    def env(self) -> Any:
+        return _state.current_env.get()
+
+    def waitUntil(self, awaitable: Any) -> None:  # noqa: N802 - JS name
+        _wait_until(awaitable)
+
+
+def import_from_javascript(module_name: str) -> Any:
+    if module_name == "cloudflare:workers":
+        return _CloudflareWorkers()
+    raise ImportError(
+        f"import_from_javascript({module_name!r}): edgewise runs Workers on CPython, where only "
+        "'cloudflare:workers' exists; use the Python equivalent of that JavaScript module."
+    )
 
 
 def python_from_rpc(value: Any) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import random
+from random import getrandbits as _random_bits
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +37,7 @@ _CONNECTION_FIELDS: Mapping[str, Any] = {
 
 def new_ray_id(colo: str) -> str:
     """``CF-Ray``: 16 lower-case hex digits, a dash, the serving colo (``230b030023ae2822-SJC``)."""
-    return f"{random.getrandbits(64):016x}-{colo}"
+    return f"{_random_bits(64).to_bytes(8, 'big').hex()}-{colo}"
 
 
 def base_cf(pop: Location, client: ClientLocation, overrides: Mapping[str, Any]) -> JsDict:

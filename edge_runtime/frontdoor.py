@@ -55,8 +55,11 @@ class FrontDoor:
     def _locate(self, scope: dict[str, Any]) -> ClientLocation:
         headers = {name.decode(): value.decode("latin-1") for name, value in scope["headers"]
                    if name in _LOCATION_HEADERS}
+        locator = self.edge.locator
+        if not headers and not locator.has_ip_table:
+            return locator.default  # the common case in development: nothing says where the client is
         peer = scope.get("client")
-        return self.edge.locator.locate(headers, peer[0] if peer else None)
+        return locator.locate(headers, peer[0] if peer else None)
 
     async def _control(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         route = scope["path"][len(CONTROL_PREFIX):].strip("/").split("/")

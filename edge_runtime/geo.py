@@ -228,6 +228,10 @@ class ClientLocator:
     def default(self) -> ClientLocation:
         return self._default
 
+    @property
+    def has_ip_table(self) -> bool:
+        return self._has_ip_table
+
     def locate(self, headers: Mapping[str, str], client_ip: str | None) -> ClientLocation:
         """The client's location; `headers` must have lower-case keys."""
         explicit = headers.get(LOCATION_HEADER)

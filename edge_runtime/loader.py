@@ -32,14 +32,14 @@ def import_isolated(main: Path, instance: str, env: Any) -> ModuleType:
         sys.path.insert(0, folder)
     before = set(sys.modules)
     name = f"_edgewise_{instance}_{next(_generation)}_{main.stem}"
-    token = _state.current_env.set(env)  # `from workers import env` at import time sees this PoP's env
+    token = _state.current.set(_state.Invocation(env))  # `from workers import env` at import time: this PoP's
     finder = _WorkerFolderFinder(main.parent)
     sys.meta_path.insert(0, finder)
     try:
         return _exec_module(name, main)
     finally:
         sys.meta_path.remove(finder)
-        _state.current_env.reset(token)
+        _state.current.reset(token)
         _forget_local_modules(before, main.parent)
 
 

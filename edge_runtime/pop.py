@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import traceback
@@ -22,7 +23,7 @@ from .errors import EdgeError, bad_request, client_disconnected, render, worker_
 from .geo import ClientLocation, ClientLocator, LocationError
 from .routing import simulated_rtt_ms
 from .scheduled import SCHEDULED_PATHS, run_scheduled_endpoint
-from .tail import TailHub, exception_entry, invocation_logs, request_event
+from .tail import TailHub, exception_entry, request_event
 from .websocket_bridge import serve_websocket
 from .worker import Worker
 
@@ -98,8 +99,12 @@ class Pop:
             raise EdgeError(405, None, "Method Not Allowed",
                             f"{scope['method']} is not an HTTP method a Worker can receive (use one of {sorted(_METHODS)}).")
         base, rtt_ms = self._base_cf(client)
-        cf = request_cf(base, accept_encoding, scope.get("http_version", "1.1"), rtt_ms, headers.get("mf-cf-blob"))
-        return Request._incoming(_url(scope, headers, scheme), scope.get("method", "GET"), headers, body, cf)
+        http_version, blob = scope.get("http_version", "1.1"), headers.get("mf-cf-blob")
+
+        def make_cf() -> Any:
+            return request_cf(base, accept_encoding, http_version, rtt_ms, blob)
+
+        return Request._incoming(_url(scope, headers, scheme), scope.get("method", "GET"), headers, body, make_cf)
 
     def _base_cf(self, client: ClientLocation) -> tuple[Any, float]:
         cached = self._cf_cache.get(client)
@@ -150,7 +155,7 @@ class Pop:
         With ``receive``, a client that disconnects cancels the invocation (499).
         """
         wall_time_s = self.services.config.edgewise.limits.wall_time_s
-        tokens = self._enter(ctx, logs)
+        token = self._enter(ctx, logs)
         watch = self.services.deadlines.watch(wall_time_s, receive, body)
         try:
             response = await self.worker.fetch(request, self.env, ctx)
@@ -171,7 +176,7 @@ class Pop:
             raise self._worker_error(error, ray_id) from error
         finally:
             self.services.deadlines.unwatch(watch)
-            self._exit(tokens)
+            self._exit(token)
         if not isinstance(response, Response):
             raise worker_threw(
                 "TypeError: Incorrect type for Promise: the Promise did not resolve to 'Response' "
@@ -179,18 +184,13 @@ class Pop:
             )
         return response
 
-    def _enter(self, ctx: Context, logs: list) -> tuple:
-        limit = self.services.config.edgewise.limits.max_subrequests
-        return (_state.current_env.set(self.env), _state.current_ctx.set(ctx),
-                _state.current_subrequests.set(_state.SubrequestBudget(limit)), invocation_logs.set(logs))
+    def _enter(self, ctx: Context, logs: list) -> contextvars.Token:
+        budget = _state.SubrequestBudget(self.services.config.edgewise.limits.max_subrequests)
+        return _state.current.set(_state.Invocation(self.env, ctx, budget, logs))
 
     @staticmethod
-    def _exit(tokens: tuple) -> None:
-        env_token, ctx_token, budget_token, logs_token = tokens
-        _state.current_env.reset(env_token)
-        _state.current_ctx.reset(ctx_token)
-        _state.current_subrequests.reset(budget_token)
-        invocation_logs.reset(logs_token)
+    def _exit(token: contextvars.Token) -> None:
+        _state.current.reset(token)
 
     def _worker_error(self, error: Exception, ray_id: str) -> EdgeError:
         detail = "".join(traceback.format_exception(error)).rstrip()

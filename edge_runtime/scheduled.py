@@ -9,10 +9,10 @@ import traceback
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from workers import Context
+from workers import Context, _state
 
 from . import http_io
-from .tail import exception_entry, invocation_logs
+from .tail import exception_entry
 from .worker import ScheduledController
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def controller_from_query(query: bytes) -> ScheduledController:
 async def run_scheduled(pop: Pop, controller: ScheduledController) -> tuple[str, BaseException | None]:
     """Invoke the Worker's scheduled handler on ``pop``; returns ("ok" | "exception", error)."""
     ctx, logs = Context(), []
-    token = invocation_logs.set(logs)
+    token = _state.current.set(_state.Invocation(pop.env, ctx, None, logs))
     try:
         await pop.worker.scheduled(controller, pop.env, ctx)
         outcome, failure = "ok", None
@@ -45,7 +45,7 @@ async def run_scheduled(pop: Pop, controller: ScheduledController) -> tuple[str,
         log.error("Scheduled handler failed at %s (cron %r)\n%s", pop.colo, controller.cron, detail)
         outcome, failure = "exception", error
     finally:
-        invocation_logs.reset(token)
+        _state.current.reset(token)
     pop.after_invocation(ctx, f"cron {controller.cron}")
     _publish(pop, controller, outcome, logs, failure)
     return outcome, failure

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 from collections.abc import Iterator
@@ -11,12 +10,10 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+from workers import _state
+
 _QUEUE_SIZE = 1000
 
-# The console.log / logging records of the invocation in progress, attached to its tail event.
-invocation_logs: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar(
-    "edgewise_invocation_logs", default=None
-)
 
 
 class TailHub:
@@ -50,7 +47,8 @@ class InvocationLogHandler(logging.Handler):
     """Copies Worker log records (logger ``edgewise.worker``: console.log, logging) into the tail event."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        logs = invocation_logs.get()
+        invocation = _state.current.get()  # the records go into the tail event of the invocation running now
+        logs = None if invocation is None else invocation.logs
         if logs is not None:
             level = "log" if record.levelno == logging.INFO else record.levelname.lower()
             logs.append({"message": [record.getMessage()], "level": level, "timestamp": int(record.created * 1000)})

@@ -65,14 +65,14 @@ class FetchKwargs(TypedDict, total=False):
 @contextmanager
 def patch_env(patch: Mapping[str, Any] | None = None, **values: Any) -> Iterator[Any]:
     """Overlay values on the module-level ``env`` while the block runs (tests of Worker code use it)."""
-    base = _state.current_env.get()
-    patched = JsDict(base or {})
+    invocation = _state.current.get() or _state.Invocation()
+    patched = JsDict(invocation.env or {})
     patched.update(patch or {}, **values)
-    token = _state.current_env.set(patched)
+    token = _state.current.set(_state.Invocation(patched, invocation.ctx, invocation.subrequests, invocation.logs))
     try:
         yield patched
     finally:
-        _state.current_env.reset(token)
+        _state.current.reset(token)
 
 
 class _CloudflareWorkers:
@@ -80,7 +80,7 @@ class _CloudflareWorkers:
 
     @property
     def env(self) -> Any:
-        return _state.current_env.get()
+        return _state.env()
 
     def waitUntil(self, awaitable: Any) -> None:  # noqa: N802 - JS name
         _wait_until(awaitable)
@@ -112,7 +112,7 @@ def python_to_rpc(value: Any) -> Any:
 
 
 def _wait_until(awaitable: Any) -> None:
-    ctx = _state.current_ctx.get()
+    ctx = _state.ctx()
     if ctx is None:
         raise RuntimeError("wait_until() called outside a request: there is no execution context to extend")
     ctx.waitUntil(awaitable)
@@ -121,7 +121,7 @@ def _wait_until(awaitable: Any) -> None:
 def __getattr__(name: str) -> Any:
     # `env` and `wait_until` are resolved per call, from the invocation (or the module load) in progress.
     if name == "env":
-        return _state.current_env.get()
+        return _state.env()
     if name in ("wait_until", "waitUntil"):
         return _wait_until
     raise AttributeError(f"module 'workers' has no attribute {name!r}")

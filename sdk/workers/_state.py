@@ -1,12 +1,13 @@
-"""Per-invocation state the runtime hands to the SDK: the worker's env, the execution context, limits."""
+"""Per-invocation state the runtime hands to the SDK: the worker's env, the execution context, limits.
+
+One context variable holds all of it: setting and resetting a context variable is the costly
+part, and every request does it once.
+"""
 
 from __future__ import annotations
 
 import contextvars
 from typing import Any
-
-current_env: contextvars.ContextVar[Any] = contextvars.ContextVar("workers_env", default=None)
-current_ctx: contextvars.ContextVar[Any] = contextvars.ContextVar("workers_ctx", default=None)
 
 
 class SubrequestLimitError(RuntimeError):
@@ -30,6 +31,29 @@ class SubrequestBudget:
         self.used += 1
 
 
-current_subrequests: contextvars.ContextVar[SubrequestBudget | None] = contextvars.ContextVar(
-    "workers_subrequests", default=None
-)
+class Invocation:
+    """What the code running now may reach: ``env``, ``ctx``, the subrequest budget, its log records."""
+
+    __slots__ = ("env", "ctx", "subrequests", "logs")
+
+    def __init__(self, env: Any = None, ctx: Any = None, subrequests: SubrequestBudget | None = None,
+                 logs: list[dict[str, Any]] | None = None) -> None:
+        self.env, self.ctx, self.subrequests, self.logs = env, ctx, subrequests, logs
+
+
+current: contextvars.ContextVar[Invocation | None] = contextvars.ContextVar("workers_invocation", default=None)
+
+
+def env() -> Any:
+    invocation = current.get()
+    return None if invocation is None else invocation.env
+
+
+def ctx() -> Any:
+    invocation = current.get()
+    return None if invocation is None else invocation.ctx
+
+
+def subrequests() -> SubrequestBudget | None:
+    invocation = current.get()
+    return None if invocation is None else invocation.subrequests

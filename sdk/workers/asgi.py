@@ -291,7 +291,7 @@ async def _finish_streaming(task: asyncio.Task[None], lifespan: _Lifespan) -> No
 
 def _keep_alive(ctx: Any, work: Coroutine[Any, Any, None]) -> None:
     """Run ``work`` past the response: through ``ctx.waitUntil`` when there is a context."""
-    ctx = ctx if ctx is not None else _state.current_ctx.get()
+    ctx = ctx if ctx is not None else _state.ctx()
     if ctx is not None:
         ctx.waitUntil(work)
         return

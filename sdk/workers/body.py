@@ -98,7 +98,7 @@ def encode_body(body: BodyInit, headers: Headers, owner: str) -> BodySource:
 
 def _default_type(headers: Headers, content_type: str) -> None:
     if "content-type" not in headers:
-        headers.set("content-type", content_type)
+        headers.put_lower("content-type", content_type)
 
 
 class Body:

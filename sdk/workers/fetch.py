@@ -49,7 +49,7 @@ async def fetch(
         raise TypeError(f"Invalid redirect value {request.redirect!r}: use one of {_REDIRECT_MODES}")
     if fetcher is not None:
         return await fetcher(request)
-    budget = _state.current_subrequests.get()
+    budget = _state.subrequests()
     if budget is not None:
         budget.take()
     return await _send(request)

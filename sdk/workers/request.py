@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from http import HTTPMethod
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -76,13 +77,28 @@ class Request(Body):
             other._body_used = True  # the stream moves to the new request, as in JS
 
     @classmethod
-    def _incoming(cls, url: str, method: str, headers: Headers, body: BodySource, cf: JsDict | None) -> Request:
-        """The runtime's constructor for a request arriving at a Worker: no validation, no copies."""
+    def _incoming(cls, url: str, method: str, headers: Headers, body: BodySource,
+                  make_cf: Callable[[], JsDict] | None) -> Request:
+        """The runtime's constructor for a request arriving at a Worker: no validation, no copies.
+
+        ``request.cf`` is built by ``make_cf`` on first access: most Workers never read it.
+        """
         request = cls.__new__(cls)
         request.url, request.method, request.headers = url, _METHODS.get(method) or _method(method), headers
         request._body, request._body_used = body, False
-        request.redirect, request.cf, request.fetcher, request.options = "manual", cf, None, {}
+        request._cf, request._make_cf = None, make_cf
+        request.redirect, request.fetcher, request.options = "manual", None, {}
         return request
+
+    @property
+    def cf(self) -> Any:
+        if self._make_cf is not None:
+            self._cf, self._make_cf = self._make_cf(), None
+        return self._cf
+
+    @cf.setter
+    def cf(self, value: Any) -> None:
+        self._cf, self._make_cf = value, None
 
     @classmethod
     def new(cls, input: str | Request, init: dict[str, Any] | None = None, **init_kw: Any) -> Request:

@@ -123,12 +123,12 @@ async def test_module_level_wait_until_uses_current_ctx() -> None:
     async def job(name: str) -> None:
         ran.append(name)
 
-    token = _state.current_ctx.set(ctx)
+    token = _state.current.set(_state.Invocation(ctx=ctx))
     try:
         wait_until(job("snake"))
         waitUntil(job("camel"))
     finally:
-        _state.current_ctx.reset(token)
+        _state.current.reset(token)
     assert len(ctx._tasks) == 2
     await ctx.drain(timeout_s=1.0)
     assert ran == ["snake", "camel"]
@@ -145,14 +145,14 @@ async def test_module_level_wait_until_without_ctx_is_runtime_error() -> None:
 def test_env_reads_current_env() -> None:
     env = {"MESSAGE": "My env var"}
     assert workers.env is None
-    token = _state.current_env.set(env)
+    token = _state.current.set(_state.Invocation(env))
     try:
         assert workers.env is env
         from workers import env as imported
 
         assert imported is env
     finally:
-        _state.current_env.reset(token)
+        _state.current.reset(token)
     assert workers.env is None
 
 

@@ -22,20 +22,20 @@ def test_every_cloudflare_name_is_importable(name: str) -> None:
 
 
 def test_patch_env_overlays_and_restores() -> None:
-    token = _state.current_env.set(workers.JsDict(MESSAGE="base", OTHER="kept"))
+    token = _state.current.set(_state.Invocation(workers.JsDict(MESSAGE="base", OTHER="kept")))
     try:
         with workers.patch_env(MESSAGE="patched") as env:
             assert workers.env.MESSAGE == "patched" and env.OTHER == "kept"
         assert workers.env.MESSAGE == "base"
     finally:
-        _state.current_env.reset(token)
+        _state.current.reset(token)
 
 
 def test_import_from_javascript() -> None:
-    token = _state.current_env.set(workers.JsDict(A="1"))
+    token = _state.current.set(_state.Invocation(workers.JsDict(A="1")))
     try:
         assert workers.import_from_javascript("cloudflare:workers").env.A == "1"
     finally:
-        _state.current_env.reset(token)
+        _state.current.reset(token)
     with pytest.raises(ImportError, match="only 'cloudflare:workers'"):
         workers.import_from_javascript("node:fs")

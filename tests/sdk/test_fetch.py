@@ -167,14 +167,14 @@ async def test_refused_connection_raises_os_error() -> None:
 
 async def test_subrequest_budget(base_url: str) -> None:
     budget = SubrequestBudget(limit=2)
-    token = _state.current_subrequests.set(budget)
+    token = _state.current.set(_state.Invocation(subrequests=budget))
     try:
         for _ in range(2):
             assert (await fetch(f"{base_url}/status/204")).status == 204
         with pytest.raises(SubrequestLimitError, match="limit 2") as error:
             await fetch(f"{base_url}/status/204")
     finally:
-        _state.current_subrequests.reset(token)
+        _state.current.reset(token)
     assert isinstance(error.value, RuntimeError)
     assert budget.used == 2
 

@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/edge_overhead.py
+	$(BIN)/python benchmarks/edge_instructions.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -43,14 +43,6 @@ class Worker:
             _handler_arity(self.entrypoint, "scheduled") if self.entrypoint else _arity(self.on_scheduled)
         )
 
-    @property
-    def has_fetch(self) -> bool:
-        return self._fetch_arity is not None
-
-    @property
-    def has_scheduled(self) -> bool:
-        return self._scheduled_arity is not None
-
     def fetch(self, request: Request, env: Any, ctx: Context) -> Awaitable[Any]:
         """The handler's result to await (a plain function, so the handler's coroutine is awaited directly)."""
         if self._fetch_arity is None:

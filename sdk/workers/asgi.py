@@ -19,11 +19,11 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from starlette.types import ASGIApp, Message, Scope
 
 from . import _state
+from ._asgi_websocket import WebSocketSession, header_pairs, settle
 from .entrypoint import WorkerEntrypoint
 from .headers import Headers
 from .request import Request
 from .response import Response
-from .websocket import CLOSED, CloseEvent, MessageEvent, WebSocketPair
 
 __all__ = ["Options", "entrypoint", "env", "fetch", "websocket"]
 
@@ -71,7 +71,7 @@ async def fetch(app: ASGIApp, request: Request, env: Any, ctx: Any = None, *, op
 
 async def websocket(app: ASGIApp, request: Request, env: Any = None) -> Response:
     """Bridge an ASGI websocket to a ``WebSocketPair``; returns the 101 (or 403 if the app refuses)."""
-    session = _WebSocketSession()
+    session = WebSocketSession()
     task = asyncio.create_task(session.run(app, _scope(request, env, "websocket")))
     _background.add(task)
     task.add_done_callback(_background.discard)
@@ -127,10 +127,6 @@ def _client(headers: Headers) -> tuple[str, int] | None:
     return (address, 0) if address else None
 
 
-def _header_pairs(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
-
-
 class _Lifespan:
     """One startup/shutdown cycle of the app's lifespan protocol; apps without one are served anyway."""
 
@@ -163,15 +159,15 @@ class _Lifespan:
     async def _send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "lifespan.startup.complete":
-            _settle(self._started, True)
+            settle(self._started, True)
         elif kind == "lifespan.startup.failed":
             if not self._started.done():
                 self._started.set_exception(RuntimeError(message.get("message") or "ASGI lifespan startup failed"))
         elif kind == "lifespan.shutdown.complete":
-            _settle(self._stopped, None)
+            settle(self._stopped, None)
         elif kind == "lifespan.shutdown.failed":
             log.error("ASGI lifespan shutdown failed: %s", message.get("message") or "(no message)")
-            _settle(self._stopped, None)
+            settle(self._stopped, None)
 
     async def _run(self) -> None:
         scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.state}
@@ -184,8 +180,8 @@ class _Lifespan:
             elif self._started.exception() is None:
                 log.exception("ASGI lifespan failed during shutdown")
         finally:
-            _settle(self._started, False)
-            _settle(self._stopped, None)
+            settle(self._started, False)
+            settle(self._stopped, None)
 
 
 class _HttpExchange:
@@ -252,7 +248,7 @@ class _HttpExchange:
             self._end_response()
 
     def _respond(self, body: bytes, more_body: bool) -> None:
-        status, headers = int(self._start["status"]), _header_pairs(self._start.get("headers", []))
+        status, headers = int(self._start["status"]), header_pairs(self._start.get("headers", []))
         if status in NULL_BODY_STATUSES:
             self.response.set_result(Response._from_parts(status, Headers(headers), None))
         elif more_body:
@@ -298,85 +294,6 @@ def _keep_alive(ctx: Any, work: Coroutine[Any, Any, None]) -> None:
     task = asyncio.ensure_future(work)
     _background.add(task)
     task.add_done_callback(_background.discard)
-
-
-class _WebSocketSession:
-    """Bridges one ASGI websocket connection to the server end of a ``WebSocketPair``."""
-
-    def __init__(self) -> None:
-        self.client, self.server = WebSocketPair.new().object_values()
-        self.handshake: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
-        self._inbox.put_nowait({"type": "websocket.connect"})
-        self._app_closed = False
-        self.server.addEventListener("message", self._on_message)
-        self.server.addEventListener("close", self._on_close)
-        self.server.accept()
-
-    async def run(self, app: ASGIApp, scope: Scope) -> None:
-        try:
-            await app(scope, self._inbox.get, self.send)
-        except Exception as error:
-            if not self.handshake.done():
-                self.handshake.set_exception(error)  # fails the upgrade request itself: a 500
-                return
-            log.exception("ASGI websocket application failed")
-            self._close_server(1011)
-        else:
-            _settle(self.handshake, Response(None, status=403))  # returned without accepting
-            self._close_server(1000)
-
-    async def send(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "websocket.accept":
-            self._accept(message)
-        elif kind == "websocket.send":
-            self._forward(message)
-        elif kind == "websocket.close":
-            self._close(message)
-        else:
-            log.warning("ASGI websocket message %r is not supported; ignored", kind)
-
-    def _accept(self, message: Message) -> None:
-        headers = _header_pairs(message.get("headers", []))
-        if message.get("subprotocol"):
-            headers.append(("sec-websocket-protocol", message["subprotocol"]))
-        _settle(self.handshake, Response(None, status=101, headers=headers, web_socket=self.client))
-
-    def _forward(self, message: Message) -> None:
-        if not self.handshake.done():
-            raise RuntimeError("websocket.send before websocket.accept")
-        if self.server.readyState == CLOSED:
-            raise OSError("WebSocket is closed")  # Starlette turns OSError into WebSocketDisconnect
-        data = message.get("bytes")
-        self.server.send(data if data is not None else message.get("text", ""))
-
-    def _close(self, message: Message) -> None:
-        if not self.handshake.done():
-            _settle(self.handshake, Response(None, status=403))  # close before accept refuses the upgrade
-            return
-        code = message.get("code") or 1000
-        self._close_server(code, message.get("reason") or "")
-        self._inbox.put_nowait({"type": "websocket.disconnect", "code": code, "reason": message.get("reason") or ""})
-
-    def _close_server(self, code: int, reason: str = "") -> None:
-        if not self._app_closed and self.server.readyState != CLOSED:
-            self.server.close(code, reason)
-        self._app_closed = True
-
-    def _on_message(self, event: MessageEvent) -> None:
-        if isinstance(event.data, str):
-            self._inbox.put_nowait({"type": "websocket.receive", "text": event.data, "bytes": None})
-        else:
-            self._inbox.put_nowait({"type": "websocket.receive", "bytes": bytes(event.data), "text": None})
-
-    def _on_close(self, event: CloseEvent) -> None:
-        self._inbox.put_nowait({"type": "websocket.disconnect", "code": event.code, "reason": event.reason})
-
-
-def _settle(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
 
 
 def _scope_env(request: Any) -> Any:

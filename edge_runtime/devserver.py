@@ -77,7 +77,9 @@ def open_listeners(edge: Edge, host: str, port: int) -> list[Listener]:
 
 
 def display_host(host: str) -> str:
-    return "localhost" if host in ("127.0.0.1", "localhost", "0.0.0.0", "::", "*") else host
+    if host in ("127.0.0.1", "localhost", "0.0.0.0", "::", "*"):
+        return "localhost"
+    return f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
 
 
 async def serve(edge: Edge, listeners: list[Listener], *, reload: bool, reload_config: Callable[[], WorkerConfig],

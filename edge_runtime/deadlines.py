@@ -32,11 +32,11 @@ class WallTimeExceeded(BaseException):
 class Watch:
     """One invocation in flight; ``receive`` (ASGI) is listened on once it has run for a tick."""
 
-    __slots__ = ("task", "deadline", "expires_at", "expired", "receive", "body", "listener", "disconnected")
+    __slots__ = ("task", "deadline", "expired", "receive", "body", "listener", "disconnected")
 
-    def __init__(self, task: asyncio.Task, deadline: float, expires_at: float, receive: Receive | None,
-                 body: Any) -> None:
-        self.task, self.deadline, self.expires_at, self.expired = task, deadline, expires_at, False
+    def __init__(self, task: asyncio.Task, deadline: float, receive: Receive | None, body: Any) -> None:
+        # `deadline` is in loop.time(), which is time.monotonic() for asyncio's loop and uvloop's alike.
+        self.task, self.deadline, self.expired = task, deadline, False
         self.receive, self.body, self.listener, self.disconnected = receive, body, None, False
 
     @property
@@ -64,17 +64,17 @@ class Deadlines:
         self._tick_s = tick_s
         self._watches: set[Watch] = set()
         self._timer: asyncio.TimerHandle | None = None
-        self._last_tick = time.monotonic()
+        self._last_tick = 0.0  # loop.time() of the last check, read by the watchdog thread
         self._loop_thread: int | None = None
         self._watchdog: threading.Thread | None = None
 
     def watch(self, timeout_s: float, receive: Receive | None = None, body: Any = None) -> Watch:
         """``body`` (with a ``complete`` flag) is the request body the Worker may still be reading."""
         loop = asyncio.get_running_loop()
-        entry = Watch(asyncio.current_task(), loop.time() + timeout_s, time.monotonic() + timeout_s, receive, body)
+        entry = Watch(asyncio.current_task(), loop.time() + timeout_s, receive, body)
         self._watches.add(entry)
         if self._timer is None:
-            self._last_tick = time.monotonic()
+            self._last_tick = loop.time()
             self._timer = loop.call_later(self._tick_s, self._check)
         if self._watchdog is None:
             self._start_watchdog()
@@ -87,8 +87,7 @@ class Deadlines:
 
     def _check(self) -> None:
         loop = asyncio.get_running_loop()
-        self._last_tick = time.monotonic()
-        now = loop.time()
+        now = self._last_tick = loop.time()
         for entry in list(self._watches):
             if entry.deadline <= now:
                 entry.expired = True
@@ -120,7 +119,7 @@ class Deadlines:
             now = time.monotonic()
             if self._timer is None or now - self._last_tick < self._tick_s * 4:
                 continue  # the loop is turning
-            overdue = [entry for entry in list(self._watches) if entry.expires_at <= now]
+            overdue = [entry for entry in list(self._watches) if entry.deadline <= now]
             if overdue:
                 for entry in overdue:
                     entry.expired = True

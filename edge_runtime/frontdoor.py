@@ -53,8 +53,10 @@ class FrontDoor:
         await pop(scope, receive, send)
 
     def _locate(self, scope: dict[str, Any]) -> ClientLocation:
-        headers = {name.decode(): value.decode("latin-1") for name, value in scope["headers"]
-                   if name in _LOCATION_HEADERS}
+        headers = {}
+        for name, value in scope["headers"]:
+            if name in _LOCATION_HEADERS:
+                headers[name.decode()] = value.decode("latin-1")
         locator = self.edge.locator
         if not headers and not locator.has_ip_table:
             return locator.default  # the common case in development: nothing says where the client is

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import pickle
+
 import pytest
 
 from workers import JsDict, python_from_rpc, python_to_rpc
@@ -47,6 +51,14 @@ def test_dict_methods_shadow_keys() -> None:
     value = JsDict({"items": "shadowed", "keys": 1})
     assert callable(value.items)
     assert value["items"] == "shadowed"
+
+
+def test_copies_pickles_and_serialises_as_a_dict() -> None:
+    value = to_jsdict({"a": {"b": [1, {"c": 2}]}, "dunder": "__class__"})
+    for clone in (copy.copy(value), copy.deepcopy(value), pickle.loads(pickle.dumps(value))):
+        assert type(clone) is JsDict and clone == value and clone.a.b[1].c == 2
+    assert json.loads(json.dumps(value)) == value
+    assert value.__class__ is JsDict
 
 
 def test_to_py_returns_the_dict() -> None:

@@ -66,12 +66,17 @@ class Deadlines:
         self._timer: asyncio.TimerHandle | None = None
         self._last_tick = 0.0  # loop.time() of the last check, read by the watchdog thread
         self._loop_thread: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._watchdog: threading.Thread | None = None
 
     def watch(self, timeout_s: float, receive: Receive | None = None, body: Any = None) -> Watch:
         """``body`` (with a ``complete`` flag) is the request body the Worker may still be reading."""
         loop = asyncio.get_running_loop()
         entry = Watch(asyncio.current_task(), loop.time() + timeout_s, receive, body)
+        if loop is not self._loop:  # a new loop (a restarted server): watches of the old one are moot
+            self._watches.clear()
+            self._timer = None
+            self._loop, self._loop_thread = loop, threading.get_ident()
         self._watches.add(entry)
         if self._timer is None:
             self._last_tick = loop.time()
@@ -116,6 +121,10 @@ class Deadlines:
                     idle_checks = 0
                 continue
             idle_checks = 0
+            loop = self._loop
+            if loop is None or loop.is_closed() or not loop.is_running():
+                self._watches.clear()  # that loop is gone: nothing of it can be stuck in a handler
+                continue
             now = time.monotonic()
             if self._timer is None or now - self._last_tick < self._tick_s * 4:
                 continue  # the loop is turning

@@ -75,3 +75,16 @@ async def test_no_listener_while_the_request_body_is_still_being_read() -> None:
     deadlines.unwatch(watch)
     await asyncio.sleep(0)
     assert watch.listener.cancelled() or watch.listener.done()
+
+
+def test_watches_of_a_closed_loop_never_fire_into_the_thread() -> None:
+    deadlines = Deadlines(tick_s=0.01)
+
+    async def leave_a_watch_behind() -> None:
+        deadlines.watch(0.02)  # never unwatched: its loop closes with it still registered
+
+    asyncio.run(leave_a_watch_behind())
+    started = time.perf_counter()
+    while time.perf_counter() - started < 0.3:  # busy, past the deadline, with no loop running
+        pass
+    assert not deadlines._watches

@@ -1,0 +1,163 @@
+"""``AsyncLLM``: the engine on a background thread, with an async iterator of outputs per request.
+
+The engine is single-threaded; only its own thread touches it. Callers send commands (add,
+abort) through a queue that the thread drains between steps, and receive outputs on
+per-request asyncio queues. Leaving the iterator early (a client went away) aborts the request,
+and the thread frees its KV blocks before its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import EngineConfig
+from ..errors import EngineError
+from .engine import LLMEngine
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+_IDLE_WAIT_S = 0.05
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    outputs: asyncio.Queue  # RequestOutput, or an exception that ends the stream
+
+
+class AsyncLLM:
+    def __init__(self, model: str | None = None, *, engine: LLMEngine | None = None, device: str = "auto",
+                 dtype: str = "auto", progress: bool = True, **engine_options: Any) -> None:
+        if engine is None:
+            if model is None:
+                raise ValueError("AsyncLLM needs a model folder or an engine")
+            engine = LLMEngine(EngineConfig(model=str(model), device=device, dtype=dtype, **engine_options),
+                               progress=progress)
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self._commands: queue.Queue = queue.Queue()
+        self._streams: dict[str, _Stream] = {}
+        self._stopped = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="edgewise-engine", daemon=True)
+        self._thread.start()
+
+    async def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Yield an output each time the request gains text; the last one has ``finished`` set."""
+        request_id = request_id or uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        stream = _Stream(loop, asyncio.Queue())
+        accepted: asyncio.Future = loop.create_future()
+        self._send(("add", request_id, prompt, params, stream, accepted))
+        await accepted  # raises the engine's validation error, if any
+        finished = False
+        try:
+            while not finished:
+                item = await stream.outputs.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:
+                self._send(("abort", request_id, None))
+
+    async def abort(self, request_id: str) -> None:
+        """Abort a request and wait until the engine thread has freed its blocks."""
+        done = asyncio.get_running_loop().create_future()
+        self._send(("abort", request_id, done))
+        await done
+
+    def stats(self) -> dict[str, int]:
+        manager = self.engine.block_manager
+        return {
+            "num_running": self.engine.scheduler.num_running,
+            "num_waiting": self.engine.scheduler.num_waiting,
+            "kv_blocks_free": manager.num_free_blocks,
+            "kv_blocks_used": manager.num_used_blocks,
+        }
+
+    def shutdown(self) -> None:
+        self._stopped.set()
+        self._commands.put(None)
+        self._thread.join(timeout=10)
+
+    def _send(self, command: tuple) -> None:
+        if self.error is not None:
+            raise EngineError(f"the engine stopped after an error: {self.error}")
+        self._commands.put(command)
+
+    # -- engine thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stopped.is_set():
+                self._drain_commands(block=not self.engine.has_unfinished_requests())
+                if self.engine.has_unfinished_requests():
+                    for output in self.engine.step():
+                        self._deliver(output.request_id, output, done=output.finished)
+        except BaseException as error:  # a bug or a device failure: fail every stream, loudly
+            log.exception("engine thread stopped")
+            self.error = error
+            for request_id in list(self._streams):
+                self._deliver(request_id, EngineError(f"the engine failed: {error}"), done=True)
+
+    def _drain_commands(self, block: bool) -> None:
+        try:
+            command = self._commands.get(timeout=_IDLE_WAIT_S) if block else self._commands.get_nowait()
+        except queue.Empty:
+            return
+        while command is not None:
+            self._handle(command)
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, command: tuple) -> None:
+        if command[0] == "add":
+            _, request_id, prompt, params, stream, accepted = command
+            try:
+                self.engine.add_request(prompt, params, request_id)
+            except Exception as error:
+                _post(stream.loop, _settle, accepted, error)
+                return
+            self._streams[request_id] = stream
+            _post(stream.loop, _settle, accepted, None)
+        else:
+            _, request_id, done = command
+            output = self.engine.abort(request_id)
+            if output is not None:
+                self._deliver(request_id, output, done=True)
+            if done is not None:
+                _post(done.get_loop(), _settle, done, None)
+
+    def _deliver(self, request_id: str, item: RequestOutput | BaseException, done: bool) -> None:
+        stream = self._streams.pop(request_id, None) if done else self._streams.get(request_id)
+        if stream is not None:
+            _post(stream.loop, stream.outputs.put_nowait, item)
+
+
+def _post(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:  # that caller's event loop is closed: nobody is listening any more
+        pass
+
+
+def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

@@ -1,0 +1,186 @@
+"""The step loop: schedule a batch, run it, hand the tokens back to the scheduler, detokenize.
+
+``LLMEngine`` is synchronous and single-threaded; ``LLM`` drives it to completion and
+``AsyncLLM`` drives it from a background thread. Prefill and decode are the same ``step``:
+the scheduler decides which tokens of which sequences run, the model runner runs them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+from ..config import EngineConfig, ModelConfig
+from ..errors import InvalidRequestError, PromptTooLongError
+from ..layers.sampler import SamplerOutput
+from ..tokenizer import IncrementalDetokenizer, Tokenizer
+from .block_manager import BlockManager
+from .model_runner import ModelRunner
+from .outputs import CompletionOutput, Logprob, RequestOutput
+from .sampling_params import SamplingParams
+from .scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from .sequence import Sequence
+
+log = logging.getLogger(__name__)
+_request_ids = itertools.count()
+
+
+@dataclass
+class _Request:
+    seq: Sequence
+    prompt: str | None
+    detokenizer: IncrementalDetokenizer | None
+    text: str = ""
+    logprobs: list[Logprob] | None = None
+    stop_reason: str | int | None = None
+    pending_tokens: list[int] = field(default_factory=list)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, *, progress: bool = True) -> None:
+        self.config = config
+        self.model_config = ModelConfig.from_pretrained(config.model)
+        self.tokenizer = None if config.skip_tokenizer_init else Tokenizer.from_pretrained(config.model)
+        self.runner = ModelRunner(config, self.model_config, progress=progress)
+        self.max_model_len = self.runner.max_model_len
+        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                max_num_seqs=config.max_num_seqs,
+                max_num_batched_tokens=config.max_num_batched_tokens,
+                max_model_len=self.max_model_len,
+            ),
+            self.block_manager,
+        )
+        self.requests: dict[str, _Request] = {}
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
+                    request_id: str | None = None) -> str:
+        """Validate and queue one request; raises InvalidRequestError / PromptTooLongError."""
+        params = params or SamplingParams()
+        request_id = request_id if request_id is not None else str(next(_request_ids))
+        if request_id in self.requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already running")
+        text, token_ids = self._tokenize(prompt)
+        max_tokens = params.max_tokens if params.max_tokens is not None else self.max_model_len - len(token_ids)
+        if len(token_ids) + 1 > self.max_model_len:
+            raise PromptTooLongError(
+                f"the prompt has {len(token_ids)} tokens; this model takes at most {self.max_model_len - 1} "
+                f"prompt tokens (max_model_len {self.max_model_len}, including at least one new token)"
+            )
+        params = params.with_defaults(max_tokens=max_tokens, eos_token_ids=self._eos_token_ids())
+        seq = Sequence(token_ids, params, request_id=request_id)
+        self.scheduler.add(seq)
+        detokenizer = None if self.tokenizer is None else IncrementalDetokenizer(
+            self.tokenizer, token_ids, skip_special_tokens=params.skip_special_tokens,
+            stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output,
+        )
+        self.requests[request_id] = _Request(seq, text, detokenizer, logprobs=[] if params.logprobs is not None else None)
+        return request_id
+
+    def _tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("the prompt is empty; send at least one character")
+            if self.tokenizer is None:
+                raise InvalidRequestError("this engine was started without a tokenizer; send token ids")
+            text, token_ids = prompt, self.tokenizer.encode(prompt)
+        else:
+            text, token_ids = None, [int(t) for t in prompt]
+        if not token_ids:
+            raise InvalidRequestError("the prompt has no tokens; send at least one token id")
+        vocab = self.model_config.vocab_size
+        if not 0 <= min(token_ids) <= max(token_ids) < vocab:
+            bad = next(t for t in token_ids if not 0 <= t < vocab)
+            raise InvalidRequestError(f"token id {bad} is outside the model's vocabulary (0..{vocab - 1})")
+        return text, token_ids
+
+    def _eos_token_ids(self) -> tuple[int, ...]:
+        ids = set(self.model_config.eos_token_ids)
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return tuple(sorted(ids))
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request wherever it is; its KV blocks are free when this returns."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return None
+        self.scheduler.abort(request.seq)
+        self.runner.release(request.seq.seq_id)
+        request.seq.finish_reason = "abort"
+        return self._output(request, finished=True, delta_text="", delta_tokens=[])
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one batch; return an output for every request that got a new token or finished."""
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return []
+        sampled, sampler_output = self.runner.execute(batch)
+        before = {seq.seq_id: seq.num_tokens for seq in batch.seqs}
+        finished = self.scheduler.update(batch, sampled)
+        if sampler_output is not None:
+            self._record_logprobs(batch, sampled, sampler_output)
+        outputs = []
+        finished_ids = {seq.seq_id for seq in finished}
+        for seq in batch.seqs:
+            request = self.requests.get(seq.request_id)
+            if request is None or seq.num_tokens == before[seq.seq_id] and seq.seq_id not in finished_ids:
+                continue
+            outputs.append(self._advance(request, seq.seq_id in finished_ids))
+        return outputs
+
+    def _advance(self, request: _Request, finished: bool) -> RequestOutput:
+        seq = request.seq
+        new_tokens = seq.completion_token_ids[len(request.pending_tokens):]
+        request.pending_tokens.extend(new_tokens)
+        detokenizer = request.detokenizer
+        delta, stopped = detokenizer.step(new_tokens) if detokenizer is not None else ("", False)
+        if stopped and not finished:
+            self.scheduler.finish(seq, "stop")
+            finished = True
+        if stopped:
+            request.stop_reason = detokenizer.stop_reason
+        elif finished:
+            delta += detokenizer.finish() if detokenizer is not None else ""
+            if seq.finish_reason == "stop" and seq.completion_token_ids:
+                request.stop_reason = seq.completion_token_ids[-1]
+        request.text += delta
+        if finished:
+            self.requests.pop(seq.request_id, None)
+            self.runner.release(seq.seq_id)
+        return self._output(request, finished, delta, new_tokens)
+
+    def _record_logprobs(self, batch: ScheduledBatch, sampled: list[int | None], result: SamplerOutput) -> None:
+        row = 0
+        for seq, token in zip(batch.seqs, sampled):
+            if token is None:
+                continue
+            request = self.requests.get(seq.request_id)
+            if request is not None and request.logprobs is not None and result.logprobs is not None:
+                top = {}
+                wanted = seq.sampling_params.logprobs or 0
+                if wanted and result.top_token_ids is not None:
+                    ids = result.top_token_ids[row, :wanted].tolist()
+                    top = dict(zip(ids, result.top_logprobs[row, :wanted].tolist()))
+                request.logprobs.append(Logprob(token, float(result.logprobs[row]), top))
+            row += 1
+
+    def _output(self, request: _Request, finished: bool, delta_text: str, delta_tokens: list[int]) -> RequestOutput:
+        seq = request.seq
+        completion = CompletionOutput(
+            index=0, text=request.text, token_ids=list(seq.completion_token_ids),
+            finish_reason=seq.finish_reason if finished else None,
+            stop_reason=request.stop_reason if finished else None,
+            logprobs=list(request.logprobs) if request.logprobs is not None else None,
+        )
+        return RequestOutput(seq.request_id, request.prompt, list(seq.prompt_token_ids), [completion], finished,
+                             delta_text, list(delta_tokens), seq.num_cached_tokens)

@@ -1,0 +1,206 @@
+"""Runs the model for one scheduled batch: builds the step's tensors, runs the forward, samples.
+
+It owns the device state: the model's weights, the paged KV cache (block ids index its first
+dimension), the per-request sampling generators, and on GPUs the captured decode graphs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence as Seq
+from pathlib import Path
+
+import torch
+
+from ..config import EngineConfig, ModelConfig
+from ..kernels import get_kernels
+from ..layers.attention import AttentionMetadata
+from ..layers.sampler import Sampler, SamplerOutput
+from ..loader import load_weights
+from ..models.registry import build_model
+from .cuda_graphs import DecodeGraphs
+from .sampling_batch import build_sampling_batch
+from .scheduler import ScheduledBatch
+
+log = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, model_config: ModelConfig, *, progress: bool = True) -> None:
+        self.config, self.model_config = config, model_config
+        self.device = config.torch_device
+        self.dtype = config.torch_dtype(model_config)
+        self.max_model_len = min(config.max_model_len or model_config.max_context_len, model_config.max_context_len)
+        self.block_size = config.block_size
+        self.max_blocks_per_seq = -(-self.max_model_len // self.block_size)
+        self.ops = get_kernels(config.attention_backend if self.device.type == "cuda" else "torch")
+        self.model = self._build_and_load(progress)
+        self.sampler = Sampler()
+        self.generators: dict[int, torch.Generator] = {}
+        self.num_blocks = self._allocate_kv_cache()
+        self.graphs = None
+        if self.device.type == "cuda" and not config.enforce_eager:
+            self.graphs = DecodeGraphs(self, max_batch_size=min(config.max_num_seqs, 512))
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _build_and_load(self, progress: bool) -> torch.nn.Module:
+        started = time.perf_counter()
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            with torch.device(self.device):
+                model = build_model(self.model_config, self.ops)
+        finally:
+            torch.set_default_dtype(previous)
+        if self.config.load_format == "dummy":
+            _fill_dummy_weights(model)
+        else:
+            load_weights(model, Path(self.config.model), dtype=self.dtype, device=self.device, progress=progress)
+        log.info("loaded %s in %.1f s", self.config.model, time.perf_counter() - started)
+        return model.eval()
+
+    def kv_block_bytes(self) -> int:
+        return self.block_size * self.model_config.kv_bytes_per_token(self.dtype)
+
+    def _allocate_kv_cache(self) -> int:
+        num_blocks = self.config.num_kv_blocks or self._num_blocks_that_fit()
+        cfg = self.model_config
+        shape = (2, cfg.num_hidden_layers, num_blocks, self.block_size, self.attention_layers()[0].num_kv_heads,
+                 cfg.head_dim)
+        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        for index, attn in enumerate(self.attention_layers()):
+            attn.k_cache, attn.v_cache = self.kv_cache[0, index], self.kv_cache[1, index]
+        return num_blocks
+
+    def _num_blocks_that_fit(self) -> int:
+        if self.device.type == "cpu":
+            return max(1, int(self.config.kv_cache_memory_gb * 1e9) // self.kv_block_bytes())
+        free, total = torch.cuda.mem_get_info(self.device)
+        peak_activations = self._profile_peak_activation_bytes()
+        budget = total * self.config.gpu_memory_utilization - (total - free) - peak_activations
+        num_blocks = int(budget // self.kv_block_bytes())
+        if num_blocks <= 0:
+            raise MemoryError(f"no GPU memory left for the KV cache (gpu_memory_utilization "
+                              f"{self.config.gpu_memory_utilization}); lower max_num_batched_tokens or use more GPUs")
+        return num_blocks
+
+    def _profile_peak_activation_bytes(self) -> int:
+        """Run the largest step the scheduler may send (with a throwaway cache) and measure its peak."""
+        num_tokens = min(self.config.max_num_batched_tokens, self.max_model_len)
+        blocks = -(-num_tokens // self.block_size)
+        cfg = self.model_config
+        kv_heads = self.attention_layers()[0].num_kv_heads
+        scratch = torch.zeros((2, blocks, self.block_size, kv_heads, cfg.head_dim), dtype=self.dtype, device=self.device)
+        for attn in self.attention_layers():
+            attn.k_cache, attn.v_cache = scratch[0], scratch[1]
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
+        meta = self._metadata([num_tokens], [num_tokens], [list(range(blocks))], list(range(num_tokens)))
+        hidden = self.model(ids, torch.arange(num_tokens, device=self.device), meta)
+        logits = self.model.compute_logits(hidden[-min(num_tokens, self.config.max_num_seqs):])
+        logits.float().sort(dim=-1)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - before
+        del scratch, hidden, logits
+        torch.cuda.empty_cache()
+        return peak
+
+    def attention_layers(self) -> list:
+        return [layer.self_attn.attn for layer in self.model.model.layers]
+
+    # -- one step ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> tuple[list[int | None], SamplerOutput | None]:
+        """Run one step; returns the sampled token per sequence (None where a prompt chunk ended
+        before the sequence's end) and the sampler's output for the sampled rows."""
+        input_ids, positions, meta, sample_rows = self.prepare(batch)
+        if self.graphs is not None and meta.is_decode_only and self.graphs.fits(len(batch.seqs)):
+            hidden = self.graphs.run(input_ids, positions, meta)
+        else:
+            hidden = self.model(input_ids, positions, meta)
+        if not sample_rows:
+            return [None] * len(batch.seqs), None
+        sampled_seqs = [batch.seqs[i] for i in sample_rows]
+        index = torch.tensor(self._sample_token_indices(batch, sample_rows), device=self.device)
+        logits = self.model.compute_logits(hidden.index_select(0, index))
+        result = self.sampler(logits, build_sampling_batch(sampled_seqs, logits.shape[-1], self.device, self._generator))
+        tokens = result.token_ids.tolist()
+        out: list[int | None] = [None] * len(batch.seqs)
+        for row, token in zip(sample_rows, tokens):
+            out[row] = token
+        return out, result
+
+    def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_lens, seq_lens, tables, sample_rows = [], [], [], []
+        bs = self.block_size
+        for row, (seq, count) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + count
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            query_lens.append(count)
+            seq_lens.append(end)
+            tables.append(table)
+            if end == seq.num_tokens:
+                sample_rows.append(row)
+        meta = self._metadata(query_lens, seq_lens, tables, slots)
+        return (self._to_device(input_ids, torch.long), self._to_device(positions, torch.long), meta, sample_rows)
+
+    def _metadata(self, query_lens: Seq[int], seq_lens: Seq[int], tables: Seq[Seq[int]], slots: Seq[int]) -> AttentionMetadata:
+        width = max(len(t) for t in tables)
+        padded = [list(t) + [0] * (width - len(t)) for t in tables]
+        starts = [0]
+        for n in query_lens:
+            starts.append(starts[-1] + n)
+        return AttentionMetadata(
+            slot_mapping=self._to_device(slots, torch.long),
+            query_start_loc=self._to_device(starts, torch.int32),
+            seq_lens=self._to_device(seq_lens, torch.int32),
+            block_tables=self._to_device(padded, torch.int32),
+            max_query_len=max(query_lens),
+            max_seq_len=max(seq_lens),
+            is_decode_only=max(query_lens) == 1,
+        )
+
+    def _to_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return torch.tensor(values, dtype=dtype)
+        return torch.tensor(values, dtype=dtype, pin_memory=True).to(self.device, non_blocking=True)
+
+    @staticmethod
+    def _sample_token_indices(batch: ScheduledBatch, rows: list[int]) -> list[int]:
+        ends, total = [], 0
+        for count in batch.num_new_tokens:
+            total += count
+            ends.append(total - 1)
+        return [ends[row] for row in rows]
+
+    def _generator(self, seq_id: int, seed: int) -> torch.Generator:
+        generator = self.generators.get(seq_id)
+        if generator is None:
+            generator = self.generators[seq_id] = torch.Generator(self.device).manual_seed(seed)
+        return generator
+
+    def release(self, seq_id: int) -> None:
+        """Forget a finished request's sampling state."""
+        self.generators.pop(seq_id, None)
+
+
+@torch.no_grad()
+def _fill_dummy_weights(model: torch.nn.Module) -> None:
+    """Small random values (norm weights near 1) so activations stay finite through every layer."""
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(0)
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            param.fill_(1.0)
+        else:
+            param.uniform_(-0.02, 0.02, generator=generator)

@@ -1,0 +1,27 @@
+"""The engine's typed errors: each names what was wrong and what to do; the service maps them to HTTP."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class CheckpointError(EngineError):
+    """The folder is not a usable Hugging Face checkpoint (missing or malformed files, missing weights)."""
+
+
+class UnsupportedArchitectureError(CheckpointError):
+    """config.json names an architecture the engine has no model for."""
+
+
+class InvalidRequestError(EngineError):
+    """A request the engine cannot run as given (bad sampling parameters, empty prompt)."""
+
+
+class PromptTooLongError(InvalidRequestError):
+    """The prompt (plus at least one new token) does not fit the model's context or the KV cache."""
+
+
+class RequestAbortedError(EngineError):
+    """The request was aborted before it finished."""

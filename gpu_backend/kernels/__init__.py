@@ -1,0 +1,78 @@
+"""The engine's kernels behind one tiny interface: `get_kernels("triton" | "torch" | "auto")`.
+
+Both backends expose the same functions with the same signatures (gpu_backend/SPEC-draft.md,
+"Kernels"): `torch` is plain PyTorch (reference.py) and runs anywhere; `triton` is the fast GPU
+path (triton_attention.py, triton_ops.py), imported only when asked for so that this package
+imports on machines without triton; `auto` picks triton when CUDA and triton are both present.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from gpu_backend.errors import EngineError
+from gpu_backend.kernels import reference
+
+Tensor = torch.Tensor
+BACKENDS = ("auto", "triton", "torch")
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """One backend's kernels; every field has the signature of the function of that name in reference.py."""
+
+    name: str
+    store_kv_cache: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], None]
+    paged_attention: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int, int, float], Tensor]
+    decode_attention: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, float], Tensor]
+    rms_norm: Callable[[Tensor, Tensor, float], Tensor]
+    fused_add_rms_norm: Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]
+    apply_rotary: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+    silu_and_mul: Callable[[Tensor], Tensor]
+
+
+def triton_available() -> bool:
+    """True when the triton package can be imported (it may still lack a GPU to run on)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def resolve_backend(backend: str) -> str:
+    """The concrete backend `backend` names: `auto` becomes triton on CUDA machines with triton."""
+    if backend not in BACKENDS:
+        raise EngineError(f"unknown kernel backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "triton" if torch.cuda.is_available() and triton_available() else "torch"
+    return backend
+
+
+def get_kernels(backend: str = "auto") -> Kernels:
+    """The kernels of `backend` ("triton", "torch" or "auto")."""
+    name = resolve_backend(backend)
+    if name == "torch":
+        return _collect(name, reference, reference)
+    if not triton_available():
+        raise EngineError("kernel backend 'triton' needs the triton package: install it or use 'torch'")
+    from gpu_backend.kernels import triton_attention, triton_ops
+
+    return _collect(name, triton_attention, triton_ops)
+
+
+def _collect(name: str, attention: ModuleType, ops: ModuleType) -> Kernels:
+    return Kernels(
+        name=name,
+        store_kv_cache=ops.store_kv_cache,
+        paged_attention=attention.paged_attention,
+        decode_attention=attention.decode_attention,
+        rms_norm=ops.rms_norm,
+        fused_add_rms_norm=ops.fused_add_rms_norm,
+        apply_rotary=ops.apply_rotary,
+        silu_and_mul=ops.silu_and_mul,
+    )
+
+
+__all__ = ["BACKENDS", "Kernels", "get_kernels", "resolve_backend", "triton_available"]

@@ -1,0 +1,127 @@
+"""Linear layers that hold this rank's shard and know how to load it from a full checkpoint tensor.
+
+Column-parallel layers split the output dimension (no communication), row-parallel ones the
+input dimension (one all-reduce after the matmul). Fused layers (QKV, gate+up) load each
+checkpoint tensor into its own row range, named by the ``shard_id`` the loader passes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CheckpointError
+from ..parallel.state import all_reduce, tp_rank, tp_size
+
+
+def _divide(numerator: int, denominator: int, what: str) -> int:
+    if numerator % denominator:
+        raise CheckpointError(f"{what} ({numerator}) is not divisible by the tensor-parallel size {denominator}")
+    return numerator // denominator
+
+
+def _copy(param: nn.Parameter, loaded: torch.Tensor, name: str) -> None:
+    if param.shape != loaded.shape:
+        raise CheckpointError(f"{name}: checkpoint shape {tuple(loaded.shape)} does not fit {tuple(param.shape)}")
+    param.data.copy_(loaded)
+
+
+class LinearBase(nn.Module):
+    """``y = x W^T (+ b)`` with an uninitialised weight: loading fills it, so building costs nothing."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
+        self.weight.weight_loader = self.weight_loader
+        if bias:
+            self.bias = nn.Parameter(torch.empty(output_size), requires_grad=False)
+            self.bias.weight_loader = self.weight_loader
+        else:
+            self.register_parameter("bias", None)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class ColumnParallelLinear(LinearBase):
+    """Output rows split across ranks; each rank returns its slice of the output."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False) -> None:
+        self.output_size_per_rank = _divide(output_size, tp_size(), "output size")
+        super().__init__(input_size, self.output_size_per_rank, bias)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+        rows = self.output_size_per_rank
+        _copy(param, loaded.narrow(0, tp_rank() * rows, rows), "column-parallel weight")
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    """Several column-parallel outputs in one matmul (gate and up projections); shard_id = index."""
+
+    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False) -> None:
+        self.output_sizes = output_sizes
+        super().__init__(input_size, sum(output_sizes), bias)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+        index = int(shard_id)  # type: ignore[arg-type]
+        rows = self.output_sizes[index] // tp_size()
+        offset = sum(self.output_sizes[:index]) // tp_size()
+        _copy(param.data.narrow(0, offset, rows), loaded.narrow(0, tp_rank() * rows, rows), f"merged part {index}")
+
+
+class QKVParallelLinear(ColumnParallelLinear):
+    """q, k and v projections fused; KV heads are replicated when there are fewer than ranks."""
+
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False) -> None:
+        size = tp_size()
+        self.head_dim = head_dim
+        self.num_heads = _divide(num_heads, size, "number of attention heads")
+        self.num_kv_heads = max(1, num_kv_heads // size)
+        if num_kv_heads >= size:
+            _divide(num_kv_heads, size, "number of KV heads")
+        elif size % num_kv_heads:
+            raise CheckpointError(f"tensor-parallel size {size} is not a multiple of the {num_kv_heads} KV heads")
+        self.kv_replicas = max(1, size // num_kv_heads)
+        LinearBase.__init__(self, hidden_size, (self.num_heads + 2 * self.num_kv_heads) * head_dim, bias)
+        self.output_size_per_rank = (self.num_heads + 2 * self.num_kv_heads) * head_dim
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+        if shard_id == "q":
+            offset, rows, start = 0, self.q_size, tp_rank() * self.q_size
+        elif shard_id in ("k", "v"):
+            offset = self.q_size + (self.kv_size if shard_id == "v" else 0)
+            rows, start = self.kv_size, (tp_rank() // self.kv_replicas) * self.kv_size
+        else:
+            raise CheckpointError(f"QKV shard id must be q, k or v, not {shard_id!r}")
+        _copy(param.data.narrow(0, offset, rows), loaded.narrow(0, start, rows), f"{shard_id}_proj")
+
+
+class RowParallelLinear(LinearBase):
+    """Input columns split across ranks; partial sums are all-reduced, the bias added once."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False) -> None:
+        self.input_size_per_rank = _divide(input_size, tp_size(), "input size")
+        super().__init__(self.input_size_per_rank, output_size, bias)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+        if param.dim() == 1:  # bias: whole on every rank
+            _copy(param, loaded, "row-parallel bias")
+            return
+        cols = self.input_size_per_rank
+        _copy(param, loaded.narrow(1, tp_rank() * cols, cols), "row-parallel weight")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias if tp_rank() == 0 else None
+        return all_reduce(F.linear(x, self.weight, bias))

@@ -1,0 +1,109 @@
+"""From logits to next tokens: penalties, temperature, top-k / top-p / min-p, seeded sampling, logprobs.
+
+Random rows sample with the exponential race (``argmax(p / q)``, ``q ~ Exp(1)``), which draws
+exactly the categorical distribution ``p`` and lets a request with a seed draw its noise from its
+own generator: the same seed gives the same tokens whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SamplingBatch:
+    """Per-row sampling settings as tensors on the logits' device; built by the model runner."""
+
+    temperatures: torch.Tensor  # [B] float32, 0 = greedy
+    top_ks: torch.Tensor | None  # [B] int64, vocab size = off; None when no row uses it
+    top_ps: torch.Tensor | None  # [B] float32
+    min_ps: torch.Tensor | None  # [B] float32
+    generators: list[torch.Generator | None]  # per row: a seeded request's own generator
+    all_greedy: bool
+    repetition_penalties: torch.Tensor | None = None  # [B]; None when no row has any penalty
+    frequency_penalties: torch.Tensor | None = None
+    presence_penalties: torch.Tensor | None = None
+    prompt_mask: torch.Tensor | None = None  # [B, V] bool: token occurs in the prompt
+    output_counts: torch.Tensor | None = None  # [B, V] int: occurrences among generated tokens
+    max_num_logprobs: int | None = None  # top-N logprobs wanted by some row
+    banned_token_ids: list[tuple[int, list[int]]] | None = None  # (row, ids): stop tokens before min_tokens
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: torch.Tensor  # [B] int64
+    logprobs: torch.Tensor | None = None  # [B] logprob of the chosen token
+    top_logprobs: torch.Tensor | None = None  # [B, N]
+    top_token_ids: torch.Tensor | None = None  # [B, N]
+
+
+class Sampler:
+    def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
+        logits = logits.float()
+        if batch.banned_token_ids:
+            for row, token_ids in batch.banned_token_ids:
+                logits[row, token_ids] = float("-inf")
+        if batch.repetition_penalties is not None:
+            logits = apply_penalties(logits, batch)
+        if batch.all_greedy:
+            token_ids = logits.argmax(dim=-1)
+        else:
+            token_ids = self._sample(logits, batch)
+        if batch.max_num_logprobs is None:
+            return SamplerOutput(token_ids)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        top = logprobs.topk(batch.max_num_logprobs, dim=-1) if batch.max_num_logprobs > 0 else None
+        return SamplerOutput(
+            token_ids,
+            logprobs.gather(-1, token_ids[:, None]).squeeze(-1),
+            top.values if top is not None else None,
+            top.indices if top is not None else None,
+        )
+
+    def _sample(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        greedy = batch.temperatures == 0
+        scaled = logits / torch.where(greedy, 1.0, batch.temperatures)[:, None]
+        scaled = apply_top_k_top_p_min_p(scaled, batch.top_ks, batch.top_ps, batch.min_ps)
+        probs = torch.softmax(scaled, dim=-1)
+        noise = torch.empty_like(probs).exponential_()
+        for row, generator in enumerate(batch.generators):
+            if generator is not None:
+                noise[row].exponential_(generator=generator)
+        sampled = (probs / noise).argmax(dim=-1)
+        return torch.where(greedy, logits.argmax(dim=-1), sampled)
+
+
+def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Repetition over prompt and output (divide positive, multiply negative logits), then
+    OpenAI-style frequency and presence penalties over the generated tokens only."""
+    assert batch.output_counts is not None and batch.prompt_mask is not None
+    counts = batch.output_counts
+    seen = batch.prompt_mask | (counts > 0)
+    penalty = batch.repetition_penalties[:, None]  # type: ignore[index]
+    logits = torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+    logits = logits - batch.frequency_penalties[:, None] * counts  # type: ignore[index]
+    return logits - batch.presence_penalties[:, None] * (counts > 0)  # type: ignore[index]
+
+
+def apply_top_k_top_p_min_p(logits: torch.Tensor, top_ks: torch.Tensor | None, top_ps: torch.Tensor | None,
+                            min_ps: torch.Tensor | None) -> torch.Tensor:
+    """Mask (to -inf) the tokens each row's filters drop; at least the most likely token survives."""
+    if min_ps is not None:
+        probs = torch.softmax(logits, dim=-1)
+        threshold = probs.amax(dim=-1, keepdim=True) * min_ps[:, None]
+        logits = logits.masked_fill(probs < threshold, float("-inf"))
+    if top_ks is None and top_ps is None:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    ranks = torch.arange(logits.shape[-1], device=logits.device)[None, :]
+    drop = torch.zeros_like(sorted_logits, dtype=torch.bool)
+    if top_ks is not None:
+        drop |= ranks >= top_ks[:, None]
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    if top_ps is not None:
+        sorted_probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop |= (mass_before > top_ps[:, None]) & (ranks > 0)
+    return logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))

@@ -1,0 +1,140 @@
+"""LLMEngine's request handling: bad input, seeds, stop conditions, abort — and it keeps serving."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from gpu_backend import (
+    LLM,
+    CheckpointError,
+    InvalidRequestError,
+    PromptTooLongError,
+    SamplingParams,
+    UnsupportedArchitectureError,
+)
+
+from checkpoints import read_config, write_config
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def llm(checkpoints: dict[str, Path]) -> LLM:
+    return LLM(str(checkpoints["llama"]), device="cpu", dtype="float32", progress=False, num_kv_blocks=48,
+               max_model_len=200)
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no config.json"):
+        LLM(str(tmp_path), device="cpu", progress=False)
+    with pytest.raises(CheckpointError, match="not a folder"):
+        LLM(str(tmp_path / "missing"), device="cpu", progress=False)
+
+
+def test_unsupported_architecture(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    raw = read_config(checkpoints["llama"])
+    raw["architectures"] = ["GPT2LMHeadModel"]
+    write_config(folder, raw)
+    with pytest.raises(UnsupportedArchitectureError, match="GPT2LMHeadModel.*supported: LlamaForCausalLM"):
+        LLM(str(folder), device="cpu", progress=False)
+
+
+def test_checkpoint_without_weights(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    write_config(folder, read_config(checkpoints["llama"]))
+    (folder / "tokenizer.json").write_bytes((checkpoints["llama"] / "tokenizer.json").read_bytes())
+    with pytest.raises(CheckpointError, match="safetensors"):
+        LLM(str(folder), device="cpu", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "params", "error", "match"),
+    [
+        ("", GREEDY, InvalidRequestError, "empty"),
+        ([], GREEDY, InvalidRequestError, "no tokens"),
+        ([1, 2, 999], GREEDY, InvalidRequestError, "outside the model's vocabulary"),
+        (list(range(5, 205)), GREEDY, PromptTooLongError, "200 tokens"),
+    ],
+)
+def test_bad_requests_are_typed_errors_and_the_engine_goes_on(llm: LLM, prompt, params, error, match) -> None:
+    with pytest.raises(error, match=match):
+        llm.generate([prompt], params)
+    assert llm.engine.block_manager.num_used_blocks == 0
+    assert len(llm.generate([[5, 6, 7]], GREEDY)[0].token_ids) == 8
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [({"max_tokens": 0}, "max_tokens"), ({"temperature": math.nan}, "temperature"), ({"top_p": 0.0}, "top_p")],
+)
+def test_bad_sampling_params(options: dict, match: str) -> None:
+    with pytest.raises(InvalidRequestError, match=match):
+        SamplingParams(**options)
+
+
+def test_one_bad_prompt_in_a_batch_queues_nothing(llm: LLM) -> None:
+    with pytest.raises(InvalidRequestError):
+        llm.generate([[5, 6], []], GREEDY)
+    assert not llm.engine.has_unfinished_requests()
+    assert llm.engine.block_manager.num_used_blocks == 0
+
+
+def test_seeded_sampling_is_reproducible_whatever_the_batch(llm: LLM) -> None:
+    seeded = SamplingParams(temperature=1.0, top_p=0.9, seed=1234, max_tokens=12, ignore_eos=True)
+    alone = llm.generate([[5, 6, 7]], seeded)[0].token_ids
+    others = SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True)
+    batched = llm.generate([[9, 10], [5, 6, 7], [11]], [others, seeded, others])[1].token_ids
+    assert alone == batched
+    other_seed = SamplingParams(temperature=1.0, top_p=0.9, seed=99, max_tokens=12, ignore_eos=True)
+    assert llm.generate([[5, 6, 7]], other_seed)[0].token_ids != alone
+
+
+def test_eos_stops_and_max_tokens_is_length(llm: LLM) -> None:
+    free_run = llm.generate([[5, 6, 7]], GREEDY)[0]
+    stop_at = free_run.token_ids[3]
+    stopped = llm.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=8, stop_token_ids=[stop_at]))[0]
+    first = free_run.token_ids.index(stop_at)
+    assert stopped.token_ids == free_run.token_ids[: first + 1]
+    assert stopped.finish_reason == "stop" and stopped.outputs[0].stop_reason == stop_at
+    assert free_run.finish_reason == "length"
+
+
+def test_min_tokens_holds_back_stop_tokens(llm: LLM) -> None:
+    free_run = llm.generate([[5, 6, 7]], GREEDY)[0].token_ids
+    stop_at = free_run[0]
+    params = SamplingParams(temperature=0.0, max_tokens=8, stop_token_ids=[stop_at], min_tokens=4)
+    out = llm.generate([[5, 6, 7]], params)[0].token_ids
+    assert len(out) >= 4 and stop_at not in out[:4]
+
+
+def test_stop_strings_cut_the_text(llm: LLM) -> None:
+    free_run = llm.generate([[5, 6, 7]], GREEDY)[0]
+    text = free_run.text
+    assert len(text) > 4
+    stop = text[2:4]
+    out = llm.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, stop=[stop]))[0]
+    assert out.text == text[: text.index(stop)]
+    assert out.finish_reason == "stop" and out.outputs[0].stop_reason == stop
+    kept = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, stop=[stop], include_stop_str_in_output=True)
+    assert llm.generate([[5, 6, 7]], kept)[0].text == text[: text.index(stop) + len(stop)]
+
+
+def test_abort_frees_blocks_at_every_stage(llm: LLM) -> None:
+    engine = llm.engine
+    waiting = engine.add_request(list(range(5, 60)), GREEDY)
+    assert engine.abort(waiting).finish_reason == "abort"
+    assert engine.block_manager.num_used_blocks == 0
+    running = engine.add_request(list(range(5, 60)), SamplingParams(temperature=0.0, max_tokens=50, ignore_eos=True))
+    for _ in range(3):
+        engine.step()
+    assert engine.block_manager.num_used_blocks > 0
+    engine.abort(running)
+    assert engine.block_manager.num_used_blocks == 0
+    assert not engine.has_unfinished_requests()
+    assert engine.abort("no-such-request") is None

@@ -1,0 +1,249 @@
+"""The Triton kernels against their torch twins on the same inputs.
+
+Every test runs on CUDA (marked gpu, skipped without a GPU) and on CPU under Triton's interpreter.
+The interpreter must be switched on before triton is imported, so the CPU variants run only in
+the subprocess that test_triton_interpreter starts with TRITON_INTERPRET=1 (small sizes, fp32
+and fp16: the interpreter computes bf16 through numpy without proper rounding).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpu_backend.kernels import Kernels, get_kernels, reference
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+ROOT = Path(__file__).resolve().parents[3]
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+DEVICES = [
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(INTERPRETING or not torch.cuda.is_available(), reason="needs CUDA"),
+        ],
+    ),
+    pytest.param(
+        "cpu",
+        marks=pytest.mark.skipif(
+            not INTERPRETING, reason="CPU runs only in test_triton_interpreter's subprocess"
+        ),
+    ),
+]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+ATOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+# (q_lens, seq_lens, num_q_heads, num_kv_heads, head_dim, block_size), small enough to interpret
+ATTENTION_CASES = [
+    pytest.param([1, 50, 1, 7], [33, 50, 129, 60], 8, 4, 64, 16, id="mixed-gqa2"),
+    pytest.param([5, 1, 20, 0], [100, 1, 45, 0], 16, 2, 128, 8, id="gqa8-chunks-padded"),
+    pytest.param([9, 3], [9, 70], 14, 2, 80, 32, id="group7-head-dim-80"),
+]
+# run on CUDA only: long prompts and contexts that need many tiles and splits
+CUDA_ATTENTION_CASES = [
+    pytest.param([1000, 1, 300], [1000, 4100, 2300], 32, 8, 128, 16, id="llama8b-mixed"),
+    pytest.param([777], [777], 8, 8, 64, 16, id="mha-prompt"),
+]
+
+
+@pytest.fixture(scope="module")
+def triton_kernels() -> Kernels:
+    return get_kernels("triton")
+
+
+def _skip_unsupported(device: str, dtype: torch.dtype) -> None:
+    if device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("the interpreter does not round bf16 like a GPU does")
+
+
+def _strided(x: torch.Tensor) -> torch.Tensor:
+    """x as a non-contiguous view, as q/k/v are slices of one qkv projection in the model."""
+    wide = torch.cat([x, torch.full_like(x, float("nan"))], dim=1)
+    return wide[:, : x.shape[1]]
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    assert not actual.isnan().any()
+    torch.testing.assert_close(actual.float(), expected.float(), atol=ATOL[dtype], rtol=ATOL[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "q_lens,seq_lens,num_q_heads,num_kv_heads,head_dim,block_size",
+    ATTENTION_CASES
+    + [
+        pytest.param(
+            *case.values, marks=pytest.mark.skipif(INTERPRETING, reason="too big to interpret"), id=case.id
+        )
+        for case in CUDA_ATTENTION_CASES
+    ],
+)
+def test_paged_attention(
+    triton_kernels,
+    make_paged_batch,
+    device,
+    dtype,
+    q_lens,
+    seq_lens,
+    num_q_heads,
+    num_kv_heads,
+    head_dim,
+    block_size,
+) -> None:
+    _skip_unsupported(device, dtype)
+    b = make_paged_batch(q_lens, seq_lens, num_q_heads, num_kv_heads, head_dim, block_size, dtype, device)
+    args = (
+        b.k_cache,
+        b.v_cache,
+        b.query_start_loc,
+        b.seq_lens,
+        b.block_tables,
+        b.max_query_len,
+        b.max_seq_len,
+        b.scale,
+    )
+    out = triton_kernels.paged_attention(_strided(b.query), *args)
+    _assert_close(out, reference.paged_attention(b.query, *args), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "seq_lens,num_q_heads,num_kv_heads",
+    [
+        pytest.param([1, 0, 300, 16, 0, 47], 8, 2, id="short-padded"),
+        pytest.param([700], 4, 1, id="one-long-split"),
+        pytest.param(
+            [5000, 130, 0, 2049],
+            32,
+            8,
+            marks=pytest.mark.skipif(INTERPRETING, reason="too big"),
+            id="llama8b",
+        ),
+    ],
+)
+def test_decode_attention(
+    triton_kernels, make_paged_batch, device, dtype, seq_lens, num_q_heads, num_kv_heads
+) -> None:
+    _skip_unsupported(device, dtype)
+    b = make_paged_batch(
+        [1] * len(seq_lens), seq_lens, num_q_heads, num_kv_heads, 64, 16, dtype, device, seed=1
+    )
+    args = (b.k_cache, b.v_cache, b.seq_lens, b.block_tables, b.scale)
+    out = triton_kernels.decode_attention(_strided(b.query), *args)
+    _assert_close(out, reference.decode_attention(b.query, *args), dtype)
+    padded = [i for i, n in enumerate(seq_lens) if n == 0]
+    assert torch.equal(out[padded], torch.zeros_like(out[padded]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRETING or not torch.cuda.is_available(), reason="needs CUDA")
+def test_decode_attention_replays_in_cuda_graph(triton_kernels, make_paged_batch) -> None:
+    """No host sync inside: a captured graph follows seq_lens changed in place between replays."""
+    b = make_paged_batch([1] * 4, [900, 33, 1, 400], 32, 8, 128, 16, torch.bfloat16, "cuda", seed=2)
+    args = (b.query, b.k_cache, b.v_cache, b.seq_lens, b.block_tables, b.scale)
+    triton_kernels.decode_attention(*args)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = triton_kernels.decode_attention(*args)
+    b.seq_lens.copy_(torch.tensor([17, 0, 1, 399], dtype=torch.int32))
+    graph.replay()
+    _assert_close(out, reference.decode_attention(*args), torch.bfloat16)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_store_kv_cache(triton_kernels, device, dtype) -> None:
+    _skip_unsupported(device, dtype)
+    gen = torch.Generator().manual_seed(3)
+    k_cache = torch.randn(7, 16, 2, 80, generator=gen).to(dtype).to(device)
+    v_cache = torch.randn(7, 16, 2, 80, generator=gen).to(dtype).to(device)
+    key = torch.randn(9, 2, 80, generator=gen).to(dtype).to(device)
+    value = torch.randn(9, 2, 80, generator=gen).to(dtype).to(device)
+    slots = torch.randperm(7 * 16, generator=gen)[:9]
+    slots[[2, 5]] = -1
+    slots = slots.to(device)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    reference.store_kv_cache(key, value, k_ref, v_ref, slots)
+    triton_kernels.store_kv_cache(_strided(key), _strided(value), k_cache, v_cache, slots)
+    assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(7, 96), (3, 5, 64), (2, 4096)])
+def test_rms_norms(triton_kernels, device, dtype, shape) -> None:
+    _skip_unsupported(device, dtype)
+    gen = torch.Generator().manual_seed(4)
+    x = (3 * torch.randn(shape, generator=gen)).to(dtype).to(device)
+    residual = torch.randn(shape, generator=gen).to(dtype).to(device)
+    weight = (1 + 0.1 * torch.randn(shape[-1], generator=gen)).to(dtype).to(device)
+    _assert_close(triton_kernels.rms_norm(x, weight, 1e-6), reference.rms_norm(x, weight, 1e-6), dtype)
+    y, new_residual = triton_kernels.fused_add_rms_norm(x, residual, weight, 1e-5)
+    y_ref, new_residual_ref = reference.fused_add_rms_norm(x, residual, weight, 1e-5)
+    assert torch.equal(new_residual, new_residual_ref)
+    _assert_close(y, y_ref, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 80, 128])
+def test_apply_rotary(triton_kernels, device, dtype, head_dim) -> None:
+    _skip_unsupported(device, dtype)
+    gen = torch.Generator().manual_seed(5)
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    freqs = torch.outer(torch.arange(300).float(), inv_freq)
+    cos_sin_cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(device)
+    positions = torch.randint(0, 300, (11,), generator=gen).to(device)
+    query = torch.randn(11, 12, head_dim, generator=gen).to(dtype).to(device)
+    key = torch.randn(11, 3, head_dim, generator=gen).to(dtype).to(device)
+    q_out, k_out = triton_kernels.apply_rotary(_strided(query), _strided(key), positions, cos_sin_cache)
+    q_ref, k_ref = reference.apply_rotary(query, key, positions, cos_sin_cache)
+    _assert_close(q_out, q_ref, dtype)
+    _assert_close(k_out, k_ref, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("inter_size", [72, 3000])
+def test_silu_and_mul(triton_kernels, device, dtype, inter_size) -> None:
+    _skip_unsupported(device, dtype)
+    x = torch.randn(6, 2 * inter_size, generator=torch.Generator().manual_seed(6)).to(dtype).to(device)
+    _assert_close(triton_kernels.silu_and_mul(x), reference.silu_and_mul(x), dtype)
+
+
+def _interpreter_runs_on_this_numpy() -> bool:
+    # triton < 3.9's interpreter converts 1-element arrays with int(), which numpy >= 2.4 refuses
+    import numpy
+    import triton
+
+    def version(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in text.split(".")[:2])
+
+    return version(triton.__version__) >= (3, 9) or version(numpy.__version__) < (2, 4)
+
+
+@pytest.mark.skipif(INTERPRETING, reason="already inside the interpreter run")
+def test_triton_interpreter() -> None:
+    """Run this file's CPU variants with TRITON_INTERPRET=1 set before triton is imported."""
+    if not _interpreter_runs_on_this_numpy():
+        pytest.skip("this triton's interpreter needs numpy < 2.4")
+    env = {
+        **os.environ,
+        "TRITON_INTERPRET": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "cpu", __file__]
+    result = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout

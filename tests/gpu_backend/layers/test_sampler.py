@@ -1,0 +1,106 @@
+"""The sampler on hand-made logits: filters, penalties, seeds and the distribution it draws from."""
+
+from __future__ import annotations
+
+import torch
+
+from gpu_backend.layers.sampler import Sampler, SamplingBatch, apply_penalties, apply_top_k_top_p_min_p
+
+
+def batch(rows: int, *, temperature: float = 1.0, generators: list | None = None, **tensors) -> SamplingBatch:
+    return SamplingBatch(
+        temperatures=torch.full((rows,), temperature),
+        top_ks=tensors.get("top_ks"), top_ps=tensors.get("top_ps"), min_ps=tensors.get("min_ps"),
+        generators=generators or [None] * rows, all_greedy=temperature == 0.0,
+    )
+
+
+def test_greedy_takes_the_argmax() -> None:
+    logits = torch.tensor([[0.1, 3.0, -1.0], [5.0, 4.9, 0.0]])
+    assert Sampler()(logits, batch(2, temperature=0.0)).token_ids.tolist() == [1, 0]
+
+
+def test_mixed_greedy_and_random_rows() -> None:
+    logits = torch.tensor([[0.0, 10.0, 0.0], [0.0, 0.0, 0.0]])
+    b = batch(2)
+    b.temperatures = torch.tensor([0.0, 1.0])
+    out = Sampler()(logits, b).token_ids
+    assert out[0] == 1
+
+
+def test_top_k_keeps_the_k_largest() -> None:
+    logits = torch.tensor([[1.0, 4.0, 3.0, 2.0]])
+    kept = apply_top_k_top_p_min_p(logits, torch.tensor([2]), None, None)
+    assert torch.isinf(kept[0, [0, 3]]).all() and torch.isfinite(kept[0, [1, 2]]).all()
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = apply_top_k_top_p_min_p(probs.log(), None, torch.tensor([0.7]), None)
+    assert torch.isfinite(kept[0, :2]).all() and torch.isinf(kept[0, 2:]).all()
+    only_top = apply_top_k_top_p_min_p(probs.log(), None, torch.tensor([0.01]), None)
+    assert torch.isfinite(only_top[0, 0]) and torch.isinf(only_top[0, 1:]).all()
+
+
+def test_min_p_drops_tokens_below_a_fraction_of_the_best() -> None:
+    probs = torch.tensor([[0.6, 0.3, 0.1]])
+    kept = apply_top_k_top_p_min_p(probs.log(), None, None, torch.tensor([0.4]))
+    assert torch.isfinite(kept[0, :2]).all() and torch.isinf(kept[0, 2])
+
+
+def test_penalties() -> None:
+    logits = torch.tensor([[2.0, -2.0, 1.0, 1.0]])
+    b = batch(1)
+    b.repetition_penalties = torch.tensor([2.0])
+    b.frequency_penalties = torch.tensor([0.5])
+    b.presence_penalties = torch.tensor([0.25])
+    b.prompt_mask = torch.tensor([[True, True, False, False]])
+    b.output_counts = torch.tensor([[0, 0, 2, 0]])
+    out = apply_penalties(logits, b)
+    # token 0: prompt, positive -> /2; token 1: prompt, negative -> *2; token 2: output twice ->
+    # /2, then -0.5*2 and -0.25; token 3: untouched.
+    assert torch.allclose(out, torch.tensor([[1.0, -4.0, 0.5 - 1.0 - 0.25, 1.0]]))
+
+
+def test_same_seed_same_tokens_whatever_the_batch() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50)
+
+    def draw(rows: torch.Tensor, seed: int) -> int:
+        generators = [torch.Generator().manual_seed(seed)] + [None] * (rows.shape[0] - 1)
+        return int(Sampler()(rows, batch(rows.shape[0], generators=generators)).token_ids[0])
+
+    assert draw(logits[:1], 7) == draw(logits, 7)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    seq1 = [int(Sampler()(logits[:1], batch(1, generators=[g1])).token_ids[0]) for _ in range(20)]
+    seq2 = [int(Sampler()(logits, batch(3, generators=[g2, None, None])).token_ids[0]) for _ in range(20)]
+    assert seq1 == seq2
+    assert len(set(seq1)) > 1  # it does sample
+
+
+def test_random_sampling_follows_the_distribution() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.2])
+    logits = probs.log().expand(20000, 3).contiguous()
+    torch.manual_seed(1)
+    tokens = Sampler()(logits, batch(20000, generators=[None] * 20000)).token_ids
+    freq = torch.bincount(tokens, minlength=3).float() / 20000
+    assert torch.allclose(freq, probs, atol=0.02)
+
+
+def test_temperature_sharpens() -> None:
+    logits = torch.tensor([1.0, 0.0]).expand(5000, 2).contiguous()
+    torch.manual_seed(2)
+    cold = Sampler()(logits, batch(5000, temperature=0.1)).token_ids.float().mean()
+    hot = Sampler()(logits, batch(5000, temperature=1.0)).token_ids.float().mean()
+    assert cold < 0.01 and 0.2 < hot < 0.33  # p(token 1) = 1/(1+e) ~ 0.27 at temperature 1
+
+
+def test_logprobs_of_the_chosen_and_top_tokens() -> None:
+    logits = torch.tensor([[1.0, 2.0, 3.0]])
+    b = batch(1, temperature=0.0)
+    b.max_num_logprobs = 2
+    out = Sampler()(logits, b)
+    expected = torch.log_softmax(logits, dim=-1)
+    assert torch.allclose(out.logprobs, expected[:, 2])
+    assert out.top_token_ids.tolist() == [[2, 1]]
+    assert torch.allclose(out.top_logprobs, expected[:, [2, 1]])

@@ -73,10 +73,14 @@ def main() -> None:
                       max_num_seqs=8, max_model_len=4096, gpu_memory_utilization=0.85,
                       enforce_eager=variant == "eager", progress=False)
             row = measure(llm, args.prompt_len, args.new_tokens, args.repeats)
+            steps = llm.engine.stats
+            row["host_ms_per_step_outside_execute"] = 1000 * (steps.schedule_s + steps.postprocess_s) / steps.steps
+            row["host_ms_per_step_prepare"] = 1000 * steps.prepare_s / steps.steps
             row["achieved_GB_s"] = row["decode_tok_s"] * bytes_per_step / 1e9
             results[variant] = row
             print(f"{variant:7} decode {row['decode_tok_s']:7.1f} tok/s  {row['achieved_GB_s']:7.0f} GB/s  "
-                  f"TTFT {row['ttft_s'] * 1000:6.1f} ms", flush=True)
+                  f"TTFT {row['ttft_s'] * 1000:6.1f} ms  host/step: {row['host_ms_per_step_outside_execute']:.3f} ms "
+                  f"+ prepare {row['host_ms_per_step_prepare']:.3f} ms", flush=True)
             del llm
             gc.collect()  # the model and its graphs sit in reference cycles
             torch.cuda.empty_cache()

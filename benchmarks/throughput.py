@@ -24,6 +24,7 @@ import torch
 from llama_shapes import LLAMA_3_1_8B, environment, parameter_bytes, write_model_folder
 
 from gpu_backend import LLM, SamplingParams
+from gpu_backend.engine.stats import StepStats
 
 
 def workload(count: int, seed: int) -> list[tuple[list[int], int]]:
@@ -38,13 +39,16 @@ def run_engine(folder: Path, requests: list[tuple[list[int], int]], options: dic
     llm.generate([requests[0][0][:128]], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))  # warm-up
     prompts = [prompt for prompt, _ in requests]
     params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for _, n in requests]
+    llm.engine.stats = StepStats()
+    llm.engine.runner.prepare_s = 0.0
     torch.cuda.synchronize()
     start = time.perf_counter()
     outputs = llm.generate(prompts, params)
     elapsed = time.perf_counter() - start
     generated = sum(len(o.token_ids) for o in outputs)
     assert generated == sum(n for _, n in requests)
-    stats = {"kv_blocks": llm.engine.block_manager.num_blocks, "preemptions": llm.engine.scheduler.num_preemptions}
+    stats = {"kv_blocks": llm.engine.block_manager.num_blocks, "preemptions": llm.engine.scheduler.num_preemptions,
+             "steps": llm.engine.stats.as_dict()}
     del llm
     gc.collect()  # the model and its graphs sit in reference cycles
     torch.cuda.empty_cache()
@@ -97,6 +101,10 @@ def main() -> None:
         engine = run_engine(folder, requests, options)
     print(f"edgewise      {engine['output_tok_s']:9.0f} output tok/s  ({engine['output_tokens']} tokens in "
           f"{engine['elapsed_s']:.1f} s; {engine['preemptions']} preemptions)", flush=True)
+    steps = engine["steps"]
+    print(f"  {steps['steps']} steps ({steps['decode_only_steps']} decode-only), {steps['mean_tokens_per_step']:.0f} "
+          f"tokens/step; host time: schedule {steps['schedule_s']:.1f} s, prepare {steps['prepare_s']:.1f} s, "
+          f"execute+wait {steps['execute_s']:.1f} s, postprocess {steps['postprocess_s']:.1f} s", flush=True)
     baseline = None
     if args.hf_requests:
         baseline = run_transformers(requests[: args.hf_requests], args.hf_batch_size)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from dataclasses import dataclass, field
 
 from ..config import EngineConfig, ModelConfig
-from ..errors import InvalidRequestError, PromptTooLongError
+from ..errors import EngineError, InvalidRequestError, PromptTooLongError
 from ..layers.sampler import SamplerOutput
 from ..tokenizer import IncrementalDetokenizer, Tokenizer
 from .block_manager import BlockManager
@@ -21,6 +22,7 @@ from .outputs import CompletionOutput, Logprob, RequestOutput
 from .sampling_params import SamplingParams
 from .scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from .sequence import Sequence
+from .stats import StepStats
 
 log = logging.getLogger(__name__)
 _request_ids = itertools.count()
@@ -34,6 +36,8 @@ class _Request:
     text: str = ""
     logprobs: list[Logprob] | None = None
     stop_reason: str | int | None = None
+    stream: bool = True  # report every step; otherwise only the finished output
+    prompt_token_ids: list[int] = field(default_factory=list)  # shared by every output, never mutated
     pending_tokens: list[int] = field(default_factory=list)
 
 
@@ -54,12 +58,16 @@ class LLMEngine:
             self.block_manager,
         )
         self.requests: dict[str, _Request] = {}
+        self.stats = StepStats()
 
     # -- requests ------------------------------------------------------------------------------
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
-                    request_id: str | None = None) -> str:
-        """Validate and queue one request; raises InvalidRequestError / PromptTooLongError."""
+                    request_id: str | None = None, *, stream: bool = True) -> str:
+        """Validate and queue one request; raises InvalidRequestError / PromptTooLongError.
+
+        ``stream=False``: ``step`` reports the request only when it finishes (offline batches
+        skip building an output per token)."""
         params = params or SamplingParams()
         request_id = request_id if request_id is not None else str(next(_request_ids))
         if request_id in self.requests:
@@ -78,7 +86,8 @@ class LLMEngine:
             self.tokenizer, token_ids, skip_special_tokens=params.skip_special_tokens,
             stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output,
         )
-        self.requests[request_id] = _Request(seq, text, detokenizer, logprobs=[] if params.logprobs is not None else None)
+        self.requests[request_id] = _Request(seq, text, detokenizer, logprobs=[] if params.logprobs is not None else None,
+                                             stream=stream, prompt_token_ids=token_ids)
         return request_id
 
     def _tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
@@ -121,10 +130,15 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Run one batch; return an output for every request that got a new token or finished."""
+        started = time.perf_counter()
         batch = self.scheduler.schedule()
         if not batch.seqs:
+            if self.scheduler.has_unfinished:
+                raise EngineError("the scheduler found nothing to run while requests are waiting")
             return []
+        scheduled = time.perf_counter()
         sampled, sampler_output = self.runner.execute(batch)
+        executed = time.perf_counter()
         before = {seq.seq_id: seq.num_tokens for seq in batch.seqs}
         finished = self.scheduler.update(batch, sampled)
         if sampler_output is not None:
@@ -135,12 +149,25 @@ class LLMEngine:
             request = self.requests.get(seq.request_id)
             if request is None or seq.num_tokens == before[seq.seq_id] and seq.seq_id not in finished_ids:
                 continue
-            outputs.append(self._advance(request, seq.seq_id in finished_ids))
+            output = self._advance(request, seq.seq_id in finished_ids)
+            if output is not None:
+                outputs.append(output)
+        self._count(batch, started, scheduled, executed)
         return outputs
 
-    def _advance(self, request: _Request, finished: bool) -> RequestOutput:
+    def _count(self, batch: ScheduledBatch, started: float, scheduled: float, executed: float) -> None:
+        stats = self.stats
+        stats.steps += 1
+        stats.decode_only_steps += batch.is_decode_only
+        stats.scheduled_tokens += batch.num_tokens
+        stats.schedule_s += scheduled - started
+        stats.execute_s += executed - scheduled
+        stats.postprocess_s += time.perf_counter() - executed
+        stats.prepare_s = self.runner.prepare_s
+
+    def _advance(self, request: _Request, finished: bool) -> RequestOutput | None:
         seq = request.seq
-        new_tokens = seq.completion_token_ids[len(request.pending_tokens):]
+        new_tokens = seq.token_ids[seq.num_prompt_tokens + len(request.pending_tokens):]
         request.pending_tokens.extend(new_tokens)
         detokenizer = request.detokenizer
         delta, stopped = detokenizer.step(new_tokens) if detokenizer is not None else ("", False)
@@ -151,12 +178,14 @@ class LLMEngine:
             request.stop_reason = detokenizer.stop_reason
         elif finished:
             delta += detokenizer.finish() if detokenizer is not None else ""
-            if seq.finish_reason == "stop" and seq.completion_token_ids:
-                request.stop_reason = seq.completion_token_ids[-1]
+            if seq.finish_reason == "stop" and seq.num_completion_tokens:
+                request.stop_reason = seq.token_ids[-1]
         request.text += delta
         if finished:
             self.requests.pop(seq.request_id, None)
             self.runner.release(seq.seq_id)
+        elif not request.stream:
+            return None
         return self._output(request, finished, delta, new_tokens)
 
     def _record_logprobs(self, batch: ScheduledBatch, sampled: list[int | None], result: SamplerOutput) -> None:
@@ -177,10 +206,10 @@ class LLMEngine:
     def _output(self, request: _Request, finished: bool, delta_text: str, delta_tokens: list[int]) -> RequestOutput:
         seq = request.seq
         completion = CompletionOutput(
-            index=0, text=request.text, token_ids=list(seq.completion_token_ids),
+            index=0, text=request.text, token_ids=list(request.pending_tokens),
             finish_reason=seq.finish_reason if finished else None,
             stop_reason=request.stop_reason if finished else None,
             logprobs=list(request.logprobs) if request.logprobs is not None else None,
         )
-        return RequestOutput(seq.request_id, request.prompt, list(seq.prompt_token_ids), [completion], finished,
+        return RequestOutput(seq.request_id, request.prompt, request.prompt_token_ids, [completion], finished,
                              delta_text, list(delta_tokens), seq.num_cached_tokens)

@@ -35,7 +35,7 @@ class LLM:
         ids = []
         try:
             for prompt, param in zip(prompts, params):
-                ids.append(self.engine.add_request(prompt, param))
+                ids.append(self.engine.add_request(prompt, param, stream=False))
             return self._run(ids)
         except BaseException:
             for request_id in ids:

@@ -6,6 +6,7 @@ dimension), the per-request sampling generators, and on GPUs the captured decode
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Sequence as Seq
@@ -38,6 +39,7 @@ class ModelRunner:
         self.model = self._build_and_load(progress)
         self.sampler = Sampler()
         self.generators: dict[int, torch.Generator] = {}
+        self.prepare_s = 0.0  # host time spent building step inputs, for StepStats
         self.num_blocks = self._allocate_kv_cache()
         self.graphs = None
         if self.device.type == "cuda" and not config.enforce_eager:
@@ -99,7 +101,8 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
         ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
-        meta = self._metadata([num_tokens], [num_tokens], [list(range(blocks))], list(range(num_tokens)))
+        meta = self._metadata([num_tokens], [num_tokens], [list(range(blocks))],
+                              torch.arange(num_tokens, device=self.device))
         hidden = self.model(ids, torch.arange(num_tokens, device=self.device), meta)
         logits = self.model.compute_logits(hidden[-min(num_tokens, self.config.max_num_seqs):])
         logits.float().sort(dim=-1)
@@ -118,7 +121,9 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch) -> tuple[list[int | None], SamplerOutput | None]:
         """Run one step; returns the sampled token per sequence (None where a prompt chunk ended
         before the sequence's end) and the sampler's output for the sampled rows."""
+        started = time.perf_counter()
         input_ids, positions, meta, sample_rows = self.prepare(batch)
+        self.prepare_s += time.perf_counter() - started
         if self.graphs is not None and meta.is_decode_only and self.graphs.fits(len(batch.seqs)):
             hidden = self.graphs.run(input_ids, positions, meta)
         else:
@@ -140,32 +145,34 @@ class ModelRunner:
         positions: list[int] = []
         slots: list[int] = []
         query_lens, seq_lens, tables, sample_rows = [], [], [], []
-        bs = self.block_size
         for row, (seq, count) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + count
             input_ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
-            table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            slots.extend(_slots(seq.block_table, start, end, self.block_size))
             query_lens.append(count)
             seq_lens.append(end)
-            tables.append(table)
+            tables.append(seq.block_table)
             if end == seq.num_tokens:
                 sample_rows.append(row)
-        meta = self._metadata(query_lens, seq_lens, tables, slots)
-        return (self._to_device(input_ids, torch.long), self._to_device(positions, torch.long), meta, sample_rows)
+        num_tokens = len(input_ids)
+        longs = self._to_device(input_ids + positions + slots, torch.long)
+        meta = self._metadata(query_lens, seq_lens, tables, longs[2 * num_tokens:])
+        return longs[:num_tokens], longs[num_tokens:2 * num_tokens], meta, sample_rows
 
-    def _metadata(self, query_lens: Seq[int], seq_lens: Seq[int], tables: Seq[Seq[int]], slots: Seq[int]) -> AttentionMetadata:
-        width = max(len(t) for t in tables)
-        padded = [list(t) + [0] * (width - len(t)) for t in tables]
+    def _metadata(self, query_lens: Seq[int], seq_lens: Seq[int], tables: Seq[Seq[int]],
+                  slot_mapping: torch.Tensor) -> AttentionMetadata:
+        num_seqs, width = len(seq_lens), max(len(t) for t in tables)
         starts = [0]
         for n in query_lens:
             starts.append(starts[-1] + n)
+        flat = [block for table in tables for block in itertools.chain(table, itertools.repeat(0, width - len(table)))]
+        ints = self._to_device(starts + list(seq_lens) + flat, torch.int32)  # one host-to-device copy
         return AttentionMetadata(
-            slot_mapping=self._to_device(slots, torch.long),
-            query_start_loc=self._to_device(starts, torch.int32),
-            seq_lens=self._to_device(seq_lens, torch.int32),
-            block_tables=self._to_device(padded, torch.int32),
+            slot_mapping=slot_mapping,
+            query_start_loc=ints[: num_seqs + 1],
+            seq_lens=ints[num_seqs + 1: 2 * num_seqs + 1],
+            block_tables=ints[2 * num_seqs + 1:].view(num_seqs, width),
             max_query_len=max(query_lens),
             max_seq_len=max(seq_lens),
             is_decode_only=max(query_lens) == 1,
@@ -204,3 +211,16 @@ def _fill_dummy_weights(model: torch.nn.Module) -> None:
             param.fill_(1.0)
         else:
             param.uniform_(-0.02, 0.02, generator=generator)
+
+
+def _slots(block_table: list[int], start: int, end: int, block_size: int) -> list[int]:
+    """Cache slots of positions start..end-1, one range per block rather than one step per token."""
+    slots: list[int] = []
+    position = start
+    while position < end:
+        block = position // block_size
+        stop = min(end, (block + 1) * block_size)
+        base = block_table[block] * block_size - block * block_size
+        slots.extend(range(base + position, base + stop))
+        position = stop
+    return slots

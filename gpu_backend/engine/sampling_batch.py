@@ -14,16 +14,19 @@ def build_sampling_batch(seqs: list[Sequence], vocab_size: int, device: torch.de
                          generator: Callable[[int, int], torch.Generator]) -> SamplingBatch:
     params = [seq.sampling_params for seq in seqs]
     temperatures = [0.0 if p.is_greedy else p.temperature for p in params]
-    all_greedy = all(t == 0.0 for t in temperatures)
-    batch = SamplingBatch(
-        temperatures=torch.tensor(temperatures, dtype=torch.float32, device=device),
-        top_ks=_optional([p.top_k if p.top_k > 0 else vocab_size for p in params], vocab_size, torch.long, device),
-        top_ps=_optional([p.top_p for p in params], 1.0, torch.float32, device),
-        min_ps=_optional([p.min_p for p in params], 0.0, torch.float32, device),
-        generators=[None if p.is_greedy or p.seed is None else generator(seq.seq_id, p.seed)
-                    for seq, p in zip(seqs, params)],
-        all_greedy=all_greedy,
-    )
+    if all(t == 0.0 for t in temperatures):  # the common serving case: no filter tensors to build
+        batch = SamplingBatch(temperatures=None, top_ks=None, top_ps=None, min_ps=None,
+                              generators=[None] * len(seqs), all_greedy=True)
+    else:
+        batch = SamplingBatch(
+            temperatures=torch.tensor(temperatures, dtype=torch.float32, device=device),
+            top_ks=_optional([p.top_k if p.top_k > 0 else vocab_size for p in params], vocab_size, torch.long, device),
+            top_ps=_optional([p.top_p for p in params], 1.0, torch.float32, device),
+            min_ps=_optional([p.min_p for p in params], 0.0, torch.float32, device),
+            generators=[None if p.is_greedy or p.seed is None else generator(seq.seq_id, p.seed)
+                        for seq, p in zip(seqs, params)],
+            all_greedy=False,
+        )
     if any(p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty for p in params):
         _add_penalties(batch, seqs, vocab_size, device)
     banned = [(row, sorted(p.all_stop_token_ids(p.eos_token_ids))) for row, (seq, p) in enumerate(zip(seqs, params))

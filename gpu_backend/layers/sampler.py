@@ -16,7 +16,7 @@ import torch
 class SamplingBatch:
     """Per-row sampling settings as tensors on the logits' device; built by the model runner."""
 
-    temperatures: torch.Tensor  # [B] float32, 0 = greedy
+    temperatures: torch.Tensor | None  # [B] float32, 0 = greedy; None when every row is greedy
     top_ks: torch.Tensor | None  # [B] int64, vocab size = off; None when no row uses it
     top_ps: torch.Tensor | None  # [B] float32
     min_ps: torch.Tensor | None  # [B] float32
@@ -63,6 +63,7 @@ class Sampler:
         )
 
     def _sample(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        assert batch.temperatures is not None
         greedy = batch.temperatures == 0
         scaled = logits / torch.where(greedy, 1.0, batch.temperatures)[:, None]
         scaled = apply_top_k_top_p_min_p(scaled, batch.top_ks, batch.top_ps, batch.min_ps)

@@ -104,7 +104,7 @@ def main() -> None:
     steps = engine["steps"]
     print(f"  {steps['steps']} steps ({steps['decode_only_steps']} decode-only), {steps['mean_tokens_per_step']:.0f} "
           f"tokens/step; host time: schedule {steps['schedule_s']:.1f} s, prepare {steps['prepare_s']:.1f} s, "
-          f"execute+wait {steps['execute_s']:.1f} s, postprocess {steps['postprocess_s']:.1f} s", flush=True)
+          f"execute+wait {steps['execute_s']:.1f} s (decode-only steps {steps['decode_only_execute_s']:.1f} s), postprocess {steps['postprocess_s']:.1f} s", flush=True)
     baseline = None
     if args.hf_requests:
         baseline = run_transformers(requests[: args.hf_requests], args.hf_batch_size)

@@ -162,6 +162,8 @@ class LLMEngine:
         stats.scheduled_tokens += batch.num_tokens
         stats.schedule_s += scheduled - started
         stats.execute_s += executed - scheduled
+        if batch.is_decode_only:
+            stats.decode_only_execute_s += executed - scheduled
         stats.postprocess_s += time.perf_counter() - executed
         stats.prepare_s = self.runner.prepare_s
 

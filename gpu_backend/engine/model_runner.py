@@ -6,7 +6,6 @@ dimension), the per-request sampling generators, and on GPUs the captured decode
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Sequence as Seq
@@ -20,6 +19,7 @@ from ..layers.attention import AttentionMetadata
 from ..layers.sampler import Sampler, SamplerOutput
 from ..loader import load_weights
 from ..models.registry import build_model
+from .block_tables import BlockTables
 from .cuda_graphs import DecodeGraphs
 from .sampling_batch import build_sampling_batch
 from .scheduler import ScheduledBatch
@@ -40,6 +40,7 @@ class ModelRunner:
         self.sampler = Sampler()
         self.generators: dict[int, torch.Generator] = {}
         self.prepare_s = 0.0  # host time spent building step inputs, for StepStats
+        self.block_tables = BlockTables(self.max_blocks_per_seq)
         self.num_blocks = self._allocate_kv_cache()
         self.graphs = None
         if self.device.type == "cuda" and not config.enforce_eager:
@@ -101,7 +102,7 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
         ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
-        meta = self._metadata([num_tokens], [num_tokens], [list(range(blocks))],
+        meta = self._metadata([num_tokens], [num_tokens], torch.arange(blocks, dtype=torch.int32)[None, :],
                               torch.arange(num_tokens, device=self.device))
         hidden = self.model(ids, torch.arange(num_tokens, device=self.device), meta)
         logits = self.model.compute_logits(hidden[-min(num_tokens, self.config.max_num_seqs):])
@@ -144,7 +145,7 @@ class ModelRunner:
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        query_lens, seq_lens, tables, sample_rows = [], [], [], []
+        query_lens, seq_lens, sample_rows = [], [], []
         for row, (seq, count) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + count
             input_ids.extend(seq.token_ids[start:end])
@@ -152,27 +153,25 @@ class ModelRunner:
             slots.extend(_slots(seq.block_table, start, end, self.block_size))
             query_lens.append(count)
             seq_lens.append(end)
-            tables.append(seq.block_table)
             if end == seq.num_tokens:
                 sample_rows.append(row)
         num_tokens = len(input_ids)
         longs = self._to_device(input_ids + positions + slots, torch.long)
-        meta = self._metadata(query_lens, seq_lens, tables, longs[2 * num_tokens:])
+        meta = self._metadata(query_lens, seq_lens, self.block_tables.gather(batch.seqs), longs[2 * num_tokens:])
         return longs[:num_tokens], longs[num_tokens:2 * num_tokens], meta, sample_rows
 
-    def _metadata(self, query_lens: Seq[int], seq_lens: Seq[int], tables: Seq[Seq[int]],
+    def _metadata(self, query_lens: Seq[int], seq_lens: Seq[int], block_tables: torch.Tensor,
                   slot_mapping: torch.Tensor) -> AttentionMetadata:
-        num_seqs, width = len(seq_lens), max(len(t) for t in tables)
+        num_seqs = len(seq_lens)
         starts = [0]
         for n in query_lens:
             starts.append(starts[-1] + n)
-        flat = [block for table in tables for block in itertools.chain(table, itertools.repeat(0, width - len(table)))]
-        ints = self._to_device(starts + list(seq_lens) + flat, torch.int32)  # one host-to-device copy
+        ints = self._to_device(starts + list(seq_lens), torch.int32)
         return AttentionMetadata(
             slot_mapping=slot_mapping,
             query_start_loc=ints[: num_seqs + 1],
-            seq_lens=ints[num_seqs + 1: 2 * num_seqs + 1],
-            block_tables=ints[2 * num_seqs + 1:].view(num_seqs, width),
+            seq_lens=ints[num_seqs + 1:],
+            block_tables=block_tables.to(self.device, non_blocking=True),
             max_query_len=max(query_lens),
             max_seq_len=max(seq_lens),
             is_decode_only=max(query_lens) == 1,
@@ -198,8 +197,9 @@ class ModelRunner:
         return generator
 
     def release(self, seq_id: int) -> None:
-        """Forget a finished request's sampling state."""
+        """Forget a finished request's sampling state and block table row."""
         self.generators.pop(seq_id, None)
+        self.block_tables.release(seq_id)
 
 
 @torch.no_grad()

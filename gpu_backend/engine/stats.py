@@ -17,6 +17,7 @@ class StepStats:
     schedule_s: float = 0.0
     prepare_s: float = 0.0
     execute_s: float = 0.0
+    decode_only_execute_s: float = 0.0
     postprocess_s: float = 0.0
 
     def as_dict(self) -> dict[str, float]:

@@ -166,21 +166,15 @@ class ModelRunner:
         starts = [0]
         for n in query_lens:
             starts.append(starts[-1] + n)
-        decodes = next((row for row, n in enumerate(query_lens) if n != 1), num_seqs)
-        is_decode_only = decodes == num_seqs
-        mixed = 0 < decodes < num_seqs
-        prefill_starts = [start - decodes for start in starts[decodes:]] if mixed else []
-        ints = self._to_device(starts + list(seq_lens) + prefill_starts, torch.int32)  # one host-to-device copy
+        ints = self._to_device(starts + list(seq_lens), torch.int32)
         return AttentionMetadata(
             slot_mapping=slot_mapping,
             query_start_loc=ints[: num_seqs + 1],
-            seq_lens=ints[num_seqs + 1: 2 * num_seqs + 1],
+            seq_lens=ints[num_seqs + 1:],
             block_tables=block_tables.to(self.device, non_blocking=True),
             max_query_len=max(query_lens),
             max_seq_len=max(seq_lens),
-            is_decode_only=is_decode_only,
-            num_decode_rows=decodes if mixed else 0,
-            prefill_query_start_loc=ints[2 * num_seqs + 1:] if mixed else None,
+            is_decode_only=max(query_lens) == 1,
         )
 
     def _to_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:

@@ -25,11 +25,6 @@ class AttentionMetadata:
     max_query_len: int
     max_seq_len: int
     is_decode_only: bool  # every sequence has exactly one new token: the decode kernel serves it
-    # Mixed steps: the first `num_decode_rows` sequences have one new token each and go to the
-    # decode kernel (split along the context); the rest to the prefill kernel, whose query
-    # offsets are `prefill_query_start_loc` (query_start_loc of those rows, rebased to 0).
-    num_decode_rows: int = 0
-    prefill_query_start_loc: torch.Tensor | None = None
 
 
 class Attention(nn.Module):
@@ -48,15 +43,5 @@ class Attention(nn.Module):
         if meta.is_decode_only:
             return self.ops.decode_attention(query, self.k_cache, self.v_cache, meta.seq_lens, meta.block_tables,
                                              self.scale)
-        decodes = meta.num_decode_rows
-        if decodes == 0:
-            return self.ops.paged_attention(query, self.k_cache, self.v_cache, meta.query_start_loc, meta.seq_lens,
-                                            meta.block_tables, meta.max_query_len, meta.max_seq_len, self.scale)
-        out = torch.empty_like(query)
-        out[:decodes] = self.ops.decode_attention(query[:decodes], self.k_cache, self.v_cache, meta.seq_lens[:decodes],
-                                                  meta.block_tables[:decodes], self.scale)
-        out[decodes:] = self.ops.paged_attention(query[decodes:], self.k_cache, self.v_cache,
-                                                 meta.prefill_query_start_loc, meta.seq_lens[decodes:],
-                                                 meta.block_tables[decodes:], meta.max_query_len, meta.max_seq_len,
-                                                 self.scale)
-        return out
+        return self.ops.paged_attention(query, self.k_cache, self.v_cache, meta.query_start_loc, meta.seq_lens,
+                                        meta.block_tables, meta.max_query_len, meta.max_seq_len, self.scale)

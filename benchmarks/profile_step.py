@@ -1,7 +1,7 @@
 """Where a step's GPU time goes: torch.profiler over eager steps of the Llama-3.1-8B shape.
 
-Three steps are profiled: a batch-1 decode, a batch-256 decode at ~1,500 tokens of context, and a
-prefill of 8,192 prompt tokens. For each, the kernels are grouped by name and the top ones
+Four steps are profiled: a batch-1 decode, a batch-256 decode at ~1,500 tokens of context, a
+mixed step (255 such decodes plus a 2,048-token prompt) and a prefill of 8,192 prompt tokens. For each, the kernels are grouped by name and the top ones
 printed with their share of the step's GPU time.
 
     python benchmarks/profile_step.py [--out benchmarks/results/profile_step.json]
@@ -22,13 +22,16 @@ from llama_shapes import environment, write_model_folder
 from gpu_backend import LLM, SamplingParams
 
 
-def profile_generate(llm: LLM, prompts: list[list[int]], max_tokens: int, skip_steps: int, steps: int) -> list[dict]:
-    """Add the requests, run ``skip_steps`` unprofiled, then profile ``steps`` steps."""
+def profile_generate(llm: LLM, prompts: list[list[int]], max_tokens: int, skip_steps: int, steps: int,
+                     late_prompts: list[list[int]] = ()) -> list[dict]:
+    """Add the requests, run ``skip_steps`` unprofiled, add ``late_prompts`` (they join the running
+    batch as prefills: a mixed step), then profile ``steps`` steps."""
     engine = llm.engine
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     ids = [engine.add_request(p, params, stream=False) for p in prompts]
     for _ in range(skip_steps):
         engine.step()
+    ids += [engine.add_request(p, params, stream=False) for p in late_prompts]
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
@@ -64,6 +67,8 @@ def main() -> None:
         results["decode_batch_1"] = profile_generate(llm, [prompt(128)], 64, skip_steps=3, steps=20)
         results["decode_batch_256_ctx_1500"] = profile_generate(llm, [prompt(1500) for _ in range(256)], 64,
                                                                 skip_steps=60, steps=5)
+        results["mixed_255_decodes_plus_2048_prefill"] = profile_generate(
+            llm, [prompt(1500) for _ in range(255)], 64, skip_steps=60, steps=1, late_prompts=[prompt(2048)])
         results["prefill_8192"] = profile_generate(llm, [prompt(2048) for _ in range(4)], 4, skip_steps=0, steps=1)
     for name, rows in results.items():
         print(f"\n{name}")

@@ -34,6 +34,7 @@ class Kernels:
     fused_add_rms_norm: Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]
     apply_rotary: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
     silu_and_mul: Callable[[Tensor], Tensor]
+    linear: Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 
 def triton_available() -> bool:
@@ -54,15 +55,15 @@ def get_kernels(backend: str = "auto") -> Kernels:
     """The kernels of `backend` ("triton", "torch" or "auto")."""
     name = resolve_backend(backend)
     if name == "torch":
-        return _collect(name, reference, reference)
+        return _collect(name, reference, reference, reference.linear)
     if not triton_available():
         raise EngineError("kernel backend 'triton' needs the triton package: install it or use 'torch'")
-    from gpu_backend.kernels import triton_attention, triton_ops
+    from gpu_backend.kernels import triton_attention, triton_linear, triton_ops
 
-    return _collect(name, triton_attention, triton_ops)
+    return _collect(name, triton_attention, triton_ops, triton_linear.linear)
 
 
-def _collect(name: str, attention: ModuleType, ops: ModuleType) -> Kernels:
+def _collect(name: str, attention: ModuleType, ops: ModuleType, linear: Callable) -> Kernels:
     return Kernels(
         name=name,
         store_kv_cache=ops.store_kv_cache,
@@ -72,6 +73,7 @@ def _collect(name: str, attention: ModuleType, ops: ModuleType) -> Kernels:
         fused_add_rms_norm=ops.fused_add_rms_norm,
         apply_rotary=ops.apply_rotary,
         silu_and_mul=ops.silu_and_mul,
+        linear=linear,
     )
 
 

@@ -133,3 +133,8 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """SwiGLU's gate: silu(x[:, :I]) * x[:, I:] for x = [gate | up]."""
     gate, up = x.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x W^T + b``; the Triton backend has a GEMV for single rows."""
+    return F.linear(x, weight, bias)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
+from ..kernels import Kernels
 from ..parallel.state import all_gather_last_dim, all_reduce, tp_rank, tp_size
 
 
@@ -40,6 +41,10 @@ class VocabParallelEmbedding(nn.Module):
 class ParallelLMHead(VocabParallelEmbedding):
     """Logits for the rows that are sampled; with tied embeddings it shares the embedding's weight."""
 
+    def __init__(self, vocab_size: int, hidden_size: int, ops: Kernels | None = None) -> None:
+        super().__init__(vocab_size, hidden_size)
+        self.matmul = ops.linear if ops is not None else F.linear
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        logits = F.linear(hidden, self.weight)
+        logits = self.matmul(hidden, self.weight, None)
         return all_gather_last_dim(logits)[..., : self.vocab_size]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
+from ..kernels import Kernels
 from ..parallel.state import all_reduce, tp_rank, tp_size
 
 
@@ -30,8 +31,9 @@ def _copy(param: nn.Parameter, loaded: torch.Tensor, name: str) -> None:
 class LinearBase(nn.Module):
     """``y = x W^T (+ b)`` with an uninitialised weight: loading fills it, so building costs nothing."""
 
-    def __init__(self, input_size: int, output_size: int, bias: bool) -> None:
+    def __init__(self, input_size: int, output_size: int, bias: bool, ops: Kernels | None = None) -> None:
         super().__init__()
+        self.matmul = ops.linear if ops is not None else F.linear  # the Triton one has a batch-1 GEMV
         self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
         if bias:
@@ -44,15 +46,15 @@ class LinearBase(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self.matmul(x, self.weight, self.bias)
 
 
 class ColumnParallelLinear(LinearBase):
     """Output rows split across ranks; each rank returns its slice of the output."""
 
-    def __init__(self, input_size: int, output_size: int, bias: bool = False) -> None:
+    def __init__(self, input_size: int, output_size: int, bias: bool = False, ops: Kernels | None = None) -> None:
         self.output_size_per_rank = _divide(output_size, tp_size(), "output size")
-        super().__init__(input_size, self.output_size_per_rank, bias)
+        super().__init__(input_size, self.output_size_per_rank, bias, ops)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
         rows = self.output_size_per_rank
@@ -62,9 +64,9 @@ class ColumnParallelLinear(LinearBase):
 class MergedColumnParallelLinear(ColumnParallelLinear):
     """Several column-parallel outputs in one matmul (gate and up projections); shard_id = index."""
 
-    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False) -> None:
+    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False, ops: Kernels | None = None) -> None:
         self.output_sizes = output_sizes
-        super().__init__(input_size, sum(output_sizes), bias)
+        super().__init__(input_size, sum(output_sizes), bias, ops)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
         index = int(shard_id)  # type: ignore[arg-type]
@@ -76,7 +78,8 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 class QKVParallelLinear(ColumnParallelLinear):
     """q, k and v projections fused; KV heads are replicated when there are fewer than ranks."""
 
-    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False) -> None:
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False,
+                 ops: Kernels | None = None) -> None:
         size = tp_size()
         self.head_dim = head_dim
         self.num_heads = _divide(num_heads, size, "number of attention heads")
@@ -86,7 +89,7 @@ class QKVParallelLinear(ColumnParallelLinear):
         elif size % num_kv_heads:
             raise CheckpointError(f"tensor-parallel size {size} is not a multiple of the {num_kv_heads} KV heads")
         self.kv_replicas = max(1, size // num_kv_heads)
-        LinearBase.__init__(self, hidden_size, (self.num_heads + 2 * self.num_kv_heads) * head_dim, bias)
+        LinearBase.__init__(self, hidden_size, (self.num_heads + 2 * self.num_kv_heads) * head_dim, bias, ops)
         self.output_size_per_rank = (self.num_heads + 2 * self.num_kv_heads) * head_dim
 
     @property
@@ -111,9 +114,9 @@ class QKVParallelLinear(ColumnParallelLinear):
 class RowParallelLinear(LinearBase):
     """Input columns split across ranks; partial sums are all-reduced, the bias added once."""
 
-    def __init__(self, input_size: int, output_size: int, bias: bool = False) -> None:
+    def __init__(self, input_size: int, output_size: int, bias: bool = False, ops: Kernels | None = None) -> None:
         self.input_size_per_rank = _divide(input_size, tp_size(), "input size")
-        super().__init__(self.input_size_per_rank, output_size, bias)
+        super().__init__(self.input_size_per_rank, output_size, bias, ops)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
         if param.dim() == 1:  # bias: whole on every rank
@@ -124,4 +127,4 @@ class RowParallelLinear(LinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias if tp_rank() == 0 else None
-        return all_reduce(F.linear(x, self.weight, bias))
+        return all_reduce(self.matmul(x, self.weight, bias))

@@ -23,10 +23,10 @@ class LlamaAttention(nn.Module):
     def __init__(self, config: ModelConfig, ops: Kernels) -> None:
         super().__init__()
         self.qkv_proj = QKVParallelLinear(config.hidden_size, config.head_dim, config.num_attention_heads,
-                                          config.num_key_value_heads, bias=config.qkv_bias)
+                                          config.num_key_value_heads, bias=config.qkv_bias, ops=ops)
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.head_dim = config.head_dim
-        self.o_proj = RowParallelLinear(config.q_size, config.hidden_size, bias=config.o_bias)
+        self.o_proj = RowParallelLinear(config.q_size, config.hidden_size, bias=config.o_bias, ops=ops)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
                                           config.rope_scaling, ops)
         self.attn = Attention(self.num_heads, self.num_kv_heads, config.head_dim, ops)
@@ -53,8 +53,8 @@ class LlamaMLP(nn.Module):
     def __init__(self, config: ModelConfig, ops: Kernels) -> None:
         super().__init__()
         size = config.intermediate_size
-        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [size, size], bias=config.mlp_bias)
-        self.down_proj = RowParallelLinear(size, config.hidden_size, bias=config.mlp_bias)
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [size, size], bias=config.mlp_bias, ops=ops)
+        self.down_proj = RowParallelLinear(size, config.hidden_size, bias=config.mlp_bias, ops=ops)
         self.act_fn = SiluAndMul(ops)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -108,7 +108,7 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config, ops)
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, ops)
         self.tie_word_embeddings = config.tie_word_embeddings
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

@@ -1,6 +1,6 @@
 """The engine's kernels behind one tiny interface: `get_kernels("triton" | "torch" | "auto")`.
 
-Both backends expose the same functions with the same signatures (docs/engine.md,
+Both backends expose the same functions with the same signatures (gpu_backend/SPEC-draft.md,
 "Kernels"): `torch` is plain PyTorch (reference.py) and runs anywhere; `triton` is the fast GPU
 path (triton_attention.py, triton_ops.py), imported only when asked for so that this package
 imports on machines without triton; `auto` picks triton when CUDA and triton are both present.
@@ -35,7 +35,6 @@ class Kernels:
     apply_rotary: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
     silu_and_mul: Callable[[Tensor], Tensor]
     linear: Callable[[Tensor, Tensor, Tensor | None], Tensor]
-    silu_and_mul_linear: Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 
 def triton_available() -> bool:
@@ -56,15 +55,15 @@ def get_kernels(backend: str = "auto") -> Kernels:
     """The kernels of `backend` ("triton", "torch" or "auto")."""
     name = resolve_backend(backend)
     if name == "torch":
-        return _collect(name, reference, reference, reference)
+        return _collect(name, reference, reference, reference.linear)
     if not triton_available():
         raise EngineError("kernel backend 'triton' needs the triton package: install it or use 'torch'")
     from gpu_backend.kernels import triton_attention, triton_linear, triton_ops
 
-    return _collect(name, triton_attention, triton_ops, triton_linear)
+    return _collect(name, triton_attention, triton_ops, triton_linear.linear)
 
 
-def _collect(name: str, attention: ModuleType, ops: ModuleType, linear: ModuleType) -> Kernels:
+def _collect(name: str, attention: ModuleType, ops: ModuleType, linear: Callable) -> Kernels:
     return Kernels(
         name=name,
         store_kv_cache=ops.store_kv_cache,
@@ -74,8 +73,7 @@ def _collect(name: str, attention: ModuleType, ops: ModuleType, linear: ModuleTy
         fused_add_rms_norm=ops.fused_add_rms_norm,
         apply_rotary=ops.apply_rotary,
         silu_and_mul=ops.silu_and_mul,
-        linear=linear.linear,
-        silu_and_mul_linear=linear.silu_and_mul_linear,
+        linear=linear,
     )
 
 

@@ -1,7 +1,7 @@
 """Plain-torch twins of the engine's kernels: the CPU path, and the reference the Triton kernels
 are tested against.
 
-Same signatures and semantics as the Triton versions (see docs/engine.md, "Kernels").
+Same signatures and semantics as the Triton versions (see gpu_backend/SPEC-draft.md, "Kernels").
 Clarity over speed: attention loops over sequences on the host, which is fine for the small
 models the CPU path runs and for tests.
 """
@@ -138,8 +138,3 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x W^T + b``; the Triton backend has a GEMV for single rows."""
     return F.linear(x, weight, bias)
-
-
-def silu_and_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``linear(silu_and_mul(gate_up), weight, bias)``: the MLP's activation and down projection."""
-    return F.linear(silu_and_mul(gate_up), weight, bias)

@@ -33,7 +33,6 @@ class LinearBase(nn.Module):
 
     def __init__(self, input_size: int, output_size: int, bias: bool, ops: Kernels | None = None) -> None:
         super().__init__()
-        self.ops = ops
         self.matmul = ops.linear if ops is not None else F.linear  # the Triton one has a batch-1 GEMV
         self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
@@ -129,9 +128,3 @@ class RowParallelLinear(LinearBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias if tp_rank() == 0 else None
         return all_reduce(self.matmul(x, self.weight, bias))
-
-    def forward_silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """``forward(silu_and_mul(gate_up))`` in one kernel where the backend has one (one-row steps)."""
-        assert self.ops is not None
-        bias = self.bias if tp_rank() == 0 else None
-        return all_reduce(self.ops.silu_and_mul_linear(gate_up, self.weight, bias))

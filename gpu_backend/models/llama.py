@@ -58,10 +58,7 @@ class LlamaMLP(nn.Module):
         self.act_fn = SiluAndMul(ops)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        gate_up = self.gate_up_proj(hidden)
-        if gate_up.shape[0] == 1:  # batch-1 decode: activation fused into the down projection
-            return self.down_proj.forward_silu_and_mul(gate_up)
-        return self.down_proj(self.act_fn(gate_up))
+        return self.down_proj(self.act_fn(self.gate_up_proj(hidden)))
 
 
 class LlamaDecoderLayer(nn.Module):

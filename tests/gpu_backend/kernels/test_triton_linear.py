@@ -32,17 +32,3 @@ def test_several_rows_and_float32_use_f_linear() -> None:
     x = torch.randn(3, 32, device="cuda")
     assert torch.equal(linear(x, w), F.linear(x, w))
     assert torch.equal(linear(x[:1], w), F.linear(x[:1], w))  # float32 keeps cuBLAS (exactness tests)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize(("n", "k"), [(4096, 14336), (64, 128), (1000, 777)])
-@pytest.mark.parametrize("rows", [1, 3])
-def test_silu_and_mul_linear_matches_the_separate_ops(dtype: torch.dtype, n: int, k: int, rows: int) -> None:
-    triton_ops, torch_ops = get_kernels("triton"), get_kernels("torch")
-    generator = torch.Generator(device="cuda").manual_seed(n * k)
-    gate_up = torch.randn(rows, 2 * k, device="cuda", dtype=dtype, generator=generator)
-    w = torch.randn(n, k, device="cuda", dtype=dtype, generator=generator) * k**-0.5
-    expected = F.linear(torch_ops.silu_and_mul(gate_up).float(), w.float())
-    got = triton_ops.silu_and_mul_linear(gate_up, w, None)
-    assert got.shape == (rows, n) and got.dtype == dtype
-    torch.testing.assert_close(got.float(), expected, atol=2e-2, rtol=2e-2)

@@ -1,6 +1,6 @@
 """The engine's kernels behind one tiny interface: `get_kernels("triton" | "torch" | "auto")`.
 
-Both backends expose the same functions with the same signatures (gpu_backend/SPEC-draft.md,
+Both backends expose the same functions with the same signatures (docs/engine.md,
 "Kernels"): `torch` is plain PyTorch (reference.py) and runs anywhere; `triton` is the fast GPU
 path (triton_attention.py, triton_ops.py), imported only when asked for so that this package
 imports on machines without triton; `auto` picks triton when CUDA and triton are both present.

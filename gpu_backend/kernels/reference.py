@@ -1,7 +1,7 @@
 """Plain-torch twins of the engine's kernels: the CPU path, and the reference the Triton kernels
 are tested against.
 
-Same signatures and semantics as the Triton versions (see gpu_backend/SPEC-draft.md, "Kernels").
+Same signatures and semantics as the Triton versions (see docs/engine.md, "Kernels").
 Clarity over speed: attention loops over sequences on the host, which is fine for the small
 models the CPU path runs and for tests.
 """

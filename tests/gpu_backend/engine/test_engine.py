@@ -138,3 +138,20 @@ def test_abort_frees_blocks_at_every_stage(llm: LLM) -> None:
     assert engine.block_manager.num_used_blocks == 0
     assert not engine.has_unfinished_requests()
     assert engine.abort("no-such-request") is None
+
+
+def test_sampling_filters_and_penalties_through_the_engine(llm: LLM) -> None:
+    prompt = [5, 6, 7]
+    greedy = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True))[0].token_ids
+    top_k_1 = SamplingParams(temperature=1.5, top_k=1, max_tokens=16, ignore_eos=True)
+    assert llm.generate([prompt], top_k_1)[0].token_ids == greedy  # only the argmax survives top-k 1
+    tiny_p = SamplingParams(temperature=1.5, top_p=1e-6, max_tokens=16, ignore_eos=True)
+    assert llm.generate([prompt], tiny_p)[0].token_ids == greedy
+    strict_min_p = SamplingParams(temperature=1.5, min_p=1.0, max_tokens=16, ignore_eos=True)
+    assert llm.generate([prompt], strict_min_p)[0].token_ids == greedy
+    # A huge presence penalty forbids every token already generated: no repeats at all.
+    no_repeats = SamplingParams(temperature=0.0, presence_penalty=2.0, repetition_penalty=50.0, max_tokens=16,
+                                ignore_eos=True)
+    tokens = llm.generate([prompt], no_repeats)[0].token_ids
+    assert len(set(tokens)) == len(tokens) and not set(tokens) & set(prompt)
+    assert len(set(greedy)) < len(greedy)  # the unpenalised run does repeat, so the test can fail

@@ -46,6 +46,7 @@ class AsyncLLM:
         self._commands: queue.Queue = queue.Queue()
         self._streams: dict[str, _Stream] = {}
         self._stopped = threading.Event()
+        self._closing = threading.Lock()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="edgewise-engine", daemon=True)
         self._thread.start()
@@ -87,14 +88,33 @@ class AsyncLLM:
         }
 
     def shutdown(self) -> None:
+        """Stop the engine thread; requests still running end with an EngineError."""
         self._stopped.set()
         self._commands.put(None)
         self._thread.join(timeout=10)
+        self._close(EngineError("the engine was shut down"))
 
     def _send(self, command: tuple) -> None:
-        if self.error is not None:
-            raise EngineError(f"the engine stopped after an error: {self.error}")
-        self._commands.put(command)
+        with self._closing:  # a command is either handled or failed by _close, never left waiting
+            if self.error is not None:
+                raise EngineError(f"the engine stopped: {self.error}")
+            self._commands.put(command)
+
+    def _close(self, error: BaseException) -> None:
+        """Refuse new commands, then fail every pending command and stream with ``error``."""
+        with self._closing:
+            self.error = self.error or error
+            while True:
+                try:
+                    command = self._commands.get_nowait()
+                except queue.Empty:
+                    break
+                if command is not None and command[0] == "add":
+                    _post(command[4].loop, _settle, command[5], EngineError(f"the engine stopped: {error}"))
+                elif command is not None and command[2] is not None:
+                    _post(command[2].get_loop(), _settle, command[2], None)
+        for request_id in list(self._streams):
+            self._deliver(request_id, EngineError(f"the engine stopped: {error}"), done=True)
 
     # -- engine thread ------------------------------------------------------------------------
 
@@ -107,9 +127,7 @@ class AsyncLLM:
                         self._deliver(output.request_id, output, done=output.finished)
         except BaseException as error:  # a bug or a device failure: fail every stream, loudly
             log.exception("engine thread stopped")
-            self.error = error
-            for request_id in list(self._streams):
-                self._deliver(request_id, EngineError(f"the engine failed: {error}"), done=True)
+            self._close(error)
 
     def _drain_commands(self, block: bool) -> None:
         try:

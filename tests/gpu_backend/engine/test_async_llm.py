@@ -90,3 +90,16 @@ def test_engine_failure_fails_streams_instead_of_hanging(checkpoints: dict[str, 
 
     asyncio.run(run())
     real.shutdown()
+
+
+async def test_shutdown_ends_running_streams_and_refuses_new_ones(checkpoints: dict[str, Path]) -> None:
+    llm = AsyncLLM(str(checkpoints["qwen2"]), device="cpu", dtype="float32", progress=False, num_kv_blocks=40)
+    long_run = SamplingParams(temperature=0.0, max_tokens=5000, ignore_eos=True)
+    stream = llm.generate(list(range(5, 40)), long_run)
+    await stream.__anext__()
+    await asyncio.to_thread(llm.shutdown)
+    with pytest.raises(Exception, match="shut down"):
+        async for _ in stream:
+            pass
+    with pytest.raises(Exception, match="shut down"):
+        await asyncio.wait_for(collect(llm, [5, 6]), timeout=10)

@@ -29,7 +29,11 @@ def _copy(param: nn.Parameter, loaded: torch.Tensor, name: str) -> None:
 
 
 class LinearBase(nn.Module):
-    """``y = x W^T (+ b)`` with an uninitialised weight: loading fills it, so building costs nothing."""
+    """``y = x W^T (+ b)`` with an uninitialised weight: loading fills it, so building costs nothing.
+
+    As it stands the layer is replicated: every rank holds and loads the whole weight; the
+    parallel subclasses below load only their rank's slice.
+    """
 
     def __init__(self, input_size: int, output_size: int, bias: bool, ops: Kernels | None = None) -> None:
         super().__init__()
@@ -43,7 +47,7 @@ class LinearBase(nn.Module):
             self.register_parameter("bias", None)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
-        raise NotImplementedError
+        _copy(param, loaded, "replicated weight")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x, self.weight, self.bias)

@@ -264,3 +264,15 @@ def test_loads_transformers_checkpoints_into_same_named_model(tmp_path: Path, ar
     expected = reference.state_dict()
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_replicated_linear_loads_the_whole_weight() -> None:
+    from gpu_backend.layers.linear import LinearBase
+
+    layer = LinearBase(3, 2, bias=True)
+    weight, bias = torch.arange(6.0).view(2, 3), torch.tensor([1.0, 2.0])
+    layer.weight.weight_loader(layer.weight, weight, None)
+    layer.bias.weight_loader(layer.bias, bias, None)
+    assert torch.equal(layer(torch.ones(1, 3)), torch.tensor([[4.0, 14.0]]))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        layer.weight.weight_loader(layer.weight, torch.zeros(3, 3), None)

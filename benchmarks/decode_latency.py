@@ -2,7 +2,8 @@
 
 128-token prompt, 512 new tokens, greedy with eos ignored. Decode tok/s excludes the first
 token (prefill); achieved GB/s counts the weights and KV cache read per step, printed beside the
-floor set by the GPU's memory bandwidth. Variants: CUDA graphs (default) and eager.
+floor set by the GPU's memory bandwidth. Variants: CUDA graphs (default), CUDA graphs without
+programmatic dependent launch (graphs-no-pdl), and eager.
 
     python benchmarks/decode_latency.py [--out benchmarks/results/decode_latency.json]
 """
@@ -21,6 +22,7 @@ import torch
 from llama_shapes import LLAMA_3_1_8B, environment, parameter_bytes, write_model_folder
 
 from gpu_backend import LLM, SamplingParams
+from gpu_backend.kernels import pdl
 
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # datasheet HBM bandwidth, bytes/s
 
@@ -56,7 +58,7 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", default="graphs,eager")
+    parser.add_argument("--variants", default="graphs,graphs-no-pdl,eager")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     config = LLAMA_3_1_8B
@@ -69,6 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_model_folder(Path(tmp) / "llama-3.1-8b-shape", config)
         for variant in args.variants.split(","):
+            pdl.ENABLED = variant != "graphs-no-pdl"
             llm = LLM(str(folder), device="cuda", dtype="bfloat16", load_format="dummy", skip_tokenizer_init=True,
                       max_num_seqs=8, max_model_len=4096, gpu_memory_utilization=0.85,
                       enforce_eager=variant == "eager", progress=False)
@@ -78,7 +81,7 @@ def main() -> None:
             row["host_ms_per_step_prepare"] = 1000 * steps.prepare_s / steps.steps
             row["achieved_GB_s"] = row["decode_tok_s"] * bytes_per_step / 1e9
             results[variant] = row
-            print(f"{variant:7} decode {row['decode_tok_s']:7.1f} tok/s  {row['achieved_GB_s']:7.0f} GB/s  "
+            print(f"{variant:13} decode {row['decode_tok_s']:7.1f} tok/s  {row['achieved_GB_s']:7.0f} GB/s  "
                   f"TTFT {row['ttft_s'] * 1000:6.1f} ms  host/step: {row['host_ms_per_step_outside_execute']:.3f} ms "
                   f"+ prepare {row['host_ms_per_step_prepare']:.3f} ms", flush=True)
             del llm

@@ -2,7 +2,8 @@
 
 Sizes the room left in the decode step: for each weight shape, the GB/s each reaches reading the
 bf16 weight once, over a small sweep of Triton tile sizes; checks the Triton result against
-F.linear. Exploratory: the engine uses F.linear.
+F.linear. Each launch is timed alone (launch cost included); gemv_chain.py times the
+engine's GEMV the way a decode step runs it.
 
     python benchmarks/gemv_check.py [--out benchmarks/results/gemv_check.json]
 """

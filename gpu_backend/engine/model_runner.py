@@ -23,6 +23,7 @@ from .block_tables import BlockTables
 from .cuda_graphs import DecodeGraphs
 from .sampling_batch import build_sampling_batch
 from .scheduler import ScheduledBatch
+from .sequence import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -123,30 +124,38 @@ class ModelRunner:
         """Run one step; returns the sampled token per sequence (None where a prompt chunk ended
         before the sequence's end) and the sampler's output for the sampled rows."""
         started = time.perf_counter()
-        input_ids, positions, meta, sample_rows = self.prepare(batch)
+        # one-token rows first: the attention kernels serve that prefix with the decode kernel
+        order = sorted(range(len(batch.seqs)), key=lambda row: batch.num_new_tokens[row] != 1)
+        seqs = [batch.seqs[row] for row in order]
+        counts = [batch.num_new_tokens[row] for row in order]
+        input_ids, positions, meta, sample_rows = self.prepare(seqs, counts)
         self.prepare_s += time.perf_counter() - started
-        if self.graphs is not None and meta.is_decode_only and self.graphs.fits(len(batch.seqs)):
+        if self.graphs is not None and meta.is_decode_only and self.graphs.fits(len(seqs)):
             hidden = self.graphs.run(input_ids, positions, meta)
         else:
             hidden = self.model(input_ids, positions, meta)
         if not sample_rows:
-            return [None] * len(batch.seqs), None
-        sampled_seqs = [batch.seqs[i] for i in sample_rows]
-        index = torch.tensor(self._sample_token_indices(batch, sample_rows), device=self.device)
+            return [None] * len(seqs), None
+        # sample in the batch's own order, so the sampler's rows line up with batch.seqs
+        position = {old: new for new, old in enumerate(order)}
+        sampled = sorted(order[row] for row in sample_rows)
+        index = torch.tensor(_last_token_indices(counts, [position[row] for row in sampled]), device=self.device)
         logits = self.model.compute_logits(hidden.index_select(0, index))
+        sampled_seqs = [batch.seqs[row] for row in sampled]
         result = self.sampler(logits, build_sampling_batch(sampled_seqs, logits.shape[-1], self.device, self._generator))
-        tokens = result.token_ids.tolist()
-        out: list[int | None] = [None] * len(batch.seqs)
-        for row, token in zip(sample_rows, tokens):
+        out: list[int | None] = [None] * len(seqs)
+        for row, token in zip(sampled, result.token_ids.tolist()):
             out[row] = token
         return out, result
 
-    def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+    def prepare(self, seqs: Seq[Sequence], counts: Seq[int]
+                ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+        """The step's device inputs for `counts[i]` new tokens of `seqs[i]`, and the rows to sample."""
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         query_lens, seq_lens, sample_rows = [], [], []
-        for row, (seq, count) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+        for row, (seq, count) in enumerate(zip(seqs, counts)):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + count
             input_ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
@@ -157,7 +166,7 @@ class ModelRunner:
                 sample_rows.append(row)
         num_tokens = len(input_ids)
         longs = self._to_device(input_ids + positions + slots, torch.long)
-        meta = self._metadata(query_lens, seq_lens, self.block_tables.gather(batch.seqs), longs[2 * num_tokens:])
+        meta = self._metadata(query_lens, seq_lens, self.block_tables.gather(seqs), longs[2 * num_tokens:])
         return longs[:num_tokens], longs[num_tokens:2 * num_tokens], meta, sample_rows
 
     def _metadata(self, query_lens: Seq[int], seq_lens: Seq[int], block_tables: torch.Tensor,
@@ -175,20 +184,13 @@ class ModelRunner:
             max_query_len=max(query_lens),
             max_seq_len=max(seq_lens),
             is_decode_only=max(query_lens) == 1,
+            num_decodes=next((i for i, n in enumerate(query_lens) if n != 1), num_seqs),
         )
 
     def _to_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         if self.device.type == "cpu":
             return torch.tensor(values, dtype=dtype)
         return torch.tensor(values, dtype=dtype, pin_memory=True).to(self.device, non_blocking=True)
-
-    @staticmethod
-    def _sample_token_indices(batch: ScheduledBatch, rows: list[int]) -> list[int]:
-        ends, total = [], 0
-        for count in batch.num_new_tokens:
-            total += count
-            ends.append(total - 1)
-        return [ends[row] for row in rows]
 
     def _generator(self, seq_id: int, seed: int) -> torch.Generator:
         generator = self.generators.get(seq_id)
@@ -211,6 +213,15 @@ def _fill_dummy_weights(model: torch.nn.Module) -> None:
             param.fill_(1.0)
         else:
             param.uniform_(-0.02, 0.02, generator=generator)
+
+
+def _last_token_indices(counts: Seq[int], rows: list[int]) -> list[int]:
+    """Index (in the step's flat token list) of the last token of each of `rows`."""
+    ends, total = [], 0
+    for count in counts:
+        total += count
+        ends.append(total - 1)
+    return [ends[row] for row in rows]
 
 
 def _slots(block_table: list[int], start: int, end: int, block_size: int) -> list[int]:

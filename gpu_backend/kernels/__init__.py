@@ -28,13 +28,16 @@ class Kernels:
 
     name: str
     store_kv_cache: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], None]
-    paged_attention: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int, int, float], Tensor]
+    paged_attention: Callable[..., Tensor]  # (q, k_cache, v_cache, starts, seq_lens, tables, max_q, max_s, scale, num_decodes=0)
     decode_attention: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, float], Tensor]
     rms_norm: Callable[[Tensor, Tensor, float], Tensor]
     fused_add_rms_norm: Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]
     apply_rotary: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+    rotary_store_kv: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
     silu_and_mul: Callable[[Tensor], Tensor]
     linear: Callable[[Tensor, Tensor, Tensor | None], Tensor]
+    rms_norm_linear: Callable[[Tensor, Tensor | None, Tensor, float, Tensor, Tensor | None], tuple[Tensor, Tensor]]
+    silu_and_mul_linear: Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 
 def triton_available() -> bool:
@@ -55,15 +58,15 @@ def get_kernels(backend: str = "auto") -> Kernels:
     """The kernels of `backend` ("triton", "torch" or "auto")."""
     name = resolve_backend(backend)
     if name == "torch":
-        return _collect(name, reference, reference, reference.linear)
+        return _collect(name, reference, reference, reference)
     if not triton_available():
         raise EngineError("kernel backend 'triton' needs the triton package: install it or use 'torch'")
     from gpu_backend.kernels import triton_attention, triton_linear, triton_ops
 
-    return _collect(name, triton_attention, triton_ops, triton_linear.linear)
+    return _collect(name, triton_attention, triton_ops, triton_linear)
 
 
-def _collect(name: str, attention: ModuleType, ops: ModuleType, linear: Callable) -> Kernels:
+def _collect(name: str, attention: ModuleType, ops: ModuleType, linear: ModuleType) -> Kernels:
     return Kernels(
         name=name,
         store_kv_cache=ops.store_kv_cache,
@@ -72,8 +75,11 @@ def _collect(name: str, attention: ModuleType, ops: ModuleType, linear: Callable
         rms_norm=ops.rms_norm,
         fused_add_rms_norm=ops.fused_add_rms_norm,
         apply_rotary=ops.apply_rotary,
+        rotary_store_kv=ops.rotary_store_kv,
         silu_and_mul=ops.silu_and_mul,
-        linear=linear,
+        linear=linear.linear,
+        rms_norm_linear=linear.rms_norm_linear,
+        silu_and_mul_linear=linear.silu_and_mul_linear,
     )
 
 

@@ -37,9 +37,13 @@ def paged_attention(
     max_query_len: int,
     max_seq_len: int,
     scale: float,
+    num_decodes: int = 0,
 ) -> torch.Tensor:
-    """Varlen causal attention over the paged cache: each sequence's queries are its last q_len tokens."""
-    del max_query_len, max_seq_len  # launch-size hints for the Triton kernel
+    """Varlen causal attention over the paged cache: each sequence's queries are its last q_len tokens.
+
+    `num_decodes` says the first sequences have one query each (the Triton backend serves them
+    with its decode kernel); the result is the same either way."""
+    del max_query_len, max_seq_len, num_decodes  # launch hints for the Triton kernels
     out = torch.zeros_like(query)
     starts = query_start_loc.tolist()
     for i, seq_len in enumerate(seq_lens.tolist()):
@@ -58,15 +62,22 @@ def decode_attention(
     seq_lens: torch.Tensor,
     block_tables: torch.Tensor,
     scale: float,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One query per sequence (its last token); rows with seq_len 0 come back as zeros."""
+    """One query per sequence (its last token); rows with seq_len 0 come back as zeros.
+
+    Writes into `out` (a [num_seqs, Hq, D] tensor or view) when given."""
     num_seqs = query.shape[0]
     query_start_loc = torch.arange(num_seqs + 1, dtype=torch.int32, device=query.device)
     block_size = k_cache.shape[1]
     max_seq_len = block_tables.shape[1] * block_size
-    return paged_attention(
+    result = paged_attention(
         query, k_cache, v_cache, query_start_loc, seq_lens, block_tables, 1, max_seq_len, scale
     )
+    if out is None:
+        return result
+    out.copy_(result)
+    return out
 
 
 def _gather_kv(
@@ -124,6 +135,22 @@ def apply_rotary(
     return query * cos + _rotate_half(query) * sin, key * cos + _rotate_half(key) * sin
 
 
+def rotary_store_kv(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> torch.Tensor:
+    """Rotate q and k, store the rotated k and v at their slots; returns the rotated query."""
+    query, key = apply_rotary(query, key, positions, cos_sin_cache)
+    store_kv_cache(key, value, k_cache, v_cache, slot_mapping)
+    return query
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     first, second = x.chunk(2, dim=-1)
     return torch.cat([-second, first], dim=-1)
@@ -138,3 +165,20 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x W^T + b``; the Triton backend has a GEMV for single rows."""
     return F.linear(x, weight, bias)
+
+
+def rms_norm_linear(
+    x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+    weight: torch.Tensor, bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(linear(rms_norm(x + residual)), x + residual); without a residual, (linear(rms_norm(x)), x)."""
+    if residual is None:
+        return linear(rms_norm(x, norm_weight, eps), weight, bias), x
+    normed, new_residual = fused_add_rms_norm(x, residual, norm_weight, eps)
+    return linear(normed, weight, bias), new_residual
+
+
+def silu_and_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+    """linear(silu(gate) * up) for gate_up = [gate | up]."""
+    return linear(silu_and_mul(gate_up), weight, bias)

@@ -16,6 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
+from gpu_backend.kernels import pdl
+from gpu_backend.kernels.pdl import wait_then_release
+
 LOG2_E = 1.4426950408889634
 # Finite stand-in for -inf as the running max: a tile whose scores are all masked then gives
 # exp2(-inf - NEG_BIG) = 0 instead of exp2(-inf + inf) = NaN.
@@ -110,18 +113,21 @@ def _attend_query_tile(
 
 @triton.jit
 def _paged_prefill_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, query_start_loc_ptr, seq_lens_ptr, block_tables_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, query_start_loc_ptr, seq_lens_ptr, block_tables_ptr, first_seq,
     q_stride_t, q_stride_h, out_stride_t, out_stride_h,
     cache_stride_block, cache_stride_offset, cache_stride_h, block_tables_stride, qk_scale,
     HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr,
     SMALL_Q: tl.constexpr, SMALL_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    PAGE_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     # Program = (kv head, tile of query tokens, sequence). Tiles run last-first and kv heads vary
     # fastest, so the first wave takes the longest causal tiles of every head (load balance).
+    # Sequences before first_seq are not this launch's (decode_attention serves them).
+    if USE_PDL:
+        wait_then_release()
     kv_head = tl.program_id(0)
     tile = tl.num_programs(1) - 1 - tl.program_id(1)
-    seq = tl.program_id(2)
+    seq = tl.program_id(2) + first_seq
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
     seq_len = tl.load(seq_lens_ptr + seq)
@@ -152,8 +158,10 @@ def _decode_kernel(
     cache_stride_block, cache_stride_offset, cache_stride_h, block_tables_stride, qk_scale,
     HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    MIN_SPLIT_TOKENS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    MIN_SPLIT_TOKENS: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    if USE_PDL:
+        wait_then_release()
     # Program = (sequence, kv head, split): the GROUP query heads of the kv head against one
     # slice of the sequence. Slices are sized from the real seq_len, so the grid (and a CUDA
     # graph of it) depends on shapes only.
@@ -198,9 +206,11 @@ def _decode_kernel(
 @triton.jit
 def _decode_reduce_kernel(
     partial_out_ptr, partial_lse_ptr, out_ptr, out_stride_b, out_stride_h, num_q_heads, head_dim,
-    NUM_SPLITS: tl.constexpr, BLOCK_D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """Merge the splits of one (sequence, q head): weights are each split's softmax mass."""
+    if USE_PDL:
+        wait_then_release()
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     splits = tl.arange(0, NUM_SPLITS)
@@ -271,9 +281,15 @@ def paged_attention(
     max_query_len: int,
     max_seq_len: int,
     scale: float,
+    num_decodes: int = 0,
 ) -> torch.Tensor:
-    """Varlen causal attention over the paged cache (prompts, prompt chunks and decodes mixed)."""
-    del max_seq_len  # the kernel reads each sequence's length itself
+    """Varlen causal attention over the paged cache (prompts, prompt chunks and decodes mixed).
+
+    The first `num_decodes` sequences (one new token each, so query rows 0..num_decodes-1) go to
+    the decode kernel, which reads each K/V tile once for the whole GQA group at full bandwidth;
+    the prefill kernel's grid covers only the sequences after them.
+    """
+    del max_seq_len  # the kernels read each sequence's length themselves
     num_tokens, num_q_heads, head_dim = query.shape
     num_kv_heads = k_cache.shape[2]
     group = num_q_heads // num_kv_heads
@@ -281,20 +297,27 @@ def paged_attention(
     num_seqs = seq_lens.shape[0]
     if num_tokens == 0 or num_seqs == 0 or max_query_len == 0:
         return out
+    if num_decodes > 0:
+        decode_attention(query[:num_decodes], k_cache, v_cache, seq_lens[:num_decodes], block_tables[:num_decodes],
+                         scale, out=out[:num_decodes])
+        if num_decodes == num_seqs:
+            return out
     block_d = triton.next_power_of_2(head_dim)
     config = prefill_config(block_d, query.dtype)
     small_m = max(16, triton.next_power_of_2(group))
     # no taller tiles than the longest query needs (rows beyond q_len * group are wasted work)
     block_m = max(min(config.block_m, triton.next_power_of_2(max_query_len * group)), small_m)
     block_q, small_q = block_m // group, small_m // group
-    grid = (num_kv_heads, triton.cdiv(max_query_len, block_q), num_seqs)
+    grid = (num_kv_heads, triton.cdiv(max_query_len, block_q), num_seqs - num_decodes)
+    use_pdl = pdl.enabled(query)
     _paged_prefill_kernel[grid](
-        query, k_cache, v_cache, out, query_start_loc, seq_lens, block_tables,
+        query, k_cache, v_cache, out, query_start_loc, seq_lens, block_tables, num_decodes,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0), scale * LOG2_E,
         HEAD_DIM=head_dim, GROUP=group, BLOCK_Q=block_q, BLOCK_M=block_m, SMALL_Q=small_q, SMALL_M=small_m,
         BLOCK_D=block_d, BLOCK_N=config.block_n, PAGE_SIZE=k_cache.shape[1],
-        DOT_PRECISION=_dot_precision(query.dtype), num_warps=config.num_warps, num_stages=config.num_stages,
+        DOT_PRECISION=_dot_precision(query.dtype), USE_PDL=use_pdl,
+        num_warps=config.num_warps, num_stages=config.num_stages, **pdl.launch_options(use_pdl),
     )
     return out
 
@@ -313,12 +336,16 @@ def decode_attention(
     seq_lens: torch.Tensor,
     block_tables: torch.Tensor,
     scale: float,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One query per sequence at position seq_lens[i] - 1; padded rows (seq_len 0) give zeros."""
+    """One query per sequence at position seq_lens[i] - 1; padded rows (seq_len 0) give zeros.
+
+    Writes into `out` (a [num_seqs, Hq, D] tensor or view) when given."""
     num_seqs, num_q_heads, head_dim = query.shape
     page_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_q_heads // num_kv_heads
-    out = torch.empty_like(query)
+    if out is None:
+        out = torch.empty_like(query)
     if num_seqs == 0:
         return out
     block_d = triton.next_power_of_2(head_dim)
@@ -330,6 +357,7 @@ def decode_attention(
         partial_shape = (num_seqs, num_q_heads, num_splits)
         partial_out = torch.empty((*partial_shape, block_d), dtype=torch.float32, device=query.device)
         partial_lse = torch.empty(partial_shape, dtype=torch.float32, device=query.device)
+    use_pdl = pdl.enabled(query)
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         query, k_cache, v_cache, out, partial_out, partial_lse, seq_lens, block_tables,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
@@ -337,11 +365,12 @@ def decode_attention(
         HEAD_DIM=head_dim, GROUP=group, BLOCK_G=max(config.block_m, triton.next_power_of_2(group)),
         BLOCK_D=block_d, BLOCK_N=config.block_n, PAGE_SIZE=page_size, NUM_SPLITS=num_splits,
         MIN_SPLIT_TOKENS=triton.cdiv(MIN_SPLIT_TOKENS, config.block_n) * config.block_n,
-        DOT_PRECISION=_dot_precision(query.dtype), num_warps=config.num_warps, num_stages=config.num_stages,
+        DOT_PRECISION=_dot_precision(query.dtype), USE_PDL=use_pdl,
+        num_warps=config.num_warps, num_stages=config.num_stages, **pdl.launch_options(use_pdl),
     )
     if num_splits > 1:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), num_q_heads, head_dim,
-            NUM_SPLITS=num_splits, BLOCK_D=block_d, num_warps=2,
+            NUM_SPLITS=num_splits, BLOCK_D=block_d, USE_PDL=use_pdl, num_warps=2, **pdl.launch_options(use_pdl),
         )
     return out

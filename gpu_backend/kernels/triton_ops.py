@@ -1,5 +1,5 @@
 """Triton row and elementwise kernels: RMS norm (plain and fused with the residual add), rotary
-embedding, SiLU-and-mul, and the KV-cache store.
+embedding (alone, or fused with the KV-cache store), SiLU-and-mul, and the KV-cache store.
 
 Each one reads its inputs once and writes its outputs once (one program per token row), and
 mirrors the rounding steps of its torch twin in reference.py so the two agree to the last bit or
@@ -12,6 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
+from gpu_backend.kernels import pdl
+from gpu_backend.kernels.pdl import wait_then_release
+
 
 @triton.jit
 def _store_kv_cache_kernel(
@@ -19,8 +22,10 @@ def _store_kv_cache_kernel(
     key_stride_t, key_stride_h, value_stride_t, value_stride_h,
     cache_stride_block, cache_stride_offset, cache_stride_h,
     num_kv_heads, head_dim,
-    BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    if USE_PDL:
+        wait_then_release()
     token = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
     heads = tl.arange(0, BLOCK_H)[:, None]
@@ -47,6 +52,7 @@ def store_kv_cache(
     if num_tokens == 0:
         return
     assert key.stride(-1) == 1 and value.stride(-1) == 1 and k_cache.stride() == v_cache.stride()
+    use_pdl = pdl.enabled(key)
     _store_kv_cache_kernel[(num_tokens,)](
         key, value, k_cache, v_cache, slot_mapping,
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
@@ -54,7 +60,7 @@ def store_kv_cache(
         num_kv_heads, head_dim,
         BLOCK_SIZE=k_cache.shape[1],
         BLOCK_H=triton.next_power_of_2(num_kv_heads),
-        BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_D=triton.next_power_of_2(head_dim), USE_PDL=use_pdl, **pdl.launch_options(use_pdl),
     )
 
 
@@ -62,8 +68,10 @@ def store_kv_cache(
 def _rms_norm_kernel(
     x_ptr, residual_ptr, weight_ptr, out_ptr, new_residual_ptr,
     x_stride, residual_stride, hidden_size, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    if USE_PDL:
+        wait_then_release()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden_size
@@ -98,11 +106,12 @@ def _launch_rms_norm(
     if x2.shape[0] == 0:
         return out, new_residual
     block = triton.next_power_of_2(hidden_size)
+    use_pdl = pdl.enabled(x2)
     _rms_norm_kernel[(x2.shape[0],)](
         x2, res2, weight, out, new_residual if new_residual is not None else out,
         x2.stride(0), res2.stride(0), hidden_size, eps,
-        HAS_RESIDUAL=residual is not None, BLOCK=block,
-        num_warps=min(max(block // 512, 1), 16),
+        HAS_RESIDUAL=residual is not None, BLOCK=block, USE_PDL=use_pdl,
+        num_warps=min(max(block // 512, 1), 16), **pdl.launch_options(use_pdl),
     )
     return out, new_residual
 
@@ -123,15 +132,18 @@ def fused_add_rms_norm(
 
 @triton.jit
 def _rotate_heads(
-    src_ptr, dst_ptr, src_stride_t, src_stride_h, token, num_heads, cos, sin,
+    src_ptr, src_stride_h, dst_ptr, dst_stride_h, num_heads, cos, sin,
     HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):
-    """x*cos + rotate_half(x)*sin for all heads of one token, rounding like the torch twin."""
+    """x*cos + rotate_half(x)*sin for the heads of one token, rounding like the torch twin.
+
+    src_ptr/dst_ptr point at the token's head 0; num_heads <= 0 writes nothing.
+    """
     heads = tl.arange(0, BLOCK_H)[:, None]
     dims = tl.arange(0, BLOCK_HALF)[None, :]
     mask = (heads < num_heads) & (dims < HALF)
-    src = src_ptr + token * src_stride_t + heads * src_stride_h + dims
-    dst = dst_ptr + (token * num_heads + heads) * (2 * HALF) + dims
+    src = src_ptr + heads * src_stride_h + dims
+    dst = dst_ptr + heads * dst_stride_h + dims
     dtype = dst_ptr.dtype.element_ty
     x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
@@ -142,24 +154,34 @@ def _rotate_heads(
 
 
 @triton.jit
+def _cos_sin(positions_ptr, cos_sin_ptr, token, cos_sin_stride, dtype: tl.constexpr,
+             HALF: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    pos = tl.load(positions_ptr + token).to(tl.int64)
+    dims = tl.arange(0, BLOCK_HALF)[None, :]
+    row = cos_sin_ptr + pos * cos_sin_stride + dims
+    # cos/sin are cast to the activation dtype first, as transformers does
+    cos = tl.load(row, mask=dims < HALF, other=0.0).to(dtype).to(tl.float32)
+    sin = tl.load(row + HALF, mask=dims < HALF, other=0.0).to(dtype).to(tl.float32)
+    return cos, sin
+
+
+@triton.jit
 def _rotary_kernel(
     q_ptr, k_ptr, q_out_ptr, k_out_ptr, positions_ptr, cos_sin_ptr,
     q_stride_t, q_stride_h, k_stride_t, k_stride_h, cos_sin_stride,
     num_q_heads, num_kv_heads,
     HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    if USE_PDL:
+        wait_then_release()
     token = tl.program_id(0).to(tl.int64)
-    pos = tl.load(positions_ptr + token).to(tl.int64)
-    dims = tl.arange(0, BLOCK_HALF)[None, :]
-    row = cos_sin_ptr + pos * cos_sin_stride + dims
-    # cos/sin are cast to the activation dtype first, as transformers does
-    dtype = q_out_ptr.dtype.element_ty
-    cos = tl.load(row, mask=dims < HALF, other=0.0).to(dtype).to(tl.float32)
-    sin = tl.load(row + HALF, mask=dims < HALF, other=0.0).to(dtype).to(tl.float32)
-    _rotate_heads(q_ptr, q_out_ptr, q_stride_t, q_stride_h, token, num_q_heads, cos, sin,
-                  HALF, BLOCK_HQ, BLOCK_HALF)
-    _rotate_heads(k_ptr, k_out_ptr, k_stride_t, k_stride_h, token, num_kv_heads, cos, sin,
-                  HALF, BLOCK_HK, BLOCK_HALF)
+    cos, sin = _cos_sin(positions_ptr, cos_sin_ptr, token, cos_sin_stride, q_out_ptr.dtype.element_ty,
+                        HALF, BLOCK_HALF)
+    _rotate_heads(q_ptr + token * q_stride_t, q_stride_h, q_out_ptr + token * num_q_heads * 2 * HALF, 2 * HALF,
+                  num_q_heads, cos, sin, HALF, BLOCK_HQ, BLOCK_HALF)
+    _rotate_heads(k_ptr + token * k_stride_t, k_stride_h, k_out_ptr + token * num_kv_heads * 2 * HALF, 2 * HALF,
+                  num_kv_heads, cos, sin, HALF, BLOCK_HK, BLOCK_HALF)
 
 
 def apply_rotary(
@@ -175,6 +197,7 @@ def apply_rotary(
     if num_tokens == 0:
         return q_out, k_out
     half = head_dim // 2
+    use_pdl = pdl.enabled(query)
     _rotary_kernel[(num_tokens,)](
         query, key, q_out, k_out, positions, cos_sin_cache,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), cos_sin_cache.stride(0),
@@ -182,13 +205,76 @@ def apply_rotary(
         HALF=half,
         BLOCK_HQ=triton.next_power_of_2(num_q_heads),
         BLOCK_HK=triton.next_power_of_2(num_kv_heads),
-        BLOCK_HALF=triton.next_power_of_2(half),
+        BLOCK_HALF=triton.next_power_of_2(half), USE_PDL=use_pdl, **pdl.launch_options(use_pdl),
     )
     return q_out, k_out
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, x_stride, inter_size, BLOCK: tl.constexpr):
+def _rotary_store_kv_kernel(
+    q_ptr, k_ptr, v_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, positions_ptr, slot_mapping_ptr, cos_sin_ptr,
+    q_stride_t, q_stride_h, k_stride_t, k_stride_h, v_stride_t, v_stride_h, cos_sin_stride,
+    cache_stride_block, cache_stride_offset, cache_stride_h, num_q_heads, num_kv_heads, head_dim,
+    HALF: tl.constexpr, PAGE_SIZE: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
+    BLOCK_HALF: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr,
+):
+    if USE_PDL:
+        wait_then_release()
+    token = tl.program_id(0).to(tl.int64)
+    cos, sin = _cos_sin(positions_ptr, cos_sin_ptr, token, cos_sin_stride, q_out_ptr.dtype.element_ty,
+                        HALF, BLOCK_HALF)
+    _rotate_heads(q_ptr + token * q_stride_t, q_stride_h, q_out_ptr + token * num_q_heads * 2 * HALF, 2 * HALF,
+                  num_q_heads, cos, sin, HALF, BLOCK_HQ, BLOCK_HALF)
+    slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
+    cache_row = (slot // PAGE_SIZE) * cache_stride_block + (slot % PAGE_SIZE) * cache_stride_offset
+    stored_heads = tl.where(slot >= 0, num_kv_heads, 0)  # padding tokens (slot -1) store nothing
+    _rotate_heads(k_ptr + token * k_stride_t, k_stride_h, k_cache_ptr + cache_row, cache_stride_h,
+                  stored_heads, cos, sin, HALF, BLOCK_HK, BLOCK_HALF)
+    heads = tl.arange(0, BLOCK_HK)[:, None]
+    dims = tl.arange(0, BLOCK_D)[None, :]
+    mask = (heads < stored_heads) & (dims < head_dim)
+    v = tl.load(v_ptr + token * v_stride_t + heads * v_stride_h + dims, mask=mask)
+    tl.store(v_cache_ptr + cache_row + heads * cache_stride_h + dims, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+
+
+def rotary_store_kv(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> torch.Tensor:
+    """apply_rotary then store_kv_cache in one launch: returns the rotated query; the rotated key
+    goes straight into the cache (never to a tensor of its own). q/k/v may be strided views."""
+    num_tokens, num_q_heads, head_dim = query.shape
+    num_kv_heads = key.shape[1]
+    assert query.stride(-1) == 1 and key.stride(-1) == 1 and value.stride(-1) == 1
+    assert cos_sin_cache.stride(-1) == 1 and k_cache.stride() == v_cache.stride()
+    q_out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    if num_tokens == 0:
+        return q_out
+    half = head_dim // 2
+    use_pdl = pdl.enabled(query)
+    _rotary_store_kv_kernel[(num_tokens,)](
+        query, key, value, q_out, k_cache, v_cache, positions, slot_mapping, cos_sin_cache,
+        query.stride(0), query.stride(1), key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+        cos_sin_cache.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        num_q_heads, num_kv_heads, head_dim,
+        HALF=half, PAGE_SIZE=k_cache.shape[1],
+        BLOCK_HQ=triton.next_power_of_2(num_q_heads), BLOCK_HK=triton.next_power_of_2(num_kv_heads),
+        BLOCK_HALF=triton.next_power_of_2(half), BLOCK_D=triton.next_power_of_2(head_dim),
+        USE_PDL=use_pdl, **pdl.launch_options(use_pdl),
+    )
+    return q_out
+
+
+@triton.jit
+def _silu_and_mul_kernel(x_ptr, out_ptr, x_stride, inter_size, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    if USE_PDL:
+        wait_then_release()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inter_size
@@ -209,5 +295,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
         return out
     block = min(triton.next_power_of_2(inter_size), 2048)
     grid = (x2.shape[0], triton.cdiv(inter_size, block))
-    _silu_and_mul_kernel[grid](x2, out, x2.stride(0), inter_size, BLOCK=block, num_warps=4)
+    use_pdl = pdl.enabled(x2)
+    _silu_and_mul_kernel[grid](x2, out, x2.stride(0), inter_size, BLOCK=block, USE_PDL=use_pdl, num_warps=4,
+                               **pdl.launch_options(use_pdl))
     return out

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from ..kernels import Kernels
+from ..kernels import Kernels, reference
 from ..parallel.state import all_reduce, tp_rank, tp_size
 
 
@@ -37,6 +37,7 @@ class LinearBase(nn.Module):
 
     def __init__(self, input_size: int, output_size: int, bias: bool, ops: Kernels | None = None) -> None:
         super().__init__()
+        self.ops = ops
         self.matmul = ops.linear if ops is not None else F.linear  # the Triton one has a batch-1 GEMV
         self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
@@ -51,6 +52,15 @@ class LinearBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x, self.weight, self.bias)
+
+    def forward_normed(self, x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward(norm(x + residual)) and the new residual, in one kernel where the backend can.
+
+        `norm` is an RMSNorm (weight, eps); without a residual the new residual is x itself.
+        """
+        fused = self.ops.rms_norm_linear if self.ops is not None else reference.rms_norm_linear
+        return fused(x, residual, norm.weight, norm.eps, self.weight, self.bias)
 
 
 class ColumnParallelLinear(LinearBase):
@@ -132,3 +142,9 @@ class RowParallelLinear(LinearBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias if tp_rank() == 0 else None
         return all_reduce(self.matmul(x, self.weight, bias))
+
+    def forward_gated(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """forward(silu(gate) * up) for gate_up = [gate | up], in one kernel where the backend can."""
+        fused = self.ops.silu_and_mul_linear if self.ops is not None else reference.silu_and_mul_linear
+        bias = self.bias if tp_rank() == 0 else None
+        return all_reduce(fused(gate_up, self.weight, bias))

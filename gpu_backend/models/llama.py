@@ -11,7 +11,6 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..kernels import Kernels
-from ..layers.activation import SiluAndMul
 from ..layers.attention import Attention, AttentionMetadata
 from ..layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from ..layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
@@ -29,14 +28,16 @@ class LlamaAttention(nn.Module):
         self.o_proj = RowParallelLinear(config.q_size, config.hidden_size, bias=config.o_bias, ops=ops)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
                                           config.rope_scaling, ops)
-        self.attn = Attention(self.num_heads, self.num_kv_heads, config.head_dim, ops)
+        self.attn = Attention(self.num_heads, self.num_kv_heads, config.head_dim, ops, rotary=self.rotary_emb)
         if config.qk_norm:
             self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, ops)
             self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, ops)
         self.qk_norm = config.qk_norm
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        qkv = self.qkv_proj(hidden)
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
+                norm: RMSNorm, meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention of norm(hidden + residual); returns its output and the new residual."""
+        qkv, residual = self.qkv_proj.forward_normed(hidden, residual, norm)
         q, k, v = qkv.split([self.qkv_proj.q_size, self.qkv_proj.kv_size, self.qkv_proj.kv_size], dim=-1)
         q = q.reshape(-1, self.num_heads, self.head_dim)
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)
@@ -44,9 +45,8 @@ class LlamaAttention(nn.Module):
         if self.qk_norm:
             q = self.q_norm(q.reshape(-1, self.head_dim)).view_as(q)
             k = self.k_norm(k.reshape(-1, self.head_dim)).view_as(k)
-        q, k = self.rotary_emb(positions, q, k)
-        out = self.attn(q, k, v, meta)
-        return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
+        out = self.attn(positions, q, k, v, meta)  # rotates q and k on the way into the cache
+        return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim)), residual
 
 
 class LlamaMLP(nn.Module):
@@ -55,10 +55,12 @@ class LlamaMLP(nn.Module):
         size = config.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [size, size], bias=config.mlp_bias, ops=ops)
         self.down_proj = RowParallelLinear(size, config.hidden_size, bias=config.mlp_bias, ops=ops)
-        self.act_fn = SiluAndMul(ops)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(hidden)))
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor, norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        """down(silu(gate) * up) of norm(hidden + residual), and the new residual. On the batch-1
+        GEMV path the norm runs inside gate_up's kernel and the SiLU inside down's."""
+        gate_up, residual = self.gate_up_proj.forward_normed(hidden, residual, norm)
+        return self.down_proj.forward_gated(gate_up), residual
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -71,13 +73,8 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
                 meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
-        if residual is None:
-            residual, hidden = hidden, self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, meta)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        hidden, residual = self.self_attn(positions, hidden, residual, self.input_layernorm, meta)
+        return self.mlp(hidden, residual, self.post_attention_layernorm)
 
 
 class LlamaModel(nn.Module):

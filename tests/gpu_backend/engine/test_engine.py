@@ -155,3 +155,19 @@ def test_sampling_filters_and_penalties_through_the_engine(llm: LLM) -> None:
     tokens = llm.generate([prompt], no_repeats)[0].token_ids
     assert len(set(tokens)) == len(tokens) and not set(tokens) & set(prompt)
     assert len(set(greedy)) < len(greedy)  # the unpenalised run does repeat, so the test can fail
+
+
+def test_one_token_rows_run_first_and_results_keep_the_batch_order(checkpoints: dict[str, Path]) -> None:
+    """A long prompt's last chunk followed by a one-token prompt: the runner reorders the rows
+    (one-token rows first) and maps tokens and logprobs back to their own requests."""
+    chunked = LLM(str(checkpoints["llama"]), device="cpu", dtype="float32", progress=False, num_kv_blocks=48,
+                  max_model_len=200, max_num_batched_tokens=16)
+    params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=2)
+    long_prompt, short_prompt = [(7 * i) % 300 + 3 for i in range(60)], [42]
+    batched = chunked.generate([long_prompt, short_prompt], params)
+    for prompt, out in zip([long_prompt, short_prompt], batched):
+        alone = chunked.generate([prompt], params)[0]
+        assert out.token_ids == alone.token_ids
+        for got, expected in zip(out.outputs[0].logprobs, alone.outputs[0].logprobs, strict=True):
+            assert got.token_id == expected.token_id
+            assert math.isclose(got.logprob, expected.logprob, abs_tol=1e-4)

@@ -117,6 +117,28 @@ def test_paged_attention(
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "q_lens,seq_lens,num_decodes",
+    [
+        pytest.param([1, 1, 1, 20, 7], [40, 1, 300, 45, 7], 3, id="decodes-then-prompts"),
+        pytest.param([1, 1], [130, 9], 2, id="all-decodes"),
+        pytest.param([1, 1, 0, 5], [33, 64, 0, 70], 1, id="some-ones-after-the-prefix"),
+    ],
+)
+def test_paged_attention_serves_leading_decodes_with_the_decode_kernel(
+    triton_kernels, make_paged_batch, device, dtype, q_lens, seq_lens, num_decodes
+) -> None:
+    """num_decodes only changes which kernel serves the first rows, never the result."""
+    _skip_unsupported(device, dtype)
+    b = make_paged_batch(q_lens, seq_lens, 8, 2, 64, 16, dtype, device, seed=7)
+    args = (b.k_cache, b.v_cache, b.query_start_loc, b.seq_lens, b.block_tables, b.max_query_len,
+            b.max_seq_len, b.scale)
+    out = triton_kernels.paged_attention(_strided(b.query), *args, num_decodes)
+    _assert_close(out, reference.paged_attention(b.query, *args), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "seq_lens,num_q_heads,num_kv_heads",
@@ -195,15 +217,19 @@ def test_rms_norms(triton_kernels, device, dtype, shape) -> None:
     _assert_close(y, y_ref, dtype)
 
 
+def _rope_cache(head_dim: int, positions: int) -> torch.Tensor:
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    freqs = torch.outer(torch.arange(positions).float(), inv_freq)
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim", [64, 80, 128])
 def test_apply_rotary(triton_kernels, device, dtype, head_dim) -> None:
     _skip_unsupported(device, dtype)
     gen = torch.Generator().manual_seed(5)
-    inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
-    freqs = torch.outer(torch.arange(300).float(), inv_freq)
-    cos_sin_cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(device)
+    cos_sin_cache = _rope_cache(head_dim, 300).to(device)
     positions = torch.randint(0, 300, (11,), generator=gen).to(device)
     query = torch.randn(11, 12, head_dim, generator=gen).to(dtype).to(device)
     key = torch.randn(11, 3, head_dim, generator=gen).to(dtype).to(device)
@@ -211,6 +237,36 @@ def test_apply_rotary(triton_kernels, device, dtype, head_dim) -> None:
     q_ref, k_ref = reference.apply_rotary(query, key, positions, cos_sin_cache)
     _assert_close(q_out, q_ref, dtype)
     _assert_close(k_out, k_ref, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 80])
+def test_rotary_store_kv(triton_kernels, device, dtype, head_dim) -> None:
+    """The fused kernel equals apply_rotary then store_kv_cache, bit for bit, padding slots included."""
+    _skip_unsupported(device, dtype)
+    gen = torch.Generator().manual_seed(8)
+    cos_sin_cache = _rope_cache(head_dim, 200).to(device)
+    positions = torch.randint(0, 200, (9,), generator=gen).to(device)
+    query = torch.randn(9, 6, head_dim, generator=gen).to(dtype).to(device)
+    key = torch.randn(9, 3, head_dim, generator=gen).to(dtype).to(device)
+    value = torch.randn(9, 3, head_dim, generator=gen).to(dtype).to(device)
+    k_cache = torch.randn(5, 8, 3, head_dim, generator=gen).to(dtype).to(device)
+    v_cache = torch.randn(5, 8, 3, head_dim, generator=gen).to(dtype).to(device)
+    slots = torch.randperm(5 * 8, generator=gen)[:9]
+    slots[[1, 6]] = -1
+    slots = slots.to(device)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    q_ref = reference.rotary_store_kv(query, key, value, positions, cos_sin_cache, k_ref, v_ref, slots)
+    q_rot, k_rot = triton_kernels.apply_rotary(query, key, positions, cos_sin_cache)
+    k_sep, v_sep = k_cache.clone(), v_cache.clone()
+    triton_kernels.store_kv_cache(k_rot, value, k_sep, v_sep, slots)
+    q_out = triton_kernels.rotary_store_kv(_strided(query), _strided(key), _strided(value), positions,
+                                           cos_sin_cache, k_cache, v_cache, slots)
+    assert torch.equal(q_out, q_rot) and torch.equal(k_cache, k_sep) and torch.equal(v_cache, v_sep)
+    _assert_close(q_out, q_ref, dtype)
+    _assert_close(k_cache, k_ref, dtype)
+    assert torch.equal(v_cache, v_ref)
 
 
 @pytest.mark.parametrize("device", DEVICES)

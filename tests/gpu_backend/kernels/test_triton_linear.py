@@ -32,3 +32,42 @@ def test_several_rows_and_float32_use_f_linear() -> None:
     x = torch.randn(3, 32, device="cuda")
     assert torch.equal(linear(x, w), F.linear(x, w))
     assert torch.equal(linear(x[:1], w), F.linear(x[:1], w))  # float32 keeps cuBLAS (exactness tests)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("n", "k"), [(6144, 4096), (28672, 4096), (1000, 777)])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rms_norm_linear_equals_norm_then_gemv(dtype: torch.dtype, n: int, k: int, with_residual: bool) -> None:
+    """The norm inside the GEMV rounds where the separate kernels do: same residual bit for bit,
+    output within a rounding step of the two-kernel path."""
+    kernels = get_kernels("triton")
+    generator = torch.Generator(device="cuda").manual_seed(n + k + with_residual)
+    x = 3 * torch.randn(1, k, device="cuda", dtype=dtype, generator=generator)
+    residual = torch.randn(1, k, device="cuda", dtype=dtype, generator=generator) if with_residual else None
+    norm_weight = 1 + 0.1 * torch.randn(k, device="cuda", dtype=dtype, generator=generator)
+    w = torch.randn(n, k, device="cuda", dtype=dtype, generator=generator) * k**-0.5
+    y, new_residual = kernels.rms_norm_linear(x, residual, norm_weight, 1e-5, w, None)
+    if residual is None:
+        normed, expected_residual = kernels.rms_norm(x, norm_weight, 1e-5), x
+    else:
+        normed, expected_residual = kernels.fused_add_rms_norm(x, residual, norm_weight, 1e-5)
+    assert torch.equal(new_residual, expected_residual)
+    torch.testing.assert_close(y.float(), kernels.linear(normed, w, None).float(), atol=2e-2, rtol=2e-2)
+    # several rows take the separate kernels
+    y2, r2 = kernels.rms_norm_linear(x.repeat(2, 1), None if residual is None else residual.repeat(2, 1),
+                                     norm_weight, 1e-5, w, None)
+    assert y2.shape == (2, n) and torch.equal(r2[0], new_residual[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("n", "k"), [(4096, 14336), (500, 300)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_silu_and_mul_linear_equals_silu_then_gemv(dtype: torch.dtype, n: int, k: int, with_bias: bool) -> None:
+    kernels = get_kernels("triton")
+    generator = torch.Generator(device="cuda").manual_seed(n + k)
+    gate_up = torch.randn(1, 2 * k, device="cuda", dtype=dtype, generator=generator)
+    w = torch.randn(n, k, device="cuda", dtype=dtype, generator=generator) * k**-0.5
+    b = torch.randn(n, device="cuda", dtype=dtype, generator=generator) if with_bias else None
+    expected = kernels.linear(kernels.silu_and_mul(gate_up), w, b)
+    torch.testing.assert_close(kernels.silu_and_mul_linear(gate_up, w, b).float(), expected.float(),
+                               atol=2e-2, rtol=2e-2)

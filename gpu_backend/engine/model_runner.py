@@ -137,9 +137,9 @@ class ModelRunner:
         if not sample_rows:
             return [None] * len(seqs), None
         # sample in the batch's own order, so the sampler's rows line up with batch.seqs
-        position = {old: new for new, old in enumerate(order)}
-        sampled = sorted(order[row] for row in sample_rows)
-        index = torch.tensor(_last_token_indices(counts, [position[row] for row in sampled]), device=self.device)
+        sample_rows.sort(key=order.__getitem__)
+        sampled = [order[row] for row in sample_rows]
+        index = torch.tensor(_last_token_indices(counts, sample_rows), device=self.device)
         logits = self.model.compute_logits(hidden.index_select(0, index))
         sampled_seqs = [batch.seqs[row] for row in sampled]
         result = self.sampler(logits, build_sampling_batch(sampled_seqs, logits.shape[-1], self.device, self._generator))

@@ -26,9 +26,9 @@ class LlamaAttention(nn.Module):
         self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.head_dim = config.head_dim
         self.o_proj = RowParallelLinear(config.q_size, config.hidden_size, bias=config.o_bias, ops=ops)
-        self.rotary_emb = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
-                                          config.rope_scaling, ops)
-        self.attn = Attention(self.num_heads, self.num_kv_heads, config.head_dim, ops, rotary=self.rotary_emb)
+        rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
+                                config.rope_scaling, ops)
+        self.attn = Attention(self.num_heads, self.num_kv_heads, config.head_dim, ops, rotary=rotary)
         if config.qk_norm:
             self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, ops)
             self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, ops)

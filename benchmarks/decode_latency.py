@@ -2,8 +2,11 @@
 
 128-token prompt, 512 new tokens, greedy with eos ignored. Decode tok/s excludes the first
 token (prefill); achieved GB/s counts the weights and KV cache read per step, printed beside the
-floor set by the GPU's memory bandwidth. Variants: CUDA graphs (default), CUDA graphs without
-programmatic dependent launch (graphs-no-pdl), and eager.
+floor set by the GPU's memory bandwidth. Variants: CUDA graphs (default), and each with one
+thing turned back: the step loop reading each step back before the next (graphs-sync,
+async_scheduling=False), decode attention's split merge as a separate kernel
+(graphs-unfused-merge), torch's argmax for greedy sampling (graphs-torch-argmax), no
+programmatic dependent launch (graphs-no-pdl); and eager.
 
     python benchmarks/decode_latency.py [--out benchmarks/results/decode_latency.json]
 """
@@ -22,7 +25,7 @@ import torch
 from llama_shapes import LLAMA_3_1_8B, environment, parameter_bytes, write_model_folder
 
 from gpu_backend import LLM, SamplingParams
-from gpu_backend.kernels import pdl
+from gpu_backend.kernels import pdl, reference, triton_attention
 
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # datasheet HBM bandwidth, bytes/s
 
@@ -58,7 +61,8 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", default="graphs,graphs-no-pdl,eager")
+    parser.add_argument("--variants",
+                        default="graphs,graphs-sync,graphs-unfused-merge,graphs-torch-argmax,graphs-no-pdl,eager")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     config = LLAMA_3_1_8B
@@ -72,18 +76,26 @@ def main() -> None:
         folder = write_model_folder(Path(tmp) / "llama-3.1-8b-shape", config)
         for variant in args.variants.split(","):
             pdl.ENABLED = variant != "graphs-no-pdl"
+            triton_attention.FUSED_SPLIT_REDUCE = variant != "graphs-unfused-merge"
             llm = LLM(str(folder), device="cuda", dtype="bfloat16", load_format="dummy", skip_tokenizer_init=True,
                       max_num_seqs=8, max_model_len=4096, gpu_memory_utilization=0.85,
-                      enforce_eager=variant == "eager", progress=False)
+                      enforce_eager=variant == "eager", async_scheduling=variant != "graphs-sync",
+                      progress=False)
+            if variant == "graphs-torch-argmax":
+                llm.engine.runner.sampler.argmax = reference.argmax
             row = measure(llm, args.prompt_len, args.new_tokens, args.repeats)
             steps = llm.engine.stats
-            row["host_ms_per_step_outside_execute"] = 1000 * (steps.schedule_s + steps.postprocess_s) / steps.steps
+            host_s = steps.schedule_s + steps.launch_s + steps.postprocess_s
+            row["host_ms_per_step"] = 1000 * host_s / steps.steps
             row["host_ms_per_step_prepare"] = 1000 * steps.prepare_s / steps.steps
+            row["wait_ms_per_step"] = 1000 * steps.wait_s / steps.steps
             row["achieved_GB_s"] = row["decode_tok_s"] * bytes_per_step / 1e9
             results[variant] = row
             print(f"{variant:13} decode {row['decode_tok_s']:7.1f} tok/s  {row['achieved_GB_s']:7.0f} GB/s  "
-                  f"TTFT {row['ttft_s'] * 1000:6.1f} ms  host/step: {row['host_ms_per_step_outside_execute']:.3f} ms "
-                  f"+ prepare {row['host_ms_per_step_prepare']:.3f} ms", flush=True)
+                  f"TTFT {row['ttft_s'] * 1000:6.1f} ms  host/step {row['host_ms_per_step']:.3f} ms (prepare "
+                  f"{row['host_ms_per_step_prepare']:.3f}), waiting for the device {row['wait_ms_per_step']:.3f} ms",
+                  flush=True)
+            pdl.ENABLED, triton_attention.FUSED_SPLIT_REDUCE = True, True
             del llm
             gc.collect()  # the model and its graphs sit in reference cycles
             torch.cuda.empty_cache()

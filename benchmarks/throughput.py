@@ -42,12 +42,15 @@ def run_engine(folder: Path, requests: list[tuple[list[int], int]], options: dic
     llm.engine.stats = StepStats()
     llm.engine.runner.prepare_s = 0.0
     torch.cuda.synchronize()
+    retries = torch.cuda.memory_stats().get("num_alloc_retries", 0)
     start = time.perf_counter()
     outputs = llm.generate(prompts, params)
     elapsed = time.perf_counter() - start
+    retries = torch.cuda.memory_stats().get("num_alloc_retries", 0) - retries
     generated = sum(len(o.token_ids) for o in outputs)
     assert generated == sum(n for _, n in requests)
     stats = {"kv_blocks": llm.engine.block_manager.num_blocks, "preemptions": llm.engine.scheduler.num_preemptions,
+             "allocator_retries": retries,  # cudaMalloc failed, cache freed (synchronizes the device)
              "steps": llm.engine.stats.as_dict()}
     del llm
     gc.collect()  # the model and its graphs sit in reference cycles
@@ -89,22 +92,25 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument("--hf-requests", type=int, default=64)
     parser.add_argument("--hf-batch-size", type=int, default=32)
+    parser.add_argument("--sync", action="store_true", help="read each step back before the next (async_scheduling off)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     requests = workload(args.requests, args.seed)
     prompt_tokens = sum(len(p) for p, _ in requests)
     output_tokens = sum(n for _, n in requests)
     options = {"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
-               "max_model_len": 4096, "gpu_memory_utilization": 0.90}
+               "max_model_len": 4096, "gpu_memory_utilization": 0.90, "async_scheduling": not args.sync}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_model_folder(Path(tmp) / "llama-3.1-8b-shape")
         engine = run_engine(folder, requests, options)
     print(f"edgewise      {engine['output_tok_s']:9.0f} output tok/s  ({engine['output_tokens']} tokens in "
-          f"{engine['elapsed_s']:.1f} s; {engine['preemptions']} preemptions)", flush=True)
+          f"{engine['elapsed_s']:.1f} s; {engine['preemptions']} preemptions; {engine['allocator_retries']} allocator "
+          f"retries)", flush=True)
     steps = engine["steps"]
     print(f"  {steps['steps']} steps ({steps['decode_only_steps']} decode-only), {steps['mean_tokens_per_step']:.0f} "
           f"tokens/step; host time: schedule {steps['schedule_s']:.1f} s, prepare {steps['prepare_s']:.1f} s, "
-          f"execute+wait {steps['execute_s']:.1f} s (decode-only steps {steps['decode_only_execute_s']:.1f} s), postprocess {steps['postprocess_s']:.1f} s", flush=True)
+          f"launch {steps['launch_s']:.1f} s, postprocess {steps['postprocess_s']:.1f} s; "
+          f"waiting for the device {steps['wait_s']:.1f} s", flush=True)
     baseline = None
     if args.hf_requests:
         baseline = run_transformers(requests[: args.hf_requests], args.hf_batch_size)

@@ -193,6 +193,7 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     enforce_eager: bool = False  # no CUDA graphs
+    async_scheduling: bool = True  # launch step k before reading step k-1's tokens back (see LLMEngine.step)
     attention_backend: str = "auto"  # triton | torch | auto
     load_format: str = "safetensors"  # or "dummy": random weights of the right shapes, for benchmarks
     skip_tokenizer_init: bool = False  # token-id prompts only, outputs without text

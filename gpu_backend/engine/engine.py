@@ -17,11 +17,11 @@ from ..errors import EngineError, InvalidRequestError, PromptTooLongError
 from ..layers.sampler import SamplerOutput
 from ..tokenizer import IncrementalDetokenizer, Tokenizer
 from .block_manager import BlockManager
-from .model_runner import ModelRunner
+from .model_runner import LaunchedStep, ModelRunner
 from .outputs import CompletionOutput, Logprob, RequestOutput
 from .sampling_params import SamplingParams
 from .scheduler import ScheduledBatch, Scheduler, SchedulerConfig
-from .sequence import Sequence
+from .sequence import PENDING_TOKEN, Sequence
 from .stats import StepStats
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,12 @@ class _Request:
     stream: bool = True  # report every step; otherwise only the finished output
     prompt_token_ids: list[int] = field(default_factory=list)  # shared by every output, never mutated
     pending_tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _InFlight:
+    batch: ScheduledBatch
+    launched: LaunchedStep
 
 
 class LLMEngine:
@@ -59,6 +65,7 @@ class LLMEngine:
         )
         self.requests: dict[str, _Request] = {}
         self.stats = StepStats()
+        self._in_flight: _InFlight | None = None  # the batch on the device whose tokens are not read yet
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -129,43 +136,72 @@ class LLMEngine:
     # -- the loop ------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Run one batch; return an output for every request that got a new token or finished."""
+        """Queue one batch on the device; return an output for every request that got a new
+        token or finished in the batch before it.
+
+        The step loop runs one batch ahead: batch k is scheduled and launched (its pending
+        inputs are batch k-1's sampled tokens, read on the device) before batch k-1's tokens are
+        read back, checked for stops and detokenized, so the device never waits for the host.
+        A sequence that stops in batch k-1 also ran in batch k; that extra token is dropped.
+        With ``async_scheduling=False`` each batch is read back before the step returns.
+        """
         started = time.perf_counter()
         batch = self.scheduler.schedule()
-        if not batch.seqs:
-            if self.scheduler.has_unfinished:
-                raise EngineError("the scheduler found nothing to run while requests are waiting")
-            return []
         scheduled = time.perf_counter()
-        sampled, sampler_output = self.runner.execute(batch)
-        executed = time.perf_counter()
-        before = {seq.seq_id: seq.num_tokens for seq in batch.seqs}
-        finished = self.scheduler.update(batch, sampled)
-        if sampler_output is not None:
-            self._record_logprobs(batch, sampled, sampler_output)
-        outputs = []
-        finished_ids = {seq.seq_id for seq in finished}
-        for seq in batch.seqs:
-            request = self.requests.get(seq.request_id)
-            if request is None or seq.num_tokens == before[seq.seq_id] and seq.seq_id not in finished_ids:
-                continue
-            output = self._advance(request, seq.seq_id in finished_ids)
-            if output is not None:
-                outputs.append(output)
-        self._count(batch, started, scheduled, executed)
+        outputs: list[RequestOutput] = []
+        in_flight, self._in_flight = self._in_flight, None
+        if not batch.seqs and in_flight is None and self.scheduler.has_unfinished:
+            raise EngineError("the scheduler found nothing to run while requests are waiting")
+        if in_flight is not None and any(seq.has_pending_token and seq.sampling_params.has_penalties
+                                         for seq in batch.seqs):
+            # penalties count the sequence's tokens on the host: read the last batch back first
+            outputs = self._finish(in_flight)
+            in_flight = None
+            batch = batch.without_finished()
+        launched = None
+        if batch.seqs:
+            launched = self.runner.launch(batch, in_flight.launched if in_flight is not None else None)
+        self.stats.launch_s += time.perf_counter() - scheduled
+        if in_flight is not None:
+            outputs = self._finish(in_flight)
+        if launched is not None:
+            sampled_rows = set(launched.sampled_rows)
+            self.scheduler.update(batch, [PENDING_TOKEN if row in sampled_rows else None
+                                          for row in range(len(batch.seqs))])
+            self._in_flight = _InFlight(batch, launched)
+            self._count(batch)
+            if not self.config.async_scheduling:
+                outputs += self._finish(self._in_flight)
+                self._in_flight = None
+        self.stats.schedule_s += scheduled - started
+        self.stats.prepare_s = self.runner.prepare_s
         return outputs
 
-    def _count(self, batch: ScheduledBatch, started: float, scheduled: float, executed: float) -> None:
+    def _finish(self, in_flight: _InFlight) -> list[RequestOutput]:
+        """Read a launched batch's tokens back, apply them and build the requests' outputs."""
+        waiting = time.perf_counter()
+        sampled, sampler_output = self.runner.collect(in_flight.launched)
+        finishing = time.perf_counter()
+        self.stats.wait_s += finishing - waiting
+        resolved = self.scheduler.resolve(in_flight.batch, sampled)
+        if sampler_output is not None and sampler_output.logprobs is not None:
+            self._record_logprobs(in_flight.batch, sampled, sampler_output)
+        outputs = []
+        for seq in resolved:
+            request = self.requests.get(seq.request_id)
+            if request is None:
+                continue
+            output = self._advance(request, seq.is_finished)
+            if output is not None:
+                outputs.append(output)
+        self.stats.postprocess_s += time.perf_counter() - finishing
+        return outputs
+
+    def _count(self, batch: ScheduledBatch) -> None:
         stats = self.stats
         stats.steps += 1
         stats.decode_only_steps += batch.is_decode_only
         stats.scheduled_tokens += batch.num_tokens
-        stats.schedule_s += scheduled - started
-        stats.execute_s += executed - scheduled
-        if batch.is_decode_only:
-            stats.decode_only_execute_s += executed - scheduled
-        stats.postprocess_s += time.perf_counter() - executed
-        stats.prepare_s = self.runner.prepare_s
 
     def _advance(self, request: _Request, finished: bool) -> RequestOutput | None:
         seq = request.seq

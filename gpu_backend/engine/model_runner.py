@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -21,11 +22,30 @@ from ..loader import load_weights
 from ..models.registry import build_model
 from .block_tables import BlockTables
 from .cuda_graphs import DecodeGraphs
+from .device_copy import tensor_to_device, to_device
 from .sampling_batch import build_sampling_batch
 from .scheduler import ScheduledBatch
 from .sequence import Sequence
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LaunchedStep:
+    """A step queued on the device: `token_ids[i]` (on the device) belongs to `seqs[sampled_rows[i]]`.
+
+    `host` is the sampler's output on its way to host memory, complete once `ready` has passed
+    (None on CPU, where it already is)."""
+
+    seqs: list[Sequence]
+    sampled_rows: list[int]
+    token_ids: torch.Tensor | None
+    host: SamplerOutput | None
+    ready: torch.cuda.Event | None = None
+
+    def token_rows(self) -> dict[int, int]:
+        """seq_id -> row of `token_ids`."""
+        return {self.seqs[row].seq_id: index for index, row in enumerate(self.sampled_rows)}
 
 
 class ModelRunner:
@@ -38,7 +58,7 @@ class ModelRunner:
         self.max_blocks_per_seq = -(-self.max_model_len // self.block_size)
         self.ops = get_kernels(config.attention_backend if self.device.type == "cuda" else "torch")
         self.model = self._build_and_load(progress)
-        self.sampler = Sampler()
+        self.sampler = Sampler(argmax=self.ops.argmax)
         self.generators: dict[int, torch.Generator] = {}
         self.prepare_s = 0.0  # host time spent building step inputs, for StepStats
         self.block_tables = BlockTables(self.max_blocks_per_seq)
@@ -121,42 +141,74 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> tuple[list[int | None], SamplerOutput | None]:
-        """Run one step; returns the sampled token per sequence (None where a prompt chunk ended
-        before the sequence's end) and the sampler's output for the sampled rows."""
+        """Run one step and wait for it: the sampled token per sequence (None where a prompt
+        chunk ended before the sequence's end) and the sampler's output for the sampled rows."""
+        return self.collect(self.launch(batch))
+
+    @torch.inference_mode()
+    def launch(self, batch: ScheduledBatch, previous: LaunchedStep | None = None) -> LaunchedStep:
+        """Queue one step on the device without waiting for it.
+
+        A sequence whose last token is still pending (sampled by `previous`, not read back yet)
+        gets it as input straight from `previous`'s device tensor.
+        """
         started = time.perf_counter()
         # one-token rows first: the attention kernels serve that prefix with the decode kernel
         order = sorted(range(len(batch.seqs)), key=lambda row: batch.num_new_tokens[row] != 1)
         seqs = [batch.seqs[row] for row in order]
         counts = [batch.num_new_tokens[row] for row in order]
-        input_ids, positions, meta, sample_rows = self.prepare(seqs, counts)
+        input_ids, positions, meta, sample_rows = self.prepare(seqs, counts, previous)
         self.prepare_s += time.perf_counter() - started
         if self.graphs is not None and meta.is_decode_only and self.graphs.fits(len(seqs)):
             hidden = self.graphs.run(input_ids, positions, meta)
         else:
             hidden = self.model(input_ids, positions, meta)
         if not sample_rows:
-            return [None] * len(seqs), None
+            return LaunchedStep(batch.seqs, [], None, None)
         # sample in the batch's own order, so the sampler's rows line up with batch.seqs
         sample_rows.sort(key=order.__getitem__)
-        sampled = [order[row] for row in sample_rows]
-        index = torch.tensor(_last_token_indices(counts, sample_rows), device=self.device)
+        index = to_device(_last_token_indices(counts, sample_rows), torch.long, self.device)
         logits = self.model.compute_logits(hidden.index_select(0, index))
-        sampled_seqs = [batch.seqs[row] for row in sampled]
+        sampled_rows = [order[row] for row in sample_rows]
+        sampled_seqs = [batch.seqs[row] for row in sampled_rows]
         result = self.sampler(logits, build_sampling_batch(sampled_seqs, logits.shape[-1], self.device, self._generator))
-        out: list[int | None] = [None] * len(seqs)
-        for row, token in zip(sampled, result.token_ids.tolist()):
-            out[row] = token
-        return out, result
+        # Start the copy back now: read later with a plain .tolist(), it would queue behind the
+        # next step and wait for that one too.
+        host = _to_host(result)
+        ready = None
+        if self.device.type == "cuda":
+            ready = torch.cuda.Event()
+            ready.record()
+        return LaunchedStep(batch.seqs, sampled_rows, result.token_ids, host, ready)
 
-    def prepare(self, seqs: Seq[Sequence], counts: Seq[int]
+    def collect(self, step: LaunchedStep) -> tuple[list[int | None], SamplerOutput | None]:
+        """Wait for a launched step's tokens: one per sequence, None where none was sampled."""
+        out: list[int | None] = [None] * len(step.seqs)
+        if step.ready is not None:
+            step.ready.synchronize()
+        if step.host is not None:
+            for row, token in zip(step.sampled_rows, step.host.token_ids.tolist()):
+                out[row] = token
+        return out, step.host
+
+    def prepare(self, seqs: Seq[Sequence], counts: Seq[int], previous: LaunchedStep | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
-        """The step's device inputs for `counts[i]` new tokens of `seqs[i]`, and the rows to sample."""
+        """The step's device inputs for `counts[i]` new tokens of `seqs[i]`, and the rows to sample.
+
+        A pending last token (`seq.has_pending_token`) is read from `previous.token_ids` on the device."""
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         query_lens, seq_lens, sample_rows = [], [], []
+        pending_at, pending_from = [], []  # flat input index <- row of previous.token_ids
+        previous_rows = previous.token_rows() if previous is not None else {}
         for row, (seq, count) in enumerate(zip(seqs, counts)):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + count
+            if seq.has_pending_token and end == seq.num_tokens:
+                if seq.seq_id not in previous_rows:
+                    raise RuntimeError(f"{seq} has a pending token that the previous step did not sample")
+                pending_at.append(len(input_ids) + count - 1)
+                pending_from.append(previous_rows[seq.seq_id])
             input_ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
             slots.extend(_slots(seq.block_table, start, end, self.block_size))
@@ -164,10 +216,18 @@ class ModelRunner:
             seq_lens.append(end)
             if end == seq.num_tokens:
                 sample_rows.append(row)
-        num_tokens = len(input_ids)
-        longs = self._to_device(input_ids + positions + slots, torch.long)
-        meta = self._metadata(query_lens, seq_lens, self.block_tables.gather(seqs), longs[2 * num_tokens:])
-        return longs[:num_tokens], longs[num_tokens:2 * num_tokens], meta, sample_rows
+        num_tokens, num_pending = len(input_ids), len(pending_at)
+        longs = to_device(input_ids + positions + slots + pending_at + pending_from, torch.long, self.device)
+        ids = longs[:num_tokens]
+        if num_pending:
+            assert previous is not None and previous.token_ids is not None
+            if num_pending == num_tokens and pending_from == list(range(num_tokens)):
+                ids = previous.token_ids[:num_tokens]  # steady decode: the last step's tokens, in order
+            else:
+                tail = longs[3 * num_tokens:]
+                ids = ids.index_copy(0, tail[:num_pending], previous.token_ids.index_select(0, tail[num_pending:]))
+        meta = self._metadata(query_lens, seq_lens, self.block_tables.gather(seqs), longs[2 * num_tokens:3 * num_tokens])
+        return ids, longs[num_tokens:2 * num_tokens], meta, sample_rows
 
     def _metadata(self, query_lens: Seq[int], seq_lens: Seq[int], block_tables: torch.Tensor,
                   slot_mapping: torch.Tensor) -> AttentionMetadata:
@@ -175,22 +235,17 @@ class ModelRunner:
         starts = [0]
         for n in query_lens:
             starts.append(starts[-1] + n)
-        ints = self._to_device(starts + list(seq_lens), torch.int32)
+        ints = to_device(starts + list(seq_lens), torch.int32, self.device)
         return AttentionMetadata(
             slot_mapping=slot_mapping,
             query_start_loc=ints[: num_seqs + 1],
             seq_lens=ints[num_seqs + 1:],
-            block_tables=block_tables.to(self.device, non_blocking=True),
+            block_tables=tensor_to_device(block_tables, self.device),
             max_query_len=max(query_lens),
             max_seq_len=max(seq_lens),
             is_decode_only=max(query_lens) == 1,
             num_decodes=next((i for i, n in enumerate(query_lens) if n != 1), num_seqs),
         )
-
-    def _to_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
-        if self.device.type == "cpu":
-            return torch.tensor(values, dtype=dtype)
-        return torch.tensor(values, dtype=dtype, pin_memory=True).to(self.device, non_blocking=True)
 
     def _generator(self, seq_id: int, seed: int) -> torch.Generator:
         generator = self.generators.get(seq_id)
@@ -213,6 +268,12 @@ def _fill_dummy_weights(model: torch.nn.Module) -> None:
             param.fill_(1.0)
         else:
             param.uniform_(-0.02, 0.02, generator=generator)
+
+
+def _to_host(result: SamplerOutput) -> SamplerOutput:
+    """The sampler's tensors copied to (pinned) host memory without waiting for them."""
+    values = (getattr(result, field.name) for field in fields(result))
+    return SamplerOutput(*(None if value is None else value.to("cpu", non_blocking=True) for value in values))
 
 
 def _last_token_indices(counts: Seq[int], rows: list[int]) -> list[int]:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from ..layers.sampler import SamplingBatch
+from .device_copy import to_device
 from .sequence import Sequence
 
 
@@ -19,7 +20,7 @@ def build_sampling_batch(seqs: list[Sequence], vocab_size: int, device: torch.de
                               generators=[None] * len(seqs), all_greedy=True)
     else:
         batch = SamplingBatch(
-            temperatures=torch.tensor(temperatures, dtype=torch.float32, device=device),
+            temperatures=to_device(temperatures, torch.float32, device),
             top_ks=_optional([p.top_k if p.top_k > 0 else vocab_size for p in params], vocab_size, torch.long, device),
             top_ps=_optional([p.top_p for p in params], 1.0, torch.float32, device),
             min_ps=_optional([p.min_p for p in params], 0.0, torch.float32, device),
@@ -27,7 +28,7 @@ def build_sampling_batch(seqs: list[Sequence], vocab_size: int, device: torch.de
                         for seq, p in zip(seqs, params)],
             all_greedy=False,
         )
-    if any(p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty for p in params):
+    if any(p.has_penalties for p in params):
         _add_penalties(batch, seqs, vocab_size, device)
     banned = [(row, sorted(p.all_stop_token_ids(p.eos_token_ids))) for row, (seq, p) in enumerate(zip(seqs, params))
               if seq.num_completion_tokens < p.min_tokens]
@@ -41,7 +42,7 @@ def _optional(values: list, neutral: float, dtype: torch.dtype, device: torch.de
     """None when every row has the neutral value, so the sampler skips that filter."""
     if all(v == neutral for v in values):
         return None
-    return torch.tensor(values, dtype=dtype, device=device)
+    return to_device(values, dtype, device)
 
 
 def _add_penalties(batch: SamplingBatch, seqs: list[Sequence], vocab_size: int, device: torch.device) -> None:
@@ -49,14 +50,14 @@ def _add_penalties(batch: SamplingBatch, seqs: list[Sequence], vocab_size: int, 
     prompt_mask = torch.zeros((rows, vocab_size), dtype=torch.bool, device=device)
     counts = torch.zeros((rows, vocab_size), dtype=torch.int32, device=device)
     for row, seq in enumerate(seqs):
-        prompt = torch.tensor(seq.prompt_token_ids, dtype=torch.long, device=device)
+        prompt = to_device(seq.prompt_token_ids, torch.long, device)
         prompt_mask[row, prompt] = True
         output = seq.completion_token_ids
         if output:
-            counts[row].index_add_(0, torch.tensor(output, dtype=torch.long, device=device),
+            counts[row].index_add_(0, to_device(output, torch.long, device),
                                    torch.ones(len(output), dtype=torch.int32, device=device))
     params = [seq.sampling_params for seq in seqs]
     batch.prompt_mask, batch.output_counts = prompt_mask, counts
-    batch.repetition_penalties = torch.tensor([p.repetition_penalty for p in params], dtype=torch.float32, device=device)
-    batch.frequency_penalties = torch.tensor([p.frequency_penalty for p in params], dtype=torch.float32, device=device)
-    batch.presence_penalties = torch.tensor([p.presence_penalty for p in params], dtype=torch.float32, device=device)
+    batch.repetition_penalties = to_device([p.repetition_penalty for p in params], torch.float32, device)
+    batch.frequency_penalties = to_device([p.frequency_penalty for p in params], torch.float32, device)
+    batch.presence_penalties = to_device([p.presence_penalty for p in params], torch.float32, device)

@@ -80,6 +80,11 @@ class SamplingParams:
     def is_greedy(self) -> bool:
         return self.temperature < GREEDY_TEMPERATURE
 
+    @property
+    def has_penalties(self) -> bool:
+        """Whether sampling reads the sequence's earlier tokens (repetition, frequency, presence)."""
+        return self.repetition_penalty != 1.0 or bool(self.frequency_penalty) or bool(self.presence_penalty)
+
     def with_defaults(self, *, max_tokens: int | None = None, eos_token_ids: Iterable[int] = ()) -> SamplingParams:
         """A validated copy with ``max_tokens`` filled in where it was None and the model's eos ids attached."""
         params = replace(self, max_tokens=self.max_tokens if self.max_tokens is not None else max_tokens)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..errors import InvalidRequestError, PromptTooLongError
 from .block_manager import BlockManager
-from .sequence import FinishReason, Sequence, SequenceStatus
+from .sequence import PENDING_TOKEN, FinishReason, Sequence, SequenceStatus
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,11 @@ class ScheduledBatch:
     @property
     def is_empty(self) -> bool:
         return not self.seqs
+
+    def without_finished(self) -> ScheduledBatch:
+        """The batch less the sequences that ended since it was scheduled (their blocks are freed)."""
+        kept = [(seq, count) for seq, count in zip(self.seqs, self.num_new_tokens) if not seq.is_finished]
+        return ScheduledBatch([seq for seq, _ in kept], [count for _, count in kept], self.preempted)
 
 
 class Scheduler:
@@ -170,20 +175,25 @@ class Scheduler:
         """Apply one executed step; returns the sequences that finished in it (already freed).
 
         ``sampled[i]`` is the token sampled for ``batch.seqs[i]``; it is read only where the
-        chunk reached the end of the sequence, and must not be None there.
+        chunk reached the end of the sequence, and must not be None there. It may be
+        ``PENDING_TOKEN`` while the real token is still on the device: the sequence then ends
+        here only by length, and ``resolve`` fills the token in (and checks it) later.
         """
         if len(sampled) != len(batch.seqs):
             raise ValueError(f"got {len(sampled)} sampled tokens for a batch of {len(batch.seqs)}")
         finished: list[Sequence] = []
         for seq, count, token_id in zip(batch.seqs, batch.num_new_tokens, sampled, strict=True):
-            if seq.is_finished:  # aborted while the step ran
+            if seq.is_finished:  # aborted or stopped while the step ran
                 continue
             seq.num_computed_tokens += count
             reason = None
             if seq.num_computed_tokens == seq.num_tokens:
                 if token_id is None:
                     raise ValueError(f"{seq} reached its end this step but no token was sampled for it")
-                seq.append_token(token_id)
+                if token_id == PENDING_TOKEN:
+                    seq.append_pending_token()
+                else:
+                    seq.append_token(token_id)
                 reason = self._finish_reason(seq, token_id)
             # Finished sequences register too: their blocks stay reusable (e.g. the next chat turn).
             self.block_manager.cache_computed_blocks(seq)
@@ -194,15 +204,40 @@ class Scheduler:
             self.running = [seq for seq in self.running if not seq.is_finished]
         return finished
 
+    def resolve(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[Sequence]:
+        """Fill in the tokens that ``update`` left pending; returns the sequences they belong to.
+
+        A stop token ends its sequence here (freeing its blocks; it may be running or, if it was
+        preempted meanwhile, waiting). A sequence that already ended by length in ``update``
+        ends with "stop" instead when its last token is a stop token, as it would have then.
+        An aborted sequence dropped its pending token and is skipped.
+        """
+        resolved: list[Sequence] = []
+        for seq, token_id in zip(batch.seqs, sampled, strict=True):
+            if not seq.has_pending_token or token_id is None:  # none sampled, or aborted since
+                continue
+            seq.resolve_pending_token(token_id)
+            if self._is_stop(seq, token_id):
+                if seq.is_finished:
+                    seq.finish_reason = "stop"
+                else:
+                    self.finish(seq, "stop")
+            resolved.append(seq)
+        return resolved
+
     def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
-        params = seq.sampling_params
-        if seq.num_completion_tokens > params.min_tokens and params.is_stop_token(token_id, self.eos_token_ids):
+        if self._is_stop(seq, token_id):
             return "stop"
+        params = seq.sampling_params
         if params.max_tokens is not None and seq.num_completion_tokens >= params.max_tokens:
             return "length"
         if seq.num_tokens >= self.max_seq_len:
             return "length"
         return None
+
+    def _is_stop(self, seq: Sequence, token_id: int) -> bool:
+        params = seq.sampling_params
+        return seq.num_completion_tokens > params.min_tokens and params.is_stop_token(token_id, self.eos_token_ids)
 
     def finish(self, seq: Sequence, reason: FinishReason) -> None:
         """End ``seq`` now (a stop string found by the detokenizer) and free its blocks."""
@@ -226,6 +261,7 @@ class Scheduler:
         if seq is None:
             return None
         self.finish(seq, "abort")
+        seq.drop_pending_token()  # sampled by a step still on the device; never delivered
         return seq
 
     def _release(self, seq: Sequence, reason: FinishReason) -> None:

@@ -13,6 +13,10 @@ from .sampling_params import SamplingParams
 
 FinishReason = Literal["stop", "length", "abort"]
 
+# Stands in for a token that was sampled on the device but not read back yet: the engine
+# schedules the next step before the last one's tokens reach the host (see engine.py).
+PENDING_TOKEN = -1
+
 _next_seq_id = itertools.count()
 _next_arrival = itertools.count()
 
@@ -52,6 +56,7 @@ class Sequence:
         # manager. They depend on token content only, so they stay valid across preemption.
         self.block_hashes: list[bytes] = []
         self.output_logprobs: list[Any] = []  # engine-owned: one entry per generated token
+        self.has_pending_token = False  # token_ids[-1] is PENDING_TOKEN until resolve_pending_token
 
     @property
     def num_tokens(self) -> int:
@@ -89,6 +94,25 @@ class Sequence:
 
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
+
+    def append_pending_token(self) -> None:
+        """Count a sampled token whose value is still on the device; at most one at a time."""
+        if self.has_pending_token:
+            raise RuntimeError(f"{self} already has a pending token")
+        self.token_ids.append(PENDING_TOKEN)
+        self.has_pending_token = True
+
+    def drop_pending_token(self) -> None:
+        """Forget a pending token nobody will read (the request was aborted)."""
+        if self.has_pending_token:
+            self.token_ids.pop()
+            self.has_pending_token = False
+
+    def resolve_pending_token(self, token_id: int) -> None:
+        if not self.has_pending_token:
+            raise RuntimeError(f"{self} has no pending token")
+        self.token_ids[-1] = token_id
+        self.has_pending_token = False
 
     def __repr__(self) -> str:
         return (f"Sequence(seq_id={self.seq_id}, request_id={self.request_id!r}, status={self.status.value}, "

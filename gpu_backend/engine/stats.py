@@ -1,7 +1,8 @@
 """Counters of the step loop: how many steps and tokens, and where the host's time went.
 
-``execute_s`` includes waiting for the device (sampling reads the tokens back), so on a GPU the
-other phases are the time the device may sit idle between steps.
+The loop runs one batch ahead (see ``LLMEngine.step``): ``launch_s`` is the host's time to queue
+a batch, ``wait_s`` its time blocked on reading the previous batch's tokens back. On a GPU the
+device idles between steps only when the host's other phases outlast a step.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ class StepStats:
     scheduled_tokens: int = 0
     schedule_s: float = 0.0
     prepare_s: float = 0.0
-    execute_s: float = 0.0
-    decode_only_execute_s: float = 0.0
+    launch_s: float = 0.0  # includes prepare_s
+    wait_s: float = 0.0
     postprocess_s: float = 0.0
 
     def as_dict(self) -> dict[str, float]:

@@ -38,6 +38,7 @@ class Kernels:
     linear: Callable[[Tensor, Tensor, Tensor | None], Tensor]
     rms_norm_linear: Callable[[Tensor, Tensor | None, Tensor, float, Tensor, Tensor | None], tuple[Tensor, Tensor]]
     silu_and_mul_linear: Callable[[Tensor, Tensor, Tensor | None], Tensor]
+    argmax: Callable[[Tensor], Tensor]
 
 
 def triton_available() -> bool:
@@ -80,6 +81,7 @@ def _collect(name: str, attention: ModuleType, ops: ModuleType, linear: ModuleTy
         linear=linear.linear,
         rms_norm_linear=linear.rms_norm_linear,
         silu_and_mul_linear=linear.silu_and_mul_linear,
+        argmax=ops.argmax,
     )
 
 

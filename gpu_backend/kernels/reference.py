@@ -182,3 +182,9 @@ def silu_and_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch
                         ) -> torch.Tensor:
     """linear(silu(gate) * up) for gate_up = [gate | up]."""
     return linear(silu_and_mul(gate_up), weight, bias)
+
+
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    """torch.argmax(logits.float(), dim=-1) without the copy: widening to float32 is exact and keeps
+    the order, so the first largest index (or the first NaN) is the same."""
+    return logits.argmax(dim=-1)

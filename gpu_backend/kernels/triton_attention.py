@@ -1,5 +1,6 @@
 """Triton attention over the paged KV cache: varlen causal prefill (`paged_attention`) and the
-batch decode hot path (`decode_attention`, split along the sequence with a reduce pass).
+batch decode hot path (`decode_attention`, split along the sequence; the last split program of
+each kv head to finish merges the splits).
 
 Both kernels give one program all the query heads that share a KV head (GQA), so each K/V tile is
 read from memory once per program, and both keep the softmax statistics in fp32 in the log2
@@ -152,13 +153,14 @@ def _paged_prefill_kernel(
 
 @triton.jit
 def _decode_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_out_ptr, partial_lse_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_out_ptr, partial_lse_ptr, split_counters_ptr,
     seq_lens_ptr, block_tables_ptr,
     q_stride_b, q_stride_h, out_stride_b, out_stride_h,
     cache_stride_block, cache_stride_offset, cache_stride_h, block_tables_stride, qk_scale,
     HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr,
     MIN_SPLIT_TOKENS: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
+    FUSED_REDUCE: tl.constexpr, GROUP_P: tl.constexpr, SPLIT_CHUNK: tl.constexpr,
 ):
     if USE_PDL:
         wait_then_release()
@@ -192,15 +194,76 @@ def _decode_kernel(
             HEAD_DIM, PAGE_SIZE, BLOCK_N, True, DOT_PRECISION,
         )
     out = acc / tl.where(l > 0.0, l, 1.0)[:, None]
+    out_row_ptr = out_ptr + seq.to(tl.int64) * out_stride_b
     if NUM_SPLITS == 1:
-        tl.store(out_ptr + seq.to(tl.int64) * out_stride_b + head[:, None] * out_stride_h + dims[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=io_mask)
+        tl.store(out_row_ptr + head[:, None] * out_stride_h + dims[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=io_mask)
     else:
         # partials are [B, Hq, NUM_SPLITS, BLOCK_D] and [B, Hq, NUM_SPLITS]; an empty split has lse -inf
         lse = tl.where(l > 0.0, m + tl.log2(tl.where(l > 0.0, l, 1.0)), float("-inf"))
-        slot = (seq.to(tl.int64) * (GROUP * tl.num_programs(1)) + head) * NUM_SPLITS + split
+        first_slot = (seq.to(tl.int64) * tl.num_programs(1) + kv_head) * GROUP * NUM_SPLITS
+        slot = first_slot + g * NUM_SPLITS + split
         tl.store(partial_lse_ptr + slot, lse, mask=g < GROUP)
         tl.store(partial_out_ptr + slot[:, None] * BLOCK_D + dims[None, :], out, mask=io_mask)
+        if FUSED_REDUCE:
+            counter_ptr = split_counters_ptr + seq * tl.num_programs(1) + kv_head
+            if _is_last_split(counter_ptr, NUM_SPLITS):
+                _merge_splits(
+                    partial_out_ptr, partial_lse_ptr, out_row_ptr, out_stride_h, first_slot, kv_head * GROUP,
+                    tl.cdiv(seq_len, split_tokens), HEAD_DIM, GROUP, GROUP_P, BLOCK_D, NUM_SPLITS, SPLIT_CHUNK,
+                )
+
+
+@triton.jit
+def _is_last_split(counter_ptr, NUM_SPLITS: tl.constexpr):
+    """True in exactly one of the NUM_SPLITS programs sharing `counter_ptr`: the last to arrive.
+
+    The barrier orders every thread's partial stores before the (one-thread) release of the
+    atomic; its acquire orders the other programs' stores before the winner's loads. The winner
+    puts the counter back to 0, so each launch leaves the buffer as it found it.
+    """
+    tl.debug_barrier()
+    num_arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
+    is_last = num_arrived == NUM_SPLITS - 1
+    if is_last:
+        tl.store(counter_ptr, 0)
+    return is_last
+
+
+@triton.jit
+def _merge_splits(
+    partial_out_ptr, partial_lse_ptr, out_row_ptr, out_stride_h, first_slot, first_head, num_live_splits,
+    HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, GROUP_P: tl.constexpr, BLOCK_D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, SPLIT_CHUNK: tl.constexpr,
+):
+    """_decode_reduce_kernel's merge for the GROUP q heads of one kv head, SPLIT_CHUNK splits a step.
+
+    Only the first num_live_splits splits hold keys; the empty rest (weight 0) are not read. The
+    partials come from other programs of this launch: besides the acquire in _is_last_split, they
+    are read through L2 (.cg), never from a line this SM's L1 may hold from before.
+    """
+    g = tl.arange(0, GROUP_P)
+    dims = tl.arange(0, BLOCK_D)
+    head_slot = first_slot + g * NUM_SPLITS
+    g_mask = g < GROUP
+    splits = tl.arange(0, NUM_SPLITS)
+    lse = tl.load(partial_lse_ptr + head_slot[:, None] + splits[None, :],
+                  mask=g_mask[:, None] & (splits < num_live_splits)[None, :], other=float("-inf"), cache_modifier=".cg")
+    lse_max = tl.max(lse, axis=1)
+    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)  # seq_len 0: every split empty
+    total = tl.sum(tl.exp2(lse - lse_max[:, None]), axis=1)
+    acc = tl.zeros([GROUP_P, BLOCK_D], dtype=tl.float32)
+    for chunk_start in range(0, num_live_splits, SPLIT_CHUNK):
+        split = chunk_start + tl.arange(0, SPLIT_CHUNK)
+        slot = head_slot[:, None] + split[None, :]
+        live = g_mask[:, None] & (split < num_live_splits)[None, :]
+        chunk_lse = tl.load(partial_lse_ptr + slot, mask=live, other=float("-inf"), cache_modifier=".cg")
+        partial = tl.load(partial_out_ptr + slot[:, :, None] * BLOCK_D + dims[None, None, :],
+                          mask=live[:, :, None] & (dims < HEAD_DIM)[None, None, :], other=0.0, cache_modifier=".cg")
+        acc += tl.sum(partial * tl.exp2(chunk_lse - lse_max[:, None])[:, :, None], axis=1)
+    out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
+    tl.store(out_row_ptr + (first_head + g)[:, None] * out_stride_h + dims[None, :],
+             out.to(out_row_ptr.dtype.element_ty), mask=g_mask[:, None] & (dims < HEAD_DIM)[None, :])
 
 
 @triton.jit
@@ -256,6 +319,20 @@ def decode_config(block_d: int, dtype: torch.dtype) -> LaunchConfig:
 PROGRAMS_PER_SM = 2
 MIN_SPLIT_TOKENS = 128
 MAX_SPLITS = 64
+# The last split program of each (sequence, kv head) merges the splits itself (H100, batch-1
+# Llama-8B: the separate reduce kernel cost ~1.4 us a layer plus a kernel boundary). False keeps
+# the two-kernel path, so a benchmark can compare the two in one run.
+FUSED_SPLIT_REDUCE = True
+# A launch splits only with fewer than PROGRAMS_PER_SM * SMs (sequence, kv head) pairs, so this
+# many counters are never outgrown on real GPUs, nor allocated during a CUDA graph capture.
+MIN_SPLIT_COUNTERS = 4096
+# Merge tile of the fused reduce: GROUP_P x SPLIT_CHUNK x BLOCK_D fp32 partials per step. Bigger
+# tiles take fewer serial steps but more registers (sm_90 compile, Llama-8B shapes: 2048 / 4096 /
+# 8192 give the decode kernel 80 / 105 / 128 registers; 92 with the reduce kernel).
+MERGE_TILE_ELEMENTS = 4096
+
+_split_counters: dict[torch.device, torch.Tensor] = {}
+_outgrown_split_counters: list[torch.Tensor] = []  # a captured CUDA graph may still count in one
 
 
 @functools.lru_cache(maxsize=8)
@@ -329,6 +406,26 @@ def _num_splits(num_seqs: int, num_kv_heads: int, max_context: int, device: torc
     return triton.next_power_of_2(max(1, min(wanted, by_length, MAX_SPLITS)))
 
 
+def _split_counters_for(device: torch.device, num_counters: int) -> torch.Tensor | None:
+    """Arrival counters of the fused split reduce, one per (sequence, kv head), shared by every launch.
+
+    Zeroed once at allocation, never memset again: the program that merges a (sequence, kv head)
+    puts its counter back to 0, so every launch and CUDA graph replay leaves the buffer all zeros.
+    That holds while launches on a device do not overlap (one stream). None when the buffer would
+    have to be allocated during a CUDA graph capture, whose zeroing would be recorded, not run.
+    """
+    counters = _split_counters.get(device)
+    if counters is not None and counters.numel() >= num_counters:
+        return counters
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    if counters is not None:
+        _outgrown_split_counters.append(counters)
+    counters = torch.zeros(max(MIN_SPLIT_COUNTERS, num_counters), dtype=torch.int32, device=device)
+    _split_counters[device] = counters
+    return counters
+
+
 def decode_attention(
     query: torch.Tensor,
     k_cache: torch.Tensor,
@@ -357,18 +454,24 @@ def decode_attention(
         partial_shape = (num_seqs, num_q_heads, num_splits)
         partial_out = torch.empty((*partial_shape, block_d), dtype=torch.float32, device=query.device)
         partial_lse = torch.empty(partial_shape, dtype=torch.float32, device=query.device)
+    split_counters = None
+    if num_splits > 1 and FUSED_SPLIT_REDUCE:
+        split_counters = _split_counters_for(query.device, num_seqs * num_kv_heads)
+    fused_reduce = split_counters is not None
+    group_p = triton.next_power_of_2(group)
     use_pdl = pdl.enabled(query)
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
-        query, k_cache, v_cache, out, partial_out, partial_lse, seq_lens, block_tables,
-        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        query, k_cache, v_cache, out, partial_out, partial_lse, split_counters if fused_reduce else out,
+        seq_lens, block_tables, query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0), scale * LOG2_E,
-        HEAD_DIM=head_dim, GROUP=group, BLOCK_G=max(config.block_m, triton.next_power_of_2(group)),
+        HEAD_DIM=head_dim, GROUP=group, BLOCK_G=max(config.block_m, group_p),
         BLOCK_D=block_d, BLOCK_N=config.block_n, PAGE_SIZE=page_size, NUM_SPLITS=num_splits,
         MIN_SPLIT_TOKENS=triton.cdiv(MIN_SPLIT_TOKENS, config.block_n) * config.block_n,
-        DOT_PRECISION=_dot_precision(query.dtype), USE_PDL=use_pdl,
+        DOT_PRECISION=_dot_precision(query.dtype), USE_PDL=use_pdl, FUSED_REDUCE=fused_reduce, GROUP_P=group_p,
+        SPLIT_CHUNK=min(num_splits, max(1, MERGE_TILE_ELEMENTS // (group_p * block_d))),
         num_warps=config.num_warps, num_stages=config.num_stages, **pdl.launch_options(use_pdl),
     )
-    if num_splits > 1:
+    if num_splits > 1 and not fused_reduce:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), num_q_heads, head_dim,
             NUM_SPLITS=num_splits, BLOCK_D=block_d, USE_PDL=use_pdl, num_warps=2, **pdl.launch_options(use_pdl),

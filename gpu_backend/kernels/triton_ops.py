@@ -1,9 +1,11 @@
 """Triton row and elementwise kernels: RMS norm (plain and fused with the residual add), rotary
-embedding (alone, or fused with the KV-cache store), SiLU-and-mul, and the KV-cache store.
+embedding (alone, or fused with the KV-cache store), SiLU-and-mul, the KV-cache store, and the
+greedy sampler's argmax over the vocab.
 
-Each one reads its inputs once and writes its outputs once (one program per token row), and
-mirrors the rounding steps of its torch twin in reference.py so the two agree to the last bit or
-so in bf16/fp16. Importing this module needs triton; gpu_backend.kernels imports it lazily.
+Each one reads its inputs once and writes its outputs once (one program per token row; argmax
+splits each row over many), and mirrors the rounding steps of its torch twin in reference.py so
+the two agree to the last bit or so in bf16/fp16 (argmax exactly). Importing this module needs
+triton; gpu_backend.kernels imports it lazily.
 """
 
 from __future__ import annotations
@@ -298,4 +300,87 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     use_pdl = pdl.enabled(x2)
     _silu_and_mul_kernel[grid](x2, out, x2.stride(0), inter_size, BLOCK=block, USE_PDL=use_pdl, num_warps=4,
                                **pdl.launch_options(use_pdl))
+    return out
+
+
+ARGMAX_CHUNK = 2048  # logits per program: a 128256 vocab row spreads over 63 programs, not one SM
+MIN_PACKED = tl.constexpr(-(2**63))  # below every packed (key, index): masked lanes never win
+
+
+@triton.jit
+def _order_key(x):
+    """An int32 ordered like x.float() is by torch.argmax: -0.0 ties with 0.0, NaN above +inf."""
+    x = x.to(tl.float32)
+    x = tl.where(x == 0.0, 0.0, x)
+    bits = x.to(tl.int32, bitcast=True)
+    key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats count down as their bits go up
+    return tl.where(x != x, 0x7FFFFFFF, key)  # noqa: PLR0124 (only NaN differs from itself)
+
+
+@triton.jit
+def _pack(x, index):
+    """(key of x, then the lower index) in one int64, so a single max picks the first largest."""
+    return (_order_key(x).to(tl.int64) << 32) | (0xFFFFFFFF - index.to(tl.int64))
+
+
+@triton.jit
+def _unpack_index(packed):
+    return 0xFFFFFFFF - (packed & 0xFFFFFFFF)
+
+
+@triton.jit
+def _argmax_chunk_kernel(
+    logits_ptr, partials_ptr, out_ptr, row_stride, vocab_size, num_chunks,
+    CHUNK: tl.constexpr, ONE_CHUNK: tl.constexpr, USE_PDL: tl.constexpr,
+):
+    if USE_PDL:
+        wait_then_release()
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    cols = chunk * CHUNK + tl.arange(0, CHUNK)
+    mask = cols < vocab_size
+    x = tl.load(logits_ptr + row * row_stride + cols, mask=mask, other=0.0)
+    best = tl.max(tl.where(mask, _pack(x, cols), MIN_PACKED), axis=0)
+    if ONE_CHUNK:  # the row fits one program: no second stage
+        tl.store(out_ptr + row, _unpack_index(best))
+    else:
+        tl.store(partials_ptr + row * num_chunks + chunk, best)
+
+
+@triton.jit
+def _argmax_finish_kernel(partials_ptr, out_ptr, num_chunks, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    if USE_PDL:
+        wait_then_release()
+    row = tl.program_id(0).to(tl.int64)
+    chunks = tl.arange(0, BLOCK)
+    packed = tl.load(partials_ptr + row * num_chunks + chunks, mask=chunks < num_chunks, other=MIN_PACKED)
+    tl.store(out_ptr + row, _unpack_index(tl.max(packed, axis=0)))
+
+
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    """torch.argmax(logits.float(), dim=-1), read straight from bf16/fp16/fp32 logits.
+
+    Exact and deterministic: the first largest index wins ties, a row with a NaN gives its first
+    NaN (as torch does), an all -inf row gives 0. Two launches: each program reduces one chunk
+    of a row to a packed (key, index), then one program per row reduces the row's chunks; no
+    state survives a call, so it is safe in CUDA graphs and on any stream.
+    """
+    x2 = _rows(logits)
+    num_rows, vocab_size = x2.shape
+    assert vocab_size > 0, "argmax over an empty vocab"
+    out = torch.empty(logits.shape[:-1], dtype=torch.int64, device=logits.device)
+    if num_rows == 0:
+        return out
+    chunk = min(ARGMAX_CHUNK, triton.next_power_of_2(vocab_size))
+    num_chunks = triton.cdiv(vocab_size, chunk)
+    partials = out if num_chunks == 1 else torch.empty((num_rows, num_chunks), dtype=torch.int64,
+                                                       device=logits.device)
+    use_pdl = pdl.enabled(x2)
+    _argmax_chunk_kernel[(num_rows, num_chunks)](
+        x2, partials, out, x2.stride(0), vocab_size, num_chunks,
+        CHUNK=chunk, ONE_CHUNK=num_chunks == 1, USE_PDL=use_pdl, num_warps=4, **pdl.launch_options(use_pdl),
+    )
+    if num_chunks > 1:
+        _argmax_finish_kernel[(num_rows,)](partials, out, num_chunks, BLOCK=triton.next_power_of_2(num_chunks),
+                                           USE_PDL=use_pdl, num_warps=1, **pdl.launch_options(use_pdl))
     return out

@@ -7,9 +7,12 @@ own generator: the same seed gives the same tokens whatever else is in the batch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from ..kernels import reference
 
 
 @dataclass
@@ -40,7 +43,12 @@ class SamplerOutput:
 
 
 class Sampler:
+    def __init__(self, argmax: Callable[[torch.Tensor], torch.Tensor] = reference.argmax) -> None:
+        self.argmax = argmax  # a backend's `argmax` kernel (Kernels.argmax)
+
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
+        if _is_plain_greedy(batch):  # the usual decode step: no float copy, one argmax kernel
+            return SamplerOutput(self.argmax(logits))
         logits = logits.float()
         if batch.banned_token_ids:
             for row, token_ids in batch.banned_token_ids:
@@ -74,6 +82,12 @@ class Sampler:
                 noise[row].exponential_(generator=generator)
         sampled = (probs / noise).argmax(dim=-1)
         return torch.where(greedy, logits.argmax(dim=-1), sampled)
+
+
+def _is_plain_greedy(batch: SamplingBatch) -> bool:
+    """Every row greedy and nothing that needs the float32 logits: no bans, penalties or logprobs."""
+    return (batch.all_greedy and not batch.banned_token_ids and batch.repetition_penalties is None
+            and batch.max_num_logprobs is None)
 
 
 def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:

@@ -157,6 +157,46 @@ def test_sampling_filters_and_penalties_through_the_engine(llm: LLM) -> None:
     assert len(set(greedy)) < len(greedy)  # the unpenalised run does repeat, so the test can fail
 
 
+def test_a_penalised_request_in_a_batch_matches_it_alone(llm: LLM) -> None:
+    """Penalties need the last token on the host, so such batches wait for the step before them;
+    the other rows must not notice."""
+    penalised = SamplingParams(temperature=0.0, repetition_penalty=1.8, frequency_penalty=1.0, max_tokens=12,
+                               ignore_eos=True)
+    plain = SamplingParams(temperature=0.0, max_tokens=7, ignore_eos=True)
+    prompts = [[9, 10], [5, 6, 7], [11, 12, 13, 14]]
+    alone = [llm.generate([prompt], params)[0].token_ids for prompt, params in zip(prompts, [plain, penalised, plain])]
+    batched = llm.generate(prompts, [plain, penalised, plain])
+    assert [out.token_ids for out in batched] == alone
+    assert alone[1] != llm.generate([prompts[1]], SamplingParams(temperature=0.0, max_tokens=12,
+                                                                  ignore_eos=True))[0].token_ids
+
+
+def test_the_step_loop_runs_one_batch_ahead(llm: LLM) -> None:
+    engine = llm.engine
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    expected = llm.generate([[5, 6, 7]], params)[0].token_ids
+    request_id = engine.add_request([5, 6, 7], params)
+    assert engine.step() == []  # the prompt is on the device; its token is not read yet
+    seq = engine.requests[request_id].seq
+    assert seq.has_pending_token and seq.num_tokens == 4
+    streamed = []
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            streamed.extend(output.delta_token_ids)
+    assert streamed == expected and not seq.has_pending_token
+    assert engine.block_manager.num_used_blocks == 0
+    # aborted while its token is on the device: the token is dropped, the blocks are freed at once
+    request_id = engine.add_request([5, 6, 7], SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True))
+    engine.step()
+    engine.step()
+    seq = engine.requests[request_id].seq
+    assert seq.has_pending_token
+    aborted = engine.abort(request_id)
+    assert aborted.outputs[0].token_ids == expected[:1] and seq.token_ids == [5, 6, 7, expected[0]]
+    assert engine.block_manager.num_used_blocks == 0
+    assert engine.step() == [] and not engine.has_unfinished_requests()
+
+
 def test_one_token_rows_run_first_and_results_keep_the_batch_order(checkpoints: dict[str, Path]) -> None:
     """A long prompt's last chunk followed by a one-token prompt: the runner reorders the rows
     (one-token rows first) and maps tokens and logprobs back to their own requests."""

@@ -48,11 +48,12 @@ def test_chunked_prefill_gives_the_same_tokens(checkpoints: dict[str, Path]) -> 
     assert_matches_transformers(folder, prompts, llm.generate(prompts, GREEDY))
 
 
-def test_preemption_gives_the_same_tokens(checkpoints: dict[str, Path]) -> None:
+@pytest.mark.parametrize("async_scheduling", [True, False], ids=["one-step-ahead", "synchronous"])
+def test_preemption_gives_the_same_tokens(checkpoints: dict[str, Path], async_scheduling: bool) -> None:
     folder = checkpoints["qwen3"]
     # 12 blocks of 16 hold 192 tokens; the four sequences need 231 at the end: someone is preempted.
     llm = LLM(str(folder), device="cpu", dtype="float32", progress=False, num_kv_blocks=12,
-              enable_prefix_caching=False)
+              enable_prefix_caching=False, async_scheduling=async_scheduling)
     prompts = make_prompts(seed=1)
     outputs = llm.generate(prompts, GREEDY)
     assert llm.engine.scheduler.num_preemptions > 0

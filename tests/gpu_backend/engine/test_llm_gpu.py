@@ -54,3 +54,28 @@ def test_bf16_graphs_equal_eager_and_torch_kernels(checkpoints: dict[str, Path])
     # Triton and torch kernels round differently in bf16; tokens may part after a near tie, but
     # the first tokens of every prompt agree.
     assert [r[:4] for r in runs["eager"]] == [r[:4] for r in runs["torch"]]
+
+
+def test_launching_a_step_never_waits_for_the_device(checkpoints: dict[str, Path]) -> None:
+    """The step loop's lead over the device is lost if queuing a step synchronizes the stream
+    (a blocking host-to-device copy, `.item()`, ...): launch runs under torch's sync check."""
+    llm = LLM(str(checkpoints["llama"]), device="cuda", dtype="bfloat16", progress=False, num_kv_blocks=64,
+              max_num_seqs=8, max_num_batched_tokens=32)
+    prompts = make_prompts(seed=1)
+    params = [GREEDY, SamplingParams(temperature=0.8, top_p=0.9, top_k=20, seed=7, max_tokens=24),
+              SamplingParams(temperature=1.0, min_p=0.1, max_tokens=24, logprobs=2), GREEDY]
+    expected = llm.generate(prompts, params)  # warm-up: Triton compiles outside the check
+    runner = llm.engine.runner
+    launch = runner.launch
+
+    def checked_launch(*args, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return launch(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    runner.launch = checked_launch
+    outputs = llm.generate(prompts, params)
+    assert [o.token_ids for o in outputs[:2]] == [o.token_ids for o in expected[:2]]
+    assert outputs[3].token_ids == expected[3].token_ids

@@ -16,7 +16,7 @@ import pytest
 from gpu_backend.engine.block_manager import BlockManager
 from gpu_backend.engine.sampling_params import SamplingParams
 from gpu_backend.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
-from gpu_backend.engine.sequence import Sequence, SequenceStatus
+from gpu_backend.engine.sequence import PENDING_TOKEN, Sequence, SequenceStatus
 from gpu_backend.errors import InvalidRequestError, PromptTooLongError
 
 BS = 4
@@ -36,19 +36,28 @@ class FakeModel:
     def slot(self, seq: Sequence, position: int) -> int:
         return seq.block_table[position // BS] * BS + position % BS
 
-    def execute(self, batch: ScheduledBatch) -> list[int | None]:
+    def execute(self, batch: ScheduledBatch, previous: dict[int, int] | None = None) -> list[int | None]:
+        """One step; `previous` maps seq_id -> the token still pending as that sequence's last
+        (the runner reads it from the previous step's output on the device)."""
+        inputs = {seq.seq_id: self._inputs(seq, previous or {}) for seq in batch.seqs}
         for seq, count in zip(batch.seqs, batch.num_new_tokens):
             for position in range(seq.num_computed_tokens, seq.num_computed_tokens + count):
                 block = self.bm.blocks[seq.block_table[position // BS]]
                 assert block.ref_count == 1 and block.hash is None, "write into a shared or cached block"
-                self.kv[self.slot(seq, position)] = (position, seq.token_ids[position])
+                self.kv[self.slot(seq, position)] = (position, inputs[seq.seq_id][position])
         out: list[int | None] = []
         for seq, count in zip(batch.seqs, batch.num_new_tokens):
-            end = seq.num_computed_tokens + count
+            end, tokens = seq.num_computed_tokens + count, inputs[seq.seq_id]
             for position in range(end):
-                assert self.kv[self.slot(seq, position)] == (position, seq.token_ids[position])
-            out.append(self.sample(seq.token_ids) if end == seq.num_tokens else None)
+                assert self.kv[self.slot(seq, position)] == (position, tokens[position])
+            out.append(self.sample(tokens) if end == seq.num_tokens else None)
         return out
+
+    @staticmethod
+    def _inputs(seq: Sequence, previous: dict[int, int]) -> list[int]:
+        if not seq.has_pending_token:
+            return seq.token_ids
+        return seq.token_ids[:-1] + [previous[seq.seq_id]]
 
 
 def make(num_blocks: int = 64, max_num_seqs: int = 8, budget: int = 64, max_model_len: int = 64,
@@ -409,6 +418,77 @@ def test_config_is_validated(kwargs: dict) -> None:
         SchedulerConfig(**kwargs)
 
 
+# -- tokens still on the device (the engine runs one step ahead) ---------------------------------
+
+def pending_values(in_flight: tuple[ScheduledBatch, list[int | None]] | None) -> dict[int, int]:
+    if in_flight is None:
+        return {}
+    batch, sampled = in_flight
+    return {s.seq_id: token for s, token in zip(batch.seqs, sampled) if token is not None}
+
+
+def step_ahead(sched: Scheduler, model: FakeModel, in_flight: tuple[ScheduledBatch, list[int | None]] | None
+               ) -> tuple[ScheduledBatch, list[int | None]]:
+    """The engine's order: schedule and run batch k, resolve batch k-1, apply batch k as pending."""
+    batch = sched.schedule()
+    sampled = model.execute(batch, pending_values(in_flight))
+    if in_flight is not None:
+        sched.resolve(*in_flight)
+    sched.update(batch, [None if token is None else PENDING_TOKEN for token in sampled])
+    return batch, sampled
+
+
+def test_pending_tokens_give_the_same_tokens_as_synchronous_steps() -> None:
+    sched, model = make()
+    seqs = [seq(range(3, 3 + n), max_tokens=m) for n, m in [(5, 9), (11, 1), (2, 14)]]
+    for s in seqs:
+        sched.add(s)
+    in_flight = None
+    for _ in range(100):
+        if not sched.has_unfinished:
+            break
+        in_flight = step_ahead(sched, model, in_flight)
+    assert in_flight is not None and not sched.has_unfinished
+    sched.resolve(*in_flight)
+    for s, (n, m) in zip(seqs, [(5, 9), (11, 1), (2, 14)]):
+        assert s.finish_reason == "length" and s.completion_token_ids == reference(list(range(3, 3 + n)), m)
+        assert not s.has_pending_token
+    assert_all_free(sched)
+
+
+def test_resolve_stops_on_a_stop_token_and_a_length_end_becomes_stop() -> None:
+    sched, _ = make()
+    a, b, c = seq([5, 6]), seq([7, 8], max_tokens=1), seq([9, 10])
+    for s in (a, b, c):
+        sched.add(s)
+    batch = sched.schedule()
+    assert sched.update(batch, [PENDING_TOKEN] * 3) == [b]  # b reached max_tokens: ends now, by length
+    assert b.finish_reason == "length" and b.block_table == [] and a.has_pending_token
+    assert a.token_ids[-1] == PENDING_TOKEN and a.num_tokens == 3
+    resolved = sched.resolve(batch, [EOS, EOS, 33])
+    assert resolved == [a, b, c]
+    assert a.finish_reason == "stop" and a.token_ids == [5, 6, EOS] and a.block_table == []
+    assert b.finish_reason == "stop" and b.token_ids == [7, 8, EOS]  # eos decides, as in a synchronous step
+    assert c.status is SequenceStatus.RUNNING and c.token_ids == [9, 10, 33] and not c.has_pending_token
+    assert sched.running == [c]
+
+
+def test_resolve_skips_aborted_sequences_and_fills_preempted_ones() -> None:
+    sched, model = make(num_blocks=3)  # two 4-token prompts take a block each; one more is left
+    a, b = seq(range(3, 7)), seq(range(13, 17))
+    sched.add(a)
+    sched.add(b)
+    batch, sampled = step_ahead(sched, model, None)
+    assert a.has_pending_token and b.has_pending_token
+    batch2 = sched.schedule()  # both need a second block for their 5th token
+    assert batch2.seqs == [a] and batch2.preempted == [b]
+    assert b.status is SequenceStatus.WAITING and b.has_pending_token
+    sched.abort(a.request_id)
+    assert sched.resolve(batch, sampled) == [b]
+    assert a.token_ids == [3, 4, 5, 6] and a.finish_reason == "abort"  # its pending token is dropped
+    assert b.token_ids[-1] == next_token(list(range(13, 17))) and not b.has_pending_token
+
+
 def test_update_checks_its_inputs() -> None:
     sched, _ = make()
     sched.add(seq([1, 2]))
@@ -456,7 +536,9 @@ def check_finished(s: Sequence, max_seq_len: int) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("chunked, prefix_caching", [(True, True), (False, True), (True, False)])
-def test_random_workload_keeps_invariants_and_finishes(seed: int, chunked: bool, prefix_caching: bool) -> None:
+@pytest.mark.parametrize("ahead", [False, True], ids=["sync", "one-step-ahead"])
+def test_random_workload_keeps_invariants_and_finishes(seed: int, chunked: bool, prefix_caching: bool,
+                                                       ahead: bool) -> None:
     rng = random.Random(seed)
     sched, model = make(num_blocks=20, max_num_seqs=5, budget=16 if chunked else 64, max_model_len=64,
                         chunked=chunked, prefix_caching=prefix_caching)
@@ -467,22 +549,29 @@ def test_random_workload_keeps_invariants_and_finishes(seed: int, chunked: bool,
         pending.append(seq(prompt, max_tokens=rng.choice([None, 1, 5, 20, 40]), min_tokens=rng.randrange(0, 2),
                            stop_token_ids=rng.choice([[], [11]])))
     submitted, aborted = [], set()
+    in_flight: tuple[ScheduledBatch, list[int | None]] | None = None
     for _ in range(3000):
         for _ in range(rng.randrange(0, 3)):
             if pending:
                 submitted.append(pending.pop())
                 sched.add(submitted[-1])
-        if not pending and not sched.has_unfinished:
+        if not pending and not sched.has_unfinished and in_flight is None:
             break
         batch = sched.schedule()
         check_invariants(sched)
         assert batch.num_tokens <= sched.config.max_num_batched_tokens
-        sampled = model.execute(batch)
+        sampled = model.execute(batch, pending_values(in_flight))
         for s in list(sched.running) + list(sched.waiting):
             if rng.random() < 0.01:
                 sched.abort(s.request_id)
                 aborted.add(s.seq_id)
-        sched.update(batch, sampled)
+        if not ahead:
+            sched.update(batch, sampled)
+        else:
+            if in_flight is not None:
+                sched.resolve(*in_flight)
+            sched.update(batch, [None if t is None else PENDING_TOKEN for t in sampled])
+            in_flight = (batch, sampled) if batch.seqs else None
         check_invariants(sched)
     assert not pending and not sched.has_unfinished, "the workload did not finish"
     assert len(submitted) == 40 and all(s.is_finished for s in submitted)

@@ -9,19 +9,15 @@ and fp16: the interpreter computes bf16 through numpy without proper rounding).
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
+from triton_interpreter import INTERPRETING, run_cpu_variants
 
 from gpu_backend.kernels import Kernels, get_kernels, reference
 
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-ROOT = Path(__file__).resolve().parents[3]
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 DEVICES = [
@@ -58,6 +54,24 @@ CUDA_ATTENTION_CASES = [
 @pytest.fixture(scope="module")
 def triton_kernels() -> Kernels:
     return get_kernels("triton")
+
+
+@pytest.fixture(
+    params=[
+        pytest.param((True, None), id="fused-reduce"),
+        pytest.param((True, 1024), id="fused-reduce-small-steps"),
+        pytest.param((False, None), id="reduce-kernel"),
+    ]
+)
+def split_reduce(request, monkeypatch) -> ModuleType:
+    """triton_attention with decode splits merged in the decode kernel or by the separate reduce
+    kernel. Small steps merge 1, 2 or 4 splits a step, some steps part empty (3 live splits of 4)."""
+    triton_attention = importlib.import_module("gpu_backend.kernels.triton_attention")
+    fused, merge_tile_elements = request.param
+    monkeypatch.setattr(triton_attention, "FUSED_SPLIT_REDUCE", fused)
+    if merge_tile_elements is not None:
+        monkeypatch.setattr(triton_attention, "MERGE_TILE_ELEMENTS", merge_tile_elements)
+    return triton_attention
 
 
 def _skip_unsupported(device: str, dtype: torch.dtype) -> None:
@@ -127,7 +141,7 @@ def test_paged_attention(
     ],
 )
 def test_paged_attention_serves_leading_decodes_with_the_decode_kernel(
-    triton_kernels, make_paged_batch, device, dtype, q_lens, seq_lens, num_decodes
+    triton_kernels, split_reduce, make_paged_batch, device, dtype, q_lens, seq_lens, num_decodes
 ) -> None:
     """num_decodes only changes which kernel serves the first rows, never the result."""
     _skip_unsupported(device, dtype)
@@ -155,7 +169,7 @@ def test_paged_attention_serves_leading_decodes_with_the_decode_kernel(
     ],
 )
 def test_decode_attention(
-    triton_kernels, make_paged_batch, device, dtype, seq_lens, num_q_heads, num_kv_heads
+    triton_kernels, split_reduce, make_paged_batch, device, dtype, seq_lens, num_q_heads, num_kv_heads
 ) -> None:
     _skip_unsupported(device, dtype)
     b = make_paged_batch(
@@ -168,19 +182,56 @@ def test_decode_attention(
     assert torch.equal(out[padded], torch.zeros_like(out[padded]))
 
 
+# (seq_lens, num_q_heads, num_kv_heads, head_dim): at most two (sequence, kv head) pairs, so even
+# the interpreter's pretend 4-SM GPU splits every context (some splits empty, some rows padded)
+SPLIT_DECODE_CASES = [
+    pytest.param([700, 0], 2, 2, 80, id="gqa1-head-dim-80-padded"),
+    pytest.param([0, 1500], 4, 1, 128, id="gqa4-head-dim-128-padded"),
+    pytest.param([300, 1000], 8, 1, 64, id="gqa8-head-dim-64-empty-splits"),
+    pytest.param([900], 12, 2, 80, id="gqa6-head-dim-80"),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seq_lens,num_q_heads,num_kv_heads,head_dim", SPLIT_DECODE_CASES)
+def test_decode_attention_merges_splits_launch_after_launch(
+    triton_kernels, split_reduce, make_paged_batch, device, dtype, seq_lens, num_q_heads, num_kv_heads, head_dim
+) -> None:
+    """Split contexts merge right on every launch: the fused reduce leaves its counters at zero."""
+    _skip_unsupported(device, dtype)
+    b = make_paged_batch(
+        [1] * len(seq_lens), seq_lens, num_q_heads, num_kv_heads, head_dim, 16, dtype, device, seed=9
+    )
+    max_context = b.block_tables.shape[1] * b.k_cache.shape[1]
+    assert split_reduce._num_splits(len(seq_lens), num_kv_heads, max_context, b.query.device) > 1
+    args = (b.k_cache, b.v_cache, b.seq_lens, b.block_tables, b.scale)
+    expected = reference.decode_attention(b.query, *args)
+    first = triton_kernels.decode_attention(_strided(b.query), *args)
+    _assert_close(first, expected, dtype)
+    second = torch.full_like(b.query, float("nan"))
+    triton_kernels.decode_attention(_strided(b.query), *args, out=second)
+    assert torch.equal(second, first)
+    padded = [i for i, n in enumerate(seq_lens) if n == 0]
+    assert torch.equal(first[padded], torch.zeros_like(first[padded]))
+    if split_reduce.FUSED_SPLIT_REDUCE:
+        assert not split_reduce._split_counters[b.query.device].any()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(INTERPRETING or not torch.cuda.is_available(), reason="needs CUDA")
-def test_decode_attention_replays_in_cuda_graph(triton_kernels, make_paged_batch) -> None:
+def test_decode_attention_replays_in_cuda_graph(triton_kernels, split_reduce, make_paged_batch) -> None:
     """No host sync inside: a captured graph follows seq_lens changed in place between replays."""
     b = make_paged_batch([1] * 4, [900, 33, 1, 400], 32, 8, 128, 16, torch.bfloat16, "cuda", seed=2)
     args = (b.query, b.k_cache, b.v_cache, b.seq_lens, b.block_tables, b.scale)
-    triton_kernels.decode_attention(*args)  # compile outside the capture
+    triton_kernels.decode_attention(*args)  # compile (and allocate the split counters) outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = triton_kernels.decode_attention(*args)
-    b.seq_lens.copy_(torch.tensor([17, 0, 1, 399], dtype=torch.int32))
-    graph.replay()
-    _assert_close(out, reference.decode_attention(*args), torch.bfloat16)
+    for seq_lens in ([17, 0, 1, 399], [900, 33, 0, 2]):  # the second replay needs the counters reset
+        b.seq_lens.copy_(torch.tensor(seq_lens, dtype=torch.int32))
+        graph.replay()
+        _assert_close(out, reference.decode_attention(*args), torch.bfloat16)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -278,28 +329,7 @@ def test_silu_and_mul(triton_kernels, device, dtype, inter_size) -> None:
     _assert_close(triton_kernels.silu_and_mul(x), reference.silu_and_mul(x), dtype)
 
 
-def _interpreter_runs_on_this_numpy() -> bool:
-    # triton < 3.9's interpreter converts 1-element arrays with int(), which numpy >= 2.4 refuses
-    import numpy
-    import triton
-
-    def version(text: str) -> tuple[int, ...]:
-        return tuple(int(part) for part in text.split(".")[:2])
-
-    return version(triton.__version__) >= (3, 9) or version(numpy.__version__) < (2, 4)
-
-
 @pytest.mark.skipif(INTERPRETING, reason="already inside the interpreter run")
 def test_triton_interpreter() -> None:
     """Run this file's CPU variants with TRITON_INTERPRET=1 set before triton is imported."""
-    if not _interpreter_runs_on_this_numpy():
-        pytest.skip("this triton's interpreter needs numpy < 2.4")
-    env = {
-        **os.environ,
-        "TRITON_INTERPRET": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "cpu", __file__]
-    result = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout
+    run_cpu_variants(__file__, timeout_s=120)

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+
+import pytest
 import torch
 
-from gpu_backend.layers.sampler import Sampler, SamplingBatch, apply_penalties, apply_top_k_top_p_min_p
+from gpu_backend.kernels import get_kernels
+from gpu_backend.layers.sampler import (
+    Sampler,
+    SamplingBatch,
+    apply_penalties,
+    apply_top_k_top_p_min_p,
+)
 
 
 def batch(rows: int, *, temperature: float = 1.0, generators: list | None = None, **tensors) -> SamplingBatch:
@@ -18,6 +27,54 @@ def batch(rows: int, *, temperature: float = 1.0, generators: list | None = None
 def test_greedy_takes_the_argmax() -> None:
     logits = torch.tensor([[0.1, 3.0, -1.0], [5.0, 4.9, 0.0]])
     assert Sampler()(logits, batch(2, temperature=0.0)).token_ids.tolist() == [1, 0]
+
+
+class RecordingArgmax:
+    """An argmax op that records the logits it was handed."""
+
+    def __init__(self) -> None:
+        self.calls: list[torch.Tensor] = []
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        self.calls.append(logits)
+        return torch.argmax(logits.float(), dim=-1)
+
+
+def test_plain_greedy_hands_the_raw_logits_to_the_argmax_op() -> None:
+    logits = torch.tensor([[0.5, 2.0, 2.0, -1.0], [0.0, 0.0, 0.0, 0.0]], dtype=torch.bfloat16)
+    argmax = RecordingArgmax()
+    assert Sampler(argmax=argmax)(logits, batch(2, temperature=0.0)).token_ids.tolist() == [1, 0]
+    assert len(argmax.calls) == 1 and argmax.calls[0] is logits  # no float32 copy first
+    assert Sampler()(logits, batch(2, temperature=0.0)).token_ids.tolist() == [1, 0]
+
+
+def test_greedy_with_bans_penalties_or_logprobs_keeps_the_float_path() -> None:
+    logits = torch.tensor([[1.0, 3.0, 2.0]], dtype=torch.bfloat16)
+    banned, penalised, with_logprobs = (batch(1, temperature=0.0) for _ in range(3))
+    banned.banned_token_ids = [(0, [1])]
+    penalised.repetition_penalties, penalised.frequency_penalties = torch.tensor([1.0]), torch.tensor([2.0])
+    penalised.presence_penalties = torch.tensor([0.0])
+    penalised.prompt_mask, penalised.output_counts = torch.zeros(1, 3, dtype=torch.bool), torch.tensor([[0, 1, 0]])
+    with_logprobs.max_num_logprobs = 0
+    argmax = RecordingArgmax()
+    sampler = Sampler(argmax=argmax)
+    assert sampler(logits, banned).token_ids.tolist() == [2]
+    assert sampler(logits, penalised).token_ids.tolist() == [2]  # 3 - 2 * 1 < 2
+    out = sampler(logits, with_logprobs)
+    assert out.token_ids.tolist() == [1] and out.logprobs is not None
+    assert argmax.calls == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("triton") is None,
+                    reason="needs CUDA and triton")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_greedy_with_the_triton_argmax_equals_torch(dtype: torch.dtype) -> None:
+    logits = torch.randn(8, 128_256, device="cuda").to(dtype)
+    logits[3, [77_000, 4_000]] = 50.0  # a tie: the first index wins
+    greedy = batch(8, temperature=0.0)
+    got = Sampler(argmax=get_kernels("triton").argmax)(logits, greedy).token_ids
+    assert torch.equal(got, Sampler()(logits.float(), greedy).token_ids) and got[3] == 4_000
 
 
 def test_mixed_greedy_and_random_rows() -> None:

@@ -4,8 +4,9 @@ Every route answers errors through here: Workers AI routes with Cloudflare's env
 (``{"result": null, "success": false, "errors": [{"code", "message"}], "messages": []}``), whose
 ``"<code>: <message>"`` the AI binding turns into ``InferenceUpstreamError``; OpenAI routes with
 OpenAI's ``{"error": {"message", "type", "param", "code"}}``. Codes follow Workers AI's error
-table (5007 no such model, 5006 bad input as ``AiError: Bad input: ...``, 3006 request too
-large, 3007 timeout, 3040 overloaded) and Cloudflare's 10000 for authentication.
+table (5007 no such model, 5006 bad input as ``AiError: Bad input: ...``, 5005 LoRA not
+supported, 3006 request too large, 3007 timeout, 3040 overloaded) and Cloudflare's 10000 for
+authentication.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ class NoSuchModelError(ServiceError):
     def __init__(self, model: str, available: list[str]) -> None:
         known = ", ".join(available) or "none"
         super().__init__(f"No such model {model} or task (this backend serves: {known})", param="model")
+
+
+class LoraUnsupportedError(ServiceError):
+    status, code, openai_type = 405, 5005, "invalid_request_error"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model {model} does not support LoRa inference; remove 'lora'", param="lora")
 
 
 class InputTooLongError(ServiceError):

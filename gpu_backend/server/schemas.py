@@ -1,0 +1,221 @@
+"""Workers AI inputs, checked against the text-generation and embeddings schemas.
+
+Text generation takes ``prompt`` or ``messages`` (exactly one), or the Responses-style
+``instructions`` / ``input`` that some Workers AI models accept; the sampling fields have
+Workers AI's ranges and defaults (``max_tokens`` 256, ``temperature`` 0.6). Embeddings take
+``text`` as a string or a list of up to 100 strings. Every problem is a ``BadInputError``
+naming the field and what to send instead; fields the schemas do not know are ignored, as
+Workers AI ignores them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.sampling_params import SamplingParams
+from .errors import BadInputError, LoraUnsupportedError
+
+DEFAULT_MAX_TOKENS = 256
+DEFAULT_TEMPERATURE = 0.6
+MAX_PROMPT_CHARS = 131072
+MAX_EMBEDDING_TEXTS = 100
+MAX_SEED = 9_999_999_999
+UNSUPPORTED = {
+    "tools": "function calling (tools) is not supported by this backend yet",
+    "functions": "embedded function calling (functions) is not supported by this backend yet",
+    "image": "image inputs are not supported by this backend's models",
+    "requests": "the asynchronous batch form (requests) is not supported by this backend yet",
+}
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class TextGenerationInput:
+    prompt: str | None  # exactly one of prompt and messages is set
+    messages: list[Message] | None
+    raw: bool  # the prompt goes to the model as is, without the chat template
+    stream: bool
+    responses_style: bool  # came as instructions/input: answer with an "output" list
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True)
+class EmbeddingsInput:
+    texts: list[str]
+    pooling: str  # "mean" or "cls"
+
+
+def parse_text_generation(body: Any, model: str) -> TextGenerationInput:
+    inputs = _object(body)
+    for name, reason in UNSUPPORTED.items():
+        if inputs.get(name) not in (None, [], ""):
+            raise BadInputError(f"{reason}; remove '{name}'", param=name)
+    if inputs.get("lora") not in (None, ""):
+        raise LoraUnsupportedError(model)
+    response_format = inputs.get("response_format")
+    if response_format not in (None, {}) and _get(response_format, "type") != "text":
+        raise BadInputError("JSON mode (response_format) is not supported by this backend yet; remove "
+                            "'response_format' and ask for JSON in the prompt", param="response_format")
+    prompt, messages, responses_style = _prompt_or_messages(inputs)
+    raw = _bool(inputs, "raw", False)
+    return TextGenerationInput(prompt, messages, raw, _bool(inputs, "stream", False), responses_style,
+                               _sampling(inputs))
+
+
+def parse_embeddings(body: Any) -> EmbeddingsInput:
+    inputs = _object(body)
+    text = inputs.get("text")
+    texts = [text] if isinstance(text, str) else text
+    if not isinstance(texts, list) or not texts:
+        raise BadInputError("'text' is required: a non-empty string or a list of 1 to 100 strings", param="text")
+    if len(texts) > MAX_EMBEDDING_TEXTS:
+        raise BadInputError(f"'text' has {len(texts)} items; send at most {MAX_EMBEDDING_TEXTS} per request",
+                            param="text")
+    for index, item in enumerate(texts):
+        if not isinstance(item, str) or not item:
+            raise BadInputError(f"'text[{index}]' must be a non-empty string", param="text")
+    pooling = inputs.get("pooling", "mean")
+    if pooling not in ("mean", "cls"):
+        raise BadInputError(f"'pooling' must be \"mean\" or \"cls\", got {pooling!r}", param="pooling")
+    return EmbeddingsInput(list(texts), pooling)
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadInputError(f"the inputs must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _get(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def _prompt_or_messages(inputs: dict[str, Any]) -> tuple[str | None, list[Message] | None, bool]:
+    has_prompt, has_messages = "prompt" in inputs, "messages" in inputs
+    responses_style = "input" in inputs or "instructions" in inputs
+    if has_prompt + has_messages + responses_style > 1:
+        raise BadInputError("'prompt', 'messages' and 'instructions'/'input' are mutually exclusive: send one")
+    if has_prompt:
+        prompt = inputs["prompt"]
+        if not isinstance(prompt, str) or not prompt:
+            raise BadInputError("'prompt' must be a non-empty string", param="prompt")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise BadInputError(f"'prompt' has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}", param="prompt")
+        return prompt, None, False
+    if has_messages:
+        return None, _messages(inputs["messages"], "messages"), False
+    if responses_style:
+        return None, _responses_messages(inputs), True
+    raise BadInputError("required properties at '/' are 'prompt' or 'messages': send one of them")
+
+
+def _messages(value: Any, field: str) -> list[Message]:
+    if not isinstance(value, list) or not value:
+        raise BadInputError(f"'{field}' must be a non-empty list of {{role, content}} objects", param=field)
+    messages = []
+    for index, message in enumerate(value):
+        where = f"{field}[{index}]"
+        if not isinstance(message, dict):
+            raise BadInputError(f"'{where}' must be an object with 'role' and 'content'", param=field)
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise BadInputError(f"'{where}.role' must be a string such as \"user\" or \"assistant\"", param=field)
+        content = _content(message.get("content"), where, field)
+        entry = {"role": role, "content": content}
+        if isinstance(message.get("name"), str):
+            entry["name"] = message["name"]
+        messages.append(entry)
+    return messages
+
+
+def _content(content: Any, where: str, field: str) -> str:
+    """A message's text: a string, or a list of text parts (``{"type": "text", "text": ...}``)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if _get(part, "type") not in ("text", "input_text", "output_text") or not isinstance(part.get("text"), str):
+                raise BadInputError(f"'{where}.content' parts must be text parts {{\"type\": \"text\", "
+                                    f"\"text\": ...}}; this backend's models take text only", param=field)
+            texts.append(part["text"])
+        return "".join(texts)
+    raise BadInputError(f"'{where}.content' must be a string", param=field)
+
+
+def _responses_messages(inputs: dict[str, Any]) -> list[Message]:
+    messages: list[Message] = []
+    instructions = inputs.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise BadInputError("'instructions' must be a string", param="instructions")
+        messages.append({"role": "system", "content": instructions})
+    given = inputs.get("input")
+    if isinstance(given, str) and given:
+        messages.append({"role": "user", "content": given})
+    elif isinstance(given, list) and given:
+        messages.extend(_messages(given, "input"))
+    else:
+        raise BadInputError("'input' is required with 'instructions': a non-empty string or list of messages",
+                            param="input")
+    return messages
+
+
+def _sampling(inputs: dict[str, Any]) -> SamplingParams:
+    max_tokens = _int(inputs, "max_tokens", DEFAULT_MAX_TOKENS, 1, None)
+    seed = _int(inputs, "seed", None, 1, MAX_SEED)
+    top_k = _int(inputs, "top_k", None, 1, 50)
+    temperature = _number(inputs, "temperature", DEFAULT_TEMPERATURE, 0.0, 5.0)
+    top_p = _number(inputs, "top_p", None, 0.0, 2.0)
+    # Workers AI allows 0..2 for both: top_p above 1 keeps every token, 0 only the most likely
+    # one; a multiplicative repetition penalty of 0 means none, as 1.0 does
+    if top_p == 0.0:
+        top_p, top_k = None, 1
+    repetition = _number(inputs, "repetition_penalty", None, 0.0, 2.0)
+    return SamplingParams(
+        temperature=temperature,
+        top_p=min(top_p, 1.0) if top_p is not None else 1.0,
+        top_k=top_k or -1,
+        seed=seed,
+        repetition_penalty=repetition if repetition else 1.0,
+        frequency_penalty=_number(inputs, "frequency_penalty", 0.0, -2.0, 2.0),
+        presence_penalty=_number(inputs, "presence_penalty", 0.0, -2.0, 2.0),
+        max_tokens=max_tokens,
+    )
+
+
+def _bool(inputs: dict[str, Any], name: str, default: bool) -> bool:
+    value = inputs.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadInputError(f"'{name}' must be true or false, got {value!r}", param=name)
+    return value
+
+
+def _int(inputs: dict[str, Any], name: str, default: int | None, low: int, high: int | None) -> int | None:
+    value = inputs.get(name)
+    if value is None:
+        return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadInputError(f"'{name}' must be an integer, got {value!r}", param=name)
+    if value < low or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise BadInputError(f"'{name}' must be {bounds}, got {value}", param=name)
+    return value
+
+
+def _number(inputs: dict[str, Any], name: str, default: float | None, low: float, high: float) -> float | None:
+    value = inputs.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadInputError(f"'{name}' must be a number between {low:g} and {high:g}, got {value!r}", param=name)
+    if not low <= value <= high:
+        raise BadInputError(f"'{name}' must be between {low:g} and {high:g}, got {value:g}", param=name)
+    return float(value)

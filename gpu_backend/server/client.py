@@ -1,0 +1,103 @@
+"""The one interface between the HTTP layer and the engines that serve its models.
+
+The routes see ``EngineClient`` only: which models exist, a generation as an async iterator of
+``TextDelta``s, and load figures for ``/metrics``. ``LocalEngines`` runs an ``AsyncLLM`` per
+text-generation model in this process; the distributed workers (tensor/pipeline parallel,
+disaggregated prefill and decode) come in behind the same interface.
+
+Prompts are rendered here, as Workers AI does: ``messages`` through the model's chat template
+(generation prompt added; a model without one refuses them); a ``prompt`` as one user message
+unless ``raw`` is set or the model has no chat template, in which case the text goes to the
+model as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..engine.async_llm import AsyncLLM
+from ..errors import EngineError, InvalidRequestError
+from .errors import NoSuchModelError, from_engine_error
+from .schemas import TextGenerationInput
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """What one engine step added to a generation; the last one has ``finish_reason`` set."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    completion_tokens: int  # so far
+    finish_reason: str | None = None  # "stop", "length" or "abort"
+
+
+class EngineClient(Protocol):
+    def model_names(self) -> list[str]: ...
+
+    def generate(self, model: str, request: TextGenerationInput, request_id: str) -> AsyncIterator[TextDelta]:
+        """Stream one generation; leaving the iterator early aborts it and frees its KV blocks."""
+        ...
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per model: num_running, num_waiting, kv_blocks_used, kv_blocks_free."""
+        ...
+
+    def shutdown(self) -> None: ...
+
+
+class LocalEngines:
+    """An ``AsyncLLM`` per text-generation model, in this process."""
+
+    def __init__(self, models: Mapping[str, str | Path], **engine_options: Any) -> None:
+        self._engines: dict[str, AsyncLLM] = {}
+        try:
+            for name, folder in models.items():
+                self._engines[name] = AsyncLLM(str(folder), progress=False, **engine_options)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def model_names(self) -> list[str]:
+        return list(self._engines)
+
+    def engine(self, model: str) -> AsyncLLM:
+        engine = self._engines.get(model)
+        if engine is None:
+            raise NoSuchModelError(model, self.model_names())
+        return engine
+
+    async def generate(self, model: str, request: TextGenerationInput, request_id: str) -> AsyncIterator[TextDelta]:
+        engine = self.engine(model)
+        try:
+            prompt = render_prompt(engine, request)
+            async for output in engine.generate(prompt, request.sampling, request_id):
+                completion = output.outputs[0]
+                yield TextDelta(output.delta_text, list(output.delta_token_ids), len(output.prompt_token_ids),
+                                len(completion.token_ids), completion.finish_reason if output.finished else None)
+        except EngineError as error:
+            raise from_engine_error(error) from error
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {name: engine.stats() for name, engine in self._engines.items()}
+
+    def shutdown(self) -> None:
+        for engine in self._engines.values():
+            engine.shutdown()
+
+
+def render_prompt(engine: AsyncLLM, request: TextGenerationInput) -> str | list[int]:
+    """The text (or token ids, from a chat template) that the engine gets for a request."""
+    tokenizer = engine.tokenizer
+    if request.messages is not None:
+        if tokenizer is None:
+            raise InvalidRequestError("this model was loaded without a tokenizer; send token ids")
+        return tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
+    assert request.prompt is not None
+    if request.raw or tokenizer is None or not tokenizer.has_chat_template:
+        return request.prompt
+    return tokenizer.apply_chat_template([{"role": "user", "content": request.prompt}],
+                                         add_generation_prompt=True, tokenize=True)

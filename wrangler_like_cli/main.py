@@ -6,6 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import click
 
+from .backend import backend
 from .dev import dev
 from .init import init
 from .tail import tail
@@ -27,12 +28,14 @@ def cli() -> None:
     edgewise init my-worker          create a Worker project
     edgewise dev my-worker           serve it on emulated PoPs at http://localhost:8787
     edgewise tail                    stream the dev server's request logs
+    edgewise backend serve           serve models (Workers AI, OpenAI and WebSocket APIs)
     """
 
 
 cli.add_command(init)
 cli.add_command(dev)
 cli.add_command(tail)
+cli.add_command(backend)
 
 if __name__ == "__main__":
     cli()

@@ -1,9 +1,11 @@
 """The one interface between the HTTP layer and the engines that serve its models.
 
-The routes see ``EngineClient`` only: which models exist, a generation as an async iterator of
-``TextDelta``s, and load figures for ``/metrics``. ``LocalEngines`` runs an ``AsyncLLM`` per
-text-generation model in this process; the distributed workers (tensor/pipeline parallel,
-disaggregated prefill and decode) come in behind the same interface.
+The routes see ``EngineClient`` only: which models exist and what they do, a generation as an
+async iterator of ``TextDelta``s, embeddings, and load figures for ``/metrics``.
+``LocalEngines`` runs an ``AsyncLLM`` per text-generation checkpoint and an ``Embedder`` per
+embeddings checkpoint in this process (names mapped to the same folder share one engine); the
+distributed workers (tensor/pipeline parallel, disaggregated prefill and decode) come in behind
+the same interface.
 
 Prompts are rendered here, as Workers AI does: ``messages`` through the model's chat template
 (generation prompt added; a model without one refuses them); a ``prompt`` as one user message
@@ -13,15 +15,29 @@ model as it is.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+import torch
 
 from ..engine.async_llm import AsyncLLM
+from ..engine.embedder import EmbeddingResult, Embedder, is_embedding_checkpoint
 from ..errors import EngineError, InvalidRequestError
 from .errors import NoSuchModelError, from_engine_error
-from .schemas import TextGenerationInput
+from .schemas import EmbeddingsInput, TextGenerationInput
+
+Task = Literal["text-generation", "text-embeddings"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    task: Task
+    context_window: int  # tokens: max_model_len, or the encoder's longest input
+    max_num_seqs: int  # requests the engine runs at once (1 for an embedder: it takes one batch at a time)
 
 
 @dataclass(frozen=True)
@@ -38,9 +54,15 @@ class TextDelta:
 class EngineClient(Protocol):
     def model_names(self) -> list[str]: ...
 
+    def model_info(self, model: str) -> ModelInfo:
+        """Raises NoSuchModelError for a name this backend does not serve."""
+        ...
+
     def generate(self, model: str, request: TextGenerationInput, request_id: str) -> AsyncIterator[TextDelta]:
         """Stream one generation; leaving the iterator early aborts it and frees its KV blocks."""
         ...
+
+    async def embed(self, model: str, request: EmbeddingsInput) -> EmbeddingResult: ...
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per model: num_running, num_waiting, kv_blocks_used, kv_blocks_free."""
@@ -50,25 +72,46 @@ class EngineClient(Protocol):
 
 
 class LocalEngines:
-    """An ``AsyncLLM`` per text-generation model, in this process."""
+    """An ``AsyncLLM`` per text-generation checkpoint and an ``Embedder`` per embeddings one, in this process."""
 
     def __init__(self, models: Mapping[str, str | Path], **engine_options: Any) -> None:
         self._engines: dict[str, AsyncLLM] = {}
+        self._embedders: dict[str, Embedder] = {}
+        by_folder: dict[Path, AsyncLLM | Embedder] = {}
         try:
             for name, folder in models.items():
-                self._engines[name] = AsyncLLM(str(folder), progress=False, **engine_options)
+                path = Path(folder).resolve()
+                if path not in by_folder:
+                    by_folder[path] = _load(path, engine_options)
+                loaded = by_folder[path]
+                (self._embedders if isinstance(loaded, Embedder) else self._engines)[name] = loaded
         except BaseException:
             self.shutdown()
             raise
 
     def model_names(self) -> list[str]:
-        return list(self._engines)
+        return [*self._engines, *self._embedders]
+
+    def model_info(self, model: str) -> ModelInfo:
+        if model in self._embedders:
+            return ModelInfo(model, "text-embeddings", self._embedders[model].max_seq_len, 1)
+        engine = self.engine(model)
+        return ModelInfo(model, "text-generation", engine.engine.max_model_len, engine.engine.config.max_num_seqs)
 
     def engine(self, model: str) -> AsyncLLM:
         engine = self._engines.get(model)
         if engine is None:
             raise NoSuchModelError(model, self.model_names())
         return engine
+
+    async def embed(self, model: str, request: EmbeddingsInput) -> EmbeddingResult:
+        embedder = self._embedders.get(model)
+        if embedder is None:
+            raise NoSuchModelError(model, self.model_names())
+        try:
+            return await asyncio.to_thread(embedder.embed, request.texts, request.pooling)
+        except EngineError as error:
+            raise from_engine_error(error) from error
 
     async def generate(self, model: str, request: TextGenerationInput, request_id: str) -> AsyncIterator[TextDelta]:
         engine = self.engine(model)
@@ -85,8 +128,17 @@ class LocalEngines:
         return {name: engine.stats() for name, engine in self._engines.items()}
 
     def shutdown(self) -> None:
-        for engine in self._engines.values():
+        for engine in {id(engine): engine for engine in self._engines.values()}.values():
             engine.shutdown()
+
+
+def _load(folder: Path, engine_options: Mapping[str, Any]) -> AsyncLLM | Embedder:
+    if is_embedding_checkpoint(folder):
+        device = engine_options.get("device", "auto")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return Embedder(folder, device=device, dtype="float32")
+    return AsyncLLM(str(folder), progress=False, **engine_options)
 
 
 def render_prompt(engine: AsyncLLM, request: TextGenerationInput) -> str | list[int]:

@@ -1,0 +1,45 @@
+"""The service's bounded queue: how many requests a model may hold at once before new ones get 429.
+
+A model admits what its engine runs at once (``max_num_seqs``) plus ``max_queue`` waiting
+behind them; past that the request is refused with ``OverloadedError`` (429 + ``Retry-After``)
+before it costs anything, instead of queueing without bound.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from .errors import OverloadedError
+
+RETRY_AFTER_S = 1
+
+
+class Admission:
+    def __init__(self, max_queue: int, capacity: Callable[[str], int]) -> None:
+        if max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, got {max_queue}")
+        self.max_queue = max_queue
+        self._capacity = capacity  # model -> requests its engine runs at once
+        self._in_flight: Counter[str] = Counter()
+
+    def limit(self, model: str) -> int:
+        return self._capacity(model) + self.max_queue
+
+    def acquire(self, model: str) -> None:
+        """Count one more request for ``model``; raises OverloadedError when the queue is full."""
+        limit = self.limit(model)
+        if self._in_flight[model] >= limit:
+            raise OverloadedError(f"AiError: {model} is overloaded: {limit} requests are already running or "
+                                  f"queued; retry in {RETRY_AFTER_S} s", retry_after_s=RETRY_AFTER_S)
+        self._in_flight[model] += 1
+
+    def release(self, model: str) -> None:
+        self._in_flight[model] -= 1
+
+    def in_flight(self, model: str) -> int:
+        return self._in_flight[model]
+
+    def queued(self, model: str) -> int:
+        """Requests admitted beyond what the engine runs at once."""
+        return max(0, self._in_flight[model] - self._capacity(model))

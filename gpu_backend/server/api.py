@@ -1,0 +1,156 @@
+"""The backend's Starlette app: Workers AI REST, OpenAI-compatible and WebSocket routes, health and metrics.
+
+Every route but ``/healthz`` needs the service's bearer token. Errors are ``ServiceError``s,
+answered in one place: OpenAI's error body on ``/v1`` routes, Cloudflare's envelope elsewhere.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import openai_api, workers_ai
+from .admission import Admission
+from .client import EngineClient
+from .errors import BadTokenError, EngineFailedError, MissingTokenError, ServiceError
+from .generation import ClientGone
+from .metrics import CONTENT_TYPE, Metrics
+from .websocket import run_model_websocket
+
+log = logging.getLogger("edgewise.backend")
+DEFAULT_MAX_QUEUE = 256
+PUBLIC_PATHS = frozenset({"/healthz"})
+UNCOUNTED_PATHS = frozenset({"/healthz", "/metrics"})
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left; never reaches anyone
+
+
+@dataclass
+class Service:
+    """What every route shares."""
+
+    client: EngineClient
+    admission: Admission
+    metrics: Metrics
+    started_at: float = field(default_factory=time.time)
+
+
+def create_app(client: EngineClient, token: str, max_queue: int = DEFAULT_MAX_QUEUE) -> ASGIApp:
+    if not token:
+        raise ValueError("the backend needs a non-empty token")
+    admission = Admission(max_queue, lambda model: client.model_info(model).max_num_seqs)
+    service = Service(client, admission, Metrics(client, admission))
+    app = Starlette(routes=_routes(), exception_handlers={ServiceError: _service_error, ClientGone: _client_gone,
+                                                          Exception: _unexpected})
+    app.state.service = service
+    return _Authenticated(app, token)
+
+
+def _routes() -> list[BaseRoute]:
+    openai = [
+        Route("/chat/completions", openai_api.chat_completions, methods=["POST"]),
+        Route("/completions", openai_api.completions, methods=["POST"]),
+        Route("/embeddings", openai_api.embeddings, methods=["POST"]),
+        Route("/models", openai_api.list_models, methods=["GET"]),
+    ]
+    account = [
+        Route("/ai/run/{model:path}", workers_ai.run_model, methods=["POST"]),
+        WebSocketRoute("/ai/run/{model:path}", run_model_websocket),
+        Route("/ai/models/search", workers_ai.search_models, methods=["GET"]),
+        Mount("/ai/v1", routes=openai),
+    ]
+    return [
+        Route("/healthz", _healthz, methods=["GET"]),
+        Route("/metrics", _metrics, methods=["GET"]),
+        Mount("/v1", routes=openai),
+        Mount("/client/v4/accounts/{account_id}", routes=account),
+    ]
+
+
+async def _healthz(request: Request) -> Response:
+    service: Service = request.app.state.service
+    return JSONResponse({"status": "ok", "models": service.client.model_names()})
+
+
+async def _metrics(request: Request) -> Response:
+    return Response(request.app.state.service.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def is_openai(path: str) -> bool:
+    return path.startswith("/v1/") or "/ai/v1/" in path
+
+
+async def _service_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, ServiceError)
+    openai = is_openai(request.url.path)
+    status = (error.openai_status or error.status) if openai else error.status
+    body = error.openai_body() if openai else error.envelope()
+    if error.status == 429:
+        request.app.state.service.metrics.rejected.labels(getattr(request.state, "model", "")).inc()
+    # 429 asks the official SDKs (which retry twice by default) to honour Retry-After, not to hammer
+    headers = {**error.headers(), "x-should-retry": "true" if error.status == 429 else "false"}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _client_gone(request: Request, error: Exception) -> Response:
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+async def _unexpected(request: Request, error: Exception) -> Response:
+    log.exception("unexpected error on %s", request.url.path)
+    return await _service_error(request, EngineFailedError(f"AiError: internal error: {error}"))
+
+
+class _Authenticated:
+    """Checks ``Authorization: Bearer <token>`` on every HTTP and WebSocket request but the public paths,
+    and counts every HTTP answer by route, model and status."""
+
+    def __init__(self, app: Starlette, token: str) -> None:
+        self.app = app
+        self.state = app.state
+        self._token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"] not in PUBLIC_PATHS:
+            error = self._check(HTTPConnection(scope))
+            if error is not None:
+                await self._refuse(scope, receive, send, error)
+                return
+        if scope["type"] != "http" or scope["path"] in UNCOUNTED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        status = [CLIENT_CLOSED_REQUEST]
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            route = "openai" if is_openai(scope["path"]) else "workers-ai"
+            model = scope.get("state", {}).get("model", "")
+            self.state.service.metrics.requests.labels(route, model, str(status[0])).inc()
+
+    def _check(self, connection: HTTPConnection) -> ServiceError | None:
+        scheme, _, given = connection.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return MissingTokenError()
+        return None if hmac.compare_digest(given.strip().encode(), self._token) else BadTokenError()
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": error.message[:120]})
+            return
+        openai = is_openai(scope["path"])
+        body = error.openai_body() if openai else error.envelope()
+        await JSONResponse(body, status_code=error.status)(scope, receive, send)
+

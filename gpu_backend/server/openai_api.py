@@ -1,0 +1,202 @@
+"""OpenAI-compatible routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/models``.
+
+Requests are translated into Workers AI inputs and checked by the same schemas, so a field has
+one meaning and one error message on every route. Defaults are Workers AI's (``max_tokens``
+256), except ``temperature``, which is OpenAI's 1.0. Streams are OpenAI's chunk SSE ending in
+``data: [DONE]``; ``stream_options.include_usage`` adds the usage chunk. Embeddings honour
+``encoding_format: "base64"`` (little-endian float32), which the OpenAI SDK asks for by default.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from .body import read_json
+from .errors import BadInputError
+from .generation import Completion, Generation, unless_disconnected
+from .schemas import parse_embeddings, parse_text_generation
+from .streaming import DONE, SSE_HEADERS, error_payload, sse
+
+if TYPE_CHECKING:
+    from .api import Service
+
+OPENAI_DEFAULT_TEMPERATURE = 1.0
+_PASSED_THROUGH = ("temperature", "top_p", "top_k", "seed", "frequency_penalty", "presence_penalty",
+                   "repetition_penalty", "stream", "raw", "response_format", "tools", "functions")
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _complete(request, chat=True)
+
+
+async def completions(request: Request) -> Response:
+    return await _complete(request, chat=False)
+
+
+async def _complete(request: Request, chat: bool) -> Response:
+    service: Service = request.app.state.service
+    body = _object(await read_json(request))
+    model = _model(body, service)
+    request.state.model = model
+    inputs = parse_text_generation(_workers_ai_inputs(body, chat), model)
+    inputs = replace(inputs, sampling=replace(inputs.sampling, stop=_stop(body)))
+    generation = Generation(service, model, inputs)
+    await generation.start()
+    chunk = _Chunk(model, chat)
+    if inputs.stream:
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(_events(generation, chunk, include_usage), media_type="text/event-stream",
+                                 headers=SSE_HEADERS)
+    completion = await unless_disconnected(request, generation.complete())
+    return JSONResponse(chunk.whole(completion))
+
+
+async def embeddings(request: Request) -> Response:
+    service: Service = request.app.state.service
+    body = _object(await read_json(request))
+    model = _model(body, service)
+    request.state.model = model
+    given = body.get("input")
+    inputs = parse_embeddings({"text": given} if given is not None else {})
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise BadInputError(f"'encoding_format' must be \"float\" or \"base64\", got {encoding!r}",
+                            param="encoding_format")
+    result = await service.client.embed(model, inputs)
+    service.metrics.prompt_tokens.labels(model).inc(result.num_tokens)
+    data = [{"object": "embedding", "index": index, "embedding": _encode(vector, encoding)}
+            for index, vector in enumerate(result.vectors)]
+    return JSONResponse({"object": "list", "data": data, "model": model,
+                         "usage": {"prompt_tokens": result.num_tokens, "total_tokens": result.num_tokens}})
+
+
+async def list_models(request: Request) -> Response:
+    service: Service = request.app.state.service
+    created = int(service.started_at)
+    data = [{"id": name, "object": "model", "created": created, "owned_by": "edgewise"}
+            for name in service.client.model_names()]
+    return JSONResponse({"object": "list", "data": data})
+
+
+class _Chunk:
+    """The response objects of one completion, chat or text."""
+
+    def __init__(self, model: str, chat: bool) -> None:
+        self.model, self.chat = model, chat
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.object = "chat.completion" if chat else "text_completion"
+
+    def whole(self, completion: Completion) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(completion.finish_reason), "logprobs": None}
+        if self.chat:
+            choice["message"] = {"role": "assistant", "content": completion.text}
+        else:
+            choice["text"] = completion.text
+        return self._frame(self.object, [choice], usage=completion.usage.as_dict())
+
+    def piece(self, text: str | None, finish_reason: str | None, first: bool = False) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(finish_reason), "logprobs": None}
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            if text is not None:
+                delta["content"] = text
+            choice["delta"] = delta
+        else:
+            choice["text"] = text or ""
+        return self._frame(self._chunk_object, [choice])
+
+    def usage(self, usage: dict[str, int]) -> dict[str, Any]:
+        return self._frame(self._chunk_object, [], usage=usage)
+
+    @property
+    def _chunk_object(self) -> str:
+        return "chat.completion.chunk" if self.chat else "text_completion"
+
+    def _frame(self, kind: str, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices,
+                **extra}
+
+
+async def _events(generation: Generation, chunk: _Chunk, include_usage: bool) -> AsyncIterator[bytes]:
+    try:
+        if chunk.chat:
+            yield sse(chunk.piece("", None, first=True))
+        async for delta in generation.deltas():
+            if delta.text or delta.finish_reason is not None:
+                yield sse(chunk.piece(delta.text if delta.text or not chunk.chat else None, delta.finish_reason))
+        if include_usage:
+            yield sse(chunk.usage(generation.usage.as_dict()))
+    except Exception as error:  # the stream has begun: the error can only travel as an event
+        payload = error_payload(error)["error"]
+        yield sse({"error": {"message": payload["message"], "type": "server_error", "param": None,
+                             "code": payload["code"]}})
+        return
+    yield DONE
+
+
+def _workers_ai_inputs(body: dict[str, Any], chat: bool) -> dict[str, Any]:
+    if body.get("n", 1) != 1:
+        raise BadInputError("'n' must be 1: one choice per request", param="n")
+    if body.get("logprobs") or body.get("top_logprobs") or body.get("echo"):
+        raise BadInputError("'logprobs', 'top_logprobs' and 'echo' are not supported yet; remove them",
+                            param="logprobs")
+    inputs = {key: body[key] for key in _PASSED_THROUGH if key in body}
+    inputs.setdefault("temperature", OPENAI_DEFAULT_TEMPERATURE)
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None:
+        inputs["max_tokens"] = max_tokens
+    if chat:
+        inputs["messages"] = body.get("messages")
+    else:
+        inputs["prompt"] = _prompt(body.get("prompt"))
+        inputs["raw"] = True  # a completion continues the text as given
+    return inputs
+
+
+def _prompt(prompt: Any) -> Any:
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        return prompt[0]
+    if isinstance(prompt, list):
+        raise BadInputError("'prompt' must be one string: batches of prompts are not supported", param="prompt")
+    return prompt
+
+
+def _stop(body: dict[str, Any]) -> list[str] | None:
+    stop = body.get("stop")
+    if stop is None or isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        return [stop] if isinstance(stop, str) else stop
+    raise BadInputError("'stop' must be a string or a list of strings", param="stop")
+
+
+def _model(body: dict[str, Any], service: Service) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadInputError(f"'model' is required: one of {', '.join(service.client.model_names())}", param="model")
+    service.client.model_info(model)  # NoSuchModelError (404 here) for a name this backend does not serve
+    return model
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadInputError(f"the body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _finish(reason: str | None) -> str | None:
+    return None if reason is None else ("length" if reason == "length" else "stop")
+
+
+def _encode(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "float":
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()

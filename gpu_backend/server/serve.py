@@ -1,0 +1,83 @@
+"""Running the service: load the models, then serve the app on uvicorn until SIGINT/SIGTERM.
+
+Prints exactly one ``[edgewise:backend] Ready on http://HOST:PORT`` line once it listens (the
+real port when asked for port 0); ``edgewise dev`` waits for that line. The token is never
+printed or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from ..builtin_models import BUILTIN_MODELS, builtin_model_path
+from .api import DEFAULT_MAX_QUEUE, create_app
+from .client import LocalEngines
+
+log = logging.getLogger("edgewise.backend")
+READY_PREFIX = "[edgewise:backend] Ready on "
+TOKEN_ENV = "EDGEWISE_BACKEND_TOKEN"
+
+
+def resolve_models(specs: list[str]) -> dict[str, Path]:
+    """``NAME=PATH`` (a folder or a built-in model's name) or ``NAME`` (a built-in model) -> name -> folder."""
+    models: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, target = spec.partition("=")
+        name, target = name.strip(), (target.strip() if sep else name.strip())
+        if not name or not target:
+            raise ValueError(f"--model {spec!r}: expected NAME=PATH or the name of a built-in model")
+        models[name] = _folder(name, target)
+    return models
+
+
+def _folder(name: str, target: str) -> Path:
+    if target in BUILTIN_MODELS:
+        return builtin_model_path(target)
+    folder = Path(target).expanduser()
+    if not (folder / "config.json").is_file():
+        builtins = ", ".join(sorted(BUILTIN_MODELS))
+        raise ValueError(f"--model {name}={target}: not a Hugging Face folder (no config.json there) and not a "
+                         f"built-in model ({builtins})")
+    return folder
+
+
+def serve(models: Mapping[str, Path], *, host: str, port: int, token: str, max_queue: int = DEFAULT_MAX_QUEUE,
+          log_level: str = "warning", **engine_options: Any) -> None:
+    client = LocalEngines(models, **engine_options)
+    try:
+        app = create_app(client, token, max_queue=max_queue)
+        asyncio.run(_serve(app, host, port, log_level))
+    finally:
+        client.shutdown()
+
+
+async def _serve(app: Any, host: str, port: int, log_level: str) -> None:
+    sock = _listen(host, port)
+    config = uvicorn.Config(app, log_level=log_level, lifespan="off", timeout_graceful_shutdown=5,
+                            ws_ping_interval=None, access_log=False)
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.01)
+    if server.started:
+        bound_host, bound_port = sock.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        print(f"{READY_PREFIX}http://{shown}:{bound_port}", flush=True)
+    await serving
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock

@@ -1,0 +1,94 @@
+"""The WebSocket endpoint: ``/client/v4/accounts/{id}/ai/run/{model}`` upgraded, one generation at a time.
+
+Protocol (also in docs/api.md): the client sends the Workers AI inputs as one JSON text frame
+(``{"prompt": "...", "max_tokens": 64}``; ``stream`` is implied). The service answers with the
+payloads of the SSE stream, one JSON text frame each: ``{"response": "..."}`` per piece of text,
+then ``{"response": "", "usage": {...}, "done": true}``. A refused or failed generation is one
+``{"error": {"code", "message"}, "done": true}`` frame; the connection stays open for the next
+inputs. A frame sent while a generation runs is answered with an error frame. Closing the
+socket aborts the running generation and frees its KV blocks at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from .errors import BadInputError
+from .generation import Generation
+from .schemas import parse_text_generation
+from .streaming import TRACE_HEADER, error_payload, workers_ai_payloads
+from .workers_ai import model_name
+
+if TYPE_CHECKING:
+    from .api import Service
+
+
+async def run_model_websocket(websocket: WebSocket) -> None:
+    service: Service = websocket.app.state.service
+    model = model_name(websocket)  # type: ignore[arg-type]
+    trace = TRACE_HEADER in websocket.headers
+    await websocket.accept()
+    frames: asyncio.Queue[str | None] = asyncio.Queue()
+    reader = asyncio.ensure_future(_read(websocket, frames))
+    try:
+        while (text := await frames.get()) is not None:
+            running = asyncio.ensure_future(_generate(service, websocket, model, text, trace))
+            while not running.done():
+                waiter = asyncio.ensure_future(frames.get())
+                await asyncio.wait({running, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if not waiter.done():
+                    waiter.cancel()
+                elif waiter.result() is None:  # the client left: abort the generation
+                    running.cancel()
+                    await asyncio.gather(running, return_exceptions=True)
+                    return
+                else:
+                    busy = BadInputError("one generation at a time per connection: wait for the frame with "
+                                         "\"done\": true")
+                    await _send(websocket, {**error_payload(busy), "done": True})
+    finally:
+        reader.cancel()
+
+
+async def _read(websocket: WebSocket, frames: asyncio.Queue[str | None]) -> None:
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            frames.put_nowait(message.get("text") or (message.get("bytes") or b"").decode("utf-8", "replace"))
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    frames.put_nowait(None)
+
+
+async def _generate(service: Service, websocket: WebSocket, model: str, text: str, trace: bool) -> None:
+    try:
+        inputs = parse_text_generation(_json(text), model)
+        generation = Generation(service, model, inputs)
+        await generation.start()
+        async for payload in workers_ai_payloads(generation, trace):
+            if "usage" in payload:  # the last payload
+                payload["done"] = True
+            await _send(websocket, payload)
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        return  # the socket is gone; leaving the loop closed the generation and freed its blocks
+    except Exception as error:  # refused (bad input, queue full) or failed: this generation only
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await _send(websocket, {**error_payload(error), "done": True})
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadInputError(f"each frame must be the inputs as a JSON object ({error})") from None
+
+
+async def _send(websocket: WebSocket, payload: dict[str, Any]) -> None:
+    await websocket.send_text(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))

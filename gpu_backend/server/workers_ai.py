@@ -1,0 +1,81 @@
+"""Workers AI's REST routes: ``POST /accounts/{id}/ai/run/{model}`` and ``GET /accounts/{id}/ai/models/search``.
+
+Answers use Cloudflare's envelope (``{"result", "success", "errors", "messages"}``), except a
+stream, which is raw ``text/event-stream`` as on Cloudflare. The model name may arrive with
+its slashes as they are or as ``%2F`` (the official SDK quotes them).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from .body import read_json
+from .catalog import search
+from .client import EngineClient
+from .generation import Completion, Generation, unless_disconnected
+from .schemas import TextGenerationInput, parse_embeddings, parse_text_generation
+from .streaming import SSE_HEADERS, TRACE_HEADER, workers_ai_events
+
+if TYPE_CHECKING:
+    from .api import Service
+
+
+def envelope(result: Any) -> dict[str, Any]:
+    return {"result": result, "success": True, "errors": [], "messages": []}
+
+
+def model_name(request: Request) -> str:
+    return unquote(request.path_params["model"])
+
+
+async def run_model(request: Request) -> Response:
+    service = request.app.state.service
+    model = model_name(request)
+    request.state.model = model
+    task = service.client.model_info(model).task
+    body = await read_json(request)
+    if task == "text-embeddings":
+        return JSONResponse(envelope(await embeddings_result(service, model, body)))
+    inputs = parse_text_generation(body, model)
+    generation = Generation(service, model, inputs)
+    await generation.start()
+    if inputs.stream:
+        trace = TRACE_HEADER in request.headers
+        return StreamingResponse(workers_ai_events(generation, trace), media_type="text/event-stream",
+                                 headers=SSE_HEADERS)
+    completion = await unless_disconnected(request, generation.complete())
+    return JSONResponse(envelope(text_result(model, inputs, completion)))
+
+
+async def embeddings_result(service: Service, model: str, body: Any) -> dict[str, Any]:
+    inputs = parse_embeddings(body)
+    result = await service.client.embed(model, inputs)
+    service.metrics.prompt_tokens.labels(model).inc(result.num_tokens)
+    dimensions = len(result.vectors[0])
+    return {"shape": [len(result.vectors), dimensions], "data": result.vectors, "pooling": inputs.pooling}
+
+
+def text_result(model: str, inputs: TextGenerationInput, completion: Completion) -> dict[str, Any]:
+    if not inputs.responses_style:
+        return {"response": completion.text, "usage": completion.usage.as_dict()}
+    usage = completion.usage
+    message = {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant", "status": "completed",
+               "content": [{"type": "output_text", "text": completion.text, "annotations": []}]}
+    return {"id": f"resp_{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()), "model": model,
+            "status": "completed" if completion.finish_reason != "length" else "incomplete",
+            "output": [message],
+            "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens,
+                      "total_tokens": usage.total_tokens}}
+
+
+async def search_models(request: Request) -> Response:
+    client: EngineClient = request.app.state.service.client
+    models = [client.model_info(name) for name in client.model_names()]
+    page = search(models, dict(request.query_params))
+    return JSONResponse(envelope(page))

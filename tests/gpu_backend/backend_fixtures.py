@@ -1,22 +1,21 @@
-"""A backend app served by uvicorn on a real 127.0.0.1 socket, on a thread of its own, and its test models.
+"""The backend tests' models and token, and a handle on a running backend.
 
-Its own event loop lets synchronous clients (the official ``cloudflare`` and ``openai`` SDKs)
-and async tests alike talk to it over TCP.
+``serving`` (re-exported here) runs an app on a real 127.0.0.1 socket on a thread of its own, so
+synchronous clients (the official ``cloudflare`` and ``openai`` SDKs) and async tests alike talk
+to it over TCP.
 """
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
+import httpx
 
-STARTUP_TIMEOUT_S = 30
+from gpu_backend.server.background import serving
+
+__all__ = ["EMBEDDINGS", "MINILM", "MODEL", "OPTIONS", "TOKEN", "Backend", "metric", "serving"]
+
 MODEL = "@cf/test/llama"
 EMBEDDINGS = "@cf/baai/bge-small-en-v1.5"  # a Workers AI name, mapped to the built-in MiniLM
 MINILM = "@cf/sentence-transformers/all-minilm-l6-v2"
@@ -36,25 +35,10 @@ class Backend:
         return f"{self.url}/client/v4/accounts/acct/ai/run/{model}"
 
 
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """``with serving(app) as url:`` -> "http://127.0.0.1:PORT" until the block ends."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(512)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                                           ws_ping_interval=None, timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
-    thread.start()
-    for _ in range(STARTUP_TIMEOUT_S * 100):
-        if server.started or not thread.is_alive():
-            break
-        threading.Event().wait(0.01)
-    if not server.started:
-        raise RuntimeError("the backend did not start")
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+def metric(url: str, name: str, model: str = MODEL) -> float:
+    """One series' value from ``/metrics`` (0 when absent)."""
+    text = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and f'model="{model}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

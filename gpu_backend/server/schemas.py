@@ -184,6 +184,7 @@ def _sampling(inputs: dict[str, Any]) -> SamplingParams:
         frequency_penalty=_number(inputs, "frequency_penalty", 0.0, -2.0, 2.0),
         presence_penalty=_number(inputs, "presence_penalty", 0.0, -2.0, 2.0),
         max_tokens=max_tokens,
+        ignore_eos=_bool(inputs, "ignore_eos", False),  # the official SDK sends it; benchmarks need it
     )
 
 

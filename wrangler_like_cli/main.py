@@ -6,6 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import click
 
+from .ai import ai
 from .backend import backend
 from .dev import dev
 from .init import init
@@ -29,6 +30,7 @@ def cli() -> None:
     edgewise dev my-worker           serve it on emulated PoPs at http://localhost:8787
     edgewise tail                    stream the dev server's request logs
     edgewise backend serve           serve models (Workers AI, OpenAI and WebSocket APIs)
+    edgewise ai run MODEL --prompt   run a model once (edgewise ai models: list them)
     """
 
 
@@ -36,6 +38,7 @@ cli.add_command(init)
 cli.add_command(dev)
 cli.add_command(tail)
 cli.add_command(backend)
+cli.add_command(ai)
 
 if __name__ == "__main__":
     cli()

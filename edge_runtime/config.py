@@ -21,6 +21,8 @@ from edge_runtime.config_schema import (
     EdgewiseConfig,
     LatencyConfig,
     LimitsConfig,
+    LocalBackendConfig,
+    ModelSource,
     PopSpec,
     WorkerConfig,
 )
@@ -40,6 +42,8 @@ __all__ = [
     "EdgewiseConfig",
     "LatencyConfig",
     "LimitsConfig",
+    "LocalBackendConfig",
+    "ModelSource",
     "PopSpec",
     "WorkerConfig",
     "find_config",
@@ -122,7 +126,7 @@ def _worker_config(
         crons=_crons(merged.get("triggers", {}), key_of("triggers")),
         ai_binding=_ai_binding(merged.get("ai"), key_of("ai")),
         dev=build(DevConfig, "dev", **_dev_fields(raw.get("dev", {}))),
-        edgewise=_edgewise(raw, env_table, env_name),
+        edgewise=_edgewise(raw, env_table, env_name, root),
     )
     try:
         return WorkerConfig(
@@ -223,7 +227,7 @@ def _dev_fields(value: Any) -> dict[str, Any]:
 
 
 def _edgewise(
-    raw: Mapping[str, Any], env_table: Mapping[str, Any], env_name: str | None
+    raw: Mapping[str, Any], env_table: Mapping[str, Any], env_name: str | None, root: Path
 ) -> EdgewiseConfig:
     """The [edgewise] table, inherited by environments; an env's sub-keys override it."""
     base = expect_table(raw.get("edgewise", {}), "edgewise")
@@ -232,7 +236,7 @@ def _edgewise(
     def prefix_of(key: str) -> str:
         return f"env.{env_name}.edgewise" if key in override else "edgewise"
 
-    return parse_edgewise({**base, **override}, prefix_of)
+    return parse_edgewise({**base, **override}, prefix_of, root)
 
 
 def _warnings(

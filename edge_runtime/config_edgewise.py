@@ -6,16 +6,29 @@ emulated edge, so unknown keys are errors, not warnings.
 
 from __future__ import annotations
 
+import difflib
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from edge_runtime.config_error import ConfigError, join_key, top_key
-from edge_runtime.config_schema import BackendSpec, EdgewiseConfig, LatencyConfig, LimitsConfig, PopSpec
+from edge_runtime.config_schema import (
+    BackendSpec,
+    EdgewiseConfig,
+    LatencyConfig,
+    LimitsConfig,
+    LocalBackendConfig,
+    ModelSource,
+    PopSpec,
+    builtin_model_names,
+)
 from edge_runtime.config_values import (
     build,
     describe,
     expect_array,
+    expect_nonempty_str,
     expect_str,
     expect_table,
     json_value,
@@ -26,17 +39,20 @@ POP_KEYS = ("colo", "port", "healthy")
 LATENCY_KEYS = tuple(f.name for f in fields(LatencyConfig))
 LIMITS_KEYS = tuple(f.name for f in fields(LimitsConfig))
 BACKEND_KEYS = tuple(f.name for f in fields(BackendSpec))
+LOCAL_BACKEND_KEYS = tuple(f.name for f in fields(LocalBackendConfig))
 
 
-def parse_edgewise(table: Mapping[str, Any], prefix_of: Callable[[str], str]) -> EdgewiseConfig:
+def parse_edgewise(table: Mapping[str, Any], prefix_of: Callable[[str], str], root: Path) -> EdgewiseConfig:
     """An EdgewiseConfig from the raw table; absent keys take the defaults.
 
     `prefix_of(key)` is the dotted path of the table a key came from ("edgewise", or
     "env.NAME.edgewise" when an environment overrides it), so errors name the right line.
+    Relative model folders are taken from `root`, the config file's directory.
     """
+    readers = {**_READERS, "models": functools.partial(_read_models, root=root)}
     try:
         reject_unknown_keys(table, EDGEWISE_KEYS, None)
-        kwargs = {key: _READERS[key](value, key) for key, value in table.items()}
+        kwargs = {key: readers[key](value, key) for key, value in table.items()}
         return EdgewiseConfig(**kwargs)
     except ConfigError as error:
         raise error.under(prefix_of(top_key(error.key or ""))) from None
@@ -105,8 +121,44 @@ def _read_backend(item: Any, key: str) -> BackendSpec:
     url = expect_str(_required(table, "url", key), f"{key}.url")
     location = table.get("location")
     if location is not None:
-        location = expect_str(location, f"{key}.location").strip().upper()
+        location = _read_location_spec(location, f"{key}.location")
     return build(BackendSpec, key, url=url, location=location, token=table.get("token"))
+
+
+def _read_local_backend(value: Any, key: str) -> LocalBackendConfig:
+    table = dict(expect_table(value, key))
+    reject_unknown_keys(table, LOCAL_BACKEND_KEYS, key)
+    if table.get("location") is not None:
+        table["location"] = _read_location_spec(table["location"], f"{key}.location")
+    return build(LocalBackendConfig, key, **table)
+
+
+def _read_models(value: Any, key: str, root: Path) -> tuple[ModelSource, ...]:
+    table = expect_table(value, key)
+    return tuple(_read_model(name, source, f'{key}."{name}"', root) for name, source in table.items())
+
+
+def _read_model(name: str, value: Any, key: str, root: Path) -> ModelSource:
+    """A built-in model name, or else a folder (relative to the config file) that must exist."""
+    text = expect_nonempty_str(value, key).strip()
+    builtins = builtin_model_names()
+    if text in builtins:
+        return build(ModelSource, key, name=name, builtin=text)
+    folder = (root / Path(text).expanduser()).resolve()
+    if folder.is_dir():
+        return build(ModelSource, key, name=name, folder=folder)
+    raise ConfigError(None, key, _not_a_model_source(text, folder, builtins))
+
+
+def _not_a_model_source(text: str, folder: Path, builtins: tuple[str, ...]) -> str:
+    options = f"a Hugging Face model folder or a built-in model ({', '.join(builtins)})"
+    if text.startswith("@"):  # meant as a model name
+        close = difflib.get_close_matches(text, builtins, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f'must be {options}, got "{text}": no built-in model has that name{hint}'
+    if folder.exists():
+        return f'must be {options}: "{folder}" is a file, not a model folder'
+    return f'must be {options}: the folder "{folder}" does not exist and "{text}" is no built-in model name'
 
 
 def _required(table: Mapping[str, Any], name: str, key: str) -> Any:
@@ -123,5 +175,6 @@ _READERS: dict[str, Callable[[Any, str], Any]] = {
     "ip_locations": _read_ip_locations,
     "cf": _read_cf,
     "backends": _read_backends,
+    "backend": _read_local_backend,
 }
-EDGEWISE_KEYS = tuple(_READERS)
+EDGEWISE_KEYS = (*_READERS, "models")  # models also need the config's directory: see parse_edgewise

@@ -79,6 +79,8 @@ class LimitsConfig:
     max_subrequests: int = 50
     wall_time_s: float = 30.0  # a handler that has not answered by then gets an error
     wait_until_s: float = 30.0  # how long ctx.waitUntil work may run after the response
+    ai_connect_timeout_s: float = 10.0  # env.AI: connecting to a backend
+    ai_read_timeout_s: float = 300.0  # env.AI: longest silence between two bytes of a backend's reply
 
     def __post_init__(self) -> None:
         expect_int(self.max_request_body_bytes, "max_request_body_bytes")
@@ -86,6 +88,8 @@ class LimitsConfig:
         # a zero time limit would fail every request, so it is a mistake, not a setting
         expect_number(self.wall_time_s, "wall_time_s", minimum=0.001)
         expect_number(self.wait_until_s, "wait_until_s")
+        expect_number(self.ai_connect_timeout_s, "ai_connect_timeout_s", minimum=0.001)
+        expect_number(self.ai_read_timeout_s, "ai_read_timeout_s", minimum=0.001)
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class BackendSpec:
     """An inference backend the AI binding may call."""
 
     url: str  # http(s)://host:port
-    location: str | None = None  # IATA code where it sits (for nearest-backend choice)
+    location: str | None = None  # where it sits ("LHR", "GB", "LAT,LON"); None: next to every PoP
     token: str | None = None
 
     def __post_init__(self) -> None:
@@ -102,9 +106,79 @@ class BackendSpec:
             allowed = 'an http(s) URL like "http://127.0.0.1:8000"'
             raise ConfigError(None, "url", f"must be {allowed}, got {describe(self.url)}")
         if self.location is not None:
-            check_colo(self.location, "location")
+            check_location_spec(self.location, "location")
         if self.token is not None:
             expect_str(self.token, "token")
+
+    def __repr__(self) -> str:  # the token stays out of logs and tracebacks
+        token = None if self.token is None else "***"
+        return f"BackendSpec(url={self.url!r}, location={self.location!r}, token={token!r})"
+
+
+BACKEND_DEVICES = ("auto", "cpu", "cuda")
+BACKEND_DTYPES = ("auto", "float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class LocalBackendConfig:
+    """`[edgewise.backend]`: the inference backend `edgewise dev` starts itself."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    port: int = 0  # 0: any free port
+    location: str | None = None  # as BackendSpec.location; None: next to every PoP
+    max_queue: int | None = None  # requests waiting beyond this get 429; None: the backend's default
+    ready_timeout_s: float = 120.0  # longest wait for the backend to load its models and listen
+
+    def __post_init__(self) -> None:
+        _check_choice(self.device, BACKEND_DEVICES, "device")
+        _check_choice(self.dtype, BACKEND_DTYPES, "dtype")
+        check_port(self.port, "port")
+        if self.location is not None:
+            check_location_spec(self.location, "location")
+        if self.max_queue is not None:
+            expect_int(self.max_queue, "max_queue", minimum=1)
+        expect_number(self.ready_timeout_s, "ready_timeout_s", minimum=0.001)
+
+
+def _check_choice(value: Any, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        quoted = [f'"{choice}"' for choice in choices]
+        allowed = f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+        raise ConfigError(None, key, f"must be {allowed}, got {describe(value)}")
+
+
+def builtin_model_names() -> tuple[str, ...]:
+    """The models the backend ships with, served under these names without any folder."""
+    from gpu_backend.builtin_models import BUILTIN_MODELS  # cheap: no torch
+
+    return tuple(BUILTIN_MODELS)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One `[edgewise.models]` entry: a Workers AI model name served from a folder or a built-in model."""
+
+    name: str  # what Workers call, e.g. "@cf/meta/llama-3.1-8b-instruct"
+    folder: Path | None = None  # a Hugging Face checkpoint folder (absolute)
+    builtin: str | None = None  # or the name of a built-in model
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip() or any(c.isspace() for c in self.name):
+            raise ConfigError(None, None, f'model names must look like "@cf/meta/llama-3.1-8b-instruct", '
+                                          f"got {describe(self.name)}")
+        if (self.folder is None) == (self.builtin is None):
+            raise ConfigError(None, None, "needs either a folder or a built-in model name, not both")
+        if self.folder is not None and not self.folder.is_dir():
+            raise ConfigError(None, None, f'names the folder "{self.folder}", which does not exist')
+        if self.builtin is not None and self.builtin not in builtin_model_names():
+            known = ", ".join(builtin_model_names())
+            raise ConfigError(None, None, f"names no built-in model (built-ins: {known})")
+
+    @property
+    def serve_argument(self) -> str:
+        """`NAME=PATH` as `edgewise backend serve --model` takes it."""
+        return f"{self.name}={self.folder if self.folder is not None else self.builtin}"
 
 
 def default_pop_specs() -> tuple[PopSpec, ...]:
@@ -122,10 +196,13 @@ class EdgewiseConfig:
     ip_locations: tuple[tuple[str, str], ...] = ()  # (CIDR, location spec) pairs
     cf: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # over every request.cf
     backends: tuple[BackendSpec, ...] = ()
+    models: tuple[ModelSource, ...] = ()  # [edgewise.models]: served by the backend dev starts
+    backend: LocalBackendConfig = field(default_factory=LocalBackendConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pops", tuple(self.pops))
         object.__setattr__(self, "backends", tuple(self.backends))
+        object.__setattr__(self, "models", tuple(self.models))
         object.__setattr__(self, "cf", MappingProxyType(json_value(dict(self.cf), "cf")))
         self._check_pops()
         if self.client_location is not None:
@@ -242,6 +319,15 @@ class WorkerConfig:
         if GLOBAL_HANDLERS_FLAG in self.compatibility_flags:
             return True
         return self.compatibility_date < NO_GLOBAL_HANDLERS_DATE
+
+    @property
+    def starts_local_backend(self) -> bool:
+        """Whether `edgewise dev` starts its own backend for the AI binding.
+
+        It does when no backend is configured, and when models are mapped locally (it then joins
+        the configured ones); configured backends alone are used as they are.
+        """
+        return self.ai_binding is not None and (not self.edgewise.backends or bool(self.edgewise.models))
 
 
 def _relative(path: Path, root: Path) -> str:

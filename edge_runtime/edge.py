@@ -6,6 +6,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from .ai import Ai
+from .ai_backends import AiBackends
 from .bindings import Env, build_env
 from .catalog import get_location
 from .config import WorkerConfig
@@ -23,9 +25,12 @@ log = logging.getLogger("edgewise.edge")
 class Edge:
     """Builds every PoP up front; a Worker that fails to load stops the whole start (nothing half-starts)."""
 
-    def __init__(self, config: WorkerConfig, bindings: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, config: WorkerConfig, bindings: Mapping[str, Any] | None = None,
+                 ai_backends: AiBackends | None = None) -> None:
         self.config = config
         self.bindings = dict(bindings or {})
+        # Kept for the whole run: a reload makes new bindings over the same backends and connections.
+        self.ai_backends = ai_backends if ai_backends is not None else AiBackends.for_config(config)
         self.hub = TailHub()
         self.locator = ClientLocator(config.edgewise.ip_locations, config.edgewise.client_location)
         self.services = EdgeServices(config, self.locator, self.hub)
@@ -38,8 +43,14 @@ class Edge:
         return Pop(get_location(colo), self.services, worker, env, port=port, healthy=healthy)
 
     def _load(self, config: WorkerConfig, colo: str) -> tuple[Worker, Env]:
-        env = build_env(config.vars, config.secrets, self.bindings)
+        env = build_env(config.vars, config.secrets, self._bindings(config, colo))
         return Worker(import_isolated(config.main, colo, env), config.uses_global_handlers), env
+
+    def _bindings(self, config: WorkerConfig, colo: str) -> dict[str, Any]:
+        """This PoP's bindings: the shared ones, and an AI binding that calls the backend nearest to it."""
+        if config.ai_binding is None:
+            return self.bindings
+        return {**self.bindings, config.ai_binding: Ai(self.ai_backends, get_location(colo))}
 
     def reload(self, config: WorkerConfig | None = None) -> None:
         """Load fresh Worker instances (and vars) for every PoP, then swap them in; on failure keep the old.
@@ -52,6 +63,10 @@ class Edge:
         for pop, worker, env in fresh:
             pop.worker, pop.env = worker, env
             pop.forget_cached_cf()
+
+    async def aclose(self) -> None:
+        """Close what outlives requests: the AI backends' connections."""
+        await self.ai_backends.aclose()
 
     def pop(self, colo: str) -> Pop:
         return next(pop for pop in self.pops if pop.colo == colo.upper())

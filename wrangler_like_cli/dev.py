@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import gc
+from collections.abc import Callable
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
+from edge_runtime.ai_backends import AiBackends
+from edge_runtime.backend_process import BackendProcess, BackendStartError, serve_command, served_models
 from edge_runtime.catalog import get_location
 from edge_runtime.config import ConfigError, PopSpec, WorkerConfig, load_config
 from edge_runtime.devserver import BindError, Listener, display_host, open_listeners, serve
@@ -78,10 +83,39 @@ def _print_ready(config: WorkerConfig, host: str, listeners: list[Listener], edg
         port = next((f"http://{display_host(host)}:{lst.port}" for lst in listeners if lst.name == pop.colo), "")
         state = "" if pop.healthy else " [red](down)[/]"
         console.print(f"  {pop.colo}  {pop.location.city}, {pop.location.country}  {port}{state}")
+    _print_ai(config, edge)
     for warning in config.warnings:
         console.print(f"[yellow]▲ [WARNING][/] {warning}")
     # The exact line wrangler prints; tools wait for it.
     print(f"[wrangler:info] Ready on http://{display_host(host)}:{front.port}", flush=True)
+
+
+def _print_ai(config: WorkerConfig, edge: Edge) -> None:
+    """Where env.AI goes (URLs, never the tokens)."""
+    if config.ai_binding is None:
+        if config.edgewise.models:
+            warning = "[edgewise.models] is set but there is no [ai] binding: no AI backend is started"
+            console.print(f"[yellow]▲ [WARNING][/] {escape(warning)}")
+        return
+    specs = edge.ai_backends.specs
+    if not specs:
+        console.print(f"  env.{config.ai_binding} → [red]no AI backend[/]")
+    for spec in specs:
+        where = f" ({spec.location})" if spec.location else ""
+        console.print(f"  env.{config.ai_binding} → AI backend {spec.url}{escape(where)}")
+
+
+def _start_backend(config: WorkerConfig, stack: contextlib.ExitStack) -> AiBackends:
+    """The backends env.AI calls; the local one is started here (and stopped by `stack`) when the config
+    asks for it."""
+    if not config.starts_local_backend:
+        return AiBackends.for_config(config)
+    settings = config.edgewise.backend
+    models = ", ".join(model.partition("=")[0] for model in served_models(config.edgewise))
+    console.print(f"[bold]edgewise[/] starting the local AI backend ({escape(models)}) …", soft_wrap=True)
+    backend = stack.enter_context(BackendProcess.start(serve_command(config.edgewise), settings.ready_timeout_s))
+    console.print(f"[bold]edgewise[/] AI backend ready on {backend.url} · models: {escape(models)}", soft_wrap=True)
+    return AiBackends.for_config(config, backend.spec(settings.location))
 
 
 @click.command()
@@ -109,19 +143,30 @@ def dev(directory: Path, config_path: Path | None, env_name: str | None, port: i
     def read_config() -> WorkerConfig:
         return _apply_cli(load_config(directory, config_path, env_name, overrides), pops, latency, pop_ports, cf_fields)
 
+    with contextlib.ExitStack() as stack:  # stops the local AI backend however dev ends
+        try:
+            config = read_config()
+            ai_backends = _start_backend(config, stack)
+            edge = Edge(config, ai_backends=ai_backends)
+            host = ip or ("127.0.0.1" if config.dev.ip == "localhost" else config.dev.ip)
+            listeners = open_listeners(edge, host, config.dev.port if port is None else port)
+        except (ConfigError, WorkerLoadError, BindError, BackendStartError) as error:
+            fail(str(error))
+            return
+        # Everything loaded so far lives as long as the server: keep it out of the cyclic GC's scans.
+        gc.freeze()
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_serve_then_close(edge, listeners, reload, read_config,
+                                         lambda ready: _print_ready(config, host, ready, edge)))
+
+
+async def _serve_then_close(edge: Edge, listeners: list[Listener], reload: bool,
+                            read_config: Callable[[], WorkerConfig],
+                            on_ready: Callable[[list[Listener]], None]) -> None:
     try:
-        config = read_config()
-        edge = Edge(config)
-        host = ip or ("127.0.0.1" if config.dev.ip == "localhost" else config.dev.ip)
-        listeners = open_listeners(edge, host, config.dev.port if port is None else port)
-    except (ConfigError, WorkerLoadError, BindError) as error:
-        fail(str(error))
-        return
-    # Everything loaded so far lives as long as the server: keep it out of the cyclic GC's scans.
-    gc.freeze()
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(serve(edge, listeners, reload=reload, reload_config=read_config,
-                         on_ready=lambda ready: _print_ready(config, host, ready, edge)))
+        await serve(edge, listeners, reload=reload, reload_config=read_config, on_ready=on_ready)
+    finally:
+        await edge.aclose()
 
 
 def _loop_factory():  # noqa: ANN202 - a loop constructor

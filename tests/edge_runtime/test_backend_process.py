@@ -1,0 +1,129 @@
+"""The local backend process: its command line, the wait for its Ready line, its output, and stopping it.
+
+The process logic runs against tiny `python -c` scripts that act out a backend's start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.backend_process import TOKEN_ENV, BackendProcess, BackendStartError, serve_command, served_models
+from edge_runtime.config import EdgewiseConfig, LocalBackendConfig, ModelSource
+
+TINY = "@cf/edgewise/tiny-shakespeare"
+MINILM = "@cf/sentence-transformers/all-minilm-l6-v2"
+
+
+def script(body: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(body)]
+
+
+READY_THEN_SERVE = script(f"""
+    import os, sys, time
+    print("loading models", flush=True)
+    print("[edgewise:backend] Ready on http://127.0.0.1:54321", flush=True)
+    token = os.environ["{TOKEN_ENV}"]
+    print(f"token has {{len(token)}} characters: {{token}}", flush=True)
+    print("oops", file=sys.stderr, flush=True)
+    time.sleep(30)
+""")
+
+
+def test_ready_line_gives_the_url_and_later_output_is_forwarded(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="edgewise.backend")
+    with BackendProcess.start(READY_THEN_SERVE, ready_timeout_s=10) as backend:
+        assert backend.url == "http://127.0.0.1:54321"
+        spec = backend.spec("LHR")
+        assert (spec.url, spec.location, spec.token) == (backend.url, "LHR", backend.token)
+        deadline = time.monotonic() + 5
+        while "oops" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert backend.process.poll() is not None  # stopped on leaving the block
+    infos = [r.getMessage() for r in caplog.records if r.name == "edgewise.backend" and r.levelno == logging.INFO]
+    assert infos == ["token has 43 characters: ***", "oops"]  # stderr too; the token never shown
+    assert backend.token not in caplog.text and backend.token not in repr(spec)
+
+
+def test_token_is_fresh_and_never_on_the_command_line() -> None:
+    with BackendProcess.start(READY_THEN_SERVE, ready_timeout_s=10) as first:
+        with BackendProcess.start(READY_THEN_SERVE, ready_timeout_s=10) as second:
+            assert first.token != second.token and len(first.token) == 43
+            assert all(first.token not in arg for arg in first.process.args)
+
+
+def test_exit_before_ready_quotes_the_output() -> None:
+    failing = script("""
+        import sys
+        print("Traceback (most recent call last):")
+        print("CheckpointError: no config.json in /models/x")
+        sys.exit(3)
+    """)
+    with pytest.raises(BackendStartError, match="exited with status 3") as caught:
+        BackendProcess.start(failing, ready_timeout_s=10)
+    assert "CheckpointError: no config.json in /models/x" in str(caught.value)
+
+
+def test_no_ready_line_in_time_stops_it() -> None:
+    stuck = script("""
+        import time
+        print("still loading", flush=True)
+        time.sleep(30)
+    """)
+    started = time.monotonic()
+    with pytest.raises(BackendStartError, match=r"(?s)did not start within 0.3 s.*ready_timeout_s.*still loading"):
+        BackendProcess.start(stuck, ready_timeout_s=0.3)
+    assert time.monotonic() - started < 5
+
+
+def test_stop_kills_a_backend_that_ignores_sigterm() -> None:
+    stubborn = script("""
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("[edgewise:backend] Ready on http://127.0.0.1:1", flush=True)
+        time.sleep(30)
+    """)
+    backend = BackendProcess.start(stubborn, ready_timeout_s=10)
+    started = time.monotonic()
+    assert backend.stop(timeout_s=0.3) == -9
+    assert time.monotonic() - started < 5
+
+
+def test_stop_sends_sigterm_first() -> None:
+    with BackendProcess.start(READY_THEN_SERVE, ready_timeout_s=10) as backend:
+        assert backend.stop() == -15
+    assert backend.stop() == -15  # stopping twice is harmless
+
+
+# ---- the command line -------------------------------------------------------------------
+
+
+def test_serve_command_serves_builtins_and_mapped_models(tmp_path: Path) -> None:
+    edgewise = EdgewiseConfig(
+        models=(ModelSource("@cf/meta/llama-3.1-8b-instruct", builtin=TINY), ModelSource("@cf/me/x", folder=tmp_path)),
+        backend=LocalBackendConfig(device="cpu", dtype="float32", port=0, max_queue=8),
+    )
+    command = serve_command(edgewise)
+    assert command[:5] == [sys.executable, "-m", "wrangler_like_cli.main", "backend", "serve"]
+    models = [command[i + 1] for i, arg in enumerate(command) if arg == "--model"]
+    assert models == [TINY, MINILM, f"@cf/meta/llama-3.1-8b-instruct={TINY}", f"@cf/me/x={tmp_path}"]
+    assert command[-10:] == ["--host", "127.0.0.1", "--port", "0", "--device", "cpu", "--dtype", "float32",
+                             "--max-queue", "8"]  # fmt: skip
+
+
+def test_a_mapping_replaces_the_builtin_of_the_same_name(tmp_path: Path) -> None:
+    edgewise = EdgewiseConfig(models=(ModelSource(TINY, folder=tmp_path),))
+    assert served_models(edgewise) == [MINILM, f"{TINY}={tmp_path}"]
+    assert "--max-queue" not in serve_command(edgewise)
+
+
+def test_serve_command_is_the_real_cli() -> None:
+    # the launcher runs the `edgewise` CLI module with this interpreter; that module must exist
+    reply = subprocess.run([sys.executable, "-c", "import wrangler_like_cli.main"], capture_output=True)
+    assert reply.returncode == 0, reply.stderr

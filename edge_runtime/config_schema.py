@@ -116,7 +116,7 @@ class BackendSpec:
 
 
 BACKEND_DEVICES = ("auto", "cpu", "cuda")
-BACKEND_DTYPES = ("auto", "float32", "bfloat16")
+BACKEND_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class LocalBackendConfig:
     dtype: str = "auto"
     port: int = 0  # 0: any free port
     location: str | None = None  # as BackendSpec.location; None: next to every PoP
-    max_queue: int | None = None  # requests waiting beyond this get 429; None: the backend's default
+    max_queue: int | None = None  # requests a model may queue beyond those it runs (then 429); None: the default
     ready_timeout_s: float = 120.0  # longest wait for the backend to load its models and listen
 
     def __post_init__(self) -> None:
@@ -137,7 +137,7 @@ class LocalBackendConfig:
         if self.location is not None:
             check_location_spec(self.location, "location")
         if self.max_queue is not None:
-            expect_int(self.max_queue, "max_queue", minimum=1)
+            expect_int(self.max_queue, "max_queue")
         expect_number(self.ready_timeout_s, "ready_timeout_s", minimum=0.001)
 
 

@@ -28,6 +28,7 @@ SHUTDOWN_TIMEOUT_S = 10.0
 def serving(app: Any, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
     """``with serving(app) as url:`` -> "http://127.0.0.1:PORT" until the block ends, then a clean stop."""
     sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets (see serve.py)
     sock.bind(("127.0.0.1", 0))
     sock.listen(512)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,

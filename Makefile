@@ -1,4 +1,4 @@
-# Two entry points: `make run` (the dev server on examples/hello) and `make test`.
+# Two entry points: `make run` (the dev server on examples/ai-chat, with the built-in models) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/edgewise dev examples/hello
+	$(BIN)/edgewise dev examples/ai-chat
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -23,6 +23,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/edge_overhead.py
 	$(BIN)/python benchmarks/edge_instructions.py
+	$(BIN)/python benchmarks/stream_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

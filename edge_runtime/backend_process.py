@@ -23,6 +23,9 @@ from .config_schema import builtin_model_names
 log = logging.getLogger("edgewise.backend")
 
 TOKEN_ENV = "EDGEWISE_BACKEND_TOKEN"
+# Set, it is the token instead of a fresh one, so that a caller of `edgewise dev` (the e2e tests) can
+# call the backend it starts, /metrics included; like every token, never printed.
+DEV_TOKEN_ENV = "EDGEWISE_DEV_BACKEND_TOKEN"
 READY_LINE = re.compile(r"\[edgewise:backend\] Ready on (https?://\S+)")
 HOST = "127.0.0.1"
 LAST_LINES = 30  # of the output, quoted when the backend fails to start
@@ -66,8 +69,9 @@ class BackendProcess:
 
     @classmethod
     def start(cls, command: Sequence[str], ready_timeout_s: float) -> BackendProcess:
-        """Run `command` with a new token in its environment and wait for its Ready line."""
-        token = secrets.token_urlsafe(32)
+        """Run `command` with a new token (or $EDGEWISE_DEV_BACKEND_TOKEN) in its environment and wait for
+        its Ready line."""
+        token = os.environ.get(DEV_TOKEN_ENV) or secrets.token_urlsafe(32)
         env = {**os.environ, TOKEN_ENV: token, "PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, env=env, text=True, encoding="utf-8",

@@ -1,0 +1,294 @@
+"""The AI examples end to end: ``edgewise dev examples/<name>`` (which starts the AI backend with the
+built-in models) answered over HTTP, WebSocket and a headless browser, checked against the engine's greedy output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+
+from gpu_backend import LLM, SamplingParams
+from gpu_backend.builtin_models import builtin_model_path
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+STARTUP_TIMEOUT_S = 60.0  # the front door, and before it the backend loading both built-in models
+SHAKESPEARE = "@cf/edgewise/tiny-shakespeare"
+GREEDY = {"max_tokens": 8, "temperature": 0}
+CONVERSATION = [{"role": "system", "content": "You are a player."}, {"role": "user", "content": "ROMEO:"}]
+
+
+class DevServer:
+    """``edgewise dev`` on a free port, its output in a file; ready once the front door's Ready line shows."""
+
+    def __init__(self, project: Path, log: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = log
+        script = Path(sys.executable).with_name("edgewise")
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "wrangler_like_cli.main"]
+        with log.open("w") as out:
+            self.process = subprocess.Popen(
+                [*command, "dev", str(project), "--port", str(self.port), "--latency", "off", "--no-reload",
+                 "--log-level", "info"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"})
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        ready = f"Ready on http://localhost:{self.port}"
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while ready not in self.output:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"edgewise dev did not get ready (exit status {self.process.returncode}):\n{self.output}")
+            time.sleep(0.05)
+
+    @property
+    def output(self) -> str:
+        return self._log.read_text()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # stops the backend it started, too
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Examples:
+    """One example served at a time: asking for another stops the one before (and its backend)."""
+
+    def __init__(self, logs: Path) -> None:
+        self._logs = logs
+        self._name: str | None = None
+        self._server: DevServer | None = None
+
+    def serve(self, name: str) -> DevServer:
+        if self._name != name:
+            self.stop()
+            self._name, self._server = name, DevServer(EXAMPLES / name, self._logs / f"{name}.log")
+        assert self._server is not None
+        return self._server
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+        self._name = self._server = None
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Examples]:
+    served = Examples(tmp_path_factory.mktemp("dev-logs"))
+    yield served
+    served.stop()
+
+
+@pytest.fixture
+def chat(examples: Examples) -> DevServer:
+    return examples.serve("ai-chat")
+
+
+@pytest.fixture
+def chat_websocket(examples: Examples) -> DevServer:
+    return examples.serve("ai-chat-websocket")
+
+
+@pytest.fixture
+def rag(examples: Examples) -> DevServer:
+    return examples.serve("rag")
+
+
+@pytest.fixture(scope="module")
+def greedy() -> LLM:
+    """The text model the examples' [edgewise.models] maps @cf/meta/llama-3.1-8b-instruct to, run directly."""
+    return LLM(str(builtin_model_path(SHAKESPEARE)), progress=False)
+
+
+def greedy_text(llm: LLM, messages: list[dict[str, str]], max_tokens: int) -> str:
+    return llm.chat(messages, SamplingParams(temperature=0.0, max_tokens=max_tokens))[0].text
+
+
+def sse_payloads(body: str) -> list[object]:
+    """Each event's data: parsed JSON, or the string "[DONE]"."""
+    events = [event for event in body.replace("\r\n", "\n").split("\n\n") if event.strip()]
+    data = [event.removeprefix("data:").strip() for event in events]
+    return [item if item == "[DONE]" else json.loads(item) for item in data]
+
+
+# ---- ai-chat --------------------------------------------------------------------------------
+
+
+def test_chat_page_is_self_contained_html(chat: DevServer) -> None:
+    page = httpx.get(chat.url + "/", timeout=10)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    for element in ('id="prompt"', 'id="send"', 'id="messages"', "dataset.state", "getReader()", "[DONE]"):
+        assert element in page.text
+    assert "src=\"http" not in page.text and "href=\"http" not in page.text and "@import" not in page.text
+
+
+def test_chat_streams_sse_that_equals_one_greedy_reply(chat: DevServer, greedy: LLM) -> None:
+    body = {"messages": CONVERSATION, **GREEDY}
+    streamed = httpx.post(chat.url + "/api/chat", json=body, timeout=30)
+    assert streamed.status_code == 200
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    payloads = sse_payloads(streamed.text)
+    assert payloads[-1] == "[DONE]"
+    assert payloads[-2]["usage"]["completion_tokens"] == GREEDY["max_tokens"]
+    text = "".join(payload["response"] for payload in payloads[:-1])
+
+    whole = httpx.post(chat.url + "/api/chat", json={**body, "stream": False}, timeout=30)
+    assert whole.status_code == 200
+    assert whole.json()["response"] == text == greedy_text(greedy, CONVERSATION, GREEDY["max_tokens"])
+    assert whole.json()["usage"]["completion_tokens"] == GREEDY["max_tokens"]
+
+
+def test_chat_adds_its_system_prompt(chat: DevServer, greedy: LLM) -> None:
+    from_user = [{"role": "user", "content": "JULIET:"}]
+    reply = httpx.post(chat.url + "/api/chat", json={"messages": from_user, "stream": False, **GREEDY}, timeout=30)
+    system = {"role": "system", "content": "You are a friendly assistant. Answer briefly."}
+    assert reply.json()["response"] == greedy_text(greedy, [system, *from_user], GREEDY["max_tokens"])
+
+
+def test_chat_refusals(chat: DevServer) -> None:
+    no_messages = httpx.post(chat.url + "/api/chat", json={"messages": []}, timeout=10)
+    assert no_messages.status_code == 400 and "messages" in no_messages.json()["error"]
+    too_hot = httpx.post(chat.url + "/api/chat", json={"messages": CONVERSATION, "temperature": 9}, timeout=10)
+    assert too_hot.status_code == 502 and too_hot.json()["error"].startswith("5006: ")
+    assert httpx.get(chat.url + "/api/chat", timeout=10).status_code == 405
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_chat_page_in_a_headless_browser(chat: DevServer, greedy: LLM) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if _chromium() is None:
+        pytest.skip("no chromium to drive")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{chat.url}/?max_tokens=8&temperature=0")
+            for turn, prompt in enumerate(("ROMEO:", "JULIET:"), 1):
+                page.fill("#prompt", prompt)
+                page.click("#send")
+                page.wait_for_function(f"document.querySelectorAll('.assistant').length === {turn} && "
+                                       "document.body.dataset.state !== 'streaming'", timeout=20_000)
+                assert page.evaluate("document.body.dataset.state") == "done"
+            answers = [element.inner_text() for element in page.query_selector_all(".assistant")]
+            system = {"role": "system", "content": "You are a friendly assistant. Answer briefly."}
+            first = greedy_text(greedy, [system, {"role": "user", "content": "ROMEO:"}], 8)
+            conversation = [system, {"role": "user", "content": "ROMEO:"}, {"role": "assistant", "content": first},
+                            {"role": "user", "content": "JULIET:"}]
+            assert [answer.strip() for answer in answers] == [first.strip(), greedy_text(greedy, conversation, 8).strip()]
+
+            page.goto(f"{chat.url}/?temperature=9")
+            page.fill("#prompt", "ROMEO:")
+            page.click("#send")
+            page.wait_for_function("document.body.dataset.state === 'error'", timeout=20_000)
+            assert "5006" in page.inner_text(".error")
+        finally:
+            browser.close()
+
+
+# ---- ai-chat-websocket -----------------------------------------------------------------------
+
+
+async def _reply(connection: websockets.ClientConnection) -> tuple[list[str], dict[str, object]]:
+    """The text frames of one reply, and its last frame ({"done", "usage"} or {"error"})."""
+    pieces = []
+    while True:
+        frame = json.loads(await asyncio.wait_for(connection.recv(), 30))
+        if "response" not in frame:
+            return pieces, frame
+        pieces.append(frame["response"])
+
+
+async def test_websocket_streams_token_frames_then_done(chat_websocket: DevServer, greedy: LLM) -> None:
+    url = f"ws://127.0.0.1:{chat_websocket.port}/ws"
+    async with websockets.connect(url, open_timeout=10) as connection:
+        await connection.send(json.dumps({"messages": CONVERSATION, **GREEDY}))
+        pieces, last = await _reply(connection)
+        assert last == {"done": True, "usage": {"prompt_tokens": last["usage"]["prompt_tokens"],
+                                                "completion_tokens": 8,
+                                                "total_tokens": last["usage"]["prompt_tokens"] + 8}}
+        assert 1 < len(pieces) <= 8 and all(pieces)
+        assert "".join(pieces) == greedy_text(greedy, CONVERSATION, 8)
+
+        # queued frames are answered in order; an error frame leaves the connection open
+        await connection.send(json.dumps({"prompt": "ROMEO:", "max_tokens": 3, "temperature": 0}))
+        await connection.send("not a request? then a prompt")
+        await connection.send(json.dumps({"nope": 1}))
+        await connection.send(json.dumps({"prompt": "ROMEO:", "temperature": 99}))
+        _, first = await _reply(connection)
+        assert first["usage"]["completion_tokens"] == 3
+        _, plain = await _reply(connection)
+        assert plain["done"] is True
+        _, bad_frame = await _reply(connection)
+        assert bad_frame["error"].startswith('send {"prompt"')
+        _, refused = await _reply(connection)
+        assert refused["error"].startswith("5006: ")
+
+
+def test_websocket_example_page_and_plain_get(chat_websocket: DevServer) -> None:
+    assert httpx.get(chat_websocket.url + "/ws", timeout=10).status_code == 426
+    page = httpx.get(chat_websocket.url + "/", timeout=10)
+    assert page.status_code == 200 and "new WebSocket(" in page.text
+
+
+# ---- rag --------------------------------------------------------------------------------------
+
+
+def test_rag_answers_from_the_three_nearest_passages(rag: DevServer) -> None:
+    reply = httpx.get(rag.url + "/", params={"q": "Who loves Clarence?", **GREEDY}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()
+    passages = (EXAMPLES / "rag" / "src" / "passages.txt").read_text().split("\n\n")
+    assert isinstance(answer["answer"], str) and answer["answer"].strip()
+    assert len(answer["sources"]) == 3
+    assert all(source["text"] in [passage.strip() for passage in passages] for source in answer["sources"])
+    assert answer["sources"][0]["text"].startswith("CLARENCE:\nO, no, he loves me")
+    scores = [source["score"] for source in answer["sources"]]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[-1] < scores[0] <= 1
+
+    again = httpx.get(rag.url + "/", params={"q": "Who loves Clarence?", **GREEDY}, timeout=30)
+    assert again.json() == answer  # greedy, and the same index
+
+
+def test_rag_ingest_adds_passages_that_questions_find(rag: DevServer) -> None:
+    line = "ROMEO:\nBut soft, what light through yonder window breaks?"
+    added = httpx.post(rag.url + "/ingest", json={"passages": [line]}, timeout=30)
+    assert added.status_code == 200 and added.json()["added"] == 1
+    reply = httpx.get(rag.url + "/", params={"q": "What light breaks through the window?", "max_tokens": 4},
+                      timeout=30)
+    assert reply.json()["sources"][0]["text"] == line
+    reset = httpx.post(rag.url + "/ingest", timeout=30)
+    assert reset.json()["passages"] == reset.json()["added"] == added.json()["passages"] - 1
+
+
+def test_rag_refusals(rag: DevServer) -> None:
+    assert httpx.get(rag.url + "/", timeout=10).status_code == 400
+    assert httpx.get(rag.url + "/", params={"q": "x", "max_tokens": "many"}, timeout=10).status_code == 400
+    assert httpx.post(rag.url + "/ingest", json={"passages": 3}, timeout=10).status_code == 400

@@ -1,131 +1,61 @@
 """The AI examples end to end: ``edgewise dev examples/<name>`` (which starts the AI backend with the
-built-in models) answered over HTTP, WebSocket and a headless browser, checked against the engine's greedy output."""
+built-in models) answered over HTTP, WebSocket and a headless browser, checked against the engine's greedy output.
+
+``start_ai_dev`` and ``greedy`` come from conftest.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 import websockets
 
-from gpu_backend import LLM, SamplingParams
-from gpu_backend.builtin_models import builtin_model_path
+if TYPE_CHECKING:
+    from conftest import AiDevServer, Messages
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples"
-STARTUP_TIMEOUT_S = 60.0  # the front door, and before it the backend loading both built-in models
-SHAKESPEARE = "@cf/edgewise/tiny-shakespeare"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 GREEDY = {"max_tokens": 8, "temperature": 0}
 CONVERSATION = [{"role": "system", "content": "You are a player."}, {"role": "user", "content": "ROMEO:"}]
-
-
-class DevServer:
-    """``edgewise dev`` on a free port, its output in a file; ready once the front door's Ready line shows."""
-
-    def __init__(self, project: Path, log: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = log
-        script = Path(sys.executable).with_name("edgewise")
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "wrangler_like_cli.main"]
-        with log.open("w") as out:
-            self.process = subprocess.Popen(
-                [*command, "dev", str(project), "--port", str(self.port), "--latency", "off", "--no-reload",
-                 "--log-level", "info"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"})
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        ready = f"Ready on http://localhost:{self.port}"
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while ready not in self.output:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"edgewise dev did not get ready (exit status {self.process.returncode}):\n{self.output}")
-            time.sleep(0.05)
-
-    @property
-    def output(self) -> str:
-        return self._log.read_text()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # stops the backend it started, too
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Examples:
-    """One example served at a time: asking for another stops the one before (and its backend)."""
-
-    def __init__(self, logs: Path) -> None:
-        self._logs = logs
-        self._name: str | None = None
-        self._server: DevServer | None = None
-
-    def serve(self, name: str) -> DevServer:
-        if self._name != name:
-            self.stop()
-            self._name, self._server = name, DevServer(EXAMPLES / name, self._logs / f"{name}.log")
-        assert self._server is not None
-        return self._server
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-        self._name = self._server = None
+CHAT_SYSTEM_PROMPT = {"role": "system", "content": "You are a friendly assistant. Answer briefly."}
+Greedy = Callable[["Messages", int], str]
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Examples]:
-    served = Examples(tmp_path_factory.mktemp("dev-logs"))
-    yield served
-    served.stop()
+def serve_example(start_ai_dev: Callable[..., AiDevServer]) -> Callable[[str], AiDevServer]:
+    """``serve_example(name)``: one example served at a time; asking for another stops the one before."""
+    current: dict[str, AiDevServer] = {}
+
+    def serve(name: str) -> AiDevServer:
+        if name not in current:
+            for server in current.values():
+                server.stop()  # and its backend: the next one loads the models afresh
+            current.clear()
+            current[name] = start_ai_dev(EXAMPLES / name)
+        return current[name]
+
+    return serve
 
 
 @pytest.fixture
-def chat(examples: Examples) -> DevServer:
-    return examples.serve("ai-chat")
+def chat(serve_example: Callable[[str], AiDevServer]) -> AiDevServer:
+    return serve_example("ai-chat")
 
 
 @pytest.fixture
-def chat_websocket(examples: Examples) -> DevServer:
-    return examples.serve("ai-chat-websocket")
+def chat_websocket(serve_example: Callable[[str], AiDevServer]) -> AiDevServer:
+    return serve_example("ai-chat-websocket")
 
 
 @pytest.fixture
-def rag(examples: Examples) -> DevServer:
-    return examples.serve("rag")
-
-
-@pytest.fixture(scope="module")
-def greedy() -> LLM:
-    """The text model the examples' [edgewise.models] maps @cf/meta/llama-3.1-8b-instruct to, run directly."""
-    return LLM(str(builtin_model_path(SHAKESPEARE)), progress=False)
-
-
-def greedy_text(llm: LLM, messages: list[dict[str, str]], max_tokens: int) -> str:
-    return llm.chat(messages, SamplingParams(temperature=0.0, max_tokens=max_tokens))[0].text
+def rag(serve_example: Callable[[str], AiDevServer]) -> AiDevServer:
+    return serve_example("rag")
 
 
 def sse_payloads(body: str) -> list[object]:
@@ -138,7 +68,7 @@ def sse_payloads(body: str) -> list[object]:
 # ---- ai-chat --------------------------------------------------------------------------------
 
 
-def test_chat_page_is_self_contained_html(chat: DevServer) -> None:
+def test_chat_page_is_self_contained_html(chat: AiDevServer) -> None:
     page = httpx.get(chat.url + "/", timeout=10)
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
@@ -147,7 +77,7 @@ def test_chat_page_is_self_contained_html(chat: DevServer) -> None:
     assert "src=\"http" not in page.text and "href=\"http" not in page.text and "@import" not in page.text
 
 
-def test_chat_streams_sse_that_equals_one_greedy_reply(chat: DevServer, greedy: LLM) -> None:
+def test_chat_streams_sse_that_equals_one_greedy_reply(chat: AiDevServer, greedy: Greedy) -> None:
     body = {"messages": CONVERSATION, **GREEDY}
     streamed = httpx.post(chat.url + "/api/chat", json=body, timeout=30)
     assert streamed.status_code == 200
@@ -159,18 +89,17 @@ def test_chat_streams_sse_that_equals_one_greedy_reply(chat: DevServer, greedy: 
 
     whole = httpx.post(chat.url + "/api/chat", json={**body, "stream": False}, timeout=30)
     assert whole.status_code == 200
-    assert whole.json()["response"] == text == greedy_text(greedy, CONVERSATION, GREEDY["max_tokens"])
+    assert whole.json()["response"] == text == greedy(CONVERSATION, GREEDY["max_tokens"])
     assert whole.json()["usage"]["completion_tokens"] == GREEDY["max_tokens"]
 
 
-def test_chat_adds_its_system_prompt(chat: DevServer, greedy: LLM) -> None:
+def test_chat_adds_its_system_prompt(chat: AiDevServer, greedy: Greedy) -> None:
     from_user = [{"role": "user", "content": "JULIET:"}]
     reply = httpx.post(chat.url + "/api/chat", json={"messages": from_user, "stream": False, **GREEDY}, timeout=30)
-    system = {"role": "system", "content": "You are a friendly assistant. Answer briefly."}
-    assert reply.json()["response"] == greedy_text(greedy, [system, *from_user], GREEDY["max_tokens"])
+    assert reply.json()["response"] == greedy([CHAT_SYSTEM_PROMPT, *from_user], GREEDY["max_tokens"])
 
 
-def test_chat_refusals(chat: DevServer) -> None:
+def test_chat_refusals(chat: AiDevServer) -> None:
     no_messages = httpx.post(chat.url + "/api/chat", json={"messages": []}, timeout=10)
     assert no_messages.status_code == 400 and "messages" in no_messages.json()["error"]
     too_hot = httpx.post(chat.url + "/api/chat", json={"messages": CONVERSATION, "temperature": 9}, timeout=10)
@@ -182,7 +111,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-def test_chat_page_in_a_headless_browser(chat: DevServer, greedy: LLM) -> None:
+def test_chat_page_in_a_headless_browser(chat: AiDevServer, greedy: Greedy) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     if _chromium() is None:
         pytest.skip("no chromium to drive")
@@ -198,11 +127,10 @@ def test_chat_page_in_a_headless_browser(chat: DevServer, greedy: LLM) -> None:
                                        "document.body.dataset.state !== 'streaming'", timeout=20_000)
                 assert page.evaluate("document.body.dataset.state") == "done"
             answers = [element.inner_text() for element in page.query_selector_all(".assistant")]
-            system = {"role": "system", "content": "You are a friendly assistant. Answer briefly."}
-            first = greedy_text(greedy, [system, {"role": "user", "content": "ROMEO:"}], 8)
-            conversation = [system, {"role": "user", "content": "ROMEO:"}, {"role": "assistant", "content": first},
+            first = greedy([CHAT_SYSTEM_PROMPT, {"role": "user", "content": "ROMEO:"}], 8)
+            conversation = [CHAT_SYSTEM_PROMPT, {"role": "user", "content": "ROMEO:"}, {"role": "assistant", "content": first},
                             {"role": "user", "content": "JULIET:"}]
-            assert [answer.strip() for answer in answers] == [first.strip(), greedy_text(greedy, conversation, 8).strip()]
+            assert [answer.strip() for answer in answers] == [first.strip(), greedy(conversation, 8).strip()]
 
             page.goto(f"{chat.url}/?temperature=9")
             page.fill("#prompt", "ROMEO:")
@@ -226,8 +154,8 @@ async def _reply(connection: websockets.ClientConnection) -> tuple[list[str], di
         pieces.append(frame["response"])
 
 
-async def test_websocket_streams_token_frames_then_done(chat_websocket: DevServer, greedy: LLM) -> None:
-    url = f"ws://127.0.0.1:{chat_websocket.port}/ws"
+async def test_websocket_streams_token_frames_then_done(chat_websocket: AiDevServer, greedy: Greedy) -> None:
+    url = chat_websocket.ws_url + "/ws"
     async with websockets.connect(url, open_timeout=10) as connection:
         await connection.send(json.dumps({"messages": CONVERSATION, **GREEDY}))
         pieces, last = await _reply(connection)
@@ -235,7 +163,7 @@ async def test_websocket_streams_token_frames_then_done(chat_websocket: DevServe
                                                 "completion_tokens": 8,
                                                 "total_tokens": last["usage"]["prompt_tokens"] + 8}}
         assert 1 < len(pieces) <= 8 and all(pieces)
-        assert "".join(pieces) == greedy_text(greedy, CONVERSATION, 8)
+        assert "".join(pieces) == greedy(CONVERSATION, 8)
 
         # queued frames are answered in order; an error frame leaves the connection open
         await connection.send(json.dumps({"prompt": "ROMEO:", "max_tokens": 3, "temperature": 0}))
@@ -252,7 +180,7 @@ async def test_websocket_streams_token_frames_then_done(chat_websocket: DevServe
         assert refused["error"].startswith("5006: ")
 
 
-def test_websocket_example_page_and_plain_get(chat_websocket: DevServer) -> None:
+def test_websocket_example_page_and_plain_get(chat_websocket: AiDevServer) -> None:
     assert httpx.get(chat_websocket.url + "/ws", timeout=10).status_code == 426
     page = httpx.get(chat_websocket.url + "/", timeout=10)
     assert page.status_code == 200 and "new WebSocket(" in page.text
@@ -261,7 +189,7 @@ def test_websocket_example_page_and_plain_get(chat_websocket: DevServer) -> None
 # ---- rag --------------------------------------------------------------------------------------
 
 
-def test_rag_answers_from_the_three_nearest_passages(rag: DevServer) -> None:
+def test_rag_answers_from_the_three_nearest_passages(rag: AiDevServer) -> None:
     reply = httpx.get(rag.url + "/", params={"q": "Who loves Clarence?", **GREEDY}, timeout=30)
     assert reply.status_code == 200, reply.text
     answer = reply.json()
@@ -277,7 +205,7 @@ def test_rag_answers_from_the_three_nearest_passages(rag: DevServer) -> None:
     assert again.json() == answer  # greedy, and the same index
 
 
-def test_rag_ingest_adds_passages_that_questions_find(rag: DevServer) -> None:
+def test_rag_ingest_adds_passages_that_questions_find(rag: AiDevServer) -> None:
     line = "ROMEO:\nBut soft, what light through yonder window breaks?"
     added = httpx.post(rag.url + "/ingest", json={"passages": [line]}, timeout=30)
     assert added.status_code == 200 and added.json()["added"] == 1
@@ -288,7 +216,7 @@ def test_rag_ingest_adds_passages_that_questions_find(rag: DevServer) -> None:
     assert reset.json()["passages"] == reset.json()["added"] == added.json()["passages"] - 1
 
 
-def test_rag_refusals(rag: DevServer) -> None:
+def test_rag_refusals(rag: AiDevServer) -> None:
     assert httpx.get(rag.url + "/", timeout=10).status_code == 400
     assert httpx.get(rag.url + "/", params={"q": "x", "max_tokens": "many"}, timeout=10).status_code == 400
     assert httpx.post(rag.url + "/ingest", json={"passages": 3}, timeout=10).status_code == 400

@@ -220,3 +220,20 @@ def test_rag_refusals(rag: AiDevServer) -> None:
     assert httpx.get(rag.url + "/", timeout=10).status_code == 400
     assert httpx.get(rag.url + "/", params={"q": "x", "max_tokens": "many"}, timeout=10).status_code == 400
     assert httpx.post(rag.url + "/ingest", json={"passages": 3}, timeout=10).status_code == 400
+
+
+def test_websocket_example_parses_events_split_anywhere() -> None:
+    """src/sse.py on its own: the same events whether the bytes come whole or one at a time."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("example_sse", EXAMPLES / "ai-chat-websocket" / "src" / "sse.py")
+    assert spec is not None and spec.loader is not None
+    sse = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sse)
+    body = ('data: {"response":"Ça"}\r\n\r\n: a comment\n\ndata: {"response":" va"}\n\n'
+            'data: {"response":"","usage":{"completion_tokens":2}}\n\ndata: [DONE]\n\n').encode()
+    expected = [{"response": "Ça"}, {"response": " va"}, {"response": "", "usage": {"completion_tokens": 2}}, sse.DONE]
+    assert sse.EventParser().feed(body) == expected
+    one_at_a_time = sse.EventParser()
+    assert [data for index in range(len(body)) for data in one_at_a_time.feed(body[index:index + 1])] == expected
+    assert sse.error_text({"error": {"code": 3007, "message": "timeout"}}) == "3007: timeout"

@@ -121,8 +121,9 @@ async def test_init_creates_a_loadable_project(tmp_path: Path, template: str) ->
     assert config.compatibility_date == datetime.date.today().isoformat()
     assert "python_workers" in config.compatibility_flags
     assert config.warnings == ()
-    if template == "ai-chat":  # the AI binding is not served yet: check the code compiles and the binding is declared
+    if template == "ai-chat":  # needs a backend: the same Worker runs end to end in tests/e2e/test_examples_ai.py
         assert config.ai_binding == "AI"
+        assert [model.name for model in config.edgewise.models] == ["@cf/meta/llama-3.1-8b-instruct"]
         compile(config.main.read_text(), str(config.main), "exec")
         return
 

@@ -181,6 +181,12 @@ def assert_usage(usage: dict[str, Any], max_tokens: int) -> None:
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
+def test_dev_names_the_backend_but_never_prints_its_token(dev: AiDevServer) -> None:
+    assert httpx.get(f"{dev.backend_url}/metrics", timeout=TIMEOUT_S).status_code == 401
+    assert httpx.get(f"{dev.backend_url}/metrics", headers=dev.backend_headers(), timeout=TIMEOUT_S).is_success
+    assert dev.backend_url in dev.output and dev.token not in dev.output
+
+
 # ---- text generation ----------------------------------------------------------------------
 
 

@@ -75,7 +75,12 @@ def _routes() -> list[BaseRoute]:
 
 
 async def _healthz(request: Request) -> Response:
+    """200 while every engine serves; 503 naming the engines that stopped, so a supervisor can act."""
     service: Service = request.app.state.service
+    failures = service.client.failures()
+    if failures:
+        return JSONResponse({"status": "unhealthy", "models": service.client.model_names(), "failed": failures},
+                            status_code=503)
     return JSONResponse({"status": "ok", "models": service.client.model_names()})
 
 

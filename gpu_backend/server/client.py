@@ -68,6 +68,10 @@ class EngineClient(Protocol):
         """Per model: num_running, num_waiting, kv_blocks_used, kv_blocks_free."""
         ...
 
+    def failures(self) -> dict[str, str]:
+        """Models whose engine has stopped, with the reason; empty while every engine serves."""
+        ...
+
     def shutdown(self) -> None: ...
 
 
@@ -126,6 +130,9 @@ class LocalEngines:
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {name: engine.stats() for name, engine in self._engines.items()}
+
+    def failures(self) -> dict[str, str]:
+        return {name: str(engine.error) for name, engine in self._engines.items() if engine.error is not None}
 
     def shutdown(self) -> None:
         for engine in {id(engine): engine for engine in self._engines.values()}.values():

@@ -96,3 +96,26 @@ async def test_past_the_queue_requests_get_429_with_retry_after(single_seat: Bac
             await asyncio.sleep(0.02)
         again = await client.post(single_seat.run_url(), json={"prompt": "hi", "max_tokens": 2})
         assert again.status_code == 200
+
+
+async def test_an_engine_that_stops_fails_its_streams_and_health(checkpoints: dict[str, Path]) -> None:
+    engines = LocalEngines({MODEL: checkpoints["llama"]}, **OPTIONS)
+    try:
+        with serving(create_app(engines, TOKEN)) as url:
+            backend = Backend(url, engines)
+            async with httpx.AsyncClient(headers=backend.headers(), timeout=10) as client:
+                hold = {**LONG, "max_tokens": 200, "stream": True}
+                async with client.stream("POST", backend.run_url(), json=hold) as reply:
+                    chunks = reply.aiter_raw()
+                    await anext(chunks)
+                    engines.engine(MODEL).shutdown()  # the engine stops under a running stream
+                    rest = b"".join([chunk async for chunk in chunks]).decode()
+                health = await client.get(f"{url}/healthz")
+                refused = await client.post(backend.run_url(), json={"prompt": "hi"})
+        last = rest.strip().split("\n\n")[-1]
+        assert last.startswith("data: {\"error\"") and "[DONE]" not in rest  # cut, and says so
+        assert json.loads(last.removeprefix("data: "))["error"]["code"] == 3043
+        assert health.status_code == 503 and MODEL in health.json()["failed"]
+        assert refused.status_code == 500 and refused.json()["errors"][0]["code"] == 3043
+    finally:
+        engines.shutdown()

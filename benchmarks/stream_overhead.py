@@ -50,6 +50,7 @@ PROMPTS = ["ROMEO:", "JULIET:", "First Citizen:", "KING RICHARD III:", "Nurse:",
 @dataclass
 class Stream:
     ttft_ms: float = 0.0
+    to_emit_ms: float = 0.0  # client send -> the backend emits the first token (request path + prefill)
     token_ms: list[float] = field(default_factory=list)  # emit -> receive, per text frame
     error: str | None = None
 
@@ -90,7 +91,7 @@ async def one_stream(url: str, headers: dict[str, str], inputs: dict, is_done) -
     result = Stream()
     try:
         async with websockets.connect(url, additional_headers=headers, max_size=None) as socket_:
-            sent = time.perf_counter()
+            sent, sent_ns = time.perf_counter(), time.time_ns()
             await socket_.send(json.dumps(inputs))
             async with asyncio.timeout(STREAM_TIMEOUT_S):
                 while True:
@@ -105,6 +106,7 @@ async def one_stream(url: str, headers: dict[str, str], inputs: dict, is_done) -
                     if frame.get("response"):
                         if not result.token_ms:
                             result.ttft_ms = (time.perf_counter() - sent) * 1e3
+                            result.to_emit_ms = (frame["emitted_ns"] - sent_ns) / 1e6
                         result.token_ms.append((received_ns - frame["emitted_ns"]) / 1e6)
                         if frame.get("done"):
                             break
@@ -137,7 +139,9 @@ def summary(streams: list[Stream]) -> dict:
     return {"streams": len(streams), "errors": sum(s.error is not None for s in streams),
             "first_errors": [s.error for s in streams if s.error][:3],
             "per_token_ms": percentiles([t for s in streams for t in s.token_ms]),
-            "ttft_ms": percentiles([s.ttft_ms for s in streams if s.token_ms])}
+            "ttft_ms": percentiles([s.ttft_ms for s in streams if s.token_ms]),
+            "send_to_first_emit_ms": percentiles([s.to_emit_ms for s in streams if s.token_ms]),
+            "first_token_emit_to_receive_ms": percentiles([s.token_ms[0] for s in streams if s.token_ms])}
 
 
 def added(edge: dict, direct: dict, key: str) -> dict[str, float]:
@@ -206,7 +210,10 @@ def main() -> None:
         "config": {"model": MODEL, "device": "cpu", "tokens_per_stream": args.tokens, "rounds": args.rounds,
                    "concurrency": args.concurrency, "pops": ["DFW"], "latency_simulation": False},
         "latency": {**latency, "added_per_token_ms": added(latency["edge"], latency["direct"], "per_token_ms"),
-                    "added_ttft_ms": added(latency["edge"], latency["direct"], "ttft_ms")},
+                    "added_ttft_ms": added(latency["edge"], latency["direct"], "ttft_ms"),
+                    "added_send_to_first_emit_ms": added(latency["edge"], latency["direct"], "send_to_first_emit_ms"),
+                    "added_first_token_emit_to_receive_ms": added(latency["edge"], latency["direct"],
+                                                                  "first_token_emit_to_receive_ms")},
         "load": {"edge": {**edge_load, "wall_s": edge_s}, "direct": {**direct_load, "wall_s": direct_s},
                  "added_per_token_ms": added(edge_load, direct_load, "per_token_ms")},
     }

@@ -36,23 +36,32 @@ async def run_model_websocket(websocket: WebSocket) -> None:
     frames: asyncio.Queue[str | None] = asyncio.Queue()
     reader = asyncio.ensure_future(_read(websocket, frames))
     try:
-        while (text := await frames.get()) is not None:
-            running = asyncio.ensure_future(_generate(service, websocket, model, text, trace))
-            while not running.done():
-                waiter = asyncio.ensure_future(frames.get())
-                await asyncio.wait({running, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                if not waiter.done():
-                    waiter.cancel()
-                elif waiter.result() is None:  # the client left: abort the generation
-                    running.cancel()
-                    await asyncio.gather(running, return_exceptions=True)
-                    return
-                else:
-                    busy = BadInputError("one generation at a time per connection: wait for the frame with "
-                                         "\"done\": true")
-                    await _send(websocket, {**error_payload(busy), "done": True})
+        text = await frames.get()
+        while text is not None:
+            text = await _serve_one(service, websocket, model, text, trace, frames)
     finally:
         reader.cancel()
+
+
+async def _serve_one(service: Service, websocket: WebSocket, model: str, text: str, trace: bool,
+                     frames: asyncio.Queue[str | None]) -> str | None:
+    """Run the generation ``text`` asks for; returns the next frame, or None once the client has left."""
+    running = asyncio.ensure_future(_generate(service, websocket, model, text, trace))
+    while True:
+        waiter = asyncio.ensure_future(frames.get())
+        await asyncio.wait({running, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():  # the generation ended first
+            waiter.cancel()
+            return await frames.get()
+        following = waiter.result()
+        if following is None:  # the client left: abort the generation, freeing its blocks
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            return None
+        if running.done():
+            return following
+        busy = BadInputError("one generation at a time per connection: wait for the frame with \"done\": true")
+        await _send(websocket, {**error_payload(busy), "done": True})
 
 
 async def _read(websocket: WebSocket, frames: asyncio.Queue[str | None]) -> None:

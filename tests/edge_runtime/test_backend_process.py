@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.backend_process import TOKEN_ENV, BackendProcess, BackendStartError, serve_command, served_models
+from edge_runtime.backend_process import DEV_TOKEN_ENV, TOKEN_ENV, BackendProcess, BackendStartError, serve_command, served_models
 from edge_runtime.config import EdgewiseConfig, LocalBackendConfig, ModelSource
 
 TINY = "@cf/edgewise/tiny-shakespeare"
@@ -56,6 +56,14 @@ def test_token_is_fresh_and_never_on_the_command_line() -> None:
         with BackendProcess.start(READY_THEN_SERVE, ready_timeout_s=10) as second:
             assert first.token != second.token and len(first.token) == 43
             assert all(first.token not in arg for arg in first.process.args)
+
+
+def test_a_token_chosen_for_the_run_is_used_and_still_kept_off_the_command_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DEV_TOKEN_ENV, "chosen-for-this-run")
+    with BackendProcess.start(READY_THEN_SERVE, ready_timeout_s=10) as backend:
+        assert backend.token == "chosen-for-this-run"
+        assert all("chosen-for-this-run" not in arg for arg in backend.process.args)
 
 
 def test_exit_before_ready_quotes_the_output() -> None:

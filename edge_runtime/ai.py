@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import aiohttp
 from workers import BodyStream, Headers, Response, python_to_rpc, to_jsdict
 
 from .ai_backends import AiBackends
@@ -27,6 +27,8 @@ ACCOUNT_ID = "edgewise"  # the REST path needs an account; a local backend serve
 RUN_PATH = "/client/v4/accounts/{account}/ai/run/{model}"
 MODELS_PATH = "/client/v4/accounts/{account}/ai/models/search"
 _IGNORED_OPTIONS = ("gateway", "prefix", "signal", "rejectIfBusy", "sessionOptions")
+# refused, unresolvable, TLS failed or timed out while connecting: the request never went out
+_UNREACHABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 class InferenceUpstreamError(Exception):
@@ -66,11 +68,11 @@ class Ai:
         model, body = _checked_call(model, inputs)
         extra_headers, raw = _read_options(options)
         path = RUN_PATH.format(account=ACCOUNT_ID, model=quote(model, safe="@/"))
-        spec, upstream = await self._send("POST", path, content=body, headers=extra_headers)
+        spec, upstream = await self._send("POST", path, data=body, headers=extra_headers)
         self._remember(upstream)
         if raw:
             return await _raw_response(upstream)
-        if upstream.status_code >= 400:
+        if upstream.status >= 400:
             raise _upstream_error(await _read_text(upstream))
         if _media_type(upstream) == "application/json":
             return to_jsdict(_unwrapped(await _read_text(upstream)))
@@ -90,14 +92,14 @@ class Ai:
             raise AiInternalError(error.message) from error.__cause__
         text = await _read_text(upstream)
         envelope = _json_or_none(text)
-        if upstream.status_code >= 400 or not isinstance(envelope, dict) or not envelope.get("success", True):
+        if upstream.status >= 400 or not isinstance(envelope, dict) or not envelope.get("success", True):
             raise AiInternalError(_first_error_message(envelope) or text)
         result = envelope.get("result")
         if not isinstance(result, list):
             raise AiInternalError(f"the backend's model list is not a list: {text[:200]}")
         return to_jsdict(result)
 
-    async def _send(self, method: str, path: str, **request: Any) -> tuple[BackendSpec, httpx.Response]:
+    async def _send(self, method: str, path: str, **request: Any) -> tuple[BackendSpec, aiohttp.ClientResponse]:
         """The first backend, nearest first, that accepts the connection; none is tried once the request went out."""
         if not self._ranked:
             raise InferenceUpstreamError(
@@ -108,43 +110,43 @@ class Ai:
         for spec in self._ranked:
             try:
                 return spec, await self._send_to(spec, method, path, **request)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            except _UNREACHABLE as error:
                 log.warning("AI backend %s is unreachable (%s)%s", spec.url, _reason(error),
                             "; trying the next one" if spec is not self._ranked[-1] else "")
                 unreachable.append(f"{spec.url} ({_reason(error)})")
         raise InferenceUpstreamError(f"The AI backend at {' and at '.join(unreachable)} is unreachable")
 
     async def _send_to(self, spec: BackendSpec, method: str, path: str, *, headers: Mapping[str, str] | None = None,
-                       **request: Any) -> httpx.Response:
-        client = self._backends.client(spec)
-        json_type = {"content-type": "application/json"} if "content" in request else {}
+                       **request: Any) -> aiohttp.ClientResponse:
+        session = self._backends.session(spec)
+        json_type = {"content-type": "application/json"} if "data" in request else {}
         # identity: the raw bytes relayed to the Worker are then the body itself
         sent_headers = {**json_type, **(headers or {}), "accept-encoding": "identity"}
         if spec.token is not None:
             sent_headers["authorization"] = f"Bearer {spec.token}"
-        outgoing = client.build_request(method, path, headers=sent_headers, **request)
+        url = spec.url.rstrip("/") + path
         try:
-            return await client.send(outgoing, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout):
+            return await session.request(method, url, headers=sent_headers, allow_redirects=False, **request)
+        except _UNREACHABLE:
             raise
-        except httpx.TimeoutException as error:
+        except asyncio.TimeoutError as error:
             timeouts = self._backends.timeouts
             raise InferenceUpstreamError(f"3007: The AI backend at {spec.url} did not answer within "
                                          f"{timeouts.read_s:g} s ({_reason(error)})") from error
-        except httpx.HTTPError as error:
+        except aiohttp.ClientError as error:
             raise InferenceUpstreamError(f"The AI backend at {spec.url} failed: {_reason(error)}") from error
 
-    def _remember(self, upstream: httpx.Response) -> None:
+    def _remember(self, upstream: aiohttp.ClientResponse) -> None:
         self.lastRequestId = upstream.headers.get("cf-ai-req-id")
         self.aiGatewayLogId = upstream.headers.get("cf-aig-log-id")
-        self.lastRequestHttpStatusCode = upstream.status_code
+        self.lastRequestHttpStatusCode = upstream.status
 
 
 class UpstreamStream:
     """A backend's streamed body, relayed as it arrives; closing it early closes the connection, which
     makes the backend abort the generation."""
 
-    def __init__(self, upstream: httpx.Response, url: str) -> None:
+    def __init__(self, upstream: aiohttp.ClientResponse, url: str) -> None:
         self._upstream = upstream
         self._url = url
         self._started = False
@@ -158,31 +160,22 @@ class UpstreamStream:
 
     async def _relay(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._upstream.aiter_raw():
+            async for chunk in self._upstream.content.iter_any():  # whatever arrived, never a fixed size
                 yield chunk
-        except httpx.TimeoutException as error:
+        except asyncio.TimeoutError as error:
             raise InferenceUpstreamError(f"3007: The AI backend at {self._url} went silent mid-stream") from error
-        except httpx.HTTPError as error:
+        except aiohttp.ClientError as error:
             raise InferenceUpstreamError(f"The AI stream from {self._url} broke: {_reason(error)}") from error
         finally:
-            await self._upstream.aclose()
+            self._upstream.close()  # after the end: a no-op, the connection is back in the pool
 
     async def aclose(self) -> None:
-        await self._upstream.aclose()
+        self._upstream.close()
 
     def __del__(self) -> None:
-        # A stream the Worker dropped unread must still give its connection back (and stop the generation).
-        if not self._upstream.is_closed and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(_close_later, self._upstream)
-
-
-_closing: set[asyncio.Task[None]] = set()
-
-
-def _close_later(upstream: httpx.Response) -> None:
-    task = asyncio.get_running_loop().create_task(upstream.aclose())
-    _closing.add(task)  # the loop keeps only weak references to tasks
-    task.add_done_callback(_closing.discard)
+        # A stream the Worker dropped unread must still close its connection (and so stop the generation).
+        if not self._upstream.closed and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._upstream.close)
 
 
 # ---- call arguments ---------------------------------------------------------------------
@@ -228,16 +221,16 @@ def _query_value(value: Any) -> str:
 # ---- replies ----------------------------------------------------------------------------
 
 
-async def _read_text(upstream: httpx.Response) -> str:
+async def _read_text(upstream: aiohttp.ClientResponse) -> str:
     try:
-        return (await upstream.aread()).decode("utf-8", errors="replace")
-    except httpx.HTTPError as error:
+        return (await upstream.read()).decode("utf-8", errors="replace")
+    except aiohttp.ClientError as error:
         raise InferenceUpstreamError(f"Reading the AI backend's reply failed: {_reason(error)}") from error
     finally:
-        await upstream.aclose()
+        upstream.close()
 
 
-def _media_type(upstream: httpx.Response) -> str:
+def _media_type(upstream: aiohttp.ClientResponse) -> str:
     return upstream.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
@@ -279,17 +272,17 @@ def _json_or_none(text: str) -> Any:
         return None
 
 
-async def _raw_response(upstream: httpx.Response) -> Response:
+async def _raw_response(upstream: aiohttp.ClientResponse) -> Response:
     """`returnRawResponse`: the reply as a Response; a JSON success is un-enveloped, as the binding's is."""
-    headers = Headers((name, value) for name, value in upstream.headers.multi_items()
+    headers = Headers((name, value) for name, value in upstream.headers.items()
                       if name.lower() not in ("content-length", "transfer-encoding", "connection"))
     if _media_type(upstream) != "application/json":
-        return Response._from_parts(upstream.status_code, headers, UpstreamStream(upstream, str(upstream.url)))
+        return Response._from_parts(upstream.status, headers, UpstreamStream(upstream, str(upstream.url)))
     text = await _read_text(upstream)
     body = _json_or_none(text)
-    if upstream.status_code < 400 and isinstance(body, dict) and body.get("success") is True and "result" in body:
+    if upstream.status < 400 and isinstance(body, dict) and body.get("success") is True and "result" in body:
         text = json.dumps(body["result"])
-    return Response._from_parts(upstream.status_code, headers, text.encode())
+    return Response._from_parts(upstream.status, headers, text.encode())
 
 
 def _reason(error: BaseException) -> str:

@@ -245,6 +245,16 @@ async def test_read_timeout_is_bounded(peers, make_ai) -> None:
         await binding.run("@cf/test/slow", {"prompt": "hi"})
 
 
+async def test_stream_silence_is_bounded(peers, make_ai) -> None:
+    [(peer, url)] = await peers("peer")
+    binding = make_ai([BackendSpec(url, token=TOKEN)], timeouts=AiTimeouts(read_s=0.2))
+    chunks = aiter(await binding.run("@cf/test/stream", {"prompt": "hi", "stream": True}))
+    assert await anext(chunks) == sse({"response": "Hello"})
+    with pytest.raises(InferenceUpstreamError, match="^3007: .*went silent mid-stream"):
+        await anext(chunks)  # the peer holds the rest until released, which never comes
+    await asyncio.wait_for(peer.stream_closed.wait(), 5)
+
+
 async def test_bad_arguments_are_type_errors(ai) -> None:
     binding, _ = ai
     with pytest.raises(TypeError, match="inputs must be a dict"):

@@ -56,6 +56,7 @@ class Generation:
         self.model = model
         self.request = request
         self.request_id = uuid.uuid4().hex
+        self.received_ns = time.time_ns()  # wall clock, for tracing a request's path across processes
         self.usage = Usage(0, 0)
         self.finish_reason: str | None = None
         self._first: TextDelta | None = None

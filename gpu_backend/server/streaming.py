@@ -18,7 +18,9 @@ from .generation import Generation
 
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-TRACE_HEADER = "x-edgewise-trace"  # asks for "emitted_ns" in each event: when the service sent it
+# Asks for "emitted_ns" in each event (when the service sent it) and "received_ns" in the first
+# (when the service had the request), both wall-clock nanoseconds.
+TRACE_HEADER = "x-edgewise-trace"
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -32,9 +34,13 @@ def error_payload(error: BaseException) -> dict[str, Any]:
 
 async def workers_ai_payloads(generation: Generation, trace: bool = False) -> AsyncIterator[dict[str, Any]]:
     """The events of a Workers AI stream as dicts: text pieces, then the usage event (no [DONE])."""
+    first = trace
     async for delta in generation.deltas():
         if delta.text:
-            yield _stamped({"response": delta.text}, trace)
+            payload = _stamped({"response": delta.text}, trace)
+            if first:
+                payload["received_ns"], first = generation.received_ns, False
+            yield payload
     yield _stamped({"response": "", "usage": generation.usage.as_dict()}, trace)
 
 

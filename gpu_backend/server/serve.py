@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from .client import LocalEngines
 log = logging.getLogger("edgewise.backend")
 READY_PREFIX = "[edgewise:backend] Ready on "
 TOKEN_ENV = "EDGEWISE_BACKEND_TOKEN"
-SWITCH_INTERVAL_S = 0.0005
 
 
 def resolve_models(specs: list[str]) -> dict[str, Path]:
@@ -52,9 +50,6 @@ def _folder(name: str, target: str) -> Path:
 
 def serve(models: Mapping[str, Path], *, host: str, port: int, token: str, max_queue: int = DEFAULT_MAX_QUEUE,
           log_level: str = "warning", **engine_options: Any) -> None:
-    # The engine thread holds the GIL between kernels; at the default 5 ms switch interval the event
-    # loop could wait that long to hand a ready token to its socket.
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     client = LocalEngines(models, **engine_options)
     try:
         app = create_app(client, token, max_queue=max_queue)

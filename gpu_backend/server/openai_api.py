@@ -18,13 +18,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from .body import read_json
 from .errors import BadInputError
 from .generation import Completion, Generation, unless_disconnected
 from .schemas import parse_embeddings, parse_text_generation
-from .streaming import DONE, SSE_HEADERS, error_payload, sse
+from .streaming import DONE, EventStream, error_payload, sse
 
 if TYPE_CHECKING:
     from .api import Service
@@ -34,15 +34,15 @@ _PASSED_THROUGH = ("temperature", "top_p", "top_k", "seed", "frequency_penalty",
                    "repetition_penalty", "stream", "raw", "response_format", "tools", "functions")
 
 
-async def chat_completions(request: Request) -> Response:
+async def chat_completions(request: Request) -> Response | EventStream:
     return await _complete(request, chat=True)
 
 
-async def completions(request: Request) -> Response:
+async def completions(request: Request) -> Response | EventStream:
     return await _complete(request, chat=False)
 
 
-async def _complete(request: Request, chat: bool) -> Response:
+async def _complete(request: Request, chat: bool) -> Response | EventStream:
     service: Service = request.app.state.service
     body = _object(await read_json(request))
     model = _model(body, service)
@@ -54,8 +54,7 @@ async def _complete(request: Request, chat: bool) -> Response:
     chunk = _Chunk(model, chat)
     if inputs.stream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(_events(generation, chunk, include_usage), media_type="text/event-stream",
-                                 headers=SSE_HEADERS)
+        return EventStream(_events(generation, chunk, include_usage))
     completion = await unless_disconnected(request, generation.complete())
     return JSONResponse(chunk.whole(completion))
 

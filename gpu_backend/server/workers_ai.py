@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from .body import read_json
 from .catalog import search
 from .client import EngineClient
 from .generation import Completion, Generation, unless_disconnected
 from .schemas import TextGenerationInput, parse_embeddings, parse_text_generation
-from .streaming import SSE_HEADERS, TRACE_HEADER, workers_ai_events
+from .streaming import TRACE_HEADER, EventStream, workers_ai_events
 
 if TYPE_CHECKING:
     from .api import Service
@@ -34,7 +34,7 @@ def model_name(request: Request) -> str:
     return unquote(request.path_params["model"])
 
 
-async def run_model(request: Request) -> Response:
+async def run_model(request: Request) -> Response | EventStream:
     service = request.app.state.service
     model = model_name(request)
     request.state.model = model
@@ -47,8 +47,7 @@ async def run_model(request: Request) -> Response:
     await generation.start()
     if inputs.stream:
         trace = TRACE_HEADER in request.headers
-        return StreamingResponse(workers_ai_events(generation, trace), media_type="text/event-stream",
-                                 headers=SSE_HEADERS)
+        return EventStream(workers_ai_events(generation, trace))
     completion = await unless_disconnected(request, generation.complete())
     return JSONResponse(envelope(text_result(model, inputs, completion)))
 

@@ -13,7 +13,7 @@ import socket
 import pytest
 import torch.multiprocessing as mp
 
-from tp_ranks import check_layers, run_rank
+from spawned_ranks import check_layers, run_rank
 
 
 def free_port() -> int:

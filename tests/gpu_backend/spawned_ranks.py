@@ -1,9 +1,9 @@
-"""What each rank of a spawned Gloo world runs in the tensor-parallel layer tests.
+"""What each rank of a spawned Gloo world runs in the parallel tests (here so ``spawn`` can import it).
 
-A rank builds the layers at the world's TP size, loads full checkpoint tensors through their
-``weight_loader`` (each keeps only its slice), runs them, and checks the results against the
-same tensors computed whole in plain torch. Lives outside the test module so ``spawn`` can
-import it in the child.
+``run_rank``: a rank builds the layers at the world's TP size, loads full checkpoint tensors
+through their ``weight_loader`` (each keeps only its slice), runs them, and checks the results
+against the same tensors computed whole in plain torch. ``run_groups_rank``: a rank of a world
+holding several TP×PP workers checks its place and talks over its TP and PP groups.
 """
 
 from __future__ import annotations
@@ -16,15 +16,43 @@ import torch.nn.functional as F
 
 from gpu_backend.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from gpu_backend.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from gpu_backend.parallel.groups import WorkerLayout, build_groups
 from gpu_backend.parallel.state import TensorParallel, set_tensor_parallel
 
 HIDDEN, HEAD_DIM, NUM_HEADS, INTERMEDIATE, VOCAB = 16, 4, 4, 24, 37  # vocab not divisible by 2 or 4
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 
 
-def run_rank(rank: int, world_size: int, port: int, num_kv_heads: int) -> None:
+def init(rank: int, world_size: int, port: int) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=60))
+
+
+def run_groups_rank(rank: int, workers: list[WorkerLayout], port: int) -> None:
+    init(rank, sum(worker.size for worker in workers), port)
+    try:
+        place = build_groups(workers, rank)
+        assert place.worker.rank_of(place.pp_rank, place.tp_rank) == rank
+        # TP: a sum over this stage's ranks only
+        value = torch.tensor([float(rank)])
+        dist.all_reduce(value, group=place.tp_group)
+        assert value.item() == sum(place.worker.tp_ranks(place.pp_rank)), (rank, value)
+        # PP: each stage hands its rank to the next one, point to point
+        if place.next_stage_rank is not None:
+            dist.send(torch.tensor([rank]), dst=place.next_stage_rank)
+        if place.prev_stage_rank is not None:
+            got = torch.tensor([-1])
+            dist.recv(got, src=place.prev_stage_rank)
+            assert got.item() == place.prev_stage_rank, (rank, got)
+        everyone = torch.tensor([1.0])
+        dist.all_reduce(everyone, group=place.pp_group)
+        assert everyone.item() == place.worker.pp_size
+    finally:
+        dist.destroy_process_group()
+
+
+def run_rank(rank: int, world_size: int, port: int, num_kv_heads: int) -> None:
+    init(rank, world_size, port)
     try:
         set_tensor_parallel(TensorParallel(rank, world_size, dist.group.WORLD))
         check_layers(rank, world_size, num_kv_heads)

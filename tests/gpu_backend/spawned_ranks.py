@@ -4,6 +4,9 @@
 through their ``weight_loader`` (each keeps only its slice), runs them, and checks the results
 against the same tensors computed whole in plain torch. ``run_groups_rank``: a rank of a world
 holding several TP×PP workers checks its place and talks over its TP and PP groups.
+``run_engine_rank``: every rank runs the same engine on its shard of a checkpoint and the same
+requests (the scheduler is deterministic, the logits are gathered whole on each rank) and writes
+what it generated.
 """
 
 from __future__ import annotations
@@ -48,6 +51,21 @@ def run_groups_rank(rank: int, workers: list[WorkerLayout], port: int) -> None:
         dist.all_reduce(everyone, group=place.pp_group)
         assert everyone.item() == place.worker.pp_size
     finally:
+        dist.destroy_process_group()
+
+
+def run_engine_rank(rank: int, world_size: int, port: int, folder: str, prompts: list[str],
+                    sampling: dict, options: dict, out: str) -> None:
+    from gpu_backend import LLM, SamplingParams
+
+    init(rank, world_size, port)
+    try:
+        set_tensor_parallel(TensorParallel(rank, world_size, dist.group.WORLD))
+        llm = LLM(folder, progress=False, **options)
+        outputs = llm.generate(prompts, SamplingParams(**sampling))
+        torch.save([output.token_ids for output in outputs], f"{out}/rank{rank}.pt")
+    finally:
+        set_tensor_parallel(TensorParallel())
         dist.destroy_process_group()
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ import uvicorn
 
 from .api import DEFAULT_MAX_QUEUE, create_app
 from .client import LocalEngines
+from .serve import listen
 
 STARTUP_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 10.0
@@ -27,10 +27,7 @@ SHUTDOWN_TIMEOUT_S = 10.0
 @contextmanager
 def serving(app: Any, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
     """``with serving(app) as url:`` -> "http://127.0.0.1:PORT" until the block ends, then a clean stop."""
-    sock = socket.socket()
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets (see serve.py)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(512)
+    sock = listen("127.0.0.1", 0, backlog=512)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
                                            ws_ping_interval=None, timeout_graceful_shutdown=2))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True,

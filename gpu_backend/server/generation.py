@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from starlette.requests import Request
+from starlette.types import Receive
 
 from .client import TextDelta
 from .schemas import TextGenerationInput
@@ -121,7 +122,7 @@ class Generation:
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Run ``work`` while watching the connection; a client that leaves cancels it (freeing what it held)."""
     task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_disconnected(request))
+    watch = asyncio.ensure_future(disconnected(request.receive))
     try:
         await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -134,6 +135,7 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
+async def disconnected(receive: Receive) -> None:
+    """Returns once the HTTP client has gone (the request body must have been read already)."""
+    while (await receive())["type"] != "http.disconnect":
         pass

@@ -59,7 +59,7 @@ def serve(models: Mapping[str, Path], *, host: str, port: int, token: str, max_q
 
 
 async def _serve(app: Any, host: str, port: int, log_level: str) -> None:
-    sock = _listen(host, port)
+    sock = listen(host, port)
     config = uvicorn.Config(app, log_level=log_level, lifespan="off", timeout_graceful_shutdown=5,
                             ws_ping_interval=None, access_log=False)
     server = uvicorn.Server(config)
@@ -73,7 +73,8 @@ async def _serve(app: Any, host: str, port: int, log_level: str) -> None:
     await serving
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A listening socket that uvicorn is handed (port 0: any free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -81,6 +82,6 @@ def _listen(host: str, port: int) -> socket.socket:
     # for the client's delayed ACK (~40 ms, Nagle), as uvloop leaves it off on passed-in sockets.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
-    sock.listen(2048)
+    sock.listen(backlog)
     sock.set_inheritable(True)
     return sock

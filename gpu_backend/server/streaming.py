@@ -17,7 +17,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from .errors import EngineFailedError, ServiceError
-from .generation import Generation
+from .generation import Generation, disconnected
 
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
@@ -36,7 +36,7 @@ class EventStream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         streaming = asyncio.ensure_future(self._stream(send))
-        watching = asyncio.ensure_future(_disconnected(receive))
+        watching = asyncio.ensure_future(disconnected(receive))
         try:
             await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -51,11 +51,6 @@ class EventStream:
         async for chunk in self.events:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 # Asks for "emitted_ns" in each event (when the service sent it) and "received_ns" in the first
 # (when the service had the request), both wall-clock nanoseconds.
 TRACE_HEADER = "x-edgewise-trace"

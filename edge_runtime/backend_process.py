@@ -53,6 +53,10 @@ def serve_command(edgewise: EdgewiseConfig) -> list[str]:
     command += ["--host", HOST, "--port", str(settings.port), "--device", settings.device, "--dtype", settings.dtype]
     if settings.max_queue is not None:
         command += ["--max-queue", str(settings.max_queue)]
+    if settings.tp > 1 or settings.pp > 1:
+        command += ["--tp", str(settings.tp), "--pp", str(settings.pp)]
+    if settings.pp_layers is not None:
+        command += ["--pp-layers", ",".join(map(str, settings.pp_layers))]
     return command
 
 

@@ -24,6 +24,7 @@ from edge_runtime.config_values import (
     check_location_spec,
     check_port,
     describe,
+    expect_array,
     expect_bool,
     expect_int,
     expect_nonempty_str,
@@ -129,8 +130,19 @@ class LocalBackendConfig:
     location: str | None = None  # as BackendSpec.location; None: next to every PoP
     max_queue: int | None = None  # requests a model may queue beyond those it runs (then 429); None: the default
     ready_timeout_s: float = 120.0  # longest wait for the backend to load its models and listen
+    tp: int = 1  # tensor-parallel ranks per pipeline stage of each text model
+    pp: int = 1  # pipeline stages
+    pp_layers: tuple[int, ...] | None = None  # decoder layers per stage; None: as even as possible
 
     def __post_init__(self) -> None:
+        expect_int(self.tp, "tp", minimum=1)
+        expect_int(self.pp, "pp", minimum=1)
+        if self.pp_layers is not None:
+            counts = expect_array(self.pp_layers, "pp_layers")
+            layers = tuple(expect_int(n, f"pp_layers[{i}]", minimum=1) for i, n in enumerate(counts))
+            if len(layers) != self.pp:
+                raise ConfigError(None, "pp_layers", f"must list one layer count per stage ({self.pp}), got {len(layers)}")
+            object.__setattr__(self, "pp_layers", layers)
         _check_choice(self.device, BACKEND_DEVICES, "device")
         _check_choice(self.dtype, BACKEND_DTYPES, "dtype")
         check_port(self.port, "port")

@@ -222,3 +222,35 @@ class EngineConfig:
         if self.dtype != "auto":
             return DTYPES[self.dtype]
         return torch.float32 if self.torch_device.type == "cpu" else DTYPES[model.checkpoint_dtype]
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How one worker is sharded: ``tp_size`` ranks per pipeline stage, ``pp_size`` stages.
+
+    ``pp_layers``: decoder layers per stage (e.g. (5, 3)); by default split as evenly as possible.
+    ``timeout_s`` bounds every collective and transfer between ranks, and the time the service
+    waits for a step before it declares the worker hung.
+    """
+
+    tp_size: int = 1
+    pp_size: int = 1
+    pp_layers: tuple[int, ...] | None = None
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.tp_size < 1 or self.pp_size < 1:
+            raise ValueError(f"tp and pp must be at least 1, got tp={self.tp_size} pp={self.pp_size}")
+        if self.pp_layers is not None and len(self.pp_layers) != self.pp_size:
+            raise ValueError(f"pp_layers gives {len(self.pp_layers)} stages but pp is {self.pp_size}: "
+                             "give one layer count per stage")
+        if not self.timeout_s > 0:
+            raise ValueError(f"the worker timeout must be a positive number of seconds, not {self.timeout_s}")
+
+    @property
+    def world_size(self) -> int:
+        return self.tp_size * self.pp_size
+
+    @property
+    def is_sharded(self) -> bool:
+        return self.world_size > 1

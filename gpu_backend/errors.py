@@ -25,3 +25,7 @@ class PromptTooLongError(InvalidRequestError):
 
 class RequestAbortedError(EngineError):
     """The request was aborted before it finished."""
+
+
+class WorkerLostError(EngineError):
+    """A rank of a sharded worker died or hung: its requests ended, and the worker is restarting."""

@@ -4,6 +4,11 @@ The model decides where each tensor goes: ``model.packed_modules`` maps checkpoi
 fused parameters (``k_proj`` -> shard ``"k"`` of ``qkv_proj``), and a parameter that is fused or
 sharded carries a ``weight_loader(param, tensor, shard_id)`` that copies its slice. Every tensor
 must land somewhere and every parameter must be filled, so a wrong checkpoint never loads silently.
+
+Tensors are opened lazily (``CheckpointTensor``): a tensor-parallel rank reads only its own slices.
+A pipeline stage holds part of the model: ``model.owns_weight(name)`` returning False skips a
+tensor unread, and ``model.weight_aliases`` ({checkpoint name: parameter name}) loads a tensor
+into another parameter (a last stage's tied lm_head from ``model.embed_tokens.weight``).
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .checkpoint_tensor import CheckpointTensor
 from .errors import CheckpointError
 
 SINGLE_FILE = "model.safetensors"
@@ -28,28 +35,62 @@ Advance = Callable[[int], None]
 
 
 def load_weights(model: torch.nn.Module, folder: Path, *, dtype: torch.dtype, device: torch.device,
-                 progress: bool = True) -> None:
-    """Fill every parameter of ``model`` from the ``*.safetensors`` files in ``folder``."""
+                 progress: bool = True) -> int:
+    """Fill every parameter of ``model`` from the ``*.safetensors`` files in ``folder``; returns bytes read."""
     files = weight_files(Path(folder))
-    packed: dict[str, tuple[str, ShardId]] = dict(getattr(model, "packed_modules", None) or {})
-    params = dict(model.named_parameters(remove_duplicate=False))
-    tied = ties_word_embeddings(model)
+    targets = _Targets.of(model)
     loaded: dict[int, set[ShardId]] = {}  # by id(param): a parameter shared under two names is one entry
+    num_bytes_read = 0
     show = progress and sys.stderr.isatty()
     with torch.no_grad(), _progress_bar(sum(f.stat().st_size for f in files), show) as advance:
         for file in files:
-            for name, tensor in _read_tensors(file, advance):
-                if _is_skipped(name, tied):
-                    continue
-                target, shard_id = packed_name(name, packed)
-                param = params.get(target)
-                if param is None:
-                    raise CheckpointError(f"{file.name}: tensor {name!r} has no matching parameter in the model "
-                                          "(is this checkpoint for another architecture?)")
-                tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
-                _load_one(param, tensor, shard_id, name)
+            for tensor in _open_tensors(file, dtype, device, targets.wants):
+                param, shard_id = targets.find(tensor.name, file)
+                _load_one(param, tensor, shard_id, tensor.name)
                 loaded.setdefault(id(param), set()).add(shard_id)
-    _check_complete(params, loaded, packed, tied, folder)
+                advance(tensor.bytes_read)
+                num_bytes_read += tensor.bytes_read
+    _check_complete(targets, loaded, folder)
+    return num_bytes_read
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """Where the model puts each checkpoint tensor: fused parameters, tied head, stage ownership, aliases."""
+
+    params: dict[str, torch.nn.Parameter]
+    packed: dict[str, tuple[str, ShardId]]
+    tied: bool
+    owns_weight: Callable[[str], bool]
+    aliases: dict[str, str]
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> _Targets:
+        return cls(params=dict(model.named_parameters(remove_duplicate=False)),
+                   packed=dict(getattr(model, "packed_modules", None) or {}),
+                   tied=ties_word_embeddings(model),
+                   owns_weight=getattr(model, "owns_weight", None) or (lambda name: True),
+                   aliases=dict(getattr(model, "weight_aliases", None) or {}))
+
+    def wants(self, name: str) -> bool:
+        return not _is_skipped(name, self.tied) and self.owns_weight(name)
+
+    def find(self, name: str, file: Path) -> tuple[torch.nn.Parameter, ShardId]:
+        target, shard_id = packed_name(self.aliases.get(name, name), self.packed)
+        param = self.params.get(target)
+        if param is None:
+            raise CheckpointError(f"{file.name}: tensor {name!r} has no matching parameter in the model "
+                                  "(is this checkpoint for another architecture?)")
+        return param, shard_id
+
+    def checkpoint_name(self, target: str, shard_id: ShardId) -> str:
+        """The checkpoint tensor that fills ``target`` (its shard ``shard_id``), for error messages."""
+        aliased_from = {param: name for name, param in self.aliases.items()}
+        return _checkpoint_name(aliased_from.get(target, target), shard_id, self.packed)
+
+    def is_tied_head(self, target: str) -> bool:
+        # a tied lm_head shares the embedding's weight, unless an alias fills it on its own (last stage)
+        return self.tied and target == LM_HEAD and LM_HEAD not in self.aliases.values()
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -82,14 +123,14 @@ def _indexed_files(index: Path) -> list[Path]:
     return files
 
 
-def _read_tensors(file: Path, advance: Advance) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield one tensor at a time: safe_open maps the file, so only the current tensor is resident."""
+def _open_tensors(file: Path, dtype: torch.dtype, device: torch.device,
+                  wants: Callable[[str], bool]) -> Iterator[CheckpointTensor]:
+    """Yield each wanted tensor of ``file`` unread: its weight loader reads what it keeps, while the file is open."""
     try:
         with safe_open(file, framework="pt", device="cpu") as handle:
             for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                tensor = handle.get_tensor(name)
-                advance(tensor.numel() * tensor.element_size())
-                yield name, tensor
+                if wants(name):  # skipped tensors are never opened, let alone read
+                    yield CheckpointTensor(name, handle.get_slice(name), dtype=dtype, device=device)
     except SafetensorError as error:
         raise CheckpointError(f"{file} is not a readable safetensors file: {error}") from None
 
@@ -117,26 +158,29 @@ def packed_name(name: str, packed: dict[str, tuple[str, ShardId]]) -> tuple[str,
     return name, None
 
 
-def _load_one(param: torch.nn.Parameter, tensor: torch.Tensor, shard_id: ShardId, name: str) -> None:
+def _load_one(param: torch.nn.Parameter, tensor: CheckpointTensor, shard_id: ShardId, name: str) -> None:
     weight_loader = getattr(param, "weight_loader", None)
     if weight_loader is not None:
-        weight_loader(param, tensor, shard_id)
+        try:
+            weight_loader(param, tensor, shard_id)
+        except CheckpointError as error:
+            raise CheckpointError(f"tensor {name!r}: {error}") from None
         return
     if tuple(param.shape) != tuple(tensor.shape):
         raise CheckpointError(f"tensor {name!r} has shape {tuple(tensor.shape)} but the model's parameter "
                               f"has shape {tuple(param.shape)} (config.json does not match the weights?)")
-    param.data.copy_(tensor)
+    param.data.copy_(tensor.read())
 
 
-def _check_complete(params: dict[str, torch.nn.Parameter], loaded: dict[int, set[ShardId]],
-                    packed: dict[str, tuple[str, ShardId]], tied: bool, folder: Path) -> None:
+def _check_complete(targets: _Targets, loaded: dict[int, set[ShardId]], folder: Path) -> None:
     """Every parameter (and every shard of a fused one) was written, except a tied lm_head."""
-    for target, param in params.items():
-        if tied and target == LM_HEAD:
+    for target, param in targets.params.items():
+        if targets.is_tied_head(target):
             continue
-        for shard_id in _expected_shards(target, packed):
+        for shard_id in _expected_shards(target, targets.packed):
             if shard_id not in loaded.get(id(param), ()):
-                raise CheckpointError(f"checkpoint {folder} has no weight for {_checkpoint_name(target, shard_id, packed)}")
+                name = targets.checkpoint_name(target, shard_id)
+                raise CheckpointError(f"checkpoint {folder} has no weight for {name}")
 
 
 def _expected_shards(target: str, packed: dict[str, tuple[str, ShardId]]) -> list[ShardId]:
@@ -167,4 +211,5 @@ def _progress_bar(total_bytes: int, show: bool) -> Iterator[Advance]:
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("weights", total=total_bytes)
         yield lambda num_bytes: bar.advance(task, num_bytes)
-        bar.update(task, completed=total_bytes)  # headers are not counted per tensor
+        # headers, skipped tensors and other ranks' slices are never read: fill the bar at the end
+        bar.update(task, completed=total_bytes)

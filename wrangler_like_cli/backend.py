@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .output import err_console, fail
+
+if TYPE_CHECKING:
+    from gpu_backend.config import ParallelConfig
+    from gpu_backend.parallel.launch import TorchrunPlace
 
 _UVICORN_LEVELS = {"debug": "debug", "info": "info", "log": "info", "warn": "warning", "error": "error",
                    "none": "critical"}
@@ -33,16 +39,40 @@ def backend() -> None:
 @click.option("--max-queue", type=click.IntRange(0), default=256, show_default=True,
               help="Requests a model may queue beyond those it runs at once; past that, 429 with Retry-After.")
 @click.option("--log-level", type=click.Choice(list(_UVICORN_LEVELS)), default="warn", show_default=True)
+@click.option("--tp", "tp_size", type=click.IntRange(1), default=1, show_default=True,
+              help="Tensor-parallel ranks per pipeline stage (each text model's worker).")
+@click.option("--pp", "pp_size", type=click.IntRange(1), default=1, show_default=True,
+              help="Pipeline stages: the decoder layers split into this many contiguous ranges.")
+@click.option("--pp-layers", metavar="N,N,...", default=None,
+              help="Decoder layers per pipeline stage, e.g. 5,3 (default: as even as possible).")
+@click.option("--worker-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds a sharded worker may stay silent, or a transfer between its ranks may take, "
+                   "before it counts as lost: its requests end with an error and it restarts.")
+@click.option("--worker-restarts", type=click.IntRange(0), default=3, show_default=True,
+              help="Times a lost sharded worker is started again before the model stays unavailable.")
 def serve(models: tuple[str, ...], host: str, port: int, token: str | None, device: str, dtype: str,
-          max_queue: int, log_level: str) -> None:
-    """Serve models over HTTP and WebSocket until Ctrl-C."""
+          max_queue: int, log_level: str, tp_size: int, pp_size: int, pp_layers: str | None,
+          worker_timeout: float, worker_restarts: int) -> None:
+    """Serve models over HTTP and WebSocket until Ctrl-C.
+
+    With --tp/--pp each text model runs on tp x pp ranks started here (one GPU each). Across
+    machines, run this same command under torchrun on every node (see docs/parallelism.md).
+    """
     from gpu_backend.builtin_models import BUILTIN_MODELS
+    from gpu_backend.config import ParallelConfig
+    from gpu_backend.parallel.launch import torchrun_env
     from gpu_backend.server import serve as service
 
     try:
         resolved = service.resolve_models(list(models) or sorted(BUILTIN_MODELS))
+        parallel = ParallelConfig(tp_size, pp_size, _layer_counts(pp_layers), worker_timeout)
     except ValueError as error:
         fail(str(error))
+        return
+    place = torchrun_env()
+    if place is not None:
+        _serve_ranks(resolved, place, parallel, host=host, port=port, token=token, max_queue=max_queue,
+                     log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype)
         return
     if not token:
         token = secrets.token_urlsafe(32)
@@ -53,4 +83,29 @@ def serve(models: tuple[str, ...], host: str, port: int, token: str | None, devi
     names = ", ".join(resolved)
     err_console.print(f"edgewise backend · loading {names} on {device}", markup=False)
     service.serve(resolved, host=host, port=port, token=token, max_queue=max_queue,
-                  log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype)
+                  log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype, parallel=parallel,
+                  max_restarts=worker_restarts)
+
+
+def _layer_counts(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--pp-layers {text!r}: give one whole number of layers per stage, e.g. 5,3") from None
+
+
+def _serve_ranks(resolved: dict[str, Path], place: TorchrunPlace, parallel: ParallelConfig, *, token: str | None,
+                 device: str, dtype: str, **service_options: Any) -> None:
+    """This process is one rank torchrun started; rank 0 also serves (it needs the token)."""
+    from gpu_backend.server import torchrun
+
+    if not token and place.rank == 0:
+        fail("under torchrun, set the token with --token or EDGEWISE_BACKEND_TOKEN (every node runs the same command)")
+        return
+    try:
+        torchrun.serve_ranks(resolved, place, parallel, {**service_options, "token": token or ""},
+                             {"device": device, "dtype": dtype})
+    except ValueError as error:
+        fail(str(error))

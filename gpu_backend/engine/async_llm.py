@@ -22,6 +22,7 @@ from ..errors import EngineError
 from .engine import LLMEngine
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
+from .thread_bridge import post, settle
 
 log = logging.getLogger(__name__)
 _IDLE_WAIT_S = 0.05
@@ -78,6 +79,14 @@ class AsyncLLM:
         self._send(("abort", request_id, done))
         await done
 
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.engine.config.max_num_seqs
+
     def stats(self) -> dict[str, int]:
         manager = self.engine.block_manager
         return {
@@ -85,6 +94,7 @@ class AsyncLLM:
             "num_waiting": self.engine.scheduler.num_waiting,
             "kv_blocks_free": manager.num_free_blocks,
             "kv_blocks_used": manager.num_used_blocks,
+            "num_preemptions": self.engine.scheduler.num_preemptions,
         }
 
     def shutdown(self) -> None:
@@ -110,9 +120,9 @@ class AsyncLLM:
                 except queue.Empty:
                     break
                 if command is not None and command[0] == "add":
-                    _post(command[4].loop, _settle, command[5], EngineError(f"the engine stopped: {error}"))
+                    post(command[4].loop, settle, command[5], EngineError(f"the engine stopped: {error}"))
                 elif command is not None and command[2] is not None:
-                    _post(command[2].get_loop(), _settle, command[2], None)
+                    post(command[2].get_loop(), settle, command[2], None)
         for request_id in list(self._streams):
             self._deliver(request_id, EngineError(f"the engine stopped: {error}"), done=True)
 
@@ -147,35 +157,19 @@ class AsyncLLM:
             try:
                 self.engine.add_request(prompt, params, request_id)
             except Exception as error:
-                _post(stream.loop, _settle, accepted, error)
+                post(stream.loop, settle, accepted, error)
                 return
             self._streams[request_id] = stream
-            _post(stream.loop, _settle, accepted, None)
+            post(stream.loop, settle, accepted, None)
         else:
             _, request_id, done = command
             output = self.engine.abort(request_id)
             if output is not None:
                 self._deliver(request_id, output, done=True)
             if done is not None:
-                _post(done.get_loop(), _settle, done, None)
+                post(done.get_loop(), settle, done, None)
 
     def _deliver(self, request_id: str, item: RequestOutput | BaseException, done: bool) -> None:
         stream = self._streams.pop(request_id, None) if done else self._streams.get(request_id)
         if stream is not None:
-            _post(stream.loop, stream.outputs.put_nowait, item)
-
-
-def _post(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
-    try:
-        loop.call_soon_threadsafe(callback, *args)
-    except RuntimeError:  # that caller's event loop is closed: nobody is listening any more
-        pass
-
-
-def _settle(future: asyncio.Future, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+            post(stream.loop, stream.outputs.put_nowait, item)

@@ -8,6 +8,7 @@ the scheduler decides which tokens of which sequences run, the model runner runs
 from __future__ import annotations
 
 import itertools
+from collections import deque
 import logging
 import time
 from dataclasses import dataclass, field
@@ -48,11 +49,12 @@ class _InFlight:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig, *, progress: bool = True) -> None:
+    def __init__(self, config: EngineConfig, *, progress: bool = True, runner: ModelRunner | None = None) -> None:
+        """``runner``: one built elsewhere (a sharded worker's driver); by default this process runs the model."""
         self.config = config
         self.model_config = ModelConfig.from_pretrained(config.model)
         self.tokenizer = None if config.skip_tokenizer_init else Tokenizer.from_pretrained(config.model)
-        self.runner = ModelRunner(config, self.model_config, progress=progress)
+        self.runner = runner or ModelRunner(config, self.model_config, progress=progress)
         self.max_model_len = self.runner.max_model_len
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
@@ -60,12 +62,14 @@ class LLMEngine:
                 max_num_seqs=config.max_num_seqs,
                 max_num_batched_tokens=config.max_num_batched_tokens,
                 max_model_len=self.max_model_len,
+                schedule_pending=self.runner.pipeline_depth == 1,
             ),
             self.block_manager,
         )
         self.requests: dict[str, _Request] = {}
         self.stats = StepStats()
         self._in_flight: _InFlight | None = None  # the batch on the device whose tokens are not read yet
+        self._pipeline: deque[_InFlight] = deque()  # with pipeline stages: oldest first
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -144,7 +148,10 @@ class LLMEngine:
         read back, checked for stops and detokenized, so the device never waits for the host.
         A sequence that stops in batch k-1 also ran in batch k; that extra token is dropped.
         With ``async_scheduling=False`` each batch is read back before the step returns.
+        A pipeline keeps one batch per stage in flight instead (``_pipeline_step``).
         """
+        if self.runner.pipeline_depth > 1:
+            return self._pipeline_step()
         started = time.perf_counter()
         batch = self.scheduler.schedule()
         scheduled = time.perf_counter()
@@ -174,6 +181,35 @@ class LLMEngine:
                 outputs += self._finish(self._in_flight)
                 self._in_flight = None
         self.stats.schedule_s += scheduled - started
+        self.stats.prepare_s = self.runner.prepare_s
+        return outputs
+
+    def _pipeline_step(self) -> list[RequestOutput]:
+        """Keep ``pipeline_depth`` batches of different sequences in flight, one per stage.
+
+        The oldest batch is read back once the pipeline is full; a sequence waits out the batch
+        that holds it (its token comes back from the last stage), while a prompt's next chunk
+        may follow its previous one straight away: each stage runs batches in order.
+        """
+        outputs: list[RequestOutput] = []
+        if len(self._pipeline) >= self.runner.pipeline_depth:
+            outputs = self._finish(self._pipeline.popleft())
+        started = time.perf_counter()
+        batch = self.scheduler.schedule()
+        scheduled = time.perf_counter()
+        self.stats.schedule_s += scheduled - started
+        if not batch.seqs:
+            if self._pipeline:
+                return outputs + self._finish(self._pipeline.popleft())
+            if self.scheduler.has_unfinished:
+                raise EngineError("the scheduler found nothing to run while requests are waiting")
+            return outputs
+        launched = self.runner.launch(batch, None)
+        self.stats.launch_s += time.perf_counter() - scheduled
+        sampled_rows = set(launched.sampled_rows)
+        self.scheduler.update(batch, [PENDING_TOKEN if row in sampled_rows else None for row in range(len(batch.seqs))])
+        self._pipeline.append(_InFlight(batch, launched))
+        self._count(batch)
         self.stats.prepare_s = self.runner.prepare_s
         return outputs
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence as Seq
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -20,37 +20,46 @@ from ..layers.attention import AttentionMetadata
 from ..layers.sampler import Sampler, SamplerOutput
 from ..loader import load_weights
 from ..models.registry import build_model
+from ..parallel.pipeline import PipelineStage
 from .block_tables import BlockTables
 from .cuda_graphs import DecodeGraphs
-from .device_copy import tensor_to_device, to_device
-from .sampling_batch import build_sampling_batch
+from .device_copy import to_device
+from .sampling_batch import SamplingPlan, build_sampling_batch
 from .scheduler import ScheduledBatch
-from .sequence import Sequence
+from .step_inputs import StepInputs, attention_metadata, device_inputs, plan_step
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class LaunchedStep:
-    """A step queued on the device: `token_ids[i]` (on the device) belongs to `seqs[sampled_rows[i]]`.
+    """A step queued on the device: `token_ids[i]` (on the device) belongs to batch row `sampled_rows[i]`.
 
     `host` is the sampler's output on its way to host memory, complete once `ready` has passed
-    (None on CPU, where it already is)."""
+    (None on CPU, where it already is). A pipeline stage before the last has no tokens; the
+    driver of a pipeline gets them from the last stage (`receive`, waited for in `collect`).
+    """
 
-    seqs: list[Sequence]
+    seq_ids: list[int]  # per batch row
     sampled_rows: list[int]
     token_ids: torch.Tensor | None
     host: SamplerOutput | None
     ready: torch.cuda.Event | None = None
+    receive: Callable[[], SamplerOutput] | None = None
 
     def token_rows(self) -> dict[int, int]:
         """seq_id -> row of `token_ids`."""
-        return {self.seqs[row].seq_id: index for index, row in enumerate(self.sampled_rows)}
+        return {self.seq_ids[row]: index for index, row in enumerate(self.sampled_rows)}
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, model_config: ModelConfig, *, progress: bool = True) -> None:
+    pipeline_depth = 1  # batches in flight at once: a pipeline of P stages keeps P (see LLMEngine.step)
+
+    def __init__(self, config: EngineConfig, model_config: ModelConfig, *, progress: bool = True,
+                 stage: PipelineStage | None = None) -> None:
+        """``stage``: the layers this rank runs when the model is split into pipeline stages."""
         self.config, self.model_config = config, model_config
+        self.stage = stage
         self.device = config.torch_device
         self.dtype = config.torch_dtype(model_config)
         self.max_model_len = min(config.max_model_len or model_config.max_context_len, model_config.max_context_len)
@@ -75,7 +84,7 @@ class ModelRunner:
         torch.set_default_dtype(self.dtype)
         try:
             with torch.device(self.device):
-                model = build_model(self.model_config, self.ops)
+                model = build_model(self.model_config, self.ops, self.stage)
         finally:
             torch.set_default_dtype(previous)
         if self.config.load_format == "dummy":
@@ -86,12 +95,14 @@ class ModelRunner:
         return model.eval()
 
     def kv_block_bytes(self) -> int:
-        return self.block_size * self.model_config.kv_bytes_per_token(self.dtype)
+        """One block's keys and values on this rank: its stage's layers, its share of the KV heads."""
+        layers = self.attention_layers()
+        return 2 * len(layers) * self.block_size * layers[0].num_kv_heads * self.model_config.head_dim * self.dtype.itemsize
 
     def _allocate_kv_cache(self) -> int:
         num_blocks = self.config.num_kv_blocks or self._num_blocks_that_fit()
         cfg = self.model_config
-        shape = (2, cfg.num_hidden_layers, num_blocks, self.block_size, self.attention_layers()[0].num_kv_heads,
+        shape = (2, len(self.attention_layers()), num_blocks, self.block_size, self.attention_layers()[0].num_kv_heads,
                  cfg.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         for index, attn in enumerate(self.attention_layers()):
@@ -123,19 +134,24 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
         ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
-        meta = self._metadata([num_tokens], [num_tokens], torch.arange(blocks, dtype=torch.int32)[None, :],
-                              torch.arange(num_tokens, device=self.device))
-        hidden = self.model(ids, torch.arange(num_tokens, device=self.device), meta)
-        logits = self.model.compute_logits(hidden[-min(num_tokens, self.config.max_num_seqs):])
-        logits.float().sort(dim=-1)
+        meta = attention_metadata([num_tokens], [num_tokens], torch.arange(blocks, dtype=torch.int32,
+                                  device=self.device)[None, :], torch.arange(num_tokens, device=self.device), self.device)
+        stage = self.model.stage
+        intermediate = None
+        if not stage.is_first:  # what the previous stage would send
+            intermediate = (torch.zeros((num_tokens, cfg.hidden_size), dtype=self.dtype, device=self.device),) * 2
+        hidden = self.model(ids, torch.arange(num_tokens, device=self.device), meta, intermediate)
+        if stage.is_last:
+            logits = self.model.compute_logits(hidden[-min(num_tokens, self.config.max_num_seqs):])
+            logits.float().sort(dim=-1)
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device) - before
-        del scratch, hidden, logits
+        del scratch, hidden
         torch.cuda.empty_cache()
         return peak
 
     def attention_layers(self) -> list:
-        return [layer.self_attn.attn for layer in self.model.model.layers]
+        return [layer.self_attn.attn for layer in self.model.stage_layers()]
 
     # -- one step ----------------------------------------------------------------------------
 
@@ -153,25 +169,35 @@ class ModelRunner:
         gets it as input straight from `previous`'s device tensor.
         """
         started = time.perf_counter()
-        # one-token rows first: the attention kernels serve that prefix with the decode kernel
-        order = sorted(range(len(batch.seqs)), key=lambda row: batch.num_new_tokens[row] != 1)
-        seqs = [batch.seqs[row] for row in order]
-        counts = [batch.num_new_tokens[row] for row in order]
-        input_ids, positions, meta, sample_rows = self.prepare(seqs, counts, previous)
+        inputs = self.plan(batch, previous)
         self.prepare_s += time.perf_counter() - started
-        if self.graphs is not None and meta.is_decode_only and self.graphs.fits(len(seqs)):
-            hidden = self.graphs.run(input_ids, positions, meta)
-        else:
-            hidden = self.model(input_ids, positions, meta)
-        if not sample_rows:
-            return LaunchedStep(batch.seqs, [], None, None)
-        # sample in the batch's own order, so the sampler's rows line up with batch.seqs
-        sample_rows.sort(key=order.__getitem__)
-        index = to_device(_last_token_indices(counts, sample_rows), torch.long, self.device)
+        return self.run(inputs, previous)
+
+    def plan(self, batch: ScheduledBatch, previous: LaunchedStep | None) -> StepInputs:
+        """The step's inputs as host values (what a sharded worker's driver sends to its ranks)."""
+        inputs = plan_step(batch.seqs, batch.num_new_tokens, self.block_tables.gather, self.block_size,
+                           previous.token_rows() if previous is not None else {})
+        sampled = [batch.seqs[row] for row in inputs.sampled_rows]
+        inputs.sampling = SamplingPlan.of(sampled, self.seed_for) if sampled else None
+        return inputs
+
+    seed_for = None  # a sharded worker's driver seeds unseeded rows, so every rank draws the same token
+
+    @torch.inference_mode()
+    def run(self, inputs: StepInputs, previous: LaunchedStep | None = None) -> LaunchedStep:
+        """Run the model on one step's inputs and sample; every rank of a worker runs the same inputs."""
+        started = time.perf_counter()
+        previous_tokens = previous.token_ids if previous is not None else None
+        input_ids, positions, meta = device_inputs(inputs, previous_tokens, self.device)
+        self.prepare_s += time.perf_counter() - started
+        hidden = self.forward(input_ids, positions, meta)
+        if hidden is None or inputs.sampling is None:  # a stage before the last, or no row ends its sequence
+            return LaunchedStep(inputs.seq_ids, inputs.sampled_rows, None, None)
+        index = to_device(inputs.last_token_indices(), torch.long, self.device)
         logits = self.model.compute_logits(hidden.index_select(0, index))
-        sampled_rows = [order[row] for row in sample_rows]
-        sampled_seqs = [batch.seqs[row] for row in sampled_rows]
-        result = self.sampler(logits, build_sampling_batch(sampled_seqs, logits.shape[-1], self.device, self._generator))
+        result = self.sampler(logits, build_sampling_batch(inputs.sampling, logits.shape[-1], self.device,
+                                                           self._generator))
+        self.after_sampling(result)
         # Start the copy back now: read later with a plain .tolist(), it would queue behind the
         # next step and wait for that one too.
         host = _to_host(result)
@@ -179,73 +205,29 @@ class ModelRunner:
         if self.device.type == "cuda":
             ready = torch.cuda.Event()
             ready.record()
-        return LaunchedStep(batch.seqs, sampled_rows, result.token_ids, host, ready)
+        return LaunchedStep(inputs.seq_ids, inputs.sampled_rows, result.token_ids, host, ready)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+                ) -> torch.Tensor | None:
+        """The final hidden states of the step's tokens (None on a pipeline stage before the last)."""
+        if self.graphs is not None and meta.is_decode_only and self.graphs.fits(input_ids.shape[0]):
+            return self.graphs.run(input_ids, positions, meta)
+        return self.model(input_ids, positions, meta)
+
+    def after_sampling(self, result: SamplerOutput) -> None:
+        """Hook for a pipeline's last stage: hand the tokens to the driver."""
 
     def collect(self, step: LaunchedStep) -> tuple[list[int | None], SamplerOutput | None]:
         """Wait for a launched step's tokens: one per sequence, None where none was sampled."""
-        out: list[int | None] = [None] * len(step.seqs)
+        out: list[int | None] = [None] * len(step.seq_ids)
+        if step.receive is not None:
+            step.host = step.receive()
         if step.ready is not None:
             step.ready.synchronize()
         if step.host is not None:
             for row, token in zip(step.sampled_rows, step.host.token_ids.tolist()):
                 out[row] = token
         return out, step.host
-
-    def prepare(self, seqs: Seq[Sequence], counts: Seq[int], previous: LaunchedStep | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
-        """The step's device inputs for `counts[i]` new tokens of `seqs[i]`, and the rows to sample.
-
-        A pending last token (`seq.has_pending_token`) is read from `previous.token_ids` on the device."""
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_lens, seq_lens, sample_rows = [], [], []
-        pending_at, pending_from = [], []  # flat input index <- row of previous.token_ids
-        previous_rows = previous.token_rows() if previous is not None else {}
-        for row, (seq, count) in enumerate(zip(seqs, counts)):
-            start, end = seq.num_computed_tokens, seq.num_computed_tokens + count
-            if seq.has_pending_token and end == seq.num_tokens:
-                if seq.seq_id not in previous_rows:
-                    raise RuntimeError(f"{seq} has a pending token that the previous step did not sample")
-                pending_at.append(len(input_ids) + count - 1)
-                pending_from.append(previous_rows[seq.seq_id])
-            input_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
-            slots.extend(_slots(seq.block_table, start, end, self.block_size))
-            query_lens.append(count)
-            seq_lens.append(end)
-            if end == seq.num_tokens:
-                sample_rows.append(row)
-        num_tokens, num_pending = len(input_ids), len(pending_at)
-        longs = to_device(input_ids + positions + slots + pending_at + pending_from, torch.long, self.device)
-        ids = longs[:num_tokens]
-        if num_pending:
-            assert previous is not None and previous.token_ids is not None
-            if num_pending == num_tokens and pending_from == list(range(num_tokens)):
-                ids = previous.token_ids[:num_tokens]  # steady decode: the last step's tokens, in order
-            else:
-                tail = longs[3 * num_tokens:]
-                ids = ids.index_copy(0, tail[:num_pending], previous.token_ids.index_select(0, tail[num_pending:]))
-        meta = self._metadata(query_lens, seq_lens, self.block_tables.gather(seqs), longs[2 * num_tokens:3 * num_tokens])
-        return ids, longs[num_tokens:2 * num_tokens], meta, sample_rows
-
-    def _metadata(self, query_lens: Seq[int], seq_lens: Seq[int], block_tables: torch.Tensor,
-                  slot_mapping: torch.Tensor) -> AttentionMetadata:
-        num_seqs = len(seq_lens)
-        starts = [0]
-        for n in query_lens:
-            starts.append(starts[-1] + n)
-        ints = to_device(starts + list(seq_lens), torch.int32, self.device)
-        return AttentionMetadata(
-            slot_mapping=slot_mapping,
-            query_start_loc=ints[: num_seqs + 1],
-            seq_lens=ints[num_seqs + 1:],
-            block_tables=tensor_to_device(block_tables, self.device),
-            max_query_len=max(query_lens),
-            max_seq_len=max(seq_lens),
-            is_decode_only=max(query_lens) == 1,
-            num_decodes=next((i for i, n in enumerate(query_lens) if n != 1), num_seqs),
-        )
 
     def _generator(self, seq_id: int, seed: int) -> torch.Generator:
         generator = self.generators.get(seq_id)
@@ -274,25 +256,3 @@ def _to_host(result: SamplerOutput) -> SamplerOutput:
     """The sampler's tensors copied to (pinned) host memory without waiting for them."""
     values = (getattr(result, field.name) for field in fields(result))
     return SamplerOutput(*(None if value is None else value.to("cpu", non_blocking=True) for value in values))
-
-
-def _last_token_indices(counts: Seq[int], rows: list[int]) -> list[int]:
-    """Index (in the step's flat token list) of the last token of each of `rows`."""
-    ends, total = [], 0
-    for count in counts:
-        total += count
-        ends.append(total - 1)
-    return [ends[row] for row in rows]
-
-
-def _slots(block_table: list[int], start: int, end: int, block_size: int) -> list[int]:
-    """Cache slots of positions start..end-1, one range per block rather than one step per token."""
-    slots: list[int] = []
-    position = start
-    while position < end:
-        block = position // block_size
-        stop = min(end, (block + 1) * block_size)
-        base = block_table[block] * block_size - block * block_size
-        slots.extend(range(base + position, base + stop))
-        position = stop
-    return slots

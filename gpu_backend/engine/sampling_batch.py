@@ -1,38 +1,73 @@
-"""Turns the sampled sequences' SamplingParams into the sampler's per-row tensors."""
+"""The sampled rows' settings: described on the host (``SamplingPlan``), then turned into the
+sampler's per-row tensors on whichever rank samples (``build_sampling_batch``).
+
+The plan holds plain values only, so the driver of a sharded worker can send it to the ranks
+that sample; every one of them builds the same tensors and, with the same seeds, draws the same
+tokens.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from ..layers.sampler import SamplingBatch
 from .device_copy import to_device
+from .sampling_params import SamplingParams
 from .sequence import Sequence
 
 
-def build_sampling_batch(seqs: list[Sequence], vocab_size: int, device: torch.device,
+@dataclass
+class SampledRow:
+    seq_id: int
+    params: SamplingParams
+    seed: int | None  # the request's seed; a sharded worker's driver gives unseeded random rows one
+    num_completion_tokens: int
+    prompt_token_ids: list[int] | None = None  # only with penalties: they count the tokens seen
+    completion_token_ids: list[int] | None = None
+
+
+@dataclass
+class SamplingPlan:
+    rows: list[SampledRow]
+
+    @classmethod
+    def of(cls, seqs: list[Sequence], seed_for: Callable[[Sequence], int | None] | None = None) -> SamplingPlan:
+        rows = []
+        for seq in seqs:
+            params = seq.sampling_params
+            seed = params.seed if seed_for is None or params.seed is not None else seed_for(seq)
+            row = SampledRow(seq.seq_id, params, seed, seq.num_completion_tokens)
+            if params.has_penalties:
+                row.prompt_token_ids, row.completion_token_ids = seq.prompt_token_ids, seq.completion_token_ids
+            rows.append(row)
+        return cls(rows)
+
+
+def build_sampling_batch(plan: SamplingPlan, vocab_size: int, device: torch.device,
                          generator: Callable[[int, int], torch.Generator]) -> SamplingBatch:
-    params = [seq.sampling_params for seq in seqs]
+    params = [row.params for row in plan.rows]
     temperatures = [0.0 if p.is_greedy else p.temperature for p in params]
     if all(t == 0.0 for t in temperatures):  # the common serving case: no filter tensors to build
         batch = SamplingBatch(temperatures=None, top_ks=None, top_ps=None, min_ps=None,
-                              generators=[None] * len(seqs), all_greedy=True)
+                              generators=[None] * len(params), all_greedy=True)
     else:
         batch = SamplingBatch(
             temperatures=to_device(temperatures, torch.float32, device),
             top_ks=_optional([p.top_k if p.top_k > 0 else vocab_size for p in params], vocab_size, torch.long, device),
             top_ps=_optional([p.top_p for p in params], 1.0, torch.float32, device),
             min_ps=_optional([p.min_p for p in params], 0.0, torch.float32, device),
-            generators=[None if p.is_greedy or p.seed is None else generator(seq.seq_id, p.seed)
-                        for seq, p in zip(seqs, params)],
+            generators=[None if row.params.is_greedy or row.seed is None else generator(row.seq_id, row.seed)
+                        for row in plan.rows],
             all_greedy=False,
         )
     if any(p.has_penalties for p in params):
-        _add_penalties(batch, seqs, vocab_size, device)
-    banned = [(row, sorted(p.all_stop_token_ids(p.eos_token_ids))) for row, (seq, p) in enumerate(zip(seqs, params))
-              if seq.num_completion_tokens < p.min_tokens]
-    batch.banned_token_ids = [(row, ids) for row, ids in banned if ids] or None
+        _add_penalties(batch, plan.rows, vocab_size, device)
+    banned = [(index, sorted(row.params.all_stop_token_ids(row.params.eos_token_ids)))
+              for index, row in enumerate(plan.rows) if row.num_completion_tokens < row.params.min_tokens]
+    batch.banned_token_ids = [(index, ids) for index, ids in banned if ids] or None
     wanted = [p.logprobs for p in params if p.logprobs is not None]
     batch.max_num_logprobs = max(wanted) if wanted else None
     return batch
@@ -45,18 +80,18 @@ def _optional(values: list, neutral: float, dtype: torch.dtype, device: torch.de
     return to_device(values, dtype, device)
 
 
-def _add_penalties(batch: SamplingBatch, seqs: list[Sequence], vocab_size: int, device: torch.device) -> None:
-    rows = len(seqs)
-    prompt_mask = torch.zeros((rows, vocab_size), dtype=torch.bool, device=device)
-    counts = torch.zeros((rows, vocab_size), dtype=torch.int32, device=device)
-    for row, seq in enumerate(seqs):
-        prompt = to_device(seq.prompt_token_ids, torch.long, device)
-        prompt_mask[row, prompt] = True
-        output = seq.completion_token_ids
+def _add_penalties(batch: SamplingBatch, rows: list[SampledRow], vocab_size: int, device: torch.device) -> None:
+    prompt_mask = torch.zeros((len(rows), vocab_size), dtype=torch.bool, device=device)
+    counts = torch.zeros((len(rows), vocab_size), dtype=torch.int32, device=device)
+    for index, row in enumerate(rows):
+        if not row.params.has_penalties:
+            continue
+        prompt_mask[index, to_device(row.prompt_token_ids or [], torch.long, device)] = True
+        output = row.completion_token_ids or []
         if output:
-            counts[row].index_add_(0, to_device(output, torch.long, device),
-                                   torch.ones(len(output), dtype=torch.int32, device=device))
-    params = [seq.sampling_params for seq in seqs]
+            counts[index].index_add_(0, to_device(output, torch.long, device),
+                                     torch.ones(len(output), dtype=torch.int32, device=device))
+    params = [row.params for row in rows]
     batch.prompt_mask, batch.output_counts = prompt_mask, counts
     batch.repetition_penalties = to_device([p.repetition_penalty for p in params], torch.float32, device)
     batch.frequency_penalties = to_device([p.frequency_penalty for p in params], torch.float32, device)

@@ -25,6 +25,9 @@ class SchedulerConfig:
     max_num_batched_tokens: int
     max_model_len: int
     enable_chunked_prefill: bool = True
+    # False in a pipeline: a sequence whose last token is still on its way from the last stage
+    # sits out until it arrives (the first stage, which needs it as input, does not have it).
+    schedule_pending: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
@@ -120,6 +123,8 @@ class Scheduler:
         while index < len(self.running) and budget > 0:
             seq = self.running[index]
             index += 1
+            if seq.has_pending_token and not self.config.schedule_pending:
+                continue
             count = self._chunk_size(seq.num_uncomputed_tokens, budget)
             if count == 0:
                 continue
@@ -140,6 +145,8 @@ class Scheduler:
         bm = self.block_manager
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
+            if seq.has_pending_token and not self.config.schedule_pending:
+                break  # preempted while its token was in flight: it needs that token first
             if not self._fits_budget(seq, budget) or not bm.can_allocate(seq):
                 break  # FCFS: nobody overtakes the head of the queue
             self.waiting.popleft()

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint_tensor import Loaded, narrow
 from ..errors import CheckpointError
 from ..kernels import Kernels
 from ..parallel.state import all_gather_last_dim, all_reduce, tp_rank, tp_size
@@ -20,13 +21,13 @@ class VocabParallelEmbedding(nn.Module):
         self.weight = nn.Parameter(torch.empty(self.rows_per_rank, hidden_size), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id: object = None) -> None:
         if loaded.shape[0] != self.vocab_size or loaded.shape[1] != param.shape[1]:
             raise CheckpointError(
                 f"embedding: checkpoint shape {tuple(loaded.shape)} does not fit vocab {self.vocab_size} x {param.shape[1]}"
             )
         rows = min(self.rows_per_rank, self.vocab_size - self.vocab_start)
-        param.data[:rows].copy_(loaded.narrow(0, self.vocab_start, rows))
+        param.data[:rows].copy_(narrow(loaded, 0, self.vocab_start, rows))  # only this rank's rows are read
         param.data[rows:].zero_()  # padding rows of the last rank
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""Linear layers that hold this rank's shard and know how to load it from a full checkpoint tensor.
+"""Linear layers that hold this rank's shard and know how to load it from a checkpoint tensor.
 
 Column-parallel layers split the output dimension (no communication), row-parallel ones the
 input dimension (one all-reduce after the matmul). Fused layers (QKV, gate+up) load each
-checkpoint tensor into its own row range, named by the ``shard_id`` the loader passes.
+checkpoint tensor into its own row range, named by the ``shard_id`` the loader passes. Loaders
+``narrow`` the checkpoint tensor, so a rank reads only its slice from the file.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint_tensor import Loaded, materialize, narrow
 from ..errors import CheckpointError
 from ..kernels import Kernels, reference
 from ..parallel.state import all_reduce, tp_rank, tp_size
@@ -22,10 +24,11 @@ def _divide(numerator: int, denominator: int, what: str) -> int:
     return numerator // denominator
 
 
-def _copy(param: nn.Parameter, loaded: torch.Tensor, name: str) -> None:
+def _copy(param: nn.Parameter, loaded: Loaded, name: str) -> None:
+    """Copy a narrowed slice, or a whole (replicated) tensor: its shape is checked before it is read."""
     if param.shape != loaded.shape:
         raise CheckpointError(f"{name}: checkpoint shape {tuple(loaded.shape)} does not fit {tuple(param.shape)}")
-    param.data.copy_(loaded)
+    param.data.copy_(materialize(loaded))
 
 
 class LinearBase(nn.Module):
@@ -47,7 +50,7 @@ class LinearBase(nn.Module):
         else:
             self.register_parameter("bias", None)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id: object = None) -> None:
         _copy(param, loaded, "replicated weight")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,9 +73,9 @@ class ColumnParallelLinear(LinearBase):
         self.output_size_per_rank = _divide(output_size, tp_size(), "output size")
         super().__init__(input_size, self.output_size_per_rank, bias, ops)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id: object = None) -> None:
         rows = self.output_size_per_rank
-        _copy(param, loaded.narrow(0, tp_rank() * rows, rows), "column-parallel weight")
+        _copy(param, narrow(loaded, 0, tp_rank() * rows, rows), "column-parallel weight")
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -82,11 +85,11 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         self.output_sizes = output_sizes
         super().__init__(input_size, sum(output_sizes), bias, ops)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id: object = None) -> None:
         index = int(shard_id)  # type: ignore[arg-type]
         rows = self.output_sizes[index] // tp_size()
         offset = sum(self.output_sizes[:index]) // tp_size()
-        _copy(param.data.narrow(0, offset, rows), loaded.narrow(0, tp_rank() * rows, rows), f"merged part {index}")
+        _copy(param.data.narrow(0, offset, rows), narrow(loaded, 0, tp_rank() * rows, rows), f"merged part {index}")
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -114,7 +117,7 @@ class QKVParallelLinear(ColumnParallelLinear):
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id: object = None) -> None:
         if shard_id == "q":
             offset, rows, start = 0, self.q_size, tp_rank() * self.q_size
         elif shard_id in ("k", "v"):
@@ -122,7 +125,7 @@ class QKVParallelLinear(ColumnParallelLinear):
             rows, start = self.kv_size, (tp_rank() // self.kv_replicas) * self.kv_size
         else:
             raise CheckpointError(f"QKV shard id must be q, k or v, not {shard_id!r}")
-        _copy(param.data.narrow(0, offset, rows), loaded.narrow(0, start, rows), f"{shard_id}_proj")
+        _copy(param.data.narrow(0, offset, rows), narrow(loaded, 0, start, rows), f"{shard_id}_proj")
 
 
 class RowParallelLinear(LinearBase):
@@ -132,12 +135,12 @@ class RowParallelLinear(LinearBase):
         self.input_size_per_rank = _divide(input_size, tp_size(), "input size")
         super().__init__(self.input_size_per_rank, output_size, bias, ops)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id: object = None) -> None:
         if param.dim() == 1:  # bias: whole on every rank
             _copy(param, loaded, "row-parallel bias")
             return
         cols = self.input_size_per_rank
-        _copy(param, loaded.narrow(1, tp_rank() * cols, cols), "row-parallel weight")
+        _copy(param, narrow(loaded, 1, tp_rank() * cols, cols), "row-parallel weight")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias if tp_rank() == 0 else None

@@ -1,7 +1,8 @@
 """The Llama decoder, which also covers Mistral, Qwen2 (qkv bias) and Qwen3 (q/k RMSNorm per head).
 
 Module names follow the checkpoints' so the loader maps tensors by name; q/k/v and gate/up are
-fused into one matmul each (``packed_modules`` tells the loader where the parts go).
+fused into one matmul each (``packed_modules`` tells the loader where the parts go). Built for a
+pipeline stage, the model holds only that stage's layers (``owns_weight`` tells the loader which).
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from ..layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from ..layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from ..layers.norm import RMSNorm
 from ..layers.rotary import RotaryEmbedding
+from ..parallel.pipeline import PipelineStage
+
+EMBED, LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
+Intermediate = tuple[torch.Tensor, torch.Tensor]  # (hidden, residual) passed from stage to stage
 
 
 class LlamaAttention(nn.Module):
@@ -77,17 +82,35 @@ class LlamaDecoderLayer(nn.Module):
         return self.mlp(hidden, residual, self.post_attention_layernorm)
 
 
-class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig, ops: Kernels) -> None:
-        super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, ops) for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+class OtherStageLayer(nn.Module):
+    """Stands in for a decoder layer that another pipeline stage holds: no parameters, and it keeps
+    the numbering of ``model.layers.{i}`` so checkpoint names still match."""
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        hidden, residual = self.embed_tokens(input_ids), None
-        for layer in self.layers:
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig, ops: Kernels, stage: PipelineStage) -> None:
+        super().__init__()
+        self.stage = stage
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size) if stage.is_first else None
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, ops) if index in stage.layers else OtherStageLayer()
+                                    for index in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops) if stage.is_last else None
+
+    def stage_layers(self) -> list[LlamaDecoderLayer]:
+        return [self.layers[index] for index in self.stage.layers]
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                intermediate: Intermediate | None = None) -> torch.Tensor | Intermediate:
+        if self.embed_tokens is not None:
+            hidden, residual = self.embed_tokens(input_ids), None
+        elif intermediate is None:
+            raise ValueError(f"{self.stage} starts from the previous stage's (hidden, residual): pass intermediate")
+        else:
+            hidden, residual = intermediate
+        for layer in self.stage_layers():
             hidden, residual = layer(positions, hidden, residual, meta)
+        if self.norm is None:
+            return hidden, residual  # for the next stage; every stage has a layer, so residual is set
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
@@ -101,17 +124,40 @@ class LlamaForCausalLM(nn.Module):
         "up_proj": ("gate_up_proj", 1),
     }
 
-    def __init__(self, config: ModelConfig, ops: Kernels) -> None:
+    def __init__(self, config: ModelConfig, ops: Kernels, stage: PipelineStage | None = None) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, ops)
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, ops)
-        self.tie_word_embeddings = config.tie_word_embeddings
-        if config.tie_word_embeddings:
+        self.stage = stage or PipelineStage.whole(config.num_hidden_layers)
+        self.stage.check_fits(config.num_hidden_layers)
+        self.model = LlamaModel(config, ops, self.stage)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, ops) if self.stage.is_last else None
+        # One parameter serves both ends only where one stage holds both; a last stage without the
+        # embedding fills its own lm_head from the checkpoint's embedding tensor (an alias).
+        self.tie_word_embeddings = config.tie_word_embeddings and self.stage.is_first and self.stage.is_last
+        self.weight_aliases: dict[str, str] = {}
+        if self.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        elif config.tie_word_embeddings and self.stage.is_last:
+            self.weight_aliases = {EMBED: LM_HEAD}
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        return self.model(input_ids, positions, meta)
+    def stage_layers(self) -> list[LlamaDecoderLayer]:
+        """This stage's decoder layers in order (all of them for a whole model)."""
+        return self.model.stage_layers()
+
+    def owns_weight(self, name: str) -> bool:
+        """Whether checkpoint tensor ``name`` belongs to this stage; the loader skips the others."""
+        if name.startswith("model.layers."):
+            return int(name.split(".")[2]) in self.stage.layers
+        if name.startswith("model.embed_tokens."):
+            return self.stage.is_first or name in self.weight_aliases
+        if name.startswith(("model.norm.", "lm_head.")):
+            return self.stage.is_last
+        return True  # a name no stage knows is the loader's to reject
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                intermediate: Intermediate | None = None) -> torch.Tensor | Intermediate:
+        """The last stage's final hidden states, or (hidden, residual) for the next stage."""
+        return self.model(input_ids, positions, meta, intermediate)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)

@@ -7,6 +7,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import UnsupportedArchitectureError
 from ..kernels import Kernels
+from ..parallel.pipeline import PipelineStage
 from .llama import LlamaForCausalLM
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -17,9 +18,10 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_model(config: ModelConfig, ops: Kernels) -> nn.Module:
+def build_model(config: ModelConfig, ops: Kernels, stage: PipelineStage | None = None) -> nn.Module:
+    """The model for ``config``: the whole of it, or only one pipeline ``stage``'s layers."""
     try:
         model_class = MODELS[config.architecture]
     except KeyError:
         raise UnsupportedArchitectureError(f"no model for architecture {config.architecture!r}") from None
-    return model_class(config, ops)
+    return model_class(config, ops, stage)

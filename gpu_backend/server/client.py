@@ -2,10 +2,10 @@
 
 The routes see ``EngineClient`` only: which models exist and what they do, a generation as an
 async iterator of ``TextDelta``s, embeddings, and load figures for ``/metrics``.
-``LocalEngines`` runs an ``AsyncLLM`` per text-generation checkpoint and an ``Embedder`` per
-embeddings checkpoint in this process (names mapped to the same folder share one engine); the
-distributed workers (tensor/pipeline parallel, disaggregated prefill and decode) come in behind
-the same interface.
+``LocalEngines`` runs an ``AsyncLLM`` per text-generation checkpoint in this process, or, when
+the checkpoints are sharded (tensor and pipeline parallel), a ``ShardedEngine`` whose ranks are
+processes of their own; and an ``Embedder`` per embeddings checkpoint (names mapped to the same
+folder share one engine).
 
 Prompts are rendered here, as Workers AI does: ``messages`` through the model's chat template
 (generation prompt added; a model without one refuses them); a ``prompt`` as one user message
@@ -23,9 +23,12 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from ..config import EngineConfig, ParallelConfig
 from ..engine.async_llm import AsyncLLM
 from ..engine.embedder import EmbeddingResult, Embedder, is_embedding_checkpoint
 from ..errors import EngineError, InvalidRequestError
+from ..parallel.launch import RankProcesses
+from ..parallel.sharded_engine import ShardedEngine
 from .errors import NoSuchModelError, from_engine_error
 from .schemas import EmbeddingsInput, TextGenerationInput
 
@@ -75,18 +78,25 @@ class EngineClient(Protocol):
     def shutdown(self) -> None: ...
 
 
-class LocalEngines:
-    """An ``AsyncLLM`` per text-generation checkpoint and an ``Embedder`` per embeddings one, in this process."""
+TextEngine = AsyncLLM | ShardedEngine
 
-    def __init__(self, models: Mapping[str, str | Path], **engine_options: Any) -> None:
-        self._engines: dict[str, AsyncLLM] = {}
+
+class LocalEngines:
+    """A text engine per text-generation checkpoint (sharded when ``parallel`` says so) and an
+    ``Embedder`` per embeddings one."""
+
+    def __init__(self, models: Mapping[str, str | Path], parallel: ParallelConfig | None = None,
+                 max_restarts: int = 3, attached: RankProcesses | None = None, **engine_options: Any) -> None:
+        """``attached``: the driver of the one sharded text model, started by torchrun."""
+        self._engines: dict[str, TextEngine] = {}
         self._embedders: dict[str, Embedder] = {}
         by_folder: dict[Path, AsyncLLM | Embedder] = {}
         try:
             for name, folder in models.items():
                 path = Path(folder).resolve()
                 if path not in by_folder:
-                    by_folder[path] = _load(path, engine_options)
+                    by_folder[path] = _load(path, engine_options, parallel, max_restarts, attached)
+                    attached = None if isinstance(by_folder[path], ShardedEngine) else attached
                 loaded = by_folder[path]
                 (self._embedders if isinstance(loaded, Embedder) else self._engines)[name] = loaded
         except BaseException:
@@ -100,9 +110,9 @@ class LocalEngines:
         if model in self._embedders:
             return ModelInfo(model, "text-embeddings", self._embedders[model].max_seq_len, 1)
         engine = self.engine(model)
-        return ModelInfo(model, "text-generation", engine.engine.max_model_len, engine.engine.config.max_num_seqs)
+        return ModelInfo(model, "text-generation", engine.max_model_len, engine.max_num_seqs)
 
-    def engine(self, model: str) -> AsyncLLM:
+    def engine(self, model: str) -> TextEngine:
         engine = self._engines.get(model)
         if engine is None:
             raise NoSuchModelError(model, self.model_names())
@@ -121,6 +131,11 @@ class LocalEngines:
         engine = self.engine(model)
         try:
             prompt = render_prompt(engine, request)
+            if isinstance(engine, ShardedEngine):
+                async for delta in engine.generate(prompt, request.sampling, request_id):
+                    yield TextDelta(delta.delta_text, delta.delta_token_ids, delta.num_prompt_tokens,
+                                    delta.num_completion_tokens, delta.finish_reason)
+                return
             async for output in engine.generate(prompt, request.sampling, request_id):
                 completion = output.outputs[0]
                 yield TextDelta(output.delta_text, list(output.delta_token_ids), len(output.prompt_token_ids),
@@ -139,16 +154,20 @@ class LocalEngines:
             engine.shutdown()
 
 
-def _load(folder: Path, engine_options: Mapping[str, Any]) -> AsyncLLM | Embedder:
+def _load(folder: Path, engine_options: Mapping[str, Any], parallel: ParallelConfig | None,
+          max_restarts: int, attached: RankProcesses | None = None) -> TextEngine | Embedder:
     if is_embedding_checkpoint(folder):
         device = engine_options.get("device", "auto")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return Embedder(folder, device=device, dtype="float32")
+    if parallel is not None and parallel.is_sharded:
+        return ShardedEngine(EngineConfig(model=str(folder), **engine_options), parallel, max_restarts=max_restarts,
+                             attached=attached)
     return AsyncLLM(str(folder), progress=False, **engine_options)
 
 
-def render_prompt(engine: AsyncLLM, request: TextGenerationInput) -> str | list[int]:
+def render_prompt(engine: TextEngine, request: TextGenerationInput) -> str | list[int]:
     """The text (or token ids, from a chat template) that the engine gets for a request."""
     tokenizer = engine.tokenizer
     if request.messages is not None:

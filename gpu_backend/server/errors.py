@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ..errors import EngineError, InvalidRequestError, PromptTooLongError
+from ..errors import EngineError, InvalidRequestError, PromptTooLongError, WorkerLostError
 
 # Cloudflare's table lists no code for an internal failure; this one is the service's own.
 INTERNAL_ERROR_CODE = 3043
@@ -108,8 +108,16 @@ class EngineFailedError(ServiceError):
     status, code, openai_type = 500, INTERNAL_ERROR_CODE, "server_error"
 
 
+class WorkerUnavailableError(ServiceError):
+    """The model's worker lost a rank and is restarting; retrying shortly can succeed."""
+
+    status, code, openai_type = 503, INTERNAL_ERROR_CODE, "server_error"
+
+
 def from_engine_error(error: EngineError) -> ServiceError:
     """The service error for an engine error (the engine's message names the problem)."""
+    if isinstance(error, WorkerLostError):
+        return WorkerUnavailableError(f"AiError: the model's worker is unavailable: {error}", retry_after_s=5)
     if isinstance(error, PromptTooLongError):
         return InputTooLongError(f"AiError: {error}")
     if isinstance(error, InvalidRequestError):

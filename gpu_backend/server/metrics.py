@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .admission import Admission
@@ -47,7 +47,7 @@ class _EngineLoad(Collector):
         self._client = client
         self._admission = admission
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         families = {
             "num_running": GaugeMetricFamily("edgewise_requests_running", "Sequences in the running batch",
                                              labels=["model"]),
@@ -57,11 +57,15 @@ class _EngineLoad(Collector):
                                                 labels=["model"]),
             "kv_blocks_free": GaugeMetricFamily("edgewise_kv_blocks_free", "KV-cache blocks free", labels=["model"]),
         }
+        preemptions = CounterMetricFamily("edgewise_preemptions", "Sequences preempted for KV blocks and recomputed",
+                                          labels=["model"])
         queue = GaugeMetricFamily("edgewise_queue_depth", "Requests admitted beyond what the engine runs at once",
                                   labels=["model"])
         for model, stats in self._client.stats().items():
             for key, family in families.items():
                 family.add_metric([model], stats[key])
+            preemptions.add_metric([model], stats["num_preemptions"])
             queue.add_metric([model], self._admission.queued(model))
         yield from families.values()
+        yield preemptions
         yield queue

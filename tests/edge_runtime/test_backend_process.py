@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.backend_process import DEV_TOKEN_ENV, TOKEN_ENV, BackendProcess, BackendStartError, serve_command, served_models
-from edge_runtime.config import EdgewiseConfig, LocalBackendConfig, ModelSource
+from edge_runtime.config import ConfigError, EdgewiseConfig, LocalBackendConfig, ModelSource
 
 TINY = "@cf/edgewise/tiny-shakespeare"
 MINILM = "@cf/sentence-transformers/all-minilm-l6-v2"
@@ -135,3 +135,14 @@ def test_serve_command_is_the_real_cli() -> None:
     # the launcher runs the `edgewise` CLI module with this interpreter; that module must exist
     reply = subprocess.run([sys.executable, "-c", "import wrangler_like_cli.main"], capture_output=True)
     assert reply.returncode == 0, reply.stderr
+
+
+def test_a_sharded_local_backend_gets_its_layout_on_the_command_line() -> None:
+    command = serve_command(EdgewiseConfig(backend=LocalBackendConfig(tp=2, pp=2, pp_layers=[3, 1])))
+    assert command[command.index("--tp") + 1] == "2" and command[command.index("--pp") + 1] == "2"
+    assert command[command.index("--pp-layers") + 1] == "3,1"
+    assert "--tp" not in serve_command(EdgewiseConfig(backend=LocalBackendConfig()))
+    with pytest.raises(ConfigError, match="pp_layers"):
+        LocalBackendConfig(pp=2, pp_layers=[4])
+    with pytest.raises(ConfigError, match="tp"):
+        LocalBackendConfig(tp=0)

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from gpu_backend import loader
+from gpu_backend.checkpoint_tensor import materialize
+from gpu_backend.config import ModelConfig
 from gpu_backend.errors import CheckpointError
+from gpu_backend.kernels import get_kernels
 from gpu_backend.loader import load_weights, packed_name, weight_files
+from gpu_backend.models.registry import build_model
+from gpu_backend.parallel.state import TensorParallel, set_tensor_parallel
 
 from checkpoints import ARCHS, build_checkpoint
 
@@ -26,7 +32,7 @@ class QKVParameter(torch.nn.Parameter):
     def weight_loader(self, param: torch.nn.Parameter, tensor: torch.Tensor, shard_id: str) -> None:
         start, size = {"q": (0, Q_SIZE), "k": (Q_SIZE, KV_SIZE), "v": (Q_SIZE + KV_SIZE, KV_SIZE)}[shard_id]
         assert tensor.shape[0] == size, (shard_id, tensor.shape)
-        param.data[start:start + size].copy_(tensor)
+        param.data[start:start + size].copy_(materialize(tensor))
 
 
 class Attention(torch.nn.Module):
@@ -266,13 +272,107 @@ def test_loads_transformers_checkpoints_into_same_named_model(tmp_path: Path, ar
         torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
 
 
-def test_replicated_linear_loads_the_whole_weight() -> None:
-    from gpu_backend.layers.linear import LinearBase
 
-    layer = LinearBase(3, 2, bias=True)
-    weight, bias = torch.arange(6.0).view(2, 3), torch.tensor([1.0, 2.0])
-    layer.weight.weight_loader(layer.weight, weight, None)
-    layer.bias.weight_loader(layer.bias, bias, None)
-    assert torch.equal(layer(torch.ones(1, 3)), torch.tensor([[4.0, 14.0]]))
-    with pytest.raises(CheckpointError, match="does not fit"):
-        layer.weight.weight_loader(layer.weight, torch.zeros(3, 3), None)
+ROW_PARALLEL = ("o_proj.weight", "down_proj.weight")  # split along the input (column) dimension
+
+
+@pytest.fixture
+def tensor_parallel() -> Iterator[None]:
+    yield
+    set_tensor_parallel(TensorParallel())
+
+
+def rank_slice(name: str, tensor: torch.Tensor, rank: int, size: int) -> torch.Tensor:
+    """What rank ``rank`` of ``size`` keeps of checkpoint tensor ``name`` (norms are replicated)."""
+    if "norm" in name:
+        return tensor
+    return tensor.chunk(size, dim=1 if name.endswith(ROW_PARALLEL) else 0)[rank]
+
+
+def expected_parameters(full: dict[str, torch.Tensor], packed: dict, rank: int, size: int) -> dict[str, torch.Tensor]:
+    """The engine model's parameters on one rank, cut from the whole tensors with plain torch."""
+    order = [shard_id for _, shard_id in packed.values()]
+    pieces: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    for name, tensor in full.items():
+        target, shard_id = packed_name(name, packed)
+        position = order.index(shard_id) if shard_id is not None else 0
+        pieces.setdefault(target, []).append((position, rank_slice(name, tensor, rank, size)))
+    expected = {target: torch.cat([p for _, p in sorted(parts, key=lambda part: part[0])])
+                for target, parts in pieces.items()}
+    expected.setdefault("lm_head.weight", expected["model.embed_tokens.weight"])  # tied: not saved
+    return expected
+
+
+@pytest.mark.usefixtures("tensor_parallel")
+@pytest.mark.parametrize("rank, size", [(0, 1), (1, 2)])
+@pytest.mark.parametrize("arch", [*ARCHS, "llama_v4_sharded"])
+def test_engine_model_rank_reads_only_its_slices(checkpoints: dict[str, Path], arch: str, rank: int,
+                                                 size: int) -> None:
+    folder = checkpoints[arch]
+    set_tensor_parallel(TensorParallel(rank=rank, size=size))
+    with torch.device("cpu"):  # as ModelRunner._build_and_load, in float32 like the checkpoint
+        model = build_model(ModelConfig.from_pretrained(folder), get_kernels("torch"))
+    num_bytes_read = load_weights(model, folder, dtype=torch.float32, device=CPU, progress=False)
+
+    full = {name: t for file in weight_files(folder) for name, t in load_file(file).items()}
+    sharded = sum(t.nbytes for name, t in full.items() if "norm" not in name)
+    replicated = sum(t.nbytes for name, t in full.items() if "norm" in name)
+    assert num_bytes_read == sharded // size + replicated
+    expected = expected_parameters(full, model.packed_modules, rank, size)
+    for name, param in model.named_parameters(remove_duplicate=False):
+        torch.testing.assert_close(param.data, expected[name], rtol=0, atol=0, msg=name)
+
+
+# -- pipeline stages: owns_weight and weight_aliases -------------------------------------------
+
+
+class LastStage(torch.nn.Module):
+    """The last pipeline stage of a tied model: final norm and lm_head, no embedding or layers."""
+
+    tie_word_embeddings = True
+    weight_aliases: ClassVar[dict[str, str]] = {"model.embed_tokens.weight": "lm_head.weight"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.norm = torch.nn.RMSNorm(HIDDEN)
+        self.lm_head = torch.nn.Linear(HIDDEN, VOCAB, bias=False)
+        for param in self.parameters():
+            param.data.fill_(float("nan"))
+        self.asked: list[str] = []
+
+    def owns_weight(self, name: str) -> bool:
+        self.asked.append(name)
+        return name in ("model.norm.weight", "model.embed_tokens.weight")
+
+
+@pytest.mark.parametrize("with_lm_head", [False, True])
+def test_stage_reads_only_its_weights_and_fills_the_tied_head_through_an_alias(tmp_path: Path,
+                                                                               with_lm_head: bool) -> None:
+    tensors = checkpoint_tensors(lm_head=with_lm_head)
+    save_file(tensors, tmp_path / "model.safetensors")
+    model = LastStage()
+    num_bytes_read = load_weights(model, tmp_path, dtype=torch.float32, device=CPU)
+    embed, norm = tensors["model.embed_tokens.weight"], tensors["model.norm.weight"]
+    assert torch.equal(model.lm_head.weight.data, embed) and torch.equal(model.model.norm.weight.data, norm)
+    assert num_bytes_read == embed.nbytes + norm.nbytes  # the layers' tensors were never read
+    assert "model.layers.0.self_attn.q_proj.weight" in model.asked
+
+
+def test_stage_without_its_aliased_tensor_is_incomplete(tmp_path: Path) -> None:
+    tensors = checkpoint_tensors()
+    del tensors["model.embed_tokens.weight"]
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"has no weight for model\.embed_tokens\.weight$"):
+        load_weights(LastStage(), tmp_path, dtype=torch.float32, device=CPU)
+
+
+def test_weight_loader_error_names_the_tensor(tmp_path: Path, tensor_parallel: None) -> None:
+    from gpu_backend.layers.linear import ColumnParallelLinear
+
+    set_tensor_parallel(TensorParallel(rank=1, size=2))
+    model = torch.nn.Module()
+    model.proj = ColumnParallelLinear(3, 8)
+    save_file({"proj.weight": torch.zeros(6, 3)}, tmp_path / "model.safetensors")  # 8 rows expected
+    with pytest.raises(CheckpointError, match=r"tensor 'proj\.weight': checkpoint shape \(6, 3\) has no rows 4\.\.8"):
+        load_weights(model, tmp_path, dtype=torch.float32, device=CPU)

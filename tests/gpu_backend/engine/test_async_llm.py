@@ -52,7 +52,8 @@ async def test_leaving_the_stream_aborts_and_frees_blocks(engine: AsyncLLM) -> N
         if engine.stats()["kv_blocks_used"] == 0 and engine.stats()["num_running"] == 0:
             break
         await asyncio.sleep(0.01)
-    assert engine.stats() == {"num_running": 0, "num_waiting": 0, "kv_blocks_free": 40, "kv_blocks_used": 0}
+    assert engine.stats() == {"num_running": 0, "num_waiting": 0, "kv_blocks_free": 40, "kv_blocks_used": 0,
+                              "num_preemptions": 0}
 
 
 async def test_cancelled_consumer_aborts(engine: AsyncLLM) -> None:

@@ -24,7 +24,7 @@ def wait_for_free_blocks(backend: Backend, timeout_s: float = 5.0) -> None:
     while backend.engines.stats()[MODEL]["kv_blocks_used"] and time.monotonic() < deadline:
         time.sleep(0.01)
     assert backend.engines.stats()[MODEL] | {"kv_blocks_free": 0} == {
-        "num_running": 0, "num_waiting": 0, "kv_blocks_used": 0, "kv_blocks_free": 0}
+        "num_running": 0, "num_waiting": 0, "kv_blocks_used": 0, "kv_blocks_free": 0, "num_preemptions": 0}
 
 
 def test_a_stream_whose_client_leaves_is_aborted_and_frees_its_blocks(backend: Backend) -> None:

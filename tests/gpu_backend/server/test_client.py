@@ -76,4 +76,4 @@ async def test_leaving_the_stream_early_frees_the_blocks(engines: LocalEngines) 
             break
         await asyncio.sleep(0.02)
     assert engines.stats()[MODEL] | {"kv_blocks_free": 0} == {
-        "num_running": 0, "num_waiting": 0, "kv_blocks_used": 0, "kv_blocks_free": 0}
+        "num_running": 0, "num_waiting": 0, "kv_blocks_used": 0, "kv_blocks_free": 0, "num_preemptions": 0}

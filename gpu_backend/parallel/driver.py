@@ -1,0 +1,120 @@
+"""Rank 0 of a sharded worker: the engine's scheduler and step loop, fed by the service process.
+
+The service sends requests and aborts over a pipe (``multiprocessing`` connection); the driver
+adds them to its ``LLMEngine`` between steps, runs a step (which sends the step's inputs to every
+other rank and runs its own part), and sends back what each request gained. It speaks at least
+once a ``HEARTBEAT_S`` even when idle, so the service can tell a hung worker from a quiet one.
+
+Messages, service -> driver: ("add", request_id, prompt, params), ("abort", request_id), ("stop",).
+Driver -> service: ("ready", WorkerInfo), ("accepted", request_id), ("rejected", request_id,
+error), ("step", [WorkerOutput], WorkerLoad), ("error", text).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from ..engine.engine import LLMEngine
+from ..engine.outputs import RequestOutput
+from .stage_runner import DriverRunner
+
+log = logging.getLogger(__name__)
+IDLE_WAIT_S = 0.05
+HEARTBEAT_S = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    max_model_len: int
+    max_num_seqs: int
+    num_kv_blocks: int
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    num_running: int
+    num_waiting: int
+    kv_blocks_free: int
+    kv_blocks_used: int
+    num_preemptions: int
+
+
+@dataclass(frozen=True)
+class WorkerOutput:
+    """What one step added to one request (a compact ``RequestOutput``)."""
+
+    request_id: str
+    delta_text: str
+    delta_token_ids: list[int]
+    num_prompt_tokens: int
+    num_completion_tokens: int
+    finished: bool
+    finish_reason: str | None
+
+
+class Driver:
+    def __init__(self, engine: LLMEngine, runner: DriverRunner, connection: Connection) -> None:
+        self.engine, self.runner, self.connection = engine, runner, connection
+        self._stopping = False
+        self._last_sent = 0.0
+
+    def serve(self) -> None:
+        """Until the service says stop (or goes away); tells the other ranks to stop on the way out."""
+        try:
+            manager = self.engine.block_manager
+            self._send(("ready", WorkerInfo(self.engine.max_model_len, self.engine.config.max_num_seqs,
+                                            manager.num_blocks)))
+            while not self._stopping:
+                busy = self.engine.has_unfinished_requests()
+                if self.connection.poll(0 if busy else IDLE_WAIT_S):
+                    self._drain()
+                outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
+                if outputs or time.monotonic() - self._last_sent > HEARTBEAT_S:
+                    self._send(("step", [_compact(output) for output in outputs], self._load()))
+        finally:
+            self.runner.stop()
+
+    def _drain(self) -> None:
+        while not self._stopping and self.connection.poll():
+            try:
+                message = self.connection.recv()
+            except EOFError:  # the service is gone: nobody to serve
+                self._stopping = True
+                return
+            self._handle(message)
+
+    def _handle(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "add":
+            _, request_id, prompt, params = message
+            try:
+                self.engine.add_request(prompt, params, request_id)
+            except Exception as error:  # invalid input: the service turns it into the HTTP error
+                self._send(("rejected", request_id, error))
+                return
+            self._send(("accepted", request_id))
+        elif kind == "abort":
+            output = self.engine.abort(message[1])
+            if output is not None:
+                self._send(("step", [_compact(output)], self._load()))
+        elif kind == "stop":
+            self._stopping = True
+
+    def _load(self) -> WorkerLoad:
+        scheduler, manager = self.engine.scheduler, self.engine.block_manager
+        return WorkerLoad(scheduler.num_running, scheduler.num_waiting, manager.num_free_blocks,
+                          manager.num_used_blocks, scheduler.num_preemptions)
+
+    def _send(self, message: tuple) -> None:
+        self.connection.send(message)
+        self._last_sent = time.monotonic()
+
+
+def _compact(output: RequestOutput) -> WorkerOutput:
+    completion = output.outputs[0]
+    return WorkerOutput(output.request_id, output.delta_text, list(output.delta_token_ids),
+                        len(output.prompt_token_ids), len(completion.token_ids), output.finished,
+                        completion.finish_reason if output.finished else None)

@@ -1,0 +1,109 @@
+"""Every point-to-point transfer of a sharded worker, in one place.
+
+Control plane: the driver sends each step's inputs (plain host values, pickled) to every other
+rank over a Gloo group, so it works the same whether the data plane is NCCL or Gloo. Data
+plane (the world's backend: NCCL on GPUs, Gloo on CPU): a pipeline stage sends its hidden state
+and residual to the next stage, and the last stage sends the sampled tokens to the driver.
+Sends are asynchronous; their handles are kept until they complete, so a tensor is never freed
+while it is on the wire.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+
+from ..layers.sampler import SamplerOutput
+
+Intermediate = tuple[torch.Tensor, torch.Tensor]  # hidden, residual
+
+
+class ControlPlane:
+    """The driver's messages to the other ranks of its worker (a Gloo group of them all)."""
+
+    def __init__(self, group: dist.ProcessGroup, driver: int, followers: list[int]) -> None:
+        self.group, self.driver, self.followers = group, driver, followers
+        self._sends: list[dist.Work] = []
+
+    def send(self, message: object) -> None:
+        """To every follower, without waiting for them to take it."""
+        self.wait_sent()
+        payload = torch.frombuffer(bytearray(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)), dtype=torch.uint8)
+        size = torch.tensor([payload.numel()], dtype=torch.long)
+        for rank in self.followers:
+            self._sends.append(dist.isend(size, dst=rank, group=self.group))
+            self._sends.append(dist.isend(payload, dst=rank, group=self.group))
+
+    def wait_sent(self) -> None:
+        for work in self._sends:
+            work.wait()
+        self._sends.clear()
+
+    def receive(self) -> object:
+        """The driver's next message (a follower waits here between steps)."""
+        size = torch.empty(1, dtype=torch.long)
+        dist.recv(size, src=self.driver, group=self.group)
+        payload = torch.empty(int(size.item()), dtype=torch.uint8)
+        dist.recv(payload, src=self.driver, group=self.group)
+        return pickle.loads(payload.numpy().tobytes())
+
+
+class PendingSends:
+    """Asynchronous data-plane sends in flight, waited for before the next ones go out."""
+
+    def __init__(self) -> None:
+        self._works: list[dist.Work] = []
+
+    def add(self, tensors: list[torch.Tensor], dst: int) -> None:
+        for tensor in tensors:
+            self._works.append(dist.isend(tensor.contiguous(), dst=dst))
+
+    def wait(self) -> None:
+        for work in self._works:
+            work.wait()
+        self._works.clear()
+
+
+def send_intermediate(sends: PendingSends, intermediate: Intermediate, dst: int) -> None:
+    sends.wait()
+    sends.add(list(intermediate), dst)
+
+
+def receive_intermediate(num_tokens: int, hidden_size: int, dtype: torch.dtype, device: torch.device,
+                         src: int) -> Intermediate:
+    hidden = torch.empty((num_tokens, hidden_size), dtype=dtype, device=device)
+    residual = torch.empty_like(hidden)
+    dist.recv(hidden, src=src)
+    dist.recv(residual, src=src)
+    return hidden, residual
+
+
+def send_tokens(sends: PendingSends, result: SamplerOutput, dst: int) -> None:
+    """The last stage's sampler output to the driver: the tokens, and logprobs when asked for."""
+    sends.wait()
+    sends.add([t for t in (result.token_ids, result.logprobs, result.top_logprobs, result.top_token_ids)
+               if t is not None], dst)
+
+
+def receive_tokens(num_rows: int, num_logprobs: int | None, device: torch.device, src: int
+                   ) -> Callable[[], SamplerOutput]:
+    """Post the receives now; the returned call waits for them and gives the output on the host."""
+    token_ids = torch.empty(num_rows, dtype=torch.long, device=device)
+    tensors = [token_ids]
+    if num_logprobs is not None:
+        tensors.append(torch.empty(num_rows, dtype=torch.float32, device=device))
+        if num_logprobs > 0:
+            tensors.append(torch.empty((num_rows, num_logprobs), dtype=torch.float32, device=device))
+            tensors.append(torch.empty((num_rows, num_logprobs), dtype=torch.long, device=device))
+    works = [dist.irecv(tensor, src=src) for tensor in tensors]
+
+    def wait() -> SamplerOutput:
+        for work in works:
+            work.wait()
+        host = [tensor.cpu() for tensor in tensors]
+        return SamplerOutput(*host, *([None] * (4 - len(host))))
+
+    return wait

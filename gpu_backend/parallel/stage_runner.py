@@ -1,0 +1,117 @@
+"""The model runner of one rank of a TP×PP worker.
+
+Every rank runs the same ``StepInputs``. A pipeline stage after the first starts from the hidden
+state and residual the previous stage sends; a stage before the last sends its own on and
+samples nothing. The last stage samples (each of its TP ranks draws the same token: same logits,
+same seeds); with more than one stage its first TP rank sends the tokens to the driver, which
+posted the receive when it launched the step, so tokens cost no extra round trip per step.
+
+The driver (rank 0: first stage, first TP rank) also plans each step and sends it to the others.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from ..config import EngineConfig, ModelConfig
+from ..engine.model_runner import LaunchedStep, ModelRunner
+from ..engine.scheduler import ScheduledBatch
+from ..engine.sequence import Sequence
+from ..engine.step_inputs import StepInputs
+from ..layers.attention import AttentionMetadata
+from ..layers.sampler import SamplerOutput
+from . import p2p
+from .groups import RankGroups
+from .pipeline import PipelineStage
+
+
+class StageRunner(ModelRunner):
+    def __init__(self, config: EngineConfig, model_config: ModelConfig, place: RankGroups, stage: PipelineStage,
+                 *, progress: bool = False) -> None:
+        self.place = place
+        self.sends = p2p.PendingSends()
+        super().__init__(config, model_config, progress=progress, stage=stage)
+        self.pipeline_depth = place.worker.pp_size
+        if place.worker.pp_size > 1:
+            self.graphs = None  # decode graphs capture a whole model's forward; stages run eagerly
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+                ) -> torch.Tensor | None:
+        stage = self.model.stage
+        if stage.is_first and stage.is_last:
+            return super().forward(input_ids, positions, meta)
+        intermediate = None
+        if not stage.is_first:
+            intermediate = p2p.receive_intermediate(input_ids.shape[0], self.model_config.hidden_size, self.dtype,
+                                                    self.device, self.place.prev_stage_rank)
+        out = self.model(input_ids, positions, meta, intermediate)
+        if stage.is_last:
+            return out
+        p2p.send_intermediate(self.sends, out, self.place.next_stage_rank)
+        return None
+
+    def after_sampling(self, result: SamplerOutput) -> None:
+        if self.place.worker.pp_size > 1 and self.place.tp_rank == 0:
+            p2p.send_tokens(self.sends, result, self.place.worker.first_rank)
+
+    def follow(self, control: p2p.ControlPlane) -> None:
+        """A follower's loop: run each step the driver sends until it says stop."""
+        previous: LaunchedStep | None = None
+        while True:
+            message = control.receive()
+            if message is None:
+                self.sends.wait()
+                return
+            inputs, released = message
+            for seq_id in released:
+                self.release(seq_id)
+            previous = self.run(inputs, previous)
+
+
+class DriverRunner(StageRunner):
+    """Rank 0's runner: plans each step, sends it to every other rank, then runs its own part."""
+
+    def __init__(self, config: EngineConfig, model_config: ModelConfig, place: RankGroups, stage: PipelineStage,
+                 control: p2p.ControlPlane, *, progress: bool = False) -> None:
+        super().__init__(config, model_config, place, stage, progress=progress)
+        self.control = control
+        self._released: list[int] = []
+        self._seeds: dict[int, int] = {}
+        worker = place.worker
+        self._last_stage_rank = worker.rank_of(worker.pp_size - 1, 0)
+
+    def seed_for(self, seq: Sequence) -> int:  # type: ignore[override]
+        """Unseeded random rows get a seed here, so every sampling rank draws the same token."""
+        seed = self._seeds.get(seq.seq_id)
+        if seed is None:
+            seed = self._seeds[seq.seq_id] = random.getrandbits(63)
+        return seed
+
+    def launch(self, batch: ScheduledBatch, previous: LaunchedStep | None = None) -> LaunchedStep:
+        inputs = self.plan(batch, previous)
+        self.control.send((inputs, self._released))
+        self._released = []
+        step = self.run(inputs, previous)
+        if self.pipeline_depth > 1 and inputs.sampling is not None:
+            step.receive = p2p.receive_tokens(len(inputs.sample_rows), _num_logprobs(inputs), self.device,
+                                              self._last_stage_rank)
+        return step
+
+    def release(self, seq_id: int) -> None:
+        super().release(seq_id)
+        self._seeds.pop(seq_id, None)
+        self._released.append(seq_id)
+
+    def stop(self) -> None:
+        """Tell every other rank to leave its loop."""
+        self.control.send(None)
+        self.control.wait_sent()
+        self.sends.wait()
+
+
+def _num_logprobs(inputs: StepInputs) -> int | None:
+    assert inputs.sampling is not None
+    wanted = [row.params.logprobs for row in inputs.sampling.rows if row.params.logprobs is not None]
+    return max(wanted) if wanted else None

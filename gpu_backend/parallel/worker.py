@@ -1,0 +1,96 @@
+"""What every rank of a sharded worker runs: join the world, build its shard, then drive or follow.
+
+A worker is one ``torch.distributed`` world of ``tp_size × pp_size`` ranks (NCCL on GPUs, Gloo
+on CPU), laid out by ``groups.WorkerLayout``. Each rank builds only its pipeline stage's layers
+and its tensor-parallel slices, reading only those from the checkpoint. The ranks agree on the
+number of KV blocks (the smallest any of them can hold: one block manager, on the driver, hands
+out block ids for all of them). Rank 0 is the driver; the others follow its steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from datetime import timedelta
+from multiprocessing.connection import Connection
+
+import torch
+import torch.distributed as dist
+
+from ..config import EngineConfig, ModelConfig, ParallelConfig
+from ..engine.engine import LLMEngine
+from .driver import Driver
+from .groups import WorkerLayout, build_groups
+from .p2p import ControlPlane
+from .pipeline import stage_of
+from .stage_runner import DriverRunner, StageRunner
+from .state import TensorParallel, set_tensor_parallel
+
+log = logging.getLogger(__name__)
+# Followers wait on the control group between steps, for as long as the service stays idle.
+CONTROL_TIMEOUT = timedelta(days=7)
+
+
+def run_rank(rank: int, world_size: int, config: EngineConfig, parallel: ParallelConfig, init_method: str,
+             connection: Connection | None = None, local_rank: int | None = None) -> None:
+    """One rank's whole life; rank 0 needs the connection to the service."""
+    config = _rank_device(config, rank if local_rank is None else local_rank, world_size)
+    backend = "nccl" if config.torch_device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=parallel.timeout_s))
+    try:
+        _serve(rank, world_size, config, parallel, connection)
+    except BaseException as error:
+        if connection is not None:
+            _report(connection, f"rank {rank}: {type(error).__name__}: {error}")
+        raise
+    finally:
+        set_tensor_parallel(TensorParallel())
+    dist.destroy_process_group()
+
+
+def _serve(rank: int, world_size: int, config: EngineConfig, parallel: ParallelConfig,
+           connection: Connection | None) -> None:
+    control_group = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
+    place = build_groups([WorkerLayout(0, parallel.tp_size, parallel.pp_size)], rank)
+    set_tensor_parallel(place.tensor_parallel())
+    model_config = ModelConfig.from_pretrained(config.model)
+    stage = stage_of(place.pp_rank, parallel.pp_size, model_config.num_hidden_layers, parallel.pp_layers)
+    control = ControlPlane(control_group, 0, list(range(1, world_size)))
+    if rank != 0:
+        runner = StageRunner(config, model_config, place, stage)
+        _agree_on_num_blocks(runner, control_group)
+        runner.follow(control)
+        return
+    if connection is None:
+        raise ValueError("rank 0 drives the worker: it needs the connection to the service")
+    driver_runner = DriverRunner(config, model_config, place, stage, control)
+    _agree_on_num_blocks(driver_runner, control_group)
+    engine = LLMEngine(config, progress=False, runner=driver_runner)
+    Driver(engine, driver_runner, connection).serve()
+
+
+def _agree_on_num_blocks(runner: StageRunner, group: dist.ProcessGroup) -> None:
+    """Every rank uses as many KV blocks as the rank with the least room holds."""
+    count = torch.tensor([runner.num_blocks], dtype=torch.long)
+    dist.all_reduce(count, op=dist.ReduceOp.MIN, group=group)
+    runner.num_blocks = int(count.item())
+
+
+def _rank_device(config: EngineConfig, local_rank: int, world_size: int) -> EngineConfig:
+    """One GPU per rank (by local rank); on CPU, the cores shared out between the ranks."""
+    if config.torch_device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        return replace(config, device=str(device))
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))  # set by torchrun
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_here))
+    return replace(config, device="cpu")
+
+
+def _report(connection: Connection, text: str) -> None:
+    try:
+        connection.send(("error", text))
+    except (OSError, EOFError, BrokenPipeError):
+        pass

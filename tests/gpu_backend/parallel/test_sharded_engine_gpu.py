@@ -1,0 +1,54 @@
+"""Sharded workers on NVIDIA GPUs (NCCL, CUDA graphs per rank) generate what one process does.
+
+Every layout that fits the machine's GPUs runs: a world of one rank (the driver path, NCCL and
+graphs in a spawned process) on any GPU machine, TP=2 and PP=2 with two GPUs, TP=2 x PP=2 with four.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpu_backend import LLM, SamplingParams
+from gpu_backend.config import EngineConfig, ParallelConfig
+from gpu_backend.parallel.sharded_engine import ShardedEngine
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
+
+OPTIONS = {"device": "cuda", "dtype": "float32", "num_kv_blocks": 64, "max_model_len": 256,
+           "max_num_batched_tokens": 24, "max_num_seqs": 8}
+PROMPTS = ["Once upon a time there was a king who ruled a land by the sea", "The quick brown fox", "A"]
+LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2)]
+
+
+async def _generate_all(engine: ShardedEngine, params: SamplingParams) -> list[list[int]]:
+    async def one(prompt: str, request_id: str) -> list[int]:
+        tokens: list[int] = []
+        async for output in engine.generate(prompt, params, request_id):
+            tokens += output.delta_token_ids
+        return tokens
+
+    return list(await asyncio.gather(*(one(prompt, str(index)) for index, prompt in enumerate(PROMPTS))))
+
+
+@pytest.mark.parametrize(("tp", "pp"), LAYOUTS, ids=[f"tp{tp}-pp{pp}" for tp, pp in LAYOUTS])
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["cuda_graphs", "eager"])
+def test_gpu_sharded_worker_generates_what_one_process_does(checkpoints: dict[str, Path], tp: int, pp: int,
+                                                            enforce_eager: bool) -> None:
+    if torch.cuda.device_count() < tp * pp:
+        pytest.skip(f"needs {tp * pp} GPUs, this machine has {torch.cuda.device_count()}")
+    folder = checkpoints["llama"]
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    options = {**OPTIONS, "enforce_eager": enforce_eager}
+    llm = LLM(str(folder), progress=False, **options)
+    expected = [output.outputs[0].token_ids for output in llm.generate(PROMPTS, params)]
+    del llm
+    engine = ShardedEngine(EngineConfig(model=str(folder), **options), ParallelConfig(tp, pp, None, 60.0))
+    try:
+        assert asyncio.run(_generate_all(engine, params)) == expected
+        assert engine.stats()["kv_blocks_used"] == 0
+    finally:
+        engine.shutdown()

@@ -1,0 +1,91 @@
+"""A rank that dies or hangs mid-stream: the stream ends with an error event within the bound,
+``/healthz`` says the model is down, and the worker restarts behind the same running service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backend_fixtures import MODEL, OPTIONS, TOKEN, Backend, serving
+from gpu_backend import LLM, SamplingParams
+from gpu_backend.config import EngineConfig, ParallelConfig
+from gpu_backend.errors import WorkerLostError
+from gpu_backend.parallel.sharded_engine import ShardedEngine
+from gpu_backend.server.api import create_app
+from gpu_backend.server.client import LocalEngines
+
+TIMEOUT_S = 3.0
+DETECTION_SLACK_S = 2.0  # the monitor's poll, process teardown and a busy 2-core machine
+HOLD = {"prompt": "Once upon a time", "max_tokens": 200, "ignore_eos": True, "stream": True, "raw": True}
+
+
+async def _wait_healthy(client: httpx.AsyncClient, url: str, within_s: float = 90.0) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if (await client.get(f"{url}/healthz")).status_code == 200:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the worker did not come back within {within_s} s")
+
+
+async def test_a_killed_rank_ends_the_stream_and_the_worker_restarts(checkpoints: dict[str, Path]) -> None:
+    parallel = ParallelConfig(2, 1, None, TIMEOUT_S)
+    engines = LocalEngines({MODEL: checkpoints["llama"]}, parallel=parallel, max_restarts=1, **OPTIONS)
+    try:
+        with serving(create_app(engines, TOKEN)) as url:
+            backend = Backend(url, engines)
+            async with httpx.AsyncClient(headers=backend.headers(), timeout=30) as client:
+                async with client.stream("POST", backend.run_url(), json=HOLD) as reply:
+                    chunks = reply.aiter_raw()
+                    await anext(chunks)
+                    os.kill(engines.engine(MODEL).rank_pids()[1], signal.SIGKILL)
+                    killed = time.monotonic()
+                    rest = b"".join([chunk async for chunk in chunks]).decode()
+                    ended_s = time.monotonic() - killed
+                health = await client.get(f"{url}/healthz")
+                refused = await client.post(backend.run_url(), json={"prompt": "hi"})
+                await _wait_healthy(client, url)
+                again = await client.post(backend.run_url(), json={"prompt": "The quick brown fox", "raw": True,
+                                                                   "temperature": 0, "max_tokens": 12})
+        last = rest.strip().split("\n\n")[-1]
+        assert last.startswith('data: {"error"') and "[DONE]" not in rest
+        assert "rank 1 exited" in json.loads(last.removeprefix("data: "))["error"]["message"]
+        assert ended_s < TIMEOUT_S + DETECTION_SLACK_S, ended_s
+        assert health.status_code == 503 and MODEL in health.json()["failed"]
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        expected = LLM(str(checkpoints["llama"]), progress=False, **OPTIONS).generate(
+            "The quick brown fox", SamplingParams(temperature=0.0, max_tokens=12))[0].outputs[0].text
+        assert again.status_code == 200 and again.json()["result"]["response"] == expected
+    finally:
+        engines.shutdown()
+
+
+def test_a_hung_rank_is_detected_within_the_timeout(checkpoints: dict[str, Path]) -> None:
+    engine = ShardedEngine(EngineConfig(model=str(checkpoints["llama"]), **OPTIONS), ParallelConfig(1, 2, None, TIMEOUT_S),
+                           max_restarts=0)
+
+    async def scenario() -> float:
+        stream = engine.generate("Once upon a time", SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True),
+                                 "held")
+        await anext(stream)
+        os.kill(engine.rank_pids()[1], signal.SIGSTOP)  # alive, but never answers again
+        stopped = time.monotonic()
+        with pytest.raises(WorkerLostError):
+            async for _ in stream:
+                pass
+        return time.monotonic() - stopped
+
+    try:
+        assert asyncio.run(scenario()) < TIMEOUT_S + DETECTION_SLACK_S
+        assert engine.error is not None
+        with pytest.raises(WorkerLostError):
+            asyncio.run(anext(engine.generate("A", SamplingParams(max_tokens=2), "after")))
+    finally:
+        engine.shutdown()

@@ -34,7 +34,14 @@ class DecodeGraphs:
         self.seq_lens = torch.zeros(top, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros((top, runner.max_blocks_per_seq), dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(top + 1, dtype=torch.int32, device=device)
-        self.hidden = torch.zeros((top, runner.model_config.hidden_size), dtype=runner.dtype, device=device)
+        hidden_shape = (top, runner.model_config.hidden_size)
+        self.stage = runner.model.stage
+        # a pipeline stage after the first starts from the previous one's (hidden, residual)
+        self.intermediate_in = None if self.stage.is_first else (
+            torch.zeros(hidden_shape, dtype=runner.dtype, device=device),
+            torch.zeros(hidden_shape, dtype=runner.dtype, device=device))
+        self.hidden = torch.zeros(hidden_shape, dtype=runner.dtype, device=device)
+        self.residual = None if self.stage.is_last else torch.zeros(hidden_shape, dtype=runner.dtype, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._capture_all()
 
@@ -55,17 +62,36 @@ class DecodeGraphs:
         for size in reversed(self.sizes):  # largest first so smaller graphs reuse its memory pool
             meta = self._meta(size)
             for _ in range(2):  # warm up: Triton compiles and autotunes outside capture
-                self.hidden[:size] = model(self.input_ids[:size], self.positions[:size], meta)
+                self._forward(model, size, meta)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.hidden[:size] = model(self.input_ids[:size], self.positions[:size], meta)
+                self._forward(model, size, meta)
             pool = graph.pool() if pool is None else pool
             self.graphs[size] = graph
         torch.cuda.synchronize(self.runner.device)
 
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def _forward(self, model: torch.nn.Module, size: int, meta: AttentionMetadata) -> None:
+        intermediate = None
+        if self.intermediate_in is not None:
+            intermediate = (self.intermediate_in[0][:size], self.intermediate_in[1][:size])
+        out = model(self.input_ids[:size], self.positions[:size], meta, intermediate)
+        if self.residual is None:
+            self.hidden[:size] = out
+        else:
+            self.hidden[:size], self.residual[:size] = out
+
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+            intermediate: tuple[torch.Tensor, torch.Tensor] | None = None
+            ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The model's output for the batch: the final hidden states, or a stage's (hidden, residual).
+
+        The tensors returned are the graph's own buffers, overwritten by the next replay."""
         batch_size = input_ids.shape[0]
         size = self.sizes[bisect.bisect_left(self.sizes, batch_size)]
+        if self.intermediate_in is not None:
+            assert intermediate is not None, "a later pipeline stage starts from the previous one's output"
+            self.intermediate_in[0][:batch_size] = intermediate[0]
+            self.intermediate_in[1][:batch_size] = intermediate[1]
         self.input_ids[:batch_size] = input_ids
         self.positions[:batch_size] = positions
         self.slot_mapping[:batch_size] = meta.slot_mapping
@@ -75,4 +101,6 @@ class DecodeGraphs:
         width = meta.block_tables.shape[1]
         self.block_tables[:batch_size, :width] = meta.block_tables
         self.graphs[size].replay()
-        return self.hidden[:batch_size]
+        if self.residual is None:
+            return self.hidden[:batch_size]
+        return self.hidden[:batch_size], self.residual[:batch_size]

@@ -9,7 +9,8 @@ from torch import nn
 from ..checkpoint_tensor import Loaded, narrow
 from ..errors import CheckpointError
 from ..kernels import Kernels
-from ..parallel.state import all_gather_last_dim, all_reduce, tp_rank, tp_size
+from ..parallel.comm import all_gather_last_dim, all_reduce
+from ..parallel.state import tp_rank, tp_size
 
 
 class VocabParallelEmbedding(nn.Module):

@@ -15,7 +15,8 @@ from torch import nn
 from ..checkpoint_tensor import Loaded, materialize, narrow
 from ..errors import CheckpointError
 from ..kernels import Kernels, reference
-from ..parallel.state import all_reduce, tp_rank, tp_size
+from ..parallel.comm import all_reduce
+from ..parallel.state import tp_rank, tp_size
 
 
 def _divide(numerator: int, denominator: int, what: str) -> int:

@@ -22,7 +22,7 @@ from ..engine.sequence import Sequence
 from ..engine.step_inputs import StepInputs
 from ..layers.attention import AttentionMetadata
 from ..layers.sampler import SamplerOutput
-from . import p2p
+from . import comm
 from .groups import RankGroups
 from .pipeline import PipelineStage
 
@@ -31,11 +31,9 @@ class StageRunner(ModelRunner):
     def __init__(self, config: EngineConfig, model_config: ModelConfig, place: RankGroups, stage: PipelineStage,
                  *, progress: bool = False) -> None:
         self.place = place
-        self.sends = p2p.PendingSends()
+        self.sends = comm.PendingSends()
         super().__init__(config, model_config, progress=progress, stage=stage)
         self.pipeline_depth = place.worker.pp_size
-        if place.worker.pp_size > 1:
-            self.graphs = None  # decode graphs capture a whole model's forward; stages run eagerly
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
                 ) -> torch.Tensor | None:
@@ -44,19 +42,19 @@ class StageRunner(ModelRunner):
             return super().forward(input_ids, positions, meta)
         intermediate = None
         if not stage.is_first:
-            intermediate = p2p.receive_intermediate(input_ids.shape[0], self.model_config.hidden_size, self.dtype,
+            intermediate = comm.receive_intermediate(input_ids.shape[0], self.model_config.hidden_size, self.dtype,
                                                     self.device, self.place.prev_stage_rank)
         out = self.model(input_ids, positions, meta, intermediate)
         if stage.is_last:
             return out
-        p2p.send_intermediate(self.sends, out, self.place.next_stage_rank)
+        comm.send_intermediate(self.sends, out, self.place.next_stage_rank)
         return None
 
     def after_sampling(self, result: SamplerOutput) -> None:
         if self.place.worker.pp_size > 1 and self.place.tp_rank == 0:
-            p2p.send_tokens(self.sends, result, self.place.worker.first_rank)
+            comm.send_tokens(self.sends, result, self.place.worker.first_rank)
 
-    def follow(self, control: p2p.ControlPlane) -> None:
+    def follow(self, control: comm.ControlPlane) -> None:
         """A follower's loop: run each step the driver sends until it says stop."""
         previous: LaunchedStep | None = None
         while True:
@@ -74,7 +72,7 @@ class DriverRunner(StageRunner):
     """Rank 0's runner: plans each step, sends it to every other rank, then runs its own part."""
 
     def __init__(self, config: EngineConfig, model_config: ModelConfig, place: RankGroups, stage: PipelineStage,
-                 control: p2p.ControlPlane, *, progress: bool = False) -> None:
+                 control: comm.ControlPlane, *, progress: bool = False) -> None:
         super().__init__(config, model_config, place, stage, progress=progress)
         self.control = control
         self._released: list[int] = []
@@ -95,7 +93,7 @@ class DriverRunner(StageRunner):
         self._released = []
         step = self.run(inputs, previous)
         if self.pipeline_depth > 1 and inputs.sampling is not None:
-            step.receive = p2p.receive_tokens(len(inputs.sample_rows), _num_logprobs(inputs), self.device,
+            step.receive = comm.receive_tokens(len(inputs.sample_rows), _num_logprobs(inputs), self.device,
                                               self._last_stage_rank)
         return step
 

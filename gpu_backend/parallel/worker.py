@@ -22,7 +22,7 @@ from ..config import EngineConfig, ModelConfig, ParallelConfig
 from ..engine.engine import LLMEngine
 from .driver import Driver
 from .groups import WorkerLayout, build_groups
-from .p2p import ControlPlane
+from .comm import ControlPlane, min_over
 from .pipeline import stage_of
 from .stage_runner import DriverRunner, StageRunner
 from .state import TensorParallel, set_tensor_parallel
@@ -73,9 +73,7 @@ def _serve(rank: int, world_size: int, config: EngineConfig, parallel: ParallelC
 
 def _agree_on_num_blocks(runner: StageRunner, group: dist.ProcessGroup) -> None:
     """Every rank uses as many KV blocks as the rank with the least room holds."""
-    count = torch.tensor([runner.num_blocks], dtype=torch.long)
-    dist.all_reduce(count, op=dist.ReduceOp.MIN, group=group)
-    runner.num_blocks = int(count.item())
+    runner.num_blocks = min_over(group, runner.num_blocks)
 
 
 def _rank_device(config: EngineConfig, local_rank: int, world_size: int) -> EngineConfig:

@@ -7,7 +7,6 @@ match the whole model's for a prefill and the decode step that reads the cache a
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import gpu_backend.loader
 from checkpoints import build_checkpoint
 from gpu_backend.config import ModelConfig
 from gpu_backend.kernels import get_kernels
@@ -32,7 +30,6 @@ PROMPT_LENS = [5, 7]
 LAYOUTS = [("llama", 3, 2, None), ("qwen2", 5, 3, None), ("llama32_tied", 3, 2, None),
            ("llama32_tied", 5, 3, (1, 3, 1)), ("llama", 3, 3, None)]
 LAYOUT_IDS = ["llama-3-over-2", "qwen2-5-over-3", "tied-3-over-2", "tied-5-as-1,3,1", "llama-3-over-3"]
-LOADER_HAS_STAGES = "owns_weight" in inspect.getsource(gpu_backend.loader)
 
 
 # -- splitting layers ----------------------------------------------------------------------------
@@ -185,8 +182,6 @@ def test_stages_in_a_chain_give_the_whole_models_logits(arch: str, num_layers: i
     assert_chain_matches_whole(stage_models(folders[arch, num_layers], pp_size, explicit, whole), whole)
 
 
-@pytest.mark.skipif(not LOADER_HAS_STAGES, reason="gpu_backend.loader does not consult model.owns_weight / "
-                    "weight_aliases yet (the loader's pipeline hook is not merged)")
 @pytest.mark.parametrize(("arch", "num_layers", "pp_size", "explicit"), LAYOUTS, ids=LAYOUT_IDS)
 def test_the_loader_fills_each_stage_from_the_checkpoint(arch: str, num_layers: int, pp_size: int,
                                                          explicit: Sequence[int] | None,

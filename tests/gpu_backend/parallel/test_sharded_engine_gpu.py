@@ -52,3 +52,45 @@ def test_gpu_sharded_worker_generates_what_one_process_does(checkpoints: dict[st
         assert engine.stats()["kv_blocks_used"] == 0
     finally:
         engine.shutdown()
+
+
+def _chain(runners: list, ids: torch.Tensor, positions: torch.Tensor, meta: object, graphed: bool) -> torch.Tensor:
+    out = None
+    for runner in runners:
+        if graphed:
+            out = runner.graphs.run(ids, positions, meta, out)
+            out = out if runner.model.stage.is_last else (out[0].clone(), out[1].clone())
+        else:
+            out = runner.model(ids, positions, meta, out)
+    return runners[-1].model.compute_logits(out)
+
+
+@torch.inference_mode()
+def test_gpu_pipeline_stage_graphs_equal_eager_stages(checkpoints: dict[str, Path]) -> None:
+    """Each stage's captured decode graph, chained through (hidden, residual), gives the eager chain's logits."""
+    from dataclasses import replace
+
+    from gpu_backend.config import ModelConfig
+    from gpu_backend.engine.model_runner import ModelRunner
+    from gpu_backend.engine.step_inputs import attention_metadata
+    from gpu_backend.parallel.pipeline import stage_of
+
+    folder = checkpoints["llama_v4_sharded"]  # 3 layers: stages of 2 and 1
+    config = EngineConfig(model=str(folder), device="cuda", dtype="float32", num_kv_blocks=8, max_model_len=64,
+                          max_num_seqs=4)
+    model_config = ModelConfig.from_pretrained(folder)
+    stages = [stage_of(rank, 2, model_config.num_hidden_layers) for rank in range(2)]
+    logits = {}
+    for graphed in (True, False):
+        runners = [ModelRunner(replace(config, enforce_eager=not graphed), model_config, progress=False, stage=stage)
+                   for stage in stages]
+        assert all((runner.graphs is not None) == graphed for runner in runners)
+        cuda = torch.device("cuda")
+        tables = torch.tensor([[0], [1]], dtype=torch.int32, device=cuda)
+        prompt = attention_metadata([5, 7], [5, 7], tables, torch.tensor([*range(5), *range(16, 23)], device=cuda), cuda)
+        ids = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8], device=cuda)
+        _chain(runners, ids, torch.tensor([*range(5), *range(7)], device=cuda), prompt, graphed=False)
+        decode = attention_metadata([1, 1], [6, 8], tables, torch.tensor([5, 23], device=cuda), cuda)
+        logits[graphed] = _chain(runners, torch.tensor([7, 9], device=cuda), torch.tensor([5, 7], device=cuda),
+                                 decode, graphed=graphed)
+    torch.testing.assert_close(logits[True], logits[False], atol=1e-4, rtol=1e-4)

@@ -1,5 +1,5 @@
 """The same ``edgewise backend serve --tp 2 --pp 2`` under torchrun on two "nodes" (two torchrun
-agents over loopback, two ranks each) serves exactly what one process generates."""
+agents over loopback, two ranks each) serves exactly what one process generates, greedy and seeded."""
 
 from __future__ import annotations
 
@@ -13,12 +13,16 @@ from pathlib import Path
 
 import httpx
 
-from gpu_backend import LLM, SamplingParams
+from gpu_backend import LLM
 from gpu_backend.parallel.launch import free_port
+from gpu_backend.server.schemas import parse_text_generation
 
 TOKEN = "torchrun-token"
 READY = re.compile(r"Ready on (http://\S+)")
 START_TIMEOUT_S = 240.0
+BODIES = [{"prompt": "Once upon a time", "raw": True, "temperature": 0, "max_tokens": 16},  # greedy
+          {"prompt": "The quick brown fox", "raw": True, "temperature": 0.8, "top_p": 0.9, "seed": 7,
+           "max_tokens": 16}]
 STOP_TIMEOUT_S = 30.0
 
 
@@ -66,16 +70,15 @@ def test_two_torchrun_nodes_over_loopback_generate_what_one_process_does(checkpo
     nodes = [_node(rank, port, folder) for rank in (0, 1)]
     try:
         url = _ready_url(nodes[0])
-        prompt = "Once upon a time"
-        reply = httpx.post(f"{url}/client/v4/accounts/a/ai/run/@cf/test/llama", timeout=60,
-                           headers={"authorization": f"Bearer {TOKEN}"},
-                           json={"prompt": prompt, "raw": True, "temperature": 0, "max_tokens": 16})
+        replies = [httpx.post(f"{url}/client/v4/accounts/a/ai/run/@cf/test/llama", timeout=60, json=body,
+                              headers={"authorization": f"Bearer {TOKEN}"}) for body in BODIES]
         health = httpx.get(f"{url}/healthz", timeout=10)
     finally:
         codes = [_stop(node) for node in nodes]
-    expected = LLM(str(folder), progress=False, device="cpu", dtype="float32").generate(
-        prompt, SamplingParams(temperature=0.0, max_tokens=16))[0].outputs[0].text
-    assert reply.status_code == 200, reply.text
-    assert reply.json()["result"]["response"] == expected
+    llm = LLM(str(folder), progress=False, device="cpu", dtype="float32")
+    for body, reply in zip(BODIES, replies):
+        expected = llm.generate(body["prompt"], parse_text_generation(body, "@cf/test/llama").sampling)[0]
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["result"]["response"] == expected.outputs[0].text
     assert health.status_code == 200
     assert None not in codes, f"a node did not stop within {STOP_TIMEOUT_S} s of Ctrl-C"

@@ -1,6 +1,7 @@
-"""Every point-to-point transfer of a sharded worker, in one place.
+"""Every collective and transfer between the ranks of a worker, in one place.
 
-Control plane: the driver sends each step's inputs (plain host values, pickled) to every other
+Tensor parallel: the stage's all-reduce (row-parallel layers, the vocab-parallel embedding) and
+the LM head's all-gather, over the TP group of ``state``'s layout; no-ops on one rank. Control plane: the driver sends each step's inputs (plain host values, pickled) to every other
 rank over a Gloo group, so it works the same whether the data plane is NCCL or Gloo. Data
 plane (the world's backend: NCCL on GPUs, Gloo on CPU): a pipeline stage sends its hidden state
 and residual to the next stage, and the last stage sends the sampled tokens to the driver.
@@ -17,8 +18,34 @@ import torch
 import torch.distributed as dist
 
 from ..layers.sampler import SamplerOutput
+from .state import tensor_parallel
 
 Intermediate = tuple[torch.Tensor, torch.Tensor]  # hidden, residual
+
+
+def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over the tensor-parallel group (in place)."""
+    layout = tensor_parallel()
+    if layout.size > 1:
+        dist.all_reduce(tensor, group=layout.group)
+    return tensor
+
+
+def all_gather_last_dim(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate each rank's slice along the last dimension (the vocab-parallel logits)."""
+    layout = tensor_parallel()
+    if layout.size == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(layout.size)]
+    dist.all_gather(parts, tensor.contiguous(), group=layout.group)
+    return torch.cat(parts, dim=-1)
+
+
+def min_over(group: dist.ProcessGroup, value: int) -> int:
+    """The smallest ``value`` any rank of ``group`` holds (on the host)."""
+    tensor = torch.tensor([value], dtype=torch.long)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN, group=group)
+    return int(tensor.item())
 
 
 class ControlPlane:

@@ -26,6 +26,7 @@ from .cuda_graphs import DecodeGraphs
 from .device_copy import to_device
 from .sampling_batch import SamplingPlan, build_sampling_batch
 from .scheduler import ScheduledBatch
+from .sequence import Sequence
 from .step_inputs import StepInputs, attention_metadata, device_inputs, plan_step
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,9 @@ class ModelRunner:
         inputs.sampling = SamplingPlan.of(sampled, self.seed_for) if sampled else None
         return inputs
 
-    seed_for = None  # a sharded worker's driver seeds unseeded rows, so every rank draws the same token
+    def seed_for(self, seq: Sequence) -> int | None:
+        """A request without a seed samples from the global generator here; see DriverRunner."""
+        return None
 
     @torch.inference_mode()
     def run(self, inputs: StepInputs, previous: LaunchedStep | None = None) -> LaunchedStep:

@@ -34,11 +34,12 @@ class SamplingPlan:
     rows: list[SampledRow]
 
     @classmethod
-    def of(cls, seqs: list[Sequence], seed_for: Callable[[Sequence], int | None] | None = None) -> SamplingPlan:
+    def of(cls, seqs: list[Sequence], seed_for: Callable[[Sequence], int | None]) -> SamplingPlan:
+        """``seed_for``: the seed of a request that brought none (None: draw from the global generator)."""
         rows = []
         for seq in seqs:
             params = seq.sampling_params
-            seed = params.seed if seed_for is None or params.seed is not None else seed_for(seq)
+            seed = params.seed if params.seed is not None else seed_for(seq)
             row = SampledRow(seq.seq_id, params, seed, seq.num_completion_tokens)
             if params.has_penalties:
                 row.prompt_token_ids, row.completion_token_ids = seq.prompt_token_ids, seq.completion_token_ids

@@ -75,7 +75,10 @@ class Driver:
                 if outputs or time.monotonic() - self._last_sent > HEARTBEAT_S:
                     self._send(("step", [_compact(output) for output in outputs], self._load()))
         finally:
-            self.runner.stop()
+            try:
+                self.runner.stop()
+            except Exception:  # a rank already gone: the worker is being torn down anyway
+                log.warning("could not tell every rank to stop", exc_info=True)
 
     def _drain(self) -> None:
         while not self._stopping and self.connection.poll():

@@ -80,7 +80,7 @@ class DriverRunner(StageRunner):
         worker = place.worker
         self._last_stage_rank = worker.rank_of(worker.pp_size - 1, 0)
 
-    def seed_for(self, seq: Sequence) -> int:  # type: ignore[override]
+    def seed_for(self, seq: Sequence) -> int:
         """Unseeded random rows get a seed here, so every sampling rank draws the same token."""
         seed = self._seeds.get(seq.seq_id)
         if seed is None:

@@ -1,6 +1,7 @@
 """The local backend process: its command line, the wait for its Ready line, its output, and stopping it.
 
-The process logic runs against tiny `python -c` scripts that act out a backend's start-up.
+The process logic runs against tiny `python -c` scripts that act out a backend's start-up; one
+test starts the real backend with the built-in model sharded over four ranks.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import textwrap
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from edge_runtime.backend_process import DEV_TOKEN_ENV, TOKEN_ENV, BackendProcess, BackendStartError, serve_command, served_models
 from edge_runtime.config import ConfigError, EdgewiseConfig, LocalBackendConfig, ModelSource
+from gpu_backend import LLM, SamplingParams
+from gpu_backend.builtin_models import builtin_model_path
 
 TINY = "@cf/edgewise/tiny-shakespeare"
 MINILM = "@cf/sentence-transformers/all-minilm-l6-v2"
@@ -146,3 +150,17 @@ def test_a_sharded_local_backend_gets_its_layout_on_the_command_line() -> None:
         LocalBackendConfig(pp=2, pp_layers=[4])
     with pytest.raises(ConfigError, match="tp"):
         LocalBackendConfig(tp=0)
+
+
+def test_the_local_backend_serves_the_builtin_model_sharded_tp2_pp2() -> None:
+    """`edgewise dev`'s backend with tp = 2, pp = 2: the built-in model (tied embeddings, 4 layers)
+    over 4 spawned Gloo ranks answers exactly what one process does."""
+    edgewise = EdgewiseConfig(backend=LocalBackendConfig(device="cpu", dtype="float32", tp=2, pp=2))
+    body = {"prompt": "ROMEO:", "raw": True, "temperature": 0, "max_tokens": 24}
+    with BackendProcess.start(serve_command(edgewise), ready_timeout_s=180) as backend:
+        reply = httpx.post(f"{backend.url}/client/v4/accounts/a/ai/run/{TINY}", json=body, timeout=60,
+                           headers={"authorization": f"Bearer {backend.token}"})
+    expected = LLM(str(builtin_model_path(TINY)), progress=False, device="cpu", dtype="float32").generate(
+        body["prompt"], SamplingParams(temperature=0.0, max_tokens=24))[0].outputs[0].text
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["result"]["response"] == expected and expected

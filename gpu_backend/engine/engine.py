@@ -187,15 +187,19 @@ class LLMEngine:
     def _pipeline_step(self) -> list[RequestOutput]:
         """Keep ``pipeline_depth`` batches of different sequences in flight, one per stage.
 
-        The oldest batch is read back once the pipeline is full; a sequence waits out the batch
-        that holds it (its token comes back from the last stage), while a prompt's next chunk
-        may follow its previous one straight away: each stage runs batches in order.
+        The running sequences are shared out between the batches (each takes at most its share),
+        so every stage has work. The oldest batch is read back once the pipeline is full; a
+        sequence waits out the batch that holds it (its token comes back from the last stage),
+        while a prompt's next chunk may follow its previous one straight away: each stage runs
+        batches in order.
         """
         outputs: list[RequestOutput] = []
-        if len(self._pipeline) >= self.runner.pipeline_depth:
+        depth = self.runner.pipeline_depth
+        if len(self._pipeline) >= depth:
             outputs = self._finish(self._pipeline.popleft())
         started = time.perf_counter()
-        batch = self.scheduler.schedule()
+        share = -(-(self.scheduler.num_running + self.scheduler.num_waiting) // depth)
+        batch = self.scheduler.schedule(max_seqs=max(1, share))
         scheduled = time.perf_counter()
         self.stats.schedule_s += scheduled - started
         if not batch.seqs:

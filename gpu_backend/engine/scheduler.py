@@ -108,19 +108,21 @@ class Scheduler:
 
     # -- one step ----------------------------------------------------------------------------
 
-    def schedule(self) -> ScheduledBatch:
+    def schedule(self, max_seqs: int | None = None) -> ScheduledBatch:
+        """``max_seqs``: at most this many sequences in the batch (a pipeline's micro-batch)."""
         seqs: list[Sequence] = []
         counts: list[int] = []
         preempted: list[Sequence] = []
-        budget = self._schedule_running(seqs, counts, preempted, self.config.max_num_batched_tokens)
+        limit = max_seqs or self.config.max_num_seqs
+        budget = self._schedule_running(seqs, counts, preempted, self.config.max_num_batched_tokens, limit)
         if not preempted:  # blocks are short: admitting more would only thrash
-            self._schedule_waiting(seqs, counts, budget)
+            self._schedule_waiting(seqs, counts, budget, limit)
         return ScheduledBatch(seqs, counts, preempted)
 
     def _schedule_running(self, seqs: list[Sequence], counts: list[int], preempted: list[Sequence],
-                          budget: int) -> int:
+                          budget: int, limit: int) -> int:
         index = 0
-        while index < len(self.running) and budget > 0:
+        while index < len(self.running) and budget > 0 and len(seqs) < limit:
             seq = self.running[index]
             index += 1
             if seq.has_pending_token and not self.config.schedule_pending:
@@ -141,9 +143,9 @@ class Scheduler:
                 budget -= count
         return budget
 
-    def _schedule_waiting(self, seqs: list[Sequence], counts: list[int], budget: int) -> None:
+    def _schedule_waiting(self, seqs: list[Sequence], counts: list[int], budget: int, limit: int) -> None:
         bm = self.block_manager
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs and len(seqs) < limit:
             seq = self.waiting[0]
             if seq.has_pending_token and not self.config.schedule_pending:
                 break  # preempted while its token was in flight: it needs that token first

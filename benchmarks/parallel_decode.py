@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import gc
 import json
+import logging
 import os
 import tempfile
 import time
@@ -167,13 +168,27 @@ def write_checkpoint(folder: Path, config: dict[str, Any]) -> float:
     return total / 1e9
 
 
+def read_speed(folder: Path) -> float:
+    """GB/s reading the checkpoint's files from disk once (page cache dropped first)."""
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    started, total = time.perf_counter(), 0
+    for file in sorted(folder.glob("*.safetensors")):
+        with open(file, "rb", buffering=0) as handle:
+            while chunk := handle.read(64 << 20):
+                total += len(chunk)
+    return total / (time.perf_counter() - started) / 1e9
+
+
 def cold_start(config: dict[str, Any]) -> dict[str, Any]:
+    logging.basicConfig(level=logging.WARNING, format="%(relativeCreated)8.0f ms %(name)s: %(message)s")
+    logging.getLogger("gpu_backend").setLevel(logging.INFO)
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DISK", "/tmp")) as tmp:
         folder = write_model_folder(Path(tmp) / "llama-3.1-8b-shape", config)
         started = time.perf_counter()
         gigabytes = write_checkpoint(folder, config)
         row: dict[str, Any] = {"checkpoint_gb": gigabytes, "write_s": time.perf_counter() - started}
         try:
+            row["disk_read_gb_s"] = read_speed(folder)
             Path("/proc/sys/vm/drop_caches").write_text("3\n")
             row["page_cache"] = "dropped before each start"
         except OSError as error:
@@ -205,6 +220,7 @@ def main() -> None:
     parser.add_argument("--layouts", default="inproc,1x1,2x1,1x2,2x2,4x1")
     parser.add_argument("--batches", default="32,64")
     parser.add_argument("--cold-start", action="store_true")
+    parser.add_argument("--cold-start-only", action="store_true", help="skip the layouts")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     config, gpus = LLAMA_3_1_8B, torch.cuda.device_count()
@@ -215,7 +231,7 @@ def main() -> None:
                               "results": {}, "skipped": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_model_folder(Path(tmp) / "llama-3.1-8b-shape", config)
-        for layout in args.layouts.split(","):
+        for layout in [] if args.cold_start_only else args.layouts.split(","):
             needed = 1 if layout == "inproc" else _ranks(layout)
             if needed > gpus:
                 record["skipped"][layout] = f"needs {needed} GPUs, the machine has {gpus}"
@@ -228,7 +244,7 @@ def main() -> None:
     if gpus >= 2:
         record["all_reduce_8KiB"] = all_reduce_latency()
         print("all-reduce of 8 KiB:", record["all_reduce_8KiB"], flush=True)
-    if args.cold_start:
+    if args.cold_start or args.cold_start_only:
         record["cold_start"] = cold_start(config)
         print("cold start:", record["cold_start"], flush=True)
     if record["skipped"]:

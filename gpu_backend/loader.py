@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ from safetensors import SafetensorError, safe_open
 
 from .checkpoint_tensor import CheckpointTensor
 from .errors import CheckpointError
+from .parallel.state import tp_size
+from .prefetch import prefetching
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -42,7 +44,8 @@ def load_weights(model: torch.nn.Module, folder: Path, *, dtype: torch.dtype, de
     loaded: dict[int, set[ShardId]] = {}  # by id(param): a parameter shared under two names is one entry
     num_bytes_read = 0
     show = progress and sys.stderr.isatty()
-    with torch.no_grad(), _progress_bar(sum(f.stat().st_size for f in files), show) as advance:
+    ahead = prefetching(files, targets.wants) if tp_size() == 1 else nullcontext()
+    with torch.no_grad(), ahead, _progress_bar(sum(f.stat().st_size for f in files), show) as advance:
         for file in files:
             for tensor in _open_tensors(file, dtype, device, targets.wants):
                 param, shard_id = targets.find(tensor.name, file)

@@ -72,10 +72,14 @@ class ModelRunner:
         self.generators: dict[int, torch.Generator] = {}
         self.prepare_s = 0.0  # host time spent building step inputs, for StepStats
         self.block_tables = BlockTables(self.max_blocks_per_seq)
+        started = time.perf_counter()
         self.num_blocks = self._allocate_kv_cache()
+        log.info("KV cache of %d blocks sized and allocated in %.1f s", self.num_blocks, time.perf_counter() - started)
         self.graphs = None
         if self.device.type == "cuda" and not config.enforce_eager:
+            started = time.perf_counter()
             self.graphs = DecodeGraphs(self, max_batch_size=min(config.max_num_seqs, 512))
+            log.info("captured %d decode graphs in %.1f s", len(self.graphs.graphs), time.perf_counter() - started)
 
     # -- setup -------------------------------------------------------------------------------
 

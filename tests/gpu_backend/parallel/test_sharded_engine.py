@@ -9,6 +9,7 @@ checkpoint. The engine options make prompts run in chunks that flow through the 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -95,5 +96,29 @@ def test_preemption_and_bad_input_on_a_pipeline(folders: dict[str, Path]) -> Non
         with pytest.raises(PromptTooLongError, match="KV blocks"):
             asyncio.run(generate(engine, "x" * 80, params, "too-long"))
         assert engine.stats()["kv_blocks_used"] == 0
+    finally:
+        engine.shutdown()
+
+
+def test_leaving_a_stream_aborts_it_on_every_rank(folders: dict[str, Path]) -> None:
+    """A client that goes away mid-stream: the pipeline frees the request's blocks and keeps serving."""
+    folder = folders["llama"]
+    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), ParallelConfig(1, 2, None, 20.0))
+    held = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True)
+
+    async def leave_early() -> None:
+        stream = engine.generate("Once upon a time", held, "leaver")
+        await anext(stream)
+        await anext(stream)
+        await stream.aclose()
+
+    try:
+        asyncio.run(leave_early())
+        deadline = time.monotonic() + 10
+        while engine.stats()["kv_blocks_used"] or engine.stats()["num_running"]:
+            assert time.monotonic() < deadline, engine.stats()
+            time.sleep(0.05)
+        params = SAMPLINGS[0]
+        assert asyncio.run(generate_all(engine, params, "after-")) == expected_tokens(folder, params)
     finally:
         engine.shutdown()

@@ -84,9 +84,9 @@ class PendingSends:
     def __init__(self) -> None:
         self._works: list[dist.Work] = []
 
-    def add(self, tensors: list[torch.Tensor], dst: int) -> None:
+    def add(self, tensors: list[torch.Tensor], dst: int, group: dist.ProcessGroup | None = None) -> None:
         for tensor in tensors:
-            self._works.append(dist.isend(tensor.contiguous(), dst=dst))
+            self._works.append(dist.isend(tensor.contiguous(), dst=dst, group=group))
 
     def wait(self) -> None:
         for work in self._works:
@@ -108,15 +108,24 @@ def receive_intermediate(num_tokens: int, hidden_size: int, dtype: torch.dtype, 
     return hidden, residual
 
 
-def send_tokens(sends: PendingSends, result: SamplerOutput, dst: int) -> None:
+def token_group(driver: int, last_stage: int) -> dist.ProcessGroup:
+    """The pair that carries tokens back, as a group of its own (collective: every rank makes it).
+
+    On the data plane's own pair of ranks, NCCL runs one pair's transfers in order on one stream:
+    the driver's receive of batch k's tokens would hold up its send of batch k+1's hidden state
+    to the next stage, and a two-stage pipeline would run one batch at a time."""
+    return dist.new_group([driver, last_stage])
+
+
+def send_tokens(sends: PendingSends, result: SamplerOutput, dst: int, group: dist.ProcessGroup | None) -> None:
     """The last stage's sampler output to the driver: the tokens, and logprobs when asked for."""
     sends.wait()
     sends.add([t for t in (result.token_ids, result.logprobs, result.top_logprobs, result.top_token_ids)
-               if t is not None], dst)
+               if t is not None], dst, group)
 
 
-def receive_tokens(num_rows: int, num_logprobs: int | None, device: torch.device, src: int
-                   ) -> Callable[[], SamplerOutput]:
+def receive_tokens(num_rows: int, num_logprobs: int | None, device: torch.device, src: int,
+                   group: dist.ProcessGroup | None) -> Callable[[], SamplerOutput]:
     """Post the receives now; the returned call waits for them and gives the output on the host."""
     token_ids = torch.empty(num_rows, dtype=torch.long, device=device)
     tensors = [token_ids]
@@ -125,7 +134,7 @@ def receive_tokens(num_rows: int, num_logprobs: int | None, device: torch.device
         if num_logprobs > 0:
             tensors.append(torch.empty((num_rows, num_logprobs), dtype=torch.float32, device=device))
             tensors.append(torch.empty((num_rows, num_logprobs), dtype=torch.long, device=device))
-    works = [dist.irecv(tensor, src=src) for tensor in tensors]
+    works = [dist.irecv(tensor, src=src, group=group) for tensor in tensors]
 
     def wait() -> SamplerOutput:
         for work in works:

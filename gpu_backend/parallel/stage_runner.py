@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 
 import torch
+import torch.distributed as dist
 
 from ..config import EngineConfig, ModelConfig
 from ..engine.model_runner import LaunchedStep, ModelRunner
@@ -29,8 +30,10 @@ from .pipeline import PipelineStage
 
 class StageRunner(ModelRunner):
     def __init__(self, config: EngineConfig, model_config: ModelConfig, place: RankGroups, stage: PipelineStage,
-                 *, progress: bool = False) -> None:
+                 *, token_group: dist.ProcessGroup | None = None, progress: bool = False) -> None:
+        """``token_group``: the driver and the last stage's first rank, when there are several stages."""
         self.place = place
+        self.token_group = token_group
         self.sends = comm.PendingSends()
         super().__init__(config, model_config, progress=progress, stage=stage)
         self.pipeline_depth = place.worker.pp_size
@@ -52,7 +55,7 @@ class StageRunner(ModelRunner):
 
     def after_sampling(self, result: SamplerOutput) -> None:
         if self.place.worker.pp_size > 1 and self.place.tp_rank == 0:
-            comm.send_tokens(self.sends, result, self.place.worker.first_rank)
+            comm.send_tokens(self.sends, result, self.place.worker.first_rank, self.token_group)
 
     def follow(self, control: comm.ControlPlane) -> None:
         """A follower's loop: run each step the driver sends until it says stop."""
@@ -72,8 +75,9 @@ class DriverRunner(StageRunner):
     """Rank 0's runner: plans each step, sends it to every other rank, then runs its own part."""
 
     def __init__(self, config: EngineConfig, model_config: ModelConfig, place: RankGroups, stage: PipelineStage,
-                 control: comm.ControlPlane, *, progress: bool = False) -> None:
-        super().__init__(config, model_config, place, stage, progress=progress)
+                 control: comm.ControlPlane, *, token_group: dist.ProcessGroup | None = None,
+                 progress: bool = False) -> None:
+        super().__init__(config, model_config, place, stage, token_group=token_group, progress=progress)
         self.control = control
         self._released: list[int] = []
         self._seeds: dict[int, int] = {}
@@ -94,7 +98,7 @@ class DriverRunner(StageRunner):
         step = self.run(inputs, previous)
         if self.pipeline_depth > 1 and inputs.sampling is not None:
             step.receive = comm.receive_tokens(len(inputs.sample_rows), _num_logprobs(inputs), self.device,
-                                              self._last_stage_rank)
+                                               self._last_stage_rank, self.token_group)
         return step
 
     def release(self, seq_id: int) -> None:

@@ -22,7 +22,7 @@ from ..config import EngineConfig, ModelConfig, ParallelConfig
 from ..engine.engine import LLMEngine
 from .driver import Driver
 from .groups import WorkerLayout, build_groups
-from .comm import ControlPlane, min_over
+from .comm import ControlPlane, min_over, token_group
 from .pipeline import stage_of
 from .stage_runner import DriverRunner, StageRunner
 from .state import TensorParallel, set_tensor_parallel
@@ -58,14 +58,16 @@ def _serve(rank: int, world_size: int, config: EngineConfig, parallel: ParallelC
     model_config = ModelConfig.from_pretrained(config.model)
     stage = stage_of(place.pp_rank, parallel.pp_size, model_config.num_hidden_layers, parallel.pp_layers)
     control = ControlPlane(control_group, 0, list(range(1, world_size)))
+    worker = place.worker
+    tokens = token_group(0, worker.rank_of(worker.pp_size - 1, 0)) if worker.pp_size > 1 else None
     if rank != 0:
-        runner = StageRunner(config, model_config, place, stage)
+        runner = StageRunner(config, model_config, place, stage, token_group=tokens)
         _agree_on_num_blocks(runner, control_group)
         runner.follow(control)
         return
     if connection is None:
         raise ValueError("rank 0 drives the worker: it needs the connection to the service")
-    driver_runner = DriverRunner(config, model_config, place, stage, control)
+    driver_runner = DriverRunner(config, model_config, place, stage, control, token_group=tokens)
     _agree_on_num_blocks(driver_runner, control_group)
     engine = LLMEngine(config, progress=False, runner=driver_runner)
     Driver(engine, driver_runner, connection).serve()

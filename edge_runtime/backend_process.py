@@ -55,6 +55,8 @@ def serve_command(edgewise: EdgewiseConfig) -> list[str]:
         command += ["--max-queue", str(settings.max_queue)]
     if settings.tp > 1 or settings.pp > 1:
         command += ["--tp", str(settings.tp), "--pp", str(settings.pp)]
+    if settings.workers > 1:
+        command += ["--workers", str(settings.workers)]
     if settings.pp_layers is not None:
         command += ["--pp-layers", ",".join(map(str, settings.pp_layers))]
     return command

@@ -133,10 +133,12 @@ class LocalBackendConfig:
     tp: int = 1  # tensor-parallel ranks per pipeline stage of each text model
     pp: int = 1  # pipeline stages
     pp_layers: tuple[int, ...] | None = None  # decoder layers per stage; None: as even as possible
+    workers: int = 1  # colocated workers (replicas) of tp x pp ranks per text model
 
     def __post_init__(self) -> None:
         expect_int(self.tp, "tp", minimum=1)
         expect_int(self.pp, "pp", minimum=1)
+        expect_int(self.workers, "workers", minimum=1)
         if self.pp_layers is not None:
             counts = expect_array(self.pp_layers, "pp_layers")
             layers = tuple(expect_int(n, f"pp_layers[{i}]", minimum=1) for i, n in enumerate(counts))

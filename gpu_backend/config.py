@@ -230,17 +230,20 @@ class ParallelConfig:
 
     ``pp_layers``: decoder layers per stage (e.g. (5, 3)); by default split as evenly as possible.
     ``timeout_s`` bounds every collective and transfer between ranks, and the time the service
-    waits for a step before it declares the worker hung.
+    waits for a step before it declares the worker hung. ``num_workers`` such workers share one
+    world, and the service's router shares requests out between them.
     """
 
     tp_size: int = 1
     pp_size: int = 1
     pp_layers: tuple[int, ...] | None = None
     timeout_s: float = 30.0
+    num_workers: int = 1  # colocated workers (replicas) of tp x pp ranks each, in one world
 
     def __post_init__(self) -> None:
-        if self.tp_size < 1 or self.pp_size < 1:
-            raise ValueError(f"tp and pp must be at least 1, got tp={self.tp_size} pp={self.pp_size}")
+        if self.tp_size < 1 or self.pp_size < 1 or self.num_workers < 1:
+            raise ValueError(f"tp, pp and the number of workers must be at least 1, got tp={self.tp_size} "
+                             f"pp={self.pp_size} workers={self.num_workers}")
         if self.pp_layers is not None and len(self.pp_layers) != self.pp_size:
             raise ValueError(f"pp_layers gives {len(self.pp_layers)} stages but pp is {self.pp_size}: "
                              "give one layer count per stage")
@@ -248,8 +251,12 @@ class ParallelConfig:
             raise ValueError(f"the worker timeout must be a positive number of seconds, not {self.timeout_s}")
 
     @property
-    def world_size(self) -> int:
+    def worker_size(self) -> int:
         return self.tp_size * self.pp_size
+
+    @property
+    def world_size(self) -> int:
+        return self.num_workers * self.worker_size
 
     @property
     def is_sharded(self) -> bool:

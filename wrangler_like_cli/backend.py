@@ -45,6 +45,9 @@ def backend() -> None:
               help="Pipeline stages: the decoder layers split into this many contiguous ranges.")
 @click.option("--pp-layers", metavar="N,N,...", default=None,
               help="Decoder layers per pipeline stage, e.g. 5,3 (default: as even as possible).")
+@click.option("--workers", "num_workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Colocated workers (replicas) of each text model, tp x pp ranks each; the service routes "
+                   "each request to the least loaded one.")
 @click.option("--worker-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               help="Seconds a sharded worker may stay silent, or a transfer between its ranks may take, "
                    "before it counts as lost: its requests end with an error and it restarts.")
@@ -52,7 +55,7 @@ def backend() -> None:
               help="Times a lost sharded worker is started again before the model stays unavailable.")
 def serve(models: tuple[str, ...], host: str, port: int, token: str | None, device: str, dtype: str,
           max_queue: int, log_level: str, tp_size: int, pp_size: int, pp_layers: str | None,
-          worker_timeout: float, worker_restarts: int) -> None:
+          num_workers: int, worker_timeout: float, worker_restarts: int) -> None:
     """Serve models over HTTP and WebSocket until Ctrl-C.
 
     With --tp/--pp each text model runs on tp x pp ranks started here (one GPU each). Across
@@ -65,7 +68,7 @@ def serve(models: tuple[str, ...], host: str, port: int, token: str | None, devi
 
     try:
         resolved = service.resolve_models(list(models) or sorted(BUILTIN_MODELS))
-        parallel = ParallelConfig(tp_size, pp_size, _layer_counts(pp_layers), worker_timeout)
+        parallel = ParallelConfig(tp_size, pp_size, _layer_counts(pp_layers), worker_timeout, num_workers)
     except ValueError as error:
         fail(str(error))
         return

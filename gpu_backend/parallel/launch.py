@@ -1,6 +1,6 @@
 """Starting a sharded worker's ranks: as processes of this machine, or under torchrun.
 
-``spawn_worker`` starts every rank as a fresh process (``spawn``: CUDA cannot be forked) that
+``spawn_world`` starts every rank as a fresh process (``spawn``: CUDA cannot be forked) that
 joins a world over a loopback TCP store; rank 0 gets one end of a pipe to the service. Under
 ``torchrun`` the launcher has started the ranks already (``torchrun_env`` reads their place):
 rank 0 starts the service in a child process instead (see ``wrangler_like_cli/backend.py``).
@@ -16,17 +16,19 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from ..config import EngineConfig, ParallelConfig
-from .worker import run_rank
+from .worker import run_rank, worker_layouts
 
 STOP_WAIT_S = 10.0
 
 
 @dataclass
 class RankProcesses:
-    """One start of a worker: its rank processes (none when torchrun owns them) and the driver's pipe."""
+    """One start of a world: its rank processes (none when torchrun owns them) and each worker's
+    driver pipe, with the driver's rank."""
 
     processes: list[BaseProcess]
-    connection: Connection
+    connections: list[Connection]
+    driver_ranks: list[int]
 
     def exited_rank(self, skip: int | None = None) -> tuple[int, int | None] | None:
         """(rank, exit code) of a rank that is no longer running (other than ``skip``), if any."""
@@ -48,23 +50,27 @@ class RankProcesses:
                 process.kill()
         for process in self.processes:
             process.join(timeout=STOP_WAIT_S)
-        self.connection.close()
+        for connection in self.connections:
+            connection.close()
 
 
-def spawn_worker(config: EngineConfig, parallel: ParallelConfig) -> RankProcesses:
+def spawn_world(config: EngineConfig, parallel: ParallelConfig) -> RankProcesses:
+    """Every rank of ``parallel.num_workers`` workers, each worker's first rank with a pipe to us."""
     context = mp.get_context("spawn")
-    service_end, driver_end = context.Pipe()
+    drivers = [worker.first_rank for worker in worker_layouts(parallel)]
+    pipes = {rank: context.Pipe() for rank in drivers}
     init_method = f"tcp://127.0.0.1:{free_port()}"
     world_size = parallel.world_size
     processes = []
     for rank in range(world_size):
+        driver_end = pipes[rank][1] if rank in pipes else None
         process = context.Process(target=run_rank, name=f"edgewise-rank-{rank}", daemon=True,
-                                  args=(rank, world_size, config, parallel, init_method,
-                                        driver_end if rank == 0 else None))
+                                  args=(rank, world_size, config, parallel, init_method, driver_end))
         process.start()
         processes.append(process)
-    driver_end.close()  # rank 0 holds its own copy: the service sees EOF once rank 0 is gone
-    return RankProcesses(processes, service_end)
+    for _, driver_end in pipes.values():
+        driver_end.close()  # the driver holds its own copy: we see EOF once it is gone
+    return RankProcesses(processes, [pipes[rank][0] for rank in drivers], drivers)
 
 
 @dataclass(frozen=True)

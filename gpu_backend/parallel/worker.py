@@ -34,7 +34,7 @@ CONTROL_TIMEOUT = timedelta(days=7)
 
 def run_rank(rank: int, world_size: int, config: EngineConfig, parallel: ParallelConfig, init_method: str,
              connection: Connection | None = None, local_rank: int | None = None) -> None:
-    """One rank's whole life; rank 0 needs the connection to the service."""
+    """One rank's whole life; each worker's first rank (its driver) needs its connection to the service."""
     config = _rank_device(config, rank if local_rank is None else local_rank, world_size)
     backend = "nccl" if config.torch_device.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
@@ -50,27 +50,45 @@ def run_rank(rank: int, world_size: int, config: EngineConfig, parallel: Paralle
     dist.destroy_process_group()
 
 
+def worker_layouts(parallel: ParallelConfig) -> list[WorkerLayout]:
+    """The world's workers, one after another: worker i holds ranks i*T*P .. (i+1)*T*P - 1."""
+    size = parallel.worker_size
+    return [WorkerLayout(index * size, parallel.tp_size, parallel.pp_size) for index in range(parallel.num_workers)]
+
+
 def _serve(rank: int, world_size: int, config: EngineConfig, parallel: ParallelConfig,
            connection: Connection | None) -> None:
-    control_group = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
-    place = build_groups([WorkerLayout(0, parallel.tp_size, parallel.pp_size)], rank)
+    workers = worker_layouts(parallel)
+    control_group, tokens = _worker_groups(workers, rank)
+    place = build_groups(workers, rank)
     set_tensor_parallel(place.tensor_parallel())
     model_config = ModelConfig.from_pretrained(config.model)
     stage = stage_of(place.pp_rank, parallel.pp_size, model_config.num_hidden_layers, parallel.pp_layers)
-    control = ControlPlane(control_group, 0, list(range(1, world_size)))
     worker = place.worker
-    tokens = token_group(0, worker.rank_of(worker.pp_size - 1, 0)) if worker.pp_size > 1 else None
-    if rank != 0:
+    control = ControlPlane(control_group, worker.first_rank, [r for r in worker.ranks if r != worker.first_rank])
+    if rank != worker.first_rank:
         runner = StageRunner(config, model_config, place, stage, token_group=tokens)
         _agree_on_num_blocks(runner, control_group)
         runner.follow(control)
         return
     if connection is None:
-        raise ValueError("rank 0 drives the worker: it needs the connection to the service")
+        raise ValueError(f"rank {rank} drives its worker: it needs the connection to the service")
     driver_runner = DriverRunner(config, model_config, place, stage, control, token_group=tokens)
     _agree_on_num_blocks(driver_runner, control_group)
     engine = LLMEngine(config, progress=False, runner=driver_runner)
     Driver(engine, driver_runner, connection).serve()
+
+
+def _worker_groups(workers: list[WorkerLayout], rank: int) -> tuple[dist.ProcessGroup, dist.ProcessGroup | None]:
+    """This rank's worker's control group and token group (every rank makes every worker's: collective)."""
+    control, tokens = None, None
+    for worker in workers:
+        group = dist.new_group(list(worker.ranks), backend="gloo", timeout=CONTROL_TIMEOUT)
+        pair = token_group(worker.first_rank, worker.rank_of(worker.pp_size - 1, 0)) if worker.pp_size > 1 else None
+        if rank in worker.ranks:
+            control, tokens = group, pair
+    assert control is not None, f"rank {rank} is in no worker"
+    return control, tokens
 
 
 def _agree_on_num_blocks(runner: StageRunner, group: dist.ProcessGroup) -> None:

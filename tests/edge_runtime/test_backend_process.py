@@ -142,10 +142,11 @@ def test_serve_command_is_the_real_cli() -> None:
 
 
 def test_a_sharded_local_backend_gets_its_layout_on_the_command_line() -> None:
-    command = serve_command(EdgewiseConfig(backend=LocalBackendConfig(tp=2, pp=2, pp_layers=[3, 1])))
+    command = serve_command(EdgewiseConfig(backend=LocalBackendConfig(tp=2, pp=2, pp_layers=[3, 1], workers=2)))
     assert command[command.index("--tp") + 1] == "2" and command[command.index("--pp") + 1] == "2"
+    assert command[command.index("--workers") + 1] == "2"
     assert command[command.index("--pp-layers") + 1] == "3,1"
-    assert "--tp" not in serve_command(EdgewiseConfig(backend=LocalBackendConfig()))
+    assert not {"--tp", "--workers"} & set(serve_command(EdgewiseConfig(backend=LocalBackendConfig())))
     with pytest.raises(ConfigError, match="pp_layers"):
         LocalBackendConfig(pp=2, pp_layers=[4])
     with pytest.raises(ConfigError, match="tp"):

@@ -122,3 +122,18 @@ def test_leaving_a_stream_aborts_it_on_every_rank(folders: dict[str, Path]) -> N
         assert asyncio.run(generate_all(engine, params, "after-")) == expected_tokens(folder, params)
     finally:
         engine.shutdown()
+
+
+@pytest.mark.parametrize(("tp", "pp"), [(1, 1), (2, 1), (1, 2)], ids=["tp1", "tp2", "pp2"])
+def test_two_colocated_workers_share_the_requests_and_stay_exact(folders: dict[str, Path], tp: int, pp: int) -> None:
+    """Two workers in one world (each with its own driver, groups and pipe); the router spreads the load."""
+    folder = folders["llama"]
+    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), ParallelConfig(tp, pp, None, 20.0, 2))
+    try:
+        assert engine.max_num_seqs == 2 * OPTIONS.get("max_num_seqs", 256)
+        for index, params in enumerate(SAMPLINGS):
+            assert asyncio.run(generate_all(engine, params, f"s{index}-")) == expected_tokens(folder, params)
+        assert engine.requests_per_worker == [4, 4]  # four at a time, two each
+        assert engine.stats()["kv_blocks_used"] == 0 and engine.stats()["kv_blocks_free"] == 2 * 64
+    finally:
+        engine.shutdown()

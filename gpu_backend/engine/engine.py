@@ -67,6 +67,7 @@ class LLMEngine:
             self.block_manager,
         )
         self.requests: dict[str, _Request] = {}
+        self.held: dict[str, Sequence] = {}  # finished prefill requests whose blocks wait for their KV to be sent
         self.stats = StepStats()
         self._in_flight: _InFlight | None = None  # the batch on the device whose tokens are not read yet
         self._pipeline: deque[_InFlight] = deque()  # with pipeline stages: oldest first
@@ -74,14 +75,23 @@ class LLMEngine:
     # -- requests ------------------------------------------------------------------------------
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
-                    request_id: str | None = None, *, stream: bool = True) -> str:
+                    request_id: str | None = None, *, stream: bool = True, hold_blocks: bool = False) -> str:
         """Validate and queue one request; raises InvalidRequestError / PromptTooLongError.
 
         ``stream=False``: ``step`` reports the request only when it finishes (offline batches
-        skip building an output per token)."""
+        skip building an output per token). ``hold_blocks``: a prefill worker's request keeps its
+        KV blocks when it finishes, until ``release_blocks`` (its KV is still to be sent)."""
+        request = self._new_request(prompt, params, request_id, stream)
+        request.seq.holds_blocks = hold_blocks
+        self.scheduler.add(request.seq)
+        self.requests[request.seq.request_id] = request
+        return request.seq.request_id
+
+    def _new_request(self, prompt: str | list[int], params: SamplingParams | None, request_id: str | None,
+                     stream: bool) -> _Request:
         params = params or SamplingParams()
         request_id = request_id if request_id is not None else str(next(_request_ids))
-        if request_id in self.requests:
+        if request_id in self.requests or request_id in self.held:
             raise InvalidRequestError(f"request id {request_id!r} is already running")
         text, token_ids = self._tokenize(prompt)
         max_tokens = params.max_tokens if params.max_tokens is not None else self.max_model_len - len(token_ids)
@@ -92,14 +102,47 @@ class LLMEngine:
             )
         params = params.with_defaults(max_tokens=max_tokens, eos_token_ids=self._eos_token_ids())
         seq = Sequence(token_ids, params, request_id=request_id)
-        self.scheduler.add(seq)
         detokenizer = None if self.tokenizer is None else IncrementalDetokenizer(
             self.tokenizer, token_ids, skip_special_tokens=params.skip_special_tokens,
             stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output,
         )
-        self.requests[request_id] = _Request(seq, text, detokenizer, logprobs=[] if params.logprobs is not None else None,
-                                             stream=stream, prompt_token_ids=token_ids)
-        return request_id
+        return _Request(seq, text, detokenizer, logprobs=[] if params.logprobs is not None else None,
+                        stream=stream, prompt_token_ids=token_ids)
+
+    # -- a prompt prefilled by another worker ----------------------------------------------------
+
+    def reserve(self, prompt: list[int], params: SamplingParams | None, request_id: str) -> list[int] | None:
+        """Blocks for a prompt whose KV another worker computes: the ids of the blocks it must fill
+        (those past this cache's prefix hit), or None while the blocks are not free."""
+        request = self._new_request(prompt, params, request_id, stream=True)
+        if not self.scheduler.reserve(request.seq):
+            return None
+        self.requests[request_id] = request
+        seq = request.seq
+        return seq.block_table[seq.num_computed_tokens // self.block_manager.block_size:]
+
+    def admit(self, request_id: str, first_token: int) -> RequestOutput | None:
+        """The reserved prompt's KV has landed and ``first_token`` was sampled with it (and sent to
+        the client) by the prefill worker: decode from here. An output only if that token ended it."""
+        request = self.requests[request_id]
+        seq = request.seq
+        request.pending_tokens.append(first_token)
+        if request.detokenizer is not None:  # the first token's text went out with the prefill worker
+            request.detokenizer = IncrementalDetokenizer(
+                self.tokenizer, [*request.prompt_token_ids, first_token],
+                skip_special_tokens=seq.sampling_params.skip_special_tokens, stop=seq.sampling_params.stop,
+                include_stop_str_in_output=seq.sampling_params.include_stop_str_in_output)
+        if self.scheduler.admit(seq, first_token) is None:
+            return None
+        self.requests.pop(request_id)
+        self.runner.release(seq.seq_id)
+        return self._output(request, True, "", [])
+
+    def release_blocks(self, request_id: str) -> None:
+        """Free a finished prefill request's blocks once its KV has been sent (or will not be)."""
+        seq = self.held.pop(request_id, None)
+        if seq is not None:
+            self.block_manager.free(seq)
 
     def _tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
@@ -128,6 +171,7 @@ class LLMEngine:
         """Stop a request wherever it is; its KV blocks are free when this returns."""
         request = self.requests.pop(request_id, None)
         if request is None:
+            self.release_blocks(request_id)  # a prefill request that finished while its KV was on its way
             return None
         self.scheduler.abort(request.seq)
         self.runner.release(request.seq.seq_id)
@@ -135,7 +179,8 @@ class LLMEngine:
         return self._output(request, finished=True, delta_text="", delta_tokens=[])
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.requests)
+        """Requests to step for (a reserved one waits for its KV, not for a step)."""
+        return len(self.requests) > len(self.scheduler.reserved)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -262,6 +307,8 @@ class LLMEngine:
         if finished:
             self.requests.pop(seq.request_id, None)
             self.runner.release(seq.seq_id)
+            if seq.holds_blocks and seq.finish_reason != "abort":
+                self.held[seq.request_id] = seq
         elif not request.stream:
             return None
         return self._output(request, finished, delta, new_tokens)

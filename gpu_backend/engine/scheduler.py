@@ -77,6 +77,7 @@ class Scheduler:
         self.max_seq_len = min(config.max_model_len, block_manager.num_blocks * block_manager.block_size)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # sorted by arrival_order
+        self.reserved: dict[int, Sequence] = {}  # seq_id -> a sequence whose prompt's KV is on its way
         self._by_request_id: dict[str, Sequence] = {}
         self._by_seq_id: dict[int, Sequence] = {}
         self.num_preemptions = 0  # total so far, for metrics
@@ -84,6 +85,10 @@ class Scheduler:
     # -- intake ------------------------------------------------------------------------------
 
     def add(self, seq: Sequence) -> None:
+        self._register(seq)
+        self.waiting.append(seq)
+
+    def _register(self, seq: Sequence) -> None:
         self._check_fits(seq)
         if seq.status is not SequenceStatus.WAITING or seq.block_table:
             raise InvalidRequestError(f"{seq} was already scheduled; create a new Sequence")
@@ -91,7 +96,33 @@ class Scheduler:
             raise InvalidRequestError(f"request id {seq.request_id!r} (seq_id {seq.seq_id}) is already running")
         self._by_request_id[seq.request_id] = seq
         self._by_seq_id[seq.seq_id] = seq
-        self.waiting.append(seq)
+
+    # -- prompts computed elsewhere (a prefill worker's KV handed to this decode worker) ----------
+
+    def reserve(self, seq: Sequence) -> bool:
+        """Give ``seq`` blocks for its prompt now, reusing cached prefix blocks, and keep it out of
+        scheduling until ``admit``; False (nothing taken) when the blocks are not free."""
+        if not self.block_manager.can_allocate(seq):
+            self._check_fits(seq)  # a prompt that can never fit is an error, not a wait
+            return False
+        self._register(seq)
+        self.block_manager.allocate(seq)
+        self.reserved[seq.seq_id] = seq
+        return True
+
+    def admit(self, seq: Sequence, first_token: int) -> FinishReason | None:
+        """The prompt's KV is in ``seq``'s blocks and its first token was sampled elsewhere: it joins
+        the running batch to decode from there (or ends at once, by that token)."""
+        del self.reserved[seq.seq_id]
+        seq.num_computed_tokens = seq.num_tokens
+        seq.append_token(first_token)
+        seq.status = SequenceStatus.RUNNING
+        bisect.insort(self.running, seq, key=lambda s: s.arrival_order)
+        self.block_manager.cache_computed_blocks(seq)
+        reason = self._finish_reason(seq, first_token)
+        if reason is not None:
+            self.finish(seq, reason)
+        return reason
 
     def _check_fits(self, seq: Sequence) -> None:
         needed = seq.num_tokens + 1  # the prompt and at least one new token
@@ -254,7 +285,7 @@ class Scheduler:
             return
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
-        else:
+        elif self.reserved.pop(seq.seq_id, None) is None:
             self.waiting.remove(seq)
         self._release(seq, reason)
 
@@ -276,7 +307,8 @@ class Scheduler:
     def _release(self, seq: Sequence, reason: FinishReason) -> None:
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
-        self.block_manager.free(seq)
+        if not seq.holds_blocks or reason == "abort":
+            self.block_manager.free(seq)
         self._by_request_id.pop(seq.request_id, None)
         self._by_seq_id.pop(seq.seq_id, None)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,32 @@ class EngineConfig:
         return torch.float32 if self.torch_device.type == "cpu" else DTYPES[model.checkpoint_dtype]
 
 
+ROLES = ("colocated", "prefill", "decode")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One worker's role and shape: ``tp_size`` ranks per stage, ``pp_size`` stages."""
+
+    role: str = "colocated"  # both phases; or "prefill" / "decode" in a disaggregated cluster
+    tp_size: int = 1
+    pp_size: int = 1
+    pp_layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"a worker's role is one of {', '.join(ROLES)}, not {self.role!r}")
+        if self.tp_size < 1 or self.pp_size < 1:
+            raise ValueError(f"tp and pp must be at least 1, got tp={self.tp_size} pp={self.pp_size}")
+        if self.pp_layers is not None and len(self.pp_layers) != self.pp_size:
+            raise ValueError(f"pp_layers gives {len(self.pp_layers)} stages but pp is {self.pp_size}: "
+                             "give one layer count per stage")
+
+    @property
+    def size(self) -> int:
+        return self.tp_size * self.pp_size
+
+
 @dataclass(frozen=True)
 class ParallelConfig:
     """How one worker is sharded: ``tp_size`` ranks per pipeline stage, ``pp_size`` stages.
@@ -239,24 +265,38 @@ class ParallelConfig:
     pp_layers: tuple[int, ...] | None = None
     timeout_s: float = 30.0
     num_workers: int = 1  # colocated workers (replicas) of tp x pp ranks each, in one world
+    # Disaggregated: prefill workers and decode workers instead of colocated ones.
+    prefill: WorkerSpec | None = None
+    decode: WorkerSpec | None = None
+    num_prefill_workers: int = 0
+    num_decode_workers: int = 0
 
     def __post_init__(self) -> None:
-        if self.tp_size < 1 or self.pp_size < 1 or self.num_workers < 1:
-            raise ValueError(f"tp, pp and the number of workers must be at least 1, got tp={self.tp_size} "
-                             f"pp={self.pp_size} workers={self.num_workers}")
-        if self.pp_layers is not None and len(self.pp_layers) != self.pp_size:
-            raise ValueError(f"pp_layers gives {len(self.pp_layers)} stages but pp is {self.pp_size}: "
-                             "give one layer count per stage")
+        WorkerSpec("colocated", self.tp_size, self.pp_size, self.pp_layers)  # checks the colocated shape
+        if self.num_workers < 1:
+            raise ValueError(f"the number of workers must be at least 1, got {self.num_workers}")
+        if (self.num_prefill_workers > 0) != (self.num_decode_workers > 0):
+            raise ValueError("a disaggregated cluster needs at least one prefill and one decode worker")
+        if self.is_disaggregated and (self.prefill is None or self.decode is None):
+            raise ValueError("a disaggregated cluster needs the prefill and the decode workers' shapes")
         if not self.timeout_s > 0:
             raise ValueError(f"the worker timeout must be a positive number of seconds, not {self.timeout_s}")
 
     @property
-    def worker_size(self) -> int:
-        return self.tp_size * self.pp_size
+    def is_disaggregated(self) -> bool:
+        return self.num_prefill_workers > 0
+
+    def worker_specs(self) -> list[WorkerSpec]:
+        """The world's workers in rank order: prefill workers then decode workers, or the colocated ones."""
+        if self.is_disaggregated:
+            assert self.prefill is not None and self.decode is not None
+            return ([replace(self.prefill, role="prefill")] * self.num_prefill_workers
+                    + [replace(self.decode, role="decode")] * self.num_decode_workers)
+        return [WorkerSpec("colocated", self.tp_size, self.pp_size, self.pp_layers)] * self.num_workers
 
     @property
     def world_size(self) -> int:
-        return self.num_workers * self.worker_size
+        return sum(spec.size for spec in self.worker_specs())
 
     @property
     def is_sharded(self) -> bool:

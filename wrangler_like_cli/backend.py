@@ -48,6 +48,14 @@ def backend() -> None:
 @click.option("--workers", "num_workers", type=click.IntRange(1), default=1, show_default=True,
               help="Colocated workers (replicas) of each text model, tp x pp ranks each; the service routes "
                    "each request to the least loaded one.")
+@click.option("--prefill-workers", type=click.IntRange(0), default=0, show_default=True,
+              help="Disaggregated serving: workers that only prefill (with --decode-workers; replaces --workers).")
+@click.option("--prefill-tp", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--prefill-pp", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--decode-workers", type=click.IntRange(0), default=0, show_default=True,
+              help="Disaggregated serving: workers that decode what the prefill workers computed.")
+@click.option("--decode-tp", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--decode-pp", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--worker-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               help="Seconds a sharded worker may stay silent, or a transfer between its ranks may take, "
                    "before it counts as lost: its requests end with an error and it restarts.")
@@ -55,20 +63,24 @@ def backend() -> None:
               help="Times a lost sharded worker is started again before the model stays unavailable.")
 def serve(models: tuple[str, ...], host: str, port: int, token: str | None, device: str, dtype: str,
           max_queue: int, log_level: str, tp_size: int, pp_size: int, pp_layers: str | None,
-          num_workers: int, worker_timeout: float, worker_restarts: int) -> None:
+          num_workers: int, prefill_workers: int, prefill_tp: int, prefill_pp: int, decode_workers: int,
+          decode_tp: int, decode_pp: int, worker_timeout: float, worker_restarts: int) -> None:
     """Serve models over HTTP and WebSocket until Ctrl-C.
 
     With --tp/--pp each text model runs on tp x pp ranks started here (one GPU each). Across
     machines, run this same command under torchrun on every node (see docs/parallelism.md).
     """
     from gpu_backend.builtin_models import BUILTIN_MODELS
-    from gpu_backend.config import ParallelConfig
+    from gpu_backend.config import ParallelConfig, WorkerSpec
     from gpu_backend.parallel.launch import torchrun_env
     from gpu_backend.server import serve as service
 
     try:
         resolved = service.resolve_models(list(models) or sorted(BUILTIN_MODELS))
-        parallel = ParallelConfig(tp_size, pp_size, _layer_counts(pp_layers), worker_timeout, num_workers)
+        parallel = ParallelConfig(tp_size, pp_size, _layer_counts(pp_layers), worker_timeout, num_workers,
+                                  prefill=WorkerSpec("prefill", prefill_tp, prefill_pp),
+                                  decode=WorkerSpec("decode", decode_tp, decode_pp),
+                                  num_prefill_workers=prefill_workers, num_decode_workers=decode_workers)
     except ValueError as error:
         fail(str(error))
         return

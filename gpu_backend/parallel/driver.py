@@ -5,20 +5,25 @@ adds them to its ``LLMEngine`` between steps, runs a step (which sends the step'
 other rank and runs its own part), and sends back what each request gained. It speaks at least
 once a ``HEARTBEAT_S`` even when idle, so the service can tell a hung worker from a quiet one.
 
-Messages, service -> driver: ("add", request_id, prompt, params), ("abort", request_id), ("stop",).
-Driver -> service: ("ready", WorkerInfo), ("accepted", request_id), ("rejected", request_id,
-error), ("step", [WorkerOutput], WorkerLoad), ("error", text).
+Messages, service -> driver: ("add", request_id, prompt, params), ("abort", request_id), ("stop",);
+in a disaggregated cluster also ("prefill", request_id, prompt_ids, params, (decode worker,
+blocks) | None), ("reserve", request_id, prompt_ids, params) and ("admit", request_id,
+first_token, prefill worker). Driver -> service: ("ready", WorkerInfo), ("accepted", request_id),
+("rejected", request_id, error), ("reserved", request_id, blocks | None), ("step",
+[WorkerOutput], WorkerLoad), ("error", text).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 
+from ..disagg.handoff import Cluster
 from ..engine.engine import LLMEngine
 from ..engine.outputs import RequestOutput
+from ..engine.sampling_params import SamplingParams
 from .stage_runner import DriverRunner
 
 log = logging.getLogger(__name__)
@@ -56,10 +61,12 @@ class WorkerOutput:
 
 
 class Driver:
-    def __init__(self, engine: LLMEngine, runner: DriverRunner, connection: Connection) -> None:
-        self.engine, self.runner, self.connection = engine, runner, connection
+    def __init__(self, engine: LLMEngine, runner: DriverRunner, connection: Connection, cluster: Cluster) -> None:
+        self.engine, self.runner, self.connection, self.cluster = engine, runner, connection, cluster
         self._stopping = False
         self._last_sent = 0.0
+        self._handoffs: dict[str, tuple[int, list[int]]] = {}  # prefill: request -> (decode worker, its blocks)
+        self._reserved: dict[str, list[int]] = {}  # decode: request -> blocks its KV goes into
 
     def serve(self) -> None:
         """Until the service says stop (or goes away); tells the other ranks to stop on the way out."""
@@ -74,6 +81,8 @@ class Driver:
                 outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
                 if outputs or time.monotonic() - self._last_sent > HEARTBEAT_S:
                     self._send(("step", [_compact(output) for output in outputs], self._load()))
+                if self._handoffs and self._push_kv():
+                    self._send(("step", [], self._load()))  # the freed blocks show at once
         finally:
             try:
                 self.runner.stop()
@@ -100,11 +109,61 @@ class Driver:
                 return
             self._send(("accepted", request_id))
         elif kind == "abort":
+            self._reserved.pop(message[1], None)
             output = self.engine.abort(message[1])
             if output is not None:
                 self._send(("step", [_compact(output)], self._load()))
+        elif kind == "prefill":
+            self._prefill(*message[1:])
+        elif kind == "reserve":
+            self._reserve(*message[1:])
+        elif kind == "admit":
+            self._admit(*message[1:])
         elif kind == "stop":
             self._stopping = True
+
+    # -- disaggregated: this worker prefills, or decodes what another prefilled -------------------
+
+    def _prefill(self, request_id: str, prompt: list[int], params: SamplingParams,
+                 handoff: tuple[int, list[int]] | None) -> None:
+        """Compute the prompt and its first token; then (``handoff``) send its KV to that decode worker."""
+        try:
+            self.engine.add_request(prompt, replace(params, max_tokens=1), request_id, hold_blocks=handoff is not None)
+        except Exception as error:
+            self._send(("rejected", request_id, error))
+            return
+        if handoff is not None:
+            self._handoffs[request_id] = handoff
+        self._send(("accepted", request_id))
+
+    def _push_kv(self) -> bool:
+        """Send the KV of every prompt that finished (its first token already went out) and free it."""
+        done = [r for r in self._handoffs if r not in self.engine.requests]
+        for request_id in done:
+            worker, blocks = self._handoffs.pop(request_id)
+            seq = self.engine.held.get(request_id)
+            if seq is not None and seq.finish_reason == "length":  # cut at one token: decoding goes on there
+                self.runner.send_kv(self.cluster, worker, seq.block_table[len(seq.block_table) - len(blocks):])
+            self.engine.release_blocks(request_id)
+        return bool(done)
+
+    def _reserve(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
+        try:
+            blocks = self.engine.reserve(prompt, params, request_id)
+        except Exception as error:
+            self._send(("rejected", request_id, error))
+            return
+        if blocks is not None:
+            self._reserved[request_id] = blocks
+        self._send(("reserved", request_id, blocks))
+
+    def _admit(self, request_id: str, first_token: int, prefill_worker: int) -> None:
+        """Receive the prompt's KV into the reserved blocks, then decode from ``first_token``."""
+        blocks = self._reserved.pop(request_id)
+        self.runner.receive_kv(self.cluster, prefill_worker, blocks)
+        output = self.engine.admit(request_id, first_token)
+        if output is not None:
+            self._send(("step", [_compact(output)], self._load()))
 
     def _load(self) -> WorkerLoad:
         scheduler, manager = self.engine.scheduler, self.engine.block_manager

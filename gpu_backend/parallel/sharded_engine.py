@@ -1,8 +1,12 @@
 """``ShardedEngine``: TP×PP workers seen from the service process, used as an ``AsyncLLM`` is.
 
-The world holds ``ParallelConfig.num_workers`` workers (colocated replicas). Each request goes
-to the least loaded worker's driver (its first rank) over that worker's pipe; its outputs come
-back to the request's async iterator, and leaving the iterator early aborts it on the worker.
+The world holds the workers of ``ParallelConfig.worker_specs``: colocated replicas, or prefill
+and decode workers. A request goes to the least loaded worker's driver (its first rank) over
+that worker's pipe; its outputs come back to the request's async iterator, and leaving the
+iterator early aborts it on the worker. Disaggregated, the least loaded decode worker first
+reserves the prompt's blocks, the least loaded prefill worker computes the prompt and the first
+token (streamed at once) and pushes the KV into those blocks, and the decode worker, told the
+first token, receives the KV and decodes the rest.
 A monitor thread reads the drivers' messages and watches the ranks. A rank that exits, an error
 a driver reports, or a driver silent longer than ``ParallelConfig.timeout_s`` (a driver speaks
 at least once a second) loses the world: every running request ends with ``WorkerLostError``,
@@ -18,7 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import wait
 
 from ..config import EngineConfig, ParallelConfig
@@ -31,6 +35,7 @@ from .launch import RankProcesses, spawn_world
 
 log = logging.getLogger(__name__)
 POLL_S = 0.1
+RESERVE_RETRY_S = 0.05
 ROOT_CAUSE_WAIT_S = 0.5  # for a dead rank's exit to show once its peers have noticed it
 
 
@@ -39,7 +44,12 @@ class _Stream:
     loop: asyncio.AbstractEventLoop
     outputs: asyncio.Queue  # WorkerOutput, or the exception that ends the stream
     accepted: asyncio.Future
-    worker: int
+    worker: int  # the worker whose outputs the client gets now
+    # disaggregated: the decode worker that takes over after the first token, and its blocks
+    decode_worker: int | None = None
+    reserved: asyncio.Future | None = None
+    prefilling: bool = False  # the prefill worker has the request
+    abandoned: bool = False  # the client left while the prompt was prefilling
 
 
 class ShardedEngine:
@@ -57,9 +67,10 @@ class ShardedEngine:
         self._stopped = threading.Event()
         self._outbox: queue.Queue = queue.Queue()  # (worker, message)
         self._ranks, self.info = self._start(attached)
-        self._loads = [WorkerLoad(0, 0, 0, 0, 0)] * parallel.num_workers
-        self._last_heard = [time.monotonic()] * parallel.num_workers
-        self.requests_per_worker = [0] * parallel.num_workers  # routed so far
+        self.roles = [spec.role for spec in parallel.worker_specs()]
+        self._loads = [WorkerLoad(0, 0, 0, 0, 0)] * len(self.roles)
+        self._last_heard = [time.monotonic()] * len(self.roles)
+        self.requests_per_worker = [0] * len(self.roles)  # routed so far
         threading.Thread(target=self._send_loop, name="edgewise-worker-send", daemon=True).start()
         self._monitor = threading.Thread(target=self._watch, name="edgewise-worker-monitor", daemon=True)
         self._monitor.start()
@@ -70,24 +81,32 @@ class ShardedEngine:
 
     @property
     def max_num_seqs(self) -> int:
-        return self.info.max_num_seqs * self.parallel.num_workers
+        return self.info.max_num_seqs * sum(role != "prefill" for role in self.roles)
 
     # -- requests ------------------------------------------------------------------------------
 
     async def generate(self, prompt: str | list[int], params: SamplingParams | None, request_id: str
                        ) -> AsyncIterator[WorkerOutput]:
         loop = asyncio.get_running_loop()
+        disaggregated = self.parallel.is_disaggregated
+        if disaggregated:
+            params = params or SamplingParams()
+            prompt = self._token_ids(prompt)
         with self._lock:
             if self.error is not None:
                 raise WorkerLostError(self.error)
             if request_id in self._streams:
                 raise InvalidRequestError(f"request id {request_id!r} is already running")
-            stream = _Stream(loop, asyncio.Queue(), loop.create_future(), self._pick_worker())
+            stream = _Stream(loop, asyncio.Queue(), loop.create_future(),
+                             self._pick_worker("prefill" if disaggregated else "colocated"))
             self._streams[request_id] = stream
             self.requests_per_worker[stream.worker] += 1
-            self._outbox.put((stream.worker, ("add", request_id, prompt, params)))
+            if not disaggregated:
+                self._outbox.put((stream.worker, ("add", request_id, prompt, params)))
         finished = False
         try:
+            if disaggregated:
+                await self._start_handoff(stream, request_id, prompt, params)  # type: ignore[arg-type]
             await stream.accepted
             while not finished:
                 item = await stream.outputs.get()
@@ -99,18 +118,67 @@ class ShardedEngine:
             if not finished:
                 self._abort(request_id)
 
-    def _pick_worker(self) -> int:
-        """The worker with the fewest requests of ours running, then the fewest KV blocks in use."""
-        active = [0] * self.parallel.num_workers
+    def _pick_worker(self, role: str) -> int:
+        """Of the workers in ``role``, the one with the fewest requests of ours, then the fewest KV blocks in use."""
+        active = [0] * len(self.roles)
         for stream in self._streams.values():
             active[stream.worker] += 1
-        return min(range(len(active)), key=lambda worker: (active[worker], self._loads[worker].kv_blocks_used))
+            if stream.decode_worker is not None and stream.decode_worker != stream.worker:
+                active[stream.decode_worker] += 1
+        candidates = [worker for worker, own in enumerate(self.roles) if own == role]
+        return min(candidates, key=lambda worker: (active[worker], self._loads[worker].kv_blocks_used))
+
+    def _token_ids(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, list):
+            return prompt
+        if self.tokenizer is None:
+            raise InvalidRequestError("this model was loaded without a tokenizer; send token ids")
+        return self.tokenizer.encode(prompt)
+
+    async def _start_handoff(self, stream: _Stream, request_id: str, prompt: list[int], params: SamplingParams) -> None:
+        """Reserve the decode worker's blocks (unless one token is all that is asked for), then prefill."""
+        handoff = None
+        if params.max_tokens is None or params.max_tokens > 1:
+            with self._lock:
+                stream.decode_worker = self._pick_worker("decode")
+            blocks = await self._reserve(stream, request_id, prompt, params)
+            handoff = (stream.decode_worker, blocks)
+        with self._lock:
+            if self.error is not None:
+                raise WorkerLostError(self.error)
+            self._outbox.put((stream.worker, ("prefill", request_id, prompt, params, handoff)))
+            stream.prefilling = True
+
+    async def _reserve(self, stream: _Stream, request_id: str, prompt: list[int], params: SamplingParams) -> list[int]:
+        """Blocks on the decode worker; while none are free, ask again, up to the worker timeout."""
+        deadline = time.monotonic() + self.parallel.timeout_s
+        while True:
+            stream.reserved = stream.loop.create_future()
+            with self._lock:
+                self._outbox.put((stream.decode_worker, ("reserve", request_id, prompt, params)))
+            blocks = await stream.reserved
+            if blocks is not None:
+                return blocks
+            if time.monotonic() > deadline:
+                raise EngineError(f"no KV blocks came free on decode worker {stream.decode_worker} within "
+                                  f"{self.parallel.timeout_s:g} s")
+            await asyncio.sleep(RESERVE_RETRY_S)
 
     def _abort(self, request_id: str) -> None:
         with self._lock:
-            stream = self._streams.pop(request_id, None)
-            if stream is not None and self.error is None:
-                self._outbox.put((stream.worker, ("abort", request_id)))
+            stream = self._streams.get(request_id)
+            if stream is None or self.error is not None:
+                self._streams.pop(request_id, None)
+                return
+            if stream.decode_worker is not None and not stream.prefilling:  # left while blocks were reserved
+                self._outbox.put((stream.decode_worker, ("abort", request_id)))
+                del self._streams[request_id]
+                return
+            self._outbox.put((stream.worker, ("abort", request_id)))
+            if stream.decode_worker is None or stream.worker == stream.decode_worker:
+                del self._streams[request_id]
+            else:  # still prefilling: what becomes of the decode worker's blocks depends on how prefill ends
+                stream.abandoned = True
 
     def rank_pids(self) -> list[int]:
         """Process ids of the running ranks (by rank; empty when torchrun started them)."""
@@ -126,7 +194,7 @@ class ShardedEngine:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        for worker in range(self.parallel.num_workers):
+        for worker in range(len(self.roles)):
             self._outbox.put((worker, ("stop",)))
         self._outbox.put(None)
         self._monitor.join(timeout=POLL_S * 10)
@@ -212,16 +280,47 @@ class ShardedEngine:
         if kind == "step":
             _, outputs, self._loads[worker] = message
             for output in outputs:
-                with self._lock:
-                    stream = (self._streams.pop if output.finished else self._streams.get)(output.request_id, None)
-                if stream is not None:
-                    post(stream.loop, stream.outputs.put_nowait, output)
+                self._deliver(output, worker)
         elif kind in ("accepted", "rejected"):
             error = message[2] if kind == "rejected" else None
             with self._lock:
                 stream = self._streams.get(message[1]) if error is None else self._streams.pop(message[1], None)
             if stream is not None:
                 post(stream.loop, settle, stream.accepted, error)
+                if error is not None and stream.reserved is not None:
+                    post(stream.loop, settle, stream.reserved, error)
+        elif kind == "reserved":
+            with self._lock:
+                stream = self._streams.get(message[1])
+            if stream is not None and stream.reserved is not None:
+                post(stream.loop, _resolve, stream.reserved, message[2])
+
+    def _deliver(self, output: WorkerOutput, worker: int) -> None:
+        with self._lock:
+            stream = self._streams.get(output.request_id)
+            if stream is None or worker != stream.worker:
+                return
+            if stream.decode_worker is not None and worker != stream.decode_worker and output.finished:
+                output = self._end_prefill(stream, output, worker)
+            if output.finished:
+                self._streams.pop(output.request_id, None)
+        if not stream.abandoned:
+            post(stream.loop, stream.outputs.put_nowait, output)
+
+    def _end_prefill(self, stream: _Stream, output: WorkerOutput, worker: int) -> WorkerOutput:
+        """The prefill worker's last word on a request: its first token goes to the decode worker,
+        which takes over (its KV is on the way), or the request ended there and its blocks are freed."""
+        decode = stream.decode_worker
+        assert decode is not None
+        if output.finish_reason != "length":  # a stop token, or aborted: nothing to decode
+            self._outbox.put((decode, ("abort", output.request_id)))
+            return output
+        self._outbox.put((decode, ("admit", output.request_id, output.delta_token_ids[-1], worker)))
+        stream.worker = decode
+        if stream.abandoned:  # take the KV the prefill worker is sending, then let it go
+            self._outbox.put((decode, ("abort", output.request_id)))
+            return replace(output, finish_reason="abort")
+        return replace(output, finished=False, finish_reason=None)
 
     def _lose(self, reason: str) -> None:
         log.error("worker of %s lost: %s", self.config.model, reason)
@@ -241,7 +340,7 @@ class ShardedEngine:
                 with self._lock:
                     self.error = f"{self.error}; restart {self.restarts} failed: {error}"
                 continue
-            self._last_heard = [time.monotonic()] * self.parallel.num_workers
+            self._last_heard = [time.monotonic()] * len(self.roles)
             with self._lock:
                 self.error = None
             return True
@@ -267,3 +366,8 @@ class ShardedEngine:
                 self._ranks.connections[worker].send(message)
             except (OSError, EOFError, ValueError):  # the worker is gone; the monitor deals with it
                 pass
+
+
+def _resolve(future: asyncio.Future, value: object) -> None:
+    if not future.done():
+        future.set_result(value)

@@ -23,6 +23,7 @@ from ..engine.sequence import Sequence
 from ..engine.step_inputs import StepInputs
 from ..layers.attention import AttentionMetadata
 from ..layers.sampler import SamplerOutput
+from ..disagg.handoff import Cluster
 from . import comm
 from .groups import RankGroups
 from .pipeline import PipelineStage
@@ -57,18 +58,24 @@ class StageRunner(ModelRunner):
         if self.place.worker.pp_size > 1 and self.place.tp_rank == 0:
             comm.send_tokens(self.sends, result, self.place.worker.first_rank, self.token_group)
 
-    def follow(self, control: comm.ControlPlane) -> None:
-        """A follower's loop: run each step the driver sends until it says stop."""
+    def follow(self, control: comm.ControlPlane, cluster: Cluster) -> None:
+        """A follower's loop: run each step the driver sends, and each KV hand-off, until it says stop."""
         previous: LaunchedStep | None = None
         while True:
             message = control.receive()
             if message is None:
                 self.sends.wait()
                 return
-            inputs, released = message
-            for seq_id in released:
-                self.release(seq_id)
-            previous = self.run(inputs, previous)
+            kind = message[0]
+            if kind == "step":
+                _, inputs, released = message
+                for seq_id in released:
+                    self.release(seq_id)
+                previous = self.run(inputs, previous)
+            elif kind == "kv_send":
+                cluster.send(self.kv_cache, self.place.rank, message[1], message[2])
+            elif kind == "kv_recv":
+                cluster.receive(self.kv_cache, self.place.rank, message[1], message[2])
 
 
 class DriverRunner(StageRunner):
@@ -93,7 +100,7 @@ class DriverRunner(StageRunner):
 
     def launch(self, batch: ScheduledBatch, previous: LaunchedStep | None = None) -> LaunchedStep:
         inputs = self.plan(batch, previous)
-        self.control.send((inputs, self._released))
+        self.control.send(("step", inputs, self._released))
         self._released = []
         step = self.run(inputs, previous)
         if self.pipeline_depth > 1 and inputs.sampling is not None:
@@ -105,6 +112,16 @@ class DriverRunner(StageRunner):
         super().release(seq_id)
         self._seeds.pop(seq_id, None)
         self._released.append(seq_id)
+
+    def send_kv(self, cluster: Cluster, dst_worker: int, block_ids: list[int]) -> None:
+        """A finished prompt's blocks, from every rank of this worker to the decode worker's."""
+        self.control.send(("kv_send", dst_worker, block_ids))
+        cluster.send(self.kv_cache, self.place.rank, dst_worker, block_ids)
+
+    def receive_kv(self, cluster: Cluster, src_worker: int, block_ids: list[int]) -> None:
+        """A prompt's KV from the prefill worker, into this worker's reserved blocks on every rank."""
+        self.control.send(("kv_recv", src_worker, block_ids))
+        cluster.receive(self.kv_cache, self.place.rank, src_worker, block_ids)
 
     def stop(self) -> None:
         """Tell every other rank to leave its loop."""

@@ -21,6 +21,8 @@ import torch.distributed as dist
 from ..config import EngineConfig, ModelConfig, ParallelConfig
 from ..engine.engine import LLMEngine
 from .driver import Driver
+from ..disagg.handoff import Cluster
+from ..disagg.kv_transfer import KVLayout
 from .groups import WorkerLayout, build_groups
 from .comm import ControlPlane, min_over, token_group
 from .pipeline import stage_of
@@ -51,32 +53,39 @@ def run_rank(rank: int, world_size: int, config: EngineConfig, parallel: Paralle
 
 
 def worker_layouts(parallel: ParallelConfig) -> list[WorkerLayout]:
-    """The world's workers, one after another: worker i holds ranks i*T*P .. (i+1)*T*P - 1."""
-    size = parallel.worker_size
-    return [WorkerLayout(index * size, parallel.tp_size, parallel.pp_size) for index in range(parallel.num_workers)]
+    """The world's workers, one after another in rank order (``ParallelConfig.worker_specs``)."""
+    layouts, first = [], 0
+    for spec in parallel.worker_specs():
+        layouts.append(WorkerLayout(first, spec.tp_size, spec.pp_size))
+        first += spec.size
+    return layouts
 
 
 def _serve(rank: int, world_size: int, config: EngineConfig, parallel: ParallelConfig,
            connection: Connection | None) -> None:
-    workers = worker_layouts(parallel)
+    workers, specs = worker_layouts(parallel), parallel.worker_specs()
     control_group, tokens = _worker_groups(workers, rank)
     place = build_groups(workers, rank)
     set_tensor_parallel(place.tensor_parallel())
     model_config = ModelConfig.from_pretrained(config.model)
-    stage = stage_of(place.pp_rank, parallel.pp_size, model_config.num_hidden_layers, parallel.pp_layers)
+    mine = workers.index(place.worker)
+    stage = stage_of(place.pp_rank, specs[mine].pp_size, model_config.num_hidden_layers, specs[mine].pp_layers)
     worker = place.worker
     control = ControlPlane(control_group, worker.first_rank, [r for r in worker.ranks if r != worker.first_rank])
+    cluster = Cluster([KVLayout(layout, model_config.num_hidden_layers, model_config.num_key_value_heads,
+                                spec.pp_layers) for layout, spec in zip(workers, specs)], mine,
+                      timedelta(seconds=parallel.timeout_s))
     if rank != worker.first_rank:
         runner = StageRunner(config, model_config, place, stage, token_group=tokens)
         _agree_on_num_blocks(runner, control_group)
-        runner.follow(control)
+        runner.follow(control, cluster)
         return
     if connection is None:
         raise ValueError(f"rank {rank} drives its worker: it needs the connection to the service")
     driver_runner = DriverRunner(config, model_config, place, stage, control, token_group=tokens)
     _agree_on_num_blocks(driver_runner, control_group)
     engine = LLMEngine(config, progress=False, runner=driver_runner)
-    Driver(engine, driver_runner, connection).serve()
+    Driver(engine, driver_runner, connection, cluster).serve()
 
 
 def _worker_groups(workers: list[WorkerLayout], rank: int) -> tuple[dist.ProcessGroup, dist.ProcessGroup | None]:

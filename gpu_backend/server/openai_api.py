@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 OPENAI_DEFAULT_TEMPERATURE = 1.0
 _PASSED_THROUGH = ("temperature", "top_p", "top_k", "seed", "frequency_penalty", "presence_penalty",
-                   "repetition_penalty", "stream", "raw", "response_format", "tools", "functions")
+                   "repetition_penalty", "stream", "raw", "response_format", "tools", "functions", "ignore_eos")
 
 
 async def chat_completions(request: Request) -> Response | EventStream:

@@ -32,8 +32,8 @@ SHUTDOWN_GRACE_S = 10.0
 def serve_ranks(models: Mapping[str, Path], place: TorchrunPlace, parallel: ParallelConfig,
                 service_options: dict[str, Any], engine_options: dict[str, Any]) -> None:
     """This process's part: rank 0 serves and drives, the others follow."""
-    if parallel.num_workers != 1:
-        raise ValueError("under torchrun the world is one worker: drop --workers (run one torchrun job per replica)")
+    if parallel.num_workers != 1 or parallel.is_disaggregated:
+        raise ValueError("under torchrun the world is one worker: drop --workers and the prefill/decode workers")
     if place.world_size != parallel.world_size:
         raise ValueError(f"torchrun started {place.world_size} ranks but --tp {parallel.tp_size} x --pp "
                          f"{parallel.pp_size} needs {parallel.world_size}: set --nnodes x --nproc-per-node to match")

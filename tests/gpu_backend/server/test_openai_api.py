@@ -85,3 +85,13 @@ def test_errors_have_openai_shape(client: openai.OpenAI) -> None:
     with pytest.raises(openai.PermissionDeniedError) as denied:
         bad.models.list()
     assert denied.value.body["type"] == "authentication_error"
+
+
+def test_ignore_eos_reaches_the_engine(backend: Backend) -> None:
+    """vLLM's extra parameter: a completion may ask to run past eos (checked, so a bad value is a 400)."""
+    url = f"{backend.url}/v1/completions"
+    body = {"model": MODEL, "prompt": "Once", "max_tokens": 4, "temperature": 0}
+    good = httpx.post(url, json={**body, "ignore_eos": True}, headers=backend.headers())
+    bad = httpx.post(url, json={**body, "ignore_eos": "yes"}, headers=backend.headers())
+    assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] == 4
+    assert bad.status_code == 400 and "ignore_eos" in bad.json()["error"]["message"]

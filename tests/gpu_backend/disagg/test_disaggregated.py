@@ -1,0 +1,101 @@
+"""Disaggregated serving over Gloo on CPU: prefill workers compute the prompt and the first token,
+push the KV to a decode worker (re-sharded when their layouts differ), and the decode worker
+carries on. Every token equals the single-process run; every block comes back on every worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from gpu_backend import LLM, SamplingParams
+from gpu_backend.config import EngineConfig, ParallelConfig, WorkerSpec
+from gpu_backend.parallel.sharded_engine import ShardedEngine
+
+OPTIONS = {"device": "cpu", "dtype": "float32", "num_kv_blocks": 64, "max_model_len": 256,
+           "max_num_batched_tokens": 24}  # long prompts prefill in chunks
+PROMPTS = ["Once upon a time there was a king who ruled a land by the sea", "The quick brown fox", "A",
+           "Once upon a time there was a king who ruled a land by the sea"]  # a prefix-cache hit on both sides
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+# (prefill tp, pp) -> (decode tp, pp): the layouts of the issue
+LAYOUTS = [((1, 1), (1, 1)), ((2, 1), (1, 1)), ((1, 2), (2, 1)), ((1, 1), (1, 2))]
+
+
+def cluster(prefill: tuple[int, int], decode: tuple[int, int], workers: int = 1) -> ParallelConfig:
+    return ParallelConfig(timeout_s=20.0, prefill=WorkerSpec("prefill", *prefill), decode=WorkerSpec("decode", *decode),
+                          num_prefill_workers=workers, num_decode_workers=workers)
+
+
+def expected(folder: Path, prompts: list[str]) -> list[list[int]]:
+    return [o.outputs[0].token_ids for o in LLM(str(folder), progress=False, **OPTIONS).generate(prompts, GREEDY)]
+
+
+async def generate(engine: ShardedEngine, prompt: str, request_id: str) -> list[int]:
+    tokens: list[int] = []
+    async for output in engine.generate(prompt, GREEDY, request_id):
+        tokens += output.delta_token_ids
+    return tokens
+
+
+async def generate_all(engine: ShardedEngine, prompts: list[str], tag: str) -> list[list[int]]:
+    return list(await asyncio.gather(*(generate(engine, p, f"{tag}{i}") for i, p in enumerate(prompts))))
+
+
+def wait_for_free_blocks(engine: ShardedEngine, total: int) -> None:
+    deadline = time.monotonic() + 10
+    while engine.stats()["kv_blocks_free"] != total or engine.stats()["num_running"]:
+        assert time.monotonic() < deadline, engine.stats()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("prefill", "decode"), LAYOUTS, ids=[f"p{p[0]}x{p[1]}-d{d[0]}x{d[1]}" for p, d in LAYOUTS])
+def test_prefill_then_decode_elsewhere_generates_what_one_process_does(checkpoints: dict[str, Path],
+                                                                       prefill: tuple[int, int],
+                                                                       decode: tuple[int, int]) -> None:
+    folder = checkpoints["llama"]
+    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), cluster(prefill, decode))
+    try:
+        assert asyncio.run(generate_all(engine, PROMPTS, "r")) == expected(folder, PROMPTS)
+        wait_for_free_blocks(engine, 2 * 64)
+    finally:
+        engine.shutdown()
+
+
+def test_two_prefill_and_two_decode_workers_under_load(checkpoints: dict[str, Path]) -> None:
+    folder = checkpoints["qwen2"]
+    prompts = [f"{word} and the {other}" for word in ("Once", "The", "A", "Lo") for other in ("sea", "king")]
+    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), cluster((1, 1), (1, 1), workers=2))
+    try:
+        assert asyncio.run(generate_all(engine, prompts, "load")) == expected(folder, prompts)
+        assert engine.requests_per_worker[:2] == [4, 4]  # the prefill workers shared the eight prompts
+        wait_for_free_blocks(engine, 4 * 64)
+    finally:
+        engine.shutdown()
+
+
+def test_clients_leaving_at_each_stage_free_every_block(checkpoints: dict[str, Path]) -> None:
+    folder = checkpoints["llama"]
+    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), cluster((1, 1), (1, 1)))
+    long_run = SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True)
+
+    async def leave(after: int, request_id: str) -> None:
+        stream = engine.generate(PROMPTS[0], long_run, request_id)
+        for _ in range(after):
+            await anext(stream)
+        await stream.aclose()
+
+    async def leave_during_prefill() -> None:
+        task = asyncio.ensure_future(generate(engine, PROMPTS[0], "prefilling"))
+        await asyncio.sleep(0.01)
+        task.cancel()
+
+    try:
+        asyncio.run(leave(1, "after-first-token"))  # left once decoding had taken over
+        asyncio.run(leave(3, "decoding"))
+        asyncio.run(leave_during_prefill())
+        wait_for_free_blocks(engine, 2 * 64)
+        assert asyncio.run(generate_all(engine, PROMPTS[:2], "after")) == expected(folder, PROMPTS[:2])
+    finally:
+        engine.shutdown()

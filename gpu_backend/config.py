@@ -270,8 +270,13 @@ class ParallelConfig:
     decode: WorkerSpec | None = None
     num_prefill_workers: int = 0
     num_decode_workers: int = 0
+    # What a lost world means for its running requests: they end with an error, or they are
+    # computed again (prompt and the tokens so far) once the world is back and stream on.
+    on_worker_loss: str = "error"
 
     def __post_init__(self) -> None:
+        if self.on_worker_loss not in ("error", "recompute"):
+            raise ValueError(f"on_worker_loss is error or recompute, not {self.on_worker_loss!r}")
         WorkerSpec("colocated", self.tp_size, self.pp_size, self.pp_layers)  # checks the colocated shape
         if self.num_workers < 1:
             raise ValueError(f"the number of workers must be at least 1, got {self.num_workers}")

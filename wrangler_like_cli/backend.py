@@ -59,12 +59,15 @@ def backend() -> None:
 @click.option("--worker-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               help="Seconds a sharded worker may stay silent, or a transfer between its ranks may take, "
                    "before it counts as lost: its requests end with an error and it restarts.")
+@click.option("--on-worker-loss", type=click.Choice(["error", "recompute"]), default="error", show_default=True,
+              help="When a rank is lost: end its requests with an error, or compute them again (prompt and the "
+                   "tokens so far) once the workers are back and stream on without a gap.")
 @click.option("--worker-restarts", type=click.IntRange(0), default=3, show_default=True,
               help="Times a lost sharded worker is started again before the model stays unavailable.")
 def serve(models: tuple[str, ...], host: str, port: int, token: str | None, device: str, dtype: str,
           max_queue: int, log_level: str, tp_size: int, pp_size: int, pp_layers: str | None,
           num_workers: int, prefill_workers: int, prefill_tp: int, prefill_pp: int, decode_workers: int,
-          decode_tp: int, decode_pp: int, worker_timeout: float, worker_restarts: int) -> None:
+          decode_tp: int, decode_pp: int, worker_timeout: float, on_worker_loss: str, worker_restarts: int) -> None:
     """Serve models over HTTP and WebSocket until Ctrl-C.
 
     With --tp/--pp each text model runs on tp x pp ranks started here (one GPU each). Across
@@ -80,7 +83,8 @@ def serve(models: tuple[str, ...], host: str, port: int, token: str | None, devi
         parallel = ParallelConfig(tp_size, pp_size, _layer_counts(pp_layers), worker_timeout, num_workers,
                                   prefill=WorkerSpec("prefill", prefill_tp, prefill_pp),
                                   decode=WorkerSpec("decode", decode_tp, decode_pp),
-                                  num_prefill_workers=prefill_workers, num_decode_workers=decode_workers)
+                                  num_prefill_workers=prefill_workers, num_decode_workers=decode_workers,
+                                  on_worker_loss=on_worker_loss)
     except ValueError as error:
         fail(str(error))
         return

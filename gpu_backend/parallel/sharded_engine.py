@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from multiprocessing.connection import wait
 
 from ..config import EngineConfig, ParallelConfig
@@ -32,24 +32,12 @@ from ..errors import EngineError, InvalidRequestError, WorkerLostError
 from ..tokenizer import Tokenizer
 from .driver import WorkerInfo, WorkerLoad, WorkerOutput
 from .launch import RankProcesses, spawn_world
+from .streams import Stream, resolve
 
 log = logging.getLogger(__name__)
 POLL_S = 0.1
 RESERVE_RETRY_S = 0.05
 ROOT_CAUSE_WAIT_S = 0.5  # for a dead rank's exit to show once its peers have noticed it
-
-
-@dataclass
-class _Stream:
-    loop: asyncio.AbstractEventLoop
-    outputs: asyncio.Queue  # WorkerOutput, or the exception that ends the stream
-    accepted: asyncio.Future
-    worker: int  # the worker whose outputs the client gets now
-    # disaggregated: the decode worker that takes over after the first token, and its blocks
-    decode_worker: int | None = None
-    reserved: asyncio.Future | None = None
-    prefilling: bool = False  # the prefill worker has the request
-    abandoned: bool = False  # the client left while the prompt was prefilling
 
 
 class ShardedEngine:
@@ -62,7 +50,7 @@ class ShardedEngine:
         self.tokenizer = None if config.skip_tokenizer_init else Tokenizer.from_pretrained(config.model)
         self.error: str | None = None
         self.restarts = 0
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, Stream] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._outbox: queue.Queue = queue.Queue()  # (worker, message)
@@ -97,8 +85,8 @@ class ShardedEngine:
                 raise WorkerLostError(self.error)
             if request_id in self._streams:
                 raise InvalidRequestError(f"request id {request_id!r} is already running")
-            stream = _Stream(loop, asyncio.Queue(), loop.create_future(),
-                             self._pick_worker("prefill" if disaggregated else "colocated"))
+            stream = Stream(loop, asyncio.Queue(), loop.create_future(),
+                             self._pick_worker("prefill" if disaggregated else "colocated"), prompt=prompt, params=params)
             self._streams[request_id] = stream
             self.requests_per_worker[stream.worker] += 1
             if not disaggregated:
@@ -135,7 +123,7 @@ class ShardedEngine:
             raise InvalidRequestError("this model was loaded without a tokenizer; send token ids")
         return self.tokenizer.encode(prompt)
 
-    async def _start_handoff(self, stream: _Stream, request_id: str, prompt: list[int], params: SamplingParams) -> None:
+    async def _start_handoff(self, stream: Stream, request_id: str, prompt: list[int], params: SamplingParams) -> None:
         """Reserve the decode worker's blocks (unless one token is all that is asked for), then prefill."""
         handoff = None
         if params.max_tokens is None or params.max_tokens > 1:
@@ -149,7 +137,7 @@ class ShardedEngine:
             self._outbox.put((stream.worker, ("prefill", request_id, prompt, params, handoff)))
             stream.prefilling = True
 
-    async def _reserve(self, stream: _Stream, request_id: str, prompt: list[int], params: SamplingParams) -> list[int]:
+    async def _reserve(self, stream: Stream, request_id: str, prompt: list[int], params: SamplingParams) -> list[int]:
         """Blocks on the decode worker; while none are free, ask again, up to the worker timeout."""
         deadline = time.monotonic() + self.parallel.timeout_s
         while True:
@@ -237,8 +225,14 @@ class ShardedEngine:
         while not self._stopped.is_set():
             reason = self._poll()
             if reason is not None and not self._stopped.is_set():
-                self._lose(reason)
-                if not self._restart():
+                recompute = self.parallel.on_worker_loss == "recompute" and self.restarts < self.max_restarts
+                self._lose(reason, keep_streams=recompute)
+                restarted = self._restart()
+                if recompute and restarted:
+                    self._resume_streams()
+                elif recompute:
+                    self._end_streams(WorkerLostError(self.error or reason))
+                if not restarted:
                     return
 
     def _poll(self) -> str | None:
@@ -287,13 +281,15 @@ class ShardedEngine:
                 stream = self._streams.get(message[1]) if error is None else self._streams.pop(message[1], None)
             if stream is not None:
                 post(stream.loop, settle, stream.accepted, error)
+                if error is not None:  # reaches a request submitted again after a lost world too
+                    post(stream.loop, stream.outputs.put_nowait, error)
                 if error is not None and stream.reserved is not None:
                     post(stream.loop, settle, stream.reserved, error)
         elif kind == "reserved":
             with self._lock:
                 stream = self._streams.get(message[1])
             if stream is not None and stream.reserved is not None:
-                post(stream.loop, _resolve, stream.reserved, message[2])
+                post(stream.loop, resolve, stream.reserved, message[2])
 
     def _deliver(self, output: WorkerOutput, worker: int) -> None:
         with self._lock:
@@ -304,10 +300,11 @@ class ShardedEngine:
                 output = self._end_prefill(stream, output, worker)
             if output.finished:
                 self._streams.pop(output.request_id, None)
+            output = stream.as_first_submitted(output)
         if not stream.abandoned:
             post(stream.loop, stream.outputs.put_nowait, output)
 
-    def _end_prefill(self, stream: _Stream, output: WorkerOutput, worker: int) -> WorkerOutput:
+    def _end_prefill(self, stream: Stream, output: WorkerOutput, worker: int) -> WorkerOutput:
         """The prefill worker's last word on a request: its first token goes to the decode worker,
         which takes over (its KV is on the way), or the request ended there and its blocks are freed."""
         decode = stream.decode_worker
@@ -322,12 +319,43 @@ class ShardedEngine:
             return replace(output, finish_reason="abort")
         return replace(output, finished=False, finish_reason=None)
 
-    def _lose(self, reason: str) -> None:
+    def _lose(self, reason: str, keep_streams: bool = False) -> None:
+        """Kill what is left of the world; its requests end with the reason, or wait to be recomputed."""
         log.error("worker of %s lost: %s", self.config.model, reason)
         with self._lock:
             self.error = reason
+            self._drain_outbox()
         self._ranks.kill()
-        self._end_streams(WorkerLostError(reason))
+        if not keep_streams:
+            self._end_streams(WorkerLostError(reason))
+
+    def _resume_streams(self) -> None:
+        """Submit every request of the lost world again: its prompt and the tokens the client already
+        has are computed anew, and the stream goes on from where it was."""
+        with self._lock:
+            streams = [(request_id, stream) for request_id, stream in self._streams.items() if not stream.abandoned]
+            self._streams = dict(streams)
+        for request_id, stream in streams:
+            asyncio.run_coroutine_threadsafe(self._resume(request_id, stream), stream.loop)
+
+    async def _resume(self, request_id: str, stream: Stream) -> None:
+        try:
+            prompt = [*self._token_ids(stream.prompt), *stream.generated]
+            params = stream.params or SamplingParams()
+            if params.max_tokens is not None:
+                params = replace(params, max_tokens=params.max_tokens - len(stream.generated))
+            stream.resumed_from = len(stream.generated)
+            stream.decode_worker, stream.reserved, stream.prefilling = None, None, False
+            with self._lock:
+                stream.worker = self._pick_worker("prefill" if self.parallel.is_disaggregated else "colocated")
+                if not self.parallel.is_disaggregated:
+                    self._outbox.put((stream.worker, ("add", request_id, prompt, params)))
+            if self.parallel.is_disaggregated:
+                await self._start_handoff(stream, request_id, prompt, params)
+        except Exception as error:  # the stream's reader is waiting: it gets the reason
+            with self._lock:
+                self._streams.pop(request_id, None)
+            stream.outputs.put_nowait(error)
 
     def _restart(self) -> bool:
         while self.restarts < self.max_restarts and not self._stopped.is_set():
@@ -346,11 +374,14 @@ class ShardedEngine:
             return True
         return False
 
+    def _drain_outbox(self) -> None:
+        while not self._outbox.empty():  # what was meant for the lost world
+            self._outbox.get_nowait()
+
     def _end_streams(self, error: EngineError) -> None:
         with self._lock:
             streams, self._streams = self._streams, {}
-            while not self._outbox.empty():  # what was meant for the lost worker
-                self._outbox.get_nowait()
+            self._drain_outbox()
         for stream in streams.values():
             post(stream.loop, settle, stream.accepted, error)
             post(stream.loop, stream.outputs.put_nowait, error)
@@ -367,7 +398,3 @@ class ShardedEngine:
             except (OSError, EOFError, ValueError):  # the worker is gone; the monitor deals with it
                 pass
 
-
-def _resolve(future: asyncio.Future, value: object) -> None:
-    if not future.done():
-        future.set_result(value)

@@ -99,3 +99,36 @@ def test_clients_leaving_at_each_stage_free_every_block(checkpoints: dict[str, P
         assert asyncio.run(generate_all(engine, PROMPTS[:2], "after")) == expected(folder, PROMPTS[:2])
     finally:
         engine.shutdown()
+
+
+@pytest.mark.parametrize("disaggregated", [True, False], ids=["prefill-decode", "colocated-tp2"])
+def test_recompute_after_a_rank_is_killed_mid_stream(checkpoints: dict[str, Path], disaggregated: bool) -> None:
+    """--on-worker-loss recompute: the world restarts, the request is computed again from its prompt and
+    the tokens already streamed, and the stream carries on without a gap: the same tokens as one process."""
+    import os
+    import signal
+    from dataclasses import replace
+
+    folder = checkpoints["llama"]
+    parallel = cluster((1, 1), (1, 1)) if disaggregated else ParallelConfig(2, 1, None, 20.0)
+    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), replace(parallel, on_worker_loss="recompute"),
+                           max_restarts=1)
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    want = LLM(str(folder), progress=False, **OPTIONS).generate(PROMPTS[1], params)[0].outputs[0]
+
+    async def killed_mid_stream() -> tuple[list[int], str, int]:
+        tokens, text, last = [], "", None
+        async for output in engine.generate(PROMPTS[1], params, "survivor"):
+            if len(tokens) < 5 <= len(tokens) + len(output.delta_token_ids):
+                os.kill(engine.rank_pids()[1], signal.SIGKILL)  # the decode worker, or a TP rank
+            tokens += output.delta_token_ids
+            text += output.delta_text
+            last = output
+        return tokens, text, last.num_completion_tokens
+
+    try:
+        tokens, text, completion_tokens = asyncio.run(killed_mid_stream())
+        assert engine.restarts == 1
+        assert tokens == want.token_ids and text == want.text and completion_tokens == 40
+    finally:
+        engine.shutdown()

@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from multiprocessing.connection import wait
@@ -50,6 +51,7 @@ class ShardedEngine:
         self.tokenizer = None if config.skip_tokenizer_init else Tokenizer.from_pretrained(config.model)
         self.error: str | None = None
         self.restarts = 0
+        self.events: Counter[str] = Counter()  # worker_lost, worker_restarted, request_lost, request_recomputed
         self._streams: dict[str, Stream] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -325,6 +327,7 @@ class ShardedEngine:
         with self._lock:
             self.error = reason
             self._drain_outbox()
+            self.events["worker_lost"] += 1
         self._ranks.kill()
         if not keep_streams:
             self._end_streams(WorkerLostError(reason))
@@ -335,6 +338,7 @@ class ShardedEngine:
         with self._lock:
             streams = [(request_id, stream) for request_id, stream in self._streams.items() if not stream.abandoned]
             self._streams = dict(streams)
+            self.events["request_recomputed"] += len(streams)
         for request_id, stream in streams:
             asyncio.run_coroutine_threadsafe(self._resume(request_id, stream), stream.loop)
 
@@ -371,6 +375,7 @@ class ShardedEngine:
             self._last_heard = [time.monotonic()] * len(self.roles)
             with self._lock:
                 self.error = None
+                self.events["worker_restarted"] += 1
             return True
         return False
 
@@ -382,6 +387,8 @@ class ShardedEngine:
         with self._lock:
             streams, self._streams = self._streams, {}
             self._drain_outbox()
+            if isinstance(error, WorkerLostError):
+                self.events["request_lost"] += len(streams)
         for stream in streams.values():
             post(stream.loop, settle, stream.accepted, error)
             post(stream.loop, stream.outputs.put_nowait, error)

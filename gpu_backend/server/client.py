@@ -75,6 +75,10 @@ class EngineClient(Protocol):
         """Models whose engine has stopped, with the reason; empty while every engine serves."""
         ...
 
+    def events(self) -> dict[str, dict[str, int]]:
+        """Per model: how often each failure event happened (a lost world, a restart, a recomputed request)."""
+        ...
+
     def shutdown(self) -> None: ...
 
 
@@ -148,6 +152,9 @@ class LocalEngines:
 
     def failures(self) -> dict[str, str]:
         return {name: str(engine.error) for name, engine in self._engines.items() if engine.error is not None}
+
+    def events(self) -> dict[str, dict[str, int]]:
+        return {name: dict(engine.events) for name, engine in self._engines.items() if isinstance(engine, ShardedEngine)}
 
     def shutdown(self) -> None:
         for engine in {id(engine): engine for engine in self._engines.values()}.values():

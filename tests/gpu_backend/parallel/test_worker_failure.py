@@ -52,6 +52,7 @@ async def test_a_killed_rank_ends_the_stream_and_the_worker_restarts(checkpoints
                 health = await client.get(f"{url}/healthz")
                 refused = await client.post(backend.run_url(), json={"prompt": "hi"})
                 await _wait_healthy(client, url)
+                metrics = (await client.get(f"{url}/metrics")).text
                 again = await client.post(backend.run_url(), json={"prompt": "The quick brown fox", "raw": True,
                                                                    "temperature": 0, "max_tokens": 12})
         last = rest.strip().split("\n\n")[-1]
@@ -60,6 +61,8 @@ async def test_a_killed_rank_ends_the_stream_and_the_worker_restarts(checkpoints
         assert ended_s < TIMEOUT_S + DETECTION_SLACK_S, ended_s
         assert health.status_code == 503 and MODEL in health.json()["failed"]
         assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        for event, count in (("worker_lost", 1), ("worker_restarted", 1), ("request_lost", 1)):
+            assert f'edgewise_worker_events_total{{event="{event}",model="{MODEL}"}} {count}.0' in metrics, metrics
         expected = LLM(str(checkpoints["llama"]), progress=False, **OPTIONS).generate(
             "The quick brown fox", SamplingParams(temperature=0.0, max_tokens=12))[0].outputs[0].text
         assert again.status_code == 200 and again.json()["result"]["response"] == expected

@@ -34,6 +34,7 @@ from ..tokenizer import Tokenizer
 from .driver import WorkerInfo, WorkerLoad, WorkerOutput
 from .launch import RankProcesses, spawn_world
 from .streams import Stream, resolve
+from ..disagg.router import Router
 
 log = logging.getLogger(__name__)
 POLL_S = 0.1
@@ -58,6 +59,7 @@ class ShardedEngine:
         self._outbox: queue.Queue = queue.Queue()  # (worker, message)
         self._ranks, self.info = self._start(attached)
         self.roles = [spec.role for spec in parallel.worker_specs()]
+        self.router = Router(self.roles)
         self._loads = [WorkerLoad(0, 0, 0, 0, 0)] * len(self.roles)
         self._last_heard = [time.monotonic()] * len(self.roles)
         self.requests_per_worker = [0] * len(self.roles)  # routed so far
@@ -75,20 +77,23 @@ class ShardedEngine:
 
     # -- requests ------------------------------------------------------------------------------
 
-    async def generate(self, prompt: str | list[int], params: SamplingParams | None, request_id: str
-                       ) -> AsyncIterator[WorkerOutput]:
+    async def generate(self, prompt: str | list[int], params: SamplingParams | None, request_id: str,
+                       session: str | None = None) -> AsyncIterator[WorkerOutput]:
+        """``session``: requests naming the same one go to the same workers (their prefix caches)."""
         loop = asyncio.get_running_loop()
         disaggregated = self.parallel.is_disaggregated
         if disaggregated:
             params = params or SamplingParams()
+        if disaggregated or self.tokenizer is not None:  # token ids: the router weighs load in tokens
             prompt = self._token_ids(prompt)
         with self._lock:
             if self.error is not None:
                 raise WorkerLostError(self.error)
             if request_id in self._streams:
                 raise InvalidRequestError(f"request id {request_id!r} is already running")
-            stream = Stream(loop, asyncio.Queue(), loop.create_future(),
-                             self._pick_worker("prefill" if disaggregated else "colocated"), prompt=prompt, params=params)
+            worker = self._pick_worker("prefill" if disaggregated else "colocated", session)
+            stream = Stream(loop, asyncio.Queue(), loop.create_future(), worker, prompt=prompt, params=params,
+                            prompt_len=len(prompt), session=session)
             self._streams[request_id] = stream
             self.requests_per_worker[stream.worker] += 1
             if not disaggregated:
@@ -108,15 +113,8 @@ class ShardedEngine:
             if not finished:
                 self._abort(request_id)
 
-    def _pick_worker(self, role: str) -> int:
-        """Of the workers in ``role``, the one with the fewest requests of ours, then the fewest KV blocks in use."""
-        active = [0] * len(self.roles)
-        for stream in self._streams.values():
-            active[stream.worker] += 1
-            if stream.decode_worker is not None and stream.decode_worker != stream.worker:
-                active[stream.decode_worker] += 1
-        candidates = [worker for worker, own in enumerate(self.roles) if own == role]
-        return min(candidates, key=lambda worker: (active[worker], self._loads[worker].kv_blocks_used))
+    def _pick_worker(self, role: str, session: str | None = None) -> int:
+        return self.router.pick(role, self._streams.values(), self._loads, session)
 
     def _token_ids(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, list):
@@ -130,7 +128,7 @@ class ShardedEngine:
         handoff = None
         if params.max_tokens is None or params.max_tokens > 1:
             with self._lock:
-                stream.decode_worker = self._pick_worker("decode")
+                stream.decode_worker = self._pick_worker("decode", stream.session)
             blocks = await self._reserve(stream, request_id, prompt, params)
             handoff = (stream.decode_worker, blocks)
         with self._lock:
@@ -351,7 +349,8 @@ class ShardedEngine:
             stream.resumed_from = len(stream.generated)
             stream.decode_worker, stream.reserved, stream.prefilling = None, None, False
             with self._lock:
-                stream.worker = self._pick_worker("prefill" if self.parallel.is_disaggregated else "colocated")
+                stream.worker = self._pick_worker("prefill" if self.parallel.is_disaggregated else "colocated",
+                                                  stream.session)
                 if not self.parallel.is_disaggregated:
                     self._outbox.put((stream.worker, ("add", request_id, prompt, params)))
             if self.parallel.is_disaggregated:

@@ -24,6 +24,8 @@ class Stream:
     abandoned: bool = False  # the client left while the prompt was prefilling
     # for recomputing it after a lost world: what was asked, and what the client has had
     prompt: str | list[int] = ""
+    prompt_len: int = 0  # in tokens (characters for a text prompt without a tokenizer), for the router
+    session: str | None = None
     params: SamplingParams | None = None
     generated: list[int] = field(default_factory=list)
     num_prompt_tokens: int = 0

@@ -136,7 +136,7 @@ class LocalEngines:
         try:
             prompt = render_prompt(engine, request)
             if isinstance(engine, ShardedEngine):
-                async for delta in engine.generate(prompt, request.sampling, request_id):
+                async for delta in engine.generate(prompt, request.sampling, request_id, request.session):
                     yield TextDelta(delta.delta_text, delta.delta_token_ids, delta.num_prompt_tokens,
                                     delta.num_completion_tokens, delta.finish_reason)
                 return

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from .body import read_json
 from .errors import BadInputError
 from .generation import Completion, Generation, unless_disconnected
-from .schemas import parse_embeddings, parse_text_generation
+from .schemas import SESSION_HEADER, parse_embeddings, parse_text_generation
 from .streaming import DONE, EventStream, error_payload, sse
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ async def _complete(request: Request, chat: bool) -> Response | EventStream:
     body = _object(await read_json(request))
     model = _model(body, service)
     request.state.model = model
-    inputs = parse_text_generation(_workers_ai_inputs(body, chat), model)
+    inputs = parse_text_generation(_workers_ai_inputs(body, chat), model, request.headers.get(SESSION_HEADER))
     inputs = replace(inputs, sampling=replace(inputs.sampling, stop=_stop(body)))
     generation = Generation(service, model, inputs)
     await generation.start()

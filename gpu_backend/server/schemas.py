@@ -40,6 +40,7 @@ class TextGenerationInput:
     stream: bool
     responses_style: bool  # came as instructions/input: answer with an "output" list
     sampling: SamplingParams
+    session: str | None = None  # x-session-affinity: requests of one session go to the same workers
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,10 @@ class EmbeddingsInput:
     pooling: str  # "mean" or "cls"
 
 
-def parse_text_generation(body: Any, model: str) -> TextGenerationInput:
+SESSION_HEADER = "x-session-affinity"
+
+
+def parse_text_generation(body: Any, model: str, session: str | None = None) -> TextGenerationInput:
     inputs = _object(body)
     for name, reason in UNSUPPORTED.items():
         if inputs.get(name) not in (None, [], ""):
@@ -62,7 +66,7 @@ def parse_text_generation(body: Any, model: str) -> TextGenerationInput:
     prompt, messages, responses_style = _prompt_or_messages(inputs)
     raw = _bool(inputs, "raw", False)
     return TextGenerationInput(prompt, messages, raw, _bool(inputs, "stream", False), responses_style,
-                               _sampling(inputs))
+                               _sampling(inputs), session or None)
 
 
 def parse_embeddings(body: Any) -> EmbeddingsInput:

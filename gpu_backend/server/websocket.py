@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .errors import BadInputError
 from .generation import Generation
-from .schemas import parse_text_generation
+from .schemas import SESSION_HEADER, parse_text_generation
 from .streaming import TRACE_HEADER, error_payload, workers_ai_payloads
 from .workers_ai import model_name
 
@@ -78,7 +78,7 @@ async def _read(websocket: WebSocket, frames: asyncio.Queue[str | None]) -> None
 
 async def _generate(service: Service, websocket: WebSocket, model: str, text: str, trace: bool) -> None:
     try:
-        inputs = parse_text_generation(_json(text), model)
+        inputs = parse_text_generation(_json(text), model, websocket.headers.get(SESSION_HEADER))
         generation = Generation(service, model, inputs)
         await generation.start()
         async for payload in workers_ai_payloads(generation, trace):

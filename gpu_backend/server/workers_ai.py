@@ -19,7 +19,7 @@ from .body import read_json
 from .catalog import search
 from .client import EngineClient
 from .generation import Completion, Generation, unless_disconnected
-from .schemas import TextGenerationInput, parse_embeddings, parse_text_generation
+from .schemas import SESSION_HEADER, TextGenerationInput, parse_embeddings, parse_text_generation
 from .streaming import TRACE_HEADER, EventStream, workers_ai_events
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ async def run_model(request: Request) -> Response | EventStream:
     body = await read_json(request)
     if task == "text-embeddings":
         return JSONResponse(envelope(await embeddings_result(service, model, body)))
-    inputs = parse_text_generation(body, model)
+    inputs = parse_text_generation(body, model, request.headers.get(SESSION_HEADER))
     generation = Generation(service, model, inputs)
     await generation.start()
     if inputs.stream:

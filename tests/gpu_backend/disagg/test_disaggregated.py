@@ -69,7 +69,7 @@ def test_two_prefill_and_two_decode_workers_under_load(checkpoints: dict[str, Pa
     engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), cluster((1, 1), (1, 1), workers=2))
     try:
         assert asyncio.run(generate_all(engine, prompts, "load")) == expected(folder, prompts)
-        assert engine.requests_per_worker[:2] == [4, 4]  # the prefill workers shared the eight prompts
+        assert min(engine.requests_per_worker[:2]) > 0  # both prefill workers took prompts
         wait_for_free_blocks(engine, 4 * 64)
     finally:
         engine.shutdown()

@@ -133,7 +133,7 @@ def test_two_colocated_workers_share_the_requests_and_stay_exact(folders: dict[s
         assert engine.max_num_seqs == 2 * OPTIONS.get("max_num_seqs", 256)
         for index, params in enumerate(SAMPLINGS):
             assert asyncio.run(generate_all(engine, params, f"s{index}-")) == expected_tokens(folder, params)
-        assert engine.requests_per_worker == [4, 4]  # four at a time, two each
+        assert sum(engine.requests_per_worker) == 8 and min(engine.requests_per_worker) > 0  # shared by tokens
         assert engine.stats()["kv_blocks_used"] == 0 and engine.stats()["kv_blocks_free"] == 2 * 64
     finally:
         engine.shutdown()

@@ -255,9 +255,10 @@ class ParallelConfig:
     """How one worker is sharded: ``tp_size`` ranks per pipeline stage, ``pp_size`` stages.
 
     ``pp_layers``: decoder layers per stage (e.g. (5, 3)); by default split as evenly as possible.
-    ``timeout_s`` bounds every collective and transfer between ranks, and the time the service
-    waits for a step before it declares the worker hung. ``num_workers`` such workers share one
-    world, and the service's router shares requests out between them.
+    ``timeout_s`` bounds every collective, every KV transfer and every hand-off between ranks;
+    ``heartbeat_timeout_s`` is how long a rank may go without a sign of life (a dead or frozen
+    rank) before its worker counts as lost. ``num_workers`` such workers share one world, and the
+    service's router shares requests out between them.
     """
 
     tp_size: int = 1
@@ -273,6 +274,7 @@ class ParallelConfig:
     # What a lost world means for its running requests: they end with an error, or they are
     # computed again (prompt and the tokens so far) once the world is back and stream on.
     on_worker_loss: str = "error"
+    heartbeat_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.on_worker_loss not in ("error", "recompute"):
@@ -286,6 +288,13 @@ class ParallelConfig:
             raise ValueError("a disaggregated cluster needs the prefill and the decode workers' shapes")
         if not self.timeout_s > 0:
             raise ValueError(f"the worker timeout must be a positive number of seconds, not {self.timeout_s}")
+        if not self.heartbeat_timeout_s > 0:
+            raise ValueError(f"the heartbeat timeout must be a positive number of seconds, not "
+                             f"{self.heartbeat_timeout_s}")
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return self.heartbeat_timeout_s / 5
 
     @property
     def is_disaggregated(self) -> bool:

@@ -57,17 +57,21 @@ def backend() -> None:
 @click.option("--decode-tp", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--decode-pp", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--worker-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
-              help="Seconds a sharded worker may stay silent, or a transfer between its ranks may take, "
-                   "before it counts as lost: its requests end with an error and it restarts.")
+              help="Seconds any collective, KV transfer or hand-off between ranks may take before it fails "
+                   "(a worker stuck past it counts as lost).")
+@click.option("--heartbeat-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Seconds a rank may go without a sign of life (dead or frozen) before its worker counts as lost.")
 @click.option("--on-worker-loss", type=click.Choice(["error", "recompute"]), default="error", show_default=True,
-              help="When a rank is lost: end its requests with an error, or compute them again (prompt and the "
-                   "tokens so far) once the workers are back and stream on without a gap.")
+              help="When a worker is lost or a KV transfer fails: end its requests with an error, or compute "
+                   "them again (prompt and the tokens so far) on the workers left and stream on without a gap.")
 @click.option("--worker-restarts", type=click.IntRange(0), default=3, show_default=True,
-              help="Times a lost sharded worker is started again before the model stays unavailable.")
+              help="Times the workers are started again, once none is left to serve, before the model stays "
+                   "unavailable (a lost worker alone is not restarted: the others serve on).")
 def serve(models: tuple[str, ...], host: str, port: int, token: str | None, device: str, dtype: str,
           max_queue: int, log_level: str, tp_size: int, pp_size: int, pp_layers: str | None,
           num_workers: int, prefill_workers: int, prefill_tp: int, prefill_pp: int, decode_workers: int,
-          decode_tp: int, decode_pp: int, worker_timeout: float, on_worker_loss: str, worker_restarts: int) -> None:
+          decode_tp: int, decode_pp: int, worker_timeout: float, heartbeat_timeout: float, on_worker_loss: str,
+          worker_restarts: int) -> None:
     """Serve models over HTTP and WebSocket until Ctrl-C.
 
     With --tp/--pp each text model runs on tp x pp ranks started here (one GPU each). Across
@@ -84,7 +88,7 @@ def serve(models: tuple[str, ...], host: str, port: int, token: str | None, devi
                                   prefill=WorkerSpec("prefill", prefill_tp, prefill_pp),
                                   decode=WorkerSpec("decode", decode_tp, decode_pp),
                                   num_prefill_workers=prefill_workers, num_decode_workers=decode_workers,
-                                  on_worker_loss=on_worker_loss)
+                                  on_worker_loss=on_worker_loss, heartbeat_timeout_s=heartbeat_timeout)
     except ValueError as error:
         fail(str(error))
         return

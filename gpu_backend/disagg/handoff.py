@@ -1,42 +1,134 @@
 """A request's hand-off from a prefill worker to a decode worker, as each rank carries it out.
 
 Once a prompt is computed and its first token sampled, the prefill worker's driver tells its
-ranks to send the request's blocks ("kv_send"); once told that first token, the decode worker's
-driver tells its ranks to receive them into the blocks it reserved ("kv_recv"). Every rank then
-moves its own share (``kv_transfer``): the routes follow from the two workers' layouts alone.
+ranks to send the request's blocks ("kv_send") and frees them: the sends read copies, and go on
+while the worker computes other prompts. Once told that first token, the decode worker's driver
+tells its ranks to post their receives ("kv_recv") and goes on decoding; when its own share has
+arrived (or failed), it tells them to land it ("kv_land"): every rank waits for its share (up to
+the transfer's deadline), the ranks agree that all of it arrived, and only then is it written
+into the reserved blocks and the sequence joins the running batch. A request the client left
+while its KV was on the way is dropped ("kv_drop"): its receives still complete, into buffers
+nobody reads, so the pair's messages stay in step.
+
+ORDER. A pair's messages match in the order they are posted (NCCL has no tags). The prefill
+driver posts a request's sends in the order it reports first tokens to the service, and the
+service tells the decode worker in that order, so both ends post in the same order. A pair whose
+transfer failed is never used again (the service's router avoids it): its order may be lost.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from dataclasses import dataclass
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
+import torch.distributed as dist
 
-from .kv_transfer import KVLayout, Route, plan_transfer, receive_kv, send_kv
+from ..parallel.comm import min_over
+from .kv_transfer import (KVLayout, KVTransferError, PendingReceive, PendingTransfer, Route, plan_transfer,
+                          post_receive_kv, send_kv)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Cluster:
-    """Every worker's KV layout (by worker index), which one this rank belongs to, the transfer bound."""
+    """Every worker's KV layout (by worker index), which one this rank belongs to, the transfer bound,
+    and the group of each (prefill, decode) pair this rank is in (absent: the world's group)."""
 
     kv_layouts: list[KVLayout]
     mine: int
     timeout: timedelta
+    pair_groups: Mapping[tuple[int, int], dist.ProcessGroup] = field(default_factory=dict)
 
-    def send(self, kv_cache: torch.Tensor, rank: int, dst_worker: int, block_ids: Sequence[int]) -> None:
-        """This rank's share of a request's KV to worker ``dst_worker``; returns once it is sent."""
+    def post_send(self, kv_cache: torch.Tensor, rank: int, dst_worker: int, block_ids: Sequence[int]) -> PendingTransfer:
+        """This rank's share of a request's KV to worker ``dst_worker``, on its way."""
         layout = self.kv_layouts[self.mine]
         routes = _routes(layout, self.kv_layouts[dst_worker])
-        send_kv(kv_cache, layout, routes, rank, list(block_ids), timeout=self.timeout).wait()
+        return send_kv(kv_cache, layout, routes, rank, list(block_ids), timeout=self.timeout,
+                       group=self.pair_groups.get((self.mine, dst_worker))).start()
 
-    def receive(self, kv_cache: torch.Tensor, rank: int, src_worker: int, block_ids: Sequence[int]) -> None:
-        """This rank's share of a request's KV from worker ``src_worker``, into ``block_ids``."""
+    def post_receive(self, kv_cache: torch.Tensor, rank: int, src_worker: int,
+                     block_ids: Sequence[int]) -> PendingReceive:
+        """This rank's share of a request's KV from worker ``src_worker``, posted (``land`` writes it)."""
         layout = self.kv_layouts[self.mine]
         routes = _routes(self.kv_layouts[src_worker], layout)
-        receive_kv(kv_cache, layout, routes, rank, list(block_ids), timeout=self.timeout)
+        pending = post_receive_kv(kv_cache, layout, routes, rank, list(block_ids), timeout=self.timeout,
+                                  group=self.pair_groups.get((src_worker, self.mine)))
+        return pending.start()  # type: ignore[return-value]
+
+
+class RankTransfers:
+    """One rank's KV transfers in flight: sends whose buffers must outlive them, and receives
+    waiting to land (by request id)."""
+
+    def __init__(self, cluster: Cluster, rank: int, control_group: dist.ProcessGroup | None) -> None:
+        self.cluster, self.rank, self.control_group = cluster, rank, control_group
+        self.sending: list[tuple[str, PendingTransfer]] = []
+        self.receiving: dict[str, PendingReceive] = {}
+        self.dropped: list[PendingReceive] = []
+
+    def send(self, kv_cache: torch.Tensor, request_id: str, dst_worker: int, block_ids: Sequence[int]) -> None:
+        self.sending.append((request_id, self.cluster.post_send(kv_cache, self.rank, dst_worker, block_ids)))
+
+    def receive(self, kv_cache: torch.Tensor, request_id: str, src_worker: int, block_ids: Sequence[int]) -> None:
+        self.receiving[request_id] = self.cluster.post_receive(kv_cache, self.rank, src_worker, block_ids)
+
+    def arrived(self, request_id: str) -> tuple[bool, str | None] | None:
+        """This rank's share of a request: (True, None) arrived, (False, why) failed, None on its way."""
+        try:
+            return (True, None) if self.receiving[request_id].done() else None
+        except KVTransferError as error:
+            return False, str(error)
+
+    def land(self, request_id: str, arrived_here: bool) -> bool:
+        """Collective over the worker's ranks: write the request's KV into its blocks on every rank
+        if every rank's share arrived; whether it did. Each rank waits for its share up to the deadline."""
+        pending = self.receiving.pop(request_id)
+        if arrived_here:
+            try:
+                pending.wait()
+            except KVTransferError as error:
+                log.warning("rank %d: %s", self.rank, error)
+                arrived_here = False
+        everywhere = arrived_here if self.control_group is None else bool(min_over(self.control_group,
+                                                                                   int(arrived_here)))
+        if everywhere:
+            pending.land()
+        return everywhere
+
+    def drop(self, request_id: str) -> None:
+        """Nobody wants this request's KV any more; its receives run out into their buffers."""
+        pending = self.receiving.pop(request_id, None)
+        if pending is not None:
+            self.dropped.append(pending)
+
+    def reap(self) -> list[tuple[str, str]]:
+        """Forget the finished sends and dropped receives; (request id, why) of the sends that failed."""
+        failed, still = [], []
+        for request_id, pending in self.sending:
+            try:
+                if not pending.done():
+                    still.append((request_id, pending))
+            except KVTransferError as error:
+                failed.append((request_id, str(error)))
+        self.sending = still
+        self.dropped = [pending for pending in self.dropped if not _finished(pending)]
+        return failed
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.sending or self.receiving or self.dropped)
+
+
+def _finished(pending: PendingTransfer) -> bool:
+    try:
+        return pending.done()
+    except KVTransferError:
+        return True
 
 
 @functools.lru_cache(maxsize=64)

@@ -4,9 +4,10 @@ Both workers are TP×PP blocks of ranks in one ``torch.distributed`` world (``Wo
 may differ in TP, in PP and in how the layers are split. ``KVLayout`` says which global layers and
 KV heads each rank of a worker holds; ``plan_transfer`` turns two layouts into ``Route``s (which
 source rank sends which layers and heads to which destination rank), the same on every rank
-without talking to anyone; ``send_kv`` (prefill side) and ``receive_kv`` (decode side) carry out
-a rank's share of the routes with point-to-point ops on the world's backend (NCCL on GPUs, Gloo
-on CPU). Buffers live on the cache's device.
+without talking to anyone; ``send_kv`` (prefill side) and ``post_receive_kv`` (decode side) post
+a rank's share of the routes as point-to-point ops on the world's backend (NCCL on GPUs, Gloo on
+CPU), over the pair's own group, and return a ``PendingTransfer`` its loop polls while it goes
+on computing. Buffers live on the cache's device.
 
 WIRE LAYOUT. One message per route and call: one contiguous tensor in the cache's dtype,
 
@@ -22,7 +23,9 @@ order (all at once, or layer by layer as prefill computes them).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -34,6 +37,8 @@ from ..parallel.groups import WorkerLayout
 from ..parallel.pipeline import split_layers, stage_of
 
 DEFAULT_TIMEOUT = timedelta(seconds=30)  # the worker's default --worker-timeout
+MIN_WAIT_S = 0.001  # a zero timeout means "the group's default" to torch.distributed
+_WAITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edgewise-kv-wait")
 
 
 class KVTransferError(EngineError):
@@ -141,54 +146,104 @@ def _overlap(a: range, b: range) -> range:
 
 
 class PendingTransfer:
-    """Sends in flight and the buffers they read, kept alive until ``wait`` returns."""
+    """One rank's point-to-point ops of one request's transfer, the buffers they use, and the
+    deadline they must meet. ``start`` hands the waiting to a thread (Gloo's handles cannot be
+    polled), so a rank's loop checks ``done`` between steps and the transfer overlaps its compute."""
 
     def __init__(self, num_blocks: int, timeout: timedelta) -> None:
         self.num_blocks, self.timeout = num_blocks, timeout
-        self.works: list[tuple[int, dist.Work]] = []  # (destination rank, handle)
+        self.deadline = time.monotonic() + timeout.total_seconds()
+        self.works: list[tuple[str, dist.Work]] = []  # (what it is, handle)
         self._buffers: list[torch.Tensor] = []
+        self._waiter: Future | None = None
 
-    def add(self, dst_rank: int, buffer: torch.Tensor) -> None:
+    def add(self, what: str, work: dist.Work, buffer: torch.Tensor) -> None:
+        self.works.append((what, work))
         self._buffers.append(buffer)
-        self.works.append((dst_rank, dist.isend(buffer, dst=dst_rank)))
+
+    def start(self) -> PendingTransfer:
+        if self.works:
+            self._waiter = _WAITERS.submit(self._wait_all)
+        return self
+
+    def done(self) -> bool:
+        """Whether every op has finished; raises ``KVTransferError`` if one failed or ran past the deadline."""
+        if self._waiter is None:
+            return not self.works
+        if not self._waiter.done():
+            return False
+        self._waiter.result()
+        return True
 
     def wait(self) -> None:
-        """Block until every send is done; raise ``KVTransferError`` past the timeout."""
-        for dst_rank, work in self.works:
-            _wait(work, f"send to rank {dst_rank}", self.num_blocks, self.timeout)
+        """Block until every op is done; raise ``KVTransferError`` past the deadline."""
+        if self._waiter is not None:
+            self._waiter.result()
+        else:
+            self._wait_all()
         self.works.clear()
-        self._buffers.clear()
+
+    def _wait_all(self) -> None:
+        for what, work in self.works:
+            remaining = timedelta(seconds=max(MIN_WAIT_S, self.deadline - time.monotonic()))
+            _wait(work, what, self.num_blocks, remaining, self.timeout)
+
+
+class PendingReceive(PendingTransfer):
+    """A decode rank's receives: the buffers land in its cache only once every one has arrived, so
+    a failed or dropped transfer leaves the cache as it was."""
+
+    def __init__(self, num_blocks: int, timeout: timedelta, block_ids: torch.Tensor) -> None:
+        super().__init__(num_blocks, timeout)
+        self.block_ids = block_ids
+        self._targets: list[torch.Tensor] = []
+
+    def add_target(self, what: str, work: dist.Work, buffer: torch.Tensor, target: torch.Tensor) -> None:
+        self.add(what, work, buffer)
+        self._targets.append(target)
+
+    def land(self) -> None:
+        """Write what arrived into the request's blocks (after ``wait``, or once ``done``)."""
+        for target, buffer in zip(self._targets, self._buffers):
+            target.index_copy_(2, self.block_ids, buffer)  # target is a view: this writes the cache's blocks
 
 
 def send_kv(kv_cache: torch.Tensor, layout_src: KVLayout, routes: Sequence[Route], my_rank: int,
             block_ids: Sequence[int] | torch.Tensor, layers: range | None = None, *,
-            timeout: timedelta = DEFAULT_TIMEOUT) -> PendingTransfer:
-    """Post this prefill rank's sends of the request's blocks (``layers``: only these global layers)."""
+            timeout: timedelta = DEFAULT_TIMEOUT, group: dist.ProcessGroup | None = None) -> PendingTransfer:
+    """Post this prefill rank's sends of the request's blocks (``layers``: only these global layers).
+
+    The sends read copies of the blocks, so the blocks may be freed as soon as this returns."""
     ids = _request_blocks(block_ids, kv_cache, layout_src, my_rank)
     pending = PendingTransfer(len(ids), timeout)
     for route, part in _my_parts(routes, my_rank, layers, len(ids), receiving=False):
-        pending.add(route.dst_rank, _local(kv_cache, layout_src, my_rank, part, route.heads).index_select(2, ids))
+        buffer = _local(kv_cache, layout_src, my_rank, part, route.heads).index_select(2, ids)
+        pending.add(f"send to rank {route.dst_rank}", dist.isend(buffer, dst=route.dst_rank, group=group), buffer)
+    return pending
+
+
+def post_receive_kv(kv_cache: torch.Tensor, layout_dst: KVLayout, routes: Sequence[Route], my_rank: int,
+                    block_ids: Sequence[int] | torch.Tensor, layers: range | None = None, *,
+                    timeout: timedelta = DEFAULT_TIMEOUT, group: dist.ProcessGroup | None = None) -> PendingReceive:
+    """Post this decode rank's receives of its share of the request, into buffers; ``land`` writes them."""
+    ids = _request_blocks(block_ids, kv_cache, layout_dst, my_rank)
+    pending = PendingReceive(len(ids), timeout, ids)
+    for route, part in _my_parts(routes, my_rank, layers, len(ids), receiving=True):
+        target = _local(kv_cache, layout_dst, my_rank, part, route.heads)
+        buffer = torch.empty((*target.shape[:2], len(ids), *target.shape[3:]), dtype=kv_cache.dtype,
+                             device=kv_cache.device)
+        pending.add_target(f"receive from rank {route.src_rank}", dist.irecv(buffer, src=route.src_rank, group=group),
+                           buffer, target)
     return pending
 
 
 def receive_kv(kv_cache: torch.Tensor, layout_dst: KVLayout, routes: Sequence[Route], my_rank: int,
                block_ids: Sequence[int] | torch.Tensor, layers: range | None = None, *,
-               timeout: timedelta = DEFAULT_TIMEOUT) -> None:
-    """Receive this decode rank's share of the request into its blocks ``block_ids``.
-
-    Every receive is posted before any is waited for, and the cache is written only once all have
-    arrived, so a failed transfer leaves the cache as it was."""
-    ids = _request_blocks(block_ids, kv_cache, layout_dst, my_rank)
-    posted = []
-    for route, part in _my_parts(routes, my_rank, layers, len(ids), receiving=True):
-        target = _local(kv_cache, layout_dst, my_rank, part, route.heads)
-        shape = (*target.shape[:2], len(ids), *target.shape[3:])
-        buffer = torch.empty(shape, dtype=kv_cache.dtype, device=kv_cache.device)
-        posted.append((route.src_rank, target, buffer, dist.irecv(buffer, src=route.src_rank)))
-    for src_rank, _, _, work in posted:
-        _wait(work, f"receive from rank {src_rank}", len(ids), timeout)
-    for _, target, buffer, _ in posted:
-        target.index_copy_(2, ids, buffer)  # target is a view: this writes the cache's blocks
+               timeout: timedelta = DEFAULT_TIMEOUT, group: dist.ProcessGroup | None = None) -> None:
+    """Receive this decode rank's share of the request into its blocks ``block_ids``, blocking."""
+    pending = post_receive_kv(kv_cache, layout_dst, routes, my_rank, block_ids, layers, timeout=timeout, group=group)
+    pending.wait()
+    pending.land()
 
 
 def _my_parts(routes: Sequence[Route], my_rank: int, layers: range | None, num_blocks: int,
@@ -221,12 +276,12 @@ def _request_blocks(block_ids: Sequence[int] | torch.Tensor, kv_cache: torch.Ten
     return torch.as_tensor(block_ids, dtype=torch.long, device=kv_cache.device)
 
 
-def _wait(work: dist.Work, what: str, num_blocks: int, timeout: timedelta) -> None:
+def _wait(work: dist.Work, what: str, num_blocks: int, remaining: timedelta, bound: timedelta) -> None:
     try:
-        done = work.wait(timeout=timeout)
+        done = work.wait(timeout=remaining)
     except RuntimeError as exc:  # Gloo and NCCL raise on a timeout or a closed link
         raise KVTransferError(f"KV transfer of a request of {num_blocks} blocks: {what} failed or timed out "
-                              f"(timeout {timeout.total_seconds():g} s): {exc}") from exc
+                              f"(bound {bound.total_seconds():g} s): {exc}") from exc
     if done is False:
         raise KVTransferError(f"KV transfer of a request of {num_blocks} blocks: {what} did not finish within "
-                              f"{timeout.total_seconds():g} s")
+                              f"{bound.total_seconds():g} s")

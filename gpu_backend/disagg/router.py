@@ -14,8 +14,10 @@ are bounded: the least recently used are forgotten first.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol
+
+from ..errors import WorkerLostError
 
 MAX_SESSIONS = 4096
 
@@ -38,13 +40,16 @@ class Router:
         self._sessions: OrderedDict[str, dict[str, int]] = OrderedDict()
 
     def pick(self, role: str, requests: Iterable[RoutedRequest], loads: Sequence[Load],
-             session: str | None = None) -> int:
-        """The worker in ``role`` for a new request (and remember it for ``session``)."""
+             session: str | None = None, unavailable: Collection[int] = ()) -> int:
+        """The worker in ``role`` for a new request, other than the ``unavailable`` ones (lost, or
+        with no working link to the request's other worker); remembered for ``session``."""
         remembered = self._sessions.get(session, {}) if session else {}
         worker = remembered.get(role)
-        if worker is None:
+        if worker is None or worker in unavailable:
+            candidates = [w for w, own in enumerate(self.roles) if own == role and w not in unavailable]
+            if not candidates:
+                raise WorkerLostError(f"no {role} worker is serving")
             tokens = token_loads(requests, len(self.roles))
-            candidates = [w for w, own in enumerate(self.roles) if own == role]
             worker = min(candidates, key=lambda w: (tokens[w], loads[w].kv_blocks_used))
         if session:
             self._sessions.setdefault(session, {})[role] = worker

@@ -10,7 +10,8 @@ in a disaggregated cluster also ("prefill", request_id, prompt_ids, params, (dec
 blocks) | None), ("reserve", request_id, prompt_ids, params) and ("admit", request_id,
 first_token, prefill worker). Driver -> service: ("ready", WorkerInfo), ("accepted", request_id),
 ("rejected", request_id, error), ("reserved", request_id, blocks | None), ("step",
-[WorkerOutput], WorkerLoad), ("error", text).
+[WorkerOutput], WorkerLoad), ("transfer_failed", request_id, why) (a decode worker whose KV did
+not arrive: the blocks are free again), ("error", text).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 
-from ..disagg.handoff import Cluster
+from ..disagg.handoff import Cluster, RankTransfers
 from ..engine.engine import LLMEngine
 from ..engine.outputs import RequestOutput
 from ..engine.sampling_params import SamplingParams
@@ -28,6 +29,7 @@ from .stage_runner import DriverRunner
 
 log = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.05
+TRANSFER_POLL_S = 0.002  # while a KV transfer lands and nothing else runs
 HEARTBEAT_S = 1.0
 
 
@@ -62,11 +64,13 @@ class WorkerOutput:
 
 class Driver:
     def __init__(self, engine: LLMEngine, runner: DriverRunner, connection: Connection, cluster: Cluster) -> None:
-        self.engine, self.runner, self.connection, self.cluster = engine, runner, connection, cluster
+        self.engine, self.runner, self.connection = engine, runner, connection
+        self.transfers = RankTransfers(cluster, runner.place.rank, runner.control.group)
         self._stopping = False
         self._last_sent = 0.0
         self._handoffs: dict[str, tuple[int, list[int]]] = {}  # prefill: request -> (decode worker, its blocks)
         self._reserved: dict[str, list[int]] = {}  # decode: request -> blocks its KV goes into
+        self._landing: dict[str, int] = {}  # decode: request -> its first token, while its KV arrives
 
     def serve(self) -> None:
         """Until the service says stop (or goes away); tells the other ranks to stop on the way out."""
@@ -75,19 +79,24 @@ class Driver:
             self._send(("ready", WorkerInfo(self.engine.max_model_len, self.engine.config.max_num_seqs,
                                             manager.num_blocks)))
             while not self._stopping:
-                busy = self.engine.has_unfinished_requests()
-                if self.connection.poll(0 if busy else IDLE_WAIT_S):
-                    self._drain()
-                outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
-                if outputs or time.monotonic() - self._last_sent > HEARTBEAT_S:
-                    self._send(("step", [_compact(output) for output in outputs], self._load()))
-                if self._handoffs and self._push_kv():
-                    self._send(("step", [], self._load()))  # the freed blocks show at once
+                self._serve_once()
         finally:
             try:
                 self.runner.stop()
             except Exception:  # a rank already gone: the worker is being torn down anyway
                 log.warning("could not tell every rank to stop", exc_info=True)
+
+    def _serve_once(self) -> None:
+        busy = self.engine.has_unfinished_requests()
+        if self.connection.poll(0 if busy else TRANSFER_POLL_S if self._landing else IDLE_WAIT_S):
+            self._drain()
+        outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
+        self._hand_off(outputs)
+        compact = [_compact(output) for output in outputs] + self._land()
+        if compact or time.monotonic() - self._last_sent > HEARTBEAT_S:
+            self._send(("step", compact, self._load()))
+        for request_id, why in self.transfers.reap():
+            log.warning("the KV of %s did not reach its decode worker: %s", request_id, why)
 
     def _drain(self) -> None:
         while not self._stopping and self.connection.poll():
@@ -109,10 +118,7 @@ class Driver:
                 return
             self._send(("accepted", request_id))
         elif kind == "abort":
-            self._reserved.pop(message[1], None)
-            output = self.engine.abort(message[1])
-            if output is not None:
-                self._send(("step", [_compact(output)], self._load()))
+            self._abort(message[1])
         elif kind == "prefill":
             self._prefill(*message[1:])
         elif kind == "reserve":
@@ -121,6 +127,15 @@ class Driver:
             self._admit(*message[1:])
         elif kind == "stop":
             self._stopping = True
+
+    def _abort(self, request_id: str) -> None:
+        self._reserved.pop(request_id, None)
+        if self._landing.pop(request_id, None) is not None:
+            self.runner.drop_kv(self.transfers, request_id)
+        output = self.engine.abort(request_id)
+        if output is not None:
+            self._hand_off([output])
+            self._send(("step", [_compact(output)], self._load()))
 
     # -- disaggregated: this worker prefills, or decodes what another prefilled -------------------
 
@@ -136,16 +151,19 @@ class Driver:
             self._handoffs[request_id] = handoff
         self._send(("accepted", request_id))
 
-    def _push_kv(self) -> bool:
-        """Send the KV of every prompt that finished (its first token already went out) and free it."""
-        done = [r for r in self._handoffs if r not in self.engine.requests]
-        for request_id in done:
-            worker, blocks = self._handoffs.pop(request_id)
-            seq = self.engine.held.get(request_id)
+    def _hand_off(self, outputs: list[RequestOutput]) -> None:
+        """Post the KV sends of the prompts that just ended, in the order of their outputs (the order
+        the decode worker posts its receives in), and free their blocks: the sends read copies."""
+        for output in outputs:
+            handoff = self._handoffs.pop(output.request_id, None) if output.finished else None
+            if handoff is None:
+                continue
+            worker, blocks = handoff
+            seq = self.engine.held.get(output.request_id)
             if seq is not None and seq.finish_reason == "length":  # cut at one token: decoding goes on there
-                self.runner.send_kv(self.cluster, worker, seq.block_table[len(seq.block_table) - len(blocks):])
-            self.engine.release_blocks(request_id)
-        return bool(done)
+                self.runner.send_kv(self.transfers, output.request_id, worker,
+                                    seq.block_table[len(seq.block_table) - len(blocks):])
+            self.engine.release_blocks(output.request_id)
 
     def _reserve(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
         try:
@@ -158,12 +176,31 @@ class Driver:
         self._send(("reserved", request_id, blocks))
 
     def _admit(self, request_id: str, first_token: int, prefill_worker: int) -> None:
-        """Receive the prompt's KV into the reserved blocks, then decode from ``first_token``."""
-        blocks = self._reserved.pop(request_id)
-        self.runner.receive_kv(self.cluster, prefill_worker, blocks)
-        output = self.engine.admit(request_id, first_token)
-        if output is not None:
-            self._send(("step", [_compact(output)], self._load()))
+        """Post the receives of the prompt's KV into the reserved blocks; it lands in ``_land``."""
+        blocks = self._reserved.pop(request_id, None)
+        if blocks is None:
+            log.error("told to admit %s, which holds no blocks here", request_id)
+            return
+        self.runner.receive_kv(self.transfers, request_id, prefill_worker, blocks)
+        self._landing[request_id] = first_token
+
+    def _land(self) -> list[WorkerOutput]:
+        """Requests whose KV arrived join the running batch; a failed transfer frees the blocks and
+        is reported (the service applies --on-worker-loss)."""
+        outputs = []
+        for request_id in list(self._landing):
+            arrived = self.transfers.arrived(request_id)
+            if arrived is None:
+                continue
+            first_token = self._landing.pop(request_id)
+            if self.runner.land_kv(self.transfers, request_id, arrived[0]):
+                output = self.engine.admit(request_id, first_token)
+                outputs += [_compact(output)] if output is not None else []
+                continue
+            self.engine.abort(request_id)
+            self._send(("transfer_failed", request_id, arrived[1] or "another rank of this worker did not get "
+                                                                    "its share of the KV in time"))
+        return outputs
 
     def _load(self) -> WorkerLoad:
         scheduler, manager = self.engine.scheduler, self.engine.block_manager

@@ -1,7 +1,8 @@
 """Starting a sharded worker's ranks: as processes of this machine, or under torchrun.
 
 ``spawn_world`` starts every rank as a fresh process (``spawn``: CUDA cannot be forked) that
-joins a world over a loopback TCP store; rank 0 gets one end of a pipe to the service. Under
+joins a world over a loopback TCP store; each worker's first rank gets one end of a pipe to the
+service, and every rank beats in a shared ``Heartbeats`` array the service watches. Under
 ``torchrun`` the launcher has started the ranks already (``torchrun_env`` reads their place):
 rank 0 starts the service in a child process instead (see ``wrangler_like_cli/backend.py``).
 """
@@ -16,6 +17,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from ..config import EngineConfig, ParallelConfig
+from .heartbeat import Heartbeats
 from .worker import run_rank, worker_layouts
 
 STOP_WAIT_S = 10.0
@@ -23,19 +25,36 @@ STOP_WAIT_S = 10.0
 
 @dataclass
 class RankProcesses:
-    """One start of a world: its rank processes (none when torchrun owns them) and each worker's
-    driver pipe, with the driver's rank."""
+    """One start of a world: its rank processes (none when torchrun owns them), each worker's
+    driver pipe and ranks, and the ranks' heartbeats (None under torchrun)."""
 
     processes: list[BaseProcess]
     connections: list[Connection]
-    driver_ranks: list[int]
+    worker_ranks: list[range]
+    heartbeats: Heartbeats | None = None
 
-    def exited_rank(self, skip: int | None = None) -> tuple[int, int | None] | None:
-        """(rank, exit code) of a rank that is no longer running (other than ``skip``), if any."""
+    @property
+    def driver_ranks(self) -> list[int]:
+        return [ranks.start for ranks in self.worker_ranks]
+
+    def worker_of(self, rank: int) -> int:
+        return next(worker for worker, ranks in enumerate(self.worker_ranks) if rank in ranks)
+
+    def exited_rank(self, ranks: range | None = None, skip: int | None = None) -> tuple[int, int | None] | None:
+        """(rank, exit code) of a rank of ``ranks`` (all) that is no longer running, other than ``skip``."""
         for rank, process in enumerate(self.processes):
-            if rank != skip and not process.is_alive():
+            if rank != skip and (ranks is None or rank in ranks) and not process.is_alive():
                 return rank, process.exitcode
         return None
+
+    def kill_worker(self, worker: int) -> None:
+        """Kill one worker's ranks, leaving the others serving."""
+        mine = [self.processes[rank] for rank in self.worker_ranks[worker] if rank < len(self.processes)]
+        for process in mine:
+            if process.is_alive():
+                process.kill()
+        for process in mine:
+            process.join(timeout=STOP_WAIT_S)
 
     def stop(self, wait_s: float = STOP_WAIT_S) -> None:
         """Let the ranks leave on their own for up to ``wait_s``, then kill what is left."""
@@ -61,16 +80,19 @@ def spawn_world(config: EngineConfig, parallel: ParallelConfig) -> RankProcesses
     pipes = {rank: context.Pipe() for rank in drivers}
     init_method = f"tcp://127.0.0.1:{free_port()}"
     world_size = parallel.world_size
+    heartbeats = Heartbeats(context, world_size)
     processes = []
     for rank in range(world_size):
         driver_end = pipes[rank][1] if rank in pipes else None
         process = context.Process(target=run_rank, name=f"edgewise-rank-{rank}", daemon=True,
-                                  args=(rank, world_size, config, parallel, init_method, driver_end))
+                                  args=(rank, world_size, config, parallel, init_method, driver_end),
+                                  kwargs={"heartbeats": heartbeats})
         process.start()
         processes.append(process)
     for _, driver_end in pipes.values():
         driver_end.close()  # the driver holds its own copy: we see EOF once it is gone
-    return RankProcesses(processes, [pipes[rank][0] for rank in drivers], drivers)
+    return RankProcesses(processes, [pipes[rank][0] for rank in drivers],
+                         [layout.ranks for layout in worker_layouts(parallel)], heartbeats)
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,15 @@ iterator early aborts it on the worker. Disaggregated, the least loaded decode w
 reserves the prompt's blocks, the least loaded prefill worker computes the prompt and the first
 token (streamed at once) and pushes the KV into those blocks, and the decode worker, told the
 first token, receives the KV and decodes the rest.
-A monitor thread reads the drivers' messages and watches the ranks. A rank that exits, an error
-a driver reports, or a driver silent longer than ``ParallelConfig.timeout_s`` (a driver speaks
-at least once a second) loses the world: every running request ends with ``WorkerLostError``,
-the remaining ranks are killed, ``error`` says why (``/healthz`` reports it), and the world is
-started again, up to ``max_restarts`` times, while the service keeps running.
+
+A monitor thread reads the drivers' messages and watches the ranks (``health``). A lost worker
+is killed alone; the others keep serving, and new requests avoid it. Its requests end with
+``WorkerLostError``, or with ``on_worker_loss="recompute"`` are submitted again (prompt and the
+tokens streamed so far) to the workers left and stream on without a gap. A KV transfer that
+fails is handled the same way, and its pair of workers is not used again. Only when no worker
+(or no working prefill/decode pair) is left is the world lost: every rank is killed, ``error``
+says why (``/healthz`` reports it), and the world starts again, up to ``max_restarts`` times,
+while the service keeps running.
 """
 
 from __future__ import annotations
@@ -27,22 +31,22 @@ from dataclasses import replace
 from multiprocessing.connection import wait
 
 from ..config import EngineConfig, ParallelConfig
+from ..disagg.router import Router
 from ..engine.sampling_params import SamplingParams
 from ..engine.thread_bridge import post, settle
 from ..errors import EngineError, InvalidRequestError, WorkerLostError
 from ..tokenizer import Tokenizer
-from .driver import WorkerInfo, WorkerLoad, WorkerOutput
+from .driver import WorkerInfo, WorkerOutput
+from .health import POLL_S, WorkerHealth
 from .launch import RankProcesses, spawn_world
+from .recovery import NO_LOAD, WorkerRecovery, cancel_submission
 from .streams import Stream, resolve
-from ..disagg.router import Router
 
 log = logging.getLogger(__name__)
-POLL_S = 0.1
 RESERVE_RETRY_S = 0.05
-ROOT_CAUSE_WAIT_S = 0.5  # for a dead rank's exit to show once its peers have noticed it
 
 
-class ShardedEngine:
+class ShardedEngine(WorkerRecovery):
     def __init__(self, config: EngineConfig, parallel: ParallelConfig, *, max_restarts: int = 3,
                  ready_timeout_s: float = 900.0, attached: RankProcesses | None = None) -> None:
         """``attached``: a driver started by someone else (torchrun); it is never restarted from here."""
@@ -52,16 +56,20 @@ class ShardedEngine:
         self.tokenizer = None if config.skip_tokenizer_init else Tokenizer.from_pretrained(config.model)
         self.error: str | None = None
         self.restarts = 0
-        self.events: Counter[str] = Counter()  # worker_lost, worker_restarted, request_lost, request_recomputed
-        self._streams: dict[str, Stream] = {}
+        # worker_lost, worker_restarted, request_lost, request_recomputed, transfer_failed
+        self.events: Counter[str] = Counter()
+        self._streams: dict[str, Stream] = {}  # by the client's request id
+        self._by_wire: dict[str, Stream] = {}  # by the id its current submission has on the workers
+        self._broken_pairs: set[tuple[int, int]] = set()  # (prefill, decode) whose transfer failed
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self._world_lost: str | None = None  # set under the lock when no pair of workers is left
         self._outbox: queue.Queue = queue.Queue()  # (worker, message)
         self._ranks, self.info = self._start(attached)
+        self.health = WorkerHealth(self._ranks, parallel)
         self.roles = [spec.role for spec in parallel.worker_specs()]
         self.router = Router(self.roles)
-        self._loads = [WorkerLoad(0, 0, 0, 0, 0)] * len(self.roles)
-        self._last_heard = [time.monotonic()] * len(self.roles)
+        self._loads = [NO_LOAD] * len(self.roles)
         self.requests_per_worker = [0] * len(self.roles)  # routed so far
         threading.Thread(target=self._send_loop, name="edgewise-worker-send", daemon=True).start()
         self._monitor = threading.Thread(target=self._watch, name="edgewise-worker-monitor", daemon=True)
@@ -75,33 +83,32 @@ class ShardedEngine:
     def max_num_seqs(self) -> int:
         return self.info.max_num_seqs * sum(role != "prefill" for role in self.roles)
 
+    @property
+    def lost_workers(self) -> dict[int, str]:
+        """Workers of the running world that were lost (and why); the others serve on."""
+        return dict(self.health.lost)
+
     # -- requests ------------------------------------------------------------------------------
 
     async def generate(self, prompt: str | list[int], params: SamplingParams | None, request_id: str,
                        session: str | None = None) -> AsyncIterator[WorkerOutput]:
         """``session``: requests naming the same one go to the same workers (their prefix caches)."""
         loop = asyncio.get_running_loop()
-        disaggregated = self.parallel.is_disaggregated
-        if disaggregated:
+        if self.parallel.is_disaggregated:
             params = params or SamplingParams()
-        if disaggregated or self.tokenizer is not None:  # token ids: the router weighs load in tokens
+        if self.parallel.is_disaggregated or self.tokenizer is not None:  # the router weighs load in tokens
             prompt = self._token_ids(prompt)
         with self._lock:
             if self.error is not None:
                 raise WorkerLostError(self.error)
             if request_id in self._streams:
                 raise InvalidRequestError(f"request id {request_id!r} is already running")
-            worker = self._pick_worker("prefill" if disaggregated else "colocated", session)
-            stream = Stream(loop, asyncio.Queue(), loop.create_future(), worker, prompt=prompt, params=params,
-                            prompt_len=len(prompt), session=session)
-            self._streams[request_id] = stream
-            self.requests_per_worker[stream.worker] += 1
-            if not disaggregated:
-                self._outbox.put((stream.worker, ("add", request_id, prompt, params)))
+            stream = Stream(request_id, loop, asyncio.Queue(), loop.create_future(), -1, prompt=prompt,
+                            params=params, prompt_len=len(prompt), session=session)
+            self._streams[request_id] = self._by_wire[stream.wire_id] = stream
+        stream.submission = asyncio.ensure_future(self._submit(stream, prompt, params))
         finished = False
         try:
-            if disaggregated:
-                await self._start_handoff(stream, request_id, prompt, params)  # type: ignore[arg-type]
             await stream.accepted
             while not finished:
                 item = await stream.outputs.get()
@@ -111,10 +118,7 @@ class ShardedEngine:
                 yield item
         finally:
             if not finished:
-                self._abort(request_id)
-
-    def _pick_worker(self, role: str, session: str | None = None) -> int:
-        return self.router.pick(role, self._streams.values(), self._loads, session)
+                self._abort(stream)
 
     def _token_ids(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, list):
@@ -123,28 +127,70 @@ class ShardedEngine:
             raise InvalidRequestError("this model was loaded without a tokenizer; send token ids")
         return self.tokenizer.encode(prompt)
 
-    async def _start_handoff(self, stream: Stream, request_id: str, prompt: list[int], params: SamplingParams) -> None:
-        """Reserve the decode worker's blocks (unless one token is all that is asked for), then prefill."""
-        handoff = None
-        if params.max_tokens is None or params.max_tokens > 1:
+    async def _submit(self, stream: Stream, prompt: str | list[int], params: SamplingParams | None) -> None:
+        """Route the request and hand it to its workers (again, after a lost worker or transfer)."""
+        attempt = stream.attempt
+        try:
             with self._lock:
-                stream.decode_worker = self._pick_worker("decode", stream.session)
-            blocks = await self._reserve(stream, request_id, prompt, params)
-            handoff = (stream.decode_worker, blocks)
+                if self.error is not None:
+                    raise WorkerLostError(self.error)
+                if stream.attempt != attempt:  # submitted again meanwhile
+                    return
+                self._route(stream, params)
+                self.requests_per_worker[stream.worker] += 1
+                if not self.parallel.is_disaggregated:
+                    self._outbox.put((stream.worker, ("add", stream.wire_id, prompt, params)))
+            if self.parallel.is_disaggregated:
+                await self._start_handoff(stream, attempt, prompt, params)  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the stream's reader waits: it gets the reason
+            with self._lock:
+                if stream.attempt != attempt:
+                    return
+                self._forget(stream)
+            settle(stream.accepted, error)
+            stream.outputs.put_nowait(error)
+
+    def _route(self, stream: Stream, params: SamplingParams | None) -> None:
+        """Pick the request's workers among those serving: colocated, or a decode worker (unless one
+        token is all that is asked for) and then a prefill worker with a working link to it."""
+        lost, pick = set(self.health.lost), self.router.pick
+        requests = list(self._streams.values())
+        if not self.parallel.is_disaggregated:
+            stream.worker = pick("colocated", requests, self._loads, stream.session, lost)
+            return
+        prefill = [w for w in self.health.live_workers if self.roles[w] == "prefill"]
+        if params is None or params.max_tokens is None or params.max_tokens > 1:
+            unlinked = {d for d, role in enumerate(self.roles) if all((p, d) in self._broken_pairs for p in prefill)}
+            stream.decode_worker = pick("decode", requests, self._loads, stream.session, lost | unlinked)
+            lost |= {p for p in prefill if (p, stream.decode_worker) in self._broken_pairs}
+        stream.worker = stream.prefill_worker = pick("prefill", requests, self._loads, stream.session, lost)
+
+    async def _start_handoff(self, stream: Stream, attempt: int, prompt: list[int], params: SamplingParams) -> None:
+        """Reserve the decode worker's blocks (when there is one), then send the prompt to prefill."""
+        handoff = None
+        if stream.decode_worker is not None:
+            handoff = (stream.decode_worker, await self._reserve(stream, attempt, prompt, params))
         with self._lock:
             if self.error is not None:
                 raise WorkerLostError(self.error)
-            self._outbox.put((stream.worker, ("prefill", request_id, prompt, params, handoff)))
+            if stream.attempt != attempt:
+                return
+            self._outbox.put((stream.worker, ("prefill", stream.wire_id, prompt, params, handoff)))
             stream.prefilling = True
 
-    async def _reserve(self, stream: Stream, request_id: str, prompt: list[int], params: SamplingParams) -> list[int]:
+    async def _reserve(self, stream: Stream, attempt: int, prompt: list[int], params: SamplingParams) -> list[int]:
         """Blocks on the decode worker; while none are free, ask again, up to the worker timeout."""
         deadline = time.monotonic() + self.parallel.timeout_s
         while True:
-            stream.reserved = stream.loop.create_future()
+            reserved = stream.loop.create_future()
             with self._lock:
-                self._outbox.put((stream.decode_worker, ("reserve", request_id, prompt, params)))
-            blocks = await stream.reserved
+                if stream.attempt != attempt:
+                    raise asyncio.CancelledError
+                stream.reserved = reserved
+                self._outbox.put((stream.decode_worker, ("reserve", stream.wire_id, prompt, params)))
+            blocks = await reserved
             if blocks is not None:
                 return blocks
             if time.monotonic() > deadline:
@@ -152,25 +198,41 @@ class ShardedEngine:
                                   f"{self.parallel.timeout_s:g} s")
             await asyncio.sleep(RESERVE_RETRY_S)
 
-    def _abort(self, request_id: str) -> None:
+    def _abort(self, stream: Stream) -> None:
+        """The client left: free what the request holds on every worker."""
+        if stream.submission is not None:
+            stream.submission.cancel()
         with self._lock:
-            stream = self._streams.get(request_id)
-            if stream is None or self.error is not None:
-                self._streams.pop(request_id, None)
+            if self._streams.get(stream.request_id) is not stream:
+                return
+            if self.error is not None or stream.worker < 0:
+                self._forget(stream)
                 return
             if stream.decode_worker is not None and not stream.prefilling:  # left while blocks were reserved
-                self._outbox.put((stream.decode_worker, ("abort", request_id)))
-                del self._streams[request_id]
+                self._outbox.put((stream.decode_worker, ("abort", stream.wire_id)))
+                self._forget(stream)
                 return
-            self._outbox.put((stream.worker, ("abort", request_id)))
+            self._outbox.put((stream.worker, ("abort", stream.wire_id)))
             if stream.decode_worker is None or stream.worker == stream.decode_worker:
-                del self._streams[request_id]
+                self._forget(stream)
             else:  # still prefilling: what becomes of the decode worker's blocks depends on how prefill ends
                 stream.abandoned = True
 
-    def rank_pids(self) -> list[int]:
-        """Process ids of the running ranks (by rank; empty when torchrun started them)."""
-        return [process.pid for process in self._ranks.processes if process.pid is not None]
+    def _forget(self, stream: Stream) -> None:
+        if self._streams.get(stream.request_id) is stream:
+            del self._streams[stream.request_id]
+        if self._by_wire.get(stream.wire_id) is stream:
+            del self._by_wire[stream.wire_id]
+
+    def rank_pids(self, worker: int | None = None) -> list[int]:
+        """Process ids of the running ranks, by rank, of one worker or all (none when torchrun started them)."""
+        ranks = range(len(self._ranks.processes)) if worker is None else self._ranks.worker_ranks[worker]
+        return [pid for rank in ranks if (pid := self._ranks.processes[rank].pid) is not None]
+
+    def worker_of(self, request_id: str) -> int | None:
+        """The worker whose outputs a running request streams now (None: not routed, or not running)."""
+        stream = self._streams.get(request_id)
+        return None if stream is None or stream.worker < 0 else stream.worker
 
     def stats(self) -> dict[str, int]:
         """Summed over the workers."""
@@ -182,7 +244,7 @@ class ShardedEngine:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        for worker in range(len(self.roles)):
+        for worker in self.health.live_workers:
             self._outbox.put((worker, ("stop",)))
         self._outbox.put(None)
         self._monitor.join(timeout=POLL_S * 10)
@@ -219,55 +281,37 @@ class ShardedEngine:
             ranks.kill()
             raise
 
-    # -- the monitor thread --------------------------------------------------------------------
+    # -- the monitor thread: messages, losses, restarts ------------------------------------------
 
     def _watch(self) -> None:
         while not self._stopped.is_set():
-            reason = self._poll()
-            if reason is not None and not self._stopped.is_set():
-                recompute = self.parallel.on_worker_loss == "recompute" and self.restarts < self.max_restarts
-                self._lose(reason, keep_streams=recompute)
-                restarted = self._restart()
-                if recompute and restarted:
-                    self._resume_streams()
-                elif recompute:
-                    self._end_streams(WorkerLostError(self.error or reason))
-                if not restarted:
-                    return
+            for worker, reason in self._poll():
+                if not self._stopped.is_set() and worker not in self.health.lost:
+                    self._lose_worker(worker, reason)
+            with self._lock:
+                reason, self._world_lost = self._world_lost, None
+            if reason is not None and not self._stopped.is_set() and not self._recover_world(reason):
+                return
 
-    def _poll(self) -> str | None:
-        """Read what the drivers sent; the reason the world is lost, if it is."""
-        connections = self._ranks.connections
-        for connection in wait(connections, timeout=POLL_S):
-            worker = connections.index(connection)
+    def _poll(self) -> list[tuple[int, str]]:
+        """Read what the live drivers sent; (worker, why) of each worker found lost."""
+        connections = {self._ranks.connections[worker]: worker for worker in self.health.live_workers}
+        losses = {}
+        for connection in wait(list(connections), timeout=POLL_S) if connections else []:
+            worker = connections[connection]
             try:
                 message = connection.recv()
             except (EOFError, OSError):
-                return self._root_cause(f"the pipe of worker {worker}'s driver closed", worker)
-            self._last_heard[worker] = time.monotonic()
+                losses[worker] = self.health.root_cause(worker, f"the pipe of worker {worker}'s driver closed")
+                continue
+            self.health.heard(worker)
             if message[0] == "error":
-                return self._root_cause(f"worker {worker} reported an error: {message[1]}", worker)
-            self._dispatch(message, worker)
-        exited = self._ranks.exited_rank()
-        if exited is not None:
-            return f"rank {exited[0]} exited with code {exited[1]}"
-        now = time.monotonic()
-        for worker, heard in enumerate(self._last_heard):
-            if now - heard > self.parallel.timeout_s:
-                return (f"no word from worker {worker} in {now - heard:.1f} s (timeout "
-                        f"{self.parallel.timeout_s:g} s): a rank hung")
-        return None
-
-    def _root_cause(self, symptom: str, worker: int) -> str:
-        """A rank that died makes its driver fail too: name the dead one when there is one."""
-        deadline = time.monotonic() + ROOT_CAUSE_WAIT_S
-        while True:
-            exited = self._ranks.exited_rank(skip=self._ranks.driver_ranks[worker])
-            if exited is not None:
-                return f"rank {exited[0]} exited with code {exited[1]}"
-            if time.monotonic() > deadline:
-                return symptom
-            time.sleep(POLL_S / 2)
+                losses[worker] = self.health.root_cause(worker, f"worker {worker} reported an error: {message[1]}")
+            else:
+                self._dispatch(message, worker)
+        if not connections:
+            time.sleep(POLL_S)
+        return list(losses.items()) + [(w, why) for w, why in self.health.check() if w not in losses]
 
     def _dispatch(self, message: tuple, worker: int) -> None:
         kind = message[0]
@@ -278,28 +322,32 @@ class ShardedEngine:
         elif kind in ("accepted", "rejected"):
             error = message[2] if kind == "rejected" else None
             with self._lock:
-                stream = self._streams.get(message[1]) if error is None else self._streams.pop(message[1], None)
+                stream = self._by_wire.get(message[1])
+                if stream is not None and error is not None:
+                    self._forget(stream)
             if stream is not None:
                 post(stream.loop, settle, stream.accepted, error)
-                if error is not None:  # reaches a request submitted again after a lost world too
+                if error is not None:  # reaches a request submitted again too
                     post(stream.loop, stream.outputs.put_nowait, error)
                 if error is not None and stream.reserved is not None:
                     post(stream.loop, settle, stream.reserved, error)
         elif kind == "reserved":
             with self._lock:
-                stream = self._streams.get(message[1])
+                stream = self._by_wire.get(message[1])
             if stream is not None and stream.reserved is not None:
                 post(stream.loop, resolve, stream.reserved, message[2])
+        elif kind == "transfer_failed":
+            self._transfer_failed(message[1], message[2], worker)
 
     def _deliver(self, output: WorkerOutput, worker: int) -> None:
         with self._lock:
-            stream = self._streams.get(output.request_id)
+            stream = self._by_wire.get(output.request_id)
             if stream is None or worker != stream.worker:
                 return
             if stream.decode_worker is not None and worker != stream.decode_worker and output.finished:
                 output = self._end_prefill(stream, output, worker)
             if output.finished:
-                self._streams.pop(output.request_id, None)
+                self._forget(stream)
             output = stream.as_first_submitted(output)
         if not stream.abandoned:
             post(stream.loop, stream.outputs.put_nowait, output)
@@ -313,84 +361,11 @@ class ShardedEngine:
             self._outbox.put((decode, ("abort", output.request_id)))
             return output
         self._outbox.put((decode, ("admit", output.request_id, output.delta_token_ids[-1], worker)))
-        stream.worker = decode
+        stream.worker, stream.prefilling = decode, False
         if stream.abandoned:  # take the KV the prefill worker is sending, then let it go
             self._outbox.put((decode, ("abort", output.request_id)))
             return replace(output, finish_reason="abort")
         return replace(output, finished=False, finish_reason=None)
-
-    def _lose(self, reason: str, keep_streams: bool = False) -> None:
-        """Kill what is left of the world; its requests end with the reason, or wait to be recomputed."""
-        log.error("worker of %s lost: %s", self.config.model, reason)
-        with self._lock:
-            self.error = reason
-            self._drain_outbox()
-            self.events["worker_lost"] += 1
-        self._ranks.kill()
-        if not keep_streams:
-            self._end_streams(WorkerLostError(reason))
-
-    def _resume_streams(self) -> None:
-        """Submit every request of the lost world again: its prompt and the tokens the client already
-        has are computed anew, and the stream goes on from where it was."""
-        with self._lock:
-            streams = [(request_id, stream) for request_id, stream in self._streams.items() if not stream.abandoned]
-            self._streams = dict(streams)
-            self.events["request_recomputed"] += len(streams)
-        for request_id, stream in streams:
-            asyncio.run_coroutine_threadsafe(self._resume(request_id, stream), stream.loop)
-
-    async def _resume(self, request_id: str, stream: Stream) -> None:
-        try:
-            prompt = [*self._token_ids(stream.prompt), *stream.generated]
-            params = stream.params or SamplingParams()
-            if params.max_tokens is not None:
-                params = replace(params, max_tokens=params.max_tokens - len(stream.generated))
-            stream.resumed_from = len(stream.generated)
-            stream.decode_worker, stream.reserved, stream.prefilling = None, None, False
-            with self._lock:
-                stream.worker = self._pick_worker("prefill" if self.parallel.is_disaggregated else "colocated",
-                                                  stream.session)
-                if not self.parallel.is_disaggregated:
-                    self._outbox.put((stream.worker, ("add", request_id, prompt, params)))
-            if self.parallel.is_disaggregated:
-                await self._start_handoff(stream, request_id, prompt, params)
-        except Exception as error:  # the stream's reader is waiting: it gets the reason
-            with self._lock:
-                self._streams.pop(request_id, None)
-            stream.outputs.put_nowait(error)
-
-    def _restart(self) -> bool:
-        while self.restarts < self.max_restarts and not self._stopped.is_set():
-            self.restarts += 1
-            log.warning("restarting the worker of %s (restart %d of %d)", self.config.model, self.restarts,
-                        self.max_restarts)
-            try:
-                self._ranks, self.info = self._start()
-            except EngineError as error:
-                with self._lock:
-                    self.error = f"{self.error}; restart {self.restarts} failed: {error}"
-                continue
-            self._last_heard = [time.monotonic()] * len(self.roles)
-            with self._lock:
-                self.error = None
-                self.events["worker_restarted"] += 1
-            return True
-        return False
-
-    def _drain_outbox(self) -> None:
-        while not self._outbox.empty():  # what was meant for the lost world
-            self._outbox.get_nowait()
-
-    def _end_streams(self, error: EngineError) -> None:
-        with self._lock:
-            streams, self._streams = self._streams, {}
-            self._drain_outbox()
-            if isinstance(error, WorkerLostError):
-                self.events["request_lost"] += len(streams)
-        for stream in streams.values():
-            post(stream.loop, settle, stream.accepted, error)
-            post(stream.loop, stream.outputs.put_nowait, error)
 
     def _send_loop(self) -> None:
         """Writes to the driver's pipe on a thread of their own: a full pipe never blocks the event loop."""
@@ -403,4 +378,3 @@ class ShardedEngine:
                 self._ranks.connections[worker].send(message)
             except (OSError, EOFError, ValueError):  # the worker is gone; the monitor deals with it
                 pass
-

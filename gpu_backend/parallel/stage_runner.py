@@ -11,6 +11,7 @@ The driver (rank 0: first stage, first TP rank) also plans each step and sends i
 
 from __future__ import annotations
 
+import logging
 import random
 
 import torch
@@ -23,10 +24,12 @@ from ..engine.sequence import Sequence
 from ..engine.step_inputs import StepInputs
 from ..layers.attention import AttentionMetadata
 from ..layers.sampler import SamplerOutput
-from ..disagg.handoff import Cluster
+from ..disagg.handoff import Cluster, RankTransfers
 from . import comm
 from .groups import RankGroups
 from .pipeline import PipelineStage
+
+log = logging.getLogger(__name__)
 
 
 class StageRunner(ModelRunner):
@@ -59,7 +62,9 @@ class StageRunner(ModelRunner):
             comm.send_tokens(self.sends, result, self.place.worker.first_rank, self.token_group)
 
     def follow(self, control: comm.ControlPlane, cluster: Cluster) -> None:
-        """A follower's loop: run each step the driver sends, and each KV hand-off, until it says stop."""
+        """A follower's loop: run each step the driver sends, and its part of each KV hand-off
+        (``disagg.handoff``), until it says stop."""
+        transfers = RankTransfers(cluster, self.place.rank, control.group)
         previous: LaunchedStep | None = None
         while True:
             message = control.receive()
@@ -73,9 +78,16 @@ class StageRunner(ModelRunner):
                     self.release(seq_id)
                 previous = self.run(inputs, previous)
             elif kind == "kv_send":
-                cluster.send(self.kv_cache, self.place.rank, message[1], message[2])
+                transfers.send(self.kv_cache, *message[1:])
             elif kind == "kv_recv":
-                cluster.receive(self.kv_cache, self.place.rank, message[1], message[2])
+                transfers.receive(self.kv_cache, *message[1:])
+            elif kind == "kv_land":
+                transfers.land(message[1], arrived_here=True)
+            elif kind == "kv_drop":
+                transfers.drop(message[1])
+            for request_id, why in transfers.reap():
+                log.warning("rank %d: the KV of %s did not reach its decode worker: %s", self.place.rank,
+                            request_id, why)
 
 
 class DriverRunner(StageRunner):
@@ -113,15 +125,26 @@ class DriverRunner(StageRunner):
         self._seeds.pop(seq_id, None)
         self._released.append(seq_id)
 
-    def send_kv(self, cluster: Cluster, dst_worker: int, block_ids: list[int]) -> None:
-        """A finished prompt's blocks, from every rank of this worker to the decode worker's."""
-        self.control.send(("kv_send", dst_worker, block_ids))
-        cluster.send(self.kv_cache, self.place.rank, dst_worker, block_ids)
+    # -- KV hand-offs, on every rank of this worker (``disagg.handoff``) ---------------------------
 
-    def receive_kv(self, cluster: Cluster, src_worker: int, block_ids: list[int]) -> None:
-        """A prompt's KV from the prefill worker, into this worker's reserved blocks on every rank."""
-        self.control.send(("kv_recv", src_worker, block_ids))
-        cluster.receive(self.kv_cache, self.place.rank, src_worker, block_ids)
+    def send_kv(self, transfers: RankTransfers, request_id: str, dst_worker: int, block_ids: list[int]) -> None:
+        """Post a finished prompt's blocks from every rank to the decode worker's; they may be freed now."""
+        self.control.send(("kv_send", request_id, dst_worker, block_ids))
+        transfers.send(self.kv_cache, request_id, dst_worker, block_ids)
+
+    def receive_kv(self, transfers: RankTransfers, request_id: str, src_worker: int, block_ids: list[int]) -> None:
+        """Post every rank's receive of a prompt's KV from the prefill worker (``land_kv`` writes it)."""
+        self.control.send(("kv_recv", request_id, src_worker, block_ids))
+        transfers.receive(self.kv_cache, request_id, src_worker, block_ids)
+
+    def land_kv(self, transfers: RankTransfers, request_id: str, arrived_here: bool) -> bool:
+        """Write the request's KV into its reserved blocks on every rank, if it all arrived; whether it did."""
+        self.control.send(("kv_land", request_id))
+        return transfers.land(request_id, arrived_here)
+
+    def drop_kv(self, transfers: RankTransfers, request_id: str) -> None:
+        self.control.send(("kv_drop", request_id))
+        transfers.drop(request_id)
 
     def stop(self) -> None:
         """Tell every other rank to leave its loop."""

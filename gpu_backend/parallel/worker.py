@@ -18,12 +18,13 @@ from multiprocessing.connection import Connection
 import torch
 import torch.distributed as dist
 
-from ..config import EngineConfig, ModelConfig, ParallelConfig
+from ..config import EngineConfig, ModelConfig, ParallelConfig, WorkerSpec
 from ..engine.engine import LLMEngine
 from .driver import Driver
 from ..disagg.handoff import Cluster
 from ..disagg.kv_transfer import KVLayout
 from .groups import WorkerLayout, build_groups
+from .heartbeat import Heartbeats
 from .comm import ControlPlane, min_over, token_group
 from .pipeline import stage_of
 from .stage_runner import DriverRunner, StageRunner
@@ -35,8 +36,11 @@ CONTROL_TIMEOUT = timedelta(days=7)
 
 
 def run_rank(rank: int, world_size: int, config: EngineConfig, parallel: ParallelConfig, init_method: str,
-             connection: Connection | None = None, local_rank: int | None = None) -> None:
+             connection: Connection | None = None, local_rank: int | None = None,
+             heartbeats: Heartbeats | None = None) -> None:
     """One rank's whole life; each worker's first rank (its driver) needs its connection to the service."""
+    if heartbeats is not None:
+        heartbeats.start_beating(rank, parallel.heartbeat_interval_s)
     config = _rank_device(config, rank if local_rank is None else local_rank, world_size)
     backend = "nccl" if config.torch_device.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
@@ -65,6 +69,7 @@ def _serve(rank: int, world_size: int, config: EngineConfig, parallel: ParallelC
            connection: Connection | None) -> None:
     workers, specs = worker_layouts(parallel), parallel.worker_specs()
     control_group, tokens = _worker_groups(workers, rank)
+    transfer_groups = _transfer_groups(workers, specs, rank)
     place = build_groups(workers, rank)
     set_tensor_parallel(place.tensor_parallel())
     model_config = ModelConfig.from_pretrained(config.model)
@@ -74,7 +79,7 @@ def _serve(rank: int, world_size: int, config: EngineConfig, parallel: ParallelC
     control = ControlPlane(control_group, worker.first_rank, [r for r in worker.ranks if r != worker.first_rank])
     cluster = Cluster([KVLayout(layout, model_config.num_hidden_layers, model_config.num_key_value_heads,
                                 spec.pp_layers) for layout, spec in zip(workers, specs)], mine,
-                      timedelta(seconds=parallel.timeout_s))
+                      timedelta(seconds=parallel.timeout_s), transfer_groups)
     if rank != worker.first_rank:
         runner = StageRunner(config, model_config, place, stage, token_group=tokens)
         _agree_on_num_blocks(runner, control_group)
@@ -98,6 +103,23 @@ def _worker_groups(workers: list[WorkerLayout], rank: int) -> tuple[dist.Process
             control, tokens = group, pair
     assert control is not None, f"rank {rank} is in no worker"
     return control, tokens
+
+
+def _transfer_groups(workers: list[WorkerLayout], specs: list[WorkerSpec],
+                     rank: int) -> dict[tuple[int, int], dist.ProcessGroup]:
+    """A group for each (prefill worker, decode worker) pair this rank is in, over which their KV
+    moves: a transfer that fails or times out can then break only that pair's links (with NCCL,
+    the watchdog aborts the communicators of the group that timed out), never the others'."""
+    groups = {}
+    for src, src_spec in enumerate(specs):
+        for dst, dst_spec in enumerate(specs):
+            if (src_spec.role, dst_spec.role) != ("prefill", "decode"):
+                continue
+            ranks = [*workers[src].ranks, *workers[dst].ranks]
+            group = dist.new_group(ranks)
+            if rank in ranks:
+                groups[(src, dst)] = group
+    return groups
 
 
 def _agree_on_num_blocks(runner: StageRunner, group: dist.ProcessGroup) -> None:

@@ -75,12 +75,17 @@ def _routes() -> list[BaseRoute]:
 
 
 async def _healthz(request: Request) -> Response:
-    """200 while every engine serves; 503 naming the engines that stopped, so a supervisor can act."""
+    """200 while every engine serves (naming the lost workers of those serving with fewer); 503
+    naming the engines that stopped, so a supervisor can act."""
     service: Service = request.app.state.service
     failures = service.client.failures()
     if failures:
         return JSONResponse({"status": "unhealthy", "models": service.client.model_names(), "failed": failures},
                             status_code=503)
+    degraded = {model: {str(worker): why for worker, why in lost.items()}
+                for model, lost in service.client.degraded().items()}
+    if degraded:
+        return JSONResponse({"status": "degraded", "models": service.client.model_names(), "lost_workers": degraded})
     return JSONResponse({"status": "ok", "models": service.client.model_names()})
 
 

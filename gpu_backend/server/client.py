@@ -75,8 +75,12 @@ class EngineClient(Protocol):
         """Models whose engine has stopped, with the reason; empty while every engine serves."""
         ...
 
+    def degraded(self) -> dict[str, dict[int, str]]:
+        """Models serving with fewer workers than they started with: each lost worker and why."""
+        ...
+
     def events(self) -> dict[str, dict[str, int]]:
-        """Per model: how often each failure event happened (a lost world, a restart, a recomputed request)."""
+        """Per model: how often each failure event happened (a lost worker, a restart, a recomputed request)."""
         ...
 
     def shutdown(self) -> None: ...
@@ -152,6 +156,10 @@ class LocalEngines:
 
     def failures(self) -> dict[str, str]:
         return {name: str(engine.error) for name, engine in self._engines.items() if engine.error is not None}
+
+    def degraded(self) -> dict[str, dict[int, str]]:
+        return {name: engine.lost_workers for name, engine in self._engines.items()
+                if isinstance(engine, ShardedEngine) and engine.lost_workers}
 
     def events(self) -> dict[str, dict[str, int]]:
         return {name: dict(engine.events) for name, engine in self._engines.items() if isinstance(engine, ShardedEngine)}

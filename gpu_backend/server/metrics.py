@@ -67,7 +67,7 @@ class _EngineLoad(Collector):
             preemptions.add_metric([model], stats["num_preemptions"])
             queue.add_metric([model], self._admission.queued(model))
         events = CounterMetricFamily("edgewise_worker_events", "Failure events of sharded workers: worker_lost, "
-                                     "worker_restarted, request_lost, request_recomputed", labels=["model", "event"])
+                                     "worker_restarted, request_lost, request_recomputed, transfer_failed", labels=["model", "event"])
         for model, counts in self._client.events().items():
             for event, count in sorted(counts.items()):
                 events.add_metric([model, event], count)

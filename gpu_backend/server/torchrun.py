@@ -68,7 +68,7 @@ def _service(models: dict[str, Path], parallel: ParallelConfig, connection: Conn
     from .serve import serve
 
     _exit_with_parent()
-    serve(models, parallel=parallel, attached=RankProcesses([], [connection], [0]), max_restarts=0,
+    serve(models, parallel=parallel, attached=RankProcesses([], [connection], [range(parallel.world_size)]), max_restarts=0,
           **service_options, **engine_options)
 
 

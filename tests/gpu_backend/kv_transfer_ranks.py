@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from gpu_backend.disagg.handoff import Cluster, RankTransfers
 from gpu_backend.disagg.kv_transfer import KVLayout, KVTransferError, plan_transfer, receive_kv, send_kv
 from gpu_backend.parallel.groups import WorkerLayout
 
@@ -134,3 +135,39 @@ def expect_timeout(timeout_s: float) -> None:
     elapsed = time.monotonic() - started
     assert timeout_s * 0.9 <= elapsed <= timeout_s + 2, f"gave up after {elapsed:.1f} s, timeout {timeout_s} s"
     assert not cache.any(), "a failed receive must leave the cache alone"
+
+
+def run_landing_rank(rank: int, port: int, timeout_s: float) -> None:
+    """A prefill rank (0) and a decode worker of two TP ranks (1, 2), each with ``RankTransfers``.
+
+    First a whole transfer: both decode ranks land it. Then rank 0 sends only rank 1's share: rank 1
+    has its share, rank 2 times out, and both agree the KV did not arrive: neither cache changes."""
+    init(rank, 3, port)
+    try:
+        src, dst = KVLayout(WorkerLayout(0), 2, 2), KVLayout(WorkerLayout(1, tp_size=2), 2, 2)
+        control = dist.new_group([1, 2])
+        pair = dist.new_group([0, 1, 2])
+        cluster = Cluster([src, dst], 0 if rank == 0 else 1, timedelta(seconds=timeout_s), {(0, 1): pair})
+        transfers = RankTransfers(cluster, rank, control if rank else None)
+        if rank == 0:
+            cache = kv_values(range(2), range(2), range(NUM_BLOCKS))
+            transfers.send(cache, "whole", 1, SRC_BLOCKS)
+            routes = plan_transfer(src, dst)
+            send_kv(cache, src, [r for r in routes if r.dst_rank == 1], 0, SRC_BLOCKS, group=pair).wait()
+            while transfers.sending:
+                assert transfers.reap() == []
+                time.sleep(0.01)
+        else:
+            heads = dst.heads_of(rank)
+            cache = torch.zeros(2, 2, NUM_BLOCKS, BLOCK_SIZE, len(heads), HEAD_DIM)
+            transfers.receive(cache, "whole", 0, DST_BLOCKS)
+            assert transfers.land("whole", arrived_here=True)
+            expected = torch.zeros_like(cache)
+            expected[:, :, DST_BLOCKS] = kv_values(range(2), heads, SRC_BLOCKS)
+            assert torch.equal(cache, expected)
+            transfers.receive(cache, "partial", 0, [4, 5, 6])
+            assert not transfers.land("partial", arrived_here=True), f"rank {rank} landed a partial transfer"
+            assert torch.equal(cache, expected), "blocks 4-6 must stay as they were on both ranks"
+        dist.barrier(group=dist.new_group([0, 1, 2], backend="gloo"))
+    finally:
+        dist.destroy_process_group()

@@ -14,7 +14,8 @@ import torch
 
 from gpu_backend.disagg.kv_transfer import KVLayout, Route, plan_transfer, receive_kv, send_kv
 from gpu_backend.parallel.groups import WorkerLayout
-from kv_transfer_ranks import NUM_BLOCKS, SCENARIOS, Scenario, kv_values, run_timeout_rank, run_transfer_rank
+from kv_transfer_ranks import (NUM_BLOCKS, SCENARIOS, Scenario, kv_values, run_landing_rank, run_timeout_rank,
+                               run_transfer_rank)
 
 EXPECTED_ROUTES = {
     "tp2 -> tp1": [Route(0, 2, range(0, 3), range(0, 2)), Route(1, 2, range(0, 3), range(2, 4))],
@@ -115,3 +116,7 @@ def test_receive_without_sender_times_out() -> None:
     started = time.monotonic()
     mp.start_processes(run_timeout_rank, args=(free_port(), 2.0), nprocs=2, join=True, start_method="spawn")
     assert time.monotonic() - started < 30
+
+
+def test_a_decode_worker_lands_kv_only_when_every_rank_has_its_share() -> None:
+    mp.start_processes(run_landing_rank, args=(free_port(), 2.0), nprocs=3, join=True, start_method="spawn")

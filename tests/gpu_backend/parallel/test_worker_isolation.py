@@ -1,0 +1,148 @@
+"""A lost worker goes alone: the other workers of the world keep serving, token for token, its
+requests end with an error or are computed again elsewhere, and new requests avoid it.
+
+Each test runs a real world over Gloo on CPU, kills (SIGKILL) or freezes (SIGSTOP) one worker's
+rank mid-stream, and compares every token with ``LLM.generate``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backend_fixtures import MODEL, TOKEN, Backend, serving
+from backend_fixtures import OPTIONS as SERVICE_OPTIONS
+from gpu_backend import LLM, SamplingParams
+from gpu_backend.config import EngineConfig, ParallelConfig, WorkerSpec
+from gpu_backend.errors import WorkerLostError
+from gpu_backend.parallel.sharded_engine import ShardedEngine
+from gpu_backend.server.api import create_app
+from gpu_backend.server.client import LocalEngines
+
+OPTIONS = {"device": "cpu", "dtype": "float32", "num_kv_blocks": 64, "max_model_len": 256,
+           "max_num_batched_tokens": 24}
+LONG = SamplingParams(temperature=0.0, max_tokens=60, ignore_eos=True)
+PROMPTS = {"survivor": "Once upon a time there was a king", "doomed": "The quick brown fox"}
+DETECTION_SLACK_S = 2.5  # the monitor's poll, process teardown and a busy 2-core machine
+
+
+def expected(folder: Path, prompt: str, params: SamplingParams = LONG) -> list[int]:
+    return LLM(str(folder), progress=False, **OPTIONS).generate(prompt, params)[0].outputs[0].token_ids
+
+
+async def collect(engine: ShardedEngine, request_id: str, kill_at: int | None = None) -> list[int]:
+    """The request's tokens; ``kill_at``: once it has that many, SIGKILL the worker streaming it."""
+    tokens: list[int] = []
+    async for output in engine.generate(PROMPTS[request_id], LONG, request_id):
+        if kill_at is not None and len(tokens) < kill_at <= len(tokens) + len(output.delta_token_ids):
+            worker = engine.worker_of(request_id)
+            assert worker is not None
+            os.kill(engine.rank_pids(worker)[0], signal.SIGKILL)
+        tokens += output.delta_token_ids
+    return tokens
+
+
+async def survivor_and_doomed(engine: ShardedEngine) -> tuple[list[int] | BaseException, ...]:
+    survivor = asyncio.ensure_future(collect(engine, "survivor"))
+    await asyncio.sleep(0.05)  # routed first, so the other request goes to the other worker
+    return tuple(await asyncio.gather(survivor, collect(engine, "doomed", kill_at=5), return_exceptions=True))
+
+
+def wait_for_free_blocks(engine: ShardedEngine, total: int) -> None:
+    deadline = time.monotonic() + 10
+    while engine.stats()["kv_blocks_free"] != total or engine.stats()["num_running"]:
+        assert time.monotonic() < deadline, engine.stats()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("policy", ["error", "recompute"])
+def test_a_lost_colocated_worker_leaves_the_other_serving(checkpoints: dict[str, Path], policy: str) -> None:
+    folder = checkpoints["llama"]
+    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS),
+                           ParallelConfig(timeout_s=20.0, num_workers=2, on_worker_loss=policy), max_restarts=1)
+    try:
+        survivor, doomed = asyncio.run(survivor_and_doomed(engine))
+        assert survivor == expected(folder, PROMPTS["survivor"])
+        if policy == "error":
+            assert isinstance(doomed, WorkerLostError) and "rank 1 exited" in str(doomed), doomed
+        else:  # computed again on worker 0 from where it was: no gap
+            assert doomed == expected(folder, PROMPTS["doomed"])
+        assert engine.error is None and engine.restarts == 0 and list(engine.lost_workers) == [1]
+        after = asyncio.run(collect(engine, "doomed"))  # a new request avoids the lost worker
+        assert after == expected(folder, PROMPTS["doomed"])
+        wait_for_free_blocks(engine, 64)  # worker 0's, all back
+        lost = "request_lost" if policy == "error" else "request_recomputed"
+        assert engine.events == {"worker_lost": 1, lost: 1}
+    finally:
+        engine.shutdown()
+
+
+def test_a_lost_decode_worker_leaves_the_other_decoding(checkpoints: dict[str, Path]) -> None:
+    """One prefill and two decode workers: the stream of the killed decode worker is prefilled again
+    (prompt and tokens so far) and handed to the other, which goes on with its own stream too."""
+    folder = checkpoints["llama"]
+    parallel = ParallelConfig(timeout_s=20.0, prefill=WorkerSpec("prefill"), decode=WorkerSpec("decode"),
+                              num_prefill_workers=1, num_decode_workers=2, on_worker_loss="recompute")
+    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), parallel, max_restarts=0)
+    try:
+        survivor, doomed = asyncio.run(survivor_and_doomed(engine))
+        assert survivor == expected(folder, PROMPTS["survivor"])
+        assert doomed == expected(folder, PROMPTS["doomed"])
+        assert engine.error is None and list(engine.lost_workers) == [2]  # worker 1 took the survivor
+        wait_for_free_blocks(engine, 2 * 64)  # the prefill worker's and decode worker 1's
+        assert engine.events == {"worker_lost": 1, "request_recomputed": 1}
+    finally:
+        engine.shutdown()
+
+
+def test_a_frozen_prefill_worker_is_found_by_its_heartbeat(checkpoints: dict[str, Path]) -> None:
+    """A prefill worker stopped (SIGSTOP) before it computes a prompt: found within the heartbeat
+    timeout, long before the collectives' bound; the prompt is computed by the other prefill worker."""
+    folder = checkpoints["llama"]
+    heartbeat_s = 2.0
+    parallel = ParallelConfig(timeout_s=60.0, prefill=WorkerSpec("prefill"), decode=WorkerSpec("decode"),
+                              num_prefill_workers=2, num_decode_workers=1, on_worker_loss="recompute",
+                              heartbeat_timeout_s=heartbeat_s)
+    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), parallel, max_restarts=0)
+    try:
+        os.kill(engine.rank_pids(0)[0], signal.SIGSTOP)  # the first prefill worker, the router's first pick
+        frozen = time.monotonic()
+        assert asyncio.run(collect(engine, "doomed")) == expected(folder, PROMPTS["doomed"])
+        assert time.monotonic() - frozen < heartbeat_s + DETECTION_SLACK_S
+        assert list(engine.lost_workers) == [0] and "gave no sign of life" in engine.lost_workers[0]
+        assert engine.requests_per_worker[:2] == [1, 1]
+        wait_for_free_blocks(engine, 2 * 64)
+    finally:
+        engine.shutdown()
+
+
+async def test_healthz_names_the_lost_worker_while_the_others_serve(checkpoints: dict[str, Path]) -> None:
+    engines = LocalEngines({MODEL: checkpoints["llama"]}, parallel=ParallelConfig(timeout_s=20.0, num_workers=2),
+                           max_restarts=0, **SERVICE_OPTIONS)
+    try:
+        with serving(create_app(engines, TOKEN)) as url:
+            backend = Backend(url, engines)
+            async with httpx.AsyncClient(headers=backend.headers(), timeout=30) as client:
+                os.kill(engines.engine(MODEL).rank_pids(1)[0], signal.SIGKILL)
+                killed, health = time.monotonic(), None
+                while time.monotonic() - killed < DETECTION_SLACK_S:
+                    health = (await client.get(f"{url}/healthz")).json()
+                    if health["status"] != "ok":
+                        break
+                    await asyncio.sleep(0.05)
+                reply = await client.post(backend.run_url(), json={"prompt": "The quick brown fox", "raw": True,
+                                                                   "temperature": 0, "max_tokens": 12})
+                metrics = (await client.get(f"{url}/metrics")).text
+        assert health is not None and health["status"] == "degraded", health
+        assert "rank 1 exited" in health["lost_workers"][MODEL]["1"]
+        want = LLM(str(checkpoints["llama"]), progress=False, **SERVICE_OPTIONS).generate(
+            "The quick brown fox", SamplingParams(temperature=0.0, max_tokens=12))[0].outputs[0].text
+        assert reply.status_code == 200 and reply.json()["result"]["response"] == want
+        assert f'edgewise_worker_events_total{{event="worker_lost",model="{MODEL}"}} 1.0' in metrics
+    finally:
+        engines.shutdown()

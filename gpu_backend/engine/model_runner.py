@@ -236,10 +236,12 @@ class ModelRunner:
                 out[row] = token
         return out, step.host
 
-    def _generator(self, seq_id: int, seed: int) -> torch.Generator:
+    def _generator(self, seq_id: int, seed: int, num_drawn: int, vocab_size: int) -> torch.Generator:
         generator = self.generators.get(seq_id)
         if generator is None:
             generator = self.generators[seq_id] = torch.Generator(self.device).manual_seed(seed)
+            for _ in range(num_drawn):  # tokens sampled elsewhere (a prefill worker): the sampler's draws for them
+                torch.empty(vocab_size, dtype=torch.float32, device=self.device).exponential_(generator=generator)
         return generator
 
     def release(self, seq_id: int) -> None:

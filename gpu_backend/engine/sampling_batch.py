@@ -48,7 +48,9 @@ class SamplingPlan:
 
 
 def build_sampling_batch(plan: SamplingPlan, vocab_size: int, device: torch.device,
-                         generator: Callable[[int, int], torch.Generator]) -> SamplingBatch:
+                         generator: Callable[[int, int, int, int], torch.Generator]) -> SamplingBatch:
+    """``generator(seq_id, seed, num_drawn, vocab_size)``: a seeded row's generator, past the draws
+    of the ``num_drawn`` tokens it already has (sampled by another worker before a hand-off)."""
     params = [row.params for row in plan.rows]
     temperatures = [0.0 if p.is_greedy else p.temperature for p in params]
     if all(t == 0.0 for t in temperatures):  # the common serving case: no filter tensors to build
@@ -60,7 +62,8 @@ def build_sampling_batch(plan: SamplingPlan, vocab_size: int, device: torch.devi
             top_ks=_optional([p.top_k if p.top_k > 0 else vocab_size for p in params], vocab_size, torch.long, device),
             top_ps=_optional([p.top_p for p in params], 1.0, torch.float32, device),
             min_ps=_optional([p.min_p for p in params], 0.0, torch.float32, device),
-            generators=[None if row.params.is_greedy or row.seed is None else generator(row.seq_id, row.seed)
+            generators=[None if row.params.is_greedy or row.seed is None
+                        else generator(row.seq_id, row.seed, row.num_completion_tokens, vocab_size)
                         for row in plan.rows],
             all_greedy=False,
         )

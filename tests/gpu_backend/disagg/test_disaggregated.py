@@ -19,6 +19,7 @@ OPTIONS = {"device": "cpu", "dtype": "float32", "num_kv_blocks": 64, "max_model_
 PROMPTS = ["Once upon a time there was a king who ruled a land by the sea", "The quick brown fox", "A",
            "Once upon a time there was a king who ruled a land by the sea"]  # a prefix-cache hit on both sides
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+SEEDED = SamplingParams(temperature=0.8, top_p=0.9, seed=7, max_tokens=12, ignore_eos=True)
 # (prefill tp, pp) -> (decode tp, pp): the layouts of the issue
 LAYOUTS = [((1, 1), (1, 1)), ((2, 1), (1, 1)), ((1, 2), (2, 1)), ((1, 1), (1, 2))]
 
@@ -28,19 +29,20 @@ def cluster(prefill: tuple[int, int], decode: tuple[int, int], workers: int = 1)
                           num_prefill_workers=workers, num_decode_workers=workers)
 
 
-def expected(folder: Path, prompts: list[str]) -> list[list[int]]:
-    return [o.outputs[0].token_ids for o in LLM(str(folder), progress=False, **OPTIONS).generate(prompts, GREEDY)]
+def expected(folder: Path, prompts: list[str], params: SamplingParams = GREEDY) -> list[list[int]]:
+    return [o.outputs[0].token_ids for o in LLM(str(folder), progress=False, **OPTIONS).generate(prompts, params)]
 
 
-async def generate(engine: ShardedEngine, prompt: str, request_id: str) -> list[int]:
+async def generate(engine: ShardedEngine, prompt: str, request_id: str, params: SamplingParams = GREEDY) -> list[int]:
     tokens: list[int] = []
-    async for output in engine.generate(prompt, GREEDY, request_id):
+    async for output in engine.generate(prompt, params, request_id):
         tokens += output.delta_token_ids
     return tokens
 
 
-async def generate_all(engine: ShardedEngine, prompts: list[str], tag: str) -> list[list[int]]:
-    return list(await asyncio.gather(*(generate(engine, p, f"{tag}{i}") for i, p in enumerate(prompts))))
+async def generate_all(engine: ShardedEngine, prompts: list[str], tag: str,
+                       params: SamplingParams = GREEDY) -> list[list[int]]:
+    return list(await asyncio.gather(*(generate(engine, p, f"{tag}{i}", params) for i, p in enumerate(prompts))))
 
 
 def wait_for_free_blocks(engine: ShardedEngine, total: int) -> None:
@@ -58,6 +60,8 @@ def test_prefill_then_decode_elsewhere_generates_what_one_process_does(checkpoin
     engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), cluster(prefill, decode))
     try:
         assert asyncio.run(generate_all(engine, PROMPTS, "r")) == expected(folder, PROMPTS)
+        # the decode worker's generator goes on past the prefill worker's draw of the first token
+        assert asyncio.run(generate_all(engine, PROMPTS, "s", SEEDED)) == expected(folder, PROMPTS, SEEDED)
         wait_for_free_blocks(engine, 2 * 64)
     finally:
         engine.shutdown()

@@ -1,10 +1,15 @@
-"""Which worker serves a request: token-aware load balancing, with session affinity.
+"""Which worker serves a request: token-aware load balancing, prefix-cache aware, with session affinity.
 
 A worker's load is counted in tokens, as Cloudflare's load balancer does, not in requests. A
 prompt still to compute counts all its tokens on the worker computing it. A decoding request
 counts the tokens its KV holds, since every step reads them, on the worker decoding it; a
-prompt whose KV is on its way counts on its decode worker already. Ties go to the worker with
-the fewest KV blocks in use.
+prompt whose KV is on its way counts on its decode worker already.
+
+A worker whose prefix cache likely holds the start of the prompt saves those tokens (prefill
+skips them; a decode worker reserves them from its cache, so they are not sent). The router
+keeps a bounded index of the block-aligned prompt prefixes it sent to each worker (``PrefixIndex``,
+an estimate: the worker may have evicted them since) and picks the worker with the least load
+minus the tokens it would save. Ties go to the worker with the fewest KV blocks in use.
 
 A request that names a session (the ``x-session-affinity`` header) goes back to the workers its
 session used last, whose prefix caches hold the conversation so far. The sessions remembered
@@ -20,10 +25,11 @@ from typing import Protocol
 from ..errors import WorkerLostError
 
 MAX_SESSIONS = 4096
+MAX_PREFIX_BLOCKS = 1 << 16  # block hashes remembered, over every worker
 
 
 class RoutedRequest(Protocol):
-    worker: int  # the worker serving it now
+    worker: int  # the worker serving it now (-1 until it is routed)
     decode_worker: int | None  # disaggregated: where it decodes, once its prompt is computed
     prompt_len: int
     generated: list[int]
@@ -33,24 +39,66 @@ class Load(Protocol):
     kv_blocks_used: int
 
 
+class PrefixIndex:
+    """Which workers were sent which block-aligned prompt prefixes, the least recently used forgotten first.
+
+    A prefix is named by a chain hash over its full blocks, as a prefix cache names its blocks."""
+
+    def __init__(self, block_size: int, max_blocks: int = MAX_PREFIX_BLOCKS) -> None:
+        self.block_size, self.max_blocks = block_size, max_blocks
+        self._workers: OrderedDict[int, set[int]] = OrderedDict()  # prefix hash -> workers sent it
+
+    def hashes(self, token_ids: Sequence[int]) -> list[int]:
+        chain, previous = [], 0
+        for start in range(0, len(token_ids) - self.block_size + 1, self.block_size):
+            previous = hash((previous, tuple(token_ids[start:start + self.block_size])))
+            chain.append(previous)
+        return chain
+
+    def cached_tokens(self, hashes: Sequence[int], worker: int) -> int:
+        """Tokens at the start of the prompt that ``worker`` was sent before."""
+        blocks = 0
+        for prefix in hashes:
+            if worker not in self._workers.get(prefix, ()):
+                break
+            blocks += 1
+        return blocks * self.block_size
+
+    def add(self, hashes: Sequence[int], worker: int) -> None:
+        for prefix in hashes:
+            self._workers.setdefault(prefix, set()).add(worker)
+            self._workers.move_to_end(prefix)
+        while len(self._workers) > self.max_blocks:
+            self._workers.popitem(last=False)
+
+    def clear(self) -> None:
+        self._workers.clear()
+
+
 class Router:
-    def __init__(self, roles: Sequence[str], max_sessions: int = MAX_SESSIONS) -> None:
+    def __init__(self, roles: Sequence[str], block_size: int = 16, max_sessions: int = MAX_SESSIONS) -> None:
         self.roles = list(roles)
         self.max_sessions = max_sessions
+        self.prefixes = PrefixIndex(block_size)
         self._sessions: OrderedDict[str, dict[str, int]] = OrderedDict()
 
     def pick(self, role: str, requests: Iterable[RoutedRequest], loads: Sequence[Load],
-             session: str | None = None, unavailable: Collection[int] = ()) -> int:
+             session: str | None = None, unavailable: Collection[int] = (),
+             prompt: Sequence[int] | None = None) -> int:
         """The worker in ``role`` for a new request, other than the ``unavailable`` ones (lost, or
-        with no working link to the request's other worker); remembered for ``session``."""
+        with no working link to the request's other worker); remembered for ``session``, and its
+        ``prompt`` (token ids) for the prefix index."""
         remembered = self._sessions.get(session, {}) if session else {}
         worker = remembered.get(role)
+        hashes = self.prefixes.hashes(prompt) if prompt is not None else []
         if worker is None or worker in unavailable:
             candidates = [w for w, own in enumerate(self.roles) if own == role and w not in unavailable]
             if not candidates:
                 raise WorkerLostError(f"no {role} worker is serving")
             tokens = token_loads(requests, len(self.roles))
-            worker = min(candidates, key=lambda w: (tokens[w], loads[w].kv_blocks_used))
+            worker = min(candidates, key=lambda w: (tokens[w] - self.prefixes.cached_tokens(hashes, w),
+                                                    loads[w].kv_blocks_used))
+        self.prefixes.add(hashes, worker)
         if session:
             self._sessions.setdefault(session, {})[role] = worker
             self._sessions.move_to_end(session)
@@ -63,6 +111,8 @@ def token_loads(requests: Iterable[RoutedRequest], num_workers: int) -> list[int
     """Per worker: the prompt tokens it has still to compute plus the tokens its decoding requests hold."""
     tokens = [0] * num_workers
     for request in requests:
+        if request.worker < 0:  # not routed yet
+            continue
         held = request.prompt_len + len(request.generated)
         if request.decode_worker is not None and request.decode_worker != request.worker:
             tokens[request.worker] += request.prompt_len  # prefilling it

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..config import EngineConfig, ParallelConfig
 from ..disagg.kv_transfer import KVTransferError
+from ..disagg.router import Router
 from ..engine.sampling_params import SamplingParams
 from ..engine.thread_bridge import post, settle
 from ..errors import EngineError, WorkerLostError
@@ -49,6 +50,7 @@ class WorkerRecovery:
     health: WorkerHealth
     info: WorkerInfo
     roles: list[str]
+    router: Router
     _ranks: RankProcesses
     _streams: dict[str, Stream]
     _by_wire: dict[str, Stream]
@@ -169,6 +171,7 @@ class WorkerRecovery:
             with self._lock:
                 self._ranks, self.health = ranks, WorkerHealth(ranks, self.parallel)
                 self._broken_pairs.clear()
+                self.router.prefixes.clear()  # the new workers' caches are empty
                 self._loads = [NO_LOAD] * len(self.roles)
                 self.error = None
                 self.events["worker_restarted"] += 1

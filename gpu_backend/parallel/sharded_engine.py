@@ -68,7 +68,7 @@ class ShardedEngine(WorkerRecovery):
         self._ranks, self.info = self._start(attached)
         self.health = WorkerHealth(self._ranks, parallel)
         self.roles = [spec.role for spec in parallel.worker_specs()]
-        self.router = Router(self.roles)
+        self.router = Router(self.roles, config.block_size)
         self._loads = [NO_LOAD] * len(self.roles)
         self.requests_per_worker = [0] * len(self.roles)  # routed so far
         threading.Thread(target=self._send_loop, name="edgewise-worker-send", daemon=True).start()
@@ -136,7 +136,7 @@ class ShardedEngine(WorkerRecovery):
                     raise WorkerLostError(self.error)
                 if stream.attempt != attempt:  # submitted again meanwhile
                     return
-                self._route(stream, params)
+                self._route(stream, prompt, params)
                 self.requests_per_worker[stream.worker] += 1
                 if not self.parallel.is_disaggregated:
                     self._outbox.put((stream.worker, ("add", stream.wire_id, prompt, params)))
@@ -152,20 +152,24 @@ class ShardedEngine(WorkerRecovery):
             settle(stream.accepted, error)
             stream.outputs.put_nowait(error)
 
-    def _route(self, stream: Stream, params: SamplingParams | None) -> None:
+    def _route(self, stream: Stream, prompt: str | list[int], params: SamplingParams | None) -> None:
         """Pick the request's workers among those serving: colocated, or a decode worker (unless one
         token is all that is asked for) and then a prefill worker with a working link to it."""
-        lost, pick = set(self.health.lost), self.router.pick
-        requests = list(self._streams.values())
+        lost, requests = set(self.health.lost), list(self._streams.values())
+        prompt = prompt if isinstance(prompt, list) else None  # text without a tokenizer: no prefix index
+
+        def pick(role: str, unavailable: set[int]) -> int:
+            return self.router.pick(role, requests, self._loads, stream.session, unavailable, prompt)
+
         if not self.parallel.is_disaggregated:
-            stream.worker = pick("colocated", requests, self._loads, stream.session, lost)
+            stream.worker = pick("colocated", lost)
             return
         prefill = [w for w in self.health.live_workers if self.roles[w] == "prefill"]
         if params is None or params.max_tokens is None or params.max_tokens > 1:
             unlinked = {d for d, role in enumerate(self.roles) if all((p, d) in self._broken_pairs for p in prefill)}
-            stream.decode_worker = pick("decode", requests, self._loads, stream.session, lost | unlinked)
+            stream.decode_worker = pick("decode", lost | unlinked)
             lost |= {p for p in prefill if (p, stream.decode_worker) in self._broken_pairs}
-        stream.worker = stream.prefill_worker = pick("prefill", requests, self._loads, stream.session, lost)
+        stream.worker = stream.prefill_worker = pick("prefill", lost)
 
     async def _start_handoff(self, stream: Stream, attempt: int, prompt: list[int], params: SamplingParams) -> None:
         """Reserve the decode worker's blocks (when there is one), then send the prompt to prefill."""

@@ -10,7 +10,10 @@ import httpx
 
 from backend_fixtures import MODEL, OPTIONS, TOKEN, Backend, serving
 from gpu_backend.config import ParallelConfig
-from gpu_backend.disagg.router import Router, token_loads
+from gpu_backend import SamplingParams
+from gpu_backend.config import EngineConfig
+from gpu_backend.disagg.router import PrefixIndex, Router, token_loads
+from gpu_backend.parallel.sharded_engine import ShardedEngine
 from gpu_backend.server.api import create_app
 from gpu_backend.server.client import LocalEngines
 
@@ -54,6 +57,51 @@ def test_a_session_goes_back_to_its_workers_and_old_sessions_are_forgotten() -> 
     assert router.pick("colocated", [], loads, session="chat-2") == 0
     router.pick("colocated", [], loads, session="chat-3")  # pushes out chat-1, the least recent
     assert router.pick("colocated", [Request(1, prompt_len=1000)], loads, session="chat-1") == 0
+
+
+def test_a_cached_prefix_draws_the_request_unless_its_worker_is_busier_than_the_prefix_is_long() -> None:
+    router = Router(["colocated", "colocated"], block_size=16)
+    loads = [Load(), Load()]
+    shared = list(range(64))  # 4 full blocks
+    assert router.pick("colocated", [Request(0, prompt_len=500)], loads, prompt=shared) == 1
+    follow_up = [*shared, 900, 901]
+    assert router.pick("colocated", [Request(0, prompt_len=10), Request(1, prompt_len=30)], loads,
+                       prompt=follow_up) == 1  # 30 - 64 cached beats 10
+    assert router.pick("colocated", [Request(0, prompt_len=10), Request(1, prompt_len=200)], loads,
+                       prompt=follow_up) == 0  # 200 - 64 does not
+    assert router.prefixes.cached_tokens(router.prefixes.hashes([*shared[:40], 7, 7, 7, 7]), 1) == 32
+    assert router.prefixes.cached_tokens(router.prefixes.hashes(shared[:15]), 1) == 0  # no full block
+
+
+def test_the_prefix_index_forgets_the_least_recently_sent_blocks_first() -> None:
+    index = PrefixIndex(block_size=2, max_blocks=3)
+    old, new = [1, 2, 3, 4], [5, 6, 7, 8]
+    index.add(index.hashes(old), 0)
+    index.add(index.hashes(new), 1)  # 4 blocks in all: the first of ``old`` goes
+    assert index.cached_tokens(index.hashes(old), 0) == 0 and index.cached_tokens(index.hashes(new), 1) == 4
+    index.clear()
+    assert index.cached_tokens(index.hashes(new), 1) == 0
+
+
+def test_a_follow_up_prompt_goes_to_the_worker_that_computed_its_start(checkpoints: dict[str, Path]) -> None:
+    first = ["Once upon a time there was a king who ruled a land by the sea",
+             "The quick brown fox jumps over the lazy dog and runs far away"]
+    engine = ShardedEngine(EngineConfig(model=str(checkpoints["llama"]), **OPTIONS), ParallelConfig(num_workers=2))
+    params = SamplingParams(temperature=0.0, max_tokens=4)
+
+    async def run(prompts: list[str], tag: str) -> None:
+        async def one(index: int, prompt: str) -> None:
+            async for _ in engine.generate(prompt, params, f"{tag}{index}"):
+                pass
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+
+    try:
+        asyncio.run(run(first, "first"))
+        assert engine.requests_per_worker == [1, 1]
+        asyncio.run(run([first[1] + ", said the king."], "again"))  # both idle: the cache decides
+        assert engine.requests_per_worker == [1, 2]
+    finally:
+        engine.shutdown()
 
 
 async def test_the_session_header_keeps_a_conversation_on_its_worker(checkpoints: dict[str, Path]) -> None:

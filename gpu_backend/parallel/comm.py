@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -49,10 +50,14 @@ def min_over(group: dist.ProcessGroup, value: int) -> int:
 
 
 class ControlPlane:
-    """The driver's messages to the other ranks of its worker (a Gloo group of them all)."""
+    """The driver's messages to the other ranks of its worker (a Gloo group of them all).
 
-    def __init__(self, group: dist.ProcessGroup, driver: int, followers: list[int]) -> None:
-        self.group, self.driver, self.followers = group, driver, followers
+    The group's own timeout is long: a follower waits on it between steps for as long as the
+    service stays idle. A send is bounded by ``send_timeout`` (a follower that stopped reading)."""
+
+    def __init__(self, group: dist.ProcessGroup, driver: int, followers: list[int],
+                 send_timeout: timedelta = timedelta(seconds=30)) -> None:
+        self.group, self.driver, self.followers, self.send_timeout = group, driver, followers, send_timeout
         self._sends: list[dist.Work] = []
 
     def send(self, message: object) -> None:
@@ -66,7 +71,7 @@ class ControlPlane:
 
     def wait_sent(self) -> None:
         for work in self._sends:
-            work.wait()
+            work.wait(timeout=self.send_timeout)
         self._sends.clear()
 
     def receive(self) -> object:
@@ -108,13 +113,13 @@ def receive_intermediate(num_tokens: int, hidden_size: int, dtype: torch.dtype, 
     return hidden, residual
 
 
-def token_group(driver: int, last_stage: int) -> dist.ProcessGroup:
+def token_group(driver: int, last_stage: int, timeout: timedelta | None = None) -> dist.ProcessGroup:
     """The pair that carries tokens back, as a group of its own (collective: every rank makes it).
 
     On the data plane's own pair of ranks, NCCL runs one pair's transfers in order on one stream:
     the driver's receive of batch k's tokens would hold up its send of batch k+1's hidden state
     to the next stage, and a two-stage pipeline would run one batch at a time."""
-    return dist.new_group([driver, last_stage])
+    return dist.new_group([driver, last_stage], timeout=timeout)
 
 
 def send_tokens(sends: PendingSends, result: SamplerOutput, dst: int, group: dist.ProcessGroup | None) -> None:

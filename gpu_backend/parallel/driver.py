@@ -80,11 +80,14 @@ class Driver:
                                             manager.num_blocks)))
             while not self._stopping:
                 self._serve_once()
-        finally:
-            try:
-                self.runner.stop()
-            except Exception:  # a rank already gone: the worker is being torn down anyway
-                log.warning("could not tell every rank to stop", exc_info=True)
+        except BaseException as error:
+            # Said at once: telling the other ranks to stop could wait on the one that failed.
+            self._send(("error", f"rank {self.runner.place.rank}: {type(error).__name__}: {error}"))
+            raise
+        try:
+            self.runner.stop()
+        except Exception:  # a rank already gone: the worker is being torn down anyway
+            log.warning("could not tell every rank to stop", exc_info=True)
 
     def _serve_once(self) -> None:
         busy = self.engine.has_unfinished_requests()

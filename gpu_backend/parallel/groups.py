@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch.distributed as dist
 
@@ -88,21 +89,25 @@ def check_layout(workers: Sequence[WorkerLayout], world_size: int) -> None:
         raise ValueError(f"the workers' ranks {taken} must cover 0..{world_size - 1} once each")
 
 
-def build_groups(workers: Sequence[WorkerLayout], rank: int) -> RankGroups:
-    """Create every worker's TP and PP groups (collective: all ranks, same order); this rank's place."""
+def build_groups(workers: Sequence[WorkerLayout], rank: int, timeout: timedelta | None = None) -> RankGroups:
+    """Create every worker's TP and PP groups (collective: all ranks, same order); this rank's place.
+
+    ``timeout`` bounds every collective of the groups (a group does not take the world's: left
+    out, torch gives it its own default, half an hour)."""
     check_layout(workers, dist.get_world_size())
     mine: dict[str, dist.ProcessGroup | None] = {"tp": None, "pp": None}
     for worker in workers:
         for pp_rank in range(worker.pp_size):
-            _keep(mine, "tp", worker.tp_ranks(pp_rank), rank)
+            _keep(mine, "tp", worker.tp_ranks(pp_rank), rank, timeout)
         for tp_rank in range(worker.tp_size):
-            _keep(mine, "pp", worker.pp_ranks(tp_rank), rank)
+            _keep(mine, "pp", worker.pp_ranks(tp_rank), rank, timeout)
     worker = next(w for w in workers if rank in w.ranks)
     pp_rank, tp_rank = worker.coords(rank)
     return RankGroups(worker, rank, pp_rank, tp_rank, mine["tp"], mine["pp"])
 
 
-def _keep(mine: dict[str, dist.ProcessGroup | None], kind: str, ranks: list[int], rank: int) -> None:
-    group = dist.new_group(ranks)  # every rank makes every group, in the same order
+def _keep(mine: dict[str, dist.ProcessGroup | None], kind: str, ranks: list[int], rank: int,
+          timeout: timedelta | None) -> None:
+    group = dist.new_group(ranks, timeout=timeout)  # every rank makes every group, in the same order
     if rank in ranks:
         mine[kind] = group

@@ -31,7 +31,7 @@ from .launch import RankProcesses
 from .streams import Stream
 
 if TYPE_CHECKING:
-    import queue
+    from .outbox import Outbox
 
 log = logging.getLogger(__name__)
 NO_LOAD = WorkerLoad(0, 0, 0, 0, 0)
@@ -59,7 +59,7 @@ class WorkerRecovery:
     _lock: threading.Lock
     _stopped: threading.Event
     _world_lost: str | None
-    _outbox: queue.Queue
+    _outbox: Outbox
 
     def _transfer_failed(self, wire_id: str, why: str, decode_worker: int) -> None:
         """A decode worker's KV did not arrive (it freed the blocks): the pair is not used again, and
@@ -104,7 +104,7 @@ class WorkerRecovery:
         live = set(self.health.live_workers)
         holders = {stream.worker, stream.decode_worker} if stream.worker >= 0 else {stream.decode_worker}
         for worker in holders & live:
-            self._outbox.put((worker, ("abort", stream.wire_id)))
+            self._outbox.put(worker, ("abort", stream.wire_id))
         if stream.abandoned or self.parallel.on_worker_loss != "recompute":
             self._forget(stream)
             post(stream.loop, cancel_submission, stream)
@@ -142,7 +142,7 @@ class WorkerRecovery:
         log.error("the world of %s is lost: %s", self.config.model, reason)
         with self._lock:
             self.error = reason
-            self._drain_outbox()
+            self._outbox.clear()
         self._ranks.kill()
         if not recompute:
             self._end_streams(WorkerLostError(reason))
@@ -178,14 +178,10 @@ class WorkerRecovery:
             return True
         return False
 
-    def _drain_outbox(self) -> None:
-        while not self._outbox.empty():  # what was meant for the lost world
-            self._outbox.get_nowait()
-
     def _end_streams(self, error: EngineError) -> None:
         with self._lock:
             streams, self._streams, self._by_wire = self._streams, {}, {}
-            self._drain_outbox()
+            self._outbox.clear()
             if isinstance(error, WorkerLostError):
                 self.events["request_lost"] += sum(not stream.abandoned for stream in streams.values())
         for stream in streams.values():

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
 from collections import Counter
@@ -39,6 +38,7 @@ from ..tokenizer import Tokenizer
 from .driver import WorkerInfo, WorkerOutput
 from .health import POLL_S, WorkerHealth
 from .launch import RankProcesses, spawn_world
+from .outbox import Outbox
 from .recovery import NO_LOAD, WorkerRecovery, cancel_submission
 from .streams import Stream, resolve
 
@@ -64,14 +64,13 @@ class ShardedEngine(WorkerRecovery):
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._world_lost: str | None = None  # set under the lock when no pair of workers is left
-        self._outbox: queue.Queue = queue.Queue()  # (worker, message)
         self._ranks, self.info = self._start(attached)
         self.health = WorkerHealth(self._ranks, parallel)
         self.roles = [spec.role for spec in parallel.worker_specs()]
         self.router = Router(self.roles, config.block_size)
         self._loads = [NO_LOAD] * len(self.roles)
         self.requests_per_worker = [0] * len(self.roles)  # routed so far
-        threading.Thread(target=self._send_loop, name="edgewise-worker-send", daemon=True).start()
+        self._outbox = Outbox(len(self.roles), lambda: self._ranks.connections)
         self._monitor = threading.Thread(target=self._watch, name="edgewise-worker-monitor", daemon=True)
         self._monitor.start()
 
@@ -139,7 +138,7 @@ class ShardedEngine(WorkerRecovery):
                 self._route(stream, prompt, params)
                 self.requests_per_worker[stream.worker] += 1
                 if not self.parallel.is_disaggregated:
-                    self._outbox.put((stream.worker, ("add", stream.wire_id, prompt, params)))
+                    self._outbox.put(stream.worker, ("add", stream.wire_id, prompt, params))
             if self.parallel.is_disaggregated:
                 await self._start_handoff(stream, attempt, prompt, params)  # type: ignore[arg-type]
         except asyncio.CancelledError:
@@ -181,7 +180,7 @@ class ShardedEngine(WorkerRecovery):
                 raise WorkerLostError(self.error)
             if stream.attempt != attempt:
                 return
-            self._outbox.put((stream.worker, ("prefill", stream.wire_id, prompt, params, handoff)))
+            self._outbox.put(stream.worker, ("prefill", stream.wire_id, prompt, params, handoff))
             stream.prefilling = True
 
     async def _reserve(self, stream: Stream, attempt: int, prompt: list[int], params: SamplingParams) -> list[int]:
@@ -193,7 +192,7 @@ class ShardedEngine(WorkerRecovery):
                 if stream.attempt != attempt:
                     raise asyncio.CancelledError
                 stream.reserved = reserved
-                self._outbox.put((stream.decode_worker, ("reserve", stream.wire_id, prompt, params)))
+                self._outbox.put(stream.decode_worker, ("reserve", stream.wire_id, prompt, params))
             blocks = await reserved
             if blocks is not None:
                 return blocks
@@ -213,10 +212,10 @@ class ShardedEngine(WorkerRecovery):
                 self._forget(stream)
                 return
             if stream.decode_worker is not None and not stream.prefilling:  # left while blocks were reserved
-                self._outbox.put((stream.decode_worker, ("abort", stream.wire_id)))
+                self._outbox.put(stream.decode_worker, ("abort", stream.wire_id))
                 self._forget(stream)
                 return
-            self._outbox.put((stream.worker, ("abort", stream.wire_id)))
+            self._outbox.put(stream.worker, ("abort", stream.wire_id))
             if stream.decode_worker is None or stream.worker == stream.decode_worker:
                 self._forget(stream)
             else:  # still prefilling: what becomes of the decode worker's blocks depends on how prefill ends
@@ -249,8 +248,8 @@ class ShardedEngine(WorkerRecovery):
             return
         self._stopped.set()
         for worker in self.health.live_workers:
-            self._outbox.put((worker, ("stop",)))
-        self._outbox.put(None)
+            self._outbox.put(worker, ("stop",))
+        self._outbox.close()
         self._monitor.join(timeout=POLL_S * 10)
         self._ranks.stop()
         self._end_streams(EngineError("the engine was shut down"))
@@ -362,23 +361,11 @@ class ShardedEngine(WorkerRecovery):
         decode = stream.decode_worker
         assert decode is not None
         if output.finish_reason != "length":  # a stop token, or aborted: nothing to decode
-            self._outbox.put((decode, ("abort", output.request_id)))
+            self._outbox.put(decode, ("abort", output.request_id))
             return output
-        self._outbox.put((decode, ("admit", output.request_id, output.delta_token_ids[-1], worker)))
+        self._outbox.put(decode, ("admit", output.request_id, output.delta_token_ids[-1], worker))
         stream.worker, stream.prefilling = decode, False
         if stream.abandoned:  # take the KV the prefill worker is sending, then let it go
-            self._outbox.put((decode, ("abort", output.request_id)))
+            self._outbox.put(decode, ("abort", output.request_id))
             return replace(output, finish_reason="abort")
         return replace(output, finished=False, finish_reason=None)
-
-    def _send_loop(self) -> None:
-        """Writes to the driver's pipe on a thread of their own: a full pipe never blocks the event loop."""
-        while True:
-            item = self._outbox.get()
-            if item is None:
-                return
-            worker, message = item
-            try:
-                self._ranks.connections[worker].send(message)
-            except (OSError, EOFError, ValueError):  # the worker is gone; the monitor deals with it
-                pass

@@ -68,15 +68,17 @@ def worker_layouts(parallel: ParallelConfig) -> list[WorkerLayout]:
 def _serve(rank: int, world_size: int, config: EngineConfig, parallel: ParallelConfig,
            connection: Connection | None) -> None:
     workers, specs = worker_layouts(parallel), parallel.worker_specs()
-    control_group, tokens = _worker_groups(workers, rank)
-    transfer_groups = _transfer_groups(workers, specs, rank)
-    place = build_groups(workers, rank)
+    timeout = timedelta(seconds=parallel.timeout_s)  # every group's collectives
+    control_group, tokens = _worker_groups(workers, rank, timeout)
+    transfer_groups = _transfer_groups(workers, specs, rank, timeout)
+    place = build_groups(workers, rank, timeout)
     set_tensor_parallel(place.tensor_parallel())
     model_config = ModelConfig.from_pretrained(config.model)
     mine = workers.index(place.worker)
     stage = stage_of(place.pp_rank, specs[mine].pp_size, model_config.num_hidden_layers, specs[mine].pp_layers)
     worker = place.worker
-    control = ControlPlane(control_group, worker.first_rank, [r for r in worker.ranks if r != worker.first_rank])
+    control = ControlPlane(control_group, worker.first_rank, [r for r in worker.ranks if r != worker.first_rank],
+                           timeout)
     cluster = Cluster([KVLayout(layout, model_config.num_hidden_layers, model_config.num_key_value_heads,
                                 spec.pp_layers) for layout, spec in zip(workers, specs)], mine,
                       timedelta(seconds=parallel.timeout_s), transfer_groups)
@@ -93,20 +95,22 @@ def _serve(rank: int, world_size: int, config: EngineConfig, parallel: ParallelC
     Driver(engine, driver_runner, connection, cluster).serve()
 
 
-def _worker_groups(workers: list[WorkerLayout], rank: int) -> tuple[dist.ProcessGroup, dist.ProcessGroup | None]:
+def _worker_groups(workers: list[WorkerLayout], rank: int,
+                   timeout: timedelta) -> tuple[dist.ProcessGroup, dist.ProcessGroup | None]:
     """This rank's worker's control group and token group (every rank makes every worker's: collective)."""
     control, tokens = None, None
     for worker in workers:
         group = dist.new_group(list(worker.ranks), backend="gloo", timeout=CONTROL_TIMEOUT)
-        pair = token_group(worker.first_rank, worker.rank_of(worker.pp_size - 1, 0)) if worker.pp_size > 1 else None
+        last = worker.rank_of(worker.pp_size - 1, 0)
+        pair = token_group(worker.first_rank, last, timeout) if worker.pp_size > 1 else None
         if rank in worker.ranks:
             control, tokens = group, pair
     assert control is not None, f"rank {rank} is in no worker"
     return control, tokens
 
 
-def _transfer_groups(workers: list[WorkerLayout], specs: list[WorkerSpec],
-                     rank: int) -> dict[tuple[int, int], dist.ProcessGroup]:
+def _transfer_groups(workers: list[WorkerLayout], specs: list[WorkerSpec], rank: int,
+                     timeout: timedelta) -> dict[tuple[int, int], dist.ProcessGroup]:
     """A group for each (prefill worker, decode worker) pair this rank is in, over which their KV
     moves: a transfer that fails or times out can then break only that pair's links (with NCCL,
     the watchdog aborts the communicators of the group that timed out), never the others'."""
@@ -116,7 +120,7 @@ def _transfer_groups(workers: list[WorkerLayout], specs: list[WorkerSpec],
             if (src_spec.role, dst_spec.role) != ("prefill", "decode"):
                 continue
             ranks = [*workers[src].ranks, *workers[dst].ranks]
-            group = dist.new_group(ranks)
+            group = dist.new_group(ranks, timeout=timeout)
             if rank in ranks:
                 groups[(src, dst)] = group
     return groups

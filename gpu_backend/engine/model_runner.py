@@ -17,7 +17,7 @@ import torch
 from ..config import EngineConfig, ModelConfig
 from ..kernels import get_kernels
 from ..layers.attention import AttentionMetadata
-from ..layers.sampler import Sampler, SamplerOutput
+from ..layers.sampler import Sampler, SamplerOutput, skip_draws
 from ..loader import load_weights
 from ..models.registry import build_model
 from ..parallel.pipeline import PipelineStage
@@ -240,8 +240,7 @@ class ModelRunner:
         generator = self.generators.get(seq_id)
         if generator is None:
             generator = self.generators[seq_id] = torch.Generator(self.device).manual_seed(seed)
-            for _ in range(num_drawn):  # tokens sampled elsewhere (a prefill worker): the sampler's draws for them
-                torch.empty(vocab_size, dtype=torch.float32, device=self.device).exponential_(generator=generator)
+            skip_draws(generator, num_drawn, vocab_size)  # tokens sampled elsewhere (a prefill worker)
         return generator
 
     def release(self, seq_id: int) -> None:

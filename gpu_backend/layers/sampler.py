@@ -84,6 +84,14 @@ class Sampler:
         return torch.where(greedy, logits.argmax(dim=-1), sampled)
 
 
+def skip_draws(generator: torch.Generator, num_draws: int, vocab_size: int) -> None:
+    """Advance a seeded row's generator past ``num_draws`` sampled tokens, as ``_sample`` draws
+    them (one row of ``vocab_size`` exponentials each): a request handed over from another worker
+    goes on with the noise it would have had there."""
+    for _ in range(num_draws):
+        torch.empty(vocab_size, dtype=torch.float32, device=generator.device).exponential_(generator=generator)
+
+
 def _is_plain_greedy(batch: SamplingBatch) -> bool:
     """Every row greedy and nothing that needs the float32 logits: no bans, penalties or logprobs."""
     return (batch.all_greedy and not batch.banned_token_ids and batch.repetition_penalties is None

@@ -13,6 +13,7 @@ from gpu_backend.layers.sampler import (
     SamplingBatch,
     apply_penalties,
     apply_top_k_top_p_min_p,
+    skip_draws,
 )
 
 
@@ -133,6 +134,25 @@ def test_same_seed_same_tokens_whatever_the_batch() -> None:
     seq2 = [int(Sampler()(logits, batch(3, generators=[g2, None, None])).token_ids[0]) for _ in range(20)]
     assert seq1 == seq2
     assert len(set(seq1)) > 1  # it does sample
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_a_generator_past_skipped_draws_goes_on_as_the_one_that_made_them(device: str) -> None:
+    """A request handed from a prefill worker (which drew its first tokens) to a decode worker."""
+    torch.manual_seed(0)
+    steps = [torch.randn(3, 97, device=device) for _ in range(6)]  # an awkward vocabulary size
+    sample = Sampler()
+
+    def tokens(generator: torch.Generator, logits: list[torch.Tensor]) -> list[int]:
+        settings = SamplingBatch(torch.ones(3, device=device), None, None, None, [None, generator, None], False)
+        return [int(sample(rows, settings).token_ids[1]) for rows in logits]
+
+    whole = tokens(torch.Generator(device).manual_seed(11), steps)
+    handed_over = torch.Generator(device).manual_seed(11)
+    skip_draws(handed_over, 2, 97)
+    assert tokens(handed_over, steps[2:]) == whole[2:]
+    assert tokens(torch.Generator(device).manual_seed(11), steps[2:]) != whole[2:]  # without the skip
 
 
 def test_random_sampling_follows_the_distribution() -> None:

@@ -1,19 +1,22 @@
 """A request's hand-off from a prefill worker to a decode worker, as each rank carries it out.
 
-Once a prompt is computed and its first token sampled, the prefill worker's driver tells its
-ranks to send the request's blocks ("kv_send") and frees them: the sends read copies, and go on
-while the worker computes other prompts. Once told that first token, the decode worker's driver
-tells its ranks to post their receives ("kv_recv") and goes on decoding; when its own share has
-arrived (or failed), it tells them to land it ("kv_land"): every rank waits for its share (up to
-the transfer's deadline), the ranks agree that all of it arrived, and only then is it written
-into the reserved blocks and the sequence joins the running batch. A request the client left
-while its KV was on the way is dropped ("kv_drop"): its receives still complete, into buffers
-nobody reads, so the pair's messages stay in step.
+KV moves chunk by chunk while the prompt is computed. After each step, the prefill worker's
+driver tells its ranks to send the blocks of each prompt that were completed since the last
+turn ("kv_send"; all that is left once the prompt is done). The sends read copies, and a thread
+waits for them while the worker computes on. The driver reports each chunk to the service, which
+tells the decode worker, whose ranks post the matching receives into buffers ("kv_recv").
+Told the first token, the decode worker's driver lands the request once its own share of
+every chunk has arrived ("kv_land"): every rank waits for its share (up to the transfer's
+deadline), the ranks agree that all of it arrived, and only then is it written into the
+reserved blocks and the sequence joins the running batch. A request the client left while its
+KV was on the way is dropped ("kv_drop"): its receives still complete, into buffers nobody
+reads, so the pair's messages stay in step.
 
 ORDER. A pair's messages match in the order they are posted (NCCL has no tags). The prefill
-driver posts a request's sends in the order it reports first tokens to the service, and the
-service tells the decode worker in that order, so both ends post in the same order. A pair whose
-transfer failed is never used again (the service's router avoids it): its order may be lost.
+driver reports its chunks in the order it posts them, and the service relays them in that order
+(for requests it no longer tracks too, which the decode worker receives into scratch buffers),
+so both ends post in the same order. A pair whose transfer failed is never used again (the
+service's router avoids it): its order may be lost.
 """
 
 from __future__ import annotations
@@ -62,49 +65,51 @@ class Cluster:
 
 
 class RankTransfers:
-    """One rank's KV transfers in flight: sends whose buffers must outlive them, and receives
-    waiting to land (by request id)."""
+    """One rank's KV transfers in flight: sends whose buffers must outlive them, and the chunks
+    of each request received so far, waiting to land (by request id)."""
 
     def __init__(self, cluster: Cluster, rank: int, control_group: dist.ProcessGroup | None) -> None:
         self.cluster, self.rank, self.control_group = cluster, rank, control_group
         self.sending: list[tuple[str, PendingTransfer]] = []
-        self.receiving: dict[str, PendingReceive] = {}
+        self.receiving: dict[str, list[PendingReceive]] = {}
         self.dropped: list[PendingReceive] = []
 
     def send(self, kv_cache: torch.Tensor, request_id: str, dst_worker: int, block_ids: Sequence[int]) -> None:
         self.sending.append((request_id, self.cluster.post_send(kv_cache, self.rank, dst_worker, block_ids)))
 
     def receive(self, kv_cache: torch.Tensor, request_id: str, src_worker: int, block_ids: Sequence[int]) -> None:
-        self.receiving[request_id] = self.cluster.post_receive(kv_cache, self.rank, src_worker, block_ids)
+        """Post the receives of one chunk of a request's KV, into ``block_ids`` once it lands."""
+        chunk = self.cluster.post_receive(kv_cache, self.rank, src_worker, block_ids)
+        self.receiving.setdefault(request_id, []).append(chunk)
 
     def arrived(self, request_id: str) -> tuple[bool, str | None] | None:
         """This rank's share of a request: (True, None) arrived, (False, why) failed, None on its way."""
         try:
-            return (True, None) if self.receiving[request_id].done() else None
+            return (True, None) if all(chunk.done() for chunk in self.receiving.get(request_id, [])) else None
         except KVTransferError as error:
             return False, str(error)
 
     def land(self, request_id: str, arrived_here: bool) -> bool:
         """Collective over the worker's ranks: write the request's KV into its blocks on every rank
         if every rank's share arrived; whether it did. Each rank waits for its share up to the deadline."""
-        pending = self.receiving.pop(request_id)
+        chunks = self.receiving.pop(request_id, [])
         if arrived_here:
             try:
-                pending.wait()
+                for chunk in chunks:
+                    chunk.wait()
             except KVTransferError as error:
                 log.warning("rank %d: %s", self.rank, error)
                 arrived_here = False
         everywhere = arrived_here if self.control_group is None else bool(min_over(self.control_group,
                                                                                    int(arrived_here)))
         if everywhere:
-            pending.land()
+            for chunk in chunks:
+                chunk.land()
         return everywhere
 
     def drop(self, request_id: str) -> None:
         """Nobody wants this request's KV any more; its receives run out into their buffers."""
-        pending = self.receiving.pop(request_id, None)
-        if pending is not None:
-            self.dropped.append(pending)
+        self.dropped += self.receiving.pop(request_id, [])
 
     def reap(self) -> list[tuple[str, str]]:
         """Forget the finished sends and dropped receives; (request id, why) of the sends that failed."""

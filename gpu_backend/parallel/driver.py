@@ -7,11 +7,13 @@ once a ``HEARTBEAT_S`` even when idle, so the service can tell a hung worker fro
 
 Messages, service -> driver: ("add", request_id, prompt, params), ("abort", request_id), ("stop",);
 in a disaggregated cluster also ("prefill", request_id, prompt_ids, params, (decode worker,
-blocks) | None), ("reserve", request_id, prompt_ids, params) and ("admit", request_id,
-first_token, prefill worker). Driver -> service: ("ready", WorkerInfo), ("accepted", request_id),
-("rejected", request_id, error), ("reserved", request_id, blocks | None), ("step",
-[WorkerOutput], WorkerLoad), ("transfer_failed", request_id, why) (a decode worker whose KV did
-not arrive: the blocks are free again), ("error", text).
+number of blocks it reserved) | None), ("reserve", request_id, prompt_ids, params), ("kv_chunk",
+request_id, prefill worker, first block, number of blocks) (a chunk of KV on its way, relayed in
+the order the prefill worker posted it) and ("admit", request_id, first_token, prefill worker).
+Driver -> service: ("ready", WorkerInfo), ("accepted", request_id), ("rejected", request_id,
+error), ("reserved", request_id, blocks | None), ("step", [WorkerOutput], WorkerLoad, [(request_id,
+decode worker, first block, number of blocks)] of the KV chunks posted), ("transfer_failed",
+request_id, why) (a decode worker whose KV did not arrive: the blocks are free again), ("error", text).
 """
 
 from __future__ import annotations
@@ -62,13 +64,22 @@ class WorkerOutput:
     finish_reason: str | None
 
 
+@dataclass
+class Outgoing:
+    """A prompt whose KV goes to a decode worker as it is computed (on the prefill worker)."""
+
+    decode_worker: int
+    num_blocks: int  # blocks the decode worker reserved: the prompt's last ones
+    num_sent: int = 0
+
+
 class Driver:
     def __init__(self, engine: LLMEngine, runner: DriverRunner, connection: Connection, cluster: Cluster) -> None:
         self.engine, self.runner, self.connection = engine, runner, connection
         self.transfers = RankTransfers(cluster, runner.place.rank, runner.control.group)
         self._stopping = False
         self._last_sent = 0.0
-        self._handoffs: dict[str, tuple[int, list[int]]] = {}  # prefill: request -> (decode worker, its blocks)
+        self._handoffs: dict[str, Outgoing] = {}  # prefill: prompts whose KV goes to a decode worker
         self._reserved: dict[str, list[int]] = {}  # decode: request -> blocks its KV goes into
         self._landing: dict[str, int] = {}  # decode: request -> its first token, while its KV arrives
 
@@ -94,10 +105,10 @@ class Driver:
         if self.connection.poll(0 if busy else TRANSFER_POLL_S if self._landing else IDLE_WAIT_S):
             self._drain()
         outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
-        self._hand_off(outputs)
+        pushed = self._push_kv() if self._handoffs else []
         compact = [_compact(output) for output in outputs] + self._land()
-        if compact or time.monotonic() - self._last_sent > HEARTBEAT_S:
-            self._send(("step", compact, self._load()))
+        if compact or pushed or time.monotonic() - self._last_sent > HEARTBEAT_S:
+            self._send(("step", compact, self._load(), pushed))
         for request_id, why in self.transfers.reap():
             log.warning("the KV of %s did not reach its decode worker: %s", request_id, why)
 
@@ -126,6 +137,8 @@ class Driver:
             self._prefill(*message[1:])
         elif kind == "reserve":
             self._reserve(*message[1:])
+        elif kind == "kv_chunk":
+            self._receive_chunk(*message[1:])
         elif kind == "admit":
             self._admit(*message[1:])
         elif kind == "stop":
@@ -133,40 +146,52 @@ class Driver:
 
     def _abort(self, request_id: str) -> None:
         self._reserved.pop(request_id, None)
-        if self._landing.pop(request_id, None) is not None:
+        self._landing.pop(request_id, None)
+        if request_id in self.transfers.receiving:
             self.runner.drop_kv(self.transfers, request_id)
         output = self.engine.abort(request_id)
         if output is not None:
-            self._hand_off([output])
-            self._send(("step", [_compact(output)], self._load()))
+            self._send(("step", [_compact(output)], self._load(), []))
 
     # -- disaggregated: this worker prefills, or decodes what another prefilled -------------------
 
     def _prefill(self, request_id: str, prompt: list[int], params: SamplingParams,
-                 handoff: tuple[int, list[int]] | None) -> None:
-        """Compute the prompt and its first token; then (``handoff``) send its KV to that decode worker."""
+                 handoff: tuple[int, int] | None) -> None:
+        """Compute the prompt and its first token; ``handoff``: (decode worker, blocks it reserved),
+        whose KV goes there as it is computed."""
         try:
             self.engine.add_request(prompt, replace(params, max_tokens=1), request_id, hold_blocks=handoff is not None)
         except Exception as error:
             self._send(("rejected", request_id, error))
             return
         if handoff is not None:
-            self._handoffs[request_id] = handoff
+            self._handoffs[request_id] = Outgoing(*handoff)
         self._send(("accepted", request_id))
 
-    def _hand_off(self, outputs: list[RequestOutput]) -> None:
-        """Post the KV sends of the prompts that just ended, in the order of their outputs (the order
-        the decode worker posts its receives in), and free their blocks: the sends read copies."""
-        for output in outputs:
-            handoff = self._handoffs.pop(output.request_id, None) if output.finished else None
-            if handoff is None:
-                continue
-            worker, blocks = handoff
-            seq = self.engine.held.get(output.request_id)
-            if seq is not None and seq.finish_reason == "length":  # cut at one token: decoding goes on there
-                self.runner.send_kv(self.transfers, output.request_id, worker,
-                                    seq.block_table[len(seq.block_table) - len(blocks):])
-            self.engine.release_blocks(output.request_id)
+    def _push_kv(self) -> list[tuple[str, int, int, int]]:
+        """Post the sends of each prompt's blocks computed since the last turn (all that is left
+        once it is done); free the blocks of prompts that ended. (request, decode worker, first
+        block, blocks) of each chunk posted, in the order posted: the decode worker posts its
+        receives in that order."""
+        pushed = []
+        block_size = self.engine.block_manager.block_size
+        for request_id, out in list(self._handoffs.items()):
+            request, held = self.engine.requests.get(request_id), self.engine.held.get(request_id)
+            seq = request.seq if request is not None else held
+            offset = -(-seq.num_prompt_tokens // block_size) - out.num_blocks if seq is not None else 0
+            if request is not None:
+                ready = max(0, min(seq.num_computed_tokens, seq.num_prompt_tokens) // block_size - offset)
+            else:  # ended: the rest goes only if decoding goes on (cut at one token, not stopped)
+                ready = out.num_blocks if held is not None and held.finish_reason == "length" else out.num_sent
+            if ready > out.num_sent:
+                blocks = seq.block_table[offset + out.num_sent:offset + ready]
+                self.runner.send_kv(self.transfers, request_id, out.decode_worker, blocks)
+                pushed.append((request_id, out.decode_worker, out.num_sent, ready - out.num_sent))
+                out.num_sent = ready
+            if request is None:
+                del self._handoffs[request_id]
+                self.engine.release_blocks(request_id)
+        return pushed
 
     def _reserve(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
         try:
@@ -178,14 +203,20 @@ class Driver:
             self._reserved[request_id] = blocks
         self._send(("reserved", request_id, blocks))
 
+    def _receive_chunk(self, request_id: str, prefill_worker: int, first: int, num_blocks: int) -> None:
+        """Post the receives of a chunk the prefill worker sent; a request no longer here (aborted)
+        takes it into scratch buffers, so the pair's messages stay in step."""
+        blocks = self._reserved.get(request_id)
+        dropped = blocks is None
+        block_ids = [0] * num_blocks if dropped else blocks[first:first + num_blocks]
+        self.runner.receive_kv(self.transfers, request_id, prefill_worker, block_ids)
+        if dropped:
+            self.runner.drop_kv(self.transfers, request_id)
+
     def _admit(self, request_id: str, first_token: int, prefill_worker: int) -> None:
-        """Post the receives of the prompt's KV into the reserved blocks; it lands in ``_land``."""
-        blocks = self._reserved.pop(request_id, None)
-        if blocks is None:
-            log.error("told to admit %s, which holds no blocks here", request_id)
-            return
-        self.runner.receive_kv(self.transfers, request_id, prefill_worker, blocks)
-        self._landing[request_id] = first_token
+        """The prompt is done and every chunk of its KV is posted: it lands in ``_land``."""
+        if self._reserved.pop(request_id, None) is not None:
+            self._landing[request_id] = first_token
 
     def _land(self) -> list[WorkerOutput]:
         """Requests whose KV arrived join the running batch; a failed transfer frees the blocks and

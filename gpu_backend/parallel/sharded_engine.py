@@ -70,6 +70,7 @@ class ShardedEngine(WorkerRecovery):
         self.router = Router(self.roles, config.block_size)
         self._loads = [NO_LOAD] * len(self.roles)
         self.requests_per_worker = [0] * len(self.roles)  # routed so far
+        self.kv_chunks_relayed = 0  # KV chunks sent from prefill to decode workers
         self._outbox = Outbox(len(self.roles), lambda: self._ranks.connections)
         self._monitor = threading.Thread(target=self._watch, name="edgewise-worker-monitor", daemon=True)
         self._monitor.start()
@@ -174,7 +175,7 @@ class ShardedEngine(WorkerRecovery):
         """Reserve the decode worker's blocks (when there is one), then send the prompt to prefill."""
         handoff = None
         if stream.decode_worker is not None:
-            handoff = (stream.decode_worker, await self._reserve(stream, attempt, prompt, params))
+            handoff = (stream.decode_worker, len(await self._reserve(stream, attempt, prompt, params)))
         with self._lock:
             if self.error is not None:
                 raise WorkerLostError(self.error)
@@ -319,7 +320,8 @@ class ShardedEngine(WorkerRecovery):
     def _dispatch(self, message: tuple, worker: int) -> None:
         kind = message[0]
         if kind == "step":
-            _, outputs, self._loads[worker] = message
+            _, outputs, self._loads[worker], pushed = message
+            self._relay_chunks(pushed, worker)
             for output in outputs:
                 self._deliver(output, worker)
         elif kind in ("accepted", "rejected"):
@@ -341,6 +343,15 @@ class ShardedEngine(WorkerRecovery):
                 post(stream.loop, resolve, stream.reserved, message[2])
         elif kind == "transfer_failed":
             self._transfer_failed(message[1], message[2], worker)
+
+    def _relay_chunks(self, pushed: list[tuple[str, int, int, int]], prefill_worker: int) -> None:
+        """Tell each decode worker of the KV chunks on their way to it, in the order they were posted
+        (for requests no longer tracked here too: the pair's messages must stay in step)."""
+        with self._lock:
+            for request_id, decode_worker, first, num_blocks in pushed:
+                if decode_worker not in self.health.lost:
+                    self._outbox.put(decode_worker, ("kv_chunk", request_id, prefill_worker, first, num_blocks))
+                    self.kv_chunks_relayed += 1
 
     def _deliver(self, output: WorkerOutput, worker: int) -> None:
         with self._lock:

@@ -67,6 +67,19 @@ def test_prefill_then_decode_elsewhere_generates_what_one_process_does(checkpoin
         engine.shutdown()
 
 
+def test_the_kv_moves_in_chunks_while_the_prompt_is_computed(checkpoints: dict[str, Path]) -> None:
+    """A 62-token prompt prefilled 24 tokens a step: its full blocks go out after the steps that
+    complete them, the partial last one with the first token; the tokens are still exact."""
+    folder = checkpoints["llama"]
+    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), cluster((2, 1), (1, 2)))
+    try:
+        assert asyncio.run(generate_all(engine, PROMPTS[:1], "long")) == expected(folder, PROMPTS[:1])
+        assert engine.kv_chunks_relayed >= 2
+        wait_for_free_blocks(engine, 2 * 64)
+    finally:
+        engine.shutdown()
+
+
 def test_two_prefill_and_two_decode_workers_under_load(checkpoints: dict[str, Path]) -> None:
     folder = checkpoints["qwen2"]
     prompts = [f"{word} and the {other}" for word in ("Once", "The", "A", "Lo") for other in ("sea", "king")]

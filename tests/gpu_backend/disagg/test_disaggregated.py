@@ -108,10 +108,19 @@ def test_clients_leaving_at_each_stage_free_every_block(checkpoints: dict[str, P
         await asyncio.sleep(0.01)
         task.cancel()
 
+    async def leave_while_kv_is_on_its_way() -> None:
+        """After the first chunk of the prompt's KV went out, before the prompt is done."""
+        relayed = engine.kv_chunks_relayed
+        task = asyncio.ensure_future(generate(engine, PROMPTS[0] + " and the king", "in-transfer"))
+        while engine.kv_chunks_relayed == relayed and not task.done():
+            await asyncio.sleep(0.001)
+        task.cancel()
+
     try:
         asyncio.run(leave(1, "after-first-token"))  # left once decoding had taken over
         asyncio.run(leave(3, "decoding"))
         asyncio.run(leave_during_prefill())
+        asyncio.run(leave_while_kv_is_on_its_way())
         wait_for_free_blocks(engine, 2 * 64)
         assert asyncio.run(generate_all(engine, PROMPTS[:2], "after")) == expected(folder, PROMPTS[:2])
     finally:

@@ -59,6 +59,14 @@ def serve_command(edgewise: EdgewiseConfig) -> list[str]:
         command += ["--workers", str(settings.workers)]
     if settings.pp_layers is not None:
         command += ["--pp-layers", ",".join(map(str, settings.pp_layers))]
+    if settings.prefill_workers:
+        command += [f"--{key.replace('_', '-')}={getattr(settings, key)}" for key in
+                    ("prefill_workers", "prefill_tp", "prefill_pp", "decode_workers", "decode_tp", "decode_pp")]
+    defaults = LocalBackendConfig()
+    for key, option in (("worker_timeout_s", "--worker-timeout"), ("heartbeat_timeout_s", "--heartbeat-timeout"),
+                        ("on_worker_loss", "--on-worker-loss"), ("worker_restarts", "--worker-restarts")):
+        if getattr(settings, key) != getattr(defaults, key):
+            command += [option, str(getattr(settings, key))]
     return command
 
 

@@ -134,11 +134,31 @@ class LocalBackendConfig:
     pp: int = 1  # pipeline stages
     pp_layers: tuple[int, ...] | None = None  # decoder layers per stage; None: as even as possible
     workers: int = 1  # colocated workers (replicas) of tp x pp ranks per text model
+    # Disaggregated instead (docs/disaggregation.md): prefill and decode workers, each tp x pp ranks.
+    prefill_workers: int = 0
+    prefill_tp: int = 1
+    prefill_pp: int = 1
+    decode_workers: int = 0
+    decode_tp: int = 1
+    decode_pp: int = 1
+    # Failure (docs/parallelism.md): the bound of every wait between ranks, of a rank's silence,
+    # what a lost worker's requests become, and how often the workers start again.
+    worker_timeout_s: float = 30.0
+    heartbeat_timeout_s: float = 5.0
+    on_worker_loss: str = "error"
+    worker_restarts: int = 3
 
     def __post_init__(self) -> None:
-        expect_int(self.tp, "tp", minimum=1)
-        expect_int(self.pp, "pp", minimum=1)
-        expect_int(self.workers, "workers", minimum=1)
+        for key in ("tp", "pp", "workers", "prefill_tp", "prefill_pp", "decode_tp", "decode_pp"):
+            expect_int(getattr(self, key), key, minimum=1)
+        for key in ("prefill_workers", "decode_workers", "worker_restarts"):
+            expect_int(getattr(self, key), key)
+        if (self.prefill_workers > 0) != (self.decode_workers > 0):
+            raise ConfigError(None, "prefill_workers", "and decode_workers go together: both 0 (colocated) or both "
+                                                       f"at least 1, got {self.prefill_workers} and {self.decode_workers}")
+        expect_number(self.worker_timeout_s, "worker_timeout_s", minimum=0.001)
+        expect_number(self.heartbeat_timeout_s, "heartbeat_timeout_s", minimum=0.001)
+        _check_choice(self.on_worker_loss, ("error", "recompute"), "on_worker_loss")
         if self.pp_layers is not None:
             counts = expect_array(self.pp_layers, "pp_layers")
             layers = tuple(expect_int(n, f"pp_layers[{i}]", minimum=1) for i, n in enumerate(counts))

@@ -146,3 +146,36 @@ async def test_healthz_names_the_lost_worker_while_the_others_serve(checkpoints:
         assert f'edgewise_worker_events_total{{event="worker_lost",model="{MODEL}"}} 1.0' in metrics
     finally:
         engines.shutdown()
+
+
+def test_a_prefill_worker_killed_while_its_kv_goes_out(checkpoints: dict[str, Path]) -> None:
+    """Two prefill workers, one decode worker: the prefill worker computing a long prompt is killed
+    once the first chunk of its KV went out; the prompt is prefilled again by the other and every
+    token equals one process's, every block of the survivors comes back."""
+    folder = checkpoints["llama"]
+    parallel = ParallelConfig(timeout_s=20.0, prefill=WorkerSpec("prefill"), decode=WorkerSpec("decode"),
+                              num_prefill_workers=2, num_decode_workers=1, on_worker_loss="recompute")
+    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), parallel, max_restarts=0)
+    prompt = " ".join([PROMPTS["survivor"]] * 5)  # about 170 tokens: 8 steps of 24
+
+    async def scenario() -> list[int]:
+        task = asyncio.ensure_future(collect_prompt(engine, prompt, "long"))
+        while engine.kv_chunks_relayed == 0:
+            await asyncio.sleep(0.001)
+        os.kill(engine.rank_pids(0)[0], signal.SIGKILL)  # the router's first pick
+        return await task
+
+    try:
+        assert asyncio.run(scenario()) == expected(folder, prompt)
+        assert list(engine.lost_workers) == [0] and engine.error is None
+        assert engine.events == {"worker_lost": 1, "request_recomputed": 1}  # lost mid-prompt, not after
+        wait_for_free_blocks(engine, 2 * 64)
+    finally:
+        engine.shutdown()
+
+
+async def collect_prompt(engine: ShardedEngine, prompt: str, request_id: str) -> list[int]:
+    tokens: list[int] = []
+    async for output in engine.generate(prompt, LONG, request_id):
+        tokens += output.delta_token_ids
+    return tokens

@@ -75,25 +75,31 @@ def run_layout(layout: str, folder: Path, corpus: Path, args: argparse.Namespace
                                "max_model_len": args.input_len + args.output_len + 64}
     if parallel is not None:
         options["parallel"] = parallel
-    started = time.perf_counter()
+    started, at_start = time.perf_counter(), triton_cache_entries()
     rows = []
     with local_backend({MODEL: folder}, **options) as (url, token):
         ready_s = time.perf_counter() - started
+        startup_compiled = sorted(triton_cache_entries() - at_start)
         for rate in args.rates.split(","):  # one at a time, to see what each compiles
-            compiled = triton_cache_entries()
+            before = triton_cache_entries()
             report = serving.main(["--base-url", url, "--token", token, "--model", MODEL, "--tokenizer", str(folder),
                                    "--corpus", str(corpus), "--input-len", str(args.input_len), "--output-len",
                                    str(args.output_len), "--rates", rate, "--num-prompts", str(args.num_prompts),
                                    "--seed", str(args.seed), "--slo-ttft-ms", str(args.slo_ttft_ms),
                                    "--slo-tpot-ms", str(args.slo_tpot_ms), "--gpus", str(gpus), "--out", str(out)])
-            rows += [{**row, "triton_kernels_compiled": triton_cache_entries() - compiled} for row in report["results"]]
-    return {"gpus": gpus, "ready_s": ready_s, "results": rows}
+            compiled = sorted(triton_cache_entries() - before)
+            rows += [{**row, "triton_kernels_compiled": len(compiled), "triton_compiled": compiled}
+                     for row in report["results"]]
+    return {"gpus": gpus, "ready_s": ready_s, "triton_compiled_at_start": startup_compiled, "results": rows}
 
 
-def triton_cache_entries() -> int:
-    """Kernels in Triton's cache: one that grows during a rate compiled while it served."""
+def triton_cache_entries() -> set[str]:
+    """Kernels in Triton's cache, as "entry/kernel": one that appears during a rate compiled while it served."""
     folder = Path(os.environ.get("TRITON_CACHE_DIR", Path.home() / ".triton" / "cache"))
-    return sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
+    if not folder.is_dir():
+        return set()
+    return {f"{entry.name[:12]}/{file.stem}" for entry in folder.iterdir() if entry.is_dir()
+            for file in entry.glob("*.json") if not file.name.startswith("__grp__")}
 
 
 def compare(colocated: dict, disaggregated: dict, slo_ttft_ms: float) -> dict:

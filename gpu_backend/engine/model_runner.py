@@ -24,6 +24,7 @@ from ..parallel.pipeline import PipelineStage
 from .block_tables import BlockTables
 from .cuda_graphs import DecodeGraphs
 from .device_copy import to_device
+from .kernel_warmup import warm_up
 from .sampling_batch import SamplingPlan, build_sampling_batch
 from .scheduler import ScheduledBatch
 from .sequence import Sequence
@@ -75,6 +76,8 @@ class ModelRunner:
         started = time.perf_counter()
         self.num_blocks = self._allocate_kv_cache()
         log.info("KV cache of %d blocks sized and allocated in %.1f s", self.num_blocks, time.perf_counter() - started)
+        if self.device.type == "cuda":  # before any request can wait on a kernel compile
+            warm_up(self)
         self.graphs = None
         if self.device.type == "cuda" and not config.enforce_eager:
             started = time.perf_counter()

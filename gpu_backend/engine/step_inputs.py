@@ -91,8 +91,12 @@ def device_inputs(inputs: StepInputs, previous_token_ids: torch.Tensor | None, d
                   ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
     """input ids, positions and attention metadata on the device, in one host-to-device copy each."""
     num_tokens, num_pending = inputs.num_tokens, len(inputs.pending_at)
-    longs = to_device(inputs.input_ids + inputs.positions + inputs.slot_mapping + inputs.pending_at
-                      + inputs.pending_from, torch.long, device)
+    # Each part starts 16-byte aligned whatever the batch: Triton compiles a kernel again for a
+    # pointer of another alignment, and a request would wait on that compile.
+    pad = [0] * (num_tokens % 2)
+    stride = num_tokens + len(pad)
+    longs = to_device(inputs.input_ids + pad + inputs.positions + pad + inputs.slot_mapping + pad
+                      + inputs.pending_at + inputs.pending_from, torch.long, device)
     ids = longs[:num_tokens]
     if num_pending:
         if previous_token_ids is None:
@@ -100,11 +104,11 @@ def device_inputs(inputs: StepInputs, previous_token_ids: torch.Tensor | None, d
         if num_pending == num_tokens and inputs.pending_from == list(range(num_tokens)):
             ids = previous_token_ids[:num_tokens]  # steady decode: the last step's tokens, in order
         else:
-            tail = longs[3 * num_tokens:]
+            tail = longs[3 * stride:]
             ids = ids.index_copy(0, tail[:num_pending], previous_token_ids.index_select(0, tail[num_pending:]))
     meta = attention_metadata(inputs.query_lens, inputs.seq_lens, tensor_to_device(inputs.block_tables, device),
-                              longs[2 * num_tokens:3 * num_tokens], device)
-    return ids, longs[num_tokens:2 * num_tokens], meta
+                              longs[2 * stride:2 * stride + num_tokens], device)
+    return ids, longs[stride:stride + num_tokens], meta
 
 
 def attention_metadata(query_lens: Seq[int], seq_lens: Seq[int], block_tables: torch.Tensor,
@@ -113,11 +117,12 @@ def attention_metadata(query_lens: Seq[int], seq_lens: Seq[int], block_tables: t
     starts = [0]
     for n in query_lens:
         starts.append(starts[-1] + n)
+    starts += [0] * (-len(starts) % 4)  # seq_lens starts 16-byte aligned (see device_inputs)
     ints = to_device(starts + list(seq_lens), torch.int32, device)
     return AttentionMetadata(
         slot_mapping=slot_mapping,
         query_start_loc=ints[: num_seqs + 1],
-        seq_lens=ints[num_seqs + 1:],
+        seq_lens=ints[len(starts):],
         block_tables=block_tables,
         max_query_len=max(query_lens),
         max_seq_len=max(seq_lens),

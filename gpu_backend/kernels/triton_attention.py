@@ -112,7 +112,9 @@ def _attend_query_tile(
              out.to(out_ptr.dtype.element_ty), mask=io_mask)
 
 
-@triton.jit
+# Integers that change from batch to batch are not specialized on (Triton would compile a variant
+# for each of 1, a multiple of 16, and the rest, while requests wait; see engine/kernel_warmup.py).
+@triton.jit(do_not_specialize=["first_seq", "block_tables_stride"])
 def _paged_prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, query_start_loc_ptr, seq_lens_ptr, block_tables_ptr, first_seq,
     q_stride_t, q_stride_h, out_stride_t, out_stride_h,
@@ -151,7 +153,7 @@ def _paged_prefill_kernel(
         )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["block_tables_stride"])
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_out_ptr, partial_lse_ptr, split_counters_ptr,
     seq_lens_ptr, block_tables_ptr,

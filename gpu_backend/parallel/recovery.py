@@ -71,10 +71,11 @@ class WorkerRecovery:
             if stream is None or stream.prefill_worker is None:
                 return
             self._broken_pairs.add((stream.prefill_worker, decode_worker))
+            if not self._can_serve():  # the world restarts, and its requests with it
+                self._world_lost = f"no working prefill-decode pair is left (the last transfer failed: {why})"
+                return
             self._reroute(stream, KVTransferError(f"the prompt's KV did not reach decode worker {decode_worker}: "
                                                   f"{why}"))
-            if not self._can_serve():
-                self._world_lost = f"no working prefill-decode pair is left (the last transfer failed: {why})"
 
     def _lose_worker(self, worker: int, reason: str) -> None:
         """Kill one worker; its requests end or are computed again on the others. With none left to

@@ -61,7 +61,7 @@ class Cluster:
         routes = _routes(self.kv_layouts[src_worker], layout)
         pending = post_receive_kv(kv_cache, layout, routes, rank, list(block_ids), timeout=self.timeout,
                                   group=self.pair_groups.get((src_worker, self.mine)))
-        return pending.start()  # type: ignore[return-value]
+        return pending.start()
 
 
 class RankTransfers:
@@ -123,10 +123,6 @@ class RankTransfers:
         self.sending = still
         self.dropped = [pending for pending in self.dropped if not _finished(pending)]
         return failed
-
-    @property
-    def busy(self) -> bool:
-        return bool(self.sending or self.receiving or self.dropped)
 
 
 def _finished(pending: PendingTransfer) -> bool:

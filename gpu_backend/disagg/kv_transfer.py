@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Self
 
 import torch
 import torch.distributed as dist
@@ -161,7 +162,7 @@ class PendingTransfer:
         self.works.append((what, work))
         self._buffers.append(buffer)
 
-    def start(self) -> PendingTransfer:
+    def start(self) -> Self:
         if self.works:
             self._waiter = _WAITERS.submit(self._wait_all)
         return self

@@ -9,7 +9,7 @@ Messages, service -> driver: ("add", request_id, prompt, params), ("abort", requ
 in a disaggregated cluster also ("prefill", request_id, prompt_ids, params, (decode worker,
 number of blocks it reserved) | None), ("reserve", request_id, prompt_ids, params), ("kv_chunk",
 request_id, prefill worker, first block, number of blocks) (a chunk of KV on its way, relayed in
-the order the prefill worker posted it) and ("admit", request_id, first_token, prefill worker).
+the order the prefill worker posted it) and ("admit", request_id, first_token).
 Driver -> service: ("ready", WorkerInfo), ("accepted", request_id), ("rejected", request_id,
 error), ("reserved", request_id, blocks | None), ("step", [WorkerOutput], WorkerLoad, [(request_id,
 decode worker, first block, number of blocks)] of the KV chunks posted), ("transfer_failed",
@@ -213,7 +213,7 @@ class Driver:
         if dropped:
             self.runner.drop_kv(self.transfers, request_id)
 
-    def _admit(self, request_id: str, first_token: int, prefill_worker: int) -> None:
+    def _admit(self, request_id: str, first_token: int) -> None:
         """The prompt is done and every chunk of its KV is posted: it lands in ``_land``."""
         if self._reserved.pop(request_id, None) is not None:
             self._landing[request_id] = first_token

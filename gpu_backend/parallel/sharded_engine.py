@@ -166,7 +166,8 @@ class ShardedEngine(WorkerRecovery):
             return
         prefill = [w for w in self.health.live_workers if self.roles[w] == "prefill"]
         if params is None or params.max_tokens is None or params.max_tokens > 1:
-            unlinked = {d for d, role in enumerate(self.roles) if all((p, d) in self._broken_pairs for p in prefill)}
+            decode = [w for w in self.health.live_workers if self.roles[w] == "decode"]
+            unlinked = {d for d in decode if all((p, d) in self._broken_pairs for p in prefill)}
             stream.decode_worker = pick("decode", lost | unlinked)
             lost |= {p for p in prefill if (p, stream.decode_worker) in self._broken_pairs}
         stream.worker = stream.prefill_worker = pick("prefill", lost)
@@ -359,14 +360,14 @@ class ShardedEngine(WorkerRecovery):
             if stream is None or worker != stream.worker:
                 return
             if stream.decode_worker is not None and worker != stream.decode_worker and output.finished:
-                output = self._end_prefill(stream, output, worker)
+                output = self._end_prefill(stream, output)
             if output.finished:
                 self._forget(stream)
             output = stream.as_first_submitted(output)
         if not stream.abandoned:
             post(stream.loop, stream.outputs.put_nowait, output)
 
-    def _end_prefill(self, stream: Stream, output: WorkerOutput, worker: int) -> WorkerOutput:
+    def _end_prefill(self, stream: Stream, output: WorkerOutput) -> WorkerOutput:
         """The prefill worker's last word on a request: its first token goes to the decode worker,
         which takes over (its KV is on the way), or the request ended there and its blocks are freed."""
         decode = stream.decode_worker
@@ -374,7 +375,7 @@ class ShardedEngine(WorkerRecovery):
         if output.finish_reason != "length":  # a stop token, or aborted: nothing to decode
             self._outbox.put(decode, ("abort", output.request_id))
             return output
-        self._outbox.put(decode, ("admit", output.request_id, output.delta_token_ids[-1], worker))
+        self._outbox.put(decode, ("admit", output.request_id, output.delta_token_ids[-1]))
         stream.worker, stream.prefilling = decode, False
         if stream.abandoned:  # take the KV the prefill worker is sending, then let it go
             self._outbox.put(decode, ("abort", output.request_id))

@@ -11,6 +11,7 @@ from .ai_backends import AiBackends
 from .bindings import Env, build_env
 from .catalog import get_location
 from .config import WorkerConfig
+from .control_access import new_control_token
 from .frontdoor import FrontDoor
 from .geo import ClientLocator
 from .loader import import_isolated
@@ -26,12 +27,15 @@ class Edge:
     """Builds every PoP up front; a Worker that fails to load stops the whole start (nothing half-starts)."""
 
     def __init__(self, config: WorkerConfig, bindings: Mapping[str, Any] | None = None,
-                 ai_backends: AiBackends | None = None) -> None:
+                 ai_backends: AiBackends | None = None, *, control_token: str | None = None,
+                 show_secrets: bool = False) -> None:
         self.config = config
         self.bindings = dict(bindings or {})
         # Kept for the whole run: a reload makes new bindings over the same backends and connections.
         self.ai_backends = ai_backends if ai_backends is not None else AiBackends.for_config(config)
-        self.hub = TailHub()
+        self.control_token = control_token or new_control_token()
+        tokens = [spec.token for spec in self.ai_backends.specs if spec.token] + [self.control_token]
+        self.hub = TailHub(secret_values=() if show_secrets else tokens, redact=not show_secrets)
         self.locator = ClientLocator(config.edgewise.ip_locations, config.edgewise.client_location)
         self.services = EdgeServices(config, self.locator, self.hub)
         self.pops = [self._new_pop(spec.colo, spec.port, spec.healthy) for spec in config.edgewise.pops]

@@ -1,6 +1,7 @@
 """The anycast front door: locates the client, picks the nearest healthy PoP, adds the network delay.
 
-It also serves the local control API under ``/cdn-cgi/edgewise/`` (PoP list and health, tail stream).
+It also serves the local control API under ``/cdn-cgi/edgewise/`` (PoP list and health, tail stream),
+to same-origin and non-browser clients only; changes need the run's control token (``control_access``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from . import http_io
+from .control_access import cross_origin_refusal, has_token, missing_token_message
 from .errors import bad_request, no_healthy_pop, render
 from .geo import ClientLocation, LocationError
 from .pop import CLIENT_SCOPE_KEY
@@ -65,17 +67,24 @@ class FrontDoor:
 
     async def _control(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         route = scope["path"][len(CONTROL_PREFIX):].strip("/").split("/")
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        refusal = cross_origin_refusal(headers)
         if scope["type"] == "websocket":
-            if route == ["tail"]:
+            if route == ["tail"] and refusal is None:
                 await self._tail(receive, send)
             else:
-                await send({"type": "websocket.close", "code": 1008})
+                await _refuse_websocket(receive, send, scope, refusal or f"no control WebSocket {scope['path']}")
             return
         method = scope["method"]
-        if route == ["pops"] and method == "GET":
+        if refusal is not None:
+            await _json(send, 403, {"error": refusal})
+        elif route == ["pops"] and method == "GET":
             await _json(send, 200, [self.edge.describe(pop) for pop in self.edge.pops])
         elif len(route) == 3 and route[0] == "pops" and route[2] in ("up", "down") and method == "POST":
-            await self._set_health(send, route[1].upper(), route[2] == "up")
+            if has_token(headers, self.edge.control_token):
+                await self._set_health(send, route[1].upper(), route[2] == "up")
+            else:
+                await _json(send, 401, {"error": missing_token_message()})
         elif route == ["health"]:
             await _json(send, 200, {"ok": True, "healthyPops": sum(pop.healthy for pop in self.edge.pops)})
         else:
@@ -108,6 +117,13 @@ class FrontDoor:
 async def _forward_events(events: asyncio.Queue, send: Any) -> None:
     while True:
         await send({"type": "websocket.send", "text": json.dumps(await events.get())})
+
+
+async def _refuse_websocket(receive: Any, send: Any, scope: dict[str, Any], reason: str) -> None:
+    if (await receive())["type"] != "websocket.connect":
+        return
+    body = json.dumps({"error": reason}).encode()
+    await http_io.send_websocket_denial(send, scope, 403, body, "application/json", "")
 
 
 async def _json(send: Any, status: int, payload: Any) -> None:

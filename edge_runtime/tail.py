@@ -1,11 +1,15 @@
-"""Tail events: what each invocation did, fanned out to ``edgewise tail`` clients and printed in two formats."""
+"""Tail events: what each invocation did, fanned out to ``edgewise tail`` clients and printed in two formats.
+
+Credentials stay out of them by default: the values of credential headers, and the run's own tokens
+(the AI backends' and the control token) wherever they appear; ``edgewise dev --show-secrets`` keeps them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -13,14 +17,18 @@ from typing import Any
 from workers import _state
 
 _QUEUE_SIZE = 1000
-
+REDACTED = "REDACTED"  # what Cloudflare's tail shows in place of a credential header's value
+REDACTED_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+_HIDDEN_TOKEN = "***"
 
 
 class TailHub:
     """Publish/subscribe of tail events; a slow subscriber loses events instead of slowing requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, secret_values: Iterable[str] = (), redact: bool = True) -> None:
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._secret_values = tuple(value for value in secret_values if value)
+        self._redact = redact
         install_log_capture()
 
     @property
@@ -28,6 +36,8 @@ class TailHub:
         return bool(self._subscribers)
 
     def publish(self, event: dict[str, Any]) -> None:
+        if self._redact:
+            event = redacted(event, self._secret_values)
         for queue in self._subscribers:
             if queue.full():
                 queue.get_nowait()
@@ -52,6 +62,28 @@ class InvocationLogHandler(logging.Handler):
         if logs is not None:
             level = "log" if record.levelno == logging.INFO else record.levelname.lower()
             logs.append({"message": [record.getMessage()], "level": level, "timestamp": int(record.created * 1000)})
+
+
+def redacted(event: dict[str, Any], secret_values: tuple[str, ...]) -> dict[str, Any]:
+    """A copy of ``event`` without credential header values, and with each of ``secret_values`` hidden."""
+    request = event.get("event", {}).get("request")
+    if isinstance(request, dict) and isinstance(request.get("headers"), dict):
+        headers = {name: REDACTED if name.lower() in REDACTED_HEADERS else value
+                   for name, value in request["headers"].items()}
+        event = {**event, "event": {**event["event"], "request": {**request, "headers": headers}}}
+    return _without(event, secret_values) if secret_values else event
+
+
+def _without(value: Any, secret_values: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        for secret in secret_values:
+            value = value.replace(secret, _HIDDEN_TOKEN)
+        return value
+    if isinstance(value, dict):
+        return {key: _without(item, secret_values) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without(item, secret_values) for item in value]
+    return value
 
 
 def install_log_capture() -> None:
@@ -81,7 +113,8 @@ def exception_entry(error: BaseException) -> dict[str, Any]:
     return {"name": type(error).__name__, "message": str(error), "timestamp": int(time.time() * 1000)}
 
 
-_OUTCOMES = {"ok": "Ok", "exception": "Exception Thrown", "exceededCpu": "Exceeded CPU Limit", "canceled": "Canceled"}
+_OUTCOMES = {"ok": "Ok", "exception": "Exception Thrown", "exceededCpu": "Exceeded CPU Limit",
+             "exceededMemory": "Exceeded Memory Limit", "canceled": "Canceled"}
 
 
 def pretty(event: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import gc
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from edge_runtime.ai_backends import AiBackends
 from edge_runtime.backend_process import BackendProcess, BackendStartError, serve_command, served_models
 from edge_runtime.catalog import get_location
 from edge_runtime.config import ConfigError, PopSpec, WorkerConfig, load_config
+from edge_runtime.control_access import TOKEN_HEADER
 from edge_runtime.devserver import BindError, Listener, display_host, open_listeners, serve
 from edge_runtime.edge import Edge
 from edge_runtime.loader import WorkerLoadError
@@ -84,10 +86,31 @@ def _print_ready(config: WorkerConfig, host: str, listeners: list[Listener], edg
         state = "" if pop.healthy else " [red](down)[/]"
         console.print(f"  {pop.colo}  {pop.location.city}, {pop.location.country}  {port}{state}")
     _print_ai(config, edge)
-    for warning in config.warnings:
-        console.print(f"[yellow]▲ [WARNING][/] {warning}")
+    console.print(f"  control token [dim](header {TOKEN_HEADER}, for POST /cdn-cgi/edgewise/pops/<COLO>/up|down)[/]: "
+                  f"{edge.control_token}", soft_wrap=True)
+    for warning in [*config.warnings, *exposure_warnings(host)]:
+        console.print(f"[yellow]▲ [WARNING][/] {escape(warning)}", soft_wrap=True)
     # The exact line wrangler prints; tools wait for it.
     print(f"[wrangler:info] Ready on http://{display_host(host)}:{front.port}", flush=True)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may well resolve to a LAN address
+
+
+def exposure_warnings(host: str) -> list[str]:
+    """What listening beyond this machine exposes, and how to stay local."""
+    if is_loopback(host):
+        return []
+    return [f"Listening on {host}, not only on this machine: anyone who can reach it over the network can call "
+            "the Worker (and, through env.AI, the models), list the PoPs and read `edgewise tail` (URLs, console "
+            "output; credential headers stay redacted unless --show-secrets). Changing PoP health still needs "
+            "the control token. To stay local, use --ip 127.0.0.1 (or leave [dev] ip unset)."]
 
 
 def _print_ai(config: WorkerConfig, edge: Edge) -> None:
@@ -132,9 +155,12 @@ def _start_backend(config: WorkerConfig, stack: contextlib.ExitStack) -> AiBacke
 @click.option("--cf", metavar="JSON", help='Fields merged into every request.cf, e.g. \'{"asn": 13335}\' (over [edgewise] cf).')
 @click.option("--reload/--no-reload", default=True, show_default=True, help="Reload the Worker when files change.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="log", show_default=True)
+@click.option("--show-secrets", is_flag=True,
+              help="Show credential headers (Authorization, Cookie ...) and the run's tokens in `edgewise tail` "
+                   "(redacted by default).")
 def dev(directory: Path, config_path: Path | None, env_name: str | None, port: int | None, ip: str | None,
         pops: str | None, pop_ports: int | None, vars_: tuple[str, ...], latency: str | None, cf: str | None,
-        reload: bool, log_level: str) -> None:
+        reload: bool, log_level: str, show_secrets: bool) -> None:
     """Serve the Worker in DIRECTORY on emulated PoPs behind an anycast front door."""
     setup_logging(log_level)
     overrides = _parse_vars(vars_)
@@ -147,7 +173,7 @@ def dev(directory: Path, config_path: Path | None, env_name: str | None, port: i
         try:
             config = read_config()
             ai_backends = _start_backend(config, stack)
-            edge = Edge(config, ai_backends=ai_backends)
+            edge = Edge(config, ai_backends=ai_backends, show_secrets=show_secrets)
             host = ip or ("127.0.0.1" if config.dev.ip == "localhost" else config.dev.ip)
             listeners = open_listeners(edge, host, config.dev.port if port is None else port)
         except (ConfigError, WorkerLoadError, BindError, BackendStartError) as error:

@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 
 from edge_runtime.config import load_config
 from edge_runtime.edge import Edge
+from wrangler_like_cli.dev import exposure_warnings
 from wrangler_like_cli.init import TEMPLATES
 from wrangler_like_cli.main import cli
 
@@ -229,3 +230,14 @@ def test_dev_reports_a_taken_port(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "[edgewise] pops" in result.stderr  # config tables in messages are printed, not eaten as markup
+
+
+@pytest.mark.parametrize("host, exposed", [("127.0.0.1", False), ("localhost", False), ("127.0.0.2", False),
+                                           ("::1", False), ("0.0.0.0", True), ("::", True),
+                                           ("192.168.1.20", True), ("devbox.lan", True)])
+def test_dev_warns_when_listening_beyond_this_machine(host: str, exposed: bool) -> None:
+    warnings = exposure_warnings(host)
+    assert bool(warnings) == exposed
+    if exposed:
+        [warning] = warnings
+        assert f"Listening on {host}" in warning and "edgewise tail" in warning and "--ip 127.0.0.1" in warning

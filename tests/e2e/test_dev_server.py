@@ -189,6 +189,22 @@ def test_control_api_lists_the_pops(hello: DevServer) -> None:
     assert [pop["colo"] for pop in response.json()] == ["DFW", "SFO", "LHR", "FRA", "SIN", "NRT"]
 
 
+def test_banner_token_changes_pop_health_and_other_sites_cannot(hello: DevServer) -> None:
+    token = re.search(r"control token .*: (\S+)$", hello.output, re.MULTILINE).group(1)
+    down = "/cdn-cgi/edgewise/pops/SIN/down"
+    cross_site = {"origin": "https://evil.example", "sec-fetch-site": "cross-site", "content-type": "text/plain"}
+    assert httpx.post(hello.url + down, headers=cross_site, timeout=10).status_code == 403
+    assert httpx.post(hello.url + down, timeout=10).status_code == 401
+    try:
+        taken_down = httpx.post(hello.url + down, headers={"edgewise-control-token": token}, timeout=10)
+        assert (taken_down.status_code, taken_down.json()["healthy"]) == (200, False)
+    finally:
+        up = httpx.post(hello.url + "/cdn-cgi/edgewise/pops/SIN/up", headers={"authorization": f"Bearer {token}"},
+                        timeout=10)
+    assert up.json()["healthy"] is True
+    assert hello.count(token) == 1  # printed once, in the banner
+
+
 def test_tail_receives_the_event_of_one_request(hello: DevServer) -> None:
     tail = Process(["tail", "--url", hello.url, "--format", "json", "--limit", "1"])
     try:

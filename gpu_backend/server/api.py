@@ -103,7 +103,8 @@ async def _service_error(request: Request, error: Exception) -> Response:
     status = (error.openai_status or error.status) if openai else error.status
     body = error.openai_body() if openai else error.envelope()
     if error.status == 429:
-        request.app.state.service.metrics.rejected.labels(getattr(request.state, "model", "")).inc()
+        metrics = request.app.state.service.metrics
+        metrics.rejected.labels(metrics.model_label(getattr(request.state, "model", None))).inc()
     # 429 asks the official SDKs (which retry twice by default) to honour Retry-After, not to hammer
     headers = {**error.headers(), "x-should-retry": "true" if error.status == 429 else "false"}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -147,8 +148,8 @@ class _Authenticated:
             await self.app(scope, receive, counted)
         finally:
             route = "openai" if is_openai(scope["path"]) else "workers-ai"
-            model = scope.get("state", {}).get("model", "")
-            self.state.service.metrics.requests.labels(route, model, str(status[0])).inc()
+            metrics = self.state.service.metrics
+            metrics.requests.labels(route, metrics.model_label(scope.get("state", {}).get("model")), str(status[0])).inc()
 
     def _check(self, connection: HTTPConnection) -> ServiceError | None:
         scheme, _, given = connection.headers.get("authorization", "").partition(" ")

@@ -3,6 +3,10 @@ the nearest inference backend over its Cloudflare REST path.
 
 Results come back as Python Workers get them: JSON as a `JsDict`, anything else (an SSE stream,
 image bytes) as a byte stream relayed chunk by chunk, never buffered.
+
+A backend that dies or goes silent mid-stream ends an SSE stream with one error event, as the backend
+itself ends a stream whose generation failed (`data: {"error": {"code", "message"}}`, no `[DONE]`),
+so the Worker and its client read a finished stream that says why; any other stream raises.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ MODELS_PATH = "/client/v4/accounts/{account}/ai/models/search"
 _IGNORED_OPTIONS = ("gateway", "prefix", "signal", "rejectIfBusy", "sessionOptions")
 # refused, unresolvable, TLS failed or timed out while connecting: the request never went out
 _UNREACHABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+SSE_TYPE = "text/event-stream"
+TIMEOUT_CODE = 3007  # Workers AI's code for a timeout
+STREAM_BROKEN_CODE = 3043  # the backend's own code for a generation that failed mid-stream
+# An SSE stream is relayed in whole events (a break never leaves half an event before the error event);
+# a backend that sends this much without an event boundary is relayed as it comes.
+MAX_PARTIAL_EVENT_BYTES = 1 << 20
 
 
 class InferenceUpstreamError(Exception):
@@ -149,6 +159,7 @@ class UpstreamStream:
     def __init__(self, upstream: aiohttp.ClientResponse, url: str) -> None:
         self._upstream = upstream
         self._url = url
+        self._is_sse = _media_type(upstream) == SSE_TYPE
         self._started = False
         self._loop = asyncio.get_running_loop()
 
@@ -159,15 +170,23 @@ class UpstreamStream:
         return self._relay()
 
     async def _relay(self) -> AsyncIterator[bytes]:
+        chunks = self._upstream.content.iter_any()  # whatever arrived, never a fixed size
         try:
-            async for chunk in self._upstream.content.iter_any():  # whatever arrived, never a fixed size
+            async for chunk in (_whole_events(chunks) if self._is_sse else chunks):
                 yield chunk
-        except asyncio.TimeoutError as error:
-            raise InferenceUpstreamError(f"3007: The AI backend at {self._url} went silent mid-stream") from error
-        except aiohttp.ClientError as error:
-            raise InferenceUpstreamError(f"The AI stream from {self._url} broke: {_reason(error)}") from error
+        except (asyncio.TimeoutError, aiohttp.ClientError) as error:
+            code, message = self._failure(error)
+            if not self._is_sse:
+                raise InferenceUpstreamError(f"{code}: {message}") from error
+            log.warning("%s", message)
+            yield _error_event(code, message)
         finally:
             self._upstream.close()  # after the end: a no-op, the connection is back in the pool
+
+    def _failure(self, error: BaseException) -> tuple[int, str]:
+        if isinstance(error, asyncio.TimeoutError):
+            return TIMEOUT_CODE, f"The AI backend at {self._url} went silent mid-stream"
+        return STREAM_BROKEN_CODE, f"The AI stream from {self._url} broke: {_reason(error)}"
 
     async def aclose(self) -> None:
         self._upstream.close()
@@ -176,6 +195,29 @@ class UpstreamStream:
         # A stream the Worker dropped unread must still close its connection (and so stop the generation).
         if not self._upstream.closed and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._upstream.close)
+
+
+async def _whole_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The chunks cut after their last complete SSE event; the rest waits for the next chunk."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        end = _end_of_last_event(pending) or (len(pending) if len(pending) > MAX_PARTIAL_EVENT_BYTES else 0)
+        if end:
+            yield pending[:end]
+            pending = pending[end:]
+    if pending:
+        yield pending  # a clean end without a last blank line: the bytes are the backend's to send
+
+
+def _end_of_last_event(buffer: bytes) -> int:
+    """Where the last complete event in ``buffer`` ends; 0 when none is complete."""
+    return max((buffer.rfind(end) + len(end) for end in (b"\n\n", b"\r\n\r\n") if end in buffer), default=0)
+
+
+def _error_event(code: int, message: str) -> bytes:
+    payload = {"error": {"code": code, "message": message}}
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
 # ---- call arguments ---------------------------------------------------------------------

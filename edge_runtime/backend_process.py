@@ -1,5 +1,9 @@
 """The inference backend `edgewise dev` runs itself: `edgewise backend serve` as a child process,
 started with a fresh token, awaited until it listens, its output forwarded, stopped on exit.
+
+It runs from the developer's working directory, which may hold folders named like our packages
+(`workers/`, `gpu_backend/` ...): it and every Python process it starts run in safe-path mode
+(`-P`, `PYTHONSAFEPATH`), so the working directory is never on their import path.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ def served_models(edgewise: EdgewiseConfig) -> list[str]:
 def serve_command(edgewise: EdgewiseConfig) -> list[str]:
     """The command line of the local backend (it never carries the token)."""
     settings: LocalBackendConfig = edgewise.backend
-    command = [sys.executable, "-m", "wrangler_like_cli.main", "backend", "serve"]
+    command = [sys.executable, "-P", "-m", "wrangler_like_cli.main", "backend", "serve"]
     for model in served_models(edgewise):
         command += ["--model", model]
     command += ["--host", HOST, "--port", str(settings.port), "--device", settings.device, "--dtype", settings.dtype]
@@ -86,7 +90,8 @@ class BackendProcess:
         """Run `command` with a new token (or $EDGEWISE_DEV_BACKEND_TOKEN) in its environment and wait for
         its Ready line."""
         token = os.environ.get(DEV_TOKEN_ENV) or secrets.token_urlsafe(32)
-        env = {**os.environ, TOKEN_ENV: token, "PYTHONUNBUFFERED": "1"}
+        # PYTHONSAFEPATH: the ranks it spawns (`python -c ...`) would otherwise import from the cwd too
+        env = {**os.environ, TOKEN_ENV: token, "PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1"}
         process = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, env=env, text=True, encoding="utf-8",
                                    errors="replace", bufsize=1,

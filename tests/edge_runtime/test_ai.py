@@ -44,6 +44,11 @@ def error_envelope(status: int, code: int, message: str) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+# models whose stream drops the connection mid-way, and the media type they stream
+DROPPED = {"@cf/test/drop": "text/event-stream", "@cf/test/drop-mid-event": "text/event-stream",
+           "@cf/test/drop-binary": "application/octet-stream"}
+
+
 def sse(event: dict[str, Any] | str) -> bytes:
     return f"data: {event if isinstance(event, str) else json.dumps(event)}\n\n".encode()
 
@@ -72,6 +77,8 @@ class Peer:
             await asyncio.sleep(0.5)
         if model == "@cf/test/embed":
             return JSONResponse(envelope({"shape": [1, 3], "data": [[0.1, 0.2, 0.3]]}))
+        if model in DROPPED:
+            return StreamingResponse(self._dropped(model), media_type=DROPPED[model])
         if model not in (ECHO, "@cf/test/stream", "@cf/test/forever"):
             return error_envelope(400, 5007, f"No such model {model} or task")
         if inputs.get("stream"):
@@ -94,6 +101,16 @@ class Peer:
             yield sse("[DONE]")
         finally:
             self.stream_closed.set()
+
+    async def _dropped(self, model: str) -> AsyncIterator[bytes]:
+        """Two events, then the connection drops (uvicorn closes it without the last chunk), as a backend
+        killed mid-stream does; mid-event, the second event is cut in half."""
+        yield sse({"response": "Hello"})
+        await asyncio.sleep(0.05)
+        second = sse({"response": " there"})
+        yield second[:10] if model == "@cf/test/drop-mid-event" else second
+        await asyncio.sleep(0.05)
+        raise ConnectionAbortedError("the backend died")
 
     async def models(self, request: Request) -> Response:
         page, per_page = int(request.query_params.get("page", 1)), int(request.query_params.get("per_page", 50))
@@ -248,11 +265,36 @@ async def test_read_timeout_is_bounded(peers, make_ai) -> None:
 async def test_stream_silence_is_bounded(peers, make_ai) -> None:
     [(peer, url)] = await peers("peer")
     binding = make_ai([BackendSpec(url, token=TOKEN)], timeouts=AiTimeouts(read_s=0.2))
-    chunks = aiter(await binding.run("@cf/test/stream", {"prompt": "hi", "stream": True}))
-    assert await anext(chunks) == sse({"response": "Hello"})
-    with pytest.raises(InferenceUpstreamError, match="^3007: .*went silent mid-stream"):
-        await anext(chunks)  # the peer holds the rest until released, which never comes
+    chunks = [chunk async for chunk in await binding.run("@cf/test/stream", {"prompt": "hi", "stream": True})]
+    # the peer holds the rest until released, which never comes: the stream ends with an error event
+    assert chunks[0] == sse({"response": "Hello"})
+    [error] = [json.loads(chunk.removeprefix(b"data: ")) for chunk in chunks[1:]]
+    assert error["error"]["code"] == 3007 and "went silent mid-stream" in error["error"]["message"]
     await asyncio.wait_for(peer.stream_closed.wait(), 5)
+
+
+def _events(body: bytes) -> list[Any]:
+    assert body.endswith(b"\n\n"), body
+    return [json.loads(event.removeprefix(b"data: ")) for event in body.split(b"\n\n")[:-1]]
+
+
+@pytest.mark.parametrize("model, relayed", [("@cf/test/drop", ["Hello", " there"]),
+                                            ("@cf/test/drop-mid-event", ["Hello"])])  # no half event
+async def test_backend_dying_mid_stream_ends_it_with_an_error_event(ai, model: str, relayed: list[str]) -> None:
+    binding, _ = ai
+    body = b"".join([chunk async for chunk in await binding.run(model, {"prompt": "hi", "stream": True})])
+    *texts, error = _events(body)
+    assert [text["response"] for text in texts] == relayed
+    assert error["error"]["code"] == 3043 and "broke" in error["error"]["message"]
+
+
+async def test_backend_dying_mid_way_through_other_output_raises(ai) -> None:
+    binding, _ = ai
+    chunks = aiter(await binding.run("@cf/test/drop-binary", {"prompt": "hi", "stream": True}))
+    assert await anext(chunks) == sse({"response": "Hello"})
+    with pytest.raises(InferenceUpstreamError, match="^3043: The AI stream from .* broke"):
+        async for _ in chunks:
+            pass
 
 
 async def test_bad_arguments_are_type_errors(ai) -> None:
@@ -374,6 +416,12 @@ WORKER = """
             if request.url.endswith("/stream"):
                 stream = await self.env.AI.run("@cf/test/forever", {"prompt": "hi", "stream": True})
                 return Response(stream, headers={"content-type": "text/event-stream"})
+            if request.url.endswith("/dropped"):
+                stream = await self.env.AI.run("@cf/test/drop", {"prompt": "hi", "stream": True})
+                return Response(stream, headers={"content-type": "text/event-stream"})
+            if request.url.endswith("/dropped-read"):
+                stream = await self.env.AI.run("@cf/test/drop", {"prompt": "hi", "stream": True})
+                return Response.json([chunk.decode() async for chunk in stream])
             result = await self.env.AI.run("@cf/test/echo", {"prompt": "hi"})
             return Response(f"{request.cf.colo}: {result.response}")
 """
@@ -420,3 +468,21 @@ async def test_client_disconnect_closes_the_backend_stream(ai_edge) -> None:
             first = await anext(reply.aiter_raw())
             assert first.startswith(b'data: {"response": "Hello"}')
     await asyncio.wait_for(lhr.stream_closed.wait(), 5)
+
+
+async def test_backend_dying_mid_stream_reaches_the_client_as_an_error_event(ai_edge) -> None:
+    _, base, _ = ai_edge
+    async with httpx.AsyncClient(base_url=base) as client:
+        reply = await client.get("/dropped", headers={"edgewise-client-location": "LHR"})  # read to a clean end
+    assert reply.status_code == 200 and reply.headers["transfer-encoding"] == "chunked"
+    *texts, error = _events(reply.content)
+    assert [text["response"] for text in texts] == ["Hello", " there"]
+    assert error["error"]["code"] == 3043
+
+
+async def test_a_worker_reading_the_stream_sees_the_error_event(ai_edge) -> None:
+    _, base, _ = ai_edge
+    async with httpx.AsyncClient(base_url=base) as client:
+        reply = await client.get("/dropped-read", headers={"edgewise-client-location": "LHR"})
+    assert reply.status_code == 200, reply.text
+    assert _events("".join(reply.json()).encode())[-1]["error"]["code"] == 3043

@@ -1,23 +1,30 @@
 """The local backend process: its command line, the wait for its Ready line, its output, and stopping it.
 
 The process logic runs against tiny `python -c` scripts that act out a backend's start-up; one
-test starts the real backend with the built-in model sharded over four ranks.
+test starts the real backend with the built-in model sharded over four ranks, and two share a
+real backend started from a folder whose subfolders shadow our packages, killed mid-stream at the end.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from edge_runtime.ai_backends import AiBackends
 from edge_runtime.backend_process import DEV_TOKEN_ENV, TOKEN_ENV, BackendProcess, BackendStartError, serve_command, served_models
-from edge_runtime.config import ConfigError, EdgewiseConfig, LocalBackendConfig, ModelSource
+from edge_runtime.config import ConfigError, EdgewiseConfig, LocalBackendConfig, ModelSource, load_config
+from edge_runtime.edge import Edge
 from gpu_backend import LLM, SamplingParams
 from gpu_backend.builtin_models import builtin_model_path
 
@@ -122,7 +129,7 @@ def test_serve_command_serves_builtins_and_mapped_models(tmp_path: Path) -> None
         backend=LocalBackendConfig(device="cpu", dtype="float32", port=0, max_queue=8),
     )
     command = serve_command(edgewise)
-    assert command[:5] == [sys.executable, "-m", "wrangler_like_cli.main", "backend", "serve"]
+    assert command[:6] == [sys.executable, "-P", "-m", "wrangler_like_cli.main", "backend", "serve"]
     models = [command[i + 1] for i, arg in enumerate(command) if arg == "--model"]
     assert models == [TINY, MINILM, f"@cf/meta/llama-3.1-8b-instruct={TINY}", f"@cf/me/x={tmp_path}"]
     assert command[-10:] == ["--host", "127.0.0.1", "--port", "0", "--device", "cpu", "--dtype", "float32",
@@ -178,3 +185,71 @@ def test_the_local_backend_serves_the_builtin_model_sharded_tp2_pp2() -> None:
         body["prompt"], SamplingParams(temperature=0.0, max_tokens=24))[0].outputs[0].text
     assert reply.status_code == 200, reply.text
     assert reply.json()["result"]["response"] == expected and expected
+
+
+# ---- a real backend, started where the cwd shadows our packages, then killed mid-stream ----------
+
+SHADOWED_PACKAGES = ("workers", "gpu_backend", "edge_runtime", "wrangler_like_cli")
+STREAMING_WORKER = f"""
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        inputs = {{"prompt": "ROMEO:", "stream": True, "max_tokens": 240}}  # ~1 s or more of tokens on CPU
+        stream = await self.env.AI.run("{TINY}", inputs)
+        return Response(stream, headers={{"content-type": "text/event-stream"}})
+"""
+
+
+@pytest.fixture(scope="module")
+def backend_started_in_a_shadowing_cwd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
+    """The real backend (the text model only), started with a cwd holding bogus `workers/`, `gpu_backend/` ..."""
+    project = tmp_path_factory.mktemp("project")
+    for package in SHADOWED_PACKAGES:
+        (project / package).mkdir()
+        (project / package / "__init__.py").write_text(f"raise ImportError('the bogus {package} of the cwd')\n")
+    command = serve_command(EdgewiseConfig(backend=LocalBackendConfig(device="cpu", dtype="float32")))
+    del command[command.index(MINILM) - 1:command.index(MINILM) + 1]  # not needed here: half the start-up
+    previous = os.getcwd()
+    os.chdir(project)
+    try:
+        backend = BackendProcess.start(command, ready_timeout_s=180)
+    finally:
+        os.chdir(previous)
+    with backend:
+        assert Path(os.readlink(f"/proc/{backend.process.pid}/cwd")) == project
+        yield backend
+
+
+def test_the_backend_starts_and_serves_from_a_cwd_that_shadows_our_packages(
+        backend_started_in_a_shadowing_cwd: BackendProcess) -> None:
+    backend = backend_started_in_a_shadowing_cwd
+    reply = httpx.post(f"{backend.url}/client/v4/accounts/a/ai/run/{TINY}", timeout=60,
+                       json={"prompt": "ROMEO:", "max_tokens": 4}, headers={"authorization": f"Bearer {backend.token}"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["result"]["usage"]["completion_tokens"] >= 1
+
+
+async def test_a_backend_killed_mid_stream_ends_the_edge_clients_stream_with_an_error_event(
+        backend_started_in_a_shadowing_cwd: BackendProcess, tmp_path: Path, serve) -> None:
+    backend = backend_started_in_a_shadowing_cwd
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "entry.py").write_text(STREAMING_WORKER)
+    (tmp_path / "wrangler.toml").write_text(
+        'name = "kill"\nmain = "src/entry.py"\ncompatibility_date = "2025-11-02"\n'
+        'compatibility_flags = ["python_workers"]\n[ai]\nbinding = "AI"\n[edgewise]\npops = ["DFW"]\nlatency = false\n')
+    edge = Edge(load_config(tmp_path), ai_backends=AiBackends([backend.spec()]))
+    try:
+        async with httpx.AsyncClient(base_url=await serve(edge.front_door), timeout=60) as client:
+            async with client.stream("GET", "/") as reply:
+                chunks = reply.aiter_raw()
+                body = await anext(chunks)
+                assert body.startswith(b"data: {"), body
+                os.killpg(backend.process.pid, signal.SIGKILL)  # the backend and every rank it runs
+                body += b"".join([chunk async for chunk in chunks])  # a cut chunked body would raise here
+    finally:
+        await edge.aclose()
+    events = [json.loads(event.removeprefix(b"data: ")) for event in body.split(b"\n\n")[:-1]]
+    assert b"[DONE]" not in body and body.endswith(b"\n\n")
+    assert all("response" in event for event in events[:-1])
+    assert events[-1]["error"]["code"] == 3043 and "broke" in events[-1]["error"]["message"]

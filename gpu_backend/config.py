@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from .errors import CheckpointError, UnsupportedArchitectureError
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+GPU_MAX_NUM_SEQS = 256
+CPU_MAX_NUM_SEQS_PER_CORE = 4
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ class EngineConfig:
     num_kv_blocks: int | None = None  # None: sized from gpu_memory_utilization (GPU) or kv_cache_memory_gb (CPU)
     gpu_memory_utilization: float = 0.90
     kv_cache_memory_gb: float = 1.0  # CPU only
-    max_num_seqs: int = 256
+    max_num_seqs: int | None = None  # None: default_max_num_seqs(device), an int once constructed
     max_num_batched_tokens: int = 8192
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
@@ -199,6 +202,8 @@ class EngineConfig:
     skip_tokenizer_init: bool = False  # token-id prompts only, outputs without text
 
     def __post_init__(self) -> None:
+        if self.max_num_seqs is None:
+            object.__setattr__(self, "max_num_seqs", default_max_num_seqs(self.torch_device))
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a positive power of two, not {self.block_size}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
@@ -214,14 +219,36 @@ class EngineConfig:
 
     @property
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def torch_dtype(self, model: ModelConfig) -> torch.dtype:
         if self.dtype != "auto":
             return DTYPES[self.dtype]
         return torch.float32 if self.torch_device.type == "cpu" else DTYPES[model.checkpoint_dtype]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto``: cuda when present, else cpu; any other name as torch spells it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def available_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask, so a container's or taskset's limit counts)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_max_num_seqs(device: torch.device) -> int:
+    """Sequences an engine runs at once unless told: 256 on a GPU; on CPU 4 per core. A CPU step's
+    time grows with the batch, so 256 sequences on a few cores make each of them wait tens of
+    seconds for its tokens, where a smaller batch and a 429 for the rest keep every answer fast."""
+    if device.type != "cpu":
+        return GPU_MAX_NUM_SEQS
+    return CPU_MAX_NUM_SEQS_PER_CORE * available_cpus()
 
 
 ROLES = ("colocated", "prefill", "decode")

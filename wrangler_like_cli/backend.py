@@ -36,8 +36,9 @@ def backend() -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True)
-@click.option("--max-queue", type=click.IntRange(0), default=256, show_default=True,
-              help="Requests a model may queue beyond those it runs at once; past that, 429 with Retry-After.")
+@click.option("--max-queue", type=click.IntRange(0), default=None,
+              help="Requests a model may queue beyond those it runs at once; past that, 429 with Retry-After "
+                   "(default: 256 on a GPU; on CPU as many as it runs at once, 4 per core).")
 @click.option("--log-level", type=click.Choice(list(_UVICORN_LEVELS)), default="warn", show_default=True)
 @click.option("--tp", "tp_size", type=click.IntRange(1), default=1, show_default=True,
               help="Tensor-parallel ranks per pipeline stage (each text model's worker).")
@@ -68,7 +69,7 @@ def backend() -> None:
               help="Times the workers are started again, once none is left to serve, before the model stays "
                    "unavailable (a lost worker alone is not restarted: the others serve on).")
 def serve(models: tuple[str, ...], host: str, port: int, token: str | None, device: str, dtype: str,
-          max_queue: int, log_level: str, tp_size: int, pp_size: int, pp_layers: str | None,
+          max_queue: int | None, log_level: str, tp_size: int, pp_size: int, pp_layers: str | None,
           num_workers: int, prefill_workers: int, prefill_tp: int, prefill_pp: int, decode_workers: int,
           decode_tp: int, decode_pp: int, worker_timeout: float, heartbeat_timeout: float, on_worker_loss: str,
           worker_restarts: int) -> None:

@@ -16,9 +16,9 @@ from typing import Any
 
 import uvicorn
 
-from .api import DEFAULT_MAX_QUEUE, create_app
+from .api import create_app
 from .client import LocalEngines
-from .serve import listen
+from .serve import default_max_queue, listen
 
 STARTUP_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 10.0
@@ -54,10 +54,13 @@ def _wait_started(server: uvicorn.Server, thread: threading.Thread, timeout_s: f
 
 
 @contextmanager
-def local_backend(models: Mapping[str, str | Path], token: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
+def local_backend(models: Mapping[str, str | Path], token: str | None = None, max_queue: int | None = None,
                   **engine_options: Any) -> Iterator[tuple[str, str]]:
-    """Load ``models`` (name -> folder) and serve them here: yields (url, token); unloads them at the end."""
+    """Load ``models`` (name -> folder) and serve them here: yields (url, token); unloads them at the end.
+    ``max_queue`` None: ``default_max_queue`` for the device."""
     token = token or secrets.token_urlsafe(24)
+    if max_queue is None:
+        max_queue = default_max_queue(engine_options.get("device", "auto"))
     engines = LocalEngines(models, **engine_options)
     try:
         with serving(create_app(engines, token, max_queue=max_queue)) as url:

@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from ..builtin_models import BUILTIN_MODELS, builtin_model_path
+from ..config import default_max_num_seqs, resolve_device
 from .api import DEFAULT_MAX_QUEUE, create_app
 from .client import LocalEngines
 
@@ -48,10 +49,20 @@ def _folder(name: str, target: str) -> Path:
     return folder
 
 
-def serve(models: Mapping[str, Path], *, host: str, port: int, token: str, max_queue: int = DEFAULT_MAX_QUEUE,
+def default_max_queue(device: str) -> int:
+    """Requests a model may queue beyond those it runs, unless told: 256 on a GPU; on CPU as many as
+    it runs at once, so an overloaded CPU backend answers 429 within seconds, not after tens of them."""
+    resolved = resolve_device(device)
+    return DEFAULT_MAX_QUEUE if resolved.type != "cpu" else default_max_num_seqs(resolved)
+
+
+def serve(models: Mapping[str, Path], *, host: str, port: int, token: str, max_queue: int | None = None,
           log_level: str = "warning", **engine_options: Any) -> None:
+    """``max_queue`` None: ``default_max_queue`` for the device."""
     client = LocalEngines(models, **engine_options)
     try:
+        if max_queue is None:
+            max_queue = default_max_queue(engine_options.get("device", "auto"))
         app = create_app(client, token, max_queue=max_queue)
         asyncio.run(_serve(app, host, port, log_level))
     finally:

@@ -1,13 +1,16 @@
-"""Tests for gpu_backend.config.ModelConfig: every arch in both config.json layouts, and bad folders."""
+"""Tests for gpu_backend.config: ModelConfig (every arch in both config.json layouts, bad folders) and EngineConfig's defaults."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from gpu_backend.config import ModelConfig
+from gpu_backend import config as config_module
+from gpu_backend.config import EngineConfig, ModelConfig, default_max_num_seqs
 from gpu_backend.errors import CheckpointError, UnsupportedArchitectureError
 
 from checkpoints import (
@@ -208,3 +211,21 @@ def test_missing_key_names_file_and_key(tmp_path: Path, key: str) -> None:
     write_config(folder, raw)
     with pytest.raises(CheckpointError, match=f"config.json: required key '{key}' is missing"):
         ModelConfig.from_pretrained(folder)
+
+
+def test_max_num_seqs_defaults_to_4_per_core_on_cpu_and_256_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config_module, "available_cpus", lambda: 3)
+    assert EngineConfig(model="m", device="cpu").max_num_seqs == 12
+    assert EngineConfig(model="m", device="cuda").max_num_seqs == 256  # a config only: no GPU needed
+    assert default_max_num_seqs(torch.device("cuda", 1)) == 256
+
+
+def test_an_explicit_max_num_seqs_wins_on_every_device() -> None:
+    assert EngineConfig(model="m", device="cpu", max_num_seqs=300).max_num_seqs == 300
+    assert EngineConfig(model="m", device="cuda", max_num_seqs=3).max_num_seqs == 3
+    with pytest.raises(ValueError, match="must be positive"):
+        EngineConfig(model="m", device="cpu", max_num_seqs=0)
+
+
+def test_available_cpus_counts_the_cores_this_process_may_use() -> None:
+    assert 1 <= config_module.available_cpus() <= (os.cpu_count() or 1)

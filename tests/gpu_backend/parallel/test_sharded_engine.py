@@ -128,9 +128,10 @@ def test_leaving_a_stream_aborts_it_on_every_rank(folders: dict[str, Path]) -> N
 def test_two_colocated_workers_share_the_requests_and_stay_exact(folders: dict[str, Path], tp: int, pp: int) -> None:
     """Two workers in one world (each with its own driver, groups and pipe); the router spreads the load."""
     folder = folders["llama"]
-    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), ParallelConfig(tp, pp, None, 20.0, 2))
+    config = EngineConfig(model=str(folder), **OPTIONS)
+    engine = ShardedEngine(config, ParallelConfig(tp, pp, None, 20.0, 2))
     try:
-        assert engine.max_num_seqs == 2 * OPTIONS.get("max_num_seqs", 256)
+        assert engine.max_num_seqs == 2 * config.max_num_seqs
         for index, params in enumerate(SAMPLINGS):
             assert asyncio.run(generate_all(engine, params, f"s{index}-")) == expected_tokens(folder, params)
         assert sum(engine.requests_per_worker) == 8 and min(engine.requests_per_worker) > 0  # shared by tokens

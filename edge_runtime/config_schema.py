@@ -82,6 +82,7 @@ class LimitsConfig:
     wait_until_s: float = 30.0  # how long ctx.waitUntil work may run after the response
     ai_connect_timeout_s: float = 10.0  # env.AI: connecting to a backend
     ai_read_timeout_s: float = 300.0  # env.AI: longest silence between two bytes of a backend's reply
+    memory_mb: float = 128.0  # what one PoP's Worker instance may retain (edge_runtime/isolate_memory.py)
 
     def __post_init__(self) -> None:
         expect_int(self.max_request_body_bytes, "max_request_body_bytes")
@@ -91,6 +92,7 @@ class LimitsConfig:
         expect_number(self.wait_until_s, "wait_until_s")
         expect_number(self.ai_connect_timeout_s, "ai_connect_timeout_s", minimum=0.001)
         expect_number(self.ai_read_timeout_s, "ai_read_timeout_s", minimum=0.001)
+        expect_number(self.memory_mb, "memory_mb", minimum=0.001)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ class Edge:
         tokens = [spec.token for spec in self.ai_backends.specs if spec.token] + [self.control_token]
         self.hub = TailHub(secret_values=() if show_secrets else tokens, redact=not show_secrets)
         self.locator = ClientLocator(config.edgewise.ip_locations, config.edgewise.client_location)
-        self.services = EdgeServices(config, self.locator, self.hub)
+        self.services = EdgeServices(config, self.locator, self.hub,
+                                     load_worker=lambda colo: self._load(self.config, colo))
         self.pops = [self._new_pop(spec.colo, spec.port, spec.healthy) for spec in config.edgewise.pops]
         self.router = AnycastRouter(self.pops)
         self.front_door = FrontDoor(self)
@@ -48,7 +49,8 @@ class Edge:
 
     def _load(self, config: WorkerConfig, colo: str) -> tuple[Worker, Env]:
         env = build_env(config.vars, config.secrets, self._bindings(config, colo))
-        return Worker(import_isolated(config.main, colo, env), config.uses_global_handlers), env
+        module, local_module_names = import_isolated(config.main, colo, env)
+        return Worker(module, config.uses_global_handlers, local_module_names), env
 
     def _bindings(self, config: WorkerConfig, colo: str) -> dict[str, Any]:
         """This PoP's bindings: the shared ones, and an AI binding that calls the backend nearest to it."""

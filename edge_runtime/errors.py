@@ -14,6 +14,7 @@ class EdgeError(Exception):
     code: int | None
     title: str
     detail: str = ""
+    outcome: str = "exception"  # what the tail event calls it
 
     def __str__(self) -> str:
         prefix = f"Error {self.code}: " if self.code else ""
@@ -26,6 +27,10 @@ def worker_threw(detail: str) -> EdgeError:
 
 def worker_exceeded_limits(detail: str) -> EdgeError:
     return EdgeError(503, 1102, "Worker exceeded resource limits", detail)
+
+
+def worker_exceeded_memory(detail: str) -> EdgeError:
+    return EdgeError(503, 1102, "Worker exceeded resource limits", detail, outcome="exceededMemory")
 
 
 def payload_too_large(limit_bytes: int) -> EdgeError:

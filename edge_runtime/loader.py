@@ -21,11 +21,12 @@ class WorkerLoadError(Exception):
     """The main module failed to import or declares its handlers wrongly; the message says what to fix."""
 
 
-def import_isolated(main: Path, instance: str, env: Any) -> ModuleType:
+def import_isolated(main: Path, instance: str, env: Any) -> tuple[ModuleType, frozenset[str]]:
     """Import ``main`` under a name of its own; modules from its folder are imported afresh for it too.
 
     Modules from the Worker's own folder that the import pulls in are taken out of ``sys.modules``
     afterwards, so the next PoP's import gets its own copies (the loaded module keeps references).
+    Returns the module and the names of those modules of its own.
     """
     folder = str(main.parent)
     if folder not in sys.path:
@@ -36,11 +37,12 @@ def import_isolated(main: Path, instance: str, env: Any) -> ModuleType:
     finder = _WorkerFolderFinder(main.parent)
     sys.meta_path.insert(0, finder)
     try:
-        return _exec_module(name, main)
+        module = _exec_module(name, main)
     finally:
         sys.meta_path.remove(finder)
         _state.current.reset(token)
-        _forget_local_modules(before, main.parent)
+        local_names = _forget_local_modules(before, main.parent)
+    return module, frozenset(local_names)
 
 
 class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
@@ -85,8 +87,11 @@ def _exec_module(name: str, main: Path) -> ModuleType:
     return module
 
 
-def _forget_local_modules(before: set[str], folder: Path) -> None:
+def _forget_local_modules(before: set[str], folder: Path) -> set[str]:
+    forgotten = set()
     for name in set(sys.modules) - before:
         path = getattr(sys.modules[name], "__file__", None)
         if path and "site-packages" not in path and Path(path).is_relative_to(folder):
             del sys.modules[name]
+            forgotten.add(name)
+    return forgotten

@@ -7,6 +7,7 @@ import contextvars
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from http import HTTPMethod, HTTPStatus
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,11 @@ from .catalog import Location
 from .cf import base_cf, new_ray_id, request_cf
 from .config import WorkerConfig
 from .deadlines import Deadlines, WallTimeExceeded
-from .errors import EdgeError, bad_request, client_disconnected, render, worker_exceeded_limits, worker_threw
+from .errors import (EdgeError, bad_request, client_disconnected, render, worker_exceeded_limits,
+                     worker_exceeded_memory, worker_threw)
 from .geo import ClientLocation, ClientLocator, LocationError
+from .isolate_memory import MIB, MemoryMeter
+from .loader import WorkerLoadError
 from .routing import simulated_rtt_ms
 from .scheduled import SCHEDULED_PATHS, run_scheduled_endpoint
 from .tail import TailHub, exception_entry, request_event
@@ -40,6 +44,7 @@ class EdgeServices:
     config: WorkerConfig
     locator: ClientLocator
     hub: TailHub
+    load_worker: Callable[[str], tuple[Worker, Env]]  # a fresh instance of the Worker for a colo
     deadlines: Deadlines = field(default_factory=Deadlines)
 
 
@@ -57,6 +62,7 @@ class Pop:
         self.healthy = healthy
         self._cf_cache: dict[ClientLocation, Any] = {}
         self._background: set[asyncio.Future[Any]] = set()
+        self._memory = MemoryMeter()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -126,6 +132,7 @@ class Pop:
         headers = Headers.from_raw(scope["headers"])
         ctx, logs, exceptions = Context(), [], []
         status: int | None = None
+        outcome = "ok"
         request = None
         try:
             body = http_io.request_body(headers, receive, limits.max_request_body_bytes)
@@ -137,7 +144,7 @@ class Pop:
             await http_io.send_response(send, receive, response, ray_id, scope["method"] == "HEAD", body)
         except EdgeError as error:
             exceptions.append(exception_entry(error))
-            status = error.status
+            status, outcome = error.status, error.outcome
             await self._send_error(send, scope, error, ray_id)
         except Exception as error:
             # Everything before the response is an EdgeError: this is the body stream failing after
@@ -146,7 +153,7 @@ class Pop:
         finally:
             self.after_invocation(ctx, ray_id)
             if self.services.hub.has_subscribers or request_log.isEnabledFor(logging.INFO):
-                self._record(scope, request, status, logs, exceptions, ray_id, started)
+                self._record(scope, request, status, outcome, logs, exceptions, ray_id, started)
 
     async def invoke_fetch(self, request: Request, ctx: Context, ray_id: str, logs: list,
                            receive: Any = None, body: http_io.IncomingBody | None = None) -> Response:
@@ -177,12 +184,28 @@ class Pop:
         finally:
             self.services.deadlines.unwatch(watch)
             self._exit(token)
+        self._enforce_memory_limit()
         if not isinstance(response, Response):
             raise worker_threw(
                 "TypeError: Incorrect type for Promise: the Promise did not resolve to 'Response' "
                 f"(fetch returned {type(response).__name__}; return workers.Response(...))."
             )
         return response
+
+    def _enforce_memory_limit(self) -> None:
+        """Past ``memory_mb``, this PoP's Worker is replaced by a fresh import and the invocation fails (1102)."""
+        retained = self._memory.retained_if_due(self.worker.module, self.worker.local_module_names, (self.env,))
+        limit_mb = self.services.config.edgewise.limits.memory_mb
+        if retained is None or retained <= limit_mb * MIB:
+            return
+        detail = (f"The Worker at {self.colo} retains about {retained / MIB:.0f} MB, over its {limit_mb:g} MB limit "
+                  "([edgewise.limits] memory_mb)")
+        try:
+            self.worker, self.env = self.services.load_worker(self.colo)
+            log.error("%s: this PoP's instance was stopped and a fresh one loaded.", detail)
+        except WorkerLoadError as error:
+            log.error("%s, and loading a fresh one failed; the next request tries again.\n%s", detail, error)
+        raise worker_exceeded_memory(detail + ".")
 
     def _enter(self, ctx: Context, logs: list) -> contextvars.Token:
         budget = _state.SubrequestBudget(self.services.config.edgewise.limits.max_subrequests)
@@ -219,8 +242,8 @@ class Pop:
             return
         await http_io.send_plain(send, error.status, body, content_type, [(b"cf-ray", ray_id.encode())])
 
-    def _record(self, scope: dict[str, Any], request: Request | None, status: int | None, logs: list,
-                exceptions: list, ray_id: str, started: float) -> None:
+    def _record(self, scope: dict[str, Any], request: Request | None, status: int | None, outcome: str,
+                logs: list, exceptions: list, ray_id: str, started: float) -> None:
         duration_ms = (time.perf_counter() - started) * 1000
         if request_log.isEnabledFor(logging.INFO):
             request_log.info("%s %s %s %s (%.0fms) %s", scope.get("method"), scope["path"], status,
@@ -229,7 +252,6 @@ class Pop:
         if hub.has_subscribers:
             summary = {"url": request.url if request else scope["path"], "method": scope.get("method"),
                        "headers": dict(request.headers) if request else {}, "cf": dict(request.cf or {}) if request else {}}
-            outcome = "exception" if exceptions else "ok"
             hub.publish(request_event(self.services.config.name, outcome, summary, status, logs, exceptions,
                                       self.colo, ray_id, duration_ms))
 

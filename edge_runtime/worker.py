@@ -31,8 +31,10 @@ class ScheduledController:
 class Worker:
     """A loaded module and its entrypoint; ``fetch`` and ``scheduled`` invoke it like the runtime does."""
 
-    def __init__(self, module: ModuleType, uses_global_handlers: bool) -> None:
+    def __init__(self, module: ModuleType, uses_global_handlers: bool,
+                 local_module_names: frozenset[str] = frozenset()) -> None:
         self.module = module
+        self.local_module_names = local_module_names  # the modules of its folder imported for it
         self.entrypoint = _default_class(module)
         self.on_fetch = _global_handler(module, "on_fetch", uses_global_handlers, self.entrypoint)
         self.on_scheduled = _global_handler(module, "on_scheduled", uses_global_handlers, self.entrypoint)

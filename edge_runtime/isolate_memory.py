@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 MIB = 1024 * 1024
-MAX_OBJECTS_PER_WALK = 10_000  # ~10-40 ms of CPU at most
+MAX_OBJECTS_PER_WALK = 10_000  # ~10-50 ms of CPU at most
 SAMPLED_ITEMS = 100  # of a larger container
 WALK_TIME_SHARE = 0.05  # walks take at most this share of a PoP's time: a walk of t waits t / share
 

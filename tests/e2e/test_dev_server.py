@@ -360,6 +360,31 @@ def test_editing_the_worker_reloads_it(start_dev: Callable[..., DevServer], tmp_
     assert server.get().json()["message"] == "Vars reload too"
 
 
+# --- a project folder that shadows our packages ------------------------------------------------
+
+
+def test_dev_with_ai_starts_where_a_workers_folder_shadows_the_sdk(tmp_path: Path) -> None:
+    """`edgewise dev` run from a project holding `workers/` (say, a vendored copy): the backend it starts
+    from there imports our packages, not the folder."""
+    if not Path(sys.executable).with_name("edgewise").exists():
+        pytest.skip("needs the installed `edgewise` script: `python -m` puts the cwd on sys.path by design")
+    project = tmp_path / "chat"
+    shutil.copytree(EXAMPLES / "ai-chat", project)
+    (project / "workers").mkdir()
+    (project / "workers" / "__init__.py").write_text("raise ImportError('the bogus workers package of the cwd')\n")
+    port = free_port()
+    server = Process(["dev", ".", "--port", str(port), "--no-reload", "--latency", "off"], cwd=project)
+    try:
+        assert server.wait_for(f"Ready on http://localhost:{port}", stream="stdout", timeout_s=120), server.output
+        chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": False}
+        reply = httpx.post(f"http://127.0.0.1:{port}/api/chat", json=chat, timeout=60)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["usage"]["completion_tokens"] >= 1
+    finally:
+        server.stop(timeout_s=20)
+    assert "bogus" not in server.output
+
+
 # --- stopping -----------------------------------------------------------------------------------
 
 

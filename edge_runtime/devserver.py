@@ -16,6 +16,9 @@ from typing import Any
 import uvicorn
 import watchfiles
 
+# The backend's read timeouts: a module of uvicorn and the standard library only, shared rather than copied.
+from gpu_backend.server.read_timeouts import ReadTimeouts, uvicorn_config
+
 from .config import ConfigError, WorkerConfig
 from .edge import Edge
 from .loader import WorkerLoadError
@@ -119,9 +122,10 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
-def _uvicorn_config(app: Any) -> uvicorn.Config:
-    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", proxy_headers=False,
-                          server_header=False, date_header=True, timeout_graceful_shutdown=5)
+def _uvicorn_config(app: Any, read_timeouts: ReadTimeouts = ReadTimeouts()) -> uvicorn.Config:
+    """Slow clients get 408 and a closed connection (``ReadTimeouts``: 10 s for headers, 60 s for a body)."""
+    return uvicorn_config(app, read_timeouts, log_level="warning", access_log=False, lifespan="off",
+                          proxy_headers=False, server_header=False, date_header=True, timeout_graceful_shutdown=5)
 
 
 async def _watch(edge: Edge, reload_config: Callable[[], WorkerConfig], stop: asyncio.Event) -> None:

@@ -68,11 +68,17 @@ def backend() -> None:
 @click.option("--worker-restarts", type=click.IntRange(0), default=3, show_default=True,
               help="Times the workers are started again, once none is left to serve, before the model stays "
                    "unavailable (a lost worker alone is not restarted: the others serve on).")
+@click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds a client has to send a request's headers, from connecting or the request's first "
+                   "byte; past that the connection is closed, with a 408 if part of a request came (default: 10).")
+@click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds the service waits, in all, for a request's body; past that the client gets 408 "
+                   "(Workers AI's 3007) and the connection is closed (default: 60).")
 def serve(models: tuple[str, ...], host: str, port: int, token: str | None, device: str, dtype: str,
           max_queue: int | None, log_level: str, tp_size: int, pp_size: int, pp_layers: str | None,
           num_workers: int, prefill_workers: int, prefill_tp: int, prefill_pp: int, decode_workers: int,
           decode_tp: int, decode_pp: int, worker_timeout: float, heartbeat_timeout: float, on_worker_loss: str,
-          worker_restarts: int) -> None:
+          worker_restarts: int, header_timeout: float | None, body_timeout: float | None) -> None:
     """Serve models over HTTP and WebSocket until Ctrl-C.
 
     With --tp/--pp each text model runs on tp x pp ranks started here (one GPU each). Across
@@ -82,6 +88,7 @@ def serve(models: tuple[str, ...], host: str, port: int, token: str | None, devi
     from gpu_backend.config import ParallelConfig, WorkerSpec
     from gpu_backend.parallel.launch import torchrun_env
     from gpu_backend.server import serve as service
+    from gpu_backend.server.read_timeouts import ReadTimeouts
 
     try:
         resolved = service.resolve_models(list(models) or sorted(BUILTIN_MODELS))
@@ -90,13 +97,15 @@ def serve(models: tuple[str, ...], host: str, port: int, token: str | None, devi
                                   decode=WorkerSpec("decode", decode_tp, decode_pp),
                                   num_prefill_workers=prefill_workers, num_decode_workers=decode_workers,
                                   on_worker_loss=on_worker_loss, heartbeat_timeout_s=heartbeat_timeout)
+        given = {"header_s": header_timeout, "body_s": body_timeout}
+        read_timeouts = ReadTimeouts(**{key: value for key, value in given.items() if value is not None})
     except ValueError as error:
         fail(str(error))
         return
     place = torchrun_env()
     if place is not None:
         _serve_ranks(resolved, place, parallel, host=host, port=port, token=token, max_queue=max_queue,
-                     log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype)
+                     log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype, read_timeouts=read_timeouts)
         return
     if not token:
         token = secrets.token_urlsafe(32)
@@ -108,7 +117,7 @@ def serve(models: tuple[str, ...], host: str, port: int, token: str | None, devi
     err_console.print(f"edgewise backend · loading {names} on {device}", markup=False)
     service.serve(resolved, host=host, port=port, token=token, max_queue=max_queue,
                   log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype, parallel=parallel,
-                  max_restarts=worker_restarts)
+                  max_restarts=worker_restarts, read_timeouts=read_timeouts)
 
 
 def _layer_counts(text: str | None) -> tuple[int, ...] | None:

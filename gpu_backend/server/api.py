@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,6 +48,7 @@ def create_app(client: EngineClient, token: str, max_queue: int = DEFAULT_MAX_QU
     admission = Admission(max_queue, lambda model: client.model_info(model).max_num_seqs)
     service = Service(client, admission, Metrics(client, admission))
     app = Starlette(routes=_routes(), exception_handlers={ServiceError: _service_error, ClientGone: _client_gone,
+                                                          ClientDisconnect: _client_gone,
                                                           Exception: _unexpected})
     app.state.service = service
     return _Authenticated(app, token)

@@ -18,18 +18,19 @@ import uvicorn
 
 from .api import create_app
 from .client import LocalEngines
-from .serve import default_max_queue, listen
+from .read_timeouts import ReadTimeouts
+from .serve import default_max_queue, listen, server_config
 
 STARTUP_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 10.0
 
 
 @contextmanager
-def serving(app: Any, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
+def serving(app: Any, startup_timeout_s: float = STARTUP_TIMEOUT_S,
+            read_timeouts: ReadTimeouts = ReadTimeouts()) -> Iterator[str]:
     """``with serving(app) as url:`` -> "http://127.0.0.1:PORT" until the block ends, then a clean stop."""
     sock = listen("127.0.0.1", 0, backlog=512)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                                           ws_ping_interval=None, timeout_graceful_shutdown=2))
+    server = uvicorn.Server(server_config(app, read_timeouts, log_level="warning", timeout_graceful_shutdown=2))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True,
                               name="edgewise-backend")
     thread.start()

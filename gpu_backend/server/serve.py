@@ -2,7 +2,7 @@
 
 Prints exactly one ``[edgewise:backend] Ready on http://HOST:PORT`` line once it listens (the
 real port when asked for port 0); ``edgewise dev`` waits for that line. The token is never
-printed or logged.
+printed or logged. Clients must send their request headers and bodies in time (``ReadTimeouts``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from starlette.responses import JSONResponse
 
 from ..builtin_models import BUILTIN_MODELS, builtin_model_path
 from ..config import default_max_num_seqs, resolve_device
-from .api import DEFAULT_MAX_QUEUE, create_app
+from .api import DEFAULT_MAX_QUEUE, create_app, is_openai
 from .client import LocalEngines
+from .errors import RequestTimeoutError
+from .read_timeouts import ASGIApp, Receive, ReadTimeouts, Scope, Send, uvicorn_config
 
 log = logging.getLogger("edgewise.backend")
 READY_PREFIX = "[edgewise:backend] Ready on "
@@ -57,22 +60,38 @@ def default_max_queue(device: str) -> int:
 
 
 def serve(models: Mapping[str, Path], *, host: str, port: int, token: str, max_queue: int | None = None,
-          log_level: str = "warning", **engine_options: Any) -> None:
+          log_level: str = "warning", read_timeouts: ReadTimeouts = ReadTimeouts(), **engine_options: Any) -> None:
     """``max_queue`` None: ``default_max_queue`` for the device."""
     client = LocalEngines(models, **engine_options)
     try:
         if max_queue is None:
             max_queue = default_max_queue(engine_options.get("device", "auto"))
         app = create_app(client, token, max_queue=max_queue)
-        asyncio.run(_serve(app, host, port, log_level))
+        asyncio.run(_serve(app, host, port, log_level, read_timeouts))
     finally:
         client.shutdown()
 
 
-async def _serve(app: Any, host: str, port: int, log_level: str) -> None:
+def server_config(app: ASGIApp, read_timeouts: ReadTimeouts, **options: Any) -> uvicorn.Config:
+    """uvicorn's config for the service: its read timeouts, and its own settings that every server shares."""
+    return uvicorn_config(app, read_timeouts, _body_timeout_answer(read_timeouts.body_s), lifespan="off",
+                          ws_ping_interval=None, access_log=False, **options)
+
+
+def _body_timeout_answer(timeout_s: float) -> ASGIApp:
+    """Workers AI's 3007 envelope (OpenAI's error body on its routes) for a body that did not arrive in time."""
+    error = RequestTimeoutError(f"Request timeout: the request body did not arrive within {timeout_s:g} s")
+
+    async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+        body = error.openai_body() if is_openai(scope["path"]) else error.envelope()
+        await JSONResponse(body, status_code=error.status)(scope, receive, send)
+
+    return answer
+
+
+async def _serve(app: Any, host: str, port: int, log_level: str, read_timeouts: ReadTimeouts) -> None:
     sock = listen(host, port)
-    config = uvicorn.Config(app, log_level=log_level, lifespan="off", timeout_graceful_shutdown=5,
-                            ws_ping_interval=None, access_log=False)
+    config = server_config(app, read_timeouts, log_level=log_level, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not serving.done():

@@ -173,7 +173,9 @@ class LLMEngine:
         if request is None:
             self.release_blocks(request_id)  # a prefill request that finished while its KV was on its way
             return None
-        self.scheduler.abort(request.seq)
+        if self.scheduler.abort(request.seq) is None and request.seq.holds_blocks:
+            # it ended by length in a step still on the device, keeping its blocks for a hand-off
+            self.block_manager.free(request.seq)
         self.runner.release(request.seq.seq_id)
         request.seq.finish_reason = "abort"
         return self._output(request, finished=True, delta_text="", delta_tokens=[])

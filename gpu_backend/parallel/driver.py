@@ -160,7 +160,8 @@ class Driver:
         """Compute the prompt and its first token; ``handoff``: (decode worker, blocks it reserved),
         whose KV goes there as it is computed."""
         try:
-            self.engine.add_request(prompt, replace(params, max_tokens=1), request_id, hold_blocks=handoff is not None)
+            first = replace(params, max_tokens=1, min_tokens=min(params.min_tokens, 1))  # decode does the rest
+            self.engine.add_request(prompt, first, request_id, hold_blocks=handoff is not None)
         except Exception as error:
             self._send(("rejected", request_id, error))
             return

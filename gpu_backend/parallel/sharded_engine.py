@@ -134,8 +134,8 @@ class ShardedEngine(WorkerRecovery):
             with self._lock:
                 if self.error is not None:
                     raise WorkerLostError(self.error)
-                if stream.attempt != attempt:  # submitted again meanwhile
-                    return
+                if stream.attempt != attempt or self._streams.get(stream.request_id) is not stream:
+                    return  # submitted again meanwhile, or its client left before this ran (a resubmission)
                 self._route(stream, prompt, params)
                 self.requests_per_worker[stream.worker] += 1
                 if not self.parallel.is_disaggregated:
@@ -331,6 +331,8 @@ class ShardedEngine(WorkerRecovery):
                 stream = self._by_wire.get(message[1])
                 if stream is not None and error is not None:
                     self._forget(stream)
+                    if stream.decode_worker not in (None, worker):  # the prefill worker refused: free the blocks
+                        self._outbox.put(stream.decode_worker, ("abort", message[1]))
             if stream is not None:
                 post(stream.loop, settle, stream.accepted, error)
                 if error is not None:  # reaches a request submitted again too

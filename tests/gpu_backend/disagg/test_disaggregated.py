@@ -20,6 +20,7 @@ PROMPTS = ["Once upon a time there was a king who ruled a land by the sea", "The
            "Once upon a time there was a king who ruled a land by the sea"]  # a prefix-cache hit on both sides
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 SEEDED = SamplingParams(temperature=0.8, top_p=0.9, seed=7, max_tokens=12, ignore_eos=True)
+AT_LEAST = SamplingParams(temperature=0.0, max_tokens=12, min_tokens=4)  # the prefill worker draws one of them
 # (prefill tp, pp) -> (decode tp, pp): the layouts of the issue
 LAYOUTS = [((1, 1), (1, 1)), ((2, 1), (1, 1)), ((1, 2), (2, 1)), ((1, 1), (1, 2))]
 
@@ -62,6 +63,7 @@ def test_prefill_then_decode_elsewhere_generates_what_one_process_does(checkpoin
         assert asyncio.run(generate_all(engine, PROMPTS, "r")) == expected(folder, PROMPTS)
         # the decode worker's generator goes on past the prefill worker's draw of the first token
         assert asyncio.run(generate_all(engine, PROMPTS, "s", SEEDED)) == expected(folder, PROMPTS, SEEDED)
+        assert asyncio.run(generate_all(engine, PROMPTS, "m", AT_LEAST)) == expected(folder, PROMPTS, AT_LEAST)
         wait_for_free_blocks(engine, 2 * 64)
     finally:
         engine.shutdown()

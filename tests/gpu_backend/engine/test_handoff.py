@@ -72,3 +72,16 @@ def test_aborts_at_each_stage_free_the_blocks(checkpoints: dict[str, Path]) -> N
     assert tiny.reserve(list(range(5, 30)), GREEDY, "fits") is not None
     assert tiny.reserve(list(range(5, 30)), GREEDY, "waits") is None  # no free blocks: try later
     assert "waits" not in tiny.requests
+
+
+def test_an_abort_while_the_last_prefill_step_is_on_the_device_frees_the_held_blocks(
+        checkpoints: dict[str, Path]) -> None:
+    """The step that ends a held prompt by length has launched, its token not read back yet: an
+    abort then (a client that left as its prefill ended) must free the blocks it holds."""
+    prefill = LLMEngine(EngineConfig(model=str(checkpoints["llama"]), **OPTIONS), progress=False)
+    prefill.add_request([40, 41, 42], replace(GREEDY, max_tokens=1), "ending", hold_blocks=True)
+    assert prefill.step() == []  # launched: the one chunk ends it by length; the token is on the device
+    assert "ending" in prefill.requests and "ending" not in prefill.held
+    prefill.abort("ending")
+    until_finished(prefill)
+    assert prefill.block_manager.num_used_blocks == 0 and not prefill.held

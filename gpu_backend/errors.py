@@ -29,3 +29,8 @@ class RequestAbortedError(EngineError):
 
 class WorkerLostError(EngineError):
     """A rank of a sharded worker died or hung: its requests ended, and the worker is restarting."""
+
+
+class WorkerFailedError(WorkerLostError):
+    """A sharded worker was lost and every restart is used up: the model stays down until the
+    backend itself is restarted, so retrying cannot help."""

@@ -5,10 +5,17 @@ closes, when one of its ranks stops beating (``heartbeat``: a frozen process, fo
 ``heartbeat_timeout_s``), or when its driver says nothing for longer than a collective may take
 (``timeout_s``) plus the heartbeat's bound (a rank alive but stuck). Only that worker is lost:
 the others share no group with it but the transfer groups of its pairs.
+
+One death brings down the worker's other ranks within milliseconds (their collectives fail), so
+a report names the rank that died first: the monitor wakes on each rank's exit (its sentinel) and
+notes when it saw it; ranks first seen dead together are told apart by how they ended (a signal,
+as from ``kill -9`` or the OOM killer, before an exit of the rank's own) and then the driver last
+(it fails on its peers' errors).
 """
 
 from __future__ import annotations
 
+import signal
 import time
 
 from ..config import ParallelConfig
@@ -16,6 +23,7 @@ from .launch import RankProcesses
 
 ROOT_CAUSE_WAIT_S = 0.5  # for a dead rank's exit to show once its peers have noticed it
 POLL_S = 0.1
+DEATH_POLL_S = 0.005  # while waiting for that exit: fine enough to see which rank went first
 
 
 class WorkerHealth:
@@ -23,6 +31,7 @@ class WorkerHealth:
         self.ranks, self.parallel = ranks, parallel
         self.last_heard = [time.monotonic()] * len(ranks.worker_ranks)
         self.lost: dict[int, str] = {}  # worker -> why
+        self.died_at: dict[int, float] = {}  # rank -> when it was first seen dead
 
     @property
     def live_workers(self) -> list[int]:
@@ -30,6 +39,19 @@ class WorkerHealth:
 
     def heard(self, worker: int) -> None:
         self.last_heard[worker] = time.monotonic()
+
+    def sentinels(self) -> list[int]:
+        """What to wait on to wake when a rank of a live worker exits (none for torchrun's ranks)."""
+        processes = self.ranks.processes
+        return [processes[rank].sentinel for worker in self.live_workers for rank in self.ranks.worker_ranks[worker]
+                if rank < len(processes) and rank not in self.died_at]
+
+    def note_deaths(self) -> None:
+        """Note when each rank is first seen dead: the order tells the first death from its knock-ons."""
+        now = time.monotonic()
+        for rank, process in enumerate(self.ranks.processes):
+            if rank not in self.died_at and not process.is_alive():
+                self.died_at[rank] = now
 
     def check(self) -> list[tuple[int, str]]:
         """(worker, why) for each live worker found lost now (not yet in ``lost``)."""
@@ -41,22 +63,34 @@ class WorkerHealth:
         return list(found.items())
 
     def root_cause(self, worker: int, symptom: str) -> str:
-        """A rank that died makes its driver fail (or exit) too: name the dead one when there is one."""
-        ranks, driver = self.ranks.worker_ranks[worker], self.ranks.driver_ranks[worker]
+        """A rank that died makes its driver fail (or exit) too: name the first to die when one did."""
         deadline = time.monotonic() + ROOT_CAUSE_WAIT_S
         while True:
-            exited = self.ranks.exited_rank(ranks, skip=driver)
-            if exited is None and time.monotonic() > deadline:  # none of the others: the driver itself?
-                exited = self.ranks.exited_rank(range(driver, driver + 1))
-                if exited is None:
-                    return symptom
-            if exited is not None:
-                return f"rank {exited[0]} exited with code {exited[1]}"
-            time.sleep(POLL_S / 2)
+            self.note_deaths()
+            first = self._first_death(worker)
+            if first is not None:
+                return first
+            if time.monotonic() > deadline:
+                return symptom
+            time.sleep(DEATH_POLL_S)
+
+    def _first_death(self, worker: int) -> str | None:
+        """How the worker's rank that died first ended (of those noted dead), or None."""
+        driver = self.ranks.driver_ranks[worker]
+        dead = [rank for rank in self.ranks.worker_ranks[worker] if rank in self.died_at]
+        if not dead:
+            return None
+
+        def order(rank: int) -> tuple[float, bool, bool, int]:
+            code = self.ranks.processes[rank].exitcode
+            return self.died_at[rank], not (code is not None and code < 0), rank == driver, rank
+
+        first = min(dead, key=order)
+        return describe_exit(first, self.ranks.processes[first].exitcode)
 
     def _exited(self, worker: int) -> str | None:
-        exited = self.ranks.exited_rank(self.ranks.worker_ranks[worker])
-        return None if exited is None else f"rank {exited[0]} exited with code {exited[1]}"
+        self.note_deaths()
+        return self._first_death(worker)
 
     def _frozen(self, worker: int) -> str | None:
         heartbeats = self.ranks.heartbeats
@@ -75,3 +109,14 @@ class WorkerHealth:
         if quiet <= bound:
             return None
         return f"no word from worker {worker}'s driver in {quiet:.1f} s (bound {bound:g} s): a rank hung"
+
+
+def describe_exit(rank: int, exitcode: int | None) -> str:
+    """``rank 0 exited with code -9 (killed by SIGKILL)``."""
+    if exitcode is None or exitcode >= 0:
+        return f"rank {rank} exited with code {exitcode}"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    return f"rank {rank} exited with code {exitcode} (killed by {name})"

@@ -40,10 +40,10 @@ class RankProcesses:
     def worker_of(self, rank: int) -> int:
         return next(worker for worker, ranks in enumerate(self.worker_ranks) if rank in ranks)
 
-    def exited_rank(self, ranks: range | None = None, skip: int | None = None) -> tuple[int, int | None] | None:
-        """(rank, exit code) of a rank of ``ranks`` (all) that is no longer running, other than ``skip``."""
+    def exited_rank(self) -> tuple[int, int | None] | None:
+        """(rank, exit code) of a rank that is no longer running (while the world starts)."""
         for rank, process in enumerate(self.processes):
-            if rank != skip and (ranks is None or rank in ranks) and not process.is_alive():
+            if not process.is_alive():
                 return rank, process.exitcode
         return None
 

@@ -6,6 +6,8 @@ so far) to the workers left, and stream on without a gap; new requests avoid it.
 transfer ends or recomputes its request the same way, and its (prefill, decode) pair is not used
 again. When no worker (or no working pair) is left, the world is lost: every rank is killed and
 the world starts again, up to ``max_restarts`` times, and its requests end or are recomputed.
+Once every restart is used up the model has failed for good: ``WorkerFailedError`` says so, and
+that only restarting the backend brings it back.
 
 Every method runs under the engine's lock unless it says otherwise.
 """
@@ -24,7 +26,7 @@ from ..disagg.kv_transfer import KVTransferError
 from ..disagg.router import Router
 from ..engine.sampling_params import SamplingParams
 from ..engine.thread_bridge import post, settle
-from ..errors import EngineError, WorkerLostError
+from ..errors import EngineError, WorkerFailedError, WorkerLostError
 from .driver import WorkerInfo, WorkerLoad
 from .health import WorkerHealth
 from .launch import RankProcesses
@@ -46,6 +48,7 @@ class WorkerRecovery:
     max_restarts: int
     restarts: int
     error: str | None
+    failed_for_good: bool
     events: Counter[str]
     health: WorkerHealth
     info: WorkerInfo
@@ -144,19 +147,36 @@ class WorkerRecovery:
         with self._lock:
             self.error = reason
             self._outbox.clear()
+            if self.restarts >= self.max_restarts:  # its streams learn that no retry can help
+                self._give_up()
         self._ranks.kill()
         if not recompute:
-            self._end_streams(WorkerLostError(reason))
+            self._end_streams(self._unavailable())
         restarted = self._restart()
         with self._lock:
+            if not restarted and not self._stopped.is_set():
+                self._give_up()
             for stream in list(self._streams.values()):
                 if stream.abandoned:
                     self._forget(stream)
                 elif recompute and restarted:
                     self._recompute(stream)
         if recompute and not restarted:
-            self._end_streams(WorkerLostError(self.error or reason))
+            self._end_streams(self._unavailable())
         return restarted
+
+    def _give_up(self) -> None:
+        """No restart is left: the model stays down until the backend is restarted."""
+        if not self.failed_for_good:
+            self.failed_for_good = True
+            self.error = (f"{self.error}; every restart is used up ({self.restarts} of {self.max_restarts}, "
+                          f"--worker-restarts): the model is down until the backend is restarted")
+            log.error("%s has failed for good: %s", self.config.model, self.error)
+
+    def _unavailable(self) -> WorkerLostError:
+        """What a request gets while the world is down: restarting, or failed for good."""
+        error = self.error or "the workers are down"
+        return WorkerFailedError(error) if self.failed_for_good else WorkerLostError(error)
 
     def _restart(self) -> bool:
         while self.restarts < self.max_restarts and not self._stopped.is_set():

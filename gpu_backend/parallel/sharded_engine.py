@@ -33,7 +33,7 @@ from ..config import EngineConfig, ParallelConfig
 from ..disagg.router import Router
 from ..engine.sampling_params import SamplingParams
 from ..engine.thread_bridge import post, settle
-from ..errors import EngineError, InvalidRequestError, WorkerLostError
+from ..errors import EngineError, InvalidRequestError
 from ..tokenizer import Tokenizer
 from .driver import WorkerInfo, WorkerOutput
 from .health import POLL_S, WorkerHealth
@@ -56,6 +56,7 @@ class ShardedEngine(WorkerRecovery):
         self.tokenizer = None if config.skip_tokenizer_init else Tokenizer.from_pretrained(config.model)
         self.error: str | None = None
         self.restarts = 0
+        self.failed_for_good = False  # lost with every restart used up: down until the backend restarts
         # worker_lost, worker_restarted, request_lost, request_recomputed, transfer_failed
         self.events: Counter[str] = Counter()
         self._streams: dict[str, Stream] = {}  # by the client's request id
@@ -100,7 +101,7 @@ class ShardedEngine(WorkerRecovery):
             prompt = self._token_ids(prompt)
         with self._lock:
             if self.error is not None:
-                raise WorkerLostError(self.error)
+                raise self._unavailable()
             if request_id in self._streams:
                 raise InvalidRequestError(f"request id {request_id!r} is already running")
             stream = Stream(request_id, loop, asyncio.Queue(), loop.create_future(), -1, prompt=prompt,
@@ -133,7 +134,7 @@ class ShardedEngine(WorkerRecovery):
         try:
             with self._lock:
                 if self.error is not None:
-                    raise WorkerLostError(self.error)
+                    raise self._unavailable()
                 if stream.attempt != attempt or self._streams.get(stream.request_id) is not stream:
                     return  # submitted again meanwhile, or its client left before this ran (a resubmission)
                 self._route(stream, prompt, params)
@@ -179,7 +180,7 @@ class ShardedEngine(WorkerRecovery):
             handoff = (stream.decode_worker, len(await self._reserve(stream, attempt, prompt, params)))
         with self._lock:
             if self.error is not None:
-                raise WorkerLostError(self.error)
+                raise self._unavailable()
             if stream.attempt != attempt:
                 return
             self._outbox.put(stream.worker, ("prefill", stream.wire_id, prompt, params, handoff))
@@ -302,8 +303,12 @@ class ShardedEngine(WorkerRecovery):
         """Read what the live drivers sent; (worker, why) of each worker found lost."""
         connections = {self._ranks.connections[worker]: worker for worker in self.health.live_workers}
         losses = {}
-        for connection in wait(list(connections), timeout=POLL_S) if connections else []:
-            worker = connections[connection]
+        ready = wait([*connections, *self.health.sentinels()], timeout=POLL_S) if connections else []
+        self.health.note_deaths()  # first: a driver's word may be about a rank that just died
+        for connection in ready:
+            worker = connections.get(connection)
+            if worker is None:  # a rank's exit, noted
+                continue
             try:
                 message = connection.recv()
             except (EOFError, OSError):

@@ -77,12 +77,14 @@ def _routes() -> list[BaseRoute]:
 
 async def _healthz(request: Request) -> Response:
     """200 while every engine serves (naming the lost workers of those serving with fewer); 503
-    naming the engines that stopped, so a supervisor can act."""
+    naming the engines that stopped, so a supervisor can act: "unhealthy" while they restart,
+    "failed" once one has used up its restarts and only restarting the backend brings it back."""
     service: Service = request.app.state.service
     failures = service.client.failures()
     if failures:
-        return JSONResponse({"status": "unhealthy", "models": service.client.model_names(), "failed": failures},
-                            status_code=503)
+        for_good = service.client.failed_for_good()
+        return JSONResponse({"status": "failed" if for_good else "unhealthy", "models": service.client.model_names(),
+                             "failed": failures, "failed_for_good": for_good}, status_code=503)
     degraded = {model: {str(worker): why for worker, why in lost.items()}
                 for model, lost in service.client.degraded().items()}
     if degraded:

@@ -75,6 +75,10 @@ class EngineClient(Protocol):
         """Models whose engine has stopped, with the reason; empty while every engine serves."""
         ...
 
+    def failed_for_good(self) -> list[str]:
+        """The models of ``failures`` that no restart will bring back: only restarting the backend does."""
+        ...
+
     def degraded(self) -> dict[str, dict[int, str]]:
         """Models serving with fewer workers than they started with: each lost worker and why."""
         ...
@@ -156,6 +160,10 @@ class LocalEngines:
 
     def failures(self) -> dict[str, str]:
         return {name: str(engine.error) for name, engine in self._engines.items() if engine.error is not None}
+
+    def failed_for_good(self) -> list[str]:
+        return [name for name, engine in self._engines.items() if engine.error is not None
+                and (engine.failed_for_good if isinstance(engine, ShardedEngine) else True)]  # AsyncLLM never restarts
 
     def degraded(self) -> dict[str, dict[int, str]]:
         return {name: engine.lost_workers for name, engine in self._engines.items()

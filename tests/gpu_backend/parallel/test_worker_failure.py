@@ -1,5 +1,6 @@
 """A rank that dies or hangs mid-stream: the stream ends with an error event within the bound,
-``/healthz`` says the model is down, and the worker restarts behind the same running service."""
+naming the rank that died first, ``/healthz`` says the model is down, and the worker restarts
+behind the same running service; with no restart left, the model has failed for good and says so."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import json
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -35,37 +39,82 @@ async def _wait_healthy(client: httpx.AsyncClient, url: str, within_s: float = 9
     raise AssertionError(f"the worker did not come back within {within_s} s")
 
 
+@dataclass
+class KilledMidStream:
+    client: httpx.AsyncClient
+    backend: Backend
+    rest: str  # what the stream sent after the kill
+    ended_s: float  # from the kill to the stream's end
+
+    @property
+    def last_event(self) -> str:
+        return self.rest.strip().split("\n\n")[-1]
+
+
+@asynccontextmanager
+async def killed_mid_stream(engines: LocalEngines, rank: int) -> AsyncIterator[KilledMidStream]:
+    """Serve ``engines``, start a long stream and SIGKILL ``rank`` once its first chunk is in."""
+    with serving(create_app(engines, TOKEN)) as url:
+        backend = Backend(url, engines)
+        async with httpx.AsyncClient(headers=backend.headers(), timeout=30) as client:
+            async with client.stream("POST", backend.run_url(), json=HOLD) as reply:
+                chunks = reply.aiter_raw()
+                await anext(chunks)
+                os.kill(engines.engine(MODEL).rank_pids()[rank], signal.SIGKILL)
+                killed = time.monotonic()
+                rest = b"".join([chunk async for chunk in chunks]).decode()
+            yield KilledMidStream(client, backend, rest, time.monotonic() - killed)
+
+
 async def test_a_killed_rank_ends_the_stream_and_the_worker_restarts(checkpoints: dict[str, Path]) -> None:
     parallel = ParallelConfig(2, 1, None, TIMEOUT_S)
     engines = LocalEngines({MODEL: checkpoints["llama"]}, parallel=parallel, max_restarts=1, **OPTIONS)
     try:
-        with serving(create_app(engines, TOKEN)) as url:
-            backend = Backend(url, engines)
-            async with httpx.AsyncClient(headers=backend.headers(), timeout=30) as client:
-                async with client.stream("POST", backend.run_url(), json=HOLD) as reply:
-                    chunks = reply.aiter_raw()
-                    await anext(chunks)
-                    os.kill(engines.engine(MODEL).rank_pids()[1], signal.SIGKILL)
-                    killed = time.monotonic()
-                    rest = b"".join([chunk async for chunk in chunks]).decode()
-                    ended_s = time.monotonic() - killed
-                health = await client.get(f"{url}/healthz")
-                refused = await client.post(backend.run_url(), json={"prompt": "hi"})
-                await _wait_healthy(client, url)
-                metrics = (await client.get(f"{url}/metrics")).text
-                again = await client.post(backend.run_url(), json={"prompt": "The quick brown fox", "raw": True,
-                                                                   "temperature": 0, "max_tokens": 12})
-        last = rest.strip().split("\n\n")[-1]
-        assert last.startswith('data: {"error"') and "[DONE]" not in rest
-        assert "rank 1 exited" in json.loads(last.removeprefix("data: "))["error"]["message"]
-        assert ended_s < TIMEOUT_S + DETECTION_SLACK_S, ended_s
+        async with killed_mid_stream(engines, rank=1) as killed:
+            client, backend, url = killed.client, killed.backend, killed.backend.url
+            health = await client.get(f"{url}/healthz")
+            refused = await client.post(backend.run_url(), json={"prompt": "hi"})
+            await _wait_healthy(client, url)
+            metrics = (await client.get(f"{url}/metrics")).text
+            again = await client.post(backend.run_url(), json={"prompt": "The quick brown fox", "raw": True,
+                                                               "temperature": 0, "max_tokens": 12})
+        assert killed.last_event.startswith('data: {"error"') and "[DONE]" not in killed.rest
+        assert "rank 1 exited" in json.loads(killed.last_event.removeprefix("data: "))["error"]["message"]
+        assert killed.ended_s < TIMEOUT_S + DETECTION_SLACK_S, killed.ended_s
         assert health.status_code == 503 and MODEL in health.json()["failed"]
+        assert health.json()["status"] == "unhealthy" and health.json()["failed_for_good"] == []  # restarting
         assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
         for event, count in (("worker_lost", 1), ("worker_restarted", 1), ("request_lost", 1)):
             assert f'edgewise_worker_events_total{{event="{event}",model="{MODEL}"}} {count}.0' in metrics, metrics
         expected = LLM(str(checkpoints["llama"]), progress=False, **OPTIONS).generate(
             "The quick brown fox", SamplingParams(temperature=0.0, max_tokens=12))[0].outputs[0].text
         assert again.status_code == 200 and again.json()["result"]["response"] == expected
+    finally:
+        engines.shutdown()
+
+
+async def test_rank_0_killed_with_no_restart_left_is_named_and_the_model_failed_for_good(
+        checkpoints: dict[str, Path]) -> None:
+    """SIGKILL the driver (rank 0) of a TP=2 worker: rank 1 exits too, as a knock-on, yet every report
+    names rank 0. With no restart left the model has failed for good: /healthz says so, and its
+    503s no longer ask the client to retry."""
+    parallel = ParallelConfig(2, 1, None, TIMEOUT_S)
+    engines = LocalEngines({MODEL: checkpoints["llama"]}, parallel=parallel, max_restarts=0, **OPTIONS)
+    try:
+        async with killed_mid_stream(engines, rank=0) as killed:
+            client, backend, url = killed.client, killed.backend, killed.backend.url
+            health = await client.get(f"{url}/healthz")
+            refused = await client.post(backend.run_url(), json={"prompt": "hi"})
+            openai_refused = await client.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "hi"})
+        event = json.loads(killed.last_event.removeprefix("data: "))
+        assert "rank 0 exited with code -9 (killed by SIGKILL)" in event["error"]["message"], event
+        assert health.status_code == 503, health.text
+        assert health.json()["status"] == "failed" and health.json()["failed_for_good"] == [MODEL]
+        reason = health.json()["failed"][MODEL]
+        assert reason.startswith("rank 0 exited") and "every restart is used up (0 of 0" in reason, reason
+        for answer in (refused, openai_refused):
+            assert answer.status_code == 503 and "retry-after" not in answer.headers, answer.headers
+            assert "failed permanently and the backend must be restarted" in answer.text, answer.text
     finally:
         engines.shutdown()
 

@@ -39,6 +39,7 @@ class StopStringMatcher:
         self.include_stop_str_in_output = include_stop_str_in_output
         self.stop_reason: str | None = None  # the stop string found
         self._max_stop_len = max(map(len, self.stop), default=0)
+        self._prefix_sizes = [_prefix_sizes_by_last_char(s) for s in self.stop]
         # The text not emitted yet, after up to max_stop_len - 1 emitted characters that a stop string
         # completed later may start in; older text can never match and is dropped.
         self._buffer = ""
@@ -77,11 +78,19 @@ class StopStringMatcher:
         return index, stop
 
     def partial_match_len(self, text: str) -> int:
-        """Length of the longest suffix of `text` that is a proper prefix of a stop string."""
+        """Length of the longest suffix of `text` that is a proper prefix of a stop string.
+
+        Runs per token on the engine's thread: only prefixes ending in text's last character are
+        tried, and their first character is compared before any slice is made.
+        """
+        if not text:
+            return 0
         longest = 0
-        for stop in self.stop:
-            for size in range(min(len(stop) - 1, len(text)), longest, -1):
-                if text.endswith(stop[:size]):
+        for stop, prefix_sizes in zip(self.stop, self._prefix_sizes):
+            for size in prefix_sizes.get(text[-1], ()):
+                if size <= longest:
+                    break
+                if size <= len(text) and text[-size] == stop[0] and text.endswith(stop[:size]):
                     longest = size
                     break
         return longest
@@ -90,6 +99,14 @@ class StopStringMatcher:
         out = self._buffer[self._num_emitted:end]
         self._num_emitted = max(self._num_emitted, end)
         return out
+
+
+def _prefix_sizes_by_last_char(stop: str) -> dict[str, list[int]]:
+    """The lengths of `stop`'s proper prefixes, by the prefix's last character, longest first."""
+    sizes: dict[str, list[int]] = {}
+    for size in range(len(stop) - 1, 0, -1):
+        sizes.setdefault(stop[size - 1], []).append(size)
+    return sizes
 
 
 class IncrementalDetokenizer:

@@ -22,6 +22,7 @@ from .admission import Admission
 from .client import EngineClient
 from .errors import BadTokenError, EngineFailedError, MissingTokenError, ServiceError
 from .generation import ClientGone
+from .limits import DEFAULT_LIMITS, InputLimits
 from .metrics import CONTENT_TYPE, Metrics
 from .websocket import run_model_websocket
 
@@ -40,13 +41,15 @@ class Service:
     admission: Admission
     metrics: Metrics
     started_at: float = field(default_factory=time.time)
+    limits: InputLimits = DEFAULT_LIMITS  # what one request may ask for (sizes, counts, nesting)
 
 
-def create_app(client: EngineClient, token: str, max_queue: int = DEFAULT_MAX_QUEUE) -> ASGIApp:
+def create_app(client: EngineClient, token: str, max_queue: int = DEFAULT_MAX_QUEUE,
+               limits: InputLimits = DEFAULT_LIMITS) -> ASGIApp:
     if not token:
         raise ValueError("the backend needs a non-empty token")
     admission = Admission(max_queue, lambda model: client.model_info(model).max_num_seqs)
-    service = Service(client, admission, Metrics(client, admission))
+    service = Service(client, admission, Metrics(client, admission), limits=limits)
     app = Starlette(routes=_routes(), exception_handlers={ServiceError: _service_error, ClientGone: _client_gone,
                                                           ClientDisconnect: _client_gone,
                                                           Exception: _unexpected})

@@ -10,13 +10,15 @@ folder share one engine).
 Prompts are rendered here, as Workers AI does: ``messages`` through the model's chat template
 (generation prompt added; a model without one refuses them); a ``prompt`` as one user message
 unless ``raw`` is set or the model has no chat template, in which case the text goes to the
-model as it is.
+model as it is. Rendering and tokenizing run on a few threads of their own, and the engine gets
+token ids.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -91,6 +93,11 @@ class EngineClient(Protocol):
 
 
 TextEngine = AsyncLLM | ShardedEngine
+# Chat templates and tokenizers run on these threads, not on the event loop (a long prompt takes
+# tens of ms, megabytes take seconds, and no other request would be served meanwhile) nor on an
+# engine's thread (its other requests would wait). A few suffice: admission bounds what queues.
+PROMPT_THREADS = 4
+_PROMPT_THREADS = ThreadPoolExecutor(PROMPT_THREADS, thread_name_prefix="edgewise-prompt")
 
 
 class LocalEngines:
@@ -142,7 +149,7 @@ class LocalEngines:
     async def generate(self, model: str, request: TextGenerationInput, request_id: str) -> AsyncIterator[TextDelta]:
         engine = self.engine(model)
         try:
-            prompt = render_prompt(engine, request)
+            prompt = await asyncio.get_running_loop().run_in_executor(_PROMPT_THREADS, render_prompt, engine, request)
             if isinstance(engine, ShardedEngine):
                 async for delta in engine.generate(prompt, request.sampling, request_id, request.session):
                     yield TextDelta(delta.delta_text, delta.delta_token_ids, delta.num_prompt_tokens,
@@ -191,14 +198,17 @@ def _load(folder: Path, engine_options: Mapping[str, Any], parallel: ParallelCon
 
 
 def render_prompt(engine: TextEngine, request: TextGenerationInput) -> str | list[int]:
-    """The text (or token ids, from a chat template) that the engine gets for a request."""
+    """The token ids that the engine gets for a request: the prompt encoded as it is or through the
+    chat template; a model loaded without a tokenizer gets the prompt's text as it is."""
     tokenizer = engine.tokenizer
     if request.messages is not None:
         if tokenizer is None:
             raise InvalidRequestError("this model was loaded without a tokenizer; send token ids")
         return tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
     assert request.prompt is not None
-    if request.raw or tokenizer is None or not tokenizer.has_chat_template:
+    if tokenizer is None:
         return request.prompt
+    if request.raw or not tokenizer.has_chat_template:
+        return tokenizer.encode(request.prompt)  # as the engine would, but here, off its thread
     return tokenizer.apply_chat_template([{"role": "user", "content": request.prompt}],
                                          add_generation_prompt=True, tokenize=True)

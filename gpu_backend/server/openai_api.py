@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from .body import read_json
 from .errors import BadInputError
 from .generation import Completion, Generation, unless_disconnected
-from .schemas import SESSION_HEADER, parse_embeddings, parse_text_generation
+from .schemas import SESSION_HEADER, parse_embeddings, parse_stop, parse_text_generation
 from .streaming import DONE, EventStream, error_payload, sse
 
 if TYPE_CHECKING:
@@ -44,16 +44,17 @@ async def completions(request: Request) -> Response | EventStream:
 
 async def _complete(request: Request, chat: bool) -> Response | EventStream:
     service: Service = request.app.state.service
-    body = _object(await read_json(request))
+    body = _object(await read_json(request, service.limits))
     model = _model(body, service)
     request.state.model = model
-    inputs = parse_text_generation(_workers_ai_inputs(body, chat), model, request.headers.get(SESSION_HEADER))
-    inputs = replace(inputs, sampling=replace(inputs.sampling, stop=_stop(body)))
+    inputs = parse_text_generation(_workers_ai_inputs(body, chat), model, request.headers.get(SESSION_HEADER),
+                                   service.limits)
+    inputs = replace(inputs, sampling=replace(inputs.sampling, stop=parse_stop(body.get("stop"), service.limits)))
+    include_usage = _include_usage(body)  # checked before the generation starts, as every input is
     generation = Generation(service, model, inputs)
     await generation.start()
     chunk = _Chunk(model, chat)
     if inputs.stream:
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return EventStream(_events(generation, chunk, include_usage))
     completion = await unless_disconnected(request, generation.complete())
     return JSONResponse(chunk.whole(completion))
@@ -61,11 +62,11 @@ async def _complete(request: Request, chat: bool) -> Response | EventStream:
 
 async def embeddings(request: Request) -> Response:
     service: Service = request.app.state.service
-    body = _object(await read_json(request))
+    body = _object(await read_json(request, service.limits))
     model = _model(body, service)
     request.state.model = model
     given = body.get("input")
-    inputs = parse_embeddings({"text": given} if given is not None else {})
+    inputs = parse_embeddings({"text": given} if given is not None else {}, service.limits)
     encoding = body.get("encoding_format", "float")
     if encoding not in ("float", "base64"):
         raise BadInputError(f"'encoding_format' must be \"float\" or \"base64\", got {encoding!r}",
@@ -170,17 +171,28 @@ def _prompt(prompt: Any) -> Any:
     return prompt
 
 
-def _stop(body: dict[str, Any]) -> list[str] | None:
-    stop = body.get("stop")
-    if stop is None or isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        return [stop] if isinstance(stop, str) else stop
-    raise BadInputError("'stop' must be a string or a list of strings", param="stop")
+def _include_usage(body: dict[str, Any]) -> bool:
+    """``stream_options.include_usage``: whether a stream ends with a usage chunk."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise BadInputError("'stream_options' must be an object such as {\"include_usage\": true}",
+                            param="stream_options")
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise BadInputError(f"'stream_options.include_usage' must be true or false, got {include_usage!r}",
+                            param="stream_options")
+    return include_usage
 
 
 def _model(body: dict[str, Any], service: Service) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadInputError(f"'model' is required: one of {', '.join(service.client.model_names())}", param="model")
+    if not model.isprintable():  # control characters or lone surrogates: not a name, and not echoed back
+        raise BadInputError(f"'model' has characters no model name has: send one of "
+                            f"{', '.join(service.client.model_names())}", param="model")
     service.client.model_info(model)  # NoSuchModelError (404 here) for a name this backend does not serve
     return model
 

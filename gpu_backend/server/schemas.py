@@ -5,7 +5,8 @@ Text generation takes ``prompt`` or ``messages`` (exactly one), or the Responses
 Workers AI's ranges and defaults (``max_tokens`` 256, ``temperature`` 0.6). Embeddings take
 ``text`` as a string or a list of up to 100 strings. Every problem is a ``BadInputError``
 naming the field and what to send instead; fields the schemas do not know are ignored, as
-Workers AI ignores them.
+Workers AI ignores them. Sizes are capped by ``InputLimits`` (limits.py), and text with a lone
+UTF-16 surrogate (JSON's ``"\\ud800"``), which no tokenizer can encode, is refused here.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from typing import Any
 
 from ..engine.sampling_params import SamplingParams
 from .errors import BadInputError, LoraUnsupportedError
+from .limits import DEFAULT_LIMITS, InputLimits
 
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_TEMPERATURE = 0.6
-MAX_PROMPT_CHARS = 131072
-MAX_EMBEDDING_TEXTS = 100
 MAX_SEED = 9_999_999_999
 UNSUPPORTED = {
     "tools": "function calling (tools) is not supported by this backend yet",
@@ -52,7 +52,8 @@ class EmbeddingsInput:
 SESSION_HEADER = "x-session-affinity"
 
 
-def parse_text_generation(body: Any, model: str, session: str | None = None) -> TextGenerationInput:
+def parse_text_generation(body: Any, model: str, session: str | None = None,
+                          limits: InputLimits = DEFAULT_LIMITS) -> TextGenerationInput:
     inputs = _object(body)
     for name, reason in UNSUPPORTED.items():
         if inputs.get(name) not in (None, [], ""):
@@ -63,28 +64,50 @@ def parse_text_generation(body: Any, model: str, session: str | None = None) -> 
     if response_format not in (None, {}) and _get(response_format, "type") != "text":
         raise BadInputError("JSON mode (response_format) is not supported by this backend yet; remove "
                             "'response_format' and ask for JSON in the prompt", param="response_format")
-    prompt, messages, responses_style = _prompt_or_messages(inputs)
+    prompt, messages, responses_style = _prompt_or_messages(inputs, limits)
     raw = _bool(inputs, "raw", False)
     return TextGenerationInput(prompt, messages, raw, _bool(inputs, "stream", False), responses_style,
                                _sampling(inputs), session or None)
 
 
-def parse_embeddings(body: Any) -> EmbeddingsInput:
+def parse_embeddings(body: Any, limits: InputLimits = DEFAULT_LIMITS) -> EmbeddingsInput:
     inputs = _object(body)
     text = inputs.get("text")
     texts = [text] if isinstance(text, str) else text
+    most = limits.max_embedding_texts
     if not isinstance(texts, list) or not texts:
-        raise BadInputError("'text' is required: a non-empty string or a list of 1 to 100 strings", param="text")
-    if len(texts) > MAX_EMBEDDING_TEXTS:
-        raise BadInputError(f"'text' has {len(texts)} items; send at most {MAX_EMBEDDING_TEXTS} per request",
-                            param="text")
+        raise BadInputError(f"'text' is required: a non-empty string or a list of 1 to {most} strings", param="text")
+    if len(texts) > most:
+        raise BadInputError(f"'text' has {len(texts)} items; send at most {most} per request", param="text")
     for index, item in enumerate(texts):
         if not isinstance(item, str) or not item:
             raise BadInputError(f"'text[{index}]' must be a non-empty string", param="text")
+        _unicode(item, f"text[{index}]", "text")
     pooling = inputs.get("pooling", "mean")
     if pooling not in ("mean", "cls"):
         raise BadInputError(f"'pooling' must be \"mean\" or \"cls\", got {pooling!r}", param="pooling")
     return EmbeddingsInput(list(texts), pooling)
+
+
+def parse_stop(stop: Any, limits: InputLimits = DEFAULT_LIMITS) -> list[str] | None:
+    """OpenAI's ``stop``: a string or a list of strings, each ending the text where it appears."""
+    if stop is None:
+        return None
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(text, str) for text in stops):
+        raise BadInputError("'stop' must be a string or a list of strings", param="stop")
+    if len(stops) > limits.max_stop_sequences:
+        raise BadInputError(f"'stop' has {len(stops)} strings; send at most {limits.max_stop_sequences}",
+                            param="stop")
+    for index, text in enumerate(stops):
+        where = "stop" if isinstance(stop, str) else f"stop[{index}]"
+        if not text:
+            raise BadInputError(f"'{where}' is empty: each stop string needs at least one character", param="stop")
+        if len(text) > limits.max_stop_chars:
+            raise BadInputError(f"'{where}' has {len(text)} characters; at most {limits.max_stop_chars}",
+                                param="stop")
+        _unicode(text, where, "stop")
+    return stops
 
 
 def _object(body: Any) -> dict[str, Any]:
@@ -97,7 +120,7 @@ def _get(value: Any, key: str) -> Any:
     return value.get(key) if isinstance(value, dict) else None
 
 
-def _prompt_or_messages(inputs: dict[str, Any]) -> tuple[str | None, list[Message] | None, bool]:
+def _prompt_or_messages(inputs: dict[str, Any], limits: InputLimits) -> tuple[str | None, list[Message] | None, bool]:
     has_prompt, has_messages = "prompt" in inputs, "messages" in inputs
     responses_style = "input" in inputs or "instructions" in inputs
     if has_prompt + has_messages + responses_style > 1:
@@ -106,19 +129,22 @@ def _prompt_or_messages(inputs: dict[str, Any]) -> tuple[str | None, list[Messag
         prompt = inputs["prompt"]
         if not isinstance(prompt, str) or not prompt:
             raise BadInputError("'prompt' must be a non-empty string", param="prompt")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise BadInputError(f"'prompt' has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}", param="prompt")
-        return prompt, None, False
+        if len(prompt) > limits.max_prompt_chars:
+            raise BadInputError(f"'prompt' has {len(prompt)} characters; at most {limits.max_prompt_chars}",
+                                param="prompt")
+        return _unicode(prompt, "prompt", "prompt"), None, False
     if has_messages:
-        return None, _messages(inputs["messages"], "messages"), False
+        return None, _capped(_messages(inputs["messages"], "messages", limits), "messages", limits), False
     if responses_style:
-        return None, _responses_messages(inputs), True
+        return None, _capped(_responses_messages(inputs, limits), "input", limits), True
     raise BadInputError("required properties at '/' are 'prompt' or 'messages': send one of them")
 
 
-def _messages(value: Any, field: str) -> list[Message]:
+def _messages(value: Any, field: str, limits: InputLimits) -> list[Message]:
     if not isinstance(value, list) or not value:
         raise BadInputError(f"'{field}' must be a non-empty list of {{role, content}} objects", param=field)
+    if len(value) > limits.max_messages:
+        raise BadInputError(f"'{field}' has {len(value)} messages; send at most {limits.max_messages}", param=field)
     messages = []
     for index, message in enumerate(value):
         where = f"{field}[{index}]"
@@ -127,12 +153,33 @@ def _messages(value: Any, field: str) -> list[Message]:
         role = message.get("role")
         if not isinstance(role, str) or not role:
             raise BadInputError(f"'{where}.role' must be a string such as \"user\" or \"assistant\"", param=field)
-        content = _content(message.get("content"), where, field)
-        entry = {"role": role, "content": content}
+        content = _unicode(_content(message.get("content"), where, field), f"{where}.content", field)
+        entry = {"role": _unicode(role, f"{where}.role", field), "content": content}
         if isinstance(message.get("name"), str):
-            entry["name"] = message["name"]
+            entry["name"] = _unicode(message["name"], f"{where}.name", field)
         messages.append(entry)
     return messages
+
+
+def _capped(messages: list[Message], field: str, limits: InputLimits) -> list[Message]:
+    """``messages`` unless their contents together pass the prompt's cap (they all reach the model)."""
+    num_chars = sum(len(message["content"]) for message in messages)
+    if num_chars > limits.max_prompt_chars:
+        raise BadInputError(f"'{field}' has {num_chars} characters of content; at most {limits.max_prompt_chars} "
+                            f"in all", param=field)
+    return messages
+
+
+def _unicode(text: str, where: str, field: str) -> str:
+    """``text`` unless it holds a lone surrogate, which JSON's "\\ud800" lets through and no encoder takes."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise BadInputError(f"'{where}' has a lone UTF-16 surrogate (\\u{ord(text[error.start]):04x}) at "
+                                f"character {error.start}: send valid Unicode, surrogates only in pairs",
+                                param=field) from None
+    return text
 
 
 def _content(content: Any, where: str, field: str) -> str:
@@ -150,18 +197,18 @@ def _content(content: Any, where: str, field: str) -> str:
     raise BadInputError(f"'{where}.content' must be a string", param=field)
 
 
-def _responses_messages(inputs: dict[str, Any]) -> list[Message]:
+def _responses_messages(inputs: dict[str, Any], limits: InputLimits) -> list[Message]:
     messages: list[Message] = []
     instructions = inputs.get("instructions")
     if instructions is not None:
         if not isinstance(instructions, str):
             raise BadInputError("'instructions' must be a string", param="instructions")
-        messages.append({"role": "system", "content": instructions})
+        messages.append({"role": "system", "content": _unicode(instructions, "instructions", "instructions")})
     given = inputs.get("input")
     if isinstance(given, str) and given:
-        messages.append({"role": "user", "content": given})
+        messages.append({"role": "user", "content": _unicode(given, "input", "input")})
     elif isinstance(given, list) and given:
-        messages.extend(_messages(given, "input"))
+        messages.extend(_messages(given, "input", limits))
     else:
         raise BadInputError("'input' is required with 'instructions': a non-empty string or list of messages",
                             param="input")

@@ -5,8 +5,9 @@ Protocol (also in docs/api.md): the client sends the Workers AI inputs as one JS
 payloads of the SSE stream, one JSON text frame each: ``{"response": "..."}`` per piece of text,
 then ``{"response": "", "usage": {...}, "done": true}``. A refused or failed generation is one
 ``{"error": {"code", "message"}, "done": true}`` frame; the connection stays open for the next
-inputs. A frame sent while a generation runs is answered with an error frame. Closing the
-socket aborts the running generation and frees its KV blocks at once.
+inputs. So is a bad frame (malformed or too deep JSON, over ``InputLimits.max_frame_bytes``),
+and a frame sent while a generation runs: one error frame each. Closing the socket aborts the
+running generation and frees its KV blocks at once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .body import parse_frame
 from .errors import BadInputError
 from .generation import Generation
 from .schemas import SESSION_HEADER, parse_text_generation
@@ -78,25 +80,25 @@ async def _read(websocket: WebSocket, frames: asyncio.Queue[str | None]) -> None
 
 async def _generate(service: Service, websocket: WebSocket, model: str, text: str, trace: bool) -> None:
     try:
-        inputs = parse_text_generation(_json(text), model, websocket.headers.get(SESSION_HEADER))
+        inputs = parse_text_generation(parse_frame(text, service.limits), model, websocket.headers.get(SESSION_HEADER),
+                                       service.limits)
         generation = Generation(service, model, inputs)
         await generation.start()
         async for payload in workers_ai_payloads(generation, trace):
             if "usage" in payload:  # the last payload
                 payload["done"] = True
             await _send(websocket, payload)
+    except RecursionError as error:  # a RuntimeError, but never the sign of a socket gone
+        await _send_error(websocket, error)
     except (WebSocketDisconnect, RuntimeError, OSError):
         return  # the socket is gone; leaving the loop closed the generation and freed its blocks
     except Exception as error:  # refused (bad input, queue full) or failed: this generation only
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            await _send(websocket, {**error_payload(error), "done": True})
+        await _send_error(websocket, error)
 
 
-def _json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise BadInputError(f"each frame must be the inputs as a JSON object ({error})") from None
+async def _send_error(websocket: WebSocket, error: Exception) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        await _send(websocket, {**error_payload(error), "done": True})
 
 
 async def _send(websocket: WebSocket, payload: dict[str, Any]) -> None:

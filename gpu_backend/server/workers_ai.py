@@ -39,10 +39,10 @@ async def run_model(request: Request) -> Response | EventStream:
     model = model_name(request)
     request.state.model = model
     task = service.client.model_info(model).task
-    body = await read_json(request)
+    body = await read_json(request, service.limits)
     if task == "text-embeddings":
         return JSONResponse(envelope(await embeddings_result(service, model, body)))
-    inputs = parse_text_generation(body, model, request.headers.get(SESSION_HEADER))
+    inputs = parse_text_generation(body, model, request.headers.get(SESSION_HEADER), service.limits)
     generation = Generation(service, model, inputs)
     await generation.start()
     if inputs.stream:
@@ -53,7 +53,7 @@ async def run_model(request: Request) -> Response | EventStream:
 
 
 async def embeddings_result(service: Service, model: str, body: Any) -> dict[str, Any]:
-    inputs = parse_embeddings(body)
+    inputs = parse_embeddings(body, service.limits)
     result = await service.client.embed(model, inputs)
     service.metrics.prompt_tokens.labels(model).inc(result.num_tokens)
     dimensions = len(result.vectors[0])

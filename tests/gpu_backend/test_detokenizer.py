@@ -249,3 +249,13 @@ def test_stop_string_matcher_does_not_depend_on_how_text_is_split() -> None:
         out.append(matcher.feed("", final=True))
         assert "".join(out) == expected, (text, stops, include)
         assert matcher.stopped == bool(ends)
+
+
+def test_partial_match_len_is_the_longest_suffix_that_begins_a_stop_string() -> None:
+    rng = random.Random(3)
+    for _ in range(2000):
+        stops = ["".join(rng.choice("ab ") for _ in range(rng.randrange(1, 9))) for _ in range(rng.randrange(1, 4))]
+        text = "".join(rng.choice("ab c") for _ in range(rng.randrange(0, 12)))
+        expected = max((size for stop in stops for size in range(1, len(stop)) if text.endswith(stop[:size])),
+                       default=0)
+        assert StopStringMatcher(stops).partial_match_len(text) == expected, (text, stops)

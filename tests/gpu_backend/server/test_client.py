@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,3 +78,21 @@ async def test_leaving_the_stream_early_frees_the_blocks(engines: LocalEngines) 
         await asyncio.sleep(0.02)
     assert engines.stats()[MODEL] | {"kv_blocks_free": 0} == {
         "num_running": 0, "num_waiting": 0, "kv_blocks_used": 0, "kv_blocks_free": 0, "num_preemptions": 0}
+
+
+async def test_prompts_are_rendered_and_tokenized_off_the_event_loop_and_the_engine_thread(
+        engines: LocalEngines, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long prompt takes seconds to encode: neither the event loop nor the engine's thread may do it."""
+    tokenizer = engines.engine(MODEL).tokenizer
+    encode, threads = tokenizer.encode, []
+
+    def encode_noting_the_thread(text: str, *args: object, **kwargs: object) -> list[int]:
+        threads.append(threading.current_thread().name)
+        return encode(text, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "encode", encode_noting_the_thread)
+    raw = await collect(engines, {"prompt": "Hello there", "raw": True, "max_tokens": 2, "temperature": 0})
+    chat = await collect(engines, {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2,
+                                   "temperature": 0})
+    assert raw[-1].prompt_tokens == len(encode("Hello there")) and chat[-1].finish_reason is not None
+    assert len(threads) == 2 and all(name.startswith("edgewise-prompt") for name in threads), threads

@@ -3,10 +3,13 @@ defaults, unsupported features, and embeddings."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from gpu_backend.server.errors import BadInputError, LoraUnsupportedError
-from gpu_backend.server.schemas import parse_embeddings, parse_text_generation
+from gpu_backend.server.limits import InputLimits
+from gpu_backend.server.schemas import parse_embeddings, parse_stop, parse_text_generation
 
 MODEL = "@cf/edgewise/tiny-shakespeare"
 
@@ -92,3 +95,59 @@ def test_embeddings_inputs() -> None:
                         ({"text": ["a"] * 101}, "at most 100"), ({"text": "a", "pooling": "max"}, "'pooling'")]:
         with pytest.raises(BadInputError, match=match):
             parse_embeddings(body)
+
+
+def test_messages_are_capped_in_count_and_in_characters() -> None:
+    limits = InputLimits(max_messages=3, max_prompt_chars=10)
+    assert len(parse_text_generation({"messages": [{"role": "user", "content": "abc"}] * 3}, MODEL,
+                                     limits=limits).messages) == 3
+    with pytest.raises(BadInputError, match="'messages' has 4 messages; send at most 3"):
+        parse_text_generation({"messages": [{"role": "user", "content": "a"}] * 4}, MODEL, limits=limits)
+    with pytest.raises(BadInputError, match="'messages' has 12 characters of content; at most 10 in all"):
+        parse_text_generation({"messages": [{"role": "user", "content": "abcdef"}] * 2}, MODEL, limits=limits)
+    with pytest.raises(BadInputError, match="'input' has 11 characters of content; at most 10"):
+        parse_text_generation({"instructions": "abcdef", "input": "ghijk"}, MODEL, limits=limits)
+    with pytest.raises(BadInputError, match="'prompt' has 11 characters; at most 10"):
+        parse_text_generation({"prompt": "x" * 11}, MODEL, limits=limits)
+    big = [{"role": "user", "content": "x" * 5000}] * 1900  # 9.5 MB: refused before any tokenizing
+    with pytest.raises(BadInputError, match="'messages' has 9500000 characters of content; at most 131072"):
+        parse_text_generation({"messages": big}, MODEL)
+    with pytest.raises(BadInputError, match="'messages' has 2049 messages; send at most 2048"):
+        parse_text_generation({"messages": [{"role": "user", "content": "a"}] * 2049}, MODEL)
+
+
+@pytest.mark.parametrize(("body", "where"), [
+    ({"prompt": "ok \ud800"}, "prompt"),
+    ({"messages": [{"role": "user", "content": "\udfff"}]}, r"messages\[0\].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "a\ud83d"}]}]}, r"messages\[0\].content"),
+    ({"messages": [{"role": "us\ud800er", "content": "hi"}]}, r"messages\[0\].role"),
+    ({"messages": [{"role": "user", "content": "hi", "name": "\ud800"}]}, r"messages\[0\].name"),
+    ({"instructions": "\ud800", "input": "hi"}, "instructions"),
+    ({"input": "\ud800"}, "input"),
+])
+def test_lone_surrogates_are_refused_naming_the_field(body, where) -> None:
+    with pytest.raises(BadInputError, match=f"'{where}' has a lone UTF-16 surrogate"):
+        parse_text_generation(body, MODEL)
+    paired = json.loads('{"prompt": "paired \\ud83d\\ude00"}')  # a surrogate pair is one character
+    assert parse_text_generation(paired, MODEL).prompt == "paired \U0001f600"
+
+
+def test_embedding_texts_are_checked_like_prompts() -> None:
+    with pytest.raises(BadInputError, match=r"'text\[1\]' has a lone UTF-16 surrogate \(\\udc00\) at character 0"):
+        parse_embeddings({"text": ["fine", "\udc00"]})
+    with pytest.raises(BadInputError, match="'text' has 3 items; send at most 2 per request"):
+        parse_embeddings({"text": ["a", "b", "c"]}, InputLimits(max_embedding_texts=2))
+
+
+def test_stop_strings_are_capped_in_count_and_length() -> None:
+    assert parse_stop(None) is None and parse_stop("END") == ["END"]
+    assert parse_stop(["a"] * 16) == ["a"] * 16 and parse_stop(["x" * 256]) == ["x" * 256]
+    for stop, match in [([""], r"'stop\[0\]' is empty"), ("", "'stop' is empty"),
+                        (["a"] * 17, "'stop' has 17 strings; send at most 16"),
+                        (["a"] * 100_000, "'stop' has 100000 strings; send at most 16"),
+                        (["ok", "x" * 257], r"'stop\[1\]' has 257 characters; at most 256"),
+                        (["\ud800"], r"'stop\[0\]' has a lone UTF-16 surrogate"),
+                        ([1], "'stop' must be a string or a list of strings"), ({"a": 1}, "'stop' must be")]:
+        with pytest.raises(BadInputError, match=match) as caught:
+            parse_stop(stop)
+        assert caught.value.param == "stop"

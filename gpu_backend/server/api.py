@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import openai_api, workers_ai
+from . import openai_api, openapi, workers_ai
 from .admission import Admission
 from .client import EngineClient
 from .errors import BadTokenError, EngineFailedError, MissingTokenError, ServiceError
@@ -54,6 +54,7 @@ def create_app(client: EngineClient, token: str, max_queue: int = DEFAULT_MAX_QU
                                                           ClientDisconnect: _client_gone,
                                                           Exception: _unexpected})
     app.state.service = service
+    app.state.openapi = openapi.service_document(client, limits)
     return _Authenticated(app, token)
 
 
@@ -73,6 +74,7 @@ def _routes() -> list[BaseRoute]:
     return [
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
+        Route("/openapi.json", _openapi, methods=["GET"]),  # needs the token, as every route but /healthz
         Mount("/v1", routes=openai),
         Mount("/client/v4/accounts/{account_id}", routes=account),
     ]
@@ -101,6 +103,10 @@ async def _metrics(request: Request) -> Response:
 
 def is_openai(path: str) -> bool:
     return path.startswith("/v1/") or "/ai/v1/" in path
+
+
+async def _openapi(request: Request) -> Response:
+    return JSONResponse(request.app.state.openapi)
 
 
 async def _service_error(request: Request, error: Exception) -> Response:

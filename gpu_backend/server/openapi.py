@@ -1,0 +1,257 @@
+"""The backend's OpenAPI 3.1 document, served at ``/openapi.json``: every route, written by hand as data.
+
+Request schemas say what ``schemas.py`` (and the OpenAI routes' translation into it) accepts,
+with the caps of ``InputLimits``; response schemas say what the routes answer, successes and the
+error bodies alike. Fields that Workers AI ignores are allowed (``additionalProperties`` is left
+open), as the service ignores them too. ``model`` enums list the models this service serves.
+Like every route but ``/healthz``, the document needs the bearer token. The WebSocket form of the
+run route cannot be written in OpenAPI; its description says where it is documented.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .client import EngineClient
+from .limits import InputLimits
+from .schemas import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, MAX_SEED
+
+Schema = dict[str, Any]
+ACCOUNT = "/client/v4/accounts/{account_id}"
+OPENAI_PREFIXES = ("/v1", f"{ACCOUNT}/ai/v1")
+_STRING, _BOOLEAN, _INTEGER = {"type": "string"}, {"type": "boolean"}, {"type": "integer"}
+_ERROR_STATUSES = {"400": "Bad input, or no such model", "401": "No bearer token", "403": "Wrong bearer token",
+                   "404": "No such model (OpenAI routes)", "405": "LoRA is not supported",
+                   "408": "The request body did not arrive in time", "413": "The body or the prompt is too large",
+                   "429": "The model's queue is full: retry after Retry-After seconds",
+                   "500": "The engine failed", "503": "The model's worker is restarting"}
+
+
+def service_document(client: EngineClient, limits: InputLimits) -> Schema:
+    """The document of the service in front of ``client``."""
+    tasks = {name: client.model_info(name).task for name in client.model_names()}
+    text_models = [name for name, task in tasks.items() if task == "text-generation"]
+    return document(text_models, [name for name, task in tasks.items() if task == "text-embeddings"], limits)
+
+
+def document(text_models: list[str], embedding_models: list[str], limits: InputLimits) -> Schema:
+    """The OpenAPI document of a service serving these models with these caps."""
+    models = [*text_models, *embedding_models]
+    paths: Schema = {
+        "/healthz": {"get": _operation("Whether every engine serves", {"200": _json("#/components/schemas/Health"),
+                                                                        "503": _json("#/components/schemas/Health")},
+                                       public=True)},
+        "/metrics": {"get": _operation("Prometheus metrics", {"200": {"description": "The exposition",
+                                                                       "content": {"text/plain": {"schema": _STRING}}}})},
+        "/openapi.json": {"get": _operation("This document", {"200": _json({"type": "object"})})},
+        f"{ACCOUNT}/ai/run/{{model}}": {"post": _run(_names(models))},
+        f"{ACCOUNT}/ai/models/search": {"get": _search()},
+    }
+    for prefix in OPENAI_PREFIXES:
+        paths[f"{prefix}/chat/completions"] = {"post": _openai("Chat completion", "ChatCompletionRequest",
+                                                               "ChatCompletion")}
+        paths[f"{prefix}/completions"] = {"post": _openai("Text completion", "CompletionRequest", "Completion")}
+        paths[f"{prefix}/embeddings"] = {"post": _openai("Embeddings", "EmbeddingsRequest", "EmbeddingsList")}
+        paths[f"{prefix}/models"] = {"get": _openai("The models served", None, "ModelList")}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "edgewise inference backend", "version": "1",
+                 "description": "Workers AI's REST API, OpenAI's API and health; see docs/api.md."},
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                       "schemas": _schemas(_names(text_models), _names(embedding_models), limits)},
+    }
+
+
+def _names(models: list[str]) -> Schema:
+    return {"type": "string", "enum": models} if models else {"type": "string"}
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: Schema | str, description: str = "OK") -> Schema:
+    resolved = {"$ref": schema} if isinstance(schema, str) else schema
+    return {"description": description, "content": {"application/json": {"schema": resolved}}}
+
+
+def _operation(summary: str, responses: Schema, public: bool = False, **extra: Any) -> Schema:
+    operation = {"summary": summary, "responses": responses, **extra}
+    return {**operation, "security": []} if public else operation
+
+
+def _errors(body: str) -> Schema:
+    return {status: _json(_ref(body), why) for status, why in _ERROR_STATUSES.items()}
+
+
+def _run(model: Schema) -> Schema:
+    inputs = {"anyOf": [_ref("PromptInput"), _ref("MessagesInput"), _ref("ResponsesInput"), _ref("EmbeddingsInput")]}
+    result = {"anyOf": [_ref("TextGenerationResult"), _ref("ResponsesResult"), _ref("EmbeddingsResult")]}
+    ok = _json(_success(result))
+    ok["content"]["text/event-stream"] = {"schema": {"type": "string", "description": "data: {\"response\": ...}"
+                                                     " events, then data: [DONE] (with \"stream\": true)"}}
+    return _operation(
+        "Run a model (Workers AI)", {"200": ok, **_errors("ErrorEnvelope")},
+        description="Text generation takes prompt, messages or instructions/input; embeddings take text. "
+                    "The same path upgraded to a WebSocket takes the inputs as JSON text frames (docs/api.md).",
+        parameters=[_path("account_id", _STRING), _path("model", model)],
+        requestBody={"required": True, "content": {"application/json": {"schema": inputs}}})
+
+
+def _search() -> Schema:
+    queries = [_query(name, _STRING) for name in ("search", "task", "author")]
+    queries += [_query(name, {"type": "integer", "minimum": 1}) for name in ("page", "per_page")]
+    ok = _json(_success({"type": "array", "items": _ref("ModelObject")}))
+    return _operation("Search the models (Workers AI)", {"200": ok, **_errors("ErrorEnvelope")},
+                      parameters=[_path("account_id", _STRING), *queries])
+
+
+def _openai(summary: str, request: str | None, result: str) -> Schema:
+    extra: Schema = {}
+    if request is not None:
+        extra["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(request)}}}
+    ok = _json(_ref(result))
+    if request in ("ChatCompletionRequest", "CompletionRequest"):
+        ok["content"]["text/event-stream"] = {"schema": {"type": "string", "description": "OpenAI's chunks, then "
+                                                         "data: [DONE] (with \"stream\": true)"}}
+    return _operation(f"{summary} (OpenAI)", {"200": ok, **_errors("OpenAIError")}, **extra)
+
+
+def _path(name: str, schema: Schema) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _query(name: str, schema: Schema) -> Schema:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def _object(properties: Schema, *required: str) -> Schema:
+    return {"type": "object", "properties": properties, "required": list(required)}
+
+
+def _number(low: float, high: float, default: float | None = None) -> Schema:
+    schema: Schema = {"type": "number", "minimum": low, "maximum": high}
+    return schema if default is None else {**schema, "default": default}
+
+
+def _success(result: Schema) -> Schema:
+    return _object({"result": result, "success": {"const": True}, "errors": {"type": "array", "maxItems": 0},
+                    "messages": {"type": "array"}}, "result", "success", "errors", "messages")
+
+
+def _prompt(limits: InputLimits) -> Schema:
+    return {"type": "string", "minLength": 1, "maxLength": limits.max_prompt_chars}
+
+
+def _messages(limits: InputLimits) -> Schema:
+    return {"type": "array", "items": _ref("Message"), "minItems": 1, "maxItems": limits.max_messages}
+
+
+def _texts(limits: InputLimits) -> Schema:
+    """Embeddings' ``text``: one string, or a list of them."""
+    text = {"type": "string", "minLength": 1}
+    return {"anyOf": [text, {"type": "array", "items": text, "minItems": 1, "maxItems": limits.max_embedding_texts}]}
+
+
+def _sampling() -> Schema:
+    """The sampling fields of text generation, with Workers AI's ranges and defaults."""
+    return {
+        "max_tokens": {"type": "integer", "minimum": 1, "default": DEFAULT_MAX_TOKENS},
+        "temperature": _number(0, 5, DEFAULT_TEMPERATURE),
+        "top_p": _number(0, 2), "top_k": {"type": "integer", "minimum": 1, "maximum": 50},
+        "seed": {"type": "integer", "minimum": 1, "maximum": MAX_SEED},
+        "repetition_penalty": _number(0, 2), "frequency_penalty": _number(-2, 2), "presence_penalty": _number(-2, 2),
+        "stream": _BOOLEAN, "raw": _BOOLEAN, "ignore_eos": _BOOLEAN,
+        "response_format": _object({"type": {"const": "text"}}, "type"),
+    }
+
+
+def _schemas(text_models: Schema, embedding_models: Schema, limits: InputLimits) -> Schema:
+    return {**_input_schemas(limits), **_openai_input_schemas(text_models, embedding_models, limits),
+            **_result_schemas()}
+
+
+def _input_schemas(limits: InputLimits) -> Schema:
+    sampling = _sampling()
+    part = _object({"type": {"enum": ["text", "input_text", "output_text"]}, "text": _STRING}, "type", "text")
+    content = {"anyOf": [_STRING, {"type": "array", "items": part}]}
+    return {
+        "PromptInput": _object({"prompt": _prompt(limits), **sampling}, "prompt"),
+        "MessagesInput": _object({"messages": _messages(limits), **sampling}, "messages"),
+        "ResponsesInput": _object({"instructions": _STRING, "input": {
+            "anyOf": [{"type": "string", "minLength": 1}, _messages(limits)]}, **sampling}, "input"),
+        "EmbeddingsInput": _object({"text": _texts(limits), "pooling": {"enum": ["mean", "cls"], "default": "mean"}},
+                                   "text"),
+        "Message": _object({"role": {"type": "string", "minLength": 1, "examples": ["user", "assistant"],
+                                     "description": "user or assistant; system (first) and others as the "
+                                                    "model's chat template allows"},
+                            "content": content, "name": _STRING}, "role", "content"),
+    }
+
+
+def _openai_input_schemas(text_models: Schema, embedding_models: Schema, limits: InputLimits) -> Schema:
+    sampling = {name: schema for name, schema in _sampling().items() if name not in ("raw", "ignore_eos")}
+    stop_string = {"type": "string", "minLength": 1, "maxLength": limits.max_stop_chars}
+    common = {**sampling, "max_completion_tokens": {"type": "integer", "minimum": 1}, "n": {"const": 1},
+              "stream_options": _object({"include_usage": _BOOLEAN}),
+              "stop": {"anyOf": [stop_string, {"type": "array", "items": stop_string,
+                                               "maxItems": limits.max_stop_sequences}]}}
+    prompt = _prompt(limits)
+    return {
+        "ChatCompletionRequest": _object({"model": text_models, "messages": _messages(limits), **common},
+                                         "model", "messages"),
+        "CompletionRequest": _object({"model": text_models, **common, "prompt": {
+            "anyOf": [prompt, {"type": "array", "items": prompt, "minItems": 1, "maxItems": 1}]}}, "model", "prompt"),
+        "EmbeddingsRequest": _object({"model": embedding_models, "input": _texts(limits),
+                                      "encoding_format": {"enum": ["float", "base64"], "default": "float"}},
+                                     "model", "input"),
+    }
+
+
+def _result_schemas() -> Schema:
+    count = {"type": "integer", "minimum": 0}
+    usage = _object({"prompt_tokens": count, "completion_tokens": count, "total_tokens": count},
+                    "prompt_tokens", "completion_tokens", "total_tokens")
+    finish = {"enum": ["stop", "length", None]}
+    choice = {"index": count, "finish_reason": finish, "logprobs": {"type": "null"}}
+    message = _object({"role": {"const": "assistant"}, "content": _STRING}, "role", "content")
+    frame = {"id": _STRING, "created": _INTEGER, "model": _STRING}
+    vector = {"type": "array", "items": {"type": "number"}}
+    return {
+        "TextGenerationResult": _object({"response": _STRING, "usage": usage}, "response", "usage"),
+        "ResponsesResult": _object({"id": _STRING, "object": {"const": "response"}, "model": _STRING,
+                                    "status": {"enum": ["completed", "incomplete"]}, "output": {"type": "array"},
+                                    "usage": {"type": "object"}}, "id", "object", "status", "output", "usage"),
+        "EmbeddingsResult": _object({"shape": {"type": "array", "items": count, "minItems": 2, "maxItems": 2},
+                                     "data": {"type": "array", "items": vector},
+                                     "pooling": {"enum": ["mean", "cls"]}}, "shape", "data", "pooling"),
+        "ChatCompletion": _object({**frame, "object": {"const": "chat.completion"}, "usage": usage, "choices": {
+            "type": "array", "items": _object({**choice, "message": message}, "index", "finish_reason", "message")}},
+            "id", "object", "choices", "usage"),
+        "Completion": _object({**frame, "object": {"const": "text_completion"}, "usage": usage, "choices": {
+            "type": "array", "items": _object({**choice, "text": _STRING}, "index", "finish_reason", "text")}},
+            "id", "object", "choices", "usage"),
+        "EmbeddingsList": _object({"object": {"const": "list"}, "model": _STRING, "usage": {"type": "object"},
+                                   "data": {"type": "array", "items": _object(
+                                       {"object": {"const": "embedding"}, "index": count,
+                                        "embedding": {"anyOf": [vector, _STRING]}}, "object", "index", "embedding")}},
+                                  "object", "data", "model"),
+        "ModelList": _object({"object": {"const": "list"}, "data": {"type": "array", "items": _object(
+            {"id": _STRING, "object": {"const": "model"}, "created": _INTEGER, "owned_by": _STRING},
+            "id", "object")}}, "object", "data"),
+        "ModelObject": _object({"id": _STRING, "name": _STRING, "description": _STRING,
+                                "task": _object({"id": _STRING, "name": _STRING}, "id", "name"),
+                                "properties": {"type": "array"}}, "id", "name", "task"),
+        "Health": _object({"status": {"enum": ["ok", "degraded", "unhealthy"]},
+                           "models": {"type": "array", "items": _STRING}}, "status", "models"),
+        "ErrorEnvelope": _object({"result": {"type": "null"}, "success": {"const": False}, "messages": {"type": "array"},
+                                  "errors": {"type": "array", "minItems": 1, "items": _object(
+                                      {"code": _INTEGER, "message": _STRING}, "code", "message")}},
+                                 "result", "success", "errors"),
+        "OpenAIError": _object({"error": _object({"message": _STRING, "type": _STRING,
+                                                  "param": {"type": ["string", "null"]},
+                                                  "code": {"type": ["integer", "string", "null"]}},
+                                                 "message", "type")}, "error"),
+    }

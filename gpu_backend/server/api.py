@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -20,7 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import openai_api, openapi, workers_ai
 from .admission import Admission
 from .client import EngineClient
-from .errors import BadTokenError, EngineFailedError, MissingTokenError, ServiceError
+from .errors import (BadTokenError, EngineFailedError, MethodNotAllowedError, MissingTokenError, NoRouteError,
+                     ServiceError)
 from .generation import ClientGone
 from .limits import DEFAULT_LIMITS, InputLimits
 from .metrics import CONTENT_TYPE, Metrics
@@ -52,6 +54,7 @@ def create_app(client: EngineClient, token: str, max_queue: int = DEFAULT_MAX_QU
     service = Service(client, admission, Metrics(client, admission), limits=limits)
     app = Starlette(routes=_routes(), exception_handlers={ServiceError: _service_error, ClientGone: _client_gone,
                                                           ClientDisconnect: _client_gone,
+                                                          HTTPException: _no_route,
                                                           Exception: _unexpected})
     app.state.service = service
     app.state.openapi = openapi.service_document(client, limits)
@@ -120,6 +123,16 @@ async def _service_error(request: Request, error: Exception) -> Response:
     # 429 asks the official SDKs (which retry twice by default) to honour Retry-After, not to hammer
     headers = {**error.headers(), "x-should-retry": "true" if error.status == 429 else "false"}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _no_route(request: Request, error: Exception) -> Response:
+    """Starlette's own 404 (no route) and 405 (a route, another method), in the service's error bodies."""
+    assert isinstance(error, HTTPException)
+    path = request.url.path
+    if error.status_code == 405:
+        allowed = (error.headers or {}).get("allow", "")
+        return await _service_error(request, MethodNotAllowedError(request.method, path, allowed))
+    return await _service_error(request, NoRouteError(path))
 
 
 async def _client_gone(request: Request, error: Exception) -> Response:

@@ -108,6 +108,22 @@ class EngineFailedError(ServiceError):
     status, code, openai_type = 500, INTERNAL_ERROR_CODE, "server_error"
 
 
+class NoRouteError(ServiceError):
+    """No route takes the path (Cloudflare's API answers 7000 "No route for that URI")."""
+
+    status, code, openai_type = 404, 7000, "invalid_request_error"
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"No route for that URI: {path}")
+
+
+class MethodNotAllowedError(ServiceError):
+    status, code, openai_type = 405, 7000, "invalid_request_error"
+
+    def __init__(self, method: str, path: str, allowed: str) -> None:
+        super().__init__(f"No route for that URI: {path} takes {allowed}, not {method}")
+
+
 class WorkerUnavailableError(ServiceError):
     """The model's worker lost a rank and is restarting (``retry_after_s`` set: retrying shortly can
     succeed), or every restart is used up (none: only restarting the backend helps)."""

@@ -21,7 +21,8 @@ ACCOUNT = "/client/v4/accounts/{account_id}"
 OPENAI_PREFIXES = ("/v1", f"{ACCOUNT}/ai/v1")
 _STRING, _BOOLEAN, _INTEGER = {"type": "string"}, {"type": "boolean"}, {"type": "integer"}
 _ERROR_STATUSES = {"400": "Bad input, or no such model", "401": "No bearer token", "403": "Wrong bearer token",
-                   "404": "No such model (OpenAI routes)", "405": "LoRA is not supported",
+                   "404": "No such model (OpenAI routes), or no route",
+                   "405": "LoRA is not supported, or another method",
                    "408": "The request body did not arrive in time", "413": "The body or the prompt is too large",
                    "429": "The model's queue is full: retry after Retry-After seconds",
                    "500": "The engine failed", "503": "The model's worker is restarting"}

@@ -130,15 +130,17 @@ def _encode(body: Any) -> bytes:
 
 
 def _url(operation: Operation, model: str, account: str) -> str:
-    return operation.path.replace("{account_id}", quote(account, safe="")).replace("{model}", model)
+    """The path, with ``account`` and ``model`` quoted (a slash in the account or a newline in the model
+    leaves a path no route takes)."""
+    return operation.path.replace("{account_id}", quote(account, safe="")).replace("{model}", quote(model, safe="@/"))
 
 
 @st.composite
 def _requests(draw: st.DrawFn, target: Target) -> tuple[Operation, str, bytes, str | None]:
     operation = draw(st.sampled_from(target.operations()))
     served = target.backend.engines.model_names()
-    model = draw(st.sampled_from(served) | st.text(max_size=12).map(lambda name: quote(name, safe="@/")))
-    account = draw(st.sampled_from(["acct", "a" * 32]) | st.text(min_size=1, max_size=8))
+    model = draw(st.sampled_from([*served, "a\nb", "@cf/../x"]) | st.text(max_size=12))
+    account = draw(st.sampled_from(["acct", "a" * 32, "a/b", "%"]) | st.text(min_size=1, max_size=8))
     body = draw(_body_strategy(target, operation)) if operation.method == "POST" else b""
     return operation, _url(operation, model, account), body, draw(st.sampled_from(CONTENT_TYPES))
 
@@ -173,6 +175,20 @@ def test_every_hostile_body_on_every_route_gets_a_4xx(target: Target) -> None:
                     target.tally["http requests"] += 1
                     target.tally[f"http {reply.status_code // 100}xx"] += 1
                     _check(target, operation, reply)
+
+
+@pytest.mark.parametrize(("method", "path", "code"), [
+    ("GET", "/client/v4/accounts/a/b/ai/run/@cf/x", 404), ("POST", "/v1/nowhere", 404), ("GET", "/nowhere", 404),
+    ("POST", "/client/v4/accounts/a/ai/run/a%0Ab", 404), ("GET", "/v1/chat/completions", 405),
+    ("DELETE", "/client/v4/accounts/a/ai/run/@cf/x", 405), ("POST", "/metrics", 405)])
+def test_paths_no_route_takes_get_the_error_body_of_their_api(target: Target, method: str, path: str,
+                                                             code: int) -> None:
+    reply = httpx.request(method, target.backend.url + path, headers=target.backend.headers())
+    assert reply.status_code == code
+    if "/v1/" in path:
+        assert reply.json()["error"]["code"] == 7000 and path in reply.json()["error"]["message"]
+    else:
+        assert reply.json()["errors"][0]["code"] == 7000 and "No route for that URI" in reply.text
 
 
 def _check(target: Target, operation: Operation, reply: httpx.Response) -> None:

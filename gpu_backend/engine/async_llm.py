@@ -9,6 +9,7 @@ and the thread frees its KV blocks before its next step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -60,9 +61,11 @@ class AsyncLLM:
         stream = _Stream(loop, asyncio.Queue())
         accepted: asyncio.Future = loop.create_future()
         self._send(("add", request_id, prompt, params, stream, accepted))
-        await accepted  # raises the engine's validation error, if any
         finished = False
         try:
+            # Inside the try: a caller that leaves before the engine has taken the request must
+            # still abort it (the abort follows the add through the command queue).
+            await accepted  # raises the engine's validation error, if any
             while not finished:
                 item = await stream.outputs.get()
                 if isinstance(item, BaseException):
@@ -70,8 +73,10 @@ class AsyncLLM:
                 finished = item.finished
                 yield item
         finally:
-            if not finished:
-                self._send(("abort", request_id, None))
+            refused = accepted.done() and not accepted.cancelled() and accepted.exception() is not None
+            if not finished and not refused:
+                with contextlib.suppress(EngineError):  # a stopped engine has dropped every request
+                    self._send(("abort", request_id, None))
 
     async def abort(self, request_id: str) -> None:
         """Abort a request and wait until the engine thread has freed its blocks."""

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DTYPES
-from ..errors import CheckpointError, InvalidRequestError
+from ..errors import CheckpointError, InvalidRequestError, RequestAbortedError
 from ..models.bert import BertModel
 
 POOLINGS = ("mean", "cls")
@@ -49,12 +49,16 @@ class Embedder:
     def dimensions(self) -> int:
         return self.model.config.hidden_size
 
-    def embed(self, texts: list[str], pooling: str = "mean") -> EmbeddingResult:
+    def embed(self, texts: list[str], pooling: str = "mean",
+              cancelled: threading.Event | None = None) -> EmbeddingResult:
+        """``cancelled``: once set, the call stops before its next batch with RequestAbortedError."""
         _validate(texts, pooling)
         vectors: list[list[float]] = []
         num_tokens = 0
         with self._lock, torch.inference_mode():
             for start in range(0, len(texts), MAX_BATCH_SIZE):
+                if cancelled is not None and cancelled.is_set():
+                    raise RequestAbortedError(f"embedding cancelled after {start} of {len(texts)} texts")
                 batch, batch_tokens = self._embed_batch(texts[start:start + MAX_BATCH_SIZE], pooling)
                 vectors.extend(batch.tolist())
                 num_tokens += batch_tokens

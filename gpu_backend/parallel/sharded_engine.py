@@ -39,7 +39,7 @@ from .driver import WorkerInfo, WorkerOutput
 from .health import POLL_S, WorkerHealth
 from .launch import RankProcesses, spawn_world
 from .outbox import Outbox
-from .recovery import NO_LOAD, WorkerRecovery, cancel_submission
+from .recovery import NO_LOAD, WorkerRecovery
 from .streams import Stream, resolve
 
 log = logging.getLogger(__name__)

@@ -1,14 +1,17 @@
 """The service's bounded queue: how many requests a model may hold at once before new ones get 429.
 
-A model admits what its engine runs at once (``max_num_seqs``) plus ``max_queue`` waiting
-behind them; past that the request is refused with ``OverloadedError`` (429 + ``Retry-After``)
-before it costs anything, instead of queueing without bound.
+A model admits what its engine runs at once (``max_num_seqs``; one batch for an embedder) plus
+``max_queue`` waiting behind them; past that the request is refused with ``OverloadedError``
+(429 + ``Retry-After``, Workers AI's 3040) before it costs anything, instead of queueing without
+bound. A slot is only ever held through ``Admission.slot``, a context manager, so no path
+(an exception, a client that leaves, a cancelled task) can keep one.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from .errors import OverloadedError
 
@@ -26,19 +29,24 @@ class Admission:
     def limit(self, model: str) -> int:
         return self._capacity(model) + self.max_queue
 
-    def acquire(self, model: str) -> None:
-        """Count one more request for ``model``; raises OverloadedError when the queue is full."""
+    @contextmanager
+    def slot(self, model: str) -> Iterator[None]:
+        """Hold one of ``model``'s slots for the block; raises OverloadedError when none is left."""
         limit = self.limit(model)
         if self._in_flight[model] >= limit:
             raise OverloadedError(f"AiError: {model} is overloaded: {limit} requests are already running or "
                                   f"queued; retry in {RETRY_AFTER_S} s", retry_after_s=RETRY_AFTER_S)
         self._in_flight[model] += 1
-
-    def release(self, model: str) -> None:
-        self._in_flight[model] -= 1
+        try:
+            yield
+        finally:
+            self._in_flight[model] -= 1
 
     def in_flight(self, model: str) -> int:
         return self._in_flight[model]
+
+    def total_in_flight(self) -> int:
+        return sum(self._in_flight.values())
 
     def queued(self, model: str) -> int:
         """Requests admitted beyond what the engine runs at once."""

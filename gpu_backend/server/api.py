@@ -7,12 +7,12 @@ answered in one place: OpenAI's error body on ``/v1`` routes, Cloudflare's envel
 from __future__ import annotations
 
 import hmac
-import logging
 import time
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -21,14 +21,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import openai_api, openapi, workers_ai
 from .admission import Admission
 from .client import EngineClient
-from .errors import (BadTokenError, EngineFailedError, MethodNotAllowedError, MissingTokenError, NoRouteError,
-                     ServiceError)
+from .errors import BadTokenError, MethodNotAllowedError, MissingTokenError, NoRouteError, ServiceError, is_openai
 from .generation import ClientGone
 from .limits import DEFAULT_LIMITS, InputLimits
 from .metrics import CONTENT_TYPE, Metrics
+from .request_scope import RequestScope
 from .websocket import run_model_websocket
 
-log = logging.getLogger("edgewise.backend")
 DEFAULT_MAX_QUEUE = 256
 PUBLIC_PATHS = frozenset({"/healthz"})
 UNCOUNTED_PATHS = frozenset({"/healthz", "/metrics"})
@@ -52,10 +51,10 @@ def create_app(client: EngineClient, token: str, max_queue: int = DEFAULT_MAX_QU
         raise ValueError("the backend needs a non-empty token")
     admission = Admission(max_queue, lambda model: client.model_info(model).max_num_seqs)
     service = Service(client, admission, Metrics(client, admission), limits=limits)
-    app = Starlette(routes=_routes(), exception_handlers={ServiceError: _service_error, ClientGone: _client_gone,
-                                                          ClientDisconnect: _client_gone,
-                                                          HTTPException: _no_route,
-                                                          Exception: _unexpected})
+    app = Starlette(routes=_routes(), middleware=[Middleware(RequestScope)],
+                    exception_handlers={ServiceError: _service_error, ClientGone: _client_gone,
+                                        ClientDisconnect: _client_gone,  # left mid-body, or too slow to send it
+                                        HTTPException: _no_route})
     app.state.service = service
     app.state.openapi = openapi.service_document(client, limits)
     return _Authenticated(app, token)
@@ -104,10 +103,6 @@ async def _metrics(request: Request) -> Response:
     return Response(request.app.state.service.metrics.render(), media_type=CONTENT_TYPE)
 
 
-def is_openai(path: str) -> bool:
-    return path.startswith("/v1/") or "/ai/v1/" in path
-
-
 async def _openapi(request: Request) -> Response:
     return JSONResponse(request.app.state.openapi)
 
@@ -137,11 +132,6 @@ async def _no_route(request: Request, error: Exception) -> Response:
 
 async def _client_gone(request: Request, error: Exception) -> Response:
     return Response(status_code=CLIENT_CLOSED_REQUEST)
-
-
-async def _unexpected(request: Request, error: Exception) -> Response:
-    log.exception("unexpected error on %s", request.url.path)
-    return await _service_error(request, EngineFailedError(f"AiError: internal error: {error}"))
 
 
 class _Authenticated:

@@ -17,6 +17,7 @@ token ids.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -118,6 +119,7 @@ class LocalEngines:
                     attached = None if isinstance(by_folder[path], ShardedEngine) else attached
                 loaded = by_folder[path]
                 (self._embedders if isinstance(loaded, Embedder) else self._engines)[name] = loaded
+            self._embedding_turns = {embedder: asyncio.Lock() for embedder in self._embedders.values()}
         except BaseException:
             self.shutdown()
             raise
@@ -141,8 +143,17 @@ class LocalEngines:
         embedder = self._embedders.get(model)
         if embedder is None:
             raise NoSuchModelError(model, self.model_names())
+        cancelled = threading.Event()
         try:
-            return await asyncio.to_thread(embedder.embed, request.texts, request.pooling)
+            async with self._embedding_turns[embedder]:  # requests waiting their turn hold no thread
+                work = asyncio.ensure_future(asyncio.to_thread(embedder.embed, request.texts, request.pooling,
+                                                               cancelled))
+                try:
+                    return await asyncio.shield(work)
+                except asyncio.CancelledError:  # the client left: stop at the next batch, then give the turn
+                    cancelled.set()
+                    await asyncio.gather(work, return_exceptions=True)
+                    raise
         except EngineError as error:
             raise from_engine_error(error) from error
 

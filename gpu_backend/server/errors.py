@@ -131,6 +131,11 @@ class WorkerUnavailableError(ServiceError):
     status, code, openai_type = 503, INTERNAL_ERROR_CODE, "server_error"
 
 
+def is_openai(path: str) -> bool:
+    """Whether ``path`` is an OpenAI-compatible route, answered with OpenAI's error body."""
+    return path.startswith("/v1/") or "/ai/v1/" in path
+
+
 def from_engine_error(error: EngineError) -> ServiceError:
     """The service error for an engine error (the engine's message names the problem)."""
     if isinstance(error, WorkerFailedError):

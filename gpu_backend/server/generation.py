@@ -1,6 +1,6 @@
 """One generation as the routes see it: admitted, timed for ``/metrics``, and released exactly once.
 
-``Generation.start`` waits for the first delta before any response is sent, so a request the
+Entering a ``Generation`` waits for the first delta before any response is sent, so a request the
 engine refuses (too long, bad sampling values, queue full) becomes an HTTP error, not a broken
 stream; the first token goes out together with the headers.
 """
@@ -11,6 +11,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -52,6 +53,11 @@ class ClientGone(Exception):
 
 
 class Generation:
+    """``async with Generation(...) as generation``: entering admits the request and waits for its
+    first delta (raising the ServiceError that refused it); leaving aborts it if unfinished, frees
+    its KV blocks and gives its admission slot back, whatever ended it. HTTP routes enter it on
+    the request's stack (``request_scope.resources``), so a stream keeps it until the stream ends."""
+
     def __init__(self, service: Service, model: str, request: TextGenerationInput) -> None:
         self.service = service
         self.model = model
@@ -62,56 +68,61 @@ class Generation:
         self.finish_reason: str | None = None
         self._first: TextDelta | None = None
         self._stream: AsyncIterator[TextDelta] | None = None
-        self._admitted = False
+        self._held = AsyncExitStack()
+        self._failed = False  # refused or failed, as opposed to left by its client
 
-    async def start(self) -> None:
-        """Admit the request and wait for its first delta; raises the ServiceError that refused it."""
-        self.service.admission.acquire(self.model)
-        self._admitted = True
-        arrival = time.perf_counter()
-        self._stream = self.service.client.generate(self.model, self.request, self.request_id)
-        try:
-            self._first = await anext(self._stream)
-        except BaseException:
-            await self.close()
-            raise
-        self.service.metrics.ttft.labels(self.model).observe(time.perf_counter() - arrival)
+    async def __aenter__(self) -> Generation:
+        async with AsyncExitStack() as held:
+            held.enter_context(self.service.admission.slot(self.model))
+            held.push_async_callback(self._close)
+            arrival = time.perf_counter()
+            self._stream = self.service.client.generate(self.model, self.request, self.request_id)
+            self._first = await self._next()
+            self.service.metrics.ttft.labels(self.model).observe(time.perf_counter() - arrival)
+            self._held = held.pop_all()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._held.aclose()
 
     async def deltas(self) -> AsyncIterator[TextDelta]:
-        """Every delta, the first one included; leaving early aborts the generation and frees its blocks."""
-        assert self._stream is not None and self._first is not None, "start() first"
+        """Every delta, the first one included."""
+        assert self._stream is not None and self._first is not None, "enter the generation first"
         itl = self.service.metrics.itl.labels(self.model)
-        try:
-            delta, last = self._first, time.perf_counter()
-            while True:
-                self._account(delta)
-                yield delta
-                if delta.finish_reason is not None:
-                    return
-                delta = await anext(self._stream)
-                now = time.perf_counter()
-                for _ in delta.token_ids:
-                    itl.observe((now - last) / len(delta.token_ids))
-                last = now
-        finally:
-            await self.close()
+        delta, last = self._first, time.perf_counter()
+        while True:
+            self._account(delta)
+            yield delta
+            if delta.finish_reason is not None:
+                return
+            delta = await self._next()
+            now = time.perf_counter()
+            for _ in delta.token_ids:
+                itl.observe((now - last) / len(delta.token_ids))
+            last = now
 
     async def complete(self) -> Completion:
         texts = [delta.text async for delta in self.deltas()]
         return Completion("".join(texts), self.finish_reason or "stop", self.usage)
 
-    async def close(self) -> None:
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
+    async def _next(self) -> TextDelta:
+        assert self._stream is not None
+        try:
+            return await anext(self._stream)
+        except Exception:
+            self._failed = True
+            raise
+
+    async def _close(self) -> None:
+        """Abort the engine's request unless it finished (freeing its blocks), and count how it ended."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
             await stream.aclose()  # type: ignore[attr-defined]
-        if self._admitted:
-            self._admitted = False
-            self.service.admission.release(self.model)
-            if self.finish_reason is None:
-                self.service.metrics.aborted.labels(self.model).inc()
-            else:
-                self.service.metrics.prompt_tokens.labels(self.model).inc(self.usage.prompt_tokens)
-                self.service.metrics.generation_tokens.labels(self.model).inc(self.usage.completion_tokens)
+        if self.finish_reason is None and not self._failed:
+            self.service.metrics.aborted.labels(self.model).inc()
+        else:
+            self.service.metrics.prompt_tokens.labels(self.model).inc(self.usage.prompt_tokens)
+            self.service.metrics.generation_tokens.labels(self.model).inc(self.usage.completion_tokens)
 
     def _account(self, delta: TextDelta) -> None:
         self.usage = Usage(delta.prompt_tokens, delta.completion_tokens)

@@ -23,8 +23,10 @@ from starlette.responses import JSONResponse, Response
 from .body import read_json
 from .errors import BadInputError
 from .generation import Completion, Generation, unless_disconnected
+from .request_scope import resources
 from .schemas import SESSION_HEADER, parse_embeddings, parse_stop, parse_text_generation
 from .streaming import DONE, EventStream, error_payload, sse
+from .workers_ai import embed
 
 if TYPE_CHECKING:
     from .api import Service
@@ -51,8 +53,7 @@ async def _complete(request: Request, chat: bool) -> Response | EventStream:
                                    service.limits)
     inputs = replace(inputs, sampling=replace(inputs.sampling, stop=parse_stop(body.get("stop"), service.limits)))
     include_usage = _include_usage(body)  # checked before the generation starts, as every input is
-    generation = Generation(service, model, inputs)
-    await generation.start()
+    generation = await resources(request).enter_async_context(Generation(service, model, inputs))
     chunk = _Chunk(model, chat)
     if inputs.stream:
         return EventStream(_events(generation, chunk, include_usage))
@@ -71,8 +72,7 @@ async def embeddings(request: Request) -> Response:
     if encoding not in ("float", "base64"):
         raise BadInputError(f"'encoding_format' must be \"float\" or \"base64\", got {encoding!r}",
                             param="encoding_format")
-    result = await service.client.embed(model, inputs)
-    service.metrics.prompt_tokens.labels(model).inc(result.num_tokens)
+    result = await embed(request, model, inputs)
     data = [{"object": "embedding", "index": index, "embedding": _encode(vector, encoding)}
             for index, vector in enumerate(result.vectors)]
     return JSONResponse({"object": "list", "data": data, "model": model,

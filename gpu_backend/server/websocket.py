@@ -82,12 +82,11 @@ async def _generate(service: Service, websocket: WebSocket, model: str, text: st
     try:
         inputs = parse_text_generation(parse_frame(text, service.limits), model, websocket.headers.get(SESSION_HEADER),
                                        service.limits)
-        generation = Generation(service, model, inputs)
-        await generation.start()
-        async for payload in workers_ai_payloads(generation, trace):
-            if "usage" in payload:  # the last payload
-                payload["done"] = True
-            await _send(websocket, payload)
+        async with Generation(service, model, inputs) as generation:
+            async for payload in workers_ai_payloads(generation, trace):
+                if "usage" in payload:  # the last payload
+                    payload["done"] = True
+                await _send(websocket, payload)
     except RecursionError as error:  # a RuntimeError, but never the sign of a socket gone
         await _send_error(websocket, error)
     except (WebSocketDisconnect, RuntimeError, OSError):

@@ -17,9 +17,11 @@ from starlette.responses import JSONResponse, Response
 
 from .body import read_json
 from .catalog import search
+from ..engine.embedder import EmbeddingResult
 from .client import EngineClient
 from .generation import Completion, Generation, unless_disconnected
-from .schemas import SESSION_HEADER, TextGenerationInput, parse_embeddings, parse_text_generation
+from .request_scope import resources
+from .schemas import SESSION_HEADER, EmbeddingsInput, TextGenerationInput, parse_embeddings, parse_text_generation
 from .streaming import TRACE_HEADER, EventStream, workers_ai_events
 
 if TYPE_CHECKING:
@@ -41,10 +43,9 @@ async def run_model(request: Request) -> Response | EventStream:
     task = service.client.model_info(model).task
     body = await read_json(request, service.limits)
     if task == "text-embeddings":
-        return JSONResponse(envelope(await embeddings_result(service, model, body)))
+        return JSONResponse(envelope(await embeddings_result(request, model, body)))
     inputs = parse_text_generation(body, model, request.headers.get(SESSION_HEADER), service.limits)
-    generation = Generation(service, model, inputs)
-    await generation.start()
+    generation = await resources(request).enter_async_context(Generation(service, model, inputs))
     if inputs.stream:
         trace = TRACE_HEADER in request.headers
         return EventStream(workers_ai_events(generation, trace))
@@ -52,12 +53,20 @@ async def run_model(request: Request) -> Response | EventStream:
     return JSONResponse(envelope(text_result(model, inputs, completion)))
 
 
-async def embeddings_result(service: Service, model: str, body: Any) -> dict[str, Any]:
-    inputs = parse_embeddings(body, service.limits)
-    result = await service.client.embed(model, inputs)
-    service.metrics.prompt_tokens.labels(model).inc(result.num_tokens)
+async def embeddings_result(request: Request, model: str, body: Any) -> dict[str, Any]:
+    inputs = parse_embeddings(body, request.app.state.service.limits)
+    result = await embed(request, model, inputs)
     dimensions = len(result.vectors[0])
     return {"shape": [len(result.vectors), dimensions], "data": result.vectors, "pooling": inputs.pooling}
+
+
+async def embed(request: Request, model: str, inputs: EmbeddingsInput) -> EmbeddingResult:
+    """Embed under one of the model's admission slots; a client that leaves cancels the work."""
+    service: Service = request.app.state.service
+    resources(request).enter_context(service.admission.slot(model))
+    result = await unless_disconnected(request, service.client.embed(model, inputs))
+    service.metrics.prompt_tokens.labels(model).inc(result.num_tokens)
+    return result
 
 
 def text_result(model: str, inputs: TextGenerationInput, completion: Completion) -> dict[str, Any]:

@@ -10,7 +10,6 @@ import time
 import types
 from pathlib import Path
 
-import pytest
 
 from edge_runtime.bindings import build_env
 from edge_runtime.isolate_memory import MIB, retained_bytes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,3 +105,36 @@ async def test_shutdown_ends_running_streams_and_refuses_new_ones(checkpoints: d
             pass
     with pytest.raises(Exception, match="shut down"):
         await asyncio.wait_for(collect(llm, [5, 6]), timeout=10)
+
+
+async def test_a_caller_that_leaves_before_the_engine_took_its_request_still_aborts_it(
+        engine: AsyncLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine thread is busy (held inside add_request) when the caller leaves: once free, it
+    must abort the request it then takes, not run it to max_tokens for nobody."""
+    busy, entered = threading.Event(), threading.Event()
+    add_request, aborted = engine.engine.add_request, []
+
+    def slow_add(*args: object, **kwargs: object) -> None:
+        entered.set()
+        busy.wait(10)
+        add_request(*args, **kwargs)
+
+    def abort(request_id: str) -> object:
+        output = real_abort(request_id)
+        aborted.append(output is not None)  # True: it was still running
+        return output
+
+    real_abort = engine.engine.abort
+    monkeypatch.setattr(engine.engine, "add_request", slow_add)
+    monkeypatch.setattr(engine.engine, "abort", abort)
+    waiting = asyncio.ensure_future(anext(engine.generate([5, 6, 7], SamplingParams(max_tokens=500,
+                                                                                    ignore_eos=True))))
+    await asyncio.to_thread(entered.wait, 10)
+    waiting.cancel()  # the caller leaves while its request is being added
+    await asyncio.gather(waiting, return_exceptions=True)
+    busy.set()
+    for _ in range(500):
+        if aborted and engine.stats()["num_running"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert aborted == [True] and engine.stats()["kv_blocks_used"] == 0

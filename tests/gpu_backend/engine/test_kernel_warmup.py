@@ -17,7 +17,8 @@ from gpu_backend.engine.model_runner import ModelRunner
     pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")])])
 def test_warm_up_runs_every_batch_and_writes_no_cache(checkpoints: dict[str, Path], device: str) -> None:
     config = EngineConfig(model=str(checkpoints["llama"]), device=device, dtype="float32", num_kv_blocks=16,
-                          max_model_len=256, max_num_batched_tokens=64, enforce_eager=True)
+                          max_model_len=256, max_num_batched_tokens=64, max_num_seqs=256,
+                          enforce_eager=True)
     runner = ModelRunner(config, ModelConfig.from_pretrained(config.model), progress=False)
     runner.kv_cache.fill_(7.0)
     ran = warm_up(runner)

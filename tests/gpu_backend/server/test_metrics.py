@@ -12,7 +12,7 @@ import httpx
 from backend_fixtures import EMBEDDINGS, MODEL, Backend
 from gpu_backend.server.metrics import OTHER_MODEL, label_value
 
-NUM_UNKNOWN_NAMES = 2000
+NUM_UNKNOWN_NAMES = 500
 _CONTROL_BYTES = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]")  # every control byte but the newline
 
 

@@ -34,7 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from gpu_backend.disagg.kv_transfer import KVLayout, plan_transfer, post_receive_kv, send_kv  # noqa: E402
 from gpu_backend.parallel.groups import WorkerLayout  # noqa: E402
-from gpu_backend.parallel.launch import free_port  # noqa: E402
+from gpu_backend.cluster.launch import free_port  # noqa: E402
 from llama_shapes import LLAMA_3_1_8B, environment  # noqa: E402
 
 BLOCK_SIZE = 16

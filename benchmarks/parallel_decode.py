@@ -38,7 +38,7 @@ from llama_shapes import LLAMA_3_1_8B, environment, parameter_bytes, write_model
 from gpu_backend import SamplingParams
 from gpu_backend.config import EngineConfig, ParallelConfig
 from gpu_backend.engine.async_llm import AsyncLLM
-from gpu_backend.parallel.sharded_engine import ShardedEngine
+from gpu_backend.cluster.sharded_engine import ShardedEngine
 
 ENGINE = {"device": "cuda", "dtype": "bfloat16", "load_format": "dummy", "skip_tokenizer_init": True,
           "max_num_seqs": 64, "max_model_len": 8320, "gpu_memory_utilization": 0.85}
@@ -132,7 +132,7 @@ def _all_reduce_rank(rank: int, port: int, out: str) -> None:
 
 
 def all_reduce_latency() -> dict[str, float]:
-    from gpu_backend.parallel.launch import free_port
+    from gpu_backend.cluster.launch import free_port
 
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         mp.start_processes(_all_reduce_rank, nprocs=2, args=(free_port(), out.name), start_method="spawn")

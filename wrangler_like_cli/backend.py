@@ -13,7 +13,7 @@ from .output import err_console, fail
 
 if TYPE_CHECKING:
     from gpu_backend.config import ParallelConfig
-    from gpu_backend.parallel.launch import TorchrunPlace
+    from gpu_backend.cluster.launch import TorchrunPlace
 
 _UVICORN_LEVELS = {"debug": "debug", "info": "info", "log": "info", "warn": "warning", "error": "error",
                    "none": "critical"}
@@ -86,7 +86,7 @@ def serve(models: tuple[str, ...], host: str, port: int, token: str | None, devi
     """
     from gpu_backend.builtin_models import BUILTIN_MODELS
     from gpu_backend.config import ParallelConfig, WorkerSpec
-    from gpu_backend.parallel.launch import torchrun_env
+    from gpu_backend.cluster.launch import torchrun_env
     from gpu_backend.server import serve as service
     from gpu_backend.server.read_timeouts import ReadTimeouts
 

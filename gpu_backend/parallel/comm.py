@@ -18,7 +18,6 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ..layers.sampler import SamplerOutput
 from .state import tensor_parallel
 
 Intermediate = tuple[torch.Tensor, torch.Tensor]  # hidden, residual
@@ -122,16 +121,17 @@ def token_group(driver: int, last_stage: int, timeout: timedelta | None = None) 
     return dist.new_group([driver, last_stage], timeout=timeout)
 
 
-def send_tokens(sends: PendingSends, result: SamplerOutput, dst: int, group: dist.ProcessGroup | None) -> None:
-    """The last stage's sampler output to the driver: the tokens, and logprobs when asked for."""
+def send_tokens(sends: PendingSends, tensors: list[torch.Tensor | None], dst: int,
+                group: dist.ProcessGroup | None) -> None:
+    """The last stage's sampler output to the driver: the tokens, then logprobs when asked for (None: absent)."""
     sends.wait()
-    sends.add([t for t in (result.token_ids, result.logprobs, result.top_logprobs, result.top_token_ids)
-               if t is not None], dst, group)
+    sends.add([t for t in tensors if t is not None], dst, group)
 
 
 def receive_tokens(num_rows: int, num_logprobs: int | None, device: torch.device, src: int,
-                   group: dist.ProcessGroup | None) -> Callable[[], SamplerOutput]:
-    """Post the receives now; the returned call waits for them and gives the output on the host."""
+                   group: dist.ProcessGroup | None) -> Callable[[], list[torch.Tensor | None]]:
+    """Post the receives now; the returned call waits for them and gives, on the host, the tokens, their
+    logprobs and the top logprobs and ids (None for those not asked for)."""
     token_ids = torch.empty(num_rows, dtype=torch.long, device=device)
     tensors = [token_ids]
     if num_logprobs is not None:
@@ -141,10 +141,10 @@ def receive_tokens(num_rows: int, num_logprobs: int | None, device: torch.device
             tensors.append(torch.empty((num_rows, num_logprobs), dtype=torch.long, device=device))
     works = [dist.irecv(tensor, src=src, group=group) for tensor in tensors]
 
-    def wait() -> SamplerOutput:
+    def wait() -> list[torch.Tensor | None]:
         for work in works:
             work.wait()
-        host = [tensor.cpu() for tensor in tensors]
-        return SamplerOutput(*host, *([None] * (4 - len(host))))
+        host: list[torch.Tensor | None] = [tensor.cpu() for tensor in tensors]
+        return host + [None] * (4 - len(host))
 
     return wait

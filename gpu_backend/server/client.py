@@ -30,8 +30,8 @@ from ..config import EngineConfig, ParallelConfig
 from ..engine.async_llm import AsyncLLM
 from ..engine.embedder import EmbeddingResult, Embedder, is_embedding_checkpoint
 from ..errors import EngineError, InvalidRequestError
-from ..parallel.launch import RankProcesses
-from ..parallel.sharded_engine import ShardedEngine
+from ..cluster.launch import RankProcesses
+from ..cluster.sharded_engine import ShardedEngine
 from .errors import NoSuchModelError, from_engine_error
 from .schemas import EmbeddingsInput, TextGenerationInput
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from ..config import EngineConfig, ParallelConfig
 from ..engine.embedder import is_embedding_checkpoint
-from ..parallel.launch import RankProcesses, TorchrunPlace
-from ..parallel.worker import run_rank
+from ..cluster.launch import RankProcesses, TorchrunPlace
+from ..cluster.rank import run_rank
 
 PARENT_CHECK_S = 0.5
 SHUTDOWN_GRACE_S = 10.0

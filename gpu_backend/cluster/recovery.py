@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from ..config import EngineConfig, ParallelConfig
 from ..disagg.kv_transfer import KVTransferError
-from ..disagg.router import Router
+from .router import Router
 from ..engine.sampling_params import SamplingParams
 from ..engine.thread_bridge import post, settle
 from ..errors import EngineError, WorkerFailedError, WorkerLostError

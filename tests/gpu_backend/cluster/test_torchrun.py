@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from gpu_backend import LLM
-from gpu_backend.parallel.launch import free_port
+from gpu_backend.cluster.launch import free_port
 from gpu_backend.server.schemas import parse_text_generation
 
 TOKEN = "torchrun-token"

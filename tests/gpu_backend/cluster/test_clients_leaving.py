@@ -23,7 +23,7 @@ import pytest
 
 from gpu_backend import LLM, SamplingParams
 from gpu_backend.config import EngineConfig, ParallelConfig, WorkerSpec
-from gpu_backend.parallel.sharded_engine import ShardedEngine
+from gpu_backend.cluster.sharded_engine import ShardedEngine
 
 OPTIONS = {"device": "cpu", "dtype": "float32", "num_kv_blocks": 48, "max_model_len": 256,
            "max_num_batched_tokens": 24}  # long prompts prefill (and move) in chunks; blocks run short

@@ -21,7 +21,7 @@ from backend_fixtures import MODEL, OPTIONS, TOKEN, Backend, serving
 from gpu_backend import LLM, SamplingParams
 from gpu_backend.config import EngineConfig, ParallelConfig
 from gpu_backend.errors import WorkerLostError
-from gpu_backend.parallel.sharded_engine import ShardedEngine
+from gpu_backend.cluster.sharded_engine import ShardedEngine
 from gpu_backend.server.api import create_app
 from gpu_backend.server.client import LocalEngines
 

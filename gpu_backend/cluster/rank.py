@@ -23,12 +23,12 @@ from ..engine.engine import LLMEngine
 from .driver import Driver
 from ..disagg.handoff import Cluster
 from ..disagg.kv_transfer import KVLayout
-from .groups import WorkerLayout, build_groups
+from ..parallel.groups import WorkerLayout, build_groups
 from .heartbeat import Heartbeats
-from .comm import ControlPlane, min_over, token_group
-from .pipeline import stage_of
+from ..parallel.comm import ControlPlane, min_over, token_group
+from ..parallel.pipeline import stage_of
 from .stage_runner import DriverRunner, StageRunner
-from .state import TensorParallel, set_tensor_parallel
+from ..parallel.state import TensorParallel, set_tensor_parallel
 
 log = logging.getLogger(__name__)
 # Followers wait on the control group between steps, for as long as the service stays idle.

@@ -30,7 +30,7 @@ from dataclasses import replace
 from multiprocessing.connection import wait
 
 from ..config import EngineConfig, ParallelConfig
-from ..disagg.router import Router
+from .router import Router
 from ..engine.sampling_params import SamplingParams
 from ..engine.thread_bridge import post, settle
 from ..errors import EngineError, InvalidRequestError

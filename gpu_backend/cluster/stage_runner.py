@@ -25,9 +25,9 @@ from ..engine.step_inputs import StepInputs
 from ..layers.attention import AttentionMetadata
 from ..layers.sampler import SamplerOutput
 from ..disagg.handoff import Cluster, RankTransfers
-from . import comm
-from .groups import RankGroups
-from .pipeline import PipelineStage
+from ..parallel import comm
+from ..parallel.groups import RankGroups
+from ..parallel.pipeline import PipelineStage
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ class StageRunner(ModelRunner):
 
     def after_sampling(self, result: SamplerOutput) -> None:
         if self.place.worker.pp_size > 1 and self.place.tp_rank == 0:
-            comm.send_tokens(self.sends, result, self.place.worker.first_rank, self.token_group)
+            tensors = [result.token_ids, result.logprobs, result.top_logprobs, result.top_token_ids]
+            comm.send_tokens(self.sends, tensors, self.place.worker.first_rank, self.token_group)
 
     def follow(self, control: comm.ControlPlane, cluster: Cluster) -> None:
         """A follower's loop: run each step the driver sends, and its part of each KV hand-off
@@ -116,8 +117,9 @@ class DriverRunner(StageRunner):
         self._released = []
         step = self.run(inputs, previous)
         if self.pipeline_depth > 1 and inputs.sampling is not None:
-            step.receive = comm.receive_tokens(len(inputs.sample_rows), _num_logprobs(inputs), self.device,
-                                               self._last_stage_rank, self.token_group)
+            receive = comm.receive_tokens(len(inputs.sample_rows), _num_logprobs(inputs), self.device,
+                                          self._last_stage_rank, self.token_group)
+            step.receive = lambda: SamplerOutput(*receive())
         return step
 
     def release(self, seq_id: int) -> None:

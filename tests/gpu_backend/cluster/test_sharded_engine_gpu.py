@@ -14,7 +14,7 @@ import torch
 
 from gpu_backend import LLM, SamplingParams
 from gpu_backend.config import EngineConfig, ParallelConfig
-from gpu_backend.parallel.sharded_engine import ShardedEngine
+from gpu_backend.cluster.sharded_engine import ShardedEngine
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
 

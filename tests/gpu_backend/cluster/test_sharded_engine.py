@@ -18,7 +18,7 @@ from checkpoints import build_checkpoint
 from gpu_backend import LLM, SamplingParams
 from gpu_backend.config import EngineConfig, ParallelConfig
 from gpu_backend.errors import PromptTooLongError
-from gpu_backend.parallel.sharded_engine import ShardedEngine
+from gpu_backend.cluster.sharded_engine import ShardedEngine
 from tokenizer_fixtures import build_byte_level_tokenizer
 
 VOCAB = 384

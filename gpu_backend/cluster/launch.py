@@ -18,7 +18,7 @@ from multiprocessing.process import BaseProcess
 
 from ..config import EngineConfig, ParallelConfig
 from .heartbeat import Heartbeats
-from .worker import run_rank, worker_layouts
+from .rank import run_rank, worker_layouts
 
 STOP_WAIT_S = 10.0
 

@@ -1,4 +1,4 @@
-"""gpu_backend.disagg.router: load in tokens, ties by KV blocks, sessions sent back to their workers."""
+"""gpu_backend.cluster.router: load in tokens, ties by KV blocks, sessions sent back to their workers."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from backend_fixtures import MODEL, OPTIONS, TOKEN, Backend, serving
 from gpu_backend.config import ParallelConfig
 from gpu_backend import SamplingParams
 from gpu_backend.config import EngineConfig
-from gpu_backend.disagg.router import PrefixIndex, Router, token_loads
-from gpu_backend.parallel.sharded_engine import ShardedEngine
+from gpu_backend.cluster.router import PrefixIndex, Router, token_loads
+from gpu_backend.cluster.sharded_engine import ShardedEngine
 from gpu_backend.server.api import create_app
 from gpu_backend.server.client import LocalEngines
 

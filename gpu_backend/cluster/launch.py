@@ -19,6 +19,7 @@ from multiprocessing.process import BaseProcess
 from ..config import EngineConfig, ParallelConfig
 from .heartbeat import Heartbeats
 from .rank import run_rank, worker_layouts
+from .roles import RankRoles
 
 STOP_WAIT_S = 10.0
 
@@ -73,8 +74,9 @@ class RankProcesses:
             connection.close()
 
 
-def spawn_world(config: EngineConfig, parallel: ParallelConfig) -> RankProcesses:
-    """Every rank of ``parallel.num_workers`` workers, each worker's first rank with a pipe to us."""
+def spawn_world(config: EngineConfig, parallel: ParallelConfig, roles: RankRoles | None = None) -> RankProcesses:
+    """Every rank of ``parallel.num_workers`` workers, each worker's first rank with a pipe to us;
+    ``roles``: what each rank adds (``roles.RankRoles``)."""
     context = mp.get_context("spawn")
     drivers = [worker.first_rank for worker in worker_layouts(parallel)]
     pipes = {rank: context.Pipe() for rank in drivers}
@@ -86,7 +88,7 @@ def spawn_world(config: EngineConfig, parallel: ParallelConfig) -> RankProcesses
         driver_end = pipes[rank][1] if rank in pipes else None
         process = context.Process(target=run_rank, name=f"edgewise-rank-{rank}", daemon=True,
                                   args=(rank, world_size, config, parallel, init_method, driver_end),
-                                  kwargs={"heartbeats": heartbeats})
+                                  kwargs={"heartbeats": heartbeats, "roles": roles})
         process.start()
         processes.append(process)
     for _, driver_end in pipes.values():

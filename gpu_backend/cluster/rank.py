@@ -18,17 +18,17 @@ from multiprocessing.connection import Connection
 import torch
 import torch.distributed as dist
 
-from ..config import EngineConfig, ModelConfig, ParallelConfig, WorkerSpec
+from ..config import EngineConfig, ModelConfig, ParallelConfig
 from ..engine.engine import LLMEngine
-from .driver import Driver
-from ..disagg.handoff import Cluster
-from ..disagg.kv_transfer import KVLayout
-from ..parallel.groups import WorkerLayout, build_groups
-from .heartbeat import Heartbeats
 from ..parallel.comm import ControlPlane, min_over, token_group
+from ..parallel.groups import WorkerLayout, build_groups
 from ..parallel.pipeline import stage_of
-from .stage_runner import DriverRunner, StageRunner
 from ..parallel.state import TensorParallel, set_tensor_parallel
+from .driver import Driver, DriverPipe
+from .heartbeat import Heartbeats
+from .protocol import Failed
+from .roles import RankRoles, RankWorld
+from .stage_runner import DriverRunner, StageRunner
 
 log = logging.getLogger(__name__)
 # Followers wait on the control group between steps, for as long as the service stays idle.
@@ -37,7 +37,7 @@ CONTROL_TIMEOUT = timedelta(days=7)
 
 def run_rank(rank: int, world_size: int, config: EngineConfig, parallel: ParallelConfig, init_method: str,
              connection: Connection | None = None, local_rank: int | None = None,
-             heartbeats: Heartbeats | None = None) -> None:
+             heartbeats: Heartbeats | None = None, roles: RankRoles | None = None) -> None:
     """One rank's whole life; each worker's first rank (its driver) needs its connection to the service."""
     if heartbeats is not None:
         heartbeats.start_beating(rank, parallel.heartbeat_interval_s)
@@ -46,7 +46,7 @@ def run_rank(rank: int, world_size: int, config: EngineConfig, parallel: Paralle
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=parallel.timeout_s))
     try:
-        _serve(rank, world_size, config, parallel, connection)
+        _serve(rank, config, parallel, connection, roles)
     except BaseException as error:
         if connection is not None:
             _report(connection, f"rank {rank}: {type(error).__name__}: {error}")
@@ -65,12 +65,11 @@ def worker_layouts(parallel: ParallelConfig) -> list[WorkerLayout]:
     return layouts
 
 
-def _serve(rank: int, world_size: int, config: EngineConfig, parallel: ParallelConfig,
-           connection: Connection | None) -> None:
+def _serve(rank: int, config: EngineConfig, parallel: ParallelConfig, connection: Connection | None,
+           roles: RankRoles | None) -> None:
     workers, specs = worker_layouts(parallel), parallel.worker_specs()
     timeout = timedelta(seconds=parallel.timeout_s)  # every group's collectives
     control_group, tokens = _worker_groups(workers, rank, timeout)
-    transfer_groups = _transfer_groups(workers, specs, rank, timeout)
     place = build_groups(workers, rank, timeout)
     set_tensor_parallel(place.tensor_parallel())
     model_config = ModelConfig.from_pretrained(config.model)
@@ -79,20 +78,21 @@ def _serve(rank: int, world_size: int, config: EngineConfig, parallel: ParallelC
     worker = place.worker
     control = ControlPlane(control_group, worker.first_rank, [r for r in worker.ranks if r != worker.first_rank],
                            timeout)
-    cluster = Cluster([KVLayout(layout, model_config.num_hidden_layers, model_config.num_key_value_heads,
-                                spec.pp_layers) for layout, spec in zip(workers, specs)], mine,
-                      timedelta(seconds=parallel.timeout_s), transfer_groups)
+    world = RankWorld(rank, workers, specs, mine, model_config, timeout, control_group)
     if rank != worker.first_rank:
         runner = StageRunner(config, model_config, place, stage, token_group=tokens)
         _agree_on_num_blocks(runner, control_group)
-        runner.follow(control, cluster)
+        part = roles(world, runner) if roles is not None else None
+        runner.follow(control, {part.name: part} if part is not None else {})
         return
     if connection is None:
         raise ValueError(f"rank {rank} drives its worker: it needs the connection to the service")
     driver_runner = DriverRunner(config, model_config, place, stage, control, token_group=tokens)
     _agree_on_num_blocks(driver_runner, control_group)
+    part = roles(world, driver_runner) if roles is not None else None
     engine = LLMEngine(config, progress=False, runner=driver_runner)
-    Driver(engine, driver_runner, connection, cluster).serve()
+    pipe = DriverPipe(connection)
+    Driver(engine, driver_runner, pipe, part.driver_roles(engine, pipe.send) if part is not None else []).serve()
 
 
 def _worker_groups(workers: list[WorkerLayout], rank: int,
@@ -107,23 +107,6 @@ def _worker_groups(workers: list[WorkerLayout], rank: int,
             control, tokens = group, pair
     assert control is not None, f"rank {rank} is in no worker"
     return control, tokens
-
-
-def _transfer_groups(workers: list[WorkerLayout], specs: list[WorkerSpec], rank: int,
-                     timeout: timedelta) -> dict[tuple[int, int], dist.ProcessGroup]:
-    """A group for each (prefill worker, decode worker) pair this rank is in, over which their KV
-    moves: a transfer that fails or times out can then break only that pair's links (with NCCL,
-    the watchdog aborts the communicators of the group that timed out), never the others'."""
-    groups = {}
-    for src, src_spec in enumerate(specs):
-        for dst, dst_spec in enumerate(specs):
-            if (src_spec.role, dst_spec.role) != ("prefill", "decode"):
-                continue
-            ranks = [*workers[src].ranks, *workers[dst].ranks]
-            group = dist.new_group(ranks, timeout=timeout)
-            if rank in ranks:
-                groups[(src, dst)] = group
-    return groups
 
 
 def _agree_on_num_blocks(runner: StageRunner, group: dist.ProcessGroup) -> None:
@@ -144,6 +127,6 @@ def _rank_device(config: EngineConfig, local_rank: int, world_size: int) -> Engi
 
 def _report(connection: Connection, text: str) -> None:
     try:
-        connection.send(("error", text))
+        connection.send(Failed(text))
     except (OSError, EOFError, BrokenPipeError):
         pass

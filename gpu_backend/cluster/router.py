@@ -1,12 +1,14 @@
 """Which worker serves a request: token-aware load balancing, prefix-cache aware, with session affinity.
 
 A worker's load is counted in tokens, as Cloudflare's load balancer does, not in requests. A
-prompt still to compute counts all its tokens on the worker computing it. A decoding request
-counts the tokens its KV holds, since every step reads them, on the worker decoding it; a
-prompt whose KV is on its way counts on its decode worker already.
+prompt still to compute counts all its tokens on the worker computing it. A generating request
+counts the tokens its KV holds, since every step reads them, on the worker generating it; a
+request that goes on to another worker once its prompt is computed (disaggregated: a decode
+worker, which the KV is sent to) counts its prompt there already.
 
-A worker whose prefix cache likely holds the start of the prompt saves those tokens (prefill
-skips them; a decode worker reserves them from its cache, so they are not sent). The router
+Workers have roles (``WorkerSpec.role``), and a request is routed to one worker of a role at a
+time. A worker whose prefix cache likely holds the start of the prompt saves those tokens (it
+skips computing them, or, if it receives the KV, reserves them from its cache). The router
 keeps a bounded index of the block-aligned prompt prefixes it sent to each worker (``PrefixIndex``,
 an estimate: the worker may have evicted them since) and picks the worker with the least load
 minus the tokens it would save. Ties go to the worker with the fewest KV blocks in use.
@@ -30,7 +32,7 @@ MAX_PREFIX_BLOCKS = 1 << 16  # block hashes remembered, over every worker
 
 class RoutedRequest(Protocol):
     worker: int  # the worker serving it now (-1 until it is routed)
-    decode_worker: int | None  # disaggregated: where it decodes, once its prompt is computed
+    next_worker: int | None  # where it goes on once its prompt is computed (disaggregated: the decode worker)
     prompt_len: int
     generated: list[int]
 
@@ -108,15 +110,15 @@ class Router:
 
 
 def token_loads(requests: Iterable[RoutedRequest], num_workers: int) -> list[int]:
-    """Per worker: the prompt tokens it has still to compute plus the tokens its decoding requests hold."""
+    """Per worker: the prompt tokens it has still to compute plus the tokens its generating requests hold."""
     tokens = [0] * num_workers
     for request in requests:
         if request.worker < 0:  # not routed yet
             continue
         held = request.prompt_len + len(request.generated)
-        if request.decode_worker is not None and request.decode_worker != request.worker:
-            tokens[request.worker] += request.prompt_len  # prefilling it
-            tokens[request.decode_worker] += request.prompt_len  # its KV is coming
+        if request.next_worker is not None and request.next_worker != request.worker:
+            tokens[request.worker] += request.prompt_len  # computing its prompt
+            tokens[request.next_worker] += request.prompt_len  # its KV is coming
         else:
             tokens[request.worker] += held
     return tokens

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,10 +26,11 @@ from ..engine.sequence import Sequence
 from ..engine.step_inputs import StepInputs
 from ..layers.attention import AttentionMetadata
 from ..layers.sampler import SamplerOutput
-from ..disagg.handoff import Cluster, RankTransfers
 from ..parallel import comm
 from ..parallel.groups import RankGroups
 from ..parallel.pipeline import PipelineStage
+from .protocol import FollowerCall, RunStep, StopFollowing
+from .roles import RankPart, call_part
 
 log = logging.getLogger(__name__)
 
@@ -62,33 +65,25 @@ class StageRunner(ModelRunner):
             tensors = [result.token_ids, result.logprobs, result.top_logprobs, result.top_token_ids]
             comm.send_tokens(self.sends, tensors, self.place.worker.first_rank, self.token_group)
 
-    def follow(self, control: comm.ControlPlane, cluster: Cluster) -> None:
-        """A follower's loop: run each step the driver sends, and its part of each KV hand-off
-        (``disagg.handoff``), until it says stop."""
-        transfers = RankTransfers(cluster, self.place.rank, control.group)
+    def follow(self, control: comm.ControlPlane, parts: Mapping[str, RankPart]) -> None:
+        """A follower's loop: run each step the driver sends, and each call of a rank's part
+        (``roles``), until it says stop."""
         previous: LaunchedStep | None = None
         while True:
-            message = control.receive()
-            if message is None:
-                self.sends.wait()
-                return
-            kind = message[0]
-            if kind == "step":
-                _, inputs, released = message
-                for seq_id in released:
-                    self.release(seq_id)
-                previous = self.run(inputs, previous)
-            elif kind == "kv_send":
-                transfers.send(self.kv_cache, *message[1:])
-            elif kind == "kv_recv":
-                transfers.receive(self.kv_cache, *message[1:])
-            elif kind == "kv_land":
-                transfers.land(message[1], arrived_here=True)
-            elif kind == "kv_drop":
-                transfers.drop(message[1])
-            for request_id, why in transfers.reap():
-                log.warning("rank %d: the KV of %s did not reach its decode worker: %s", self.place.rank,
-                            request_id, why)
+            match control.receive():
+                case RunStep(inputs, released):
+                    for seq_id in released:
+                        self.release(seq_id)
+                    previous = self.run(inputs, previous)
+                case FollowerCall(target, method, args):
+                    call_part(parts[target], method, args)
+                case StopFollowing():
+                    self.sends.wait()
+                    return
+                case message:
+                    raise TypeError(f"rank {self.place.rank}: no follower takes {type(message).__name__}")
+            for part in parts.values():
+                part.after_message()
 
 
 class DriverRunner(StageRunner):
@@ -113,7 +108,7 @@ class DriverRunner(StageRunner):
 
     def launch(self, batch: ScheduledBatch, previous: LaunchedStep | None = None) -> LaunchedStep:
         inputs = self.plan(batch, previous)
-        self.control.send(("step", inputs, self._released))
+        self.control.send(RunStep(inputs, self._released))
         self._released = []
         step = self.run(inputs, previous)
         if self.pipeline_depth > 1 and inputs.sampling is not None:
@@ -127,30 +122,15 @@ class DriverRunner(StageRunner):
         self._seeds.pop(seq_id, None)
         self._released.append(seq_id)
 
-    # -- KV hand-offs, on every rank of this worker (``disagg.handoff``) ---------------------------
-
-    def send_kv(self, transfers: RankTransfers, request_id: str, dst_worker: int, block_ids: list[int]) -> None:
-        """Post a finished prompt's blocks from every rank to the decode worker's; they may be freed now."""
-        self.control.send(("kv_send", request_id, dst_worker, block_ids))
-        transfers.send(self.kv_cache, request_id, dst_worker, block_ids)
-
-    def receive_kv(self, transfers: RankTransfers, request_id: str, src_worker: int, block_ids: list[int]) -> None:
-        """Post every rank's receive of a prompt's KV from the prefill worker (``land_kv`` writes it)."""
-        self.control.send(("kv_recv", request_id, src_worker, block_ids))
-        transfers.receive(self.kv_cache, request_id, src_worker, block_ids)
-
-    def land_kv(self, transfers: RankTransfers, request_id: str, arrived_here: bool) -> bool:
-        """Write the request's KV into its reserved blocks on every rank, if it all arrived; whether it did."""
-        self.control.send(("kv_land", request_id))
-        return transfers.land(request_id, arrived_here)
-
-    def drop_kv(self, transfers: RankTransfers, request_id: str) -> None:
-        self.control.send(("kv_drop", request_id))
-        transfers.drop(request_id)
+    def call_everywhere(self, part: RankPart, method: str, *args: Any) -> Any:
+        """``part.method(*args)`` on every rank of the worker: sent to the followers (not waited
+        for), then run on this rank; what this rank's call returned."""
+        self.control.send(FollowerCall(part.name, method, args))
+        return call_part(part, method, args)
 
     def stop(self) -> None:
         """Tell every other rank to leave its loop."""
-        self.control.send(None)
+        self.control.send(StopFollowing())
         self.control.wait_sent()
         self.sends.wait()
 

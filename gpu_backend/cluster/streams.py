@@ -1,9 +1,11 @@
-"""The service's side of one request on a sharded cluster: its queue of outputs and its progress."""
+"""The service's side of one request on a sharded cluster: its queue of outputs and its progress,
+and the table of the running ones."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..engine.sampling_params import SamplingParams
 from .driver import WorkerOutput
@@ -19,13 +21,11 @@ class Stream:
     accepted: asyncio.Future
     worker: int  # the worker whose outputs the client gets now
     attempt: int = 0  # times it was submitted again after a lost worker or a failed transfer
-    # disaggregated: the prefill worker, the decode worker that takes over after the first token
-    # and its blocks
-    prefill_worker: int | None = None
-    decode_worker: int | None = None
-    reserved: asyncio.Future | None = None
-    prefilling: bool = False  # the prefill worker has the request
-    abandoned: bool = False  # the client left while the prompt was prefilling
+    # where it goes on once ``worker`` gave its last output (disaggregated: the decode worker,
+    # which takes over after the first token); None: it ends on ``worker``
+    next_worker: int | None = None
+    flow_state: Any = None  # the submission flow's own record of this submission (``flow``)
+    abandoned: bool = False  # the client left while a worker still held it for the next one
     # for recomputing it after a lost world: what was asked, and what the client has had
     prompt: str | list[int] = ""
     prompt_len: int = 0  # in tokens (characters for a text prompt without a tokenizer), for the router
@@ -50,6 +50,43 @@ class Stream:
             return replace(output, request_id=self.request_id)
         return replace(output, request_id=self.request_id, num_prompt_tokens=self.num_prompt_tokens,
                        num_completion_tokens=output.num_completion_tokens + self.resumed_from)
+
+
+class StreamTable:
+    """The running requests' streams, by the client's id and by their submission's (wire) id;
+    read and changed under the engine's lock."""
+
+    def __init__(self) -> None:
+        self._by_request: dict[str, Stream] = {}
+        self._by_wire: dict[str, Stream] = {}
+
+    def add(self, stream: Stream) -> None:
+        self._by_request[stream.request_id] = self._by_wire[stream.wire_id] = stream
+
+    def forget(self, stream: Stream) -> None:
+        if self._by_request.get(stream.request_id) is stream:
+            del self._by_request[stream.request_id]
+        if self._by_wire.get(stream.wire_id) is stream:
+            del self._by_wire[stream.wire_id]
+
+    def holds(self, stream: Stream) -> bool:
+        return self._by_request.get(stream.request_id) is stream
+
+    def get(self, request_id: str) -> Stream | None:
+        return self._by_request.get(request_id)
+
+    def by_wire(self, wire_id: str) -> Stream | None:
+        """The stream a worker's message is about (None: an earlier submission, or gone)."""
+        return self._by_wire.get(wire_id)
+
+    def all(self) -> list[Stream]:
+        return list(self._by_request.values())
+
+    def take_all(self) -> list[Stream]:
+        """Every stream, forgotten."""
+        streams = self.all()
+        self._by_request, self._by_wire = {}, {}
+        return streams
 
 
 def resolve(future: asyncio.Future, value: object) -> None:

@@ -1,16 +1,18 @@
 """A request's hand-off from a prefill worker to a decode worker, as each rank carries it out.
 
-KV moves chunk by chunk while the prompt is computed. After each step, the prefill worker's
-driver tells its ranks to send the blocks of each prompt that were completed since the last
-turn ("kv_send"; all that is left once the prompt is done). The sends read copies, and a thread
-waits for them while the worker computes on. The driver reports each chunk to the service, which
-tells the decode worker, whose ranks post the matching receives into buffers ("kv_recv").
-Told the first token, the decode worker's driver lands the request once its own share of
-every chunk has arrived ("kv_land"): every rank waits for its share (up to the transfer's
-deadline), the ranks agree that all of it arrived, and only then is it written into the
-reserved blocks and the sequence joins the running batch. A request the client left while its
-KV was on the way is dropped ("kv_drop"): its receives still complete, into buffers nobody
-reads, so the pair's messages stay in step.
+Every rank of a disaggregated world has a ``HandoffRank`` (made by ``join_handoffs``, the
+world's ``cluster.roles.RankRoles``); its driver calls its methods on every rank of the worker
+at once. KV moves chunk by chunk while the prompt is computed. After each step, the prefill
+worker's driver (``prefill.PrefillRole``) has its ranks ``send`` the blocks of each prompt that
+were completed since the last turn (all that is left once the prompt is done). The sends read
+copies, and a thread waits for them while the worker computes on. The driver reports each chunk
+to the service, which tells the decode worker, whose ranks post the matching receives into
+buffers (``receive``). Told the first token, the decode worker's driver (``decode.DecodeRole``)
+lands the request once its own share of every chunk has arrived (``land``): every rank waits for
+its share (up to the transfer's deadline), the ranks agree that all of it arrived, and only then
+is it written into the reserved blocks and the sequence joins the running batch. A request the
+client left while its KV was on the way is dropped (``drop``): its receives still complete, into
+buffers nobody reads, so the pair's messages stay in step.
 
 ORDER. A pair's messages match in the order they are posted (NCCL has no tags). The prefill
 driver reports its chunks in the order it posts them, and the service relays them in that order
@@ -23,16 +25,22 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from ..cluster.roles import DriverRole, RankWorld
+from ..cluster.stage_runner import DriverRunner, StageRunner
+from ..engine.engine import LLMEngine
 from ..parallel.comm import min_over
+from ..parallel.groups import WorkerLayout
+from .decode import DecodeRole
 from .kv_transfer import (KVLayout, KVTransferError, PendingReceive, PendingTransfer, Route, plan_transfer,
                           post_receive_kv, send_kv)
+from .prefill import PrefillRole
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +131,85 @@ class RankTransfers:
         self.sending = still
         self.dropped = [pending for pending in self.dropped if not _finished(pending)]
         return failed
+
+
+class HandoffRank:
+    """A rank's part in its worker's hand-offs (``cluster.roles.RankPart``): the driver calls its
+    ``remote_methods`` on every rank of the worker at once; its roles read the rest."""
+
+    name = "kv"
+    remote_methods = frozenset({"send", "receive", "land", "drop"})
+
+    def __init__(self, transfers: RankTransfers, runner: StageRunner, role: str) -> None:
+        self.transfers, self.runner, self.role = transfers, runner, role
+        self.worker = transfers.cluster.mine  # this rank's worker
+
+    def send(self, request_id: str, dst_worker: int, block_ids: list[int]) -> None:
+        """Post this rank's share of the blocks to the decode worker; they may be freed now."""
+        self.transfers.send(self.runner.kv_cache, request_id, dst_worker, block_ids)
+
+    def receive(self, request_id: str, src_worker: int, block_ids: list[int]) -> None:
+        """Post this rank's receives of a chunk from the prefill worker (``land`` writes it)."""
+        self.transfers.receive(self.runner.kv_cache, request_id, src_worker, block_ids)
+
+    def land(self, request_id: str) -> bool:
+        """Collective: write the request's KV into its blocks on every rank if it all arrived (each
+        rank waits for its share, up to the deadline); whether it did."""
+        return self.transfers.land(request_id, arrived_here=True)
+
+    def drop(self, request_id: str) -> None:
+        self.transfers.drop(request_id)
+
+    def arrived(self, request_id: str) -> tuple[bool, str | None] | None:
+        return self.transfers.arrived(request_id)
+
+    def is_receiving(self, request_id: str) -> bool:
+        return request_id in self.transfers.receiving
+
+    def after_message(self) -> None:
+        self.reap()
+
+    def reap(self) -> None:
+        for request_id, why in self.transfers.reap():
+            log.warning("rank %d: the KV of %s did not reach its decode worker: %s", self.transfers.rank,
+                        request_id, why)
+
+    def driver_roles(self, engine: LLMEngine, send: Callable[[object], None]) -> list[DriverRole]:
+        assert isinstance(self.runner, DriverRunner)
+        if self.role == "prefill":
+            return [PrefillRole(engine, self.runner, self, send)]
+        if self.role == "decode":
+            return [DecodeRole(engine, self.runner, self, send)]
+        return []
+
+
+def join_handoffs(world: RankWorld, runner: StageRunner) -> HandoffRank:
+    """Every rank's part in a disaggregated world (``cluster.roles.RankRoles``); collective: every
+    rank makes every (prefill, decode) pair's group."""
+    config = world.model_config
+    layouts = [KVLayout(layout, config.num_hidden_layers, config.num_key_value_heads, spec.pp_layers)
+               for layout, spec in zip(world.workers, world.specs)]
+    cluster = Cluster(layouts, world.mine, world.timeout, _pair_groups(world.workers, world.specs, world.rank,
+                                                                      world.timeout))
+    transfers = RankTransfers(cluster, world.rank, world.control_group)
+    return HandoffRank(transfers, runner, world.specs[world.mine].role)
+
+
+def _pair_groups(workers: list[WorkerLayout], specs: Sequence, rank: int,
+                 timeout: timedelta) -> dict[tuple[int, int], dist.ProcessGroup]:
+    """A group for each (prefill worker, decode worker) pair this rank is in, over which their KV
+    moves: a transfer that fails or times out can then break only that pair's links (with NCCL,
+    the watchdog aborts the communicators of the group that timed out), never the others'."""
+    groups = {}
+    for src, src_spec in enumerate(specs):
+        for dst, dst_spec in enumerate(specs):
+            if (src_spec.role, dst_spec.role) != ("prefill", "decode"):
+                continue
+            ranks = [*workers[src].ranks, *workers[dst].ranks]
+            group = dist.new_group(ranks, timeout=timeout)
+            if rank in ranks:
+                groups[(src, dst)] = group
+    return groups
 
 
 def _finished(pending: PendingTransfer) -> bool:

@@ -32,6 +32,7 @@ from ..engine.embedder import EmbeddingResult, Embedder, is_embedding_checkpoint
 from ..errors import EngineError, InvalidRequestError
 from ..cluster.launch import RankProcesses
 from ..cluster.sharded_engine import ShardedEngine
+from ..disagg.flow import sharded_engine
 from .errors import NoSuchModelError, from_engine_error
 from .schemas import EmbeddingsInput, TextGenerationInput
 
@@ -203,8 +204,8 @@ def _load(folder: Path, engine_options: Mapping[str, Any], parallel: ParallelCon
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return Embedder(folder, device=device, dtype="float32")
     if parallel is not None and parallel.is_sharded:
-        return ShardedEngine(EngineConfig(model=str(folder), **engine_options), parallel, max_restarts=max_restarts,
-                             attached=attached)
+        return sharded_engine(EngineConfig(model=str(folder), **engine_options), parallel, max_restarts=max_restarts,
+                              attached=attached)
     return AsyncLLM(str(folder), progress=False, **engine_options)
 
 

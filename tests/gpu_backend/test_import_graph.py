@@ -1,5 +1,6 @@
 """Dependencies between gpu_backend's packages run one way: the run-time import graph, read from
-the code, has no cycle, and the torch.distributed primitives (``parallel``) import nothing of ours."""
+the code, has no cycle, the torch.distributed primitives (``parallel``) import nothing of ours,
+and the cluster of TP×PP workers knows nothing of prefill/decode (``disagg`` plugs into it)."""
 
 from __future__ import annotations
 
@@ -97,3 +98,9 @@ def test_no_import_cycle_between_gpu_backends_packages() -> None:
 
 def test_the_distributed_primitives_import_nothing_of_ours() -> None:
     assert import_graph().get(GROUND_FLOOR, set()) == set()
+
+
+def test_the_cluster_never_imports_disaggregation() -> None:
+    graph = import_graph()
+    assert "disagg" not in graph["cluster"]
+    assert "cluster" in graph["disagg"]  # disagg plugs into the cluster, not the other way round

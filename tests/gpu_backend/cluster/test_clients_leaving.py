@@ -24,6 +24,7 @@ import pytest
 from gpu_backend import LLM, SamplingParams
 from gpu_backend.config import EngineConfig, ParallelConfig, WorkerSpec
 from gpu_backend.cluster.sharded_engine import ShardedEngine
+from gpu_backend.disagg.flow import sharded_engine
 
 OPTIONS = {"device": "cpu", "dtype": "float32", "num_kv_blocks": 48, "max_model_len": 256,
            "max_num_batched_tokens": 24}  # long prompts prefill (and move) in chunks; blocks run short
@@ -44,7 +45,7 @@ SETTLE_S = 30.0  # generous: a busy 2-core machine
 
 @pytest.fixture(scope="module", params=list(LAYOUTS))
 def engine(request: pytest.FixtureRequest, checkpoints: dict[str, Path]) -> Iterator[ShardedEngine]:
-    engine = ShardedEngine(EngineConfig(model=str(checkpoints["llama"]), **OPTIONS), LAYOUTS[request.param])
+    engine = sharded_engine(EngineConfig(model=str(checkpoints["llama"]), **OPTIONS), LAYOUTS[request.param])
     yield engine
     engine.shutdown()
 

@@ -21,7 +21,7 @@ from gpu_backend.server.client import LocalEngines
 @dataclass
 class Request:
     worker: int
-    decode_worker: int | None = None
+    next_worker: int | None = None
     prompt_len: int = 0
     generated: list[int] = field(default_factory=list)
 
@@ -34,8 +34,8 @@ class Load:
 def test_token_loads_count_prompts_where_they_are_computed_and_kv_where_it_is_read() -> None:
     requests = [Request(0, prompt_len=100),  # colocated, prefilling
                 Request(1, prompt_len=10, generated=[1, 2, 3]),  # colocated, decoding: 13 tokens held
-                Request(2, decode_worker=3, prompt_len=50),  # prefilling on 2, its KV goes to 3
-                Request(3, decode_worker=3, prompt_len=20, generated=[7])]  # decoding on 3
+                Request(2, next_worker=3, prompt_len=50),  # prefilling on 2, its KV goes to 3
+                Request(3, next_worker=3, prompt_len=20, generated=[7])]  # decoding on 3
     assert token_loads(requests, 4) == [100, 13, 50, 50 + 21]
 
 

@@ -21,6 +21,7 @@ from gpu_backend import LLM, SamplingParams
 from gpu_backend.config import EngineConfig, ParallelConfig, WorkerSpec
 from gpu_backend.errors import WorkerLostError
 from gpu_backend.cluster.sharded_engine import ShardedEngine
+from gpu_backend.disagg.flow import sharded_engine
 from gpu_backend.server.api import create_app
 from gpu_backend.server.client import LocalEngines
 
@@ -63,7 +64,7 @@ def wait_for_free_blocks(engine: ShardedEngine, total: int) -> None:
 @pytest.mark.parametrize("policy", ["error", "recompute"])
 def test_a_lost_colocated_worker_leaves_the_other_serving(checkpoints: dict[str, Path], policy: str) -> None:
     folder = checkpoints["llama"]
-    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS),
+    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS),
                            ParallelConfig(timeout_s=20.0, num_workers=2, on_worker_loss=policy), max_restarts=1)
     try:
         survivor, doomed = asyncio.run(survivor_and_doomed(engine))
@@ -88,7 +89,7 @@ def test_a_lost_decode_worker_leaves_the_other_decoding(checkpoints: dict[str, P
     folder = checkpoints["llama"]
     parallel = ParallelConfig(timeout_s=20.0, prefill=WorkerSpec("prefill"), decode=WorkerSpec("decode"),
                               num_prefill_workers=1, num_decode_workers=2, on_worker_loss="recompute")
-    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), parallel, max_restarts=0)
+    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), parallel, max_restarts=0)
     try:
         survivor, doomed = asyncio.run(survivor_and_doomed(engine))
         assert survivor == expected(folder, PROMPTS["survivor"])
@@ -108,7 +109,7 @@ def test_a_frozen_prefill_worker_is_found_by_its_heartbeat(checkpoints: dict[str
     parallel = ParallelConfig(timeout_s=60.0, prefill=WorkerSpec("prefill"), decode=WorkerSpec("decode"),
                               num_prefill_workers=2, num_decode_workers=1, on_worker_loss="recompute",
                               heartbeat_timeout_s=heartbeat_s)
-    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), parallel, max_restarts=0)
+    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), parallel, max_restarts=0)
     try:
         os.kill(engine.rank_pids(0)[0], signal.SIGSTOP)  # the first prefill worker, the router's first pick
         frozen = time.monotonic()
@@ -164,12 +165,12 @@ def test_a_prefill_worker_killed_while_its_kv_goes_out(checkpoints: dict[str, Pa
     folder = checkpoints["llama"]
     parallel = ParallelConfig(timeout_s=20.0, prefill=WorkerSpec("prefill"), decode=WorkerSpec("decode"),
                               num_prefill_workers=2, num_decode_workers=1, on_worker_loss="recompute")
-    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), parallel, max_restarts=0)
+    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), parallel, max_restarts=0)
     prompt = " ".join([PROMPTS["survivor"]] * 5)  # about 170 tokens: 8 steps of 24
 
     async def scenario() -> list[int]:
         task = asyncio.ensure_future(collect_prompt(engine, prompt, "long"))
-        while engine.kv_chunks_relayed == 0:
+        while engine.flow.kv_chunks_relayed == 0:
             await asyncio.sleep(0.001)
         os.kill(engine.rank_pids(0)[0], signal.SIGKILL)  # the router's first pick
         return await task

@@ -13,6 +13,7 @@ import pytest
 from gpu_backend import LLM, SamplingParams
 from gpu_backend.config import EngineConfig, ParallelConfig, WorkerSpec
 from gpu_backend.cluster.sharded_engine import ShardedEngine
+from gpu_backend.disagg.flow import sharded_engine
 
 OPTIONS = {"device": "cpu", "dtype": "float32", "num_kv_blocks": 64, "max_model_len": 256,
            "max_num_batched_tokens": 24}  # long prompts prefill in chunks
@@ -58,7 +59,7 @@ def test_prefill_then_decode_elsewhere_generates_what_one_process_does(checkpoin
                                                                        prefill: tuple[int, int],
                                                                        decode: tuple[int, int]) -> None:
     folder = checkpoints["llama"]
-    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), cluster(prefill, decode))
+    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), cluster(prefill, decode))
     try:
         assert asyncio.run(generate_all(engine, PROMPTS, "r")) == expected(folder, PROMPTS)
         # the decode worker's generator goes on past the prefill worker's draw of the first token
@@ -73,10 +74,10 @@ def test_the_kv_moves_in_chunks_while_the_prompt_is_computed(checkpoints: dict[s
     """A 62-token prompt prefilled 24 tokens a step: its full blocks go out after the steps that
     complete them, the partial last one with the first token; the tokens are still exact."""
     folder = checkpoints["llama"]
-    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), cluster((2, 1), (1, 2)))
+    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), cluster((2, 1), (1, 2)))
     try:
         assert asyncio.run(generate_all(engine, PROMPTS[:1], "long")) == expected(folder, PROMPTS[:1])
-        assert engine.kv_chunks_relayed >= 2
+        assert engine.flow.kv_chunks_relayed >= 2
         wait_for_free_blocks(engine, 2 * 64)
     finally:
         engine.shutdown()
@@ -85,7 +86,7 @@ def test_the_kv_moves_in_chunks_while_the_prompt_is_computed(checkpoints: dict[s
 def test_two_prefill_and_two_decode_workers_under_load(checkpoints: dict[str, Path]) -> None:
     folder = checkpoints["qwen2"]
     prompts = [f"{word} and the {other}" for word in ("Once", "The", "A", "Lo") for other in ("sea", "king")]
-    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), cluster((1, 1), (1, 1), workers=2))
+    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), cluster((1, 1), (1, 1), workers=2))
     try:
         assert asyncio.run(generate_all(engine, prompts, "load")) == expected(folder, prompts)
         assert min(engine.requests_per_worker[:2]) > 0  # both prefill workers took prompts
@@ -96,7 +97,7 @@ def test_two_prefill_and_two_decode_workers_under_load(checkpoints: dict[str, Pa
 
 def test_clients_leaving_at_each_stage_free_every_block(checkpoints: dict[str, Path]) -> None:
     folder = checkpoints["llama"]
-    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), cluster((1, 1), (1, 1)))
+    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), cluster((1, 1), (1, 1)))
     long_run = SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True)
 
     async def leave(after: int, request_id: str) -> None:
@@ -112,9 +113,9 @@ def test_clients_leaving_at_each_stage_free_every_block(checkpoints: dict[str, P
 
     async def leave_while_kv_is_on_its_way() -> None:
         """After the first chunk of the prompt's KV went out, before the prompt is done."""
-        relayed = engine.kv_chunks_relayed
+        relayed = engine.flow.kv_chunks_relayed
         task = asyncio.ensure_future(generate(engine, PROMPTS[0] + " and the king", "in-transfer"))
-        while engine.kv_chunks_relayed == relayed and not task.done():
+        while engine.flow.kv_chunks_relayed == relayed and not task.done():
             await asyncio.sleep(0.001)
         task.cancel()
 
@@ -139,7 +140,7 @@ def test_recompute_after_a_rank_is_killed_mid_stream(checkpoints: dict[str, Path
 
     folder = checkpoints["llama"]
     parallel = cluster((1, 1), (1, 1)) if disaggregated else ParallelConfig(2, 1, None, 20.0)
-    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), replace(parallel, on_worker_loss="recompute"),
+    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), replace(parallel, on_worker_loss="recompute"),
                            max_restarts=1)
     params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
     want = LLM(str(folder), progress=False, **OPTIONS).generate(PROMPTS[1], params)[0].outputs[0]

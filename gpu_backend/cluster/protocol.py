@@ -1,0 +1,116 @@
+"""The messages between a sharded worker's processes: the service and each driver, the driver and
+its followers. Frozen dataclasses, matched on their class; a kind of worker adds its own (the
+disaggregated roles' are in ``disagg.protocol``) and they travel the same pipes.
+
+Service -> driver (the worker's pipe): ``AddRequest``, ``AbortRequest``, ``Stop``.
+Driver -> service: ``Ready`` once, then ``Accepted`` / ``Rejected`` per request, ``StepDone``
+after each step (and at least once a heartbeat while idle), ``Failed`` when the worker breaks.
+Driver -> followers (the worker's control group): ``RunStep`` per step, ``FollowerCall`` for the
+rest (a method of one of the rank's parts, by name), ``StopFollowing`` at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..engine.sampling_params import SamplingParams
+    from ..engine.step_inputs import StepInputs
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    max_model_len: int
+    max_num_seqs: int
+    num_kv_blocks: int
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    num_running: int
+    num_waiting: int
+    kv_blocks_free: int
+    kv_blocks_used: int
+    num_preemptions: int
+
+
+NO_LOAD = WorkerLoad(0, 0, 0, 0, 0)
+
+# -- service -> driver ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AddRequest:
+    request_id: str
+    prompt: str | list[int]
+    params: SamplingParams | None
+
+
+@dataclass(frozen=True)
+class AbortRequest:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+# -- driver -> service ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready:
+    info: WorkerInfo
+
+
+@dataclass(frozen=True)
+class Accepted:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    request_id: str
+    error: Exception  # invalid input: the service turns it into the HTTP error
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """What one turn of the driver added to each request (the driver's outputs, passed on as they
+    are), and the worker's load after it."""
+
+    outputs: list[Any]
+    load: WorkerLoad
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The worker broke (a rank's error, a collective that timed out): it is lost."""
+
+    text: str
+
+
+# -- driver -> followers -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStep:
+    inputs: StepInputs
+    released: list[int]  # sequences whose per-sequence state the ranks drop first
+
+
+@dataclass(frozen=True)
+class FollowerCall:
+    """Call ``method`` of the rank's part ``target`` with ``args`` on every follower (the driver
+    calls its own); only the methods the part lists in ``remote_methods`` may be called."""
+
+    target: str
+    method: str
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class StopFollowing:
+    pass

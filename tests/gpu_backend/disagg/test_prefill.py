@@ -89,7 +89,7 @@ def test_the_blocks_the_decode_worker_has_cached_are_not_sent() -> None:
 
 def test_a_prompt_that_ended_at_its_first_token_sends_no_more_and_frees_its_blocks() -> None:
     for ending in ("stop", None):  # a stop token; an abort
-        role, engine, kv, _, sent = prefill_role()
+        role, engine, kv, _, _sent = prefill_role()
         role.handle(Prefill("r", PROMPT, SamplingParams(max_tokens=5), Handoff(decode_worker=1, num_blocks=3)))
         engine.compute("r", 4)
         role.after_step()

@@ -54,7 +54,7 @@ async def timed(engine: Any, tokens: list[int], new_tokens: int, request_id: str
     arrivals: list[float] = []
     async for output in engine.generate(tokens, params, request_id):
         now = time.perf_counter()
-        arrivals += [now] * len(output.delta_token_ids)
+        arrivals += [now] * len(output.new_token_ids)
     return arrivals
 
 

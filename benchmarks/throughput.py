@@ -39,7 +39,7 @@ def run_engine(folder: Path, requests: list[tuple[list[int], int]], options: dic
     llm.generate([requests[0][0][:128]], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))  # warm-up
     prompts = [prompt for prompt, _ in requests]
     params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for _, n in requests]
-    llm.engine.stats = StepStats()
+    llm.engine.core.stats = StepStats()
     llm.engine.runner.prepare_s = 0.0
     torch.cuda.synchronize()
     retries = torch.cuda.memory_stats().get("num_alloc_retries", 0)

@@ -27,6 +27,7 @@ _LAZY = {
     "LLMEngine": "gpu_backend.engine.engine",
     "SamplingParams": "gpu_backend.engine.sampling_params",
     "RequestOutput": "gpu_backend.engine.outputs",
+    "EngineOutput": "gpu_backend.engine.outputs",
     "CompletionOutput": "gpu_backend.engine.outputs",
     "EngineConfig": "gpu_backend.config",
     "ModelConfig": "gpu_backend.config",

@@ -6,6 +6,8 @@ they are final: bytes of a character split across byte-level tokens (the window'
 U+FFFD), text that `clean_up_tokenization_spaces` may still rewrite, and a tail that could be the
 start of a stop string. Runs of SentencePiece byte pieces are held whole (see `_decode_new`). The
 deltas concatenate to exactly `tokenizer.decode(generated_ids)`, cut at the first stop string.
+`RequestText` is one request's text as the service and the offline engine make it: ids in, one at a
+time, text out, and how many of the ids count once a stop string ends it.
 """
 
 from __future__ import annotations
@@ -211,3 +213,55 @@ def _safe_cleanup_cut(text: str) -> int:
         if " " not in text[max(0, cut - _CLEANUP_LOOKBACK):cut]:
             return cut
     return 0
+
+
+class TextUpdate(NamedTuple):
+    text: str  # newly final text
+    num_tokens: int  # of the ids given, those the request keeps: all, or up to the one that completed a stop string
+    stopped: bool  # a stop string ended the text
+
+    def finish_reason(self, engine_reason: str | None, num_new_tokens: int) -> str | None:
+        """Why the request ended: "stop" where a stop string ended the text before the engine ended
+        the request, otherwise the engine's reason (a stop string completed by the very token that
+        ended it by length keeps "length")."""
+        if self.stopped and (engine_reason is None or self.num_tokens < num_new_tokens):
+            return "stop"
+        return engine_reason
+
+
+class RequestText:
+    """One request's text, made from its generated token ids as they come, whichever process sampled them.
+
+    Ids are fed one at a time, so a stop string ends the text at the token that completed it (the
+    tokens the request reports) however the ids were grouped into outputs: one per step, the first
+    token from a prefill worker and the rest from a decode worker, or a recomputed stream. Without a
+    tokenizer the text is empty and every id counts.
+    """
+
+    def __init__(self, tokenizer: Tokenizer | None, *, stop: str | Sequence[str] | None = None,
+                 include_stop_str_in_output: bool = False, skip_special_tokens: bool = True) -> None:
+        self._detokenizer = None if tokenizer is None else IncrementalDetokenizer(
+            tokenizer, skip_special_tokens=skip_special_tokens, stop=stop,
+            include_stop_str_in_output=include_stop_str_in_output)
+
+    @property
+    def stop_reason(self) -> str | None:
+        """The stop string that ended the text, or None."""
+        return None if self._detokenizer is None else self._detokenizer.stop_reason
+
+    def add(self, token_ids: Sequence[int], finished: bool = False) -> TextUpdate:
+        """Take an output's new ids; ``finished``: the request ended with the last of them, so
+        nothing is held back any more (a stop string may still cut what is released)."""
+        if self._detokenizer is None:
+            return TextUpdate("", len(token_ids), False)
+        if self._detokenizer.stopped:  # ids sampled before the workers heard of the stop
+            return TextUpdate("", 0, True)
+        pieces = []
+        for index, token_id in enumerate(token_ids):
+            delta = self._detokenizer.step((token_id,))
+            pieces.append(delta.text)
+            if delta.stopped:
+                return TextUpdate("".join(pieces), index + 1, True)
+        if finished:
+            pieces.append(self._detokenizer.finish())
+        return TextUpdate("".join(pieces), len(token_ids), False)

@@ -1,9 +1,11 @@
 """Rank 0 of a sharded worker: the engine's scheduler and step loop, fed by the service process.
 
 The service sends requests and aborts over a pipe (``multiprocessing`` connection); the driver
-adds them to its ``LLMEngine`` between steps, runs a step (which sends the step's inputs to every
-other rank and runs its own part), and sends back what each request gained. It speaks at least
-once a ``HEARTBEAT_S`` even when idle, so the service can tell a hung worker from a quiet one.
+adds them to its ``EngineCore`` between steps, runs a step (which sends the step's inputs to every
+other rank and runs its own part), and sends back what each request gained: the engine's
+``EngineOutput``s as they are, token ids without text (the service makes the text). It speaks
+at least once a ``HEARTBEAT_S`` even when idle, so the service can tell a hung worker from a
+quiet one.
 The messages are ``protocol``'s; a kind of worker adds roles (``roles.DriverRole``) that take the
 messages of their own protocol and work after each step.
 """
@@ -13,11 +15,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from ..engine.engine import LLMEngine
-from ..engine.outputs import RequestOutput
+from ..engine.core import EngineCore
 from ..engine.sampling_params import SamplingParams
 from .protocol import (AbortRequest, Accepted, AddRequest, Failed, Ready, Rejected, StepDone, Stop, WorkerInfo,
                        WorkerLoad)
@@ -28,19 +28,6 @@ log = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.05
 ROLE_POLL_S = 0.002  # while a role waits on something outside the steps (a KV transfer) and nothing runs
 HEARTBEAT_S = 1.0
-
-
-@dataclass(frozen=True)
-class WorkerOutput:
-    """What one step added to one request (a compact ``RequestOutput``)."""
-
-    request_id: str
-    delta_text: str
-    delta_token_ids: list[int]
-    num_prompt_tokens: int
-    num_completion_tokens: int
-    finished: bool
-    finish_reason: str | None
 
 
 class DriverPipe:
@@ -56,7 +43,7 @@ class DriverPipe:
 
 
 class Driver:
-    def __init__(self, engine: LLMEngine, runner: DriverRunner, pipe: DriverPipe,
+    def __init__(self, engine: EngineCore, runner: DriverRunner, pipe: DriverPipe,
                  roles: Sequence[DriverRole] = ()) -> None:
         self.engine, self.runner, self.pipe, self.roles = engine, runner, pipe, list(roles)
         self._stopping = False
@@ -88,7 +75,7 @@ class Driver:
         for role in self.roles:
             outputs += role.after_step()
         if outputs or time.monotonic() - self.pipe.last_sent > HEARTBEAT_S:
-            self.pipe.send(StepDone([_compact(output) for output in outputs], self._load()))
+            self.pipe.send(StepDone(outputs, self._load()))
 
     def _drain(self) -> None:
         while not self._stopping and self.pipe.connection.poll():
@@ -123,16 +110,9 @@ class Driver:
             role.abort(request_id)
         output = self.engine.abort(request_id)
         if output is not None:
-            self.pipe.send(StepDone([_compact(output)], self._load()))
+            self.pipe.send(StepDone([output], self._load()))
 
     def _load(self) -> WorkerLoad:
         scheduler, manager = self.engine.scheduler, self.engine.block_manager
         return WorkerLoad(scheduler.num_running, scheduler.num_waiting, manager.num_free_blocks,
                           manager.num_used_blocks, scheduler.num_preemptions)
-
-
-def _compact(output: RequestOutput) -> WorkerOutput:
-    completion = output.outputs[0]
-    return WorkerOutput(output.request_id, output.delta_text, list(output.delta_token_ids),
-                        len(output.prompt_token_ids), len(completion.token_ids), output.finished,
-                        completion.finish_reason if output.finished else None)

@@ -13,8 +13,9 @@ engine through ``bind``'s engine: ``lock``, ``current``, ``pick``, ``send``, ``f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from ..engine.outputs import EngineOutput
 from ..engine.sampling_params import SamplingParams
 from .protocol import AbortRequest, AddRequest
 from .roles import RankRoles
@@ -42,7 +43,7 @@ class Flow(Protocol):
         nothing more is to come."""
         ...
 
-    def hand_on(self, stream: Stream, output: Any) -> Any:
+    def hand_on(self, stream: Stream, output: EngineOutput) -> EngineOutput:
         """``stream.worker``'s last output, the request going on to ``stream.next_worker``: what
         the client gets of it."""
         ...
@@ -89,7 +90,7 @@ class ColocatedFlow:
         self.engine.send(stream.worker, AbortRequest(stream.wire_id))
         self.engine.forget(stream)
 
-    def hand_on(self, stream: Stream, output: Any) -> Any:
+    def hand_on(self, stream: Stream, output: EngineOutput) -> EngineOutput:
         raise AssertionError("a colocated request never goes on to another worker")
 
     def rejected(self, stream: Stream, worker: int, error: Exception) -> None:

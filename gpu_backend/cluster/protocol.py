@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..engine.outputs import EngineOutput
     from ..engine.sampling_params import SamplingParams
     from ..engine.step_inputs import StepInputs
 
@@ -78,10 +79,10 @@ class Rejected:
 
 @dataclass(frozen=True)
 class StepDone:
-    """What one turn of the driver added to each request (the driver's outputs, passed on as they
-    are), and the worker's load after it."""
+    """What one turn of the driver added to each request (the engine's outputs, token ids without
+    text, passed on as they are), and the worker's load after it."""
 
-    outputs: list[Any]
+    outputs: list[EngineOutput]
     load: WorkerLoad
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import EngineConfig, ModelConfig, ParallelConfig
-from ..engine.engine import LLMEngine
+from ..engine.core import EngineCore
 from ..parallel.comm import ControlPlane, min_over, token_group
 from ..parallel.groups import WorkerLayout, build_groups
 from ..parallel.pipeline import stage_of
@@ -90,7 +90,7 @@ def _serve(rank: int, config: EngineConfig, parallel: ParallelConfig, connection
     driver_runner = DriverRunner(config, model_config, place, stage, control, token_group=tokens)
     _agree_on_num_blocks(driver_runner, control_group)
     part = roles(world, driver_runner) if roles is not None else None
-    engine = LLMEngine(config, progress=False, runner=driver_runner)
+    engine = EngineCore(config, progress=False, runner=driver_runner)
     pipe = DriverPipe(connection)
     Driver(engine, driver_runner, pipe, part.driver_roles(engine, pipe.send) if part is not None else []).serve()
 

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     import torch.distributed as dist
 
     from ..config import ModelConfig, WorkerSpec
-    from ..engine.engine import LLMEngine
-    from ..engine.outputs import RequestOutput
+    from ..engine.core import EngineCore
+    from ..engine.outputs import EngineOutput
     from ..parallel.groups import WorkerLayout
     from .stage_runner import StageRunner
 
@@ -52,7 +52,7 @@ class DriverRole(Protocol):
         """Act on ``message`` if it is one of the role's protocol; whether it was."""
         ...
 
-    def after_step(self) -> list[RequestOutput]:
+    def after_step(self) -> list[EngineOutput]:
         """The role's work after each step; outputs of the requests it put into the running batch."""
         ...
 
@@ -71,7 +71,7 @@ class RankPart(Protocol):
         """A follower's turn after each message from its driver."""
         ...
 
-    def driver_roles(self, engine: LLMEngine, send: Callable[[object], None]) -> list[DriverRole]:
+    def driver_roles(self, engine: EngineCore, send: Callable[[object], None]) -> list[DriverRole]:
         """The roles of this worker's driver; ``send``: to the service."""
         ...
 

@@ -1,4 +1,5 @@
-"""``ShardedEngine``: TP×PP workers seen from the service process, used as an ``AsyncLLM`` is.
+"""``ShardedEngine``: TP×PP workers seen from the service process, through the engine contract
+(``engine/contract.py``) as an ``AsyncLLM`` is: token ids in, ``EngineOutput``s out.
 
 The world (``world.World``) holds the workers of ``ParallelConfig.worker_specs``. A request's
 submission flow (``flow``) routes it to its workers and speaks to their drivers: colocated
@@ -17,14 +18,15 @@ import asyncio
 import logging
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from ..config import EngineConfig, ParallelConfig
+from ..engine.contract import EngineStatus
+from ..engine.outputs import EngineOutput
 from ..engine.sampling_params import SamplingParams
 from ..engine.thread_bridge import post, settle
 from ..errors import EngineError, InvalidRequestError
 from ..tokenizer import Tokenizer
-from .driver import WorkerOutput
 from .flow import ColocatedFlow, Flow
 from .health import POLL_S
 from .launch import RankProcesses
@@ -78,7 +80,7 @@ class ShardedEngine:
     # -- requests ------------------------------------------------------------------------------
 
     async def generate(self, prompt: str | list[int], params: SamplingParams | None, request_id: str,
-                       session: str | None = None) -> AsyncIterator[WorkerOutput]:
+                       session: str | None = None) -> AsyncGenerator[EngineOutput, None]:
         """``session``: requests naming the same one go to the same workers (their prefix caches)."""
         loop = asyncio.get_running_loop()
         params = params or SamplingParams()
@@ -176,6 +178,10 @@ class ShardedEngine:
         return {name: sum(getattr(load, name) for load in self.world.loads) for name in
                 ("num_running", "num_waiting", "kv_blocks_free", "kv_blocks_used", "num_preemptions")}
 
+    def status(self) -> EngineStatus:
+        with self.lock:
+            return EngineStatus(self.error, self.failed_for_good, self.lost_workers, dict(self.events))
+
     def shutdown(self) -> None:
         """Stop the ranks; requests still running end with an EngineError."""
         if self._stopped.is_set():
@@ -228,7 +234,7 @@ class ShardedEngine:
             if error is not None:  # reaches a request submitted again too
                 post(stream.loop, stream.outputs.put_nowait, error)
 
-    def _deliver(self, output: WorkerOutput, worker: int) -> None:
+    def _deliver(self, output: EngineOutput, worker: int) -> None:
         with self.lock:
             stream = self.streams.by_wire(output.request_id)
             if stream is None or worker != stream.worker:

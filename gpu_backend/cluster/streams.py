@@ -7,8 +7,8 @@ import asyncio
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..engine.outputs import EngineOutput
 from ..engine.sampling_params import SamplingParams
-from .driver import WorkerOutput
 
 
 @dataclass
@@ -17,7 +17,7 @@ class Stream:
 
     request_id: str  # the client's
     loop: asyncio.AbstractEventLoop
-    outputs: asyncio.Queue  # WorkerOutput, or the exception that ends the stream
+    outputs: asyncio.Queue  # EngineOutput, or the exception that ends the stream
     accepted: asyncio.Future
     worker: int  # the worker whose outputs the client gets now
     attempt: int = 0  # times it was submitted again after a lost worker or a failed transfer
@@ -42,9 +42,9 @@ class Stream:
         what the earlier submission still sends is told apart and dropped."""
         return self.request_id if not self.attempt else f"{self.request_id}#{self.attempt}"
 
-    def as_first_submitted(self, output: WorkerOutput) -> WorkerOutput:
+    def as_first_submitted(self, output: EngineOutput) -> EngineOutput:
         """Count a recomputed request's tokens as the client's request has them, under its own id."""
-        self.generated += output.delta_token_ids
+        self.generated += output.new_token_ids
         if not self.resumed_from:
             self.num_prompt_tokens = output.num_prompt_tokens
             return replace(output, request_id=self.request_id)

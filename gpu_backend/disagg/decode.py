@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..cluster.protocol import Rejected
-from ..engine.engine import LLMEngine
-from ..engine.outputs import RequestOutput
+from ..engine.core import EngineCore
+from ..engine.outputs import EngineOutput
 from ..engine.sampling_params import SamplingParams
 from .protocol import Admit, KVChunk, Reserve, Reserved, TransferFailed
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 class DecodeRole:
-    def __init__(self, engine: LLMEngine, runner: DriverRunner, kv: HandoffRank,
+    def __init__(self, engine: EngineCore, runner: DriverRunner, kv: HandoffRank,
                  send: Callable[[object], None]) -> None:
         self.engine, self.runner, self.kv, self.send = engine, runner, kv, send
         self._reserved: dict[str, list[int]] = {}  # request -> the blocks its KV goes into
@@ -49,7 +49,7 @@ class DecodeRole:
                 return False
         return True
 
-    def after_step(self) -> list[RequestOutput]:
+    def after_step(self) -> list[EngineOutput]:
         outputs = self._land()
         self.kv.reap()
         return outputs
@@ -79,7 +79,7 @@ class DecodeRole:
         if dropped:
             self.runner.call_everywhere(self.kv, "drop", chunk.request_id)
 
-    def _land(self) -> list[RequestOutput]:
+    def _land(self) -> list[EngineOutput]:
         """Requests whose KV arrived join the running batch; a failed transfer frees the blocks and
         is reported (the service applies --on-worker-loss)."""
         outputs = []

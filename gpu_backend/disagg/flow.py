@@ -23,7 +23,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Any
 
 from ..cluster.flow import ColocatedFlow, Flow
 from ..cluster.launch import RankProcesses
@@ -31,6 +30,7 @@ from ..cluster.protocol import AbortRequest
 from ..cluster.sharded_engine import ShardedEngine
 from ..cluster.streams import Stream, resolve
 from ..config import EngineConfig, ParallelConfig
+from ..engine.outputs import EngineOutput
 from ..engine.sampling_params import SamplingParams
 from ..engine.thread_bridge import post, settle
 from ..errors import EngineError
@@ -127,7 +127,7 @@ class DisaggregatedFlow:
         else:  # still prefilling: what becomes of the decode worker's blocks depends on how prefill ends
             stream.abandoned = True
 
-    def hand_on(self, stream: Stream, output: Any) -> Any:
+    def hand_on(self, stream: Stream, output: EngineOutput) -> EngineOutput:
         """The prefill worker's last word on a request: its first token goes to the decode worker,
         which takes over (its KV is on the way), or the request ended there and its blocks are freed."""
         engine, decode = self.engine, stream.next_worker
@@ -135,12 +135,12 @@ class DisaggregatedFlow:
         if output.finish_reason != "length":  # a stop token, or aborted: nothing to decode
             engine.send(decode, AbortRequest(output.request_id))
             return output
-        engine.send(decode, Admit(output.request_id, output.delta_token_ids[-1]))
+        engine.send(decode, Admit(output.request_id, output.new_token_ids[-1]))
         stream.worker, stream.flow_state.prefilling = decode, False
         if stream.abandoned:  # take the KV the prefill worker is sending, then let it go
             engine.send(decode, AbortRequest(output.request_id))
             return replace(output, finish_reason="abort")
-        return replace(output, finished=False, finish_reason=None)
+        return replace(output, finish_reason=None)
 
     def rejected(self, stream: Stream, worker: int, error: Exception) -> None:
         if stream.next_worker not in (None, worker):  # the prefill worker refused: free the blocks

@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from ..cluster.roles import DriverRole, RankWorld
 from ..cluster.stage_runner import DriverRunner, StageRunner
-from ..engine.engine import LLMEngine
+from ..engine.core import EngineCore
 from ..parallel.comm import min_over
 from ..parallel.groups import WorkerLayout
 from .decode import DecodeRole
@@ -174,7 +174,7 @@ class HandoffRank:
             log.warning("rank %d: the KV of %s did not reach its decode worker: %s", self.transfers.rank,
                         request_id, why)
 
-    def driver_roles(self, engine: LLMEngine, send: Callable[[object], None]) -> list[DriverRole]:
+    def driver_roles(self, engine: EngineCore, send: Callable[[object], None]) -> list[DriverRole]:
         assert isinstance(self.runner, DriverRunner)
         if self.role == "prefill":
             return [PrefillRole(engine, self.runner, self, send)]

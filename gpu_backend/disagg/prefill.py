@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ..cluster.protocol import Accepted, Rejected
-from ..engine.engine import LLMEngine
-from ..engine.outputs import RequestOutput
+from ..engine.core import EngineCore
+from ..engine.outputs import EngineOutput
 from ..engine.sampling_params import SamplingParams
 from .protocol import Handoff, KVChunk, KVPushed, Prefill
 
@@ -36,7 +36,7 @@ class Outgoing:
 class PrefillRole:
     waiting = False  # its sends go on while the worker computes; nothing waits between steps
 
-    def __init__(self, engine: LLMEngine, runner: DriverRunner, kv: HandoffRank,
+    def __init__(self, engine: EngineCore, runner: DriverRunner, kv: HandoffRank,
                  send: Callable[[object], None]) -> None:
         self.engine, self.runner, self.kv, self.send = engine, runner, kv, send
         self._outgoing: dict[str, Outgoing] = {}
@@ -48,7 +48,7 @@ class PrefillRole:
                 return True
         return False
 
-    def after_step(self) -> list[RequestOutput]:
+    def after_step(self) -> list[EngineOutput]:
         chunks = self._push() if self._outgoing else []
         if chunks:
             self.send(KVPushed(chunks))

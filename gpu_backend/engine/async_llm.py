@@ -1,6 +1,7 @@
-"""``AsyncLLM``: the engine on a background thread, with an async iterator of outputs per request.
+"""``AsyncLLM``: the engine core on a background thread, with an async iterator of outputs per request.
 
-The engine is single-threaded; only its own thread touches it. Callers send commands (add,
+It serves the engine contract (``contract.Engine``): token ids in, ``EngineOutput``s out, no
+text. The engine is single-threaded; only its own thread touches it. Callers send commands (add,
 abort) through a queue that the thread drains between steps, and receive outputs on
 per-request asyncio queues. Leaving the iterator early (a client went away) aborts the request,
 and the thread frees its KV blocks before its next step.
@@ -20,8 +21,9 @@ from typing import Any
 
 from ..config import EngineConfig
 from ..errors import EngineError
-from .engine import LLMEngine
-from .outputs import RequestOutput
+from .contract import EngineStatus
+from .core import EngineCore
+from .outputs import EngineOutput
 from .sampling_params import SamplingParams
 from .thread_bridge import post, settle
 
@@ -32,17 +34,17 @@ _IDLE_WAIT_S = 0.05
 @dataclass
 class _Stream:
     loop: asyncio.AbstractEventLoop
-    outputs: asyncio.Queue  # RequestOutput, or an exception that ends the stream
+    outputs: asyncio.Queue  # EngineOutput, or an exception that ends the stream
 
 
 class AsyncLLM:
-    def __init__(self, model: str | None = None, *, engine: LLMEngine | None = None, device: str = "auto",
+    def __init__(self, model: str | None = None, *, engine: EngineCore | None = None, device: str = "auto",
                  dtype: str = "auto", progress: bool = True, **engine_options: Any) -> None:
         if engine is None:
             if model is None:
                 raise ValueError("AsyncLLM needs a model folder or an engine")
-            engine = LLMEngine(EngineConfig(model=str(model), device=device, dtype=dtype, **engine_options),
-                               progress=progress)
+            engine = EngineCore(EngineConfig(model=str(model), device=device, dtype=dtype, **engine_options),
+                                progress=progress)
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self._commands: queue.Queue = queue.Queue()
@@ -54,8 +56,9 @@ class AsyncLLM:
         self._thread.start()
 
     async def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
-                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Yield an output each time the request gains text; the last one has ``finished`` set."""
+                       request_id: str | None = None, session: str | None = None) -> AsyncIterator[EngineOutput]:
+        """Yield an output each time the request gains tokens; the last one has ``finished`` set.
+        (``session`` is for engines with several workers; this one has one.)"""
         request_id = request_id or uuid.uuid4().hex
         loop = asyncio.get_running_loop()
         stream = _Stream(loop, asyncio.Queue())
@@ -101,6 +104,11 @@ class AsyncLLM:
             "kv_blocks_used": manager.num_used_blocks,
             "num_preemptions": self.engine.scheduler.num_preemptions,
         }
+
+    def status(self) -> EngineStatus:
+        """A stopped engine thread never restarts: its error is for good."""
+        error = None if self.error is None else str(self.error)
+        return EngineStatus(error, failed_for_good=error is not None)
 
     def shutdown(self) -> None:
         """Stop the engine thread; requests still running end with an EngineError."""
@@ -174,7 +182,7 @@ class AsyncLLM:
             if done is not None:
                 post(done.get_loop(), settle, done, None)
 
-    def _deliver(self, request_id: str, item: RequestOutput | BaseException, done: bool) -> None:
+    def _deliver(self, request_id: str, item: EngineOutput | BaseException, done: bool) -> None:
         stream = self._streams.pop(request_id, None) if done else self._streams.get(request_id)
         if stream is not None:
             post(stream.loop, stream.outputs.put_nowait, item)

@@ -1,12 +1,18 @@
-"""What a request produces, in the vocabulary vLLM users know (``RequestOutput.outputs[0].text``).
+"""What a request produces: ``EngineOutput`` (token ids, what every engine streams to the service)
+and ``RequestOutput`` (cumulative, with text: what the offline ``LLM``/``LLMEngine`` return, in the
+vocabulary vLLM users know, ``RequestOutput.outputs[0].text``).
 
+An ``EngineOutput`` holds only what one step added, so emitting one costs the same at the first
+token and the thousandth; the service makes the text from its ids (``detokenizer.RequestText``).
 ``RequestOutput`` also answers ``.text``, ``.token_ids`` and ``.finish_reason`` directly, since a
-request has one completion. Streaming consumers read ``delta_text`` / ``delta_token_ids``.
+request has one completion, and ``delta_text`` / ``delta_token_ids`` for what the step added.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from .sequence import FinishReason
 
 
 @dataclass
@@ -14,6 +20,24 @@ class Logprob:
     token_id: int
     logprob: float
     top: dict[int, float] = field(default_factory=dict)  # the N most likely tokens of that step
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """What one step added to one request: its new token ids (and their logprobs when asked), the
+    request's counts so far, and why it finished (the last output of a request has it set)."""
+
+    request_id: str
+    new_token_ids: tuple[int, ...]
+    num_prompt_tokens: int
+    num_completion_tokens: int  # so far, the new ones included
+    num_cached_tokens: int = 0  # prompt tokens the prefix cache served
+    finish_reason: FinishReason | None = None  # "stop", "length" or "abort"
+    new_logprobs: tuple[Logprob, ...] | None = None  # one per new token, when the request asked for logprobs
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
 
 
 @dataclass

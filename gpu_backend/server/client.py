@@ -5,7 +5,9 @@ async iterator of ``TextDelta``s, embeddings, and load figures for ``/metrics``.
 ``LocalEngines`` runs an ``AsyncLLM`` per text-generation checkpoint in this process, or, when
 the checkpoints are sharded (tensor and pipeline parallel), a ``ShardedEngine`` whose ranks are
 processes of their own; and an ``Embedder`` per embeddings checkpoint (names mapped to the same
-folder share one engine).
+folder share one engine). Past loading, both kinds of text engine are seen through the engine
+contract only (``engine/contract.py``): token ids in, token ids out, and the text is made here,
+once per request (``text.py``).
 
 Prompts are rendered here, as Workers AI does: ``messages`` through the model's chat template
 (generation prompt added; a model without one refuses them); a ``prompt`` as one user message
@@ -28,13 +30,14 @@ import torch
 
 from ..config import EngineConfig, ParallelConfig
 from ..engine.async_llm import AsyncLLM
+from ..engine.contract import Engine, EngineStatus
 from ..engine.embedder import EmbeddingResult, Embedder, is_embedding_checkpoint
 from ..errors import EngineError, InvalidRequestError
 from ..cluster.launch import RankProcesses
-from ..cluster.sharded_engine import ShardedEngine
 from ..disagg.flow import sharded_engine
 from .errors import NoSuchModelError, from_engine_error
 from .schemas import EmbeddingsInput, TextGenerationInput
+from .text import TextDelta, stream_text
 
 Task = Literal["text-generation", "text-embeddings"]
 
@@ -45,17 +48,6 @@ class ModelInfo:
     task: Task
     context_window: int  # tokens: max_model_len, or the encoder's longest input
     max_num_seqs: int  # requests the engine runs at once (1 for an embedder: it takes one batch at a time)
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    """What one engine step added to a generation; the last one has ``finish_reason`` set."""
-
-    text: str
-    token_ids: list[int]
-    prompt_tokens: int
-    completion_tokens: int  # so far
-    finish_reason: str | None = None  # "stop", "length" or "abort"
 
 
 class EngineClient(Protocol):
@@ -94,7 +86,6 @@ class EngineClient(Protocol):
     def shutdown(self) -> None: ...
 
 
-TextEngine = AsyncLLM | ShardedEngine
 # Chat templates and tokenizers run on these threads, not on the event loop (a long prompt takes
 # tens of ms, megabytes take seconds, and no other request would be served meanwhile) nor on an
 # engine's thread (its other requests would wait). A few suffice: admission bounds what queues.
@@ -109,17 +100,22 @@ class LocalEngines:
     def __init__(self, models: Mapping[str, str | Path], parallel: ParallelConfig | None = None,
                  max_restarts: int = 3, attached: RankProcesses | None = None, **engine_options: Any) -> None:
         """``attached``: the driver of the one sharded text model, started by torchrun."""
-        self._engines: dict[str, TextEngine] = {}
+        self._engines: dict[str, Engine] = {}
         self._embedders: dict[str, Embedder] = {}
-        by_folder: dict[Path, AsyncLLM | Embedder] = {}
+        engines: dict[Path, Engine] = {}
+        embedders: dict[Path, Embedder] = {}
         try:
             for name, folder in models.items():
                 path = Path(folder).resolve()
-                if path not in by_folder:
-                    by_folder[path] = _load(path, engine_options, parallel, max_restarts, attached)
-                    attached = None if isinstance(by_folder[path], ShardedEngine) else attached
-                loaded = by_folder[path]
-                (self._embedders if isinstance(loaded, Embedder) else self._engines)[name] = loaded
+                if is_embedding_checkpoint(path):
+                    if path not in embedders:
+                        embedders[path] = _load_embedder(path, engine_options)
+                    self._embedders[name] = embedders[path]
+                    continue
+                if path not in engines:
+                    engines[path] = _load(path, engine_options, parallel, max_restarts, attached)
+                    attached = None  # torchrun started the ranks of one model
+                self._engines[name] = engines[path]
             self._embedding_turns = {embedder: asyncio.Lock() for embedder in self._embedders.values()}
         except BaseException:
             self.shutdown()
@@ -134,7 +130,7 @@ class LocalEngines:
         engine = self.engine(model)
         return ModelInfo(model, "text-generation", engine.max_model_len, engine.max_num_seqs)
 
-    def engine(self, model: str) -> TextEngine:
+    def engine(self, model: str) -> Engine:
         engine = self._engines.get(model)
         if engine is None:
             raise NoSuchModelError(model, self.model_names())
@@ -161,16 +157,10 @@ class LocalEngines:
     async def generate(self, model: str, request: TextGenerationInput, request_id: str) -> AsyncIterator[TextDelta]:
         engine = self.engine(model)
         try:
-            prompt = await asyncio.get_running_loop().run_in_executor(_PROMPT_THREADS, render_prompt, engine, request)
-            if isinstance(engine, ShardedEngine):
-                async for delta in engine.generate(prompt, request.sampling, request_id, request.session):
-                    yield TextDelta(delta.delta_text, delta.delta_token_ids, delta.num_prompt_tokens,
-                                    delta.num_completion_tokens, delta.finish_reason)
-                return
-            async for output in engine.generate(prompt, request.sampling, request_id):
-                completion = output.outputs[0]
-                yield TextDelta(output.delta_text, list(output.delta_token_ids), len(output.prompt_token_ids),
-                                len(completion.token_ids), completion.finish_reason if output.finished else None)
+            prompt_ids = await asyncio.get_running_loop().run_in_executor(_PROMPT_THREADS, render_prompt, engine,
+                                                                          request)
+            async for delta in stream_text(engine, prompt_ids, request.sampling, request_id, request.session):
+                yield delta
         except EngineError as error:
             raise from_engine_error(error) from error
 
@@ -178,48 +168,51 @@ class LocalEngines:
         return {name: engine.stats() for name, engine in self._engines.items()}
 
     def failures(self) -> dict[str, str]:
-        return {name: str(engine.error) for name, engine in self._engines.items() if engine.error is not None}
+        statuses = self._statuses()
+        return {name: status.error for name, status in statuses.items() if status.error is not None}
 
     def failed_for_good(self) -> list[str]:
-        return [name for name, engine in self._engines.items() if engine.error is not None
-                and (engine.failed_for_good if isinstance(engine, ShardedEngine) else True)]  # AsyncLLM never restarts
+        statuses = self._statuses()
+        return [name for name, status in statuses.items() if status.error is not None and status.failed_for_good]
 
     def degraded(self) -> dict[str, dict[int, str]]:
-        return {name: engine.lost_workers for name, engine in self._engines.items()
-                if isinstance(engine, ShardedEngine) and engine.lost_workers}
+        return {name: dict(status.lost_workers) for name, status in self._statuses().items() if status.lost_workers}
 
     def events(self) -> dict[str, dict[str, int]]:
-        return {name: dict(engine.events) for name, engine in self._engines.items() if isinstance(engine, ShardedEngine)}
+        return {name: dict(status.events) for name, status in self._statuses().items() if status.events}
+
+    def _statuses(self) -> dict[str, EngineStatus]:
+        return {name: engine.status() for name, engine in self._engines.items()}
 
     def shutdown(self) -> None:
         for engine in {id(engine): engine for engine in self._engines.values()}.values():
             engine.shutdown()
 
 
+def _load_embedder(folder: Path, engine_options: Mapping[str, Any]) -> Embedder:
+    device = engine_options.get("device", "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Embedder(folder, device=device, dtype="float32")
+
+
 def _load(folder: Path, engine_options: Mapping[str, Any], parallel: ParallelConfig | None,
-          max_restarts: int, attached: RankProcesses | None = None) -> TextEngine | Embedder:
-    if is_embedding_checkpoint(folder):
-        device = engine_options.get("device", "auto")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return Embedder(folder, device=device, dtype="float32")
+          max_restarts: int, attached: RankProcesses | None = None) -> Engine:
     if parallel is not None and parallel.is_sharded:
         return sharded_engine(EngineConfig(model=str(folder), **engine_options), parallel, max_restarts=max_restarts,
                               attached=attached)
     return AsyncLLM(str(folder), progress=False, **engine_options)
 
 
-def render_prompt(engine: TextEngine, request: TextGenerationInput) -> str | list[int]:
+def render_prompt(engine: Engine, request: TextGenerationInput) -> list[int]:
     """The token ids that the engine gets for a request: the prompt encoded as it is or through the
-    chat template; a model loaded without a tokenizer gets the prompt's text as it is."""
+    chat template."""
     tokenizer = engine.tokenizer
+    if tokenizer is None:
+        raise InvalidRequestError("this model was loaded without a tokenizer; send token ids")
     if request.messages is not None:
-        if tokenizer is None:
-            raise InvalidRequestError("this model was loaded without a tokenizer; send token ids")
         return tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
     assert request.prompt is not None
-    if tokenizer is None:
-        return request.prompt
     if request.raw or not tokenizer.has_chat_template:
         return tokenizer.encode(request.prompt)  # as the engine would, but here, off its thread
     return tokenizer.apply_chat_template([{"role": "user", "content": request.prompt}],

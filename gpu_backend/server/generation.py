@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 from starlette.requests import Request
 from starlette.types import Receive
 
-from .client import TextDelta
+from .text import TextDelta
 from .schemas import TextGenerationInput
 
 if TYPE_CHECKING:

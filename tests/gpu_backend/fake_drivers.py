@@ -7,7 +7,7 @@ import asyncio
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 
-from gpu_backend.cluster.driver import WorkerOutput
+from gpu_backend.engine.outputs import EngineOutput
 from gpu_backend.cluster.launch import RankProcesses
 from gpu_backend.cluster.protocol import Ready, WorkerInfo, WorkerLoad
 from gpu_backend.config import EngineConfig
@@ -52,10 +52,10 @@ def attached_world(num_workers: int) -> tuple[RankProcesses, list[FakeDriver]]:
 
 
 def output(request_id: str, token_ids: list[int], num_completion_tokens: int, finish_reason: str | None = None,
-           num_prompt_tokens: int = 5) -> WorkerOutput:
+           num_prompt_tokens: int = 5) -> EngineOutput:
     """What one step of a worker added to a request."""
-    return WorkerOutput(request_id, "", token_ids, num_prompt_tokens, num_completion_tokens,
-                        finish_reason is not None, finish_reason)
+    return EngineOutput(request_id, tuple(token_ids), num_prompt_tokens, num_completion_tokens,
+                        finish_reason=finish_reason)
 
 
 async def collect(stream) -> list:

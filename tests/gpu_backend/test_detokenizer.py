@@ -1,4 +1,5 @@
-"""IncrementalDetokenizer: deltas add up to `decode`, never split a character, and stop at stop strings."""
+"""IncrementalDetokenizer: deltas add up to `decode`, never split a character, and stop at stop strings;
+RequestText: the same text and the same stop token however the ids are grouped."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gpu_backend.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from gpu_backend.detokenizer import IncrementalDetokenizer, RequestText, StopStringMatcher
 from gpu_backend.tokenizer import Tokenizer
 
 from tokenizer_fixtures import (
@@ -259,3 +260,48 @@ def test_partial_match_len_is_the_longest_suffix_that_begins_a_stop_string() -> 
         expected = max((size for stop in stops for size in range(1, len(stop)) if text.endswith(stop[:size])),
                        default=0)
         assert StopStringMatcher(stops).partial_match_len(text) == expected, (text, stops)
+
+
+def feed(text: RequestText, ids: Sequence[int], groups: Sequence[int]) -> tuple[str, int, bool]:
+    """Feed ``ids`` to ``text`` in groups of the given sizes (the last one finishes the request):
+    the text, the ids that count and whether a stop string ended it."""
+    pieces, counted, start = [], 0, 0
+    for size in groups:
+        update = text.add(ids[start:start + size], finished=start + size >= len(ids))
+        pieces.append(update.text)
+        counted += update.num_tokens
+        start += size
+        if update.stopped:
+            return "".join(pieces), counted, True
+    return "".join(pieces), counted, False
+
+
+@pytest.mark.parametrize("groups", [[1] * 8, [1, 7], [2, 3, 3], [8]], ids=["by-one", "hand-off", "mixed", "whole"])
+def test_request_text_does_not_depend_on_how_the_ids_are_grouped(sentencepiece: Tokenizer, groups: list[int]) -> None:
+    """One process streams one id a step, prefill/decode the first id from one worker and the rest from
+    another, a recomputed request several at once: the text, the stop and the ids that count are the same.
+    SentencePiece drops the first token's leading space only: ' my' after 'Now' keeps its space."""
+    ids = sentencepiece.encode("Now my lord, the king is here", add_special_tokens=False)
+    assert [sentencepiece.id_to_token(t) for t in ids[:2]] == ["▁Now", "▁my"] and len(ids) == 8
+    assert feed(RequestText(sentencepiece), ids, groups) == ("Now my lord, the king is here", 8, False)
+    spanning = "w m"  # from the first token into the second: a prefill/decode hand-off
+    assert feed(RequestText(sentencepiece, stop=spanning), ids, groups) == ("No", 2, True)
+    assert feed(RequestText(sentencepiece, stop=spanning, include_stop_str_in_output=True), ids,
+                groups) == ("Now m", 2, True)
+
+
+def test_request_text_after_a_stop_and_without_a_tokenizer(sentencepiece: Tokenizer) -> None:
+    ids = sentencepiece.encode("Now my lord", add_special_tokens=False)
+    text = RequestText(sentencepiece, stop="Now")
+    assert tuple(text.add(ids)) == ("", 1, True) and text.stop_reason == "Now"
+    assert tuple(text.add(ids[1:])) == ("", 0, True)  # ids a worker sampled before it heard of the stop
+    assert tuple(RequestText(None, stop="Now").add(ids, finished=True)) == ("", len(ids), False)
+
+
+def test_a_stop_string_ends_the_request_with_stop_unless_its_last_token_ended_it() -> None:
+    stopped_at_second = RequestText(None).add([], True)._replace(num_tokens=2, stopped=True)
+    assert stopped_at_second.finish_reason(None, 3) == "stop"  # the engine had not finished
+    assert stopped_at_second.finish_reason("length", 3) == "stop"  # tokens after the stop are dropped
+    assert stopped_at_second.finish_reason("length", 2) == "length"  # the same token ended it by length
+    assert stopped_at_second._replace(stopped=False).finish_reason("length", 2) == "length"
+    assert stopped_at_second._replace(stopped=False).finish_reason(None, 2) is None

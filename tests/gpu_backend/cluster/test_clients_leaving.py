@@ -52,7 +52,7 @@ def engine(request: pytest.FixtureRequest, checkpoints: dict[str, Path]) -> Iter
 
 async def drain(stream, seen: list[int]) -> None:
     async for output in stream:
-        seen.append(len(output.delta_token_ids))
+        seen.append(len(output.new_token_ids))
 
 
 async def client(engine: ShardedEngine, rng: random.Random, request_id: str, moments: Counter[str]) -> None:
@@ -70,7 +70,7 @@ async def client(engine: ShardedEngine, rng: random.Random, request_id: str, mom
     else:  # after some outputs: the iterator closed, as ``async for ... break`` does
         wanted = rng.randint(1, 4)
         async for output in stream:
-            seen.append(len(output.delta_token_ids))
+            seen.append(len(output.new_token_ids))
             if len(seen) == wanted:
                 break
         moments[where(engine, request_id, seen)] += 1
@@ -123,7 +123,7 @@ def test_clients_leaving_at_random_moments_leave_nothing_behind(engine: ShardedE
 
     async def normal() -> list[int]:
         return [token async for output in engine.generate(PROMPTS[0], PARAMS, f"{layout}-after")
-                for token in output.delta_token_ids]
+                for token in output.new_token_ids]
 
     want = LLM(str(checkpoints["llama"]), progress=False, **OPTIONS).generate(PROMPTS[0], PARAMS)[0].outputs[0]
     assert asyncio.run(normal()) == want.token_ids

@@ -15,7 +15,7 @@ from gpu_backend.cluster import driver as driver_module
 from gpu_backend.cluster.driver import Driver, DriverPipe
 from gpu_backend.cluster.protocol import (AbortRequest, Accepted, AddRequest, Failed, Ready, Rejected, StepDone,
                                           Stop, WorkerInfo)
-from gpu_backend.engine.outputs import CompletionOutput, RequestOutput
+from gpu_backend.engine.outputs import EngineOutput
 from gpu_backend.engine.sampling_params import SamplingParams
 from gpu_backend.errors import InvalidRequestError
 
@@ -23,15 +23,14 @@ WAIT_S = 5.0  # generous: the pipe is in this process
 
 
 def engine_output(request_id: str, prompt: list[int], token_ids: list[int], new: int,
-                  finish_reason: str | None) -> RequestOutput:
-    """The engine's output of one step (what the driver compacts for the service)."""
-    finished = finish_reason is not None
-    return RequestOutput(request_id, None, prompt, [CompletionOutput(0, "", list(token_ids), finish_reason)],
-                         finished, delta_token_ids=list(token_ids[-new:]) if new else [])
+                  finish_reason: str | None) -> EngineOutput:
+    """The engine's output of one step (what the driver passes on to the service)."""
+    return EngineOutput(request_id, tuple(token_ids[-new:]) if new else (), len(prompt), len(token_ids),
+                        finish_reason=finish_reason)
 
 
 class FakeEngine:
-    """What a driver uses of ``LLMEngine``: each request gains token 100 + n at its n-th step."""
+    """What a driver uses of ``EngineCore``: each request gains token 100 + n at its n-th step."""
 
     max_model_len = 64
     config = SimpleNamespace(max_num_seqs=4)
@@ -51,7 +50,7 @@ class FakeEngine:
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
 
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> list[EngineOutput]:
         if self.fail_step:
             raise RuntimeError("a collective timed out")
         outputs = []
@@ -64,7 +63,7 @@ class FakeEngine:
         self.scheduler.num_running = len(self.requests)
         return outputs
 
-    def abort(self, request_id: str) -> RequestOutput | None:
+    def abort(self, request_id: str) -> EngineOutput | None:
         request = self.requests.pop(request_id, None)
         return None if request is None else engine_output(request_id, request[0], request[2], 0, "abort")
 
@@ -90,7 +89,7 @@ class EchoRole:
                 return True
         return False
 
-    def after_step(self) -> list[RequestOutput]:
+    def after_step(self) -> list[EngineOutput]:
         outputs = [engine_output(request_id, [1], [7], 1, "length") for request_id in self.pending]
         self.pending = []
         return outputs
@@ -128,7 +127,7 @@ def test_a_request_is_accepted_and_its_tokens_come_back_step_by_step_with_the_lo
         messages += received(service)
     assert messages[0] == Accepted("r1")
     steps = [m for m in messages if isinstance(m, StepDone)]
-    assert [o.delta_token_ids for o in outputs_of(messages)] == [[100], [101], [102]]
+    assert [o.new_token_ids for o in outputs_of(messages)] == [(100,), (101,), (102,)]
     assert [o.finish_reason for o in outputs_of(messages)] == [None, None, "length"]
     assert outputs_of(messages)[-1].num_completion_tokens == 3 and outputs_of(messages)[-1].num_prompt_tokens == 3
     assert [step.load.num_running for step in steps] == [1, 1, 0]
@@ -207,7 +206,7 @@ def test_roles_take_their_own_messages_add_their_outputs_and_hear_of_aborts() ->
     service.send(Ping("p1"))
     service.send(AbortRequest("p0"))
     driver.serve_once()
-    assert [(o.request_id, o.delta_token_ids) for o in outputs_of(received(service))] == [("p1", [7])]
+    assert [(o.request_id, o.new_token_ids) for o in outputs_of(received(service))] == [("p1", (7,))]
     assert role.aborted == ["p0"]
 
 

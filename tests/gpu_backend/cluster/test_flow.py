@@ -47,7 +47,7 @@ def test_requests_go_to_the_least_loaded_worker_and_stream_back(cluster) -> None
         return await long, await short
 
     long, short = asyncio.run(scenario())
-    assert [o.delta_token_ids for o in long] == [[7], [8]] and short[-1].finish_reason == "length"
+    assert [o.new_token_ids for o in long] == [(7,), (8,)] and short[-1].finish_reason == "length"
     assert engine.requests_per_worker == [1, 1] and engine.stats()["kv_blocks_used"] == 2 * LOAD.kv_blocks_used
 
 

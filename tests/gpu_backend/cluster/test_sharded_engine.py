@@ -57,7 +57,7 @@ def expected_tokens(folder: Path, params: SamplingParams) -> list[list[int]]:
 async def generate(engine: ShardedEngine, prompt: str, params: SamplingParams, request_id: str) -> list[int]:
     tokens: list[int] = []
     async for output in engine.generate(prompt, params, request_id):
-        tokens += output.delta_token_ids
+        tokens += output.new_token_ids
     return tokens
 
 

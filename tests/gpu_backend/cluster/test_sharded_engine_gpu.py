@@ -28,7 +28,7 @@ async def _generate_all(engine: ShardedEngine, params: SamplingParams) -> list[l
     async def one(prompt: str, request_id: str) -> list[int]:
         tokens: list[int] = []
         async for output in engine.generate(prompt, params, request_id):
-            tokens += output.delta_token_ids
+            tokens += output.new_token_ids
         return tokens
 
     return list(await asyncio.gather(*(one(prompt, str(index)) for index, prompt in enumerate(PROMPTS))))

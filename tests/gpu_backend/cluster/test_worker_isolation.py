@@ -40,11 +40,11 @@ async def collect(engine: ShardedEngine, request_id: str, kill_at: int | None = 
     """The request's tokens; ``kill_at``: once it has that many, SIGKILL the worker streaming it."""
     tokens: list[int] = []
     async for output in engine.generate(PROMPTS[request_id], LONG, request_id):
-        if kill_at is not None and len(tokens) < kill_at <= len(tokens) + len(output.delta_token_ids):
+        if kill_at is not None and len(tokens) < kill_at <= len(tokens) + len(output.new_token_ids):
             worker = engine.worker_of(request_id)
             assert worker is not None
             os.kill(engine.rank_pids(worker)[0], signal.SIGKILL)
-        tokens += output.delta_token_ids
+        tokens += output.new_token_ids
     return tokens
 
 
@@ -187,5 +187,5 @@ def test_a_prefill_worker_killed_while_its_kv_goes_out(checkpoints: dict[str, Pa
 async def collect_prompt(engine: ShardedEngine, prompt: str, request_id: str) -> list[int]:
     tokens: list[int] = []
     async for output in engine.generate(prompt, LONG, request_id):
-        tokens += output.delta_token_ids
+        tokens += output.new_token_ids
     return tokens

@@ -14,6 +14,7 @@ from gpu_backend import LLM, SamplingParams
 from gpu_backend.config import EngineConfig, ParallelConfig, WorkerSpec
 from gpu_backend.cluster.sharded_engine import ShardedEngine
 from gpu_backend.disagg.flow import sharded_engine
+from gpu_backend.server.text import stream_text
 
 OPTIONS = {"device": "cpu", "dtype": "float32", "num_kv_blocks": 64, "max_model_len": 256,
            "max_num_batched_tokens": 24}  # long prompts prefill in chunks
@@ -38,7 +39,7 @@ def expected(folder: Path, prompts: list[str], params: SamplingParams = GREEDY) 
 async def generate(engine: ShardedEngine, prompt: str, request_id: str, params: SamplingParams = GREEDY) -> list[int]:
     tokens: list[int] = []
     async for output in engine.generate(prompt, params, request_id):
-        tokens += output.delta_token_ids
+        tokens += output.new_token_ids
     return tokens
 
 
@@ -146,14 +147,15 @@ def test_recompute_after_a_rank_is_killed_mid_stream(checkpoints: dict[str, Path
     want = LLM(str(folder), progress=False, **OPTIONS).generate(PROMPTS[1], params)[0].outputs[0]
 
     async def killed_mid_stream() -> tuple[list[int], str, int]:
+        """As the service streams it: its text made from the ids of both submissions."""
         tokens, text, last = [], "", None
-        async for output in engine.generate(PROMPTS[1], params, "survivor"):
-            if len(tokens) < 5 <= len(tokens) + len(output.delta_token_ids):
+        async for delta in stream_text(engine, engine.tokenizer.encode(PROMPTS[1]), params, "survivor"):
+            if len(tokens) < 5 <= len(tokens) + len(delta.token_ids):
                 os.kill(engine.rank_pids()[1], signal.SIGKILL)  # the decode worker, or a TP rank
-            tokens += output.delta_token_ids
-            text += output.delta_text
-            last = output
-        return tokens, text, last.num_completion_tokens
+            tokens += delta.token_ids
+            text += delta.text
+            last = delta
+        return tokens, text, last.completion_tokens
 
     try:
         tokens, text, completion_tokens = asyncio.run(killed_mid_stream())

@@ -59,7 +59,7 @@ def test_a_request_goes_through_reserve_prefill_relay_and_admit(cluster) -> None
         return await stream
 
     outputs = asyncio.run(scenario())
-    assert [token for o in outputs for token in o.delta_token_ids] == [11, 12, 13]
+    assert [token for o in outputs for token in o.new_token_ids] == [11, 12, 13]
     assert [o.finish_reason for o in outputs] == [None, None, "length"]  # the prefill worker's end is not the end
     assert engine.flow.kv_chunks_relayed == 1 and engine.requests_per_worker == [1, 0, 0]
     assert prefill.unread() == [] and decode.unread() == []

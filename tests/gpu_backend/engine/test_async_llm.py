@@ -1,4 +1,5 @@
-"""AsyncLLM: streamed deltas add up to the offline result; leaving the stream early aborts and frees."""
+"""AsyncLLM: streamed outputs (token ids, no text) add up to the offline result; leaving the stream
+early aborts and frees."""
 
 from __future__ import annotations
 
@@ -30,17 +31,20 @@ async def test_stream_adds_up_to_the_offline_result(engine: AsyncLLM, checkpoint
     streams = await asyncio.gather(*(collect(engine, p) for p in prompts))
     offline = LLM(str(checkpoints["qwen2"]), device="cpu", dtype="float32", progress=False, num_kv_blocks=40)
     expected = offline.generate(prompts, PARAMS)
-    for outputs, reference in zip(streams, expected):
+    for prompt, outputs, reference in zip(prompts, streams, expected):
         assert outputs[-1].finished and not any(o.finished for o in outputs[:-1])
-        assert [t for o in outputs for t in o.delta_token_ids] == reference.token_ids
-        assert "".join(o.delta_text for o in outputs) == reference.text == outputs[-1].text
+        assert [t for o in outputs for t in o.new_token_ids] == reference.token_ids
+        # each output holds its step's token only, with the counts so far
+        assert [len(o.new_token_ids) for o in outputs] == [1] * 12
+        assert [o.num_completion_tokens for o in outputs] == list(range(1, 13))
+        assert {o.num_prompt_tokens for o in outputs} == {len(prompt)}
         assert outputs[-1].finish_reason == "length"
 
 
 async def test_validation_errors_reach_the_caller(engine: AsyncLLM) -> None:
     with pytest.raises(InvalidRequestError, match="no tokens"):
         await collect(engine, [])
-    assert len((await collect(engine, [5]))[-1].token_ids) == 12
+    assert (await collect(engine, [5]))[-1].num_completion_tokens == 12
 
 
 async def test_leaving_the_stream_aborts_and_frees_blocks(engine: AsyncLLM) -> None:

@@ -43,7 +43,7 @@ def test_two_batches_in_flight_make_the_same_tokens(checkpoints: dict[str, Path]
     def recording(batch, previous=None):  # noqa: ANN001, ANN202 (the runner's own signature)
         assert not any(seq.has_pending_token for seq in batch.seqs), "a sequence ran before its token came back"
         launched.append(len(batch.seqs))
-        in_flight.append(len(engine._pipeline) + 1)
+        in_flight.append(len(engine.core._pipeline) + 1)
         return launch(batch, previous)
 
     runner.launch = recording

@@ -1,0 +1,327 @@
+"""The step loop in token ids: schedule a batch, run it, hand the tokens back to the scheduler.
+
+``EngineCore`` is synchronous and single-threaded, and makes no text. Each step returns an
+``EngineOutput`` for every request that gained a token or finished, holding only that step's
+ids (and logprobs), so emitting a token costs the same at any length. ``AsyncLLM`` drives it
+from a background thread, a sharded worker's driver from its loop, and the offline
+``LLMEngine`` adds text on top. Prefill and decode are the same ``step``: the scheduler decides
+which tokens of which sequences run, the model runner runs them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+import logging
+import time
+from dataclasses import dataclass
+
+from ..config import EngineConfig, ModelConfig
+from ..errors import EngineError, InvalidRequestError, PromptTooLongError
+from ..layers.sampler import SamplerOutput
+from ..tokenizer import Tokenizer
+from .block_manager import BlockManager
+from .model_runner import LaunchedStep, ModelRunner
+from .outputs import EngineOutput, Logprob
+from .sampling_params import SamplingParams
+from .scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from .sequence import PENDING_TOKEN, FinishReason, Sequence
+from .stats import StepStats
+
+log = logging.getLogger(__name__)
+_request_ids = itertools.count()
+
+
+@dataclass
+class EngineRequest:
+    """A request the core is running: its sequence and what has been reported of it."""
+
+    seq: Sequence
+    # Completion tokens already reported (on a decode worker the first one counts: the prefill
+    # worker reported it). An output holds seq.token_ids from here on: only what is new.
+    num_emitted: int = 0
+    logprobs: list[Logprob] | None = None  # of the sampled tokens not reported yet, when asked for
+
+
+@dataclass
+class _InFlight:
+    batch: ScheduledBatch
+    launched: LaunchedStep
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig, *, progress: bool = True, runner: ModelRunner | None = None) -> None:
+        """``runner``: one built elsewhere (a sharded worker's driver); by default this process runs the model."""
+        self.config = config
+        self.model_config = ModelConfig.from_pretrained(config.model)
+        self.tokenizer = None if config.skip_tokenizer_init else Tokenizer.from_pretrained(config.model)
+        self.runner = runner or ModelRunner(config, self.model_config, progress=progress)
+        self.max_model_len = self.runner.max_model_len
+        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                max_num_seqs=config.max_num_seqs,
+                max_num_batched_tokens=config.max_num_batched_tokens,
+                max_model_len=self.max_model_len,
+                schedule_pending=self.runner.pipeline_depth == 1,
+            ),
+            self.block_manager,
+        )
+        self.requests: dict[str, EngineRequest] = {}
+        self.held: dict[str, Sequence] = {}  # finished prefill requests whose blocks wait for their KV to be sent
+        self.stats = StepStats()
+        self._in_flight: _InFlight | None = None  # the batch on the device whose tokens are not read yet
+        self._pipeline: deque[_InFlight] = deque()  # with pipeline stages: oldest first
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
+                    request_id: str | None = None, *, hold_blocks: bool = False) -> str:
+        """Validate and queue one request; raises InvalidRequestError / PromptTooLongError.
+
+        ``hold_blocks``: a prefill worker's request keeps its KV blocks when it finishes, until
+        ``release_blocks`` (its KV is still to be sent)."""
+        request = self._new_request(prompt, params, request_id)
+        request.seq.holds_blocks = hold_blocks
+        self.scheduler.add(request.seq)
+        self.requests[request.seq.request_id] = request
+        return request.seq.request_id
+
+    def _new_request(self, prompt: str | list[int], params: SamplingParams | None,
+                     request_id: str | None) -> EngineRequest:
+        params = params or SamplingParams()
+        request_id = request_id if request_id is not None else str(next(_request_ids))
+        if request_id in self.requests or request_id in self.held:
+            raise InvalidRequestError(f"request id {request_id!r} is already running")
+        token_ids = self._tokenize(prompt)
+        max_tokens = params.max_tokens if params.max_tokens is not None else self.max_model_len - len(token_ids)
+        if len(token_ids) + 1 > self.max_model_len:
+            raise PromptTooLongError(
+                f"the prompt has {len(token_ids)} tokens; this model takes at most {self.max_model_len - 1} "
+                f"prompt tokens (max_model_len {self.max_model_len}, including at least one new token)"
+            )
+        params = params.with_defaults(max_tokens=max_tokens, eos_token_ids=self._eos_token_ids())
+        seq = Sequence(token_ids, params, request_id=request_id)
+        return EngineRequest(seq, logprobs=[] if params.logprobs is not None else None)
+
+    # -- a prompt prefilled by another worker ----------------------------------------------------
+
+    def reserve(self, prompt: list[int], params: SamplingParams | None, request_id: str) -> list[int] | None:
+        """Blocks for a prompt whose KV another worker computes: the ids of the blocks it must fill
+        (those past this cache's prefix hit), or None while the blocks are not free."""
+        request = self._new_request(prompt, params, request_id)
+        if not self.scheduler.reserve(request.seq):
+            return None
+        self.requests[request_id] = request
+        seq = request.seq
+        return seq.block_table[seq.num_computed_tokens // self.block_manager.block_size:]
+
+    def admit(self, request_id: str, first_token: int) -> EngineOutput | None:
+        """The reserved prompt's KV has landed and ``first_token`` was sampled with it (and reported)
+        by the prefill worker: decode from here. An output only if that token ended it."""
+        request = self.requests[request_id]
+        seq = request.seq
+        request.num_emitted = 1  # the service has the first token from the prefill worker
+        if self.scheduler.admit(seq, first_token) is None:
+            return None
+        self.requests.pop(request_id)
+        self.runner.release(seq.seq_id)
+        return self._output(request, (), finished=True)
+
+    def release_blocks(self, request_id: str) -> None:
+        """Free a finished prefill request's blocks once its KV has been sent (or will not be)."""
+        seq = self.held.pop(request_id, None)
+        if seq is not None:
+            self.block_manager.free(seq)
+
+    def _tokenize(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("the prompt is empty; send at least one character")
+            if self.tokenizer is None:
+                raise InvalidRequestError("this engine was started without a tokenizer; send token ids")
+            token_ids = self.tokenizer.encode(prompt)
+        else:
+            token_ids = [int(t) for t in prompt]
+        if not token_ids:
+            raise InvalidRequestError("the prompt has no tokens; send at least one token id")
+        vocab = self.model_config.vocab_size
+        if not 0 <= min(token_ids) <= max(token_ids) < vocab:
+            bad = next(t for t in token_ids if not 0 <= t < vocab)
+            raise InvalidRequestError(f"token id {bad} is outside the model's vocabulary (0..{vocab - 1})")
+        return token_ids
+
+    def _eos_token_ids(self) -> tuple[int, ...]:
+        ids = set(self.model_config.eos_token_ids)
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return tuple(sorted(ids))
+
+    def finish(self, request_id: str, reason: FinishReason) -> None:
+        """End a running request now (its text found a stop string); its blocks are freed, or kept
+        for a hand-off like any finished prefill request's."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return
+        self.scheduler.finish(request.seq, reason)
+        self.runner.release(request.seq.seq_id)
+        if request.seq.holds_blocks:
+            self.held[request_id] = request.seq
+
+    def abort(self, request_id: str) -> EngineOutput | None:
+        """Stop a request wherever it is; its KV blocks are free when this returns."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            self.release_blocks(request_id)  # a prefill request that finished while its KV was on its way
+            return None
+        if self.scheduler.abort(request.seq) is None and request.seq.holds_blocks:
+            # it ended by length in a step still on the device, keeping its blocks for a hand-off
+            self.block_manager.free(request.seq)
+        self.runner.release(request.seq.seq_id)
+        request.seq.finish_reason = "abort"
+        return self._output(request, (), finished=True)
+
+    def has_unfinished_requests(self) -> bool:
+        """Requests to step for (a reserved one waits for its KV, not for a step)."""
+        return len(self.requests) > len(self.scheduler.reserved)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def step(self) -> list[EngineOutput]:
+        """Queue one batch on the device; return an output for every request that got a new
+        token or finished in the batch before it.
+
+        The step loop runs one batch ahead: batch k is scheduled and launched (its pending
+        inputs are batch k-1's sampled tokens, read on the device) before batch k-1's tokens are
+        read back and checked for stops, so the device never waits for the host.
+        A sequence that stops in batch k-1 also ran in batch k; that extra token is dropped.
+        With ``async_scheduling=False`` each batch is read back before the step returns.
+        A pipeline keeps one batch per stage in flight instead (``_pipeline_step``).
+        """
+        if self.runner.pipeline_depth > 1:
+            return self._pipeline_step()
+        started = time.perf_counter()
+        batch = self.scheduler.schedule()
+        scheduled = time.perf_counter()
+        outputs: list[EngineOutput] = []
+        in_flight, self._in_flight = self._in_flight, None
+        if not batch.seqs and in_flight is None and self.scheduler.has_unfinished:
+            raise EngineError("the scheduler found nothing to run while requests are waiting")
+        if in_flight is not None and any(seq.has_pending_token and seq.sampling_params.has_penalties
+                                         for seq in batch.seqs):
+            # penalties count the sequence's tokens on the host: read the last batch back first
+            outputs = self._finish(in_flight)
+            in_flight = None
+            batch = batch.without_finished()
+        launched = None
+        if batch.seqs:
+            launched = self.runner.launch(batch, in_flight.launched if in_flight is not None else None)
+        self.stats.launch_s += time.perf_counter() - scheduled
+        if in_flight is not None:
+            outputs = self._finish(in_flight)
+        if launched is not None:
+            sampled_rows = set(launched.sampled_rows)
+            self.scheduler.update(batch, [PENDING_TOKEN if row in sampled_rows else None
+                                          for row in range(len(batch.seqs))])
+            self._in_flight = _InFlight(batch, launched)
+            self._count(batch)
+            if not self.config.async_scheduling:
+                outputs += self._finish(self._in_flight)
+                self._in_flight = None
+        self.stats.schedule_s += scheduled - started
+        self.stats.prepare_s = self.runner.prepare_s
+        return outputs
+
+    def _pipeline_step(self) -> list[EngineOutput]:
+        """Keep ``pipeline_depth`` batches of different sequences in flight, one per stage.
+
+        The running sequences are shared out between the batches (each takes at most its share),
+        so every stage has work. The oldest batch is read back once the pipeline is full; a
+        sequence waits out the batch that holds it (its token comes back from the last stage),
+        while a prompt's next chunk may follow its previous one straight away: each stage runs
+        batches in order.
+        """
+        outputs: list[EngineOutput] = []
+        depth = self.runner.pipeline_depth
+        if len(self._pipeline) >= depth:
+            outputs = self._finish(self._pipeline.popleft())
+        started = time.perf_counter()
+        share = -(-(self.scheduler.num_running + self.scheduler.num_waiting) // depth)
+        batch = self.scheduler.schedule(max_seqs=max(1, share))
+        scheduled = time.perf_counter()
+        self.stats.schedule_s += scheduled - started
+        if not batch.seqs:
+            if self._pipeline:
+                return outputs + self._finish(self._pipeline.popleft())
+            if self.scheduler.has_unfinished:
+                raise EngineError("the scheduler found nothing to run while requests are waiting")
+            return outputs
+        launched = self.runner.launch(batch, None)
+        self.stats.launch_s += time.perf_counter() - scheduled
+        sampled_rows = set(launched.sampled_rows)
+        self.scheduler.update(batch, [PENDING_TOKEN if row in sampled_rows else None for row in range(len(batch.seqs))])
+        self._pipeline.append(_InFlight(batch, launched))
+        self._count(batch)
+        self.stats.prepare_s = self.runner.prepare_s
+        return outputs
+
+    def _finish(self, in_flight: _InFlight) -> list[EngineOutput]:
+        """Read a launched batch's tokens back, apply them and build the requests' outputs."""
+        waiting = time.perf_counter()
+        sampled, sampler_output = self.runner.collect(in_flight.launched)
+        finishing = time.perf_counter()
+        self.stats.wait_s += finishing - waiting
+        resolved = self.scheduler.resolve(in_flight.batch, sampled)
+        if sampler_output is not None and sampler_output.logprobs is not None:
+            self._record_logprobs(in_flight.batch, sampled, sampler_output)
+        outputs = []
+        for seq in resolved:
+            request = self.requests.get(seq.request_id)
+            if request is None:
+                continue
+            output = self._advance(request, seq.is_finished)
+            if output is not None:
+                outputs.append(output)
+        self.stats.postprocess_s += time.perf_counter() - finishing
+        return outputs
+
+    def _count(self, batch: ScheduledBatch) -> None:
+        stats = self.stats
+        stats.steps += 1
+        stats.decode_only_steps += batch.is_decode_only
+        stats.scheduled_tokens += batch.num_tokens
+
+    def _advance(self, request: EngineRequest, finished: bool) -> EngineOutput:
+        seq = request.seq
+        new_tokens = seq.token_ids[seq.num_prompt_tokens + request.num_emitted:]
+        request.num_emitted += len(new_tokens)
+        if finished:
+            self.requests.pop(seq.request_id, None)
+            self.runner.release(seq.seq_id)
+            if seq.holds_blocks and seq.finish_reason != "abort":
+                self.held[seq.request_id] = seq
+        return self._output(request, new_tokens, finished)
+
+    def _record_logprobs(self, batch: ScheduledBatch, sampled: list[int | None], result: SamplerOutput) -> None:
+        row = 0
+        for seq, token in zip(batch.seqs, sampled):
+            if token is None:
+                continue
+            request = self.requests.get(seq.request_id)
+            if request is not None and request.logprobs is not None and result.logprobs is not None:
+                top = {}
+                wanted = seq.sampling_params.logprobs or 0
+                if wanted and result.top_token_ids is not None:
+                    ids = result.top_token_ids[row, :wanted].tolist()
+                    top = dict(zip(ids, result.top_logprobs[row, :wanted].tolist()))
+                request.logprobs.append(Logprob(token, float(result.logprobs[row]), top))
+            row += 1
+
+    def _output(self, request: EngineRequest, new_tokens: list[int] | tuple[()], finished: bool) -> EngineOutput:
+        """Only what is new since the last output: O(1) per token, however long the request."""
+        seq = request.seq
+        logprobs = None
+        if request.logprobs is not None:
+            logprobs, request.logprobs = tuple(request.logprobs), []
+        return EngineOutput(seq.request_id, tuple(new_tokens), seq.num_prompt_tokens, request.num_emitted,
+                            seq.num_cached_tokens, seq.finish_reason if finished else None, logprobs)

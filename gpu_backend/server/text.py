@@ -1,0 +1,55 @@
+"""Text, made once per request, where the request is served.
+
+Engines stream token ids (``EngineOutput``), whichever process sampled them: this process, the
+ranks of a sharded model, or a prefill worker for the first token and a decode worker for the
+rest. Here each request's ids go through one ``RequestText`` (incremental detokenizer and stop
+strings), so its text, where it stops and its usage are the same whatever served it. A stop
+string closes the engine's stream at once, which aborts the request on every worker and frees
+its KV blocks; the client gets finish_reason "stop", the text cut at the stop, and usage that
+counts the tokens up to the one that completed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from ..detokenizer import RequestText, TextUpdate
+from ..engine.contract import Engine
+from ..engine.outputs import EngineOutput
+from ..engine.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """What one engine output added to a generation; the last one has ``finish_reason`` set."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    completion_tokens: int  # so far
+    finish_reason: str | None = None  # "stop", "length" or "abort"
+
+
+async def stream_text(engine: Engine, prompt_ids: list[int], params: SamplingParams, request_id: str,
+                      session: str | None = None) -> AsyncIterator[TextDelta]:
+    """One generation as text; leaving early aborts it (and frees its KV blocks) like a stop string does."""
+    text = RequestText(engine.tokenizer, stop=params.stop, skip_special_tokens=params.skip_special_tokens,
+                       include_stop_str_in_output=params.include_stop_str_in_output)
+    async with aclosing(engine.generate(prompt_ids, params, request_id, session)) as outputs:
+        async for output in outputs:
+            delta = text_delta(output, text.add(output.new_token_ids, finished=output.finished))
+            if delta.finish_reason is not None and not output.finished:
+                await outputs.aclose()  # a stop string: the request ends on every worker now
+            yield delta
+            if delta.finish_reason is not None:
+                return
+
+
+def text_delta(output: EngineOutput, update: TextUpdate) -> TextDelta:
+    """The client's view of an output: its ids and counts cut where a stop string ended the text."""
+    dropped = len(output.new_token_ids) - update.num_tokens  # sampled after the stop
+    return TextDelta(update.text, list(output.new_token_ids[:update.num_tokens]), output.num_prompt_tokens,
+                     output.num_completion_tokens - dropped,
+                     update.finish_reason(output.finish_reason, len(output.new_token_ids)))

@@ -27,9 +27,20 @@ _CLEANUP_PAIRS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'
 _CLEANUP_LOOKBACK = 3
 
 
-class DetokenizerDelta(NamedTuple):
+class TextUpdate(NamedTuple):
     text: str  # newly final text
-    stopped: bool  # a stop string was found: the request is done
+    # of the ids given, those the text took: all, except that RequestText stops at the one that
+    # completed a stop string (what the request reports as generated)
+    num_tokens: int
+    stopped: bool  # a stop string ended the text
+
+    def finish_reason(self, engine_reason: str | None, num_new_tokens: int) -> str | None:
+        """Why the request ended: "stop" where a stop string ended the text before the engine ended
+        the request, otherwise the engine's reason (a stop string completed by the very token that
+        ended it by length keeps "length")."""
+        if self.stopped and (engine_reason is None or self.num_tokens < num_new_tokens):
+            return "stop"
+        return engine_reason
 
 
 class StopStringMatcher:
@@ -152,12 +163,12 @@ class IncrementalDetokenizer:
         """The stop string that ended the text, or None."""
         return self._stops.stop_reason
 
-    def step(self, new_token_ids: Sequence[int]) -> DetokenizerDelta:
+    def step(self, new_token_ids: Sequence[int]) -> TextUpdate:
         """Take this step's new token ids; return the newly final text and whether a stop string ended it."""
         if self.stopped:
-            return DetokenizerDelta("", True)
+            return TextUpdate("", 0, True)
         self.token_ids.extend(t for t in new_token_ids if t not in self._skipped_ids)
-        return self._publish(self._decode_new(), final=False)
+        return self._publish(self._decode_new(), final=False, num_tokens=len(new_token_ids))
 
     def finish(self) -> str:
         """The request is over: return everything still held back (a stop string may still cut it)."""
@@ -166,7 +177,7 @@ class IncrementalDetokenizer:
         window = self.token_ids[self.prefix_offset:]
         prefix_text, new_text = self._decode_pair(window, self.read_offset - self.prefix_offset)
         self.prefix_offset = self.read_offset = len(self.token_ids)
-        return self._publish(new_text[len(prefix_text):], final=True).text
+        return self._publish(new_text[len(prefix_text):], final=True, num_tokens=0).text
 
     def _decode_new(self) -> str:
         """Text of the tokens from read_offset on, or "" while it ends in a partial character."""
@@ -186,12 +197,12 @@ class IncrementalDetokenizer:
         decode = self.tokenizer.backend.decode  # two calls beat decode_batch's thread pool on tiny windows
         return decode(window[:num_context], skip_special_tokens=False), decode(window, skip_special_tokens=False)
 
-    def _publish(self, raw_delta: str, final: bool) -> DetokenizerDelta:
+    def _publish(self, raw_delta: str, final: bool, num_tokens: int) -> TextUpdate:
         text = self._clean(raw_delta, final) if self._cleanup else raw_delta
         out = self._stops.feed(text, final=final)
         if out:
             self._outputs.append(out)
-        return DetokenizerDelta(out, self.stopped)
+        return TextUpdate(out, num_tokens, self.stopped)
 
     def _clean(self, raw_delta: str, final: bool) -> str:
         pending = self._uncleaned + raw_delta
@@ -213,20 +224,6 @@ def _safe_cleanup_cut(text: str) -> int:
         if " " not in text[max(0, cut - _CLEANUP_LOOKBACK):cut]:
             return cut
     return 0
-
-
-class TextUpdate(NamedTuple):
-    text: str  # newly final text
-    num_tokens: int  # of the ids given, those the request keeps: all, or up to the one that completed a stop string
-    stopped: bool  # a stop string ended the text
-
-    def finish_reason(self, engine_reason: str | None, num_new_tokens: int) -> str | None:
-        """Why the request ended: "stop" where a stop string ended the text before the engine ended
-        the request, otherwise the engine's reason (a stop string completed by the very token that
-        ended it by length keeps "length")."""
-        if self.stopped and (engine_reason is None or self.num_tokens < num_new_tokens):
-            return "stop"
-        return engine_reason
 
 
 class RequestText:

@@ -168,7 +168,7 @@ def test_stop_string_spanning_several_tokens(tokenizer: Tokenizer, include: bool
     text, detok, fed = run_with_stop(tokenizer, "that is the", include)
     assert text == ("To be, or not to be, that is the" if include else "To be, or not to be, ")
     assert detok.stopped and detok.stop_reason == "that is the"
-    assert detok.step([5]) == ("", True) and detok.finish() == ""
+    assert detok.step([5]) == ("", 0, True) and detok.finish() == ""  # (text, ids taken, stopped)
     ids = tokenizer.encode(QUOTE, add_special_tokens=False)
     assert "that is the" in tokenizer.decode(ids[:fed]) and "that is the" not in tokenizer.decode(ids[:fed - 1])
     assert len(tokenizer.decode(ids[fed - 1:fed])) < len("that is the")  # the stop string spans tokens

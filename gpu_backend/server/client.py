@@ -22,6 +22,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -159,8 +160,10 @@ class LocalEngines:
         try:
             prompt_ids = await asyncio.get_running_loop().run_in_executor(_PROMPT_THREADS, render_prompt, engine,
                                                                           request)
-            async for delta in stream_text(engine, prompt_ids, request.sampling, request_id, request.session):
-                yield delta
+            deltas = stream_text(engine, prompt_ids, request.sampling, request_id, request.session)
+            async with aclosing(deltas):  # leaving early closes the engine's stream now, not when collected
+                async for delta in deltas:
+                    yield delta
         except EngineError as error:
             raise from_engine_error(error) from error
 

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import AsyncGenerator, Sequence
 
 from ..config import EngineConfig, ParallelConfig
-from ..engine.contract import EngineStatus
+from ..engine.contract import EngineHealth
 from ..engine.outputs import EngineOutput
 from ..engine.sampling_params import SamplingParams
 from ..engine.thread_bridge import post, settle
@@ -178,9 +178,9 @@ class ShardedEngine:
         return {name: sum(getattr(load, name) for load in self.world.loads) for name in
                 ("num_running", "num_waiting", "kv_blocks_free", "kv_blocks_used", "num_preemptions")}
 
-    def status(self) -> EngineStatus:
+    def health(self) -> EngineHealth:
         with self.lock:
-            return EngineStatus(self.error, self.failed_for_good, self.lost_workers, dict(self.events))
+            return EngineHealth(self.error, self.failed_for_good, self.lost_workers, dict(self.events))
 
     def shutdown(self) -> None:
         """Stop the ranks; requests still running end with an EngineError."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config import EngineConfig
 from ..errors import EngineError
-from .contract import EngineStatus
+from .contract import EngineHealth
 from .core import EngineCore
 from .outputs import EngineOutput
 from .sampling_params import SamplingParams
@@ -105,10 +105,10 @@ class AsyncLLM:
             "num_preemptions": self.engine.scheduler.num_preemptions,
         }
 
-    def status(self) -> EngineStatus:
+    def health(self) -> EngineHealth:
         """A stopped engine thread never restarts: its error is for good."""
         error = None if self.error is None else str(self.error)
-        return EngineStatus(error, failed_for_good=error is not None)
+        return EngineHealth(error, failed_for_good=error is not None)
 
     def shutdown(self) -> None:
         """Stop the engine thread; requests still running end with an EngineError."""

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class EngineStatus:
+class EngineHealth:
     """How an engine is doing, for ``/healthz`` and ``/metrics``."""
 
     error: str | None = None  # why it stopped serving; None while it serves
@@ -51,7 +51,7 @@ class Engine(Protocol):
         """Load: num_running, num_waiting, kv_blocks_free, kv_blocks_used, num_preemptions."""
         ...
 
-    def status(self) -> EngineStatus: ...
+    def health(self) -> EngineHealth: ...
 
     def shutdown(self) -> None:
         """Stop; requests still running end with an EngineError."""

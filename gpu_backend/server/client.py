@@ -31,7 +31,7 @@ import torch
 
 from ..config import EngineConfig, ParallelConfig
 from ..engine.async_llm import AsyncLLM
-from ..engine.contract import Engine, EngineStatus
+from ..engine.contract import Engine, EngineHealth
 from ..engine.embedder import EmbeddingResult, Embedder, is_embedding_checkpoint
 from ..errors import EngineError, InvalidRequestError
 from ..cluster.launch import RankProcesses
@@ -171,21 +171,21 @@ class LocalEngines:
         return {name: engine.stats() for name, engine in self._engines.items()}
 
     def failures(self) -> dict[str, str]:
-        statuses = self._statuses()
-        return {name: status.error for name, status in statuses.items() if status.error is not None}
+        healths = self._healths()
+        return {name: health.error for name, health in healths.items() if health.error is not None}
 
     def failed_for_good(self) -> list[str]:
-        statuses = self._statuses()
-        return [name for name, status in statuses.items() if status.error is not None and status.failed_for_good]
+        healths = self._healths()
+        return [name for name, health in healths.items() if health.error is not None and health.failed_for_good]
 
     def degraded(self) -> dict[str, dict[int, str]]:
-        return {name: dict(status.lost_workers) for name, status in self._statuses().items() if status.lost_workers}
+        return {name: dict(health.lost_workers) for name, health in self._healths().items() if health.lost_workers}
 
     def events(self) -> dict[str, dict[str, int]]:
-        return {name: dict(status.events) for name, status in self._statuses().items() if status.events}
+        return {name: dict(health.events) for name, health in self._healths().items() if health.events}
 
-    def _statuses(self) -> dict[str, EngineStatus]:
-        return {name: engine.status() for name, engine in self._engines.items()}
+    def _healths(self) -> dict[str, EngineHealth]:
+        return {name: engine.health() for name, engine in self._engines.items()}
 
     def shutdown(self) -> None:
         for engine in {id(engine): engine for engine in self._engines.values()}.values():

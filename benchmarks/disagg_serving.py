@@ -1,8 +1,8 @@
 """Disaggregated prefill/decode against colocated replicas, under the same load, as a client sees it.
 
 Each layout serves a Llama-3.1-8B-shaped model with random bf16 weights (``load_format="dummy"``)
-on one GPU per worker: ``colocated:N`` is N replicas behind the service's router, ``pd:P+D`` is
-P prefill and D decode workers. For each, ``serving.py`` (vLLM ``bench serve`` style) sweeps
+on one GPU per instance: ``colocated:N`` is N replicas behind the service's router, ``pd:P+D`` is
+P prefill and D decode instances. For each, ``serving.py`` (vLLM ``bench serve`` style) sweeps
 ``--rates`` with the same seeded requests (``--input-len`` prompt tokens, ``--output-len`` output
 tokens) over HTTP. The tokenizer is a word-level one whose every id is a word (``t0`` ... ``t128255``),
 and the prompts are random words, so no two prompts share a prefix and every sampled token streams
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import serving  # noqa: E402
-from gpu_backend.config import ParallelConfig, WorkerSpec  # noqa: E402
+from gpu_backend.config import ParallelConfig, InstanceSpec  # noqa: E402
 from gpu_backend.server.background import local_backend  # noqa: E402
 from llama_shapes import LLAMA_3_1_8B, environment, write_model_folder  # noqa: E402
 
@@ -57,15 +57,15 @@ def random_corpus(path: Path, num_words: int, vocab_size: int, seed: int) -> Pat
 
 
 def parallel_config(layout: str) -> tuple[ParallelConfig | None, int]:
-    """The layout's workers, and the GPUs they take."""
+    """The layout's instances, and the GPUs they take."""
     kind, _, shape = layout.partition(":")
     if kind == "colocated":
-        workers = int(shape)
-        return (ParallelConfig(num_workers=workers) if workers > 1 else None), workers
+        instances = int(shape)
+        return (ParallelConfig(num_instances=instances) if instances > 1 else None), instances
     if kind == "pd":
         prefill, decode = (int(n) for n in shape.split("+"))
-        return ParallelConfig(prefill=WorkerSpec("prefill"), decode=WorkerSpec("decode"),
-                              num_prefill_workers=prefill, num_decode_workers=decode), prefill + decode
+        return ParallelConfig(prefill=InstanceSpec("prefill"), decode=InstanceSpec("decode"),
+                              num_prefill_instances=prefill, num_decode_instances=decode), prefill + decode
     raise SystemExit(f"a layout is colocated:N or pd:P+D, not {layout!r}")
 
 

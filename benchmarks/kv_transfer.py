@@ -1,6 +1,6 @@
-"""KV transfer between a prefill and a decode worker: effective bandwidth of one prompt's hand-off.
+"""KV transfer between a prefill and a decode instance: effective bandwidth of one prompt's hand-off.
 
-A world of a prefill worker (``--prefill-tp`` ranks) and a decode worker (``--decode-tp`` ranks),
+A world of a prefill instance (``--prefill-tp`` ranks) and a decode instance (``--decode-tp`` ranks),
 one GPU each (NCCL), or processes on the CPU (Gloo, ``--device cpu``: a smoke run). The prefill
 ranks fill their caches with random KV for a prompt of ``--prompt-tokens`` tokens of the
 Llama-3.1-8B shape (32 layers, 8 KV heads of 128, bf16 on GPUs) in scattered blocks; each
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from gpu_backend.disagg.kv_transfer import KVLayout, plan_transfer, post_receive_kv, send_kv  # noqa: E402
-from gpu_backend.parallel.groups import WorkerLayout  # noqa: E402
+from gpu_backend.parallel.groups import InstanceLayout  # noqa: E402
 from gpu_backend.cluster.launch import free_port  # noqa: E402
 from llama_shapes import LLAMA_3_1_8B, environment  # noqa: E402
 
@@ -43,8 +43,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "kv_transfer.json"
 
 def layouts(args: argparse.Namespace) -> tuple[KVLayout, KVLayout]:
     layers, heads = LLAMA_3_1_8B["num_hidden_layers"], LLAMA_3_1_8B["num_key_value_heads"]
-    return (KVLayout(WorkerLayout(0, tp_size=args.prefill_tp), layers, heads),
-            KVLayout(WorkerLayout(args.prefill_tp, tp_size=args.decode_tp), layers, heads))
+    return (KVLayout(InstanceLayout(0, tp_size=args.prefill_tp), layers, heads),
+            KVLayout(InstanceLayout(args.prefill_tp, tp_size=args.decode_tp), layers, heads))
 
 
 def run_rank(rank: int, world_size: int, port: int, args: argparse.Namespace, out: str) -> None:
@@ -71,7 +71,7 @@ def _transfers(rank: int, device: torch.device, args: argparse.Namespace) -> dic
     pool = 2 * num_blocks + 7  # scattered blocks on both sides, as a busy cache has them
     src_ids = torch.randperm(pool, generator=generator)[:num_blocks].tolist()
     dst_ids = torch.randperm(pool, generator=generator)[:num_blocks].tolist()
-    sending = rank in src.worker.ranks
+    sending = rank in src.instance.ranks
     layout = src if sending else dst
     shape = (2, len(layout.layers_of(rank)), pool, BLOCK_SIZE, len(layout.heads_of(rank)), 128)
     values = torch.Generator(device).manual_seed(rank)
@@ -116,11 +116,11 @@ def _verify(cache: torch.Tensor, sending: bool, src: KVLayout, dst: KVLayout, ra
     local = cache[:, :, ids].double().sum(dim=(2, 3, 5))  # [2, layers here, heads here]
     mine_l, mine_h = layout.layers_of(rank), layout.heads_of(rank)
     if sending:  # replicas hold the same heads: count each (layer, head) once
-        first_replica = (rank - src.worker.first_rank) % src.worker.tp_size % src.kv_replicas == 0
+        first_replica = (rank - src.instance.first_rank) % src.instance.tp_size % src.kv_replicas == 0
         if first_replica:
             sums[:, mine_l.start:mine_l.stop, mine_h.start:mine_h.stop] = local
     else:
-        first_replica = (rank - dst.worker.first_rank) % dst.worker.tp_size % dst.kv_replicas == 0
+        first_replica = (rank - dst.instance.first_rank) % dst.instance.tp_size % dst.kv_replicas == 0
         if first_replica:
             sums[:, mine_l.start:mine_l.stop, mine_h.start:mine_h.stop] = -local
     dist.all_reduce(sums)

@@ -1,4 +1,4 @@
-"""Sharded workers on GPUs: decode and prefill speed per TP x PP layout, and cold start.
+"""Sharded instances on GPUs: decode and prefill speed per TP x PP layout, and cold start.
 
 For each layout (``TPxPP``; ``inproc`` is the engine in this process, the baseline for the
 sharded path's own cost) on a Llama-3.1-8B-shaped model with random bf16 weights:

@@ -59,16 +59,16 @@ def serve_command(edgewise: EdgewiseConfig) -> list[str]:
         command += ["--max-queue", str(settings.max_queue)]
     if settings.tp > 1 or settings.pp > 1:
         command += ["--tp", str(settings.tp), "--pp", str(settings.pp)]
-    if settings.workers > 1:
-        command += ["--workers", str(settings.workers)]
+    if settings.instances > 1:
+        command += ["--instances", str(settings.instances)]
     if settings.pp_layers is not None:
         command += ["--pp-layers", ",".join(map(str, settings.pp_layers))]
-    if settings.prefill_workers:
+    if settings.prefill_instances:
         command += [f"--{key.replace('_', '-')}={getattr(settings, key)}" for key in
-                    ("prefill_workers", "prefill_tp", "prefill_pp", "decode_workers", "decode_tp", "decode_pp")]
+                    ("prefill_instances", "prefill_tp", "prefill_pp", "decode_instances", "decode_tp", "decode_pp")]
     defaults = LocalBackendConfig()
-    for key, option in (("worker_timeout_s", "--worker-timeout"), ("heartbeat_timeout_s", "--heartbeat-timeout"),
-                        ("on_worker_loss", "--on-worker-loss"), ("worker_restarts", "--worker-restarts")):
+    for key, option in (("instance_timeout_s", "--instance-timeout"), ("heartbeat_timeout_s", "--heartbeat-timeout"),
+                        ("on_instance_loss", "--on-instance-loss"), ("instance_restarts", "--instance-restarts")):
         if getattr(settings, key) != getattr(defaults, key):
             command += [option, str(getattr(settings, key))]
     return command

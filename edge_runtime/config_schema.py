@@ -135,32 +135,32 @@ class LocalBackendConfig:
     tp: int = 1  # tensor-parallel ranks per pipeline stage of each text model
     pp: int = 1  # pipeline stages
     pp_layers: tuple[int, ...] | None = None  # decoder layers per stage; None: as even as possible
-    workers: int = 1  # colocated workers (replicas) of tp x pp ranks per text model
-    # Disaggregated instead (docs/disaggregation.md): prefill and decode workers, each tp x pp ranks.
-    prefill_workers: int = 0
+    instances: int = 1  # colocated instances (replicas) of tp x pp ranks per text model
+    # Disaggregated instead (docs/disaggregation.md): prefill and decode instances, each tp x pp ranks.
+    prefill_instances: int = 0
     prefill_tp: int = 1
     prefill_pp: int = 1
-    decode_workers: int = 0
+    decode_instances: int = 0
     decode_tp: int = 1
     decode_pp: int = 1
     # Failure (docs/parallelism.md): the bound of every wait between ranks, of a rank's silence,
     # what a lost worker's requests become, and how often the workers start again.
-    worker_timeout_s: float = 30.0
+    instance_timeout_s: float = 30.0
     heartbeat_timeout_s: float = 5.0
-    on_worker_loss: str = "error"
-    worker_restarts: int = 3
+    on_instance_loss: str = "error"
+    instance_restarts: int = 3
 
     def __post_init__(self) -> None:
-        for key in ("tp", "pp", "workers", "prefill_tp", "prefill_pp", "decode_tp", "decode_pp"):
+        for key in ("tp", "pp", "instances", "prefill_tp", "prefill_pp", "decode_tp", "decode_pp"):
             expect_int(getattr(self, key), key, minimum=1)
-        for key in ("prefill_workers", "decode_workers", "worker_restarts"):
+        for key in ("prefill_instances", "decode_instances", "instance_restarts"):
             expect_int(getattr(self, key), key)
-        if (self.prefill_workers > 0) != (self.decode_workers > 0):
-            raise ConfigError(None, "prefill_workers", "and decode_workers go together: both 0 (colocated) or both "
-                                                       f"at least 1, got {self.prefill_workers} and {self.decode_workers}")
-        expect_number(self.worker_timeout_s, "worker_timeout_s", minimum=0.001)
+        if (self.prefill_instances > 0) != (self.decode_instances > 0):
+            raise ConfigError(None, "prefill_instances", "and decode_instances go together: both 0 (colocated) or both "
+                                                       f"at least 1, got {self.prefill_instances} and {self.decode_instances}")
+        expect_number(self.instance_timeout_s, "instance_timeout_s", minimum=0.001)
         expect_number(self.heartbeat_timeout_s, "heartbeat_timeout_s", minimum=0.001)
-        _check_choice(self.on_worker_loss, ("error", "recompute"), "on_worker_loss")
+        _check_choice(self.on_instance_loss, ("error", "recompute"), "on_instance_loss")
         if self.pp_layers is not None:
             counts = expect_array(self.pp_layers, "pp_layers")
             layers = tuple(expect_int(n, f"pp_layers[{i}]", minimum=1) for i, n in enumerate(counts))

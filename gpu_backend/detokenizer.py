@@ -231,7 +231,7 @@ class RequestText:
 
     Ids are fed one at a time, so a stop string ends the text at the token that completed it (the
     tokens the request reports) however the ids were grouped into outputs: one per step, the first
-    token from a prefill worker and the rest from a decode worker, or a recomputed stream. Without a
+    token from a prefill instance and the rest from a decode instance, or a recomputed stream. Without a
     tokenizer the text is empty and every id counts.
     """
 
@@ -251,7 +251,7 @@ class RequestText:
         nothing is held back any more (a stop string may still cut what is released)."""
         if self._detokenizer is None:
             return TextUpdate("", len(token_ids), False)
-        if self._detokenizer.stopped:  # ids sampled before the workers heard of the stop
+        if self._detokenizer.stopped:  # ids sampled before the instances heard of the stop
             return TextUpdate("", 0, True)
         pieces = []
         for index, token_id in enumerate(token_ids):

@@ -27,10 +27,10 @@ class RequestAbortedError(EngineError):
     """The request was aborted before it finished."""
 
 
-class WorkerLostError(EngineError):
-    """A rank of a sharded worker died or hung: its requests ended, and the worker is restarting."""
+class InstanceLostError(EngineError):
+    """A rank of a sharded instance died or hung: its requests ended, and the instance is restarting."""
 
 
-class WorkerFailedError(WorkerLostError):
-    """A sharded worker was lost and every restart is used up: the model stays down until the
+class InstanceFailedError(InstanceLostError):
+    """A sharded instance was lost and every restart is used up: the model stays down until the
     backend itself is restarted, so retrying cannot help."""

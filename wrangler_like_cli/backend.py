@@ -41,33 +41,33 @@ def backend() -> None:
                    "(default: 256 on a GPU; on CPU as many as it runs at once, 4 per core).")
 @click.option("--log-level", type=click.Choice(list(_UVICORN_LEVELS)), default="warn", show_default=True)
 @click.option("--tp", "tp_size", type=click.IntRange(1), default=1, show_default=True,
-              help="Tensor-parallel ranks per pipeline stage (each text model's worker).")
+              help="Tensor-parallel ranks per pipeline stage (each text model's instance).")
 @click.option("--pp", "pp_size", type=click.IntRange(1), default=1, show_default=True,
               help="Pipeline stages: the decoder layers split into this many contiguous ranges.")
 @click.option("--pp-layers", metavar="N,N,...", default=None,
               help="Decoder layers per pipeline stage, e.g. 5,3 (default: as even as possible).")
-@click.option("--workers", "num_workers", type=click.IntRange(1), default=1, show_default=True,
-              help="Colocated workers (replicas) of each text model, tp x pp ranks each; the service routes "
+@click.option("--instances", "num_instances", type=click.IntRange(1), default=1, show_default=True,
+              help="Colocated instances (replicas) of each text model, tp x pp ranks each; the service routes "
                    "each request to the least loaded one.")
-@click.option("--prefill-workers", type=click.IntRange(0), default=0, show_default=True,
-              help="Disaggregated serving: workers that only prefill (with --decode-workers; replaces --workers).")
+@click.option("--prefill-instances", type=click.IntRange(0), default=0, show_default=True,
+              help="Disaggregated serving: instances that only prefill (with --decode-instances; replaces --instances).")
 @click.option("--prefill-tp", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--prefill-pp", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--decode-workers", type=click.IntRange(0), default=0, show_default=True,
-              help="Disaggregated serving: workers that decode what the prefill workers computed.")
+@click.option("--decode-instances", type=click.IntRange(0), default=0, show_default=True,
+              help="Disaggregated serving: instances that decode what the prefill instances computed.")
 @click.option("--decode-tp", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--decode-pp", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--worker-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+@click.option("--instance-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               help="Seconds any collective, KV transfer or hand-off between ranks may take before it fails "
-                   "(a worker stuck past it counts as lost).")
+                   "(an instance stuck past it counts as lost).")
 @click.option("--heartbeat-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
-              help="Seconds a rank may go without a sign of life (dead or frozen) before its worker counts as lost.")
-@click.option("--on-worker-loss", type=click.Choice(["error", "recompute"]), default="error", show_default=True,
-              help="When a worker is lost or a KV transfer fails: end its requests with an error, or compute "
-                   "them again (prompt and the tokens so far) on the workers left and stream on without a gap.")
-@click.option("--worker-restarts", type=click.IntRange(0), default=3, show_default=True,
-              help="Times the workers are started again, once none is left to serve, before the model stays "
-                   "unavailable (a lost worker alone is not restarted: the others serve on).")
+              help="Seconds a rank may go without a sign of life (dead or frozen) before its instance counts as lost.")
+@click.option("--on-instance-loss", type=click.Choice(["error", "recompute"]), default="error", show_default=True,
+              help="When an instance is lost or a KV transfer fails: end its requests with an error, or compute "
+                   "them again (prompt and the tokens so far) on the instances left and stream on without a gap.")
+@click.option("--instance-restarts", type=click.IntRange(0), default=3, show_default=True,
+              help="Times the instances are started again, once none is left to serve, before the model stays "
+                   "unavailable (a lost instance alone is not restarted: the others serve on).")
 @click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds a client has to send a request's headers, from connecting or the request's first "
                    "byte; past that the connection is closed, with a 408 if part of a request came (default: 10).")
@@ -76,27 +76,27 @@ def backend() -> None:
                    "(Workers AI's 3007) and the connection is closed (default: 60).")
 def serve(models: tuple[str, ...], host: str, port: int, token: str | None, device: str, dtype: str,
           max_queue: int | None, log_level: str, tp_size: int, pp_size: int, pp_layers: str | None,
-          num_workers: int, prefill_workers: int, prefill_tp: int, prefill_pp: int, decode_workers: int,
-          decode_tp: int, decode_pp: int, worker_timeout: float, heartbeat_timeout: float, on_worker_loss: str,
-          worker_restarts: int, header_timeout: float | None, body_timeout: float | None) -> None:
+          num_instances: int, prefill_instances: int, prefill_tp: int, prefill_pp: int, decode_instances: int,
+          decode_tp: int, decode_pp: int, instance_timeout: float, heartbeat_timeout: float, on_instance_loss: str,
+          instance_restarts: int, header_timeout: float | None, body_timeout: float | None) -> None:
     """Serve models over HTTP and WebSocket until Ctrl-C.
 
     With --tp/--pp each text model runs on tp x pp ranks started here (one GPU each). Across
     machines, run this same command under torchrun on every node (see docs/parallelism.md).
     """
     from gpu_backend.builtin_models import BUILTIN_MODELS
-    from gpu_backend.config import ParallelConfig, WorkerSpec
+    from gpu_backend.config import ParallelConfig, InstanceSpec
     from gpu_backend.cluster.launch import torchrun_env
     from gpu_backend.server import serve as service
     from gpu_backend.server.read_timeouts import ReadTimeouts
 
     try:
         resolved = service.resolve_models(list(models) or sorted(BUILTIN_MODELS))
-        parallel = ParallelConfig(tp_size, pp_size, _layer_counts(pp_layers), worker_timeout, num_workers,
-                                  prefill=WorkerSpec("prefill", prefill_tp, prefill_pp),
-                                  decode=WorkerSpec("decode", decode_tp, decode_pp),
-                                  num_prefill_workers=prefill_workers, num_decode_workers=decode_workers,
-                                  on_worker_loss=on_worker_loss, heartbeat_timeout_s=heartbeat_timeout)
+        parallel = ParallelConfig(tp_size, pp_size, _layer_counts(pp_layers), instance_timeout, num_instances,
+                                  prefill=InstanceSpec("prefill", prefill_tp, prefill_pp),
+                                  decode=InstanceSpec("decode", decode_tp, decode_pp),
+                                  num_prefill_instances=prefill_instances, num_decode_instances=decode_instances,
+                                  on_instance_loss=on_instance_loss, heartbeat_timeout_s=heartbeat_timeout)
         given = {"header_s": header_timeout, "body_s": body_timeout}
         read_timeouts = ReadTimeouts(**{key: value for key, value in given.items() if value is not None})
     except ValueError as error:
@@ -117,7 +117,7 @@ def serve(models: tuple[str, ...], host: str, port: int, token: str | None, devi
     err_console.print(f"edgewise backend · loading {names} on {device}", markup=False)
     service.serve(resolved, host=host, port=port, token=token, max_queue=max_queue,
                   log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype, parallel=parallel,
-                  max_restarts=worker_restarts, read_timeouts=read_timeouts)
+                  max_restarts=instance_restarts, read_timeouts=read_timeouts)
 
 
 def _layer_counts(text: str | None) -> tuple[int, ...] | None:

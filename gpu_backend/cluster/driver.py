@@ -1,12 +1,12 @@
-"""Rank 0 of a sharded worker: the engine's scheduler and step loop, fed by the service process.
+"""Rank 0 of a sharded instance: the engine's scheduler and step loop, fed by the service process.
 
 The service sends requests and aborts over a pipe (``multiprocessing`` connection); the driver
 adds them to its ``EngineCore`` between steps, runs a step (which sends the step's inputs to every
 other rank and runs its own part), and sends back what each request gained: the engine's
 ``EngineOutput``s as they are, token ids without text (the service makes the text). It speaks
-at least once a ``HEARTBEAT_S`` even when idle, so the service can tell a hung worker from a
+at least once a ``HEARTBEAT_S`` even when idle, so the service can tell a hung instance from a
 quiet one.
-The messages are ``protocol``'s; a kind of worker adds roles (``roles.DriverRole``) that take the
+The messages are ``protocol``'s; a kind of instance adds roles (``roles.DriverRole``) that take the
 messages of their own protocol and work after each step.
 """
 
@@ -19,8 +19,8 @@ from multiprocessing.connection import Connection
 
 from ..engine.core import EngineCore
 from ..engine.sampling_params import SamplingParams
-from .protocol import (AbortRequest, Accepted, AddRequest, Failed, Ready, Rejected, StepDone, Stop, WorkerInfo,
-                       WorkerLoad)
+from .protocol import (AbortRequest, Accepted, AddRequest, Failed, Ready, Rejected, StepDone, Stop, InstanceInfo,
+                       InstanceLoad)
 from .roles import DriverRole
 from .stage_runner import DriverRunner
 
@@ -52,7 +52,7 @@ class Driver:
         """Until the service says stop (or goes away); tells the other ranks to stop on the way out."""
         try:
             manager = self.engine.block_manager
-            self.pipe.send(Ready(WorkerInfo(self.engine.max_model_len, self.engine.config.max_num_seqs,
+            self.pipe.send(Ready(InstanceInfo(self.engine.max_model_len, self.engine.config.max_num_seqs,
                                             manager.num_blocks)))
             while not self._stopping:
                 self.serve_once()
@@ -62,7 +62,7 @@ class Driver:
             raise
         try:
             self.runner.stop()
-        except Exception:  # a rank already gone: the worker is being torn down anyway
+        except Exception:  # a rank already gone: the instance is being torn down anyway
             log.warning("could not tell every rank to stop", exc_info=True)
 
     def serve_once(self) -> None:
@@ -112,7 +112,7 @@ class Driver:
         if output is not None:
             self.pipe.send(StepDone([output], self._load()))
 
-    def _load(self) -> WorkerLoad:
+    def _load(self) -> InstanceLoad:
         scheduler, manager = self.engine.scheduler, self.engine.block_manager
-        return WorkerLoad(scheduler.num_running, scheduler.num_waiting, manager.num_free_blocks,
+        return InstanceLoad(scheduler.num_running, scheduler.num_waiting, manager.num_free_blocks,
                           manager.num_used_blocks, scheduler.num_preemptions)

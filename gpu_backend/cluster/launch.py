@@ -1,7 +1,7 @@
-"""Starting a sharded worker's ranks: as processes of this machine, or under torchrun.
+"""Starting a sharded instance's ranks: as processes of this machine, or under torchrun.
 
 ``spawn_world`` starts every rank as a fresh process (``spawn``: CUDA cannot be forked) that
-joins a world over a loopback TCP store; each worker's first rank gets one end of a pipe to the
+joins a world over a loopback TCP store; each instance's first rank gets one end of a pipe to the
 service, and every rank beats in a shared ``Heartbeats`` array the service watches. Under
 ``torchrun`` the launcher has started the ranks already (``torchrun_env`` reads their place):
 rank 0 starts the service in a child process instead (see ``wrangler_like_cli/backend.py``).
@@ -18,7 +18,7 @@ from multiprocessing.process import BaseProcess
 
 from ..config import EngineConfig, ParallelConfig
 from .heartbeat import Heartbeats
-from .rank import run_rank, worker_layouts
+from .rank import run_rank, instance_layouts
 from .roles import RankRoles
 
 STOP_WAIT_S = 10.0
@@ -26,20 +26,20 @@ STOP_WAIT_S = 10.0
 
 @dataclass
 class RankProcesses:
-    """One start of a world: its rank processes (none when torchrun owns them), each worker's
+    """One start of a world: its rank processes (none when torchrun owns them), each instance's
     driver pipe and ranks, and the ranks' heartbeats (None under torchrun)."""
 
     processes: list[BaseProcess]
     connections: list[Connection]
-    worker_ranks: list[range]
+    instance_ranks: list[range]
     heartbeats: Heartbeats | None = None
 
     @property
     def driver_ranks(self) -> list[int]:
-        return [ranks.start for ranks in self.worker_ranks]
+        return [ranks.start for ranks in self.instance_ranks]
 
-    def worker_of(self, rank: int) -> int:
-        return next(worker for worker, ranks in enumerate(self.worker_ranks) if rank in ranks)
+    def instance_of(self, rank: int) -> int:
+        return next(instance for instance, ranks in enumerate(self.instance_ranks) if rank in ranks)
 
     def exited_rank(self) -> tuple[int, int | None] | None:
         """(rank, exit code) of a rank that is no longer running (while the world starts)."""
@@ -48,9 +48,9 @@ class RankProcesses:
                 return rank, process.exitcode
         return None
 
-    def kill_worker(self, worker: int) -> None:
-        """Kill one worker's ranks, leaving the others serving."""
-        mine = [self.processes[rank] for rank in self.worker_ranks[worker] if rank < len(self.processes)]
+    def kill_instance(self, instance: int) -> None:
+        """Kill one instance's ranks, leaving the others serving."""
+        mine = [self.processes[rank] for rank in self.instance_ranks[instance] if rank < len(self.processes)]
         for process in mine:
             if process.is_alive():
                 process.kill()
@@ -75,10 +75,10 @@ class RankProcesses:
 
 
 def spawn_world(config: EngineConfig, parallel: ParallelConfig, roles: RankRoles | None = None) -> RankProcesses:
-    """Every rank of ``parallel.num_workers`` workers, each worker's first rank with a pipe to us;
+    """Every rank of ``parallel.num_instances`` instances, each instance's first rank with a pipe to us;
     ``roles``: what each rank adds (``roles.RankRoles``)."""
     context = mp.get_context("spawn")
-    drivers = [worker.first_rank for worker in worker_layouts(parallel)]
+    drivers = [instance.first_rank for instance in instance_layouts(parallel)]
     pipes = {rank: context.Pipe() for rank in drivers}
     init_method = f"tcp://127.0.0.1:{free_port()}"
     world_size = parallel.world_size
@@ -94,7 +94,7 @@ def spawn_world(config: EngineConfig, parallel: ParallelConfig, roles: RankRoles
     for _, driver_end in pipes.values():
         driver_end.close()  # the driver holds its own copy: we see EOF once it is gone
     return RankProcesses(processes, [pipes[rank][0] for rank in drivers],
-                         [layout.ranks for layout in worker_layouts(parallel)], heartbeats)
+                         [layout.ranks for layout in instance_layouts(parallel)], heartbeats)
 
 
 @dataclass(frozen=True)

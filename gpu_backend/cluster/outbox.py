@@ -1,8 +1,8 @@
-"""Messages from the service to each worker's driver, each worker's written by a thread of its own.
+"""Messages from the service to each instance's driver, each instance's written by a thread of its own.
 
 A pipe write blocks once the pipe is full; a driver that stopped reading (a frozen rank, until
-the heartbeat finds it) then holds up only its own worker's messages, never the event loop or
-another worker's.
+the heartbeat finds it) then holds up only its own instance's messages, never the event loop or
+another instance's.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from multiprocessing.connection import Connection
 
 
 class Outbox:
-    def __init__(self, num_workers: int, connections: Callable[[], list[Connection]]) -> None:
-        """``connections``: the running world's driver pipes, by worker (a restarted world has new ones)."""
+    def __init__(self, num_instances: int, connections: Callable[[], list[Connection]]) -> None:
+        """``connections``: the running world's driver pipes, by instance (a restarted world has new ones)."""
         self._connections = connections
-        self._queues: list[queue.Queue] = [queue.Queue() for _ in range(num_workers)]
-        for worker in range(num_workers):
-            threading.Thread(target=self._write, args=(worker,), name=f"edgewise-worker-{worker}-send",
+        self._queues: list[queue.Queue] = [queue.Queue() for _ in range(num_instances)]
+        for instance in range(num_instances):
+            threading.Thread(target=self._write, args=(instance,), name=f"edgewise-instance-{instance}-send",
                              daemon=True).start()
 
-    def put(self, worker: int, message: tuple) -> None:
-        self._queues[worker].put(message)
+    def put(self, instance: int, message: tuple) -> None:
+        self._queues[instance].put(message)
 
     def clear(self) -> None:
         """Drop what was meant for a lost world."""
@@ -36,9 +36,9 @@ class Outbox:
         for messages in self._queues:
             messages.put(None)
 
-    def _write(self, worker: int) -> None:
-        while (message := self._queues[worker].get()) is not None:
+    def _write(self, instance: int) -> None:
+        while (message := self._queues[instance].get()) is not None:
             try:
-                self._connections()[worker].send(message)
-            except (OSError, EOFError, ValueError):  # the worker is gone; the monitor deals with it
+                self._connections()[instance].send(message)
+            except (OSError, EOFError, ValueError):  # the instance is gone; the monitor deals with it
                 pass

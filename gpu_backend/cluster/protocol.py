@@ -1,11 +1,11 @@
-"""The messages between a sharded worker's processes: the service and each driver, the driver and
-its followers. Frozen dataclasses, matched on their class; a kind of worker adds its own (the
+"""The messages between a sharded instance's processes: the service and each driver, the driver and
+its followers. Frozen dataclasses, matched on their class; a kind of instance adds its own (the
 disaggregated roles' are in ``disagg.protocol``) and they travel the same pipes.
 
-Service -> driver (the worker's pipe): ``AddRequest``, ``AbortRequest``, ``Stop``.
+Service -> driver (the instance's pipe): ``AddRequest``, ``AbortRequest``, ``Stop``.
 Driver -> service: ``Ready`` once, then ``Accepted`` / ``Rejected`` per request, ``StepDone``
-after each step (and at least once a heartbeat while idle), ``Failed`` when the worker breaks.
-Driver -> followers (the worker's control group): ``RunStep`` per step, ``FollowerCall`` for the
+after each step (and at least once a heartbeat while idle), ``Failed`` when the instance breaks.
+Driver -> followers (the instance's control group): ``RunStep`` per step, ``FollowerCall`` for the
 rest (a method of one of the rank's parts, by name), ``StopFollowing`` at the end.
 """
 
@@ -21,14 +21,14 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class WorkerInfo:
+class InstanceInfo:
     max_model_len: int
     max_num_seqs: int
     num_kv_blocks: int
 
 
 @dataclass(frozen=True)
-class WorkerLoad:
+class InstanceLoad:
     num_running: int
     num_waiting: int
     kv_blocks_free: int
@@ -36,7 +36,7 @@ class WorkerLoad:
     num_preemptions: int
 
 
-NO_LOAD = WorkerLoad(0, 0, 0, 0, 0)
+NO_LOAD = InstanceLoad(0, 0, 0, 0, 0)
 
 # -- service -> driver ---------------------------------------------------------------------------
 
@@ -63,7 +63,7 @@ class Stop:
 
 @dataclass(frozen=True)
 class Ready:
-    info: WorkerInfo
+    info: InstanceInfo
 
 
 @dataclass(frozen=True)
@@ -80,15 +80,15 @@ class Rejected:
 @dataclass(frozen=True)
 class StepDone:
     """What one turn of the driver added to each request (the engine's outputs, token ids without
-    text, passed on as they are), and the worker's load after it."""
+    text, passed on as they are), and the instance's load after it."""
 
     outputs: list[EngineOutput]
-    load: WorkerLoad
+    load: InstanceLoad
 
 
 @dataclass(frozen=True)
 class Failed:
-    """The worker broke (a rank's error, a collective that timed out): it is lost."""
+    """The instance broke (a rank's error, a collective that timed out): it is lost."""
 
     text: str
 

@@ -1,7 +1,7 @@
-"""What every rank of a sharded worker runs: join the world, build its shard, then drive or follow.
+"""What every rank of a sharded instance runs: join the world, build its shard, then drive or follow.
 
-A worker is one ``torch.distributed`` world of ``tp_size × pp_size`` ranks (NCCL on GPUs, Gloo
-on CPU), laid out by ``groups.WorkerLayout``. Each rank builds only its pipeline stage's layers
+An instance is one ``torch.distributed`` world of ``tp_size × pp_size`` ranks (NCCL on GPUs, Gloo
+on CPU), laid out by ``groups.InstanceLayout``. Each rank builds only its pipeline stage's layers
 and its tensor-parallel slices, reading only those from the checkpoint. The ranks agree on the
 number of KV blocks (the smallest any of them can hold: one block manager, on the driver, hands
 out block ids for all of them). Rank 0 is the driver; the others follow its steps.
@@ -21,7 +21,7 @@ import torch.distributed as dist
 from ..config import EngineConfig, ModelConfig, ParallelConfig
 from ..engine.core import EngineCore
 from ..parallel.comm import ControlPlane, min_over, token_group
-from ..parallel.groups import WorkerLayout, build_groups
+from ..parallel.groups import InstanceLayout, build_groups
 from ..parallel.pipeline import stage_of
 from ..parallel.state import TensorParallel, set_tensor_parallel
 from .driver import Driver, DriverPipe
@@ -38,7 +38,7 @@ CONTROL_TIMEOUT = timedelta(days=7)
 def run_rank(rank: int, world_size: int, config: EngineConfig, parallel: ParallelConfig, init_method: str,
              connection: Connection | None = None, local_rank: int | None = None,
              heartbeats: Heartbeats | None = None, roles: RankRoles | None = None) -> None:
-    """One rank's whole life; each worker's first rank (its driver) needs its connection to the service."""
+    """One rank's whole life; each instance's first rank (its driver) needs its connection to the service."""
     if heartbeats is not None:
         heartbeats.start_beating(rank, parallel.heartbeat_interval_s)
     config = _rank_device(config, rank if local_rank is None else local_rank, world_size)
@@ -56,37 +56,37 @@ def run_rank(rank: int, world_size: int, config: EngineConfig, parallel: Paralle
     dist.destroy_process_group()
 
 
-def worker_layouts(parallel: ParallelConfig) -> list[WorkerLayout]:
-    """The world's workers, one after another in rank order (``ParallelConfig.worker_specs``)."""
+def instance_layouts(parallel: ParallelConfig) -> list[InstanceLayout]:
+    """The world's instances, one after another in rank order (``ParallelConfig.instance_specs``)."""
     layouts, first = [], 0
-    for spec in parallel.worker_specs():
-        layouts.append(WorkerLayout(first, spec.tp_size, spec.pp_size))
+    for spec in parallel.instance_specs():
+        layouts.append(InstanceLayout(first, spec.tp_size, spec.pp_size))
         first += spec.size
     return layouts
 
 
 def _serve(rank: int, config: EngineConfig, parallel: ParallelConfig, connection: Connection | None,
            roles: RankRoles | None) -> None:
-    workers, specs = worker_layouts(parallel), parallel.worker_specs()
+    instances, specs = instance_layouts(parallel), parallel.instance_specs()
     timeout = timedelta(seconds=parallel.timeout_s)  # every group's collectives
-    control_group, tokens = _worker_groups(workers, rank, timeout)
-    place = build_groups(workers, rank, timeout)
+    control_group, tokens = _instance_groups(instances, rank, timeout)
+    place = build_groups(instances, rank, timeout)
     set_tensor_parallel(place.tensor_parallel())
     model_config = ModelConfig.from_pretrained(config.model)
-    mine = workers.index(place.worker)
+    mine = instances.index(place.instance)
     stage = stage_of(place.pp_rank, specs[mine].pp_size, model_config.num_hidden_layers, specs[mine].pp_layers)
-    worker = place.worker
-    control = ControlPlane(control_group, worker.first_rank, [r for r in worker.ranks if r != worker.first_rank],
+    instance = place.instance
+    control = ControlPlane(control_group, instance.first_rank, [r for r in instance.ranks if r != instance.first_rank],
                            timeout)
-    world = RankWorld(rank, workers, specs, mine, model_config, timeout, control_group)
-    if rank != worker.first_rank:
+    world = RankWorld(rank, instances, specs, mine, model_config, timeout, control_group)
+    if rank != instance.first_rank:
         runner = StageRunner(config, model_config, place, stage, token_group=tokens)
         _agree_on_num_blocks(runner, control_group)
         part = roles(world, runner) if roles is not None else None
         runner.follow(control, {part.name: part} if part is not None else {})
         return
     if connection is None:
-        raise ValueError(f"rank {rank} drives its worker: it needs the connection to the service")
+        raise ValueError(f"rank {rank} drives its instance: it needs the connection to the service")
     driver_runner = DriverRunner(config, model_config, place, stage, control, token_group=tokens)
     _agree_on_num_blocks(driver_runner, control_group)
     part = roles(world, driver_runner) if roles is not None else None
@@ -95,17 +95,17 @@ def _serve(rank: int, config: EngineConfig, parallel: ParallelConfig, connection
     Driver(engine, driver_runner, pipe, part.driver_roles(engine, pipe.send) if part is not None else []).serve()
 
 
-def _worker_groups(workers: list[WorkerLayout], rank: int,
+def _instance_groups(instances: list[InstanceLayout], rank: int,
                    timeout: timedelta) -> tuple[dist.ProcessGroup, dist.ProcessGroup | None]:
-    """This rank's worker's control group and token group (every rank makes every worker's: collective)."""
+    """This rank's instance's control group and token group (every rank makes every instance's: collective)."""
     control, tokens = None, None
-    for worker in workers:
-        group = dist.new_group(list(worker.ranks), backend="gloo", timeout=CONTROL_TIMEOUT)
-        last = worker.rank_of(worker.pp_size - 1, 0)
-        pair = token_group(worker.first_rank, last, timeout) if worker.pp_size > 1 else None
-        if rank in worker.ranks:
+    for instance in instances:
+        group = dist.new_group(list(instance.ranks), backend="gloo", timeout=CONTROL_TIMEOUT)
+        last = instance.rank_of(instance.pp_size - 1, 0)
+        pair = token_group(instance.first_rank, last, timeout) if instance.pp_size > 1 else None
+        if rank in instance.ranks:
             control, tokens = group, pair
-    assert control is not None, f"rank {rank} is in no worker"
+    assert control is not None, f"rank {rank} is in no instance"
     return control, tokens
 
 

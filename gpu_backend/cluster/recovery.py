@@ -1,12 +1,12 @@
-"""What a ``ShardedEngine``'s requests go through when workers are lost.
+"""What a ``ShardedEngine``'s requests go through when instances are lost.
 
-A lost worker is killed alone; its requests end with ``WorkerLostError``, or with
-``on_worker_loss="recompute"`` are submitted again under a new id (prompt and the tokens streamed
-so far) to the workers left, and stream on without a gap; new requests avoid it. A flow may
-reroute a request the same way (``disagg``: a failed KV transfer). When the workers left cannot
+A lost instance is killed alone; its requests end with ``InstanceLostError``, or with
+``on_instance_loss="recompute"`` are submitted again under a new id (prompt and the tokens streamed
+so far) to the instances left, and stream on without a gap; new requests avoid it. A flow may
+reroute a request the same way (``disagg``: a failed KV transfer). When the instances left cannot
 serve (the flow's ``can_serve``), the world is lost: every rank is killed and the world starts
 again, up to ``max_restarts`` times, and its requests end or are recomputed. Once every restart
-is used up the model has failed for good: ``WorkerFailedError`` says so, and that only
+is used up the model has failed for good: ``InstanceFailedError`` says so, and that only
 restarting the backend brings it back.
 
 Every method runs under the engine's lock unless it says otherwise.
@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..engine.thread_bridge import post, settle
-from ..errors import EngineError, WorkerFailedError, WorkerLostError
+from ..errors import EngineError, InstanceFailedError, InstanceLostError
 from .protocol import AbortRequest
 from .streams import Stream
 
@@ -30,29 +30,29 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class WorkerRecovery:
+class InstanceRecovery:
     def __init__(self, engine: ShardedEngine, max_restarts: int) -> None:
         self.engine, self.max_restarts = engine, max_restarts
-        self._world_lost: str | None = None  # why, once the workers left cannot serve
+        self._world_lost: str | None = None  # why, once the instances left cannot serve
 
-    def lose_worker(self, worker: int, reason: str) -> None:
-        """On the monitor thread: kill one worker; its requests end or are computed again on the
+    def lose_instance(self, instance: int, reason: str) -> None:
+        """On the monitor thread: kill one instance; its requests end or are computed again on the
         others. With none left to serve, the world is lost."""
         engine = self.engine
-        log.error("worker %d of %s lost: %s", worker, engine.config.model, reason)
+        log.error("instance %d of %s lost: %s", instance, engine.config.model, reason)
         with engine.lock:
-            engine.world.lose(worker, reason)
-            engine.events["worker_lost"] += 1
-            if not engine.flow.can_serve(engine.world.health.live_workers):
+            engine.world.lose(instance, reason)
+            engine.events["instance_lost"] += 1
+            if not engine.flow.can_serve(engine.world.health.live_instances):
                 self._world_lost = reason
                 return
-        engine.world.kill_worker(worker)
+        engine.world.kill_instance(instance)
         with engine.lock:
-            for stream in [s for s in engine.streams.all() if worker in (s.worker, s.next_worker)]:
-                self.reroute(stream, WorkerLostError(f"worker {worker} was lost: {reason}"))
+            for stream in [s for s in engine.streams.all() if instance in (s.instance, s.next_instance)]:
+                self.reroute(stream, InstanceLostError(f"instance {instance} was lost: {reason}"))
 
     def lose_world(self, reason: str) -> None:
-        """The workers left cannot serve: the monitor restarts the world (``recover_world``)."""
+        """The instances left cannot serve: the monitor restarts the world (``recover_world``)."""
         self._world_lost = reason
 
     def take_world_lost(self) -> str | None:
@@ -62,13 +62,13 @@ class WorkerRecovery:
         return reason
 
     def reroute(self, stream: Stream, error: EngineError) -> None:
-        """Free what the request holds on the workers still up; then end it or submit it again."""
+        """Free what the request holds on the instances still up; then end it or submit it again."""
         engine = self.engine
-        live = set(engine.world.health.live_workers)
-        holders = {stream.worker, stream.next_worker} if stream.worker >= 0 else {stream.next_worker}
-        for worker in holders & live:
-            engine.send(worker, AbortRequest(stream.wire_id))
-        if stream.abandoned or engine.parallel.on_worker_loss != "recompute":
+        live = set(engine.world.health.live_instances)
+        holders = {stream.instance, stream.next_instance} if stream.instance >= 0 else {stream.next_instance}
+        for instance in holders & live:
+            engine.send(instance, AbortRequest(stream.wire_id))
+        if stream.abandoned or engine.parallel.on_instance_loss != "recompute":
             engine.forget(stream)
             post(stream.loop, cancel_submission, stream)
             if not stream.abandoned:
@@ -84,7 +84,7 @@ class WorkerRecovery:
         engine = self.engine
         engine.forget(stream)
         stream.attempt += 1
-        stream.worker, stream.next_worker, stream.flow_state = -1, None, None
+        stream.instance, stream.next_instance, stream.flow_state = -1, None, None
         engine.streams.add(stream)
         engine.events["request_recomputed"] += 1
         post(stream.loop, self._resubmit, stream)
@@ -102,7 +102,7 @@ class WorkerRecovery:
     def recover_world(self, reason: str) -> bool:
         """On the monitor thread: kill the whole world and start it again; False when it could not be."""
         engine = self.engine
-        recompute = engine.parallel.on_worker_loss == "recompute" and engine.restarts < self.max_restarts
+        recompute = engine.parallel.on_instance_loss == "recompute" and engine.restarts < self.max_restarts
         log.error("the world of %s is lost: %s", engine.config.model, reason)
         with engine.lock:
             engine.error = reason
@@ -131,21 +131,21 @@ class WorkerRecovery:
         if not engine.failed_for_good:
             engine.failed_for_good = True
             engine.error = (f"{engine.error}; every restart is used up ({engine.restarts} of {self.max_restarts}, "
-                            f"--worker-restarts): the model is down until the backend is restarted")
+                            f"--instance-restarts): the model is down until the backend is restarted")
             log.error("%s has failed for good: %s", engine.config.model, engine.error)
 
-    def unavailable(self) -> WorkerLostError:
+    def unavailable(self) -> InstanceLostError:
         """What a request gets while the world is down: restarting, or failed for good."""
         engine = self.engine
-        error = engine.error or "the workers are down"
-        return WorkerFailedError(error) if engine.failed_for_good else WorkerLostError(error)
+        error = engine.error or "the instances are down"
+        return InstanceFailedError(error) if engine.failed_for_good else InstanceLostError(error)
 
     def _restart(self) -> bool:
         """Without the lock: start the world again, up to ``max_restarts`` times in all."""
         engine = self.engine
         while engine.restarts < self.max_restarts and not engine.stopped:
             engine.restarts += 1
-            log.warning("restarting the workers of %s (restart %d of %d)", engine.config.model, engine.restarts,
+            log.warning("restarting the instances of %s (restart %d of %d)", engine.config.model, engine.restarts,
                         self.max_restarts)
             try:
                 ranks, info = engine.world.start()
@@ -156,9 +156,9 @@ class WorkerRecovery:
             with engine.lock:
                 engine.world.adopt(ranks, info)
                 engine.flow.restarted()
-                engine.router.prefixes.clear()  # the new workers' caches are empty
+                engine.router.prefixes.clear()  # the new instances' caches are empty
                 engine.error = None
-                engine.events["worker_restarted"] += 1
+                engine.events["instance_restarted"] += 1
             return True
         return False
 
@@ -168,7 +168,7 @@ class WorkerRecovery:
         with engine.lock:
             streams = engine.streams.take_all()
             engine.world.outbox.clear()
-            if isinstance(error, WorkerLostError):
+            if isinstance(error, InstanceLostError):
                 engine.events["request_lost"] += sum(not stream.abandoned for stream in streams)
         for stream in streams:
             post(stream.loop, cancel_submission, stream)

@@ -1,10 +1,10 @@
-"""Where a kind of worker plugs into the cluster: parts on every rank, roles in the driver.
+"""Where a kind of instance plugs into the cluster: parts on every rank, roles in the driver.
 
-The cluster runs TP×PP workers that compute prompts and generate, and knows nothing else. A kind
-of worker that does more (``disagg``'s prefill and decode workers, which move KV between them)
+The cluster runs TP×PP instances that compute prompts and generate, and knows nothing else. A kind
+of instance that does more (``disagg``'s prefill and decode instances, which move KV between them)
 hands the world a ``RankRoles``: a picklable callable that every rank calls once it has joined,
 collectively and in rank order, and that gives the rank's ``RankPart``. The driver calls a
-part's ``remote_methods`` on every rank of its worker at once (``DriverRunner.call_everywhere``:
+part's ``remote_methods`` on every rank of its instance at once (``DriverRunner.call_everywhere``:
 a ``FollowerCall`` to the followers, the same call on its own part), and runs the part's
 ``DriverRole``s: they take the messages of their protocol from the service and work after each
 step of the engine.
@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import torch.distributed as dist
 
-    from ..config import ModelConfig, WorkerSpec
+    from ..config import ModelConfig, InstanceSpec
     from ..engine.core import EngineCore
     from ..engine.outputs import EngineOutput
-    from ..parallel.groups import WorkerLayout
+    from ..parallel.groups import InstanceLayout
     from .stage_runner import StageRunner
 
 
@@ -32,16 +32,16 @@ class RankWorld:
     """What a rank knows of its world when its parts are made."""
 
     rank: int
-    workers: list[WorkerLayout]  # every worker of the world, in rank order
-    specs: list[WorkerSpec]  # their roles and shapes
-    mine: int  # this rank's worker
+    instances: list[InstanceLayout]  # every instance of the world, in rank order
+    specs: list[InstanceSpec]  # their roles and shapes
+    mine: int  # this rank's instance
     model_config: ModelConfig
     timeout: timedelta  # every collective's bound
-    control_group: dist.ProcessGroup  # this rank's worker's ranks
+    control_group: dist.ProcessGroup  # this rank's instance's ranks
 
 
 class DriverRole(Protocol):
-    """A part of the driver's job that a kind of worker adds."""
+    """A part of the driver's job that a kind of instance adds."""
 
     @property
     def waiting(self) -> bool:
@@ -62,7 +62,7 @@ class DriverRole(Protocol):
 
 
 class RankPart(Protocol):
-    """What a kind of worker adds to each of its ranks."""
+    """What a kind of instance adds to each of its ranks."""
 
     name: str  # what a ``FollowerCall`` names it by
     remote_methods: frozenset[str]  # what the driver may call on every rank
@@ -72,7 +72,7 @@ class RankPart(Protocol):
         ...
 
     def driver_roles(self, engine: EngineCore, send: Callable[[object], None]) -> list[DriverRole]:
-        """The roles of this worker's driver; ``send``: to the service."""
+        """The roles of this instance's driver; ``send``: to the service."""
         ...
 
 

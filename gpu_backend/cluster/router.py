@@ -1,19 +1,19 @@
-"""Which worker serves a request: token-aware load balancing, prefix-cache aware, with session affinity.
+"""Which instance serves a request: token-aware load balancing, prefix-cache aware, with session affinity.
 
-A worker's load is counted in tokens, as Cloudflare's load balancer does, not in requests. A
-prompt still to compute counts all its tokens on the worker computing it. A generating request
-counts the tokens its KV holds, since every step reads them, on the worker generating it; a
-request that goes on to another worker once its prompt is computed (disaggregated: a decode
-worker, which the KV is sent to) counts its prompt there already.
+An instance's load is counted in tokens, as Cloudflare's load balancer does, not in requests. A
+prompt still to compute counts all its tokens on the instance computing it. A generating request
+counts the tokens its KV holds, since every step reads them, on the instance generating it; a
+request that goes on to another instance once its prompt is computed (disaggregated: a decode
+instance, which the KV is sent to) counts its prompt there already.
 
-Workers have roles (``WorkerSpec.role``), and a request is routed to one worker of a role at a
-time. A worker whose prefix cache likely holds the start of the prompt saves those tokens (it
+Instances have roles (``InstanceSpec.role``), and a request is routed to one instance of a role at a
+time. An instance whose prefix cache likely holds the start of the prompt saves those tokens (it
 skips computing them, or, if it receives the KV, reserves them from its cache). The router
-keeps a bounded index of the block-aligned prompt prefixes it sent to each worker (``PrefixIndex``,
-an estimate: the worker may have evicted them since) and picks the worker with the least load
-minus the tokens it would save. Ties go to the worker with the fewest KV blocks in use.
+keeps a bounded index of the block-aligned prompt prefixes it sent to each instance (``PrefixIndex``,
+an estimate: the instance may have evicted them since) and picks the instance with the least load
+minus the tokens it would save. Ties go to the instance with the fewest KV blocks in use.
 
-A request that names a session (the ``x-session-affinity`` header) goes back to the workers its
+A request that names a session (the ``x-session-affinity`` header) goes back to the instances its
 session used last, whose prefix caches hold the conversation so far. The sessions remembered
 are bounded: the least recently used are forgotten first.
 """
@@ -24,15 +24,15 @@ from collections import OrderedDict
 from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol
 
-from ..errors import WorkerLostError
+from ..errors import InstanceLostError
 
 MAX_SESSIONS = 4096
-MAX_PREFIX_BLOCKS = 1 << 16  # block hashes remembered, over every worker
+MAX_PREFIX_BLOCKS = 1 << 16  # block hashes remembered, over every instance
 
 
 class RoutedRequest(Protocol):
-    worker: int  # the worker serving it now (-1 until it is routed)
-    next_worker: int | None  # where it goes on once its prompt is computed (disaggregated: the decode worker)
+    instance: int  # the instance serving it now (-1 until it is routed)
+    next_instance: int | None  # where it goes on once its prompt is computed (disaggregated: the decode instance)
     prompt_len: int
     generated: list[int]
 
@@ -42,13 +42,13 @@ class Load(Protocol):
 
 
 class PrefixIndex:
-    """Which workers were sent which block-aligned prompt prefixes, the least recently used forgotten first.
+    """Which instances were sent which block-aligned prompt prefixes, the least recently used forgotten first.
 
     A prefix is named by a chain hash over its full blocks, as a prefix cache names its blocks."""
 
     def __init__(self, block_size: int, max_blocks: int = MAX_PREFIX_BLOCKS) -> None:
         self.block_size, self.max_blocks = block_size, max_blocks
-        self._workers: OrderedDict[int, set[int]] = OrderedDict()  # prefix hash -> workers sent it
+        self._instances: OrderedDict[int, set[int]] = OrderedDict()  # prefix hash -> instances sent it
 
     def hashes(self, token_ids: Sequence[int]) -> list[int]:
         chain, previous = [], 0
@@ -57,24 +57,24 @@ class PrefixIndex:
             chain.append(previous)
         return chain
 
-    def cached_tokens(self, hashes: Sequence[int], worker: int) -> int:
-        """Tokens at the start of the prompt that ``worker`` was sent before."""
+    def cached_tokens(self, hashes: Sequence[int], instance: int) -> int:
+        """Tokens at the start of the prompt that ``instance`` was sent before."""
         blocks = 0
         for prefix in hashes:
-            if worker not in self._workers.get(prefix, ()):
+            if instance not in self._instances.get(prefix, ()):
                 break
             blocks += 1
         return blocks * self.block_size
 
-    def add(self, hashes: Sequence[int], worker: int) -> None:
+    def add(self, hashes: Sequence[int], instance: int) -> None:
         for prefix in hashes:
-            self._workers.setdefault(prefix, set()).add(worker)
-            self._workers.move_to_end(prefix)
-        while len(self._workers) > self.max_blocks:
-            self._workers.popitem(last=False)
+            self._instances.setdefault(prefix, set()).add(instance)
+            self._instances.move_to_end(prefix)
+        while len(self._instances) > self.max_blocks:
+            self._instances.popitem(last=False)
 
     def clear(self) -> None:
-        self._workers.clear()
+        self._instances.clear()
 
 
 class Router:
@@ -87,38 +87,38 @@ class Router:
     def pick(self, role: str, requests: Iterable[RoutedRequest], loads: Sequence[Load],
              session: str | None = None, unavailable: Collection[int] = (),
              prompt: Sequence[int] | None = None) -> int:
-        """The worker in ``role`` for a new request, other than the ``unavailable`` ones (lost, or
-        with no working link to the request's other worker); remembered for ``session``, and its
+        """The instance in ``role`` for a new request, other than the ``unavailable`` ones (lost, or
+        with no working link to the request's other instance); remembered for ``session``, and its
         ``prompt`` (token ids) for the prefix index."""
         remembered = self._sessions.get(session, {}) if session else {}
-        worker = remembered.get(role)
+        instance = remembered.get(role)
         hashes = self.prefixes.hashes(prompt) if prompt is not None else []
-        if worker is None or worker in unavailable:
+        if instance is None or instance in unavailable:
             candidates = [w for w, own in enumerate(self.roles) if own == role and w not in unavailable]
             if not candidates:
-                raise WorkerLostError(f"no {role} worker is serving")
+                raise InstanceLostError(f"no {role} instance is serving")
             tokens = token_loads(requests, len(self.roles))
-            worker = min(candidates, key=lambda w: (tokens[w] - self.prefixes.cached_tokens(hashes, w),
+            instance = min(candidates, key=lambda w: (tokens[w] - self.prefixes.cached_tokens(hashes, w),
                                                     loads[w].kv_blocks_used))
-        self.prefixes.add(hashes, worker)
+        self.prefixes.add(hashes, instance)
         if session:
-            self._sessions.setdefault(session, {})[role] = worker
+            self._sessions.setdefault(session, {})[role] = instance
             self._sessions.move_to_end(session)
             while len(self._sessions) > self.max_sessions:
                 self._sessions.popitem(last=False)
-        return worker
+        return instance
 
 
-def token_loads(requests: Iterable[RoutedRequest], num_workers: int) -> list[int]:
-    """Per worker: the prompt tokens it has still to compute plus the tokens its generating requests hold."""
-    tokens = [0] * num_workers
+def token_loads(requests: Iterable[RoutedRequest], num_instances: int) -> list[int]:
+    """Per instance: the prompt tokens it has still to compute plus the tokens its generating requests hold."""
+    tokens = [0] * num_instances
     for request in requests:
-        if request.worker < 0:  # not routed yet
+        if request.instance < 0:  # not routed yet
             continue
         held = request.prompt_len + len(request.generated)
-        if request.next_worker is not None and request.next_worker != request.worker:
-            tokens[request.worker] += request.prompt_len  # computing its prompt
-            tokens[request.next_worker] += request.prompt_len  # its KV is coming
+        if request.next_instance is not None and request.next_instance != request.instance:
+            tokens[request.instance] += request.prompt_len  # computing its prompt
+            tokens[request.next_instance] += request.prompt_len  # its KV is coming
         else:
-            tokens[request.worker] += held
+            tokens[request.instance] += held
     return tokens

@@ -1,14 +1,14 @@
-"""``ShardedEngine``: TP×PP workers seen from the service process, through the engine contract
+"""``ShardedEngine``: TP×PP instances seen from the service process, through the engine contract
 (``engine/contract.py``) as an ``AsyncLLM`` is: token ids in, ``EngineOutput``s out.
 
-The world (``world.World``) holds the workers of ``ParallelConfig.worker_specs``. A request's
-submission flow (``flow``) routes it to its workers and speaks to their drivers: colocated
-(``flow.ColocatedFlow``: the least loaded worker computes the prompt and generates the rest), or
-prefill then decode (``disagg.flow``). Each worker's outputs come back to the request's async
-iterator; leaving the iterator early aborts it on its workers.
+The world (``world.World``) holds the instances of ``ParallelConfig.instance_specs``. A request's
+submission flow (``flow``) routes it to its instances and speaks to their drivers: colocated
+(``flow.ColocatedFlow``: the least loaded instance computes the prompt and generates the rest), or
+prefill then decode (``disagg.flow``). Each instance's outputs come back to the request's async
+iterator; leaving the iterator early aborts it on its instances.
 
 A monitor thread reads the drivers' messages and watches the ranks (``health``). What a lost
-worker or a lost world means for the requests (an error, or computed again on the workers left)
+instance or a lost world means for the requests (an error, or computed again on the instances left)
 is ``recovery``'s.
 """
 
@@ -31,7 +31,7 @@ from .flow import ColocatedFlow, Flow
 from .health import POLL_S
 from .launch import RankProcesses
 from .protocol import Accepted, Rejected, StepDone, Stop
-from .recovery import WorkerRecovery
+from .recovery import InstanceRecovery
 from .router import Router
 from .streams import Stream, StreamTable
 from .world import World
@@ -42,26 +42,26 @@ log = logging.getLogger(__name__)
 class ShardedEngine:
     def __init__(self, config: EngineConfig, parallel: ParallelConfig, *, flow: Flow | None = None,
                  max_restarts: int = 3, ready_timeout_s: float = 900.0, attached: RankProcesses | None = None) -> None:
-        """``flow``: how requests reach the workers (colocated by default); ``attached``: a driver
+        """``flow``: how requests reach the instances (colocated by default); ``attached``: a driver
         started by someone else (torchrun), never restarted from here."""
         self.config, self.parallel = config, parallel
         self.flow: Flow = flow if flow is not None else ColocatedFlow()
         self.tokenizer = None if config.skip_tokenizer_init else Tokenizer.from_pretrained(config.model)
-        self.roles = [spec.role for spec in parallel.worker_specs()]
+        self.roles = [spec.role for spec in parallel.instance_specs()]
         self.router = Router(self.roles, config.block_size)
-        self.requests_per_worker = [0] * len(self.roles)  # routed so far
+        self.requests_per_instance = [0] * len(self.roles)  # routed so far
         self.error: str | None = None  # why the world is down; None while it serves
         self.restarts = 0
         self.failed_for_good = False  # lost with every restart used up: down until the backend restarts
-        # worker_lost, worker_restarted, request_lost, request_recomputed, transfer_failed
+        # instance_lost, instance_restarted, request_lost, request_recomputed, transfer_failed
         self.events: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.streams = StreamTable()
         self.flow.bind(self)
         self.world = World(config, parallel, self.flow.rank_roles, ready_timeout_s, attached)
-        self.recovery = WorkerRecovery(self, 0 if attached is not None else max_restarts)
+        self.recovery = InstanceRecovery(self, 0 if attached is not None else max_restarts)
         self._stopped = threading.Event()
-        self._monitor = threading.Thread(target=self._watch, name="edgewise-worker-monitor", daemon=True)
+        self._monitor = threading.Thread(target=self._watch, name="edgewise-instance-monitor", daemon=True)
         self._monitor.start()
 
     @property
@@ -73,15 +73,15 @@ class ShardedEngine:
         return self.world.info.max_num_seqs * self.roles.count(self.flow.generating_role)
 
     @property
-    def lost_workers(self) -> dict[int, str]:
-        """Workers of the running world that were lost (and why); the others serve on."""
+    def lost_instances(self) -> dict[int, str]:
+        """Instances of the running world that were lost (and why); the others serve on."""
         return dict(self.world.health.lost)
 
     # -- requests ------------------------------------------------------------------------------
 
     async def generate(self, prompt: str | list[int], params: SamplingParams | None, request_id: str,
                        session: str | None = None) -> AsyncGenerator[EngineOutput, None]:
-        """``session``: requests naming the same one go to the same workers (their prefix caches)."""
+        """``session``: requests naming the same one go to the same instances (their prefix caches)."""
         loop = asyncio.get_running_loop()
         params = params or SamplingParams()
         prompt = self._token_ids(prompt)  # the router weighs load in tokens
@@ -115,7 +115,7 @@ class ShardedEngine:
         return self.tokenizer.encode(prompt)
 
     async def submit(self, stream: Stream, prompt: list[int], params: SamplingParams) -> None:
-        """Hand the request to its workers through the flow (again, after a lost worker or transfer)."""
+        """Hand the request to its instances through the flow (again, after a lost instance or transfer)."""
         attempt = stream.attempt
         try:
             await self.flow.submit(stream, attempt, prompt, params)
@@ -130,13 +130,13 @@ class ShardedEngine:
             stream.outputs.put_nowait(error)
 
     def _abort(self, stream: Stream) -> None:
-        """The client left: free what the request holds on every worker."""
+        """The client left: free what the request holds on every instance."""
         if stream.submission is not None:
             stream.submission.cancel()
         with self.lock:
             if not self.streams.holds(stream):
                 return
-            if self.error is not None or stream.worker < 0:
+            if self.error is not None or stream.instance < 0:
                 self.forget(stream)
                 return
             self.flow.abort(stream)
@@ -151,44 +151,44 @@ class ShardedEngine:
         return stream.attempt == attempt and self.streams.holds(stream)
 
     def pick(self, role: str, stream: Stream, prompt: list[int] | str, avoid: Sequence[int] = ()) -> int:
-        """The worker in ``role`` for the stream, among those serving and not in ``avoid``."""
+        """The instance in ``role`` for the stream, among those serving and not in ``avoid``."""
         unavailable = set(self.world.health.lost) | set(avoid)
         prompt_ids = prompt if isinstance(prompt, list) else None  # text without a tokenizer: no prefix index
         return self.router.pick(role, self.streams.all(), self.world.loads, stream.session, unavailable, prompt_ids)
 
-    def send(self, worker: int, message: object) -> None:
-        self.world.send(worker, message)
+    def send(self, instance: int, message: object) -> None:
+        self.world.send(instance, message)
 
     def forget(self, stream: Stream) -> None:
         self.streams.forget(stream)
 
     # -- status and shutdown -------------------------------------------------------------------
 
-    def rank_pids(self, worker: int | None = None) -> list[int]:
-        """Process ids of the running ranks, by rank, of one worker or all (none when torchrun started them)."""
-        return self.world.rank_pids(worker)
+    def rank_pids(self, instance: int | None = None) -> list[int]:
+        """Process ids of the running ranks, by rank, of one instance or all (none when torchrun started them)."""
+        return self.world.rank_pids(instance)
 
-    def worker_of(self, request_id: str) -> int | None:
-        """The worker whose outputs a running request streams now (None: not routed, or not running)."""
+    def instance_of(self, request_id: str) -> int | None:
+        """The instance whose outputs a running request streams now (None: not routed, or not running)."""
         stream = self.streams.get(request_id)
-        return None if stream is None or stream.worker < 0 else stream.worker
+        return None if stream is None or stream.instance < 0 else stream.instance
 
     def stats(self) -> dict[str, int]:
-        """Summed over the workers."""
+        """Summed over the instances."""
         return {name: sum(getattr(load, name) for load in self.world.loads) for name in
                 ("num_running", "num_waiting", "kv_blocks_free", "kv_blocks_used", "num_preemptions")}
 
     def health(self) -> EngineHealth:
         with self.lock:
-            return EngineHealth(self.error, self.failed_for_good, self.lost_workers, dict(self.events))
+            return EngineHealth(self.error, self.failed_for_good, self.lost_instances, dict(self.events))
 
     def shutdown(self) -> None:
         """Stop the ranks; requests still running end with an EngineError."""
         if self._stopped.is_set():
             return
         self._stopped.set()
-        for worker in self.world.health.live_workers:
-            self.send(worker, Stop())
+        for instance in self.world.health.live_instances:
+            self.send(instance, Stop())
         self.world.outbox.close()
         self._monitor.join(timeout=POLL_S * 10)
         self.world.ranks.stop()
@@ -203,43 +203,43 @@ class ShardedEngine:
 
     def _watch(self) -> None:
         while not self._stopped.is_set():
-            for worker, reason in self.world.poll(self._dispatch):
-                if not self._stopped.is_set() and worker not in self.world.health.lost:
-                    self.recovery.lose_worker(worker, reason)
+            for instance, reason in self.world.poll(self._dispatch):
+                if not self._stopped.is_set() and instance not in self.world.health.lost:
+                    self.recovery.lose_instance(instance, reason)
             reason = self.recovery.take_world_lost()
             if reason is not None and not self._stopped.is_set() and not self.recovery.recover_world(reason):
                 return
 
-    def _dispatch(self, message: object, worker: int) -> None:
+    def _dispatch(self, message: object, instance: int) -> None:
         match message:
             case StepDone(outputs):
                 for output in outputs:
-                    self._deliver(output, worker)
+                    self._deliver(output, instance)
             case Accepted(request_id):
-                self._accepted(request_id, None, worker)
+                self._accepted(request_id, None, instance)
             case Rejected(request_id, error):
-                self._accepted(request_id, error, worker)
-            case _ if not self.flow.receive(message, worker):
-                log.warning("worker %d sent a message no one takes: %r", worker, message)
+                self._accepted(request_id, error, instance)
+            case _ if not self.flow.receive(message, instance):
+                log.warning("instance %d sent a message no one takes: %r", instance, message)
 
-    def _accepted(self, wire_id: str, error: Exception | None, worker: int) -> None:
-        """The worker took the request, or refused it (``error``): its reader learns which."""
+    def _accepted(self, wire_id: str, error: Exception | None, instance: int) -> None:
+        """The instance took the request, or refused it (``error``): its reader learns which."""
         with self.lock:
             stream = self.streams.by_wire(wire_id)
             if stream is not None and error is not None:
                 self.forget(stream)
-                self.flow.rejected(stream, worker, error)
+                self.flow.rejected(stream, instance, error)
         if stream is not None:
             post(stream.loop, settle, stream.accepted, error)
             if error is not None:  # reaches a request submitted again too
                 post(stream.loop, stream.outputs.put_nowait, error)
 
-    def _deliver(self, output: EngineOutput, worker: int) -> None:
+    def _deliver(self, output: EngineOutput, instance: int) -> None:
         with self.lock:
             stream = self.streams.by_wire(output.request_id)
-            if stream is None or worker != stream.worker:
+            if stream is None or instance != stream.instance:
                 return
-            if output.finished and stream.next_worker not in (None, worker):
+            if output.finished and stream.next_instance not in (None, instance):
                 output = self.flow.hand_on(stream, output)
             if output.finished:
                 self.forget(stream)

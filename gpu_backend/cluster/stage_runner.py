@@ -1,4 +1,4 @@
-"""The model runner of one rank of a TP×PP worker.
+"""The model runner of one rank of a TP×PP instance.
 
 Every rank runs the same ``StepInputs``. A pipeline stage after the first starts from the hidden
 state and residual the previous stage sends; a stage before the last sends its own on and
@@ -43,7 +43,7 @@ class StageRunner(ModelRunner):
         self.token_group = token_group
         self.sends = comm.PendingSends()
         super().__init__(config, model_config, progress=progress, stage=stage)
-        self.pipeline_depth = place.worker.pp_size
+        self.pipeline_depth = place.instance.pp_size
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
                 ) -> torch.Tensor | None:
@@ -61,9 +61,9 @@ class StageRunner(ModelRunner):
         return None
 
     def after_sampling(self, result: SamplerOutput) -> None:
-        if self.place.worker.pp_size > 1 and self.place.tp_rank == 0:
+        if self.place.instance.pp_size > 1 and self.place.tp_rank == 0:
             tensors = [result.token_ids, result.logprobs, result.top_logprobs, result.top_token_ids]
-            comm.send_tokens(self.sends, tensors, self.place.worker.first_rank, self.token_group)
+            comm.send_tokens(self.sends, tensors, self.place.instance.first_rank, self.token_group)
 
     def follow(self, control: comm.ControlPlane, parts: Mapping[str, RankPart]) -> None:
         """A follower's loop: run each step the driver sends, and each call of a rank's part
@@ -96,8 +96,8 @@ class DriverRunner(StageRunner):
         self.control = control
         self._released: list[int] = []
         self._seeds: dict[int, int] = {}
-        worker = place.worker
-        self._last_stage_rank = worker.rank_of(worker.pp_size - 1, 0)
+        instance = place.instance
+        self._last_stage_rank = instance.rank_of(instance.pp_size - 1, 0)
 
     def seed_for(self, seq: Sequence) -> int:
         """Unseeded random rows get a seed here, so every sampling rank draws the same token."""
@@ -123,7 +123,7 @@ class DriverRunner(StageRunner):
         self._released.append(seq_id)
 
     def call_everywhere(self, part: RankPart, method: str, *args: Any) -> Any:
-        """``part.method(*args)`` on every rank of the worker: sent to the followers (not waited
+        """``part.method(*args)`` on every rank of the instance: sent to the followers (not waited
         for), then run on this rank; what this rank's call returned."""
         self.control.send(FollowerCall(part.name, method, args))
         return call_part(part, method, args)

@@ -19,13 +19,13 @@ class Stream:
     loop: asyncio.AbstractEventLoop
     outputs: asyncio.Queue  # EngineOutput, or the exception that ends the stream
     accepted: asyncio.Future
-    worker: int  # the worker whose outputs the client gets now
-    attempt: int = 0  # times it was submitted again after a lost worker or a failed transfer
-    # where it goes on once ``worker`` gave its last output (disaggregated: the decode worker,
-    # which takes over after the first token); None: it ends on ``worker``
-    next_worker: int | None = None
+    instance: int  # the instance whose outputs the client gets now
+    attempt: int = 0  # times it was submitted again after a lost instance or a failed transfer
+    # where it goes on once ``instance`` gave its last output (disaggregated: the decode instance,
+    # which takes over after the first token); None: it ends on ``instance``
+    next_instance: int | None = None
     flow_state: Any = None  # the submission flow's own record of this submission (``flow``)
-    abandoned: bool = False  # the client left while a worker still held it for the next one
+    abandoned: bool = False  # the client left while an instance still held it for the next one
     # for recomputing it after a lost world: what was asked, and what the client has had
     prompt: str | list[int] = ""
     prompt_len: int = 0  # in tokens (characters for a text prompt without a tokenizer), for the router
@@ -34,11 +34,11 @@ class Stream:
     generated: list[int] = field(default_factory=list)
     num_prompt_tokens: int = 0
     resumed_from: int = 0  # tokens generated before the request was submitted again
-    submission: asyncio.Task | None = None  # routing it and handing it to its workers
+    submission: asyncio.Task | None = None  # routing it and handing it to its instances
 
     @property
     def wire_id(self) -> str:
-        """The id the workers know this submission by: a request submitted again gets a new one, so
+        """The id the instances know this submission by: a request submitted again gets a new one, so
         what the earlier submission still sends is told apart and dropped."""
         return self.request_id if not self.attempt else f"{self.request_id}#{self.attempt}"
 
@@ -76,7 +76,7 @@ class StreamTable:
         return self._by_request.get(request_id)
 
     def by_wire(self, wire_id: str) -> Stream | None:
-        """The stream a worker's message is about (None: an earlier submission, or gone)."""
+        """The stream an instance's message is about (None: an earlier submission, or gone)."""
         return self._by_wire.get(wire_id)
 
     def all(self) -> list[Stream]:

@@ -1,1 +1,1 @@
-"""Disaggregated serving: prefill and decode run on different workers, and a request's KV cache moves between them."""
+"""Disaggregated serving: prefill and decode run on different instances, and a request's KV cache moves between them."""

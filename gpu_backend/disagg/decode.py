@@ -1,12 +1,12 @@
-"""The decode role of a worker's driver: reserve blocks for a prompt computed elsewhere, receive
+"""The decode role of an instance's driver: reserve blocks for a prompt computed elsewhere, receive
 its KV chunk by chunk, land it, and admit the request into the running batch.
 
-Every chunk the service relays is received on every rank of the worker (``HandoffRank.receive``)
+Every chunk the service relays is received on every rank of the instance (``HandoffRank.receive``)
 into buffers, also for a request no longer here (aborted: into scratch buffers, dropped), so the
 pair's messages stay in step. Told the first token (``Admit``), the request lands once this
 rank's share of every chunk arrived: the ranks agree that all of it did (``HandoffRank.land``),
 the KV is written into the reserved blocks, and the sequence joins the running batch. A transfer
-that failed frees the blocks and is reported (``TransferFailed``); the worker decodes on meanwhile.
+that failed frees the blocks and is reported (``TransferFailed``); the instance decodes on meanwhile.
 """
 
 from __future__ import annotations
@@ -75,13 +75,13 @@ class DecodeRole:
         blocks = self._reserved.get(chunk.request_id)
         dropped = blocks is None
         block_ids = [0] * chunk.num_blocks if dropped else blocks[chunk.first_block:chunk.first_block + chunk.num_blocks]
-        self.runner.call_everywhere(self.kv, "receive", chunk.request_id, chunk.prefill_worker, block_ids)
+        self.runner.call_everywhere(self.kv, "receive", chunk.request_id, chunk.prefill_instance, block_ids)
         if dropped:
             self.runner.call_everywhere(self.kv, "drop", chunk.request_id)
 
     def _land(self) -> list[EngineOutput]:
         """Requests whose KV arrived join the running batch; a failed transfer frees the blocks and
-        is reported (the service applies --on-worker-loss)."""
+        is reported (the service applies --on-instance-loss)."""
         outputs = []
         for request_id in list(self._landing):
             arrived = self.kv.arrived(request_id)
@@ -93,6 +93,6 @@ class DecodeRole:
                 outputs += [output] if output is not None else []
                 continue
             self.engine.abort(request_id)
-            self.send(TransferFailed(request_id, arrived[1] or "another rank of this worker did not get its share "
+            self.send(TransferFailed(request_id, arrived[1] or "another rank of this instance did not get its share "
                                                                 "of the KV in time"))
         return outputs

@@ -1,13 +1,13 @@
-"""A request's hand-off from a prefill worker to a decode worker, as each rank carries it out.
+"""A request's hand-off from a prefill instance to a decode instance, as each rank carries it out.
 
 Every rank of a disaggregated world has a ``HandoffRank`` (made by ``join_handoffs``, the
-world's ``cluster.roles.RankRoles``); its driver calls its methods on every rank of the worker
+world's ``cluster.roles.RankRoles``); its driver calls its methods on every rank of the instance
 at once. KV moves chunk by chunk while the prompt is computed. After each step, the prefill
-worker's driver (``prefill.PrefillRole``) has its ranks ``send`` the blocks of each prompt that
+instance's driver (``prefill.PrefillRole``) has its ranks ``send`` the blocks of each prompt that
 were completed since the last turn (all that is left once the prompt is done). The sends read
-copies, and a thread waits for them while the worker computes on. The driver reports each chunk
-to the service, which tells the decode worker, whose ranks post the matching receives into
-buffers (``receive``). Told the first token, the decode worker's driver (``decode.DecodeRole``)
+copies, and a thread waits for them while the instance computes on. The driver reports each chunk
+to the service, which tells the decode instance, whose ranks post the matching receives into
+buffers (``receive``). Told the first token, the decode instance's driver (``decode.DecodeRole``)
 lands the request once its own share of every chunk has arrived (``land``): every rank waits for
 its share (up to the transfer's deadline), the ranks agree that all of it arrived, and only then
 is it written into the reserved blocks and the sequence joins the running batch. A request the
@@ -16,7 +16,7 @@ buffers nobody reads, so the pair's messages stay in step.
 
 ORDER. A pair's messages match in the order they are posted (NCCL has no tags). The prefill
 driver reports its chunks in the order it posts them, and the service relays them in that order
-(for requests it no longer tracks too, which the decode worker receives into scratch buffers),
+(for requests it no longer tracks too, which the decode instance receives into scratch buffers),
 so both ends post in the same order. A pair whose transfer failed is never used again (the
 service's router avoids it): its order may be lost.
 """
@@ -36,7 +36,7 @@ from ..cluster.roles import DriverRole, RankWorld
 from ..cluster.stage_runner import DriverRunner, StageRunner
 from ..engine.core import EngineCore
 from ..parallel.comm import min_over
-from ..parallel.groups import WorkerLayout
+from ..parallel.groups import InstanceLayout
 from .decode import DecodeRole
 from .kv_transfer import (KVLayout, KVTransferError, PendingReceive, PendingTransfer, Route, plan_transfer,
                           post_receive_kv, send_kv)
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Cluster:
-    """Every worker's KV layout (by worker index), which one this rank belongs to, the transfer bound,
+    """Every instance's KV layout (by instance index), which one this rank belongs to, the transfer bound,
     and the group of each (prefill, decode) pair this rank is in (absent: the world's group)."""
 
     kv_layouts: list[KVLayout]
@@ -55,20 +55,20 @@ class Cluster:
     timeout: timedelta
     pair_groups: Mapping[tuple[int, int], dist.ProcessGroup] = field(default_factory=dict)
 
-    def post_send(self, kv_cache: torch.Tensor, rank: int, dst_worker: int, block_ids: Sequence[int]) -> PendingTransfer:
-        """This rank's share of a request's KV to worker ``dst_worker``, on its way."""
+    def post_send(self, kv_cache: torch.Tensor, rank: int, dst_instance: int, block_ids: Sequence[int]) -> PendingTransfer:
+        """This rank's share of a request's KV to instance ``dst_instance``, on its way."""
         layout = self.kv_layouts[self.mine]
-        routes = _routes(layout, self.kv_layouts[dst_worker])
+        routes = _routes(layout, self.kv_layouts[dst_instance])
         return send_kv(kv_cache, layout, routes, rank, list(block_ids), timeout=self.timeout,
-                       group=self.pair_groups.get((self.mine, dst_worker))).start()
+                       group=self.pair_groups.get((self.mine, dst_instance))).start()
 
-    def post_receive(self, kv_cache: torch.Tensor, rank: int, src_worker: int,
+    def post_receive(self, kv_cache: torch.Tensor, rank: int, src_instance: int,
                      block_ids: Sequence[int]) -> PendingReceive:
-        """This rank's share of a request's KV from worker ``src_worker``, posted (``land`` writes it)."""
+        """This rank's share of a request's KV from instance ``src_instance``, posted (``land`` writes it)."""
         layout = self.kv_layouts[self.mine]
-        routes = _routes(self.kv_layouts[src_worker], layout)
+        routes = _routes(self.kv_layouts[src_instance], layout)
         pending = post_receive_kv(kv_cache, layout, routes, rank, list(block_ids), timeout=self.timeout,
-                                  group=self.pair_groups.get((src_worker, self.mine)))
+                                  group=self.pair_groups.get((src_instance, self.mine)))
         return pending.start()
 
 
@@ -82,12 +82,12 @@ class RankTransfers:
         self.receiving: dict[str, list[PendingReceive]] = {}
         self.dropped: list[PendingReceive] = []
 
-    def send(self, kv_cache: torch.Tensor, request_id: str, dst_worker: int, block_ids: Sequence[int]) -> None:
-        self.sending.append((request_id, self.cluster.post_send(kv_cache, self.rank, dst_worker, block_ids)))
+    def send(self, kv_cache: torch.Tensor, request_id: str, dst_instance: int, block_ids: Sequence[int]) -> None:
+        self.sending.append((request_id, self.cluster.post_send(kv_cache, self.rank, dst_instance, block_ids)))
 
-    def receive(self, kv_cache: torch.Tensor, request_id: str, src_worker: int, block_ids: Sequence[int]) -> None:
+    def receive(self, kv_cache: torch.Tensor, request_id: str, src_instance: int, block_ids: Sequence[int]) -> None:
         """Post the receives of one chunk of a request's KV, into ``block_ids`` once it lands."""
-        chunk = self.cluster.post_receive(kv_cache, self.rank, src_worker, block_ids)
+        chunk = self.cluster.post_receive(kv_cache, self.rank, src_instance, block_ids)
         self.receiving.setdefault(request_id, []).append(chunk)
 
     def arrived(self, request_id: str) -> tuple[bool, str | None] | None:
@@ -98,7 +98,7 @@ class RankTransfers:
             return False, str(error)
 
     def land(self, request_id: str, arrived_here: bool) -> bool:
-        """Collective over the worker's ranks: write the request's KV into its blocks on every rank
+        """Collective over the instance's ranks: write the request's KV into its blocks on every rank
         if every rank's share arrived; whether it did. Each rank waits for its share up to the deadline."""
         chunks = self.receiving.pop(request_id, [])
         if arrived_here:
@@ -134,23 +134,23 @@ class RankTransfers:
 
 
 class HandoffRank:
-    """A rank's part in its worker's hand-offs (``cluster.roles.RankPart``): the driver calls its
-    ``remote_methods`` on every rank of the worker at once; its roles read the rest."""
+    """A rank's part in its instance's hand-offs (``cluster.roles.RankPart``): the driver calls its
+    ``remote_methods`` on every rank of the instance at once; its roles read the rest."""
 
     name = "kv"
     remote_methods = frozenset({"send", "receive", "land", "drop"})
 
     def __init__(self, transfers: RankTransfers, runner: StageRunner, role: str) -> None:
         self.transfers, self.runner, self.role = transfers, runner, role
-        self.worker = transfers.cluster.mine  # this rank's worker
+        self.instance = transfers.cluster.mine  # this rank's instance
 
-    def send(self, request_id: str, dst_worker: int, block_ids: list[int]) -> None:
-        """Post this rank's share of the blocks to the decode worker; they may be freed now."""
-        self.transfers.send(self.runner.kv_cache, request_id, dst_worker, block_ids)
+    def send(self, request_id: str, dst_instance: int, block_ids: list[int]) -> None:
+        """Post this rank's share of the blocks to the decode instance; they may be freed now."""
+        self.transfers.send(self.runner.kv_cache, request_id, dst_instance, block_ids)
 
-    def receive(self, request_id: str, src_worker: int, block_ids: list[int]) -> None:
-        """Post this rank's receives of a chunk from the prefill worker (``land`` writes it)."""
-        self.transfers.receive(self.runner.kv_cache, request_id, src_worker, block_ids)
+    def receive(self, request_id: str, src_instance: int, block_ids: list[int]) -> None:
+        """Post this rank's receives of a chunk from the prefill instance (``land`` writes it)."""
+        self.transfers.receive(self.runner.kv_cache, request_id, src_instance, block_ids)
 
     def land(self, request_id: str) -> bool:
         """Collective: write the request's KV into its blocks on every rank if it all arrived (each
@@ -171,7 +171,7 @@ class HandoffRank:
 
     def reap(self) -> None:
         for request_id, why in self.transfers.reap():
-            log.warning("rank %d: the KV of %s did not reach its decode worker: %s", self.transfers.rank,
+            log.warning("rank %d: the KV of %s did not reach its decode instance: %s", self.transfers.rank,
                         request_id, why)
 
     def driver_roles(self, engine: EngineCore, send: Callable[[object], None]) -> list[DriverRole]:
@@ -188,16 +188,16 @@ def join_handoffs(world: RankWorld, runner: StageRunner) -> HandoffRank:
     rank makes every (prefill, decode) pair's group."""
     config = world.model_config
     layouts = [KVLayout(layout, config.num_hidden_layers, config.num_key_value_heads, spec.pp_layers)
-               for layout, spec in zip(world.workers, world.specs)]
-    cluster = Cluster(layouts, world.mine, world.timeout, _pair_groups(world.workers, world.specs, world.rank,
+               for layout, spec in zip(world.instances, world.specs)]
+    cluster = Cluster(layouts, world.mine, world.timeout, _pair_groups(world.instances, world.specs, world.rank,
                                                                       world.timeout))
     transfers = RankTransfers(cluster, world.rank, world.control_group)
     return HandoffRank(transfers, runner, world.specs[world.mine].role)
 
 
-def _pair_groups(workers: list[WorkerLayout], specs: Sequence, rank: int,
+def _pair_groups(instances: list[InstanceLayout], specs: Sequence, rank: int,
                  timeout: timedelta) -> dict[tuple[int, int], dist.ProcessGroup]:
-    """A group for each (prefill worker, decode worker) pair this rank is in, over which their KV
+    """A group for each (prefill instance, decode instance) pair this rank is in, over which their KV
     moves: a transfer that fails or times out can then break only that pair's links (with NCCL,
     the watchdog aborts the communicators of the group that timed out), never the others'."""
     groups = {}
@@ -205,7 +205,7 @@ def _pair_groups(workers: list[WorkerLayout], specs: Sequence, rank: int,
         for dst, dst_spec in enumerate(specs):
             if (src_spec.role, dst_spec.role) != ("prefill", "decode"):
                 continue
-            ranks = [*workers[src].ranks, *workers[dst].ranks]
+            ranks = [*instances[src].ranks, *instances[dst].ranks]
             group = dist.new_group(ranks, timeout=timeout)
             if rank in ranks:
                 groups[(src, dst)] = group

@@ -1,8 +1,8 @@
-"""Move one request's KV cache from a prefill worker to a decode worker, re-sharding it on the way.
+"""Move one request's KV cache from a prefill instance to a decode instance, re-sharding it on the way.
 
-Both workers are TP×PP blocks of ranks in one ``torch.distributed`` world (``WorkerLayout``), and
+Both instances are TP×PP blocks of ranks in one ``torch.distributed`` world (``InstanceLayout``), and
 may differ in TP, in PP and in how the layers are split. ``KVLayout`` says which global layers and
-KV heads each rank of a worker holds; ``plan_transfer`` turns two layouts into ``Route``s (which
+KV heads each rank of an instance holds; ``plan_transfer`` turns two layouts into ``Route``s (which
 source rank sends which layers and heads to which destination rank), the same on every rank
 without talking to anyone; ``send_kv`` (prefill side) and ``post_receive_kv`` (decode side) post
 a rank's share of the routes as point-to-point ops on the world's backend (NCCL on GPUs, Gloo on
@@ -34,10 +34,10 @@ import torch
 import torch.distributed as dist
 
 from ..errors import EngineError
-from ..parallel.groups import WorkerLayout
+from ..parallel.groups import InstanceLayout
 from ..parallel.pipeline import split_layers, stage_of
 
-DEFAULT_TIMEOUT = timedelta(seconds=30)  # the worker's default --worker-timeout
+DEFAULT_TIMEOUT = timedelta(seconds=30)  # the instance's default --instance-timeout
 MIN_WAIT_S = 0.001  # a zero timeout means "the group's default" to torch.distributed
 _WAITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edgewise-kv-wait")
 
@@ -48,16 +48,16 @@ class KVTransferError(EngineError):
 
 @dataclass(frozen=True)
 class KVLayout:
-    """Where a worker's KV cache lives: each rank's stage layers and its share of the KV heads."""
+    """Where an instance's KV cache lives: each rank's stage layers and its share of the KV heads."""
 
-    worker: WorkerLayout
+    instance: InstanceLayout
     num_layers: int
     num_kv_heads: int
     pp_layers: tuple[int, ...] | None = None  # layers per stage (--pp-layers); None: even split
 
     def __post_init__(self) -> None:
-        split_layers(self.num_layers, self.worker.pp_size, self.pp_layers)  # raises on a bad split
-        tp, heads = self.worker.tp_size, self.num_kv_heads
+        split_layers(self.num_layers, self.instance.pp_size, self.pp_layers)  # raises on a bad split
+        tp, heads = self.instance.tp_size, self.num_kv_heads
         if heads < 1 or (heads % tp if heads >= tp else tp % heads):
             raise ValueError(f"{heads} KV heads cannot be split over {tp} tensor-parallel ranks: "
                              f"one must be a multiple of the other")
@@ -65,11 +65,11 @@ class KVLayout:
     @property
     def kv_replicas(self) -> int:
         """Ranks of a stage that hold the same KV heads (more than one with fewer heads than ranks)."""
-        return max(1, self.worker.tp_size // self.num_kv_heads)
+        return max(1, self.instance.tp_size // self.num_kv_heads)
 
     @property
     def heads_per_rank(self) -> int:
-        return max(1, self.num_kv_heads // self.worker.tp_size)
+        return max(1, self.num_kv_heads // self.instance.tp_size)
 
     @property
     def num_head_shards(self) -> int:
@@ -80,12 +80,12 @@ class KVLayout:
         return range(shard * self.heads_per_rank, (shard + 1) * self.heads_per_rank)
 
     def stage_layers(self) -> list[range]:
-        return split_layers(self.num_layers, self.worker.pp_size, self.pp_layers)
+        return split_layers(self.num_layers, self.instance.pp_size, self.pp_layers)
 
     def layers_of(self, rank: int) -> range:
         """Global layers held by global ``rank`` (its pipeline stage's)."""
         pp_rank, _ = self._coords(rank)
-        return stage_of(pp_rank, self.worker.pp_size, self.num_layers, self.pp_layers).layers
+        return stage_of(pp_rank, self.instance.pp_size, self.num_layers, self.pp_layers).layers
 
     def heads_of(self, rank: int) -> range:
         """Global KV heads held by global ``rank`` (as ``QKVParallelLinear`` loads them)."""
@@ -93,9 +93,9 @@ class KVLayout:
         return self.shard_heads(tp_rank // self.kv_replicas)
 
     def _coords(self, rank: int) -> tuple[int, int]:
-        if rank not in self.worker.ranks:
-            raise ValueError(f"rank {rank} is not in worker {self.worker}")
-        return self.worker.coords(rank)
+        if rank not in self.instance.ranks:
+            raise ValueError(f"rank {rank} is not in instance {self.instance}")
+        return self.instance.coords(rank)
 
 
 @dataclass(frozen=True)
@@ -114,12 +114,12 @@ def plan_transfer(src: KVLayout, dst: KVLayout) -> list[Route]:
     A source rank holds one layer range and one head range, as does a destination rank, so their
     overlap is one contiguous block: there is at most one route per (source, destination) pair."""
     _check_compatible(src, dst)
-    return [route for dst_rank in dst.worker.ranks for route in _routes_to(src, dst, dst_rank)]
+    return [route for dst_rank in dst.instance.ranks for route in _routes_to(src, dst, dst_rank)]
 
 
 def _routes_to(src: KVLayout, dst: KVLayout, dst_rank: int) -> Iterator[Route]:
     layers, heads = dst.layers_of(dst_rank), dst.heads_of(dst_rank)
-    _, dst_tp = dst.worker.coords(dst_rank)
+    _, dst_tp = dst.instance.coords(dst_rank)
     for pp_rank, stage_layers in enumerate(src.stage_layers()):
         shared_layers = _overlap(layers, stage_layers)
         for shard in range(src.num_head_shards):
@@ -131,15 +131,15 @@ def _routes_to(src: KVLayout, dst: KVLayout, dst_rank: int) -> Iterator[Route]:
             # (equal TP on both sides: each decode rank reads from its counterpart) instead of
             # piling every read on the first replica's link.
             tp_rank = shard * src.kv_replicas + dst_tp % src.kv_replicas
-            yield Route(src.worker.rank_of(pp_rank, tp_rank), dst_rank, shared_layers, shared_heads)
+            yield Route(src.instance.rank_of(pp_rank, tp_rank), dst_rank, shared_layers, shared_heads)
 
 
 def _check_compatible(src: KVLayout, dst: KVLayout) -> None:
     if (src.num_layers, src.num_kv_heads) != (dst.num_layers, dst.num_kv_heads):
         raise ValueError(f"prefill and decode must serve the same model: {src.num_layers} layers × "
                          f"{src.num_kv_heads} KV heads vs {dst.num_layers} × {dst.num_kv_heads}")
-    if set(src.worker.ranks) & set(dst.worker.ranks):
-        raise ValueError(f"prefill worker {src.worker} and decode worker {dst.worker} share ranks")
+    if set(src.instance.ranks) & set(dst.instance.ranks):
+        raise ValueError(f"prefill instance {src.instance} and decode instance {dst.instance} share ranks")
 
 
 def _overlap(a: range, b: range) -> range:

@@ -1,7 +1,7 @@
 """The messages of a disaggregated cluster, on top of ``cluster.protocol``'s and on the same pipes.
 
 Service -> prefill driver: ``Prefill``. Service -> decode driver: ``Reserve``, then each
-``KVChunk`` the prefill worker posted (relayed in the order it posted them), then ``Admit``.
+``KVChunk`` the prefill instance posted (relayed in the order it posted them), then ``Admit``.
 Prefill driver -> service: ``KVPushed`` after a step that posted chunks (sent before that
 step's ``StepDone``). Decode driver -> service: ``Reserved``, and ``TransferFailed`` when a
 request's KV did not arrive (its blocks are free again).
@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Handoff:
-    """Where a prompt's KV goes: the decode worker, and the blocks it reserved (the prompt's last ones)."""
+    """Where a prompt's KV goes: the decode instance, and the blocks it reserved (the prompt's last ones)."""
 
-    decode_worker: int
+    decode_instance: int
     num_blocks: int
 
 
@@ -50,11 +50,11 @@ class Reserved:
 @dataclass(frozen=True)
 class KVChunk:
     """Blocks ``first_block .. first_block + num_blocks`` of the request's reserved blocks, posted by
-    the prefill worker to the decode worker."""
+    the prefill instance to the decode instance."""
 
     request_id: str
-    prefill_worker: int
-    decode_worker: int
+    prefill_instance: int
+    decode_instance: int
     first_block: int
     num_blocks: int
 

@@ -58,7 +58,7 @@ class AsyncLLM:
     async def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
                        request_id: str | None = None, session: str | None = None) -> AsyncIterator[EngineOutput]:
         """Yield an output each time the request gains tokens; the last one has ``finished`` set.
-        (``session`` is for engines with several workers; this one has one.)"""
+        (``session`` is for engines with several instances; this one has one.)"""
         request_id = request_id or uuid.uuid4().hex
         loop = asyncio.get_running_loop()
         stream = _Stream(loop, asyncio.Queue())

@@ -1,9 +1,9 @@
 """The one contract between the service and every engine that generates text.
 
 ``AsyncLLM`` (the engine on a thread of this process) and ``ShardedEngine`` (ranks in processes
-of their own: colocated replicas, or prefill and decode workers) both take token ids and stream
+of their own: colocated replicas, or prefill and decode instances) both take token ids and stream
 ``EngineOutput``s: each step's new ids, the counts and the finish reason, never text. The service
-makes the text, once per request, from the ids whichever worker sampled them (``server/text.py``),
+makes the text, once per request, from the ids whichever instance sampled them (``server/text.py``),
 so it cannot differ between one process, a sharded model and a disaggregated one.
 """
 
@@ -25,8 +25,8 @@ class EngineHealth:
 
     error: str | None = None  # why it stopped serving; None while it serves
     failed_for_good: bool = False  # no restart will bring it back: only restarting the backend does
-    lost_workers: Mapping[int, str] = field(default_factory=dict)  # lost while the others serve on, and why
-    events: Mapping[str, int] = field(default_factory=dict)  # failure events so far (lost worker, restart ...)
+    lost_instances: Mapping[int, str] = field(default_factory=dict)  # lost while the others serve on, and why
+    events: Mapping[str, int] = field(default_factory=dict)  # failure events so far (lost instance, restart ...)
 
 
 class Engine(Protocol):
@@ -43,8 +43,8 @@ class Engine(Protocol):
     def generate(self, prompt_ids: list[int], params: SamplingParams | None, request_id: str,
                  session: str | None = None) -> AsyncGenerator[EngineOutput, None]:
         """Stream one request; the last output has ``finish_reason`` set. Leaving the iterator early
-        (a client gone, a stop string found) aborts it on every worker and frees its KV blocks.
-        ``session``: requests naming the same one go to the same workers, where it matters."""
+        (a client gone, a stop string found) aborts it on every instance and frees its KV blocks.
+        ``session``: requests naming the same one go to the same instances, where it matters."""
         ...
 
     def stats(self) -> dict[str, int]:

@@ -3,7 +3,7 @@
 ``EngineCore`` is synchronous and single-threaded, and makes no text. Each step returns an
 ``EngineOutput`` for every request that gained a token or finished, holding only that step's
 ids (and logprobs), so emitting a token costs the same at any length. ``AsyncLLM`` drives it
-from a background thread, a sharded worker's driver from its loop, and the offline
+from a background thread, a sharded instance's driver from its loop, and the offline
 ``LLMEngine`` adds text on top. Prefill and decode are the same ``step``: the scheduler decides
 which tokens of which sequences run, the model runner runs them.
 """
@@ -37,8 +37,8 @@ class EngineRequest:
     """A request the core is running: its sequence and what has been reported of it."""
 
     seq: Sequence
-    # Completion tokens already reported (on a decode worker the first one counts: the prefill
-    # worker reported it). An output holds seq.token_ids from here on: only what is new.
+    # Completion tokens already reported (on a decode instance the first one counts: the prefill
+    # instance reported it). An output holds seq.token_ids from here on: only what is new.
     num_emitted: int = 0
     logprobs: list[Logprob] | None = None  # of the sampled tokens not reported yet, when asked for
 
@@ -51,7 +51,7 @@ class _InFlight:
 
 class EngineCore:
     def __init__(self, config: EngineConfig, *, progress: bool = True, runner: ModelRunner | None = None) -> None:
-        """``runner``: one built elsewhere (a sharded worker's driver); by default this process runs the model."""
+        """``runner``: one built elsewhere (a sharded instance's driver); by default this process runs the model."""
         self.config = config
         self.model_config = ModelConfig.from_pretrained(config.model)
         self.tokenizer = None if config.skip_tokenizer_init else Tokenizer.from_pretrained(config.model)
@@ -79,7 +79,7 @@ class EngineCore:
                     request_id: str | None = None, *, hold_blocks: bool = False) -> str:
         """Validate and queue one request; raises InvalidRequestError / PromptTooLongError.
 
-        ``hold_blocks``: a prefill worker's request keeps its KV blocks when it finishes, until
+        ``hold_blocks``: a prefill instance's request keeps its KV blocks when it finishes, until
         ``release_blocks`` (its KV is still to be sent)."""
         request = self._new_request(prompt, params, request_id)
         request.seq.holds_blocks = hold_blocks
@@ -104,10 +104,10 @@ class EngineCore:
         seq = Sequence(token_ids, params, request_id=request_id)
         return EngineRequest(seq, logprobs=[] if params.logprobs is not None else None)
 
-    # -- a prompt prefilled by another worker ----------------------------------------------------
+    # -- a prompt prefilled by another instance ----------------------------------------------------
 
     def reserve(self, prompt: list[int], params: SamplingParams | None, request_id: str) -> list[int] | None:
-        """Blocks for a prompt whose KV another worker computes: the ids of the blocks it must fill
+        """Blocks for a prompt whose KV another instance computes: the ids of the blocks it must fill
         (those past this cache's prefix hit), or None while the blocks are not free."""
         request = self._new_request(prompt, params, request_id)
         if not self.scheduler.reserve(request.seq):
@@ -118,10 +118,10 @@ class EngineCore:
 
     def admit(self, request_id: str, first_token: int) -> EngineOutput | None:
         """The reserved prompt's KV has landed and ``first_token`` was sampled with it (and reported)
-        by the prefill worker: decode from here. An output only if that token ended it."""
+        by the prefill instance: decode from here. An output only if that token ended it."""
         request = self.requests[request_id]
         seq = request.seq
-        request.num_emitted = 1  # the service has the first token from the prefill worker
+        request.num_emitted = 1  # the service has the first token from the prefill instance
         if self.scheduler.admit(seq, first_token) is None:
             return None
         self.requests.pop(request_id)

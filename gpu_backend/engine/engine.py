@@ -3,7 +3,7 @@
 Each request gets a ``RequestText`` here. Every step's new ids go through it, a stop string ends
 the request in the core at once, and ``step`` returns vLLM's cumulative ``RequestOutput`` (the
 whole completion so far, plus what the step added). ``LLM`` drives it to completion. Serving
-does not come through here: ``AsyncLLM`` and a sharded worker's driver run the core, and the
+does not come through here: ``AsyncLLM`` and a sharded instance's driver run the core, and the
 service makes the text (``server/text.py``).
 """
 

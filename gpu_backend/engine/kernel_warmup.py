@@ -7,7 +7,7 @@ the decode kernel's split count follows the number of decodes and the width of t
 table. Compiling one takes seconds, which a request caught behind it waits (measured in
 ``benchmarks/README.md``). ``warm_up`` runs the model's forward on throwaway batches that cover
 each of these, every cache write skipped (slot -1) and every read from block 0, then the
-sampler's greedy and random paths. Every rank of a worker runs the same batches in the same
+sampler's greedy and random paths. Every rank of an instance runs the same batches in the same
 order, so tensor-parallel collectives match; a later pipeline stage starts from zeros.
 """
 

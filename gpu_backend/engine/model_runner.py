@@ -182,7 +182,7 @@ class ModelRunner:
         return self.run(inputs, previous)
 
     def plan(self, batch: ScheduledBatch, previous: LaunchedStep | None) -> StepInputs:
-        """The step's inputs as host values (what a sharded worker's driver sends to its ranks)."""
+        """The step's inputs as host values (what a sharded instance's driver sends to its ranks)."""
         inputs = plan_step(batch.seqs, batch.num_new_tokens, self.block_tables.gather, self.block_size,
                            previous.token_rows() if previous is not None else {})
         sampled = [batch.seqs[row] for row in inputs.sampled_rows]
@@ -195,7 +195,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, inputs: StepInputs, previous: LaunchedStep | None = None) -> LaunchedStep:
-        """Run the model on one step's inputs and sample; every rank of a worker runs the same inputs."""
+        """Run the model on one step's inputs and sample; every rank of an instance runs the same inputs."""
         started = time.perf_counter()
         previous_tokens = previous.token_ids if previous is not None else None
         input_ids, positions, meta = device_inputs(inputs, previous_tokens, self.device)
@@ -243,7 +243,7 @@ class ModelRunner:
         generator = self.generators.get(seq_id)
         if generator is None:
             generator = self.generators[seq_id] = torch.Generator(self.device).manual_seed(seed)
-            skip_draws(generator, num_drawn, vocab_size)  # tokens sampled elsewhere (a prefill worker)
+            skip_draws(generator, num_drawn, vocab_size)  # tokens sampled elsewhere (a prefill instance)
         return generator
 
     def release(self, seq_id: int) -> None:

@@ -1,7 +1,7 @@
 """The sampled rows' settings: described on the host (``SamplingPlan``), then turned into the
 sampler's per-row tensors on whichever rank samples (``build_sampling_batch``).
 
-The plan holds plain values only, so the driver of a sharded worker can send it to the ranks
+The plan holds plain values only, so the driver of a sharded instance can send it to the ranks
 that sample; every one of them builds the same tensors and, with the same seeds, draws the same
 tokens.
 """
@@ -23,7 +23,7 @@ from .sequence import Sequence
 class SampledRow:
     seq_id: int
     params: SamplingParams
-    seed: int | None  # the request's seed; a sharded worker's driver gives unseeded random rows one
+    seed: int | None  # the request's seed; a sharded instance's driver gives unseeded random rows one
     num_completion_tokens: int
     prompt_token_ids: list[int] | None = None  # only with penalties: they count the tokens seen
     completion_token_ids: list[int] | None = None
@@ -50,7 +50,7 @@ class SamplingPlan:
 def build_sampling_batch(plan: SamplingPlan, vocab_size: int, device: torch.device,
                          generator: Callable[[int, int, int, int], torch.Generator]) -> SamplingBatch:
     """``generator(seq_id, seed, num_drawn, vocab_size)``: a seeded row's generator, past the draws
-    of the ``num_drawn`` tokens it already has (sampled by another worker before a hand-off)."""
+    of the ``num_drawn`` tokens it already has (sampled by another instance before a hand-off)."""
     params = [row.params for row in plan.rows]
     temperatures = [0.0 if p.is_greedy else p.temperature for p in params]
     if all(t == 0.0 for t in temperatures):  # the common serving case: no filter tensors to build

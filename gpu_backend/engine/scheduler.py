@@ -97,7 +97,7 @@ class Scheduler:
         self._by_request_id[seq.request_id] = seq
         self._by_seq_id[seq.seq_id] = seq
 
-    # -- prompts computed elsewhere (a prefill worker's KV handed to this decode worker) ----------
+    # -- prompts computed elsewhere (a prefill instance's KV handed to this decode instance) ----------
 
     def reserve(self, seq: Sequence) -> bool:
         """Give ``seq`` blocks for its prompt now, reusing cached prefix blocks, and keep it out of

@@ -57,7 +57,7 @@ class Sequence:
         self.block_hashes: list[bytes] = []
         self.output_logprobs: list[Any] = []  # engine-owned: one entry per generated token
         self.has_pending_token = False  # token_ids[-1] is PENDING_TOKEN until resolve_pending_token
-        # A prefill worker's sequence keeps its blocks after it finishes, until its KV has been sent.
+        # A prefill instance's sequence keeps its blocks after it finishes, until its KV has been sent.
         self.holds_blocks = False
 
     @property

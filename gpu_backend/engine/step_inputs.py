@@ -1,4 +1,4 @@
-"""One step's inputs as plain host values: what every rank of a worker needs to run the same step.
+"""One step's inputs as plain host values: what every rank of an instance needs to run the same step.
 
 The driver builds a ``StepInputs`` from the scheduled sequences (``plan_step``); each rank turns
 it into device tensors (``device_inputs``). Nothing in it refers to a ``Sequence``, so it pickles

@@ -1,4 +1,4 @@
-"""Handing results from a worker thread to the asyncio loop of the caller who waits for them."""
+"""Handing results from an instance thread to the asyncio loop of the caller who waits for them."""
 
 from __future__ import annotations
 

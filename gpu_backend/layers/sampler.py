@@ -86,7 +86,7 @@ class Sampler:
 
 def skip_draws(generator: torch.Generator, num_draws: int, vocab_size: int) -> None:
     """Advance a seeded row's generator past ``num_draws`` sampled tokens, as ``_sample`` draws
-    them (one row of ``vocab_size`` exponentials each): a request handed over from another worker
+    them (one row of ``vocab_size`` exponentials each): a request handed over from another instance
     goes on with the noise it would have had there."""
     for _ in range(num_draws):
         torch.empty(vocab_size, dtype=torch.float32, device=generator.device).exponential_(generator=generator)

@@ -1,4 +1,4 @@
-"""Every collective and transfer between the ranks of a worker, in one place.
+"""Every collective and transfer between the ranks of an instance, in one place.
 
 Tensor parallel: the stage's all-reduce (row-parallel layers, the vocab-parallel embedding) and
 the LM head's all-gather, over the TP group of ``state``'s layout; no-ops on one rank. Control plane: the driver sends each step's inputs (plain host values, pickled) to every other
@@ -49,7 +49,7 @@ def min_over(group: dist.ProcessGroup, value: int) -> int:
 
 
 class ControlPlane:
-    """The driver's messages to the other ranks of its worker (a Gloo group of them all).
+    """The driver's messages to the other ranks of its instance (a Gloo group of them all).
 
     The group's own timeout is long: a follower waits on it between steps for as long as the
     service stays idle. A send is bounded by ``send_timeout`` (a follower that stopped reading)."""

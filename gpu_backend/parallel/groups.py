@@ -1,10 +1,10 @@
-"""Process groups of one cluster: every prefill and decode worker is a TP×PP block of ranks in one world.
+"""Process groups of one cluster: every prefill and decode instance is a TP×PP block of ranks in one world.
 
-A worker owns a contiguous range of ranks, laid out stage-major: ``rank = first_rank + pp_rank *
+An instance owns a contiguous range of ranks, laid out stage-major: ``rank = first_rank + pp_rank *
 tp_size + tp_rank``, so the ranks of one pipeline stage (a TP group) are neighbours, which keeps
 a stage on one node when a node holds a multiple of ``tp_size`` GPUs. ``build_groups`` creates
-every TP and PP group of every worker; ``dist.new_group`` is collective over the whole world,
-so each rank calls it with the same workers in the same order and keeps the groups it is in.
+every TP and PP group of every instance; ``dist.new_group`` is collective over the whole world,
+so each rank calls it with the same instances in the same order and keeps the groups it is in.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from .state import TensorParallel
 
 
 @dataclass(frozen=True)
-class WorkerLayout:
+class InstanceLayout:
     first_rank: int
     tp_size: int = 1
     pp_size: int = 1
 
     def __post_init__(self) -> None:
         if self.first_rank < 0 or self.tp_size < 1 or self.pp_size < 1:
-            raise ValueError(f"a worker needs first_rank >= 0 and tp, pp >= 1, got {self}")
+            raise ValueError(f"an instance needs first_rank >= 0 and tp, pp >= 1, got {self}")
 
     @property
     def size(self) -> int:
@@ -40,7 +40,7 @@ class WorkerLayout:
         return self.first_rank + pp_rank * self.tp_size + tp_rank
 
     def coords(self, rank: int) -> tuple[int, int]:
-        """(pp_rank, tp_rank) of a rank of this worker."""
+        """(pp_rank, tp_rank) of a rank of this instance."""
         return divmod(rank - self.first_rank, self.tp_size)
 
     def tp_ranks(self, pp_rank: int) -> list[int]:
@@ -52,9 +52,9 @@ class WorkerLayout:
 
 @dataclass(frozen=True)
 class RankGroups:
-    """This rank's place: its worker, coordinates, groups and pipeline neighbours (global ranks)."""
+    """This rank's place: its instance, coordinates, groups and pipeline neighbours (global ranks)."""
 
-    worker: WorkerLayout
+    instance: InstanceLayout
     rank: int
     pp_rank: int
     tp_rank: int
@@ -67,43 +67,43 @@ class RankGroups:
 
     @property
     def is_last_stage(self) -> bool:
-        return self.pp_rank == self.worker.pp_size - 1
+        return self.pp_rank == self.instance.pp_size - 1
 
     @property
     def prev_stage_rank(self) -> int | None:
-        return None if self.is_first_stage else self.worker.rank_of(self.pp_rank - 1, self.tp_rank)
+        return None if self.is_first_stage else self.instance.rank_of(self.pp_rank - 1, self.tp_rank)
 
     @property
     def next_stage_rank(self) -> int | None:
-        return None if self.is_last_stage else self.worker.rank_of(self.pp_rank + 1, self.tp_rank)
+        return None if self.is_last_stage else self.instance.rank_of(self.pp_rank + 1, self.tp_rank)
 
     def tensor_parallel(self) -> TensorParallel:
         """What the layers read (``parallel.state.set_tensor_parallel``)."""
-        return TensorParallel(self.tp_rank, self.worker.tp_size, self.tp_group)
+        return TensorParallel(self.tp_rank, self.instance.tp_size, self.tp_group)
 
 
-def check_layout(workers: Sequence[WorkerLayout], world_size: int) -> None:
-    """The workers tile ranks 0..world_size-1 exactly, without overlap."""
-    taken = sorted(rank for worker in workers for rank in worker.ranks)
+def check_layout(instances: Sequence[InstanceLayout], world_size: int) -> None:
+    """The instances tile ranks 0..world_size-1 exactly, without overlap."""
+    taken = sorted(rank for instance in instances for rank in instance.ranks)
     if taken != list(range(world_size)):
-        raise ValueError(f"the workers' ranks {taken} must cover 0..{world_size - 1} once each")
+        raise ValueError(f"the instances' ranks {taken} must cover 0..{world_size - 1} once each")
 
 
-def build_groups(workers: Sequence[WorkerLayout], rank: int, timeout: timedelta | None = None) -> RankGroups:
-    """Create every worker's TP and PP groups (collective: all ranks, same order); this rank's place.
+def build_groups(instances: Sequence[InstanceLayout], rank: int, timeout: timedelta | None = None) -> RankGroups:
+    """Create every instance's TP and PP groups (collective: all ranks, same order); this rank's place.
 
     ``timeout`` bounds every collective of the groups (a group does not take the world's: left
     out, torch gives it its own default, half an hour)."""
-    check_layout(workers, dist.get_world_size())
+    check_layout(instances, dist.get_world_size())
     mine: dict[str, dist.ProcessGroup | None] = {"tp": None, "pp": None}
-    for worker in workers:
-        for pp_rank in range(worker.pp_size):
-            _keep(mine, "tp", worker.tp_ranks(pp_rank), rank, timeout)
-        for tp_rank in range(worker.tp_size):
-            _keep(mine, "pp", worker.pp_ranks(tp_rank), rank, timeout)
-    worker = next(w for w in workers if rank in w.ranks)
-    pp_rank, tp_rank = worker.coords(rank)
-    return RankGroups(worker, rank, pp_rank, tp_rank, mine["tp"], mine["pp"])
+    for instance in instances:
+        for pp_rank in range(instance.pp_size):
+            _keep(mine, "tp", instance.tp_ranks(pp_rank), rank, timeout)
+        for tp_rank in range(instance.tp_size):
+            _keep(mine, "pp", instance.pp_ranks(tp_rank), rank, timeout)
+    instance = next(w for w in instances if rank in w.ranks)
+    pp_rank, tp_rank = instance.coords(rank)
+    return RankGroups(instance, rank, pp_rank, tp_rank, mine["tp"], mine["pp"])
 
 
 def _keep(mine: dict[str, dist.ProcessGroup | None], kind: str, ranks: list[int], rank: int,

@@ -83,7 +83,7 @@ def _routes() -> list[BaseRoute]:
 
 
 async def _healthz(request: Request) -> Response:
-    """200 while every engine serves (naming the lost workers of those serving with fewer); 503
+    """200 while every engine serves (naming the lost instances of those serving with fewer); 503
     naming the engines that stopped, so a supervisor can act: "unhealthy" while they restart,
     "failed" once one has used up its restarts and only restarting the backend brings it back."""
     service: Service = request.app.state.service
@@ -92,10 +92,10 @@ async def _healthz(request: Request) -> Response:
         for_good = service.client.failed_for_good()
         return JSONResponse({"status": "failed" if for_good else "unhealthy", "models": service.client.model_names(),
                              "failed": failures, "failed_for_good": for_good}, status_code=503)
-    degraded = {model: {str(worker): why for worker, why in lost.items()}
+    degraded = {model: {str(instance): why for instance, why in lost.items()}
                 for model, lost in service.client.degraded().items()}
     if degraded:
-        return JSONResponse({"status": "degraded", "models": service.client.model_names(), "lost_workers": degraded})
+        return JSONResponse({"status": "degraded", "models": service.client.model_names(), "lost_instances": degraded})
     return JSONResponse({"status": "ok", "models": service.client.model_names()})
 
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from .errors import BadInputError, RequestTooLargeError
 from .limits import DEFAULT_LIMITS, InputLimits
 
-# Bodies above this are parsed on a worker thread, so the event loop keeps serving meanwhile.
+# Bodies above this are parsed on an instance thread, so the event loop keeps serving meanwhile.
 PARSE_OFF_LOOP_BYTES = 256 * 1024
 
 # Arrays and objects both count as a level: keep only their brackets, each as '[' or ']'.

@@ -77,11 +77,11 @@ class EngineClient(Protocol):
         ...
 
     def degraded(self) -> dict[str, dict[int, str]]:
-        """Models serving with fewer workers than they started with: each lost worker and why."""
+        """Models serving with fewer instances than they started with: each lost instance and why."""
         ...
 
     def events(self) -> dict[str, dict[str, int]]:
-        """Per model: how often each failure event happened (a lost worker, a restart, a recomputed request)."""
+        """Per model: how often each failure event happened (a lost instance, a restart, a recomputed request)."""
         ...
 
     def shutdown(self) -> None: ...
@@ -179,7 +179,7 @@ class LocalEngines:
         return [name for name, health in healths.items() if health.error is not None and health.failed_for_good]
 
     def degraded(self) -> dict[str, dict[int, str]]:
-        return {name: dict(health.lost_workers) for name, health in self._healths().items() if health.lost_workers}
+        return {name: dict(health.lost_instances) for name, health in self._healths().items() if health.lost_instances}
 
     def events(self) -> dict[str, dict[str, int]]:
         return {name: dict(health.events) for name, health in self._healths().items() if health.events}

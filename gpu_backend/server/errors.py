@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ..errors import EngineError, InvalidRequestError, PromptTooLongError, WorkerFailedError, WorkerLostError
+from ..errors import EngineError, InvalidRequestError, PromptTooLongError, InstanceFailedError, InstanceLostError
 
 # Cloudflare's table lists no code for an internal failure; this one is the service's own.
 INTERNAL_ERROR_CODE = 3043
@@ -124,8 +124,8 @@ class MethodNotAllowedError(ServiceError):
         super().__init__(f"No route for that URI: {path} takes {allowed}, not {method}")
 
 
-class WorkerUnavailableError(ServiceError):
-    """The model's worker lost a rank and is restarting (``retry_after_s`` set: retrying shortly can
+class InstanceUnavailableError(ServiceError):
+    """The model's instance lost a rank and is restarting (``retry_after_s`` set: retrying shortly can
     succeed), or every restart is used up (none: only restarting the backend helps)."""
 
     status, code, openai_type = 503, INTERNAL_ERROR_CODE, "server_error"
@@ -138,11 +138,11 @@ def is_openai(path: str) -> bool:
 
 def from_engine_error(error: EngineError) -> ServiceError:
     """The service error for an engine error (the engine's message names the problem)."""
-    if isinstance(error, WorkerFailedError):
-        return WorkerUnavailableError(f"AiError: the model has failed permanently and the backend must be "
+    if isinstance(error, InstanceFailedError):
+        return InstanceUnavailableError(f"AiError: the model has failed permanently and the backend must be "
                                       f"restarted: {error}")
-    if isinstance(error, WorkerLostError):
-        return WorkerUnavailableError(f"AiError: the model's worker is unavailable: {error}", retry_after_s=5)
+    if isinstance(error, InstanceLostError):
+        return InstanceUnavailableError(f"AiError: the model's instance is unavailable: {error}", retry_after_s=5)
     if isinstance(error, PromptTooLongError):
         return InputTooLongError(f"AiError: {error}")
     if isinstance(error, InvalidRequestError):

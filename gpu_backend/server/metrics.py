@@ -85,8 +85,8 @@ class _EngineLoad(Collector):
                 family.add_metric([label_value(model)], stats[key])
             preemptions.add_metric([label_value(model)], stats["num_preemptions"])
             queue.add_metric([label_value(model)], self._admission.queued(model))
-        events = CounterMetricFamily("edgewise_worker_events", "Failure events of sharded workers: worker_lost, "
-                                     "worker_restarted, request_lost, request_recomputed, transfer_failed", labels=["model", "event"])
+        events = CounterMetricFamily("edgewise_instance_events", "Failure events of sharded instances: instance_lost, "
+                                     "instance_restarted, request_lost, request_recomputed, transfer_failed", labels=["model", "event"])
         for model, counts in self._client.events().items():
             for event, count in sorted(counts.items()):
                 events.add_metric([label_value(model), event], count)

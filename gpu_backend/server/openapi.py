@@ -25,7 +25,7 @@ _ERROR_STATUSES = {"400": "Bad input, or no such model", "401": "No bearer token
                    "405": "LoRA is not supported, or another method",
                    "408": "The request body did not arrive in time", "413": "The body or the prompt is too large",
                    "429": "The model's queue is full: retry after Retry-After seconds",
-                   "500": "The engine failed", "503": "The model's worker is restarting"}
+                   "500": "The engine failed", "503": "The model's instance is restarting"}
 
 
 def service_document(client: EngineClient, limits: InputLimits) -> Schema:

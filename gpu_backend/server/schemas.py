@@ -40,7 +40,7 @@ class TextGenerationInput:
     stream: bool
     responses_style: bool  # came as instructions/input: answer with an "output" list
     sampling: SamplingParams
-    session: str | None = None  # x-session-affinity: requests of one session go to the same workers
+    session: str | None = None  # x-session-affinity: requests of one session go to the same instances
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """Text, made once per request, where the request is served.
 
 Engines stream token ids (``EngineOutput``), whichever process sampled them: this process, the
-ranks of a sharded model, or a prefill worker for the first token and a decode worker for the
+ranks of a sharded model, or a prefill instance for the first token and a decode instance for the
 rest. Here each request's ids go through one ``RequestText`` (incremental detokenizer and stop
 strings), so its text, where it stops and its usage are the same whatever served it. A stop
-string closes the engine's stream at once, which aborts the request on every worker and frees
+string closes the engine's stream at once, which aborts the request on every instance and frees
 its KV blocks; the client gets finish_reason "stop", the text cut at the stop, and usage that
 counts the tokens up to the one that completed it.
 """
@@ -41,7 +41,7 @@ async def stream_text(engine: Engine, prompt_ids: list[int], params: SamplingPar
         async for output in outputs:
             delta = text_delta(output, text.add(output.new_token_ids, finished=output.finished))
             if delta.finish_reason is not None and not output.finished:
-                await outputs.aclose()  # a stop string: the request ends on every worker now
+                await outputs.aclose()  # a stop string: the request ends on every instance now
             yield delta
             if delta.finish_reason is not None:
                 return

@@ -1,9 +1,9 @@
-"""``edgewise backend serve`` under torchrun: every process torchrun starts is a rank of one worker.
+"""``edgewise backend serve`` under torchrun: every process torchrun starts is a rank of one instance.
 
 The same command runs on every node; torchrun's rendezvous forms the world (``env://``). Rank 0
-starts the service (HTTP, WebSocket, the embedders) in a child process and drives the worker's
+starts the service (HTTP, WebSocket, the embedders) in a child process and drives the instance's
 steps; the other ranks follow. The service talks to the driver over a pipe exactly as it does to
-a worker it spawned itself, but it cannot restart it: when a rank fails, torchrun's agent
+an instance it spawned itself, but it cannot restart it: when a rank fails, torchrun's agent
 (``--max-restarts``) restarts the ranks, and rank 0's service with them. A service whose rank 0
 is gone shuts itself down, so a restarted rank 0 finds its port free.
 """
@@ -32,8 +32,8 @@ SHUTDOWN_GRACE_S = 10.0
 def serve_ranks(models: Mapping[str, Path], place: TorchrunPlace, parallel: ParallelConfig,
                 service_options: dict[str, Any], engine_options: dict[str, Any]) -> None:
     """This process's part: rank 0 serves and drives, the others follow."""
-    if parallel.num_workers != 1 or parallel.is_disaggregated:
-        raise ValueError("under torchrun the world is one worker: drop --workers and the prefill/decode workers")
+    if parallel.num_instances != 1 or parallel.is_disaggregated:
+        raise ValueError("under torchrun the world is one instance: drop --instances and the prefill/decode instances")
     if place.world_size != parallel.world_size:
         raise ValueError(f"torchrun started {place.world_size} ranks but --tp {parallel.tp_size} x --pp "
                          f"{parallel.pp_size} needs {parallel.world_size}: set --nnodes x --nproc-per-node to match")

@@ -24,12 +24,12 @@ def load_script():
 script = load_script()
 
 
-def test_layouts_name_their_workers_and_gpus() -> None:
+def test_layouts_name_their_instances_and_gpus() -> None:
     assert script.parallel_config("colocated:1") == (None, 1)
     parallel, gpus = script.parallel_config("colocated:2")
-    assert parallel.num_workers == 2 and gpus == 2
+    assert parallel.num_instances == 2 and gpus == 2
     parallel, gpus = script.parallel_config("pd:1+2")
-    assert (parallel.num_prefill_workers, parallel.num_decode_workers, gpus) == (1, 2, 3)
+    assert (parallel.num_prefill_instances, parallel.num_decode_instances, gpus) == (1, 2, 3)
     with pytest.raises(SystemExit, match="colocated:N or pd:P"):
         script.parallel_config("replicas:2")
 

@@ -149,24 +149,24 @@ def test_serve_command_is_the_real_cli() -> None:
 
 
 def test_a_sharded_local_backend_gets_its_layout_on_the_command_line() -> None:
-    command = serve_command(EdgewiseConfig(backend=LocalBackendConfig(tp=2, pp=2, pp_layers=[3, 1], workers=2)))
+    command = serve_command(EdgewiseConfig(backend=LocalBackendConfig(tp=2, pp=2, pp_layers=[3, 1], instances=2)))
     assert command[command.index("--tp") + 1] == "2" and command[command.index("--pp") + 1] == "2"
-    assert command[command.index("--workers") + 1] == "2"
+    assert command[command.index("--instances") + 1] == "2"
     assert command[command.index("--pp-layers") + 1] == "3,1"
-    assert not {"--tp", "--workers"} & set(serve_command(EdgewiseConfig(backend=LocalBackendConfig())))
+    assert not {"--tp", "--instances"} & set(serve_command(EdgewiseConfig(backend=LocalBackendConfig())))
     disaggregated = serve_command(EdgewiseConfig(backend=LocalBackendConfig(
-        prefill_workers=1, prefill_tp=2, decode_workers=2, decode_pp=2, worker_timeout_s=10, on_worker_loss="recompute",
+        prefill_instances=1, prefill_tp=2, decode_instances=2, decode_pp=2, instance_timeout_s=10, on_instance_loss="recompute",
         heartbeat_timeout_s=2.5)))
-    assert {"--prefill-workers=1", "--prefill-tp=2", "--prefill-pp=1", "--decode-workers=2", "--decode-tp=1",
+    assert {"--prefill-instances=1", "--prefill-tp=2", "--prefill-pp=1", "--decode-instances=2", "--decode-tp=1",
             "--decode-pp=2"} <= set(disaggregated)
-    assert disaggregated[disaggregated.index("--worker-timeout") + 1] == "10"
+    assert disaggregated[disaggregated.index("--instance-timeout") + 1] == "10"
     assert disaggregated[disaggregated.index("--heartbeat-timeout") + 1] == "2.5"
-    assert disaggregated[disaggregated.index("--on-worker-loss") + 1] == "recompute"
-    assert "--worker-restarts" not in disaggregated  # the default is the CLI's own
-    with pytest.raises(ConfigError, match="decode_workers go together"):
-        LocalBackendConfig(prefill_workers=1)
-    with pytest.raises(ConfigError, match="on_worker_loss"):
-        LocalBackendConfig(on_worker_loss="retry")
+    assert disaggregated[disaggregated.index("--on-instance-loss") + 1] == "recompute"
+    assert "--instance-restarts" not in disaggregated  # the default is the CLI's own
+    with pytest.raises(ConfigError, match="decode_instances go together"):
+        LocalBackendConfig(prefill_instances=1)
+    with pytest.raises(ConfigError, match="on_instance_loss"):
+        LocalBackendConfig(on_instance_loss="retry")
     with pytest.raises(ConfigError, match="pp_layers"):
         LocalBackendConfig(pp=2, pp_layers=[4])
     with pytest.raises(ConfigError, match="tp"):

@@ -17,19 +17,19 @@ class FakeTransport:
     name = "kv"
     remote_methods = frozenset({"send", "receive", "land", "drop"})
 
-    def __init__(self, worker: int) -> None:
-        self.worker = worker
+    def __init__(self, instance: int) -> None:
+        self.instance = instance
         self.calls: list[tuple] = []
         self.receiving: set[str] = set()
         self.arrivals: dict[str, tuple[bool, str | None]] = {}  # this rank's share, set by the test
         self.everywhere: dict[str, bool] = {}  # whether every rank's share arrived, when it differs
         self.reaped = 0
 
-    def send(self, request_id: str, dst_worker: int, block_ids: list[int]) -> None:
-        self.calls.append(("send", request_id, dst_worker, list(block_ids)))
+    def send(self, request_id: str, dst_instance: int, block_ids: list[int]) -> None:
+        self.calls.append(("send", request_id, dst_instance, list(block_ids)))
 
-    def receive(self, request_id: str, src_worker: int, block_ids: list[int]) -> None:
-        self.calls.append(("receive", request_id, src_worker, list(block_ids)))
+    def receive(self, request_id: str, src_instance: int, block_ids: list[int]) -> None:
+        self.calls.append(("receive", request_id, src_instance, list(block_ids)))
         self.receiving.add(request_id)
 
     def land(self, request_id: str) -> bool:

@@ -1,6 +1,6 @@
 """What each rank of a spawned Gloo world runs in the KV transfer tests (here so ``spawn`` can import it).
 
-Each scenario puts a prefill worker and a decode worker in one world. A prefill rank fills its
+Each scenario puts a prefill instance and a decode instance in one world. A prefill rank fills its
 cache with values that encode every coordinate (k/v, global layer, global head, block, slot,
 dim), so a value that lands on the wrong layer, head, block or slot is caught, and sends the
 request's blocks; a decode rank receives them into other block ids and checks every value.
@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from gpu_backend.disagg.handoff import Cluster, RankTransfers
 from gpu_backend.disagg.kv_transfer import KVLayout, KVTransferError, plan_transfer, receive_kv, send_kv
-from gpu_backend.parallel.groups import WorkerLayout
+from gpu_backend.parallel.groups import InstanceLayout
 
 NUM_BLOCKS, BLOCK_SIZE, HEAD_DIM, MAX_LAYERS, MAX_HEADS = 8, 3, 2, 8, 8
 SRC_BLOCKS, DST_BLOCKS = [5, 1, 6], [2, 7, 0]  # the request's blocks in sequence order, on each side
@@ -30,8 +30,8 @@ class Scenario:
     name: str
     num_layers: int
     num_kv_heads: int
-    prefill: WorkerLayout
-    decode: WorkerLayout
+    prefill: InstanceLayout
+    decode: InstanceLayout
     prefill_pp_layers: tuple[int, ...] | None = None
     decode_pp_layers: tuple[int, ...] | None = None
 
@@ -41,12 +41,12 @@ class Scenario:
 
 
 SCENARIOS = [
-    Scenario("tp2 -> tp1", 3, 4, WorkerLayout(0, tp_size=2), WorkerLayout(2)),
-    Scenario("pp2 (3+1 layers) -> tp2", 4, 2, WorkerLayout(0, pp_size=2), WorkerLayout(2, tp_size=2),
+    Scenario("tp2 -> tp1", 3, 4, InstanceLayout(0, tp_size=2), InstanceLayout(2)),
+    Scenario("pp2 (3+1 layers) -> tp2", 4, 2, InstanceLayout(0, pp_size=2), InstanceLayout(2, tp_size=2),
              prefill_pp_layers=(3, 1)),
-    Scenario("tp1 -> pp2", 3, 2, WorkerLayout(0), WorkerLayout(1, pp_size=2)),
-    Scenario("tp2×pp2 -> tp1", 4, 4, WorkerLayout(0, tp_size=2, pp_size=2), WorkerLayout(4)),
-    Scenario("1 kv head, tp2 -> tp2", 2, 1, WorkerLayout(0, tp_size=2), WorkerLayout(2, tp_size=2)),
+    Scenario("tp1 -> pp2", 3, 2, InstanceLayout(0), InstanceLayout(1, pp_size=2)),
+    Scenario("tp2×pp2 -> tp1", 4, 4, InstanceLayout(0, tp_size=2, pp_size=2), InstanceLayout(4)),
+    Scenario("1 kv head, tp2 -> tp2", 2, 1, InstanceLayout(0, tp_size=2), InstanceLayout(2, tp_size=2)),
 ]
 WORLD_SIZE = max(s.decode.ranks.stop for s in SCENARIOS)
 
@@ -94,12 +94,12 @@ def transfer(rank: int, scenario: Scenario, mode: str) -> str | None:
     src, dst = scenario.layouts()
     routes = plan_transfer(src, dst)
     chunks = layer_chunks(scenario.num_layers, mode)
-    if rank in src.worker.ranks:
+    if rank in src.instance.ranks:
         cache = kv_values(src.layers_of(rank), src.heads_of(rank), range(NUM_BLOCKS))
         pending = [send_kv(cache, src, routes, rank, SRC_BLOCKS, chunk, timeout=TIMEOUT) for chunk in chunks]
         for sends in pending:
             sends.wait()
-    elif rank in dst.worker.ranks:
+    elif rank in dst.instance.ranks:
         layers, heads = dst.layers_of(rank), dst.heads_of(rank)
         cache = torch.zeros(2, len(layers), NUM_BLOCKS, BLOCK_SIZE, len(heads), HEAD_DIM)
         for chunk in chunks:
@@ -127,7 +127,7 @@ def run_timeout_rank(rank: int, port: int, timeout_s: float) -> None:
 
 
 def expect_timeout(timeout_s: float) -> None:
-    src, dst = KVLayout(WorkerLayout(0), 1, 1), KVLayout(WorkerLayout(1), 1, 1)
+    src, dst = KVLayout(InstanceLayout(0), 1, 1), KVLayout(InstanceLayout(1), 1, 1)
     cache = torch.zeros(2, 1, NUM_BLOCKS, BLOCK_SIZE, 1, HEAD_DIM)
     started = time.monotonic()
     with pytest.raises(KVTransferError, match=r"3 blocks: receive from rank 0"):
@@ -138,13 +138,13 @@ def expect_timeout(timeout_s: float) -> None:
 
 
 def run_landing_rank(rank: int, port: int, timeout_s: float) -> None:
-    """A prefill rank (0) and a decode worker of two TP ranks (1, 2), each with ``RankTransfers``.
+    """A prefill rank (0) and a decode instance of two TP ranks (1, 2), each with ``RankTransfers``.
 
     First a whole transfer: both decode ranks land it. Then rank 0 sends only rank 1's share: rank 1
     has its share, rank 2 times out, and both agree the KV did not arrive: neither cache changes."""
     init(rank, 3, port)
     try:
-        src, dst = KVLayout(WorkerLayout(0), 2, 2), KVLayout(WorkerLayout(1, tp_size=2), 2, 2)
+        src, dst = KVLayout(InstanceLayout(0), 2, 2), KVLayout(InstanceLayout(1, tp_size=2), 2, 2)
         control = dist.new_group([1, 2])
         pair = dist.new_group([0, 1, 2])
         cluster = Cluster([src, dst], 0 if rank == 0 else 1, timedelta(seconds=timeout_s), {(0, 1): pair})

@@ -3,7 +3,7 @@
 ``run_rank``: a rank builds the layers at the world's TP size, loads full checkpoint tensors
 through their ``weight_loader`` (each keeps only its slice), runs them, and checks the results
 against the same tensors computed whole in plain torch. ``run_groups_rank``: a rank of a world
-holding several TP×PP workers checks its place and talks over its TP and PP groups.
+holding several TP×PP instances checks its place and talks over its TP and PP groups.
 ``run_engine_rank``: every rank runs the same engine on its shard of a checkpoint and the same
 requests (the scheduler is deterministic, the logits are gathered whole on each rank) and writes
 what it generated.
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from gpu_backend.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from gpu_backend.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
-from gpu_backend.parallel.groups import WorkerLayout, build_groups
+from gpu_backend.parallel.groups import InstanceLayout, build_groups
 from gpu_backend.parallel.state import TensorParallel, set_tensor_parallel
 
 HIDDEN, HEAD_DIM, NUM_HEADS, INTERMEDIATE, VOCAB = 16, 4, 4, 24, 37  # vocab not divisible by 2 or 4
@@ -31,15 +31,15 @@ def init(rank: int, world_size: int, port: int) -> None:
                             timeout=timedelta(seconds=60))
 
 
-def run_groups_rank(rank: int, workers: list[WorkerLayout], port: int) -> None:
-    init(rank, sum(worker.size for worker in workers), port)
+def run_groups_rank(rank: int, instances: list[InstanceLayout], port: int) -> None:
+    init(rank, sum(instance.size for instance in instances), port)
     try:
-        place = build_groups(workers, rank)
-        assert place.worker.rank_of(place.pp_rank, place.tp_rank) == rank
+        place = build_groups(instances, rank)
+        assert place.instance.rank_of(place.pp_rank, place.tp_rank) == rank
         # TP: a sum over this stage's ranks only
         value = torch.tensor([float(rank)])
         dist.all_reduce(value, group=place.tp_group)
-        assert value.item() == sum(place.worker.tp_ranks(place.pp_rank)), (rank, value)
+        assert value.item() == sum(place.instance.tp_ranks(place.pp_rank)), (rank, value)
         # PP: each stage hands its rank to the next one, point to point
         if place.next_stage_rank is not None:
             dist.send(torch.tensor([rank]), dst=place.next_stage_rank)
@@ -49,7 +49,7 @@ def run_groups_rank(rank: int, workers: list[WorkerLayout], port: int) -> None:
             assert got.item() == place.prev_stage_rank, (rank, got)
         everyone = torch.tensor([1.0])
         dist.all_reduce(everyone, group=place.pp_group)
-        assert everyone.item() == place.worker.pp_size
+        assert everyone.item() == place.instance.pp_size
     finally:
         dist.destroy_process_group()
 

@@ -278,7 +278,7 @@ def feed(text: RequestText, ids: Sequence[int], groups: Sequence[int]) -> tuple[
 
 @pytest.mark.parametrize("groups", [[1] * 8, [1, 7], [2, 3, 3], [8]], ids=["by-one", "hand-off", "mixed", "whole"])
 def test_request_text_does_not_depend_on_how_the_ids_are_grouped(sentencepiece: Tokenizer, groups: list[int]) -> None:
-    """One process streams one id a step, prefill/decode the first id from one worker and the rest from
+    """One process streams one id a step, prefill/decode the first id from one instance and the rest from
     another, a recomputed request several at once: the text, the stop and the ids that count are the same.
     SentencePiece drops the first token's leading space only: ' my' after 'Now' keeps its space."""
     ids = sentencepiece.encode("Now my lord, the king is here", add_special_tokens=False)
@@ -294,7 +294,7 @@ def test_request_text_after_a_stop_and_without_a_tokenizer(sentencepiece: Tokeni
     ids = sentencepiece.encode("Now my lord", add_special_tokens=False)
     text = RequestText(sentencepiece, stop="Now")
     assert tuple(text.add(ids)) == ("", 1, True) and text.stop_reason == "Now"
-    assert tuple(text.add(ids[1:])) == ("", 0, True)  # ids a worker sampled before it heard of the stop
+    assert tuple(text.add(ids[1:])) == ("", 0, True)  # ids an instance sampled before it heard of the stop
     assert tuple(RequestText(None, stop="Now").add(ids, finished=True)) == ("", len(ids), False)
 
 

@@ -1,6 +1,6 @@
 """Dependencies between gpu_backend's packages run one way: the run-time import graph, read from
 the code, has no cycle, the torch.distributed primitives (``parallel``) import nothing of ours,
-and the cluster of TP×PP workers knows nothing of prefill/decode (``disagg`` plugs into it)."""
+and the cluster of TP×PP instances knows nothing of prefill/decode (``disagg`` plugs into it)."""
 
 from __future__ import annotations
 

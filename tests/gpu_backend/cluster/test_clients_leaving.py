@@ -2,11 +2,11 @@
 
 Each client starts a generation and leaves (its task cancelled, or its iterator closed) at a
 moment drawn from a seeded generator: before its request is accepted, while its blocks are
-reserved on the decode worker, while the prompt is prefilled, while its KV is on its way, or
-mid-decode. Afterwards every worker runs no request and holds no KV block, the engine tracks
+reserved on the decode instance, while the prompt is prefilled, while its KV is on its way, or
+mid-decode. Afterwards every instance runs no request and holds no KV block, the engine tracks
 no stream, and a normal request still answers token for token what one process does.
 
-One engine per layout serves every client (prefill/decode workers, and a TP=2 worker), over
+One engine per layout serves every client (prefill/decode instances, and a TP=2 instance), over
 Gloo on CPU; the counts are printed so that they can be quoted (``pytest -s``).
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from gpu_backend import LLM, SamplingParams
-from gpu_backend.config import EngineConfig, ParallelConfig, WorkerSpec
+from gpu_backend.config import EngineConfig, ParallelConfig, InstanceSpec
 from gpu_backend.cluster.sharded_engine import ShardedEngine
 from gpu_backend.disagg.flow import sharded_engine
 
@@ -32,8 +32,8 @@ PROMPTS = ["Once upon a time there was a king who ruled a land by the sea and", 
            "Once upon a time there was a queen"]  # shared prefixes: prefix-cache hits on both sides
 PARAMS = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
 LAYOUTS = {
-    "prefill-decode": ParallelConfig(timeout_s=20.0, prefill=WorkerSpec("prefill", 1, 1),
-                                     decode=WorkerSpec("decode", 1, 1), num_prefill_workers=1, num_decode_workers=1),
+    "prefill-decode": ParallelConfig(timeout_s=20.0, prefill=InstanceSpec("prefill", 1, 1),
+                                     decode=InstanceSpec("decode", 1, 1), num_prefill_instances=1, num_decode_instances=1),
     "tp2": ParallelConfig(2, 1, None, 20.0),
     "pp2": ParallelConfig(1, 2, None, 20.0),
 }
@@ -78,11 +78,11 @@ async def client(engine: ShardedEngine, rng: random.Random, request_id: str, mom
 
 
 def where(engine: ShardedEngine, request_id: str, seen: list[int]) -> str:
-    worker = engine.worker_of(request_id)
-    if worker is None:
+    instance = engine.instance_of(request_id)
+    if instance is None:
         return "finished" if seen else "not routed or already gone"
     stage = "decoding" if seen else "before the first token"
-    return f"{stage} on worker {worker}"
+    return f"{stage} on instance {instance}"
 
 
 async def leave_at_random(engine: ShardedEngine, tag: str, moments: Counter[str]) -> None:
@@ -101,7 +101,7 @@ def settled(engine: ShardedEngine, ids: list[str]) -> tuple[dict[str, int], int]
     deadline = time.monotonic() + SETTLE_S
     while True:
         stats = engine.stats()
-        leftover = sum(engine.worker_of(request_id) is not None for request_id in ids)
+        leftover = sum(engine.instance_of(request_id) is not None for request_id in ids)
         idle = not (stats["num_running"] or stats["num_waiting"] or stats["kv_blocks_used"] or leftover)
         if idle or time.monotonic() > deadline:
             return stats, leftover
@@ -119,7 +119,7 @@ def test_clients_leaving_at_random_moments_leave_nothing_behind(engine: ShardedE
           f"{dict(moments)}; afterwards: {stats['kv_blocks_used']} KV blocks used, {stats['num_running']} running, "
           f"{stats['num_waiting']} waiting, {leftover} streams left")
     assert (stats["kv_blocks_used"], stats["num_running"], stats["num_waiting"], leftover) == (0, 0, 0, 0), stats
-    assert engine.error is None and not engine.lost_workers
+    assert engine.error is None and not engine.lost_instances
 
     async def normal() -> list[int]:
         return [token async for output in engine.generate(PROMPTS[0], PARAMS, f"{layout}-after")

@@ -14,7 +14,7 @@ import pytest
 from gpu_backend.cluster import driver as driver_module
 from gpu_backend.cluster.driver import Driver, DriverPipe
 from gpu_backend.cluster.protocol import (AbortRequest, Accepted, AddRequest, Failed, Ready, Rejected, StepDone,
-                                          Stop, WorkerInfo)
+                                          Stop, InstanceInfo)
 from gpu_backend.engine.outputs import EngineOutput
 from gpu_backend.engine.sampling_params import SamplingParams
 from gpu_backend.errors import InvalidRequestError
@@ -177,7 +177,7 @@ def test_serve_says_ready_first_and_tells_the_followers_to_stop_at_the_end() -> 
     service.send(Stop())
     driver.serve()
     messages = received(service)
-    assert messages[0] == Ready(WorkerInfo(max_model_len=64, max_num_seqs=4, num_kv_blocks=8))
+    assert messages[0] == Ready(InstanceInfo(max_model_len=64, max_num_seqs=4, num_kv_blocks=8))
     assert stopped == ["stop"]
 
 

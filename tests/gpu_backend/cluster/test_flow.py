@@ -1,6 +1,6 @@
 """gpu_backend.cluster.flow and the ShardedEngine around it, with the test playing two colocated
-workers' drivers over in-memory pipes (``fake_drivers``): requests routed by load in tokens and
-sent as typed messages, outputs streamed back, refusals, clients that leave, and a worker that
+instances' drivers over in-memory pipes (``fake_drivers``): requests routed by load in tokens and
+sent as typed messages, outputs streamed back, refusals, clients that leave, and an instance that
 fails: its requests end with the reason, the other serves on and new requests avoid it."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from fake_drivers import CONFIG, LOAD, FakeDriver, attached_world, collect, outp
 from gpu_backend.cluster.flow import ColocatedFlow
 from gpu_backend.cluster.protocol import AbortRequest, Accepted, AddRequest, Failed, Rejected, StepDone
 from gpu_backend.cluster.sharded_engine import ShardedEngine
-from gpu_backend.config import ParallelConfig, WorkerSpec
+from gpu_backend.config import ParallelConfig, InstanceSpec
 from gpu_backend.engine.sampling_params import SamplingParams
-from gpu_backend.errors import InvalidRequestError, WorkerLostError
+from gpu_backend.errors import InvalidRequestError, InstanceLostError
 
 PARAMS = SamplingParams(temperature=0.0, max_tokens=2)
 WAIT_S = 10.0
@@ -26,12 +26,12 @@ WAIT_S = 10.0
 @pytest.fixture
 def cluster() -> Iterator[tuple[ShardedEngine, list[FakeDriver]]]:
     ranks, drivers = attached_world(2)
-    engine = ShardedEngine(CONFIG, ParallelConfig(timeout_s=20.0, num_workers=2), attached=ranks)
+    engine = ShardedEngine(CONFIG, ParallelConfig(timeout_s=20.0, num_instances=2), attached=ranks)
     yield engine, drivers
     engine.shutdown()
 
 
-def test_requests_go_to_the_least_loaded_worker_and_stream_back(cluster) -> None:
+def test_requests_go_to_the_least_loaded_instance_and_stream_back(cluster) -> None:
     engine, (first, second) = cluster
     assert isinstance(engine.flow, ColocatedFlow) and engine.max_num_seqs == 2 * 8
 
@@ -48,7 +48,7 @@ def test_requests_go_to_the_least_loaded_worker_and_stream_back(cluster) -> None
 
     long, short = asyncio.run(scenario())
     assert [o.new_token_ids for o in long] == [(7,), (8,)] and short[-1].finish_reason == "length"
-    assert engine.requests_per_worker == [1, 1] and engine.stats()["kv_blocks_used"] == 2 * LOAD.kv_blocks_used
+    assert engine.requests_per_instance == [1, 1] and engine.stats()["kv_blocks_used"] == 2 * LOAD.kv_blocks_used
 
 
 def test_a_refusal_reaches_the_client_and_a_client_that_leaves_aborts_its_request(cluster) -> None:
@@ -72,10 +72,10 @@ def test_a_refusal_reaches_the_client_and_a_client_that_leaves_aborts_its_reques
 
     assert isinstance(asyncio.run(refused()), InvalidRequestError)
     asyncio.run(leaves())
-    assert engine.worker_of("bad") is None and engine.worker_of("leaver") is None
+    assert engine.instance_of("bad") is None and engine.instance_of("leaver") is None
 
 
-def test_a_worker_that_fails_ends_its_requests_and_the_other_serves_on(cluster) -> None:
+def test_a_instance_that_fails_ends_its_requests_and_the_other_serves_on(cluster) -> None:
     engine, (first, second) = cluster
 
     async def scenario() -> tuple[BaseException, AddRequest]:
@@ -85,7 +85,7 @@ def test_a_worker_that_fails_ends_its_requests_and_the_other_serves_on(cluster) 
         first.say(Failed("rank 0: RuntimeError: a collective timed out"))
         error = (await asyncio.gather(doomed, return_exceptions=True))[0]
         deadline = time.monotonic() + WAIT_S
-        while not engine.lost_workers and time.monotonic() < deadline:
+        while not engine.lost_instances and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         after = asyncio.ensure_future(collect(engine.generate([1], PARAMS, "after")))
         added = await second.expect(AddRequest)
@@ -93,15 +93,15 @@ def test_a_worker_that_fails_ends_its_requests_and_the_other_serves_on(cluster) 
         return error, added
 
     error, added = asyncio.run(scenario())
-    assert isinstance(error, WorkerLostError) and "a collective timed out" in str(error)
-    assert list(engine.lost_workers) == [0] and engine.error is None  # worker 1 is left: the world is not lost
+    assert isinstance(error, InstanceLostError) and "a collective timed out" in str(error)
+    assert list(engine.lost_instances) == [0] and engine.error is None  # instance 1 is left: the world is not lost
     assert added.request_id == "after"
-    assert engine.events == {"worker_lost": 1, "request_lost": 1}
+    assert engine.events == {"instance_lost": 1, "request_lost": 1}
 
 
-def test_prefill_and_decode_workers_are_not_colocated_ones() -> None:
+def test_prefill_and_decode_instances_are_not_colocated_ones() -> None:
     ranks, _ = attached_world(2)
-    parallel = ParallelConfig(prefill=WorkerSpec("prefill"), decode=WorkerSpec("decode"), num_prefill_workers=1,
-                              num_decode_workers=1)
+    parallel = ParallelConfig(prefill=InstanceSpec("prefill"), decode=InstanceSpec("decode"), num_prefill_instances=1,
+                              num_decode_instances=1)
     with pytest.raises(ValueError, match="disaggregated flow"):
         ShardedEngine(CONFIG, parallel, attached=ranks)

@@ -1,6 +1,6 @@
-"""Sharded workers over Gloo on CPU generate token for token what one process does.
+"""Sharded instances over Gloo on CPU generate token for token what one process does.
 
-Each layout starts a real worker (``ShardedEngine`` spawns its ranks), sends the prompts
+Each layout starts a real instance (``ShardedEngine`` spawns its ranks), sends the prompts
 concurrently, greedy and seeded, and compares every token with ``LLM.generate`` on the same
 checkpoint. The engine options make prompts run in chunks that flow through the pipeline
 (``max_num_batched_tokens``) and reuse the prefix cache (a prompt sent twice).
@@ -69,7 +69,7 @@ async def generate_all(engine: ShardedEngine, params: SamplingParams, tag: str) 
 @pytest.mark.parametrize(("model", "tp", "pp", "pp_layers"), LAYOUTS,
                          ids=[f"{m}-tp{tp}-pp{pp}" + ("-" + "+".join(map(str, layers)) if layers else "")
                               for m, tp, pp, layers in LAYOUTS])
-def test_sharded_worker_generates_what_one_process_does(folders: dict[str, Path], model: str, tp: int, pp: int,
+def test_sharded_instance_generates_what_one_process_does(folders: dict[str, Path], model: str, tp: int, pp: int,
                                                         pp_layers: tuple[int, ...] | None) -> None:
     folder = folders[model]
     engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), ParallelConfig(tp, pp, pp_layers, 20.0))
@@ -125,8 +125,8 @@ def test_leaving_a_stream_aborts_it_on_every_rank(folders: dict[str, Path]) -> N
 
 
 @pytest.mark.parametrize(("tp", "pp"), [(1, 1), (2, 1), (1, 2)], ids=["tp1", "tp2", "pp2"])
-def test_two_colocated_workers_share_the_requests_and_stay_exact(folders: dict[str, Path], tp: int, pp: int) -> None:
-    """Two workers in one world (each with its own driver, groups and pipe); the router spreads the load."""
+def test_two_colocated_instances_share_the_requests_and_stay_exact(folders: dict[str, Path], tp: int, pp: int) -> None:
+    """Two instances in one world (each with its own driver, groups and pipe); the router spreads the load."""
     folder = folders["llama"]
     config = EngineConfig(model=str(folder), **OPTIONS)
     engine = ShardedEngine(config, ParallelConfig(tp, pp, None, 20.0, 2))
@@ -134,7 +134,7 @@ def test_two_colocated_workers_share_the_requests_and_stay_exact(folders: dict[s
         assert engine.max_num_seqs == 2 * config.max_num_seqs
         for index, params in enumerate(SAMPLINGS):
             assert asyncio.run(generate_all(engine, params, f"s{index}-")) == expected_tokens(folder, params)
-        assert sum(engine.requests_per_worker) == 8 and min(engine.requests_per_worker) > 0  # shared by tokens
+        assert sum(engine.requests_per_instance) == 8 and min(engine.requests_per_instance) > 0  # shared by tokens
         assert engine.stats()["kv_blocks_used"] == 0 and engine.stats()["kv_blocks_free"] == 2 * 64
     finally:
         engine.shutdown()

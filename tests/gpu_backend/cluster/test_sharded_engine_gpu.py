@@ -1,4 +1,4 @@
-"""Sharded workers on NVIDIA GPUs (NCCL, CUDA graphs per rank) generate what one process does.
+"""Sharded instances on NVIDIA GPUs (NCCL, CUDA graphs per rank) generate what one process does.
 
 Every layout that fits the machine's GPUs runs: a world of one rank (the driver path, NCCL and
 graphs in a spawned process) on any GPU machine, TP=2 and PP=2 with two GPUs, TP=2 x PP=2 with four.
@@ -36,7 +36,7 @@ async def _generate_all(engine: ShardedEngine, params: SamplingParams) -> list[l
 
 @pytest.mark.parametrize(("tp", "pp"), LAYOUTS, ids=[f"tp{tp}-pp{pp}" for tp, pp in LAYOUTS])
 @pytest.mark.parametrize("enforce_eager", [False, True], ids=["cuda_graphs", "eager"])
-def test_gpu_sharded_worker_generates_what_one_process_does(checkpoints: dict[str, Path], tp: int, pp: int,
+def test_gpu_sharded_instance_generates_what_one_process_does(checkpoints: dict[str, Path], tp: int, pp: int,
                                                             enforce_eager: bool) -> None:
     if torch.cuda.device_count() < tp * pp:
         pytest.skip(f"needs {tp * pp} GPUs, this machine has {torch.cuda.device_count()}")

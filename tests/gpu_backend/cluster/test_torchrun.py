@@ -31,7 +31,7 @@ def _node(node_rank: int, master_port: int, folder: Path) -> subprocess.Popen[st
                "--node-rank", str(node_rank), "--master-addr", "127.0.0.1", "--master-port", str(master_port),
                "-m", "wrangler_like_cli.main", "backend", "serve", "--model", f"@cf/test/llama={folder}",
                "--tp", "2", "--pp", "2", "--device", "cpu", "--dtype", "float32", "--port", "0",
-               "--worker-timeout", "60"]
+               "--instance-timeout", "60"]
     env = {**os.environ, "EDGEWISE_BACKEND_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)

@@ -36,7 +36,7 @@ class FakeEngine:
 
 
 def decode_role(free_blocks: list[int] | None = None) -> tuple[DecodeRole, FakeEngine, FakeTransport, Messages]:
-    engine, kv, sent = FakeEngine([5, 6, 7] if free_blocks is None else free_blocks), FakeTransport(worker=1), Messages()
+    engine, kv, sent = FakeEngine([5, 6, 7] if free_blocks is None else free_blocks), FakeTransport(instance=1), Messages()
     return DecodeRole(engine, EverywhereRunner(), kv, sent.send), engine, kv, sent
 
 
@@ -52,7 +52,7 @@ def test_chunks_land_in_the_reserved_blocks_and_the_request_joins_with_its_first
     assert sent == [Reserved("r", [5, 6, 7])]
     assert kv.calls == [("receive", "r", 0, [5, 6]), ("receive", "r", 0, [7])]
     assert role.handle(Admit("r", 42)) and role.waiting
-    assert role.after_step() == []  # on its way: the worker decodes on meanwhile
+    assert role.after_step() == []  # on its way: the instance decodes on meanwhile
     kv.arrivals["r"] = (True, None)
     assert role.after_step() == ["r decodes on from 42"]
     assert kv.calls[-1] == ("land", "r") and engine.admitted == [("r", 42)] and not role.waiting
@@ -71,7 +71,7 @@ def test_a_transfer_that_failed_frees_the_blocks_and_says_why() -> None:
     assert engine.aborted == ["here", "elsewhere"] and engine.admitted == []
     assert [m for m in sent if isinstance(m, TransferFailed)] == [
         TransferFailed("here", "receive from rank 0 timed out"),
-        TransferFailed("elsewhere", "another rank of this worker did not get its share of the KV in time")]
+        TransferFailed("elsewhere", "another rank of this instance did not get its share of the KV in time")]
 
 
 def test_a_chunk_for_a_request_no_longer_here_is_received_into_scratch_and_dropped() -> None:
@@ -90,7 +90,7 @@ def test_a_request_aborted_while_its_kv_arrives_is_dropped_and_never_admitted() 
     assert kv.calls[-1] == ("drop", "r")
     role.handle(Reserve("s", [1], PARAMS))
     role.abort("s")  # left while its blocks were reserved: nothing on its way to drop
-    role.handle(Admit("s", 3))  # the prefill worker's answer, after the abort
+    role.handle(Admit("s", 3))  # the prefill instance's answer, after the abort
     assert not role.waiting and kv.calls[-1] == ("drop", "r")
 
 

@@ -1,6 +1,6 @@
-"""Disaggregated serving over Gloo on CPU: prefill workers compute the prompt and the first token,
-push the KV to a decode worker (re-sharded when their layouts differ), and the decode worker
-carries on. Every token equals the single-process run; every block comes back on every worker."""
+"""Disaggregated serving over Gloo on CPU: prefill instances compute the prompt and the first token,
+push the KV to a decode instance (re-sharded when their layouts differ), and the decode instance
+carries on. Every token equals the single-process run; every block comes back on every instance."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gpu_backend import LLM, SamplingParams
-from gpu_backend.config import EngineConfig, ParallelConfig, WorkerSpec
+from gpu_backend.config import EngineConfig, ParallelConfig, InstanceSpec
 from gpu_backend.cluster.sharded_engine import ShardedEngine
 from gpu_backend.disagg.flow import sharded_engine
 from gpu_backend.server.text import stream_text
@@ -22,14 +22,14 @@ PROMPTS = ["Once upon a time there was a king who ruled a land by the sea", "The
            "Once upon a time there was a king who ruled a land by the sea"]  # a prefix-cache hit on both sides
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 SEEDED = SamplingParams(temperature=0.8, top_p=0.9, seed=7, max_tokens=12, ignore_eos=True)
-AT_LEAST = SamplingParams(temperature=0.0, max_tokens=12, min_tokens=4)  # the prefill worker draws one of them
+AT_LEAST = SamplingParams(temperature=0.0, max_tokens=12, min_tokens=4)  # the prefill instance draws one of them
 # (prefill tp, pp) -> (decode tp, pp): the layouts of the issue
 LAYOUTS = [((1, 1), (1, 1)), ((2, 1), (1, 1)), ((1, 2), (2, 1)), ((1, 1), (1, 2))]
 
 
-def cluster(prefill: tuple[int, int], decode: tuple[int, int], workers: int = 1) -> ParallelConfig:
-    return ParallelConfig(timeout_s=20.0, prefill=WorkerSpec("prefill", *prefill), decode=WorkerSpec("decode", *decode),
-                          num_prefill_workers=workers, num_decode_workers=workers)
+def cluster(prefill: tuple[int, int], decode: tuple[int, int], instances: int = 1) -> ParallelConfig:
+    return ParallelConfig(timeout_s=20.0, prefill=InstanceSpec("prefill", *prefill), decode=InstanceSpec("decode", *decode),
+                          num_prefill_instances=instances, num_decode_instances=instances)
 
 
 def expected(folder: Path, prompts: list[str], params: SamplingParams = GREEDY) -> list[list[int]]:
@@ -63,7 +63,7 @@ def test_prefill_then_decode_elsewhere_generates_what_one_process_does(checkpoin
     engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), cluster(prefill, decode))
     try:
         assert asyncio.run(generate_all(engine, PROMPTS, "r")) == expected(folder, PROMPTS)
-        # the decode worker's generator goes on past the prefill worker's draw of the first token
+        # the decode instance's generator goes on past the prefill instance's draw of the first token
         assert asyncio.run(generate_all(engine, PROMPTS, "s", SEEDED)) == expected(folder, PROMPTS, SEEDED)
         assert asyncio.run(generate_all(engine, PROMPTS, "m", AT_LEAST)) == expected(folder, PROMPTS, AT_LEAST)
         wait_for_free_blocks(engine, 2 * 64)
@@ -84,13 +84,13 @@ def test_the_kv_moves_in_chunks_while_the_prompt_is_computed(checkpoints: dict[s
         engine.shutdown()
 
 
-def test_two_prefill_and_two_decode_workers_under_load(checkpoints: dict[str, Path]) -> None:
+def test_two_prefill_and_two_decode_instances_under_load(checkpoints: dict[str, Path]) -> None:
     folder = checkpoints["qwen2"]
     prompts = [f"{word} and the {other}" for word in ("Once", "The", "A", "Lo") for other in ("sea", "king")]
-    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), cluster((1, 1), (1, 1), workers=2))
+    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), cluster((1, 1), (1, 1), instances=2))
     try:
         assert asyncio.run(generate_all(engine, prompts, "load")) == expected(folder, prompts)
-        assert min(engine.requests_per_worker[:2]) > 0  # both prefill workers took prompts
+        assert min(engine.requests_per_instance[:2]) > 0  # both prefill instances took prompts
         wait_for_free_blocks(engine, 4 * 64)
     finally:
         engine.shutdown()
@@ -133,7 +133,7 @@ def test_clients_leaving_at_each_stage_free_every_block(checkpoints: dict[str, P
 
 @pytest.mark.parametrize("disaggregated", [True, False], ids=["prefill-decode", "colocated-tp2"])
 def test_recompute_after_a_rank_is_killed_mid_stream(checkpoints: dict[str, Path], disaggregated: bool) -> None:
-    """--on-worker-loss recompute: the world restarts, the request is computed again from its prompt and
+    """--on-instance-loss recompute: the world restarts, the request is computed again from its prompt and
     the tokens already streamed, and the stream carries on without a gap: the same tokens as one process."""
     import os
     import signal
@@ -141,7 +141,7 @@ def test_recompute_after_a_rank_is_killed_mid_stream(checkpoints: dict[str, Path
 
     folder = checkpoints["llama"]
     parallel = cluster((1, 1), (1, 1)) if disaggregated else ParallelConfig(2, 1, None, 20.0)
-    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), replace(parallel, on_worker_loss="recompute"),
+    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), replace(parallel, on_instance_loss="recompute"),
                            max_restarts=1)
     params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
     want = LLM(str(folder), progress=False, **OPTIONS).generate(PROMPTS[1], params)[0].outputs[0]
@@ -151,7 +151,7 @@ def test_recompute_after_a_rank_is_killed_mid_stream(checkpoints: dict[str, Path
         tokens, text, last = [], "", None
         async for delta in stream_text(engine, engine.tokenizer.encode(PROMPTS[1]), params, "survivor"):
             if len(tokens) < 5 <= len(tokens) + len(delta.token_ids):
-                os.kill(engine.rank_pids()[1], signal.SIGKILL)  # the decode worker, or a TP rank
+                os.kill(engine.rank_pids()[1], signal.SIGKILL)  # the decode instance, or a TP rank
             tokens += delta.token_ids
             text += delta.text
             last = delta

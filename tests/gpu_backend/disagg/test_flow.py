@@ -1,6 +1,6 @@
 """gpu_backend.disagg.flow: the service's side of prefill then decode, with the test playing one
-prefill and two decode workers' drivers over in-memory pipes (``fake_drivers``). Each step of the
-flow is checked as the typed messages it sends: decode worker picked first, blocks reserved
+prefill and two decode instances' drivers over in-memory pipes (``fake_drivers``). Each step of the
+flow is checked as the typed messages it sends: decode instance picked first, blocks reserved
 (asked again while none are free), prompt sent to prefill, KV chunks relayed in order, the first
 token handed on; and the ways it ends early: a stop at the first token, a refusal, a client that
 leaves, a failed transfer whose pair is never used again."""
@@ -15,7 +15,7 @@ from fake_drivers import CONFIG, LOAD, FakeDriver, attached_world, collect, outp
 
 from gpu_backend.cluster.protocol import AbortRequest, Accepted, Rejected, StepDone
 from gpu_backend.cluster.sharded_engine import ShardedEngine
-from gpu_backend.config import ParallelConfig, WorkerSpec
+from gpu_backend.config import ParallelConfig, InstanceSpec
 from gpu_backend.disagg.flow import DisaggregatedFlow, sharded_engine
 from gpu_backend.disagg.kv_transfer import KVTransferError
 from gpu_backend.disagg.protocol import Admit, Handoff, KVChunk, KVPushed, Prefill, Reserve, Reserved, TransferFailed
@@ -24,30 +24,30 @@ from gpu_backend.errors import InvalidRequestError
 
 PROMPT = [1, 2, 3, 4, 5]
 PARAMS = SamplingParams(temperature=0.0, max_tokens=3)
-PARALLEL = ParallelConfig(timeout_s=20.0, prefill=WorkerSpec("prefill"), decode=WorkerSpec("decode"),
-                          num_prefill_workers=1, num_decode_workers=2)
+PARALLEL = ParallelConfig(timeout_s=20.0, prefill=InstanceSpec("prefill"), decode=InstanceSpec("decode"),
+                          num_prefill_instances=1, num_decode_instances=2)
 
 
 @pytest.fixture
 def cluster() -> Iterator[tuple[ShardedEngine, list[FakeDriver]]]:
-    ranks, drivers = attached_world(3)  # prefill worker 0, decode workers 1 and 2
+    ranks, drivers = attached_world(3)  # prefill instance 0, decode instances 1 and 2
     engine = sharded_engine(CONFIG, PARALLEL, attached=ranks)
     yield engine, drivers
     engine.shutdown()
 
 
-async def handed_to_decode(prefill: FakeDriver, decode: FakeDriver, request_id: str, decode_worker: int) -> None:
-    """Reserve on the decode worker, prefill with the hand-off, one chunk of KV on its way."""
+async def handed_to_decode(prefill: FakeDriver, decode: FakeDriver, request_id: str, decode_instance: int) -> None:
+    """Reserve on the decode instance, prefill with the hand-off, one chunk of KV on its way."""
     assert await decode.expect(Reserve) == Reserve(request_id, PROMPT, PARAMS)
     decode.say(Reserved(request_id, [7]))
-    assert await prefill.expect(Prefill) == Prefill(request_id, PROMPT, PARAMS, Handoff(decode_worker, 1))
+    assert await prefill.expect(Prefill) == Prefill(request_id, PROMPT, PARAMS, Handoff(decode_instance, 1))
     prefill.say(Accepted(request_id))
-    prefill.say(KVPushed([KVChunk(request_id, 0, decode_worker, 0, 1)]))
+    prefill.say(KVPushed([KVChunk(request_id, 0, decode_instance, 0, 1)]))
 
 
 def test_a_request_goes_through_reserve_prefill_relay_and_admit(cluster) -> None:
     engine, (prefill, decode, _) = cluster
-    assert isinstance(engine.flow, DisaggregatedFlow) and engine.max_num_seqs == 2 * 8  # decode workers only
+    assert isinstance(engine.flow, DisaggregatedFlow) and engine.max_num_seqs == 2 * 8  # decode instances only
 
     async def scenario() -> list:
         stream = asyncio.ensure_future(collect(engine.generate(PROMPT, PARAMS, "r1")))
@@ -60,12 +60,12 @@ def test_a_request_goes_through_reserve_prefill_relay_and_admit(cluster) -> None
 
     outputs = asyncio.run(scenario())
     assert [token for o in outputs for token in o.new_token_ids] == [11, 12, 13]
-    assert [o.finish_reason for o in outputs] == [None, None, "length"]  # the prefill worker's end is not the end
-    assert engine.flow.kv_chunks_relayed == 1 and engine.requests_per_worker == [1, 0, 0]
+    assert [o.finish_reason for o in outputs] == [None, None, "length"]  # the prefill instance's end is not the end
+    assert engine.flow.kv_chunks_relayed == 1 and engine.requests_per_instance == [1, 0, 0]
     assert prefill.unread() == [] and decode.unread() == []
 
 
-def test_one_token_asked_for_needs_no_decode_worker(cluster) -> None:
+def test_one_token_asked_for_needs_no_decode_instance(cluster) -> None:
     engine, (prefill, decode, other) = cluster
 
     async def scenario() -> list:
@@ -134,7 +134,7 @@ def test_a_client_that_leaves_frees_the_blocks_at_each_stage(cluster) -> None:
 
     asyncio.run(leave("reserved", 0))
     asyncio.run(leave("prefilling", 1))
-    assert engine.worker_of("reserved") is None and engine.worker_of("prefilling") is None
+    assert engine.instance_of("reserved") is None and engine.instance_of("prefilling") is None
 
 
 def test_a_failed_transfer_ends_the_request_and_its_pair_is_never_used_again(cluster) -> None:
@@ -158,7 +158,7 @@ def test_a_failed_transfer_ends_the_request_and_its_pair_is_never_used_again(clu
         return reserve
 
     error = asyncio.run(failed())
-    assert isinstance(error, KVTransferError) and "did not reach decode worker 1" in str(error)
+    assert isinstance(error, KVTransferError) and "did not reach decode instance 1" in str(error)
     assert engine.flow.broken_pairs == {(0, 1)} and engine.events["transfer_failed"] == 1
-    assert asyncio.run(next_request()).request_id == "next"  # decode worker 2: its pair still works
+    assert asyncio.run(next_request()).request_id == "next"  # decode instance 2: its pair still works
     assert engine.error is None and decode.unread() == []

@@ -48,7 +48,7 @@ class FakeEngine:
 
 
 def prefill_role() -> tuple[PrefillRole, FakeEngine, FakeTransport, EverywhereRunner, Messages]:
-    engine, kv, runner, sent = FakeEngine(), FakeTransport(worker=0), EverywhereRunner(), Messages()
+    engine, kv, runner, sent = FakeEngine(), FakeTransport(instance=0), EverywhereRunner(), Messages()
     return PrefillRole(engine, runner, kv, sent.send), engine, kv, runner, sent
 
 
@@ -59,7 +59,7 @@ def pushed(sent: Messages) -> list[KVChunk]:
 def test_the_kv_goes_out_as_blocks_complete_and_the_partial_last_one_with_the_first_token() -> None:
     role, engine, kv, runner, sent = prefill_role()
     params = SamplingParams(max_tokens=12, min_tokens=4)
-    assert role.handle(Prefill("r", PROMPT, params, Handoff(decode_worker=1, num_blocks=3)))
+    assert role.handle(Prefill("r", PROMPT, params, Handoff(decode_instance=1, num_blocks=3)))
     assert sent == [Accepted("r")]
     assert engine.added == [("r", 1, 1, True)]  # one token here, decode does the rest; blocks held
     for computed in (4, 6, 8):
@@ -74,23 +74,23 @@ def test_the_kv_goes_out_as_blocks_complete_and_the_partial_last_one_with_the_fi
     assert engine.released == ["r"] and kv.reaped == 5
 
 
-def test_the_blocks_the_decode_worker_has_cached_are_not_sent() -> None:
+def test_the_blocks_the_decode_instance_has_cached_are_not_sent() -> None:
     role, engine, kv, _, sent = prefill_role()
-    role.handle(Prefill("r", PROMPT, SamplingParams(max_tokens=5), Handoff(decode_worker=2, num_blocks=2)))
+    role.handle(Prefill("r", PROMPT, SamplingParams(max_tokens=5), Handoff(decode_instance=2, num_blocks=2)))
     engine.compute("r", 4)
     role.after_step()
-    assert kv.calls == []  # the first block is in the decode worker's prefix cache
+    assert kv.calls == []  # the first block is in the decode instance's prefix cache
     engine.compute("r", 10)
     engine.end("r", "length")
     role.after_step()
     assert kv.calls == [("send", "r", 2, [21, 22])]
-    assert pushed(sent) == [KVChunk("r", 0, 2, 0, 2)]  # counted in the decode worker's reserved blocks
+    assert pushed(sent) == [KVChunk("r", 0, 2, 0, 2)]  # counted in the decode instance's reserved blocks
 
 
 def test_a_prompt_that_ended_at_its_first_token_sends_no_more_and_frees_its_blocks() -> None:
     for ending in ("stop", None):  # a stop token; an abort
         role, engine, kv, _, _sent = prefill_role()
-        role.handle(Prefill("r", PROMPT, SamplingParams(max_tokens=5), Handoff(decode_worker=1, num_blocks=3)))
+        role.handle(Prefill("r", PROMPT, SamplingParams(max_tokens=5), Handoff(decode_instance=1, num_blocks=3)))
         engine.compute("r", 4)
         role.after_step()
         engine.end("r", ending)
@@ -99,7 +99,7 @@ def test_a_prompt_that_ended_at_its_first_token_sends_no_more_and_frees_its_bloc
         assert engine.released == ["r"] and not engine.held
 
 
-def test_a_prompt_with_no_decode_worker_holds_no_blocks_and_sends_nothing() -> None:
+def test_a_prompt_with_no_decode_instance_holds_no_blocks_and_sends_nothing() -> None:
     role, engine, kv, _, sent = prefill_role()
     role.handle(Prefill("r", PROMPT, SamplingParams(max_tokens=1), None))
     engine.compute("r", 10)

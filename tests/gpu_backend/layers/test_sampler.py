@@ -139,7 +139,7 @@ def test_same_seed_same_tokens_whatever_the_batch() -> None:
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
     pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
 def test_a_generator_past_skipped_draws_goes_on_as_the_one_that_made_them(device: str) -> None:
-    """A request handed from a prefill worker (which drew its first tokens) to a decode worker."""
+    """A request handed from a prefill instance (which drew its first tokens) to a decode instance."""
     torch.manual_seed(0)
     steps = [torch.randn(3, 97, device=device) for _ in range(6)]  # an awkward vocabulary size
     sample = Sampler()

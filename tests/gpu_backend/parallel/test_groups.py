@@ -1,4 +1,4 @@
-"""Process groups of a cluster: workers as TP×PP blocks of one world, their groups and pipeline neighbours."""
+"""Process groups of a cluster: instances as TP×PP blocks of one world, their groups and pipeline neighbours."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 import pytest
 import torch.multiprocessing as mp
 
-from gpu_backend.parallel.groups import WorkerLayout, check_layout
+from gpu_backend.parallel.groups import InstanceLayout, check_layout
 from spawned_ranks import run_groups_rank
 
 
@@ -18,21 +18,21 @@ def free_port() -> int:
 
 
 def test_ranks_are_laid_out_stage_major() -> None:
-    worker = WorkerLayout(first_rank=4, tp_size=2, pp_size=3)
-    assert list(worker.ranks) == [4, 5, 6, 7, 8, 9]
-    assert worker.tp_ranks(1) == [6, 7] and worker.pp_ranks(1) == [5, 7, 9]
-    assert worker.coords(7) == (1, 1) and worker.rank_of(2, 0) == 8
+    instance = InstanceLayout(first_rank=4, tp_size=2, pp_size=3)
+    assert list(instance.ranks) == [4, 5, 6, 7, 8, 9]
+    assert instance.tp_ranks(1) == [6, 7] and instance.pp_ranks(1) == [5, 7, 9]
+    assert instance.coords(7) == (1, 1) and instance.rank_of(2, 0) == 8
 
 
 def test_layouts_must_tile_the_world() -> None:
-    check_layout([WorkerLayout(0, 2, 2), WorkerLayout(4, 2)], world_size=6)
+    check_layout([InstanceLayout(0, 2, 2), InstanceLayout(4, 2)], world_size=6)
     with pytest.raises(ValueError, match="cover 0..5 once each"):
-        check_layout([WorkerLayout(0, 2, 2), WorkerLayout(3, 2)], world_size=6)  # rank 3 twice, 5 never
+        check_layout([InstanceLayout(0, 2, 2), InstanceLayout(3, 2)], world_size=6)  # rank 3 twice, 5 never
     with pytest.raises(ValueError, match="tp, pp >= 1"):
-        WorkerLayout(0, tp_size=0)
+        InstanceLayout(0, tp_size=0)
 
 
-def test_two_workers_in_one_world_talk_over_their_own_groups() -> None:
-    """A TP=2×PP=2 worker on ranks 0-3 beside a TP=2 worker on ranks 4-5, as prefill and decode will sit."""
-    workers = [WorkerLayout(0, tp_size=2, pp_size=2), WorkerLayout(4, tp_size=2)]
-    mp.start_processes(run_groups_rank, args=(workers, free_port()), nprocs=6, join=True, start_method="spawn")
+def test_two_instances_in_one_world_talk_over_their_own_groups() -> None:
+    """A TP=2×PP=2 instance on ranks 0-3 beside a TP=2 instance on ranks 4-5, as prefill and decode will sit."""
+    instances = [InstanceLayout(0, tp_size=2, pp_size=2), InstanceLayout(4, tp_size=2)]
+    mp.start_processes(run_groups_rank, args=(instances, free_port()), nprocs=6, join=True, start_method="spawn")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_backend.errors import (CheckpointError, InvalidRequestError, PromptTooLongError, WorkerFailedError,
-                                 WorkerLostError)
+from gpu_backend.errors import (CheckpointError, InvalidRequestError, PromptTooLongError, InstanceFailedError,
+                                 InstanceLostError)
 from gpu_backend.server.errors import (
     BadInputError,
     BadTokenError,
@@ -60,9 +60,9 @@ def test_engine_errors_map_to_service_errors(engine_error, expected, status) -> 
     assert str(engine_error) in error.message
 
 
-def test_a_restarting_worker_asks_for_a_retry_and_one_that_failed_for_good_does_not() -> None:
-    restarting = from_engine_error(WorkerLostError("rank 1 exited with code -9"))
+def test_a_restarting_instance_asks_for_a_retry_and_one_that_failed_for_good_does_not() -> None:
+    restarting = from_engine_error(InstanceLostError("rank 1 exited with code -9"))
     assert restarting.status == 503 and restarting.headers() == {"retry-after": "5"}
-    gone = from_engine_error(WorkerFailedError("rank 1 exited with code -9; every restart is used up (3 of 3)"))
+    gone = from_engine_error(InstanceFailedError("rank 1 exited with code -9; every restart is used up (3 of 3)"))
     assert gone.status == 503 and gone.headers() == {}
     assert "failed permanently and the backend must be restarted" in gone.message and "3 of 3" in gone.message

@@ -1,18 +1,18 @@
 """The exactness matrix: what a client gets does not depend on how the model is served.
 
-Layouts: one process, TP=2, PP=2 and prefill/decode (one worker each), over Gloo on CPU.
+Layouts: one process, TP=2, PP=2 and prefill/decode (one instance each), over Gloo on CPU.
 Tokenizers: byte-level BPE (Llama 3) and SentencePiece with a Metaspace pre-tokenizer (Llama 2,
 Mistral, TinyLlama), which drops the first generated token's leading space and keeps the others'.
 Each prompt's second generated token starts with a space (checked): the bug this matrix was written
-for made prefill/decode answer "YMy" for "Y My" (the decode worker decoded the second token as if
+for made prefill/decode answer "YMy" for "Y My" (the decode instance decoded the second token as if
 it were the first) and never stop at a stop string spanning the first token, which the prefill
-worker samples, and the second.
+instance samples, and the second.
 
 One engine per layout x tokenizer, started once (``Runs``), serves:
 - ``/v1/completions``, streamed and not, without a stop string, with one spanning the first and
   second generated tokens (the hand-off) and with one in the middle: the text, the streamed pieces,
   finish_reason and usage equal one process's and what the tokenizer says (``expected``), and every
-  KV block is free afterwards on every worker.
+  KV block is free afterwards on every instance.
 - A stop string ending at each character of the greedy text, replayed through the service's text
   path (``server/text.py``'s ``text_delta``) from the ``EngineOutput``s that layout streamed for the
   request without a stop string. That equals sending each stop string, because engines never see
@@ -38,7 +38,7 @@ import pytest
 from backend_fixtures import TOKEN, serving
 from checkpoints import build_checkpoint
 from gpu_backend import SamplingParams
-from gpu_backend.config import ParallelConfig, WorkerSpec
+from gpu_backend.config import ParallelConfig, InstanceSpec
 from gpu_backend.detokenizer import RequestText
 from gpu_backend.engine.contract import Engine
 from gpu_backend.engine.outputs import EngineOutput, Logprob
@@ -56,8 +56,8 @@ LAYOUTS: dict[str, ParallelConfig | None] = {
     "one-process": None,
     "tp2": ParallelConfig(tp_size=2, timeout_s=20.0),
     "pp2": ParallelConfig(pp_size=2, timeout_s=20.0),
-    "prefill-decode": ParallelConfig(timeout_s=20.0, prefill=WorkerSpec("prefill", 1, 1),
-                                     decode=WorkerSpec("decode", 1, 1), num_prefill_workers=1, num_decode_workers=1),
+    "prefill-decode": ParallelConfig(timeout_s=20.0, prefill=InstanceSpec("prefill", 1, 1),
+                                     decode=InstanceSpec("decode", 1, 1), num_prefill_instances=1, num_decode_instances=1),
 }
 # kind -> (vocabulary size of checkpoint and tokenizer, the tokenizer's builder, a prompt)
 TOKENIZERS: dict[str, tuple[int, Callable[..., Path], str]] = {

@@ -1,5 +1,5 @@
 """Hundreds of clients leaving at random moments, over HTTP (whole answers and SSE) and WebSocket,
-in one process and with prefill and decode on separate workers: afterwards nothing runs, no
+in one process and with prefill and decode on separate instances: afterwards nothing runs, no
 admission slot is held and no KV block is used, and the next request is answered."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import websockets
 
 from backend_fixtures import MODEL, OPTIONS, TOKEN, serving
-from gpu_backend.config import ParallelConfig, WorkerSpec
+from gpu_backend.config import ParallelConfig, InstanceSpec
 from gpu_backend.server.api import create_app
 from gpu_backend.server.client import LocalEngines
 
@@ -27,8 +27,8 @@ AT_ONCE = 40  # clients connected at the same time
 SEED = 15
 LAYOUTS = {
     "single": None,
-    "disaggregated": ParallelConfig(timeout_s=20.0, prefill=WorkerSpec("prefill"), decode=WorkerSpec("decode"),
-                                    num_prefill_workers=1, num_decode_workers=1),
+    "disaggregated": ParallelConfig(timeout_s=20.0, prefill=InstanceSpec("prefill"), decode=InstanceSpec("decode"),
+                                    num_prefill_instances=1, num_decode_instances=1),
 }
 
 

@@ -1,5 +1,5 @@
 """A rank that dies or hangs mid-stream: the stream ends with an error event within the bound,
-naming the rank that died first, ``/healthz`` says the model is down, and the worker restarts
+naming the rank that died first, ``/healthz`` says the model is down, and the instance restarts
 behind the same running service; with no restart left, the model has failed for good and says so."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from backend_fixtures import MODEL, OPTIONS, TOKEN, Backend, serving
 from gpu_backend import LLM, SamplingParams
 from gpu_backend.config import EngineConfig, ParallelConfig
-from gpu_backend.errors import WorkerLostError
+from gpu_backend.errors import InstanceLostError
 from gpu_backend.cluster.sharded_engine import ShardedEngine
 from gpu_backend.server.api import create_app
 from gpu_backend.server.client import LocalEngines
@@ -36,7 +36,7 @@ async def _wait_healthy(client: httpx.AsyncClient, url: str, within_s: float = 9
         if (await client.get(f"{url}/healthz")).status_code == 200:
             return
         await asyncio.sleep(0.2)
-    raise AssertionError(f"the worker did not come back within {within_s} s")
+    raise AssertionError(f"the instance did not come back within {within_s} s")
 
 
 @dataclass
@@ -66,7 +66,7 @@ async def killed_mid_stream(engines: LocalEngines, rank: int) -> AsyncIterator[K
             yield KilledMidStream(client, backend, rest, time.monotonic() - killed)
 
 
-async def test_a_killed_rank_ends_the_stream_and_the_worker_restarts(checkpoints: dict[str, Path]) -> None:
+async def test_a_killed_rank_ends_the_stream_and_the_instance_restarts(checkpoints: dict[str, Path]) -> None:
     parallel = ParallelConfig(2, 1, None, TIMEOUT_S)
     engines = LocalEngines({MODEL: checkpoints["llama"]}, parallel=parallel, max_restarts=1, **OPTIONS)
     try:
@@ -84,8 +84,8 @@ async def test_a_killed_rank_ends_the_stream_and_the_worker_restarts(checkpoints
         assert health.status_code == 503 and MODEL in health.json()["failed"]
         assert health.json()["status"] == "unhealthy" and health.json()["failed_for_good"] == []  # restarting
         assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
-        for event, count in (("worker_lost", 1), ("worker_restarted", 1), ("request_lost", 1)):
-            assert f'edgewise_worker_events_total{{event="{event}",model="{MODEL}"}} {count}.0' in metrics, metrics
+        for event, count in (("instance_lost", 1), ("instance_restarted", 1), ("request_lost", 1)):
+            assert f'edgewise_instance_events_total{{event="{event}",model="{MODEL}"}} {count}.0' in metrics, metrics
         expected = LLM(str(checkpoints["llama"]), progress=False, **OPTIONS).generate(
             "The quick brown fox", SamplingParams(temperature=0.0, max_tokens=12))[0].outputs[0].text
         assert again.status_code == 200 and again.json()["result"]["response"] == expected
@@ -95,7 +95,7 @@ async def test_a_killed_rank_ends_the_stream_and_the_worker_restarts(checkpoints
 
 async def test_rank_0_killed_with_no_restart_left_is_named_and_the_model_failed_for_good(
         checkpoints: dict[str, Path]) -> None:
-    """SIGKILL the driver (rank 0) of a TP=2 worker: rank 1 exits too, as a knock-on, yet every report
+    """SIGKILL the driver (rank 0) of a TP=2 instance: rank 1 exits too, as a knock-on, yet every report
     names rank 0. With no restart left the model has failed for good: /healthz says so, and its
     503s no longer ask the client to retry."""
     parallel = ParallelConfig(2, 1, None, TIMEOUT_S)
@@ -129,7 +129,7 @@ def test_a_hung_rank_is_detected_within_the_timeout(checkpoints: dict[str, Path]
         await anext(stream)
         os.kill(engine.rank_pids()[1], signal.SIGSTOP)  # alive, but never answers again
         stopped = time.monotonic()
-        with pytest.raises(WorkerLostError):
+        with pytest.raises(InstanceLostError):
             async for _ in stream:
                 pass
         return time.monotonic() - stopped
@@ -137,7 +137,7 @@ def test_a_hung_rank_is_detected_within_the_timeout(checkpoints: dict[str, Path]
     try:
         assert asyncio.run(scenario()) < TIMEOUT_S + DETECTION_SLACK_S
         assert engine.error is not None
-        with pytest.raises(WorkerLostError):
+        with pytest.raises(InstanceLostError):
             asyncio.run(anext(engine.generate("A", SamplingParams(max_tokens=2), "after")))
     finally:
         engine.shutdown()

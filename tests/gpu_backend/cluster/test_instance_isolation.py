@@ -1,7 +1,7 @@
-"""A lost worker goes alone: the other workers of the world keep serving, token for token, its
+"""A lost instance goes alone: the other instances of the world keep serving, token for token, its
 requests end with an error or are computed again elsewhere, and new requests avoid it.
 
-Each test runs a real world over Gloo on CPU, kills (SIGKILL) or freezes (SIGSTOP) one worker's
+Each test runs a real world over Gloo on CPU, kills (SIGKILL) or freezes (SIGSTOP) one instance's
 rank mid-stream, and compares every token with ``LLM.generate``."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 from backend_fixtures import MODEL, TOKEN, Backend, serving
 from backend_fixtures import OPTIONS as SERVICE_OPTIONS
 from gpu_backend import LLM, SamplingParams
-from gpu_backend.config import EngineConfig, ParallelConfig, WorkerSpec
-from gpu_backend.errors import WorkerLostError
+from gpu_backend.config import EngineConfig, ParallelConfig, InstanceSpec
+from gpu_backend.errors import InstanceLostError
 from gpu_backend.cluster.sharded_engine import ShardedEngine
 from gpu_backend.disagg.flow import sharded_engine
 from gpu_backend.server.api import create_app
@@ -37,20 +37,20 @@ def expected(folder: Path, prompt: str, params: SamplingParams = LONG) -> list[i
 
 
 async def collect(engine: ShardedEngine, request_id: str, kill_at: int | None = None) -> list[int]:
-    """The request's tokens; ``kill_at``: once it has that many, SIGKILL the worker streaming it."""
+    """The request's tokens; ``kill_at``: once it has that many, SIGKILL the instance streaming it."""
     tokens: list[int] = []
     async for output in engine.generate(PROMPTS[request_id], LONG, request_id):
         if kill_at is not None and len(tokens) < kill_at <= len(tokens) + len(output.new_token_ids):
-            worker = engine.worker_of(request_id)
-            assert worker is not None
-            os.kill(engine.rank_pids(worker)[0], signal.SIGKILL)
+            instance = engine.instance_of(request_id)
+            assert instance is not None
+            os.kill(engine.rank_pids(instance)[0], signal.SIGKILL)
         tokens += output.new_token_ids
     return tokens
 
 
 async def survivor_and_doomed(engine: ShardedEngine) -> tuple[list[int] | BaseException, ...]:
     survivor = asyncio.ensure_future(collect(engine, "survivor"))
-    await asyncio.sleep(0.05)  # routed first, so the other request goes to the other worker
+    await asyncio.sleep(0.05)  # routed first, so the other request goes to the other instance
     return tuple(await asyncio.gather(survivor, collect(engine, "doomed", kill_at=5), return_exceptions=True))
 
 
@@ -62,61 +62,61 @@ def wait_for_free_blocks(engine: ShardedEngine, total: int) -> None:
 
 
 @pytest.mark.parametrize("policy", ["error", "recompute"])
-def test_a_lost_colocated_worker_leaves_the_other_serving(checkpoints: dict[str, Path], policy: str) -> None:
+def test_a_lost_colocated_instance_leaves_the_other_serving(checkpoints: dict[str, Path], policy: str) -> None:
     folder = checkpoints["llama"]
     engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS),
-                           ParallelConfig(timeout_s=20.0, num_workers=2, on_worker_loss=policy), max_restarts=1)
+                           ParallelConfig(timeout_s=20.0, num_instances=2, on_instance_loss=policy), max_restarts=1)
     try:
         survivor, doomed = asyncio.run(survivor_and_doomed(engine))
         assert survivor == expected(folder, PROMPTS["survivor"])
         if policy == "error":
-            assert isinstance(doomed, WorkerLostError) and "rank 1 exited" in str(doomed), doomed
-        else:  # computed again on worker 0 from where it was: no gap
+            assert isinstance(doomed, InstanceLostError) and "rank 1 exited" in str(doomed), doomed
+        else:  # computed again on instance 0 from where it was: no gap
             assert doomed == expected(folder, PROMPTS["doomed"])
-        assert engine.error is None and engine.restarts == 0 and list(engine.lost_workers) == [1]
-        after = asyncio.run(collect(engine, "doomed"))  # a new request avoids the lost worker
+        assert engine.error is None and engine.restarts == 0 and list(engine.lost_instances) == [1]
+        after = asyncio.run(collect(engine, "doomed"))  # a new request avoids the lost instance
         assert after == expected(folder, PROMPTS["doomed"])
-        wait_for_free_blocks(engine, 64)  # worker 0's, all back
+        wait_for_free_blocks(engine, 64)  # instance 0's, all back
         lost = "request_lost" if policy == "error" else "request_recomputed"
-        assert engine.events == {"worker_lost": 1, lost: 1}
+        assert engine.events == {"instance_lost": 1, lost: 1}
     finally:
         engine.shutdown()
 
 
-def test_a_lost_decode_worker_leaves_the_other_decoding(checkpoints: dict[str, Path]) -> None:
-    """One prefill and two decode workers: the stream of the killed decode worker is prefilled again
+def test_a_lost_decode_instance_leaves_the_other_decoding(checkpoints: dict[str, Path]) -> None:
+    """One prefill and two decode instances: the stream of the killed decode instance is prefilled again
     (prompt and tokens so far) and handed to the other, which goes on with its own stream too."""
     folder = checkpoints["llama"]
-    parallel = ParallelConfig(timeout_s=20.0, prefill=WorkerSpec("prefill"), decode=WorkerSpec("decode"),
-                              num_prefill_workers=1, num_decode_workers=2, on_worker_loss="recompute")
+    parallel = ParallelConfig(timeout_s=20.0, prefill=InstanceSpec("prefill"), decode=InstanceSpec("decode"),
+                              num_prefill_instances=1, num_decode_instances=2, on_instance_loss="recompute")
     engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), parallel, max_restarts=0)
     try:
         survivor, doomed = asyncio.run(survivor_and_doomed(engine))
         assert survivor == expected(folder, PROMPTS["survivor"])
         assert doomed == expected(folder, PROMPTS["doomed"])
-        assert engine.error is None and list(engine.lost_workers) == [2]  # worker 1 took the survivor
-        wait_for_free_blocks(engine, 2 * 64)  # the prefill worker's and decode worker 1's
-        assert engine.events == {"worker_lost": 1, "request_recomputed": 1}
+        assert engine.error is None and list(engine.lost_instances) == [2]  # instance 1 took the survivor
+        wait_for_free_blocks(engine, 2 * 64)  # the prefill instance's and decode instance 1's
+        assert engine.events == {"instance_lost": 1, "request_recomputed": 1}
     finally:
         engine.shutdown()
 
 
-def test_a_frozen_prefill_worker_is_found_by_its_heartbeat(checkpoints: dict[str, Path]) -> None:
-    """A prefill worker stopped (SIGSTOP) before it computes a prompt: found within the heartbeat
-    timeout, long before the collectives' bound; the prompt is computed by the other prefill worker."""
+def test_a_frozen_prefill_instance_is_found_by_its_heartbeat(checkpoints: dict[str, Path]) -> None:
+    """A prefill instance stopped (SIGSTOP) before it computes a prompt: found within the heartbeat
+    timeout, long before the collectives' bound; the prompt is computed by the other prefill instance."""
     folder = checkpoints["llama"]
     heartbeat_s = 2.0
-    parallel = ParallelConfig(timeout_s=60.0, prefill=WorkerSpec("prefill"), decode=WorkerSpec("decode"),
-                              num_prefill_workers=2, num_decode_workers=1, on_worker_loss="recompute",
+    parallel = ParallelConfig(timeout_s=60.0, prefill=InstanceSpec("prefill"), decode=InstanceSpec("decode"),
+                              num_prefill_instances=2, num_decode_instances=1, on_instance_loss="recompute",
                               heartbeat_timeout_s=heartbeat_s)
     engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), parallel, max_restarts=0)
     try:
-        os.kill(engine.rank_pids(0)[0], signal.SIGSTOP)  # the first prefill worker, the router's first pick
+        os.kill(engine.rank_pids(0)[0], signal.SIGSTOP)  # the first prefill instance, the router's first pick
         frozen = time.monotonic()
 
         async def scenario() -> tuple[list[int], float]:
             task = asyncio.ensure_future(collect(engine, "doomed"))
-            while not engine.lost_workers and time.monotonic() - frozen < 30:
+            while not engine.lost_instances and time.monotonic() - frozen < 30:
                 await asyncio.sleep(0.01)
             found_s = time.monotonic() - frozen
             return await task, found_s
@@ -124,15 +124,15 @@ def test_a_frozen_prefill_worker_is_found_by_its_heartbeat(checkpoints: dict[str
         tokens, found_s = asyncio.run(scenario())
         assert tokens == expected(folder, PROMPTS["doomed"])
         assert found_s < heartbeat_s + DETECTION_SLACK_S
-        assert list(engine.lost_workers) == [0] and "gave no sign of life" in engine.lost_workers[0]
-        assert engine.requests_per_worker[:2] == [1, 1]
+        assert list(engine.lost_instances) == [0] and "gave no sign of life" in engine.lost_instances[0]
+        assert engine.requests_per_instance[:2] == [1, 1]
         wait_for_free_blocks(engine, 2 * 64)
     finally:
         engine.shutdown()
 
 
-async def test_healthz_names_the_lost_worker_while_the_others_serve(checkpoints: dict[str, Path]) -> None:
-    engines = LocalEngines({MODEL: checkpoints["llama"]}, parallel=ParallelConfig(timeout_s=20.0, num_workers=2),
+async def test_healthz_names_the_lost_instance_while_the_others_serve(checkpoints: dict[str, Path]) -> None:
+    engines = LocalEngines({MODEL: checkpoints["llama"]}, parallel=ParallelConfig(timeout_s=20.0, num_instances=2),
                            max_restarts=0, **SERVICE_OPTIONS)
     try:
         with serving(create_app(engines, TOKEN)) as url:
@@ -149,22 +149,22 @@ async def test_healthz_names_the_lost_worker_while_the_others_serve(checkpoints:
                                                                    "temperature": 0, "max_tokens": 12})
                 metrics = (await client.get(f"{url}/metrics")).text
         assert health is not None and health["status"] == "degraded", health
-        assert "rank 1 exited" in health["lost_workers"][MODEL]["1"]
+        assert "rank 1 exited" in health["lost_instances"][MODEL]["1"]
         want = LLM(str(checkpoints["llama"]), progress=False, **SERVICE_OPTIONS).generate(
             "The quick brown fox", SamplingParams(temperature=0.0, max_tokens=12))[0].outputs[0].text
         assert reply.status_code == 200 and reply.json()["result"]["response"] == want
-        assert f'edgewise_worker_events_total{{event="worker_lost",model="{MODEL}"}} 1.0' in metrics
+        assert f'edgewise_instance_events_total{{event="instance_lost",model="{MODEL}"}} 1.0' in metrics
     finally:
         engines.shutdown()
 
 
-def test_a_prefill_worker_killed_while_its_kv_goes_out(checkpoints: dict[str, Path]) -> None:
-    """Two prefill workers, one decode worker: the prefill worker computing a long prompt is killed
+def test_a_prefill_instance_killed_while_its_kv_goes_out(checkpoints: dict[str, Path]) -> None:
+    """Two prefill instances, one decode instance: the prefill instance computing a long prompt is killed
     once the first chunk of its KV went out; the prompt is prefilled again by the other and every
     token equals one process's, every block of the survivors comes back."""
     folder = checkpoints["llama"]
-    parallel = ParallelConfig(timeout_s=20.0, prefill=WorkerSpec("prefill"), decode=WorkerSpec("decode"),
-                              num_prefill_workers=2, num_decode_workers=1, on_worker_loss="recompute")
+    parallel = ParallelConfig(timeout_s=20.0, prefill=InstanceSpec("prefill"), decode=InstanceSpec("decode"),
+                              num_prefill_instances=2, num_decode_instances=1, on_instance_loss="recompute")
     engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), parallel, max_restarts=0)
     prompt = " ".join([PROMPTS["survivor"]] * 5)  # about 170 tokens: 8 steps of 24
 
@@ -177,8 +177,8 @@ def test_a_prefill_worker_killed_while_its_kv_goes_out(checkpoints: dict[str, Pa
 
     try:
         assert asyncio.run(scenario()) == expected(folder, prompt)
-        assert list(engine.lost_workers) == [0] and engine.error is None
-        assert engine.events == {"worker_lost": 1, "request_recomputed": 1}  # lost mid-prompt, not after
+        assert list(engine.lost_instances) == [0] and engine.error is None
+        assert engine.events == {"instance_lost": 1, "request_recomputed": 1}  # lost mid-prompt, not after
         wait_for_free_blocks(engine, 2 * 64)
     finally:
         engine.shutdown()

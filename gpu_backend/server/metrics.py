@@ -53,7 +53,7 @@ class Metrics:
 
 
 def label_value(text: str) -> str:
-    """``text`` with control, format and surrogate characters spelled ``\\uXXXX``: prometheus_client
+    """``text`` with control, format and surrogate characters spelled as escapes (NUL as ``\\u0000``): prometheus_client
     escapes only backslash, quote and newline, and writes the rest as they are (a NUL byte, or an
     unencodable lone surrogate that would fail every scrape)."""
     return "".join(f"\\u{ord(char):04x}" if unicodedata.category(char).startswith("C") else char for char in text)

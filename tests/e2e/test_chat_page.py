@@ -20,7 +20,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ai-chat"
-MAX_TOKENS = 40  # enough pieces to watch the bubble grow, few enough to stay fast
+MAX_TOKENS = 40  # enough pieces for a conversation of two turns, few enough to stay fast
+# The streamed answer is longer: on a busy machine the tiny model's tokens can arrive in a few bursts,
+# and the bubble must still be seen growing in steps.
+STREAM_TOKENS = 160
 WAIT_MS = 30_000
 # Every text length the assistant bubble takes, recorded in the page as the DOM changes.
 WATCH_THE_ANSWER = """() => {
@@ -86,8 +89,10 @@ def conversation(*turns: str) -> Messages:
 def test_the_answer_streams_into_the_page_and_is_the_greedy_answer(
         page: Page, chat: AiDevServer, greedy: Callable[[Messages, int], str]) -> None:
     question = "Who is the king?"
+    page.goto(f"{chat.url}/?max_tokens={STREAM_TOKENS}&temperature=0")
+    page.evaluate(WATCH_THE_ANSWER)
     answer = ask(page, question)
-    assert answer and answer == greedy(conversation(question), MAX_TOKENS)
+    assert answer and answer == greedy(conversation(question), STREAM_TOKENS)
     # The bubble grew in steps while the stream came in, not all at once at the end.
     lengths = page.evaluate("window.answerLengths")
     partial = sorted({length for length in lengths if 0 < length < len(answer)})
@@ -96,7 +101,7 @@ def test_the_answer_streams_into_the_page_and_is_the_greedy_answer(
     # The same conversation asked without streaming answers the same text.
     reply = httpx.post(f"{chat.url}/api/chat", timeout=WAIT_MS / 1000,
                        json={"messages": conversation(question)[1:], "stream": False, "temperature": 0,
-                             "max_tokens": MAX_TOKENS})
+                             "max_tokens": STREAM_TOKENS})
     assert reply.json()["response"] == answer
 
 

@@ -121,5 +121,5 @@ async def test_clients_leaving_at_random_moments_leave_nothing_behind(layout: tu
     assert not any(outcome.endswith(("5xx", "4xx")) for outcome in outcomes)
     async with httpx.AsyncClient(headers={"authorization": f"Bearer {TOKEN}"}, timeout=30) as client:
         reply = await client.post(f"{url}/client/v4/accounts/a/ai/run/{MODEL}",
-                                  json={"prompt": "Once", "max_tokens": 3})
+                                  json={"prompt": "Once", "max_tokens": 3, "ignore_eos": True})
     assert reply.status_code == 200 and reply.json()["result"]["usage"]["completion_tokens"] == 3

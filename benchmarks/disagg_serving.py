@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import serving  # noqa: E402
-from gpu_backend.config import ParallelConfig, InstanceSpec  # noqa: E402
+from gpu_backend.cluster.config import ClusterConfig  # noqa: E402
 from gpu_backend.server.background import local_backend  # noqa: E402
 from llama_shapes import LLAMA_3_1_8B, environment, write_model_folder  # noqa: E402
 
@@ -56,25 +56,25 @@ def random_corpus(path: Path, num_words: int, vocab_size: int, seed: int) -> Pat
     return path
 
 
-def parallel_config(layout: str) -> tuple[ParallelConfig | None, int]:
+def cluster_config(layout: str) -> tuple[ClusterConfig | None, int]:
     """The layout's instances, and the GPUs they take."""
     kind, _, shape = layout.partition(":")
     if kind == "colocated":
         instances = int(shape)
-        return (ParallelConfig(num_instances=instances) if instances > 1 else None), instances
+        return (ClusterConfig.colocated(instances=instances) if instances > 1 else None), instances
     if kind == "pd":
         prefill, decode = (int(n) for n in shape.split("+"))
-        return ParallelConfig(prefill=InstanceSpec("prefill"), decode=InstanceSpec("decode"),
-                              num_prefill_instances=prefill, num_decode_instances=decode), prefill + decode
+        cluster = ClusterConfig.disaggregated(prefill_instances=prefill, decode_instances=decode)
+        return cluster, prefill + decode
     raise SystemExit(f"a layout is colocated:N or pd:P+D, not {layout!r}")
 
 
 def run_layout(layout: str, folder: Path, corpus: Path, args: argparse.Namespace, gpus: int, out: Path) -> dict:
-    parallel, _ = parallel_config(layout)
+    cluster, _ = cluster_config(layout)
     options: dict[str, Any] = {"device": "cuda", "dtype": "bfloat16", "load_format": "dummy",
                                "max_model_len": args.input_len + args.output_len + 64}
-    if parallel is not None:
-        options["parallel"] = parallel
+    if cluster is not None:
+        options["cluster"] = cluster
     started, at_start = time.perf_counter(), triton_cache_entries()
     rows = []
     with local_backend({MODEL: folder}, **options) as (url, token):
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         words = args.num_prompts * (args.input_len + 16) * 2
         corpus = random_corpus(Path(scratch) / "corpus.txt", words, LLAMA_3_1_8B["vocab_size"], args.seed)
         for layout in args.layouts.split(","):
-            _, needed = parallel_config(layout)
+            _, needed = cluster_config(layout)
             if needed > gpus:
                 record["skipped"][layout] = f"needs {needed} GPUs, the machine has {gpus}"
                 continue

@@ -36,7 +36,8 @@ import torch.multiprocessing as mp
 from llama_shapes import LLAMA_3_1_8B, environment, parameter_bytes, write_model_folder
 
 from gpu_backend import SamplingParams
-from gpu_backend.config import EngineConfig, ParallelConfig
+from gpu_backend.cluster.config import ClusterConfig
+from gpu_backend.config import EngineConfig
 from gpu_backend.engine.async_llm import AsyncLLM
 from gpu_backend.cluster.sharded_engine import ShardedEngine
 
@@ -86,7 +87,7 @@ def run_layout(layout: str, folder: Path, batches: list[int]) -> dict[str, float
         engine: Any = AsyncLLM(str(folder), progress=False, **ENGINE)
     else:
         tp, pp = (int(part) for part in layout.split("x"))
-        engine = ShardedEngine(EngineConfig(model=str(folder), **ENGINE), ParallelConfig(tp, pp, None, 120.0))
+        engine = ShardedEngine(EngineConfig(model=str(folder), **ENGINE), ClusterConfig.colocated(tp, pp, instance_timeout_s=120.0))
     ready_s = time.perf_counter() - started
     try:
         row = asyncio.run(measure(engine, batches))
@@ -204,7 +205,7 @@ def cold_start(config: dict[str, Any]) -> dict[str, Any]:
         if row["page_cache"].startswith("dropped"):
             Path("/proc/sys/vm/drop_caches").write_text("3\n")
         started = time.perf_counter()
-        engine = ShardedEngine(EngineConfig(model=str(folder), **options), ParallelConfig(1, 1, None, 120.0))
+        engine = ShardedEngine(EngineConfig(model=str(folder), **options), ClusterConfig(instance_timeout_s=120.0))
         row["sharded_1x1_ready_s"] = time.perf_counter() - started
         engine.shutdown()
     return row

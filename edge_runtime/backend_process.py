@@ -9,6 +9,7 @@ It runs from the developer's working directory, which may hold folders named lik
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import re
@@ -57,20 +58,8 @@ def serve_command(edgewise: EdgewiseConfig) -> list[str]:
     command += ["--host", HOST, "--port", str(settings.port), "--device", settings.device, "--dtype", settings.dtype]
     if settings.max_queue is not None:
         command += ["--max-queue", str(settings.max_queue)]
-    if settings.tp > 1 or settings.pp > 1:
-        command += ["--tp", str(settings.tp), "--pp", str(settings.pp)]
-    if settings.instances > 1:
-        command += ["--instances", str(settings.instances)]
-    if settings.pp_layers is not None:
-        command += ["--pp-layers", ",".join(map(str, settings.pp_layers))]
-    if settings.prefill_instances:
-        command += [f"--{key.replace('_', '-')}={getattr(settings, key)}" for key in
-                    ("prefill_instances", "prefill_tp", "prefill_pp", "decode_instances", "decode_tp", "decode_pp")]
-    defaults = LocalBackendConfig()
-    for key, option in (("instance_timeout_s", "--instance-timeout"), ("heartbeat_timeout_s", "--heartbeat-timeout"),
-                        ("on_instance_loss", "--on-instance-loss"), ("instance_restarts", "--instance-restarts")):
-        if getattr(settings, key) != getattr(defaults, key):
-            command += [option, str(getattr(settings, key))]
+    # the cluster as one config, checked when wrangler.toml was read: the flags are the CLI's shorthands
+    command += ["--cluster", json.dumps(settings.cluster_config().to_json(), separators=(",", ":"))]
     return command
 
 

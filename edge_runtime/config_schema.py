@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from edge_runtime.catalog import DEFAULT_POPS
@@ -30,8 +30,12 @@ from edge_runtime.config_values import (
     expect_nonempty_str,
     expect_number,
     expect_str,
+    expect_table,
     json_value,
 )
+
+if TYPE_CHECKING:
+    from gpu_backend.cluster.config import ClusterConfig
 
 # workerd compatibility-date.capnp: pythonNoGlobalHandlers has $compatEnableDate("2025-08-14")
 NO_GLOBAL_HANDLERS_DATE = "2025-08-14"
@@ -144,20 +148,20 @@ class LocalBackendConfig:
     decode_tp: int = 1
     decode_pp: int = 1
     # Failure (docs/parallelism.md): the bound of every wait between ranks, of a rank's silence,
-    # what a lost worker's requests become, and how often the workers start again.
+    # what a lost instance's requests become, and how often the instances start again.
     instance_timeout_s: float = 30.0
     heartbeat_timeout_s: float = 5.0
     on_instance_loss: str = "error"
     instance_restarts: int = 3
+    # Or the whole cluster config in one table, as `edgewise backend serve --cluster` takes it
+    # (docs/parallelism.md), instead of every key from tp down.
+    cluster: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for key in ("tp", "pp", "instances", "prefill_tp", "prefill_pp", "decode_tp", "decode_pp"):
             expect_int(getattr(self, key), key, minimum=1)
         for key in ("prefill_instances", "decode_instances", "instance_restarts"):
             expect_int(getattr(self, key), key)
-        if (self.prefill_instances > 0) != (self.decode_instances > 0):
-            raise ConfigError(None, "prefill_instances", "and decode_instances go together: both 0 (colocated) or both "
-                                                       f"at least 1, got {self.prefill_instances} and {self.decode_instances}")
         expect_number(self.instance_timeout_s, "instance_timeout_s", minimum=0.001)
         expect_number(self.heartbeat_timeout_s, "heartbeat_timeout_s", minimum=0.001)
         _check_choice(self.on_instance_loss, ("error", "recompute"), "on_instance_loss")
@@ -175,6 +179,35 @@ class LocalBackendConfig:
         if self.max_queue is not None:
             expect_int(self.max_queue, "max_queue")
         expect_number(self.ready_timeout_s, "ready_timeout_s", minimum=0.001)
+        self.cluster_config()  # its own checks: shapes that go together, and the `cluster` table
+
+    def cluster_config(self) -> ClusterConfig:
+        """The cluster the backend runs each text model on: the `cluster` table, or what the keys from
+        tp down stand for."""
+        from gpu_backend.cluster.config import ClusterConfig  # cheap: no torch
+
+        if self.cluster is not None:
+            defaults = LocalBackendConfig()
+            given = [key for key in CLUSTER_SHORTHANDS if getattr(self, key) != getattr(defaults, key)]
+            if given:
+                raise ConfigError(None, "cluster", f"and '{given[0]}' were both given: put the whole cluster in "
+                                                   "'cluster', or use the keys alone")
+            try:
+                return ClusterConfig.from_json(json_value(dict(expect_table(self.cluster, "cluster")), "cluster"))
+            except ValueError as error:
+                raise ConfigError(None, "cluster", f"is not a cluster that can run: {error}") from None
+        try:
+            return ClusterConfig.from_shorthands(**{key: getattr(self, key) for key in CLUSTER_SHAPE_KEYS},
+                                                 **{key: getattr(self, key) for key in CLUSTER_POLICY_KEYS})
+        except ValueError as error:
+            raise ConfigError(None, None, f"asks for a cluster that cannot run: {error}") from None
+
+
+# [edgewise.backend] keys that are shorthands of the cluster config
+CLUSTER_SHAPE_KEYS = ("tp", "pp", "pp_layers", "instances", "prefill_instances", "prefill_tp", "prefill_pp",
+                      "decode_instances", "decode_tp", "decode_pp")
+CLUSTER_POLICY_KEYS = ("instance_timeout_s", "heartbeat_timeout_s", "on_instance_loss", "instance_restarts")
+CLUSTER_SHORTHANDS = CLUSTER_SHAPE_KEYS + CLUSTER_POLICY_KEYS
 
 
 def _check_choice(value: Any, choices: tuple[str, ...], key: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -250,95 +250,3 @@ def default_max_num_seqs(device: torch.device) -> int:
         return GPU_MAX_NUM_SEQS
     return CPU_MAX_NUM_SEQS_PER_CORE * available_cpus()
 
-
-ROLES = ("colocated", "prefill", "decode")
-
-
-@dataclass(frozen=True)
-class InstanceSpec:
-    """One instance's role and shape: ``tp_size`` ranks per stage, ``pp_size`` stages."""
-
-    role: str = "colocated"  # both phases; or "prefill" / "decode" in a disaggregated cluster
-    tp_size: int = 1
-    pp_size: int = 1
-    pp_layers: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.role not in ROLES:
-            raise ValueError(f"an instance's role is one of {', '.join(ROLES)}, not {self.role!r}")
-        if self.tp_size < 1 or self.pp_size < 1:
-            raise ValueError(f"tp and pp must be at least 1, got tp={self.tp_size} pp={self.pp_size}")
-        if self.pp_layers is not None and len(self.pp_layers) != self.pp_size:
-            raise ValueError(f"pp_layers gives {len(self.pp_layers)} stages but pp is {self.pp_size}: "
-                             "give one layer count per stage")
-
-    @property
-    def size(self) -> int:
-        return self.tp_size * self.pp_size
-
-
-@dataclass(frozen=True)
-class ParallelConfig:
-    """How one instance is sharded: ``tp_size`` ranks per pipeline stage, ``pp_size`` stages.
-
-    ``pp_layers``: decoder layers per stage (e.g. (5, 3)); by default split as evenly as possible.
-    ``timeout_s`` bounds every collective, every KV transfer and every hand-off between ranks;
-    ``heartbeat_timeout_s`` is how long a rank may go without a sign of life (a dead or frozen
-    rank) before its instance counts as lost. ``num_instances`` such instances share one world, and the
-    service's router shares requests out between them.
-    """
-
-    tp_size: int = 1
-    pp_size: int = 1
-    pp_layers: tuple[int, ...] | None = None
-    timeout_s: float = 30.0
-    num_instances: int = 1  # colocated instances (replicas) of tp x pp ranks each, in one world
-    # Disaggregated: prefill instances and decode instances instead of colocated ones.
-    prefill: InstanceSpec | None = None
-    decode: InstanceSpec | None = None
-    num_prefill_instances: int = 0
-    num_decode_instances: int = 0
-    # What a lost world means for its running requests: they end with an error, or they are
-    # computed again (prompt and the tokens so far) once the world is back and stream on.
-    on_instance_loss: str = "error"
-    heartbeat_timeout_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.on_instance_loss not in ("error", "recompute"):
-            raise ValueError(f"on_instance_loss is error or recompute, not {self.on_instance_loss!r}")
-        InstanceSpec("colocated", self.tp_size, self.pp_size, self.pp_layers)  # checks the colocated shape
-        if self.num_instances < 1:
-            raise ValueError(f"the number of instances must be at least 1, got {self.num_instances}")
-        if (self.num_prefill_instances > 0) != (self.num_decode_instances > 0):
-            raise ValueError("a disaggregated cluster needs at least one prefill and one decode instance")
-        if self.is_disaggregated and (self.prefill is None or self.decode is None):
-            raise ValueError("a disaggregated cluster needs the prefill and the decode instances' shapes")
-        if not self.timeout_s > 0:
-            raise ValueError(f"the instance timeout must be a positive number of seconds, not {self.timeout_s}")
-        if not self.heartbeat_timeout_s > 0:
-            raise ValueError(f"the heartbeat timeout must be a positive number of seconds, not "
-                             f"{self.heartbeat_timeout_s}")
-
-    @property
-    def heartbeat_interval_s(self) -> float:
-        return self.heartbeat_timeout_s / 5
-
-    @property
-    def is_disaggregated(self) -> bool:
-        return self.num_prefill_instances > 0
-
-    def instance_specs(self) -> list[InstanceSpec]:
-        """The world's instances in rank order: prefill instances then decode instances, or the colocated ones."""
-        if self.is_disaggregated:
-            assert self.prefill is not None and self.decode is not None
-            return ([replace(self.prefill, role="prefill")] * self.num_prefill_instances
-                    + [replace(self.decode, role="decode")] * self.num_decode_instances)
-        return [InstanceSpec("colocated", self.tp_size, self.pp_size, self.pp_layers)] * self.num_instances
-
-    @property
-    def world_size(self) -> int:
-        return sum(spec.size for spec in self.instance_specs())
-
-    @property
-    def is_sharded(self) -> bool:
-        return self.world_size > 1

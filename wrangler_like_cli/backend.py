@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from .output import err_console, fail
 
 if TYPE_CHECKING:
-    from gpu_backend.config import ParallelConfig
+    from gpu_backend.cluster.config import ClusterConfig
     from gpu_backend.cluster.launch import TorchrunPlace
 
 _UVICORN_LEVELS = {"debug": "debug", "info": "info", "log": "info", "warn": "warning", "error": "error",
@@ -40,13 +41,13 @@ def backend() -> None:
               help="Requests a model may queue beyond those it runs at once; past that, 429 with Retry-After "
                    "(default: 256 on a GPU; on CPU as many as it runs at once, 4 per core).")
 @click.option("--log-level", type=click.Choice(list(_UVICORN_LEVELS)), default="warn", show_default=True)
-@click.option("--tp", "tp_size", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--tp", type=click.IntRange(1), default=1, show_default=True,
               help="Tensor-parallel ranks per pipeline stage (each text model's instance).")
-@click.option("--pp", "pp_size", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--pp", type=click.IntRange(1), default=1, show_default=True,
               help="Pipeline stages: the decoder layers split into this many contiguous ranges.")
 @click.option("--pp-layers", metavar="N,N,...", default=None,
               help="Decoder layers per pipeline stage, e.g. 5,3 (default: as even as possible).")
-@click.option("--instances", "num_instances", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--instances", type=click.IntRange(1), default=1, show_default=True,
               help="Colocated instances (replicas) of each text model, tp x pp ranks each; the service routes "
                    "each request to the least loaded one.")
 @click.option("--prefill-instances", type=click.IntRange(0), default=0, show_default=True,
@@ -68,35 +69,33 @@ def backend() -> None:
 @click.option("--instance-restarts", type=click.IntRange(0), default=3, show_default=True,
               help="Times the instances are started again, once none is left to serve, before the model stays "
                    "unavailable (a lost instance alone is not restarted: the others serve on).")
+@click.option("--cluster", "cluster_spec", metavar="JSON|@FILE", default=None,
+              help="The whole cluster as one config, instead of the flags above (docs/parallelism.md): "
+                   "{\"instances\": [{\"role\": \"prefill\", \"tp\": 2}, {\"role\": \"decode\", \"count\": 2}], "
+                   "\"on_instance_loss\": \"recompute\"}; @FILE reads it from a file.")
 @click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds a client has to send a request's headers, from connecting or the request's first "
                    "byte; past that the connection is closed, with a 408 if part of a request came (default: 10).")
 @click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds the service waits, in all, for a request's body; past that the client gets 408 "
                    "(Workers AI's 3007) and the connection is closed (default: 60).")
-def serve(models: tuple[str, ...], host: str, port: int, token: str | None, device: str, dtype: str,
-          max_queue: int | None, log_level: str, tp_size: int, pp_size: int, pp_layers: str | None,
-          num_instances: int, prefill_instances: int, prefill_tp: int, prefill_pp: int, decode_instances: int,
-          decode_tp: int, decode_pp: int, instance_timeout: float, heartbeat_timeout: float, on_instance_loss: str,
-          instance_restarts: int, header_timeout: float | None, body_timeout: float | None) -> None:
+@click.pass_context
+def serve(ctx: click.Context, models: tuple[str, ...], host: str, port: int, token: str | None, device: str,
+          dtype: str, max_queue: int | None, log_level: str, cluster_spec: str | None, header_timeout: float | None,
+          body_timeout: float | None, **cluster_flags: Any) -> None:
     """Serve models over HTTP and WebSocket until Ctrl-C.
 
     With --tp/--pp each text model runs on tp x pp ranks started here (one GPU each). Across
     machines, run this same command under torchrun on every node (see docs/parallelism.md).
     """
     from gpu_backend.builtin_models import BUILTIN_MODELS
-    from gpu_backend.config import ParallelConfig, InstanceSpec
     from gpu_backend.cluster.launch import torchrun_env
     from gpu_backend.server import serve as service
     from gpu_backend.server.read_timeouts import ReadTimeouts
 
     try:
         resolved = service.resolve_models(list(models) or sorted(BUILTIN_MODELS))
-        parallel = ParallelConfig(tp_size, pp_size, _layer_counts(pp_layers), instance_timeout, num_instances,
-                                  prefill=InstanceSpec("prefill", prefill_tp, prefill_pp),
-                                  decode=InstanceSpec("decode", decode_tp, decode_pp),
-                                  num_prefill_instances=prefill_instances, num_decode_instances=decode_instances,
-                                  on_instance_loss=on_instance_loss, heartbeat_timeout_s=heartbeat_timeout)
+        cluster = _cluster_config(ctx, cluster_spec, cluster_flags)
         given = {"header_s": header_timeout, "body_s": body_timeout}
         read_timeouts = ReadTimeouts(**{key: value for key, value in given.items() if value is not None})
     except ValueError as error:
@@ -104,7 +103,7 @@ def serve(models: tuple[str, ...], host: str, port: int, token: str | None, devi
         return
     place = torchrun_env()
     if place is not None:
-        _serve_ranks(resolved, place, parallel, host=host, port=port, token=token, max_queue=max_queue,
+        _serve_ranks(resolved, place, cluster, host=host, port=port, token=token, max_queue=max_queue,
                      log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype, read_timeouts=read_timeouts)
         return
     if not token:
@@ -114,10 +113,46 @@ def serve(models: tuple[str, ...], host: str, port: int, token: str | None, devi
                           f"{service.TOKEN_ENV} to choose one)", markup=False)
     os.environ.pop(service.TOKEN_ENV, None)  # not inherited by anything this process starts
     names = ", ".join(resolved)
-    err_console.print(f"edgewise backend · loading {names} on {device}", markup=False)
+    shape = f" ({cluster.describe()})" if cluster.is_sharded else ""
+    err_console.print(f"edgewise backend · loading {names} on {device}{shape}", markup=False)
     service.serve(resolved, host=host, port=port, token=token, max_queue=max_queue,
-                  log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype, parallel=parallel,
-                  max_restarts=instance_restarts, read_timeouts=read_timeouts)
+                  log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype, cluster=cluster,
+                  read_timeouts=read_timeouts)
+
+
+# The flags that shape the cluster, by parameter name; each is a shorthand of the cluster config.
+_POLICY_FLAGS = {"instance_timeout": "instance_timeout_s", "heartbeat_timeout": "heartbeat_timeout_s",
+                 "on_instance_loss": "on_instance_loss", "instance_restarts": "instance_restarts"}
+
+
+def _cluster_config(ctx: click.Context, cluster_spec: str | None, flags: dict[str, Any]) -> ClusterConfig:
+    """``--cluster`` as given, or the config the cluster flags stand for; never both."""
+    from gpu_backend.cluster.config import ClusterConfig
+
+    if cluster_spec is not None:
+        given = [name for name in flags if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
+        if given:
+            raise ValueError(f"--cluster and {_flag(given[0])} were both given: put the whole cluster in --cluster, "
+                             "or use the flags alone")
+        return ClusterConfig.from_json(_read_cluster_spec(cluster_spec))
+    shape = {key: value for key, value in flags.items() if key not in _POLICY_FLAGS}
+    shape["pp_layers"] = _layer_counts(shape["pp_layers"])
+    policy = {_POLICY_FLAGS[key]: flags[key] for key in _POLICY_FLAGS}
+    return ClusterConfig.from_shorthands(**shape, **policy, spell=_flag)
+
+
+def _read_cluster_spec(text: str) -> str:
+    if not text.startswith("@"):
+        return text
+    path = Path(text[1:]).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"--cluster {text}: cannot read {path}: {error}") from None
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _layer_counts(text: str | None) -> tuple[int, ...] | None:
@@ -129,7 +164,7 @@ def _layer_counts(text: str | None) -> tuple[int, ...] | None:
         raise ValueError(f"--pp-layers {text!r}: give one whole number of layers per stage, e.g. 5,3") from None
 
 
-def _serve_ranks(resolved: dict[str, Path], place: TorchrunPlace, parallel: ParallelConfig, *, token: str | None,
+def _serve_ranks(resolved: dict[str, Path], place: TorchrunPlace, cluster: ClusterConfig, *, token: str | None,
                  device: str, dtype: str, **service_options: Any) -> None:
     """This process is one rank torchrun started; rank 0 also serves (it needs the token)."""
     from gpu_backend.server import torchrun
@@ -138,7 +173,7 @@ def _serve_ranks(resolved: dict[str, Path], place: TorchrunPlace, parallel: Para
         fail("under torchrun, set the token with --token or EDGEWISE_BACKEND_TOKEN (every node runs the same command)")
         return
     try:
-        torchrun.serve_ranks(resolved, place, parallel, {**service_options, "token": token or ""},
+        torchrun.serve_ranks(resolved, place, cluster, {**service_options, "token": token or ""},
                              {"device": device, "dtype": dtype})
     except ValueError as error:
         fail(str(error))

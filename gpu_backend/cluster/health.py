@@ -18,7 +18,7 @@ from __future__ import annotations
 import signal
 import time
 
-from ..config import ParallelConfig
+from .config import ClusterConfig
 from .launch import RankProcesses
 
 ROOT_CAUSE_WAIT_S = 0.5  # for a dead rank's exit to show once its peers have noticed it
@@ -27,8 +27,8 @@ DEATH_POLL_S = 0.005  # while waiting for that exit: fine enough to see which ra
 
 
 class InstanceHealth:
-    def __init__(self, ranks: RankProcesses, parallel: ParallelConfig) -> None:
-        self.ranks, self.parallel = ranks, parallel
+    def __init__(self, ranks: RankProcesses, cluster: ClusterConfig) -> None:
+        self.ranks, self.cluster = ranks, cluster
         self.last_heard = [time.monotonic()] * len(ranks.instance_ranks)
         self.lost: dict[int, str] = {}  # instance -> why
         self.died_at: dict[int, float] = {}  # rank -> when it was first seen dead
@@ -96,15 +96,15 @@ class InstanceHealth:
         heartbeats = self.ranks.heartbeats
         if heartbeats is None:
             return None
-        silent = heartbeats.silent_ranks(self.ranks.instance_ranks[instance], self.parallel.heartbeat_timeout_s)
+        silent = heartbeats.silent_ranks(self.ranks.instance_ranks[instance], self.cluster.heartbeat_timeout_s)
         if not silent:
             return None
         rank, seconds = silent[0]
         return (f"rank {rank} gave no sign of life in {seconds:.1f} s (heartbeat timeout "
-                f"{self.parallel.heartbeat_timeout_s:g} s): it hung")
+                f"{self.cluster.heartbeat_timeout_s:g} s): it hung")
 
     def _silent(self, instance: int) -> str | None:
-        bound = self.parallel.timeout_s + self.parallel.heartbeat_timeout_s
+        bound = self.cluster.instance_timeout_s + self.cluster.heartbeat_timeout_s
         quiet = time.monotonic() - self.last_heard[instance]
         if quiet <= bound:
             return None

@@ -3,7 +3,7 @@
 A rank's thread writes the monotonic clock (system-wide on Linux, so comparable between
 processes) into the rank's slot every ``interval_s``. A rank that is stopped, or stuck in code
 that never lets a thread run, stops beating; the service counts it lost once its last beat is
-older than ``ParallelConfig.heartbeat_timeout_s``, without waiting for the longer bound of a
+older than ``ClusterConfig.heartbeat_timeout_s``, without waiting for the longer bound of a
 collective. Ranks started by torchrun on other machines have no slot here: only their driver's
 pipe tells.
 """

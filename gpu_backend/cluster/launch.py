@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from ..config import EngineConfig, ParallelConfig
+from ..config import EngineConfig
+from .config import ClusterConfig
 from .heartbeat import Heartbeats
 from .rank import run_rank, instance_layouts
 from .roles import RankRoles
@@ -74,27 +75,27 @@ class RankProcesses:
             connection.close()
 
 
-def spawn_world(config: EngineConfig, parallel: ParallelConfig, roles: RankRoles | None = None) -> RankProcesses:
-    """Every rank of ``parallel.num_instances`` instances, each instance's first rank with a pipe to us;
+def spawn_world(config: EngineConfig, cluster: ClusterConfig, roles: RankRoles | None = None) -> RankProcesses:
+    """Every rank of ``cluster.instances``, each instance's first rank with a pipe to us;
     ``roles``: what each rank adds (``roles.RankRoles``)."""
     context = mp.get_context("spawn")
-    drivers = [instance.first_rank for instance in instance_layouts(parallel)]
+    drivers = [instance.first_rank for instance in instance_layouts(cluster)]
     pipes = {rank: context.Pipe() for rank in drivers}
     init_method = f"tcp://127.0.0.1:{free_port()}"
-    world_size = parallel.world_size
+    world_size = cluster.world_size
     heartbeats = Heartbeats(context, world_size)
     processes = []
     for rank in range(world_size):
         driver_end = pipes[rank][1] if rank in pipes else None
         process = context.Process(target=run_rank, name=f"edgewise-rank-{rank}", daemon=True,
-                                  args=(rank, world_size, config, parallel, init_method, driver_end),
+                                  args=(rank, world_size, config, cluster, init_method, driver_end),
                                   kwargs={"heartbeats": heartbeats, "roles": roles})
         process.start()
         processes.append(process)
     for _, driver_end in pipes.values():
         driver_end.close()  # the driver holds its own copy: we see EOF once it is gone
     return RankProcesses(processes, [pipes[rank][0] for rank in drivers],
-                         [layout.ranks for layout in instance_layouts(parallel)], heartbeats)
+                         [layout.ranks for layout in instance_layouts(cluster)], heartbeats)
 
 
 @dataclass(frozen=True)

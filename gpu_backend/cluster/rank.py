@@ -2,7 +2,7 @@
 
 An instance is one ``torch.distributed`` world of ``tp_size × pp_size`` ranks (NCCL on GPUs, Gloo
 on CPU), laid out by ``groups.InstanceLayout``. Each rank builds only its pipeline stage's layers
-and its tensor-parallel slices, reading only those from the checkpoint. The ranks agree on the
+and its tensor-cluster slices, reading only those from the checkpoint. The ranks agree on the
 number of KV blocks (the smallest any of them can hold: one block manager, on the driver, hands
 out block ids for all of them). Rank 0 is the driver; the others follow its steps.
 """
@@ -18,12 +18,13 @@ from multiprocessing.connection import Connection
 import torch
 import torch.distributed as dist
 
-from ..config import EngineConfig, ModelConfig, ParallelConfig
+from ..config import EngineConfig, ModelConfig
 from ..engine.core import EngineCore
 from ..parallel.comm import ControlPlane, min_over, token_group
 from ..parallel.groups import InstanceLayout, build_groups
 from ..parallel.pipeline import stage_of
 from ..parallel.state import TensorParallel, set_tensor_parallel
+from .config import ClusterConfig
 from .driver import Driver, DriverPipe
 from .heartbeat import Heartbeats
 from .protocol import Failed
@@ -35,18 +36,18 @@ log = logging.getLogger(__name__)
 CONTROL_TIMEOUT = timedelta(days=7)
 
 
-def run_rank(rank: int, world_size: int, config: EngineConfig, parallel: ParallelConfig, init_method: str,
+def run_rank(rank: int, world_size: int, config: EngineConfig, cluster: ClusterConfig, init_method: str,
              connection: Connection | None = None, local_rank: int | None = None,
              heartbeats: Heartbeats | None = None, roles: RankRoles | None = None) -> None:
     """One rank's whole life; each instance's first rank (its driver) needs its connection to the service."""
     if heartbeats is not None:
-        heartbeats.start_beating(rank, parallel.heartbeat_interval_s)
+        heartbeats.start_beating(rank, cluster.heartbeat_interval_s)
     config = _rank_device(config, rank if local_rank is None else local_rank, world_size)
     backend = "nccl" if config.torch_device.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=parallel.timeout_s))
+                            timeout=timedelta(seconds=cluster.instance_timeout_s))
     try:
-        _serve(rank, config, parallel, connection, roles)
+        _serve(rank, config, cluster, connection, roles)
     except BaseException as error:
         if connection is not None:
             _report(connection, f"rank {rank}: {type(error).__name__}: {error}")
@@ -56,19 +57,19 @@ def run_rank(rank: int, world_size: int, config: EngineConfig, parallel: Paralle
     dist.destroy_process_group()
 
 
-def instance_layouts(parallel: ParallelConfig) -> list[InstanceLayout]:
-    """The world's instances, one after another in rank order (``ParallelConfig.instance_specs``)."""
+def instance_layouts(cluster: ClusterConfig) -> list[InstanceLayout]:
+    """The world's instances, one after another in rank order (``ClusterConfig.instances``)."""
     layouts, first = [], 0
-    for spec in parallel.instance_specs():
+    for spec in cluster.instances:
         layouts.append(InstanceLayout(first, spec.tp_size, spec.pp_size))
         first += spec.size
     return layouts
 
 
-def _serve(rank: int, config: EngineConfig, parallel: ParallelConfig, connection: Connection | None,
+def _serve(rank: int, config: EngineConfig, cluster: ClusterConfig, connection: Connection | None,
            roles: RankRoles | None) -> None:
-    instances, specs = instance_layouts(parallel), parallel.instance_specs()
-    timeout = timedelta(seconds=parallel.timeout_s)  # every group's collectives
+    instances, specs = instance_layouts(cluster), cluster.instances
+    timeout = timedelta(seconds=cluster.instance_timeout_s)  # every group's collectives
     control_group, tokens = _instance_groups(instances, rank, timeout)
     place = build_groups(instances, rank, timeout)
     set_tensor_parallel(place.tensor_parallel())

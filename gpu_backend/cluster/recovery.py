@@ -68,7 +68,7 @@ class InstanceRecovery:
         holders = {stream.instance, stream.next_instance} if stream.instance >= 0 else {stream.next_instance}
         for instance in holders & live:
             engine.send(instance, AbortRequest(stream.wire_id))
-        if stream.abandoned or engine.parallel.on_instance_loss != "recompute":
+        if stream.abandoned or engine.cluster.on_instance_loss != "recompute":
             engine.forget(stream)
             post(stream.loop, cancel_submission, stream)
             if not stream.abandoned:
@@ -102,7 +102,7 @@ class InstanceRecovery:
     def recover_world(self, reason: str) -> bool:
         """On the monitor thread: kill the whole world and start it again; False when it could not be."""
         engine = self.engine
-        recompute = engine.parallel.on_instance_loss == "recompute" and engine.restarts < self.max_restarts
+        recompute = engine.cluster.on_instance_loss == "recompute" and engine.restarts < self.max_restarts
         log.error("the world of %s is lost: %s", engine.config.model, reason)
         with engine.lock:
             engine.error = reason

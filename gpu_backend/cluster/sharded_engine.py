@@ -1,7 +1,7 @@
 """``ShardedEngine``: TP×PP instances seen from the service process, through the engine contract
 (``engine/contract.py``) as an ``AsyncLLM`` is: token ids in, ``EngineOutput``s out.
 
-The world (``world.World``) holds the instances of ``ParallelConfig.instance_specs``. A request's
+The world (``world.World``) holds the instances of ``ClusterConfig.instances``. A request's
 submission flow (``flow``) routes it to its instances and speaks to their drivers: colocated
 (``flow.ColocatedFlow``: the least loaded instance computes the prompt and generates the rest), or
 prefill then decode (``disagg.flow``). Each instance's outputs come back to the request's async
@@ -20,13 +20,14 @@ import threading
 from collections import Counter
 from collections.abc import AsyncGenerator, Sequence
 
-from ..config import EngineConfig, ParallelConfig
+from ..config import EngineConfig
 from ..engine.contract import EngineHealth
 from ..engine.outputs import EngineOutput
 from ..engine.sampling_params import SamplingParams
 from ..engine.thread_bridge import post, settle
 from ..errors import EngineError, InvalidRequestError
 from ..tokenizer import Tokenizer
+from .config import ClusterConfig
 from .flow import ColocatedFlow, Flow
 from .health import POLL_S
 from .launch import RankProcesses
@@ -40,14 +41,15 @@ log = logging.getLogger(__name__)
 
 
 class ShardedEngine:
-    def __init__(self, config: EngineConfig, parallel: ParallelConfig, *, flow: Flow | None = None,
-                 max_restarts: int = 3, ready_timeout_s: float = 900.0, attached: RankProcesses | None = None) -> None:
+    def __init__(self, config: EngineConfig, cluster: ClusterConfig, *, flow: Flow | None = None,
+                 ready_timeout_s: float = 900.0, attached: RankProcesses | None = None) -> None:
         """``flow``: how requests reach the instances (colocated by default); ``attached``: a driver
-        started by someone else (torchrun), never restarted from here."""
-        self.config, self.parallel = config, parallel
+        started by someone else (torchrun), never restarted from here (else up to
+        ``cluster.instance_restarts`` times)."""
+        self.config, self.cluster = config, cluster
         self.flow: Flow = flow if flow is not None else ColocatedFlow()
         self.tokenizer = None if config.skip_tokenizer_init else Tokenizer.from_pretrained(config.model)
-        self.roles = [spec.role for spec in parallel.instance_specs()]
+        self.roles = [spec.role for spec in cluster.instances]
         self.router = Router(self.roles, config.block_size)
         self.requests_per_instance = [0] * len(self.roles)  # routed so far
         self.error: str | None = None  # why the world is down; None while it serves
@@ -58,8 +60,8 @@ class ShardedEngine:
         self.lock = threading.Lock()
         self.streams = StreamTable()
         self.flow.bind(self)
-        self.world = World(config, parallel, self.flow.rank_roles, ready_timeout_s, attached)
-        self.recovery = InstanceRecovery(self, 0 if attached is not None else max_restarts)
+        self.world = World(config, cluster, self.flow.rank_roles, ready_timeout_s, attached)
+        self.recovery = InstanceRecovery(self, 0 if attached is not None else cluster.instance_restarts)
         self._stopped = threading.Event()
         self._monitor = threading.Thread(target=self._watch, name="edgewise-instance-monitor", daemon=True)
         self._monitor.start()

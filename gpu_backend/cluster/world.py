@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
 
-from ..config import EngineConfig, ParallelConfig
+from ..config import EngineConfig
 from ..errors import EngineError
+from .config import ClusterConfig
 from .health import POLL_S, InstanceHealth
 from .launch import RankProcesses, spawn_world
 from .outbox import Outbox
@@ -22,20 +23,20 @@ from .roles import RankRoles
 
 
 class World:
-    def __init__(self, config: EngineConfig, parallel: ParallelConfig, rank_roles: RankRoles | None = None,
+    def __init__(self, config: EngineConfig, cluster: ClusterConfig, rank_roles: RankRoles | None = None,
                  ready_timeout_s: float = 900.0, attached: RankProcesses | None = None) -> None:
         """``rank_roles``: what each rank adds (``roles``); ``attached``: ranks torchrun started."""
-        self.config, self.parallel, self.rank_roles = config, parallel, rank_roles
+        self.config, self.cluster, self.rank_roles = config, cluster, rank_roles
         self.ready_timeout_s = ready_timeout_s
-        self.num_instances = len(parallel.instance_specs())
+        self.num_instances = len(cluster.instances)
         self.ranks, self.info = self.start(attached)
-        self.health = InstanceHealth(self.ranks, parallel)
+        self.health = InstanceHealth(self.ranks, cluster)
         self.loads: list[InstanceLoad] = [NO_LOAD] * self.num_instances
         self.outbox = Outbox(self.num_instances, lambda: self.ranks.connections)
 
     def start(self, attached: RankProcesses | None = None) -> tuple[RankProcesses, InstanceInfo]:
         """Start the ranks (or take torchrun's) and wait until every driver is ready."""
-        ranks = attached or spawn_world(self.config, self.parallel, self.rank_roles)
+        ranks = attached or spawn_world(self.config, self.cluster, self.rank_roles)
         try:
             return ranks, self._wait_ready(ranks)
         except (EOFError, OSError) as error:
@@ -47,7 +48,7 @@ class World:
 
     def adopt(self, ranks: RankProcesses, info: InstanceInfo) -> None:
         """Serve with a world started again (under the engine's lock)."""
-        self.ranks, self.info, self.health = ranks, info, InstanceHealth(ranks, self.parallel)
+        self.ranks, self.info, self.health = ranks, info, InstanceHealth(ranks, self.cluster)
         self.loads = [NO_LOAD] * self.num_instances
 
     def send(self, instance: int, message: object) -> None:

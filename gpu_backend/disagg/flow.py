@@ -25,11 +25,12 @@ import time
 from dataclasses import dataclass, replace
 
 from ..cluster.flow import ColocatedFlow, Flow
+from ..cluster.config import ClusterConfig
 from ..cluster.launch import RankProcesses
 from ..cluster.protocol import AbortRequest
 from ..cluster.sharded_engine import ShardedEngine
 from ..cluster.streams import Stream, resolve
-from ..config import EngineConfig, ParallelConfig
+from ..config import EngineConfig
 from ..engine.outputs import EngineOutput
 from ..engine.sampling_params import SamplingParams
 from ..engine.thread_bridge import post, settle
@@ -99,7 +100,7 @@ class DisaggregatedFlow:
     async def _reserve(self, stream: Stream, attempt: int, prompt: list[int], params: SamplingParams) -> list[int]:
         """Blocks on the decode instance; while none are free, ask again, up to the instance timeout."""
         engine = self.engine
-        deadline = time.monotonic() + engine.parallel.timeout_s
+        deadline = time.monotonic() + engine.cluster.instance_timeout_s
         while True:
             reserved = stream.loop.create_future()
             with engine.lock:
@@ -112,7 +113,7 @@ class DisaggregatedFlow:
                 return blocks
             if time.monotonic() > deadline:
                 raise EngineError(f"no KV blocks came free on decode instance {stream.next_instance} within "
-                                  f"{engine.parallel.timeout_s:g} s")
+                                  f"{engine.cluster.instance_timeout_s:g} s")
             await asyncio.sleep(RESERVE_RETRY_S)
 
     def abort(self, stream: Stream) -> None:
@@ -201,10 +202,9 @@ class DisaggregatedFlow:
         self.broken_pairs.clear()
 
 
-def sharded_engine(config: EngineConfig, parallel: ParallelConfig, *, max_restarts: int = 3,
-                   ready_timeout_s: float = 900.0, attached: RankProcesses | None = None) -> ShardedEngine:
-    """The engine for ``parallel``'s instances, with the flow their roles take: prefill then decode
+def sharded_engine(config: EngineConfig, cluster: ClusterConfig, *, ready_timeout_s: float = 900.0,
+                   attached: RankProcesses | None = None) -> ShardedEngine:
+    """The engine for ``cluster``'s instances, with the flow their roles take: prefill then decode
     instances, or colocated ones."""
-    flow: Flow = DisaggregatedFlow() if parallel.is_disaggregated else ColocatedFlow()
-    return ShardedEngine(config, parallel, flow=flow, max_restarts=max_restarts, ready_timeout_s=ready_timeout_s,
-                         attached=attached)
+    flow: Flow = DisaggregatedFlow() if cluster.is_disaggregated else ColocatedFlow()
+    return ShardedEngine(config, cluster, flow=flow, ready_timeout_s=ready_timeout_s, attached=attached)

@@ -29,7 +29,8 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from ..config import EngineConfig, ParallelConfig
+from ..cluster.config import ClusterConfig
+from ..config import EngineConfig
 from ..engine.async_llm import AsyncLLM
 from ..engine.contract import Engine, EngineHealth
 from ..engine.embedder import EmbeddingResult, Embedder, is_embedding_checkpoint
@@ -95,11 +96,11 @@ _PROMPT_THREADS = ThreadPoolExecutor(PROMPT_THREADS, thread_name_prefix="edgewis
 
 
 class LocalEngines:
-    """A text engine per text-generation checkpoint (sharded when ``parallel`` says so) and an
+    """A text engine per text-generation checkpoint (sharded when ``cluster`` says so) and an
     ``Embedder`` per embeddings one."""
 
-    def __init__(self, models: Mapping[str, str | Path], parallel: ParallelConfig | None = None,
-                 max_restarts: int = 3, attached: RankProcesses | None = None, **engine_options: Any) -> None:
+    def __init__(self, models: Mapping[str, str | Path], cluster: ClusterConfig | None = None,
+                 attached: RankProcesses | None = None, **engine_options: Any) -> None:
         """``attached``: the driver of the one sharded text model, started by torchrun."""
         self._engines: dict[str, Engine] = {}
         self._embedders: dict[str, Embedder] = {}
@@ -114,7 +115,7 @@ class LocalEngines:
                     self._embedders[name] = embedders[path]
                     continue
                 if path not in engines:
-                    engines[path] = _load(path, engine_options, parallel, max_restarts, attached)
+                    engines[path] = _load(path, engine_options, cluster, attached)
                     attached = None  # torchrun started the ranks of one model
                 self._engines[name] = engines[path]
             self._embedding_turns = {embedder: asyncio.Lock() for embedder in self._embedders.values()}
@@ -199,11 +200,10 @@ def _load_embedder(folder: Path, engine_options: Mapping[str, Any]) -> Embedder:
     return Embedder(folder, device=device, dtype="float32")
 
 
-def _load(folder: Path, engine_options: Mapping[str, Any], parallel: ParallelConfig | None,
-          max_restarts: int, attached: RankProcesses | None = None) -> Engine:
-    if parallel is not None and parallel.is_sharded:
-        return sharded_engine(EngineConfig(model=str(folder), **engine_options), parallel, max_restarts=max_restarts,
-                              attached=attached)
+def _load(folder: Path, engine_options: Mapping[str, Any], cluster: ClusterConfig | None,
+          attached: RankProcesses | None = None) -> Engine:
+    if cluster is not None and cluster.is_sharded:
+        return sharded_engine(EngineConfig(model=str(folder), **engine_options), cluster, attached=attached)
     return AsyncLLM(str(folder), progress=False, **engine_options)
 
 

@@ -20,7 +20,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ..config import EngineConfig, ParallelConfig
+from ..cluster.config import ClusterConfig
+from ..config import EngineConfig
 from ..engine.embedder import is_embedding_checkpoint
 from ..cluster.launch import RankProcesses, TorchrunPlace
 from ..cluster.rank import run_rank
@@ -29,26 +30,27 @@ PARENT_CHECK_S = 0.5
 SHUTDOWN_GRACE_S = 10.0
 
 
-def serve_ranks(models: Mapping[str, Path], place: TorchrunPlace, parallel: ParallelConfig,
+def serve_ranks(models: Mapping[str, Path], place: TorchrunPlace, cluster: ClusterConfig,
                 service_options: dict[str, Any], engine_options: dict[str, Any]) -> None:
     """This process's part: rank 0 serves and drives, the others follow."""
-    if parallel.num_instances != 1 or parallel.is_disaggregated:
+    if len(cluster.instances) != 1 or cluster.is_disaggregated:
         raise ValueError("under torchrun the world is one instance: drop --instances and the prefill/decode instances")
-    if place.world_size != parallel.world_size:
-        raise ValueError(f"torchrun started {place.world_size} ranks but --tp {parallel.tp_size} x --pp "
-                         f"{parallel.pp_size} needs {parallel.world_size}: set --nnodes x --nproc-per-node to match")
+    if place.world_size != cluster.world_size:
+        spec = cluster.instances[0]
+        raise ValueError(f"torchrun started {place.world_size} ranks but --tp {spec.tp_size} x --pp "
+                         f"{spec.pp_size} needs {cluster.world_size}: set --nnodes x --nproc-per-node to match")
     config = EngineConfig(model=str(_text_model(models)), **engine_options)
     if place.rank != 0:
-        run_rank(place.rank, place.world_size, config, parallel, "env://", local_rank=place.local_rank)
+        run_rank(place.rank, place.world_size, config, cluster, "env://", local_rank=place.local_rank)
         return
     context = mp.get_context("spawn")
     service_end, driver_end = context.Pipe()
     service = context.Process(target=_service, name="edgewise-service", daemon=True,
-                              args=(dict(models), parallel, service_end, service_options, engine_options))
+                              args=(dict(models), cluster, service_end, service_options, engine_options))
     service.start()
     service_end.close()
     try:
-        run_rank(0, place.world_size, config, parallel, "env://", driver_end, place.local_rank)
+        run_rank(0, place.world_size, config, cluster, "env://", driver_end, place.local_rank)
     finally:
         service.join(timeout=SHUTDOWN_GRACE_S)
         if service.is_alive():
@@ -63,12 +65,12 @@ def _text_model(models: Mapping[str, Path]) -> Path:
     return folders.pop()
 
 
-def _service(models: dict[str, Path], parallel: ParallelConfig, connection: Connection,
+def _service(models: dict[str, Path], cluster: ClusterConfig, connection: Connection,
              service_options: dict[str, Any], engine_options: dict[str, Any]) -> None:
     from .serve import serve
 
     _exit_with_parent()
-    serve(models, parallel=parallel, attached=RankProcesses([], [connection], [range(parallel.world_size)]), max_restarts=0,
+    serve(models, cluster=cluster, attached=RankProcesses([], [connection], [range(cluster.world_size)]),
           **service_options, **engine_options)
 
 

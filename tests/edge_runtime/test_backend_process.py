@@ -17,6 +17,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +28,7 @@ from edge_runtime.config import ConfigError, EdgewiseConfig, LocalBackendConfig,
 from edge_runtime.edge import Edge
 from gpu_backend import LLM, SamplingParams
 from gpu_backend.builtin_models import builtin_model_path
+from gpu_backend.cluster.config import ClusterConfig, InstanceSpec
 
 TINY = "@cf/edgewise/tiny-shakespeare"
 MINILM = "@cf/sentence-transformers/all-minilm-l6-v2"
@@ -132,8 +134,9 @@ def test_serve_command_serves_builtins_and_mapped_models(tmp_path: Path) -> None
     assert command[:6] == [sys.executable, "-P", "-m", "wrangler_like_cli.main", "backend", "serve"]
     models = [command[i + 1] for i, arg in enumerate(command) if arg == "--model"]
     assert models == [TINY, MINILM, f"@cf/meta/llama-3.1-8b-instruct={TINY}", f"@cf/me/x={tmp_path}"]
-    assert command[-10:] == ["--host", "127.0.0.1", "--port", "0", "--device", "cpu", "--dtype", "float32",
-                             "--max-queue", "8"]  # fmt: skip
+    assert command[-12:-2] == ["--host", "127.0.0.1", "--port", "0", "--device", "cpu", "--dtype", "float32",
+                               "--max-queue", "8"]  # fmt: skip
+    assert command[-2] == "--cluster" and _cluster_of(command) == ClusterConfig()
 
 
 def test_a_mapping_replaces_the_builtin_of_the_same_name(tmp_path: Path) -> None:
@@ -148,29 +151,42 @@ def test_serve_command_is_the_real_cli() -> None:
     assert reply.returncode == 0, reply.stderr
 
 
-def test_a_sharded_local_backend_gets_its_layout_on_the_command_line() -> None:
-    command = serve_command(EdgewiseConfig(backend=LocalBackendConfig(tp=2, pp=2, pp_layers=[3, 1], instances=2)))
-    assert command[command.index("--tp") + 1] == "2" and command[command.index("--pp") + 1] == "2"
-    assert command[command.index("--instances") + 1] == "2"
-    assert command[command.index("--pp-layers") + 1] == "3,1"
-    assert not {"--tp", "--instances"} & set(serve_command(EdgewiseConfig(backend=LocalBackendConfig())))
-    disaggregated = serve_command(EdgewiseConfig(backend=LocalBackendConfig(
-        prefill_instances=1, prefill_tp=2, decode_instances=2, decode_pp=2, instance_timeout_s=10, on_instance_loss="recompute",
-        heartbeat_timeout_s=2.5)))
-    assert {"--prefill-instances=1", "--prefill-tp=2", "--prefill-pp=1", "--decode-instances=2", "--decode-tp=1",
-            "--decode-pp=2"} <= set(disaggregated)
-    assert disaggregated[disaggregated.index("--instance-timeout") + 1] == "10"
-    assert disaggregated[disaggregated.index("--heartbeat-timeout") + 1] == "2.5"
-    assert disaggregated[disaggregated.index("--on-instance-loss") + 1] == "recompute"
-    assert "--instance-restarts" not in disaggregated  # the default is the CLI's own
-    with pytest.raises(ConfigError, match="decode_instances go together"):
-        LocalBackendConfig(prefill_instances=1)
-    with pytest.raises(ConfigError, match="on_instance_loss"):
-        LocalBackendConfig(on_instance_loss="retry")
-    with pytest.raises(ConfigError, match="pp_layers"):
-        LocalBackendConfig(pp=2, pp_layers=[4])
-    with pytest.raises(ConfigError, match="tp"):
-        LocalBackendConfig(tp=0)
+def _cluster_of(command: list[str]) -> ClusterConfig:
+    return ClusterConfig.from_json(command[command.index("--cluster") + 1])
+
+
+def test_the_local_backend_gets_its_cluster_as_one_config_on_the_command_line() -> None:
+    colocated = serve_command(EdgewiseConfig(backend=LocalBackendConfig(tp=2, pp=2, pp_layers=[3, 1], instances=2)))
+    assert _cluster_of(colocated) == ClusterConfig.colocated(2, 2, (3, 1), instances=2)
+    assert not {"--tp", "--pp", "--instances", "--pp-layers"} & set(colocated)  # a config, not rebuilt flags
+    assert _cluster_of(serve_command(EdgewiseConfig(backend=LocalBackendConfig()))) == ClusterConfig()
+    expected = ClusterConfig.disaggregated(InstanceSpec(tp_size=2), InstanceSpec(pp_size=2), prefill_instances=1,
+                                           decode_instances=2, instance_timeout_s=10, on_instance_loss="recompute",
+                                           heartbeat_timeout_s=2.5)
+    shorthands = LocalBackendConfig(prefill_instances=1, prefill_tp=2, decode_instances=2, decode_pp=2,
+                                    instance_timeout_s=10, on_instance_loss="recompute", heartbeat_timeout_s=2.5)
+    assert _cluster_of(serve_command(EdgewiseConfig(backend=shorthands))) == expected
+    table = LocalBackendConfig(cluster={"instances": [{"role": "prefill", "tp": 2}, {"role": "decode", "pp": 2, "count": 2}],
+                                        "instance_timeout_s": 10, "heartbeat_timeout_s": 2.5, "on_instance_loss": "recompute"})
+    assert _cluster_of(serve_command(EdgewiseConfig(backend=table))) == expected
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"prefill_instances": 1}, "decode_instances go together"),
+    ({"decode_tp": 2}, "decode_tp shapes prefill or decode instances"),
+    ({"tp": 2, "prefill_instances": 1, "decode_instances": 1}, "tp shapes colocated instances"),
+    ({"on_instance_loss": "retry"}, "on_instance_loss"),
+    ({"pp": 2, "pp_layers": [4]}, "pp_layers"),
+    ({"tp": 0}, "tp"),
+    ({"tp": 2, "cluster": {"instances": [{"tp": 2}]}}, "'cluster' and 'tp' were both given"),
+    ({"cluster": {"instances": [{"tp": 0}]}}, r"'cluster' is not a cluster that can run: instances\[0\]: an instance's tp must be"),
+    ({"cluster": {"instances": [{"role": "decode"}]}}, "'cluster' is not a cluster that can run: a disaggregated cluster needs at least one prefill"),
+    ({"cluster": {"restarts": 1}}, "'cluster' is not a cluster that can run: the cluster config has no key 'restarts'"),
+    ({"cluster": [1]}, "'cluster' must be a table"),
+])
+def test_a_cluster_that_cannot_run_is_a_config_error(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        LocalBackendConfig(**settings)
 
 
 def test_the_local_backend_serves_the_builtin_model_sharded_tp2_pp2() -> None:

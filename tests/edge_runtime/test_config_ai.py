@@ -8,6 +8,7 @@ import pytest
 
 from config_projects import BASE_TOML, load_error, make_project, toml_project
 from edge_runtime.config import BackendSpec, LocalBackendConfig, ModelSource, load_config
+from gpu_backend.cluster.config import ClusterConfig, InstanceSpec
 
 TINY = "@cf/edgewise/tiny-shakespeare"
 
@@ -64,6 +65,28 @@ def test_local_backend_table(tmp_path: Path) -> None:
                                          ready_timeout_s=30.0)  # fmt: skip
     assert load_config(toml_project(tmp_path)).edgewise.backend == LocalBackendConfig()
     assert LocalBackendConfig().port == 0 and LocalBackendConfig().ready_timeout_s == 120.0
+
+
+def test_the_local_backend_cluster_as_one_table(tmp_path: Path) -> None:
+    extra = """\
+        [edgewise.backend.cluster]
+        on_instance_loss = "recompute"
+        [[edgewise.backend.cluster.instances]]
+        role = "prefill"
+        tp = 2
+        [[edgewise.backend.cluster.instances]]
+        role = "decode"
+        pp = 2
+        pp_layers = [3, 1]
+        count = 2
+    """
+    cluster = load_config(toml_project(tmp_path, extra)).edgewise.backend.cluster_config()
+    assert cluster == ClusterConfig.disaggregated(InstanceSpec(tp_size=2), InstanceSpec(pp_size=2, pp_layers=(3, 1)),
+                                                  decode_instances=2, on_instance_loss="recompute")
+    error = load_error(toml_project(tmp_path, "[edgewise.backend.cluster]\ninstances = [{ tp = 2, cout = 2 }]\n"))
+    assert error.key == "edgewise.backend.cluster" and "instances[0] has no key 'cout'" in error.message
+    error = load_error(toml_project(tmp_path, "[edgewise.backend]\ntp = 2\ncluster = { instances = [{ tp = 2 }] }\n"))
+    assert error.key == "edgewise.backend.cluster" and "'tp' were both given" in error.message
 
 
 def test_backend_location_takes_any_location_spec(tmp_path: Path) -> None:

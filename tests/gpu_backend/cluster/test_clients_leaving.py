@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from gpu_backend import LLM, SamplingParams
-from gpu_backend.config import EngineConfig, ParallelConfig, InstanceSpec
+from gpu_backend.cluster.config import ClusterConfig
+from gpu_backend.config import EngineConfig
 from gpu_backend.cluster.sharded_engine import ShardedEngine
 from gpu_backend.disagg.flow import sharded_engine
 
@@ -32,10 +33,9 @@ PROMPTS = ["Once upon a time there was a king who ruled a land by the sea and", 
            "Once upon a time there was a queen"]  # shared prefixes: prefix-cache hits on both sides
 PARAMS = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
 LAYOUTS = {
-    "prefill-decode": ParallelConfig(timeout_s=20.0, prefill=InstanceSpec("prefill", 1, 1),
-                                     decode=InstanceSpec("decode", 1, 1), num_prefill_instances=1, num_decode_instances=1),
-    "tp2": ParallelConfig(2, 1, None, 20.0),
-    "pp2": ParallelConfig(1, 2, None, 20.0),
+    "prefill-decode": ClusterConfig.disaggregated(instance_timeout_s=20.0),
+    "tp2": ClusterConfig.colocated(tp=2, instance_timeout_s=20.0),
+    "pp2": ClusterConfig.colocated(pp=2, instance_timeout_s=20.0),
 }
 NUM_CLIENTS = 240
 AT_ONCE = 12  # clients in flight together: enough to queue and to wait for blocks

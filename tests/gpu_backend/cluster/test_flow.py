@@ -15,7 +15,7 @@ from fake_drivers import CONFIG, LOAD, FakeDriver, attached_world, collect, outp
 from gpu_backend.cluster.flow import ColocatedFlow
 from gpu_backend.cluster.protocol import AbortRequest, Accepted, AddRequest, Failed, Rejected, StepDone
 from gpu_backend.cluster.sharded_engine import ShardedEngine
-from gpu_backend.config import ParallelConfig, InstanceSpec
+from gpu_backend.cluster.config import ClusterConfig
 from gpu_backend.engine.sampling_params import SamplingParams
 from gpu_backend.errors import InvalidRequestError, InstanceLostError
 
@@ -26,7 +26,7 @@ WAIT_S = 10.0
 @pytest.fixture
 def cluster() -> Iterator[tuple[ShardedEngine, list[FakeDriver]]]:
     ranks, drivers = attached_world(2)
-    engine = ShardedEngine(CONFIG, ParallelConfig(timeout_s=20.0, num_instances=2), attached=ranks)
+    engine = ShardedEngine(CONFIG, ClusterConfig.colocated(instances=2, instance_timeout_s=20.0), attached=ranks)
     yield engine, drivers
     engine.shutdown()
 
@@ -101,7 +101,5 @@ def test_a_instance_that_fails_ends_its_requests_and_the_other_serves_on(cluster
 
 def test_prefill_and_decode_instances_are_not_colocated_ones() -> None:
     ranks, _ = attached_world(2)
-    parallel = ParallelConfig(prefill=InstanceSpec("prefill"), decode=InstanceSpec("decode"), num_prefill_instances=1,
-                              num_decode_instances=1)
     with pytest.raises(ValueError, match="disaggregated flow"):
-        ShardedEngine(CONFIG, parallel, attached=ranks)
+        ShardedEngine(CONFIG, ClusterConfig.disaggregated(), attached=ranks)

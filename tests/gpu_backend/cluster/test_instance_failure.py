@@ -19,7 +19,8 @@ import pytest
 
 from backend_fixtures import MODEL, OPTIONS, TOKEN, Backend, serving
 from gpu_backend import LLM, SamplingParams
-from gpu_backend.config import EngineConfig, ParallelConfig
+from gpu_backend.cluster.config import ClusterConfig
+from gpu_backend.config import EngineConfig
 from gpu_backend.errors import InstanceLostError
 from gpu_backend.cluster.sharded_engine import ShardedEngine
 from gpu_backend.server.api import create_app
@@ -67,8 +68,8 @@ async def killed_mid_stream(engines: LocalEngines, rank: int) -> AsyncIterator[K
 
 
 async def test_a_killed_rank_ends_the_stream_and_the_instance_restarts(checkpoints: dict[str, Path]) -> None:
-    parallel = ParallelConfig(2, 1, None, TIMEOUT_S)
-    engines = LocalEngines({MODEL: checkpoints["llama"]}, parallel=parallel, max_restarts=1, **OPTIONS)
+    cluster = ClusterConfig.colocated(tp=2, instance_timeout_s=TIMEOUT_S, instance_restarts=1)
+    engines = LocalEngines({MODEL: checkpoints["llama"]}, cluster=cluster, **OPTIONS)
     try:
         async with killed_mid_stream(engines, rank=1) as killed:
             client, backend, url = killed.client, killed.backend, killed.backend.url
@@ -98,8 +99,8 @@ async def test_rank_0_killed_with_no_restart_left_is_named_and_the_model_failed_
     """SIGKILL the driver (rank 0) of a TP=2 instance: rank 1 exits too, as a knock-on, yet every report
     names rank 0. With no restart left the model has failed for good: /healthz says so, and its
     503s no longer ask the client to retry."""
-    parallel = ParallelConfig(2, 1, None, TIMEOUT_S)
-    engines = LocalEngines({MODEL: checkpoints["llama"]}, parallel=parallel, max_restarts=0, **OPTIONS)
+    cluster = ClusterConfig.colocated(tp=2, instance_timeout_s=TIMEOUT_S, instance_restarts=0)
+    engines = LocalEngines({MODEL: checkpoints["llama"]}, cluster=cluster, **OPTIONS)
     try:
         async with killed_mid_stream(engines, rank=0) as killed:
             client, backend, url = killed.client, killed.backend, killed.backend.url
@@ -120,8 +121,8 @@ async def test_rank_0_killed_with_no_restart_left_is_named_and_the_model_failed_
 
 
 def test_a_hung_rank_is_detected_within_the_timeout(checkpoints: dict[str, Path]) -> None:
-    engine = ShardedEngine(EngineConfig(model=str(checkpoints["llama"]), **OPTIONS), ParallelConfig(1, 2, None, TIMEOUT_S),
-                           max_restarts=0)
+    engine = ShardedEngine(EngineConfig(model=str(checkpoints["llama"]), **OPTIONS), ClusterConfig.colocated(pp=2, instance_timeout_s=TIMEOUT_S,
+                                                                                        instance_restarts=0))
 
     async def scenario() -> float:
         stream = engine.generate("Once upon a time", SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True),

@@ -18,7 +18,8 @@ import pytest
 from backend_fixtures import MODEL, TOKEN, Backend, serving
 from backend_fixtures import OPTIONS as SERVICE_OPTIONS
 from gpu_backend import LLM, SamplingParams
-from gpu_backend.config import EngineConfig, ParallelConfig, InstanceSpec
+from gpu_backend.cluster.config import ClusterConfig
+from gpu_backend.config import EngineConfig
 from gpu_backend.errors import InstanceLostError
 from gpu_backend.cluster.sharded_engine import ShardedEngine
 from gpu_backend.disagg.flow import sharded_engine
@@ -65,7 +66,8 @@ def wait_for_free_blocks(engine: ShardedEngine, total: int) -> None:
 def test_a_lost_colocated_instance_leaves_the_other_serving(checkpoints: dict[str, Path], policy: str) -> None:
     folder = checkpoints["llama"]
     engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS),
-                           ParallelConfig(timeout_s=20.0, num_instances=2, on_instance_loss=policy), max_restarts=1)
+                           ClusterConfig.colocated(instances=2, instance_timeout_s=20.0, on_instance_loss=policy,
+                                                   instance_restarts=1))
     try:
         survivor, doomed = asyncio.run(survivor_and_doomed(engine))
         assert survivor == expected(folder, PROMPTS["survivor"])
@@ -87,9 +89,9 @@ def test_a_lost_decode_instance_leaves_the_other_decoding(checkpoints: dict[str,
     """One prefill and two decode instances: the stream of the killed decode instance is prefilled again
     (prompt and tokens so far) and handed to the other, which goes on with its own stream too."""
     folder = checkpoints["llama"]
-    parallel = ParallelConfig(timeout_s=20.0, prefill=InstanceSpec("prefill"), decode=InstanceSpec("decode"),
-                              num_prefill_instances=1, num_decode_instances=2, on_instance_loss="recompute")
-    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), parallel, max_restarts=0)
+    cluster = ClusterConfig.disaggregated(decode_instances=2, instance_timeout_s=20.0, on_instance_loss="recompute",
+                                          instance_restarts=0)
+    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), cluster)
     try:
         survivor, doomed = asyncio.run(survivor_and_doomed(engine))
         assert survivor == expected(folder, PROMPTS["survivor"])
@@ -106,10 +108,9 @@ def test_a_frozen_prefill_instance_is_found_by_its_heartbeat(checkpoints: dict[s
     timeout, long before the collectives' bound; the prompt is computed by the other prefill instance."""
     folder = checkpoints["llama"]
     heartbeat_s = 2.0
-    parallel = ParallelConfig(timeout_s=60.0, prefill=InstanceSpec("prefill"), decode=InstanceSpec("decode"),
-                              num_prefill_instances=2, num_decode_instances=1, on_instance_loss="recompute",
-                              heartbeat_timeout_s=heartbeat_s)
-    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), parallel, max_restarts=0)
+    cluster = ClusterConfig.disaggregated(prefill_instances=2, instance_timeout_s=60.0, on_instance_loss="recompute",
+                                          heartbeat_timeout_s=heartbeat_s, instance_restarts=0)
+    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), cluster)
     try:
         os.kill(engine.rank_pids(0)[0], signal.SIGSTOP)  # the first prefill instance, the router's first pick
         frozen = time.monotonic()
@@ -132,8 +133,8 @@ def test_a_frozen_prefill_instance_is_found_by_its_heartbeat(checkpoints: dict[s
 
 
 async def test_healthz_names_the_lost_instance_while_the_others_serve(checkpoints: dict[str, Path]) -> None:
-    engines = LocalEngines({MODEL: checkpoints["llama"]}, parallel=ParallelConfig(timeout_s=20.0, num_instances=2),
-                           max_restarts=0, **SERVICE_OPTIONS)
+    cluster = ClusterConfig.colocated(instances=2, instance_timeout_s=20.0, instance_restarts=0)
+    engines = LocalEngines({MODEL: checkpoints["llama"]}, cluster=cluster, **SERVICE_OPTIONS)
     try:
         with serving(create_app(engines, TOKEN)) as url:
             backend = Backend(url, engines)
@@ -163,9 +164,9 @@ def test_a_prefill_instance_killed_while_its_kv_goes_out(checkpoints: dict[str, 
     once the first chunk of its KV went out; the prompt is prefilled again by the other and every
     token equals one process's, every block of the survivors comes back."""
     folder = checkpoints["llama"]
-    parallel = ParallelConfig(timeout_s=20.0, prefill=InstanceSpec("prefill"), decode=InstanceSpec("decode"),
-                              num_prefill_instances=2, num_decode_instances=1, on_instance_loss="recompute")
-    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), parallel, max_restarts=0)
+    cluster = ClusterConfig.disaggregated(prefill_instances=2, instance_timeout_s=20.0, on_instance_loss="recompute",
+                                          instance_restarts=0)
+    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), cluster)
     prompt = " ".join([PROMPTS["survivor"]] * 5)  # about 170 tokens: 8 steps of 24
 
     async def scenario() -> list[int]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from backend_fixtures import MODEL, OPTIONS, TOKEN, Backend, serving
-from gpu_backend.config import ParallelConfig
+from gpu_backend.cluster.config import ClusterConfig
 from gpu_backend import SamplingParams
 from gpu_backend.config import EngineConfig
 from gpu_backend.cluster.router import PrefixIndex, Router, token_loads
@@ -86,7 +86,7 @@ def test_the_prefix_index_forgets_the_least_recently_sent_blocks_first() -> None
 def test_a_follow_up_prompt_goes_to_the_instance_that_computed_its_start(checkpoints: dict[str, Path]) -> None:
     first = ["Once upon a time there was a king who ruled a land by the sea",
              "The quick brown fox jumps over the lazy dog and runs far away"]
-    engine = ShardedEngine(EngineConfig(model=str(checkpoints["llama"]), **OPTIONS), ParallelConfig(num_instances=2))
+    engine = ShardedEngine(EngineConfig(model=str(checkpoints["llama"]), **OPTIONS), ClusterConfig.colocated(instances=2))
     params = SamplingParams(temperature=0.0, max_tokens=4)
 
     async def run(prompts: list[str], tag: str) -> None:
@@ -106,7 +106,7 @@ def test_a_follow_up_prompt_goes_to_the_instance_that_computed_its_start(checkpo
 
 async def test_the_session_header_keeps_a_conversation_on_its_instance(checkpoints: dict[str, Path]) -> None:
     """Through the service: concurrent requests of one session all go to one of two colocated instances."""
-    engines = LocalEngines({MODEL: checkpoints["llama"]}, parallel=ParallelConfig(num_instances=2), **OPTIONS)
+    engines = LocalEngines({MODEL: checkpoints["llama"]}, cluster=ClusterConfig.colocated(instances=2), **OPTIONS)
     body = {"prompt": "Once upon a time", "raw": True, "temperature": 0, "max_tokens": 8}
     try:
         with serving(create_app(engines, TOKEN)) as url:

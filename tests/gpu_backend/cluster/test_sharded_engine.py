@@ -16,7 +16,8 @@ import pytest
 
 from checkpoints import build_checkpoint
 from gpu_backend import LLM, SamplingParams
-from gpu_backend.config import EngineConfig, ParallelConfig
+from gpu_backend.cluster.config import ClusterConfig, InstanceSpec
+from gpu_backend.config import EngineConfig
 from gpu_backend.errors import PromptTooLongError
 from gpu_backend.cluster.sharded_engine import ShardedEngine
 from tokenizer_fixtures import build_byte_level_tokenizer
@@ -72,7 +73,7 @@ async def generate_all(engine: ShardedEngine, params: SamplingParams, tag: str) 
 def test_sharded_instance_generates_what_one_process_does(folders: dict[str, Path], model: str, tp: int, pp: int,
                                                         pp_layers: tuple[int, ...] | None) -> None:
     folder = folders[model]
-    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), ParallelConfig(tp, pp, pp_layers, 20.0))
+    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), ClusterConfig.colocated(tp, pp, pp_layers, instance_timeout_s=20.0))
     try:
         for index, params in enumerate(SAMPLINGS):
             assert asyncio.run(generate_all(engine, params, f"s{index}-")) == expected_tokens(folder, params)
@@ -89,7 +90,7 @@ def test_preemption_and_bad_input_on_a_pipeline(folders: dict[str, Path]) -> Non
     params = SamplingParams(temperature=0.0, max_tokens=8)
     llm = LLM(str(folder), progress=False, **options)
     expected = [output.outputs[0].token_ids for output in llm.generate(PROMPTS, params)]
-    engine = ShardedEngine(EngineConfig(model=str(folder), **options), ParallelConfig(2, 2, None, 20.0))
+    engine = ShardedEngine(EngineConfig(model=str(folder), **options), ClusterConfig.colocated(2, 2, instance_timeout_s=20.0))
     try:
         assert asyncio.run(generate_all(engine, params, "p")) == expected
         assert engine.stats()["num_preemptions"] > 0
@@ -103,7 +104,7 @@ def test_preemption_and_bad_input_on_a_pipeline(folders: dict[str, Path]) -> Non
 def test_leaving_a_stream_aborts_it_on_every_rank(folders: dict[str, Path]) -> None:
     """A client that goes away mid-stream: the pipeline frees the request's blocks and keeps serving."""
     folder = folders["llama"]
-    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), ParallelConfig(1, 2, None, 20.0))
+    engine = ShardedEngine(EngineConfig(model=str(folder), **OPTIONS), ClusterConfig.colocated(pp=2, instance_timeout_s=20.0))
     held = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True)
 
     async def leave_early() -> None:
@@ -124,12 +125,15 @@ def test_leaving_a_stream_aborts_it_on_every_rank(folders: dict[str, Path]) -> N
         engine.shutdown()
 
 
-@pytest.mark.parametrize(("tp", "pp"), [(1, 1), (2, 1), (1, 2)], ids=["tp1", "tp2", "pp2"])
-def test_two_colocated_instances_share_the_requests_and_stay_exact(folders: dict[str, Path], tp: int, pp: int) -> None:
-    """Two instances in one world (each with its own driver, groups and pipe); the router spreads the load."""
+@pytest.mark.parametrize("shapes", [((1, 1), (1, 1)), ((2, 1), (1, 2))], ids=["tp1+tp1", "tp2+pp2"])
+def test_two_colocated_instances_share_the_requests_and_stay_exact(folders: dict[str, Path],
+                                                                  shapes: tuple[tuple[int, int], ...]) -> None:
+    """Two instances in one world (each with its own driver, groups and pipe), of the same shape or
+    not; the router spreads the load."""
     folder = folders["llama"]
     config = EngineConfig(model=str(folder), **OPTIONS)
-    engine = ShardedEngine(config, ParallelConfig(tp, pp, None, 20.0, 2))
+    instances = tuple(InstanceSpec(tp_size=tp, pp_size=pp) for tp, pp in shapes)
+    engine = ShardedEngine(config, ClusterConfig(instances, instance_timeout_s=20.0))
     try:
         assert engine.max_num_seqs == 2 * config.max_num_seqs
         for index, params in enumerate(SAMPLINGS):

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from gpu_backend import LLM, SamplingParams
-from gpu_backend.config import EngineConfig, ParallelConfig
+from gpu_backend.cluster.config import ClusterConfig
+from gpu_backend.config import EngineConfig
 from gpu_backend.cluster.sharded_engine import ShardedEngine
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
@@ -46,7 +47,7 @@ def test_gpu_sharded_instance_generates_what_one_process_does(checkpoints: dict[
     llm = LLM(str(folder), progress=False, **options)
     expected = [output.outputs[0].token_ids for output in llm.generate(PROMPTS, params)]
     del llm
-    engine = ShardedEngine(EngineConfig(model=str(folder), **options), ParallelConfig(tp, pp, None, 60.0))
+    engine = ShardedEngine(EngineConfig(model=str(folder), **options), ClusterConfig.colocated(tp, pp, instance_timeout_s=60.0))
     try:
         assert asyncio.run(_generate_all(engine, params)) == expected
         assert engine.stats()["kv_blocks_used"] == 0

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from gpu_backend import LLM, SamplingParams
-from gpu_backend.config import EngineConfig, ParallelConfig, InstanceSpec
+from gpu_backend.cluster.config import ClusterConfig, InstanceSpec
+from gpu_backend.config import EngineConfig
 from gpu_backend.cluster.sharded_engine import ShardedEngine
 from gpu_backend.disagg.flow import sharded_engine
 from gpu_backend.server.text import stream_text
@@ -27,9 +28,10 @@ AT_LEAST = SamplingParams(temperature=0.0, max_tokens=12, min_tokens=4)  # the p
 LAYOUTS = [((1, 1), (1, 1)), ((2, 1), (1, 1)), ((1, 2), (2, 1)), ((1, 1), (1, 2))]
 
 
-def cluster(prefill: tuple[int, int], decode: tuple[int, int], instances: int = 1) -> ParallelConfig:
-    return ParallelConfig(timeout_s=20.0, prefill=InstanceSpec("prefill", *prefill), decode=InstanceSpec("decode", *decode),
-                          num_prefill_instances=instances, num_decode_instances=instances)
+def cluster(prefill: tuple[int, int], decode: tuple[int, int], instances: int = 1) -> ClusterConfig:
+    return ClusterConfig.disaggregated(InstanceSpec(tp_size=prefill[0], pp_size=prefill[1]),
+                                       InstanceSpec(tp_size=decode[0], pp_size=decode[1]), prefill_instances=instances,
+                                       decode_instances=instances, instance_timeout_s=20.0)
 
 
 def expected(folder: Path, prompts: list[str], params: SamplingParams = GREEDY) -> list[list[int]]:
@@ -140,9 +142,9 @@ def test_recompute_after_a_rank_is_killed_mid_stream(checkpoints: dict[str, Path
     from dataclasses import replace
 
     folder = checkpoints["llama"]
-    parallel = cluster((1, 1), (1, 1)) if disaggregated else ParallelConfig(2, 1, None, 20.0)
-    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS), replace(parallel, on_instance_loss="recompute"),
-                           max_restarts=1)
+    layout = cluster((1, 1), (1, 1)) if disaggregated else ClusterConfig.colocated(tp=2, instance_timeout_s=20.0)
+    engine = sharded_engine(EngineConfig(model=str(folder), **OPTIONS),
+                           replace(layout, on_instance_loss="recompute", instance_restarts=1))
     params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
     want = LLM(str(folder), progress=False, **OPTIONS).generate(PROMPTS[1], params)[0].outputs[0]
 

@@ -15,7 +15,7 @@ from fake_drivers import CONFIG, LOAD, FakeDriver, attached_world, collect, outp
 
 from gpu_backend.cluster.protocol import AbortRequest, Accepted, Rejected, StepDone
 from gpu_backend.cluster.sharded_engine import ShardedEngine
-from gpu_backend.config import ParallelConfig, InstanceSpec
+from gpu_backend.cluster.config import ClusterConfig
 from gpu_backend.disagg.flow import DisaggregatedFlow, sharded_engine
 from gpu_backend.disagg.kv_transfer import KVTransferError
 from gpu_backend.disagg.protocol import Admit, Handoff, KVChunk, KVPushed, Prefill, Reserve, Reserved, TransferFailed
@@ -24,14 +24,13 @@ from gpu_backend.errors import InvalidRequestError
 
 PROMPT = [1, 2, 3, 4, 5]
 PARAMS = SamplingParams(temperature=0.0, max_tokens=3)
-PARALLEL = ParallelConfig(timeout_s=20.0, prefill=InstanceSpec("prefill"), decode=InstanceSpec("decode"),
-                          num_prefill_instances=1, num_decode_instances=2)
+CLUSTER = ClusterConfig.disaggregated(decode_instances=2, instance_timeout_s=20.0)
 
 
 @pytest.fixture
 def cluster() -> Iterator[tuple[ShardedEngine, list[FakeDriver]]]:
     ranks, drivers = attached_world(3)  # prefill instance 0, decode instances 1 and 2
-    engine = sharded_engine(CONFIG, PARALLEL, attached=ranks)
+    engine = sharded_engine(CONFIG, CLUSTER, attached=ranks)
     yield engine, drivers
     engine.shutdown()
 

@@ -38,7 +38,7 @@ import pytest
 from backend_fixtures import TOKEN, serving
 from checkpoints import build_checkpoint
 from gpu_backend import SamplingParams
-from gpu_backend.config import ParallelConfig, InstanceSpec
+from gpu_backend.cluster.config import ClusterConfig
 from gpu_backend.detokenizer import RequestText
 from gpu_backend.engine.contract import Engine
 from gpu_backend.engine.outputs import EngineOutput, Logprob
@@ -52,12 +52,11 @@ MODEL = "@cf/test/exact"
 MAX_TOKENS = 8
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
 OPTIONS = {"device": "cpu", "dtype": "float32", "num_kv_blocks": 64, "max_model_len": 256}
-LAYOUTS: dict[str, ParallelConfig | None] = {
+LAYOUTS: dict[str, ClusterConfig | None] = {
     "one-process": None,
-    "tp2": ParallelConfig(tp_size=2, timeout_s=20.0),
-    "pp2": ParallelConfig(pp_size=2, timeout_s=20.0),
-    "prefill-decode": ParallelConfig(timeout_s=20.0, prefill=InstanceSpec("prefill", 1, 1),
-                                     decode=InstanceSpec("decode", 1, 1), num_prefill_instances=1, num_decode_instances=1),
+    "tp2": ClusterConfig.colocated(tp=2, instance_timeout_s=20.0),
+    "pp2": ClusterConfig.colocated(pp=2, instance_timeout_s=20.0),
+    "prefill-decode": ClusterConfig.disaggregated(instance_timeout_s=20.0),
 }
 # kind -> (vocabulary size of checkpoint and tokenizer, the tokenizer's builder, a prompt)
 TOKENIZERS: dict[str, tuple[int, Callable[..., Path], str]] = {
@@ -113,8 +112,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
                  for kind, (vocab, builder, _) in TOKENIZERS.items()})
 
 
-def serve(folder: Path, parallel: ParallelConfig | None, prompt: str) -> Run:
-    engines = LocalEngines({MODEL: folder}, parallel=parallel, **OPTIONS)
+def serve(folder: Path, cluster: ClusterConfig | None, prompt: str) -> Run:
+    engines = LocalEngines({MODEL: folder}, cluster=cluster, **OPTIONS)
     try:
         engine = engines.engine(MODEL)
         tokenizer = engine.tokenizer

@@ -18,7 +18,7 @@ import pytest
 import websockets
 
 from backend_fixtures import MODEL, OPTIONS, TOKEN, serving
-from gpu_backend.config import ParallelConfig, InstanceSpec
+from gpu_backend.cluster.config import ClusterConfig
 from gpu_backend.server.api import create_app
 from gpu_backend.server.client import LocalEngines
 
@@ -27,14 +27,13 @@ AT_ONCE = 40  # clients connected at the same time
 SEED = 15
 LAYOUTS = {
     "single": None,
-    "disaggregated": ParallelConfig(timeout_s=20.0, prefill=InstanceSpec("prefill"), decode=InstanceSpec("decode"),
-                                    num_prefill_instances=1, num_decode_instances=1),
+    "disaggregated": ClusterConfig.disaggregated(instance_timeout_s=20.0),
 }
 
 
 @pytest.fixture(scope="module", params=sorted(LAYOUTS))
 def layout(request: pytest.FixtureRequest, checkpoints: dict[str, Path]) -> Iterator[tuple[str, str, Any]]:
-    engines = LocalEngines({MODEL: checkpoints["llama"]}, parallel=LAYOUTS[request.param], **OPTIONS)
+    engines = LocalEngines({MODEL: checkpoints["llama"]}, cluster=LAYOUTS[request.param], **OPTIONS)
     try:
         app = create_app(engines, TOKEN, max_queue=NUM_CLIENTS)  # the leaves, not 429s, are under test
         with serving(app) as url:

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One device call for the cluster redesign: the same benchmarks on this tree and on a baseline
+# tree (another commit, unpacked beside this one), back to back on the same GPU, then the GPU tests.
+#
+#   bash benchmarks/cluster_check.sh BASELINE_DIR OUT_DIR [perf|tests|all]
+#
+# Figures go to OUT_DIR as <benchmark>.json (this tree) and <benchmark>_baseline.json; the test log
+# as gpu_tests.log. Each step has its own time bound, so one slow step cannot eat the call.
+set -u
+baseline=$1
+out=$2
+what=${3:-all}
+site=${SITE:-/tmp/site}
+export PYTHONUNBUFFERED=1
+nvidia-smi -L
+python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
+
+perf() {  # perf TREE SUFFIX
+    local tree=$1 suffix=$2
+    PYTHONPATH=$site:$tree:$tree/sdk timeout 150 python3 "$tree/benchmarks/decode_latency.py" \
+        --variants graphs --out "$out/decode_latency$suffix.json" | tail -4
+    PYTHONPATH=$site:$tree:$tree/sdk timeout 150 python3 "$tree/benchmarks/disagg_serving.py" \
+        --layouts colocated:1 --rates 2,4,8 --num-prompts 40 --out "$out/disagg_serving$suffix.json" | tail -8
+}
+
+if [ "$what" != tests ]; then
+    perf "$baseline" _baseline
+    perf "$PWD" ""
+fi
+if [ "$what" != perf ]; then
+    PYTHONPATH=$site:$PWD:$PWD/sdk timeout "${TESTS_TIMEOUT:-300}" python3 -m pytest -q -m gpu tests/gpu_backend \
+        -p no:cacheprovider -x --timeout 120 2>&1 | tee "$out/gpu_tests.log" | tail -15
+fi

@@ -1,0 +1,74 @@
+"""``edgewise backend serve``'s cluster: the shorthand flags and ``--cluster`` give one ClusterConfig,
+which is what the service is started with (captured here instead of loading models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from gpu_backend.cluster.config import ClusterConfig, InstanceSpec
+from gpu_backend.server import serve as service
+from wrangler_like_cli.main import cli
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(service, "serve", lambda models, **options: calls.append(options))
+    return calls
+
+
+def serve(*args: str) -> Result:
+    return CliRunner().invoke(cli, ["backend", "serve", "--device", "cpu", "--token", "t", *args], prog_name="edgewise")
+
+
+def cluster_of(served: list[dict[str, Any]], *args: str) -> ClusterConfig:
+    result = serve(*args)
+    assert result.exit_code == 0, result.output
+    return served[-1]["cluster"]
+
+
+def test_no_flags_is_one_colocated_instance(served: list[dict[str, Any]]) -> None:
+    assert cluster_of(served) == ClusterConfig()
+
+
+def test_the_shorthand_flags_stand_for_a_cluster_config(served: list[dict[str, Any]]) -> None:
+    assert cluster_of(served, "--tp", "2", "--pp", "2", "--pp-layers", "3,1", "--instances", "2") == \
+        ClusterConfig.colocated(2, 2, (3, 1), instances=2)
+    flags = ["--prefill-instances", "1", "--prefill-tp", "2", "--decode-instances", "2", "--decode-pp", "2",
+             "--instance-timeout", "10", "--heartbeat-timeout", "2.5", "--on-instance-loss", "recompute",
+             "--instance-restarts", "1"]
+    assert cluster_of(served, *flags) == ClusterConfig.disaggregated(
+        InstanceSpec(tp_size=2), InstanceSpec(pp_size=2), prefill_instances=1, decode_instances=2,
+        instance_timeout_s=10, heartbeat_timeout_s=2.5, on_instance_loss="recompute", instance_restarts=1)
+
+
+def test_cluster_takes_json_or_a_file(served: list[dict[str, Any]], tmp_path: Path) -> None:
+    config = {"instances": [{"role": "prefill"}, {"role": "decode", "tp": 2, "count": 2}],
+              "on_instance_loss": "recompute"}
+    expected = ClusterConfig.disaggregated(InstanceSpec(), InstanceSpec(tp_size=2), decode_instances=2,
+                                           on_instance_loss="recompute")
+    assert cluster_of(served, "--cluster", json.dumps(config)) == expected
+    (tmp_path / "cluster.json").write_text(json.dumps(expected.to_json()))
+    assert cluster_of(served, "--cluster", f"@{tmp_path / 'cluster.json'}") == expected
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--cluster", '{"instances": []}', "--tp", "2"], "--cluster and --tp were both given"),
+    (["--cluster", '{"instances": [{"tp": 0}]}'], "instances[0]: an instance's tp must be"),
+    (["--cluster", "{nope"], "the cluster config is not valid JSON"),
+    (["--cluster", "@/no/such/cluster.json"], "cannot read /no/such/cluster.json"),
+    (["--decode-tp", "2"], "--decode-tp shapes prefill or decode instances"),
+    (["--prefill-instances", "1"], "--prefill-instances and --decode-instances go together"),
+    (["--tp", "2", "--prefill-instances", "1", "--decode-instances", "1"], "--tp shapes colocated instances"),
+    (["--pp", "2", "--pp-layers", "4"], "pp_layers gives 1 stages but pp is 2"),
+])
+def test_a_cluster_that_cannot_run_is_refused_before_anything_loads(served: list[dict[str, Any]], args: list[str],
+                                                                   message: str) -> None:
+    result = serve(*args)
+    assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
+    assert served == []

@@ -24,7 +24,7 @@ from ..config import EngineConfig
 from ..engine.contract import EngineHealth
 from ..engine.outputs import EngineOutput
 from ..engine.sampling_params import SamplingParams
-from ..engine.thread_bridge import post, settle
+from ..engine.thread_bridge import post, settle, until_finished
 from ..errors import EngineError, InvalidRequestError
 from ..tokenizer import Tokenizer
 from .config import ClusterConfig
@@ -99,12 +99,9 @@ class ShardedEngine:
         finished = False
         try:
             await stream.accepted
-            while not finished:
-                item = await stream.outputs.get()
-                if isinstance(item, BaseException):
-                    raise item
-                finished = item.finished
-                yield item
+            async for output in until_finished(stream.outputs):
+                finished = output.finished
+                yield output
         finally:
             if not finished:
                 self._abort(stream)

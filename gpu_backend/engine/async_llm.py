@@ -25,7 +25,7 @@ from .contract import EngineHealth
 from .core import EngineCore
 from .outputs import EngineOutput
 from .sampling_params import SamplingParams
-from .thread_bridge import post, settle
+from .thread_bridge import post, settle, until_finished
 
 log = logging.getLogger(__name__)
 _IDLE_WAIT_S = 0.05
@@ -69,12 +69,9 @@ class AsyncLLM:
             # Inside the try: a caller that leaves before the engine has taken the request must
             # still abort it (the abort follows the add through the command queue).
             await accepted  # raises the engine's validation error, if any
-            while not finished:
-                item = await stream.outputs.get()
-                if isinstance(item, BaseException):
-                    raise item
-                finished = item.finished
-                yield item
+            async for output in until_finished(stream.outputs):
+                finished = output.finished
+                yield output
         finally:
             refused = accepted.done() and not accepted.cancelled() and accepted.exception() is not None
             if not finished and not refused:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
+
+from .outputs import EngineOutput
 
 
 def post(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
@@ -12,6 +15,18 @@ def post(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
         loop.call_soon_threadsafe(callback, *args)
     except RuntimeError:
         pass
+
+
+async def until_finished(outputs: asyncio.Queue) -> AsyncIterator[EngineOutput]:
+    """The request's outputs as they are posted to ``outputs``, up to the finished one; an
+    exception posted there instead is raised."""
+    while True:
+        item = await outputs.get()
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+        if item.finished:
+            return
 
 
 def settle(future: asyncio.Future, error: BaseException | None) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from gpu_backend.cluster.config import ClusterConfig
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "disagg_serving.py"
 
 
@@ -25,13 +27,13 @@ script = load_script()
 
 
 def test_layouts_name_their_instances_and_gpus() -> None:
-    assert script.parallel_config("colocated:1") == (None, 1)
-    parallel, gpus = script.parallel_config("colocated:2")
-    assert parallel.num_instances == 2 and gpus == 2
-    parallel, gpus = script.parallel_config("pd:1+2")
-    assert (parallel.num_prefill_instances, parallel.num_decode_instances, gpus) == (1, 2, 3)
+    assert script.cluster_config("colocated:1") == (None, 1)
+    cluster, gpus = script.cluster_config("colocated:2")
+    assert cluster == ClusterConfig.colocated(instances=2) and gpus == 2
+    cluster, gpus = script.cluster_config("pd:1+2")
+    assert cluster == ClusterConfig.disaggregated(prefill_instances=1, decode_instances=2) and gpus == 3
     with pytest.raises(SystemExit, match="colocated:N or pd:P"):
-        script.parallel_config("replicas:2")
+        script.cluster_config("replicas:2")
 
 
 def test_every_id_is_a_word_and_round_trips(tmp_path: Path) -> None:

@@ -11,16 +11,27 @@ what it generated.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from gpu_backend.cluster.launch import rank_context
 from gpu_backend.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from gpu_backend.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from gpu_backend.parallel.groups import InstanceLayout, build_groups
 from gpu_backend.parallel.state import TensorParallel, set_tensor_parallel
+
+def run_ranks(target: Callable[..., None], nprocs: int, args: tuple[Any, ...]) -> None:
+    """``target(rank, *args)`` in ``nprocs`` processes started the way the service starts its ranks
+    (``launch.rank_context``: forked from a server that imported torch once); waits for all of them."""
+    rank_context()  # before the fork server starts, so that it preloads torch
+    mp.start_processes(target, args=args, nprocs=nprocs, join=True, start_method="forkserver")
+
 
 HIDDEN, HEAD_DIM, NUM_HEADS, INTERMEDIATE, VOCAB = 16, 4, 4, 24, 37  # vocab not divisible by 2 or 4
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from checkpoints import build_checkpoint
 from gpu_backend import LLM, SamplingParams
-from spawned_ranks import run_engine_rank
+from spawned_ranks import run_engine_rank, run_ranks
 from tokenizer_fixtures import build_byte_level_tokenizer
 
 VOCAB = 384  # as the session's checkpoints (conftest)
@@ -47,7 +46,6 @@ def test_tp2_generates_what_one_process_does(model: str, sampling: str, checkpoi
     folder = one_kv_head if model == "one_kv_head" else checkpoints[model]
     expected = [o.token_ids for o in LLM(str(folder), progress=False, **OPTIONS).generate(
         PROMPTS, SamplingParams(**SAMPLINGS[sampling]))]
-    mp.start_processes(run_engine_rank, nprocs=2, join=True, start_method="spawn",
-                       args=(2, free_port(), str(folder), PROMPTS, SAMPLINGS[sampling], OPTIONS, str(tmp_path)))
+    run_ranks(run_engine_rank, 2, (2, free_port(), str(folder), PROMPTS, SAMPLINGS[sampling], OPTIONS, str(tmp_path)))
     for rank in range(2):
         assert torch.load(tmp_path / f"rank{rank}.pt") == expected

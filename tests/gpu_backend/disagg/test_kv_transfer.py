@@ -8,7 +8,6 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
-import torch.multiprocessing as mp
 
 import torch
 
@@ -16,6 +15,7 @@ from gpu_backend.disagg.kv_transfer import KVLayout, Route, plan_transfer, recei
 from gpu_backend.parallel.groups import InstanceLayout
 from kv_transfer_ranks import (NUM_BLOCKS, SCENARIOS, Scenario, kv_values, run_landing_rank, run_timeout_rank,
                                run_transfer_rank)
+from spawned_ranks import run_ranks
 
 EXPECTED_ROUTES = {
     "tp2 -> tp1": [Route(0, 2, range(0, 3), range(0, 2)), Route(1, 2, range(0, 3), range(2, 4))],
@@ -109,14 +109,14 @@ def test_test_values_tell_every_coordinate_apart() -> None:
 
 def test_kv_moves_and_reshards_between_instances() -> None:
     """Every scenario in one 5-rank world: all layers at once, layer by layer, two layers at a time."""
-    mp.start_processes(run_transfer_rank, args=(free_port(),), nprocs=5, join=True, start_method="spawn")
+    run_ranks(run_transfer_rank, 5, (free_port(),))
 
 
 def test_receive_without_sender_times_out() -> None:
     started = time.monotonic()
-    mp.start_processes(run_timeout_rank, args=(free_port(), 2.0), nprocs=2, join=True, start_method="spawn")
+    run_ranks(run_timeout_rank, 2, (free_port(), 2.0))
     assert time.monotonic() - started < 30
 
 
 def test_a_decode_instance_lands_kv_only_when_every_rank_has_its_share() -> None:
-    mp.start_processes(run_landing_rank, args=(free_port(), 2.0), nprocs=3, join=True, start_method="spawn")
+    run_ranks(run_landing_rank, 3, (free_port(), 2.0))

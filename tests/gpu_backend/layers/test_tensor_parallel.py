@@ -11,9 +11,8 @@ from __future__ import annotations
 import socket
 
 import pytest
-import torch.multiprocessing as mp
 
-from spawned_ranks import check_layers, run_rank
+from spawned_ranks import check_layers, run_rank, run_ranks
 
 
 def free_port() -> int:
@@ -29,5 +28,4 @@ def test_one_rank_is_the_plain_computation() -> None:
 @pytest.mark.parametrize(("world_size", "num_kv_heads"), [(2, 2), (2, 1), (4, 2)],
                          ids=["kv-heads-split", "kv-head-replicated", "tp4-kv-replicated-pairs"])
 def test_ranks_together_equal_the_whole(world_size: int, num_kv_heads: int) -> None:
-    mp.start_processes(run_rank, args=(world_size, free_port(), num_kv_heads), nprocs=world_size, join=True,
-                       start_method="spawn")
+    run_ranks(run_rank, world_size, (world_size, free_port(), num_kv_heads))

@@ -5,10 +5,9 @@ from __future__ import annotations
 import socket
 
 import pytest
-import torch.multiprocessing as mp
 
 from gpu_backend.parallel.groups import InstanceLayout, check_layout
-from spawned_ranks import run_groups_rank
+from spawned_ranks import run_groups_rank, run_ranks
 
 
 def free_port() -> int:
@@ -35,4 +34,4 @@ def test_layouts_must_tile_the_world() -> None:
 def test_two_instances_in_one_world_talk_over_their_own_groups() -> None:
     """A TP=2×PP=2 instance on ranks 0-3 beside a TP=2 instance on ranks 4-5, as prefill and decode will sit."""
     instances = [InstanceLayout(0, tp_size=2, pp_size=2), InstanceLayout(4, tp_size=2)]
-    mp.start_processes(run_groups_rank, args=(instances, free_port()), nprocs=6, join=True, start_method="spawn")
+    run_ranks(run_groups_rank, 6, (instances, free_port()))

@@ -20,7 +20,7 @@ perf() {  # perf TREE SUFFIX
     PYTHONPATH=$site:$tree:$tree/sdk timeout 150 python3 "$tree/benchmarks/decode_latency.py" \
         --variants graphs --out "$out/decode_latency$suffix.json" | tail -4
     PYTHONPATH=$site:$tree:$tree/sdk timeout 150 python3 "$tree/benchmarks/disagg_serving.py" \
-        --layouts colocated:1 --rates 2,4,8 --num-prompts 40 --out "$out/disagg_serving$suffix.json" | tail -8
+        --layouts colocated:1 --rates 2,8 --num-prompts 32 --out "$out/disagg_serving$suffix.json" | tail -8
 }
 
 if [ "$what" != tests ]; then

@@ -51,7 +51,8 @@ def backend() -> None:
               help="Colocated instances (replicas) of each text model, tp x pp ranks each; the service routes "
                    "each request to the least loaded one.")
 @click.option("--prefill-instances", type=click.IntRange(0), default=0, show_default=True,
-              help="Disaggregated serving: instances that only prefill (with --decode-instances; replaces --instances).")
+              help="Disaggregated serving: instances that only prefill (with --decode-instances; instead of --tp, "
+                   "--pp and --instances).")
 @click.option("--prefill-tp", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--prefill-pp", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--decode-instances", type=click.IntRange(0), default=0, show_default=True,

@@ -16,7 +16,12 @@ from edge_runtime.config_edgewise import parse_edgewise
 from edge_runtime.config_error import ConfigError, join_key, top_key
 from edge_runtime.config_files import CONFIG_FILENAMES, find_config, read_config_file, read_secrets
 from edge_runtime.config_schema import (
+    BINDING_KINDS,
+    LIST_BINDING_KINDS,
+    NESTED_BINDING_KINDS,
+    TABLE_BINDING_KINDS,
     BackendSpec,
+    BindingSpec,
     DevConfig,
     EdgewiseConfig,
     LatencyConfig,
@@ -28,7 +33,9 @@ from edge_runtime.config_schema import (
 )
 from edge_runtime.config_values import (
     build,
+    expect_array,
     expect_nonempty_str,
+    expect_str,
     expect_str_list,
     expect_table,
     json_value,
@@ -37,6 +44,7 @@ from edge_runtime.config_values import (
 __all__ = [
     "CONFIG_FILENAMES",
     "BackendSpec",
+    "BindingSpec",
     "ConfigError",
     "DevConfig",
     "EdgewiseConfig",
@@ -52,25 +60,22 @@ __all__ = [
 
 USED_KEYS = frozenset({
     "name", "main", "compatibility_date", "compatibility_flags", "vars", "ai", "triggers",
-    "dev", "env", "edgewise",
+    "dev", "env", "edgewise", *BINDING_KINDS,
 })  # fmt: skip
 # Cloudflare keys edgewise does not act on; accepted silently as wrangler would accept them
 # (workers-sdk packages/workers-utils/src/config/environment.ts and config.ts).
 IGNORED_KEYS = frozenset({
-    "$schema", "account_id", "routes", "route", "workers_dev", "preview_urls", "kv_namespaces",
-    "d1_databases", "durable_objects", "migrations", "observability", "assets", "build", "rules",
-    "placement", "limits", "r2_buckets", "queues", "services", "vectorize", "hyperdrive",
-    "analytics_engine_datasets", "workflows", "worker_loaders", "send_email", "dispatch_namespaces",
-    "mtls_certificates", "tail_consumers", "streaming_tail_consumers", "browser", "images",
-    "version_metadata", "logfwdr", "pipelines", "secrets_store_secrets", "ratelimits",
-    "unsafe", "define", "tsconfig", "jsx_factory", "jsx_fragment", "no_bundle", "minify",
+    "$schema", "account_id", "routes", "route", "workers_dev", "preview_urls",
+    "migrations", "observability", "build", "rules", "placement", "limits",
+    "tail_consumers", "streaming_tail_consumers", "logfwdr", "unsafe", "define", "tsconfig", "jsx_factory", "jsx_fragment", "no_bundle", "minify",
     "keep_names", "first_party_worker", "logpush", "upload_source_maps", "containers",
     "cloudchamber", "compliance_region", "site", "legacy_env", "send_metrics", "keep_vars",
     "python_modules", "base_dir", "find_additional_modules", "preserve_file_names", "alias",
     "wasm_modules", "text_blobs", "data_blobs", "usage_model", "node_compat", "secrets",
-    "vpc_services", "unsafe_hello_world", "media", "topLevelName", "targetEnvironment",
+    "unsafe_hello_world", "topLevelName", "targetEnvironment",
 })  # fmt: skip
-NOT_INHERITED_KEYS = ("vars", "ai")  # wrangler: bindings must be repeated in each env
+# wrangler: bindings must be repeated in each env (assets, a binding or not, are inherited)
+NOT_INHERITED_KEYS = ("vars", "ai", *(kind for kind in BINDING_KINDS if kind != "assets"))
 TOP_LEVEL_ONLY_KEYS = ("dev", "env")  # wrangler reads these from the top level only
 DEV_KEYS = (
     "ip", "port", "local_protocol", "upstream_protocol", "host", "inspector_port",
@@ -125,6 +130,7 @@ def _worker_config(
         vars=_vars(merged.get("vars", {}), var_overrides, key_of("vars")),
         crons=_crons(merged.get("triggers", {}), key_of("triggers")),
         ai_binding=_ai_binding(merged.get("ai"), key_of("ai")),
+        bindings=_bindings(merged, key_of),
         dev=build(DevConfig, "dev", **_dev_fields(raw.get("dev", {}))),
         edgewise=_edgewise(raw, env_table, env_name, root),
     )
@@ -219,6 +225,36 @@ def _ai_binding(value: Any, key: str) -> str | None:
         message = 'is required: the name of the binding, e.g. "AI"'
         raise ConfigError(None, join_key(key, "binding"), message)
     return table["binding"]  # WorkerConfig checks it is a valid name
+
+
+def _bindings(merged: Mapping[str, Any], key_of: Callable[[str], str]) -> tuple[BindingSpec, ...]:
+    """Every binding declared, of every kind (which of them run here is the runtime's to say)."""
+    specs = []
+    for kind in BINDING_KINDS:
+        if kind not in merged:
+            continue
+        key = key_of(kind)
+        if kind in TABLE_BINDING_KINDS:
+            table = expect_table(merged[kind], key)
+            name = table.get("binding")
+            if name is None and kind != "assets":
+                raise ConfigError(None, join_key(key, "binding"), 'is required: the name of the binding, e.g. "IMAGES"')
+            specs.append(BindingSpec(kind, expect_str(name, join_key(key, "binding")) if name is not None else None,
+                                     table))
+            continue
+        if kind in NESTED_BINDING_KINDS:
+            inner, name_key = NESTED_BINDING_KINDS[kind]
+            entries, key = expect_table(merged[kind], key).get(inner, []), join_key(key, inner)
+        else:
+            entries, name_key = merged[kind], LIST_BINDING_KINDS[kind]
+        for index, entry in enumerate(expect_array(entries, key)):
+            where = f"{key}[{index}]"
+            table = expect_table(entry, where)
+            if name_key not in table:
+                raise ConfigError(None, join_key(where, name_key), 'is required: the name the Worker reads it by, '
+                                                                  'e.g. "MY_BINDING"')
+            specs.append(BindingSpec(kind, expect_str(table[name_key], join_key(where, name_key)), table))
+    return tuple(specs)
 
 
 def _dev_fields(value: Any) -> dict[str, Any]:

@@ -318,6 +318,34 @@ class DevConfig:
         check_port(self.port, "port")
 
 
+# Binding kinds as wrangler config keys: a list of tables each naming its binding ("binding", or
+# "name" where Cloudflare spells it so), or one table (its "binding" optional for assets).
+LIST_BINDING_KINDS = {
+    "kv_namespaces": "binding", "d1_databases": "binding", "r2_buckets": "binding", "vectorize": "binding",
+    "services": "binding", "workflows": "binding", "hyperdrive": "binding", "analytics_engine_datasets": "binding",
+    "secrets_store_secrets": "binding", "dispatch_namespaces": "binding", "mtls_certificates": "binding",
+    "pipelines": "binding", "worker_loaders": "binding", "vpc_services": "binding", "send_email": "name",
+    "ratelimits": "name",
+}
+TABLE_BINDING_KINDS = ("assets", "browser", "images", "version_metadata", "media")
+# Kinds nested one level down: durable_objects.bindings[].name, queues.producers[].binding.
+NESTED_BINDING_KINDS = {"durable_objects": ("bindings", "name"), "queues": ("producers", "binding")}
+BINDING_KINDS = (*LIST_BINDING_KINDS, *TABLE_BINDING_KINDS, *NESTED_BINDING_KINDS)
+
+
+@dataclass(frozen=True)
+class BindingSpec:
+    """One binding as declared: its kind (the wrangler key, e.g. "kv_namespaces"), the name the
+    Worker reads it by (None for static assets without a binding) and its settings as written."""
+
+    kind: str
+    name: str | None
+    settings: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "settings", _freeze(json_value(dict(self.settings), self.kind)))
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """A Worker as wrangler config, env selection, `--var` and `.dev.vars` resolve it."""
@@ -332,6 +360,7 @@ class WorkerConfig:
     secrets: Mapping[str, str]  # from .dev.vars / .env
     crons: tuple[str, ...]  # triggers.crons
     ai_binding: str | None  # [ai] binding name, e.g. "AI"
+    bindings: tuple[BindingSpec, ...] = ()  # every other binding, in the order declared
     dev: DevConfig = field(default_factory=DevConfig)
     edgewise: EdgewiseConfig = field(default_factory=EdgewiseConfig)
     env_name: str | None = None
@@ -340,6 +369,7 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "compatibility_flags", tuple(self.compatibility_flags))
         object.__setattr__(self, "crons", tuple(self.crons))
+        object.__setattr__(self, "bindings", tuple(self.bindings))
         object.__setattr__(self, "warnings", tuple(self.warnings))
         variables = {name: json_value(value, f"vars.{name}") for name, value in self.vars.items()}
         object.__setattr__(self, "vars", _freeze(variables))
@@ -351,6 +381,7 @@ class WorkerConfig:
         for i, cron in enumerate(self.crons):
             check_cron(cron, f"triggers.crons[{i}]")
         self._check_ai_binding()
+        self._check_binding_names()
 
     def _check_main(self) -> None:
         shown = _relative(self.main, self.root)
@@ -376,6 +407,20 @@ class WorkerConfig:
         if self.ai_binding in self.vars or self.ai_binding in self.secrets:
             message = f"{self.ai_binding!r} is also a var or secret; binding names must be unique"
             raise ConfigError(None, "ai.binding", message)
+
+    def _check_binding_names(self) -> None:
+        taken = {name: "a var" for name in self.vars} | {name: "a secret" for name in self.secrets}
+        if self.ai_binding is not None:
+            taken[self.ai_binding] = "the AI binding"
+        for spec in self.bindings:
+            if spec.name is None:
+                continue
+            if not spec.name.isidentifier():
+                raise ConfigError(None, spec.kind, f'binding names must be names like "MY_KV", got {describe(spec.name)}')
+            if spec.name in taken:
+                raise ConfigError(None, spec.kind, f"binding {spec.name!r} is also {taken[spec.name]}; "
+                                                   "binding names must be unique")
+            taken[spec.name] = f"a {spec.kind} binding"
 
     @property
     def uses_global_handlers(self) -> bool:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from .ai import Ai
 from .ai_backends import AiBackends
-from .bindings import Env, build_env
+from .bindings import OpenBindings, StateDir
+from .env import Env, build_env
 from .catalog import get_location
 from .config import WorkerConfig
 from .control_access import new_control_token
@@ -28,9 +30,14 @@ class Edge:
 
     def __init__(self, config: WorkerConfig, bindings: Mapping[str, Any] | None = None,
                  ai_backends: AiBackends | None = None, *, control_token: str | None = None,
-                 show_secrets: bool = False) -> None:
+                 show_secrets: bool = False, persist_to: Path | None = None) -> None:
+        """``bindings``: env objects given outright (tests), over those the config declares, which
+        keep their data under ``persist_to`` (default: .wrangler/state beside the config)."""
         self.config = config
         self.bindings = dict(bindings or {})
+        self.state = StateDir.for_config(config, persist_to)
+        self.declared = OpenBindings(config.bindings, self.state)
+        self.declared.announce()
         # Kept for the whole run: a reload makes new bindings over the same backends and connections.
         self.ai_backends = ai_backends if ai_backends is not None else AiBackends.for_config(config)
         self.control_token = control_token or new_control_token()
@@ -54,9 +61,10 @@ class Edge:
 
     def _bindings(self, config: WorkerConfig, colo: str) -> dict[str, Any]:
         """This PoP's bindings: the shared ones, and an AI binding that calls the backend nearest to it."""
+        shared = {**self.declared.by_name, **self.bindings}
         if config.ai_binding is None:
-            return self.bindings
-        return {**self.bindings, config.ai_binding: Ai(self.ai_backends, get_location(colo))}
+            return shared
+        return {**shared, config.ai_binding: Ai(self.ai_backends, get_location(colo))}
 
     def reload(self, config: WorkerConfig | None = None) -> None:
         """Load fresh Worker instances (and vars) for every PoP, then swap them in; on failure keep the old.
@@ -64,15 +72,28 @@ class Edge:
         PoPs, ports and routing settings stay as started: changing those needs a restart.
         """
         config = config or self.config
-        fresh = [(pop, *self._load(config, pop.colo)) for pop in self.pops]
+        old = self.declared
+        if config.bindings != old.specs:  # declarations changed: open them afresh, over the same data
+            self.declared = OpenBindings(config.bindings, self.state)
+        try:
+            fresh = [(pop, *self._load(config, pop.colo)) for pop in self.pops]
+        except BaseException:
+            if self.declared is not old:
+                self.declared.close()
+                self.declared = old
+            raise
+        if self.declared is not old:
+            old.close()
+            self.declared.announce()
         self.config = self.services.config = config
         for pop, worker, env in fresh:
             pop.worker, pop.env = worker, env
             pop.forget_cached_cf()
 
     async def aclose(self) -> None:
-        """Close what outlives requests: the AI backends' connections."""
+        """Close what outlives requests: the AI backends' connections, the bindings' stores."""
         await self.ai_backends.aclose()
+        self.declared.close()
 
     def pop(self, colo: str) -> Pop:
         return next(pop for pop in self.pops if pop.colo == colo.upper())

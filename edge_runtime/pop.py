@@ -15,7 +15,7 @@ from typing import Any
 from workers import Context, Headers, Request, Response, _state
 
 from . import http_io
-from .bindings import Env
+from .env import Env
 from .catalog import Location
 from .cf import base_cf, new_ray_id, request_cf
 from .config import WorkerConfig

@@ -155,12 +155,15 @@ def _start_backend(config: WorkerConfig, stack: contextlib.ExitStack) -> AiBacke
 @click.option("--cf", metavar="JSON", help='Fields merged into every request.cf, e.g. \'{"asn": 13335}\' (over [edgewise] cf).')
 @click.option("--reload/--no-reload", default=True, show_default=True, help="Reload the Worker when files change.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="log", show_default=True)
+@click.option("--persist-to", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep the bindings' data (KV, D1, R2 ...) in this folder (default: .wrangler/state beside the "
+                   "config).")
 @click.option("--show-secrets", is_flag=True,
               help="Show credential headers (Authorization, Cookie ...) and the run's tokens in `edgewise tail` "
                    "(redacted by default).")
 def dev(directory: Path, config_path: Path | None, env_name: str | None, port: int | None, ip: str | None,
         pops: str | None, pop_ports: int | None, vars_: tuple[str, ...], latency: str | None, cf: str | None,
-        reload: bool, log_level: str, show_secrets: bool) -> None:
+        reload: bool, log_level: str, persist_to: Path | None, show_secrets: bool) -> None:
     """Serve the Worker in DIRECTORY on emulated PoPs behind an anycast front door."""
     setup_logging(log_level)
     overrides = _parse_vars(vars_)
@@ -173,7 +176,7 @@ def dev(directory: Path, config_path: Path | None, env_name: str | None, port: i
         try:
             config = read_config()
             ai_backends = _start_backend(config, stack)
-            edge = Edge(config, ai_backends=ai_backends, show_secrets=show_secrets)
+            edge = Edge(config, ai_backends=ai_backends, show_secrets=show_secrets, persist_to=persist_to)
             host = ip or ("127.0.0.1" if config.dev.ip == "localhost" else config.dev.ip)
             listeners = open_listeners(edge, host, config.dev.port if port is None else port)
         except (ConfigError, WorkerLoadError, BindError, BackendStartError) as error:

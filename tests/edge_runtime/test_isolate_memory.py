@@ -11,7 +11,7 @@ import types
 from pathlib import Path
 
 
-from edge_runtime.bindings import build_env
+from edge_runtime.env import build_env
 from edge_runtime.isolate_memory import MIB, retained_bytes
 from edge_runtime.loader import import_isolated
 

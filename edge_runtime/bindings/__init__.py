@@ -23,7 +23,10 @@ log = logging.getLogger("edgewise.bindings")
 
 STATE_FOLDER = Path(".wrangler") / "state"
 # kind -> module (in this package) whose open_binding(spec, state) makes the env object
-OPENERS: dict[str, str] = {}
+OPENERS: dict[str, str] = {
+    "kv_namespaces": "kv",
+    "d1_databases": "d1",
+}
 
 
 class BindingNotSupportedError(RuntimeError):

@@ -8,8 +8,10 @@ import click
 
 from .ai import ai
 from .backend import backend
+from .d1 import d1
 from .dev import dev
 from .init import init
+from .kv import kv
 from .tail import tail
 
 
@@ -31,6 +33,7 @@ def cli() -> None:
     edgewise tail                    stream the dev server's request logs
     edgewise backend serve           serve models (Workers AI, OpenAI and WebSocket APIs)
     edgewise ai run MODEL --prompt   run a model once (edgewise ai models: list them)
+    edgewise kv key put K V --binding B   the Worker's local data: kv, d1 (execute, migrations)
     """
 
 
@@ -39,6 +42,8 @@ cli.add_command(dev)
 cli.add_command(tail)
 cli.add_command(backend)
 cli.add_command(ai)
+cli.add_command(kv)
+cli.add_command(d1)
 
 if __name__ == "__main__":
     cli()

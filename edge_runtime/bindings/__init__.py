@@ -26,6 +26,9 @@ STATE_FOLDER = Path(".wrangler") / "state"
 OPENERS: dict[str, str] = {
     "kv_namespaces": "kv",
     "d1_databases": "d1",
+    "r2_buckets": "r2",
+    "vectorize": "vectorize",
+    "assets": "assets",
 }
 
 
@@ -53,13 +56,14 @@ class UnsupportedBinding:
 class StateDir:
     """Where bindings keep their data: one folder per kind under ``root``, made on first use."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, config_file: Path | None = None) -> None:
         self.root = root
+        self.config_file = config_file  # the declaring config: relative paths in settings start at its folder
 
     @classmethod
     def for_config(cls, config: WorkerConfig, persist_to: Path | None = None) -> StateDir:
         """``--persist-to DIR``, or ``.wrangler/state`` beside the config, as wrangler keeps it."""
-        return cls((persist_to or config.root / STATE_FOLDER).resolve() / "v3")
+        return cls((persist_to or config.root / STATE_FOLDER).resolve() / "v3", config.file)
 
     def folder(self, kind: str, *parts: str) -> Path:
         path = self.root.joinpath(kind, *parts)

@@ -15,6 +15,7 @@ from typing import Any
 from workers import Context, Headers, Request, Response, _state
 
 from . import http_io
+from .bindings.assets import StaticAssets
 from .env import Env
 from .catalog import Location
 from .cf import base_cf, new_ray_id, request_cf
@@ -46,6 +47,17 @@ class EdgeServices:
     hub: TailHub
     load_worker: Callable[[str], tuple[Worker, Env]]  # a fresh instance of the Worker for a colo
     deadlines: Deadlines = field(default_factory=Deadlines)
+    _assets: tuple[WorkerConfig, StaticAssets | None] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._assets = (self.config, StaticAssets.for_config(self.config))  # a missing folder stops the start
+
+    @property
+    def assets(self) -> StaticAssets | None:
+        """The static assets served ahead of the Worker (None without ``assets``), anew after a reload."""
+        if self._assets[0] is not self.config:
+            self._assets = (self.config, StaticAssets.for_config(self.config))
+        return self._assets[1]
 
 
 class Pop:
@@ -137,7 +149,9 @@ class Pop:
         try:
             body = http_io.request_body(headers, receive, limits.max_request_body_bytes)
             request = self.build_request(scope, client, ray_id, body, headers)
-            response = await self.invoke_fetch(request, ctx, ray_id, logs, receive, body)
+            response = await self._serve_asset(request)
+            if response is None:
+                response = await self.invoke_fetch(request, ctx, ray_id, logs, receive, body)
             if response.status == 101:
                 raise worker_threw("TypeError: a 101 response with a WebSocket needs an `Upgrade: websocket` request")
             status = response.status
@@ -154,6 +168,11 @@ class Pop:
             self.after_invocation(ctx, ray_id)
             if self.services.hub.has_subscribers or request_log.isEnabledFor(logging.INFO):
                 self._record(scope, request, status, outcome, logs, exceptions, ray_id, started)
+
+    async def _serve_asset(self, request: Request) -> Response | None:
+        """A static asset answers before the Worker, as on Cloudflare (unless ``run_worker_first``); None: run it."""
+        assets = self.services.assets
+        return None if assets is None else await assets.route(request)
 
     async def invoke_fetch(self, request: Request, ctx: Context, ray_id: str, logs: list,
                            receive: Any = None, body: http_io.IncomingBody | None = None) -> Response:

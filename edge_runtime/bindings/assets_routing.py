@@ -128,14 +128,15 @@ def _not_found(path: str, handling: str, exists: Exists) -> Intent | None:
 
 def decode_path(raw_path: str) -> str | None:
     """The URL path as file names (each segment percent-decoded, repeated slashes made one), or None
-    where a segment decodes to a separator (``%2f``, ``%5c``): that names no file."""
+    where a segment is a step (``..``, ``%2e%2e``) or decodes to a separator (``%2f``, ``%5c``):
+    such a path names no file, nor a not-found page."""
     segments = []
     for raw in raw_path.split("/"):
         try:
             segment = unquote(raw, errors="strict")
         except UnicodeDecodeError:
             segment = raw
-        if "/" in segment or "\\" in segment:
+        if segment in (".", "..") or "/" in segment or "\\" in segment:
             return None
         segments.append(segment)
     return re.sub("/+", "/", "/".join(segments))

@@ -260,8 +260,8 @@ def test_html_handling_when_a_page_and_a_folder_share_a_name(mode: str, path: st
 
 
 @pytest.mark.parametrize(("raw", "decoded"), [
-    ("/a%20b/%5Bx%5D", "/a b/[x]"), ("//a///b", "/a/b"), ("/%2e%2e/x", "/../x"), ("/%ff", "/%ff"),
-    ("/a%2fb", None), ("/a%5Cb", None),
+    ("/a%20b/%5Bx%5D", "/a b/[x]"), ("//a///b", "/a/b"), ("/%ff", "/%ff"), ("/a.b/.c", "/a.b/.c"),
+    ("/%2e%2e/x", None), ("/a/./b", None), ("/a%2fb", None), ("/a%5Cb", None),
 ])
 def test_decode_path(raw: str, decoded: str | None) -> None:
     assert decode_path(raw) == decoded
@@ -344,9 +344,27 @@ async def test_run_worker_first_routes_and_negations(site) -> None:
     assert (await client.get("/elsewhere")).text == "worker GET /elsewhere"
 
 
-async def test_a_run_worker_first_route_must_start_with_a_slash(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"'assets.run_worker_first\[1\]' must be a route like"):
-        Edge(load_config(write_site(tmp_path, 'run_worker_first = ["/api/*", "api/*"]\n')))
+@pytest.mark.parametrize(("setting", "message"), [
+    ('run_worker_first = ["/api/*", "api/*"]', r"'assets.run_worker_first\[1\]' must be a route like \"/api/\*\""),
+    ('run_worker_first = "/api/*"', "'assets.run_worker_first' must be true, false or a list of routes"),
+    ('not_found_handling = "spa"', "'assets.not_found_handling' must be one of 'none', 'single-page-application'"),
+])
+def test_bad_settings_are_config_errors(tmp_path: Path, setting: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Edge(load_config(write_site(tmp_path, setting + "\n")))
+
+
+async def test_a_reload_with_new_settings_routes_by_them(tmp_path: Path) -> None:
+    root = write_site(tmp_path, "")
+    edge = Edge(load_config(root))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=edge.front_door), base_url="http://e") as client:
+            assert (await client.get("/about")).text == "<h1>about</h1>"
+            (root / "wrangler.toml").write_text((root / "wrangler.toml").read_text() + 'html_handling = "none"\n')
+            edge.reload(load_config(root))
+            assert (await client.get("/about")).text == "worker GET /about"
+    finally:
+        await edge.aclose()
 
 
 # --- env.ASSETS ----------------------------------------------------------------------------------
@@ -395,9 +413,9 @@ async def test_assets_are_opened_as_a_binding_with_or_without_a_name(tmp_path: P
 # --- paths that would leave the folder --------------------------------------------------------------
 
 
-@pytest.fixture
-def guarded(tmp_path: Path) -> StaticAssets:
-    """public/ with a file, a symlink in and out, beside a secret outside it."""
+@pytest.fixture(params=["none", "single-page-application"])
+def guarded(tmp_path: Path, request: pytest.FixtureRequest) -> StaticAssets:
+    """public/ with a file, a symlink in and out, beside a secret outside it; with and without an SPA page."""
     public = tmp_path / "public"
     (public / "sub").mkdir(parents=True)
     (public / "sub" / "ok.txt").write_text("ok")
@@ -407,19 +425,37 @@ def guarded(tmp_path: Path) -> StaticAssets:
     os.symlink(tmp_path / "secret.txt", public / "link-out.txt")
     os.symlink(tmp_path / "outside", public / "dir-out")
     os.symlink(public / "sub" / "ok.txt", public / "link-in.txt")
-    return assets_for(public)
+    (public / "index.html").write_text("app")
+    return assets_for(public, not_found_handling=request.param)
 
 
 @pytest.mark.parametrize("path", [
     "/../secret.txt", "/sub/../../secret.txt", "/%2e%2e/secret.txt", "/%2E%2E/secret.txt", "/.%2e/secret.txt",
     "/sub/%2e%2e/%2e%2e/secret.txt", "/..%2fsecret.txt", "/sub%2f..%2f..%2fsecret.txt", "/%2fetc%2fpasswd",
-    "/..%5csecret.txt", "/sub\\..\\..\\secret.txt", "/%5c..%5csecret.txt", "//etc/passwd", "/" + "/tmp/secret.txt",
-    "/link-out.txt", "/dir-out/secret.txt", "/sub/ok.txt%00.html",
+    "/..%5csecret.txt", "/sub\\..\\..\\secret.txt", "/%5c..%5csecret.txt",
 ])
-async def test_no_path_leaves_the_folder(guarded: StaticAssets, path: str) -> None:
+async def test_a_path_stepping_out_is_refused(guarded: StaticAssets, path: str) -> None:
     reply = await guarded.fetch(Request("https://example.com" + path))
-    assert reply.status == 404
-    assert b"SECRET" not in await reply.bytes()
+    assert reply.status == 404 and b"SECRET" not in await reply.bytes()
+    # nor does the router serve anything for it (not even the app's page): the Worker gets it
+    assert await guarded.route(Request("https://example.com" + path, headers=NAVIGATE)) is None
+
+
+@pytest.mark.parametrize("path", [
+    "//etc/passwd", "/" + str(Path("/tmp/secret.txt")), "/link-out.txt", "/dir-out/secret.txt", "/sub/ok.txt%00.html",
+])
+async def test_absolute_paths_and_symlinks_out_name_no_file(guarded: StaticAssets, path: str) -> None:
+    reply = await guarded.fetch(Request("https://example.com" + path))
+    body = await reply.bytes()
+    assert b"SECRET" not in body
+    # a path like any unknown one: a 404, or the app's page where not-found requests get it (after the
+    # redirect to the canonical path, one slash for "//")
+    if guarded.config.not_found_handling == "none":
+        assert (reply.status, body) == (404, b"")
+    elif path.startswith("//"):
+        assert reply.status == 307 and reply.headers["location"] == path[1:]
+    else:
+        assert (reply.status, body) == (200, b"app")
 
 
 async def test_files_and_symlinks_inside_the_folder_are_served(guarded: StaticAssets) -> None:

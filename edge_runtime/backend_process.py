@@ -58,6 +58,8 @@ def serve_command(edgewise: EdgewiseConfig) -> list[str]:
     command += ["--host", HOST, "--port", str(settings.port), "--device", settings.device, "--dtype", settings.dtype]
     if settings.max_queue is not None:
         command += ["--max-queue", str(settings.max_queue)]
+    if edgewise.strict_models:
+        command += ["--strict-models"]
     # the cluster as one config, checked when wrangler.toml was read: the flags are the CLI's shorthands
     command += ["--cluster", json.dumps(settings.cluster_config().to_json(), separators=(",", ":"))]
     return command

@@ -28,6 +28,7 @@ from edge_runtime.config_values import (
     build,
     describe,
     expect_array,
+    expect_bool,
     expect_nonempty_str,
     expect_str,
     expect_table,
@@ -135,11 +136,12 @@ def _read_local_backend(value: Any, key: str) -> LocalBackendConfig:
 
 def _read_models(value: Any, key: str, root: Path) -> tuple[ModelSource, ...]:
     table = expect_table(value, key)
-    return tuple(_read_model(name, source, f'{key}."{name}"', root) for name, source in table.items())
+    return tuple(read_model_source(name, source, f'{key}."{name}"', root) for name, source in table.items())
 
 
-def _read_model(name: str, value: Any, key: str, root: Path) -> ModelSource:
-    """A built-in model name, or else a folder (relative to the config file) that must exist."""
+def read_model_source(name: str, value: Any, key: str, root: Path) -> ModelSource:
+    """One `[edgewise.models]` entry (or `edgewise dev --model NAME=PATH`): a built-in model name, or else a
+    folder (relative to `root`) that must exist; ConfigError under `key` otherwise."""
     text = expect_nonempty_str(value, key).strip()
     builtins = builtin_model_names()
     if text in builtins:
@@ -176,5 +178,6 @@ _READERS: dict[str, Callable[[Any, str], Any]] = {
     "cf": _read_cf,
     "backends": _read_backends,
     "backend": _read_local_backend,
+    "strict_models": expect_bool,
 }
 EDGEWISE_KEYS = (*_READERS, "models")  # models also need the config's directory: see parse_edgewise

@@ -266,9 +266,13 @@ class EdgewiseConfig:
     cf: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # over every request.cf
     backends: tuple[BackendSpec, ...] = ()
     models: tuple[ModelSource, ...] = ()  # [edgewise.models]: served by the backend dev starts
+    # The backend dev starts answers an unmapped @cf/ or @hf/ name with the built-in model of its task;
+    # strict_models makes such a name 5007 (no such model), as on a backend given only its mapped names.
+    strict_models: bool = False
     backend: LocalBackendConfig = field(default_factory=LocalBackendConfig)
 
     def __post_init__(self) -> None:
+        expect_bool(self.strict_models, "strict_models")
         object.__setattr__(self, "pops", tuple(self.pops))
         object.__setattr__(self, "backends", tuple(self.backends))
         object.__setattr__(self, "models", tuple(self.models))

@@ -29,6 +29,10 @@ def backend() -> None:
 @click.option("--model", "-m", "models", multiple=True, metavar="NAME[=PATH]",
               help="Serve a model as NAME: PATH is a Hugging Face folder or a built-in model's name; NAME alone "
                    "is a built-in model (repeatable; default: every built-in model).")
+@click.option("--strict-models", is_flag=True,
+              help="Answer 5007 for every name not given with --model. By default an unmapped @cf/ or @hf/ name "
+                   "is served by the built-in model of its task (text generation: @cf/edgewise/tiny-shakespeare; "
+                   "embeddings: the built-in MiniLM), logged once per name.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8790, show_default=True,
               help="Port to listen on (0: any free port; the Ready line names it).")
@@ -81,9 +85,9 @@ def backend() -> None:
               help="Seconds the service waits, in all, for a request's body; past that the client gets 408 "
                    "(Workers AI's 3007) and the connection is closed (default: 60).")
 @click.pass_context
-def serve(ctx: click.Context, models: tuple[str, ...], host: str, port: int, token: str | None, device: str,
-          dtype: str, max_queue: int | None, log_level: str, cluster_spec: str | None, header_timeout: float | None,
-          body_timeout: float | None, **cluster_flags: Any) -> None:
+def serve(ctx: click.Context, models: tuple[str, ...], strict_models: bool, host: str, port: int, token: str | None,
+          device: str, dtype: str, max_queue: int | None, log_level: str, cluster_spec: str | None,
+          header_timeout: float | None, body_timeout: float | None, **cluster_flags: Any) -> None:
     """Serve models over HTTP and WebSocket until Ctrl-C.
 
     With --tp/--pp each text model runs on tp x pp ranks started here (one GPU each). Across
@@ -105,7 +109,8 @@ def serve(ctx: click.Context, models: tuple[str, ...], host: str, port: int, tok
     place = torchrun_env()
     if place is not None:
         _serve_ranks(resolved, place, cluster, host=host, port=port, token=token, max_queue=max_queue,
-                     log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype, read_timeouts=read_timeouts)
+                     log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype, read_timeouts=read_timeouts,
+                     strict_models=strict_models)
         return
     if not token:
         token = secrets.token_urlsafe(32)
@@ -118,7 +123,7 @@ def serve(ctx: click.Context, models: tuple[str, ...], host: str, port: int, tok
     err_console.print(f"edgewise backend · loading {names} on {device}{shape}", markup=False)
     service.serve(resolved, host=host, port=port, token=token, max_queue=max_queue,
                   log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype, cluster=cluster,
-                  read_timeouts=read_timeouts)
+                  read_timeouts=read_timeouts, strict_models=strict_models)
 
 
 # The flags that shape the cluster, by parameter name; each is a shorthand of the cluster config.

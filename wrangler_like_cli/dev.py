@@ -17,7 +17,8 @@ from rich.markup import escape
 from edge_runtime.ai_backends import AiBackends
 from edge_runtime.backend_process import BackendProcess, BackendStartError, serve_command, served_models
 from edge_runtime.catalog import get_location
-from edge_runtime.config import ConfigError, PopSpec, WorkerConfig, load_config
+from edge_runtime.config import ConfigError, ModelSource, PopSpec, WorkerConfig, load_config
+from edge_runtime.config_edgewise import read_model_source
 from edge_runtime.control_access import TOKEN_HEADER
 from edge_runtime.devserver import BindError, Listener, display_host, open_listeners, serve
 from edge_runtime.edge import Edge
@@ -62,9 +63,29 @@ def _parse_cf(value: str | None) -> dict | None:
     return fields
 
 
+def _parse_models(values: tuple[str, ...]) -> tuple[ModelSource, ...]:
+    """`--model NAME=PATH`, each checked as an [edgewise.models] entry (PATH: a folder, relative to the
+    working directory, or a built-in model's name)."""
+    sources: dict[str, ModelSource] = {}
+    for item in values:
+        name, sep, target = (part.strip() for part in item.partition("="))
+        if not sep or not name or not target:
+            raise click.BadParameter(f"{item!r} is not NAME=PATH (PATH: a Hugging Face checkpoint folder or a "
+                                     "built-in model's name)", param_hint="--model")
+        try:
+            sources[name] = read_model_source(name, target, f"--model {name}", Path.cwd())
+        except ConfigError as error:
+            raise click.BadParameter(error.message, param_hint=f"'--model {name}={target}'") from None
+    return tuple(sources.values())
+
+
 def _apply_cli(config: WorkerConfig, pops: str | None, latency: str | None, pop_ports: int | None,
-               cf: dict | None) -> WorkerConfig:
+               cf: dict | None, models: tuple[ModelSource, ...] = ()) -> WorkerConfig:
     edgewise = config.edgewise
+    if models:  # over [edgewise.models], name by name
+        given = {model.name for model in models}
+        kept = tuple(model for model in edgewise.models if model.name not in given)
+        edgewise = dataclasses.replace(edgewise, models=(*kept, *models))
     if cf is not None:
         edgewise = dataclasses.replace(edgewise, cf={**edgewise.cf, **cf})
     specs = _parse_pops(pops, pop_ports)
@@ -153,6 +174,9 @@ def _start_backend(config: WorkerConfig, stack: contextlib.ExitStack) -> AiBacke
 @click.option("--var", "vars_", multiple=True, metavar="KEY:VALUE", help="Set or override a var (repeatable).")
 @click.option("--latency", type=click.Choice(["on", "off"]), help="Simulated network delay from distance.")
 @click.option("--cf", metavar="JSON", help='Fields merged into every request.cf, e.g. \'{"asn": 13335}\' (over [edgewise] cf).')
+@click.option("--model", "-m", "models", multiple=True, metavar="NAME=PATH",
+              help="Serve the model NAME from PATH (a Hugging Face checkpoint folder or a built-in model's name) "
+                   "for this run, over [edgewise.models] (repeatable).")
 @click.option("--reload/--no-reload", default=True, show_default=True, help="Reload the Worker when files change.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="log", show_default=True)
 @click.option("--persist-to", type=click.Path(file_okay=False, path_type=Path),
@@ -163,14 +187,16 @@ def _start_backend(config: WorkerConfig, stack: contextlib.ExitStack) -> AiBacke
                    "(redacted by default).")
 def dev(directory: Path, config_path: Path | None, env_name: str | None, port: int | None, ip: str | None,
         pops: str | None, pop_ports: int | None, vars_: tuple[str, ...], latency: str | None, cf: str | None,
-        reload: bool, log_level: str, persist_to: Path | None, show_secrets: bool) -> None:
+        models: tuple[str, ...], reload: bool, log_level: str, persist_to: Path | None, show_secrets: bool) -> None:
     """Serve the Worker in DIRECTORY on emulated PoPs behind an anycast front door."""
     setup_logging(log_level)
     overrides = _parse_vars(vars_)
     cf_fields = _parse_cf(cf)
+    model_sources = _parse_models(models)
 
     def read_config() -> WorkerConfig:
-        return _apply_cli(load_config(directory, config_path, env_name, overrides), pops, latency, pop_ports, cf_fields)
+        return _apply_cli(load_config(directory, config_path, env_name, overrides), pops, latency, pop_ports, cf_fields,
+                          model_sources)
 
     with contextlib.ExitStack() as stack:  # stops the local AI backend however dev ends
         try:

@@ -30,6 +30,7 @@ from .websocket import run_model_websocket
 
 DEFAULT_MAX_QUEUE = 256
 PUBLIC_PATHS = frozenset({"/healthz"})
+MODEL_HEADER = b"x-edgewise-model"  # the served model that answered, which may stand in for the name asked
 UNCOUNTED_PATHS = frozenset({"/healthz", "/metrics"})
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left; never reaches anyone
 
@@ -136,7 +137,8 @@ async def _client_gone(request: Request, error: Exception) -> Response:
 
 class _Authenticated:
     """Checks ``Authorization: Bearer <token>`` on every HTTP and WebSocket request but the public paths,
-    and counts every HTTP answer by route, model and status."""
+    counts every HTTP answer by route, model and status, and names the model that answered in
+    ``x-edgewise-model`` (a route that resolved one sets ``request.state.model``)."""
 
     def __init__(self, app: Starlette, token: str) -> None:
         self.app = app
@@ -157,6 +159,9 @@ class _Authenticated:
         async def counted(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                model = scope.get("state", {}).get("model")
+                if model is not None:
+                    message = {**message, "headers": [*message.get("headers", []), (MODEL_HEADER, model.encode())]}
             await send(message)
 
         try:

@@ -38,6 +38,7 @@ from ..errors import EngineError, InvalidRequestError
 from ..cluster.launch import RankProcesses
 from ..disagg.flow import sharded_engine
 from .errors import NoSuchModelError, from_engine_error
+from .model_fallback import ModelFallback
 from .schemas import EmbeddingsInput, TextGenerationInput
 from .text import TextDelta, stream_text
 
@@ -55,8 +56,13 @@ class ModelInfo:
 class EngineClient(Protocol):
     def model_names(self) -> list[str]: ...
 
+    def served_name(self, model: str) -> str:
+        """The served model that answers ``model``: itself, or for an unmapped Workers AI name the built-in
+        of its task (model_fallback.py); NoSuchModelError when none does."""
+        ...
+
     def model_info(self, model: str) -> ModelInfo:
-        """Raises NoSuchModelError for a name this backend does not serve."""
+        """The model that answers ``model`` (``served_name``); raises NoSuchModelError when none does."""
         ...
 
     def generate(self, model: str, request: TextGenerationInput, request_id: str) -> AsyncIterator[TextDelta]:
@@ -100,8 +106,10 @@ class LocalEngines:
     ``Embedder`` per embeddings one."""
 
     def __init__(self, models: Mapping[str, str | Path], cluster: ClusterConfig | None = None,
-                 attached: RankProcesses | None = None, **engine_options: Any) -> None:
-        """``attached``: the driver of the one sharded text model, started by torchrun."""
+                 attached: RankProcesses | None = None, strict_models: bool = False, **engine_options: Any) -> None:
+        """``attached``: the driver of the one sharded text model, started by torchrun. ``strict_models``:
+        only the names in ``models`` answer, no built-in stands in for an unmapped Workers AI name."""
+        self._fallback = ModelFallback(strict=strict_models)
         self._engines: dict[str, Engine] = {}
         self._embedders: dict[str, Embedder] = {}
         engines: dict[Path, Engine] = {}
@@ -126,20 +134,24 @@ class LocalEngines:
     def model_names(self) -> list[str]:
         return [*self._engines, *self._embedders]
 
+    def served_name(self, model: str) -> str:
+        return self._fallback.resolve(model, self.model_names())
+
     def model_info(self, model: str) -> ModelInfo:
+        model = self.served_name(model)
         if model in self._embedders:
             return ModelInfo(model, "text-embeddings", self._embedders[model].max_seq_len, 1)
         engine = self.engine(model)
         return ModelInfo(model, "text-generation", engine.max_model_len, engine.max_num_seqs)
 
     def engine(self, model: str) -> Engine:
-        engine = self._engines.get(model)
+        engine = self._engines.get(self.served_name(model))
         if engine is None:
             raise NoSuchModelError(model, self.model_names())
         return engine
 
     async def embed(self, model: str, request: EmbeddingsInput) -> EmbeddingResult:
-        embedder = self._embedders.get(model)
+        embedder = self._embedders.get(self.served_name(model))
         if embedder is None:
             raise NoSuchModelError(model, self.model_names())
         cancelled = threading.Event()

@@ -56,9 +56,10 @@ class BadInputError(ServiceError):
 class NoSuchModelError(ServiceError):
     status, code, openai_type, openai_status = 400, 5007, "invalid_request_error", 404
 
-    def __init__(self, model: str, available: list[str]) -> None:
+    def __init__(self, model: str, available: list[str], reason: str | None = None) -> None:
         known = ", ".join(available) or "none"
-        super().__init__(f"No such model {model} or task (this backend serves: {known})", param="model")
+        why = f": {reason}" if reason else ""
+        super().__init__(f"No such model {model} or task{why} (this backend serves: {known})", param="model")
 
 
 class LoraUnsupportedError(ServiceError):

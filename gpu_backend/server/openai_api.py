@@ -26,7 +26,7 @@ from .generation import Completion, Generation, unless_disconnected
 from .request_scope import resources
 from .schemas import SESSION_HEADER, parse_embeddings, parse_stop, parse_text_generation
 from .streaming import DONE, EventStream, error_payload, sse
-from .workers_ai import embed
+from .workers_ai import embed, served_model
 
 if TYPE_CHECKING:
     from .api import Service
@@ -47,14 +47,14 @@ async def completions(request: Request) -> Response | EventStream:
 async def _complete(request: Request, chat: bool) -> Response | EventStream:
     service: Service = request.app.state.service
     body = _object(await read_json(request, service.limits))
-    model = _model(body, service)
-    request.state.model = model
-    inputs = parse_text_generation(_workers_ai_inputs(body, chat), model, request.headers.get(SESSION_HEADER),
+    requested = _model(body, service)
+    model = served_model(request, requested)
+    inputs = parse_text_generation(_workers_ai_inputs(body, chat), requested, request.headers.get(SESSION_HEADER),
                                    service.limits)
     inputs = replace(inputs, sampling=replace(inputs.sampling, stop=parse_stop(body.get("stop"), service.limits)))
     include_usage = _include_usage(body)  # checked before the generation starts, as every input is
     generation = await resources(request).enter_async_context(Generation(service, model, inputs))
-    chunk = _Chunk(model, chat)
+    chunk = _Chunk(requested, chat)  # the name the client asked for, as OpenAI echoes it
     if inputs.stream:
         return EventStream(_events(generation, chunk, include_usage))
     completion = await unless_disconnected(request, generation.complete())
@@ -64,8 +64,8 @@ async def _complete(request: Request, chat: bool) -> Response | EventStream:
 async def embeddings(request: Request) -> Response:
     service: Service = request.app.state.service
     body = _object(await read_json(request, service.limits))
-    model = _model(body, service)
-    request.state.model = model
+    requested = _model(body, service)
+    model = served_model(request, requested)
     given = body.get("input")
     inputs = parse_embeddings({"text": given} if given is not None else {}, service.limits)
     encoding = body.get("encoding_format", "float")
@@ -75,7 +75,7 @@ async def embeddings(request: Request) -> Response:
     result = await embed(request, model, inputs)
     data = [{"object": "embedding", "index": index, "embedding": _encode(vector, encoding)}
             for index, vector in enumerate(result.vectors)]
-    return JSONResponse({"object": "list", "data": data, "model": model,
+    return JSONResponse({"object": "list", "data": data, "model": requested,
                          "usage": {"prompt_tokens": result.num_tokens, "total_tokens": result.num_tokens}})
 
 
@@ -193,7 +193,6 @@ def _model(body: dict[str, Any], service: Service) -> str:
     if not model.isprintable():  # control characters or lone surrogates: not a name, and not echoed back
         raise BadInputError(f"'model' has characters no model name has: send one of "
                             f"{', '.join(service.client.model_names())}", param="model")
-    service.client.model_info(model)  # NoSuchModelError (404 here) for a name this backend does not serve
     return model
 
 

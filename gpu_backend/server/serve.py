@@ -60,9 +60,11 @@ def default_max_queue(device: str) -> int:
 
 
 def serve(models: Mapping[str, Path], *, host: str, port: int, token: str, max_queue: int | None = None,
-          log_level: str = "warning", read_timeouts: ReadTimeouts = ReadTimeouts(), **engine_options: Any) -> None:
-    """``max_queue`` None: ``default_max_queue`` for the device."""
-    client = LocalEngines(models, **engine_options)
+          log_level: str = "warning", read_timeouts: ReadTimeouts = ReadTimeouts(), strict_models: bool = False,
+          **engine_options: Any) -> None:
+    """``max_queue`` None: ``default_max_queue`` for the device. ``strict_models``: unmapped Workers AI
+    names get 5007 instead of the built-in model of their task (model_fallback.py)."""
+    client = LocalEngines(models, strict_models=strict_models, **engine_options)
     try:
         if max_queue is None:
             max_queue = default_max_queue(engine_options.get("device", "auto"))

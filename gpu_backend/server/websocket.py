@@ -82,7 +82,7 @@ async def _generate(service: Service, websocket: WebSocket, model: str, text: st
     try:
         inputs = parse_text_generation(parse_frame(text, service.limits), model, websocket.headers.get(SESSION_HEADER),
                                        service.limits)
-        async with Generation(service, model, inputs) as generation:
+        async with Generation(service, service.client.served_name(model), inputs) as generation:
             async for payload in workers_ai_payloads(generation, trace):
                 if "usage" in payload:  # the last payload
                     payload["done"] = True

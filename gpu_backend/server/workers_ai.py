@@ -36,21 +36,29 @@ def model_name(request: Request) -> str:
     return unquote(request.path_params["model"])
 
 
+def served_model(request: Request, requested: str) -> str:
+    """The served model that answers ``requested`` (itself, or a built-in for an unmapped Workers AI name);
+    it is what the request is admitted, counted and answered as (``x-edgewise-model``)."""
+    served = request.app.state.service.client.served_name(requested)
+    request.state.model = served
+    return served
+
+
 async def run_model(request: Request) -> Response | EventStream:
     service = request.app.state.service
-    model = model_name(request)
-    request.state.model = model
+    requested = model_name(request)
+    model = served_model(request, requested)
     task = service.client.model_info(model).task
     body = await read_json(request, service.limits)
     if task == "text-embeddings":
         return JSONResponse(envelope(await embeddings_result(request, model, body)))
-    inputs = parse_text_generation(body, model, request.headers.get(SESSION_HEADER), service.limits)
+    inputs = parse_text_generation(body, requested, request.headers.get(SESSION_HEADER), service.limits)
     generation = await resources(request).enter_async_context(Generation(service, model, inputs))
     if inputs.stream:
         trace = TRACE_HEADER in request.headers
         return EventStream(workers_ai_events(generation, trace))
     completion = await unless_disconnected(request, generation.complete())
-    return JSONResponse(envelope(text_result(model, inputs, completion)))
+    return JSONResponse(envelope(text_result(requested, inputs, completion)))
 
 
 async def embeddings_result(request: Request, model: str, body: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from .d1 import d1
 from .dev import dev
 from .init import init
 from .kv import kv
+from .r2 import r2
 from .tail import tail
 
 
@@ -33,7 +34,7 @@ def cli() -> None:
     edgewise tail                    stream the dev server's request logs
     edgewise backend serve           serve models (Workers AI, OpenAI and WebSocket APIs)
     edgewise ai run MODEL --prompt   run a model once (edgewise ai models: list them)
-    edgewise kv key put K V --binding B   the Worker's local data: kv, d1 (execute, migrations)
+    edgewise kv key put K V --binding B   the Worker's local data: kv, d1, r2
     """
 
 
@@ -44,6 +45,7 @@ cli.add_command(backend)
 cli.add_command(ai)
 cli.add_command(kv)
 cli.add_command(d1)
+cli.add_command(r2)
 
 if __name__ == "__main__":
     cli()

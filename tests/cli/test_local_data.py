@@ -29,12 +29,21 @@ id = "cache0001"
 binding = "DB"
 database_name = "notes"
 database_id = "notes0001"
+
+[[r2_buckets]]
+binding = "FILES"
+bucket_name = "files"
 """
 WORKER = """\
-from workers import Response, WorkerEntrypoint
+from workers import Headers, Response, WorkerEntrypoint
 
 class Default(WorkerEntrypoint):
     async def fetch(self, request):
+        if request.url.endswith("/report"):
+            found = await self.env.FILES.get("docs/report.txt")
+            headers = Headers()
+            found.writeHttpMetadata(headers)
+            return Response(found.body, headers=headers)
         if request.url.endswith("/write"):
             await self.env.CACHE.put("from-worker", "hello")
             await self.env.DB.prepare("INSERT INTO notes (body) VALUES (?)").bind("from the worker").run()
@@ -121,6 +130,22 @@ def test_a_failed_sql_batch_changes_nothing(project: Path) -> None:
     assert json.loads(counted.output)[0]["results"] == [{"n": 0}]
 
 
+def test_r2_objects_go_in_and_out_streamed_and_the_worker_serves_them(project: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.txt"
+    report.write_bytes(b"line\n" * 300_000)  # 1.5 MB: several chunks each way
+    put = edgewise(project, "r2", "object", "put", "files/docs/report.txt", "--file", str(report))
+    assert put.exit_code == 0 and "1500000 bytes" in put.output, put.output
+    served = asyncio.run(worker_get(project, "/report"))
+    assert served.content == report.read_bytes() and served.headers["content-type"] == "text/plain"
+    copy = tmp_path / "copy.txt"
+    assert edgewise(project, "r2", "object", "get", "FILES/docs/report.txt", "--file", str(copy)).exit_code == 0
+    assert copy.read_bytes() == report.read_bytes()
+    assert edgewise(project, "r2", "object", "delete", "files/docs/report.txt").exit_code == 0
+    missing = edgewise(project, "r2", "object", "get", "files/docs/report.txt")
+    assert missing.exit_code == 1 and "The specified key does not exist: files/docs/report.txt" in missing.output
+    assert "BUCKET/KEY" in edgewise(project, "r2", "object", "delete", "files").output
+
+
 def test_the_help_names_the_data_commands() -> None:
     result = CliRunner().invoke(cli, ["--help"], prog_name="edgewise")
-    assert "kv" in result.output and "d1" in result.output
+    assert "kv, d1, r2" in result.output

@@ -2,7 +2,7 @@
 # One device call for the cluster redesign: the same benchmarks on this tree and on a baseline
 # tree (another commit, unpacked beside this one), back to back on the same GPU, then the GPU tests.
 #
-#   bash benchmarks/cluster_check.sh BASELINE_DIR OUT_DIR [perf|tests|all]
+#   [BASELINE_SERVING=0] [TESTS_TIMEOUT=S] bash benchmarks/cluster_check.sh BASELINE_DIR OUT_DIR [perf|tests|all]
 #
 # Figures go to OUT_DIR as <benchmark>.json (this tree) and <benchmark>_baseline.json; the test log
 # as gpu_tests.log. Each step has its own time bound, so one slow step cannot eat the call.
@@ -15,17 +15,18 @@ export PYTHONUNBUFFERED=1
 nvidia-smi -L
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
 
-perf() {  # perf TREE SUFFIX
+perf() {  # perf TREE SUFFIX SERVING(0|1)
     local tree=$1 suffix=$2
     PYTHONPATH=$site:$tree:$tree/sdk timeout 150 python3 "$tree/benchmarks/decode_latency.py" \
         --variants graphs --out "$out/decode_latency$suffix.json" | tail -4
+    [ "$3" = 1 ] || return 0
     PYTHONPATH=$site:$tree:$tree/sdk timeout 150 python3 "$tree/benchmarks/disagg_serving.py" \
         --layouts colocated:1 --rates 2,8 --num-prompts 32 --out "$out/disagg_serving$suffix.json" | tail -8
 }
 
 if [ "$what" != tests ]; then
-    perf "$baseline" _baseline
-    perf "$PWD" ""
+    perf "$baseline" _baseline "${BASELINE_SERVING:-1}"  # BASELINE_SERVING=0: compare serving with the record
+    perf "$PWD" "" 1
 fi
 if [ "$what" != perf ]; then
     PYTHONPATH=$site:$PWD:$PWD/sdk timeout "${TESTS_TIMEOUT:-300}" python3 -m pytest -q -m gpu tests/gpu_backend \

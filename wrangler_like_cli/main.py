@@ -14,6 +14,7 @@ from .init import init
 from .kv import kv
 from .r2 import r2
 from .tail import tail
+from .vectorize import vectorize
 
 
 def _version() -> str:
@@ -34,7 +35,7 @@ def cli() -> None:
     edgewise tail                    stream the dev server's request logs
     edgewise backend serve           serve models (Workers AI, OpenAI and WebSocket APIs)
     edgewise ai run MODEL --prompt   run a model once (edgewise ai models: list them)
-    edgewise kv key put K V --binding B   the Worker's local data: kv, d1, r2
+    edgewise kv key put K V --binding B   local data: kv, d1, r2, vectorize
     """
 
 
@@ -46,6 +47,7 @@ cli.add_command(ai)
 cli.add_command(kv)
 cli.add_command(d1)
 cli.add_command(r2)
+cli.add_command(vectorize)
 
 if __name__ == "__main__":
     cli()

@@ -33,12 +33,19 @@ database_id = "notes0001"
 [[r2_buckets]]
 binding = "FILES"
 bucket_name = "files"
+
+[[vectorize]]
+binding = "INDEX"
+index_name = "docs"
 """
 WORKER = """\
 from workers import Headers, Response, WorkerEntrypoint
 
 class Default(WorkerEntrypoint):
     async def fetch(self, request):
+        if request.url.endswith("/nearest"):
+            found = await self.env.INDEX.query([1.0, 0.0, 0.0], topK=1, returnMetadata="all")
+            return Response.json(found.matches[0])
         if request.url.endswith("/report"):
             found = await self.env.FILES.get("docs/report.txt")
             headers = Headers()
@@ -146,6 +153,25 @@ def test_r2_objects_go_in_and_out_streamed_and_the_worker_serves_them(project: P
     assert "BUCKET/KEY" in edgewise(project, "r2", "object", "delete", "files").output
 
 
+def test_a_vectorize_index_made_and_filled_from_the_cli_is_the_workers(project: Path, tmp_path: Path) -> None:
+    assert edgewise(project, "vectorize", "create", "docs", "--dimensions", "3", "--metric", "cosine").exit_code == 0
+    vectors = tmp_path / "vectors.ndjson"
+    vectors.write_text('{"id": "x", "values": [1, 0, 0], "metadata": {"kind": "east"}}\n'
+                       '{"id": "y", "values": [0, 1, 0], "metadata": {"kind": "north"}}\n')
+    inserted = edgewise(project, "vectorize", "insert", "docs", "--file", str(vectors))
+    assert inserted.exit_code == 0 and "mutationId" in inserted.output, inserted.output
+    nearest = asyncio.run(worker_get(project, "/nearest")).json()
+    assert nearest["id"] == "x" and nearest["metadata"] == {"kind": "east"} and nearest["score"] > 0.99
+    found = json.loads(edgewise(project, "vectorize", "query", "docs", "--vector", "[0, 1, 0.1]", "--top-k", "1",
+                                "--filter", '{"kind": {"$ne": "east"}}').output)
+    assert [match["id"] for match in found["matches"]] == ["y"]
+    assert json.loads(edgewise(project, "vectorize", "info", "docs").output)["vectorCount"] == 2
+    wrong = edgewise(project, "vectorize", "query", "docs", "--vector", "[1, 0]")
+    assert wrong.exit_code == 1 and "dimension" in wrong.output.lower(), wrong.output
+    again = edgewise(project, "vectorize", "create", "docs", "--dimensions", "3", "--metric", "cosine")
+    assert again.exit_code == 1 and "already exists" in again.output
+
+
 def test_the_help_names_the_data_commands() -> None:
     result = CliRunner().invoke(cli, ["--help"], prog_name="edgewise")
-    assert "kv, d1, r2" in result.output
+    assert "kv, d1, r2, vectorize" in result.output

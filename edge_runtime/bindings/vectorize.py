@@ -413,7 +413,8 @@ class _Store:
                 raise ValueError("saved for another config")
             ann = self._new_ann()
             ann.load(str(self.folder / ANN_FILE))
-            if stamp["mutation_seq"] > self._latest_seq() or len(ann) != stamp["vectors"]:
+            if stamp["mutation_seq"] > self._latest_seq() or len(ann) != stamp["vectors"] \
+                    or (self.folder / ANN_FILE).stat().st_size != stamp["file_bytes"]:
                 raise ValueError("saved from other data")
         except (OSError, ValueError, KeyError, TypeError, RuntimeError):
             return self._rebuild()
@@ -462,8 +463,9 @@ class _Store:
         temporary = self.folder / f".{ANN_FILE}.{os.getpid()}.tmp"
         self.ann.save(str(temporary))
         os.replace(temporary, self.folder / ANN_FILE)
+        # the size tells this graph from one another process saved at the same moment
         stamp = {"mutation_seq": self.applied_seq, "vectors": len(self.ann), "dimensions": self.config.dimensions,
-                 "metric": self.config.metric}
+                 "metric": self.config.metric, "file_bytes": (self.folder / ANN_FILE).stat().st_size}
         _write_atomically(self.folder / ANN_STAMP, json.dumps(stamp).encode())
         self.is_dirty = False
 

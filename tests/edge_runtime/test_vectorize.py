@@ -499,6 +499,18 @@ async def test_writes_of_another_process_are_seen_at_the_next_call(open_docs: Op
     assert (await dev.describe()).vectorCount == 1
 
 
+def test_the_cli_can_use_an_index_through_asyncio_run(tmp_path: Path) -> None:
+    create_index(tmp_path, "docs", 2, "dot-product")
+    index = open_index(tmp_path, "docs")
+    try:
+        assert asyncio.run(index.insert([{"id": "a", "values": [2, 1]}, {"id": "b", "values": [1, 3]}])).count == 2
+        best = asyncio.run(index.query([1, 0], topK=2))
+        assert [(m.id, m.score) for m in best.matches] == [("a", 2.0), ("b", 1.0)]  # dot products
+        assert asyncio.run(index.describe()).vectorCount == 2
+    finally:
+        index.close()
+
+
 # --- where the index's config comes from -----------------------------------------------------------
 
 async def test_an_index_never_created_says_how_to_create_it(tmp_path: Path) -> None:

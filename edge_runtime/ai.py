@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from workers import BodyStream, Headers, Response, python_to_rpc, to_jsdict
+from edgewise_sdk.workers import BodyStream, Headers, Response, python_to_rpc, to_jsdict
 
 from .ai_backends import AiBackends
 from .catalog import Location

@@ -7,7 +7,7 @@ from random import getrandbits as _random_bits
 from collections.abc import Mapping
 from typing import Any
 
-from workers import JsDict, to_jsdict
+from edgewise_sdk.workers import JsDict, to_jsdict
 
 from .catalog import EU_COUNTRIES, Location
 from .geo import ClientLocation

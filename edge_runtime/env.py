@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from workers import JsDict, to_jsdict
+from edgewise_sdk.workers import JsDict, to_jsdict
 
 
 class Env(JsDict):

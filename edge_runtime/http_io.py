@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from workers import Response
+from edgewise_sdk.workers import Response
 
 from .errors import payload_too_large
 

@@ -12,8 +12,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from workers import _state
+from edgewise_sdk import install_aliases
+from edgewise_sdk.workers import _state
 
+# A Worker's `import workers` (js, pyodide, asgi) is ours in this process, even where Cloudflare's
+# own SDK is installed too.
+install_aliases()
 _generation = itertools.count(1)
 
 

@@ -12,7 +12,7 @@ from http import HTTPMethod, HTTPStatus
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers import Context, Headers, Request, Response, _state
+from edgewise_sdk.workers import Context, Headers, Request, Response, _state
 
 from . import http_io
 from .bindings.assets import StaticAssets

@@ -9,7 +9,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from workers import Context, _state
+from edgewise_sdk.workers import Context, _state
 
 from . import http_io
 from .tail import exception_entry

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from workers import _state
+from edgewise_sdk.workers import _state
 
 _QUEUE_SIZE = 1000
 REDACTED = "REDACTED"  # what Cloudflare's tail shows in place of a credential header's value

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from workers import Context, Headers, WebSocket
-from workers.websocket import CloseEvent, MessageEvent
+from edgewise_sdk.workers import Context, Headers, WebSocket
+from edgewise_sdk.workers.websocket import CloseEvent, MessageEvent
 
 from .errors import EdgeError
 from .geo import ClientLocation

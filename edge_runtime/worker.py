@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from workers import Context, Request, WorkerEntrypoint
+from edgewise_sdk.workers import Context, Request, WorkerEntrypoint
 
 from .loader import WorkerLoadError
 

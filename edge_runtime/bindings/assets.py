@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from workers import Request, Response
+from edgewise_sdk.workers import Request, Response
 
 from ..config import BindingSpec, ConfigError, WorkerConfig
 from .assets_routing import (

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from workers import JsDict, to_jsdict
+from edgewise_sdk.workers import JsDict, to_jsdict
 
 from ..config import BindingSpec
 from ..config_error import ConfigError

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workers import BodyStream, JsDict, to_jsdict
+from edgewise_sdk.workers import BodyStream, JsDict, to_jsdict
 
 from ..config_error import ConfigError
 

@@ -31,7 +31,7 @@ from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from workers import Blob, Body, BodyStream, Headers, JsDict, to_jsdict
+from edgewise_sdk.workers import Blob, Body, BodyStream, Headers, JsDict, to_jsdict
 
 from ..config_error import ConfigError
 

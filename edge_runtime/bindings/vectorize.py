@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from usearch.index import Index
-from workers import JsDict, to_jsdict
+from edgewise_sdk.workers import JsDict, to_jsdict
 
 from ..config_error import ConfigError
 from . import StateDir

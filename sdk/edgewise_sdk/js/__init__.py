@@ -14,9 +14,9 @@ from datetime import date, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
-import workers
-from workers import FormData, Headers, JsDict, Request, Response, WebSocket, WebSocketPair
-from workers._jsdict import to_jsdict
+from edgewise_sdk import workers
+from edgewise_sdk.workers import FormData, Headers, JsDict, Request, Response, WebSocket, WebSocketPair
+from edgewise_sdk.workers._jsdict import to_jsdict
 
 __all__ = [
     "JSON", "Blob", "Date", "File", "FormData", "Headers", "Object", "Request", "Response", "URL", "URLSearchParams",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers import fetch
-from workers import Response as FetchResponse
+from edgewise_sdk.workers import fetch
+from edgewise_sdk.workers import Response as FetchResponse
 
 __all__ = ["FetchResponse", "pyfetch"]
 

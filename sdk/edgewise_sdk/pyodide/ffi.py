@@ -11,8 +11,8 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from js import Uint8Array
-from workers.wsgi import host_loop
+from edgewise_sdk.js import Uint8Array
+from edgewise_sdk.workers.wsgi import host_loop
 
 __all__ = [
     "JsDoubleProxy", "JsException", "JsProxy", "can_run_sync", "create_once_callable", "create_proxy",

@@ -2,7 +2,7 @@
 
 import sys
 
-from workers import asgi as _workers_asgi
+from edgewise_sdk.workers import asgi as _workers_asgi
 
 # One module under both names, so `asgi.env`, `asgi.fetch` and `workers.asgi.*` are the same objects.
 sys.modules[__name__] = _workers_asgi

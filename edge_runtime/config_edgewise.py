@@ -30,6 +30,7 @@ from edge_runtime.config_values import (
     expect_array,
     expect_bool,
     expect_nonempty_str,
+    expect_number,
     expect_str,
     expect_table,
     json_value,
@@ -179,5 +180,6 @@ _READERS: dict[str, Callable[[Any, str], Any]] = {
     "backends": _read_backends,
     "backend": _read_local_backend,
     "strict_models": expect_bool,
+    "kv_propagation_ms": expect_number,
 }
 EDGEWISE_KEYS = (*_READERS, "models")  # models also need the config's directory: see parse_edgewise

@@ -270,9 +270,13 @@ class EdgewiseConfig:
     # strict_models makes such a name 5007 (no such model), as on a backend given only its mapped names.
     strict_models: bool = False
     backend: LocalBackendConfig = field(default_factory=LocalBackendConfig)
+    # A KV write is seen at once at its own PoP and this long after at the others, as Cloudflare's
+    # eventual consistency (up to ~60 s there); 0: at once everywhere
+    kv_propagation_ms: float = 0.0
 
     def __post_init__(self) -> None:
         expect_bool(self.strict_models, "strict_models")
+        object.__setattr__(self, "kv_propagation_ms", expect_number(self.kv_propagation_ms, "kv_propagation_ms"))
         object.__setattr__(self, "pops", tuple(self.pops))
         object.__setattr__(self, "backends", tuple(self.backends))
         object.__setattr__(self, "models", tuple(self.models))

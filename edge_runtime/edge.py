@@ -10,6 +10,7 @@ from typing import Any
 from .ai import Ai
 from .ai_backends import AiBackends
 from .bindings import OpenBindings, StateDir
+from .bindings.kv_propagation import KvPropagation
 from .env import Env, build_env
 from .catalog import get_location
 from .config import WorkerConfig
@@ -30,15 +31,19 @@ class Edge:
 
     def __init__(self, config: WorkerConfig, bindings: Mapping[str, Any] | None = None,
                  ai_backends: AiBackends | None = None, *, control_token: str | None = None,
-                 show_secrets: bool = False, persist_to: Path | None = None) -> None:
+                 show_secrets: bool = False, persist_to: Path | None = None,
+                 python_modules: Path | None = None) -> None:
         """``bindings``: env objects given outright (tests), over those the config declares, which
-        keep their data under ``persist_to`` (default: .wrangler/state beside the config)."""
+        keep their data under ``persist_to`` (default: .wrangler/state beside the config).
+        ``python_modules``: the folder the Worker's own packages are installed in (edge_runtime/packages.py)."""
         self.config = config
+        self.python_modules = python_modules
         self.bindings = dict(bindings or {})
         self.state = StateDir.for_config(config, persist_to)
         self.declared = OpenBindings(config.bindings, self.state)
         self.declared.announce()
         # Kept for the whole run: a reload makes new bindings over the same backends and connections.
+        self.kv_propagation = KvPropagation(config.edgewise.kv_propagation_ms / 1000.0)
         self.ai_backends = ai_backends if ai_backends is not None else AiBackends.for_config(config)
         self.control_token = control_token or new_control_token()
         tokens = [spec.token for spec in self.ai_backends.specs if spec.token] + [self.control_token]
@@ -56,12 +61,15 @@ class Edge:
 
     def _load(self, config: WorkerConfig, colo: str) -> tuple[Worker, Env]:
         env = build_env(config.vars, config.secrets, self._bindings(config, colo))
-        module, local_module_names = import_isolated(config.main, colo, env)
+        module, local_module_names = import_isolated(config.main, colo, env, self.python_modules)
         return Worker(module, config.uses_global_handlers, local_module_names), env
 
     def _bindings(self, config: WorkerConfig, colo: str) -> dict[str, Any]:
-        """This PoP's bindings: the shared ones, and an AI binding that calls the backend nearest to it."""
+        """This PoP's bindings: the shared ones (KV seen through this PoP's view when writes propagate
+        with a delay), and an AI binding that calls the backend nearest to it."""
         shared = {**self.declared.by_name, **self.bindings}
+        if self.kv_propagation.delay_s > 0:
+            shared = self.kv_propagation.for_pop_bindings(shared, colo)
         if config.ai_binding is None:
             return shared
         return {**shared, config.ai_binding: Ai(self.ai_backends, get_location(colo))}

@@ -4,7 +4,8 @@ with Cloudflare's call shapes, limits and error messages, kept in one SQLite fil
 Every PoP shares one `KvNamespace`, and other edgewise processes may open the same file, so the
 database runs in WAL mode (readers never wait for the writer) with a busy timeout for writers.
 SQLite work runs in worker threads, each with its own connection, so a 25 MiB value never holds up
-the event loop. Locally KV is strongly consistent: a write is seen at once by every PoP.
+the event loop. Locally KV is strongly consistent (a write is seen at once by every PoP) unless
+`[edgewise] kv_propagation_ms` is set: see `kv_propagation.py`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..config_error import ConfigError
 if TYPE_CHECKING:
     from ..config import BindingSpec
     from . import StateDir
+    from .kv_propagation import PopKvView
 
 # Cloudflare's limits (developers.cloudflare.com/kv/platform/limits), as miniflare enforces them
 MAX_KEY_BYTES = 512
@@ -140,6 +142,12 @@ class KvStore:
                                       " AND (expiration IS NULL OR expiration > ?)", (*keys, now)).fetchall()
         return {key: (value, metadata) for key, value, metadata in rows}
 
+    def entry(self, key: str, now: float) -> tuple[bytes, int | None, str | None] | None:
+        """The live entry under `key`: (value, expiration, metadata JSON), or None."""
+        with self._session() as connection:
+            return connection.execute("SELECT value, expiration, metadata FROM entries WHERE key = ?"
+                                      " AND (expiration IS NULL OR expiration > ?)", (key, now)).fetchone()
+
     def put(self, key: str, value: bytes, expiration: int | None, metadata: str | None, now: float) -> None:
         with self._session() as connection:
             connection.execute("BEGIN IMMEDIATE")
@@ -201,13 +209,21 @@ def _prefix_end(prefix: str) -> str | None:
 class KvNamespace:
     """`env.<BINDING>` of a `[[kv_namespaces]]` declaration (the name is workerd's, which its errors show)."""
 
-    def __init__(self, name: str, store: KvStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, name: str, store: KvStore | PopKvView, clock: Callable[[], float] = time.time) -> None:
         self.name = name
         self._store = store
         self._clock = clock
 
     def __repr__(self) -> str:
         return f"<KvNamespace {self.name} at {self._store.path}>"
+
+    @property
+    def store(self) -> KvStore | PopKvView:
+        return self._store
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
 
     async def get(self, key: str | list[str], type_or_options: str | Mapping[str, Any] | None = None, *,
                   type: str | None = None, cacheTtl: float | None = None) -> Any:  # noqa: A002, N803

@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from edge_runtime.bindings.r2 import R2Bucket, R2Error, open_binding
+from edge_runtime.bindings.r2 import R2Bucket, open_binding
+from edge_runtime.bindings.r2_options import R2Error
 
 from .local_data import find_binding, local_options, open_project
 from .output import fail

@@ -18,16 +18,9 @@ from config_projects import BASE_TOML, make_project
 from workers import Blob, Headers, JsDict, Request, Response
 
 from edge_runtime.bindings import StateDir
-from edge_runtime.bindings.r2 import (
-    MIN_PART_BYTES,
-    R2Bucket,
-    R2Error,
-    R2Object,
-    R2ObjectBody,
-    R2RangeError,
-    bucket_folder,
-    open_binding,
-)
+from edge_runtime.bindings.r2 import R2Bucket, bucket_folder, open_binding
+from edge_runtime.bindings.r2_objects import R2Object, R2ObjectBody
+from edge_runtime.bindings.r2_options import MIN_PART_BYTES, R2Error, R2RangeError
 from edge_runtime.config import BindingSpec, load_config
 from edge_runtime.config_error import ConfigError
 from edge_runtime.edge import Edge

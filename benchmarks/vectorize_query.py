@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge_runtime.bindings import vectorize  # noqa: E402
+from edge_runtime.bindings import vectorize, vectorize_config, vectorize_store  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "vectorize_query.json"
 TARGET_P50_MS, TARGET_RECALL = 5.0, 0.95
@@ -93,12 +93,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     shards = np.arange(args.vectors) % 10
 
     state = Path(tempfile.mkdtemp(prefix="vectorize-bench-"))
-    vectorize.create_index(state, "bench", args.dimensions, "cosine")
+    vectorize_config.create_index(state, "bench", args.dimensions, "cosine")
     index = vectorize.open_index(state, "bench")
     started = time.perf_counter()
-    for start in range(0, args.vectors, vectorize.MAX_BATCH):
+    for start in range(0, args.vectors, vectorize_config.MAX_BATCH):
         batch = [{"id": str(ids[i]), "values": data[i].tolist(), "metadata": {"shard": int(shards[i])}}
-                 for i in range(start, min(start + vectorize.MAX_BATCH, args.vectors))]
+                 for i in range(start, min(start + vectorize_config.MAX_BATCH, args.vectors))]
         await index.upsert(batch)
     build_s = time.perf_counter() - started
     started = time.perf_counter()
@@ -133,11 +133,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             "queries": args.queries, "filtered_queries": args.filtered_queries, "seed": args.seed,
             "data": f"{args.clusters} Gaussian clusters (unit-normal centres, spread {args.spread}), queries "
                     f"drawn the same way, not in the index",
-            "hnsw": {"connectivity": vectorize.CONNECTIVITY, "expansion_add": vectorize.EXPANSION_ADD,
-                     "expansion_search": vectorize.EXPANSION_SEARCH, "dtype": "f32"},
-            "exact_max_vectors": vectorize.EXACT_MAX_VECTORS,
-            "filtered_exact_max_vectors": vectorize.FILTERED_EXACT_MAX_VECTORS,
-            "build": f"upsert in batches of {vectorize.MAX_BATCH} through the binding",
+            "hnsw": {"connectivity": vectorize_store.CONNECTIVITY, "expansion_add": vectorize_store.EXPANSION_ADD,
+                     "expansion_search": vectorize_store.EXPANSION_SEARCH, "dtype": "f32"},
+            "exact_max_vectors": vectorize_store.EXACT_MAX_VECTORS,
+            "filtered_exact_max_vectors": vectorize_store.FILTERED_EXACT_MAX_VECTORS,
+            "build": f"upsert in batches of {vectorize_config.MAX_BATCH} through the binding",
             "timing": "perf_counter around each awaited index.query(...) call, one at a time, after 20 warm-up "
                       "queries",
         },

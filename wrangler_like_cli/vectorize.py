@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from edge_runtime.bindings.vectorize import VectorizeError, VectorizeIndex, create_index, open_index
+from edge_runtime.bindings.vectorize import VectorizeIndex, open_index
+from edge_runtime.bindings.vectorize_config import VectorizeError, create_index
 
 from .local_data import local_options, open_project
 from .output import fail

@@ -20,16 +20,19 @@ import pytest
 from config_projects import BASE_TOML, make_project
 from workers import JsDict
 
-from edge_runtime.bindings import OPENERS, OpenBindings, StateDir
-from edge_runtime.bindings import vectorize
-from edge_runtime.bindings.vectorize import (
+from edge_runtime.bindings import (
+    OPENERS,
+    OpenBindings,
+    StateDir,
+    vectorize_filters,
+    vectorize_store,
+)
+from edge_runtime.bindings.vectorize import VectorizeIndex, open_binding, open_index
+from edge_runtime.bindings.vectorize_config import (
     VectorizeError,
-    VectorizeIndex,
     VectorizeIndexNotFoundError,
     VectorizeTypeError,
     create_index,
-    open_binding,
-    open_index,
 )
 from edge_runtime.config import BindingSpec, load_config
 from edge_runtime.config_error import ConfigError
@@ -376,7 +379,7 @@ async def test_filters_select_what_a_python_reference_selects_on_random_metadata
         keys = rng.sample(sorted(POOLS), rng.randint(1, 2))
         filter_ = {key: random_condition(rng, POOLS[key]) for key in keys}
         expected = {f"v{i}" for i, m in enumerate(metadata) if passes(m, filter_)}
-        assert vectorize.compile_filter(filter_)  # compiles on its own
+        assert vectorize_filters.compile_filter(filter_)  # compiles on its own
         got = await index.query([1, 0, 0], topK=100, filter=filter_)
         assert len(expected) > 100 or {m.id for m in got.matches} == expected, filter_
 
@@ -422,8 +425,8 @@ async def test_namespaces_narrow_a_query_and_come_back_in_matches(open_docs: Ope
 
 async def test_above_the_exact_threshold_search_is_approximate_and_filters_still_fill_top_k(
         open_docs: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vectorize, "EXACT_MAX_VECTORS", 100)
-    monkeypatch.setattr(vectorize, "FILTERED_EXACT_MAX_VECTORS", 50)
+    monkeypatch.setattr(vectorize_store, "EXACT_MAX_VECTORS", 100)
+    monkeypatch.setattr(vectorize_store, "FILTERED_EXACT_MAX_VECTORS", 50)
     rng = np.random.default_rng(3)
     data = unit(rng, 3000, 24)
     groups = [{"group": i % 20, "rare": i % 500 == 0} for i in range(len(data))]

@@ -15,13 +15,15 @@ from rich.table import Table
 from edge_runtime.bindings.d1 import (
     D1Database,
     D1Error,
-    apply_migrations,
     database_file,
+    open_binding,
+    split_statements,
+)
+from edge_runtime.bindings.d1_migrations import (
+    apply_migrations,
     list_migrations,
     migrations_folder,
     migrations_table,
-    open_binding,
-    split_statements,
 )
 from edge_runtime.config import BindingSpec, WorkerConfig
 

@@ -19,15 +19,17 @@ from edge_runtime.bindings import StateDir
 from edge_runtime.bindings.d1 import (
     D1Database,
     D1Error,
-    D1MigrationError,
     D1TypeError,
-    apply_migrations,
     database_file,
+    open_binding,
+    split_statements,
+)
+from edge_runtime.bindings.d1_migrations import (
+    D1MigrationError,
+    apply_migrations,
     list_migrations,
     migrations_folder,
     migrations_table,
-    open_binding,
-    split_statements,
 )
 from edge_runtime.config import BindingSpec, load_config
 from edge_runtime.config_error import ConfigError

@@ -2,7 +2,7 @@
 with Cloudflare's call shapes, limits and error messages, kept in one SQLite file per namespace.
 
 Every PoP shares one `KvNamespace`, and other edgewise processes may open the same file, so the
-database runs in WAL mode (readers never wait for the writer) with a busy timeout for writers.
+database (`kv_store.py`) runs in WAL mode (readers never wait for the writer) with a busy timeout for writers.
 SQLite work runs in worker threads, each with its own connection, so a 25 MiB value never holds up
 the event loop. Locally KV is strongly consistent (a write is seen at once by every PoP) unless
 `[edgewise] kv_propagation_ms` is set: see `kv_propagation.py`.
@@ -14,18 +14,16 @@ import base64
 import binascii
 import json
 import math
-import sqlite3
-import threading
 import time
 from asyncio import to_thread
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgewise_sdk.workers import BodyStream, JsDict, to_jsdict
 
 from ..config_error import ConfigError
+from .kv_store import KvStore
 
 if TYPE_CHECKING:
     from ..config import BindingSpec
@@ -46,17 +44,7 @@ PUT_OPTIONS = ("expiration", "expirationTtl", "metadata")
 LIST_OPTIONS = ("prefix", "limit", "cursor")
 
 DATABASE_FILE = "kv.sqlite"  # under <state>/kv/<namespace id>/
-BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another process's write to finish
 STREAM_CHUNK_BYTES = 64 * 1024
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    key TEXT PRIMARY KEY,  -- BINARY collation on UTF-8 text: listed in UTF-8 byte order, as Cloudflare does
-    value BLOB NOT NULL,
-    expiration INTEGER,    -- seconds since the epoch; NULL: never
-    metadata TEXT          -- JSON; NULL: none
-);
-CREATE INDEX IF NOT EXISTS entries_by_expiration ON entries (expiration) WHERE expiration IS NOT NULL;
-"""
 
 
 class KVError(Exception):
@@ -90,120 +78,6 @@ def open_binding(spec: BindingSpec, state: StateDir) -> KvNamespace:
 def database_path(state: StateDir, namespace_id: str) -> Path:
     return state.folder("kv", namespace_id) / DATABASE_FILE
 
-
-class KvStore:
-    """One namespace's SQLite file: a connection per thread, writes in immediate transactions."""
-
-    def __init__(self, path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
-        self.path = path
-        self.busy_timeout_s = busy_timeout_s
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._in_use: set[sqlite3.Connection] = set()
-        self._lock = threading.Lock()
-        self._closed = False
-        with self._session() as connection:
-            connection.executescript(SCHEMA)
-
-    @contextmanager
-    def _session(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection, which `close` leaves to this thread to close if it is in use then."""
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        fresh = self._connect() if connection is None and not self._closed else None
-        with self._lock:
-            if self._closed:
-                if fresh is not None:
-                    fresh.close()
-                raise RuntimeError(f"the KV store {self.path} is closed (the dev run stopped or reloaded its bindings)")
-            if fresh is not None:
-                connection = self._local.connection = fresh
-                self._connections.append(fresh)
-            self._in_use.add(connection)
-        try:
-            yield connection
-        finally:
-            with self._lock:
-                self._in_use.discard(connection)
-                if self._closed:
-                    connection.close()
-
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
-                                     check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; a power cut may lose the last write
-        return connection
-
-    def get(self, keys: list[str], now: float) -> dict[str, tuple[bytes, str | None]]:
-        """The live entries among `keys`: key -> (value, metadata JSON)."""
-        marks = ",".join("?" * len(keys))
-        with self._session() as connection:
-            rows = connection.execute(f"SELECT key, value, metadata FROM entries WHERE key IN ({marks})"
-                                      " AND (expiration IS NULL OR expiration > ?)", (*keys, now)).fetchall()
-        return {key: (value, metadata) for key, value, metadata in rows}
-
-    def entry(self, key: str, now: float) -> tuple[bytes, int | None, str | None] | None:
-        """The live entry under `key`: (value, expiration, metadata JSON), or None."""
-        with self._session() as connection:
-            return connection.execute("SELECT value, expiration, metadata FROM entries WHERE key = ?"
-                                      " AND (expiration IS NULL OR expiration > ?)", (key, now)).fetchone()
-
-    def put(self, key: str, value: bytes, expiration: int | None, metadata: str | None, now: float) -> None:
-        with self._session() as connection:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                connection.execute(
-                    "INSERT INTO entries (key, value, expiration, metadata) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO"
-                    " UPDATE SET value = excluded.value, expiration = excluded.expiration, metadata = excluded.metadata",
-                    (key, value, expiration, metadata))
-                connection.execute("DELETE FROM entries WHERE expiration <= ?", (now,))  # expired: gone for good
-                connection.execute("COMMIT")
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-
-    def delete(self, key: str) -> None:
-        with self._session() as connection:
-            connection.execute("DELETE FROM entries WHERE key = ?", (key,))
-
-    def list(self, prefix: str, after: str | None, count: int, now: float) -> list[tuple[str, int | None, str | None]]:
-        """Up to `count` live entries starting with `prefix` and after `after`, by key: (key, expiration, metadata)."""
-        where, params = ["(expiration IS NULL OR expiration > ?)"], [now]
-        if after is not None and after >= prefix:
-            where.append("key > ?")
-            params.append(after)
-        else:
-            where.append("key >= ?")
-            params.append(prefix)
-        end = _prefix_end(prefix)
-        if end is not None:
-            where.append("key < ?")
-            params.append(end)
-        with self._session() as connection:
-            return connection.execute(
-                f"SELECT key, expiration, metadata FROM entries WHERE {' AND '.join(where)} ORDER BY key LIMIT ?",
-                (*params, count)).fetchall()
-
-    def close(self) -> None:
-        """Closes the idle connections now; one in use is closed by its thread when its call ends."""
-        with self._lock:
-            self._closed = True
-            for connection in self._connections:
-                if connection not in self._in_use:
-                    connection.close()
-            self._connections.clear()
-
-
-def _prefix_end(prefix: str) -> str | None:
-    """The least string above every string that starts with `prefix` (code point order is UTF-8 byte order)."""
-    while prefix and prefix[-1] == "\U0010ffff":
-        prefix = prefix[:-1]
-    if not prefix:
-        return None
-    following = ord(prefix[-1]) + 1
-    if 0xD800 <= following <= 0xDFFF:  # surrogates are not characters: the next one is U+E000
-        following = 0xE000
-    return prefix[:-1] + chr(following)
 
 
 class KvNamespace:

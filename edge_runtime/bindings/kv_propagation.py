@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from .kv import KvNamespace, KvStore
+from .kv import KvNamespace
+from .kv_store import KvStore
 
 StoredEntry = tuple[bytes, int | None, str | None]  # (value, expiration, metadata JSON), as KvStore.entry
 

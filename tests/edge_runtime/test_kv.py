@@ -22,11 +22,11 @@ from edge_runtime.bindings.kv import (
     MAX_VALUE_BYTES,
     STREAM_CHUNK_BYTES,
     KvNamespace,
-    KvStore,
     KVError,
     KVTypeError,
     open_binding,
 )
+from edge_runtime.bindings.kv_store import KvStore
 from edge_runtime.config import BindingSpec, ConfigError, load_config
 from edge_runtime.edge import Edge
 

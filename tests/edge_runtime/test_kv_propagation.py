@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge_runtime.bindings.kv import DATABASE_FILE, KvNamespace, KvStore
+from edge_runtime.bindings.kv import DATABASE_FILE, KvNamespace
 from edge_runtime.bindings.kv_propagation import KvPropagation
+from edge_runtime.bindings.kv_store import KvStore
 from edge_runtime.config import ConfigError, load_config
 from edge_runtime.config_schema import EdgewiseConfig
 from edge_runtime.edge import Edge

@@ -25,27 +25,32 @@ class WorkerLoadError(Exception):
     """The main module failed to import or declares its handlers wrongly; the message says what to fix."""
 
 
-def import_isolated(main: Path, instance: str, env: Any) -> tuple[ModuleType, frozenset[str]]:
+def import_isolated(main: Path, instance: str, env: Any,
+                    packages: Path | None = None) -> tuple[ModuleType, frozenset[str]]:
     """Import ``main`` under a name of its own; modules from its folder are imported afresh for it too.
 
     Modules from the Worker's own folder that the import pulls in are taken out of ``sys.modules``
     afterwards, so the next PoP's import gets its own copies (the loaded module keeps references).
-    Returns the module and the names of those modules of its own.
+    Returns the module and the names of those modules of its own. ``packages``: the folder its
+    pyproject.toml dependencies were installed into (edge_runtime/packages.py), importable after its own
+    modules; like site-packages, modules from there are shared by the PoPs and keep their bytecode.
     """
     folder = str(main.parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
+    if packages is not None and str(packages) not in sys.path:
+        sys.path.insert(sys.path.index(folder) + 1, str(packages))  # the Worker's own modules come first
     before = set(sys.modules)
     name = f"_edgewise_{instance}_{next(_generation)}_{main.stem}"
     token = _state.current.set(_state.Invocation(env))  # `from workers import env` at import time: this PoP's
-    finder = _WorkerFolderFinder(main.parent)
+    finder = _WorkerFolderFinder(main.parent, packages)
     sys.meta_path.insert(0, finder)
     try:
         module = _exec_module(name, main)
     finally:
         sys.meta_path.remove(finder)
         _state.current.reset(token)
-        local_names = _forget_local_modules(before, main.parent)
+        local_names = _forget_local_modules(before, main.parent, packages)
     return module, frozenset(local_names)
 
 
@@ -63,15 +68,16 @@ class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
 class _WorkerFolderFinder(importlib.abc.MetaPathFinder):
     """During a load, modules from the Worker's folder get a ``_SourceOnlyLoader``; others are left alone."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, packages: Path | None = None) -> None:
         self._folder = folder
+        self._packages = packages
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
             return None
-        if "site-packages" in spec.origin or not Path(spec.origin).is_relative_to(self._folder):
-            return None  # a venv inside the Worker's folder keeps its cached bytecode
+        if not _is_own_module(spec.origin, self._folder, self._packages):
+            return None  # a venv or the packages folder inside the Worker's folder keeps its cached bytecode
         spec.loader = _SourceOnlyLoader(spec.loader.name, spec.loader.path)
         return spec
 
@@ -91,11 +97,18 @@ def _exec_module(name: str, main: Path) -> ModuleType:
     return module
 
 
-def _forget_local_modules(before: set[str], folder: Path) -> set[str]:
+def _is_own_module(path: str, folder: Path, packages: Path | None) -> bool:
+    """A module of the Worker's own source, not an installed package that happens to sit in its folder."""
+    if "site-packages" in path or (packages is not None and Path(path).is_relative_to(packages)):
+        return False
+    return Path(path).is_relative_to(folder)
+
+
+def _forget_local_modules(before: set[str], folder: Path, packages: Path | None = None) -> set[str]:
     forgotten = set()
     for name in set(sys.modules) - before:
         path = getattr(sys.modules[name], "__file__", None)
-        if path and "site-packages" not in path and Path(path).is_relative_to(folder):
+        if path and _is_own_module(path, folder, packages):
             del sys.modules[name]
             forgotten.add(name)
     return forgotten

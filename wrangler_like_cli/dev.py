@@ -23,6 +23,7 @@ from edge_runtime.control_access import TOKEN_HEADER
 from edge_runtime.devserver import BindError, Listener, display_host, open_listeners, serve
 from edge_runtime.edge import Edge
 from edge_runtime.loader import WorkerLoadError
+from edge_runtime.packages import PackageInstallError, ensure_installed, python_version_warning, read_packages
 
 from .output import LOG_LEVELS, console, fail, setup_logging
 
@@ -149,6 +150,21 @@ def _print_ai(config: WorkerConfig, edge: Edge) -> None:
         console.print(f"  env.{config.ai_binding} → AI backend {spec.url}{escape(where)}")
 
 
+def _worker_packages(config: WorkerConfig, install: bool) -> Path | None:
+    """The folder of the Worker's own packages ([project].dependencies in the pyproject.toml beside the
+    config), installed first unless cached or ``install`` is off; runs before the AI backend starts, so
+    a bad list fails fast."""
+    packages = read_packages(config.root)
+    warnings = [python_version_warning(packages)]
+    if install:
+        ensure_installed(packages, lambda line: console.print(f"[bold]edgewise[/] {escape(line)}", soft_wrap=True))
+    elif packages.requirements and not packages.folder.is_dir():
+        warnings.append(f"--no-install: the Worker's packages are not installed ({', '.join(packages.requirements)})")
+    for warning in filter(None, warnings):
+        console.print(f"[yellow]▲ [WARNING][/] {escape(warning)}", soft_wrap=True)
+    return packages.folder if packages.requirements and packages.folder.is_dir() else None
+
+
 def _start_backend(config: WorkerConfig, stack: contextlib.ExitStack) -> AiBackends:
     """The backends env.AI calls; the local one is started here (and stopped by `stack`) when the config
     asks for it."""
@@ -178,6 +194,9 @@ def _start_backend(config: WorkerConfig, stack: contextlib.ExitStack) -> AiBacke
               help="Serve the model NAME from PATH (a Hugging Face checkpoint folder or a built-in model's name) "
                    "for this run, over [edgewise.models] (repeatable).")
 @click.option("--reload/--no-reload", default=True, show_default=True, help="Reload the Worker when files change.")
+@click.option("--install/--no-install", default=True, show_default=True,
+              help="Install the Worker's packages ([project].dependencies in its pyproject.toml) into "
+                   ".wrangler/python_modules beside the config, when not installed yet.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="log", show_default=True)
 @click.option("--persist-to", type=click.Path(file_okay=False, path_type=Path),
               help="Keep the bindings' data (KV, D1, R2 ...) in this folder (default: .wrangler/state beside the "
@@ -187,7 +206,8 @@ def _start_backend(config: WorkerConfig, stack: contextlib.ExitStack) -> AiBacke
                    "(redacted by default).")
 def dev(directory: Path, config_path: Path | None, env_name: str | None, port: int | None, ip: str | None,
         pops: str | None, pop_ports: int | None, vars_: tuple[str, ...], latency: str | None, cf: str | None,
-        models: tuple[str, ...], reload: bool, log_level: str, persist_to: Path | None, show_secrets: bool) -> None:
+        models: tuple[str, ...], reload: bool, install: bool, log_level: str, persist_to: Path | None,
+        show_secrets: bool) -> None:
     """Serve the Worker in DIRECTORY on emulated PoPs behind an anycast front door."""
     setup_logging(log_level)
     overrides = _parse_vars(vars_)
@@ -201,11 +221,13 @@ def dev(directory: Path, config_path: Path | None, env_name: str | None, port: i
     with contextlib.ExitStack() as stack:  # stops the local AI backend however dev ends
         try:
             config = read_config()
+            python_modules = _worker_packages(config, install)
             ai_backends = _start_backend(config, stack)
-            edge = Edge(config, ai_backends=ai_backends, show_secrets=show_secrets, persist_to=persist_to)
+            edge = Edge(config, ai_backends=ai_backends, show_secrets=show_secrets, persist_to=persist_to,
+                        python_modules=python_modules)
             host = ip or ("127.0.0.1" if config.dev.ip == "localhost" else config.dev.ip)
             listeners = open_listeners(edge, host, config.dev.port if port is None else port)
-        except (ConfigError, WorkerLoadError, BindError, BackendStartError) as error:
+        except (ConfigError, PackageInstallError, WorkerLoadError, BindError, BackendStartError) as error:
             fail(str(error))
             return
         # Everything loaded so far lives as long as the server: keep it out of the cyclic GC's scans.

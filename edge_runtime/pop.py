@@ -17,6 +17,7 @@ from edgewise_sdk.workers import Context, Headers, Request, Response, _state
 from . import http_io
 from .bindings.assets import StaticAssets
 from .env import Env
+from .blocking_io import run_releasing_loop
 from .catalog import Location
 from .cf import base_cf, new_ray_id, request_cf
 from .config import WorkerConfig
@@ -184,7 +185,8 @@ class Pop:
         token = self._enter(ctx, logs)
         watch = self.services.deadlines.watch(wall_time_s, receive, body)
         try:
-            response = await self.worker.fetch(request, self.env, ctx)
+            # Blocking socket calls in the handler (requests.get, ...) wait off the loop: other requests go on.
+            response = await run_releasing_loop(self.worker.fetch, request, self.env, ctx)
         except EdgeError:
             raise
         except (asyncio.CancelledError, WallTimeExceeded) as error:

@@ -26,10 +26,7 @@ from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-try:
-    import greenlet
-except ImportError:  # pragma: no cover - greenlet comes with the test extras; without it handlers block as before
-    greenlet = None
+import greenlet
 
 # Blocking calls of concurrent invocations wait here; a call queued behind 64 others waits its turn.
 _executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="edgewise-blocking-io")
@@ -40,15 +37,8 @@ _SSL_METHODS = ("connect", "connect_ex", "do_handshake", "read", "write", "recv"
                 "send", "sendall", "unwrap")
 
 
-def available() -> bool:
-    """Whether blocking calls are moved off the loop (greenlet installed)."""
-    return greenlet is not None
-
-
 async def run_releasing_loop(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     """``await function(*args)``, with blocking socket calls in it (or in the call itself) run off the loop."""
-    if greenlet is None:
-        return await function(*args)
     return await _Releasing(_call(function, args))
 
 
@@ -56,32 +46,30 @@ async def _call(function: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) 
     return await function(*args)
 
 
-if greenlet is not None:
+class _Portal(greenlet.greenlet):
+    """The greenlet a handler's coroutine is stepped in; its parent is whoever steps it now."""
 
-    class _Portal(greenlet.greenlet):
-        """The greenlet a handler's coroutine is stepped in; its parent is whoever steps it now."""
+    def __init__(self, coro: Any) -> None:
+        super().__init__(self._drive)
+        self._coro = coro
 
-        def __init__(self, coro: Any) -> None:
-            super().__init__(self._drive)
-            self._coro = coro
+    def _drive(self, message: tuple[str, Any]) -> tuple[str, Any]:
+        while True:
+            how, value = message
+            try:
+                out = self._coro.send(value) if how == "send" else self._coro.throw(value)
+            except StopIteration as stop:
+                return "return", stop.value
+            except BaseException as error:  # noqa: BLE001 - handed to the awaiting task as it is
+                return "raise", error
+            message = self.parent.switch(("yield", out))
 
-        def _drive(self, message: tuple[str, Any]) -> tuple[str, Any]:
-            while True:
-                how, value = message
-                try:
-                    out = self._coro.send(value) if how == "send" else self._coro.throw(value)
-                except StopIteration as stop:
-                    return "return", stop.value
-                except BaseException as error:  # noqa: BLE001 - handed to the awaiting task as it is
-                    return "raise", error
-                message = self.parent.switch(("yield", out))
-
-        def wait(self, awaitable: Awaitable[Any]) -> Any:
-            """Suspend the handler until ``awaitable`` (awaited on the loop) is done; its result or error."""
-            how, value = self.parent.switch(("await", awaitable))
-            if how == "throw":
-                raise value
-            return value
+    def wait(self, awaitable: Awaitable[Any]) -> Any:
+        """Suspend the handler until ``awaitable`` (awaited on the loop) is done; its result or error."""
+        how, value = self.parent.switch(("await", awaitable))
+        if how == "throw":
+            raise value
+        return value
 
 
 class _Releasing:
@@ -152,5 +140,4 @@ def _install() -> None:
         socket.getaddrinfo = _getaddrinfo_off_loop(socket.getaddrinfo)
 
 
-if greenlet is not None:
-    _install()
+_install()

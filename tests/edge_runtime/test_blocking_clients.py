@@ -150,7 +150,6 @@ async def _fast_while_slow(client: httpx.AsyncClient, server: SlowServer, slow_p
     return fast_s, await slow
 
 
-@pytest.mark.skipif(not blocking_io.available(), reason="greenlet is not installed")
 @pytest.mark.parametrize("kind", ["urllib", "httpx", "http.client", "shared-httpx"])
 async def test_a_request_is_answered_while_another_waits_in_a_blocking_client(
         tmp_path: Path, slow_server: SlowServer, kind: str) -> None:
@@ -162,7 +161,6 @@ async def test_a_request_is_answered_while_another_waits_in_a_blocking_client(
         assert time.perf_counter() - started >= SLEEP_S  # the slow one really waited for its upstream
 
 
-@pytest.mark.skipif(not blocking_io.available(), reason="greenlet is not installed")
 @pytest.mark.parametrize("kind", ["urllib", "shared-httpx"])
 async def test_blocking_calls_of_concurrent_requests_overlap(tmp_path: Path, slow_server: SlowServer,
                                                              kind: str) -> None:
@@ -173,7 +171,6 @@ async def test_blocking_calls_of_concurrent_requests_overlap(tmp_path: Path, slo
         assert time.perf_counter() - started < 2 * SLEEP_S  # side by side, not one after another
 
 
-@pytest.mark.skipif(not blocking_io.available(), reason="greenlet is not installed")
 async def test_a_plain_def_fetch_handler_does_not_block_either(tmp_path: Path, slow_server: SlowServer) -> None:
     async for client in _edge_client(tmp_path, SYNC_HANDLER_WORKER, slow_server.url):
         fast_s, slow = await _fast_while_slow(client, slow_server, "/slow")
@@ -181,7 +178,6 @@ async def test_a_plain_def_fetch_handler_does_not_block_either(tmp_path: Path, s
         assert slow.text == "upstream said: slept"
 
 
-@pytest.mark.skipif(not blocking_io.available(), reason="greenlet is not installed")
 async def test_the_wall_time_limit_stops_an_invocation_stuck_in_a_blocking_client(
         tmp_path: Path, slow_server: SlowServer) -> None:
     limits = "[edgewise.limits]\nwall_time_s = 0.5\n"
@@ -192,7 +188,6 @@ async def test_the_wall_time_limit_stops_an_invocation_stuck_in_a_blocking_clien
         assert time.perf_counter() - started < SLEEP_S - 0.5  # cancelled at the limit, not when the call returned
 
 
-@pytest.mark.skipif(not blocking_io.available(), reason="greenlet is not installed")
 async def test_the_handler_sees_and_sets_the_invocations_context_variables() -> None:
     var: contextvars.ContextVar[str] = contextvars.ContextVar("var")
     var.set("outside")
@@ -207,7 +202,6 @@ async def test_the_handler_sees_and_sets_the_invocations_context_variables() -> 
     assert var.get() == "inside"  # the invocation's context is the task's, as without the greenlet
 
 
-@pytest.mark.skipif(not blocking_io.available(), reason="greenlet is not installed")
 async def test_errors_and_cancellation_reach_the_handler_and_the_caller(slow_server: SlowServer) -> None:
     async def failing() -> None:
         raise KeyError("from the handler")

@@ -1,19 +1,13 @@
-"""One KV namespace's SQLite file: the entries table, read and written through a connection per thread.
-
-The database runs in WAL mode (readers never wait for the writer) with a busy timeout for writers, so
-every PoP and other edgewise processes may use the same file. Every call here blocks: the binding runs
-it on a worker thread.
+"""One KV namespace's SQLite file: the entries table, read and written through a connection per
+thread (``sqlite_pool``), so every PoP and other edgewise processes may use the same file. Every call
+here blocks: the binding runs it on a worker thread.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another process's write to finish
+from .sqlite_pool import BUSY_TIMEOUT_S, ThreadConnections
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,  -- BINARY collation on UTF-8 text: listed in UTF-8 byte order, as Cloudflare does
@@ -30,74 +24,36 @@ class KvStore:
 
     def __init__(self, path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = path
-        self.busy_timeout_s = busy_timeout_s
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._in_use: set[sqlite3.Connection] = set()
-        self._lock = threading.Lock()
-        self._closed = False
-        with self._session() as connection:
-            connection.executescript(SCHEMA)
+        self._db = ThreadConnections(path, f"the KV store {path}", SCHEMA, busy_timeout_s)
 
-    @contextmanager
-    def _session(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection, which `close` leaves to this thread to close if it is in use then."""
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        fresh = self._connect() if connection is None and not self._closed else None
-        with self._lock:
-            if self._closed:
-                if fresh is not None:
-                    fresh.close()
-                raise RuntimeError(f"the KV store {self.path} is closed (the dev run stopped or reloaded its bindings)")
-            if fresh is not None:
-                connection = self._local.connection = fresh
-                self._connections.append(fresh)
-            self._in_use.add(connection)
-        try:
-            yield connection
-        finally:
-            with self._lock:
-                self._in_use.discard(connection)
-                if self._closed:
-                    connection.close()
-
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
-                                     check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; a power cut may lose the last write
-        return connection
+    def close(self) -> None:
+        """Closes the idle connections now; one in use is closed by its thread when its call ends."""
+        self._db.close()
 
     def get(self, keys: list[str], now: float) -> dict[str, tuple[bytes, str | None]]:
         """The live entries among `keys`: key -> (value, metadata JSON)."""
         marks = ",".join("?" * len(keys))
-        with self._session() as connection:
+        with self._db.session() as connection:
             rows = connection.execute(f"SELECT key, value, metadata FROM entries WHERE key IN ({marks})"
                                       " AND (expiration IS NULL OR expiration > ?)", (*keys, now)).fetchall()
         return {key: (value, metadata) for key, value, metadata in rows}
 
     def entry(self, key: str, now: float) -> tuple[bytes, int | None, str | None] | None:
         """The live entry under `key`: (value, expiration, metadata JSON), or None."""
-        with self._session() as connection:
+        with self._db.session() as connection:
             return connection.execute("SELECT value, expiration, metadata FROM entries WHERE key = ?"
                                       " AND (expiration IS NULL OR expiration > ?)", (key, now)).fetchone()
 
     def put(self, key: str, value: bytes, expiration: int | None, metadata: str | None, now: float) -> None:
-        with self._session() as connection:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                connection.execute(
-                    "INSERT INTO entries (key, value, expiration, metadata) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO"
-                    " UPDATE SET value = excluded.value, expiration = excluded.expiration, metadata = excluded.metadata",
-                    (key, value, expiration, metadata))
-                connection.execute("DELETE FROM entries WHERE expiration <= ?", (now,))  # expired: gone for good
-                connection.execute("COMMIT")
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
+        with self._db.write() as connection:
+            connection.execute(
+                "INSERT INTO entries (key, value, expiration, metadata) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO"
+                " UPDATE SET value = excluded.value, expiration = excluded.expiration, metadata = excluded.metadata",
+                (key, value, expiration, metadata))
+            connection.execute("DELETE FROM entries WHERE expiration <= ?", (now,))  # expired: gone for good
 
     def delete(self, key: str) -> None:
-        with self._session() as connection:
+        with self._db.session() as connection:
             connection.execute("DELETE FROM entries WHERE key = ?", (key,))
 
     def list(self, prefix: str, after: str | None, count: int, now: float) -> list[tuple[str, int | None, str | None]]:
@@ -113,19 +69,10 @@ class KvStore:
         if end is not None:
             where.append("key < ?")
             params.append(end)
-        with self._session() as connection:
+        with self._db.session() as connection:
             return connection.execute(
                 f"SELECT key, expiration, metadata FROM entries WHERE {' AND '.join(where)} ORDER BY key LIMIT ?",
                 (*params, count)).fetchall()
-
-    def close(self) -> None:
-        """Closes the idle connections now; one in use is closed by its thread when its call ends."""
-        with self._lock:
-            self._closed = True
-            for connection in self._connections:
-                if connection not in self._in_use:
-                    connection.close()
-            self._connections.clear()
 
 
 def _prefix_end(prefix: str) -> str | None:

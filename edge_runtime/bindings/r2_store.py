@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from .sqlite_pool import BUSY_TIMEOUT_S, ThreadConnections
+
 INDEX_FILE = "index.sqlite"  # under <state>/r2/<bucket>/, beside blobs/ and incoming/
-BUSY_TIMEOUT_S = 30.0
 WRITE_BATCH_BYTES = 1024 * 1024  # incoming chunks are gathered to this size per trip to a thread
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -97,65 +96,15 @@ class BlobStore:
         self.blobs, self.incoming = folder / "blobs", folder / "incoming"
         self.blobs.mkdir(exist_ok=True)
         self.incoming.mkdir(exist_ok=True)
-        self.busy_timeout_s = busy_timeout_s
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._in_use: set[sqlite3.Connection] = set()
-        self._lock = threading.Lock()
-        self._closed = False
-        with self._session() as connection:
-            connection.executescript(SCHEMA)
-
-    @contextmanager
-    def _session(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection; `close` leaves one in use to be closed by its thread afterwards."""
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        with self._lock:
-            if self._closed:
-                raise RuntimeError(f"the R2 bucket {self.folder} is closed (the dev run stopped or reloaded its "
-                                   "bindings)")
-            if connection is None:
-                connection = self._local.connection = self._connect()
-                self._connections.append(connection)
-            self._in_use.add(connection)
-        try:
-            yield connection
-        finally:
-            with self._lock:
-                self._in_use.discard(connection)
-                if self._closed:
-                    connection.close()
-
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.folder / INDEX_FILE, timeout=self.busy_timeout_s, isolation_level=None,
-                                     check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        return connection
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._session() as connection:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield connection
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
+        self._db = ThreadConnections(folder / INDEX_FILE, f"the R2 bucket {folder}", SCHEMA, busy_timeout_s)
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            for connection in self._connections:
-                if connection not in self._in_use:
-                    connection.close()
-            self._connections.clear()
+        self._db.close()
 
     # objects
 
     def lookup(self, key: str) -> ObjectRow | None:
-        with self._session() as connection:
+        with self._db.session() as connection:
             return _row(connection, key)
 
     def open_object(self, key: str) -> tuple[ObjectRow, IO[bytes]] | None:
@@ -176,7 +125,7 @@ class BlobStore:
     def commit_object(self, row: ObjectRow, incoming: Path, admits: Callable[[ObjectRow | None], bool]) -> bool:
         """Point `row.key` at `incoming` (renamed to blobs/<row.blob>) if `admits` the current object."""
         try:
-            with self._write() as connection:
+            with self._db.write() as connection:
                 current = _row(connection, row.key)
                 if not admits(current):
                     return False
@@ -194,7 +143,7 @@ class BlobStore:
         return True
 
     def delete(self, keys: list[str]) -> None:
-        with self._write() as connection:
+        with self._db.write() as connection:
             marks = ",".join("?" * len(keys))
             blobs = [blob for (blob,) in connection.execute(f"SELECT blob FROM objects WHERE key IN ({marks})", keys)]
             connection.execute(f"DELETE FROM objects WHERE key IN ({marks})", keys)
@@ -206,7 +155,7 @@ class BlobStore:
         place of the keys under it."""
         entries: list[ObjectRow | str] = []
         high = prefix_end(prefix)
-        with self._session() as connection:
+        with self._db.session() as connection:
             while len(entries) < count:
                 wanted = count - len(entries)
                 rows = _scan(connection, prefix, after, inclusive, high, wanted)
@@ -228,18 +177,18 @@ class BlobStore:
     # multipart uploads
 
     def create_upload(self, upload_id: str, upload: UploadRow) -> None:
-        with self._session() as connection:
+        with self._db.session() as connection:
             connection.execute("INSERT INTO uploads VALUES (?, ?, ?, ?, ?)", (upload_id, upload.key,
                                upload.http_metadata, upload.custom_metadata, upload.storage_class))
 
     def find_upload(self, upload_id: str, key: str) -> UploadRow | None:
-        with self._session() as connection:
+        with self._db.session() as connection:
             return _upload(connection, upload_id, key)
 
     def commit_part(self, upload_id: str, key: str, part: PartRow, incoming: Path) -> bool:
         """Keep `incoming` as a part of the upload (replacing one of the same number); False: no such upload."""
         try:
-            with self._write() as connection:
+            with self._db.write() as connection:
                 if _upload(connection, upload_id, key) is None:
                     return False
                 replaced = connection.execute("SELECT blob FROM parts WHERE upload_id = ? AND part_number = ?",
@@ -257,7 +206,7 @@ class BlobStore:
         return True
 
     def parts(self, upload_id: str) -> dict[int, PartRow]:
-        with self._session() as connection:
+        with self._db.session() as connection:
             rows = connection.execute("SELECT part_number, blob, size, etag FROM parts WHERE upload_id = ?",
                                       (upload_id,)).fetchall()
         return {row[0]: PartRow(*row) for row in rows}
@@ -273,7 +222,7 @@ class BlobStore:
     def finish_upload(self, upload_id: str, key: str, row: ObjectRow | None = None, incoming: Path | None = None) -> bool:
         """Drop the upload and its parts, first storing `row` (completion) unless it is None (abort)."""
         try:
-            with self._write() as connection:
+            with self._db.write() as connection:
                 if _upload(connection, upload_id, key) is None:
                     return False
                 blobs = [blob for (blob,) in connection.execute("SELECT blob FROM parts WHERE upload_id = ?",

@@ -530,7 +530,7 @@ async def test_closing_while_a_call_runs_lets_that_call_finish(tmp_path: Path) -
     other.execute("BEGIN IMMEDIATE")
     try:
         writing = asyncio.create_task(kv.put("in-flight", "done"))
-        while not kv._store._in_use:  # until the put waits for the lock, in its thread, on its connection
+        while not kv._store._db._in_use:  # until the put waits for the lock, in its thread, on its connection
             await asyncio.sleep(0.01)
         kv.close()  # as an edge that stops or reloads does
         with pytest.raises(RuntimeError, match="is closed"):

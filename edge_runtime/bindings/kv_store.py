@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .sqlite_pool import BUSY_TIMEOUT_S, ThreadConnections
+from .sqlite_pool import BUSY_TIMEOUT_S, ThreadConnections, prefix_end
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,  -- BINARY collation on UTF-8 text: listed in UTF-8 byte order, as Cloudflare does
@@ -65,7 +65,7 @@ class KvStore:
         else:
             where.append("key >= ?")
             params.append(prefix)
-        end = _prefix_end(prefix)
+        end = prefix_end(prefix)
         if end is not None:
             where.append("key < ?")
             params.append(end)
@@ -73,15 +73,3 @@ class KvStore:
             return connection.execute(
                 f"SELECT key, expiration, metadata FROM entries WHERE {' AND '.join(where)} ORDER BY key LIMIT ?",
                 (*params, count)).fetchall()
-
-
-def _prefix_end(prefix: str) -> str | None:
-    """The least string above every string that starts with `prefix` (code point order is UTF-8 byte order)."""
-    while prefix and prefix[-1] == "\U0010ffff":
-        prefix = prefix[:-1]
-    if not prefix:
-        return None
-    following = ord(prefix[-1]) + 1
-    if 0xD800 <= following <= 0xDFFF:  # surrogates are not characters: the next one is U+E000
-        following = 0xE000
-    return prefix[:-1] + chr(following)

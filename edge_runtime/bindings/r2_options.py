@@ -17,7 +17,8 @@ from typing import Any
 
 from edgewise_sdk.workers import Headers
 
-from .r2_store import ObjectRow, prefix_end
+from .r2_store import ObjectRow
+from .sqlite_pool import prefix_end
 
 # Cloudflare's limits (developers.cloudflare.com/r2/platform/limits)
 MAX_KEY_BYTES = 1024

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .sqlite_pool import BUSY_TIMEOUT_S, ThreadConnections
+from .sqlite_pool import BUSY_TIMEOUT_S, ThreadConnections, prefix_end
 
 INDEX_FILE = "index.sqlite"  # under <state>/r2/<bucket>/, beside blobs/ and incoming/
 WRITE_BATCH_BYTES = 1024 * 1024  # incoming chunks are gathered to this size per trip to a thread
@@ -279,18 +279,6 @@ def _delimited(key: str, prefix: str, delimiter: str | None) -> str | None:
         return None
     at = key.find(delimiter, len(prefix))
     return None if at < 0 else key[:at + len(delimiter)]
-
-
-def prefix_end(prefix: str) -> str | None:
-    """The least string above every string that starts with `prefix` (code point order is UTF-8 byte order)."""
-    while prefix and prefix[-1] == "\U0010ffff":
-        prefix = prefix[:-1]
-    if not prefix:
-        return None
-    following = ord(prefix[-1]) + 1
-    if 0xD800 <= following <= 0xDFFF:  # surrogates are not characters: the next one is U+E000
-        following = 0xE000
-    return prefix[:-1] + chr(following)
 
 
 def unlink_files(*paths: Path) -> None:

@@ -21,8 +21,17 @@ import httpx
 import pytest
 import uvicorn
 
+from assets_fixtures import site_starter
+from edge_runtime.bindings.kv import DATABASE_FILE, KvNamespace
+from edge_runtime.bindings.kv_store import KvStore
+from edge_runtime.bindings.r2 import R2Bucket
 from edge_runtime.config import load_config
 from edge_runtime.edge import Edge
+from kv_fixtures import Clock
+from r2_fixtures import Opener as BucketOpener
+from r2_fixtures import bucket_opener
+from vectorize_fixtures import Opener as IndexOpener
+from vectorize_fixtures import docs_opener
 
 CURRENT_DATE = "2025-11-02"
 BASE_URL = "http://edge.test"
@@ -208,3 +217,41 @@ async def _wait_for(predicate: Callable[[], bool], timeout_s: float = 2.0, poll_
 def wait_for() -> Callable[..., Any]:
     """`await wait_for(predicate, timeout_s=2.0)`: polls until it holds; TimeoutError fails the test."""
     return _wait_for
+
+
+# ---- the bindings' stores, shared by their test files ------------------------------------------
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def kv(tmp_path: Path, clock: Clock) -> Iterator[KvNamespace]:
+    namespace = KvNamespace("CACHE", KvStore(tmp_path / DATABASE_FILE), clock)
+    yield namespace
+    namespace.close()
+
+
+@pytest.fixture
+async def open_bucket(tmp_path: Path) -> AsyncIterator[BucketOpener]:
+    with bucket_opener(tmp_path) as open_:
+        yield open_
+
+
+@pytest.fixture
+async def bucket(open_bucket: BucketOpener) -> R2Bucket:
+    return open_bucket()
+
+
+@pytest.fixture
+async def open_docs(tmp_path: Path) -> AsyncIterator[IndexOpener]:
+    with docs_opener(tmp_path) as open_:
+        yield open_
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Callable[..., httpx.AsyncClient]]:
+    """``site(assets_toml, files=..., worker=...)``: a client on the front door of an Edge serving it."""
+    async with site_starter(tmp_path) as start:
+        yield start

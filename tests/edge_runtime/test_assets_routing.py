@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from assets_fixtures import NAVIGATE, SITE, site_starter, write_site
+from assets_fixtures import NAVIGATE, SITE, write_site
 
 from edge_runtime.bindings.assets_routing import (
     Intent,
@@ -17,13 +16,6 @@ from edge_runtime.bindings.assets_routing import (
 )
 from edge_runtime.config import ConfigError, load_config
 from edge_runtime.edge import Edge
-
-
-@pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Callable[..., httpx.AsyncClient]]:
-    """``site(assets_toml, files=..., worker=...)``: a client on the front door of an Edge serving it."""
-    async with site_starter(tmp_path) as start:
-        yield start
 
 
 # --- html_handling --------------------------------------------------------------------------------

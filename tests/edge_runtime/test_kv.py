@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,27 +12,13 @@ from workers import BodyStream, JsDict, Response
 
 from edge_runtime.bindings import OpenBindings, StateDir
 from edge_runtime.bindings.kv import (
-    DATABASE_FILE,
     MAX_VALUE_BYTES,
     STREAM_CHUNK_BYTES,
     KvNamespace,
     KVError,
     KVTypeError,
 )
-from edge_runtime.bindings.kv_store import KvStore
-from kv_fixtures import NOW, Clock, spec
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def kv(tmp_path: Path, clock: Clock) -> Iterator[KvNamespace]:
-    namespace = KvNamespace("CACHE", KvStore(tmp_path / DATABASE_FILE), clock)
-    yield namespace
-    namespace.close()
+from kv_fixtures import NOW, spec
 
 
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:

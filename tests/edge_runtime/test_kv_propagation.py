@@ -31,11 +31,6 @@ class Clock:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def shared(tmp_path: Path) -> Iterator[KvNamespace]:
     namespace = KvNamespace("CACHE", KvStore(tmp_path / DATABASE_FILE))
     yield namespace

@@ -6,7 +6,6 @@ import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,18 +18,6 @@ from edge_runtime.bindings.kv_store import KvStore
 from edge_runtime.config import ConfigError, load_config
 from edge_runtime.edge import Edge
 from kv_fixtures import NOW, Clock, spec
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def kv(tmp_path: Path, clock: Clock) -> Iterator[KvNamespace]:
-    namespace = KvNamespace("CACHE", KvStore(tmp_path / DATABASE_FILE), clock)
-    yield namespace
-    namespace.close()
 
 
 # -- expiry --------------------------------------------------------------------------------------------

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from r2_fixtures import Opener, bucket_opener, chunks, stored_files
+from r2_fixtures import chunks, stored_files
 from workers import Headers
 
 from edge_runtime.bindings.r2 import R2Bucket
 from edge_runtime.bindings.r2_objects import R2Object, R2ObjectBody
 from edge_runtime.bindings.r2_options import R2Error, R2RangeError
-
-
-@pytest.fixture
-async def open_bucket(tmp_path: Path) -> AsyncIterator[Opener]:
-    with bucket_opener(tmp_path) as open_:
-        yield open_
-
-
-@pytest.fixture
-async def bucket(open_bucket: Opener) -> R2Bucket:
-    return open_bucket()
 
 
 # --- ranges and conditions -------------------------------------------------------------------------

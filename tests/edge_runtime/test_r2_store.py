@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from config_projects import BASE_TOML, make_project
-from r2_fixtures import SETTINGS, Opener, bucket_opener, chunks, folder, stored_files
+from r2_fixtures import SETTINGS, Opener, chunks, folder, stored_files
 
 from edge_runtime.bindings import StateDir
 from edge_runtime.bindings.r2 import R2Bucket, bucket_folder, open_binding
@@ -21,17 +21,6 @@ from edge_runtime.config_error import ConfigError
 from edge_runtime.edge import Edge
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-async def open_bucket(tmp_path: Path) -> AsyncIterator[Opener]:
-    with bucket_opener(tmp_path) as open_:
-        yield open_
-
-
-@pytest.fixture
-async def bucket(open_bucket: Opener) -> R2Bucket:
-    return open_bucket()
 
 
 # --- large bodies go through disk, not memory --------------------------------------------------------

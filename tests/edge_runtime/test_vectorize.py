@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from vectorize_fixtures import Opener, docs_opener, reference_top_k, unit, upsert_all
+from vectorize_fixtures import Opener, reference_top_k, unit, upsert_all
 from workers import JsDict
 
 from edge_runtime.bindings import OPENERS, OpenBindings, StateDir, vectorize_store
@@ -22,12 +21,6 @@ from edge_runtime.bindings.vectorize_config import (
 )
 from edge_runtime.config import BindingSpec
 from edge_runtime.config_error import ConfigError
-
-
-@pytest.fixture
-async def open_docs(tmp_path: Path) -> AsyncIterator[Opener]:
-    with docs_opener(tmp_path) as open_:
-        yield open_
 
 
 # --- creating and describing -----------------------------------------------------------------------

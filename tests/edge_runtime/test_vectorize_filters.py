@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from vectorize_fixtures import Opener, docs_opener
+from vectorize_fixtures import Opener
 
 from edge_runtime.bindings import vectorize_filters
 from edge_runtime.bindings.vectorize_config import VectorizeError
-
-
-@pytest.fixture
-async def open_docs(tmp_path: Path) -> AsyncIterator[Opener]:
-    with docs_opener(tmp_path) as open_:
-        yield open_
 
 
 # --- metadata filters ------------------------------------------------------------------------------

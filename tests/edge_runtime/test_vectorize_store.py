@@ -6,7 +6,6 @@ import asyncio
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +13,13 @@ import httpx
 import numpy as np
 import pytest
 from config_projects import BASE_TOML, make_project
-from vectorize_fixtures import Opener, docs_opener, reference_top_k, unit, upsert_all
+from vectorize_fixtures import Opener, reference_top_k, unit, upsert_all
 
 from edge_runtime.bindings import StateDir
 from edge_runtime.bindings.vectorize import open_index
 from edge_runtime.bindings.vectorize_config import VectorizeError, create_index
 from edge_runtime.config import load_config
 from edge_runtime.edge import Edge
-
-
-@pytest.fixture
-async def open_docs(tmp_path: Path) -> AsyncIterator[Opener]:
-    with docs_opener(tmp_path) as open_:
-        yield open_
 
 
 # --- persistence -----------------------------------------------------------------------------------

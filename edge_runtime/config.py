@@ -60,13 +60,13 @@ __all__ = [
 
 USED_KEYS = frozenset({
     "name", "main", "compatibility_date", "compatibility_flags", "vars", "ai", "triggers",
-    "dev", "env", "edgewise", *BINDING_KINDS,
+    "dev", "env", "edgewise", "migrations", *BINDING_KINDS,
 })  # fmt: skip
 # Cloudflare keys edgewise does not act on; accepted silently as wrangler would accept them
 # (workers-sdk packages/workers-utils/src/config/environment.ts and config.ts).
 IGNORED_KEYS = frozenset({
     "$schema", "account_id", "routes", "route", "workers_dev", "preview_urls",
-    "migrations", "observability", "build", "rules", "placement", "limits",
+    "observability", "build", "rules", "placement", "limits",
     "tail_consumers", "streaming_tail_consumers", "logfwdr", "unsafe", "define", "tsconfig", "jsx_factory", "jsx_fragment", "no_bundle", "minify",
     "keep_names", "first_party_worker", "logpush", "upload_source_maps", "containers",
     "cloudchamber", "compliance_region", "site", "legacy_env", "send_metrics", "keep_vars",
@@ -131,6 +131,9 @@ def _worker_config(
         crons=_crons(merged.get("triggers", {}), key_of("triggers")),
         ai_binding=_ai_binding(merged.get("ai"), key_of("ai")),
         bindings=_bindings(merged, key_of),
+        migrations=_tables(raw.get("migrations", []), "migrations"),  # wrangler: top level only
+        queue_consumers=_tables(expect_table(merged.get("queues", {}), key_of("queues")).get("consumers", []),
+                                join_key(key_of("queues"), "consumers")),
         dev=build(DevConfig, "dev", **_dev_fields(raw.get("dev", {}))),
         edgewise=_edgewise(raw, env_table, env_name, root),
     )
@@ -255,6 +258,11 @@ def _bindings(merged: Mapping[str, Any], key_of: Callable[[str], str]) -> tuple[
                                                                   'e.g. "MY_BINDING"')
             specs.append(BindingSpec(kind, expect_str(table[name_key], join_key(where, name_key)), table))
     return tuple(specs)
+
+
+def _tables(value: Any, key: str) -> tuple[Mapping[str, Any], ...]:
+    """An array of tables as written (``migrations``, ``queues.consumers``); their owners check the keys."""
+    return tuple(expect_table(entry, f"{key}[{index}]") for index, entry in enumerate(expect_array(value, key)))
 
 
 def _dev_fields(value: Any) -> dict[str, Any]:

@@ -369,6 +369,8 @@ class WorkerConfig:
     crons: tuple[str, ...]  # triggers.crons
     ai_binding: str | None  # [ai] binding name, e.g. "AI"
     bindings: tuple[BindingSpec, ...] = ()  # every other binding, in the order declared
+    migrations: tuple[Mapping[str, Any], ...] = ()  # Durable Object class migrations, as written
+    queue_consumers: tuple[Mapping[str, Any], ...] = ()  # queues.consumers, as written
     dev: DevConfig = field(default_factory=DevConfig)
     edgewise: EdgewiseConfig = field(default_factory=EdgewiseConfig)
     env_name: str | None = None
@@ -379,6 +381,9 @@ class WorkerConfig:
         object.__setattr__(self, "crons", tuple(self.crons))
         object.__setattr__(self, "bindings", tuple(self.bindings))
         object.__setattr__(self, "warnings", tuple(self.warnings))
+        object.__setattr__(self, "migrations", tuple(_freeze(json_value(dict(m), "migrations")) for m in self.migrations))
+        object.__setattr__(self, "queue_consumers",
+                           tuple(_freeze(json_value(dict(c), "queues.consumers")) for c in self.queue_consumers))
         variables = {name: json_value(value, f"vars.{name}") for name, value in self.vars.items()}
         object.__setattr__(self, "vars", _freeze(variables))
         object.__setattr__(self, "secrets", _freeze(self.secrets))

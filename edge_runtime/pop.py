@@ -28,6 +28,7 @@ from .geo import ClientLocation, ClientLocator, LocationError
 from .isolate_memory import MIB, MemoryMeter
 from .loader import WorkerLoadError
 from .routing import simulated_rtt_ms
+from .scripts import Script
 from .scheduled import SCHEDULED_PATHS, run_scheduled_endpoint
 from .tail import TailHub, exception_entry, request_event
 from .websocket_bridge import serve_websocket
@@ -64,18 +65,33 @@ class EdgeServices:
 class Pop:
     """Serves requests for one location: builds ``request.cf``, runs the Worker, adds ``CF-Ray``."""
 
-    def __init__(self, location: Location, services: EdgeServices, worker: Worker, env: Env,
+    def __init__(self, location: Location, services: EdgeServices, script: Script,
                  port: int | None = None, healthy: bool = True) -> None:
         self.location = location
         self.colo = location.iata
         self.services = services
-        self.worker = worker
-        self.env = env
+        self.script = script  # the Worker it serves; its instance at this PoP is script.instance(colo)
         self.port = port
         self.healthy = healthy
         self._cf_cache: dict[ClientLocation, Any] = {}
         self._background: set[asyncio.Future[Any]] = set()
         self._memory = MemoryMeter()
+
+    @property
+    def worker(self) -> Worker:
+        return self.script.workers[self.colo]
+
+    @worker.setter
+    def worker(self, worker: Worker) -> None:
+        self.script.workers[self.colo] = worker
+
+    @property
+    def env(self) -> Env:
+        return self.script.envs[self.colo]
+
+    @env.setter
+    def env(self, env: Env) -> None:
+        self.script.envs[self.colo] = env
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":

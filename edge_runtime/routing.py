@@ -17,9 +17,18 @@ class Routable(Protocol):
 
 def simulated_rtt_ms(location: Location, client: ClientLocation, latency: LatencyConfig) -> float:
     """Round trip from distance: a fixed cost per hop plus a per-1000 km cost (fibre + routing)."""
+    return _rtt_ms(client.latitude, client.longitude, location, latency)
+
+
+def pop_to_pop_rtt_ms(here: Location, there: Location, latency: LatencyConfig) -> float:
+    """Round trip between two PoPs (a call to a Durable Object that lives elsewhere); 0 within one PoP."""
+    return 0.0 if here == there else _rtt_ms(here.latitude, here.longitude, there, latency)
+
+
+def _rtt_ms(latitude: float, longitude: float, location: Location, latency: LatencyConfig) -> float:
     if not latency.enabled:
         return 0.0
-    distance_km = great_circle_km(client.latitude, client.longitude, location.latitude, location.longitude)
+    distance_km = great_circle_km(latitude, longitude, location.latitude, location.longitude)
     return latency.base_ms + latency.ms_per_1000km * distance_km / 1000.0
 
 

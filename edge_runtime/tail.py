@@ -124,6 +124,9 @@ def pretty(event: dict[str, Any]) -> str:
     detail = event["event"]
     if "cron" in detail:
         head = f'"{detail["cron"]}" @ {when} - {outcome}'
+    elif "type" in detail:  # an invocation other than a request (edge_runtime/invocation.py)
+        what = " ".join(f"{key}={value}" for key, value in detail.items() if key != "type")
+        head = f"{detail['type']} {what} - {outcome} @ {when}"
     else:
         request = detail["request"]
         head = f"{request['method']} {request['url']} - {outcome} @ {when}"

@@ -5,8 +5,11 @@ Cloudflare, every PoP sees the same data. Their data lives under the state folde
 (``.wrangler/state`` beside the config, or ``--persist-to``), so it survives restarts.
 
 Each kind that runs here has a module of its own with an ``open_binding(spec, state)`` function
-(``OPENERS``). A declared binding of any other kind is announced once at start and is an
-``UnsupportedBinding`` in env: touching it raises ``BindingNotSupportedError``.
+(``OPENERS``). Kinds that reach other Workers of the edge (Durable Objects, service bindings, queue
+producers, workflows) are bound per PoP instead, by the module's ``bind(spec, edge, script, colo)``
+(``EDGE_BINDERS``): their shared state lives in the edge (``Edge.shared``). A declared binding of any
+other kind is announced once at start and is an ``UnsupportedBinding`` in env: touching it raises
+``BindingNotSupportedError``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ OPENERS: dict[str, str] = {
     "r2_buckets": "r2",
     "vectorize": "vectorize",
     "assets": "assets",
+}
+
+# kind -> module (in this package) whose bind(spec, edge, script, colo) makes one PoP's env object
+EDGE_BINDERS: dict[str, str] = {
+    "durable_objects": "durable_objects",
+    "services": "services",
+    "queues": "queues",
+    "workflows": "workflows",
 }
 
 
@@ -77,14 +88,14 @@ class OpenBindings:
     def __init__(self, specs: tuple[BindingSpec, ...], state: StateDir) -> None:
         self.specs, self.state = specs, state
         self.by_name: dict[str, Any] = {}
-        self.unsupported = [spec for spec in specs if spec.kind not in OPENERS]
+        self.unsupported = [spec for spec in specs if spec.kind not in OPENERS and spec.kind not in EDGE_BINDERS]
         try:
             for spec in specs:
                 if spec.kind in OPENERS:
                     binding = _opener(spec.kind)(spec, state)
                     if spec.name is not None:
                         self.by_name[spec.name] = binding
-                elif spec.name is not None:
+                elif spec.name is not None and spec.kind not in EDGE_BINDERS:
                     self.by_name[spec.name] = UnsupportedBinding(spec)
         except BaseException:
             self.close()
@@ -102,6 +113,11 @@ class OpenBindings:
             close: Callable[[], None] | None = getattr(type(binding), "close", None)
             if close is not None:
                 close(binding)
+
+
+def edge_binder(kind: str) -> Callable[..., Any]:
+    """The ``bind(spec, edge, script, colo)`` of an edge-bound kind."""
+    return importlib.import_module(f"{__name__}.{EDGE_BINDERS[kind]}").bind
 
 
 def _opener(kind: str) -> Callable[[BindingSpec, StateDir], Any]:

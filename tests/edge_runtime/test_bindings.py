@@ -109,15 +109,15 @@ class Default(WorkerEntrypoint):
 
 
 async def test_a_worker_touching_an_unsupported_binding_gets_the_error(tmp_path: Path) -> None:
-    project = make_project(tmp_path, {"wrangler.toml": BASE_TOML + '[[queues.producers]]\nbinding = "JOBS"\n'
-                                                                  'queue = "jobs"\n', "src/entry.py": WORKER})
+    project = make_project(tmp_path, {"wrangler.toml": BASE_TOML + '[[hyperdrive]]\nbinding = "JOBS"\n'
+                                                                  'id = "db"\n', "src/entry.py": WORKER})
     edge = Edge(load_config(project))
     try:
         transport = httpx.ASGITransport(app=edge.front_door)
         async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
             reply = await client.get("/")
         assert reply.status_code == 500
-        assert reply.text.startswith("BindingNotSupportedError: env.JOBS is a queues binding")
+        assert reply.text.startswith("BindingNotSupportedError: env.JOBS is a hyperdrive binding")
     finally:
         await edge.aclose()
 

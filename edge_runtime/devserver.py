@@ -88,9 +88,13 @@ def display_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
 
 
-async def serve(edge: Edge, listeners: list[Listener], *, reload: bool, reload_config: Callable[[], WorkerConfig],
-                on_ready: Callable[[list[Listener]], None]) -> None:
-    """Serve until SIGINT/SIGTERM; with ``reload``, re-import the Worker when its files change."""
+async def serve(edge: Edge, listeners: list[Listener], *, reload: bool,
+                reload_configs: Callable[[], list[WorkerConfig]], on_ready: Callable[[list[Listener]], None]) -> None:
+    """Serve until SIGINT/SIGTERM; with ``reload``, re-import the Workers when their files change.
+
+    The edge's own work (alarms, queue consumers, workflows left running) starts before the first request.
+    """
+    await edge.start()
     servers = [_Server(_uvicorn_config(listener.app)) for listener in listeners]
     stop = asyncio.Event()
     _install_signal_handlers(stop)
@@ -100,7 +104,7 @@ async def serve(edge: Edge, listeners: list[Listener], *, reload: bool, reload_c
             break
         await asyncio.sleep(0.01)
     on_ready(listeners)
-    watcher = asyncio.ensure_future(_watch(edge, reload_config, stop)) if reload else None
+    watcher = asyncio.ensure_future(_watch(edge, reload_configs, stop)) if reload else None
     await _wait_for_stop(stop, tasks)
     for server in servers:
         server.should_exit = True
@@ -128,12 +132,13 @@ def _uvicorn_config(app: Any, read_timeouts: ReadTimeouts = ReadTimeouts()) -> u
                           proxy_headers=False, server_header=False, date_header=True, timeout_graceful_shutdown=5)
 
 
-async def _watch(edge: Edge, reload_config: Callable[[], WorkerConfig], stop: asyncio.Event) -> None:
-    root = edge.config.root
-    async for changes in watchfiles.awatch(root, stop_event=stop, watch_filter=_is_watched, debounce=200):
+async def _watch(edge: Edge, reload_configs: Callable[[], list[WorkerConfig]], stop: asyncio.Event) -> None:
+    roots = sorted({script.config.root for script in edge.scripts.values()})
+    async for changes in watchfiles.awatch(*roots, stop_event=stop, watch_filter=_is_watched, debounce=200):
         changed = sorted({Path(path).name for _, path in changes})
         try:
-            edge.reload(reload_config())
+            for config in reload_configs():
+                edge.reload(config)
         except (ConfigError, WorkerLoadError) as error:
             log.error("Reload failed; still serving the previous version.\n%s", error)
             continue

@@ -107,6 +107,8 @@ def _print_ready(config: WorkerConfig, host: str, listeners: list[Listener], edg
         port = next((f"http://{display_host(host)}:{lst.port}" for lst in listeners if lst.name == pop.colo), "")
         state = "" if pop.healthy else " [red](down)[/]"
         console.print(f"  {pop.colo}  {pop.location.city}, {pop.location.country}  {port}{state}")
+    for other in list(edge.scripts.values())[1:]:
+        console.print(f"  also running [cyan]{other.name}[/] ({other.config.file}), reached through bindings")
     _print_ai(config, edge)
     console.print(f"  control token [dim](header {TOKEN_HEADER}, for POST /cdn-cgi/edgewise/pops/<COLO>/up|down)[/]: "
                   f"{edge.control_token}", soft_wrap=True)
@@ -180,8 +182,9 @@ def _start_backend(config: WorkerConfig, stack: contextlib.ExitStack) -> AiBacke
 
 @click.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path), default=".")
-@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Path to wrangler.json/.jsonc/.toml (default: looked up in DIRECTORY).")
+@click.option("--config", "-c", "config_paths", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
+              help="Path to wrangler.json/.jsonc/.toml (default: looked up in DIRECTORY). Repeat it to run several "
+                   "Workers in one edge: the first is served, the others are reached through bindings.")
 @click.option("--env", "-e", "env_name", help="Use the [env.NAME] section of the config.")
 @click.option("--port", type=click.IntRange(0, 65535), help="Front door port (default: [dev] port, or 8787).")
 @click.option("--ip", help="Address to listen on (default: 127.0.0.1).")
@@ -204,7 +207,7 @@ def _start_backend(config: WorkerConfig, stack: contextlib.ExitStack) -> AiBacke
 @click.option("--show-secrets", is_flag=True,
               help="Show credential headers (Authorization, Cookie ...) and the run's tokens in `edgewise tail` "
                    "(redacted by default).")
-def dev(directory: Path, config_path: Path | None, env_name: str | None, port: int | None, ip: str | None,
+def dev(directory: Path, config_paths: tuple[Path, ...], env_name: str | None, port: int | None, ip: str | None,
         pops: str | None, pop_ports: int | None, vars_: tuple[str, ...], latency: str | None, cf: str | None,
         models: tuple[str, ...], reload: bool, install: bool, log_level: str, persist_to: Path | None,
         show_secrets: bool) -> None:
@@ -214,17 +217,21 @@ def dev(directory: Path, config_path: Path | None, env_name: str | None, port: i
     cf_fields = _parse_cf(cf)
     model_sources = _parse_models(models)
 
-    def read_config() -> WorkerConfig:
-        return _apply_cli(load_config(directory, config_path, env_name, overrides), pops, latency, pop_ports, cf_fields,
-                          model_sources)
+    def read_configs() -> list[WorkerConfig]:
+        """The served Worker's config (with the command line's settings over it), then the others'."""
+        first, *others = config_paths or (None,)
+        served = _apply_cli(load_config(directory, first, env_name, overrides), pops, latency, pop_ports, cf_fields,
+                            model_sources)
+        return [served, *(load_config(directory, path, env_name) for path in others)]
 
     with contextlib.ExitStack() as stack:  # stops the local AI backend however dev ends
         try:
-            config = read_config()
+            config, *others = read_configs()
             python_modules = _worker_packages(config, install)
+            others_packages = {other.name: _worker_packages(other, install) for other in others}
             ai_backends = _start_backend(config, stack)
             edge = Edge(config, ai_backends=ai_backends, show_secrets=show_secrets, persist_to=persist_to,
-                        python_modules=python_modules)
+                        python_modules=python_modules, workers=others, workers_python_modules=others_packages)
             host = ip or ("127.0.0.1" if config.dev.ip == "localhost" else config.dev.ip)
             listeners = open_listeners(edge, host, config.dev.port if port is None else port)
         except (ConfigError, PackageInstallError, WorkerLoadError, BindError, BackendStartError) as error:
@@ -233,15 +240,15 @@ def dev(directory: Path, config_path: Path | None, env_name: str | None, port: i
         # Everything loaded so far lives as long as the server: keep it out of the cyclic GC's scans.
         gc.freeze()
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_serve_then_close(edge, listeners, reload, read_config,
+            runner.run(_serve_then_close(edge, listeners, reload, read_configs,
                                          lambda ready: _print_ready(config, host, ready, edge)))
 
 
 async def _serve_then_close(edge: Edge, listeners: list[Listener], reload: bool,
-                            read_config: Callable[[], WorkerConfig],
+                            read_configs: Callable[[], list[WorkerConfig]],
                             on_ready: Callable[[list[Listener]], None]) -> None:
     try:
-        await serve(edge, listeners, reload=reload, reload_config=read_config, on_ready=on_ready)
+        await serve(edge, listeners, reload=reload, reload_configs=read_configs, on_ready=on_ready)
     finally:
         await edge.aclose()
 

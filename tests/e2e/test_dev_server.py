@@ -400,3 +400,27 @@ def test_signal_stops_the_server(start_dev: Callable[..., DevServer], sig: signa
     assert returncode in (0, -sig)
     assert not is_listening(server.port)
     assert "Traceback" not in server.output
+
+
+# --- several Workers in one edge --------------------------------------------------------------------
+
+
+def test_two_configs_run_two_workers_joined_by_a_service_binding(start_dev: Callable[..., DevServer],
+                                                                 tmp_path: Path) -> None:
+    """wrangler's form: `dev -c a/wrangler.jsonc -c b/wrangler.jsonc`; the first is served, the second reached by RPC."""
+    front, back = tmp_path / "front", tmp_path / "back"
+    for folder, config, code in (
+        (front, {"name": "front", "services": [{"binding": "BACK", "service": "back"}]},
+         "from workers import Response, WorkerEntrypoint\n\nclass Default(WorkerEntrypoint):\n"
+         "    async def fetch(self, request):\n        return Response(await self.env.BACK.shout('hi'))\n"),
+        (back, {"name": "back"},
+         "from workers import Response, WorkerEntrypoint\n\nclass Default(WorkerEntrypoint):\n"
+         "    def shout(self, text):\n        return text.upper() + ' from back'\n"),
+    ):
+        (folder / "src").mkdir(parents=True)
+        (folder / "src" / "entry.py").write_text(code)
+        (folder / "wrangler.jsonc").write_text(json.dumps({**config, "main": "src/entry.py",
+                                                          "compatibility_date": "2025-11-02",
+                                                          "compatibility_flags": ["python_workers"]}))
+    server = start_dev(front, "-c", str(front / "wrangler.jsonc"), "-c", str(back / "wrangler.jsonc"), "--no-reload")
+    assert server.get().text == "HI from back"

@@ -14,9 +14,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+from dev_process import DevServer
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_SHAKESPEARE = "@cf/edgewise/tiny-shakespeare"
@@ -165,3 +170,34 @@ def greedy() -> Callable[[Messages, int], str]:
 
     return text
 
+
+@pytest.fixture
+def start_dev() -> Iterator[Callable[..., DevServer]]:
+    """Starts `edgewise dev` processes (tests/e2e/dev_process.py); each is killed at the end of the test."""
+    servers: list[DevServer] = []
+
+    def start(project: Path, *extra: str) -> DevServer:
+        servers.append(DevServer(project, *extra))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop(signal.SIGKILL)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+BROWSER_WAIT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """The system's headless Chromium (Debian's package), driven by Playwright; skipped where it is missing."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (CI installs Debian's chromium package)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=BROWSER_WAIT_MS)
+        yield launched
+        launched.close()

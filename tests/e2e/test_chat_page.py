@@ -16,9 +16,6 @@ if TYPE_CHECKING:
     from conftest import AiDevServer, Messages
     from playwright.sync_api import Browser, Page
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ai-chat"
 MAX_TOKENS = 40  # enough pieces for a conversation of two turns, few enough to stay fast
 # The streamed answer is longer: on a busy machine the tiny model's tokens can arrive in a few bursts,
@@ -41,17 +38,6 @@ def example_constant(name: str) -> str:
         if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == name for target in node.targets):
             return ast.literal_eval(node.value)
     raise LookupError(f"{name} is not set in examples/ai-chat/src/entry.py")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (CI installs Debian's chromium package)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=WAIT_MS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")

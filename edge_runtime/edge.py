@@ -56,7 +56,7 @@ class Edge:
         self.config = config
         self.bindings = dict(bindings or {})
         self.state = StateDir.for_config(config, persist_to)
-        self.started = False
+        self.started = self._closed = False
         self._shared: dict[str, Any] = {}
         self.scripts: dict[str, Script] = {}
         try:
@@ -196,6 +196,9 @@ class Edge:
 
     async def aclose(self) -> None:
         """Close what outlives requests: shared services, the AI backends' connections, the bindings' stores."""
+        if self._closed:
+            return
+        self._closed = True
         for service in reversed(list(self._shared.values())):
             aclose, close = getattr(service, "aclose", None), getattr(service, "close", None)
             try:

@@ -11,6 +11,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from . import http_io
+from .bindings.do_directory import describe_objects
 from .control_access import cross_origin_refusal, has_token, missing_token_message
 from .errors import bad_request, no_healthy_pop, render
 from .geo import ClientLocation, LocationError
@@ -80,6 +81,8 @@ class FrontDoor:
             await _json(send, 403, {"error": refusal})
         elif route == ["pops"] and method == "GET":
             await _json(send, 200, [self.edge.describe(pop) for pop in self.edge.pops])
+        elif route == ["objects"] and method == "GET":
+            await _json(send, 200, describe_objects(self.edge))
         elif len(route) == 3 and route[0] == "pops" and route[2] in ("up", "down") and method == "POST":
             if has_token(headers, self.edge.control_token):
                 await self._set_health(send, route[1].upper(), route[2] == "up")
@@ -89,7 +92,7 @@ class FrontDoor:
             await _json(send, 200, {"ok": True, "healthyPops": sum(pop.healthy for pop in self.edge.pops)})
         else:
             await _json(send, 404, {"error": f"no control endpoint {method} {scope['path']}",
-                                    "endpoints": ["GET pops", "POST pops/<COLO>/up|down", "GET health", "WS tail"]})
+                                    "endpoints": ["GET pops", "GET objects", "POST pops/<COLO>/up|down", "GET health", "WS tail"]})
 
     async def _set_health(self, send: Any, colo: str, healthy: bool) -> None:
         pop = next((pop for pop in self.edge.pops if pop.colo == colo), None)

@@ -21,7 +21,15 @@ class WorkerEntrypoint:
 
 
 class DurableObject:
-    """Base class of Durable Objects (``__init__(self, ctx, env)``); only stored here, not yet run."""
+    """Base class of Durable Objects: ``__init__(self, ctx, env)``, one live instance per object id.
+
+    ``self.ctx`` is the object's ``DurableObjectState`` (``id``, ``storage``, ``blockConcurrencyWhile``,
+    ``abort``, ``acceptWebSocket`` ...), ``self.env`` the env of the PoP it lives at; the runtime sets both
+    even when a subclass's ``__init__`` skips ``super().__init__``. Handlers: ``fetch(self, request)``,
+    ``alarm(self[, alarmInfo])``, ``webSocketMessage(self, ws, message)``, ``webSocketClose(self, ws, code,
+    reason, wasClean)``, ``webSocketError(self, ws, error)``; every other public method is callable over RPC
+    from a stub (edge_runtime/bindings/durable_objects.py).
+    """
 
     def __init__(self, ctx: Any, env: Any) -> None:
         self.ctx = ctx

@@ -1,13 +1,16 @@
 """``js``: the JavaScript globals Python Workers reach through Pyodide's FFI, backed by ``workers`` on CPython.
 
 Only the names real Worker code uses are here (``from js import Response, JSON, console, ...``); any other name
-raises an error that says so, instead of a bare ``cannot import name``.
+raises an error that says so, instead of a bare ``cannot import name``. ``HTMLRewriter`` lives in
+``html_rewriter.py``, the outbound ``WebSocket`` client in ``websocket.py``.
 """
 
 from __future__ import annotations
 
+import dis
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import date, datetime
@@ -15,11 +18,15 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 from edgewise_sdk import workers
-from edgewise_sdk.workers import FormData, Headers, JsDict, Request, Response, WebSocket, WebSocketPair
+from edgewise_sdk.workers import FormData, Headers, JsDict, Request, Response, WebSocketPair
 from edgewise_sdk.workers._jsdict import to_jsdict
 
+from .html_rewriter import HTMLRewriter
+from .websocket import WebSocket
+
 __all__ = [
-    "JSON", "Blob", "Date", "File", "FormData", "Headers", "Object", "Request", "Response", "URL", "URLSearchParams",
+    "JSON", "Blob", "Date", "File", "FormData", "HTMLRewriter", "Headers", "Object", "Request", "Response", "URL",
+    "URLSearchParams",
     "Uint8Array", "WebSocket", "WebSocketPair", "console", "fetch",
 ]
 
@@ -316,9 +323,16 @@ class Date:
         return time.time_ns() // 1_000_000
 
 
+_IMPORT_FROM = dis.opmap["IMPORT_FROM"]
+
+
 def __getattr__(name: str) -> Any:
-    # `from js import X` turns this into "cannot import name 'X' from 'js'"; `js.X` shows it whole.
-    raise AttributeError(
-        f"edgewise's js shim has no {name!r}: it covers {', '.join(__all__)}. "
-        "Use the Python equivalent (the workers module, or the standard library) instead."
-    )
+    why = (f"edgewise does not support js.{name} (Worker code runs on CPython here, with no JavaScript): the js "
+           f"module covers {', '.join(__all__)}. Use the Python equivalent (the workers module, or the standard "
+           "library) instead.")
+    # `from js import X` swallows an AttributeError into a bare "cannot import name"; an ImportError keeps this
+    # message. Everything else (js.X, hasattr, getattr with a default) needs the AttributeError.
+    caller = sys._getframe(1)
+    if caller.f_lasti >= 0 and caller.f_code.co_code[caller.f_lasti] == _IMPORT_FROM:
+        raise ImportError(f"cannot import name {name!r} from 'js': {why}", name="js")
+    raise AttributeError(f"edgewise's js shim has no {name!r}: {why}", name=name, obj=sys.modules[__name__])

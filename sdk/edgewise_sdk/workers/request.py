@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from http import HTTPMethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -110,6 +110,11 @@ class Request(Body):
         # On Pyodide this is the JS Request; here the Python object plays both roles.
         return self
 
+    @property
+    def _js_request(self) -> JsRequestView:
+        """Where workers-py keeps the JS Request; code written for Cloudflare reads ``request._js_request.cf``."""
+        return JsRequestView(self)
+
     def clone(self) -> Request:
         if self._body_used:
             raise OSError("Body already used")
@@ -121,3 +126,80 @@ class Request(Body):
 
     def __repr__(self) -> str:
         return f"Request(method={str(self.method)!r}, url={self.url!r})"
+
+
+class JsHeadersView:
+    """A request's headers as Pyodide shows a JS ``Headers``: iterating gives ``[name, value]`` pairs."""
+
+    def __init__(self, headers: Headers) -> None:
+        self._headers = headers
+
+    def get(self, name: str) -> str | None:
+        return self._headers.get(name)
+
+    def has(self, name: str) -> bool:
+        return self._headers.has(name)
+
+    def set(self, name: str, value: str) -> None:
+        self._headers.set(name, value)
+
+    def append(self, name: str, value: str) -> None:
+        self._headers.append(name, value)
+
+    def delete(self, name: str) -> None:
+        self._headers.delete(name)
+
+    def getSetCookie(self) -> list[str]:  # noqa: N802 - JS name
+        return self._headers.getSetCookie()
+
+    def entries(self) -> Iterator[list[str]]:
+        return iter([[name, value] for name, value in self._headers.items()])
+
+    __iter__ = entries
+
+    def keys(self) -> Iterator[str]:
+        return iter(list(self._headers))
+
+    def values(self) -> Iterator[str]:
+        return iter(list(self._headers.values()))
+
+    def forEach(self, callback: Callable[..., Any]) -> None:  # noqa: N802 - JS name
+        for name, value in list(self._headers.items()):
+            callback(value, name)
+
+
+class JsRequestView:
+    """``request._js_request``: the JS Request surface (``url``, ``method``, ``headers``, ``cf``, the body
+    readers) over the same request, so the body is still read once."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    url = property(lambda self: self._request.url)
+    method = property(lambda self: str(self._request.method.value))
+    headers = property(lambda self: JsHeadersView(self._request.headers))
+    cf = property(lambda self: self._request.cf)
+    redirect = property(lambda self: self._request.redirect)
+    body = property(lambda self: self._request.body)
+    bodyUsed = property(lambda self: self._request.body_used)  # noqa: N815 - JS name
+
+    async def text(self) -> str:
+        return await self._request.text()
+
+    async def json(self) -> Any:
+        return await self._request.json()
+
+    async def arrayBuffer(self) -> bytes:  # noqa: N802 - JS name
+        return await self._request.bytes()
+
+    async def formData(self) -> Any:  # noqa: N802 - JS name
+        return await self._request.form_data()
+
+    async def blob(self) -> Any:
+        return await self._request.blob()
+
+    def clone(self) -> JsRequestView:
+        return JsRequestView(self._request.clone())
+
+    def __repr__(self) -> str:
+        return f"JsRequest(method={self.method!r}, url={self.url!r})"

@@ -158,8 +158,9 @@ class ObjectDirectory:
 
     # -- delivery ---------------------------------------------------------------------------------
     async def deliver(self, target: ObjectTarget, caller_colo: str | None, hint: str | None, handler: str,
-                      run: Callable[[Any], Awaitable[Any]]) -> Any:
-        """``run(instance)`` at the object's home, after the round trip from ``caller_colo`` (None: at home)."""
+                      run: Callable[[Any], Awaitable[Any]], timeout_s: float | None = None) -> Any:
+        """``run(instance)`` at the object's home, after the round trip from ``caller_colo`` (None: at home),
+        within ``timeout_s`` (default: the Worker's wall-time limit)."""
         object_class = target.object_class
         script = self.edge.script(object_class.script_name)
         self.check_classes(script)
@@ -184,7 +185,7 @@ class ObjectDirectory:
                 live.in_flight -= 1
                 live.last_event_s = time.monotonic()
 
-        return await self.edge.invoke(script, home, call, event=EVENT, detail=detail)
+        return await self.edge.invoke(script, home, call, event=EVENT, detail=detail, timeout_s=timeout_s)
 
     def home_of(self, target: ObjectTarget, caller_colo: str | None, hint: str | None) -> str:
         index = self._indexes[target.object_class.namespace_key]

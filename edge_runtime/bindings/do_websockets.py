@@ -136,7 +136,8 @@ class ObjectSockets:
                 self._tags.pop(ws, None)  # closed sockets leave getWebSockets() and the object's bookkeeping
             try:
                 await self._directory.deliver(self._target, None, None, handler,
-                                              lambda instance: _call_handler(instance, handler, ws, args))
+                                              lambda instance: _call_handler(instance, handler, ws, args),
+                                              self.event_timeout_s)
             except Exception as error:
                 log.error("%s() of Durable Object %s (%s) failed: %s", handler, self._target.object_id,
                           self._target.object_class.class_name, error)

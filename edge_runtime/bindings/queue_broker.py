@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .queue_batch import Decision, MessageBatch
 from .queue_consumer import ConsumerSettings, consumers_by_queue, run_queue_handler
-from .queue_store import Backlog, NewMessage, QueueStore, Readiness, database_path
+from .queue_store import Backlog, NewMessage, QueueStore, Readiness, StoredMessage, database_path
 
 if TYPE_CHECKING:
     from ..edge import Edge
@@ -95,14 +95,13 @@ class QueueBroker:
         while True:
             try:
                 wake.clear()  # before reading the store: a send after the read sets it again
-                now = now_ms()
-                readiness = await to_thread(self.store.readiness, consumer.queue, now, consumer.max_batch_size)
-                wait_ms = _wait_ms(consumer, readiness, now)
-                if wait_ms == 0:
-                    await self._deliver_batch(consumer)
+                taken = await to_thread(self._take_if_due, consumer)
+                if isinstance(taken, list):
+                    if taken:
+                        await self._deliver(consumer, MessageBatch(consumer.queue, taken))
                     continue
                 try:
-                    await asyncio.wait_for(wake.wait(), None if wait_ms is None else wait_ms / 1000)
+                    await asyncio.wait_for(wake.wait(), None if taken is None else taken / 1000)
                 except TimeoutError:
                     pass
             except Exception:
@@ -110,11 +109,13 @@ class QueueBroker:
                               consumer.queue, LOOP_ERROR_PAUSE_S)
                 await asyncio.sleep(LOOP_ERROR_PAUSE_S)
 
-    async def _deliver_batch(self, consumer: ConsumerSettings) -> None:
-        stored = await to_thread(self.store.take, consumer.queue, now_ms(), consumer.max_batch_size)
-        if not stored:
-            return
-        batch = MessageBatch(consumer.queue, stored)
+    def _take_if_due(self, consumer: ConsumerSettings) -> list[StoredMessage] | int | None:
+        """On a worker thread: the next batch if one is due, else how long to wait in ms (None: until woken)."""
+        now = now_ms()
+        wait_ms = _wait_ms(consumer, self.store.readiness(consumer.queue, now, consumer.max_batch_size), now)
+        return self.store.take(consumer.queue, now, consumer.max_batch_size) if wait_ms == 0 else wait_ms
+
+    async def _deliver(self, consumer: ConsumerSettings, batch: MessageBatch) -> None:
         handler_failed = not await self._invoke(consumer, batch)
         await self._settle(consumer, batch, batch.outcome(handler_failed))
 

@@ -42,6 +42,7 @@ IMPLICIT_DEPENDENCIES_FLAG = "python_workflows_implicit_dependencies"
 IMPLICIT_DEPENDENCIES_DATE = "2026-02-25"  # on by default for Python Workers from this compatibility date
 TURN_TIMEOUT_S = 7 * 86400.0  # a turn's bound: steps have their own timeouts, and waits end the turn
 CLOSE_TIMEOUT_S = 5.0
+QUEUED_POLL_S = 1.0  # how often the store is checked for instances queued by another process (the CLI)
 
 
 class WorkflowError(Exception):
@@ -102,6 +103,7 @@ class WorkflowEngine:
         self.time_scale = time_scale if time_scale is not None else float(os.environ.get(TIME_SCALE_ENV) or 1.0)
         self.started = False
         self._runs: dict[tuple[str, str], _Run] = {}
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def definitions(self) -> dict[str, WorkflowDefinition]:
@@ -121,9 +123,28 @@ class WorkflowEngine:
                 await self._io(self.store.set_status, row.workflow, row.id, "paused")
             else:
                 self._schedule((row.workflow, row.id))
+        self._watcher = asyncio.create_task(self._watch_queued(), name="workflows: instances queued elsewhere")
+
+    async def _watch_queued(self) -> None:
+        """Runs instances that another process (``edgewise workflows trigger --local``) queued."""
+        while True:
+            await asyncio.sleep(QUEUED_POLL_S)
+            try:
+                rows = await self._io(self.store.instances, None, ("queued",))
+            except Exception:  # noqa: BLE001 - the store busy or closing: try again next time
+                log.debug("checking for queued workflow instances failed", exc_info=True)
+                continue
+            definitions = self.definitions
+            for row in rows:
+                run = self._runs.get((row.workflow, row.id))
+                idle = run is None or (run.timer is None and (run.task is None or run.task.done()))
+                if idle and row.workflow in definitions:
+                    self._schedule((row.workflow, row.id))
 
     async def aclose(self) -> None:
         """Stops every turn in flight; their instances stay as they are, to resume at the next start."""
+        if self._watcher is not None:
+            self._watcher.cancel()
         tasks = [run.task for run in self._runs.values() if run.task is not None and not run.task.done()]
         for run in self._runs.values():
             if run.timer is not None:

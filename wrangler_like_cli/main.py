@@ -15,6 +15,7 @@ from .kv import kv
 from .r2 import r2
 from .tail import tail
 from .vectorize import vectorize
+from .workflows import workflows
 
 
 def _version() -> str:
@@ -48,6 +49,7 @@ cli.add_command(kv)
 cli.add_command(d1)
 cli.add_command(r2)
 cli.add_command(vectorize)
+cli.add_command(workflows)
 
 if __name__ == "__main__":
     cli()

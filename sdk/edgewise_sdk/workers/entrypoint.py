@@ -37,7 +37,12 @@ class DurableObject:
 
 
 class WorkflowEntrypoint:
-    """Base class of Workflows; only stored here, not yet run."""
+    """Base class of Workflows: subclass it and define ``run(self, event, step)`` (async or not).
+
+    The edge's Workflows engine makes one per run of an instance, with ``self.env`` and ``self.ctx``,
+    and calls ``run`` with ``event`` (a dict: payload, timestamp, instanceId, workflowName) and ``step``
+    (``workers.workflows.WorkflowStep``). What ``run`` returns is the instance's output.
+    """
 
     def __init__(self, ctx: Any, env: Any) -> None:
         self.ctx = ctx

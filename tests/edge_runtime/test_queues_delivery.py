@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import textwrap
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from edge_runtime.bindings.queue_broker import queue_broker
+from edge_runtime.config import load_config
 from edge_runtime.edge import Edge
-from queues_fixtures import consumer_module, start_edge, wait_until, write_queue_project
+from queues_fixtures import consumer_module, queue_tables, start_edge, wait_until, write_queue_project
 
 # On queue "jobs" the consumer does what each message's body asks ({"do": "ack" | "retry" | "raise" | ...,
 # "n": ...}); it acks every message of other queues. Each delivery is recorded as (queue, n, attempts, time).
@@ -284,3 +287,30 @@ async def test_a_batch_cut_off_by_a_close_goes_again_with_one_more_attempt(queue
     second = await queue_edge([consumer()])
     await settled(second)
     assert deliveries(second) == [(1, 2), (2, 2)]
+
+
+# ---- several Workers ---------------------------------------------------------------------------------
+
+async def test_the_consumer_may_be_another_worker_of_the_edge(worker_project, tmp_path, edges) -> None:
+    producer_root = write_queue_project(worker_project, """
+        from workers import Response, WorkerEntrypoint
+
+        class Default(WorkerEntrypoint):
+            async def fetch(self, request):
+                await self.env.JOBS.send({"n": 1, "do": "ack"})
+                return Response("sent")
+    """, producers=(JOBS,))
+    consumer_root = tmp_path / "consumer"
+    (consumer_root / "src").mkdir(parents=True)
+    (consumer_root / "src" / "entry.py").write_text(textwrap.dedent(CONSUMER))
+    (consumer_root / "wrangler.toml").write_text(
+        'name = "jobs-consumer"\nmain = "src/entry.py"\ncompatibility_date = "2025-11-02"\n'
+        'compatibility_flags = ["python_workers"]\n' + queue_tables(consumers=[consumer()]))
+    edge = Edge(load_config(producer_root), workers=[load_config(consumer_root)])
+    edges.append(edge)
+    queue_broker(edge)
+    await edge.start()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=edge.front_door), base_url="http://edge.test") as client:
+        assert (await client.get("/")).text == "sent"
+    await settled(edge)
+    assert [(n, attempts) for _, n, attempts, _ in consumer_module(edge, "jobs-consumer").DELIVERIES] == [(1, 1)]

@@ -34,6 +34,8 @@ TRANSACTION_REFUSED = ("To execute a transaction, please use the state.storage.t
                        "statements. The JavaScript API is safer because it will automatically roll back on "
                        "exceptions, and because it interacts correctly with Durable Objects' automatic atomic "
                        "write coalescing.")
+SQL_NOT_ENABLED = ("SQL is not enabled for this Durable Object class. To enable it, change `new_classes` to "
+                   "`new_sqlite_classes` within the 'migrations' field in your wrangler.jsonc or wrangler.toml file.")
 # Read-only or per-connection pragmas user SQL may run; the rest (journal_mode, writable_schema ...) stay ours.
 ALLOWED_PRAGMAS = frozenset({
     "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list",
@@ -244,14 +246,16 @@ class Savepoint:
 
 
 class SqlStorage:
-    """``ctx.storage.sql``: ``exec(query, *bindings)`` and ``databaseSize``."""
+    """``ctx.storage.sql``: ``exec(query, *bindings)`` and ``databaseSize``; ``enabled`` is False for a
+    class declared in ``new_classes`` (key-value backed), whose SQL calls fail as in ``wrangler dev``."""
 
-    def __init__(self, database: ObjectDatabase) -> None:
-        self._database = database
+    def __init__(self, database: ObjectDatabase, enabled: bool = True) -> None:
+        self._database, self._enabled = database, enabled
 
     def exec(self, query: str, *bindings: Any) -> SqlCursor:
         """Runs every statement of ``query`` (separated by ``;``) atomically; ``bindings`` fill the
         last one's ``?``s; the cursor holds the last statement's rows."""
+        self._check_enabled()
         if not isinstance(query, str):
             raise TypeError(f"sql.exec() takes the query as a str, got {type(query).__name__}")
         parameters = tuple(_binding(value, index) for index, value in enumerate(bindings, 1))
@@ -268,7 +272,12 @@ class SqlStorage:
     @property
     def databaseSize(self) -> int:  # noqa: N802 - Cloudflare's name
         """Bytes the database file takes (pages times page size)."""
+        self._check_enabled()
         return self._database.size_bytes()
+
+    def _check_enabled(self) -> None:
+        if not self._enabled:
+            raise SqlError(SQL_NOT_ENABLED)
 
 
 class SqlCursor:

@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .do_sql import (ObjectDatabase, Savepoint, SqlStorage, StorageLimits, StorageRangeError, decode_value,
-                     encode_value, stored_bytes)
+from .do_sql import (SQL_NOT_ENABLED, ObjectDatabase, Savepoint, SqlError, SqlStorage, StorageLimits,
+                     StorageRangeError, decode_value, encode_value, stored_bytes)
 from .sqlite_pool import prefix_end
 
 SCHEMA = ("CREATE TABLE IF NOT EXISTS _cf_KV (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
@@ -165,16 +165,18 @@ class DurableObjectStorage(_StorageOperations):
 
     ``on_alarm_change(seconds_or_None)`` is called when a committed change sets, moves or deletes the
     alarm; ``alarm_at()`` gives the current one at any time (the scheduler reads it after opening).
+    ``sqlite_backed=False`` (a ``new_classes`` class) refuses the SQLite-only APIs: ``sql``, ``kv``,
+    ``transactionSync``.
     """
 
     def __init__(self, path: Path, *, on_alarm_change: Callable[[float | None], None] | None = None,
-                 limits: StorageLimits = StorageLimits()) -> None:
+                 limits: StorageLimits = StorageLimits(), sqlite_backed: bool = True) -> None:
         self._core = self
-        self.limits = limits
+        self.limits, self.sqlite_backed = limits, sqlite_backed
         self._database = ObjectDatabase(Path(path), limits)
         for statement in SCHEMA:
             self._database.internal(statement)
-        self.sql = SqlStorage(self._database)
+        self.sql = SqlStorage(self._database, enabled=sqlite_backed)
         self.kv = SyncKv(self)
         self._on_alarm_change = on_alarm_change
         self._alarm_ms = self.read_alarm()
@@ -218,6 +220,7 @@ class DurableObjectStorage(_StorageOperations):
 
     def transactionSync(self, closure: Callable[[], T]) -> T:  # noqa: N802
         """Runs ``closure()`` atomically (SQLite-backed objects' synchronous transaction)."""
+        self.require_sqlite("transactionSync()")
         with self.writing():
             result = closure()
             if inspect.isawaitable(result):
@@ -249,6 +252,10 @@ class DurableObjectStorage(_StorageOperations):
             if self._database.depth == 0 and self._alarm_written:
                 self._alarm_written = False
                 self._announce_alarm(self.read_alarm())
+
+    def require_sqlite(self, api: str) -> None:
+        if not self.sqlite_backed:
+            raise SqlError(f"{api} is only available to SQLite-backed Durable Objects. {SQL_NOT_ENABLED}")
 
     def check_key(self, key: Any, call: str) -> int:
         """The key's size in bytes; TypeError for a non-str, StorageRangeError over the limit."""
@@ -389,17 +396,21 @@ class SyncKv:
 
     def get(self, key: str) -> Any:
         """The value, or None when the key is missing."""
+        self._core.require_sqlite("storage.kv")
         self._core.check_key(key, "kv.get")
         return self._core.read(key)
 
     def put(self, key: str, value: Any) -> None:
+        self._core.require_sqlite("storage.kv")
         self._core.write([self._core.entry(key, value, "kv.put")])
 
     def delete(self, key: str) -> bool:
+        self._core.require_sqlite("storage.kv")
         self._core.check_key(key, "kv.delete")
         return self._core.remove([key]) == 1
 
     def list(self, options: Any = None, /, **keywords: Any) -> list[list[Any]]:
         """``[key, value]`` pairs in key order (JavaScript's iterable of entries): ``for key, value in kv.list()``."""
+        self._core.require_sqlite("storage.kv")
         bounds = _check_options("kv.list", options, keywords, LIST_OPTIONS)
         return [[key, value] for key, value in self._core.scan(bounds, "kv.list")]

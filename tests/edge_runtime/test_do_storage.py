@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_runtime.bindings.do_sql import SqlError
 from edge_runtime.bindings.do_storage import (DurableObjectStorage, StorageLimits, StorageRangeError,
                                               TransactionError)
 
@@ -212,7 +213,7 @@ async def test_sqlite_backed_limits_key_and_value_together(storage):
 
 
 async def test_key_value_backed_limits(path):
-    storage = DurableObjectStorage(path, limits=StorageLimits.key_value_backed())
+    storage = DurableObjectStorage(path, limits=StorageLimits.key_value_backed(), sqlite_backed=False)
     try:
         await storage.put("k" * 2048, b"v" * (128 * 1024))  # the largest key and ArrayBuffer that fit
         with pytest.raises(StorageRangeError, match=r"Keys cannot be larger than 2048 bytes; key 'kkk.*'\.\.\. is 2049 bytes"):
@@ -221,8 +222,23 @@ async def test_key_value_backed_limits(path):
             await storage.get("\u00e9" * 1025)  # 2050 bytes of UTF-8
         with pytest.raises(StorageRangeError, match=r"Values cannot be larger than 131072 bytes; the value for "
                                                      r"key 'v' is 131073 bytes"):
-            storage.kv.put("v", b"v" * (128 * 1024 + 1))
-        assert storage.kv.get("v") is None
+            await storage.put("v", b"v" * (128 * 1024 + 1))
+        assert await storage.get("v") is None
+    finally:
+        storage.close()
+
+
+async def test_a_key_value_backed_object_has_no_sqlite_apis(path):
+    storage = DurableObjectStorage(path, limits=StorageLimits.key_value_backed(), sqlite_backed=False)
+    try:
+        await storage.put("k", 1)
+        assert await storage.transaction(lambda txn: "sync closures work too") == "sync closures work too"
+        for call in (lambda: storage.sql.exec("SELECT 1"), lambda: storage.sql.databaseSize,
+                     lambda: storage.kv.get("k"), lambda: storage.transactionSync(lambda: None)):
+            with pytest.raises(SqlError, match="change `new_classes` to `new_sqlite_classes`"):
+                call()
+        await storage.deleteAll()
+        assert await storage.list() == {}
     finally:
         storage.close()
 

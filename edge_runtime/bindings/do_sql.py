@@ -84,7 +84,7 @@ class SqlError(Exception):
     """A statement SQLite refused; worded as workerd words it (``no such table: t: SQLITE_ERROR``)."""
 
 
-# --- stored values ------------------------------------------------------------------------------------------
+# --- stored values -------------------------------------------------------------------------------------
 
 def encode_value(value: Any, where: str = "the value") -> bytes:
     """The stored form of a value; TypeError naming what cannot be stored (and where)."""
@@ -103,26 +103,36 @@ def decode_value(blob: bytes) -> Any:
     return json.loads(blob.decode("utf-8", "surrogatepass"), object_hook=_untagged)
 
 
-def _tagged(value: Any, where: str) -> Any:
-    """JSON for ``value``; bytes, datetimes and dicts holding a ``"$"`` key become ``{"$": tag, "v": ...}``."""
+def _tagged(value: Any, where: Any) -> Any:
+    """JSON for ``value``; bytes, datetimes and dicts holding a ``"$"`` key become ``{"$": tag, "v": ...}``.
+    ``where`` is the value's place, ``(parent, key)`` pairs below the top, spelled out only for an error."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (bytes, memoryview)):
-        return {"$": "b", "v": base64.b64encode(value).decode()}
+        return {"$": "b", "v": base64.b64encode(bytes(value)).decode()}
     if isinstance(value, datetime.datetime):
         return {"$": "d", "v": value.isoformat()}
     if isinstance(value, list):
-        return [_tagged(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        return [_tagged(item, (where, index)) for index, item in enumerate(value)]
     if isinstance(value, dict):
         for key in value:
             if not isinstance(key, str):
-                raise TypeError(f"{where}: dict keys must be str to be stored, got {type(key).__name__} {key!r}")
-        items = {key: _tagged(item, f"{where}[{key!r}]") for key, item in value.items()}
+                raise TypeError(f"{_place(where)}: dict keys must be str to be stored, got {type(key).__name__} "
+                                f"{key!r}")
+        items = {key: _tagged(item, (where, key)) for key, item in value.items()}
         return {"$": "o", "v": [[key, item] for key, item in items.items()]} if "$" in items else items
     if isinstance(value, (tuple, bytearray)):
-        raise TypeError(f"{type(value).__name__} cannot be stored ({where}); use a list or bytes instead.")
-    raise TypeError(f"{type(value).__name__} cannot be stored ({where}): store None, bool, numbers, str, bytes, "
-                    "datetime, lists and dicts with str keys.")
+        raise TypeError(f"{type(value).__name__} cannot be stored ({_place(where)}); use a list or bytes instead.")
+    raise TypeError(f"{type(value).__name__} cannot be stored ({_place(where)}): store None, bool, numbers, str, "
+                    "bytes, datetime, lists and dicts with str keys.")
+
+
+def _place(where: Any) -> str:
+    keys = []
+    while isinstance(where, tuple):
+        where, key = where
+        keys.append(f"[{key!r}]")
+    return where + "".join(reversed(keys))
 
 
 def _untagged(obj: dict[str, Any]) -> Any:
@@ -141,8 +151,7 @@ def stored_bytes(blob: bytes) -> int:
     return len(blob) - 1 if blob[:1] == _RAW_BYTES else len(blob)
 
 
-
-# --- the database ---------------------------------------------------------------------------------
+# --- the database --------------------------------------------------------------------------------------
 
 class ObjectDatabase:
     """The object's SQLite file (created if missing), in WAL mode, with Cloudflare's SQL limits set."""

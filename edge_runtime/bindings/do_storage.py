@@ -75,7 +75,7 @@ def _alarm_ms(scheduled_time: Any) -> int:
     return max(milliseconds, int(time.time() * 1000))  # a time in the past means now, as on Cloudflare
 
 
-# --- the async API, shared by ctx.storage and a transaction's txn ---------------------------------------
+# --- the async API, shared by ctx.storage and a transaction's txn --------------------------------------
 
 class _StorageOperations:
     """``get``, ``put``, ``delete``, ``list`` and the alarm calls, in Cloudflare's call shapes."""

@@ -216,7 +216,8 @@ async def test_key_value_backed_limits(path):
     storage = DurableObjectStorage(path, limits=StorageLimits.key_value_backed(), sqlite_backed=False)
     try:
         await storage.put("k" * 2048, b"v" * (128 * 1024))  # the largest key and ArrayBuffer that fit
-        with pytest.raises(StorageRangeError, match=r"Keys cannot be larger than 2048 bytes; key 'kkk.*'\.\.\. is 2049 bytes"):
+        too_long = r"Keys cannot be larger than 2048 bytes; key 'kkk.*'\.\.\. is 2049 bytes"
+        with pytest.raises(StorageRangeError, match=too_long):
             await storage.put("k" * 2049, 1)
         with pytest.raises(StorageRangeError, match=r"Keys cannot be larger than 2048 bytes"):
             await storage.get("\u00e9" * 1025)  # 2050 bytes of UTF-8

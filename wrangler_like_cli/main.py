@@ -12,6 +12,7 @@ from .d1 import d1
 from .dev import dev
 from .init import init
 from .kv import kv
+from .queues import queues
 from .r2 import r2
 from .tail import tail
 from .vectorize import vectorize
@@ -50,6 +51,7 @@ cli.add_command(d1)
 cli.add_command(r2)
 cli.add_command(vectorize)
 cli.add_command(workflows)
+cli.add_command(queues)
 
 if __name__ == "__main__":
     cli()

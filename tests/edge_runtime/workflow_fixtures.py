@@ -174,6 +174,34 @@ class Demo(WorkflowEntrypoint):
 
         return [await one(), await two(), await one()]
 
+    async def default_retry(self, event, step):
+        @step.do("default")
+        async def default(ctx):
+            ran(f"default {ctx['attempt']}")
+            if ctx["attempt"] < 3:
+                raise RuntimeError("flaky")
+            return ctx["config"]
+
+        return await default()
+
+    async def too_slow(self, event, step):
+        @step.do("slow", config={"retries": {"limit": 1, "delay": 0}, "timeout": "100 millisecond"})
+        async def slow():
+            ran("slow")
+            await asyncio.sleep(5)
+
+        await slow()
+
+    async def bad_duration(self, event, step):
+        await step.sleep("nap", "ten seconds")
+
+    async def bad_config(self, event, step):
+        @step.do("configured", config={"retries": {"limit": 1}})
+        async def configured():
+            return 1
+
+        await configured()
+
     async def output_object(self, event, step):
         return {1, 2}
 

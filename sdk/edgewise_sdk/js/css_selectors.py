@@ -259,7 +259,7 @@ class _Parser:
         if operator == "]":
             return AttributeTest(name, "")
         if kind != "op":
-            self.fail(f"expected an operator such as '=' after [{name}")
+            self.fail(f"expected ']' or an operator such as '=' after [{name}")
         self.skip_ws()
         kind, raw = self.take()
         if kind == "string":

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+import textwrap
 
 import pytest
 
 from edge_runtime.bindings.do_storage import StorageLimits
+from edge_runtime.config import load_config
 from edgewise_sdk.pyodide.ffi import JsException
 from edgewise_sdk.workers import JsDict, Response
 
-from durable_objects_fixtures import Edges, directory, env_at
+from durable_objects_fixtures import FAST, Edges, directory, env_at
 
 COUNTER = """
     import asyncio
@@ -253,3 +256,83 @@ async def test_data_home_and_names_survive_an_edge_restart(edges: Edges) -> None
     assert objects[stub.id.toString()]["name"] == "durable"
     state_file = edges.state / "v3" / "do" / "objects-Counter" / f"{stub.id.toString()}.sqlite"
     assert state_file.is_file()  # wrangler's layout: do/<worker>-<Class>/<id>.sqlite
+
+
+LIFECYCLE = """
+    import asyncio
+    from workers import DurableObject
+
+    VERSION = "{version}"
+    BUILT = []
+
+    class Counter(DurableObject):
+        def __init__(self, ctx, env):
+            super().__init__(ctx, env)
+            BUILT.append(VERSION)
+
+        def version(self):
+            return VERSION
+
+        async def later(self, key):
+            async def write():
+                await asyncio.sleep(0.05)
+                await self.ctx.storage.put(key, "written after the call")
+            self.ctx.waitUntil(write())
+            return "returned"
+
+        async def load(self, key):
+            return await self.ctx.storage.get(key)
+
+        async def broken_block(self):
+            async def fail():
+                raise RuntimeError("could not load")
+            return await self.ctx.blockConcurrencyWhile(fail)
+"""
+
+
+async def test_a_reloaded_worker_restarts_its_objects_on_the_new_code(edges: Edges) -> None:
+    edge = await edges.make(LIFECYCLE.format(version="one"))
+    stub = env_at(edge, "LHR").COUNTER.getByName("v")
+    assert await stub.version() == "one"
+    entry = edges.tmp_path / "main" / "src" / "entry.py"
+    entry.write_text(textwrap.dedent(LIFECYCLE.format(version="two")))
+    edge.reload(load_config(entry.parent.parent))
+    assert await env_at(edge, "LHR").COUNTER.getByName("v").version() == "two"
+    assert await stub.version() == "two"  # a stub made before the reload reaches the new instance
+
+
+async def test_wait_until_work_outlives_the_call(edges: Edges) -> None:
+    edge = await edges.make(LIFECYCLE.format(version="one"))
+    stub = env_at(edge, "LHR").COUNTER.getByName("w")
+    assert await stub.later("k") == "returned"
+    assert await stub.load("k") is None
+    for _ in range(50):
+        if await stub.load("k") is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert await stub.load("k") == "written after the call"
+
+
+async def test_a_failing_block_concurrency_while_resets_the_object(edges: Edges) -> None:
+    edge = await edges.make(LIFECYCLE.format(version="one"))
+    stub = env_at(edge, "LHR").COUNTER.getByName("b")
+    built = edge.script().instance("LHR")[0].module.BUILT
+    with pytest.raises(JsException, match="RuntimeError: could not load"):
+        await stub.broken_block()
+    assert await stub.version() == "one"
+    assert len(built) == 2
+
+
+async def test_idle_objects_are_evicted_and_built_again_on_their_next_call(edges: Edges) -> None:
+    edge = await edges.make(LIFECYCLE.format(version="one"),
+                            settings=dataclasses.replace(FAST, evict_after_s=0.1))
+    stub = env_at(edge, "LHR").COUNTER.getByName("idle")
+    await stub.version()
+    key = ("objects-Counter", stub.id.toString())
+    for _ in range(100):
+        if key not in directory(edge).live:
+            break
+        await asyncio.sleep(0.02)
+    assert key not in directory(edge).live
+    assert await stub.version() == "one"
+    assert edge.script().instance("LHR")[0].module.BUILT == ["one", "one"]

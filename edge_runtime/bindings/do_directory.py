@@ -224,8 +224,10 @@ class ObjectDirectory:
         if storage is None:
             namespace_key, object_id = target.key
             path = self.edge.state.folder("do", namespace_key) / f"{object_id}.sqlite"
-            limits = StorageLimits() if target.object_class.sqlite_backed else StorageLimits.key_value_backed()
-            storage = DurableObjectStorage(path, on_alarm_change=lambda _: self.alarms.changed(target), limits=limits)
+            sqlite_backed = target.object_class.sqlite_backed
+            limits = StorageLimits() if sqlite_backed else StorageLimits.key_value_backed()
+            storage = DurableObjectStorage(path, on_alarm_change=lambda _: self.alarms.changed(target), limits=limits,
+                                           sqlite_backed=sqlite_backed)
             self._storages[target.key] = storage
         return storage
 

@@ -9,6 +9,7 @@ import pytest
 
 from edge_runtime.bindings.do_migrations import DurableObjectConfigError
 from edge_runtime.config import ConfigError
+from edgewise_sdk.pyodide.ffi import JsException
 
 from durable_objects_fixtures import COUNTER_BINDING, Edges, env_at
 
@@ -108,3 +109,28 @@ async def test_a_class_of_another_worker_runs_there(edges: Edges) -> None:
 async def test_a_script_name_that_is_not_running_is_a_clear_error(edges: Edges) -> None:
     with pytest.raises(ConfigError, match="script_name 'elsewhere'"):
         await edges.make(source(), bindings=[{**COUNTER_BINDING, "script_name": "elsewhere"}])
+
+
+async def test_new_classes_get_key_value_storage_and_new_sqlite_classes_sql(edges: Edges) -> None:
+    source = """
+        from workers import DurableObject
+
+        class Counter(DurableObject):
+            def tables(self):
+                return self.ctx.storage.sql.exec("SELECT 1 AS one").one()
+
+            async def big(self, size):
+                await self.ctx.storage.put("big", "x" * size)
+    """
+    edge = await edges.make(source, migrations=[{"tag": "v1", "new_classes": ["Counter"]}])
+    stub = env_at(edge, "LHR").COUNTER.getByName("kv")
+    with pytest.raises(JsException, match="SQL is not enabled"):
+        await stub.tables()
+    with pytest.raises(JsException, match="Values cannot be larger than"):
+        await stub.big(200 * 1024)  # over the key-value backend's 128 KiB
+    await edges.close(edge)
+    edge = await edges.make(source, bindings=[{"name": "COUNTER", "class_name": "Counter"}],
+                            migrations=[{"tag": "v1", "new_sqlite_classes": ["Counter"]}])
+    stub = env_at(edge, "LHR").COUNTER.getByName("sql")
+    assert await stub.tables() == {"one": 1}
+    await stub.big(200 * 1024)

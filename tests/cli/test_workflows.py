@@ -5,9 +5,17 @@ the CLI describes."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
@@ -100,3 +108,123 @@ def test_a_duplicate_id_is_refused(project: Path) -> None:
 def test_no_instances_says_how_to_trigger(project: Path) -> None:
     result = edgewise(project, "workflows", "instances", "list", "demo-flow")
     assert 'edgewise workflows trigger demo-flow --local' in result.output
+
+
+# ---- a real `edgewise dev` process, killed with SIGKILL mid-workflow ------------------------------------
+
+CRASH_TOML = """\
+name = "crashy"
+main = "src/entry.py"
+compatibility_date = "2025-11-02"
+compatibility_flags = ["python_workers"]
+
+[[workflows]]
+binding = "WF"
+name = "crash-flow"
+class_name = "Crashy"
+"""
+CRASH_WORKER = '''\
+from pathlib import Path
+
+from workers import Response, WorkerEntrypoint, WorkflowEntrypoint
+
+LOG = Path(__file__).parent.parent / "steps.log"
+
+
+class Crashy(WorkflowEntrypoint):
+    async def run(self, event, step):
+        @step.do("one")
+        async def one():
+            with LOG.open("a") as log:
+                log.write("one\\n")
+            return 1
+
+        first = await one()
+        await step.sleep("nap", "3 seconds")
+
+        @step.do("two")
+        async def two():
+            with LOG.open("a") as log:
+                log.write("two\\n")
+            return first + 1
+
+        return await two()
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.url.endswith("/start"):
+            await self.env.WF.create(id="crash", params={})
+            return Response("started")
+        return Response.json(await (await self.env.WF.get("crash")).status())
+'''
+READY_TIMEOUT_S = 30.0
+
+
+class DevProcess:
+    """`edgewise dev` as a child process, ready once it prints its address."""
+
+    def __init__(self, project: Path) -> None:
+        self.port = free_port()
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "wrangler_like_cli.main", "dev", str(project), "--port", str(self.port),
+             "--latency", "off", "--no-reload", "--log-level", "info"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"})
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self.ready.wait(READY_TIMEOUT_S):
+            self.kill()
+            pytest.fail("edgewise dev did not get ready:\n" + "\n".join(self.lines))
+
+    def _read(self) -> None:
+        for line in self.popen.stdout:  # type: ignore[union-attr]
+            self.lines.append(line.rstrip("\n"))
+            if "Ready on" in line:
+                self.ready.set()
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=10)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()  # SIGKILL: no shutdown code runs
+        self.popen.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_an_instance_survives_kill_9_of_edgewise_dev_without_rerunning_done_steps(tmp_path: Path) -> None:
+    project = tmp_path / "crashy"
+    (project / "src").mkdir(parents=True)
+    (project / "wrangler.toml").write_text(CRASH_TOML)
+    (project / "src" / "entry.py").write_text(CRASH_WORKER)
+    log = project / "steps.log"
+    first = DevProcess(project)
+    try:
+        assert first.get("/start").text == "started"
+        wait_until(lambda: first.get("/status").json()["status"] == "waiting", 10, "the instance to sleep")
+        assert log.read_text() == "one\n"
+    finally:
+        first.kill()
+    assert first.popen.returncode == -signal.SIGKILL
+    second = DevProcess(project)
+    try:
+        wait_until(lambda: second.get("/status").json()["status"] == "complete", 15, "the instance to complete")
+        assert second.get("/status").json() == {"status": "complete", "output": 2}
+    finally:
+        second.kill()
+    assert log.read_text() == "one\ntwo\n"  # step one ran once, before the kill

@@ -160,6 +160,12 @@ async def test_a_repeated_step_name_is_a_new_step_each_time(project: Path, tmp_p
     assert status["output"] == [1, 2, 1]
 
 
+async def test_rollback_all_undoes_the_done_steps_last_first(project: Path, tmp_path: Path) -> None:
+    status, lines = await run_mode(project, tmp_path, "saga")
+    assert status == {"status": "errored", "error": {"name": "ValueError", "message": "no stock"}}
+    assert lines == ["reserve", "charge", "refund 20", "unreserve 7 after no stock"]
+
+
 async def test_sleep_waits_then_goes_on(project: Path, tmp_path: Path) -> None:
     async with running_edge(project, tmp_path / "state") as edge:
         instance = await env_of(edge).WF.create(params={"mode": "sleepy"})

@@ -202,6 +202,39 @@ class Demo(WorkflowEntrypoint):
 
         await configured()
 
+    async def saga(self, event, step):
+        try:
+            @step.with_rollback("reserve")
+            async def reserve():
+                ran("reserve")
+                return {"seat": 7}
+
+            @reserve.undo
+            async def unreserve(error, seat):
+                ran(f"unreserve {seat['seat']} after {error}")
+
+            await reserve()
+
+            @step.with_rollback("charge")
+            async def charge():
+                ran("charge")
+                return 20
+
+            @charge.undo(config={"retries": {"limit": 0, "delay": 0}})
+            def refund(error, amount):
+                ran(f"refund {amount}")
+
+            await charge()
+
+            @step.do("ship", config={"retries": {"limit": 0, "delay": 0}})
+            async def ship():
+                raise ValueError("no stock")
+
+            await ship()
+        except Exception as error:
+            await step.rollback_all(error)
+            raise
+
     async def output_object(self, event, step):
         return {1, 2}
 

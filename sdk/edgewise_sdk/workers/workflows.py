@@ -57,6 +57,25 @@ class Step:
         return f"<workflow step {self.name!r}>"
 
 
+class RollbackStep(Step):
+    """A step made with ``step.with_rollback``: once it succeeds, ``step.rollback_all`` can undo it."""
+
+    undo_func: StepFunction | None = None
+    undo_config: Mapping[str, Any] | None = None
+
+    def undo(self, func: StepFunction | None = None, *, config: Mapping[str, Any] | None = None) -> Any:
+        """``@my_step.undo`` or ``@my_step.undo(config=...)``: ``undo(error, result)`` compensates the step."""
+        def register(undo_func: StepFunction) -> StepFunction:
+            self.undo_func, self.undo_config = undo_func, config
+            return undo_func
+        return register if func is None else register(func)
+
+    async def __call__(self) -> Any:  # type: ignore[override]
+        result = await self.owner._run(self)
+        self.owner._done_with_rollback.append((self, result))
+        return result
+
+
 class WorkflowStep:
     """The ``step`` a Workflow's ``run`` receives.
 
@@ -71,6 +90,7 @@ class WorkflowStep:
         self._steps: dict[str, Step] = {}  # by step name and by function name: what parameters can name
         self._results: dict[Step, Any] = {}  # dependencies already resolved in this run
         self._in_flight: dict[Step, asyncio.Future[Any]] = {}
+        self._done_with_rollback: list[tuple[RollbackStep, Any]] = []  # in the order they succeeded
 
     def do(self, name: Any = None, depends: Sequence[Any] | None = None, concurrent: bool = False,
            config: Mapping[str, Any] | None = None) -> Any:
@@ -87,10 +107,36 @@ class WorkflowStep:
             raise TypeError(f"a step's name must be a str, got {type(name).__name__}")
         return self._decorator(name, depends, concurrent, config)
 
+    def with_rollback(self, name: str | None = None, config: Mapping[str, Any] | None = None) -> Any:
+        """A step with a compensating action: ``@step.with_rollback("charge")``, then ``@charge.undo``."""
+        if callable(name) and not isinstance(name, str):
+            return self._decorator(None, None, False, config, RollbackStep)(name)
+        return self._decorator(name, None, False, config, RollbackStep)
+
+    async def rollback_all(self, error: Any = None, *, continue_on_error: bool = False) -> None:
+        """Runs the undo of every ``with_rollback`` step that succeeded, last first, each as a durable step.
+
+        The first undo that fails stops it (its error raised), or with ``continue_on_error`` the rest
+        still run and the failures are raised together in an ExceptionGroup."""
+        failures: list[Exception] = []
+        while self._done_with_rollback:
+            done, result = self._done_with_rollback.pop()
+            if done.undo_func is None:
+                continue
+            try:
+                await self._durable.do(f"{done.name} (undo)", _undo_callback(done.undo_func, error, result),
+                                       done.undo_config if done.undo_config is not None else done.config)
+            except Exception as failure:
+                if not continue_on_error:
+                    raise
+                failures.append(failure)
+        if failures:
+            raise ExceptionGroup(f"{len(failures)} undo step(s) of rollback_all failed", failures)
+
     def _decorator(self, name: str | None, depends: Sequence[Any] | None, concurrent: bool,
-                   config: Mapping[str, Any] | None) -> Callable[[StepFunction], Step]:
+                   config: Mapping[str, Any] | None, kind: type[Step] = Step) -> Callable[[StepFunction], Step]:
         def decorate(func: StepFunction) -> Step:
-            step = Step(self, func.__name__ if name is None else name, func,
+            step = kind(self, func.__name__ if name is None else name, func,
                         None if depends is None else [_as_step(item) for item in depends], concurrent, config)
             self._steps[step.name] = self._steps[func.__name__] = step
             return step
@@ -173,6 +219,13 @@ class WorkflowStep:
 
 
 _CONTEXT = object()  # marks the ctx parameter among a step's resolved arguments
+
+
+def _undo_callback(undo: StepFunction, error: Any, result: Any) -> Callable[[Any], Awaitable[Any]]:
+    async def callback(context: Any) -> Any:
+        done = undo(error, result)
+        return await done if inspect.isawaitable(done) else done
+    return callback
 
 
 def _as_step(item: Any) -> Step:

@@ -142,6 +142,7 @@ class _Rewrite:
         self._out: list[str] = []
         self._num_suppressing = 0  # open elements whose content is being dropped
         self._text_open = False  # a text node whose last chunk has not been announced yet
+        self._num_content_owners = 0  # open elements with text or comment handlers
 
     async def rewrite(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         tokenizer = HtmlTokenizer(self._encoding)
@@ -196,6 +197,8 @@ class _Rewrite:
 
     def _content_handlers(self, name: str) -> list[Callable[[Any], Any]]:
         """The ``name`` handlers that see content here: those of open matched elements, then the document's."""
+        if not self._num_content_owners and not self._document_handlers:
+            return []
         owners = [owner for element in self._stack for owner in element.content_handlers] + self._document_handlers
         functions: dict[int, Callable[[Any], Any]] = {}
         for owner in owners:  # one call per handler object, however many open elements it matched
@@ -248,6 +251,7 @@ class _Rewrite:
             self._emit(element.end_output(None, None))
             return
         self._stack.append(element)
+        self._num_content_owners += bool(element.content_handlers)
         if element.suppresses_content:
             self._num_suppressing += 1
 
@@ -263,6 +267,7 @@ class _Rewrite:
     async def _end_element(self, token: EndTagToken | None) -> None:
         """Close the innermost open element, at ``token`` or (None) implicitly."""
         element = self._stack.pop()
+        self._num_content_owners -= bool(element.content_handlers)
         if element.suppresses_content:
             self._num_suppressing -= 1
         end_tag = None

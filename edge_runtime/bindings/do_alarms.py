@@ -71,7 +71,7 @@ class AlarmScheduler:
         try:
             await storage.deleteAlarm()
             await self._directory.deliver(target, None, None, "alarm", lambda instance: _call_alarm(instance, retry_count))
-        except Exception as error:
+        except Exception as error:  # any failure of alarm() (or of building its object) is retried
             failed = True
             log.warning("alarm() of Durable Object %s (%s) failed (attempt %d): %s", target.object_id,
                         target.object_class.class_name, retry_count + 1, error)

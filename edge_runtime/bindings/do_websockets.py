@@ -14,6 +14,7 @@ import inspect
 import logging
 import pickle
 from collections.abc import Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from edgewise_sdk.workers import WebSocket
@@ -136,9 +137,9 @@ class ObjectSockets:
                 self._tags.pop(ws, None)  # closed sockets leave getWebSockets() and the object's bookkeeping
             try:
                 await self._directory.deliver(self._target, None, None, handler,
-                                              lambda instance: _call_handler(instance, handler, ws, args),
+                                              partial(_call_handler, handler=handler, ws=ws, args=args),
                                               self.event_timeout_s)
-            except Exception as error:
+            except Exception as error:  # the handler's failure is logged (and in the tail); the next event goes on
                 log.error("%s() of Durable Object %s (%s) failed: %s", handler, self._target.object_id,
                           self._target.object_class.class_name, error)
 
@@ -148,7 +149,7 @@ class ObjectSockets:
             await asyncio.gather(self._pump, return_exceptions=True)
 
 
-async def _call_handler(instance: Any, handler: str, ws: WebSocket, args: tuple[Any, ...]) -> None:
+async def _call_handler(instance: Any, *, handler: str, ws: WebSocket, args: tuple[Any, ...]) -> None:
     method = getattr(instance, handler, None)
     if method is None:
         if handler == "webSocketMessage":

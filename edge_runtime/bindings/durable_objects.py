@@ -17,8 +17,14 @@ from edgewise_sdk.workers import Request, Response
 from ..config import BindingSpec, ConfigError
 from ..rpc import call_method
 from .do_directory import ObjectDirectory, ObjectTarget, directory_of
-from .do_ids import (DurableObjectId, check_owned, checked_jurisdiction, id_from_name, id_from_string,
-                     new_unique_id)
+from .do_ids import (
+    DurableObjectId,
+    check_owned,
+    checked_jurisdiction,
+    id_from_name,
+    id_from_string,
+    new_unique_id,
+)
 from .do_migrations import ObjectClass
 
 if TYPE_CHECKING:

@@ -8,7 +8,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.bindings.do_directory import DirectorySettings, ObjectDirectory, directory_of
+from edge_runtime.bindings.do_directory import (
+    DirectorySettings,
+    ObjectDirectory,
+    directory_of,
+)
 from edge_runtime.config import load_config
 from edge_runtime.edge import Edge
 

@@ -8,13 +8,12 @@ import re
 import textwrap
 
 import pytest
-
-from edge_runtime.bindings.do_storage import StorageLimits
-from edge_runtime.config import load_config
+from durable_objects_fixtures import FAST, Edges, directory, env_at
 from edgewise_sdk.pyodide.ffi import JsException
 from edgewise_sdk.workers import JsDict, Response
 
-from durable_objects_fixtures import FAST, Edges, directory, env_at
+from edge_runtime.bindings.do_storage import StorageLimits
+from edge_runtime.config import load_config
 
 COUNTER = """
     import asyncio

@@ -8,7 +8,6 @@ import dataclasses
 import time
 
 import pytest
-
 from durable_objects_fixtures import FAST, Edges, directory, env_at
 
 ALARMS = """

@@ -6,12 +6,11 @@ from __future__ import annotations
 import logging
 
 import pytest
+from durable_objects_fixtures import COUNTER_BINDING, Edges, env_at
+from edgewise_sdk.pyodide.ffi import JsException
 
 from edge_runtime.bindings.do_migrations import DurableObjectConfigError
 from edge_runtime.config import ConfigError
-from edgewise_sdk.pyodide.ffi import JsException
-
-from durable_objects_fixtures import COUNTER_BINDING, Edges, env_at
 
 SOURCE = """
     from workers import DurableObject

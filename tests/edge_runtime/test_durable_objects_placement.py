@@ -7,7 +7,6 @@ import asyncio
 import time
 
 import pytest
-
 from durable_objects_fixtures import Edges, directory, env_at
 
 COUNTER = """

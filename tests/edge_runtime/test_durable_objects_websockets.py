@@ -7,9 +7,8 @@ import asyncio
 import contextlib
 
 import pytest
-from websockets.asyncio.client import connect
-
 from durable_objects_fixtures import Edges, directory
+from websockets.asyncio.client import connect
 
 ROOM = """
     import json

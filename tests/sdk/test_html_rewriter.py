@@ -355,3 +355,23 @@ async def test_a_failing_handler_fails_the_body() -> None:
     rewritten = HTMLRewriter.new().on("p", {"element": element}).transform(_html(b"<p>x</p>"))
     with pytest.raises(TypeError, match="content must be a str, not int"):
         await rewritten.text()
+
+
+async def test_handlers_added_later_leave_a_running_transform_alone() -> None:
+    rewriter = HTMLRewriter.new().on("p", {"element": lambda el: el.setAttribute("a", "1")})
+    rewritten = rewriter.transform(_html(_chunks(b"<p>x</p><b>y</b>", 3)))
+    rewriter.on("b", {"element": lambda el: el.remove()})
+    assert await rewritten.text() == '<p a="1">x</p><b>y</b>'
+    assert await rewriter.transform(_html(b"<p>x</p><b>y</b>")).text() == '<p a="1">x</p>'
+
+
+async def test_implied_end_tags_place_appended_content() -> None:
+    ends: list[str] = []
+
+    def element(el: Any) -> None:
+        el.append("!").after("|")
+        el.onEndTag(lambda tag: ends.append(tag.name))
+
+    out = await _rewrite(HTMLRewriter.new().on("li, p", {"element": element}), "<ul><li>a<li>b</ul><p>c<div>d</div><p>e</p>")
+    assert out == "<ul><li>a!|<li>b!|</ul><p>c!|<div>d</div><p>e!</p>|"
+    assert ends == ["p"]  # only the end tag present in the source

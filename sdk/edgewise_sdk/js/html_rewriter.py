@@ -125,7 +125,8 @@ class HTMLRewriter:
         if response.status in NULL_BODY_STATUSES:
             return Response(None, status=response.status, status_text=response.status_text, headers=headers,
                             web_socket=response.web_socket)
-        run = _Rewrite(self._element_handlers, self._document_handlers, _charset(response))
+        # A copy of the handlers: on() calls after this leave a transform already under way alone.
+        run = _Rewrite(list(self._element_handlers), list(self._document_handlers), _charset(response))
         body = run.rewrite(response._iter_bytes())
         return Response(body, status=response.status, status_text=response.status_text, headers=headers)
 

@@ -17,8 +17,17 @@ from rich.table import Table
 
 from edge_runtime.bindings import StateDir
 from edge_runtime.bindings.workflow_config import NotPersistableError, encode
-from edge_runtime.bindings.workflow_engine import WorkflowDefinition, check_instance_id, declared_definitions
-from edge_runtime.bindings.workflow_store import DuplicateInstanceError, InstanceRow, StepRow, WorkflowStore
+from edge_runtime.bindings.workflow_engine import (
+    WorkflowDefinition,
+    check_instance_id,
+    declared_definitions,
+)
+from edge_runtime.bindings.workflow_store import (
+    DuplicateInstanceError,
+    InstanceRow,
+    StepRow,
+    WorkflowStore,
+)
 from edge_runtime.config import ConfigError, WorkerConfig
 
 from .local_data import local_options, open_project

@@ -7,9 +7,10 @@ import builtins
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 from edgewise_sdk.workers import JsDict
 from edgewise_sdk.workers.workflows import NonRetryableError

@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from edgewise_sdk.workers import JsDict
@@ -131,7 +131,7 @@ class WorkflowEngine:
             await asyncio.sleep(QUEUED_POLL_S)
             try:
                 rows = await self._io(self.store.instances, None, ("queued",))
-            except Exception:  # noqa: BLE001 - the store busy or closing: try again next time
+            except Exception:
                 log.debug("checking for queued workflow instances failed", exc_info=True)
                 continue
             definitions = self.definitions
@@ -300,7 +300,7 @@ class WorkflowEngine:
         definition = WorkflowDefinition(row.workflow, row.class_name, row.script_name)
         script = self.edge.script(definition.script_name)
         colo = row.colo if row.colo in self.edge.colos else self.edge.colos[0]
-        event = JsDict(payload=decode(row.params), timestamp=datetime.fromtimestamp(row.created_at, timezone.utc),
+        event = JsDict(payload=decode(row.params), timestamp=datetime.fromtimestamp(row.created_at, UTC),
                        instanceId=row.id, workflowName=row.workflow)
         step = WorkflowStep(runner, implicit_dependencies=uses_implicit_dependencies(script.config))
 

@@ -15,13 +15,22 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from edgewise_sdk.workers import JsDict
 from edgewise_sdk.workers.workflows import NonRetryableError
 
-from .workflow_config import NotPersistableError, StepPolicy, decode, duration_s, encode, epoch_s, error_record, rebuild_error
+from .workflow_config import (
+    NotPersistableError,
+    StepPolicy,
+    decode,
+    duration_s,
+    encode,
+    epoch_s,
+    error_record,
+    rebuild_error,
+)
 from .workflow_store import StepRow, WorkflowStore
 
 StoreCall = Callable[..., Awaitable[Any]]  # runs a blocking store method off the event loop
@@ -88,14 +97,17 @@ class StepRunner:
             await self._save(row)
             context = JsDict(step=JsDict(name=row.name, count=row.count), attempt=row.attempt,
                              config=JsDict(policy.as_context()))
+            deadline = asyncio.timeout(policy.timeout_s)
             try:
-                result = await asyncio.wait_for(callback(context), policy.timeout_s)
+                async with deadline:
+                    result = await callback(context)
                 text = encode(result, f"the result of step {row.name!r}")
-            except Exception as error:
-                if isinstance(error, asyncio.TimeoutError):
-                    error = TimeoutError(f"step {row.name!r} attempt {row.attempt} timed out after "
-                                         f"{policy.timeout_s:g} s (config timeout)")
-                row = await self._failed(row, policy, error)
+            except Exception as error:  # noqa: BLE001 - whatever a step raises is its failure
+                failure = error
+                if deadline.expired():  # not a TimeoutError the step raised itself
+                    failure = TimeoutError(f"step {row.name!r} attempt {row.attempt} timed out after "
+                                           f"{policy.timeout_s:g} s (config timeout)")
+                row = await self._failed(row, policy, failure)
                 if row.wake_at is not None and row.wake_at > time.time():
                     self._hibernate(row.wake_at)
                 continue
@@ -197,6 +209,6 @@ class StepRunner:
 
 def _event_result(event_type: str) -> Callable[[str, float], str]:
     def result_of(payload: str, sent_at: float) -> str:
-        timestamp = datetime.fromtimestamp(sent_at, timezone.utc)
+        timestamp = datetime.fromtimestamp(sent_at, UTC)
         return encode({"type": event_type, "payload": json.loads(payload), "timestamp": timestamp}, "the event")
     return result_of

@@ -67,7 +67,7 @@ class Workflow:
                                              f"{instance_id!r}; create_batch created none of the {len(items)}")
         return [await self.create(item) for item in items]
 
-    createBatch = create_batch  # noqa: N815 - Cloudflare's JS name
+    createBatch = create_batch
 
     async def get(self, instance_id: str) -> WorkflowInstance:
         """The instance with this id; WorkflowError if the workflow has none."""
@@ -114,7 +114,7 @@ class WorkflowInstance:
             raise TypeError(f"send_event got an unknown key {unknown[0]!r} (keys: type, payload)")
         await self._engine.send_event(self.workflow, self.id, chosen.get("type"), chosen.get("payload"))
 
-    sendEvent = send_event  # noqa: N815 - Cloudflare's JS name
+    sendEvent = send_event
 
     def __repr__(self) -> str:
         return f"<WorkflowInstance {self.workflow}/{self.id}>"

@@ -24,7 +24,7 @@ from edge_runtime.edge import Edge
 from wrangler_like_cli.main import cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "edge_runtime"))  # the Workflows test Worker
-from workflow_fixtures import env_of, poll, ran_lines, workflow_project  # noqa: E402
+from workflow_fixtures import env_of, poll, ran_lines, workflow_project
 
 
 @pytest.fixture

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from workflow_fixtures import env_of, poll, ran_lines, running_edge, workflow_project
 
 from edge_runtime.bindings.workflows import DuplicateInstanceError, WorkflowError
-
-from workflow_fixtures import env_of, poll, ran_lines, running_edge, workflow_project
 
 
 @pytest.fixture

@@ -9,12 +9,18 @@ import time
 from pathlib import Path
 
 import pytest
+from workflow_fixtures import (
+    env_of,
+    eventually,
+    poll,
+    ran_lines,
+    running_edge,
+    workflow_project,
+)
 
 from edge_runtime.bindings.workflow_engine import TIME_SCALE_ENV
 from edge_runtime.bindings.workflow_store import WorkflowStore
 from edge_runtime.bindings.workflows import WorkflowError
-
-from workflow_fixtures import env_of, eventually, poll, ran_lines, running_edge, workflow_project
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from config_projects import make_project
+
 from edge_runtime.config import load_config
 from edge_runtime.edge import Edge
-
-from config_projects import make_project
 
 TERMINAL = ("complete", "errored", "terminated")
 

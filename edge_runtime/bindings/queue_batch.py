@@ -81,7 +81,6 @@ class MessageBatch:
         if self.decision is None:
             self.decision = decision
 
-    ack_all, retry_all = ackAll, retryAll
 
     def outcome(self, handler_failed: bool) -> dict[str, Decision]:
         """Each message's decision once the handler has finished (or raised)."""

@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS messages (
     attempts INTEGER NOT NULL DEFAULT 0  -- deliveries begun
 );
 CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, visible_ms);
+CREATE INDEX IF NOT EXISTS messages_in_order ON messages (queue, seq);
 """
 
 
@@ -95,9 +96,10 @@ class QueueStore:
     def take(self, queue: str, now_ms: int, batch_size: int) -> list[StoredMessage]:
         """Up to `batch_size` visible messages in send order, their attempts raised by one."""
         with self._db.write() as connection:
+            # +visible_ms: walk the queue in send order (messages_in_order) rather than sort every visible message
             rows = connection.execute(
                 "SELECT seq, id, body, content_type, sent_ms, attempts FROM messages"
-                " WHERE queue = ? AND visible_ms <= ? ORDER BY seq LIMIT ?", (queue, now_ms, batch_size)).fetchall()
+                " WHERE queue = ? AND +visible_ms <= ? ORDER BY seq LIMIT ?", (queue, now_ms, batch_size)).fetchall()
             connection.executemany("UPDATE messages SET attempts = attempts + 1 WHERE seq = ?",
                                    [(row[0],) for row in rows])
         return [StoredMessage(id, body, content_type, sent_ms, attempts + 1)

@@ -91,7 +91,6 @@ class QueueProducer:
                              f"{MAX_BATCH_BYTES}")
         await self._broker.add(self.queue, batch)
 
-    send_batch = sendBatch
 
     async def metrics(self) -> JsDict:
         """``{backlogCount, backlogBytes, oldestMessageTimestamp}`` (a datetime, None when empty)."""

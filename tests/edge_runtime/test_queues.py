@@ -98,7 +98,7 @@ async def test_send_batch_shapes_and_order(queue_edge) -> None:
         {"body": "two", "contentType": "text"},
         {"body": b"3", "contentType": "bytes", "delaySeconds": 0},
     ])
-    await env_at(edge).JOBS.send_batch([{"body": 4}], {"delaySeconds": 0})
+    await env_at(edge).JOBS.sendBatch([{"body": 4}], {"delaySeconds": 0})
     messages = await delivered(edge, 4)
     assert [m.body for m in messages] == [{"n": 1}, "two", b"3", 4]
     assert len({m.id for m in messages}) == 4

@@ -32,9 +32,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "sdk")]
 
-from edge_runtime.bindings.queue_broker import queue_broker  # noqa: E402
-from edge_runtime.config import load_config  # noqa: E402
-from edge_runtime.edge import Edge  # noqa: E402
+from edge_runtime.bindings.queue_broker import queue_broker
+from edge_runtime.config import load_config
+from edge_runtime.edge import Edge
 
 RESULTS = ROOT / "benchmarks" / "results" / "queues.json"
 BATCH_TIMEOUT_S = 0.05

@@ -40,7 +40,7 @@ class QueueMessage:
     """One message of a batch: ``id``, ``body``, ``attempts`` (1 on the first delivery), ``timestamp``
     (a UTC ``datetime``: when it was sent), ``ack()`` and ``retry(delaySeconds=)``."""
 
-    __slots__ = ("id", "body", "attempts", "timestamp", "decision")
+    __slots__ = ("attempts", "body", "decision", "id", "timestamp")
 
     def __init__(self, stored: StoredMessage) -> None:
         self.id = stored.id
@@ -65,18 +65,18 @@ class QueueMessage:
 class MessageBatch:
     """``batch.queue``, ``batch.messages``, ``batch.ackAll()`` and ``batch.retryAll(delaySeconds=)``."""
 
-    __slots__ = ("queue", "messages", "decision")
+    __slots__ = ("decision", "messages", "queue")
 
     def __init__(self, queue: str, stored: Sequence[StoredMessage]) -> None:
         self.queue = queue
         self.messages = [QueueMessage(message) for message in stored]
         self.decision: Decision | None = None
 
-    def ackAll(self) -> None:  # noqa: N802 - Cloudflare's name
+    def ackAll(self) -> None:
         if self.decision is None:
             self.decision = ACK
 
-    def retryAll(self, options: Mapping[str, Any] | None = None, **keywords: Any) -> None:  # noqa: N802
+    def retryAll(self, options: Mapping[str, Any] | None = None, **keywords: Any) -> None:
         decision = _retry("batch retryAll", options, keywords)
         if self.decision is None:
             self.decision = decision

@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from .queue_batch import Decision, MessageBatch
 from .queue_consumer import ConsumerSettings, consumers_by_queue, run_queue_handler
-from .queue_store import Backlog, NewMessage, QueueStore, Readiness, StoredMessage, database_path
+from .queue_store import (
+    Backlog,
+    NewMessage,
+    QueueStore,
+    Readiness,
+    StoredMessage,
+    database_path,
+)
 
 if TYPE_CHECKING:
     from ..edge import Edge

@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from ..config_error import ConfigError
-from ..config_values import expect_int, expect_nonempty_str, expect_number, reject_unknown_keys
+from ..config_values import (
+    expect_int,
+    expect_nonempty_str,
+    expect_number,
+    reject_unknown_keys,
+)
 from ..worker import Worker, _arity, _handler_arity
 from .queue_batch import MessageBatch
 from .queue_bodies import MAX_DELAY_S

@@ -67,7 +67,7 @@ class QueueProducer:
         message = self._message(body, chosen, self.delivery_delay_s, "send", time.time())
         await self._broker.add(self.queue, [message])
 
-    async def sendBatch(self, messages: Any, options: Mapping[str, Any] | None = None,  # noqa: N802
+    async def sendBatch(self, messages: Any, options: Mapping[str, Any] | None = None,
                         **keywords: Any) -> None:
         operation = "sendBatch"
         chosen = read_options(options, keywords, BATCH_OPTIONS, operation)

@@ -14,11 +14,17 @@ from typing import Any
 
 import httpx
 import pytest
+from queues_fixtures import (
+    consumer_module,
+    queue_tables,
+    start_edge,
+    wait_until,
+    write_queue_project,
+)
 
 from edge_runtime.bindings.queue_broker import queue_broker
 from edge_runtime.config import load_config
 from edge_runtime.edge import Edge
-from queues_fixtures import consumer_module, queue_tables, start_edge, wait_until, write_queue_project
 
 # On queue "jobs" the consumer does what each message's body asks ({"do": "ack" | "retry" | "raise" | ...,
 # "n": ...}); it acks every message of other queues. Each delivery is recorded as (queue, n, attempts, time).

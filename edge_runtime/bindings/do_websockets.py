@@ -18,7 +18,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from edgewise_sdk.workers import WebSocket
-from edgewise_sdk.workers.websocket import OPEN, CloseEvent, ErrorEvent, MessageEvent
+from edgewise_sdk.workers.websocket import OPEN, CloseEvent, ErrorEvent, MessageEvent, WebSocketRequestResponsePair
 
 from ..rpc import from_rpc, to_rpc
 from .do_state import now_ms
@@ -31,22 +31,6 @@ log = logging.getLogger("edgewise.durable_objects")
 MAX_TAGS = 10  # Cloudflare's bounds on tags per socket and on one tag's length
 MAX_TAG_CHARS = 256
 MAX_ATTACHMENT_BYTES = 16 * 1024  # bound on a serialized attachment
-
-
-class WebSocketRequestResponsePair:
-    """``WebSocketRequestResponsePair.new("ping", "pong")``: the auto-response of ``setWebSocketAutoResponse``."""
-
-    def __init__(self, request: str, response: str) -> None:
-        if not isinstance(request, str) or not isinstance(response, str):
-            raise TypeError("WebSocketRequestResponsePair needs two strings: the request and its response")
-        self.request, self.response = request, response
-
-    @classmethod
-    def new(cls, request: str, response: str) -> WebSocketRequestResponsePair:
-        return cls(request, response)
-
-    def __repr__(self) -> str:
-        return f"WebSocketRequestResponsePair({self.request!r}, {self.response!r})"
 
 
 class HibernatableWebSocket(WebSocket):

@@ -12,6 +12,7 @@ from websockets.asyncio.client import connect
 
 ROOM = """
     import json
+    from js import WebSocketRequestResponsePair
     from workers import DurableObject, Response, WebSocketPair, WorkerEntrypoint
 
     BUILT = []
@@ -21,7 +22,7 @@ ROOM = """
         def __init__(self, ctx, env):
             super().__init__(ctx, env)
             BUILT.append(ctx.id.name)
-            ctx.setWebSocketAutoResponse({"request": "ping", "response": "pong"})
+            ctx.setWebSocketAutoResponse(WebSocketRequestResponsePair.new("ping", "pong"))
 
         async def fetch(self, request):
             if request.headers.get("upgrade") != "websocket":

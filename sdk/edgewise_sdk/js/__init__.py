@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 from edgewise_sdk import workers
 from edgewise_sdk.workers import FormData, Headers, JsDict, Request, Response, WebSocketPair
 from edgewise_sdk.workers._jsdict import to_jsdict
+from edgewise_sdk.workers.websocket import WebSocketRequestResponsePair
 
 from .html_rewriter import HTMLRewriter
 from .websocket import WebSocket
@@ -27,7 +28,7 @@ from .websocket import WebSocket
 __all__ = [
     "JSON", "Blob", "Date", "File", "FormData", "HTMLRewriter", "Headers", "Object", "Request", "Response", "URL",
     "URLSearchParams",
-    "Uint8Array", "WebSocket", "WebSocketPair", "console", "fetch",
+    "Uint8Array", "WebSocket", "WebSocketPair", "WebSocketRequestResponsePair", "console", "fetch",
 ]
 
 _log = logging.getLogger("edgewise.worker")

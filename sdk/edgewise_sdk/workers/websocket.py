@@ -159,3 +159,19 @@ class WebSocketPair:
 
     def __getitem__(self, index: int) -> WebSocket:
         return (self.client, self.server)[index]
+
+
+class WebSocketRequestResponsePair:
+    """``WebSocketRequestResponsePair.new("ping", "pong")``: the auto-response of ``setWebSocketAutoResponse``."""
+
+    def __init__(self, request: str, response: str) -> None:
+        if not isinstance(request, str) or not isinstance(response, str):
+            raise TypeError("WebSocketRequestResponsePair needs two strings: the request and its response")
+        self.request, self.response = request, response
+
+    @classmethod
+    def new(cls, request: str, response: str) -> WebSocketRequestResponsePair:
+        return cls(request, response)
+
+    def __repr__(self) -> str:
+        return f"WebSocketRequestResponsePair({self.request!r}, {self.response!r})"

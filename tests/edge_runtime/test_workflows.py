@@ -207,3 +207,52 @@ async def test_unknown_class_name_stops_the_start_naming_class_and_file(tmp_path
     with pytest.raises(LookupError, match=r"class 'Missing' is not defined in entry.py"):
         async with running_edge(project, tmp_path / "state"):
             pass
+
+
+FORMS_WORKER = '''\
+from workers import WorkflowEntrypoint
+
+
+class Forms(WorkflowEntrypoint):
+    def run(self, event, step):  # a plain def run: what it returns (a coroutine here) is awaited
+        return getattr(self, event["payload"])(step)
+
+    async def bare(self, step):
+        @step.do
+        async def plain():
+            return "bare decorator"
+        return await plain()
+
+    async def unknown_parameter(self, step):
+        @step.do()
+        async def needs(nothing_declared):
+            return 1
+        return await needs()
+
+    async def legacy_depends(self, step):
+        @step.do()
+        async def first():
+            return 1
+
+        @step.do("second", [first])
+        async def second(first):
+            return first
+        return await second()
+'''
+
+
+@pytest.mark.parametrize(("payload", "expected"), [
+    ("bare", {"status": "complete", "output": "bare decorator"}),
+    ("unknown_parameter", {"status": "errored", "error": {"name": "TypeError", "message": (
+        "step 'needs' has a parameter 'nothing_declared' that names no earlier step (steps declared so far: none); "
+        "name a parameter after a @step.do function to receive its result, or 'ctx' for the step context")}}),
+    ("legacy_depends", {"status": "errored", "error": {"name": "TypeError", "message": (
+        "step.do(depends=[...]) is the legacy form; with python_workflows_implicit_dependencies a step names its "
+        "dependencies as parameters (def final(first_step, ctx): ...)")}}),
+])
+async def test_implicit_form_shapes_and_mistakes(tmp_path: Path, payload: str, expected: dict) -> None:
+    project = workflow_project(tmp_path / "flows", class_name="Forms", worker=FORMS_WORKER,
+                               flags=', "python_workflows_implicit_dependencies"')
+    async with running_edge(project, tmp_path / "state") as edge:
+        status = await poll(await env_of(edge).WF.create(params=payload))
+    assert status == expected

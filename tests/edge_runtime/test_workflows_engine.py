@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from config_projects import make_project
 from workflow_fixtures import (
     env_of,
     eventually,
@@ -21,6 +22,8 @@ from workflow_fixtures import (
 from edge_runtime.bindings.workflow_engine import TIME_SCALE_ENV
 from edge_runtime.bindings.workflow_store import WorkflowStore
 from edge_runtime.bindings.workflows import WorkflowError
+from edge_runtime.config import load_config
+from edge_runtime.edge import Edge
 
 
 @pytest.fixture
@@ -168,3 +171,36 @@ async def test_a_class_without_run_is_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="class 'Default' of entry.py .* has no run"):
         async with running_edge(project, tmp_path / "state"):
             pass
+
+
+async def test_a_workflow_of_another_worker_runs_in_that_worker(tmp_path: Path) -> None:
+    """The caller binds with script_name; the class, and the env it runs with, are the other Worker's."""
+    back = workflow_project(tmp_path / "back")
+    (back / "wrangler.toml").write_text((back / "wrangler.toml").read_text().replace('name = "flows"',
+                                                                                  'name = "back"', 1)
+                                        + '\n[vars]\nWHO = "back"\n')
+    front = make_project(tmp_path / "front", {"wrangler.toml": FRONT_TOML, "src/entry.py": "WHO = 'front'\n"})
+    edge = Edge(load_config(front), workers=[load_config(back)], persist_to=tmp_path / "state")
+    try:
+        await edge.start()
+        echoed = await poll(await env_of(edge).REMOTE.create(params={"mode": "echo"}))
+        who = await poll(await env_of(edge).REMOTE.create(params={"mode": "who"}))
+    finally:
+        await edge.aclose()
+    assert echoed == {"status": "complete", "output": {"echo": {"mode": "echo"}}}
+    assert ran_lines(back) == ["echo"]
+    assert who["output"] == "back"
+
+
+FRONT_TOML = """\
+name = "front"
+main = "src/entry.py"
+compatibility_date = "2025-11-02"
+compatibility_flags = ["python_workers"]
+
+[[workflows]]
+binding = "REMOTE"
+name = "demo-flow"
+class_name = "Demo"
+script_name = "back"
+"""

@@ -60,6 +60,9 @@ class Demo(WorkflowEntrypoint):
         return {"payload": event["payload"], "id": event["instanceId"], "name": event["workflowName"],
                 "stamp": isinstance(event["timestamp"], datetime.datetime)}
 
+    async def who(self, event, step):
+        return getattr(self.env, "WHO", None)
+
     async def chain(self, event, step):
         @step.do("first", config={"retries": {"limit": 0, "delay": 0}})
         async def first():

@@ -12,6 +12,7 @@ left queued, running or waiting, so an instance survives a crash of the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -286,6 +287,9 @@ class WorkflowEngine:
         """The turn ended early: paused, or waiting until ``runner.wake_at`` (or an event)."""
         if runner.stop is Suspend or control.pause_requested:
             await self._io(self.store.set_status, *key, "paused", only_from=("running", "waitingForPause"))
+            if not control.pause_requested:  # resume() came while the turn was stopping
+                with contextlib.suppress(WorkflowError):  # unless it was terminated meanwhile
+                    await self.resume(*key)
             return
         assert runner.stop is Hibernate
         if not await self._io(self.store.set_status, *key, "waiting", only_from=("running",)):

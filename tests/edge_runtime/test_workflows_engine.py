@@ -45,6 +45,17 @@ async def test_pause_stops_at_the_next_step_and_resume_goes_on(project: Path, tm
     assert ran_lines(project) == ["slow 0", "slow 1", "slow 2"]
 
 
+async def test_resume_before_the_pause_took_hold_just_goes_on(project: Path, tmp_path: Path) -> None:
+    async with running_edge(project, tmp_path / "state") as edge:
+        instance = await env_of(edge).WF.create(params={"mode": "slow_steps"})
+        await eventually(lambda: ran_lines(project) == ["slow 0"])
+        await instance.pause()
+        await instance.resume()
+        assert (await instance.status())["status"] == "running"
+        assert await poll(instance) == {"status": "complete", "output": "done"}
+    assert ran_lines(project) == ["slow 0", "slow 1", "slow 2"]
+
+
 async def test_pause_while_sleeping_holds_the_instance_after_its_deadline(project: Path, tmp_path: Path) -> None:
     async with running_edge(project, tmp_path / "state") as edge:
         instance = await env_of(edge).WF.create(params={"mode": "sleepy", "nap": "200 millisecond"})

@@ -12,6 +12,7 @@ from .ai import Ai
 from .ai_backends import AiBackends
 from .bindings import EDGE_BINDERS, OpenBindings, StateDir, edge_binder
 from .bindings.kv_propagation import KvPropagation
+from .bindings.queue_broker import queue_broker
 from .env import Env, build_env
 from .catalog import get_location
 from .config import ConfigError, WorkerConfig
@@ -184,6 +185,8 @@ class Edge:
         if self.started:
             return
         self.started = True
+        if any(script.config.queue_consumers for script in self.scripts.values()):
+            queue_broker(self)  # a Worker that only consumes still gets its batches
         for service in list(self._shared.values()):
             start = getattr(service, "start", None)
             if start is not None:

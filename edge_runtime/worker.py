@@ -38,11 +38,11 @@ class Worker:
         self.entrypoint = _default_class(module)
         self.on_fetch = _global_handler(module, "on_fetch", uses_global_handlers, self.entrypoint)
         self.on_scheduled = _global_handler(module, "on_scheduled", uses_global_handlers, self.entrypoint)
-        self._fetch_arity = _handler_arity(self.entrypoint, "fetch") if self.entrypoint else _arity(self.on_fetch)
+        self._fetch_arity = handler_arity(self.entrypoint, "fetch") if self.entrypoint else arity(self.on_fetch)
         fetch = getattr(self.entrypoint, "fetch", None) if self.entrypoint else self.on_fetch
         self._fetch_is_async = inspect.iscoroutinefunction(fetch)
         self._scheduled_arity = (
-            _handler_arity(self.entrypoint, "scheduled") if self.entrypoint else _arity(self.on_scheduled)
+            handler_arity(self.entrypoint, "scheduled") if self.entrypoint else arity(self.on_scheduled)
         )
 
     def fetch(self, request: Request, env: Any, ctx: Context) -> Awaitable[Any]:
@@ -98,15 +98,17 @@ def _global_handler(module: ModuleType, name: str, allowed: bool, entrypoint: ty
     return function
 
 
-def _handler_arity(cls: type, name: str) -> int | None:
+def handler_arity(cls: type, name: str) -> int | None:
+    """How many of (event, env, ctx) a class entrypoint's handler accepts; None when it has none."""
     method = getattr(cls, name, None)
     if method is None:
         return None
-    arity = _arity(method)
-    return None if arity is None else max(arity - 1, 0)  # drop self
+    count = arity(method)
+    return None if count is None else max(count - 1, 0)  # drop self
 
 
-def _arity(function: Callable | None) -> int | None:
+def arity(function: Callable | None) -> int | None:
+    """How many of (event, env, ctx) a handler function accepts (a relaxed call passes only those)."""
     if function is None:
         return None
     parameters = inspect.signature(function).parameters.values()

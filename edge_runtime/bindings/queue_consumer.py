@@ -20,7 +20,7 @@ from ..config_values import (
     expect_number,
     reject_unknown_keys,
 )
-from ..worker import Worker, _arity, _handler_arity
+from ..worker import Worker, arity, handler_arity
 from .queue_batch import MessageBatch
 from .queue_bodies import MAX_DELAY_S
 
@@ -107,16 +107,16 @@ async def run_queue_handler(worker: Worker, batch: MessageBatch, env: Any, ctx: 
     self.ctx, as on Cloudflare), or the legacy module-level ``on_queue(batch, env, ctx)``; both called
     with as many of those arguments as they take."""
     if worker.entrypoint is not None:
-        arity = _handler_arity(worker.entrypoint, "queue")
-        if arity is None:
+        count = handler_arity(worker.entrypoint, "queue")
+        if count is None:
             raise TypeError("Handler does not export a queue() function.")
         instance = worker.entrypoint(ctx, env)  # a new instance per invocation, as workerd makes
         instance.ctx, instance.env = ctx, env
-        result = instance.queue(*(batch, None, None)[:arity])
+        result = instance.queue(*(batch, None, None)[:count])
     else:
         function = getattr(worker.module, "on_queue", None)
         if not callable(function):
             raise TypeError("Handler does not export a queue() function.")
-        result = function(*(batch, env, ctx)[:_arity(function)])
+        result = function(*(batch, env, ctx)[:arity(function)])
     if inspect.isawaitable(result):
         await result

@@ -9,7 +9,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.bindings.queue_broker import queue_broker
 from edge_runtime.config import load_config
 from edge_runtime.edge import Edge
 
@@ -35,12 +34,11 @@ def write_queue_project(worker_project: Callable[..., Path], source: str, *,
 
 
 async def start_edge(root: Path, opened: list[Edge] | None = None) -> Edge:
-    """The Edge over the project, its queue broker started (as ``edgewise dev`` starts it); added to
-    ``opened`` before it starts, so a failed start is closed too."""
+    """The Edge over the project, started as ``edgewise dev`` starts it (a Worker that consumes, or one
+    that produces, gets the queue broker); added to ``opened`` before it starts, so a failed start is closed too."""
     edge = Edge(load_config(root))
     if opened is not None:
         opened.append(edge)
-    queue_broker(edge)
     await edge.start()
     return edge
 

@@ -295,6 +295,17 @@ async def test_a_batch_cut_off_by_a_close_goes_again_with_one_more_attempt(queue
     assert deliveries(second) == [(1, 2), (2, 2)]
 
 
+async def test_a_worker_that_only_consumes_gets_what_an_earlier_run_left(queue_edge, edges) -> None:
+    first = await queue_edge([])  # produces only: the messages wait in the store
+    await jobs(first).send({"n": 1, "do": "ack"})
+    await jobs(first).send({"n": 2, "do": "ack"})
+    await first.aclose()
+    edges.remove(first)
+    second = await queue_edge([consumer()], producers=())  # no producer binding at all
+    await wait_until(lambda: len(deliveries(second)) == 2)  # (settled() would make the broker itself)
+    assert deliveries(second) == [(1, 1), (2, 1)]
+
+
 # ---- several Workers ---------------------------------------------------------------------------------
 
 async def test_the_consumer_may_be_another_worker_of_the_edge(worker_project, tmp_path, edges) -> None:

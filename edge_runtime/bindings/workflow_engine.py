@@ -316,6 +316,8 @@ class WorkflowEngine:
             except BaseException as error:
                 if runner.stop is not None:
                     await runner.settle()  # steps still running beside the one that stopped the turn
+                    if isinstance(error, (Hibernate, Suspend)):
+                        return None  # the turn ends as planned: no exception in its tail event
                 if isinstance(error, TimeoutError):
                     raise _RunTimeout(error) from error  # else invoke() takes it for its own wall-time bound
                 raise
@@ -325,7 +327,8 @@ class WorkflowEngine:
 
         try:
             return await self.edge.invoke(script, colo, call, event="workflow", timeout_s=TURN_TIMEOUT_S,
-                                          detail={"workflowName": row.workflow, "instanceId": row.id})
+                                          detail={"entrypoint": row.class_name, "workflowName": row.workflow,
+                                                  "instanceId": row.id})
         except _RunTimeout as wrapped:
             raise wrapped.error from None
 

@@ -215,3 +215,16 @@ name = "demo-flow"
 class_name = "Demo"
 script_name = "back"
 """
+
+
+async def test_each_turn_is_a_tail_event_with_the_workers_logs(project: Path, tmp_path: Path) -> None:
+    async with running_edge(project, tmp_path / "state") as edge:
+        with edge.hub.subscribe() as events:
+            instance = await env_of(edge).WF.create(id="tailed", params={"mode": "sleepy", "nap": 100})
+            await poll(instance)
+            seen = [events.get_nowait() for _ in range(events.qsize())]
+    turns = [event for event in seen if event["event"]["type"] == "workflow"]
+    assert len(turns) == 2  # up to the sleep, then after it
+    assert all(turn["outcome"] == "ok" and turn["entrypoint"] == "Demo" for turn in turns)
+    assert turns[0]["event"] == {"type": "workflow", "entrypoint": "Demo", "workflowName": "demo-flow",
+                                 "instanceId": "tailed"}

@@ -72,6 +72,18 @@ async def test_triggered_instance_runs_at_the_next_edge_and_is_described(project
     assert [(i["id"], i["status"]) for i in listed] == [("from-cli", "complete")]
 
 
+async def test_an_instance_triggered_while_the_edge_runs_is_picked_up(project: Path) -> None:
+    edge = Edge(load_config(project))
+    try:
+        await edge.start()
+        result = edgewise(project, "workflows", "trigger", "WF", '{"mode": "echo", "n": 3}', "--id", "live")
+        assert result.exit_code == 0, result.output
+        status = await poll(await env_of(edge).WF.get("live"), timeout_s=5)
+    finally:
+        await edge.aclose()
+    assert status == {"status": "complete", "output": {"echo": {"mode": "echo", "n": 3}}}
+
+
 async def test_described_error_of_an_errored_instance(project: Path) -> None:
     edgewise(project, "workflows", "trigger", "demo-flow", '{"mode": "exhaust"}', "--id", "bad", "--local")
     edge = Edge(load_config(project))

@@ -347,11 +347,24 @@ class WorkflowEngine:
             run.timer = None
 
     def _check_class(self, definition: WorkflowDefinition) -> None:
-        script = self.edge.script(definition.script_name)
-        found = script.find_class(self.edge.colos[0], definition.class_name)
+        """A ConfigError (of the declaring Worker's config) unless the class exists and has ``run``."""
+        try:
+            script = self.edge.script(definition.script_name)
+            found = script.find_class(self.edge.colos[0], definition.class_name)
+        except LookupError as error:
+            raise ConfigError(self._declared_in(definition), "workflows", f"workflow {definition.name!r}: {error}") \
+                from None
         if not callable(getattr(found, "run", None)):
-            raise TypeError(f"class {definition.class_name!r} of {script.config.main.name} (workflow "
-                            f"{definition.name!r}) has no run(self, event, step) method; subclass WorkflowEntrypoint")
+            raise ConfigError(script.config.file, "workflows", f"workflow {definition.name!r}: class "
+                              f"{definition.class_name!r} of {script.config.main.name} ({script.config.main}) has "
+                              "no run(self, event, step) method; subclass WorkflowEntrypoint")
+
+    def _declared_in(self, definition: WorkflowDefinition) -> Any:
+        for script in self.edge.scripts.values():
+            if any(spec.kind == "workflows" and spec.settings.get("name") == definition.name
+                   for spec in script.config.bindings):
+                return script.config.file
+        return None
 
     @staticmethod
     def _refuse_finished(row: InstanceRow, action: str) -> None:

@@ -10,6 +10,7 @@ import pytest
 from workflow_fixtures import env_of, poll, ran_lines, running_edge, workflow_project
 
 from edge_runtime.bindings.workflows import DuplicateInstanceError, WorkflowError
+from edge_runtime.config import ConfigError
 
 
 @pytest.fixture
@@ -204,7 +205,8 @@ async def test_wait_for_event_times_out(project: Path, tmp_path: Path) -> None:
 
 async def test_unknown_class_name_stops_the_start_naming_class_and_file(tmp_path: Path) -> None:
     project = workflow_project(tmp_path / "flows", class_name="Missing")
-    with pytest.raises(LookupError, match=r"class 'Missing' is not defined in entry.py"):
+    with pytest.raises(ConfigError, match=r"wrangler.toml: 'workflows' workflow 'demo-flow': class 'Missing' is not "
+                                          r"defined in entry.py of Worker 'flows' \(.*src/entry.py\)"):
         async with running_edge(project, tmp_path / "state"):
             pass
 

@@ -22,7 +22,7 @@ from workflow_fixtures import (
 from edge_runtime.bindings.workflow_engine import TIME_SCALE_ENV
 from edge_runtime.bindings.workflow_store import WorkflowStore
 from edge_runtime.bindings.workflows import WorkflowError
-from edge_runtime.config import load_config
+from edge_runtime.config import ConfigError, load_config
 from edge_runtime.edge import Edge
 
 
@@ -179,7 +179,7 @@ async def test_a_class_without_run_is_refused_at_start(tmp_path: Path) -> None:
     project = workflow_project(tmp_path / "flows", class_name="Default")
     (project / "src" / "entry.py").write_text(
         "from workers import WorkerEntrypoint\n\nclass Default(WorkerEntrypoint):\n    pass\n")
-    with pytest.raises(TypeError, match="class 'Default' of entry.py .* has no run"):
+    with pytest.raises(ConfigError, match="class 'Default' of entry.py .* has no run"):
         async with running_edge(project, tmp_path / "state"):
             pass
 

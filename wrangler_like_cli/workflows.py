@@ -17,7 +17,7 @@ from rich.table import Table
 
 from edge_runtime.bindings import StateDir
 from edge_runtime.bindings.workflow_config import NotPersistableError, encode
-from edge_runtime.bindings.workflow_engine import (
+from edge_runtime.bindings.workflow_definitions import (
     WorkflowDefinition,
     check_instance_id,
     declared_definitions,

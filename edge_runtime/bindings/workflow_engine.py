@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -28,19 +27,22 @@ from edgewise_sdk.workers.workflows import WorkflowStep
 
 from ..config_error import ConfigError
 from .workflow_config import decode, encode, error_record
+from .workflow_definitions import (
+    WorkflowDefinition,
+    check_instance_id,
+    declared_definitions,
+    uses_implicit_dependencies,
+)
 from .workflow_steps import Hibernate, RunControl, StepRunner, Suspend
 from .workflow_store import FINISHED, UNFINISHED, InstanceRow, WorkflowStore
 
 if TYPE_CHECKING:
-    from ..config import WorkerConfig
     from ..edge import Edge
 
 log = logging.getLogger("edgewise.workflows")
 
 SHARED_KEY = "workflows"
 TIME_SCALE_ENV = "EDGEWISE_WORKFLOWS_TIME_SCALE"  # e.g. 0.01: sleeps, retry delays and event timeouts 100x shorter
-IMPLICIT_DEPENDENCIES_FLAG = "python_workflows_implicit_dependencies"
-IMPLICIT_DEPENDENCIES_DATE = "2026-02-25"  # on by default for Python Workers from this compatibility date
 TURN_TIMEOUT_S = 7 * 86400.0  # a turn's bound: steps have their own timeouts, and waits end the turn
 CLOSE_TIMEOUT_S = 5.0
 QUEUED_POLL_S = 1.0  # how often the store is checked for instances queued by another process (the CLI)
@@ -48,15 +50,6 @@ QUEUED_POLL_S = 1.0  # how often the store is checked for instances queued by an
 
 class WorkflowError(Exception):
     """A call on a workflow or an instance that cannot be done (unknown id, wrong state)."""
-
-
-@dataclass(frozen=True)
-class WorkflowDefinition:
-    """A workflow as the Worker that runs it declares it (``[[workflows]]`` without a foreign script_name)."""
-
-    name: str
-    class_name: str
-    script_name: str
 
 
 @dataclass
@@ -69,32 +62,6 @@ class _Run:
 def workflow_engine(edge: Edge) -> WorkflowEngine:
     """The edge's engine, made on first use and started by ``edge.start()``."""
     return edge.shared(SHARED_KEY, lambda: WorkflowEngine(edge))
-
-
-def uses_implicit_dependencies(config: WorkerConfig) -> bool:
-    flags = config.compatibility_flags
-    if IMPLICIT_DEPENDENCIES_FLAG in flags:
-        return True
-    return f"no_{IMPLICIT_DEPENDENCIES_FLAG}" not in flags and config.compatibility_date >= IMPLICIT_DEPENDENCIES_DATE
-
-
-def declared_definitions(configs: list[WorkerConfig]) -> dict[str, WorkflowDefinition]:
-    """Every workflow the Workers declare, by name; a name given two different classes is a ConfigError."""
-    found: dict[str, WorkflowDefinition] = {}
-    for config in configs:
-        for spec in config.bindings:
-            if spec.kind != "workflows":
-                continue
-            settings = spec.settings
-            definition = WorkflowDefinition(str(settings.get("name")), str(settings.get("class_name")),
-                                            str(settings.get("script_name") or config.name))
-            known = found.setdefault(definition.name, definition)
-            if known != definition:
-                raise ConfigError(config.file, "workflows", f"workflow {definition.name!r} is class "
-                                  f"{definition.class_name!r} of Worker {definition.script_name!r} here, but class "
-                                  f"{known.class_name!r} of Worker {known.script_name!r} elsewhere; a workflow name "
-                                  "names one class")
-    return found
 
 
 class WorkflowEngine:
@@ -389,15 +356,3 @@ def _new_entrypoint(cls: type, ctx: Any, env: Any) -> Any:
     # Subclasses often skip super().__init__: the attributes are set either way, as for WorkerEntrypoint.
     entrypoint.ctx, entrypoint.env = ctx, env
     return entrypoint
-
-
-def check_instance_id(instance_id: Any) -> str:
-    """The id given (Cloudflare's rules), or a new random one."""
-    if instance_id is None:
-        return str(uuid.uuid4())
-    if not isinstance(instance_id, str) or not instance_id or len(instance_id) > 100 \
-            or not (instance_id[0].isascii() and (instance_id[0].isalnum() or instance_id[0] == "_")) \
-            or not all(c.isascii() and (c.isalnum() or c in "-_") for c in instance_id):
-        raise ValueError(f"{instance_id!r} is not a valid instance id: up to 100 characters of letters, digits, "
-                         "'-' and '_', not starting with '-'")
-    return instance_id

@@ -258,3 +258,18 @@ async def test_implicit_form_shapes_and_mistakes(tmp_path: Path, payload: str, e
     async with running_edge(project, tmp_path / "state") as edge:
         status = await poll(await env_of(edge).WF.create(params=payload))
     assert status == expected
+
+
+@pytest.mark.parametrize(("date", "flags", "expected"), [
+    ("2026-03-01", "", "complete"),  # implied from 2026-02-25 on
+    ("2026-03-01", ', "no_python_workflows_implicit_dependencies"', "errored"),
+    ("2026-02-24", "", "errored"),
+])
+async def test_the_implicit_form_follows_the_compatibility_date(tmp_path: Path, date: str, flags: str,
+                                                                expected: str) -> None:
+    project = workflow_project(tmp_path / "flows", class_name="Implicit", flags=flags)
+    toml = project / "wrangler.toml"
+    toml.write_text(toml.read_text().replace('compatibility_date = "2025-11-02"', f'compatibility_date = "{date}"'))
+    async with running_edge(project, tmp_path / "state") as edge:
+        status = await poll(await env_of(edge).WF.create())
+    assert status["status"] == expected

@@ -164,5 +164,8 @@ def rebuild_error(record: Mapping[str, str]) -> Exception:
         return NonRetryableError(message)
     builtin = getattr(builtins, name, None)
     if isinstance(builtin, type) and issubclass(builtin, Exception) and not issubclass(builtin, UnicodeError):
-        return builtin(message)
+        try:
+            return builtin(message)
+        except TypeError:  # one that takes other arguments (ExceptionGroup)
+            pass
     return WorkflowStepError(name, message)

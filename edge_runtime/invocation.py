@@ -45,9 +45,14 @@ async def invoke(script: Script, colo: str, call: Call, hub: TailHub, *, event: 
     token = _state.current.set(_state.Invocation(env, ctx, budget, logs))
     started, failure = time.perf_counter(), None
     bound_s = limits.wall_time_s if timeout_s is None else timeout_s
+    deadline = asyncio.timeout(bound_s)
     try:
-        return await asyncio.wait_for(run_releasing_loop(_settled, call, worker, env, ctx), bound_s)
-    except TimeoutError:
+        async with deadline:
+            return await run_releasing_loop(_settled, call, worker, env, ctx)
+    except TimeoutError as error:
+        if not deadline.expired():  # the callee's own TimeoutError, not our bound
+            failure = error
+            raise
         failure = InvocationTimeout(f"the {event} invocation of Worker {script.name!r} at {colo} did not finish "
                                     f"within {bound_s:g} s")
         raise failure from None

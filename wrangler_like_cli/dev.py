@@ -240,8 +240,11 @@ def dev(directory: Path, config_paths: tuple[Path, ...], env_name: str | None, p
         # Everything loaded so far lives as long as the server: keep it out of the cyclic GC's scans.
         gc.freeze()
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_serve_then_close(edge, listeners, reload, read_configs,
-                                         lambda ready: _print_ready(config, host, ready, edge)))
+            try:
+                runner.run(_serve_then_close(edge, listeners, reload, read_configs,
+                                             lambda ready: _print_ready(config, host, ready, edge)))
+            except (ConfigError, WorkerLoadError) as error:  # found when the edge starts (workflows, queues)
+                fail(str(error))
 
 
 async def _serve_then_close(edge: Edge, listeners: list[Listener], reload: bool,

@@ -23,7 +23,6 @@ from edge_runtime.config import load_config
 from edge_runtime.edge import Edge
 from wrangler_like_cli.main import cli
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "edge_runtime"))  # the Workflows test Worker
 from workflow_fixtures import env_of, poll, ran_lines, workflow_project
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
-from dev_process import DevServer, Process, edgewise_command, free_port, free_port_pair, is_listening  # noqa: F401
+from dev_process import (STARTUP_TIMEOUT_S, DevServer, Process, edgewise_command, free_port,  # noqa: F401
+                         free_port_pair, is_listening)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -305,3 +306,18 @@ def test_two_configs_run_two_workers_joined_by_a_service_binding(start_dev: Call
                                                           "compatibility_flags": ["python_workers"]}))
     server = start_dev(front, "-c", str(front / "wrangler.jsonc"), "-c", str(back / "wrangler.jsonc"), "--no-reload")
     assert server.get().text == "HI from back"
+
+
+def test_a_workflow_class_the_worker_lacks_stops_the_start_with_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "entry.py").write_text(
+        "from workers import Response, WorkerEntrypoint\n\nclass Default(WorkerEntrypoint):\n"
+        "    async def fetch(self, request):\n        return Response('hi')\n")
+    (tmp_path / "wrangler.jsonc").write_text(json.dumps({
+        "name": "wf", "main": "src/entry.py", "compatibility_date": "2025-11-02",
+        "compatibility_flags": ["python_workers"],
+        "workflows": [{"binding": "WF", "name": "orders", "class_name": "OrderFlow"}]}))
+    process = Process(["dev", str(tmp_path), "--port", str(free_port()), "--no-reload"])
+    assert process.wait(STARTUP_TIMEOUT_S) == 1
+    assert "[ERROR]" in process.output and "OrderFlow" in process.output
+    assert "Traceback" not in process.output

@@ -98,3 +98,12 @@ async def test_pop_to_pop_round_trips_grow_with_distance_and_vanish_without_late
 async def test_an_unknown_worker_name_lists_the_running_ones(edge: Edge) -> None:
     with pytest.raises(LookupError, match="no Worker named 'other' runs in this edge \\(running: hello\\)"):
         edge.script("other")
+
+
+async def test_the_callees_own_timeout_error_is_not_taken_for_the_wall_time_bound(edge: Edge) -> None:
+    async def times_out(worker, env, ctx):
+        raise TimeoutError("the upstream did not answer")
+
+    with pytest.raises(TimeoutError, match="the upstream did not answer") as error:
+        await edge.invoke(edge.script(), "LHR", times_out, event="rpc")
+    assert not isinstance(error.value, InvocationTimeout)

@@ -601,6 +601,7 @@ import js
 from js import HTMLRewriter, WebSocketPair
 from pyodide.ffi import create_proxy
 from workers import Response, WorkerEntrypoint
+from workers.htmlrewriter import HTMLRewriter as SdkHTMLRewriter
 
 PAGE = (
     '<html><head><meta property="og:title" content="old"><title>t</title></head>'
@@ -627,6 +628,11 @@ class MetaRemover:
 class MetaInjector:
     def element(self, element):
         element.prepend('<meta property="og:title" content="new" />', html=True)
+
+
+class DocumentEnd:
+    def end(self, end):
+        end.append("<!-- rewritten -->", html=True)
 
 
 class AppendOnId:
@@ -659,6 +665,10 @@ class Default(WorkerEntrypoint):
             rewritten.on("head", injector)
             rewritten.on("div", widget)
             return rewritten.transform(page.js_object)
+        if path == "/sdk-rewriter":
+            # The runtime SDK's Python rewriter: plain handler objects, on_document, no proxies.
+            res = Response(PAGE, headers={"Content-Type": "text/html"})
+            return SdkHTMLRewriter().on("a", AttributeRewriter("href")).on_document(DocumentEnd()).transform(res)
         if path == "/js-request":
             js_request = request.js_object
             return Response.json({"method": js_request.method, "header": js_request.headers.get("x-test"),
@@ -713,6 +723,12 @@ def test_html_rewriter_on_a_static_asset_through_its_js_object(js_worker: DevSer
     assert reply.text == ('<html><head><meta property="og:title" content="new" /><title>t</title></head>'
                           '<body><div id="widget"><div class="cf-turnstile"></div></div><div id="other"></div>'
                           '</body></html>'), reply.text
+
+
+def test_the_sdk_htmlrewriter_module(js_worker: DevServer) -> None:
+    reply = js_worker.get("/sdk-rewriter")
+    assert reply.status_code == 200, reply.text
+    assert '<a href="https://example.com/a">' in reply.text and reply.text.endswith("<!-- rewritten -->")
 
 
 def test_the_js_request_behind_the_python_one(js_worker: DevServer) -> None:

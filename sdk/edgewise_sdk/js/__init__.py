@@ -165,7 +165,8 @@ class Blob(workers.Blob):
 
     @classmethod
     def new(cls, parts: Any = (), options: Mapping[str, Any] | None = None, **option_kw: Any) -> Blob:
-        return cls(parts, type={**(options or {}), **option_kw}.get("type", ""))
+        chosen = {**(options or {}), **option_kw}
+        return cls(parts, type=chosen.get("type", ""), endings=chosen.get("endings"))
 
 
 class File(workers.File):
@@ -173,7 +174,9 @@ class File(workers.File):
 
     @classmethod
     def new(cls, parts: Any, name: str, options: Mapping[str, Any] | None = None, **option_kw: Any) -> File:
-        return cls(parts, name, type={**(options or {}), **option_kw}.get("type", ""))
+        chosen = {**(options or {}), **option_kw}
+        return cls(parts, name, type=chosen.get("type", ""), endings=chosen.get("endings"),
+                   last_modified=chosen.get("lastModified"))
 
 
 class Uint8Array(bytes):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterable, Iterator
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -21,13 +22,22 @@ def _part_bytes(part: BlobPart) -> bytes:
 
 
 class Blob:
-    """Immutable bytes with a MIME type."""
+    """Immutable bytes with a MIME type: ``Blob(parts, content_type)`` as the Python SDK writes it, or
+    ``Blob(parts, type=...)`` as JS does. A single Blob given alone passes on its type."""
 
-    def __init__(self, parts: Iterable[BlobPart] | BlobPart = (), type: str = "") -> None:
+    def __init__(self, parts: Iterable[BlobPart] | BlobPart = (), type: str = "", *,
+                 content_type: str | None = None, endings: str | None = None) -> None:
         if isinstance(parts, (str, bytes, bytearray, memoryview, Blob)):
+            if isinstance(parts, Blob) and not type and content_type is None:
+                type = parts.type
             parts = [parts]
-        self._data = b"".join(_part_bytes(part) for part in parts)
-        self.type = type
+        native = _native_endings(endings)
+        self._data = b"".join(_part_bytes(_native_text(part) if native else part) for part in parts)
+        self.type = type if content_type is None else content_type
+
+    @property
+    def content_type(self) -> str:
+        return self.type
 
     @property
     def size(self) -> int:
@@ -42,19 +52,40 @@ class Blob:
     async def arrayBuffer(self) -> bytes:  # noqa: N802 - JS name
         return self._data
 
-    def slice(self, start: int = 0, end: int | None = None, type: str = "") -> Blob:
-        return Blob(self._data[start:end], type=type)
+    def slice(self, start: int = 0, end: int | None = None, type: str = "", *,
+              content_type: str | None = None) -> Blob:
+        return Blob(self._data[start:end], type=type if content_type is None else content_type)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, type={self.type!r})"
 
 
-class File(Blob):
-    """A Blob with a file name (what multipart uploads become)."""
+def _native_endings(endings: str | None) -> bool:
+    """Whether text parts get this system's line endings (``"native"``) or stay as written (``"transparent"``)."""
+    if endings not in (None, "transparent", "native"):
+        raise TypeError(f"endings must be 'transparent' or 'native', got {endings!r}")
+    return endings == "native"
 
-    def __init__(self, parts: Iterable[BlobPart] | BlobPart, name: str, type: str = "") -> None:
-        super().__init__(parts, type=type)
+
+def _native_text(part: BlobPart) -> BlobPart:
+    return part.replace("\r\n", "\n").replace("\r", "\n") if isinstance(part, str) else part
+
+
+class File(Blob):
+    """A Blob with a file name (what multipart uploads become) and a modification time in ms."""
+
+    def __init__(self, parts: Iterable[BlobPart] | BlobPart, name: str, type: str = "", *,
+                 content_type: str | None = None, endings: str | None = None,
+                 last_modified: int | None = None) -> None:
+        super().__init__(parts, type=type, content_type=content_type, endings=endings)
         self.name = name
+        if last_modified is None:
+            last_modified = parts.last_modified if isinstance(parts, File) else time.time_ns() // 1_000_000
+        self.last_modified = last_modified
+
+    @property
+    def lastModified(self) -> int:  # noqa: N802 - JS name
+        return self.last_modified
 
 
 FormDataValue = Union[str, Blob]

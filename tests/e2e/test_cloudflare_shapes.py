@@ -79,7 +79,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlparse
 
-from js import Object, WebSocketPair
+from js import Object, WebSocketPair, WebSocketRequestResponsePair
+from pyodide.ffi import create_proxy
 from workers import DurableObject, Response, WorkerEntrypoint
 
 
@@ -135,6 +136,7 @@ class Lobby(DurableObject):
         pair = Object.values(WebSocketPair.new())
         client, server = pair[0], pair[1]
         self.state.acceptWebSocket(server, ["lobby"])
+        self.state.setWebSocketAutoResponse(WebSocketRequestResponsePair.new("ping", "pong"))
         server.serializeAttachment({"name": urlparse(request.url).query})
         server.send(json.dumps({"type": "welcome", "online": len(self.state.getWebSockets())}))
         return Response(None, status=101, web_socket=client)
@@ -146,6 +148,20 @@ class Lobby(DurableObject):
 
     async def webSocketClose(self, ws, code, reason, wasClean):
         ws.close(code, reason)
+
+
+class Echo(DurableObject):
+    # The "Build a WebSocket server" example's shape (no hibernation): server.accept() and listeners.
+    async def fetch(self, request):
+        client, server = Object.values(WebSocketPair.new())
+        server.accept()
+
+        def on_message(event):
+            data = event.data
+            server.send(data if isinstance(data, str) else bytes(data)[::-1])
+
+        server.addEventListener("message", create_proxy(on_message))
+        return Response(None, status=101, web_socket=client)
 
 
 class Ticker(DurableObject):
@@ -183,6 +199,8 @@ class Default(WorkerEntrypoint):
             if request.method == "POST":
                 return Response.json({"count": await stub.add_note(await request.text())})
             return Response.json(await stub.get_notes())
+        if parts[0] == "echo":
+            return await self.env.ECHO.getByName("e").fetch(request)
         if parts[0] == "lobby":
             namespace = self.env.LOBBY
             return await namespace.get(namespace.idFromName(parts[1])).fetch(request)
@@ -203,9 +221,11 @@ def objects(serve: Callable[..., DevServer], tmp_path_factory: pytest.TempPathFa
         "durable_objects": {"bindings": [{"name": "GREETER", "class_name": "Greeter"},
                                          {"name": "NOTES", "class_name": "Notes"},
                                          {"name": "LOBBY", "class_name": "Lobby"},
-                                         {"name": "TICKER", "class_name": "Ticker"}]},
+                                         {"name": "TICKER", "class_name": "Ticker"},
+                                         {"name": "ECHO", "class_name": "Echo"}]},
         "migrations": [{"tag": "v1", "new_sqlite_classes": ["Greeter", "Notes", "Lobby"]},
-                       {"tag": "v2", "new_sqlite_classes": ["Ticker"]}],
+                       {"tag": "v2", "new_sqlite_classes": ["Ticker"]},
+                       {"tag": "v3", "new_classes": ["Echo"]}],
     }, DO_ENTRY)
     return serve(root)
 
@@ -235,10 +255,20 @@ def test_hibernating_websockets_greet_and_broadcast(objects: DevServer) -> None:
         assert json.loads(alice.recv(timeout=WAIT_S)) == {"type": "welcome", "online": 1}
         with connect(url + "?bob", open_timeout=WAIT_S) as bob:
             assert json.loads(bob.recv(timeout=WAIT_S)) == {"type": "welcome", "online": 2}
+            alice.send("ping")
+            assert alice.recv(timeout=WAIT_S) == "pong"  # the auto response, only to the sender
             alice.send("hi bob")
             expected = {"from": "alice", "text": "hi bob"}
             assert json.loads(alice.recv(timeout=WAIT_S)) == expected
             assert json.loads(bob.recv(timeout=WAIT_S)) == expected
+
+
+def test_an_accepted_websocket_with_listeners_echoes_text_and_bytes(objects: DevServer) -> None:
+    with connect(objects.url.replace("http", "ws") + "/echo", open_timeout=WAIT_S) as socket:
+        socket.send("hello")
+        assert socket.recv(timeout=WAIT_S) == "hello"
+        socket.send(b"\x01\x02\x03")
+        assert socket.recv(timeout=WAIT_S) == b"\x03\x02\x01"
 
 
 def test_an_alarm_set_in_epoch_ms_runs_an_alarm_handler_without_arguments(objects: DevServer) -> None:
@@ -519,6 +549,15 @@ class Default(WorkerEntrypoint):
 
     async def echo(self, value):
         return value
+
+    async def page(self, title):
+        return Response(f"<h1>{title}</h1>", headers={"content-type": "text/html"})
+
+    async def apply(self, callback, value):
+        return await callback(value) * 10
+
+    async def describe(self, request):
+        return {"method": request.method, "url": request.url, "body": await request.text()}
 """
 
 FRONT_ENTRY = """\
@@ -548,6 +587,14 @@ class Default(WorkerEntrypoint):
             return Response("no error")
         if path == "/echo":
             return Response.json(await self.env.WORKER_B.echo({"list": [1, "x", None], "ok": True, "f": 1.5}))
+        if path == "/page":
+            return await self.env.WORKER_B.page("made by b")
+        if path == "/callback":
+            async def double(value):
+                return value * 2
+            return Response(str(await self.env.WORKER_B.apply(double, 4)))
+        if path == "/describe":
+            return Response.json(await self.env.WORKER_B.describe(request))
         if path == "/count":
             namespace = self.env.COUNTER
             return Response.json(await namespace.get(namespace.idFromName("shared")).increment())
@@ -585,6 +632,14 @@ def test_fetch_through_a_service_binding_with_a_request_and_with_a_url(services:
 def test_an_error_in_the_callee_reaches_the_caller_with_its_message(services: DevServer) -> None:
     reply = services.get("/fail")
     assert reply.status_code == 500 and "worker b refuses" in reply.text, reply.text
+
+
+def test_responses_requests_and_functions_over_rpc(services: DevServer) -> None:
+    page = services.get("/page")
+    assert page.text == "<h1>made by b</h1>" and page.headers["content-type"] == "text/html", page.text
+    assert services.get("/callback").text == "80"
+    described = httpx.post(f"{services.url}/describe", content="hi", timeout=10)
+    assert described.json() == {"method": "POST", "url": f"{services.url}/describe", "body": "hi"}, described.text
 
 
 def test_a_durable_object_class_of_the_other_worker(services: DevServer) -> None:

@@ -146,6 +146,21 @@ class FormData:
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.has(name)
 
+    # The Python SDK's mapping face: form["k"] (None when absent, as there), form["k"] = v, del form["k"].
+    def __getitem__(self, name: str) -> FormDataValue | None:
+        return self.get(name)
+
+    def __setitem__(self, name: str, value: FormDataValue) -> None:
+        if isinstance(value, list):
+            raise TypeError("Expected single item in arguments to FormData.__setitem__")
+        self.set(name, value)
+
+    def __delitem__(self, name: str) -> None:
+        self.delete(name)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
     def encode(self) -> tuple[bytes, str]:
         """The multipart/form-data body and its content-type (with boundary)."""
         boundary = "----edgewise" + secrets.token_hex(12)

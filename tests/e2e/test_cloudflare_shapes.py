@@ -794,3 +794,147 @@ def test_the_js_request_behind_the_python_one(js_worker: DevServer) -> None:
 def test_an_outbound_js_websocket_with_proxied_listeners(js_worker: DevServer) -> None:
     reply = js_worker.get("/ws-client")
     assert reply.status_code == 200 and reply.text == "echo:ping", reply.text
+
+
+# --- An app in the image-redraw template's shape: FastAPI, R2, a queue and a workflow ----------------
+
+REDRAW_API = """\
+import uuid
+
+from fastapi import FastAPI, HTTPException, Request, Response
+
+app = FastAPI()
+
+
+@app.post("/api/jobs", status_code=202)
+async def create_job(request: Request):
+    image = await request.body()
+    if not image:
+        raise HTTPException(400, "The request body is empty.")
+    env = request.scope["env"]
+    job_id = uuid.uuid4().hex
+    content_type = request.headers.get("content-type", "application/octet-stream")
+    await env.BUCKET.put(f"originals/{job_id}", image, httpMetadata={"contentType": content_type},
+                         customMetadata={"jobId": job_id})
+    await env.JOBS.send({"jobId": job_id})
+    return {"jobId": job_id, "status": "queued"}
+
+
+@app.get("/api/jobs/{job_id}")
+async def get_job(job_id: str, request: Request):
+    env = request.scope["env"]
+    if await env.BUCKET.head(f"outputs/{job_id}") is not None:
+        return {"jobId": job_id, "status": "complete"}
+    try:
+        instance = await env.REDRAW.get(job_id)
+        status = await instance.status()
+    except Exception:
+        return {"jobId": job_id, "status": "queued"}
+    return {"jobId": job_id, "status": status["status"], "error": status.get("error")}
+
+
+@app.get("/api/images/output/{job_id}")
+async def get_image(job_id: str, request: Request):
+    obj = await request.scope["env"].BUCKET.get(f"outputs/{job_id}")
+    if obj is None:
+        raise HTTPException(404, "Image not found.")
+    http_metadata = obj.httpMetadata
+    media_type = http_metadata.contentType if http_metadata is not None else None
+    blob = await obj.blob()
+    return Response(content=await blob.bytes(), media_type=media_type or "application/octet-stream",
+                    headers={"x-form-type": obj.customMetadata["formType"]})
+"""
+
+REDRAW_WORKFLOW = """\
+from workers import Blob, FormData, Response, WorkflowEntrypoint
+from workers.workflows import NonRetryableError
+
+
+class RedrawWorkflow(WorkflowEntrypoint):
+    async def run(self, event, step):
+        job_id = event["payload"]["jobId"]
+        bucket = self.env.BUCKET
+
+        @step.do()
+        async def verify_original():
+            if await bucket.head(f"originals/{job_id}") is None:
+                raise NonRetryableError(f"No original stored for job {job_id}.")
+            return f"originals/{job_id}"
+
+        @step.do(config={"retries": {"limit": 2, "delay": "1 second", "backoff": "exponential"}})
+        async def redraw(verify_original):
+            source = await bucket.get(verify_original)
+            original = await source.blob()
+            image_bytes = await original.bytes()
+            form = FormData()
+            form["prompt"] = "redraw it"
+            form.append("input_image_0", Blob(image_bytes, original.content_type or "image/png"), "input.png")
+            serialized = Response(form)
+            await bucket.put(f"outputs/{job_id}", image_bytes[::-1],
+                             httpMetadata={"contentType": original.content_type},
+                             customMetadata={"jobId": job_id,
+                                             "formType": serialized.headers["content-type"].split(";")[0]})
+            return {"key": f"outputs/{job_id}"}
+
+        return await redraw()
+"""
+
+REDRAW_ENTRY = """\
+from image_redraw.api import app
+from image_redraw.workflow import RedrawWorkflow
+from workers import WorkerEntrypoint, asgi
+
+__all__ = ["Default", "RedrawWorkflow"]
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return await asgi.fetch(app, request, self.env)
+
+    async def queue(self, batch, env, ctx):
+        pending = []
+        for message in batch.messages:
+            body = message.body
+            job_id = body.get("jobId") if isinstance(body, dict) else None
+            if not job_id:
+                message.ack()
+                continue
+            pending.append((message, {"id": job_id, "params": {"jobId": job_id}}))
+        if pending:
+            await self.env.REDRAW.create_batch([spec for _, spec in pending])
+            for message, _ in pending:
+                message.ack()
+"""
+
+
+def test_an_app_in_the_image_redraw_templates_shape(serve: Callable[..., DevServer],
+                                                    tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = write_project(tmp_path_factory.mktemp("image-redraw"), "image-redraw-worker", {
+        "compatibility_date": "2026-08-21",
+        "compatibility_flags": ["python_workers", "python_workflows_implicit_dependencies"],
+        "assets": {"directory": "./public", "run_worker_first": ["/api/*"]},
+        "r2_buckets": [{"binding": "BUCKET", "bucket_name": "image-redraw"}],
+        "queues": {"producers": [{"binding": "JOBS", "queue": "image-redraw-jobs"}],
+                   "consumers": [{"queue": "image-redraw-jobs", "max_batch_size": 10, "max_batch_timeout": 1,
+                                  "max_retries": 3}]},
+        "workflows": [{"name": "image-redraw", "binding": "REDRAW", "class_name": "RedrawWorkflow"}],
+        "observability": {"enabled": True},
+    }, REDRAW_ENTRY)
+    (root / "src" / "image_redraw").mkdir()
+    (root / "src" / "image_redraw" / "__init__.py").write_text("")
+    (root / "src" / "image_redraw" / "api.py").write_text(REDRAW_API)
+    (root / "src" / "image_redraw" / "workflow.py").write_text(REDRAW_WORKFLOW)
+    (root / "public").mkdir()
+    (root / "public" / "index.html").write_text("<h1>redraw</h1>")
+    server = serve(root)
+    assert server.get("/").text == "<h1>redraw</h1>"
+    created = httpx.post(f"{server.url}/api/jobs", content=b"\x89PNG-image", headers={"content-type": "image/png"},
+                         timeout=10)
+    assert created.status_code == 202, created.text
+    job = created.json()["jobId"]
+    done = poll(lambda: server.get(f"/api/jobs/{job}"),
+                lambda reply: reply.json().get("status") in ("complete", "errored"))
+    assert done.json() == {"jobId": job, "status": "complete"}, done.text
+    image = server.get(f"/api/images/output/{job}")
+    assert image.content == b"egami-GNP\x89" and image.headers["content-type"] == "image/png", image.text
+    assert image.headers["x-form-type"] == "multipart/form-data"

@@ -184,9 +184,9 @@ class Edge:
         """Start what runs without requests: alarms, queue consumers, workflows left running at the last stop."""
         if self.started:
             return
-        self.started = True
         if any(script.config.queue_consumers for script in self.scripts.values()):
             queue_broker(self)  # a Worker that only consumes still gets its batches
+        self.started = True  # from here on, a service made later is started as it is made
         for service in list(self._shared.values()):
             start = getattr(service, "start", None)
             if start is not None:

@@ -938,3 +938,68 @@ def test_an_app_in_the_image_redraw_templates_shape(serve: Callable[..., DevServ
     image = server.get(f"/api/images/output/{job}")
     assert image.content == b"egami-GNP\x89" and image.headers["content-type"] == "image/png", image.text
     assert image.headers["x-form-type"] == "multipart/form-data"
+
+
+# --- The features calling each other: an alarm starts a workflow, whose step sends to a queue, whose
+# consumer calls the object back over RPC ------------------------------------------------------------
+
+CHAIN_ENTRY = """\
+from datetime import UTC, datetime, timedelta
+
+from workers import DurableObject, Response, WorkerEntrypoint, WorkflowEntrypoint
+
+
+class Room(DurableObject):
+    async def kick(self):
+        await self.ctx.storage.setAlarm(datetime.now(UTC) + timedelta(milliseconds=50))
+        return "alarm set"
+
+    async def alarm(self):
+        instance = await self.env.FLOW.create(id="from-alarm", params={"room": "lobby"})
+        await self.ctx.storage.put("workflow", instance.id)
+
+    async def record(self, sender):
+        seen = await self.ctx.storage.get("seen") or []
+        await self.ctx.storage.put("seen", [*seen, sender])
+
+    async def state(self):
+        return {"workflow": await self.ctx.storage.get("workflow"), "seen": await self.ctx.storage.get("seen")}
+
+
+class Flow(WorkflowEntrypoint):
+    async def run(self, event, step):
+        @step.do()
+        async def notify():
+            await self.env.EVENTS.send({"room": event["payload"]["room"], "from": event["workflowName"]})
+            return "sent"
+
+        return await notify()
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        stub = self.env.ROOMS.getByName("lobby")
+        if request.method == "POST":
+            return Response(await stub.kick())
+        return Response.json(await stub.state())
+
+    async def queue(self, batch):
+        for message in batch.messages:
+            await self.env.ROOMS.getByName(message.body["room"]).record(message.body["from"])
+"""
+
+
+def test_an_alarm_starts_a_workflow_that_sends_to_a_queue_whose_consumer_calls_the_object(
+        serve: Callable[..., DevServer], tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = write_project(tmp_path_factory.mktemp("chain"), "python-chain", {
+        "compatibility_date": "2026-08-21",
+        "durable_objects": {"bindings": [{"name": "ROOMS", "class_name": "Room"}]},
+        "migrations": [{"tag": "v1", "new_sqlite_classes": ["Room"]}],
+        "workflows": [{"name": "notify-room", "binding": "FLOW", "class_name": "Flow"}],
+        "queues": {"producers": [{"binding": "EVENTS", "queue": "room-events"}],
+                   "consumers": [{"queue": "room-events", "max_batch_size": 1, "max_batch_timeout": 1}]},
+    }, CHAIN_ENTRY)
+    server = serve(root)
+    assert httpx.post(server.url, timeout=10).text == "alarm set"
+    state = poll(lambda: server.get("/"), lambda reply: reply.json().get("seen") is not None)
+    assert state.json() == {"workflow": "from-alarm", "seen": ["notify-room"]}, server.output[-3000:]

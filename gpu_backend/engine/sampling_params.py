@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from ..errors import InvalidRequestError
+from .structured_output import StructuredOutput
 
 GREEDY_TEMPERATURE = 1e-5  # below this the sampler takes the argmax
 MAX_LOGPROBS = 20
@@ -39,6 +40,8 @@ class SamplingParams:
     logprobs: int | None = None  # top-N logprobs per generated token
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # Output constrained to a JSON schema, any JSON object or a grammar (engine/grammar.py); None: free text.
+    structured: StructuredOutput | None = None
     # The model's eos ids, attached by the engine through with_defaults (not a user setting).
     eos_token_ids: tuple[int, ...] = field(default=(), init=False, repr=False)
 
@@ -52,6 +55,8 @@ class SamplingParams:
                  f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
         self.stop = _stop_strings(self.stop)
         self.stop_token_ids = _stop_token_ids(self.stop_token_ids)
+        _require(self.structured is None or isinstance(self.structured, StructuredOutput),
+                 f"structured must be None or a StructuredOutput, got {self.structured!r}")
 
     def _check_probabilities(self) -> None:
         _require(_is_finite(self.temperature) and self.temperature >= 0,

@@ -1,7 +1,8 @@
 """What may cross an RPC boundary (service bindings, Durable Object stubs) and how a call crosses it.
 
 Values are copied, as Cloudflare's structured clone copies them: ``None``, ``bool``, numbers, ``str``,
-``bytes``, ``datetime``, lists and dicts of these (keys ``str``); ``Request``/``Response`` objects
+``bytes``, ``datetime``, lists, sets and dicts of these (number keys become strings, as Pyodide's
+``to_js`` makes JS object keys); ``Request``/``Response`` objects
 and functions pass by reference (a function becomes a stub the callee can call back). Python Workers
 refuse tuples and bytearrays (workers-py ``python_to_rpc``); any other object cannot be cloned.
 Dicts arrive as ``JsDict``s (attribute access), as ``python_from_rpc`` gives them.
@@ -32,12 +33,11 @@ def to_rpc(value: Any, where: str = "the argument") -> Any:
     if isinstance(value, memoryview):
         return value.tobytes()
     if isinstance(value, dict):
-        for key in value:
-            if not isinstance(key, str):
-                raise TypeError(f"{where}: dict keys sent over RPC must be str, got {type(key).__name__} {key!r}")
-        return {key: to_rpc(item, f"{where}[{key!r}]") for key, item in value.items()}
+        return {_object_key(key, where): to_rpc(item, f"{where}[{key!r}]") for key, item in value.items()}
     if isinstance(value, list):
         return [to_rpc(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    if isinstance(value, (set, frozenset)):  # a JS Set, back as a set
+        return {to_rpc(item, f"{where} (an item)") for item in value}
     if isinstance(value, (tuple, bytearray)):
         raise TypeError(f"{type(value).__name__} cannot be sent over RPC ({where}); use a list or bytes instead.")
     if inspect.iscoroutine(value) or inspect.isawaitable(value):
@@ -45,7 +45,20 @@ def to_rpc(value: Any, where: str = "the argument") -> Any:
     if callable(value) and not isinstance(value, type):
         return RpcFunction(value)
     raise TypeError(f"{type(value).__name__} cannot be sent over RPC ({where}): send None, bool, numbers, str, bytes, "
-                    "datetime, lists, dicts with str keys, a Request, a Response or a function.")
+                    "datetime, lists, sets, dicts, a Request, a Response or a function.")
+
+
+def _object_key(key: Any, where: str) -> str:
+    """A dict key as a JS object's key: numbers and booleans become their JS text, as ``to_js`` makes them."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, int):
+        return str(key)
+    if isinstance(key, float):
+        return str(int(key)) if key.is_integer() else repr(key)
+    raise TypeError(f"{where}: a dict key sent over RPC must be a str or a number, got {type(key).__name__} {key!r}")
 
 
 def from_rpc(value: Any) -> Any:

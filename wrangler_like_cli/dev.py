@@ -8,6 +8,8 @@ import dataclasses
 import ipaddress
 import json
 import gc
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -212,6 +214,8 @@ def dev(directory: Path, config_paths: tuple[Path, ...], env_name: str | None, p
         models: tuple[str, ...], reload: bool, install: bool, log_level: str, persist_to: Path | None,
         show_secrets: bool) -> None:
     """Serve the Worker in DIRECTORY on emulated PoPs behind an anycast front door."""
+    os.environ["TZ"] = "UTC"  # a Worker's local time is UTC, as on Cloudflare (naive datetimes, fromtimestamp)
+    time.tzset()
     setup_logging(log_level)
     overrides = _parse_vars(vars_)
     cf_fields = _parse_cf(cf)

@@ -271,7 +271,8 @@ class WorkflowEngine:
         definition = WorkflowDefinition(row.workflow, row.class_name, row.script_name)
         script = self.edge.script(definition.script_name)
         colo = row.colo if row.colo in self.edge.colos else self.edge.colos[0]
-        event = JsDict(payload=decode(row.params), timestamp=datetime.fromtimestamp(row.created_at, UTC),
+        # naive UTC, as python_from_rpc gives a JS Date on Cloudflare (a Worker's local time is UTC there)
+        event = JsDict(payload=decode(row.params), timestamp=datetime.fromtimestamp(row.created_at, UTC).replace(tzinfo=None),
                        instanceId=row.id, workflowName=row.workflow)
         step = WorkflowStep(runner, implicit_dependencies=uses_implicit_dependencies(script.config))
 

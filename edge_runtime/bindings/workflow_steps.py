@@ -209,6 +209,6 @@ class StepRunner:
 
 def _event_result(event_type: str) -> Callable[[str, float], str]:
     def result_of(payload: str, sent_at: float) -> str:
-        timestamp = datetime.fromtimestamp(sent_at, UTC)
+        timestamp = datetime.fromtimestamp(sent_at, UTC).replace(tzinfo=None)  # naive UTC, as on Cloudflare
         return encode({"type": event_type, "payload": json.loads(payload), "timestamp": timestamp}, "the event")
     return result_of

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -321,3 +322,22 @@ def test_a_workflow_class_the_worker_lacks_stops_the_start_with_one_clear_line(t
     assert process.wait(STARTUP_TIMEOUT_S) == 1
     assert "[ERROR]" in process.output and "OrderFlow" in process.output
     assert "Traceback" not in process.output
+
+
+def test_a_workers_local_time_is_utc_whatever_the_machines_zone(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "entry.py").write_text(
+        "import datetime\nfrom workers import Response, WorkerEntrypoint\n\nclass Default(WorkerEntrypoint):\n"
+        "    async def fetch(self, request):\n"
+        "        return Response(str(datetime.datetime.now().astimezone().utcoffset()))\n")
+    (tmp_path / "wrangler.toml").write_text('name = "tz"\nmain = "src/entry.py"\ncompatibility_date = "2025-11-02"\n'
+                                            'compatibility_flags = ["python_workers"]\n')
+    os.environ["TZ"], saved = "America/New_York", os.environ.get("TZ")
+    try:
+        server = DevServer(tmp_path, "--no-reload")
+    finally:
+        os.environ.pop("TZ") if saved is None else os.environ.__setitem__("TZ", saved)
+    try:
+        assert server.get().text == "0:00:00"
+    finally:
+        server.stop(signal.SIGKILL)

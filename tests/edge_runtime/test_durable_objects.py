@@ -212,7 +212,7 @@ async def test_rpc_errors_are_clear_and_lose_nothing(edges: Edges) -> None:
         await stub.alarm()
     with pytest.raises(JsException, match="ValueError: disk full"):
         await stub.fail("disk full")
-    for bad, kind in (((1, 2), "tuple"), (bytearray(b"x"), "bytearray"), ({1, 2}, "set")):
+    for bad, kind in (((1, 2), "tuple"), (bytearray(b"x"), "bytearray"), (object(), "object")):
         with pytest.raises(TypeError, match=f"{kind} cannot be sent over RPC"):
             await stub.store("kept", bad)
     too_big = "x" * (StorageLimits().max_value_bytes + 1)

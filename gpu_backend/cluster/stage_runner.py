@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 
 class StageRunner(ModelRunner):
+    supports_token_masks = False  # structured output: the driver does not send masks to the ranks yet
     def __init__(self, config: EngineConfig, model_config: ModelConfig, place: RankGroups, stage: PipelineStage,
                  *, token_group: dist.ProcessGroup | None = None, progress: bool = False) -> None:
         """``token_group``: the driver and the last stage's first rank, when there are several stages."""

@@ -16,13 +16,17 @@ import logging
 import time
 from dataclasses import dataclass
 
+import torch
+
 from ..config import EngineConfig, ModelConfig
 from ..errors import EngineError, InvalidRequestError, PromptTooLongError
 from ..layers.sampler import SamplerOutput
 from ..tokenizer import Tokenizer
 from .block_manager import BlockManager
+from .grammar import GrammarCompiler, GrammarMatcher, allocate_bitmask
 from .model_runner import LaunchedStep, ModelRunner
 from .outputs import EngineOutput, Logprob
+from .sampling_batch import SamplingPlan
 from .sampling_params import SamplingParams
 from .scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from .sequence import PENDING_TOKEN, FinishReason, Sequence
@@ -41,12 +45,31 @@ class EngineRequest:
     # instance reported it). An output holds seq.token_ids from here on: only what is new.
     num_emitted: int = 0
     logprobs: list[Logprob] | None = None  # of the sampled tokens not reported yet, when asked for
+    # Structured output: where the generated tokens are in the grammar (each token accepted once,
+    # when it is read back). Preemption and recompute leave it alone: it follows the tokens.
+    grammar: GrammarMatcher | None = None
 
 
 @dataclass
 class _InFlight:
     batch: ScheduledBatch
     launched: LaunchedStep
+
+
+@dataclass
+class _StepMasks:
+    """What the runner calls once a step's forward pass is queued, before its sampler: read the
+    batch before back (its tokens advance the grammars), then make the step's token bitmask."""
+
+    core: EngineCore
+    batch: ScheduledBatch
+    in_flight: _InFlight | None
+    outputs: list[EngineOutput] | None = None  # of the batch before, once read back here
+
+    def __call__(self, plan: SamplingPlan) -> torch.Tensor | None:
+        if self.in_flight is not None and self.outputs is None:
+            self.outputs = self.core._finish(self.in_flight)
+        return self.core._token_masks(self.batch, plan)
 
 
 class EngineCore:
@@ -72,6 +95,8 @@ class EngineCore:
         self.stats = StepStats()
         self._in_flight: _InFlight | None = None  # the batch on the device whose tokens are not read yet
         self._pipeline: deque[_InFlight] = deque()  # with pipeline stages: oldest first
+        self._grammars: GrammarCompiler | None = None  # made for the first structured request
+        self.grammar_mask_s = 0.0  # host time making token bitmasks
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -101,8 +126,20 @@ class EngineCore:
                 f"prompt tokens (max_model_len {self.max_model_len}, including at least one new token)"
             )
         params = params.with_defaults(max_tokens=max_tokens, eos_token_ids=self._eos_token_ids())
+        grammar = self._grammar_compiler().matcher(params) if params.structured is not None else None
         seq = Sequence(token_ids, params, request_id=request_id)
-        return EngineRequest(seq, logprobs=[] if params.logprobs is not None else None)
+        return EngineRequest(seq, logprobs=[] if params.logprobs is not None else None, grammar=grammar)
+
+    def _grammar_compiler(self) -> GrammarCompiler:
+        if self.tokenizer is None:
+            raise InvalidRequestError("structured output needs the model's tokenizer; this engine was started "
+                                      "without one (skip_tokenizer_init)")
+        if not self.runner.supports_token_masks:
+            raise InvalidRequestError("structured output is not supported by this engine's layout yet "
+                                      "(sharded instances); serve the model on one device")
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size, self._eos_token_ids())
+        return self._grammars
 
     # -- a prompt prefilled by another instance ----------------------------------------------------
 
@@ -123,7 +160,10 @@ class EngineCore:
         seq = request.seq
         request.num_emitted = 1  # the service has the first token from the prefill instance
         if self.scheduler.admit(seq, first_token) is None:
-            return None
+            if request.grammar is not None:  # sampled under the same grammar there
+                self._accept(request, first_token)
+            if not seq.is_finished:
+                return None
         self.requests.pop(request_id)
         self.runner.release(seq.seq_id)
         return self._output(request, (), finished=True)
@@ -214,10 +254,14 @@ class EngineCore:
             in_flight = None
             batch = batch.without_finished()
         launched = None
+        masks = _StepMasks(self, batch, in_flight) if self._has_grammar(batch) else None
         if batch.seqs:
-            launched = self.runner.launch(batch, in_flight.launched if in_flight is not None else None)
+            launched = self.runner.launch(batch, in_flight.launched if in_flight is not None else None,
+                                          **({"masks": masks} if masks is not None else {}))
         self.stats.launch_s += time.perf_counter() - scheduled
-        if in_flight is not None:
+        if masks is not None and masks.outputs is not None:
+            outputs = masks.outputs  # read back while this step's forward pass ran
+        elif in_flight is not None:
             outputs = self._finish(in_flight)
         if launched is not None:
             sampled_rows = set(launched.sampled_rows)
@@ -256,7 +300,8 @@ class EngineCore:
             if self.scheduler.has_unfinished:
                 raise EngineError("the scheduler found nothing to run while requests are waiting")
             return outputs
-        launched = self.runner.launch(batch, None)
+        masks = {"masks": _StepMasks(self, batch, None)} if self._has_grammar(batch) else {}
+        launched = self.runner.launch(batch, None, **masks)
         self.stats.launch_s += time.perf_counter() - scheduled
         sampled_rows = set(launched.sampled_rows)
         self.scheduler.update(batch, [PENDING_TOKEN if row in sampled_rows else None for row in range(len(batch.seqs))])
@@ -272,6 +317,10 @@ class EngineCore:
         finishing = time.perf_counter()
         self.stats.wait_s += finishing - waiting
         resolved = self.scheduler.resolve(in_flight.batch, sampled)
+        for seq in resolved:
+            request = self.requests.get(seq.request_id)
+            if request is not None and request.grammar is not None and not seq.is_finished:
+                self._accept(request, seq.last_token_id)
         if sampler_output is not None and sampler_output.logprobs is not None:
             self._record_logprobs(in_flight.batch, sampled, sampler_output)
         outputs = []
@@ -284,6 +333,38 @@ class EngineCore:
                 outputs.append(output)
         self.stats.postprocess_s += time.perf_counter() - finishing
         return outputs
+
+    # -- structured output ---------------------------------------------------------------------
+
+    def _has_grammar(self, batch: ScheduledBatch) -> bool:
+        return self._grammars is not None and any(seq.sampling_params.structured is not None for seq in batch.seqs)
+
+    def _accept(self, request: EngineRequest, token_id: int) -> None:
+        """Advance the request's grammar past a generated token (an end token never gets here: it
+        finished the sequence)."""
+        assert request.grammar is not None
+        if not request.grammar.accept(token_id):  # the mask allowed it: a bug, but only this request's
+            log.error("request %s: the grammar rejected token %d: %s", request.seq.request_id, token_id,
+                      request.grammar.error)
+            self.scheduler.finish(request.seq, "stop")
+
+    def _token_masks(self, batch: ScheduledBatch, plan: SamplingPlan) -> torch.Tensor | None:
+        """The bitmask of ``plan``'s rows: each constrained row from its grammar, every other row all ones."""
+        started = time.perf_counter()
+        seqs = {seq.seq_id: seq for seq in batch.seqs}
+        rows = []
+        for index in plan.constrained_rows:
+            seq = seqs[plan.rows[index].seq_id]
+            request = self.requests.get(seq.request_id)
+            if request is not None and request.grammar is not None and not seq.is_finished:
+                rows.append((request.grammar, index))
+        bitmask = None
+        if rows:
+            assert self._grammars is not None
+            bitmask = allocate_bitmask(len(plan.rows), self._grammars.bitmask_vocab_size)
+            self._grammars.fill_bitmask(rows, bitmask)
+        self.grammar_mask_s += time.perf_counter() - started
+        return bitmask
 
     def _count(self, batch: ScheduledBatch) -> None:
         stats = self.stats

@@ -25,12 +25,14 @@ from .block_tables import BlockTables
 from .cuda_graphs import DecodeGraphs
 from .device_copy import to_device
 from .kernel_warmup import warm_up
-from .sampling_batch import SamplingPlan, build_sampling_batch
+from .sampling_batch import SamplingPlan, add_token_bitmask, build_sampling_batch
 from .scheduler import ScheduledBatch
 from .sequence import Sequence
 from .step_inputs import StepInputs, attention_metadata, device_inputs, plan_step
 
 log = logging.getLogger(__name__)
+# The sampled rows' grammar bitmask for a step, made by the engine while the step's forward pass runs.
+TokenMasks = Callable[[SamplingPlan], "torch.Tensor | None"]
 
 
 @dataclass
@@ -56,6 +58,7 @@ class LaunchedStep:
 
 class ModelRunner:
     pipeline_depth = 1  # batches in flight at once: a pipeline of P stages keeps P (see LLMEngine.step)
+    supports_token_masks = True  # `launch` takes `masks` (structured output)
 
     def __init__(self, config: EngineConfig, model_config: ModelConfig, *, progress: bool = True,
                  stage: PipelineStage | None = None) -> None:
@@ -170,16 +173,17 @@ class ModelRunner:
         return self.collect(self.launch(batch))
 
     @torch.inference_mode()
-    def launch(self, batch: ScheduledBatch, previous: LaunchedStep | None = None) -> LaunchedStep:
+    def launch(self, batch: ScheduledBatch, previous: LaunchedStep | None = None,
+               masks: TokenMasks | None = None) -> LaunchedStep:
         """Queue one step on the device without waiting for it.
 
         A sequence whose last token is still pending (sampled by `previous`, not read back yet)
-        gets it as input straight from `previous`'s device tensor.
+        gets it as input straight from `previous`'s device tensor. `masks`: see `run`.
         """
         started = time.perf_counter()
         inputs = self.plan(batch, previous)
         self.prepare_s += time.perf_counter() - started
-        return self.run(inputs, previous)
+        return self.run(inputs, previous, masks)
 
     def plan(self, batch: ScheduledBatch, previous: LaunchedStep | None) -> StepInputs:
         """The step's inputs as host values (what a sharded instance's driver sends to its ranks)."""
@@ -194,8 +198,14 @@ class ModelRunner:
         return None
 
     @torch.inference_mode()
-    def run(self, inputs: StepInputs, previous: LaunchedStep | None = None) -> LaunchedStep:
-        """Run the model on one step's inputs and sample; every rank of an instance runs the same inputs."""
+    def run(self, inputs: StepInputs, previous: LaunchedStep | None = None,
+            masks: TokenMasks | None = None) -> LaunchedStep:
+        """Run the model on one step's inputs and sample; every rank of an instance runs the same inputs.
+
+        `masks(plan)`: the sampled rows' grammar bitmask (host int32, or None), called once the
+        forward pass is queued and before the sampler: on a GPU the host computes the masks (which
+        need the previous step's tokens) while the device runs this step's forward pass.
+        """
         started = time.perf_counter()
         previous_tokens = previous.token_ids if previous is not None else None
         input_ids, positions, meta = device_inputs(inputs, previous_tokens, self.device)
@@ -205,8 +215,11 @@ class ModelRunner:
             return LaunchedStep(inputs.seq_ids, inputs.sampled_rows, None, None)
         index = to_device(inputs.last_token_indices(), torch.long, self.device)
         logits = self.model.compute_logits(hidden.index_select(0, index))
-        result = self.sampler(logits, build_sampling_batch(inputs.sampling, logits.shape[-1], self.device,
-                                                           self._generator))
+        # Built before the masks: they may read the previous step back and release finished rows.
+        sampling = build_sampling_batch(inputs.sampling, logits.shape[-1], self.device, self._generator)
+        if masks is not None:
+            add_token_bitmask(sampling, masks(inputs.sampling), self.device)
+        result = self.sampler(logits, sampling)
         self.after_sampling(result)
         # Start the copy back now: read later with a plain .tolist(), it would queue behind the
         # next step and wait for that one too.

@@ -4,6 +4,11 @@ sampler's per-row tensors on whichever rank samples (``build_sampling_batch``).
 The plan holds plain values only, so the driver of a sharded instance can send it to the ranks
 that sample; every one of them builds the same tensors and, with the same seeds, draws the same
 tokens.
+
+A grammar's token bitmask is not in the plan: the plan is made before the step's forward pass, the
+mask only while it runs (it needs the previous step's tokens, read back meanwhile). The plan says
+which rows are constrained (``SamplingPlan.constrained_rows``); the mask, a host tensor of plain
+int32 words, joins the batch last (``add_token_bitmask``), just before the sampler runs.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layers.sampler import SamplingBatch
-from .device_copy import to_device
+from .device_copy import tensor_to_device, to_device
 from .sampling_params import SamplingParams
 from .sequence import Sequence
 
@@ -46,6 +51,11 @@ class SamplingPlan:
             rows.append(row)
         return cls(rows)
 
+    @property
+    def constrained_rows(self) -> list[int]:
+        """Rows whose request has structured output: the sampler needs a token bitmask for them."""
+        return [index for index, row in enumerate(self.rows) if row.params.structured is not None]
+
 
 def build_sampling_batch(plan: SamplingPlan, vocab_size: int, device: torch.device,
                          generator: Callable[[int, int, int, int], torch.Generator]) -> SamplingBatch:
@@ -75,6 +85,12 @@ def build_sampling_batch(plan: SamplingPlan, vocab_size: int, device: torch.devi
     wanted = [p.logprobs for p in params if p.logprobs is not None]
     batch.max_num_logprobs = max(wanted) if wanted else None
     return batch
+
+
+def add_token_bitmask(batch: SamplingBatch, bitmask: torch.Tensor | None, device: torch.device) -> None:
+    """Give the batch its rows' token bitmask (host int32 ``[rows, words]``; None: no row is constrained)."""
+    if bitmask is not None:
+        batch.token_bitmask = bitmask if device.type == "cpu" else tensor_to_device(bitmask, device)
 
 
 def _optional(values: list, neutral: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:

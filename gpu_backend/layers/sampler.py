@@ -1,4 +1,5 @@
-"""From logits to next tokens: penalties, temperature, top-k / top-p / min-p, seeded sampling, logprobs.
+"""From logits to next tokens: a grammar's token bitmask, penalties, temperature, top-k / top-p / min-p,
+seeded sampling, logprobs.
 
 Random rows sample with the exponential race (``argmax(p / q)``, ``q ~ Exp(1)``), which draws
 exactly the categorical distribution ``p`` and lets a request with a seed draw its noise from its
@@ -32,6 +33,9 @@ class SamplingBatch:
     output_counts: torch.Tensor | None = None  # [B, V] int: occurrences among generated tokens
     max_num_logprobs: int | None = None  # top-N logprobs wanted by some row
     banned_token_ids: list[tuple[int, list[int]]] | None = None  # (row, ids): stop tokens before min_tokens
+    # [B, ceil(V'/32)] int32, V' >= V: bit t % 32 of word t // 32 clear = token t not allowed (a grammar's
+    # mask; rows without a constraint are all ones). None when no row of the batch is constrained.
+    token_bitmask: torch.Tensor | None = None
 
 
 @dataclass
@@ -43,8 +47,10 @@ class SamplerOutput:
 
 
 class Sampler:
-    def __init__(self, argmax: Callable[[torch.Tensor], torch.Tensor] = reference.argmax) -> None:
+    def __init__(self, argmax: Callable[[torch.Tensor], torch.Tensor] = reference.argmax,
+                 apply_bitmask: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> None:
         self.argmax = argmax  # a backend's `argmax` kernel (Kernels.argmax)
+        self.apply_bitmask = apply_bitmask or apply_token_bitmask  # in place; a fused kernel where one helps
 
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
         if _is_plain_greedy(batch):  # the usual decode step: no float copy, one argmax kernel
@@ -53,6 +59,8 @@ class Sampler:
         if batch.banned_token_ids:
             for row, token_ids in batch.banned_token_ids:
                 logits[row, token_ids] = float("-inf")
+        if batch.token_bitmask is not None:  # before penalties and filters: they see only allowed tokens
+            self.apply_bitmask(logits, batch.token_bitmask)
         if batch.repetition_penalties is not None:
             logits = apply_penalties(logits, batch)
         if batch.all_greedy:
@@ -93,9 +101,19 @@ def skip_draws(generator: torch.Generator, num_draws: int, vocab_size: int) -> N
 
 
 def _is_plain_greedy(batch: SamplingBatch) -> bool:
-    """Every row greedy and nothing that needs the float32 logits: no bans, penalties or logprobs."""
+    """Every row greedy and nothing that needs the float32 logits: no bans, masks, penalties or logprobs."""
     return (batch.all_greedy and not batch.banned_token_ids and batch.repetition_penalties is None
-            and batch.max_num_logprobs is None)
+            and batch.max_num_logprobs is None and batch.token_bitmask is None)
+
+
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
+    """In place: -inf wherever a row's bit is clear (the plain-torch twin of llguidance's fused kernel).
+
+    ``logits`` [B, V] float; ``bitmask`` [B, W] int32 with 32 * W >= V (extra bits are ignored)."""
+    vocab = logits.shape[-1]
+    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    allowed = ((bitmask[:, :, None] >> shifts) & 1).flatten(1)[:, :vocab]
+    logits.masked_fill_(allowed == 0, float("-inf"))
 
 
 def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:

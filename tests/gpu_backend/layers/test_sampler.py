@@ -181,3 +181,50 @@ def test_logprobs_of_the_chosen_and_top_tokens() -> None:
     assert torch.allclose(out.logprobs, expected[:, 2])
     assert out.top_token_ids.tolist() == [[2, 1]]
     assert torch.allclose(out.top_logprobs, expected[:, [2, 1]])
+
+
+def bitmask_of(allowed: list[list[int] | None], vocab: int) -> torch.Tensor:
+    """Rows of allowed token ids (None: every token) as a grammar's int32 bitmask."""
+    words = torch.full((len(allowed), (vocab + 31) // 32), -1, dtype=torch.int32)
+    for row, ids in enumerate(allowed):
+        if ids is not None:
+            bits = [0] * words.shape[1]
+            for token in ids:
+                bits[token // 32] |= 1 << (token % 32)
+            words[row] = torch.tensor([b - (1 << 32) if b >= 1 << 31 else b for b in bits], dtype=torch.int32)
+    return words
+
+
+def test_a_token_bitmask_constrains_only_its_rows() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 70, generator=generator)
+    greedy = batch(3, temperature=0.0)
+    greedy.token_bitmask = bitmask_of([[3, 40, 69], None, [64]], 70)
+    argmax = RecordingArgmax()
+    tokens = Sampler(argmax=argmax)(logits.clone(), greedy).token_ids.tolist()
+    assert tokens == [[3, 40, 69][int(logits[0, [3, 40, 69]].argmax())], int(logits[1].argmax()), 64]
+    assert argmax.calls == []  # a masked batch leaves the plain-greedy path
+    random_rows = batch(3, temperature=1.0, generators=[torch.Generator().manual_seed(i) for i in range(3)])
+    random_rows.token_bitmask = greedy.token_bitmask
+    for _ in range(20):
+        row0, _, row2 = Sampler()(logits.clone(), random_rows).token_ids.tolist()
+        assert row0 in (3, 40, 69) and row2 == 64
+
+
+def test_a_bitmask_allowing_everything_changes_nothing() -> None:
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 100, generator=generator)
+    plain = batch(4, temperature=0.7, generators=[torch.Generator().manual_seed(i) for i in range(4)])
+    masked = batch(4, temperature=0.7, generators=[torch.Generator().manual_seed(i) for i in range(4)])
+    masked.token_bitmask = bitmask_of([None] * 4, 100)
+    masked.max_num_logprobs = plain.max_num_logprobs = 2
+    want, got = Sampler()(logits.clone(), plain), Sampler()(logits.clone(), masked)
+    assert torch.equal(want.token_ids, got.token_ids) and torch.equal(want.top_logprobs, got.top_logprobs)
+
+
+def test_the_bitmask_comes_before_penalties_and_filters() -> None:
+    """top_k counts only allowed tokens: with k=1 the best allowed token wins, not the best overall."""
+    logits = torch.tensor([[5.0, 4.0, 1.0, 0.5]])
+    filtered = batch(1, temperature=1.0, top_ks=torch.tensor([1]))
+    filtered.token_bitmask = bitmask_of([[2, 3]], 4)
+    assert Sampler()(logits, filtered).token_ids.tolist() == [2]

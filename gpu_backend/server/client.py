@@ -40,6 +40,7 @@ from ..disagg.flow import sharded_engine
 from .errors import NoSuchModelError, from_engine_error
 from .model_fallback import ModelFallback
 from .schemas import EmbeddingsInput, TextGenerationInput
+from .tool_parsers import DEFAULT_TOOL_FORMAT, detect_tool_format
 from .text import TextDelta, stream_text
 
 Task = Literal["text-generation", "text-embeddings"]
@@ -51,6 +52,7 @@ class ModelInfo:
     task: Task
     context_window: int  # tokens: max_model_len, or the encoder's longest input
     max_num_seqs: int  # requests the engine runs at once (1 for an embedder: it takes one batch at a time)
+    tool_format: str = DEFAULT_TOOL_FORMAT  # how the model writes tool calls (tool_parsers.py)
 
 
 class EngineClient(Protocol):
@@ -142,7 +144,8 @@ class LocalEngines:
         if model in self._embedders:
             return ModelInfo(model, "text-embeddings", self._embedders[model].max_seq_len, 1)
         engine = self.engine(model)
-        return ModelInfo(model, "text-generation", engine.max_model_len, engine.max_num_seqs)
+        return ModelInfo(model, "text-generation", engine.max_model_len, engine.max_num_seqs,
+                         detect_tool_format(engine.tokenizer))
 
     def engine(self, model: str) -> Engine:
         engine = self._engines.get(self.served_name(model))
@@ -225,10 +228,11 @@ def render_prompt(engine: Engine, request: TextGenerationInput) -> list[int]:
     tokenizer = engine.tokenizer
     if tokenizer is None:
         raise InvalidRequestError("this model was loaded without a tokenizer; send token ids")
+    tools = [tool.for_template() for tool in request.tools] or None  # as transformers passes tools=
     if request.messages is not None:
-        return tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
+        return tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tools=tools, tokenize=True)
     assert request.prompt is not None
     if request.raw or not tokenizer.has_chat_template:
         return tokenizer.encode(request.prompt)  # as the engine would, but here, off its thread
     return tokenizer.apply_chat_template([{"role": "user", "content": request.prompt}],
-                                         add_generation_prompt=True, tokenize=True)
+                                         add_generation_prompt=True, tools=tools, tokenize=True)

@@ -5,6 +5,9 @@ one meaning and one error message on every route. Defaults are Workers AI's (``m
 256), except ``temperature``, which is OpenAI's 1.0. Streams are OpenAI's chunk SSE ending in
 ``data: [DONE]``; ``stream_options.include_usage`` adds the usage chunk. Embeddings honour
 ``encoding_format: "base64"`` (little-endian float32), which the OpenAI SDK asks for by default.
+``response_format`` takes OpenAI's spelling; JSON answers stream as text. A chat answer's tool
+calls come as ``message.tool_calls`` with ``finish_reason: "tool_calls"``; streamed, each call is
+one delta with its id, type, name and empty arguments, then a delta with the arguments.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from starlette.responses import JSONResponse, Response
 from .body import read_json
 from .errors import BadInputError
 from .generation import Completion, Generation, unless_disconnected
+from .text import TextDelta
 from .request_scope import resources
 from .schemas import SESSION_HEADER, parse_embeddings, parse_stop, parse_text_generation
-from .streaming import DONE, EventStream, error_payload, sse
+from .streaming import DONE, EventStream, error_payload, sse, tool_call_stream
+from .tool_parsers import ToolCallStream, finds_calls, tool_parser, with_tool_constraint
+from .tools import ToolCall
 from .workers_ai import embed, served_model
 
 if TYPE_CHECKING:
@@ -33,7 +39,8 @@ if TYPE_CHECKING:
 
 OPENAI_DEFAULT_TEMPERATURE = 1.0
 _PASSED_THROUGH = ("temperature", "top_p", "top_k", "seed", "frequency_penalty", "presence_penalty",
-                   "repetition_penalty", "stream", "raw", "response_format", "tools", "functions", "ignore_eos")
+                   "repetition_penalty", "stream", "raw", "response_format", "functions", "ignore_eos")
+_CHAT_ONLY = ("tools", "tool_choice", "parallel_tool_calls")
 
 
 async def chat_completions(request: Request) -> Response | EventStream:
@@ -50,15 +57,18 @@ async def _complete(request: Request, chat: bool) -> Response | EventStream:
     requested = _model(body, service)
     model = served_model(request, requested)
     inputs = parse_text_generation(_workers_ai_inputs(body, chat), requested, request.headers.get(SESSION_HEADER),
-                                   service.limits)
+                                   service.limits, dialect="openai")
     inputs = replace(inputs, sampling=replace(inputs.sampling, stop=parse_stop(body.get("stop"), service.limits)))
+    parser = tool_parser(service.client.model_info(model).tool_format)
+    inputs = with_tool_constraint(inputs, parser)
     include_usage = _include_usage(body)  # checked before the generation starts, as every input is
     generation = await resources(request).enter_async_context(Generation(service, model, inputs))
     chunk = _Chunk(requested, chat)  # the name the client asked for, as OpenAI echoes it
     if inputs.stream:
         return EventStream(_events(generation, chunk, include_usage))
     completion = await unless_disconnected(request, generation.complete())
-    return JSONResponse(chunk.whole(completion))
+    content, calls = parser.parse(completion.text, inputs.tools) if finds_calls(inputs) else (completion.text, [])
+    return JSONResponse(chunk.whole(completion, content, calls))
 
 
 async def embeddings(request: Request) -> Response:
@@ -96,13 +106,23 @@ class _Chunk:
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
 
-    def whole(self, completion: Completion) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(completion.finish_reason), "logprobs": None}
+    def whole(self, completion: Completion, content: str, calls: list[ToolCall]) -> dict[str, Any]:
+        finish_reason = "tool_calls" if calls else _finish(completion.finish_reason)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason, "logprobs": None}
         if self.chat:
-            choice["message"] = {"role": "assistant", "content": completion.text}
+            choice["message"] = {"role": "assistant", "content": content or (None if calls else content)}
+            if calls:
+                choice["message"]["tool_calls"] = [call.openai() for call in calls]
         else:
-            choice["text"] = completion.text
+            choice["text"] = content
         return self._frame(self.object, [choice], usage=completion.usage.as_dict())
+
+    def tool_call(self, index: int, call: ToolCall) -> list[dict[str, Any]]:
+        """The chunks of one call, as OpenAI streams them: id, type and name first, then the arguments."""
+        opening = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        arguments = {"index": index, "function": {"arguments": call.arguments_json}}
+        return [self._frame(self._chunk_object, [{"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None,
+                                                  "logprobs": None}]) for delta in (opening, arguments)]
 
     def piece(self, text: str | None, finish_reason: str | None, first: bool = False) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(finish_reason), "logprobs": None}
@@ -131,8 +151,12 @@ async def _events(generation: Generation, chunk: _Chunk, include_usage: bool) ->
     try:
         if chunk.chat:
             yield sse(chunk.piece("", None, first=True))
-        async for delta in generation.deltas():
-            if delta.text or delta.finish_reason is not None:
+        calls = tool_call_stream(generation) if chunk.chat else None
+        deltas = generation.deltas() if calls is None else _with_calls(generation, calls, chunk)
+        async for delta in deltas:
+            if isinstance(delta, bytes):
+                yield delta
+            elif delta.text or delta.finish_reason is not None:
                 yield sse(chunk.piece(delta.text if delta.text or not chunk.chat else None, delta.finish_reason))
         if include_usage:
             yield sse(chunk.usage(generation.usage.as_dict()))
@@ -142,6 +166,23 @@ async def _events(generation: Generation, chunk: _Chunk, include_usage: bool) ->
                              "code": payload["code"]}})
         return
     yield DONE
+
+
+async def _with_calls(generation: Generation, calls: ToolCallStream, chunk: _Chunk) -> AsyncIterator[TextDelta | bytes]:
+    """The deltas with text that may begin a call held back; at the end the calls' chunks, then the last
+    delta (``finish_reason`` "tool_calls" when there were calls)."""
+    async for delta in generation.deltas():
+        text = calls.add(delta.text)
+        if delta.finish_reason is None:
+            yield replace(delta, text=text)
+            continue
+        rest, found = calls.finish()
+        if text + rest:
+            yield replace(delta, text=text + rest, finish_reason=None)
+        for index, call in enumerate(found):
+            for piece in chunk.tool_call(index, call):
+                yield sse(piece)
+        yield replace(delta, text="", finish_reason="tool_calls" if found else delta.finish_reason)
 
 
 def _workers_ai_inputs(body: dict[str, Any], chat: bool) -> dict[str, Any]:
@@ -157,6 +198,7 @@ def _workers_ai_inputs(body: dict[str, Any], chat: bool) -> dict[str, Any]:
         inputs["max_tokens"] = max_tokens
     if chat:
         inputs["messages"] = body.get("messages")
+        inputs.update({key: body[key] for key in _CHAT_ONLY if key in body})
     else:
         inputs["prompt"] = _prompt(body.get("prompt"))
         inputs["raw"] = True  # a completion continues the text as given
@@ -203,7 +245,7 @@ def _object(body: Any) -> dict[str, Any]:
 
 
 def _finish(reason: str | None) -> str | None:
-    return None if reason is None else ("length" if reason == "length" else "stop")
+    return None if reason is None else (reason if reason in ("length", "tool_calls") else "stop")
 
 
 def _encode(vector: list[float], encoding: str) -> list[float] | str:

@@ -12,24 +12,26 @@ UTF-16 surrogate (JSON's ``"\\ud800"``), which no tokenizer can encode, is refus
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..engine.sampling_params import SamplingParams
+from ..engine.structured_output import StructuredOutput
 from .errors import BadInputError, LoraUnsupportedError
 from .limits import DEFAULT_LIMITS, InputLimits
+from .structured import Dialect, parse_response_format
+from .tools import Tool, ToolChoice, message_tool_calls, parse_tool_choice, parse_tools
 
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_TEMPERATURE = 0.6
 MAX_SEED = 9_999_999_999
 UNSUPPORTED = {
-    "tools": "function calling (tools) is not supported by this backend yet",
     "functions": "embedded function calling (functions) is not supported by this backend yet",
     "image": "image inputs are not supported by this backend's models",
     "requests": "the asynchronous batch form (requests) is not supported by this backend yet",
 }
 
-Message = dict[str, str]
+Message = dict[str, Any]  # role, content, and name, tool_calls or tool_call_id where given
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ class TextGenerationInput:
     responses_style: bool  # came as instructions/input: answer with an "output" list
     sampling: SamplingParams
     session: str | None = None  # x-session-affinity: requests of one session go to the same instances
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = ToolChoice("auto")
+    parallel_tool_calls: bool = True
+    response_format: StructuredOutput | None = None  # JSON mode: also the sampling's constraint
 
 
 @dataclass(frozen=True)
@@ -53,21 +59,29 @@ SESSION_HEADER = "x-session-affinity"
 
 
 def parse_text_generation(body: Any, model: str, session: str | None = None,
-                          limits: InputLimits = DEFAULT_LIMITS) -> TextGenerationInput:
+                          limits: InputLimits = DEFAULT_LIMITS, dialect: Dialect = "workers-ai") -> TextGenerationInput:
+    """``dialect``: whose spelling of ``response_format`` the body uses (the OpenAI routes translate the rest)."""
     inputs = _object(body)
     for name, reason in UNSUPPORTED.items():
         if inputs.get(name) not in (None, [], ""):
             raise BadInputError(f"{reason}; remove '{name}'", param=name)
     if inputs.get("lora") not in (None, ""):
         raise LoraUnsupportedError(model)
-    response_format = inputs.get("response_format")
-    if response_format not in (None, {}) and _get(response_format, "type") != "text":
-        raise BadInputError("JSON mode (response_format) is not supported by this backend yet; remove "
-                            "'response_format' and ask for JSON in the prompt", param="response_format")
+    response_format = parse_response_format(inputs.get("response_format"), dialect)
+    stream = _bool(inputs, "stream", False)
+    if response_format is not None and stream and dialect == "workers-ai":
+        raise BadInputError("JSON mode does not stream on Workers AI (its answer is one JSON object): remove "
+                            "'stream', or use /v1/chat/completions, which streams the JSON text", param="stream")
+    tools = parse_tools(inputs.get("tools"))
+    tool_choice = parse_tool_choice(inputs.get("tool_choice"), tools)
+    if tool_choice.is_forced and response_format is not None:
+        raise BadInputError("'tool_choice' forces a tool call, which 'response_format' cannot shape: send one of "
+                            "them", param="tool_choice")
     prompt, messages, responses_style = _prompt_or_messages(inputs, limits)
     raw = _bool(inputs, "raw", False)
-    return TextGenerationInput(prompt, messages, raw, _bool(inputs, "stream", False), responses_style,
-                               _sampling(inputs), session or None)
+    sampling = replace(_sampling(inputs), structured=response_format)
+    return TextGenerationInput(prompt, messages, raw, stream, responses_style, sampling, session or None, tools,
+                               tool_choice, _bool(inputs, "parallel_tool_calls", True), response_format)
 
 
 def parse_embeddings(body: Any, limits: InputLimits = DEFAULT_LIMITS) -> EmbeddingsInput:
@@ -153,10 +167,16 @@ def _messages(value: Any, field: str, limits: InputLimits) -> list[Message]:
         role = message.get("role")
         if not isinstance(role, str) or not role:
             raise BadInputError(f"'{where}.role' must be a string such as \"user\" or \"assistant\"", param=field)
-        content = _unicode(_content(message.get("content"), where, field), f"{where}.content", field)
-        entry = {"role": _unicode(role, f"{where}.role", field), "content": content}
-        if isinstance(message.get("name"), str):
-            entry["name"] = _unicode(message["name"], f"{where}.name", field)
+        calls = message.get("tool_calls")
+        given = message.get("content")
+        content = "" if given is None and calls else _content(given, where, field)  # a call without text
+        entry: Message = {"role": _unicode(role, f"{where}.role", field),
+                          "content": _unicode(content, f"{where}.content", field)}
+        for key in ("name", "tool_call_id"):
+            if isinstance(message.get(key), str):
+                entry[key] = _unicode(message[key], f"{where}.{key}", field)
+        if calls:
+            entry["tool_calls"] = message_tool_calls(calls, where, field)
         messages.append(entry)
     return messages
 

@@ -3,7 +3,9 @@
 Workers AI: ``data: {"response": "..."}`` per piece of text, a last ``data: {"response": "",
 "usage": {...}}``, then ``data: [DONE]``. An error after the stream began (the engine failed,
 the service shut down) is one ``data: {"error": {"code", "message"}}`` event and no ``[DONE]``,
-so a client can tell a cut-off answer from a finished one.
+so a client can tell a cut-off answer from a finished one. With ``tools``, text that may begin a
+call is held back, and the calls come in one ``{"response": "", "tool_calls": [...]}`` event
+before the usage event.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from .errors import EngineFailedError, ServiceError
 from .generation import Generation, disconnected
+from .tool_parsers import ToolCallStream, finds_calls, tool_parser
 
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
@@ -67,14 +70,28 @@ def error_payload(error: BaseException) -> dict[str, Any]:
 
 async def workers_ai_payloads(generation: Generation, trace: bool = False) -> AsyncIterator[dict[str, Any]]:
     """The events of a Workers AI stream as dicts: text pieces, then the usage event (no [DONE])."""
-    first = trace
+    first, calls, found = trace, tool_call_stream(generation), []
     async for delta in generation.deltas():
-        if delta.text:
-            payload = _stamped({"response": delta.text}, trace)
+        text = delta.text if calls is None else calls.add(delta.text)
+        if calls is not None and delta.finish_reason is not None:
+            rest, found = calls.finish()
+            text += rest
+        if text:
+            payload = _stamped({"response": text}, trace)
             if first:
                 payload["received_ns"], first = generation.received_ns, False
             yield payload
+    if found:
+        yield _stamped({"response": "", "tool_calls": [call.workers_ai() for call in found]}, trace)
     yield _stamped({"response": "", "usage": generation.usage.as_dict()}, trace)
+
+
+def tool_call_stream(generation: Generation) -> ToolCallStream | None:
+    """The splitter of text and calls for a generation whose answer may hold calls."""
+    if not finds_calls(generation.request):
+        return None
+    tool_format = generation.service.client.model_info(generation.model).tool_format
+    return ToolCallStream(tool_parser(tool_format), generation.request.tools)
 
 
 async def workers_ai_events(generation: Generation, trace: bool = False) -> AsyncIterator[bytes]:

@@ -2,7 +2,9 @@
 
 Answers use Cloudflare's envelope (``{"result", "success", "errors", "messages"}``), except a
 stream, which is raw ``text/event-stream`` as on Cloudflare. The model name may arrive with
-its slashes as they are or as ``%2F`` (the official SDK quotes them).
+its slashes as they are or as ``%2F`` (the official SDK quotes them). In JSON mode ``response``
+is the parsed JSON value, as on Cloudflare; with ``tools`` the calls the model made come as
+``tool_calls: [{name, arguments}]`` next to the rest of its text.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from .generation import Completion, Generation, unless_disconnected
 from .request_scope import resources
 from .schemas import SESSION_HEADER, EmbeddingsInput, TextGenerationInput, parse_embeddings, parse_text_generation
 from .streaming import TRACE_HEADER, EventStream, workers_ai_events
+from .structured import json_answer
+from .tool_parsers import ToolParser, finds_calls, tool_parser, with_tool_constraint
 
 if TYPE_CHECKING:
     from .api import Service
@@ -48,17 +52,19 @@ async def run_model(request: Request) -> Response | EventStream:
     service = request.app.state.service
     requested = model_name(request)
     model = served_model(request, requested)
-    task = service.client.model_info(model).task
+    info = service.client.model_info(model)
     body = await read_json(request, service.limits)
-    if task == "text-embeddings":
+    if info.task == "text-embeddings":
         return JSONResponse(envelope(await embeddings_result(request, model, body)))
+    parser = tool_parser(info.tool_format)
     inputs = parse_text_generation(body, requested, request.headers.get(SESSION_HEADER), service.limits)
+    inputs = with_tool_constraint(inputs, parser)
     generation = await resources(request).enter_async_context(Generation(service, model, inputs))
     if inputs.stream:
         trace = TRACE_HEADER in request.headers
         return EventStream(workers_ai_events(generation, trace))
     completion = await unless_disconnected(request, generation.complete())
-    return JSONResponse(envelope(text_result(requested, inputs, completion)))
+    return JSONResponse(envelope(text_result(requested, inputs, completion, parser)))
 
 
 async def embeddings_result(request: Request, model: str, body: Any) -> dict[str, Any]:
@@ -77,9 +83,9 @@ async def embed(request: Request, model: str, inputs: EmbeddingsInput) -> Embedd
     return result
 
 
-def text_result(model: str, inputs: TextGenerationInput, completion: Completion) -> dict[str, Any]:
+def text_result(model: str, inputs: TextGenerationInput, completion: Completion, parser: ToolParser) -> dict[str, Any]:
     if not inputs.responses_style:
-        return {"response": completion.text, "usage": completion.usage.as_dict()}
+        return {**_response(inputs, completion, parser), "usage": completion.usage.as_dict()}
     usage = completion.usage
     message = {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant", "status": "completed",
                "content": [{"type": "output_text", "text": completion.text, "annotations": []}]}
@@ -88,6 +94,17 @@ def text_result(model: str, inputs: TextGenerationInput, completion: Completion)
             "output": [message],
             "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens,
                       "total_tokens": usage.total_tokens}}
+
+
+def _response(inputs: TextGenerationInput, completion: Completion, parser: ToolParser) -> dict[str, Any]:
+    """``response`` (the JSON value in JSON mode), and the ``tool_calls`` the text holds, if any."""
+    if inputs.response_format is not None:
+        return {"response": json_answer(completion.text, completion.finish_reason, inputs.sampling.max_tokens)}
+    if not finds_calls(inputs):
+        return {"response": completion.text}
+    content, calls = parser.parse(completion.text, inputs.tools)
+    return {"response": content, "tool_calls": [call.workers_ai() for call in calls]} if calls else \
+        {"response": content}
 
 
 async def search_models(request: Request) -> Response:

@@ -70,8 +70,8 @@ def test_responses_style_input() -> None:
     ({"prompt": "a", "seed": 0}, "'seed' must be between 1 and 9999999999"),
     ({"prompt": "a", "frequency_penalty": 3}, "'frequency_penalty' must be between -2 and 2"),
     ({"prompt": "a", "stream": "yes"}, "'stream' must be true or false"),
-    ({"prompt": "a", "response_format": {"type": "json_object"}}, "JSON mode"),
-    ({"prompt": "a", "tools": [{"name": "f"}]}, "function calling"),
+    ({"prompt": "a", "response_format": {"type": "xml"}}, "'response_format.type' must be"),
+    ({"prompt": "a", "tools": [{"name": "f", "parameters": "x"}]}, r"'tools\[0\].parameters' must be a JSON schema"),
     ([1, 2], "must be a JSON object"),
 ])
 def test_bad_inputs_name_the_field(body, match) -> None:

@@ -85,7 +85,8 @@ def test_embeddings_have_shape_and_unit_rows(backend: Backend) -> None:
 @pytest.mark.parametrize(("body", "status", "code", "text"), [
     ({"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}, 400, 5006, "mutually exclusive"),
     ({"prompt": "hi", "temperature": 9}, 400, 5006, "'temperature' must be between 0 and 5"),
-    ({"prompt": "hi", "response_format": {"type": "json_object"}}, 400, 5006, "JSON mode"),
+    ({"prompt": "hi", "response_format": {"type": "json_object"}, "stream": True}, 400, 5006,
+     "JSON mode does not stream"),
     ({"prompt": "word " * 400, "raw": True}, 413, 5021, "max_model_len"),
     ({"prompt": "hi", "lora": "x"}, 405, 5005, "LoRa"),
 ])

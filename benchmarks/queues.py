@@ -32,7 +32,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "sdk")]
 
-from edge_runtime.bindings.queue_broker import queue_broker
+from edge_runtime.bindings.queues.broker import queue_broker
 from edge_runtime.config import load_config
 from edge_runtime.edge import Edge
 

@@ -12,7 +12,7 @@ from .ai import Ai
 from .ai_backends import AiBackends
 from .bindings import EDGE_BINDERS, OpenBindings, StateDir, edge_binder
 from .bindings.kv_propagation import KvPropagation
-from .bindings.queue_broker import queue_broker
+from .bindings.queues.broker import queue_broker
 from .env import Env, build_env
 from .catalog import get_location
 from .config import ConfigError, WorkerConfig

@@ -11,7 +11,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from . import http_io
-from .bindings.do_directory import describe_objects
+from .bindings.durable_objects.directory import describe_objects
 from .control_access import cross_origin_refusal, has_token, missing_token_message
 from .errors import bad_request, no_healthy_pop, render
 from .geo import ClientLocation, LocationError

@@ -11,8 +11,8 @@ from typing import Any
 import click
 from rich.table import Table
 
-from edge_runtime.bindings.queue_consumer import ConsumerSettings, consumers_by_queue
-from edge_runtime.bindings.queue_store import Backlog, QueueStore, database_path
+from edge_runtime.bindings.queues.consumer import ConsumerSettings, consumers_by_queue
+from edge_runtime.bindings.queues.store import Backlog, QueueStore, database_path
 from edge_runtime.config import ConfigError, WorkerConfig
 
 from .local_data import local_options, open_project

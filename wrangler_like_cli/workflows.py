@@ -16,13 +16,13 @@ import click
 from rich.table import Table
 
 from edge_runtime.bindings import StateDir
-from edge_runtime.bindings.workflow_config import NotPersistableError, encode
-from edge_runtime.bindings.workflow_definitions import (
+from edge_runtime.bindings.workflows.config import NotPersistableError, encode
+from edge_runtime.bindings.workflows.definitions import (
     WorkflowDefinition,
     check_instance_id,
     declared_definitions,
 )
-from edge_runtime.bindings.workflow_store import (
+from edge_runtime.bindings.workflows.store import (
     DuplicateInstanceError,
     InstanceRow,
     StepRow,

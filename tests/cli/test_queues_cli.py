@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from edge_runtime.bindings.queue_broker import queue_broker
+from edge_runtime.bindings.queues.broker import queue_broker
 from edge_runtime.config import load_config
 from edge_runtime.edge import Edge
 from wrangler_like_cli.main import cli

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.bindings.do_directory import (
+from edge_runtime.bindings.durable_objects.directory import (
     DirectorySettings,
     ObjectDirectory,
     directory_of,

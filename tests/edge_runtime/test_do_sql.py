@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.bindings.do_sql import TRANSACTION_REFUSED, SqlError
-from edge_runtime.bindings.do_storage import DurableObjectStorage
+from edge_runtime.bindings.durable_objects.sql import TRANSACTION_REFUSED, SqlError
+from edge_runtime.bindings.durable_objects.storage import DurableObjectStorage
 
 MIB = 1024 * 1024
 

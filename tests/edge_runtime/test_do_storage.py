@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.bindings.do_sql import SqlError
-from edge_runtime.bindings.do_storage import (DurableObjectStorage, StorageLimits, StorageRangeError,
+from edge_runtime.bindings.durable_objects.sql import SqlError
+from edge_runtime.bindings.durable_objects.storage import (DurableObjectStorage, StorageLimits, StorageRangeError,
                                               TransactionError)
 
 MIB = 1024 * 1024
@@ -415,7 +415,7 @@ def test_a_crash_loses_no_committed_write(path):
     script = textwrap.dedent(f"""
         import asyncio, os
         from pathlib import Path
-        from edge_runtime.bindings.do_storage import DurableObjectStorage
+        from edge_runtime.bindings.durable_objects.storage import DurableObjectStorage
         storage = DurableObjectStorage(Path({str(path)!r}))
         asyncio.run(storage.put("committed", 1))
         storage.kv.put("also", 2)

@@ -12,7 +12,7 @@ from durable_objects_fixtures import FAST, Edges, directory, env_at
 from edgewise_sdk.pyodide.ffi import JsException
 from edgewise_sdk.workers import JsDict, Response
 
-from edge_runtime.bindings.do_storage import StorageLimits
+from edge_runtime.bindings.durable_objects.storage import StorageLimits
 from edge_runtime.config import load_config
 
 COUNTER = """

@@ -9,7 +9,7 @@ import pytest
 from durable_objects_fixtures import COUNTER_BINDING, Edges, env_at
 from edgewise_sdk.pyodide.ffi import JsException
 
-from edge_runtime.bindings.do_migrations import DurableObjectConfigError
+from edge_runtime.bindings.durable_objects.migrations import DurableObjectConfigError
 from edge_runtime.config import ConfigError
 
 SOURCE = """

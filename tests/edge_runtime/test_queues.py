@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from queues_fixtures import consumer_module, start_edge, wait_until, write_queue_project
 
-from edge_runtime.bindings.queue_bodies import QueueError
+from edge_runtime.bindings.queues.bodies import QueueError
 from edge_runtime.config import ConfigError
 from edge_runtime.edge import Edge
 

@@ -22,7 +22,7 @@ from queues_fixtures import (
     write_queue_project,
 )
 
-from edge_runtime.bindings.queue_broker import queue_broker
+from edge_runtime.bindings.queues.broker import queue_broker
 from edge_runtime.config import load_config
 from edge_runtime.edge import Edge
 

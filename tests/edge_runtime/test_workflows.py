@@ -9,7 +9,7 @@ import httpx
 import pytest
 from workflow_fixtures import env_of, poll, ran_lines, running_edge, workflow_project
 
-from edge_runtime.bindings.workflows import DuplicateInstanceError, WorkflowError
+from edge_runtime.bindings.workflows.binding import DuplicateInstanceError, WorkflowError
 from edge_runtime.config import ConfigError
 
 

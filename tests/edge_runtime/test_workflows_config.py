@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from workers.workflows import NonRetryableError
 
-from edge_runtime.bindings.workflow_config import (
+from edge_runtime.bindings.workflows.config import (
     NotPersistableError,
     StepPolicy,
     WorkflowStepError,
@@ -19,7 +19,7 @@ from edge_runtime.bindings.workflow_config import (
     error_record,
     rebuild_error,
 )
-from edge_runtime.bindings.workflow_definitions import check_instance_id
+from edge_runtime.bindings.workflows.definitions import check_instance_id
 
 
 @pytest.mark.parametrize(("value", "seconds"), [

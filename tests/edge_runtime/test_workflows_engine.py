@@ -19,9 +19,9 @@ from workflow_fixtures import (
     workflow_project,
 )
 
-from edge_runtime.bindings.workflow_engine import TIME_SCALE_ENV
-from edge_runtime.bindings.workflow_store import WorkflowStore
-from edge_runtime.bindings.workflows import WorkflowError
+from edge_runtime.bindings.workflows.engine import TIME_SCALE_ENV
+from edge_runtime.bindings.workflows.store import WorkflowStore
+from edge_runtime.bindings.workflows.binding import WorkflowError
 from edge_runtime.config import ConfigError, load_config
 from edge_runtime.edge import Edge
 

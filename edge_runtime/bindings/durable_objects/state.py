@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from edgewise_sdk.workers import WebSocket, _state
 
 if TYPE_CHECKING:
-    from .do_directory import LiveObject, ObjectDirectory
-    from .do_websockets import ObjectSockets
+    from .directory import LiveObject, ObjectDirectory
+    from .websockets import ObjectSockets
 
 _background: set[asyncio.Future[Any]] = set()
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ConfigError
+from ...config import ConfigError
 
 log = logging.getLogger("edgewise.durable_objects")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .sqlite_pool import BUSY_TIMEOUT_S, ThreadConnections
+from ..sqlite_pool import BUSY_TIMEOUT_S, ThreadConnections
 
 FILE_NAME = "workflows.sqlite"
 SCHEMA = """

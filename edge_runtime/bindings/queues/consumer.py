@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config_error import ConfigError
-from ..config_values import (
+from ...config_error import ConfigError
+from ...config_values import (
     expect_int,
     expect_nonempty_str,
     expect_number,
     reject_unknown_keys,
 )
-from ..worker import Worker, arity, handler_arity
-from .queue_batch import MessageBatch
-from .queue_bodies import MAX_DELAY_S
+from ...worker import Worker, arity, handler_arity
+from .batch import MessageBatch
+from .bodies import MAX_DELAY_S
 
 CONSUMER_KEYS = ("queue", "type", "max_batch_size", "max_batch_timeout", "max_retries", "dead_letter_queue",
                  "retry_delay", "max_concurrency", "visibility_timeout_ms")

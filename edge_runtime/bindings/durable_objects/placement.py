@@ -12,8 +12,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..catalog import Location
-from ..geo import nearest_first
+from ...catalog import Location
+from ...geo import nearest_first
 
 INDEX_FILE = "edgewise-objects.sqlite"
 

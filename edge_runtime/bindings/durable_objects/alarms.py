@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from edgewise_sdk.workers._jsdict import JsDict
 
 if TYPE_CHECKING:
-    from .do_directory import ObjectDirectory, ObjectTarget
+    from .directory import ObjectDirectory, ObjectTarget
 
 log = logging.getLogger("edgewise.durable_objects")
 

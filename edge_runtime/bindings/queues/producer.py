@@ -1,7 +1,7 @@
 """The ``queues.producers`` binding: ``await env.QUEUE.send(body, contentType=, delaySeconds=)``,
 ``await env.QUEUE.sendBatch([{"body", "contentType"?, "delaySeconds"?}], delaySeconds=)`` and
 ``await env.QUEUE.metrics()``, with Cloudflare's limits. A send returns once its messages are written
-to the edge's queue store (``queue_broker.py``); a call over a limit raises and sends nothing.
+to the edge's queue store (``broker.py``); a call over a limit raises and sends nothing.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from edgewise_sdk.workers import JsDict
 
-from ..config_error import ConfigError
-from .queue_bodies import (
+from ...config_error import ConfigError
+from .bodies import (
     DEFAULT_CONTENT_TYPE,
     MAX_BATCH_BYTES,
     MAX_BATCH_MESSAGES,
@@ -25,13 +25,13 @@ from .queue_bodies import (
     encode_body,
     read_options,
 )
-from .queue_broker import QueueBroker, queue_broker
-from .queue_store import NewMessage
+from .broker import QueueBroker, queue_broker
+from .store import NewMessage
 
 if TYPE_CHECKING:
-    from ..config import BindingSpec
-    from ..edge import Edge
-    from ..scripts import Script
+    from ...config import BindingSpec
+    from ...edge import Edge
+    from ...scripts import Script
 
 SEND_OPTIONS = ("contentType", "delaySeconds")
 BATCH_OPTIONS = ("delaySeconds",)

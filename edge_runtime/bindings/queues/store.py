@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sqlite_pool import ThreadConnections
+from ..sqlite_pool import ThreadConnections
 
 DATABASE_FILE = "queues.sqlite"
 SCHEMA = """

@@ -22,7 +22,7 @@ from typing import Any
 
 from edgewise_sdk.workers import JsDict
 
-from .d1 import split_statements
+from ..d1 import split_statements
 
 KIB, MIB = 1024, 1024 * 1024
 RESERVED_PREFIX = "_cf_"

@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .do_sql import (SQL_NOT_ENABLED, ObjectDatabase, Savepoint, SqlError, SqlStorage, StorageLimits,
+from .sql import (SQL_NOT_ENABLED, ObjectDatabase, Savepoint, SqlError, SqlStorage, StorageLimits,
                      StorageRangeError, decode_value, encode_value, stored_bytes)
-from .sqlite_pool import prefix_end
+from ..sqlite_pool import prefix_end
 
 SCHEMA = ("CREATE TABLE IF NOT EXISTS _cf_KV (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
           "CREATE TABLE IF NOT EXISTS _cf_METADATA (key INTEGER PRIMARY KEY, value)")

@@ -25,19 +25,19 @@ from typing import TYPE_CHECKING, Any
 from edgewise_sdk.workers import JsDict
 from edgewise_sdk.workers.workflows import WorkflowStep
 
-from ..config_error import ConfigError
-from .workflow_config import decode, encode, error_record
-from .workflow_definitions import (
+from ...config_error import ConfigError
+from .config import decode, encode, error_record
+from .definitions import (
     WorkflowDefinition,
     check_instance_id,
     declared_definitions,
     uses_implicit_dependencies,
 )
-from .workflow_steps import Hibernate, RunControl, StepRunner, Suspend
-from .workflow_store import FINISHED, UNFINISHED, InstanceRow, WorkflowStore
+from .steps import Hibernate, RunControl, StepRunner, Suspend
+from .store import FINISHED, UNFINISHED, InstanceRow, WorkflowStore
 
 if TYPE_CHECKING:
-    from ..edge import Edge
+    from ...edge import Edge
 
 log = logging.getLogger("edgewise.workflows")
 

@@ -21,7 +21,7 @@ from typing import Any
 from edgewise_sdk.workers import JsDict
 from edgewise_sdk.workers.workflows import NonRetryableError
 
-from .workflow_config import (
+from .config import (
     NotPersistableError,
     StepPolicy,
     decode,
@@ -31,7 +31,7 @@ from .workflow_config import (
     error_record,
     rebuild_error,
 )
-from .workflow_store import StepRow, WorkflowStore
+from .store import StepRow, WorkflowStore
 
 StoreCall = Callable[..., Awaitable[Any]]  # runs a blocking store method off the event loop
 

@@ -1,9 +1,9 @@
 """The edge's Durable Objects: one live instance per (class, id) across all PoPs, and the path of every event to it.
 
 An event (a stub's fetch or RPC call, an alarm, a hibernated WebSocket's message) is delivered by
-``deliver``: find the object's home PoP (``do_placement``), pay the simulated round trip from the
+``deliver``: find the object's home PoP (``placement.py``), pay the simulated round trip from the
 caller's PoP, then run it as an invocation of the class's Worker at the home PoP (``Edge.invoke``:
-env, limits, logs, a tail event naming the object), after the object's input gate (``do_state``).
+env, limits, logs, a tail event naming the object), after the object's input gate (``state.py``).
 Instances are built on their first event with the home PoP's env, and dropped when idle (hibernation);
 their storage, sockets and alarms stay with the directory.
 """
@@ -18,18 +18,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..config import ConfigError
-from .do_alarms import AlarmScheduler
-from .do_ids import DurableObjectId
-from .do_migrations import ClassMigrations, DurableObjectConfigError, ObjectClass
-from .do_placement import Placement, PlacementIndex
-from .do_state import DurableObjectState, InputGate
-from .do_storage import DurableObjectStorage, StorageLimits
-from .do_websockets import ObjectSockets
+from ...config import ConfigError
+from .alarms import AlarmScheduler
+from .ids import DurableObjectId
+from .migrations import ClassMigrations, DurableObjectConfigError, ObjectClass
+from .placement import Placement, PlacementIndex
+from .state import DurableObjectState, InputGate
+from .storage import DurableObjectStorage, StorageLimits
+from .websockets import ObjectSockets
 
 if TYPE_CHECKING:
-    from ..edge import Edge
-    from ..scripts import Script
+    from ...edge import Edge
+    from ...scripts import Script
 
 log = logging.getLogger("edgewise.durable_objects")
 EVENT = "durable_object"  # the tail event type of every delivered call

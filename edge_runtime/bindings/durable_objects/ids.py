@@ -10,7 +10,7 @@ import hashlib
 import secrets
 from typing import Any
 
-from .do_migrations import ObjectClass
+from .migrations import ObjectClass
 
 ID_HEX_DIGITS = 64
 _TAG_HEX_DIGITS = 8

@@ -18,9 +18,9 @@ import time
 from asyncio import to_thread
 from typing import TYPE_CHECKING, Any
 
-from .queue_batch import Decision, MessageBatch
-from .queue_consumer import ConsumerSettings, consumers_by_queue, run_queue_handler
-from .queue_store import (
+from .batch import Decision, MessageBatch
+from .consumer import ConsumerSettings, consumers_by_queue, run_queue_handler
+from .store import (
     Backlog,
     NewMessage,
     QueueStore,
@@ -30,7 +30,7 @@ from .queue_store import (
 )
 
 if TYPE_CHECKING:
-    from ..edge import Edge
+    from ...edge import Edge
 
 log = logging.getLogger("edgewise.queues")
 

@@ -7,10 +7,10 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..config_error import ConfigError
+from ...config_error import ConfigError
 
 if TYPE_CHECKING:
-    from ..config import WorkerConfig
+    from ...config import WorkerConfig
 
 IMPLICIT_DEPENDENCIES_FLAG = "python_workflows_implicit_dependencies"
 IMPLICIT_DEPENDENCIES_DATE = "2026-02-25"  # on by default for Python Workers from this compatibility date

@@ -2,7 +2,7 @@
 ``create_batch([...])`` and ``get(id)``, each giving a ``WorkflowInstance`` with ``id``, ``status()``,
 ``pause()``, ``resume()``, ``terminate()``, ``restart()`` and ``send_event({"type", "payload"})``.
 
-Instances run in the edge's Workflows engine (``workflow_engine.py``).
+Instances run in the edge's Workflows engine (``engine.py``).
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from edgewise_sdk.workers import JsDict, to_jsdict
 
-from ..config_error import ConfigError
-from .workflow_engine import WorkflowEngine, WorkflowError, workflow_engine
-from .workflow_store import DuplicateInstanceError
+from ...config_error import ConfigError
+from .engine import WorkflowEngine, WorkflowError, workflow_engine
+from .store import DuplicateInstanceError
 
 if TYPE_CHECKING:
-    from ..config import BindingSpec
-    from ..edge import Edge
-    from ..scripts import Script
+    from ...config import BindingSpec
+    from ...edge import Edge
+    from ...scripts import Script
 
 __all__ = ["DuplicateInstanceError", "Workflow", "WorkflowError", "WorkflowInstance", "bind"]
 

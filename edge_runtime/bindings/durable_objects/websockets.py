@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 from edgewise_sdk.workers import WebSocket
 from edgewise_sdk.workers.websocket import OPEN, CloseEvent, ErrorEvent, MessageEvent, WebSocketRequestResponsePair
 
-from ..rpc import from_rpc, to_rpc
-from .do_state import now_ms
+from ...rpc import from_rpc, to_rpc
+from .state import now_ms
 
 if TYPE_CHECKING:
-    from .do_directory import ObjectDirectory, ObjectTarget
+    from .directory import ObjectDirectory, ObjectTarget
 
 log = logging.getLogger("edgewise.durable_objects")
 

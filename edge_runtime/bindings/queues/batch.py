@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .queue_bodies import check_delay, decode_body, read_options
-from .queue_store import StoredMessage
+from .bodies import check_delay, decode_body, read_options
+from .store import StoredMessage
 
 RETRY_OPTIONS = ("delaySeconds",)
 

@@ -1,8 +1,8 @@
 """``durable_objects`` bindings: a namespace per bound class, and stubs that call its objects.
 
 ``env.COUNTER`` is a ``DurableObjectNamespace``: ``idFromName`` / ``idFromString`` / ``newUniqueId`` make
-ids (``do_ids``), ``get(id)`` / ``getByName(name)`` make stubs, and a stub's ``fetch`` and public methods
-reach the one live instance of that object, wherever it lives (``do_directory``). A namespace is bound
+ids (``ids.py``), ``get(id)`` / ``getByName(name)`` make stubs, and a stub's ``fetch`` and public methods
+reach the one live instance of that object, wherever it lives (``directory.py``). A namespace is bound
 per PoP: calls start from there, so an object living elsewhere costs the simulated round trip.
 """
 
@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 from edgewise_sdk.pyodide.ffi import JsException
 from edgewise_sdk.workers import Request, Response
 
-from ..config import BindingSpec, ConfigError
-from ..rpc import call_method
-from .do_directory import ObjectDirectory, ObjectTarget, directory_of
-from .do_ids import (
+from ...config import BindingSpec, ConfigError
+from ...rpc import call_method
+from .directory import ObjectDirectory, ObjectTarget, directory_of
+from .ids import (
     DurableObjectId,
     check_owned,
     checked_jurisdiction,
@@ -25,11 +25,11 @@ from .do_ids import (
     id_from_string,
     new_unique_id,
 )
-from .do_migrations import ObjectClass
+from .migrations import ObjectClass
 
 if TYPE_CHECKING:
-    from ..edge import Edge
-    from ..scripts import Script
+    from ...edge import Edge
+    from ...scripts import Script
 
 __all__ = ["DurableObjectId", "DurableObjectNamespace", "DurableObjectStub", "bind"]
 

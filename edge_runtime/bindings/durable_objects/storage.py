@@ -1,5 +1,5 @@
 """``ctx.storage`` of one Durable Object: the KV API, transactions, the alarm, ``sql`` and the synchronous
-``kv``, all kept in the object's one SQLite file (``do_sql.ObjectDatabase``).
+``kv``, all kept in the object's one SQLite file (``sql.ObjectDatabase``).
 
 Every call does its SQLite work synchronously, the ``async`` ones included, so awaiting a storage call
 never lets another event of the object run in between: ``v = await s.get("n"); await s.put("n", v + 1)``
@@ -7,7 +7,7 @@ cannot interleave with another event's (Cloudflare's input gates give the same g
 ``transaction()`` spans awaits; the object's other async storage calls wait for it to end.
 
 Values are copied as structured clone copies them and stored as tagged JSON (``bytes`` at the top level
-raw, ``do_sql.encode_value``), so they come back exactly: ``bytes`` stay ``bytes``, ``int`` stays ``int``,
+raw, ``sql.encode_value``), so they come back exactly: ``bytes`` stay ``bytes``, ``int`` stays ``int``,
 dicts come back as ``JsDict``s (attribute access), as Python Workers receive them.
 """
 

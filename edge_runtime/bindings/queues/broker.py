@@ -59,7 +59,7 @@ class QueueBroker:
     async def start(self) -> None:
         """Reads the consumers of every Worker of the edge (a bad table stops the start) and starts
         delivering; messages left from an earlier run, delivered or not, go out first."""
-        declared = [(script.name, script.config.file, tuple(getattr(script.config, "queue_consumers", ())))
+        declared = [(script.name, script.config.file, script.config.queue_consumers)
                     for script in self.edge.scripts.values()]
         self.consumers = consumers_by_queue(declared)
         for consumer in self.consumers.values():

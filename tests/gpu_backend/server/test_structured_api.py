@@ -5,13 +5,15 @@ and the errors of bad schemas.
 The answers come from the tiny random Llama, so only the grammar makes them valid JSON: the tests
 that check an answer parses and validates hold once the engine enforces ``SamplingParams.structured``.
 Schemas keep every value short (enums, bounded integers, short strings, short arrays) so a random
-model's answer fits in a few dozen tokens.
+model's answer fits in a few dozen tokens; the model ends on a special token (structured_fixtures.py).
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import cloudflare
@@ -21,9 +23,12 @@ import openai
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend_fixtures import MODEL, TOKEN, Backend
+from backend_fixtures import MODEL, TOKEN, Backend, serving
+from structured_fixtures import special_eos_copy
 from gpu_backend.engine.structured_output import StructuredOutput
 from gpu_backend.errors import InvalidRequestError
+from gpu_backend.server.api import create_app
+from gpu_backend.server.client import LocalEngines
 from gpu_backend.server.errors import BadInputError
 from gpu_backend.server.schemas import parse_text_generation
 from gpu_backend.server.structured import json_answer
@@ -48,6 +53,17 @@ class Verdict(BaseModel):
     guilty: bool
     mood: Literal["calm", "angry", "sad"]
     years: int = Field(ge=0, le=9)
+
+
+@pytest.fixture(scope="module")
+def backend(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    folder = special_eos_copy(checkpoints["llama"], tmp_path_factory.mktemp("structured") / "llama", 1024)
+    engines = LocalEngines({MODEL: folder}, device="cpu", dtype="float32", num_kv_blocks=128, max_model_len=1024)
+    try:
+        with serving(create_app(engines, TOKEN, max_queue=8)) as url:
+            yield Backend(url, engines)
+    finally:
+        engines.shutdown()
 
 
 @pytest.fixture(scope="module")

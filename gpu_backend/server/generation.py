@@ -20,6 +20,7 @@ from starlette.types import Receive
 
 from .text import TextDelta
 from .schemas import TextGenerationInput
+from .tool_parsers import ToolParser, tool_parser, with_tool_constraint
 
 if TYPE_CHECKING:
     from .api import Service
@@ -61,7 +62,9 @@ class Generation:
     def __init__(self, service: Service, model: str, request: TextGenerationInput) -> None:
         self.service = service
         self.model = model
-        self.request = request
+        # how the model writes tool calls; a forced call is constrained to that format here, for every route
+        self.tool_parser: ToolParser = tool_parser(service.client.model_info(model).tool_format)
+        self.request = with_tool_constraint(request, self.tool_parser)
         self.request_id = uuid.uuid4().hex
         self.received_ns = time.time_ns()  # wall clock, for tracing a request's path across processes
         self.usage = Usage(0, 0)

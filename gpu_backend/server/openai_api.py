@@ -30,7 +30,7 @@ from .text import TextDelta
 from .request_scope import resources
 from .schemas import SESSION_HEADER, parse_embeddings, parse_stop, parse_text_generation
 from .streaming import DONE, EventStream, error_payload, sse, tool_call_stream
-from .tool_parsers import ToolCallStream, finds_calls, tool_parser, with_tool_constraint
+from .tool_parsers import ToolCallStream, finds_calls
 from .tools import ToolCall
 from .workers_ai import embed, served_model
 
@@ -59,15 +59,14 @@ async def _complete(request: Request, chat: bool) -> Response | EventStream:
     inputs = parse_text_generation(_workers_ai_inputs(body, chat), requested, request.headers.get(SESSION_HEADER),
                                    service.limits, dialect="openai")
     inputs = replace(inputs, sampling=replace(inputs.sampling, stop=parse_stop(body.get("stop"), service.limits)))
-    parser = tool_parser(service.client.model_info(model).tool_format)
-    inputs = with_tool_constraint(inputs, parser)
     include_usage = _include_usage(body)  # checked before the generation starts, as every input is
     generation = await resources(request).enter_async_context(Generation(service, model, inputs))
     chunk = _Chunk(requested, chat)  # the name the client asked for, as OpenAI echoes it
     if inputs.stream:
         return EventStream(_events(generation, chunk, include_usage))
     completion = await unless_disconnected(request, generation.complete())
-    content, calls = parser.parse(completion.text, inputs.tools) if finds_calls(inputs) else (completion.text, [])
+    found = finds_calls(inputs)
+    content, calls = generation.tool_parser.parse(completion.text, inputs.tools) if found else (completion.text, [])
     return JSONResponse(chunk.whole(completion, content, calls))
 
 

@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from .errors import EngineFailedError, ServiceError
 from .generation import Generation, disconnected
-from .tool_parsers import ToolCallStream, finds_calls, tool_parser
+from .tool_parsers import ToolCallStream, finds_calls
 
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
@@ -90,8 +90,7 @@ def tool_call_stream(generation: Generation) -> ToolCallStream | None:
     """The splitter of text and calls for a generation whose answer may hold calls."""
     if not finds_calls(generation.request):
         return None
-    tool_format = generation.service.client.model_info(generation.model).tool_format
-    return ToolCallStream(tool_parser(tool_format), generation.request.tools)
+    return ToolCallStream(generation.tool_parser, generation.request.tools)
 
 
 async def workers_ai_events(generation: Generation, trace: bool = False) -> AsyncIterator[bytes]:

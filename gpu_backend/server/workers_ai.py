@@ -26,7 +26,7 @@ from .request_scope import resources
 from .schemas import SESSION_HEADER, EmbeddingsInput, TextGenerationInput, parse_embeddings, parse_text_generation
 from .streaming import TRACE_HEADER, EventStream, workers_ai_events
 from .structured import json_answer
-from .tool_parsers import ToolParser, finds_calls, tool_parser, with_tool_constraint
+from .tool_parsers import ToolParser, finds_calls
 
 if TYPE_CHECKING:
     from .api import Service
@@ -56,15 +56,13 @@ async def run_model(request: Request) -> Response | EventStream:
     body = await read_json(request, service.limits)
     if info.task == "text-embeddings":
         return JSONResponse(envelope(await embeddings_result(request, model, body)))
-    parser = tool_parser(info.tool_format)
     inputs = parse_text_generation(body, requested, request.headers.get(SESSION_HEADER), service.limits)
-    inputs = with_tool_constraint(inputs, parser)
     generation = await resources(request).enter_async_context(Generation(service, model, inputs))
     if inputs.stream:
         trace = TRACE_HEADER in request.headers
         return EventStream(workers_ai_events(generation, trace))
     completion = await unless_disconnected(request, generation.complete())
-    return JSONResponse(envelope(text_result(requested, inputs, completion, parser)))
+    return JSONResponse(envelope(text_result(requested, inputs, completion, generation.tool_parser)))
 
 
 async def embeddings_result(request: Request, model: str, body: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ and take 2048 positions (structured_fixtures.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+import websockets
 
 from backend_fixtures import MODEL, TOKEN, Backend, serving
 from structured_fixtures import special_eos_copy
@@ -193,6 +195,20 @@ def test_workers_ai_stream_ends_with_the_calls(backend: Backend) -> None:
     assert calls == [whole["tool_calls"]] and len(whole["tool_calls"]) == 1
     assert "".join(event["response"] for event in events) == whole["response"] == ""
     assert streamed.endswith("data: [DONE]\n\n") and events[-1]["usage"] == whole["usage"]
+
+
+async def test_websocket_frames_carry_the_forced_call(backend: Backend) -> None:
+    body = {"messages": MESSAGES, "tools": [WEATHER, ALARM], "tool_choice": "required", "parallel_tool_calls": False,
+            "max_tokens": 200, "temperature": 0}
+    whole = run(backend, body).json()["result"]
+    url = backend.run_url().replace("http://", "ws://")
+    async with websockets.connect(url, additional_headers=backend.headers()) as socket:
+        await socket.send(json.dumps(body))
+        frames = []
+        while not frames or not frames[-1].get("done"):
+            frames.append(json.loads(await asyncio.wait_for(socket.recv(), 10)))
+    assert [frame["tool_calls"] for frame in frames if "tool_calls" in frame] == [whole["tool_calls"]]
+    assert frames[-1]["usage"] == whole["usage"]
 
 
 def test_official_cloudflare_sdk_gets_tool_calls(backend: Backend) -> None:

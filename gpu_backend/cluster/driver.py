@@ -88,8 +88,8 @@ class Driver:
 
     def _handle(self, message: object) -> None:
         match message:
-            case AddRequest(request_id, prompt, params):
-                self._add(request_id, prompt, params)
+            case AddRequest(request_id, prompt, params, num_resumed_tokens):
+                self._add(request_id, prompt, params, num_resumed_tokens)
             case AbortRequest(request_id):
                 self._abort(request_id)
             case Stop():
@@ -97,9 +97,10 @@ class Driver:
             case _ if not any(role.handle(message) for role in self.roles):
                 raise TypeError(f"no role of this driver takes {type(message).__name__}")
 
-    def _add(self, request_id: str, prompt: str | list[int], params: SamplingParams | None) -> None:
+    def _add(self, request_id: str, prompt: str | list[int], params: SamplingParams | None,
+             num_resumed_tokens: int) -> None:
         try:
-            self.engine.add_request(prompt, params, request_id)
+            self.engine.add_request(prompt, params, request_id, num_resumed_tokens=num_resumed_tokens)
         except Exception as error:  # invalid input: the service turns it into the HTTP error
             self.pipe.send(Rejected(request_id, error))
             return

@@ -84,7 +84,7 @@ class ColocatedFlow:
                 return
             stream.instance = engine.pick("colocated", stream, prompt)
             engine.requests_per_instance[stream.instance] += 1
-            engine.send(stream.instance, AddRequest(stream.wire_id, prompt, params))
+            engine.send(stream.instance, AddRequest(stream.wire_id, prompt, params, stream.resumed_from))
 
     def abort(self, stream: Stream) -> None:
         self.engine.send(stream.instance, AbortRequest(stream.wire_id))

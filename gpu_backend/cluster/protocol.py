@@ -5,8 +5,9 @@ disaggregated roles' are in ``disagg.protocol``) and they travel the same pipes.
 Service -> driver (the instance's pipe): ``AddRequest``, ``AbortRequest``, ``Stop``.
 Driver -> service: ``Ready`` once, then ``Accepted`` / ``Rejected`` per request, ``StepDone``
 after each step (and at least once a heartbeat while idle), ``Failed`` when the instance breaks.
-Driver -> followers (the instance's control group): ``RunStep`` per step, ``FollowerCall`` for the
-rest (a method of one of the rank's parts, by name), ``StopFollowing`` at the end.
+Driver -> followers (the instance's control group): ``RunStep`` per step, then ``StepMask`` when
+the step samples a constrained row, ``FollowerCall`` for the rest (a method of one of the rank's
+parts, by name), ``StopFollowing`` at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
+
     from ..engine.outputs import EngineOutput
     from ..engine.sampling_params import SamplingParams
     from ..engine.step_inputs import StepInputs
@@ -46,6 +49,7 @@ class AddRequest:
     request_id: str
     prompt: str | list[int]
     params: SamplingParams | None
+    num_resumed_tokens: int = 0  # the prompt ends with tokens generated before (EngineCore.add_request)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,15 @@ class Failed:
 class RunStep:
     inputs: StepInputs
     released: list[int]  # sequences whose per-sequence state the ranks drop first
+
+
+@dataclass(frozen=True)
+class StepMask:
+    """The grammar bitmask of the last ``RunStep``'s sampled rows (host int32 ``[rows, words]``;
+    None when none of them is constrained any more). Sent after ``RunStep``, once the driver made
+    it while the step's forward pass ran; the last stage's ranks wait for it before sampling."""
+
+    bitmask: torch.Tensor | None
 
 
 @dataclass(frozen=True)

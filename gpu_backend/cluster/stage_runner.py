@@ -7,6 +7,9 @@ same seeds); with more than one stage its first TP rank sends the tokens to the 
 posted the receive when it launched the step, so tokens cost no extra round trip per step.
 
 The driver (rank 0: first stage, first TP rank) also plans each step and sends it to the others.
+A step with constrained rows (structured output) is followed by its grammar bitmask, which the
+driver's engine makes while the step's forward pass runs; every rank of the last stage samples
+with the same mask, so they all draw the same token.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import torch
 import torch.distributed as dist
 
 from ..config import EngineConfig, ModelConfig
-from ..engine.model_runner import LaunchedStep, ModelRunner
+from ..engine.model_runner import LaunchedStep, ModelRunner, TokenMasks
+from ..engine.sampling_batch import SamplingPlan
 from ..engine.scheduler import ScheduledBatch
 from ..engine.sequence import Sequence
 from ..engine.step_inputs import StepInputs
@@ -29,14 +33,13 @@ from ..layers.sampler import SamplerOutput
 from ..parallel import comm
 from ..parallel.groups import RankGroups
 from ..parallel.pipeline import PipelineStage
-from .protocol import FollowerCall, RunStep, StopFollowing
+from .protocol import FollowerCall, RunStep, StepMask, StopFollowing
 from .roles import RankPart, call_part
 
 log = logging.getLogger(__name__)
 
 
 class StageRunner(ModelRunner):
-    supports_token_masks = False  # structured output: the driver does not send masks to the ranks yet
     def __init__(self, config: EngineConfig, model_config: ModelConfig, place: RankGroups, stage: PipelineStage,
                  *, token_group: dist.ProcessGroup | None = None, progress: bool = False) -> None:
         """``token_group``: the driver and the last stage's first rank, when there are several stages."""
@@ -75,7 +78,10 @@ class StageRunner(ModelRunner):
                 case RunStep(inputs, released):
                     for seq_id in released:
                         self.release(seq_id)
-                    previous = self.run(inputs, previous)
+                    masks = (lambda _plan: _receive_mask(control)) if _is_constrained(inputs) else None
+                    previous = self.run(inputs, previous, masks)
+                case StepMask():
+                    pass  # a stage before the last samples nothing
                 case FollowerCall(target, method, args):
                     call_part(parts[target], method, args)
                 case StopFollowing():
@@ -107,11 +113,22 @@ class DriverRunner(StageRunner):
             seed = self._seeds[seq.seq_id] = random.getrandbits(63)
         return seed
 
-    def launch(self, batch: ScheduledBatch, previous: LaunchedStep | None = None) -> LaunchedStep:
+    def launch(self, batch: ScheduledBatch, previous: LaunchedStep | None = None,
+               masks: TokenMasks | None = None) -> LaunchedStep:
+        """``masks``: as ``ModelRunner.run``'s; the mask it makes goes to every other rank too."""
         inputs = self.plan(batch, previous)
         self.control.send(RunStep(inputs, self._released))
         self._released = []
-        step = self.run(inputs, previous)
+        send_masks = None
+        if _is_constrained(inputs):
+            def send_masks(plan: SamplingPlan) -> torch.Tensor | None:
+                bitmask = masks(plan) if masks is not None else None
+                self.control.send(StepMask(bitmask))
+                return bitmask
+        step = self.run(inputs, previous, send_masks)
+        if send_masks is not None and not self.model.stage.is_last:  # the driver's stage samples nothing
+            assert inputs.sampling is not None
+            send_masks(inputs.sampling)
         if self.pipeline_depth > 1 and inputs.sampling is not None:
             receive = comm.receive_tokens(len(inputs.sample_rows), _num_logprobs(inputs), self.device,
                                           self._last_stage_rank, self.token_group)
@@ -134,6 +151,18 @@ class DriverRunner(StageRunner):
         self.control.send(StopFollowing())
         self.control.wait_sent()
         self.sends.wait()
+
+
+def _is_constrained(inputs: StepInputs) -> bool:
+    """Whether the step samples a row under a grammar (then a ``StepMask`` follows its ``RunStep``)."""
+    return inputs.sampling is not None and bool(inputs.sampling.constrained_rows)
+
+
+def _receive_mask(control: comm.ControlPlane) -> torch.Tensor | None:
+    message = control.receive()
+    if not isinstance(message, StepMask):
+        raise TypeError(f"expected the step's StepMask from the driver, got {type(message).__name__}")
+    return message.bitmask
 
 
 def _num_logprobs(inputs: StepInputs) -> int | None:

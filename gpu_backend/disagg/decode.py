@@ -38,8 +38,8 @@ class DecodeRole:
 
     def handle(self, message: object) -> bool:
         match message:
-            case Reserve(request_id, prompt, params):
-                self._reserve(request_id, prompt, params)
+            case Reserve(request_id, prompt, params, num_resumed_tokens):
+                self._reserve(request_id, prompt, params, num_resumed_tokens)
             case KVChunk():
                 self._receive(message)
             case Admit(request_id, first_token):
@@ -60,9 +60,9 @@ class DecodeRole:
         if self.kv.is_receiving(request_id):
             self.runner.call_everywhere(self.kv, "drop", request_id)
 
-    def _reserve(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
+    def _reserve(self, request_id: str, prompt: list[int], params: SamplingParams, num_resumed_tokens: int) -> None:
         try:
-            blocks = self.engine.reserve(prompt, params, request_id)
+            blocks = self.engine.reserve(prompt, params, request_id, num_resumed_tokens)
         except Exception as error:
             self.send(Rejected(request_id, error))
             return

@@ -78,7 +78,7 @@ class DisaggregatedFlow:
         with engine.lock:
             if not engine.current(stream, attempt):
                 return
-            engine.send(stream.instance, Prefill(stream.wire_id, prompt, params, handoff))
+            engine.send(stream.instance, Prefill(stream.wire_id, prompt, params, handoff, stream.resumed_from))
             stream.flow_state.prefilling = True
 
     def _route(self, stream: Stream, prompt: list[int], params: SamplingParams) -> None:
@@ -107,7 +107,7 @@ class DisaggregatedFlow:
                 if stream.attempt != attempt:
                     raise asyncio.CancelledError
                 stream.flow_state.reserved = reserved
-                engine.send(stream.next_instance, Reserve(stream.wire_id, prompt, params))
+                engine.send(stream.next_instance, Reserve(stream.wire_id, prompt, params, stream.resumed_from))
             blocks = await reserved
             if blocks is not None:
                 return blocks

@@ -43,8 +43,8 @@ class PrefillRole:
 
     def handle(self, message: object) -> bool:
         match message:
-            case Prefill(request_id, prompt, params, handoff):
-                self._prefill(request_id, prompt, params, handoff)
+            case Prefill(request_id, prompt, params, handoff, num_resumed_tokens):
+                self._prefill(request_id, prompt, params, handoff, num_resumed_tokens)
                 return True
         return False
 
@@ -58,10 +58,12 @@ class PrefillRole:
     def abort(self, request_id: str) -> None:
         """Nothing to do: an aborted prompt ends, and ``_push`` lets its blocks go."""
 
-    def _prefill(self, request_id: str, prompt: list[int], params: SamplingParams, handoff: Handoff | None) -> None:
+    def _prefill(self, request_id: str, prompt: list[int], params: SamplingParams, handoff: Handoff | None,
+                 num_resumed_tokens: int) -> None:
         try:
             first = replace(params, max_tokens=1, min_tokens=min(params.min_tokens, 1))  # decode does the rest
-            self.engine.add_request(prompt, first, request_id, hold_blocks=handoff is not None)
+            self.engine.add_request(prompt, first, request_id, hold_blocks=handoff is not None,
+                                    num_resumed_tokens=num_resumed_tokens)
         except Exception as error:
             self.send(Rejected(request_id, error))
             return

@@ -32,6 +32,7 @@ class Prefill:
     prompt: list[int]
     params: SamplingParams
     handoff: Handoff | None
+    num_resumed_tokens: int = 0  # the prompt ends with tokens generated before (EngineCore.add_request)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Reserve:
     request_id: str
     prompt: list[int]
     params: SamplingParams
+    num_resumed_tokens: int = 0
 
 
 @dataclass(frozen=True)

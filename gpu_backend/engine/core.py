@@ -101,19 +101,21 @@ class EngineCore:
     # -- requests ------------------------------------------------------------------------------
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
-                    request_id: str | None = None, *, hold_blocks: bool = False) -> str:
+                    request_id: str | None = None, *, hold_blocks: bool = False, num_resumed_tokens: int = 0) -> str:
         """Validate and queue one request; raises InvalidRequestError / PromptTooLongError.
 
         ``hold_blocks``: a prefill instance's request keeps its KV blocks when it finishes, until
-        ``release_blocks`` (its KV is still to be sent)."""
-        request = self._new_request(prompt, params, request_id)
+        ``release_blocks`` (its KV is still to be sent). ``num_resumed_tokens``: the prompt ends with
+        that many tokens the request generated before (submitted again after a lost instance): its
+        grammar takes them in first."""
+        request = self._new_request(prompt, params, request_id, num_resumed_tokens)
         request.seq.holds_blocks = hold_blocks
         self.scheduler.add(request.seq)
         self.requests[request.seq.request_id] = request
         return request.seq.request_id
 
     def _new_request(self, prompt: str | list[int], params: SamplingParams | None,
-                     request_id: str | None) -> EngineRequest:
+                     request_id: str | None, num_resumed_tokens: int = 0) -> EngineRequest:
         params = params or SamplingParams()
         request_id = request_id if request_id is not None else str(next(_request_ids))
         if request_id in self.requests or request_id in self.held:
@@ -126,7 +128,10 @@ class EngineCore:
                 f"prompt tokens (max_model_len {self.max_model_len}, including at least one new token)"
             )
         params = params.with_defaults(max_tokens=max_tokens, eos_token_ids=self._eos_token_ids())
-        grammar = self._grammar_compiler().matcher(params) if params.structured is not None else None
+        grammar = None
+        if params.structured is not None:
+            grammar = self._grammar_compiler().matcher(params)
+            _resume(grammar, token_ids, num_resumed_tokens)
         seq = Sequence(token_ids, params, request_id=request_id)
         return EngineRequest(seq, logprobs=[] if params.logprobs is not None else None, grammar=grammar)
 
@@ -134,19 +139,17 @@ class EngineCore:
         if self.tokenizer is None:
             raise InvalidRequestError("structured output needs the model's tokenizer; this engine was started "
                                       "without one (skip_tokenizer_init)")
-        if not self.runner.supports_token_masks:
-            raise InvalidRequestError("structured output is not supported by this engine's layout yet "
-                                      "(sharded instances); serve the model on one device")
         if self._grammars is None:
             self._grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size, self._eos_token_ids())
         return self._grammars
 
     # -- a prompt prefilled by another instance ----------------------------------------------------
 
-    def reserve(self, prompt: list[int], params: SamplingParams | None, request_id: str) -> list[int] | None:
+    def reserve(self, prompt: list[int], params: SamplingParams | None, request_id: str,
+                num_resumed_tokens: int = 0) -> list[int] | None:
         """Blocks for a prompt whose KV another instance computes: the ids of the blocks it must fill
         (those past this cache's prefix hit), or None while the blocks are not free."""
-        request = self._new_request(prompt, params, request_id)
+        request = self._new_request(prompt, params, request_id, num_resumed_tokens)
         if not self.scheduler.reserve(request.seq):
             return None
         self.requests[request_id] = request
@@ -406,3 +409,13 @@ class EngineCore:
             logprobs, request.logprobs = tuple(request.logprobs), []
         return EngineOutput(seq.request_id, tuple(new_tokens), seq.num_prompt_tokens, request.num_emitted,
                             seq.num_cached_tokens, seq.finish_reason if finished else None, logprobs)
+
+
+def _resume(grammar: GrammarMatcher, token_ids: list[int], num_resumed_tokens: int) -> None:
+    """Take in the tokens a resubmitted request generated before (the end of its prompt now)."""
+    if not 0 <= num_resumed_tokens < len(token_ids):
+        raise InvalidRequestError(f"num_resumed_tokens must be in [0, {len(token_ids) - 1}] for this prompt, "
+                                  f"got {num_resumed_tokens}")
+    for token_id in token_ids[len(token_ids) - num_resumed_tokens:]:
+        if not grammar.accept(token_id):
+            raise InvalidRequestError(f"the resumed output does not match the request's grammar: {grammar.error}")

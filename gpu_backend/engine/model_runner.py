@@ -58,7 +58,6 @@ class LaunchedStep:
 
 class ModelRunner:
     pipeline_depth = 1  # batches in flight at once: a pipeline of P stages keeps P (see LLMEngine.step)
-    supports_token_masks = True  # `launch` takes `masks` (structured output)
 
     def __init__(self, config: EngineConfig, model_config: ModelConfig, *, progress: bool = True,
                  stage: PipelineStage | None = None) -> None:

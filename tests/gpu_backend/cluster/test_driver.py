@@ -41,7 +41,8 @@ class FakeEngine:
         self.scheduler = SimpleNamespace(num_running=0, num_waiting=0, num_preemptions=0)
         self.fail_step = False
 
-    def add_request(self, prompt: list[int], params: SamplingParams | None, request_id: str) -> None:
+    def add_request(self, prompt: list[int], params: SamplingParams | None, request_id: str,
+                    num_resumed_tokens: int = 0) -> None:
         if not prompt:
             raise InvalidRequestError("the prompt is empty")
         self.requests[request_id] = (prompt, (params or SamplingParams()).max_tokens or 16, [])

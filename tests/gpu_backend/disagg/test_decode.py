@@ -22,7 +22,8 @@ class FakeEngine:
         self.admitted: list[tuple[str, int]] = []
         self.aborted: list[str] = []
 
-    def reserve(self, prompt: list[int], params: SamplingParams, request_id: str) -> list[int] | None:
+    def reserve(self, prompt: list[int], params: SamplingParams, request_id: str,
+                num_resumed_tokens: int = 0) -> list[int] | None:
         if not prompt:
             raise InvalidRequestError("the prompt is empty")
         return self.free_blocks or None

@@ -26,7 +26,8 @@ class FakeEngine:
         self.added: list[tuple] = []
         self.released: list[str] = []
 
-    def add_request(self, prompt: list[int], params: SamplingParams, request_id: str, *, hold_blocks: bool) -> None:
+    def add_request(self, prompt: list[int], params: SamplingParams, request_id: str, *, hold_blocks: bool,
+                    num_resumed_tokens: int = 0) -> None:
         if not prompt:
             raise InvalidRequestError("the prompt is empty")
         self.added.append((request_id, params.max_tokens, params.min_tokens, hold_blocks))

@@ -316,3 +316,27 @@ def test_a_decode_instance_matcher_takes_the_prefill_instances_token(checkpoints
         for output in core.step():
             tokens += output.new_token_ids
     jsonschema.validate(json.loads(core.tokenizer.decode(tokens[:-1])), PERSON)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["cuda_graphs", "eager"])
+def test_constrained_decoding_on_gpu(checkpoints: dict[str, Path], enforce_eager: bool) -> None:
+    """The mask is made while the forward pass (a graph replay in decode) runs, copied to the GPU
+    and applied there: valid JSON, and a constraint allowing every token changes nothing."""
+    gpu = LLM(str(checkpoints["llama"]), progress=False, device="cuda", dtype="float32", num_kv_blocks=64,
+              max_model_len=400, max_num_seqs=8, enforce_eager=enforce_eager)
+    rng = random.Random(7)
+    schemas = [random_schema(rng) for _ in range(5)] + [PERSON]
+    params = [SamplingParams(temperature=temperature, seed=index, max_tokens=120,
+                             structured=StructuredOutput.json_schema(schema))
+              for index, schema in enumerate(schemas) for temperature in (0.0, 1.0)]
+    outputs = gpu.generate([PROMPTS[i % len(PROMPTS)] for i in range(len(params))], params)
+    for param, output in zip(params, outputs):
+        assert output.outputs[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(completion_text(gpu, output.outputs[0])), json.loads(param.structured.spec))
+    plain = SamplingParams(temperature=0.0, max_tokens=24)
+    every = SamplingParams(temperature=0.0, max_tokens=24, structured=StructuredOutput.lark(ANY_TOKEN))
+    want = [o.outputs[0].token_ids for o in gpu.generate(PROMPTS, plain)]
+    assert [o.outputs[0].token_ids for o in gpu.generate(PROMPTS, every)] == want
+    assert gpu.engine.core.grammar_mask_s > 0

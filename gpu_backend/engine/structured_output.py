@@ -33,7 +33,7 @@ class StructuredOutput:
 
     @classmethod
     def json_schema(cls, schema: dict[str, Any] | bool) -> StructuredOutput:
-        return cls("json_schema", json.dumps(schema, sort_keys=True))
+        return cls("json_schema", json.dumps(schema))  # property order kept: the model writes keys in it
 
     @classmethod
     def json_object(cls) -> StructuredOutput:

@@ -7,7 +7,7 @@ one meaning and one error message on every route. Defaults are Workers AI's (``m
 ``encoding_format: "base64"`` (little-endian float32), which the OpenAI SDK asks for by default.
 ``response_format`` takes OpenAI's spelling; JSON answers stream as text. A chat answer's tool
 calls come as ``message.tool_calls`` with ``finish_reason: "tool_calls"``; streamed, each call is
-one delta with its id, type, name and empty arguments, then a delta with the arguments.
+one delta with its id, type, name and empty arguments, then deltas with its arguments as they come.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .text import TextDelta
 from .request_scope import resources
 from .schemas import SESSION_HEADER, parse_embeddings, parse_stop, parse_text_generation
 from .streaming import DONE, EventStream, error_payload, sse, tool_call_stream
-from .tool_parsers import ToolCallStream, finds_calls
+from .tool_parsers import CallDelta, ToolCallStream, finds_calls
 from .tools import ToolCall
 from .workers_ai import embed, served_model
 
@@ -116,12 +116,13 @@ class _Chunk:
             choice["text"] = content
         return self._frame(self.object, [choice], usage=completion.usage.as_dict())
 
-    def tool_call(self, index: int, call: ToolCall) -> list[dict[str, Any]]:
-        """The chunks of one call, as OpenAI streams them: id, type and name first, then the arguments."""
-        opening = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
-        arguments = {"index": index, "function": {"arguments": call.arguments_json}}
-        return [self._frame(self._chunk_object, [{"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None,
-                                                  "logprobs": None}]) for delta in (opening, arguments)]
+    def tool_call(self, call: CallDelta) -> dict[str, Any]:
+        """A call's chunk, as OpenAI streams them: its id, type and name first, then pieces of its arguments."""
+        delta: dict[str, Any] = {"index": call.index, "function": {"arguments": call.arguments}}
+        if call.id is not None:
+            delta.update(id=call.id, type="function", function={"name": call.name, "arguments": call.arguments})
+        return self._frame(self._chunk_object, [{"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None,
+                                                 "logprobs": None}])
 
     def piece(self, text: str | None, finish_reason: str | None, first: bool = False) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(finish_reason), "logprobs": None}
@@ -171,17 +172,17 @@ async def _with_calls(generation: Generation, calls: ToolCallStream, chunk: _Chu
     """The deltas with text that may begin a call held back; at the end the calls' chunks, then the last
     delta (``finish_reason`` "tool_calls" when there were calls)."""
     async for delta in generation.deltas():
-        text = calls.add(delta.text)
-        if delta.finish_reason is None:
-            yield replace(delta, text=text)
-            continue
-        rest, found = calls.finish()
-        if text + rest:
-            yield replace(delta, text=text + rest, finish_reason=None)
-        for index, call in enumerate(found):
-            for piece in chunk.tool_call(index, call):
-                yield sse(piece)
-        yield replace(delta, text="", finish_reason="tool_calls" if found else delta.finish_reason)
+        text, call_deltas = calls.add(delta.text)
+        found: list[ToolCall] = []
+        if delta.finish_reason is not None:
+            rest, found, more = calls.finish()
+            text, call_deltas = text + rest, call_deltas + more
+        if text:
+            yield replace(delta, text=text, finish_reason=None)
+        for call_delta in call_deltas:
+            yield sse(chunk.tool_call(call_delta))
+        if delta.finish_reason is not None:
+            yield replace(delta, text="", finish_reason="tool_calls" if found else delta.finish_reason)
 
 
 def _workers_ai_inputs(body: dict[str, Any], chat: bool) -> dict[str, Any]:

@@ -72,9 +72,9 @@ async def workers_ai_payloads(generation: Generation, trace: bool = False) -> As
     """The events of a Workers AI stream as dicts: text pieces, then the usage event (no [DONE])."""
     first, calls, found = trace, tool_call_stream(generation), []
     async for delta in generation.deltas():
-        text = delta.text if calls is None else calls.add(delta.text)
+        text = delta.text if calls is None else calls.add(delta.text)[0]
         if calls is not None and delta.finish_reason is not None:
-            rest, found = calls.finish()
+            rest, found, _ = calls.finish()
             text += rest
         if text:
             payload = _stamped({"response": text}, trace)

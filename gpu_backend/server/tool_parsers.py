@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import string
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 from ..engine.structured_output import StructuredOutput
@@ -30,6 +31,8 @@ DEFAULT_TOOL_FORMAT = "llama3_json"
 # Calls are written as the model families write them, ``{"name": "f", "arguments": {"a": 1}}``;
 # llguidance's own default is compact JSON.
 NATIVE_JSON_LAYOUT = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+# A call's start up to its arguments object: what a stream needs to send the call's name.
+_OPENING = r'\{\s*"name"\s*:\s*"(?P<name>(?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\{)'
 
 
 class ChatTokenizer(Protocol):
@@ -43,6 +46,10 @@ class ToolParser:
 
     name: ClassVar[str]
     arguments_key: ClassVar[str] = "arguments"
+    # Where the first call's object may begin (after the text), and what comes between two calls.
+    first_call: ClassVar[re.Pattern[str]]
+    next_call: ClassVar[re.Pattern[str]]
+    calls_lead: ClassVar[bool] = True  # calls only open the answer (no text before them)
 
     def parse(self, text: str, tools: Sequence[Tool]) -> tuple[str, list[ToolCall]]:
         """The answer's text without its calls, and the calls; ``(text, [])`` when it holds none."""
@@ -61,31 +68,36 @@ class ToolParser:
                   "required": ["name", self.arguments_key], "additionalProperties": False} for tool in tools]
         return calls[0] if len(calls) == 1 else {"anyOf": calls}
 
-    def new_call(self, name: str, arguments: dict[str, Any]) -> ToolCall:
-        return ToolCall(name, arguments)
+    def new_call_id(self) -> str:
+        return ToolCall("", {}).id
 
-    def _call(self, value: Any, tools: Sequence[Tool]) -> ToolCall | None:
-        """``value`` as a call of one of ``tools``, or None."""
+    def _call(self, value: Any, raw: str, tools: Sequence[Tool]) -> ToolCall | None:
+        """``value`` (whose JSON text is ``raw``) as a call of one of ``tools``, or None."""
         if not isinstance(value, dict) or value.get("name") not in {tool.name for tool in tools}:
             return None
-        arguments = value.get(self.arguments_key, value.get("arguments", value.get("parameters", {})))
+        key = next((k for k in (self.arguments_key, "arguments", "parameters") if k in value), None)
+        arguments, text = (value[key], _member_text(raw, key)) if key is not None else ({}, None)
         if isinstance(arguments, str):  # some models write the arguments as JSON text
-            arguments = _loads(arguments)
-        return self.new_call(value["name"], arguments) if isinstance(arguments, dict) else None
+            arguments, text = _loads(arguments), arguments
+        if not isinstance(arguments, dict):
+            return None
+        return ToolCall(value["name"], arguments, self.new_call_id(), text)
 
 
 class Llama3JsonParser(ToolParser):
     name = "llama3_json"
     arguments_key = "parameters"
     leads = ("<|python_tag|>", "{")
+    first_call = re.compile(r"\s*(?:<\|python_tag\|>)?\s*" + _OPENING)
+    next_call = re.compile(r"\s*;\s*" + _OPENING)
 
     def parse(self, text: str, tools: Sequence[Tool]) -> tuple[str, list[ToolCall]]:
         body = text.strip().removeprefix("<|python_tag|>").strip()
         if not body.startswith("{"):
             return text, []
         calls = []
-        for value in _json_values(body, separator=";"):
-            call = self._call(value, tools)
+        for value, raw in _json_values(body, separator=";"):
+            call = self._call(value, raw, tools)
             if call is None:
                 return text, []
             calls.append(call)
@@ -103,6 +115,9 @@ class Llama3JsonParser(ToolParser):
 class HermesParser(ToolParser):
     name = "hermes"
     open, close = "<tool_call>", "</tool_call>"
+    first_call = re.compile(r"\s*<tool_call>\s*" + _OPENING)
+    calls_lead = False
+    next_call = re.compile(r"\s*</tool_call>\s*<tool_call>\s*" + _OPENING)
 
     def parse(self, text: str, tools: Sequence[Tool]) -> tuple[str, list[ToolCall]]:
         start = text.find(self.open)
@@ -112,7 +127,7 @@ class HermesParser(ToolParser):
         while (at := text.find(self.open, position)) >= 0:
             close = text.find(self.close, at)
             values = _json_values(text[at + len(self.open):close if close >= 0 else len(text)].strip(), ",")
-            call = self._call(values[0], tools) if len(values) == 1 else None
+            call = self._call(*values[0], tools) if len(values) == 1 else None
             if call is None:
                 return text, []
             calls.append(call)
@@ -140,14 +155,17 @@ class HermesParser(ToolParser):
 class MistralParser(ToolParser):
     name = "mistral"
     leads = ("[TOOL_CALLS]", "[")
+    first_call = re.compile(r"\s*(?:\[TOOL_CALLS\])?\s*\[\s*" + _OPENING)
+    next_call = re.compile(r"\s*,\s*" + _OPENING)
     _ID_CHARS = string.ascii_letters + string.digits
 
     def parse(self, text: str, tools: Sequence[Tool]) -> tuple[str, list[ToolCall]]:
         body = text.strip().removeprefix("[TOOL_CALLS]").strip()
         values = _json_values(body, ",") if body.startswith(("[", "{")) else []
-        if len(values) == 1 and isinstance(values[0], list):
-            values = values[0]
-        calls = [self._call(value, tools) for value in values]
+        if len(values) == 1 and isinstance(values[0][0], list):
+            body = values[0][1]
+            values = _json_values(body[1:-1].strip(), ",") if body[1:-1].strip() else []
+        calls = [self._call(value, raw, tools) for value, raw in values]
         if not calls or None in calls:
             return text, []
         return "", calls  # type: ignore[return-value]
@@ -161,9 +179,9 @@ class MistralParser(ToolParser):
             schema["maxItems"] = 1
         return native_json(schema)
 
-    def new_call(self, name: str, arguments: dict[str, Any]) -> ToolCall:
+    def new_call_id(self) -> str:
         # Mistral's templates refuse any id but 9 letters or digits
-        return ToolCall(name, arguments, "".join(random.choices(self._ID_CHARS, k=9)))
+        return "".join(random.choices(self._ID_CHARS, k=9))
 
 
 TOOL_PARSERS: dict[str, ToolParser] = {parser.name: parser for parser in
@@ -201,28 +219,121 @@ def finds_calls(inputs: TextGenerationInput) -> bool:
     return bool(inputs.tools) and inputs.tool_choice.mode != "none" and inputs.response_format is None
 
 
-class ToolCallStream:
-    """Splits a streamed answer into text that can go out now and, at the end, the calls.
+@dataclass(frozen=True)
+class CallDelta:
+    """A piece of a streamed call, as OpenAI sends one: the first names the call (``id``, ``name``,
+    no arguments), the others carry the next stretch of its arguments' text."""
 
-    Text that may begin a call is held back until the answer ends; what was released plus
-    ``finish``'s text is the text ``parse`` finds in the whole answer."""
+    index: int
+    arguments: str
+    id: str | None = None
+    name: str | None = None
+
+
+@dataclass
+class _OpenCall:
+    """A call being streamed: where its arguments begin and how far they were read and sent."""
+
+    id: str
+    start: int  # of the arguments object in the answer
+    num_sent: int = 0
+    end: int | None = None  # just past the arguments object, once it is closed
+    scanned: int = 0  # characters of the arguments read so far (depth, strings)
+    depth: int = 0
+    in_string: bool = False
+    escaped: bool = False
+    sent: list[str] = field(default_factory=list)
+
+
+class ToolCallStream:
+    """Splits a streamed answer into text that can go out now and the calls, piece by piece.
+
+    Text that may begin a call is held back. Once a call's name is read it goes out (``CallDelta``
+    with id and name), then its arguments as they come. ``finish`` parses the whole answer as
+    ``parse`` does: the text released plus ``finish``'s is ``parse``'s text, and the deltas of each
+    call add up to ``parse``'s call (same id, the arguments as the model wrote them)."""
 
     def __init__(self, parser: ToolParser, tools: Sequence[Tool]) -> None:
         self.parser, self.tools = parser, tools
+        self.names = {tool.name for tool in tools}
         self.text = ""
         self.num_released = 0
+        self.open_calls: list[_OpenCall] = []
 
-    def add(self, text: str) -> str:
+    def add(self, text: str) -> tuple[str, list[CallDelta]]:
         self.text += text
-        end = self.parser.content_end(self.text)
-        if end <= self.num_released:
-            return ""
-        piece, self.num_released = self.text[self.num_released:end], end
-        return piece
+        piece = ""
+        if not self.open_calls:
+            end = self.parser.content_end(self.text)
+            if end > self.num_released:
+                piece, self.num_released = self.text[self.num_released:end], end
+        return piece, self._call_deltas()
 
-    def finish(self) -> tuple[str, list[ToolCall]]:
+    def finish(self) -> tuple[str, list[ToolCall], list[CallDelta]]:
+        """The text not released yet, the calls, and the deltas not sent yet."""
         content, calls = self.parser.parse(self.text, self.tools)
-        return content[self.num_released:], calls
+        if not calls:  # no call after all (or a streamed one was cut off): what is left is text
+            return ("" if self.open_calls else content[self.num_released:]), [], []
+        deltas: list[CallDelta] = []
+        for index, call in enumerate(calls):
+            opened = self.open_calls[index] if index < len(self.open_calls) else None
+            sent = "".join(opened.sent) if opened is not None else ""
+            if opened is not None and call.arguments_json.startswith(sent):
+                calls[index] = call = replace(call, id=opened.id)
+            else:
+                deltas.append(CallDelta(index, "", call.id, call.name))
+                sent = ""
+            if call.arguments_json[len(sent):]:
+                deltas.append(CallDelta(index, call.arguments_json[len(sent):]))
+        return content[self.num_released:], calls, deltas
+
+    def _call_deltas(self) -> list[CallDelta]:
+        deltas = []
+        while True:
+            if self.open_calls and self.open_calls[-1].end is None:
+                deltas.extend(self._arguments(len(self.open_calls) - 1, self.open_calls[-1]))
+                if self.open_calls[-1].end is None:
+                    return deltas
+            opening = self._next_opening()
+            if opening is None:
+                return deltas
+            call = _OpenCall(self.parser.new_call_id(), opening.end())
+            deltas.append(CallDelta(len(self.open_calls), "", call.id, json.loads(f'"{opening["name"]}"')))
+            self.open_calls.append(call)
+
+    def _next_opening(self) -> re.Match[str] | None:
+        """The next call's opening, once all of it has come and it names one of the tools."""
+        if self.open_calls:
+            closing = re.compile(r"\s*\}").match(self.text, self.open_calls[-1].end or 0)
+            found = closing and self.parser.next_call.match(self.text, closing.end())
+        elif self.num_released and self.parser.calls_lead:
+            found = None
+        else:
+            found = self.parser.first_call.match(self.text, self.num_released)
+        if found is None or json.loads(f'"{found["name"]}"') not in self.names:
+            return None
+        return found
+
+    def _arguments(self, index: int, call: _OpenCall) -> list[CallDelta]:
+        """The arguments' text that came since the last delta, read up to the object's closing brace."""
+        text, position = self.text, call.start + call.scanned
+        while position < len(text) and call.end is None:
+            char = text[position]
+            if call.in_string:
+                call.escaped, call.in_string = (False, True) if call.escaped else (char == "\\", char != '"')
+            elif char == '"':
+                call.in_string = True
+            elif char in "{[":
+                call.depth += 1
+            elif char in "}]":
+                call.depth -= 1
+                call.end = position + 1 if call.depth == 0 else None
+            position += 1
+        call.scanned = position - call.start
+        piece = text[call.start + call.num_sent:position]
+        call.num_sent += len(piece)
+        call.sent.append(piece)
+        return [CallDelta(index, piece)] if piece else []
 
 
 def native_json(schema: dict[str, Any]) -> StructuredOutput:
@@ -242,23 +353,43 @@ def _lead_content_end(text: str, leads: Sequence[str]) -> int:
     return len(text.rstrip())
 
 
-def _json_values(text: str, separator: str) -> list[Any]:
-    """The JSON values of ``text``, one after another, ``separator`` (and whitespace) between them;
-    [] when ``text`` is not that."""
+def _json_values(text: str, separator: str) -> list[tuple[Any, str]]:
+    """The JSON values of ``text`` with their text, one after another, ``separator`` (and whitespace)
+    between them; [] when ``text`` is not that."""
     decoder, values, position = json.JSONDecoder(), [], 0
     while position < len(text):
         try:
-            value, position = decoder.raw_decode(text, position)
+            value, end = decoder.raw_decode(text, position)
         except ValueError:
             return []
-        values.append(value)
-        rest = text[position:].lstrip()
+        values.append((value, text[position:end]))
+        rest = text[end:].lstrip()
         if rest.startswith(separator):
             rest = rest[len(separator):].lstrip()
         elif rest:
             return []
         position = len(text) - len(rest)
     return values
+
+
+def _member_text(text: str, key: str) -> str | None:
+    """The text of member ``key``'s value in ``text``, a JSON object's valid text."""
+    decoder, position = json.JSONDecoder(), _skip_space(text, 1)
+    while position < len(text) and text[position] != "}":
+        name, position = decoder.raw_decode(text, position)
+        start = _skip_space(text, _skip_space(text, position) + 1)  # past the ':'
+        _, end = decoder.raw_decode(text, start)
+        if name == key:
+            return text[start:end]
+        position = _skip_space(text, end)
+        position = _skip_space(text, position + 1) if text[position] == "," else position
+    return None
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
 
 
 def _loads(text: str) -> Any:

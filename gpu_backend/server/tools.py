@@ -50,10 +50,12 @@ class ToolCall:
     name: str
     arguments: dict[str, Any]
     id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+    arguments_text: str | None = None  # the arguments as the model wrote them (OpenAI answers that text)
 
     @property
     def arguments_json(self) -> str:
-        return json.dumps(self.arguments, ensure_ascii=False)
+        return self.arguments_text if self.arguments_text is not None else json.dumps(self.arguments,
+                                                                                      ensure_ascii=False)
 
     def workers_ai(self) -> dict[str, Any]:
         return {"name": self.name, "arguments": self.arguments}

@@ -86,23 +86,55 @@ def test_call_ids_are_openai_style_and_mistral_style() -> None:
 @pytest.mark.parametrize("piece_chars", [1, 3, 1000])
 def test_streamed_pieces_reassemble_to_the_parsed_answer(parser: ToolParser, text: str, piece_chars: int) -> None:
     stream = ToolCallStream(parser, TOOLS)
-    released = "".join(stream.add(text[i:i + piece_chars]) for i in range(0, len(text), piece_chars))
-    rest, calls = stream.finish()
+    released, deltas = "", []
+    for i in range(0, len(text), piece_chars):
+        piece, call_deltas = stream.add(text[i:i + piece_chars])
+        released, deltas = released + piece, deltas + call_deltas
+    rest, calls, more = stream.finish()
     content, expected = parser.parse(text, TOOLS)
     assert released + rest == content
-    assert [(c.name, c.arguments) for c in calls] == [(c.name, c.arguments) for c in expected]
+    assert [(c.name, c.arguments, c.arguments_json) for c in calls] == \
+        [(c.name, c.arguments, c.arguments_json) for c in expected]
+    assembled: dict[int, list[str]] = {}
+    for delta in deltas + more:
+        if delta.id is not None:  # a call's first delta: its id and name, no arguments yet
+            assert delta.index == len(assembled) and delta.arguments == ""
+            assembled[delta.index] = [delta.id, delta.name, ""]
+        else:
+            assert delta.name is None
+            assembled[delta.index][2] += delta.arguments
+    assert list(assembled.values()) == [[c.id, c.name, c.arguments_json] for c in calls]
     if expected:
         assert "<tool_call>" not in released and "{" not in released  # no piece of a call went out as text
 
 
+def test_a_call_streams_as_it_is_written() -> None:
+    stream = ToolCallStream(HERMES, TOOLS)
+    assert stream.add("Checking.\n<tool_call>\n{\"name\": \"get_wea") == ("Checking.", [])
+    piece, [opening, first] = stream.add('ther", "arguments": {"ci')
+    assert piece == "" and (opening.index, opening.name, opening.arguments) == (0, "get_weather", "")
+    assert opening.id.startswith("call_") and (first.id, first.arguments) == (None, '{"ci')
+    assert [d.arguments for d in stream.add('ty": "Paris"}}\n</tool_call>')[1]] == ['ty": "Paris"}']
+    rest, [call], more = stream.finish()
+    assert rest == "" and more == [] and call.id == opening.id and call.arguments == {"city": "Paris"}
+
+
+def test_arguments_are_answered_as_the_model_wrote_them() -> None:
+    _, [call] = LLAMA.parse('{"name": "get_weather", "parameters": {"city":"Paris",  "unit": "c"}}', TOOLS)
+    assert call.arguments_json == '{"city":"Paris",  "unit": "c"}' and call.arguments == {"city": "Paris", "unit": "c"}
+    _, [call] = LLAMA.parse('{"parameters": {"unit": "f"}, "name": "get_weather"}', TOOLS)
+    assert call.arguments_json == '{"unit": "f"}'
+
+
 def test_text_that_may_begin_a_call_is_held_back() -> None:
     stream = ToolCallStream(HERMES, TOOLS)
-    assert stream.add("Sure. <tool") == "Sure."
-    assert stream.add("_call>\n{") == ""
+    assert stream.add("Sure. <tool") == ("Sure.", [])
+    assert stream.add("_call>\n{") == ("", [])
     stream = ToolCallStream(LLAMA, TOOLS)
-    assert stream.add(" {") == "" and stream.add('"name"') == ""
+    assert stream.add(" {") == ("", []) and stream.add('"name"') == ("", [])
     stream = ToolCallStream(LLAMA, TOOLS)
-    assert stream.add("Hello ") == "Hello" and stream.add("there") == " there"
+    assert stream.add("Hello ") == ("Hello", []) and stream.add("there") == (" there", [])
+    assert stream.add(' {"name": "get_time", "parameters": {}}') == (' {"name": "get_time", "parameters": {}}', [])
 
 
 @pytest.fixture(scope="module")

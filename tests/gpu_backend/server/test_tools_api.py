@@ -266,12 +266,14 @@ def test_streamed_tool_call_deltas_reassemble_to_the_whole_answer(client: openai
         for delta in chunk.choices[0].delta.tool_calls or []:
             if delta.index not in calls:  # OpenAI's first delta of a call: id, type, name, empty arguments
                 assert delta.id and delta.type == "function" and delta.function.name and delta.function.arguments == ""
-                calls[delta.index] = {"id": delta.id, "name": delta.function.name, "arguments": ""}
+                calls[delta.index] = {"id": delta.id, "name": delta.function.name, "arguments": "", "pieces": 0}
             else:
                 assert delta.id is None and delta.function.name is None
                 calls[delta.index]["arguments"] += delta.function.arguments
-    assert [(c["name"], json.loads(c["arguments"])) for c in calls.values()] == \
-        [(c.function.name, json.loads(c.function.arguments)) for c in whole.message.tool_calls]
+                calls[delta.index]["pieces"] += 1
+    assert [(c["name"], c["arguments"]) for c in calls.values()] == \
+        [(c.function.name, c.function.arguments) for c in whole.message.tool_calls]
+    assert all(c["pieces"] > 1 for c in calls.values())  # the arguments stream as they are generated
     assert len(calls) >= 1 if parallel else len(calls) == 1
     for call in calls.values():
         assert_valid_call(call["name"], json.loads(call["arguments"]))

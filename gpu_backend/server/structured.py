@@ -41,10 +41,7 @@ def parse_response_format(value: Any, dialect: Dialect) -> StructuredOutput | No
         raise BadInputError(f"'response_format.type' must be \"json_object\", \"json_schema\" or \"text\", "
                             f"got {kind!r}", param="response_format")
     schema = _openai_schema(value) if dialect == "openai" else _workers_ai_schema(value)
-    if schema is None:
-        return StructuredOutput.json_object()
-    # the schema's text as sent: llguidance writes properties in the schema's order, which sorting would change
-    return StructuredOutput("json_schema", json.dumps(schema, ensure_ascii=False))
+    return StructuredOutput.json_object() if schema is None else StructuredOutput.json_schema(schema)
 
 
 def _workers_ai_schema(value: dict[str, Any]) -> dict[str, Any] | bool:

@@ -337,8 +337,7 @@ class ToolCallStream:
 
 
 def native_json(schema: dict[str, Any]) -> StructuredOutput:
-    # not StructuredOutput.json_schema: it sorts keys, and llguidance writes properties in schema order
-    return StructuredOutput("json_schema", _native_json_text(schema))
+    return StructuredOutput.json_schema({**schema, "x-guidance": NATIVE_JSON_LAYOUT})
 
 
 def _native_json_text(schema: dict[str, Any]) -> str:

@@ -109,7 +109,8 @@ class Llama3JsonParser(ToolParser):
     def constraint(self, tools: Sequence[Tool], parallel: bool) -> StructuredOutput:
         if not parallel:
             return native_json(self.call_schema(tools))
-        return StructuredOutput.lark(f"start: call (\"; \" call)*\ncall: %json {_native_json_text(self.call_schema(tools))}\n")
+        call = f"call: %json {_native_json_text(self.call_schema(tools))}\n"
+        return StructuredOutput.lark("start: call (\"; \" call)*\n" + call)
 
 
 class HermesParser(ToolParser):

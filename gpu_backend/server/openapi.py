@@ -6,6 +6,13 @@ error bodies alike. Fields that Workers AI ignores are allowed (``additionalProp
 open), as the service ignores them too. ``model`` enums list the models this service serves.
 Like every route but ``/healthz``, the document needs the bearer token. The WebSocket form of the
 run route cannot be written in OpenAPI; its description says where it is documented.
+
+What the document calls valid is served, so where fields depend on each other (JSON mode does not
+stream on Workers AI, ``tool_choice`` needs ``tools``, a forced call or JSON mode needs an end
+token) a generation body is an ``anyOf`` of whole bodies, one per way they combine. Rules JSON
+Schema cannot state are narrowed: the schemas of ``response_format`` and of tool ``parameters``
+are a subset of JSON Schema that the grammar engine always compiles, and ``tool_choice``'s form
+naming a function, which must name one of ``tools``, is described in words only.
 """
 
 from __future__ import annotations
@@ -15,12 +22,17 @@ from typing import Any
 from .client import EngineClient
 from .limits import InputLimits
 from .schemas import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, MAX_SEED
+from .structured import SCHEMA_NAME
+from .tools import TOOL_NAME
 
 Schema = dict[str, Any]
 ACCOUNT = "/client/v4/accounts/{account_id}"
 OPENAI_PREFIXES = ("/v1", f"{ACCOUNT}/ai/v1")
 _STRING, _BOOLEAN, _INTEGER = {"type": "string"}, {"type": "boolean"}, {"type": "integer"}
-_ERROR_STATUSES = {"400": "Bad input, or no such model", "401": "No bearer token", "403": "Wrong bearer token",
+_JSON_TYPES = ["object", "array", "string", "number", "integer", "boolean", "null"]
+_ERROR_STATUSES = {"400": "Bad input, or no such model; in Workers AI's JSON mode also an answer cut off at "
+                          "max_tokens (JSON Mode couldn't be met)",
+                   "401": "No bearer token", "403": "Wrong bearer token",
                    "404": "No such model (OpenAI routes), or no route",
                    "405": "LoRA is not supported, or another method",
                    "408": "The request body did not arrive in time", "413": "The body or the prompt is too large",
@@ -92,7 +104,9 @@ def _run(model: Schema) -> Schema:
     result = {"anyOf": [_ref("TextGenerationResult"), _ref("ResponsesResult"), _ref("EmbeddingsResult")]}
     ok = _json(_success(result))
     ok["content"]["text/event-stream"] = {"schema": {"type": "string", "description": "data: {\"response\": ...}"
-                                                     " events, then data: [DONE] (with \"stream\": true)"}}
+                                                     " events (tool calls in one {\"response\": \"\", "
+                                                     "\"tool_calls\": [...]} event), then data: [DONE] (with "
+                                                     "\"stream\": true)"}}
     return _operation(
         "Run a model (Workers AI)", {"200": ok, **_errors("ErrorEnvelope")},
         description="Text generation takes prompt, messages or instructions/input; embeddings take text. "
@@ -165,24 +179,131 @@ def _sampling() -> Schema:
         "seed": {"type": "integer", "minimum": 1, "maximum": MAX_SEED},
         "repetition_penalty": _number(0, 2), "frequency_penalty": _number(-2, 2), "presence_penalty": _number(-2, 2),
         "stream": _BOOLEAN, "raw": _BOOLEAN, "ignore_eos": _BOOLEAN,
-        "response_format": _object({"type": {"const": "text"}}, "type"),
     }
+
+
+def _tool_fields() -> Schema:
+    return {"tools": {"type": "array", "items": _ref("Tool"), "uniqueItems": True, "examples": _TOOL_EXAMPLES,
+                      "description": "Each tool with a name of its own (two of one name are a 400)"},
+            "tool_choice": {"enum": ["auto", "none", "required"], "default": "auto", "description": _NAMED_CHOICE},
+            "parallel_tool_calls": {"type": "boolean", "default": True}}
+
+
+_NAMED_CHOICE = ("Needs tools. The service also takes {\"type\": \"function\", \"function\": {\"name\": ...}} naming "
+                 "one of tools (one call of it, forced); JSON Schema cannot tie that name to tools, so this schema "
+                 "leaves the form out")
+_FORECAST = {"type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]}, "days": {"enum": [1, 2]}},
+             "required": ["city"]}
+_TOOL_EXAMPLES = [
+    [{"name": "get_weather", "description": "The forecast for a city", "parameters": _FORECAST}],
+    [{"type": "function", "function": {"name": "get_weather", "parameters": _FORECAST}},
+     {"type": "function", "function": {"name": "set_alarm", "description": "Alarm on or off", "parameters": {
+         "type": "object", "properties": {"on": {"type": "boolean"}}, "additionalProperties": False}}}],
+    [{"name": "now"}],
+]
+
+
+def _generation(fields: Schema, required: list[str], formats: tuple[Schema, Schema], workers_ai: bool,
+                tools: bool = True) -> Schema:
+    """A generation body: ``fields`` with ``response_format`` (text, JSON) and the tool fields, as an
+    ``anyOf`` of whole bodies, one per way the JSON mode and ``tool_choice`` combine."""
+    text_format, json_format = formats
+    union = {**fields, "response_format": {"anyOf": [text_format, json_format]}, **(_tool_fields() if tools else {})}
+    modes = [(False, None), (True, None)]
+    if tools:
+        modes += [(False, ["auto", "none"]), (False, ["required"]), (True, ["auto", "none"])]
+    return {**_object(union, *required), "anyOf": [_mode(union, required, json_format if json_mode else text_format,
+                                                         json_mode, choices, workers_ai)
+                                                   for json_mode, choices in modes]}
+
+
+def _mode(union: Schema, required: list[str], response_format: Schema, json_mode: bool, choices: list[str] | None,
+          workers_ai: bool) -> Schema:
+    properties = {**union, "response_format": response_format}
+    names, absent = [*required, *(["response_format"] if json_mode else [])], []
+    if choices is None:
+        absent.append("tool_choice")
+    elif "tools" in union:
+        properties["tools"] = {**union["tools"], "minItems": 1}
+        properties["tool_choice"] = {"enum": choices}
+        names.append("tools")
+    if json_mode or choices == ["required"]:  # a grammar decides where the answer ends: it needs the end token
+        if workers_ai:
+            properties["ignore_eos"] = {"const": False}
+        else:
+            absent.append("ignore_eos")
+    if json_mode and workers_ai:  # Workers AI's JSON answer is one object, not a stream
+        properties["stream"] = {"const": False}
+    mode = _object({name: schema for name, schema in properties.items() if name not in absent}, *names)
+    return {**mode, "not": {"anyOf": [{"required": [name]} for name in absent]}} if absent else mode
+
+
+def _formats(workers_ai: bool) -> tuple[Schema, Schema]:
+    """``response_format``'s text form and JSON forms, as Workers AI or OpenAI spells them."""
+    wrapper = _object({"name": {"type": "string", "pattern": f"^{SCHEMA_NAME.pattern}$", "examples": ["answer"]},
+                       "schema": _ref("JsonSchema"), "strict": _BOOLEAN, "description": _STRING},
+                      "name", *(["schema"] if workers_ai else []))
+    if workers_ai:  # a json_schema holding other keys than these four is read as the schema itself
+        wrapper["additionalProperties"] = False
+        schemas: Schema = {"anyOf": [_ref("JsonSchema"), wrapper]}
+    else:
+        schemas = wrapper
+    json_forms = {"anyOf": [_object({"type": {"const": "json_object"}}, "type"),
+                            _object({"type": {"const": "json_schema"}, "json_schema": schemas}, "type", "json_schema")]}
+    return _object({"type": {"const": "text"}}, "type"), json_forms
+
+
+def _json_schemas() -> Schema:
+    """The JSON schemas ``response_format`` and tools' ``parameters`` may hold, as far as this document
+    promises: a subset the grammar engine always compiles (no ``$ref``, no bounds that may cross, no
+    ``required`` on a closed object, which may name a property it forbids)."""
+    sub, about = _ref("JsonSchema"), {"title": _STRING, "description": _STRING}
+    properties = {"type": "object", "additionalProperties": sub}
+    names = {"type": "array", "items": _STRING}
+    scalar = {"anyOf": [_STRING, _BOOLEAN, {"type": "null"}, {"type": "integer", "minimum": -2**53, "maximum": 2**53}]}
+    closed = _closed({"type": {"const": "object"}, "properties": properties, "additionalProperties": {"const": False},
+                      **about}, "type", "additionalProperties")
+    typed = _closed({"type": {"enum": _JSON_TYPES}, "properties": properties, "required": names, "items": sub, **about})
+    return {
+        "JsonSchema": {"description": "A JSON schema: typed (with properties, required and items), a closed object "
+                                      "(additionalProperties: false, no required), or an enum of scalars",
+                       "anyOf": [typed, closed, _closed({"enum": {"type": "array", "items": scalar, "minItems": 1},
+                                                         **about}, "enum")]},
+        "ToolParameters": {"description": "The JSON schema of a call's arguments: an object", "anyOf": [
+            _closed({"type": {"const": "object"}, "properties": properties, "required": names, **about}), closed]},
+    }
+
+
+def _closed(properties: Schema, *required: str) -> Schema:
+    """An object with these properties and no others."""
+    return {**_object(properties, *required), "additionalProperties": False}
 
 
 def _schemas(text_models: Schema, embedding_models: Schema, limits: InputLimits) -> Schema:
     return {**_input_schemas(limits), **_openai_input_schemas(text_models, embedding_models, limits),
-            **_result_schemas()}
+            **_tool_schemas(), **_json_schemas(), **_result_schemas()}
+
+
+def _tool_schemas() -> Schema:
+    fields = {"name": {"type": "string", "pattern": f"^{TOOL_NAME.pattern}$"}, "description": _STRING,
+              "parameters": _ref("ToolParameters")}
+    wrapped = _closed({"type": {"const": "function"}, "function": _closed({**fields, "strict": _BOOLEAN}, "name")},
+                      "type", "function")
+    return {"Tool": {"description": "Workers AI's {name, description, parameters} or OpenAI's {type: function, "
+                                    "function: {name, description, parameters, strict}}",
+                     "anyOf": [_closed(fields, "name"), wrapped]}}
 
 
 def _input_schemas(limits: InputLimits) -> Schema:
-    sampling = _sampling()
+    sampling, formats = _sampling(), _formats(workers_ai=True)
     part = _object({"type": {"enum": ["text", "input_text", "output_text"]}, "text": _STRING}, "type", "text")
     content = {"anyOf": [_STRING, {"type": "array", "items": part}]}
+    responses_input = {"anyOf": [{"type": "string", "minLength": 1}, _messages(limits)]}
     return {
-        "PromptInput": _object({"prompt": _prompt(limits), **sampling}, "prompt"),
-        "MessagesInput": _object({"messages": _messages(limits), **sampling}, "messages"),
-        "ResponsesInput": _object({"instructions": _STRING, "input": {
-            "anyOf": [{"type": "string", "minLength": 1}, _messages(limits)]}, **sampling}, "input"),
+        "PromptInput": _generation({"prompt": _prompt(limits), **sampling}, ["prompt"], formats, True),
+        "MessagesInput": _generation({"messages": _messages(limits), **sampling}, ["messages"], formats, True),
+        "ResponsesInput": _generation({"instructions": _STRING, "input": responses_input, **sampling}, ["input"],
+                                      formats, True),
         "EmbeddingsInput": _object({"text": _texts(limits), "pooling": {"enum": ["mean", "cls"], "default": "mean"}},
                                    "text"),
         "Message": _object({"role": {"type": "string", "minLength": 1, "examples": ["user", "assistant"],
@@ -199,12 +320,13 @@ def _openai_input_schemas(text_models: Schema, embedding_models: Schema, limits:
               "stream_options": _object({"include_usage": _BOOLEAN}),
               "stop": {"anyOf": [stop_string, {"type": "array", "items": stop_string,
                                                "maxItems": limits.max_stop_sequences}]}}
-    prompt = _prompt(limits)
+    prompt, formats = _prompt(limits), _formats(workers_ai=False)
+    prompts = {"anyOf": [prompt, {"type": "array", "items": prompt, "minItems": 1, "maxItems": 1}]}
     return {
-        "ChatCompletionRequest": _object({"model": text_models, "messages": _messages(limits), **common},
-                                         "model", "messages"),
-        "CompletionRequest": _object({"model": text_models, **common, "prompt": {
-            "anyOf": [prompt, {"type": "array", "items": prompt, "minItems": 1, "maxItems": 1}]}}, "model", "prompt"),
+        "ChatCompletionRequest": _generation({"model": text_models, "messages": _messages(limits), **common},
+                                             ["model", "messages"], formats, False),
+        "CompletionRequest": _generation({"model": text_models, **common, "prompt": prompts}, ["model", "prompt"],
+                                         formats, False, tools=False),
         "EmbeddingsRequest": _object({"model": embedding_models, "input": _texts(limits),
                                       "encoding_format": {"enum": ["float", "base64"], "default": "float"}},
                                      "model", "input"),
@@ -215,13 +337,28 @@ def _result_schemas() -> Schema:
     count = {"type": "integer", "minimum": 0}
     usage = _object({"prompt_tokens": count, "completion_tokens": count, "total_tokens": count},
                     "prompt_tokens", "completion_tokens", "total_tokens")
-    finish = {"enum": ["stop", "length", None]}
-    choice = {"index": count, "finish_reason": finish, "logprobs": {"type": "null"}}
-    message = _object({"role": {"const": "assistant"}, "content": _STRING}, "role", "content")
+    choice = {"index": count, "logprobs": {"type": "null"}}
     frame = {"id": _STRING, "created": _INTEGER, "model": _STRING}
     vector = {"type": "array", "items": {"type": "number"}}
+    workers_ai_call = _object({"name": _STRING, "arguments": {"type": "object"}}, "name", "arguments")
+    openai_call = _object({"id": _STRING, "type": {"const": "function"}, "function": _object(
+        {"name": _STRING, "arguments": {"type": "string", "description": "JSON text, as the model wrote it"}},
+        "name", "arguments")}, "id", "type", "function")
+    calls = {"type": "array", "items": openai_call, "minItems": 1}
+    message = {**_object({"role": {"const": "assistant"}, "content": {"type": ["string", "null"]}, "tool_calls": calls},
+                         "role", "content"),
+               "if": {"properties": {"content": {"type": "null"}}}, "then": {"required": ["tool_calls"]}}
+    chat_choice = {**_object({**choice, "finish_reason": {"enum": ["stop", "length", "tool_calls", None]},
+                              "message": message}, "index", "finish_reason", "message"),  # calls <=> "tool_calls"
+                   "if": {"properties": {"message": {"required": ["tool_calls"]}}},
+                   "then": {"properties": {"finish_reason": {"const": "tool_calls"}}},
+                   "else": {"properties": {"finish_reason": {"enum": ["stop", "length", None]}}}}
     return {
-        "TextGenerationResult": _object({"response": _STRING, "usage": usage}, "response", "usage"),
+        "TextGenerationResult": _object({"response": {"type": _JSON_TYPES, "description": "The text; in JSON mode "
+                                                      "the JSON value (an object for json_object)"},
+                                         "tool_calls": {"type": "array", "items": workers_ai_call, "minItems": 1,
+                                                        "description": "The calls the model made, if any"},
+                                         "usage": usage}, "response", "usage"),
         "ResponsesResult": _object({"id": _STRING, "object": {"const": "response"}, "model": _STRING,
                                     "status": {"enum": ["completed", "incomplete"]}, "output": {"type": "array"},
                                     "usage": {"type": "object"}}, "id", "object", "status", "output", "usage"),
@@ -229,10 +366,10 @@ def _result_schemas() -> Schema:
                                      "data": {"type": "array", "items": vector},
                                      "pooling": {"enum": ["mean", "cls"]}}, "shape", "data", "pooling"),
         "ChatCompletion": _object({**frame, "object": {"const": "chat.completion"}, "usage": usage, "choices": {
-            "type": "array", "items": _object({**choice, "message": message}, "index", "finish_reason", "message")}},
-            "id", "object", "choices", "usage"),
+            "type": "array", "items": chat_choice}}, "id", "object", "choices", "usage"),
         "Completion": _object({**frame, "object": {"const": "text_completion"}, "usage": usage, "choices": {
-            "type": "array", "items": _object({**choice, "text": _STRING}, "index", "finish_reason", "text")}},
+            "type": "array", "items": _object({**choice, "finish_reason": {"enum": ["stop", "length", None]},
+                                               "text": _STRING}, "index", "finish_reason", "text")}},
             "id", "object", "choices", "usage"),
         "EmbeddingsList": _object({"object": {"const": "list"}, "model": _STRING, "usage": {"type": "object"},
                                    "data": {"type": "array", "items": _object(

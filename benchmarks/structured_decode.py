@@ -89,10 +89,19 @@ CHECK_SCHEMA = {
 }
 
 
-def throughput_schema(min_items: int) -> dict[str, Any]:
+NAME_SCHEMAS = {
+    # Any string: a random-weight model then picks arbitrary tokens (odd bytes, partial UTF-8) inside
+    # it, every one a fresh lexer state for the grammar engine: the worst case for the mask's host time.
+    "any": {"type": "string", "maxLength": 12},
+    # Lower-case words, as a field with a pattern or an enum-like vocabulary keeps them.
+    "lowercase": {"type": "string", "pattern": "^[a-z]{1,12}$"},
+}
+
+
+def throughput_schema(min_items: int, names: str = "any") -> dict[str, Any]:
     item = {"type": "object",
             "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 999},
-                           "name": {"type": "string", "maxLength": 12}},
+                           "name": NAME_SCHEMAS[names]},
             "required": ["id", "name"], "additionalProperties": False}
     return {"type": "object", "properties": {"items": {"type": "array", "items": item, "minItems": min_items}},
             "required": ["items"], "additionalProperties": False}
@@ -228,11 +237,11 @@ def verify_constrained(outputs: list[Any], new_tokens: int, compiler: GrammarCom
 
 
 def measure(llm: LLM, batch: int, prompt_len: int, new_tokens: int, repeats: int, max_token_bytes: int,
-            compiler: GrammarCompiler, low_id: int, high_id: int) -> dict[str, Any]:
+            compiler: GrammarCompiler, low_id: int, high_id: int, names: str = "any") -> dict[str, Any]:
     generator = torch.Generator().manual_seed(batch)
     prompts = [torch.randint(low_id, high_id, (prompt_len,), generator=generator).tolist() for _ in range(batch)]
     min_items = math.ceil(new_tokens * max_token_bytes / MIN_ITEM_BYTES) + 1
-    structured = StructuredOutput.json_schema(throughput_schema(min_items))
+    structured = StructuredOutput.json_schema(throughput_schema(min_items, names))
     free = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
     free_first = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
     constrained = SamplingParams(temperature=0.0, max_tokens=new_tokens, structured=structured)
@@ -282,6 +291,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tiny", action="store_true", help="a tiny float32 Llama on CPU, few tokens")
+    parser.add_argument("--names", choices=sorted(NAME_SCHEMAS), default="any",
+                        help="the schema's name strings: any text (worst case), or lower-case words")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -314,7 +325,8 @@ def main() -> None:
         eos_ids = {*config["eos_token_id"], llm.tokenizer.eos_token_id}  # what the engine stops on
         compiler = GrammarCompiler(llm.tokenizer, config["vocab_size"], eos_ids)
         for batch in batches:
-            row = measure(llm, batch, prompt_len, new_tokens, args.repeats, max_token_bytes, compiler, low_id, high_id)
+            row = measure(llm, batch, prompt_len, new_tokens, args.repeats, max_token_bytes, compiler, low_id, high_id,
+                          args.names)
             row["target_ratio"] = targets.get(batch)
             row["meets_target"] = row["ratio"] >= targets[batch] if batch in targets else None
             results.append(row)
@@ -338,7 +350,7 @@ def main() -> None:
                    "new_tokens": new_tokens, "repeats": args.repeats, "best_of_repeats": True,
                    "vocab_size": config["vocab_size"], "max_token_bytes": max_token_bytes,
                    "cuda_graphs": not options.get("enforce_eager", False),
-                   "schema": throughput_schema(0) | {"note": "minItems per batch row: ceil(N * max_token_bytes / 19) + 1"},
+                   "schema": throughput_schema(0, args.names) | {"note": "minItems per batch row: ceil(N * max_token_bytes / 19) + 1"},
                    "hidden_fraction": "1 - (constrained step ms - free step ms) / host mask ms per step, clamped to [0, 1]"},
         "check": {"schema": CHECK_SCHEMA, "outputs": texts},
         "results": results,

@@ -42,8 +42,11 @@ def bitmask_words(vocab_size: int) -> int:
 
 
 def allocate_bitmask(num_rows: int, vocab_size: int) -> torch.Tensor:
-    """A host bitmask with every token allowed (-1 is all 32 bits set)."""
-    return torch.full((num_rows, bitmask_words(vocab_size)), -1, dtype=torch.int32)
+    """A host bitmask with every token allowed (-1 is all 32 bits set).
+
+    Filled by numpy: ``torch.full`` on the host goes through torch's intra-op thread pool, which
+    llguidance's own threads leave starved (milliseconds for a batch's mask, measured)."""
+    return torch.from_numpy(np.full((num_rows, bitmask_words(vocab_size)), -1, dtype=np.int32))
 
 
 class GrammarMatcher:

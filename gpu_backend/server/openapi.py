@@ -12,7 +12,8 @@ stream on Workers AI, ``tool_choice`` needs ``tools``, a forced call or JSON mod
 token) a generation body is an ``anyOf`` of whole bodies, one per way they combine. Rules JSON
 Schema cannot state are narrowed: the schemas of ``response_format`` and of tool ``parameters``
 are a subset of JSON Schema that the grammar engine always compiles, and ``tool_choice``'s form
-naming a function, which must name one of ``tools``, is described in words only.
+naming a function, which must name one of ``tools``, is described in words only. One such rule is
+stated in words alone: tools' names must differ (``uniqueItems`` catches only identical tools).
 """
 
 from __future__ import annotations
@@ -222,11 +223,13 @@ def _generation(fields: Schema, required: list[str], formats: tuple[Schema, Sche
 
 def _mode(union: Schema, required: list[str], response_format: Schema, json_mode: bool, choices: list[str] | None,
           workers_ai: bool) -> Schema:
+    """One whole body: ``choices`` are the ``tool_choice`` values it takes (None: no ``tool_choice``, which
+    then must be absent, as fields that are not listed are otherwise allowed)."""
     properties = {**union, "response_format": response_format}
     names, absent = [*required, *(["response_format"] if json_mode else [])], []
     if choices is None:
         absent.append("tool_choice")
-    elif "tools" in union:
+    else:
         properties["tools"] = {**union["tools"], "minItems": 1}
         properties["tool_choice"] = {"enum": choices}
         names.append("tools")

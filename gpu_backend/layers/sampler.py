@@ -121,9 +121,11 @@ def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     OpenAI-style frequency and presence penalties over the generated tokens only."""
     assert batch.output_counts is not None and batch.prompt_mask is not None
     counts = batch.output_counts
-    seen = batch.prompt_mask | (counts > 0)
+    # A masked (-inf) logit stays masked: times a penalty that float32 rounds to 0 it would be NaN.
+    seen = (batch.prompt_mask | (counts > 0)) & torch.isfinite(logits)
     penalty = batch.repetition_penalties[:, None]  # type: ignore[index]
     logits = torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+    logits = logits.clamp(max=torch.finfo(logits.dtype).max)  # a huge boost must not reach +inf (softmax NaN)
     logits = logits - batch.frequency_penalties[:, None] * counts  # type: ignore[index]
     return logits - batch.presence_penalties[:, None] * (counts > 0)  # type: ignore[index]
 

@@ -180,7 +180,7 @@ def _sampling() -> Schema:
         "seed": {"type": "integer", "minimum": 1, "maximum": MAX_SEED},
         # 0 is no penalty; a penalty below ~1e-38 is 0 in the sampler's float32, where it turns a masked
         # logit into NaN (-inf * 0) and a grammar's answer breaks: this document promises 1e-30 and up
-        "repetition_penalty": {"anyOf": [{"const": 0}, _number(1e-30, 2)]},
+        "repetition_penalty": _number(0, 2),
         "frequency_penalty": _number(-2, 2), "presence_penalty": _number(-2, 2),
         "stream": _BOOLEAN, "raw": _BOOLEAN, "ignore_eos": _BOOLEAN,
     }

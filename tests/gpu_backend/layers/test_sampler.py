@@ -228,3 +228,20 @@ def test_the_bitmask_comes_before_penalties_and_filters() -> None:
     filtered = batch(1, temperature=1.0, top_ks=torch.tensor([1]))
     filtered.token_bitmask = bitmask_of([[2, 3]], 4)
     assert Sampler()(logits, filtered).token_ids.tolist() == [2]
+
+
+def test_a_masked_token_stays_masked_under_a_penalty_float32_rounds_to_zero() -> None:
+    """repetition_penalty 1e-89 is a valid float64 but 0.0 in float32: -inf * 0 must not become NaN."""
+    from gpu_backend.layers.sampler import SamplingBatch, apply_penalties
+
+    logits = torch.tensor([[float("-inf"), 1.0, -2.0, float("-inf")]])
+    logits[0, 2] = 3.0  # seen in the prompt: 3 / 0 would be +inf
+    batch = SamplingBatch(temperatures=None, top_ks=None, top_ps=None, min_ps=None, generators=[None], all_greedy=True,
+                          repetition_penalties=torch.tensor([1e-89], dtype=torch.float32),
+                          frequency_penalties=torch.zeros(1), presence_penalties=torch.zeros(1),
+                          prompt_mask=torch.tensor([[True, False, True, True]]),
+                          output_counts=torch.zeros(1, 4, dtype=torch.int32))
+    penalized = apply_penalties(logits, batch)
+    assert not torch.isnan(penalized).any() and not torch.isposinf(penalized).any()
+    assert penalized[0, 0] == float("-inf") and penalized[0, 3] == float("-inf")
+    assert not torch.isnan(torch.softmax(penalized, dim=-1)).any()

@@ -19,6 +19,7 @@ import json
 import random
 import re
 import string
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
@@ -41,7 +42,7 @@ class ChatTokenizer(Protocol):
     def token_to_id(self, token: str) -> int | None: ...
 
 
-class ToolParser:
+class ToolParser(ABC):
     """Finds the calls in an answer (``parse``) and writes the grammar of a forced call (``constraint``)."""
 
     name: ClassVar[str]
@@ -51,16 +52,17 @@ class ToolParser:
     next_call: ClassVar[re.Pattern[str]]
     calls_lead: ClassVar[bool] = True  # calls only open the answer (no text before them)
 
+    @abstractmethod
     def parse(self, text: str, tools: Sequence[Tool]) -> tuple[str, list[ToolCall]]:
         """The answer's text without its calls, and the calls; ``(text, [])`` when it holds none."""
-        raise NotImplementedError
 
+    @abstractmethod
     def content_end(self, text: str) -> int:
         """How much of an unfinished answer is surely text (no call can start in it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def constraint(self, tools: Sequence[Tool], parallel: bool) -> StructuredOutput:
-        raise NotImplementedError
+        """The grammar of a forced call (several with ``parallel``) in this format."""
 
     def call_schema(self, tools: Sequence[Tool]) -> dict[str, Any]:
         """The JSON schema of one call ``{"name": <a tool>, <arguments_key>: <its parameters>}``."""

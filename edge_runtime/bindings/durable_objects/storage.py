@@ -18,14 +18,25 @@ import datetime
 import inspect
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .sql import (SQL_NOT_ENABLED, ObjectDatabase, Savepoint, SqlError, SqlStorage, StorageLimits,
-                     StorageRangeError, decode_value, encode_value, stored_bytes)
 from ..sqlite_pool import prefix_end
+from .sql import (
+    SQL_NOT_ENABLED,
+    ObjectDatabase,
+    Savepoint,
+    SqlError,
+    SqlStorage,
+    StorageLimits,
+    StorageRangeError,
+    decode_value,
+    encode_value,
+    stored_bytes,
+)
 
 SCHEMA = ("CREATE TABLE IF NOT EXISTS _cf_KV (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
           "CREATE TABLE IF NOT EXISTS _cf_METADATA (key INTEGER PRIMARY KEY, value)")
@@ -77,13 +88,14 @@ def _alarm_ms(scheduled_time: Any) -> int:
 
 # --- the async API, shared by ctx.storage and a transaction's txn --------------------------------------
 
-class _StorageOperations:
+class _StorageOperations(ABC):
     """``get``, ``put``, ``delete``, ``list`` and the alarm calls, in Cloudflare's call shapes."""
 
     _core: DurableObjectStorage
 
+    @abstractmethod
     async def _run(self, operation: Callable[[], T]) -> T:
-        raise NotImplementedError
+        """Run one storage operation: at once on the object's database, or inside the open transaction."""
 
     async def get(self, keys: str | list[str], options: Any = None, /, **keywords: Any) -> Any:
         """One key's value (None when missing), or for a list of keys a dict of those found, in key order."""

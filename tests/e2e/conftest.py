@@ -201,3 +201,17 @@ def browser() -> Iterator[Browser]:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=BROWSER_WAIT_MS)
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="module")
+def serve() -> Iterator[Callable[..., DevServer]]:
+    """`serve(project, *dev_args)`: an `edgewise dev` kept for the module, killed at its end."""
+    servers: list[DevServer] = []
+
+    def start(project: Path, *extra: str) -> DevServer:
+        servers.append(DevServer(project, *extra))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop(signal.SIGKILL)

@@ -16,8 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
-from dev_process import (STARTUP_TIMEOUT_S, DevServer, Process, edgewise_command, free_port,  # noqa: F401
-                         free_port_pair, is_listening)
+from dev_process import (  # noqa: F401
+    STARTUP_TIMEOUT_S,
+    DevServer,
+    Process,
+    edgewise_command,
+    free_port,
+    free_port_pair,
+    is_listening,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

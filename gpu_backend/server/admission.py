@@ -5,6 +5,9 @@ A model admits what its engine runs at once (``max_num_seqs``; one batch for an 
 (429 + ``Retry-After``, Workers AI's 3040) before it costs anything, instead of queueing without
 bound. A slot is only ever held through ``Admission.slot``, a context manager, so no path
 (an exception, a client that leaves, a cancelled task) can keep one.
+
+A request sent with Workers AI's ``rejectIfBusy`` never queues: ``slot(model, reject_if_busy=True)``
+refuses it at once (429, 3040) when every running slot is taken, even though the queue has room.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from contextlib import contextmanager
 from .errors import OverloadedError
 
 RETRY_AFTER_S = 1
+BUSY_MESSAGE = "Capacity temporarily exceeded, please try again."  # Workers AI's words for rejectIfBusy
 
 
 class Admission:
@@ -29,9 +33,21 @@ class Admission:
     def limit(self, model: str) -> int:
         return self._capacity(model) + self.max_queue
 
+    def has_free_slot(self, model: str) -> bool:
+        """Whether a request admitted now would run at once rather than wait in the queue."""
+        return self._in_flight[model] < self._capacity(model)
+
+    def refuse_if_busy(self, model: str) -> None:
+        """``rejectIfBusy``: raises OverloadedError (Workers AI's 3040) when the request would have to queue."""
+        if not self.has_free_slot(model):
+            raise OverloadedError(BUSY_MESSAGE, retry_after_s=RETRY_AFTER_S)
+
     @contextmanager
-    def slot(self, model: str) -> Iterator[None]:
-        """Hold one of ``model``'s slots for the block; raises OverloadedError when none is left."""
+    def slot(self, model: str, reject_if_busy: bool = False) -> Iterator[None]:
+        """Hold one of ``model``'s slots for the block; raises OverloadedError when none is left, or, with
+        ``reject_if_busy``, when the request would have to queue."""
+        if reject_if_busy:
+            self.refuse_if_busy(model)
         limit = self.limit(model)
         if self._in_flight[model] >= limit:
             raise OverloadedError(f"AiError: {model} is overloaded: {limit} requests are already running or "

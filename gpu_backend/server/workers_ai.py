@@ -21,6 +21,7 @@ from .body import read_json
 from .catalog import search
 from ..engine.embedder import EmbeddingResult
 from .client import EngineClient
+from .errors import BadInputError
 from .generation import Completion, Generation, unless_disconnected
 from .request_scope import resources
 from .schemas import SESSION_HEADER, EmbeddingsInput, TextGenerationInput, parse_embeddings, parse_text_generation
@@ -54,9 +55,12 @@ async def run_model(request: Request) -> Response | EventStream:
     model = served_model(request, requested)
     info = service.client.model_info(model)
     body = await read_json(request, service.limits)
+    busy_refused = reject_if_busy(body)
     if info.task == "text-embeddings":
-        return JSONResponse(envelope(await embeddings_result(request, model, body)))
+        return JSONResponse(envelope(await embeddings_result(request, model, body, busy_refused)))
     inputs = parse_text_generation(body, requested, request.headers.get(SESSION_HEADER), service.limits)
+    if busy_refused:  # no await from here until Generation holds its slot: nothing can take the free one
+        service.admission.refuse_if_busy(model)
     generation = await resources(request).enter_async_context(Generation(service, model, inputs))
     if inputs.stream:
         trace = TRACE_HEADER in request.headers
@@ -65,20 +69,34 @@ async def run_model(request: Request) -> Response | EventStream:
     return JSONResponse(envelope(text_result(requested, inputs, completion, generation.tool_parser)))
 
 
-async def embeddings_result(request: Request, model: str, body: Any) -> dict[str, Any]:
+async def embeddings_result(request: Request, model: str, body: Any, busy_refused: bool = False) -> dict[str, Any]:
     inputs = parse_embeddings(body, request.app.state.service.limits)
-    result = await embed(request, model, inputs)
+    result = await embed(request, model, inputs, busy_refused)
     dimensions = len(result.vectors[0])
     return {"shape": [len(result.vectors), dimensions], "data": result.vectors, "pooling": inputs.pooling}
 
 
-async def embed(request: Request, model: str, inputs: EmbeddingsInput) -> EmbeddingResult:
+async def embed(request: Request, model: str, inputs: EmbeddingsInput, busy_refused: bool = False) -> EmbeddingResult:
     """Embed under one of the model's admission slots; a client that leaves cancels the work."""
     service: Service = request.app.state.service
-    resources(request).enter_context(service.admission.slot(model))
+    resources(request).enter_context(service.admission.slot(model, reject_if_busy=busy_refused))
     result = await unless_disconnected(request, service.client.embed(model, inputs))
     service.metrics.prompt_tokens.labels(model).inc(result.num_tokens)
     return result
+
+
+def reject_if_busy(body: Any) -> bool:
+    """Workers AI's ``rejectIfBusy``, sent on REST in the body's ``options`` next to the inputs."""
+    options = body.get("options") if isinstance(body, dict) else None
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise BadInputError(f"'options' must be an object such as {{\"rejectIfBusy\": true}}, got "
+                            f"{type(options).__name__}", param="options")
+    value = options.get("rejectIfBusy", False)
+    if not isinstance(value, bool):
+        raise BadInputError(f"'options.rejectIfBusy' must be true or false, got {value!r}", param="options")
+    return value
 
 
 def text_result(model: str, inputs: TextGenerationInput, completion: Completion, parser: ToolParser) -> dict[str, Any]:

@@ -30,7 +30,9 @@ log = logging.getLogger("edgewise.ai")
 ACCOUNT_ID = "edgewise"  # the REST path needs an account; a local backend serves just one
 RUN_PATH = "/client/v4/accounts/{account}/ai/run/{model}"
 MODELS_PATH = "/client/v4/accounts/{account}/ai/models/search"
-_IGNORED_OPTIONS = ("gateway", "prefix", "signal", "rejectIfBusy", "sessionOptions")
+_IGNORED_OPTIONS = ("gateway", "prefix", "signal", "sessionOptions")
+# options the backend reads from the REST body's "options", as Cloudflare's REST API takes them
+_BODY_OPTIONS = ("rejectIfBusy",)
 # refused, unresolvable, TLS failed or timed out while connecting: the request never went out
 _UNREACHABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 SSE_TYPE = "text/event-stream"
@@ -75,8 +77,8 @@ class Ai:
     async def run(self, model: str, inputs: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> Any:
         """The model's output: a JsDict for JSON, a byte stream for `stream: True` (SSE) or binary output;
         with `returnRawResponse`, the backend's response as a `workers.Response`."""
-        model, body = _checked_call(model, inputs)
         extra_headers, raw = _read_options(options)
+        model, body = _checked_call(model, inputs, _body_options(options))
         path = RUN_PATH.format(account=ACCOUNT_ID, model=quote(model, safe="@/"))
         spec, upstream = await self._send("POST", path, data=body, headers=extra_headers)
         self._remember(upstream)
@@ -223,15 +225,20 @@ def _error_event(code: int, message: str) -> bytes:
 # ---- call arguments ---------------------------------------------------------------------
 
 
-def _checked_call(model: Any, inputs: Any) -> tuple[str, bytes]:
-    """The model name and the JSON body; what could not cross Cloudflare's RPC boundary fails here too."""
+def _checked_call(model: Any, inputs: Any, body_options: Mapping[str, Any]) -> tuple[str, bytes]:
+    """The model name and the JSON body (the inputs, with ``body_options`` under ``options``); what could not
+    cross Cloudflare's RPC boundary fails here too."""
     if not isinstance(model, str) or not model:
         raise TypeError(f'env.AI.run(model, inputs): model must be a name like "@cf/meta/llama-3.1-8b-instruct", '
                         f"got {model!r}")
     if not isinstance(inputs, Mapping):
         raise TypeError(f"env.AI.run(model, inputs): inputs must be a dict, got {type(inputs).__name__}")
     try:
-        return model, json.dumps(python_to_rpc(dict(inputs))).encode()
+        body = python_to_rpc(dict(inputs))
+        if body_options:
+            sent = body.get("options")
+            body["options"] = {**(sent if isinstance(sent, Mapping) else {}), **body_options}
+        return model, json.dumps(body).encode()
     except (TypeError, ValueError) as error:
         raise TypeError(f"env.AI.run: inputs must be JSON data: {error}") from None
 
@@ -254,6 +261,15 @@ def _read_options(options: Any) -> tuple[dict[str, str], bool]:
     # the backend's token is ours to send: a Worker cannot replace it
     headers = {str(k).lower(): str(v) for k, v in extra.items() if str(k).lower() != "authorization"}
     return headers, bool(options.get("returnRawResponse"))
+
+
+def _body_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run options the backend reads from the body; `rejectIfBusy` must be a bool, as Cloudflare's is."""
+    sent = {name: options[name] for name in _BODY_OPTIONS if options is not None and name in options}
+    for name, value in sent.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"env.AI.run options: {name} must be True or False, got {value!r}")
+    return sent
 
 
 def _query_value(value: Any) -> str:

@@ -37,7 +37,8 @@ _ERROR_STATUSES = {"400": "Bad input, or no such model; in Workers AI's JSON mod
                    "404": "No such model (OpenAI routes), or no route",
                    "405": "LoRA is not supported, or another method",
                    "408": "The request body did not arrive in time", "413": "The body or the prompt is too large",
-                   "429": "The model's queue is full: retry after Retry-After seconds",
+                   "429": "The model's queue is full, or with options.rejectIfBusy every running slot is "
+                          "taken (code 3040): retry after Retry-After seconds",
                    "500": "The engine failed", "503": "The model's instance is restarting"}
 
 
@@ -300,8 +301,13 @@ def _tool_schemas() -> Schema:
                      "anyOf": [_closed(fields, "name"), wrapped]}}
 
 
+_RUN_OPTIONS = {"options": _object({"rejectIfBusy": {
+    "type": "boolean", "default": False,
+    "description": "Answer 429 (code 3040, Retry-After) at once when no running slot is free, instead of queuing"}})}
+
+
 def _input_schemas(limits: InputLimits) -> Schema:
-    sampling, formats = _sampling(), _formats(workers_ai=True)
+    sampling, formats = {**_sampling(), **_RUN_OPTIONS}, _formats(workers_ai=True)
     part = _object({"type": {"enum": ["text", "input_text", "output_text"]}, "text": _STRING}, "type", "text")
     content = {"anyOf": [_STRING, {"type": "array", "items": part}]}
     responses_input = {"anyOf": [{"type": "string", "minLength": 1}, _messages(limits)]}
@@ -310,8 +316,8 @@ def _input_schemas(limits: InputLimits) -> Schema:
         "MessagesInput": _generation({"messages": _messages(limits), **sampling}, ["messages"], formats, True),
         "ResponsesInput": _generation({"instructions": _STRING, "input": responses_input, **sampling}, ["input"],
                                       formats, True),
-        "EmbeddingsInput": _object({"text": _texts(limits), "pooling": {"enum": ["mean", "cls"], "default": "mean"}},
-                                   "text"),
+        "EmbeddingsInput": _object({"text": _texts(limits), "pooling": {"enum": ["mean", "cls"], "default": "mean"},
+                                    **_RUN_OPTIONS}, "text"),
         "Message": _object({"role": {"type": "string", "minLength": 1, "examples": ["user", "assistant"],
                                      "description": "user or assistant; system (first) and others as the "
                                                     "model's chat template allows"},

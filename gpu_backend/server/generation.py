@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 from starlette.requests import Request
 from starlette.types import Receive
 
-from .text import TextDelta
+from .text import TextDelta, TokenLogprob
 from .schemas import TextGenerationInput
 from .tool_parsers import ToolParser, tool_parser, with_tool_constraint
 
@@ -32,6 +32,7 @@ T = TypeVar("T")
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens the prefix cache served
 
     @property
     def total_tokens(self) -> int:
@@ -41,12 +42,17 @@ class Usage:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "total_tokens": self.total_tokens}
 
+    def openai(self) -> dict[str, object]:
+        """OpenAI's usage object, with the prompt tokens the prefix cache served."""
+        return {**self.as_dict(), "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+
 
 @dataclass(frozen=True)
 class Completion:
     text: str
     finish_reason: str
     usage: Usage
+    logprobs: list[TokenLogprob] | None = None  # one per generated token, when the request asked
 
 
 class ClientGone(Exception):
@@ -105,8 +111,11 @@ class Generation:
             last = now
 
     async def complete(self) -> Completion:
-        texts = [delta.text async for delta in self.deltas()]
-        return Completion("".join(texts), self.finish_reason or "stop", self.usage)
+        deltas = [delta async for delta in self.deltas()]
+        logprobs = None
+        if self.request.sampling.logprobs is not None:
+            logprobs = [item for delta in deltas for item in delta.logprobs or ()]
+        return Completion("".join(delta.text for delta in deltas), self.finish_reason or "stop", self.usage, logprobs)
 
     async def _next(self) -> TextDelta:
         assert self._stream is not None
@@ -128,7 +137,8 @@ class Generation:
             self.service.metrics.generation_tokens.labels(self.model).inc(self.usage.completion_tokens)
 
     def _account(self, delta: TextDelta) -> None:
-        self.usage = Usage(delta.prompt_tokens, delta.completion_tokens)
+        cached = max(self.usage.cached_tokens, delta.num_cached_tokens)
+        self.usage = Usage(delta.prompt_tokens, delta.completion_tokens, cached)
         if delta.finish_reason is not None:
             self.finish_reason = delta.finish_reason
 

@@ -13,10 +13,11 @@ one delta with its id, type, name and empty arguments, then deltas with its argu
 from __future__ import annotations
 
 import base64
+import itertools
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,8 @@ from starlette.responses import JSONResponse, Response
 from .body import read_json
 from .errors import BadInputError
 from .generation import Completion, Generation, unless_disconnected
-from .text import TextDelta
+from ..engine.sampling_params import MAX_LOGPROBS
+from .text import TextDelta, TokenLogprob
 from .request_scope import resources
 from .schemas import SESSION_HEADER, parse_embeddings, parse_stop, parse_text_generation
 from .streaming import DONE, EventStream, error_payload, sse, tool_call_stream
@@ -39,8 +41,9 @@ if TYPE_CHECKING:
 
 OPENAI_DEFAULT_TEMPERATURE = 1.0
 _PASSED_THROUGH = ("temperature", "top_p", "top_k", "seed", "frequency_penalty", "presence_penalty",
-                   "repetition_penalty", "stream", "raw", "response_format", "functions", "ignore_eos")
-_CHAT_ONLY = ("tools", "tool_choice", "parallel_tool_calls")
+                   "repetition_penalty", "stream", "raw", "response_format", "functions", "ignore_eos", "max_tokens",
+                   "max_completion_tokens", "n", "logit_bias", "reasoning_effort")
+_CHAT_ONLY = ("tools", "tool_choice", "parallel_tool_calls", "logprobs", "top_logprobs")
 
 
 async def chat_completions(request: Request) -> Response | EventStream:
@@ -107,14 +110,15 @@ class _Chunk:
 
     def whole(self, completion: Completion, content: str, calls: list[ToolCall]) -> dict[str, Any]:
         finish_reason = "tool_calls" if calls else _finish(completion.finish_reason)
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason, "logprobs": None}
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason,
+                                  "logprobs": self.logprobs(completion.logprobs)}
         if self.chat:
             choice["message"] = {"role": "assistant", "content": content or (None if calls else content)}
             if calls:
                 choice["message"]["tool_calls"] = [call.openai() for call in calls]
         else:
             choice["text"] = content
-        return self._frame(self.object, [choice], usage=completion.usage.as_dict())
+        return self._frame(self.object, [choice], usage=completion.usage.openai())
 
     def tool_call(self, call: CallDelta) -> dict[str, Any]:
         """A call's chunk, as OpenAI streams them: its id, type and name first, then pieces of its arguments."""
@@ -124,8 +128,10 @@ class _Chunk:
         return self._frame(self._chunk_object, [{"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None,
                                                  "logprobs": None}])
 
-    def piece(self, text: str | None, finish_reason: str | None, first: bool = False) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(finish_reason), "logprobs": None}
+    def piece(self, text: str | None, finish_reason: str | None, first: bool = False,
+              logprobs: Sequence[TokenLogprob] | None = None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(finish_reason),
+                                  "logprobs": self.logprobs(logprobs)}
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if text is not None:
@@ -135,8 +141,20 @@ class _Chunk:
             choice["text"] = text or ""
         return self._frame(self._chunk_object, [choice])
 
-    def usage(self, usage: dict[str, int]) -> dict[str, Any]:
+    def usage(self, usage: dict[str, Any]) -> dict[str, Any]:
         return self._frame(self._chunk_object, [], usage=usage)
+
+    def logprobs(self, logprobs: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+        """Chat's ``{content: [{token, logprob, bytes, top_logprobs}]}``, or completions' legacy lists."""
+        if logprobs is None:
+            return None
+        if self.chat:
+            return {"content": [{**_token(item.token, item.logprob),
+                                 "top_logprobs": [_token(token, logprob) for token, logprob in item.top]}
+                                for item in logprobs], "refusal": None}
+        offsets = list(itertools.accumulate((len(item.token) for item in logprobs), initial=0))[:-1]
+        return {"tokens": [item.token for item in logprobs], "token_logprobs": [item.logprob for item in logprobs],
+                "top_logprobs": [dict(item.top) for item in logprobs], "text_offset": offsets}
 
     @property
     def _chunk_object(self) -> str:
@@ -156,10 +174,12 @@ async def _events(generation: Generation, chunk: _Chunk, include_usage: bool) ->
         async for delta in deltas:
             if isinstance(delta, bytes):
                 yield delta
-            elif delta.text or delta.finish_reason is not None:
-                yield sse(chunk.piece(delta.text if delta.text or not chunk.chat else None, delta.finish_reason))
+            elif delta.text or delta.finish_reason is not None or delta.logprobs:
+                yield sse(chunk.piece(delta.text if delta.text or not chunk.chat else None, delta.finish_reason,
+                                      logprobs=delta.logprobs if generation.request.sampling.logprobs is not None
+                                      else None))
         if include_usage:
-            yield sse(chunk.usage(generation.usage.as_dict()))
+            yield sse(chunk.usage(generation.usage.openai()))
     except Exception as error:  # the stream has begun: the error can only travel as an event
         payload = error_payload(error)["error"]
         yield sse({"error": {"message": payload["message"], "type": "server_error", "param": None,
@@ -186,23 +206,28 @@ async def _with_calls(generation: Generation, calls: ToolCallStream, chunk: _Chu
 
 
 def _workers_ai_inputs(body: dict[str, Any], chat: bool) -> dict[str, Any]:
-    if body.get("n", 1) != 1:
-        raise BadInputError("'n' must be 1: one choice per request", param="n")
-    if body.get("logprobs") or body.get("top_logprobs") or body.get("echo"):
-        raise BadInputError("'logprobs', 'top_logprobs' and 'echo' are not supported yet; remove them",
-                            param="logprobs")
+    if body.get("echo"):
+        raise BadInputError("'echo' is not supported: remove it (the answer holds the new text only)", param="echo")
     inputs = {key: body[key] for key in _PASSED_THROUGH if key in body}
     inputs.setdefault("temperature", OPENAI_DEFAULT_TEMPERATURE)
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None:
-        inputs["max_tokens"] = max_tokens
     if chat:
         inputs["messages"] = body.get("messages")
         inputs.update({key: body[key] for key in _CHAT_ONLY if key in body})
     else:
         inputs["prompt"] = _prompt(body.get("prompt"))
         inputs["raw"] = True  # a completion continues the text as given
+        inputs.update(_legacy_logprobs(body.get("logprobs")))
     return inputs
+
+
+def _legacy_logprobs(logprobs: Any) -> dict[str, Any]:
+    """Completions' ``logprobs: N`` (the N most likely tokens at each step) as the chat spelling."""
+    if logprobs is None:
+        return {}
+    if isinstance(logprobs, bool) or not isinstance(logprobs, int) or not 0 <= logprobs <= MAX_LOGPROBS:
+        raise BadInputError(f"'logprobs' must be an integer between 0 and {MAX_LOGPROBS} on /v1/completions, got "
+                            f"{logprobs!r}", param="logprobs")
+    return {"logprobs": True, "top_logprobs": logprobs}
 
 
 def _prompt(prompt: Any) -> Any:
@@ -242,6 +267,10 @@ def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadInputError(f"the body must be a JSON object, got {type(body).__name__}")
     return body
+
+
+def _token(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
 
 def _finish(reason: str | None) -> str | None:

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..engine.sampling_params import SamplingParams
+from ..engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from ..engine.structured_output import StructuredOutput
 from .errors import BadInputError, LoraUnsupportedError
 from .limits import DEFAULT_LIMITS, InputLimits
@@ -25,6 +25,8 @@ from .tools import Tool, ToolChoice, message_tool_calls, parse_tool_choice, pars
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_TEMPERATURE = 0.6
 MAX_SEED = 9_999_999_999
+MAX_CHOICES = 128  # Workers AI's documented bound for n; this backend answers one
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")  # accepted; no served model has a reasoning mode
 UNSUPPORTED = {
     "functions": "embedded function calling (functions) is not supported by this backend yet",
     "image": "image inputs are not supported by this backend's models",
@@ -236,7 +238,10 @@ def _responses_messages(inputs: dict[str, Any], limits: InputLimits) -> list[Mes
 
 
 def _sampling(inputs: dict[str, Any]) -> SamplingParams:
-    max_tokens = _int(inputs, "max_tokens", DEFAULT_MAX_TOKENS, 1, None)
+    _check_one_choice(inputs)
+    _check_reasoning_effort(inputs)
+    _check_logit_bias(inputs)
+    max_tokens = _max_tokens(inputs)
     seed = _int(inputs, "seed", None, 1, MAX_SEED)
     top_k = _int(inputs, "top_k", None, 1, 50)
     temperature = _number(inputs, "temperature", DEFAULT_TEMPERATURE, 0.0, 5.0)
@@ -256,7 +261,52 @@ def _sampling(inputs: dict[str, Any]) -> SamplingParams:
         presence_penalty=_number(inputs, "presence_penalty", 0.0, -2.0, 2.0),
         max_tokens=max_tokens,
         ignore_eos=_bool(inputs, "ignore_eos", False),  # the official SDK sends it; benchmarks need it
+        logprobs=_logprobs(inputs),
     )
+
+
+def _max_tokens(inputs: dict[str, Any]) -> int:
+    """``max_tokens``, or OpenAI's newer name for it, ``max_completion_tokens``; two different values are a 400."""
+    max_tokens = _int(inputs, "max_tokens", None, 1, None)
+    max_completion_tokens = _int(inputs, "max_completion_tokens", None, 1, None)
+    if None not in (max_tokens, max_completion_tokens) and max_tokens != max_completion_tokens:
+        raise BadInputError(f"'max_tokens' ({max_tokens}) and 'max_completion_tokens' ({max_completion_tokens}) "
+                            f"disagree: send one of them", param="max_completion_tokens")
+    return max_completion_tokens or max_tokens or DEFAULT_MAX_TOKENS
+
+
+def _logprobs(inputs: dict[str, Any]) -> int | None:
+    """How many most likely tokens to report with each generated token's logprob (None: no logprobs)."""
+    top_logprobs = _int(inputs, "top_logprobs", None, 0, MAX_LOGPROBS)
+    if not _bool(inputs, "logprobs", False):
+        if top_logprobs is not None:
+            raise BadInputError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+        return None
+    return top_logprobs or 0
+
+
+def _check_one_choice(inputs: dict[str, Any]) -> None:
+    num_choices = _int(inputs, "n", 1, 1, MAX_CHOICES)
+    if num_choices != 1:
+        raise BadInputError(f"'n' must be 1 (or left out): this backend answers one choice per request, and 'n' is "
+                            f"{num_choices}; send {num_choices} requests for {num_choices} answers", param="n")
+
+
+def _check_reasoning_effort(inputs: dict[str, Any]) -> None:
+    effort = inputs.get("reasoning_effort")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        raise BadInputError(f"'reasoning_effort' must be one of {', '.join(REASONING_EFFORTS)}, got {effort!r}",
+                            param="reasoning_effort")
+
+
+def _check_logit_bias(inputs: dict[str, Any]) -> None:
+    bias = inputs.get("logit_bias")
+    if bias is None or bias == {}:
+        return
+    if not isinstance(bias, dict):
+        raise BadInputError(f"'logit_bias' must be an object mapping token ids to biases, got {bias!r}",
+                            param="logit_bias")
+    raise BadInputError("'logit_bias' is not supported by this backend's sampler yet: remove it", param="logit_bias")
 
 
 def _bool(inputs: dict[str, Any], name: str, default: bool) -> bool:

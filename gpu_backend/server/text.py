@@ -14,11 +14,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..detokenizer import RequestText, TextUpdate
 from ..engine.contract import Engine
-from ..engine.outputs import EngineOutput
+from ..engine.outputs import EngineOutput, Logprob
 from ..engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from ..tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's logprob with its text, and the most likely tokens of that step, most likely first."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,8 @@ class TextDelta:
     prompt_tokens: int
     completion_tokens: int  # so far
     finish_reason: str | None = None  # "stop", "length" or "abort"
+    logprobs: tuple[TokenLogprob, ...] | None = None  # one per token of token_ids, when the request asked
+    num_cached_tokens: int = 0  # prompt tokens the prefix cache served
 
 
 async def stream_text(engine: Engine, prompt_ids: list[int], params: SamplingParams, request_id: str,
@@ -39,7 +54,7 @@ async def stream_text(engine: Engine, prompt_ids: list[int], params: SamplingPar
                        include_stop_str_in_output=params.include_stop_str_in_output)
     async with aclosing(engine.generate(prompt_ids, params, request_id, session)) as outputs:
         async for output in outputs:
-            delta = text_delta(output, text.add(output.new_token_ids, finished=output.finished))
+            delta = text_delta(output, text.add(output.new_token_ids, finished=output.finished), engine.tokenizer)
             if delta.finish_reason is not None and not output.finished:
                 await outputs.aclose()  # a stop string: the request ends on every instance now
             yield delta
@@ -47,9 +62,24 @@ async def stream_text(engine: Engine, prompt_ids: list[int], params: SamplingPar
                 return
 
 
-def text_delta(output: EngineOutput, update: TextUpdate) -> TextDelta:
-    """The client's view of an output: its ids and counts cut where a stop string ended the text."""
+def text_delta(output: EngineOutput, update: TextUpdate, tokenizer: Tokenizer | None = None) -> TextDelta:
+    """The client's view of an output: its ids, logprobs and counts cut where a stop string ended the text."""
     dropped = len(output.new_token_ids) - update.num_tokens  # sampled after the stop
+    logprobs = None
+    if output.new_logprobs is not None:
+        logprobs = tuple(token_logprob(item, tokenizer) for item in output.new_logprobs[:update.num_tokens])
     return TextDelta(update.text, list(output.new_token_ids[:update.num_tokens]), output.num_prompt_tokens,
                      output.num_completion_tokens - dropped,
-                     update.finish_reason(output.finish_reason, len(output.new_token_ids)))
+                     update.finish_reason(output.finish_reason, len(output.new_token_ids)), logprobs,
+                     output.num_cached_tokens)
+
+
+def token_logprob(item: Logprob, tokenizer: Tokenizer | None) -> TokenLogprob:
+    top = sorted(item.top.items(), key=lambda pair: -pair[1])
+    return TokenLogprob(_token_text(item.token_id, tokenizer), item.logprob,
+                        tuple((_token_text(token_id, tokenizer), logprob) for token_id, logprob in top))
+
+
+def _token_text(token_id: int, tokenizer: Tokenizer | None) -> str:
+    # one token alone: a piece of a multi-byte character decodes to U+FFFD, as OpenAI's token strings do
+    return "" if tokenizer is None else tokenizer.decode([token_id], skip_special_tokens=False)

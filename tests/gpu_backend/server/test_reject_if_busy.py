@@ -1,6 +1,7 @@
 """Workers AI's ``rejectIfBusy`` on the REST run route: with every running slot of the model taken, a
 request that sets it is refused at once (429, code 3040, ``Retry-After``) while a plain one queues and
-is answered; either way no slot or KV block is left behind.
+is answered; either way no slot or KV block is left behind. An embedder busy with its one batch refuses
+it too.
 
 The slots are filled with real generations of the built-in tiny model that are held after their
 first token until the test lets them go, so "every slot is taken" does not depend on how fast the
@@ -18,13 +19,14 @@ from typing import Any
 import httpx
 import pytest
 
-from backend_fixtures import TOKEN, serving
+from backend_fixtures import EMBEDDINGS, MINILM, TOKEN, serving
 from gpu_backend.builtin_models import builtin_model_path
 from gpu_backend.server.admission import BUSY_MESSAGE, RETRY_AFTER_S, Admission
 from gpu_backend.server.api import create_app
+from gpu_backend.engine.embedder import EmbeddingResult
 from gpu_backend.server.client import LocalEngines, TextDelta
 from gpu_backend.server.errors import OverloadedError
-from gpu_backend.server.schemas import TextGenerationInput
+from gpu_backend.server.schemas import EmbeddingsInput, TextGenerationInput
 
 TINY = "@cf/edgewise/tiny-shakespeare"
 MAX_NUM_SEQS = 2
@@ -56,11 +58,16 @@ class HeldEngines:
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
+    async def embed(self, model: str, request: EmbeddingsInput) -> EmbeddingResult:
+        if request.texts[0] == HOLD:
+            await asyncio.to_thread(self.release.wait, HOLD_LIMIT_S)
+        return await self.engines.embed(model, request)
+
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[tuple[str, HeldEngines, Admission]]:
-    engines = LocalEngines({TINY: builtin_model_path(TINY)}, device="cpu", dtype="float32", num_kv_blocks=64,
-                           max_num_seqs=MAX_NUM_SEQS)
+    models = {TINY: builtin_model_path(TINY), EMBEDDINGS: builtin_model_path(MINILM)}
+    engines = LocalEngines(models, device="cpu", dtype="float32", num_kv_blocks=64, max_num_seqs=MAX_NUM_SEQS)
     held = HeldEngines(engines)
     try:
         app = create_app(held, TOKEN, max_queue=4)  # type: ignore[arg-type]
@@ -139,6 +146,21 @@ async def test_bad_options_are_400_naming_the_field(backend, options: Any, named
     assert reply.status_code == 400
     assert named in reply.json()["errors"][0]["message"]
     await _wait_idle(held.engines, admission)
+
+
+async def test_a_busy_embedder_refuses_reject_if_busy(backend) -> None:
+    url, held, admission = backend
+    embed_url = url.replace(TINY, EMBEDDINGS)
+    held.release.clear()
+    async with _client() as client:
+        holder = asyncio.ensure_future(client.post(embed_url, json={"text": [HOLD]}))
+        await _until(lambda: admission.in_flight(EMBEDDINGS) == 1)  # an embedder runs one batch at a time
+        refused = await client.post(embed_url, json={"text": ["hi"], "options": {"rejectIfBusy": True}})
+        held.release.set()
+        assert (await holder).status_code == 200
+    assert refused.status_code == 429 and refused.json()["errors"][0]["code"] == 3040
+    assert refused.headers["retry-after"] == str(RETRY_AFTER_S)
+    await _until(lambda: admission.total_in_flight() == 0)
 
 
 def test_admission_refuses_only_requests_that_would_queue() -> None:

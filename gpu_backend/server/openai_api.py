@@ -149,9 +149,7 @@ class _Chunk:
         if logprobs is None:
             return None
         if self.chat:
-            return {"content": [{**_token(item.token, item.logprob),
-                                 "top_logprobs": [_token(token, logprob) for token, logprob in item.top]}
-                                for item in logprobs], "refusal": None}
+            return {"content": [item.openai() for item in logprobs], "refusal": None}
         offsets = list(itertools.accumulate((len(item.token) for item in logprobs), initial=0))[:-1]
         return {"tokens": [item.token for item in logprobs], "token_logprobs": [item.logprob for item in logprobs],
                 "top_logprobs": [dict(item.top) for item in logprobs], "text_offset": offsets}
@@ -267,10 +265,6 @@ def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadInputError(f"the body must be a JSON object, got {type(body).__name__}")
     return body
-
-
-def _token(token: str, logprob: float) -> dict[str, Any]:
-    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
 
 def _finish(reason: str | None) -> str | None:

@@ -22,7 +22,8 @@ from typing import Any
 
 from .client import EngineClient
 from .limits import InputLimits
-from .schemas import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, MAX_SEED
+from ..engine.sampling_params import MAX_LOGPROBS
+from .schemas import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, MAX_SEED, REASONING_EFFORTS
 from .structured import SCHEMA_NAME
 from .tools import TOOL_NAME
 
@@ -184,6 +185,25 @@ def _sampling() -> Schema:
         "repetition_penalty": _number(0, 2),
         "frequency_penalty": _number(-2, 2), "presence_penalty": _number(-2, 2),
         "stream": _BOOLEAN, "raw": _BOOLEAN, "ignore_eos": _BOOLEAN,
+        **_newer_inputs(),
+    }
+
+
+def _newer_inputs() -> Schema:
+    """The OpenAI-superset inputs Workers AI documents for its 2026 models, as this backend takes them."""
+    return {
+        "max_completion_tokens": {"type": "integer", "minimum": 1,
+                                  "description": "max_tokens' newer name; sent with max_tokens, the two must agree"},
+        "logprobs": {"type": "boolean", "default": False,
+                     "description": "Answer each generated token's logprob in OpenAI's chat shape, "
+                                    "logprobs.content[{token, logprob, bytes, top_logprobs}]"},
+        "top_logprobs": {"type": "integer", "minimum": 0, "maximum": MAX_LOGPROBS,
+                         "description": "How many most likely tokens to list at each step; counts with logprobs: true"},
+        "n": {"const": 1, "description": "One choice per request; n > 1 is a 400"},
+        "reasoning_effort": {"enum": list(REASONING_EFFORTS),
+                             "description": "Accepted and ignored: no served model has a reasoning mode"},
+        "logit_bias": {"type": "object", "maxProperties": 0,
+                       "description": "Not supported by the sampler yet: a non-empty map is a 400, not ignored"},
     }
 
 
@@ -328,8 +348,7 @@ def _input_schemas(limits: InputLimits) -> Schema:
 def _openai_input_schemas(text_models: Schema, embedding_models: Schema, limits: InputLimits) -> Schema:
     sampling = {name: schema for name, schema in _sampling().items() if name not in ("raw", "ignore_eos")}
     stop_string = {"type": "string", "minLength": 1, "maxLength": limits.max_stop_chars}
-    common = {**sampling, "max_completion_tokens": {"type": "integer", "minimum": 1}, "n": {"const": 1},
-              "stream_options": _object({"include_usage": _BOOLEAN}),
+    common = {**sampling, "stream_options": _object({"include_usage": _BOOLEAN}),
               "stop": {"anyOf": [stop_string, {"type": "array", "items": stop_string,
                                                "maxItems": limits.max_stop_sequences}]}}
     prompt, formats = _prompt(limits), _formats(workers_ai=False)
@@ -337,19 +356,50 @@ def _openai_input_schemas(text_models: Schema, embedding_models: Schema, limits:
     return {
         "ChatCompletionRequest": _generation({"model": text_models, "messages": _messages(limits), **common},
                                              ["model", "messages"], formats, False),
-        "CompletionRequest": _generation({"model": text_models, **common, "prompt": prompts}, ["model", "prompt"],
-                                         formats, False, tools=False),
+        "CompletionRequest": _generation({"model": text_models, **_legacy_logprobs(common), "prompt": prompts},
+                                         ["model", "prompt"], formats, False, tools=False),
         "EmbeddingsRequest": _object({"model": embedding_models, "input": _texts(limits),
                                       "encoding_format": {"enum": ["float", "base64"], "default": "float"}},
                                      "model", "input"),
     }
 
 
+def _legacy_logprobs(fields: Schema) -> Schema:
+    """Completions' ``logprobs``: how many most likely tokens to list at each step (no ``top_logprobs``)."""
+    rest = {name: schema for name, schema in fields.items() if name != "top_logprobs"}
+    return {**rest, "logprobs": {"type": "integer", "minimum": 0, "maximum": MAX_LOGPROBS, "description": (
+        "Answer logprobs {tokens, token_logprobs, top_logprobs, text_offset} with this many most likely tokens")}}
+
+
+def _token_logprob() -> Schema:
+    token = {"token": _STRING, "logprob": {"type": "number", "maximum": 0},
+             "bytes": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255}}}
+    return _object({**token, "top_logprobs": {"type": "array", "items": _object(token, *token)}},
+                   "token", "logprob", "bytes", "top_logprobs")
+
+
+def _legacy_logprobs_result() -> Schema:
+    numbers = {"type": "array", "items": {"type": "number", "maximum": 0}}
+    return _object({"tokens": {"type": "array", "items": _STRING}, "token_logprobs": numbers,
+                    "top_logprobs": {"type": "array", "items": {"type": "object",
+                                                                "additionalProperties": {"type": "number"}}},
+                    "text_offset": {"type": "array", "items": {"type": "integer", "minimum": 0}}},
+                   "tokens", "token_logprobs", "top_logprobs", "text_offset")
+
+
+def _openai_usage(usage: Schema) -> Schema:
+    cached = _object({"cached_tokens": {"type": "integer", "minimum": 0,
+                                        "description": "Prompt tokens the prefix cache served"}}, "cached_tokens")
+    return {**usage, "properties": {**usage["properties"], "prompt_tokens_details": cached},
+            "required": [*usage["required"], "prompt_tokens_details"]}
+
+
 def _result_schemas() -> Schema:
     count = {"type": "integer", "minimum": 0}
     usage = _object({"prompt_tokens": count, "completion_tokens": count, "total_tokens": count},
                     "prompt_tokens", "completion_tokens", "total_tokens")
-    choice = {"index": count, "logprobs": {"type": "null"}}
+    chat_logprobs = _object({"content": {"type": "array", "items": _token_logprob()}}, "content")
+    choice = {"index": count, "logprobs": {"anyOf": [{"type": "null"}, chat_logprobs]}}
     frame = {"id": _STRING, "created": _INTEGER, "model": _STRING}
     vector = {"type": "array", "items": {"type": "number"}}
     workers_ai_call = _object({"name": _STRING, "arguments": {"type": "object"}}, "name", "arguments")
@@ -368,6 +418,7 @@ def _result_schemas() -> Schema:
     return {
         "TextGenerationResult": _object({"response": {"type": _JSON_TYPES, "description": "The text; in JSON mode "
                                                       "the JSON value (an object for json_object)"},
+                                         "logprobs": {**chat_logprobs, "description": "With logprobs: true"},
                                          "tool_calls": {"type": "array", "items": workers_ai_call, "minItems": 1,
                                                         "description": "The calls the model made, if any"},
                                          "usage": usage}, "response", "usage"),
@@ -377,12 +428,15 @@ def _result_schemas() -> Schema:
         "EmbeddingsResult": _object({"shape": {"type": "array", "items": count, "minItems": 2, "maxItems": 2},
                                      "data": {"type": "array", "items": vector},
                                      "pooling": {"enum": ["mean", "cls"]}}, "shape", "data", "pooling"),
-        "ChatCompletion": _object({**frame, "object": {"const": "chat.completion"}, "usage": usage, "choices": {
-            "type": "array", "items": chat_choice}}, "id", "object", "choices", "usage"),
-        "Completion": _object({**frame, "object": {"const": "text_completion"}, "usage": usage, "choices": {
-            "type": "array", "items": _object({**choice, "finish_reason": {"enum": ["stop", "length", None]},
-                                               "text": _STRING}, "index", "finish_reason", "text")}},
-            "id", "object", "choices", "usage"),
+        "ChatCompletion": _object({**frame, "object": {"const": "chat.completion"}, "usage": _openai_usage(usage),
+                                   "choices": {"type": "array", "items": chat_choice}},
+                                  "id", "object", "choices", "usage"),
+        "Completion": _object({**frame, "object": {"const": "text_completion"}, "usage": _openai_usage(usage),
+                               "choices": {"type": "array", "items": _object(
+                                   {**choice, "logprobs": {"anyOf": [{"type": "null"}, _legacy_logprobs_result()]},
+                                    "finish_reason": {"enum": ["stop", "length", None]}, "text": _STRING},
+                                   "index", "finish_reason", "text")}},
+                              "id", "object", "choices", "usage"),
         "EmbeddingsList": _object({"object": {"const": "list"}, "model": _STRING, "usage": {"type": "object"},
                                    "data": {"type": "array", "items": _object(
                                        {"object": {"const": "embedding"}, "index": count,

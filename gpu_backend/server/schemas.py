@@ -276,13 +276,10 @@ def _max_tokens(inputs: dict[str, Any]) -> int:
 
 
 def _logprobs(inputs: dict[str, Any]) -> int | None:
-    """How many most likely tokens to report with each generated token's logprob (None: no logprobs)."""
+    """How many most likely tokens to report with each generated token's logprob (None: no logprobs);
+    ``top_logprobs`` is checked always, and counts only with ``logprobs: true``."""
     top_logprobs = _int(inputs, "top_logprobs", None, 0, MAX_LOGPROBS)
-    if not _bool(inputs, "logprobs", False):
-        if top_logprobs is not None:
-            raise BadInputError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
-        return None
-    return top_logprobs or 0
+    return (top_logprobs or 0) if _bool(inputs, "logprobs", False) else None
 
 
 def _check_one_choice(inputs: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from .errors import EngineFailedError, ServiceError
 from .generation import Generation, disconnected
+from .text import TokenLogprob
 from .tool_parsers import ToolCallStream, finds_calls
 
 DONE = b"data: [DONE]\n\n"
@@ -69,21 +70,34 @@ def error_payload(error: BaseException) -> dict[str, Any]:
 
 
 async def workers_ai_payloads(generation: Generation, trace: bool = False) -> AsyncIterator[dict[str, Any]]:
-    """The events of a Workers AI stream as dicts: text pieces, then the usage event (no [DONE])."""
+    """The events of a Workers AI stream as dicts: text pieces, then the usage event (no [DONE]). Asked
+    for, each event carries the logprobs of the tokens since the last one (``{"content": [...]}``)."""
     first, calls, found = trace, tool_call_stream(generation), []
+    logprobs: list[TokenLogprob] | None = None if generation.request.sampling.logprobs is None else []
     async for delta in generation.deltas():
         text = delta.text if calls is None else calls.add(delta.text)[0]
         if calls is not None and delta.finish_reason is not None:
             rest, found, _ = calls.finish()
             text += rest
+        if logprobs is not None:
+            logprobs.extend(delta.logprobs or ())
         if text:
-            payload = _stamped({"response": text}, trace)
+            payload = _stamped({"response": text, **_logprobs(logprobs)}, trace)
             if first:
                 payload["received_ns"], first = generation.received_ns, False
             yield payload
     if found:
         yield _stamped({"response": "", "tool_calls": [call.workers_ai() for call in found]}, trace)
-    yield _stamped({"response": "", "usage": generation.usage.as_dict()}, trace)
+    yield _stamped({"response": "", **_logprobs(logprobs), "usage": generation.usage.as_dict()}, trace)
+
+
+def _logprobs(pending: list[TokenLogprob] | None) -> dict[str, Any]:
+    """The ``logprobs`` of an event (none unless asked), taking the pending ones."""
+    if pending is None:
+        return {}
+    content = [item.openai() for item in pending]
+    pending.clear()
+    return {"logprobs": {"content": content}}
 
 
 def tool_call_stream(generation: Generation) -> ToolCallStream | None:

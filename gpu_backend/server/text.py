@@ -11,10 +11,11 @@ counts the tokens up to the one that completed it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..detokenizer import RequestText, TextUpdate
 from ..engine.contract import Engine
@@ -24,6 +25,8 @@ from ..engine.sampling_params import SamplingParams
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
 
+IMPOSSIBLE_LOGPROB = -9999.0  # OpenAI's figure for a token the model gave no chance
+
 
 @dataclass(frozen=True)
 class TokenLogprob:
@@ -32,6 +35,15 @@ class TokenLogprob:
     token: str
     logprob: float
     top: tuple[tuple[str, float], ...] = ()
+
+    def openai(self) -> dict[str, Any]:
+        """OpenAI's chat shape: ``{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}``."""
+        return {**_openai_token(self.token, self.logprob),
+                "top_logprobs": [_openai_token(token, logprob) for token, logprob in self.top]}
+
+
+def _openai_token(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
 
 @dataclass(frozen=True)
@@ -75,8 +87,11 @@ def text_delta(output: EngineOutput, update: TextUpdate, tokenizer: Tokenizer | 
 
 
 def token_logprob(item: Logprob, tokenizer: Tokenizer | None) -> TokenLogprob:
-    top = sorted(item.top.items(), key=lambda pair: -pair[1])
-    return TokenLogprob(_token_text(item.token_id, tokenizer), item.logprob,
+    # a grammar's masked tokens have -inf: they could not be sampled, so they are not listed (nor JSON numbers)
+    top = sorted(((token_id, logprob) for token_id, logprob in item.top.items() if math.isfinite(logprob)),
+                 key=lambda pair: -pair[1])
+    logprob = item.logprob if math.isfinite(item.logprob) else IMPOSSIBLE_LOGPROB
+    return TokenLogprob(_token_text(item.token_id, tokenizer), logprob,
                         tuple((_token_text(token_id, tokenizer), logprob) for token_id, logprob in top))
 
 

@@ -101,7 +101,9 @@ def reject_if_busy(body: Any) -> bool:
 
 def text_result(model: str, inputs: TextGenerationInput, completion: Completion, parser: ToolParser) -> dict[str, Any]:
     if not inputs.responses_style:
-        return {**_response(inputs, completion, parser), "usage": completion.usage.as_dict()}
+        logprobs = {} if completion.logprobs is None else {"logprobs": {"content": [
+            item.openai() for item in completion.logprobs]}}  # asked with logprobs: true, in OpenAI's chat shape
+        return {**_response(inputs, completion, parser), **logprobs, "usage": completion.usage.as_dict()}
     usage = completion.usage
     message = {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant", "status": "completed",
                "content": [{"type": "output_text", "text": completion.text, "annotations": []}]}

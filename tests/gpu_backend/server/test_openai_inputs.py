@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import httpx
@@ -65,8 +66,8 @@ def test_completions_legacy_logprobs(client: openai.OpenAI) -> None:
 def test_top_logprobs_out_of_range_is_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="top_logprobs"):
         client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2, logprobs=True, top_logprobs=21)
-    with pytest.raises(openai.BadRequestError, match="needs 'logprobs'"):
-        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2, top_logprobs=2)
+    alone = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2, top_logprobs=2)
+    assert alone.choices[0].logprobs is None  # top_logprobs counts with logprobs: true only
 
 
 def test_seed_makes_sampling_repeatable(client: openai.OpenAI) -> None:
@@ -132,3 +133,37 @@ def test_workers_ai_route_takes_the_same_inputs(backend: Backend) -> None:
     assert answer["success"] and answer["result"]["usage"]["completion_tokens"] == 3
     refused = httpx.post(backend.run_url(), json={**body, "n": 3}, headers=backend.headers(), timeout=30)
     assert refused.status_code == 400 and "'n' is 3" in refused.text
+
+
+def test_workers_ai_route_answers_logprobs(backend: Backend, client: openai.OpenAI) -> None:
+    body = {"messages": MESSAGES, "max_tokens": 4, "temperature": 0, "logprobs": True, "top_logprobs": 2}
+    result = httpx.post(backend.run_url(), json=body, headers=backend.headers(), timeout=30).json()["result"]
+    chat = client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=0, max_tokens=4,
+                                          logprobs=True, top_logprobs=2)
+    assert [item["token"] for item in result["logprobs"]["content"]] == \
+        [item.token for item in chat.choices[0].logprobs.content]
+    assert all(len(item["top_logprobs"]) == 2 for item in result["logprobs"]["content"])
+    plain = httpx.post(backend.run_url(), json={"messages": MESSAGES, "max_tokens": 2}, headers=backend.headers(),
+                       timeout=30).json()["result"]
+    assert "logprobs" not in plain
+
+
+def test_workers_ai_stream_carries_logprobs(backend: Backend) -> None:
+    body = {"messages": MESSAGES, "max_tokens": 5, "temperature": 0, "logprobs": True, "stream": True}
+    reply = httpx.post(backend.run_url(), json=body, headers=backend.headers(), timeout=30)
+    events = [json.loads(line[len("data: "):]) for line in reply.text.splitlines()
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    streamed = [item["token"] for event in events for item in event["logprobs"]["content"]]
+    whole = httpx.post(backend.run_url(), json={**body, "stream": False}, headers=backend.headers(),
+                       timeout=30).json()["result"]
+    assert streamed == [item["token"] for item in whole["logprobs"]["content"]] and len(streamed) == 5
+
+
+def test_logprobs_under_a_grammar_are_json_numbers(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, temperature=0, max_tokens=4, logprobs=True, top_logprobs=20,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": {"enum": ["yes", "no"]}}})
+    content = completion.choices[0].logprobs.content
+    assert content and all(math.isfinite(item.logprob) for item in content)
+    assert all(math.isfinite(top.logprob) for item in content for top in item.top_logprobs)
+    assert any(len(item.top_logprobs) < 20 for item in content)  # the tokens the grammar masked are left out

@@ -171,9 +171,8 @@ def greedy() -> Callable[[Messages, int], str]:
     return text
 
 
-@pytest.fixture
-def start_dev() -> Iterator[Callable[..., DevServer]]:
-    """Starts `edgewise dev` processes (tests/e2e/dev_process.py); each is killed at the end of the test."""
+def _dev_servers() -> Iterator[Callable[..., DevServer]]:
+    """``start(project, *dev_args)`` starts an `edgewise dev` (tests/e2e/dev_process.py); all are killed at the end."""
     servers: list[DevServer] = []
 
     def start(project: Path, *extra: str) -> DevServer:
@@ -183,6 +182,12 @@ def start_dev() -> Iterator[Callable[..., DevServer]]:
     yield start
     for server in servers:
         server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def start_dev() -> Iterator[Callable[..., DevServer]]:
+    """`edgewise dev` processes killed at the end of the test."""
+    yield from _dev_servers()
 
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -206,12 +211,4 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture(scope="module")
 def serve() -> Iterator[Callable[..., DevServer]]:
     """`serve(project, *dev_args)`: an `edgewise dev` kept for the module, killed at its end."""
-    servers: list[DevServer] = []
-
-    def start(project: Path, *extra: str) -> DevServer:
-        servers.append(DevServer(project, *extra))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop(signal.SIGKILL)
+    yield from _dev_servers()

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,42 +16,18 @@ import pytest
 from edge_runtime.ai import Ai, InferenceUpstreamError, _checked_call, _body_options
 from edge_runtime.ai_backends import AiBackends
 from edge_runtime.catalog import get_location
+from held_engines import HOLD, HeldEngines
+
 from edge_runtime.config import BackendSpec
 from gpu_backend.builtin_models import builtin_model_path
 from gpu_backend.server.admission import BUSY_MESSAGE, Admission
 from gpu_backend.server.api import create_app
 from gpu_backend.server.background import serving
-from gpu_backend.server.client import LocalEngines, TextDelta
-from gpu_backend.server.schemas import TextGenerationInput
+from gpu_backend.server.client import LocalEngines
 
 TINY = "@cf/edgewise/tiny-shakespeare"
 TOKEN = "busy-token"
-HOLD = "hold"
-HOLD_LIMIT_S = 20.0  # a held generation goes on by itself after this, so a failed test cannot hang
 INPUTS = {"prompt": "ROMEO:", "max_tokens": 6, "temperature": 0}
-
-
-class HeldEngines:
-    """The real engines; a generation of session ``HOLD`` pauses after its first delta until ``release``."""
-
-    def __init__(self, engines: LocalEngines) -> None:
-        self.engines = engines
-        self.release = threading.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.engines, name)
-
-    async def generate(self, model: str, request: TextGenerationInput, request_id: str) -> AsyncIterator[TextDelta]:
-        stream = self.engines.generate(model, request, request_id)
-        try:
-            first = True
-            async for delta in stream:
-                yield delta
-                if first and request.session == HOLD:
-                    await asyncio.to_thread(self.release.wait, HOLD_LIMIT_S)
-                first = False
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")

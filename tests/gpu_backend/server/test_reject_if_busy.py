@@ -11,57 +11,25 @@ CPU decodes.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from backend_fixtures import EMBEDDINGS, MINILM, TOKEN, serving
+from held_engines import HOLD, HeldEngines
 from gpu_backend.builtin_models import builtin_model_path
 from gpu_backend.server.admission import BUSY_MESSAGE, RETRY_AFTER_S, Admission
 from gpu_backend.server.api import create_app
-from gpu_backend.engine.embedder import EmbeddingResult
-from gpu_backend.server.client import LocalEngines, TextDelta
+from gpu_backend.server.client import LocalEngines
 from gpu_backend.server.errors import OverloadedError
-from gpu_backend.server.schemas import EmbeddingsInput, TextGenerationInput
 
 TINY = "@cf/edgewise/tiny-shakespeare"
 MAX_NUM_SEQS = 2
-HOLD = "hold"  # the session whose generations wait after their first token until released
-HOLD_LIMIT_S = 20.0  # a held generation goes on by itself after this, so a failed test cannot hang
 REFUSED_WITHIN_S = 1.0
 BODY = {"prompt": "ROMEO:", "max_tokens": 8, "temperature": 0}
-
-
-class HeldEngines:
-    """The real engines; a generation of session ``HOLD`` pauses after its first delta until ``release``."""
-
-    def __init__(self, engines: LocalEngines) -> None:
-        self.engines = engines
-        self.release = threading.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.engines, name)
-
-    async def generate(self, model: str, request: TextGenerationInput, request_id: str) -> AsyncIterator[TextDelta]:
-        stream = self.engines.generate(model, request, request_id)
-        try:
-            first = True
-            async for delta in stream:
-                yield delta
-                if first and request.session == HOLD:
-                    await asyncio.to_thread(self.release.wait, HOLD_LIMIT_S)
-                first = False
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-
-    async def embed(self, model: str, request: EmbeddingsInput) -> EmbeddingResult:
-        if request.texts[0] == HOLD:
-            await asyncio.to_thread(self.release.wait, HOLD_LIMIT_S)
-        return await self.engines.embed(model, request)
 
 
 @pytest.fixture(scope="module")

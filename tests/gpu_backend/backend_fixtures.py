@@ -34,6 +34,16 @@ class Backend:
     def run_url(self, model: str = MODEL) -> str:
         return f"{self.url}/client/v4/accounts/acct/ai/run/{model}"
 
+    def run(self, body: dict[str, Any], model: str = MODEL) -> httpx.Response:
+        """POST ``body`` to the Workers AI run route of ``model``."""
+        return httpx.post(self.run_url(model), json=body, headers=self.headers(), timeout=60)
+
+    def openai_client(self, prefix: str = "/v1") -> Any:
+        """The real ``openai`` SDK pointed at this backend (no retries: a test sees the first answer)."""
+        import openai
+
+        return openai.OpenAI(base_url=self.url + prefix, api_key=TOKEN, max_retries=0)
+
 
 def metric(url: str, name: str, model: str = MODEL) -> float:
     """One series' value from ``/metrics`` (0 when absent)."""

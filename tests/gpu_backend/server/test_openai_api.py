@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from backend_fixtures import EMBEDDINGS, MODEL, TOKEN, Backend
+from backend_fixtures import EMBEDDINGS, MODEL, Backend
 from gpu_backend import LLM, SamplingParams
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -14,7 +14,7 @@ MESSAGES = [{"role": "user", "content": "Hello"}]
 
 @pytest.fixture(scope="module", params=["/v1", "/client/v4/accounts/acct/ai/v1"])
 def client(backend: Backend, request: pytest.FixtureRequest) -> openai.OpenAI:
-    return openai.OpenAI(base_url=backend.url + request.param, api_key=TOKEN, max_retries=0)
+    return backend.openai_client(request.param)
 
 
 def greedy_chat(offline: LLM, max_tokens: int) -> str:

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from backend_fixtures import MODEL, TOKEN, Backend
+from backend_fixtures import MODEL, Backend
 from gpu_backend import LLM, SamplingParams
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -19,7 +19,7 @@ LONG = [{"role": "user", "content": "Tell me about the sea. " * 12}]  # several 
 
 @pytest.fixture(scope="module")
 def client(backend: Backend) -> openai.OpenAI:
-    return openai.OpenAI(base_url=backend.url + "/v1", api_key=TOKEN, max_retries=0)
+    return backend.openai_client()
 
 
 def test_chat_logprobs_match_the_engine(client: openai.OpenAI, offline: LLM) -> None:

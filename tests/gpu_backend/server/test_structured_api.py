@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import cloudflare
-import httpx
 import jsonschema
 import openai
 import pytest
@@ -68,11 +67,7 @@ def backend(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="module")
 def client(backend: Backend) -> openai.OpenAI:
-    return openai.OpenAI(base_url=backend.url + "/v1", api_key=TOKEN, max_retries=0)
-
-
-def run(backend: Backend, body: dict[str, Any]) -> httpx.Response:
-    return httpx.post(backend.run_url(), json=body, headers=backend.headers(), timeout=60)
+    return backend.openai_client()
 
 
 # -- reading response_format ---------------------------------------------------------------------
@@ -141,7 +136,7 @@ def test_a_cut_json_answer_says_so() -> None:
 # -- Workers AI ----------------------------------------------------------------------------------
 
 def test_workers_ai_answers_response_as_an_object(backend: Backend) -> None:
-    reply = run(backend, {"messages": MESSAGES, "max_tokens": 120, "temperature": 0,
+    reply = backend.run({"messages": MESSAGES, "max_tokens": 120, "temperature": 0,
                           "response_format": {"type": "json_schema", "json_schema": PERSON}})
     assert reply.status_code == 200, reply.text
     result = reply.json()["result"]
@@ -169,7 +164,7 @@ def _random_schema(rng: random.Random, depth: int = 0) -> dict[str, Any]:
 @pytest.mark.parametrize("seed", range(4))
 def test_random_schemas_validate(backend: Backend, seed: int) -> None:
     schema = _random_schema(random.Random(seed))
-    reply = run(backend, {"prompt": "Fill the form.", "max_tokens": 150, "temperature": 0.8, "seed": seed + 1,
+    reply = backend.run({"prompt": "Fill the form.", "max_tokens": 150, "temperature": 0.8, "seed": seed + 1,
                           "response_format": {"type": "json_schema", "json_schema": schema}})
     assert reply.status_code == 200, reply.text
     jsonschema.validate(reply.json()["result"]["response"], schema)
@@ -183,7 +178,7 @@ def test_official_cloudflare_sdk_gets_an_object(backend: Backend) -> None:
 
 
 def test_json_object_mode_answers_an_object_or_says_it_was_cut(backend: Backend) -> None:
-    reply = run(backend, {"prompt": "Any JSON.", "max_tokens": 100, "temperature": 0,
+    reply = backend.run({"prompt": "Any JSON.", "max_tokens": 100, "temperature": 0,
                           "response_format": {"type": "json_object"}})
     if reply.status_code == 200:
         assert isinstance(reply.json()["result"]["response"], dict)
@@ -193,13 +188,13 @@ def test_json_object_mode_answers_an_object_or_says_it_was_cut(backend: Backend)
 
 
 def test_workers_ai_refuses_json_mode_streams(backend: Backend) -> None:
-    reply = run(backend, {"prompt": "x", "stream": True, "response_format": {"type": "json_object"}})
+    reply = backend.run({"prompt": "x", "stream": True, "response_format": {"type": "json_object"}})
     assert reply.status_code == 400 and reply.headers["content-type"].startswith("application/json")
     assert reply.json()["errors"][0]["code"] == 5006 and "does not stream" in reply.json()["errors"][0]["message"]
 
 
 def test_uncompilable_schema_is_400_with_the_reason(backend: Backend, client: openai.OpenAI) -> None:
-    reply = run(backend, {"prompt": "x", "response_format": {"type": "json_schema", "json_schema": UNCOMPILABLE}})
+    reply = backend.run({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": UNCOMPILABLE}})
     assert reply.status_code == 400, reply.text
     assert reply.json()["errors"][0]["code"] == 5006 and "missing" in reply.json()["errors"][0]["message"]
     for stream in (False, True):  # refused before a stream begins: an ordinary 400, not a broken stream

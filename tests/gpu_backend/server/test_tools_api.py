@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import cloudflare
-import httpx
 import jsonschema
 import openai
 import pytest
@@ -89,11 +88,7 @@ def backend(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="module")
 def client(backend: Backend) -> openai.OpenAI:
-    return openai.OpenAI(base_url=backend.url + "/v1", api_key=TOKEN, max_retries=0)
-
-
-def run(backend: Backend, body: dict[str, Any]) -> httpx.Response:
-    return httpx.post(backend.run_url(), json=body, headers=backend.headers(), timeout=60)
+    return backend.openai_client()
 
 
 def assert_valid_call(name: str, arguments: dict[str, Any], allowed: tuple[str, ...] = tuple(PARAMETERS)) -> None:
@@ -167,7 +162,7 @@ def test_tools_and_tool_turns_reach_the_chat_template(backend: Backend) -> None:
     prompt = hermes.tokenizer.decode(render_prompt(hermes, inputs), skip_special_tokens=False)
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 1}}\n</tool_call>' in prompt
     assert "<tool_response>\nRain, 12 C\n</tool_response>" in prompt
-    reply = run(backend, {"messages": conversation, "tools": [WEATHER], "max_tokens": 4})
+    reply = backend.run({"messages": conversation, "tools": [WEATHER], "max_tokens": 4})
     assert reply.status_code == 200, reply.text
 
 
@@ -175,7 +170,7 @@ def test_tools_and_tool_turns_reach_the_chat_template(backend: Backend) -> None:
 
 @pytest.mark.parametrize("tools", [[WEATHER], [{"type": "function", "function": WEATHER}]], ids=["traditional", "openai"])
 def test_workers_ai_forced_call_returns_tool_calls(backend: Backend, tools: list) -> None:
-    reply = run(backend, {"messages": MESSAGES, "tools": tools, "tool_choice": "required", "max_tokens": 200,
+    reply = backend.run({"messages": MESSAGES, "tools": tools, "tool_choice": "required", "max_tokens": 200,
                           "temperature": 0, "parallel_tool_calls": False})
     assert reply.status_code == 200, reply.text
     result = reply.json()["result"]
@@ -188,8 +183,8 @@ def test_workers_ai_forced_call_returns_tool_calls(backend: Backend, tools: list
 def test_workers_ai_stream_ends_with_the_calls(backend: Backend) -> None:
     body = {"messages": MESSAGES, "tools": [WEATHER, ALARM], "tool_choice": "required", "parallel_tool_calls": False,
             "max_tokens": 200, "temperature": 0}
-    whole = run(backend, body).json()["result"]
-    streamed = run(backend, {**body, "stream": True}).text
+    whole = backend.run(body).json()["result"]
+    streamed = backend.run({**body, "stream": True}).text
     events = [json.loads(e[len("data: "):]) for e in streamed.strip().split("\n\n") if e != "data: [DONE]"]
     calls = [event["tool_calls"] for event in events if "tool_calls" in event]
     assert calls == [whole["tool_calls"]] and len(whole["tool_calls"]) == 1
@@ -200,7 +195,7 @@ def test_workers_ai_stream_ends_with_the_calls(backend: Backend) -> None:
 async def test_websocket_frames_carry_the_forced_call(backend: Backend) -> None:
     body = {"messages": MESSAGES, "tools": [WEATHER, ALARM], "tool_choice": "required", "parallel_tool_calls": False,
             "max_tokens": 200, "temperature": 0}
-    whole = run(backend, body).json()["result"]
+    whole = backend.run(body).json()["result"]
     url = backend.run_url().replace("http://", "ws://")
     async with websockets.connect(url, additional_headers=backend.headers()) as socket:
         await socket.send(json.dumps(body))
@@ -220,7 +215,7 @@ def test_official_cloudflare_sdk_gets_tool_calls(backend: Backend) -> None:
 
 
 def test_workers_ai_bad_tools_are_enveloped(backend: Backend) -> None:
-    reply = run(backend, {"messages": MESSAGES, "tools": [{"name": "f", "parameters": 7}]})
+    reply = backend.run({"messages": MESSAGES, "tools": [{"name": "f", "parameters": 7}]})
     assert reply.status_code == 400 and reply.json()["errors"][0]["code"] == 5006
     assert "'tools[0].parameters' must be a JSON schema object" in reply.json()["errors"][0]["message"]
 

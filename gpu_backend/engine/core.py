@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Collection
 import logging
 import time
 from dataclasses import dataclass
@@ -128,6 +129,7 @@ class EngineCore:
                 f"prompt tokens (max_model_len {self.max_model_len}, including at least one new token)"
             )
         params = params.with_defaults(max_tokens=max_tokens, eos_token_ids=self._eos_token_ids())
+        self._check_vocabulary(params.logit_bias or (), "logit_bias")
         grammar = None
         if params.structured is not None:
             grammar = self._grammar_compiler().matcher(params)
@@ -188,11 +190,14 @@ class EngineCore:
             token_ids = [int(t) for t in prompt]
         if not token_ids:
             raise InvalidRequestError("the prompt has no tokens; send at least one token id")
-        vocab = self.model_config.vocab_size
-        if not 0 <= min(token_ids) <= max(token_ids) < vocab:
-            bad = next(t for t in token_ids if not 0 <= t < vocab)
-            raise InvalidRequestError(f"token id {bad} is outside the model's vocabulary (0..{vocab - 1})")
+        self._check_vocabulary(token_ids, "the prompt")
         return token_ids
+
+    def _check_vocabulary(self, token_ids: Collection[int], where: str) -> None:
+        vocab = self.model_config.vocab_size
+        if token_ids and not 0 <= min(token_ids) <= max(token_ids) < vocab:
+            bad = next(t for t in token_ids if not 0 <= t < vocab)
+            raise InvalidRequestError(f"token id {bad} in {where} is outside the model's vocabulary (0..{vocab - 1})")
 
     def _eos_token_ids(self) -> tuple[int, ...]:
         ids = set(self.model_config.eos_token_ids)

@@ -82,6 +82,9 @@ def build_sampling_batch(plan: SamplingPlan, vocab_size: int, device: torch.devi
     banned = [(index, sorted(row.params.all_stop_token_ids(row.params.eos_token_ids)))
               for index, row in enumerate(plan.rows) if row.num_completion_tokens < row.params.min_tokens]
     batch.banned_token_ids = [(index, ids) for index, ids in banned if ids] or None
+    biased = [(index, row.params.logit_bias) for index, row in enumerate(plan.rows) if row.params.logit_bias]
+    if biased:
+        batch.logit_bias = _logit_bias(biased, len(plan.rows), vocab_size, device)
     wanted = [p.logprobs for p in params if p.logprobs is not None]
     batch.max_num_logprobs = max(wanted) if wanted else None
     return batch
@@ -98,6 +101,17 @@ def _optional(values: list, neutral: float, dtype: torch.dtype, device: torch.de
     if all(v == neutral for v in values):
         return None
     return to_device(values, dtype, device)
+
+
+def _logit_bias(biased: list[tuple[int, dict[int, float]]], num_rows: int, vocab_size: int,
+                device: torch.device) -> torch.Tensor:
+    """The rows' biases as one dense ``[rows, vocab]`` float32 tensor (zero where a row has none)."""
+    rows = [index for index, bias in biased for _ in bias]
+    token_ids = [token_id for _, bias in biased for token_id in bias]
+    values = [value for _, bias in biased for value in bias.values()]
+    dense = torch.zeros(num_rows * vocab_size, dtype=torch.float32)
+    dense[torch.tensor(rows) * vocab_size + torch.tensor(token_ids)] = torch.tensor(values)
+    return tensor_to_device(dense.view(num_rows, vocab_size), device)
 
 
 def _add_penalties(batch: SamplingBatch, rows: list[SampledRow], vocab_size: int, device: torch.device) -> None:

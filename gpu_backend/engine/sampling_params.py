@@ -13,6 +13,8 @@ from .structured_output import StructuredOutput
 GREEDY_TEMPERATURE = 1e-5  # below this the sampler takes the argmax
 MAX_LOGPROBS = 20
 MAX_ABS_FREQUENCY_PENALTY = 2.0  # OpenAI's range for frequency and presence penalties
+MAX_ABS_LOGIT_BIAS = 100.0  # OpenAI's range: -100 bans a token, +100 all but forces it
+MAX_LOGIT_BIAS_TOKENS = 300  # OpenAI's limit on the entries of one request's logit_bias
 
 
 @dataclass
@@ -40,6 +42,8 @@ class SamplingParams:
     logprobs: int | None = None  # top-N logprobs per generated token
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # Added to a token's logit before any mask, penalty or filter: {token id: bias in [-100, 100]}.
+    logit_bias: dict[int, float] | None = None
     # Output constrained to a JSON schema, any JSON object or a grammar (engine/grammar.py); None: free text.
     structured: StructuredOutput | None = None
     # The model's eos ids, attached by the engine through with_defaults (not a user setting).
@@ -55,6 +59,7 @@ class SamplingParams:
                  f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
         self.stop = _stop_strings(self.stop)
         self.stop_token_ids = _stop_token_ids(self.stop_token_ids)
+        self.logit_bias = _logit_bias(self.logit_bias)
         _require(self.structured is None or isinstance(self.structured, StructuredOutput),
                  f"structured must be None or a StructuredOutput, got {self.structured!r}")
 
@@ -135,6 +140,20 @@ def _stop_strings(stop: str | list[str] | None) -> list[str]:
         _require(isinstance(text, str), f"stop must be a string or a list of strings, got {text!r}")
         _require(text != "", "stop strings must not be empty")
     return strings
+
+
+def _logit_bias(bias: dict[int, float] | None) -> dict[int, float] | None:
+    """Token ids as ints, biases as floats; None for no bias (an empty map is none)."""
+    if bias is None:
+        return None
+    _require(isinstance(bias, dict), f"logit_bias must be a map of token ids to biases, got {bias!r}")
+    _require(len(bias) <= MAX_LOGIT_BIAS_TOKENS,
+             f"logit_bias may bias at most {MAX_LOGIT_BIAS_TOKENS} tokens, got {len(bias)}")
+    for token_id, value in bias.items():
+        _require(_is_int(token_id) and token_id >= 0, f"logit_bias keys must be token ids >= 0, got {token_id!r}")
+        _require(_is_finite(value) and -MAX_ABS_LOGIT_BIAS <= value <= MAX_ABS_LOGIT_BIAS,
+                 f"logit_bias values must be numbers in [-100, 100], got {value!r} for token {token_id}")
+    return {int(token_id): float(value) for token_id, value in bias.items()} or None
 
 
 def _stop_token_ids(ids: list[int] | None) -> list[int]:

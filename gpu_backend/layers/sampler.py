@@ -36,6 +36,7 @@ class SamplingBatch:
     # [B, ceil(V'/32)] int32, V' >= V: bit t % 32 of word t // 32 clear = token t not allowed (a grammar's
     # mask; rows without a constraint are all ones). None when no row of the batch is constrained.
     token_bitmask: torch.Tensor | None = None
+    logit_bias: torch.Tensor | None = None  # [B, V] float32 added to the logits; None when no row has one
 
 
 @dataclass
@@ -56,6 +57,8 @@ class Sampler:
         if _is_plain_greedy(batch):  # the usual decode step: no float copy, one argmax kernel
             return SamplerOutput(self.argmax(logits))
         logits = logits.float()
+        if batch.logit_bias is not None:  # first: a bias moves the logits the masks and filters then see
+            logits += batch.logit_bias
         if batch.banned_token_ids:
             for row, token_ids in batch.banned_token_ids:
                 logits[row, token_ids] = float("-inf")
@@ -101,9 +104,9 @@ def skip_draws(generator: torch.Generator, num_draws: int, vocab_size: int) -> N
 
 
 def _is_plain_greedy(batch: SamplingBatch) -> bool:
-    """Every row greedy and nothing that needs the float32 logits: no bans, masks, penalties or logprobs."""
+    """Every row greedy and nothing that needs the float32 logits: no bans, masks, biases, penalties or logprobs."""
     return (batch.all_greedy and not batch.banned_token_ids and batch.repetition_penalties is None
-            and batch.max_num_logprobs is None and batch.token_bitmask is None)
+            and batch.max_num_logprobs is None and batch.token_bitmask is None and batch.logit_bias is None)
 
 
 def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:

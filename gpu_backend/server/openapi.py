@@ -22,7 +22,7 @@ from typing import Any
 
 from .client import EngineClient
 from .limits import InputLimits
-from ..engine.sampling_params import MAX_LOGPROBS
+from ..engine.sampling_params import MAX_ABS_LOGIT_BIAS, MAX_LOGIT_BIAS_TOKENS, MAX_LOGPROBS
 from .schemas import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, MAX_SEED, REASONING_EFFORTS
 from .structured import SCHEMA_NAME
 from .tools import TOOL_NAME
@@ -202,8 +202,14 @@ def _newer_inputs() -> Schema:
         "n": {"const": 1, "description": "One choice per request; n > 1 is a 400"},
         "reasoning_effort": {"enum": list(REASONING_EFFORTS),
                              "description": "Accepted and ignored: no served model has a reasoning mode"},
-        "logit_bias": {"type": "object", "maxProperties": 0,
-                       "description": "Not supported by the sampler yet: a non-empty map is a 400, not ignored"},
+        "logit_bias": {"type": "object", "maxProperties": MAX_LOGIT_BIAS_TOKENS,
+                       "propertyNames": {"pattern": "^[0-9]+$"},
+                       "additionalProperties": {"type": "number", "minimum": -MAX_ABS_LOGIT_BIAS,
+                                                "maximum": MAX_ABS_LOGIT_BIAS},
+                       "examples": [{"5": -100}],
+                       "description": "Token id to a bias added to its logit before sampling: -100 bans the "
+                                      "token, +100 all but forces it; under a JSON schema the grammar still wins. "
+                                      "An id outside the model's vocabulary is a 400 naming it"},
     }
 
 

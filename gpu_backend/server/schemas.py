@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..engine.sampling_params import MAX_LOGPROBS, SamplingParams
+from ..engine.sampling_params import MAX_ABS_LOGIT_BIAS, MAX_LOGIT_BIAS_TOKENS, MAX_LOGPROBS, SamplingParams
 from ..engine.structured_output import StructuredOutput
 from .errors import BadInputError, LoraUnsupportedError
 from .limits import DEFAULT_LIMITS, InputLimits
@@ -240,7 +240,6 @@ def _responses_messages(inputs: dict[str, Any], limits: InputLimits) -> list[Mes
 def _sampling(inputs: dict[str, Any]) -> SamplingParams:
     _check_one_choice(inputs)
     _check_reasoning_effort(inputs)
-    _check_logit_bias(inputs)
     max_tokens = _max_tokens(inputs)
     seed = _int(inputs, "seed", None, 1, MAX_SEED)
     top_k = _int(inputs, "top_k", None, 1, 50)
@@ -262,6 +261,7 @@ def _sampling(inputs: dict[str, Any]) -> SamplingParams:
         max_tokens=max_tokens,
         ignore_eos=_bool(inputs, "ignore_eos", False),  # the official SDK sends it; benchmarks need it
         logprobs=_logprobs(inputs),
+        logit_bias=_logit_bias(inputs),
     )
 
 
@@ -296,14 +296,28 @@ def _check_reasoning_effort(inputs: dict[str, Any]) -> None:
                             param="reasoning_effort")
 
 
-def _check_logit_bias(inputs: dict[str, Any]) -> None:
+def _logit_bias(inputs: dict[str, Any]) -> dict[int, float] | None:
+    """OpenAI's ``logit_bias``: token ids (JSON keys, so strings) to biases in [-100, 100]."""
     bias = inputs.get("logit_bias")
-    if bias is None or bias == {}:
-        return
+    if bias is None:
+        return None
     if not isinstance(bias, dict):
-        raise BadInputError(f"'logit_bias' must be an object mapping token ids to biases, got {bias!r}",
+        raise BadInputError(f"'logit_bias' must be an object mapping token ids to biases such as "
+                            f"{{\"1734\": -100}}, got {type(bias).__name__}", param="logit_bias")
+    if len(bias) > MAX_LOGIT_BIAS_TOKENS:
+        raise BadInputError(f"'logit_bias' may bias at most {MAX_LOGIT_BIAS_TOKENS} tokens, got {len(bias)}",
                             param="logit_bias")
-    raise BadInputError("'logit_bias' is not supported by this backend's sampler yet: remove it", param="logit_bias")
+    parsed: dict[int, float] = {}
+    for key, value in bias.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+            raise BadInputError(f"'logit_bias' keys must be token ids such as \"1734\", got {key!r}",
+                                param="logit_bias")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -MAX_ABS_LOGIT_BIAS <= value <= \
+                MAX_ABS_LOGIT_BIAS:
+            raise BadInputError(f"'logit_bias' values must be numbers from -100 to 100, got {value!r} for token "
+                                f"{key}", param="logit_bias")
+        parsed[int(key)] = float(value)
+    return parsed or None
 
 
 def _bool(inputs: dict[str, Any], name: str, default: bool) -> bool:

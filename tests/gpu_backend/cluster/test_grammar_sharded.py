@@ -28,7 +28,7 @@ JSON = StructuredOutput.json_schema(SCHEMA)
 # a constrained greedy row, a constrained seeded row and a free row share each batch
 PARAMS = [SamplingParams(temperature=0.0, max_tokens=40, structured=JSON),
           SamplingParams(temperature=0.9, seed=3, max_tokens=40, structured=JSON),
-          SamplingParams(temperature=0.0, max_tokens=12)]
+          SamplingParams(temperature=0.0, max_tokens=12, logit_bias={5: 4.0, 6: -100})]  # a biased free row
 LAYOUTS = [(2, 1), (1, 2), (2, 2)]
 
 

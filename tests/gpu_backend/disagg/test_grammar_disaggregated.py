@@ -29,7 +29,7 @@ SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", 
                                                                           "maximum": 2}}}
 JSON = StructuredOutput.json_schema(SCHEMA)
 PARAMS = [SamplingParams(temperature=0.0, max_tokens=40, structured=JSON),
-          SamplingParams(temperature=0.9, seed=11, max_tokens=40, structured=JSON),
+          SamplingParams(temperature=0.9, seed=11, max_tokens=40, structured=JSON, logit_bias={7: 3.0, 9: -100}),
           SamplingParams(temperature=0.0, max_tokens=40, structured=StructuredOutput.lark('start: "ab" "c"+'))]
 LAYOUTS = [((1, 1), (1, 1)), ((2, 1), (1, 2))]  # (prefill tp, pp) -> (decode tp, pp)
 

@@ -39,6 +39,8 @@ def test_accepted_edges() -> None:
     SamplingParams(temperature=0, top_p=1, top_k=0, min_p=1.0, max_tokens=None, min_tokens=50)
     SamplingParams(top_k=1, frequency_penalty=-2, presence_penalty=2, logprobs=20, seed=-3)
     SamplingParams(max_tokens=4, min_tokens=4, logprobs=0, repetition_penalty=0.01)
+    assert SamplingParams(logit_bias={7: -100, 3: 100}).logit_bias == {7: -100.0, 3: 100.0}
+    assert SamplingParams(logit_bias={}).logit_bias is None
 
 
 @pytest.mark.parametrize("kwargs, field, allowed", [
@@ -73,6 +75,12 @@ def test_accepted_edges() -> None:
     ({"stop": [5]}, "stop", "string"),
     ({"stop_token_ids": [-1]}, "stop_token_ids", "non-negative"),
     ({"stop_token_ids": 3}, "stop_token_ids", "list"),
+    ({"logit_bias": {-1: 1.0}}, "logit_bias keys", ">= 0"),
+    ({"logit_bias": {"5": 1.0}}, "logit_bias keys", "token ids"),
+    ({"logit_bias": {5: 100.5}}, "logit_bias values", "[-100, 100]"),
+    ({"logit_bias": {5: math.nan}}, "logit_bias values", "[-100, 100]"),
+    ({"logit_bias": {i: 1.0 for i in range(301)}}, "logit_bias", "at most 300"),
+    ({"logit_bias": [(5, 1.0)]}, "logit_bias", "map"),
 ])
 def test_rejects_out_of_range(kwargs: dict, field: str, allowed: str) -> None:
     with pytest.raises(InvalidRequestError) as caught:

@@ -245,3 +245,15 @@ def test_a_masked_token_stays_masked_under_a_penalty_float32_rounds_to_zero() ->
     assert not torch.isnan(penalized).any() and not torch.isposinf(penalized).any()
     assert penalized[0, 0] == float("-inf") and penalized[0, 3] == float("-inf")
     assert not torch.isnan(torch.softmax(penalized, dim=-1)).any()
+
+
+def test_logit_bias_moves_only_its_rows_before_the_mask() -> None:
+    logits = torch.tensor([[5.0, 4.0, 1.0, 0.5], [5.0, 4.0, 1.0, 0.5]])
+    biased = batch(2, temperature=0.0)
+    biased.logit_bias = torch.tensor([[-100.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    argmax = RecordingArgmax()
+    assert Sampler(argmax=argmax)(logits.clone(), biased).token_ids.tolist() == [1, 0]
+    assert argmax.calls == []  # a biased batch leaves the plain-greedy path
+    biased.logit_bias = torch.tensor([[0.0, 0.0, 0.0, 100.0], [0.0, 0.0, 0.0, 0.0]])
+    biased.token_bitmask = bitmask_of([[0, 1], None], 4)  # the grammar wins over a bias
+    assert Sampler()(logits.clone(), biased).token_ids.tolist() == [0, 0]

@@ -121,10 +121,29 @@ def test_max_completion_tokens(client: openai.OpenAI) -> None:
         client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, max_completion_tokens=3)
 
 
-def test_logit_bias_is_refused_not_ignored(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError, match="logit_bias"):
-        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2, logit_bias={"5": 10})
+def test_logit_bias_bans_and_forces_tokens(client: openai.OpenAI, offline: LLM) -> None:
+    def both(bias: dict[int, float] | None) -> tuple[str, list[int]]:
+        answer = client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=0, max_tokens=4,
+                                                logit_bias={str(k): v for k, v in (bias or {}).items()})
+        output = offline.chat(MESSAGES, SamplingParams(temperature=0, max_tokens=4, logit_bias=bias))[0].outputs[0]
+        assert answer.choices[0].message.content == output.text  # the route passes the bias to the sampler
+        return output.text, output.token_ids
+
+    plain_text, plain_ids = both(None)
+    banned_text, banned_ids = both({plain_ids[0]: -100})
+    assert banned_ids[0] != plain_ids[0] and plain_ids[0] not in banned_ids
+    forced = next(token_id for token_id in range(20, 200) if token_id not in plain_ids)
+    assert both({forced: 100})[1] == [forced] * 4
     assert client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2, logit_bias={}).choices
+
+
+@pytest.mark.parametrize(("bias", "match"), [
+    ({"x": 1}, "token ids such as"), ({"5": 101}, "from -100 to 100"), ({"5": "1"}, "from -100 to 100"),
+    ({"999999": 1}, "outside the model's vocabulary"), ({str(i): 1 for i in range(301)}, "at most 300"),
+])
+def test_bad_logit_bias_says_what_to_fix(client: openai.OpenAI, bias: dict, match: str) -> None:
+    with pytest.raises(openai.BadRequestError, match=match):
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2, logit_bias=bias)
 
 
 def test_workers_ai_route_takes_the_same_inputs(backend: Backend) -> None:

@@ -34,3 +34,19 @@ class InstanceLostError(EngineError):
 class InstanceFailedError(InstanceLostError):
     """A sharded instance was lost and every restart is used up: the model stays down until the
     backend itself is restarted, so retrying cannot help."""
+
+
+class CompressedWeightsError(CheckpointError):
+    """A compressed-weights file (docs/weights-format.md) that cannot be read as written."""
+
+
+class WeightsChecksumError(CompressedWeightsError):
+    """A tensor's stored bytes or decoded values do not match the checksum written beside them."""
+
+
+class WeightsFormatVersionError(CompressedWeightsError):
+    """The file was written in a version of the compressed-weights format this code does not read."""
+
+
+class UnsupportedWeightsDtypeError(CompressedWeightsError):
+    """``weights compress`` was asked for a dtype the format has no fixed-rate code for."""

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 
 from .checkpoint_tensor import CheckpointTensor
 from .errors import CheckpointError
 from .parallel.state import tp_size
 from .prefetch import prefetching
+from .weights.format import source_name
+from .weights.reader import open_weights
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -44,7 +46,8 @@ def load_weights(model: torch.nn.Module, folder: Path, *, dtype: torch.dtype, de
     loaded: dict[int, set[ShardId]] = {}  # by id(param): a parameter shared under two names is one entry
     num_bytes_read = 0
     show = progress and sys.stderr.isatty()
-    ahead = prefetching(files, targets.wants) if tp_size() == 1 else nullcontext()
+    # a compressed file stores a tensor as parts named after it: prefetch the parts of wanted tensors
+    ahead = prefetching(files, lambda stored: targets.wants(source_name(stored))) if tp_size() == 1 else nullcontext()
     with torch.no_grad(), ahead, _progress_bar(sum(f.stat().st_size for f in files), show) as advance:
         for file in files:
             for tensor in _open_tensors(file, dtype, device, targets.wants):
@@ -128,9 +131,11 @@ def _indexed_files(index: Path) -> list[Path]:
 
 def _open_tensors(file: Path, dtype: torch.dtype, device: torch.device,
                   wants: Callable[[str], bool]) -> Iterator[CheckpointTensor]:
-    """Yield each wanted tensor of ``file`` unread: its weight loader reads what it keeps, while the file is open."""
+    """Yield each wanted tensor of ``file`` unread: its weight loader reads what it keeps, while the file is open.
+
+    A compressed file (docs/weights-format.md) is detected by its header and decoded tensor by tensor."""
     try:
-        with safe_open(file, framework="pt", device="cpu") as handle:
+        with open_weights(file) as handle:
             for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 if wants(name):  # skipped tensors are never opened, let alone read
                     yield CheckpointTensor(name, handle.get_slice(name), dtype=dtype, device=device)

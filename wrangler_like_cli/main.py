@@ -16,6 +16,7 @@ from .queues import queues
 from .r2 import r2
 from .tail import tail
 from .vectorize import vectorize
+from .weights import weights
 from .workflows import workflows
 
 
@@ -38,6 +39,7 @@ def cli() -> None:
     edgewise backend serve           serve models (Workers AI, OpenAI and WebSocket APIs)
     edgewise ai run MODEL --prompt   run a model once (edgewise ai models: list them)
     edgewise kv key put K V --binding B   local data: kv, d1, r2, vectorize
+    edgewise weights compress SRC DST    a checkpoint with losslessly compressed weights
     """
 
 
@@ -52,6 +54,7 @@ cli.add_command(r2)
 cli.add_command(vectorize)
 cli.add_command(workflows)
 cli.add_command(queues)
+cli.add_command(weights)
 
 if __name__ == "__main__":
     cli()

@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from torch import nn
 
 from ..config import _read_json
 from ..errors import CheckpointError, UnsupportedArchitectureError
 from ..loader import weight_files
+from ..weights.reader import open_weights
 
 # transformers' ACT2FN names: "gelu" is the exact erf GELU, the others its tanh approximation.
 GELU_APPROXIMATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
@@ -179,7 +180,7 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for file in weight_files(folder):
         try:
-            with safe_open(file, framework="pt", device="cpu") as handle:
+            with open_weights(file) as handle:  # plain or compressed safetensors
                 for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                     ours = param_name(name)
                     if ours is not None:

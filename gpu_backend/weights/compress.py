@@ -1,0 +1,188 @@
+"""Writing a checkpoint folder's weights in ECF: the folder-level half of ``edgewise weights compress``.
+
+Everything is written into a hidden temporary folder beside the destination, which is renamed to it
+only once every file is complete, so an interrupted run never leaves a folder that looks like a
+checkpoint. Each coded tensor is decoded again in memory and compared before it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..errors import CheckpointError, CompressedWeightsError
+from .codec import Parts, coded_bytes, crc32, decode_parts, encode
+from .format import (
+    CODED,
+    RAW,
+    FileHeader,
+    TensorEntry,
+    dtype_name,
+    layout_of,
+    part_name,
+)
+
+INDEX_FILE = "model.safetensors.index.json"
+MIN_CODED_ELEMENTS = 4096  # below this a tensor is a norm, a bias or a tiny table: kept as it is
+_WEIGHT_PATTERNS = ("*.safetensors", INDEX_FILE, "pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+Advance = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class CompressSummary:
+    """What one compression wrote: sizes in bytes of the weight files' tensor data and counts."""
+
+    source_bytes: int  # the tensors as stored in SRC (before any --dtype cast)
+    cast_bytes: int  # the same tensors in the chosen dtype: what "lossless" and the ratio refer to
+    written_bytes: int  # the tensors as stored in DST
+    num_coded: int
+    num_raw: int
+    num_coded_weights: int
+    num_escapes: int
+
+    @property
+    def ratio(self) -> float:
+        return self.written_bytes / self.cast_bytes
+
+
+def compress_checkpoint(src: Path, dst: Path, files: Sequence[Path], *, dtype: torch.dtype | None = None,
+                        progress: bool = True) -> CompressSummary:
+    """Write ``src`` (whose weights are ``files``) to the new folder ``dst`` with ECF-coded weights.
+
+    ``dtype`` casts every floating tensor first; the result is lossless with respect to it.
+    """
+    src, dst = Path(src), Path(dst)
+    if dtype is not None:
+        layout_of(dtype)  # an unsupported dtype fails before anything is written
+    if dst.exists():
+        raise CheckpointError(f"{dst} already exists; pass a new folder to write the compressed checkpoint to")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    try:
+        shutil.copytree(src, staging, ignore=shutil.ignore_patterns(*_WEIGHT_PATTERNS), dirs_exist_ok=True)
+        if dtype is not None:
+            _set_config_dtype(staging / "config.json", dtype)
+        total = sum(f.stat().st_size for f in files)
+        with _progress_bar(total, progress and sys.stderr.isatty()) as advance:
+            counts = [_compress_file(file, staging / file.name, dtype, advance) for file in files]
+        if (src / INDEX_FILE).is_file():
+            _write_index(staging, files)
+        os.chmod(staging, 0o755)  # mkdtemp's 0o700 would hide the folder from other users
+        os.rename(staging, dst)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CompressSummary(*(sum(column) for column in zip(*counts, strict=True)))
+
+
+def _compress_file(file: Path, out: Path, dtype: torch.dtype | None, advance: Advance) -> tuple[int, ...]:
+    stored: dict[str, torch.Tensor] = {}
+    entries: dict[str, TensorEntry] = {}
+    source_bytes = cast_bytes = num_coded = num_coded_weights = num_escapes = 0
+    for name, tensor in _read_tensors(file):
+        source_bytes += _nbytes(tensor)
+        advance(_nbytes(tensor))
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        cast_bytes += _nbytes(tensor)
+        parts = encode(tensor) if is_worth_coding(tensor) else None
+        if parts is not None and coded_bytes(parts) < _nbytes(tensor):
+            entries[name] = _coded_entry(name, tensor, parts)
+            stored.update({part_name(name, part): value for part, value in parts.items()})
+            num_coded += 1
+            num_coded_weights += tensor.numel()
+            num_escapes += parts["escape_cols"].numel()
+        else:
+            entries[name] = TensorEntry(RAW, dtype_name(tensor.dtype), tuple(tensor.shape), crc32(tensor))
+            stored[name] = tensor.contiguous()
+    save_file(stored, str(out), metadata=FileHeader(entries).to_metadata())
+    written = sum(_nbytes(t) for t in stored.values())
+    return source_bytes, cast_bytes, written, num_coded, len(entries) - num_coded, num_coded_weights, num_escapes
+
+
+def is_worth_coding(tensor: torch.Tensor) -> bool:
+    """Matrices (and larger) of bfloat16/float32 weights big enough to gain; 1-D norms and biases are not."""
+    if not tensor.is_floating_point() or tensor.dim() < 2 or tensor.numel() < MIN_CODED_ELEMENTS:
+        return False
+    layout_of(tensor.dtype)  # a float16 matrix fails here: --dtype must choose a codable dtype
+    return True
+
+
+def _coded_entry(name: str, tensor: torch.Tensor, parts: Parts) -> TensorEntry:
+    expected = crc32(tensor)
+    if crc32(decode_parts(parts, tensor.dtype, tuple(tensor.shape))) != expected:
+        raise CompressedWeightsError(f"tensor {name!r} does not decode to itself; nothing was written (a bug: "
+                                     "please report it with the checkpoint)")
+    part_crc32 = {part: crc32(value) for part, value in parts.items()}
+    return TensorEntry(CODED, dtype_name(tensor.dtype), tuple(tensor.shape), expected, part_crc32)
+
+
+def _read_tensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    try:
+        with safe_open(file, framework="pt", device="cpu") as handle:
+            if FileHeader.from_metadata(handle.metadata(), str(file)) is not None:
+                raise CheckpointError(f"{file} is already compressed; pass the original checkpoint")
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                yield name, handle.get_tensor(name)
+    except SafetensorError as error:
+        raise CheckpointError(f"{file} is not a readable safetensors file: {error}") from None
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _set_config_dtype(config: Path, dtype: torch.dtype) -> None:
+    """config.json names the dtype the weights now decode to (``dtype`` or ``torch_dtype``, as written)."""
+    if not config.is_file():
+        return
+    raw: dict[str, Any] = json.loads(config.read_text(encoding="utf-8"))
+    keys = [key for key in ("dtype", "torch_dtype") if key in raw] or ["torch_dtype"]
+    raw.update({key: dtype_name(dtype) for key in keys})
+    config.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_index(folder: Path, files: Sequence[Path]) -> None:
+    weight_map: dict[str, str] = {}
+    for file in files:
+        with safe_open(folder / file.name, framework="pt", device="cpu") as handle:
+            weight_map.update({name: file.name for name in handle.keys()})  # noqa: SIM118
+    index = {"metadata": {"total_size": sum((folder / f.name).stat().st_size for f in files)},
+             "weight_map": weight_map}
+    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+@contextmanager
+def _progress_bar(total_bytes: int, show: bool) -> Iterator[Advance]:
+    """A rich bar over the source bytes coded; a no-op unless ``show`` (stderr is a terminal)."""
+    if not show:
+        yield lambda num_bytes: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
+
+    columns: list[Any] = [TextColumn("Compressing weights"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                          TimeElapsedColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("weights", total=total_bytes)
+        yield lambda num_bytes: bar.advance(task, num_bytes)
+        bar.update(task, completed=total_bytes)

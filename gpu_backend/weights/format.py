@@ -1,0 +1,170 @@
+"""The compressed-weights format's constants and its JSON header (docs/weights-format.md is the spec).
+
+ECF ("exponent-coded floats") stores each weight of a matrix in a fixed number of bits: its sign and
+mantissa as they are, its exponent as a 4-bit index into the tensor's 15 most common exponents, 15
+meaning "escaped". Escaped weights are kept whole in a per-row side list. A safetensors file holds
+the parts of every coded tensor under ``{name}#ecf.{part}`` and its header's metadata holds this
+module's JSON under ``METADATA_KEY``: format name, version and each tensor's layout and checksums.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import (
+    CompressedWeightsError,
+    UnsupportedWeightsDtypeError,
+    WeightsFormatVersionError,
+)
+
+FORMAT_NAME = "edgewise.ecf"
+FORMAT_VERSION = 1
+METADATA_KEY = "edgewise.weights"
+PART_SEPARATOR = "#ecf."
+INDEX_BITS = 4
+ESCAPE_INDEX = (1 << INDEX_BITS) - 1  # 15: the exponent is not in the table; see the escape list
+TABLE_SIZE = 1 << INDEX_BITS  # 16 entries; entry 15 is never used, so a kernel may look up without a branch
+EXPONENT_BITS = 8
+
+# the parts of one coded tensor of shape (rows, *rest), cols = prod(rest)
+SIGN_MANTISSA = "sign_mantissa"  # uint8 [bytes, rows, cols]: (sign << mantissa_bits | mantissa), byte 0 lowest
+EXPONENT_INDEX = "exponent_index"  # uint8 [rows, ceil(cols / 2)]: column 2j in the low nibble, 2j+1 in the high
+EXPONENT_TABLE = "exponent_table"  # uint8 [16]: the biased exponent each index stands for
+ESCAPE_ROW_OFFSETS = "escape_row_offsets"  # int32 [rows + 1]: row r's escapes are [offsets[r], offsets[r+1])
+ESCAPE_COLS = "escape_cols"  # int32 [num_escapes]: column of each escape, rows in order, columns ascending
+ESCAPE_VALUES = "escape_values"  # int16 (bf16) / int32 (fp32) [num_escapes]: the weight's whole bit pattern
+PARTS = (SIGN_MANTISSA, EXPONENT_INDEX, EXPONENT_TABLE, ESCAPE_ROW_OFFSETS, ESCAPE_COLS, ESCAPE_VALUES)
+
+CODED = "ecf"
+RAW = "raw"
+
+
+@dataclass(frozen=True)
+class FloatLayout:
+    """Where a float dtype keeps its sign, exponent and mantissa, and the integer type of its bits."""
+
+    dtype: torch.dtype
+    bits_dtype: torch.dtype
+    mantissa_bits: int
+
+    @property
+    def total_bits(self) -> int:
+        return 1 + EXPONENT_BITS + self.mantissa_bits
+
+    @property
+    def sign_mantissa_bytes(self) -> int:
+        return (1 + self.mantissa_bits) // 8
+
+    @property
+    def coded_bits(self) -> int:
+        """Bits per weight before escapes and row offsets: 12 for bfloat16, 28 for float32."""
+        return 1 + INDEX_BITS + self.mantissa_bits
+
+
+# Only dtypes whose sign + mantissa fill whole bytes: float16 (1 + 10 bits) would save 1 bit in 16.
+LAYOUTS: dict[torch.dtype, FloatLayout] = {
+    torch.bfloat16: FloatLayout(torch.bfloat16, torch.int16, 7),
+    torch.float32: FloatLayout(torch.float32, torch.int32, 23),
+}
+DTYPE_NAMES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def layout_of(dtype: torch.dtype) -> FloatLayout:
+    try:
+        return LAYOUTS[dtype]
+    except KeyError:
+        raise UnsupportedWeightsDtypeError(
+            f"the compressed-weights format has no code for {dtype} (it codes bfloat16 and float32; float16 "
+            "keeps only 5 exponent bits, so a code would save 1 bit in 16): pass --dtype bfloat16 "
+            "(lossless only if the weights were bfloat16 before) or --dtype float32 (lossless from float16)"
+        ) from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(rows, cols) a coded tensor is stored as: its first dimension by the product of the others."""
+    return shape[0], math.prod(shape[1:])
+
+
+def part_name(tensor_name: str, part: str) -> str:
+    return f"{tensor_name}{PART_SEPARATOR}{part}"
+
+
+def source_name(stored_name: str) -> str:
+    """The checkpoint tensor a stored tensor belongs to: ``a.weight#ecf.exponent_index`` -> ``a.weight``."""
+    return stored_name.split(PART_SEPARATOR, 1)[0]
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One checkpoint tensor in a file: how it is stored and the checksums to check it by."""
+
+    encoding: str  # CODED or RAW
+    dtype: str  # the checkpoint dtype it decodes to ("bfloat16")
+    shape: tuple[int, ...]
+    crc32: int  # of the decoded tensor's bytes (for RAW: of the stored tensor, the same bytes)
+    part_crc32: dict[str, int] = field(default_factory=dict)  # CODED: each stored part's bytes
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPE_NAMES.get(self.dtype) or getattr(torch, self.dtype)
+
+    def to_json(self) -> dict[str, Any]:
+        raw = {"encoding": self.encoding, "dtype": self.dtype, "shape": list(self.shape), "crc32": self.crc32}
+        if self.encoding == CODED:
+            raw["parts"] = dict(self.part_crc32)
+        return raw
+
+    @classmethod
+    def from_json(cls, name: str, raw: dict[str, Any]) -> TensorEntry:
+        try:
+            entry = cls(encoding=raw["encoding"], dtype=raw["dtype"], shape=tuple(int(d) for d in raw["shape"]),
+                        crc32=int(raw["crc32"]), part_crc32={k: int(v) for k, v in raw.get("parts", {}).items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise CompressedWeightsError(f"tensor {name!r}: malformed header entry ({error!r})") from None
+        if entry.encoding not in (CODED, RAW):
+            raise CompressedWeightsError(f"tensor {name!r}: unknown encoding {entry.encoding!r}")
+        if entry.encoding == CODED and set(entry.part_crc32) != set(PARTS):
+            raise CompressedWeightsError(f"tensor {name!r}: header lists parts {sorted(entry.part_crc32)}, "
+                                         f"expected {sorted(PARTS)}")
+        return entry
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    """The JSON kept in a compressed file's safetensors metadata under ``METADATA_KEY``."""
+
+    tensors: dict[str, TensorEntry]
+    version: int = FORMAT_VERSION
+
+    def to_metadata(self) -> dict[str, str]:
+        body = {"format": FORMAT_NAME, "version": self.version,
+                "tensors": {name: entry.to_json() for name, entry in self.tensors.items()}}
+        return {"format": "pt", METADATA_KEY: json.dumps(body, separators=(",", ":"))}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str] | None, file: str) -> FileHeader | None:
+        """The header of a compressed file; None for a plain safetensors file."""
+        text = (metadata or {}).get(METADATA_KEY)
+        if text is None:
+            return None
+        try:
+            body = json.loads(text)
+            name, version, tensors = body["format"], body["version"], body["tensors"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise CompressedWeightsError(f"{file}: malformed {METADATA_KEY} header ({error!r})") from None
+        if name != FORMAT_NAME:
+            raise CompressedWeightsError(f"{file}: weights format {name!r} is not {FORMAT_NAME!r}")
+        if version != FORMAT_VERSION:
+            raise WeightsFormatVersionError(
+                f"{file}: written in {FORMAT_NAME} version {version}, but this edgewise reads version "
+                f"{FORMAT_VERSION} only (compress the original checkpoint again with this version, or upgrade)")
+        return cls({name: TensorEntry.from_json(name, raw) for name, raw in tensors.items()}, version)

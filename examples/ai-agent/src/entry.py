@@ -73,7 +73,8 @@ class Default(WorkerEntrypoint):
                 "parallel_tool_calls": False,
                 "max_tokens": MAX_TOKENS,
             })
-            calls = [{"name": call["name"], "arguments": call["arguments"]} for call in result.get("tool_calls") or []]
+            calls = [{"name": call["name"], "arguments": as_object(call["arguments"])}
+                     for call in result.get("tool_calls") or []]
             if not calls:
                 return {"answer": answer_text(result.get("response")), "steps": steps}
             messages.append({"role": "assistant", "content": answer_text(result.get("response")), "tool_calls": calls})
@@ -85,20 +86,17 @@ class Default(WorkerEntrypoint):
 
     async def run_tool(self, name, arguments):
         """The tool's result, or {"error"} that tells the model what to fix."""
-        if isinstance(arguments, str):  # some models write the arguments as JSON text
-            try:
-                arguments = json.loads(arguments)
-            except ValueError:
-                return {"error": "the arguments must be a JSON object"}
         if name != "find_orders":
             return {"error": f"there is no tool {name!r}; use find_orders"}
-        if not isinstance(arguments, dict):
-            return {"error": "the arguments must be a JSON object"}
-        return await self.find_orders(**arguments)
+        if not arguments:
+            return {"error": 'the arguments must be a JSON object such as {"status": "pending"}'}
+        return await self.find_orders(arguments)
 
-    async def find_orders(self, status=None, limit=MAX_ORDERS, **unknown):
+    async def find_orders(self, arguments):
+        status, limit = arguments.get("status"), arguments.get("limit", MAX_ORDERS)
+        unknown = sorted(set(arguments) - {"status", "limit"})
         if unknown:
-            return {"error": f"find_orders takes status and limit, not {', '.join(sorted(unknown))}"}
+            return {"error": f"find_orders takes status and limit, not {', '.join(unknown)}"}
         if status not in STATUSES:
             return {"error": f"status must be one of {', '.join(STATUSES)}"}
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_ORDERS:
@@ -114,6 +112,17 @@ def tool_choice(step):
     if step == 0:
         return "required"
     return "none" if step == MAX_STEPS - 1 else "auto"
+
+
+def as_object(arguments):
+    """A call's arguments as a dict ({} when they are not a JSON object): Workers AI sends an object,
+    some models write JSON text."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            return {}
+    return arguments if isinstance(arguments, dict) else {}
 
 
 def tool_text(output):

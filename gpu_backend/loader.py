@@ -135,7 +135,7 @@ def _open_tensors(file: Path, dtype: torch.dtype, device: torch.device,
 
     A compressed file (docs/weights-format.md) is detected by its header and decoded tensor by tensor."""
     try:
-        with open_weights(file) as handle:
+        with open_weights(file, decode_device=device) as handle:
             for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 if wants(name):  # skipped tensors are never opened, let alone read
                     yield CheckpointTensor(name, handle.get_slice(name), dtype=dtype, device=device)

@@ -37,8 +37,9 @@ def crc32(tensor: torch.Tensor) -> int:
 
 def exponent_histogram(tensor: torch.Tensor) -> torch.Tensor:
     """How many weights have each biased exponent 0..255 (int64 [256])."""
-    _, exponent, _ = _split(tensor.reshape(-1), layout_of(tensor.dtype))
-    return torch.bincount(exponent, minlength=NUM_EXPONENTS)
+    layout = layout_of(tensor.dtype)
+    _, exponent = _split_bytes(tensor.detach().cpu().contiguous().reshape(1, -1), layout)
+    return torch.bincount(exponent.reshape(-1).long(), minlength=NUM_EXPONENTS)
 
 
 def exponent_table(histogram: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -56,14 +57,15 @@ def encode(tensor: torch.Tensor) -> Parts:
     layout = layout_of(tensor.dtype)
     rows, cols = matrix_shape(tuple(tensor.shape))
     matrix = tensor.detach().cpu().contiguous().reshape(rows, cols)
-    sign, exponent, mantissa = _split(matrix, layout)
+    sign_mantissa, exponent = _split_bytes(matrix, layout)
+    exponent = exponent.long()
     table, num_used = exponent_table(torch.bincount(exponent.reshape(-1), minlength=NUM_EXPONENTS))
-    lookup = torch.full((NUM_EXPONENTS,), ESCAPE_INDEX, dtype=torch.int64)
-    lookup[table[:num_used].long()] = torch.arange(num_used)
+    lookup = torch.full((NUM_EXPONENTS,), ESCAPE_INDEX, dtype=torch.uint8)
+    lookup[table[:num_used].long()] = torch.arange(num_used, dtype=torch.uint8)
     index = lookup[exponent]
     escape_rows, escape_cols = torch.nonzero(index == ESCAPE_INDEX, as_tuple=True)
     return {
-        SIGN_MANTISSA: _byte_planes((sign << layout.mantissa_bits) | mantissa, layout.sign_mantissa_bytes),
+        SIGN_MANTISSA: sign_mantissa,
         EXPONENT_INDEX: _pack_nibbles(index),
         EXPONENT_TABLE: table,
         ESCAPE_ROW_OFFSETS: _row_offsets(escape_rows, rows),
@@ -73,15 +75,22 @@ def encode(tensor: torch.Tensor) -> Parts:
 
 
 def decode_parts(parts: Parts, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    """The tensor ``encode`` was given, from its parts, on the parts' device."""
+    """The tensor ``encode`` was given, from its parts, on the parts' device.
+
+    Works on bytes, little-endian, as a kernel would: the top byte of a weight is its sign and the
+    exponent's high 7 bits, the next byte the exponent's low bit and the mantissa's high 7 bits;
+    the sign-mantissa planes below the top one are the weight's lower bytes as they are.
+    """
     layout = layout_of(dtype)
     rows, cols = matrix_shape(shape)
-    sign_mantissa = _join_byte_planes(parts[SIGN_MANTISSA])
-    index = _unpack_nibbles(parts[EXPONENT_INDEX], cols)
-    exponent = parts[EXPONENT_TABLE].to(torch.int32)[index.long()]
-    sign = sign_mantissa >> layout.mantissa_bits
-    magnitude = (exponent << layout.mantissa_bits) | (sign_mantissa & ((1 << layout.mantissa_bits) - 1))
-    bits = _with_sign(magnitude, sign, layout)
+    planes = parts[SIGN_MANTISSA]
+    index = _unpack_nibbles(parts[EXPONENT_INDEX], cols).long()
+    table = parts[EXPONENT_TABLE]
+    top_plane = planes[-1]
+    high = (top_plane & 0x80) | (table >> 1)[index]
+    next_high = (top_plane & 0x7F) | ((table & 1) << 7)[index]
+    weight_bytes = torch.stack([*planes[:-1], next_high, high], dim=-1)  # [rows, cols, bytes], lowest first
+    bits = weight_bytes.view(layout.bits_dtype).reshape(rows, cols)
     offsets = parts[ESCAPE_ROW_OFFSETS].long()
     escape_rows = torch.repeat_interleave(torch.arange(rows, device=offsets.device), offsets.diff())
     bits[escape_rows, parts[ESCAPE_COLS].long()] = parts[ESCAPE_VALUES]
@@ -92,31 +101,14 @@ def coded_bytes(parts: Parts) -> int:
     return sum(part.numel() * part.element_size() for part in parts.values())
 
 
-def _split(tensor: torch.Tensor, layout: FloatLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(sign, biased exponent, mantissa) of each element, as int32 (int64 exponent, for indexing)."""
-    bits = tensor.view(layout.bits_dtype).to(torch.int32)  # sign-extended: shifts and masks below undo it
-    sign = (bits < 0).to(torch.int32)
-    exponent = ((bits >> layout.mantissa_bits) & (NUM_EXPONENTS - 1)).long()
-    mantissa = bits & ((1 << layout.mantissa_bits) - 1)
-    return sign, exponent, mantissa
-
-
-def _with_sign(magnitude: torch.Tensor, sign: torch.Tensor, layout: FloatLayout) -> torch.Tensor:
-    # two's complement: setting the top bit of a non-negative value is adding -2**(bits-1); never overflows
-    top = torch.tensor(-(1 << (layout.total_bits - 1)), dtype=torch.int32, device=magnitude.device)
-    return (magnitude + sign * top).to(layout.bits_dtype)
-
-
-def _byte_planes(values: torch.Tensor, num_bytes: int) -> torch.Tensor:
-    """uint8 [num_bytes, *values.shape], plane 0 the lowest byte."""
-    return torch.stack([(values >> (8 * plane)) & 0xFF for plane in range(num_bytes)]).to(torch.uint8)
-
-
-def _join_byte_planes(planes: torch.Tensor) -> torch.Tensor:
-    values = planes[0].to(torch.int32)
-    for plane in range(1, planes.shape[0]):
-        values |= planes[plane].to(torch.int32) << (8 * plane)
-    return values
+def _split_bytes(matrix: torch.Tensor, layout: FloatLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 [bytes, rows, cols] sign-mantissa planes, uint8 [rows, cols] biased exponents), from the bytes."""
+    weight_bytes = matrix.view(torch.uint8).reshape(*matrix.shape, layout.total_bits // 8)  # little-endian
+    high, next_high = weight_bytes[..., -1], weight_bytes[..., -2]
+    exponent = ((high & 0x7F) << 1) | (next_high >> 7)
+    top_plane = (high & 0x80) | (next_high & 0x7F)
+    planes = torch.stack([*weight_bytes[..., :-2].unbind(-1), top_plane])
+    return planes, exponent
 
 
 def _pack_nibbles(index: torch.Tensor) -> torch.Tensor:

@@ -42,11 +42,14 @@ _SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float32: "F32"}
 
 
 @contextmanager
-def open_weights(file: Path) -> Iterator[Any]:
-    """A read handle on ``file``; raises SafetensorError for a file that is not safetensors at all."""
+def open_weights(file: Path, decode_device: torch.device | str = "cpu") -> Iterator[Any]:
+    """A read handle on ``file``; raises SafetensorError for a file that is not safetensors at all.
+
+    Coded tensors are decoded on ``decode_device`` (their parts, smaller than the tensor, go there first).
+    """
     with safe_open(file, framework="pt", device="cpu") as handle:
         header = FileHeader.from_metadata(handle.metadata(), str(file))
-        yield handle if header is None else CompressedFile(handle, header, file)
+        yield handle if header is None else CompressedFile(handle, header, file, torch.device(decode_device))
 
 
 def is_compressed(file: Path) -> bool:
@@ -58,10 +61,11 @@ def is_compressed(file: Path) -> bool:
 class CompressedFile:
     """An open compressed file, read like a safetensors handle under the checkpoint's own tensor names."""
 
-    def __init__(self, handle: Any, header: FileHeader, file: Path) -> None:
+    def __init__(self, handle: Any, header: FileHeader, file: Path, decode_device: torch.device) -> None:
         self._handle = handle
         self.header = header
         self.file = file
+        self.decode_device = decode_device
         stored = set(handle.keys())
         for name, entry in header.tensors.items():
             wanted = [part_name(name, part) for part in PARTS] if entry.encoding == CODED else [name]
@@ -76,7 +80,7 @@ class CompressedFile:
         return self._handle.metadata()
 
     def get_slice(self, name: str) -> CompressedSlice:
-        return CompressedSlice(self._handle, name, self._entry(name), self.file)
+        return CompressedSlice(self._handle, name, self._entry(name), self.file, self.decode_device)
 
     def get_tensor(self, name: str) -> torch.Tensor:
         return self.get_slice(name)[...]
@@ -91,11 +95,13 @@ class CompressedFile:
 class CompressedSlice:
     """One checkpoint tensor of a compressed file, shaped like safetensors' PySafeSlice."""
 
-    def __init__(self, handle: Any, name: str, entry: TensorEntry, file: Path) -> None:
+    def __init__(self, handle: Any, name: str, entry: TensorEntry, file: Path,
+                 decode_device: torch.device = torch.device("cpu")) -> None:
         self._handle = handle
         self.name = name
         self.entry = entry
         self.file = file
+        self.decode_device = decode_device
         self._decoded: torch.Tensor | None = None
 
     def get_shape(self) -> list[int]:
@@ -121,8 +127,10 @@ class CompressedSlice:
 
     def _read_checked(self) -> torch.Tensor:
         if self.entry.encoding == CODED:
-            tensor = decode_parts(self.parts(), self.entry.torch_dtype, self.entry.shape)
-            self._check("decoded tensor", crc32(tensor), self.entry.crc32)
+            parts = {part: value.to(self.decode_device) for part, value in self.parts().items()}
+            tensor = decode_parts(parts, self.entry.torch_dtype, self.entry.shape)
+            if tensor.device.type == "cpu":  # on a GPU the parts' checksums stand for it: no copy back
+                self._check("decoded tensor", crc32(tensor), self.entry.crc32)
         else:
             tensor = self._handle.get_tensor(self.name)
             self._check("stored tensor", crc32(tensor), self.entry.crc32)

@@ -39,6 +39,7 @@ from .format import (
 
 # safetensors' dtype names, which CheckpointTensor reads from get_slice(...).get_dtype()
 _SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float32: "F32"}
+CPU = torch.device("cpu")
 
 
 @contextmanager
@@ -96,7 +97,7 @@ class CompressedSlice:
     """One checkpoint tensor of a compressed file, shaped like safetensors' PySafeSlice."""
 
     def __init__(self, handle: Any, name: str, entry: TensorEntry, file: Path,
-                 decode_device: torch.device = torch.device("cpu")) -> None:
+                 decode_device: torch.device = CPU) -> None:
         self._handle = handle
         self.name = name
         self.entry = entry

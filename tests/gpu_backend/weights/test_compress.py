@@ -49,7 +49,7 @@ def test_sharded_checkpoint_keeps_its_shards_and_gets_a_new_index(checkpoints: d
     index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
     for stored, file in index["weight_map"].items():
         with safe_open(tmp_path / "out" / file, framework="pt") as handle:
-            assert stored in handle.keys()
+            assert stored in handle.keys()  # noqa: SIM118 (safe_open is not a mapping)
     assert any("#ecf." in name for name in index["weight_map"])
 
 
@@ -161,7 +161,7 @@ def test_a_killed_compress_leaves_no_folder_that_looks_complete(checkpoints: dic
                                                                 tmp_path: Path) -> None:
     dst = tmp_path / "out"
     run = subprocess.run([sys.executable, "-c", KILLED_RUN, str(checkpoints["llama_v4_sharded"]), str(dst)],
-                         timeout=120, capture_output=True)
+                         check=False, timeout=120, capture_output=True)
     assert run.returncode == -9, run.stderr.decode()
     assert not dst.exists()
     leftovers = list(tmp_path.iterdir())

@@ -72,18 +72,17 @@ def test_a_flipped_bit_in_a_raw_tensor_names_it_and_the_engine_refuses_to_load(c
 def test_a_version_this_code_does_not_read_names_both_versions(compressed: Path) -> None:
     rewrite_header(compressed / "model.safetensors", version=FORMAT_VERSION + 1)
     expected = f"version {FORMAT_VERSION + 1}, but this edgewise reads version {FORMAT_VERSION} only"
-    with pytest.raises(WeightsFormatVersionError, match=expected):
-        with open_weights(compressed / "model.safetensors"):
-            pass
+    with pytest.raises(WeightsFormatVersionError, match=expected), open_weights(compressed / "model.safetensors"):
+        pass
     with pytest.raises(CheckpointError, match=expected):
         LLM(str(compressed), device="cpu", dtype="float32", progress=False)
 
 
 def test_another_format_name_and_a_malformed_header_are_refused(compressed: Path) -> None:
     rewrite_header(compressed / "model.safetensors", format="someone.else")
-    with pytest.raises(CompressedWeightsError, match="'someone.else' is not 'edgewise.ecf'"):
-        with open_weights(compressed / "model.safetensors"):
-            pass
+    with pytest.raises(CompressedWeightsError, match="'someone.else' is not 'edgewise.ecf'"), \
+            open_weights(compressed / "model.safetensors"):
+        pass
 
 
 def test_a_missing_part_and_a_part_of_the_wrong_shape_are_named(compressed: Path, tmp_path: Path) -> None:
@@ -94,12 +93,12 @@ def test_a_missing_part_and_a_part_of_the_wrong_shape_are_named(compressed: Path
     missing = dict(tensors)
     del missing[part_name(WEIGHT, "escape_cols")]
     save_file(missing, str(tmp_path / "missing.safetensors"), metadata=metadata)
-    with pytest.raises(CompressedWeightsError, match=f"'{WEIGHT}' is missing its stored part"):
-        with open_weights(tmp_path / "missing.safetensors"):
-            pass
+    with pytest.raises(CompressedWeightsError, match=f"'{WEIGHT}' is missing its stored part"), \
+            open_weights(tmp_path / "missing.safetensors"):
+        pass
     body = json.loads(metadata[METADATA_KEY])
     body["tensors"][WEIGHT]["shape"][0] += 1  # the header disagrees with the parts
     save_file(tensors, str(tmp_path / "shape.safetensors"), metadata={**metadata, METADATA_KEY: json.dumps(body)})
-    with open_weights(tmp_path / "shape.safetensors") as handle:
-        with pytest.raises(CompressedWeightsError, match=f"tensor '{WEIGHT}': part 'sign_mantissa' is"):
-            handle.get_tensor(WEIGHT)
+    with open_weights(tmp_path / "shape.safetensors") as handle, \
+            pytest.raises(CompressedWeightsError, match=f"tensor '{WEIGHT}': part 'sign_mantissa' is"):
+        handle.get_tensor(WEIGHT)

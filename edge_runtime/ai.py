@@ -33,6 +33,8 @@ MODELS_PATH = "/client/v4/accounts/{account}/ai/models/search"
 _IGNORED_OPTIONS = ("gateway", "prefix", "signal", "sessionOptions")
 # options the backend reads from the REST body's "options", as Cloudflare's REST API takes them
 _BODY_OPTIONS = ("rejectIfBusy",)
+# options the backend reads from the query string, as Cloudflare's REST API takes them: async batches
+_QUERY_OPTIONS = ("queueRequest",)
 # refused, unresolvable, TLS failed or timed out while connecting: the request never went out
 _UNREACHABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 SSE_TYPE = "text/event-stream"
@@ -80,7 +82,8 @@ class Ai:
         extra_headers, raw = _read_options(options)
         model, body = _checked_call(model, inputs, _body_options(options))
         path = RUN_PATH.format(account=ACCOUNT_ID, model=quote(model, safe="@/"))
-        spec, upstream = await self._send("POST", path, data=body, headers=extra_headers)
+        spec, upstream = await self._send("POST", path, data=body, headers=extra_headers,
+                                          params=_query_options(options))
         self._remember(upstream)
         if raw:
             return await _raw_response(upstream)
@@ -270,6 +273,16 @@ def _body_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         if not isinstance(value, bool):
             raise TypeError(f"env.AI.run options: {name} must be True or False, got {value!r}")
     return sent
+
+
+def _query_options(options: Mapping[str, Any] | None) -> dict[str, str]:
+    """The run options sent as query parameters: `queueRequest: True` queues `{"requests": [...]}` as an
+    async batch (`?queueRequest=true`); polling it takes `{"request_id": ...}` and no option."""
+    sent = {name: options[name] for name in _QUERY_OPTIONS if options is not None and name in options}
+    for name, value in sent.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"env.AI.run options: {name} must be True or False, got {value!r}")
+    return {name: "true" for name, value in sent.items() if value}
 
 
 def _query_value(value: Any) -> str:

@@ -84,10 +84,18 @@ def backend() -> None:
 @click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds the service waits, in all, for a request's body; past that the client gets 408 "
                    "(Workers AI's 3007) and the connection is closed (default: 60).")
+@click.option("--batch-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep async batches (queueRequest) and their results in this folder; unfinished batches run "
+                   "again after a restart (default: $XDG_STATE_HOME/edgewise/batches, i.e. "
+                   "~/.local/state/edgewise/batches).")
+@click.option("--batch-retention", metavar="DURATION", default="24h", show_default=True,
+              help="How long a finished batch's results are kept, e.g. 90s, 30m, 24h, 7d; then polling it "
+                   "answers that the request_id is unknown.")
 @click.pass_context
 def serve(ctx: click.Context, models: tuple[str, ...], strict_models: bool, host: str, port: int, token: str | None,
           device: str, dtype: str, max_queue: int | None, log_level: str, cluster_spec: str | None,
-          header_timeout: float | None, body_timeout: float | None, **cluster_flags: Any) -> None:
+          header_timeout: float | None, body_timeout: float | None, batch_dir: Path | None, batch_retention: str,
+          **cluster_flags: Any) -> None:
     """Serve models over HTTP and WebSocket until Ctrl-C.
 
     With --tp/--pp each text model runs on tp x pp ranks started here (one GPU each). Across
@@ -96,6 +104,7 @@ def serve(ctx: click.Context, models: tuple[str, ...], strict_models: bool, host
     from gpu_backend.builtin_models import BUILTIN_MODELS
     from gpu_backend.cluster.launch import torchrun_env
     from gpu_backend.server import serve as service
+    from gpu_backend.server.batches import BatchConfig, default_batch_dir
     from gpu_backend.server.read_timeouts import ReadTimeouts
 
     try:
@@ -103,6 +112,7 @@ def serve(ctx: click.Context, models: tuple[str, ...], strict_models: bool, host
         cluster = _cluster_config(ctx, cluster_spec, cluster_flags)
         given = {"header_s": header_timeout, "body_s": body_timeout}
         read_timeouts = ReadTimeouts(**{key: value for key, value in given.items() if value is not None})
+        batches = BatchConfig((batch_dir or default_batch_dir()).expanduser(), _retention(batch_retention))
     except ValueError as error:
         fail(str(error))
         return
@@ -110,7 +120,7 @@ def serve(ctx: click.Context, models: tuple[str, ...], strict_models: bool, host
     if place is not None:
         _serve_ranks(resolved, place, cluster, host=host, port=port, token=token, max_queue=max_queue,
                      log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype, read_timeouts=read_timeouts,
-                     strict_models=strict_models)
+                     strict_models=strict_models, batches=batches)
         return
     if not token:
         token = secrets.token_urlsafe(32)
@@ -123,7 +133,7 @@ def serve(ctx: click.Context, models: tuple[str, ...], strict_models: bool, host
     err_console.print(f"edgewise backend · loading {names} on {device}{shape}", markup=False)
     service.serve(resolved, host=host, port=port, token=token, max_queue=max_queue,
                   log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype, cluster=cluster,
-                  read_timeouts=read_timeouts, strict_models=strict_models)
+                  read_timeouts=read_timeouts, strict_models=strict_models, batches=batches)
 
 
 # The flags that shape the cluster, by parameter name; each is a shorthand of the cluster config.
@@ -155,6 +165,15 @@ def _read_cluster_spec(text: str) -> str:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"--cluster {text}: cannot read {path}: {error}") from None
+
+
+def _retention(text: str) -> float:
+    from gpu_backend.server.batches import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise ValueError(f"--batch-retention: {error}") from None
 
 
 def _flag(name: str) -> str:

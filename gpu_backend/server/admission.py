@@ -8,6 +8,11 @@ bound. A slot is only ever held through ``Admission.slot``, a context manager, s
 
 A request sent with Workers AI's ``rejectIfBusy`` never queues: ``slot(model, reject_if_busy=True)``
 refuses it at once (429, 3040) when every running slot is taken, even though the queue has room.
+
+Async batch items (batches.py) run below interactive requests: ``background_slot`` admits one only
+while a running slot is free (so no interactive request is waiting) and batch items hold fewer than
+half of the model's running slots (at least one), so a request that arrives finds a slot or waits
+behind at most one generation's worth of batch work, never behind a whole batch.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ RETRY_AFTER_S = 1
 BUSY_MESSAGE = "Capacity temporarily exceeded, please try again."  # Workers AI's words for rejectIfBusy
 
 
+class NoBackgroundSlot(Exception):
+    """A batch item found no slot it may take: it waits in its batch, this is no error for anyone."""
+
+
 class Admission:
     def __init__(self, max_queue: int, capacity: Callable[[str], int]) -> None:
         if max_queue < 0:
@@ -29,6 +38,7 @@ class Admission:
         self.max_queue = max_queue
         self._capacity = capacity  # model -> requests its engine runs at once
         self._in_flight: Counter[str] = Counter()
+        self._background: Counter[str] = Counter()  # batch items among _in_flight
 
     def limit(self, model: str) -> int:
         return self._capacity(model) + self.max_queue
@@ -57,6 +67,27 @@ class Admission:
             yield
         finally:
             self._in_flight[model] -= 1
+
+    def background_limit(self, model: str) -> int:
+        """Batch items the model may run at once: under half of its running slots, at least one."""
+        return max(1, self._capacity(model) // 2)
+
+    def can_admit_background(self, model: str) -> bool:
+        """Whether a batch item may start now: a running slot is free and batch items hold under their share."""
+        return self.has_free_slot(model) and self._background[model] < self.background_limit(model)
+
+    @contextmanager
+    def background_slot(self, model: str) -> Iterator[None]:
+        """Hold one of ``model``'s slots for a batch item; raises NoBackgroundSlot unless ``can_admit_background``."""
+        if not self.can_admit_background(model):
+            raise NoBackgroundSlot(model)
+        self._in_flight[model] += 1
+        self._background[model] += 1
+        try:
+            yield
+        finally:
+            self._in_flight[model] -= 1
+            self._background[model] -= 1
 
     def in_flight(self, model: str) -> int:
         return self._in_flight[model]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
@@ -18,8 +20,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import openai_api, openapi, workers_ai
+from . import openai_api, openapi, responses_api, workers_ai
 from .admission import Admission
+from .batch_items import run_item
+from .batches import BatchConfig, Batches
 from .client import EngineClient
 from .errors import BadTokenError, MethodNotAllowedError, MissingTokenError, NoRouteError, ServiceError, is_openai
 from .generation import ClientGone
@@ -44,15 +48,19 @@ class Service:
     metrics: Metrics
     started_at: float = field(default_factory=time.time)
     limits: InputLimits = DEFAULT_LIMITS  # what one request may ask for (sizes, counts, nesting)
+    batches: Batches | None = None  # async batches (queueRequest); None: refused
 
 
 def create_app(client: EngineClient, token: str, max_queue: int = DEFAULT_MAX_QUEUE,
-               limits: InputLimits = DEFAULT_LIMITS) -> ASGIApp:
+               limits: InputLimits = DEFAULT_LIMITS, batches: BatchConfig | None = None) -> ASGIApp:
+    """``batches``: where async batches are kept (their folder is opened here); None refuses them."""
     if not token:
         raise ValueError("the backend needs a non-empty token")
     admission = Admission(max_queue, lambda model: client.model_info(model).max_num_seqs)
     service = Service(client, admission, Metrics(client, admission), limits=limits)
-    app = Starlette(routes=_routes(), middleware=[Middleware(RequestScope)],
+    if batches is not None:
+        service.batches = Batches(batches, service, run_item)
+    app = Starlette(routes=_routes(), middleware=[Middleware(RequestScope)], lifespan=_lifespan,
                     exception_handlers={ServiceError: _service_error, ClientGone: _client_gone,
                                         ClientDisconnect: _client_gone,  # left mid-body, or too slow to send it
                                         HTTPException: _no_route})
@@ -61,10 +69,24 @@ def create_app(client: EngineClient, token: str, max_queue: int = DEFAULT_MAX_QU
     return _Authenticated(app, token)
 
 
+@asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    """Runs the batches' task while the server serves; at shutdown its unfinished items stay queued on disk."""
+    batches = app.state.service.batches
+    if batches is not None:
+        await batches.start()
+    try:
+        yield
+    finally:
+        if batches is not None:
+            await batches.stop()
+
+
 def _routes() -> list[BaseRoute]:
     openai = [
         Route("/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/completions", openai_api.completions, methods=["POST"]),
+        Route("/responses", responses_api.create_response, methods=["POST"]),
         Route("/embeddings", openai_api.embeddings, methods=["POST"]),
         Route("/models", openai_api.list_models, methods=["GET"]),
     ]

@@ -75,6 +75,18 @@ class InputTooLongError(ServiceError):
     status, code, openai_type, openai_status = 413, 5021, "invalid_request_error", 400
 
 
+class UnknownBatchError(ServiceError):
+    """A poll for a ``request_id`` that no batch has: never queued here, or its answers expired. Cloudflare
+    documents no code for it: 404, with Workers AI's bad-input code."""
+
+    status, code, openai_type = 404, 5006, "invalid_request_error"
+
+    def __init__(self, request_id: str, retention_s: float) -> None:
+        super().__init__(f"AiError: Bad input: no batch has request_id {request_id}: it was never queued on this "
+                         f"backend, or it finished more than {retention_s:g} s ago and its results were deleted",
+                         param="request_id")
+
+
 class RequestTooLargeError(ServiceError):
     status, code, openai_type = 413, 3006, "invalid_request_error"
 

@@ -43,8 +43,9 @@ class Usage:
                 "total_tokens": self.total_tokens}
 
     def openai(self) -> dict[str, object]:
-        """OpenAI's usage object, with the prompt tokens the prefix cache served."""
-        return {**self.as_dict(), "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+        """OpenAI's usage object, with the prompt tokens the prefix cache served (no model here reasons)."""
+        return {**self.as_dict(), "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+                "completion_tokens_details": {"reasoning_tokens": 0}}
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,10 @@ class Generation:
     its KV blocks and gives its admission slot back, whatever ended it. HTTP routes enter it on
     the request's stack (``request_scope.resources``), so a stream keeps it until the stream ends."""
 
-    def __init__(self, service: Service, model: str, request: TextGenerationInput) -> None:
+    def __init__(self, service: Service, model: str, request: TextGenerationInput, background: bool = False) -> None:
         self.service = service
         self.model = model
+        self.background = background  # an async batch item: admitted below interactive requests (admission.py)
         # how the model writes tool calls; a forced call is constrained to that format here, for every route
         self.tool_parser: ToolParser = tool_parser(service.client.model_info(model).tool_format)
         self.request = with_tool_constraint(request, self.tool_parser)
@@ -82,7 +84,8 @@ class Generation:
 
     async def __aenter__(self) -> Generation:
         async with AsyncExitStack() as held:
-            held.enter_context(self.service.admission.slot(self.model))
+            admission = self.service.admission
+            held.enter_context(admission.background_slot(self.model) if self.background else admission.slot(self.model))
             held.push_async_callback(self._close)
             arrival = time.perf_counter()
             self._stream = self.service.client.generate(self.model, self.request, self.request_id)

@@ -30,7 +30,8 @@ REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")  # accepted; no
 UNSUPPORTED = {
     "functions": "embedded function calling (functions) is not supported by this backend yet",
     "image": "image inputs are not supported by this backend's models",
-    "requests": "the asynchronous batch form (requests) is not supported by this backend yet",
+    "requests": "the batch form (requests) runs as an async batch only: send it with ?queueRequest=true (REST) or "
+                "{'queueRequest': True} (env.AI.run's options)",
 }
 
 Message = dict[str, Any]  # role, content, and name, tool_calls or tool_call_id where given
@@ -61,8 +62,10 @@ SESSION_HEADER = "x-session-affinity"
 
 
 def parse_text_generation(body: Any, model: str, session: str | None = None,
-                          limits: InputLimits = DEFAULT_LIMITS, dialect: Dialect = "workers-ai") -> TextGenerationInput:
-    """``dialect``: whose spelling of ``response_format`` the body uses (the OpenAI routes translate the rest)."""
+                          limits: InputLimits = DEFAULT_LIMITS, dialect: Dialect = "workers-ai",
+                          streams_json: bool = False) -> TextGenerationInput:
+    """``dialect``: whose spelling of ``response_format`` the body uses (the OpenAI routes translate the rest).
+    ``streams_json``: JSON mode may stream (as text) on the Workers AI route, for a chat.completion-shaped model."""
     inputs = _object(body)
     for name, reason in UNSUPPORTED.items():
         if inputs.get(name) not in (None, [], ""):
@@ -71,7 +74,7 @@ def parse_text_generation(body: Any, model: str, session: str | None = None,
         raise LoraUnsupportedError(model)
     response_format = parse_response_format(inputs.get("response_format"), dialect)
     stream = _bool(inputs, "stream", False)
-    if response_format is not None and stream and dialect == "workers-ai":
+    if response_format is not None and stream and dialect == "workers-ai" and not streams_json:
         raise BadInputError("JSON mode does not stream on Workers AI (its answer is one JSON object): remove "
                             "'stream', or use /v1/chat/completions, which streams the JSON text", param="stream")
     tools = parse_tools(inputs.get("tools"))

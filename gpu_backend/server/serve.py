@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse
 from ..builtin_models import BUILTIN_MODELS, builtin_model_path
 from ..config import default_max_num_seqs, resolve_device
 from .api import DEFAULT_MAX_QUEUE, create_app, is_openai
+from .batches import BatchConfig
 from .client import LocalEngines
 from .errors import RequestTimeoutError
 from .read_timeouts import ASGIApp, Receive, ReadTimeouts, Scope, Send, uvicorn_config
@@ -61,14 +62,15 @@ def default_max_queue(device: str) -> int:
 
 def serve(models: Mapping[str, Path], *, host: str, port: int, token: str, max_queue: int | None = None,
           log_level: str = "warning", read_timeouts: ReadTimeouts = ReadTimeouts(), strict_models: bool = False,
-          **engine_options: Any) -> None:
+          batches: BatchConfig | None = None, **engine_options: Any) -> None:
     """``max_queue`` None: ``default_max_queue`` for the device. ``strict_models``: unmapped Workers AI
-    names get 5007 instead of the built-in model of their task (model_fallback.py)."""
+    names get 5007 instead of the built-in model of their task (model_fallback.py). ``batches``: where
+    async batches are kept (None refuses them)."""
     client = LocalEngines(models, strict_models=strict_models, **engine_options)
     try:
         if max_queue is None:
             max_queue = default_max_queue(engine_options.get("device", "auto"))
-        app = create_app(client, token, max_queue=max_queue)
+        app = create_app(client, token, max_queue=max_queue, batches=batches)
         asyncio.run(_serve(app, host, port, log_level, read_timeouts))
     finally:
         client.shutdown()
@@ -76,7 +78,7 @@ def serve(models: Mapping[str, Path], *, host: str, port: int, token: str, max_q
 
 def server_config(app: ASGIApp, read_timeouts: ReadTimeouts, **options: Any) -> uvicorn.Config:
     """uvicorn's config for the service: its read timeouts, and its own settings that every server shares."""
-    return uvicorn_config(app, read_timeouts, _body_timeout_answer(read_timeouts.body_s), lifespan="off",
+    return uvicorn_config(app, read_timeouts, _body_timeout_answer(read_timeouts.body_s), lifespan="on",
                           ws_ping_interval=None, access_log=False, **options)
 
 

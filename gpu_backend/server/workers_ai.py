@@ -4,26 +4,29 @@ Answers use Cloudflare's envelope (``{"result", "success", "errors", "messages"}
 stream, which is raw ``text/event-stream`` as on Cloudflare. The model name may arrive with
 its slashes as they are or as ``%2F`` (the official SDK quotes them). In JSON mode ``response``
 is the parsed JSON value, as on Cloudflare; with ``tools`` the calls the model made come as
-``tool_calls: [{name, arguments}]`` next to the rest of its text.
+``tool_calls: [{name, arguments}]`` next to the rest of its text. A body sent with ``?queueRequest=true``,
+or one naming a ``request_id``, is an async batch queued or polled (batches.py).
 """
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .batches import batch_answer, is_batch_call, queue_request
+from .answer_shapes import CHAT_COMPLETION, answer_shape
 from .body import read_json
+from .chat_completion import CompletionFrames, completion_events
 from .catalog import search
 from ..engine.embedder import EmbeddingResult
 from .client import EngineClient
 from .errors import BadInputError
 from .generation import Completion, Generation, unless_disconnected
 from .request_scope import resources
+from .responses_output import ResponseEcho, ResponseFrame, response_object
 from .schemas import SESSION_HEADER, EmbeddingsInput, TextGenerationInput, parse_embeddings, parse_text_generation
 from .streaming import TRACE_HEADER, EventStream, workers_ai_events
 from .structured import json_answer
@@ -55,13 +58,20 @@ async def run_model(request: Request) -> Response | EventStream:
     model = served_model(request, requested)
     info = service.client.model_info(model)
     body = await read_json(request, service.limits)
+    queued = queue_request(request.query_params.get("queueRequest"))
+    if is_batch_call(queued, body):  # async batches: queued, or polled by request_id
+        return JSONResponse(envelope(batch_answer(service, requested, info.task, body)))
     busy_refused = reject_if_busy(body)
     if info.task == "text-embeddings":
         return JSONResponse(envelope(await embeddings_result(request, model, body, busy_refused)))
-    inputs = parse_text_generation(body, requested, request.headers.get(SESSION_HEADER), service.limits)
+    chat_completion = answer_shape(requested) == CHAT_COMPLETION  # answers as OpenAI's chat.completion
+    inputs = parse_text_generation(body, requested, request.headers.get(SESSION_HEADER), service.limits,
+                                   streams_json=chat_completion)
     if busy_refused:  # no await from here until Generation holds its slot: nothing can take the free one
         service.admission.refuse_if_busy(model)
     generation = await resources(request).enter_async_context(Generation(service, model, inputs))
+    if inputs.stream and chat_completion and not inputs.responses_style:
+        return EventStream(completion_events(generation, CompletionFrames(requested, chat=True), include_usage=True))
     if inputs.stream:
         trace = TRACE_HEADER in request.headers
         return EventStream(workers_ai_events(generation, trace))
@@ -71,9 +81,11 @@ async def run_model(request: Request) -> Response | EventStream:
 
 async def embeddings_result(request: Request, model: str, body: Any, busy_refused: bool = False) -> dict[str, Any]:
     inputs = parse_embeddings(body, request.app.state.service.limits)
-    result = await embed(request, model, inputs, busy_refused)
-    dimensions = len(result.vectors[0])
-    return {"shape": [len(result.vectors), dimensions], "data": result.vectors, "pooling": inputs.pooling}
+    return embeddings_output(inputs, await embed(request, model, inputs, busy_refused))
+
+
+def embeddings_output(inputs: EmbeddingsInput, result: EmbeddingResult) -> dict[str, Any]:
+    return {"shape": [len(result.vectors), len(result.vectors[0])], "data": result.vectors, "pooling": inputs.pooling}
 
 
 async def embed(request: Request, model: str, inputs: EmbeddingsInput, busy_refused: bool = False) -> EmbeddingResult:
@@ -100,18 +112,16 @@ def reject_if_busy(body: Any) -> bool:
 
 
 def text_result(model: str, inputs: TextGenerationInput, completion: Completion, parser: ToolParser) -> dict[str, Any]:
+    """The answer to ``model`` in its schema: Workers AI's, OpenAI's chat.completion (answer_shapes.py), or a
+    Responses ``response`` for instructions/input."""
+    if not inputs.responses_style and answer_shape(model) == CHAT_COMPLETION:
+        return CompletionFrames(model, chat=True).answer(inputs, completion, parser)
     if not inputs.responses_style:
         logprobs = {} if completion.logprobs is None else {"logprobs": {"content": [
             item.openai() for item in completion.logprobs]}}  # asked with logprobs: true, in OpenAI's chat shape
         return {**_response(inputs, completion, parser), **logprobs, "usage": completion.usage.as_dict()}
-    usage = completion.usage
-    message = {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant", "status": "completed",
-               "content": [{"type": "output_text", "text": completion.text, "annotations": []}]}
-    return {"id": f"resp_{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()), "model": model,
-            "status": "completed" if completion.finish_reason != "length" else "incomplete",
-            "output": [message],
-            "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens,
-                      "total_tokens": usage.total_tokens}}
+    echo = ResponseEcho(include_logprobs=inputs.sampling.logprobs is not None)
+    return response_object(ResponseFrame(model, inputs, echo), completion, parser)  # as /v1/responses answers
 
 
 def _response(inputs: TextGenerationInput, completion: Completion, parser: ToolParser) -> dict[str, Any]:

@@ -246,15 +246,17 @@ class RequestText:
         """The stop string that ended the text, or None."""
         return None if self._detokenizer is None else self._detokenizer.stop_reason
 
-    def add(self, token_ids: Sequence[int], finished: bool = False) -> TextUpdate:
+    def add(self, token_ids: Sequence[int], finished: bool = False, stop_token: bool = False) -> TextUpdate:
         """Take an output's new ids; ``finished``: the request ended with the last of them, so
-        nothing is held back any more (a stop string may still cut what is released)."""
+        nothing is held back any more (a stop string may still cut what is released). ``stop_token``:
+        that last id is an eos or stop token id, which ends the request but is no part of its text
+        (it counts as a generated token), even where the tokenizer does not mark it special."""
         if self._detokenizer is None:
             return TextUpdate("", len(token_ids), False)
         if self._detokenizer.stopped:  # ids sampled before the instances heard of the stop
             return TextUpdate("", 0, True)
         pieces = []
-        for index, token_id in enumerate(token_ids):
+        for index, token_id in enumerate(token_ids[:-1] if finished and stop_token else token_ids):
             delta = self._detokenizer.step((token_id,))
             pieces.append(delta.text)
             if delta.stopped:

@@ -136,7 +136,8 @@ class LLMEngine:
     def _cumulative(self, output: EngineOutput) -> RequestOutput | None:
         """Feed an output's ids to the request's text; a stop string there ends the request."""
         completion = self._completions[output.request_id]
-        update = completion.text.add(output.new_token_ids, finished=output.finished)
+        update = completion.text.add(output.new_token_ids, finished=output.finished,
+                                      stop_token=output.finish_reason == "stop")
         kept = list(output.new_token_ids[:update.num_tokens])
         completion.pieces.append(update.text)
         completion.token_ids += kept

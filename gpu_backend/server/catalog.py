@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from .answer_shapes import answer_shape
 from .client import ModelInfo
 
 # Workers AI's task ids (cloudflare.md 2.7): clients filter on them.
@@ -29,9 +30,16 @@ def model_object(info: ModelInfo) -> dict[str, Any]:
         "description": f"{info.name}, served by this edgewise backend",
         "task": TASKS[info.task],
         "tags": [],
-        "properties": [{"property_id": "context_window" if info.task == "text-generation" else "max_input_tokens",
-                        "value": str(info.context_window)}],
+        "properties": _properties(info),
     }
+
+
+def _properties(info: ModelInfo) -> list[dict[str, str]]:
+    if info.task != "text-generation":
+        return [{"property_id": "max_input_tokens", "value": str(info.context_window)}]
+    return [{"property_id": "context_window", "value": str(info.context_window)},
+            {"property_id": "function_calling", "value": "true"},  # every text model: tools go through its template
+            {"property_id": "output_schema", "value": answer_shape(info.name)}]  # edgewise's: answer_shapes.py
 
 
 def search(models: list[ModelInfo], params: dict[str, str]) -> list[dict[str, Any]]:

@@ -66,7 +66,8 @@ async def stream_text(engine: Engine, prompt_ids: list[int], params: SamplingPar
                        include_stop_str_in_output=params.include_stop_str_in_output)
     async with aclosing(engine.generate(prompt_ids, params, request_id, session)) as outputs:
         async for output in outputs:
-            delta = text_delta(output, text.add(output.new_token_ids, finished=output.finished), engine.tokenizer)
+            update = text.add(output.new_token_ids, finished=output.finished, stop_token=output.finish_reason == "stop")
+            delta = text_delta(output, update, engine.tokenizer)
             if delta.finish_reason is not None and not output.finished:
                 await outputs.aclose()  # a stop string: the request ends on every instance now
             yield delta

@@ -305,3 +305,19 @@ def test_a_stop_string_ends_the_request_with_stop_unless_its_last_token_ended_it
     assert stopped_at_second.finish_reason("length", 2) == "length"  # the same token ended it by length
     assert stopped_at_second._replace(stopped=False).finish_reason("length", 2) == "length"
     assert stopped_at_second._replace(stopped=False).finish_reason(None, 2) is None
+
+
+@pytest.mark.parametrize("groups", [[1] * 8, [1, 7], [8]], ids=["by-one", "hand-off", "whole"])
+def test_a_stop_token_that_is_plain_text_counts_but_stays_out_of_the_text(sentencepiece: Tokenizer,
+                                                                          groups: list[int]) -> None:
+    """A checkpoint whose eos id is an ordinary token ("here" below): ending on it, the request's text
+    is what came before, and the token still counts as generated."""
+    ids = sentencepiece.encode("Now my lord, the king is here", add_special_tokens=False)
+    text, pieces, counted, start = RequestText(sentencepiece), [], 0, 0
+    for size in groups:
+        last = start + size >= len(ids)
+        update = text.add(ids[start:start + size], finished=last, stop_token=last)
+        pieces.append(update.text)
+        counted += update.num_tokens
+        start += size
+    assert ("".join(pieces), counted) == ("Now my lord, the king is", 8)

@@ -88,11 +88,18 @@ def checked_schema(schema: Any, where: str) -> dict[str, Any] | bool:
     return schema
 
 
-def json_answer(text: str, finish_reason: str, max_tokens: int | None) -> Any:
-    """The JSON value a JSON-mode answer holds (Workers AI answers ``response`` as that value)."""
+def json_answer(text: str, finish_reason: str, max_tokens: int | None, num_tokens: int | None = None) -> Any:
+    """The JSON value a JSON-mode answer holds (Workers AI answers ``response`` as that value).
+    ``num_tokens``: how many the answer has; fewer than ``max_tokens`` with ``finish_reason`` "length"
+    means the model's context window ended it, which a larger max_tokens would not help."""
     try:
         return json.loads(text)
     except ValueError:
-        why = (f"the answer was cut off at max_tokens ({max_tokens}); raise 'max_tokens'"
-               if finish_reason == "length" else "the answer is not valid JSON")
+        if finish_reason != "length":
+            why = "the answer is not valid JSON"
+        elif num_tokens is not None and max_tokens is not None and num_tokens < max_tokens:
+            why = (f"the answer was cut off after {num_tokens} tokens, where the model's context window ends; "
+                   f"send a shorter prompt")
+        else:
+            why = f"the answer was cut off at max_tokens ({max_tokens}); raise 'max_tokens'"
         raise BadInputError(f"JSON Mode couldn't be met: {why}", param="max_tokens") from None

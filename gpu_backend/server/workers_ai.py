@@ -127,7 +127,8 @@ def text_result(model: str, inputs: TextGenerationInput, completion: Completion,
 def _response(inputs: TextGenerationInput, completion: Completion, parser: ToolParser) -> dict[str, Any]:
     """``response`` (the JSON value in JSON mode), and the ``tool_calls`` the text holds, if any."""
     if inputs.response_format is not None:
-        return {"response": json_answer(completion.text, completion.finish_reason, inputs.sampling.max_tokens)}
+        return {"response": json_answer(completion.text, completion.finish_reason, inputs.sampling.max_tokens,
+                                        completion.usage.completion_tokens)}
     if not finds_calls(inputs):
         return {"response": completion.text}
     content, calls = parser.parse(completion.text, inputs.tools)

@@ -131,6 +131,8 @@ def test_a_cut_json_answer_says_so() -> None:
     assert json_answer('{"a": [1, 2]}', "stop", 10) == {"a": [1, 2]}
     with pytest.raises(BadInputError, match=r"JSON Mode couldn't be met: the answer was cut off at max_tokens \(4\)"):
         json_answer('{"a": [1', "length", 4)
+    with pytest.raises(BadInputError, match="after 3 tokens, where the model's context window ends"):
+        json_answer('{"a": [1', "length", 256, 3)
 
 
 # -- Workers AI ----------------------------------------------------------------------------------

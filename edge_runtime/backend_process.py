@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO
 
 from .config import BackendSpec, EdgewiseConfig, LocalBackendConfig
@@ -49,8 +50,9 @@ def served_models(edgewise: EdgewiseConfig) -> list[str]:
     return [*builtins, *(model.serve_argument for model in edgewise.models)]
 
 
-def serve_command(edgewise: EdgewiseConfig) -> list[str]:
-    """The command line of the local backend (it never carries the token)."""
+def serve_command(edgewise: EdgewiseConfig, batch_dir: Path | None = None) -> list[str]:
+    """The command line of the local backend (it never carries the token); ``batch_dir``: where it keeps
+    async batches (`edgewise dev`: under the project's .wrangler/state)."""
     settings: LocalBackendConfig = edgewise.backend
     command = [sys.executable, "-P", "-m", "wrangler_like_cli.main", "backend", "serve"]
     for model in served_models(edgewise):
@@ -60,6 +62,8 @@ def serve_command(edgewise: EdgewiseConfig) -> list[str]:
         command += ["--max-queue", str(settings.max_queue)]
     if edgewise.strict_models:
         command += ["--strict-models"]
+    if batch_dir is not None:
+        command += ["--batch-dir", str(batch_dir)]
     # the cluster as one config, checked when wrangler.toml was read: the flags are the CLI's shorthands
     command += ["--cluster", json.dumps(settings.cluster_config().to_json(), separators=(",", ":"))]
     return command

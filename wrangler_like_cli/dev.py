@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from edge_runtime.ai_backends import AiBackends
 from edge_runtime.backend_process import BackendProcess, BackendStartError, serve_command, served_models
+from edge_runtime.bindings import StateDir
 from edge_runtime.catalog import get_location
 from edge_runtime.config import ConfigError, ModelSource, PopSpec, WorkerConfig, load_config
 from edge_runtime.config_edgewise import read_model_source
@@ -169,15 +170,17 @@ def _worker_packages(config: WorkerConfig, install: bool) -> Path | None:
     return packages.folder if packages.requirements and packages.folder.is_dir() else None
 
 
-def _start_backend(config: WorkerConfig, stack: contextlib.ExitStack) -> AiBackends:
+def _start_backend(config: WorkerConfig, stack: contextlib.ExitStack, persist_to: Path | None) -> AiBackends:
     """The backends env.AI calls; the local one is started here (and stopped by `stack`) when the config
-    asks for it."""
+    asks for it, keeping its async batches beside the bindings' data."""
     if not config.starts_local_backend:
         return AiBackends.for_config(config)
     settings = config.edgewise.backend
     models = ", ".join(model.partition("=")[0] for model in served_models(config.edgewise))
     console.print(f"[bold]edgewise[/] starting the local AI backend ({escape(models)}) …", soft_wrap=True)
-    backend = stack.enter_context(BackendProcess.start(serve_command(config.edgewise), settings.ready_timeout_s))
+    batch_dir = StateDir.for_config(config, persist_to).folder("ai", "batches")
+    backend = stack.enter_context(BackendProcess.start(serve_command(config.edgewise, batch_dir),
+                                                       settings.ready_timeout_s))
     console.print(f"[bold]edgewise[/] AI backend ready on {backend.url} · models: {escape(models)}", soft_wrap=True)
     return AiBackends.for_config(config, backend.spec(settings.location))
 
@@ -233,7 +236,7 @@ def dev(directory: Path, config_paths: tuple[Path, ...], env_name: str | None, p
             config, *others = read_configs()
             python_modules = _worker_packages(config, install)
             others_packages = {other.name: _worker_packages(other, install) for other in others}
-            ai_backends = _start_backend(config, stack)
+            ai_backends = _start_backend(config, stack, persist_to)
             edge = Edge(config, ai_backends=ai_backends, show_secrets=show_secrets, persist_to=persist_to,
                         python_modules=python_modules, workers=others, workers_python_modules=others_packages)
             host = ip or ("127.0.0.1" if config.dev.ip == "localhost" else config.dev.ip)

@@ -209,9 +209,9 @@ def dev_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     steps: list[str] = []
     start_backend = dev_module._start_backend
 
-    def record_backend(config: object, stack: object) -> object:
+    def record_backend(config: object, stack: object, *rest: object) -> object:
         steps.append("backend")
-        return start_backend(config, stack)  # type: ignore[arg-type]
+        return start_backend(config, stack, *rest)  # type: ignore[arg-type]
 
     def stop_at_listen(edge: Edge, host: str, port: int) -> None:
         steps.append(f"edge {edge.python_modules}")

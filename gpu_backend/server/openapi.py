@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from .client import EngineClient
+from .batches import MAX_REQUESTS
 from .limits import InputLimits
 from ..engine.sampling_params import MAX_ABS_LOGIT_BIAS, MAX_LOGIT_BIAS_TOKENS, MAX_LOGPROBS
 from .schemas import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, MAX_SEED, REASONING_EFFORTS
@@ -35,7 +36,8 @@ _JSON_TYPES = ["object", "array", "string", "number", "integer", "boolean", "nul
 _ERROR_STATUSES = {"400": "Bad input, or no such model; in Workers AI's JSON mode also an answer cut off at "
                           "max_tokens (JSON Mode couldn't be met)",
                    "401": "No bearer token", "403": "Wrong bearer token",
-                   "404": "No such model (OpenAI routes), or no route",
+                   "404": "No such model (OpenAI routes), no route, or no batch has the polled request_id "
+                          "(never queued, or expired)",
                    "405": "LoRA is not supported, or another method",
                    "408": "The request body did not arrive in time", "413": "The body or the prompt is too large",
                    "429": "The model's queue is full, or with options.rejectIfBusy every running slot is "
@@ -67,6 +69,7 @@ def document(text_models: list[str], embedding_models: list[str], limits: InputL
         paths[f"{prefix}/chat/completions"] = {"post": _openai("Chat completion", "ChatCompletionRequest",
                                                                "ChatCompletion")}
         paths[f"{prefix}/completions"] = {"post": _openai("Text completion", "CompletionRequest", "Completion")}
+        paths[f"{prefix}/responses"] = {"post": _openai("Create a response", "ResponsesRequest", "Response")}
         paths[f"{prefix}/embeddings"] = {"post": _openai("Embeddings", "EmbeddingsRequest", "EmbeddingsList")}
         paths[f"{prefix}/models"] = {"get": _openai("The models served", None, "ModelList")}
     return {
@@ -103,8 +106,10 @@ def _errors(body: str) -> Schema:
 
 
 def _run(model: Schema) -> Schema:
-    inputs = {"anyOf": [_ref("PromptInput"), _ref("MessagesInput"), _ref("ResponsesInput"), _ref("EmbeddingsInput")]}
-    result = {"anyOf": [_ref("TextGenerationResult"), _ref("ResponsesResult"), _ref("EmbeddingsResult")]}
+    inputs = {"anyOf": [_ref("PromptInput"), _ref("MessagesInput"), _ref("ResponsesInput"), _ref("EmbeddingsInput"),
+                        _ref("BatchRequest"), _ref("BatchPoll")]}
+    result = {"anyOf": [_ref("TextGenerationResult"), _ref("ResponsesResult"), _ref("EmbeddingsResult"),
+                        _ref("BatchStatus"), _ref("BatchResponses")]}
     ok = _json(_success(result))
     ok["content"]["text/event-stream"] = {"schema": {"type": "string", "description": "data: {\"response\": ...}"
                                                      " events (tool calls in one {\"response\": \"\", "
@@ -113,8 +118,11 @@ def _run(model: Schema) -> Schema:
     return _operation(
         "Run a model (Workers AI)", {"200": ok, **_errors("ErrorEnvelope")},
         description="Text generation takes prompt, messages or instructions/input; embeddings take text. "
+                    "With ?queueRequest=true, {requests: [...]} is queued as an async batch (BatchRequest, "
+                    "answered with BatchStatus); {request_id} polls it, with or without the parameter (BatchPoll, "
+                    "answered with BatchStatus, then BatchResponses). "
                     "The same path upgraded to a WebSocket takes the inputs as JSON text frames (docs/api.md).",
-        parameters=[_path("account_id", _STRING), _path("model", model)],
+        parameters=[_path("account_id", _STRING), _path("model", model), _QUEUE_REQUEST],
         requestBody={"required": True, "content": {"application/json": {"schema": inputs}}})
 
 
@@ -134,6 +142,11 @@ def _openai(summary: str, request: str | None, result: str) -> Schema:
     if request in ("ChatCompletionRequest", "CompletionRequest"):
         ok["content"]["text/event-stream"] = {"schema": {"type": "string", "description": "OpenAI's chunks, then "
                                                          "data: [DONE] (with \"stream\": true)"}}
+    if request == "ResponsesRequest":
+        ok["content"]["text/event-stream"] = {"schema": {"type": "string", "description": "OpenAI's typed events, "
+                                                         "event: <type> / data: {..., sequence_number}, from "
+                                                         "response.created to response.completed or "
+                                                         "response.incomplete (with \"stream\": true)"}}
     return _operation(f"{summary} (OpenAI)", {"200": ok, **_errors("OpenAIError")}, **extra)
 
 
@@ -314,7 +327,8 @@ def _closed(properties: Schema, *required: str) -> Schema:
 
 def _schemas(text_models: Schema, embedding_models: Schema, limits: InputLimits) -> Schema:
     return {**_input_schemas(limits), **_openai_input_schemas(text_models, embedding_models, limits),
-            **_tool_schemas(), **_json_schemas(), **_result_schemas()}
+            **_tool_schemas(), **_json_schemas(), **_result_schemas(), **_responses_schemas(text_models, limits),
+            **_batch_schemas()}
 
 
 def _tool_schemas() -> Schema:
@@ -330,6 +344,39 @@ def _tool_schemas() -> Schema:
 _RUN_OPTIONS = {"options": _object({"rejectIfBusy": {
     "type": "boolean", "default": False,
     "description": "Answer 429 (code 3040, Retry-After) at once when no running slot is free, instead of queuing"}})}
+
+
+_QUEUE_REQUEST = {**_query("queueRequest", {"type": "boolean", "default": False}),
+                  "description": "Queue the body's {requests: [...]} as an async batch; the batch form is "
+                                 "refused without it"}
+
+
+def _batch_schemas() -> Schema:
+    """Async batches: the request, the poll, and the two answers (docs/api.md, Async batches)."""
+    inputs = {"anyOf": [_ref("PromptInput"), _ref("MessagesInput"), _ref("ResponsesInput"), _ref("EmbeddingsInput")]}
+    item = {"allOf": [inputs, {"properties": {"external_reference": _STRING, "stream": {"const": False}}}],
+            "description": "What one run of the model takes (never streamed), and an external_reference "
+                           "handed back with its response"}
+    count = {"type": "integer", "minimum": 0}
+    reference = {"external_reference": {"type": ["string", "null"]}, "id": count}
+    done = _closed({**reference, "result": {"anyOf": [_ref("TextGenerationResult"), _ref("ResponsesResult"),
+                                                       _ref("EmbeddingsResult")]},
+                    "success": {"const": True}}, "id", "result", "success", "external_reference")
+    error = _object({"code": {"type": "integer"}, "message": _STRING}, "code", "message")
+    failed = _closed({**reference, "error": error, "success": {"const": False}},
+                     "id", "error", "success", "external_reference")
+    usage = _object({"prompt_tokens": count, "completion_tokens": count, "total_tokens": count},
+                    "prompt_tokens", "completion_tokens", "total_tokens")
+    return {
+        "BatchRequest": _object({"requests": {"type": "array", "items": item, "minItems": 1,
+                                              "maxItems": MAX_REQUESTS}}, "requests"),
+        "BatchPoll": _object({"request_id": {"type": "string", "minLength": 1}}, "request_id"),
+        "BatchStatus": _object({"status": {"enum": ["queued", "running"]}, "request_id": _STRING, "model": _STRING},
+                               "status", "request_id", "model"),
+        "BatchResponses": _object({"responses": {"type": "array", "items": {"anyOf": [done, failed]},
+                                                 "description": "One per item, by index (id)"}, "usage": usage},
+                                  "responses", "usage"),
+    }
 
 
 def _input_schemas(limits: InputLimits) -> Schema:
@@ -354,7 +401,7 @@ def _input_schemas(limits: InputLimits) -> Schema:
 def _openai_input_schemas(text_models: Schema, embedding_models: Schema, limits: InputLimits) -> Schema:
     sampling = {name: schema for name, schema in _sampling().items() if name not in ("raw", "ignore_eos")}
     stop_string = {"type": "string", "minLength": 1, "maxLength": limits.max_stop_chars}
-    common = {**sampling, "stream_options": _object({"include_usage": _BOOLEAN}),
+    common = {**sampling, **_RUN_OPTIONS, "stream_options": _object({"include_usage": _BOOLEAN}),
               "stop": {"anyOf": [stop_string, {"type": "array", "items": stop_string,
                                                "maxItems": limits.max_stop_sequences}]}}
     prompt, formats = _prompt(limits), _formats(workers_ai=False)
@@ -365,9 +412,93 @@ def _openai_input_schemas(text_models: Schema, embedding_models: Schema, limits:
         "CompletionRequest": _generation({"model": text_models, **_legacy_logprobs(common), "prompt": prompts},
                                          ["model", "prompt"], formats, False, tools=False),
         "EmbeddingsRequest": _object({"model": embedding_models, "input": _texts(limits),
-                                      "encoding_format": {"enum": ["float", "base64"], "default": "float"}},
+                                      "encoding_format": {"enum": ["float", "base64"], "default": "float"},
+                                      **_RUN_OPTIONS},
                                      "model", "input"),
     }
+
+
+def _responses_schemas(text_models: Schema, limits: InputLimits) -> Schema:
+    """``/v1/responses``: its body (responses_api.py) and the response object (responses_output.py), which
+    the run route's Responses-style answers share."""
+    return {"ResponsesRequest": _responses_request(text_models, limits), "Response": _response(),
+            "ResponsesResult": _ref("Response")}
+
+
+_ARGUMENTS = {"type": "string", "contentMediaType": "application/json", "examples": ['{"city": "Paris"}', "{}"],
+              "description": "The call's arguments: a JSON object, as text"}
+
+
+def _responses_request(text_models: Schema, limits: InputLimits) -> Schema:
+    """Input items, ``text.format`` and flat function tools, as an ``anyOf`` of whole bodies: ``tool_choice``
+    needs tools, and a forced call takes no JSON format."""
+    parts = {"type": "array", "items": _object({"type": {"enum": ["input_text", "output_text"]}, "text": _STRING},
+                                               "type", "text")}
+    text, call_id = {"anyOf": [_STRING, parts]}, {"type": "string", "minLength": 1}
+    role = {"enum": ["user", "assistant", "system", "developer"], "examples": ["user", "assistant"]}
+    item = {"anyOf": [_object({"type": {"const": "message"}, "role": role, "content": text}, "role", "content"),
+                      _object({"type": {"const": "function_call"}, "call_id": call_id, "name": call_id,
+                               "arguments": _ARGUMENTS}, "type", "call_id", "name", "arguments"),
+                      _object({"type": {"const": "function_call_output"}, "call_id": call_id, "output": text},
+                              "type", "call_id", "output")]}
+    free = _object({"type": {"const": "text"}}, "type")
+    json_schema = _object({"type": {"const": "json_schema"}, "schema": _ref("JsonSchema"), "strict": _BOOLEAN,
+                           "name": {"type": "string", "pattern": f"^{SCHEMA_NAME.pattern}$", "examples": ["answer"]}},
+                          "type", "name", "schema")
+    formats = [free, _object({"type": {"const": "json_object"}}, "type"), json_schema]
+    tool = _closed({"type": {"const": "function"}, "name": {"type": "string", "pattern": f"^{TOOL_NAME.pattern}$"},
+                    "description": _STRING, "parameters": _ref("ToolParameters"), "strict": _BOOLEAN}, "type", "name")
+    tool_examples = [[{"type": "function", **example["function"]} for example in _TOOL_EXAMPLES[1]],
+                     [{"type": "function", "name": "now"}]]  # chat's examples, flat
+    fields = {"model": text_models, "instructions": _STRING,
+              "input": {"anyOf": [_prompt(limits), {"type": "array", "items": item, "minItems": 1,
+                                                    "maxItems": limits.max_messages}]},
+              "max_output_tokens": {"type": "integer", "minimum": 1, "default": DEFAULT_MAX_TOKENS},
+              "temperature": _number(0, 5, 1.0), "top_p": _number(0, 2), "stream": _BOOLEAN,
+              "text": _object({"format": {"anyOf": formats}, "verbosity": {"enum": ["low", "medium", "high"]}}),
+              "tools": {"type": "array", "items": tool, "uniqueItems": True, "examples": tool_examples},
+              "parallel_tool_calls": _BOOLEAN,
+              "tool_choice": {"enum": ["auto", "none", "required"], "description": (
+                  "Needs tools. The service also takes {\"type\": \"function\", \"name\": ...} naming one of "
+                  "tools (one call of it, forced), which JSON Schema cannot tie to tools")},
+              "include": {"type": "array", "items": {"enum": ["message.output_text.logprobs",
+                                                             "reasoning.encrypted_content"]}},
+              "top_logprobs": {"type": "integer", "minimum": 0, "maximum": MAX_LOGPROBS},
+              "metadata": {"type": "object", "additionalProperties": _STRING}, "user": _STRING,
+              "reasoning": {"type": "object", "description": "Accepted and ignored: no served model reasons"},
+              "store": {"const": False, "description": "No response is kept: true is a 400"},
+              "background": {"const": False}, "truncation": {"const": "disabled"}}
+    with_tools = {**fields, "tools": {**fields["tools"], "minItems": 1}}
+    modes = [{**_object({name: schema for name, schema in fields.items() if name != "tool_choice"}, "model", "input"),
+              "not": {"required": ["tool_choice"]}},
+             _object({**with_tools, "tool_choice": {"enum": ["auto", "none"]}}, "model", "input", "tools"),
+             _object({**with_tools, "tool_choice": {"const": "required"}, "text": _object({"format": free})},
+                     "model", "input", "tools", "tool_choice")]
+    return {**_object(fields, "model", "input"), "anyOf": modes}
+
+
+def _response() -> Schema:
+    count, status = {"type": "integer", "minimum": 0}, {"enum": ["completed", "incomplete"]}
+    usage = _object({"input_tokens": count, "output_tokens": count, "total_tokens": count,
+                     "input_tokens_details": _object({"cached_tokens": count}, "cached_tokens"),
+                     "output_tokens_details": _object({"reasoning_tokens": count}, "reasoning_tokens")},
+                    "input_tokens", "input_tokens_details", "output_tokens", "output_tokens_details", "total_tokens")
+    output_text = _object({"type": {"const": "output_text"}, "text": _STRING, "annotations": {"type": "array"},
+                           "logprobs": {"type": "array", "items": _token_logprob()}}, "type", "text", "annotations")
+    output = {"anyOf": [_object({"type": {"const": "message"}, "id": _STRING, "role": {"const": "assistant"},
+                                 "status": status, "content": {"type": "array", "items": output_text}},
+                                "type", "id", "role", "status", "content"),
+                        _object({"type": {"const": "function_call"}, "id": _STRING, "call_id": _STRING,
+                                 "name": _STRING, "arguments": _ARGUMENTS, "status": status},
+                                "type", "id", "call_id", "name", "arguments")]}
+    incomplete = {"anyOf": [{"type": "null"}, _object({"reason": {"const": "max_output_tokens"}}, "reason")]}
+    return _object({"id": _STRING, "object": {"const": "response"}, "created_at": _INTEGER, "model": _STRING,
+                    "status": status, "incomplete_details": incomplete, "instructions": {"type": ["string", "null"]},
+                    "output": {"type": "array", "items": output}, "usage": usage, "parallel_tool_calls": _BOOLEAN,
+                    "tools": {"type": "array"}, "tool_choice": {"type": ["string", "object"]},
+                    "text": {"type": "object"}},
+                   "id", "object", "created_at", "model", "status", "output", "usage", "parallel_tool_calls",
+                   "tool_choice", "tools")
 
 
 def _legacy_logprobs(fields: Schema) -> Schema:
@@ -428,9 +559,6 @@ def _result_schemas() -> Schema:
                                          "tool_calls": {"type": "array", "items": workers_ai_call, "minItems": 1,
                                                         "description": "The calls the model made, if any"},
                                          "usage": usage}, "response", "usage"),
-        "ResponsesResult": _object({"id": _STRING, "object": {"const": "response"}, "model": _STRING,
-                                    "status": {"enum": ["completed", "incomplete"]}, "output": {"type": "array"},
-                                    "usage": {"type": "object"}}, "id", "object", "status", "output", "usage"),
         "EmbeddingsResult": _object({"shape": {"type": "array", "items": count, "minItems": 2, "maxItems": 2},
                                      "data": {"type": "array", "items": vector},
                                      "pooling": {"enum": ["mean", "cls"]}}, "shape", "data", "pooling"),

@@ -119,6 +119,9 @@ TEXT_ROUTES = {  # route -> (url path, the body of a text generation)
     f"POST {ACCOUNT}/ai/v1/completions": ("/client/v4/accounts/a/ai/v1/completions",
                                           {"model": MODEL, "prompt": "Once upon a time"}),
     f"POST {ACCOUNT}/ai/run/{{model:path}}": (f"/client/v4/accounts/a/ai/run/{MODEL}", {"prompt": "Once"}),
+    "POST /v1/responses": ("/v1/responses", {"model": MODEL, "input": "Hello", "max_output_tokens": 40}),
+    f"POST {ACCOUNT}/ai/v1/responses": ("/client/v4/accounts/a/ai/v1/responses",
+                                        {"model": MODEL, "input": "Hi", "max_output_tokens": 40}),
 }
 EMBEDDING_ROUTES = {  # route -> (url path, body given the texts)
     "POST /v1/embeddings": ("/v1/embeddings", lambda texts: {"model": EMBEDDINGS, "input": texts}),
@@ -151,8 +154,9 @@ def test_answered_refused_and_failed_text_requests_give_their_slot_back(service:
     body = {**body, **TEXT, "stream": stream}
     answered = _post(service, path, body)
     assert answered.status_code == 200 and "injected" not in answered.text and '"error":{' not in answered.text
-    too_long = _post(service, path, {**body, **({"prompt": "word " * 2000} if "prompt" in body else
-                                               {"messages": [{"role": "user", "content": "word " * 2000}]})})
+    long_input = ({"prompt": "word " * 2000} if "prompt" in body else {"input": "word " * 2000} if "input" in body
+                  else {"messages": [{"role": "user", "content": "word " * 2000}]})
+    too_long = _post(service, path, {**body, **long_input})
     assert too_long.status_code in (400, 413)  # refused by the engine after admission
     failed = _post(service, path, body, **{"x-session-affinity": FAIL_AFTER_FIRST})
     if stream:  # the stream had begun: the failure is its last event

@@ -102,6 +102,7 @@ ROUTES = [  # (schema of the body, path, model in the path)
     ("ChatCompletionRequest", "/v1/chat/completions", None),
     ("CompletionRequest", "/client/v4/accounts/a/ai/v1/completions", None),
     ("EmbeddingsRequest", "/v1/embeddings", None),
+    ("ResponsesRequest", "/v1/responses", None),
 ]
 
 
@@ -116,7 +117,8 @@ def test_bodies_the_document_calls_valid_are_served(backend: Backend, served_doc
         @given(from_schema(schemas[schema], schemas, closed=True), st.integers(1, 3))
         def served(body: dict[str, Any], max_tokens: int) -> None:
             if "Embeddings" not in schema:
-                body = {**body, "max_tokens": max_tokens, "max_completion_tokens": max_tokens}
+                cap = "max_output_tokens" if schema == "ResponsesRequest" else "max_completion_tokens"
+                body = {**body, "max_tokens": max_tokens, cap: max_tokens}
             reply = client.post(url, content=json.dumps(body))
             if reply.status_code == 400 and "/ai/run/" in path and _json_mode(body):  # no partial object to give
                 assert "JSON Mode couldn't be met: the answer was cut off at max_tokens" in reply.text, reply.text

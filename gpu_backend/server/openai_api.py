@@ -27,7 +27,7 @@ from ..engine.sampling_params import MAX_LOGPROBS
 from .request_scope import resources
 from .schemas import SESSION_HEADER, parse_embeddings, parse_stop, parse_text_generation
 from .streaming import EventStream
-from .workers_ai import embed, served_model
+from .workers_ai import embed, reject_if_busy, served_model
 
 if TYPE_CHECKING:
     from .api import Service
@@ -56,6 +56,8 @@ async def _complete(request: Request, chat: bool) -> Response | EventStream:
                                    service.limits, dialect="openai")
     inputs = replace(inputs, sampling=replace(inputs.sampling, stop=parse_stop(body.get("stop"), service.limits)))
     include_usage = _include_usage(body)  # checked before the generation starts, as every input is
+    if reject_if_busy(body):  # Workers AI's top-level "options"; no await until Generation holds its slot
+        service.admission.refuse_if_busy(model)
     generation = await resources(request).enter_async_context(Generation(service, model, inputs))
     chunk = CompletionFrames(requested, chat)  # the name the client asked for, as OpenAI echoes it
     if inputs.stream:
@@ -75,7 +77,7 @@ async def embeddings(request: Request) -> Response:
     if encoding not in ("float", "base64"):
         raise BadInputError(f"'encoding_format' must be \"float\" or \"base64\", got {encoding!r}",
                             param="encoding_format")
-    result = await embed(request, model, inputs)
+    result = await embed(request, model, inputs, reject_if_busy(body))
     data = [{"object": "embedding", "index": index, "embedding": _encode(vector, encoding)}
             for index, vector in enumerate(result.vectors)]
     return JSONResponse({"object": "list", "data": data, "model": requested,

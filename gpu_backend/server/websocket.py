@@ -5,7 +5,8 @@ Protocol (also in docs/api.md): the client sends the Workers AI inputs as one JS
 payloads of the SSE stream, one JSON text frame each: ``{"response": "..."}`` per piece of text,
 then ``{"response": "", "usage": {...}, "done": true}``. A refused or failed generation is one
 ``{"error": {"code", "message"}, "done": true}`` frame; the connection stays open for the next
-inputs. So is a bad frame (malformed or too deep JSON, over ``InputLimits.max_frame_bytes``),
+inputs. ``"options": {"rejectIfBusy": true}`` in a frame refuses it at once (3040) when every slot
+of the model is taken, as on REST. So is a bad frame (malformed or too deep JSON, over ``InputLimits.max_frame_bytes``),
 and a frame sent while a generation runs: one error frame each. Closing the socket aborts the
 running generation and frees its KV blocks at once.
 """
@@ -24,7 +25,7 @@ from .errors import BadInputError
 from .generation import Generation
 from .schemas import SESSION_HEADER, parse_text_generation
 from .streaming import TRACE_HEADER, error_payload, workers_ai_payloads
-from .workers_ai import model_name
+from .workers_ai import model_name, reject_if_busy
 
 if TYPE_CHECKING:
     from .api import Service
@@ -80,9 +81,13 @@ async def _read(websocket: WebSocket, frames: asyncio.Queue[str | None]) -> None
 
 async def _generate(service: Service, websocket: WebSocket, model: str, text: str, trace: bool) -> None:
     try:
-        inputs = parse_text_generation(parse_frame(text, service.limits), model, websocket.headers.get(SESSION_HEADER),
-                                       service.limits)
-        async with Generation(service, service.client.served_name(model), inputs) as generation:
+        body = parse_frame(text, service.limits)
+        busy_refused = reject_if_busy(body)
+        inputs = parse_text_generation(body, model, websocket.headers.get(SESSION_HEADER), service.limits)
+        served = service.client.served_name(model)
+        if busy_refused:  # no await until Generation holds its slot
+            service.admission.refuse_if_busy(served)
+        async with Generation(service, served, inputs) as generation:
             async for payload in workers_ai_payloads(generation, trace):
                 if "usage" in payload:  # the last payload
                     payload["done"] = True

@@ -11,6 +11,7 @@ CPU decodes.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -142,3 +143,38 @@ def test_admission_refuses_only_requests_that_would_queue() -> None:
         with admission.slot("m"):  # without the option it queues
             assert admission.queued("m") == 1
     assert admission.total_in_flight() == 0
+
+
+async def test_openai_routes_and_the_websocket_take_the_top_level_options(backend) -> None:
+    """``/v1/chat/completions`` and ``/v1/embeddings`` take Workers AI's top-level ``options`` (the openai SDK
+    sends it as extra_body), and so does a WebSocket frame: refused at once with 3040 while every slot is taken."""
+    import openai
+    import websockets
+
+    url, held, admission = backend
+    base = url.split("/client/v4")[0]
+    client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=TOKEN, max_retries=0)
+    messages = [{"role": "user", "content": "ROMEO:"}]
+    held.release.clear()
+    async with _client() as http:
+        holders = [asyncio.ensure_future(http.post(url, json=BODY, headers={"x-session-affinity": HOLD}))
+                   for _ in range(MAX_NUM_SEQS)]
+        await _until(lambda: admission.in_flight(TINY) == MAX_NUM_SEQS)
+        started = time.monotonic()
+        with pytest.raises(openai.RateLimitError) as refused:
+            await client.chat.completions.create(model=TINY, messages=messages, max_tokens=4,
+                                                 extra_body={"options": {"rejectIfBusy": True}})
+        assert time.monotonic() - started < REFUSED_WITHIN_S
+        assert refused.value.status_code == 429 and "3040" in str(refused.value.body) + str(refused.value)
+        socket_url = url.replace("http://", "ws://")
+        async with websockets.connect(socket_url, additional_headers={"authorization": f"Bearer {TOKEN}"}) as socket:
+            await socket.send(json.dumps({**BODY, "options": {"rejectIfBusy": True}}))
+            frame = json.loads(await asyncio.wait_for(socket.recv(), 5))
+            assert frame["done"] and frame["error"]["code"] == 3040
+        held.release.set()
+        assert [(await holder).status_code for holder in holders] == [200] * MAX_NUM_SEQS
+    plain = await client.chat.completions.create(model=TINY, messages=messages, max_tokens=4,
+                                                 extra_body={"options": {"rejectIfBusy": True}})
+    assert plain.choices[0].message.content is not None  # a free slot: it runs
+    await client.close()
+    await _wait_idle(held.engines, admission)

@@ -18,6 +18,7 @@ from typing import Any
 import cloudflare
 import httpx
 import pytest
+from jsonschema import Draft202012Validator
 
 from backend_fixtures import EMBEDDINGS, MINILM, MODEL, TOKEN, Backend, serving
 from held_engines import HOLD, HeldEngines
@@ -146,6 +147,32 @@ def test_the_official_cloudflare_sdk_queues_and_polls_a_batch(batches: str) -> N
     assert polled["responses"] == done["responses"]
     with pytest.raises(cloudflare.NotFoundError, match="5006"):
         client.ai.run(MODEL, account_id="acct", extra_body={"request_id": str(uuid.uuid4())})
+
+
+def test_batch_bodies_and_answers_are_the_documented_ones(batches: str) -> None:
+    url = batches + MODEL
+    document = httpx.get(batches.split("/client/v4/")[0] + "/openapi.json",
+                         headers={"authorization": f"Bearer {TOKEN}"}).json()
+    operation = document["paths"]["/client/v4/accounts/{account_id}/ai/run/{model}"]["post"]
+    assert {"name": "queueRequest", "in": "query"}.items() <= operation["parameters"][-1].items()
+
+    def valid(schema: dict[str, Any], value: Any) -> bool:
+        return Draft202012Validator({**schema, "components": document["components"]}).is_valid(value)
+
+    request = operation["requestBody"]["content"]["application/json"]["schema"]
+    answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    schemas = document["components"]["schemas"]
+    body = {"requests": [{"prompt": "ab", "max_tokens": 2, "external_reference": "x"},
+                         {"prompt": "x" * 9000, "raw": True}]}
+    assert valid(schemas["BatchRequest"], body) and valid(request, body)
+    assert not valid(schemas["BatchRequest"], {"requests": [{"prompt": "a", "stream": True}]})
+    assert not valid(schemas["BatchRequest"], {"requests": [{"prompt": "a"}] * (MAX_REQUESTS + 1)})
+    queued = post(url, body, queue=True).json()
+    assert valid(answer, queued) and valid(schemas["BatchStatus"], queued["result"])
+    assert valid(schemas["BatchPoll"], {"request_id": queued["result"]["request_id"]})
+    done = wait_done(url, queued["result"]["request_id"])
+    assert [response["success"] for response in done["responses"]] == [True, False]  # the second is too long
+    assert valid(schemas["BatchResponses"], done) and valid(answer, {**queued, "result": done})
 
 
 # ---- refusals -------------------------------------------------------------------------------

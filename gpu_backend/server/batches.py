@@ -80,7 +80,13 @@ def parse_duration(text: str) -> float:
 
 
 def is_batch_call(queue_request: bool, body: Any) -> bool:
-    """A batch to queue (``queueRequest``) or one to poll (``request_id``, sent with or without it)."""
+    """A batch to queue (``queueRequest``) or one to poll (``request_id``, sent with or without it); the
+    batch form sent without ``queueRequest`` is refused, for every task, with what to add."""
+    if not queue_request and isinstance(body, dict) and body.get("requests") not in (None, [], "") \
+            and "request_id" not in body:
+        raise BadInputError("the batch form (requests) runs as an async batch only: send it with "
+                            "?queueRequest=true (REST) or {'queueRequest': True} (env.AI.run's options)",
+                            param="requests")
     return queue_request or (isinstance(body, dict) and "request_id" in body)
 
 

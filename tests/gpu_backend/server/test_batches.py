@@ -195,7 +195,9 @@ def test_a_streaming_or_malformed_item_refuses_the_whole_batch(batches: str, tmp
     embeddings = post(batches + EMBEDDINGS, {"requests": [{"prompt": "not a text"}]}, queue=True)
     assert embeddings.status_code == 400 and "requests[0]" in embeddings.json()["errors"][0]["message"]
     assert post(url, {"prompt": "a"}, queue=False).status_code == 200  # no queueRequest: a plain run
-    assert post(url, {"requests": [{"prompt": "a"}]}).status_code == 400  # the batch form needs queueRequest
+    for model, item in [(MODEL, {"prompt": "a"}), (EMBEDDINGS, {"text": "a"})]:  # the batch form needs queueRequest
+        unqueued = post(batches + model, {"requests": [item]})
+        assert unqueued.status_code == 400 and "?queueRequest=true" in unqueued.json()["errors"][0]["message"]
 
 
 def test_a_batch_over_the_limits_is_refused(batches: str, backend: Backend, tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def exponent_histogram(tensor: torch.Tensor) -> torch.Tensor:
     """How many weights have each biased exponent 0..255 (int64 [256])."""
     layout = layout_of(tensor.dtype)
     _, exponent = _split_bytes(tensor.detach().cpu().contiguous().reshape(1, -1), layout)
-    return torch.bincount(exponent.reshape(-1).long(), minlength=NUM_EXPONENTS)
+    return torch.bincount(exponent.reshape(-1), minlength=NUM_EXPONENTS)
 
 
 def exponent_table(histogram: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -58,12 +58,12 @@ def encode(tensor: torch.Tensor) -> Parts:
     rows, cols = matrix_shape(tuple(tensor.shape))
     matrix = tensor.detach().cpu().contiguous().reshape(rows, cols)
     sign_mantissa, exponent = _split_bytes(matrix, layout)
-    exponent = exponent.long()
     table, num_used = exponent_table(torch.bincount(exponent.reshape(-1), minlength=NUM_EXPONENTS))
     lookup = torch.full((NUM_EXPONENTS,), ESCAPE_INDEX, dtype=torch.uint8)
     lookup[table[:num_used].long()] = torch.arange(num_used, dtype=torch.uint8)
-    index = lookup[exponent]
-    escape_rows, escape_cols = torch.nonzero(index == ESCAPE_INDEX, as_tuple=True)
+    index = lookup[exponent.long()]
+    escaped = torch.nonzero(index.reshape(-1) == ESCAPE_INDEX).squeeze(1)
+    escape_rows, escape_cols = escaped // cols, escaped % cols
     return {
         SIGN_MANTISSA: sign_mantissa,
         EXPONENT_INDEX: _pack_nibbles(index),
@@ -79,22 +79,37 @@ def decode_parts(parts: Parts, dtype: torch.dtype, shape: tuple[int, ...]) -> to
 
     Works on bytes, little-endian, as a kernel would: the top byte of a weight is its sign and the
     exponent's high 7 bits, the next byte the exponent's low bit and the mantissa's high 7 bits;
-    the sign-mantissa planes below the top one are the weight's lower bytes as they are.
+    the sign-mantissa planes below the top one are the weight's lower bytes as they are. Here one
+    lookup per packed index byte yields the exponent bits of its two weights at once.
     """
     layout = layout_of(dtype)
     rows, cols = matrix_shape(shape)
+    num_bytes = layout.total_bits // 8
     planes = parts[SIGN_MANTISSA]
-    index = _unpack_nibbles(parts[EXPONENT_INDEX], cols).long()
-    table = parts[EXPONENT_TABLE]
-    top_plane = planes[-1]
-    high = (top_plane & 0x80) | (table >> 1)[index]
-    next_high = (top_plane & 0x7F) | ((table & 1) << 7)[index]
-    weight_bytes = torch.stack([*planes[:-1], next_high, high], dim=-1)  # [rows, cols, bytes], lowest first
-    bits = weight_bytes.view(layout.bits_dtype).reshape(rows, cols)
+    pair_lookup = _exponent_pair_lookup(parts[EXPONENT_TABLE], num_bytes)
+    packed = parts[EXPONENT_INDEX].reshape(-1).to(torch.int32)
+    weight_bytes = pair_lookup.index_select(0, packed).view(torch.uint8).reshape(rows, -1, num_bytes)[:, :cols]
+    weight_bytes[..., -1] |= planes[-1] & 0x80
+    weight_bytes[..., -2] |= planes[-1] & 0x7F
+    for plane in range(num_bytes - 2):  # float32's two lowest mantissa bytes
+        weight_bytes[..., plane] = planes[plane]
+    bits = weight_bytes.reshape(rows, cols * num_bytes).contiguous().view(layout.bits_dtype)
     offsets = parts[ESCAPE_ROW_OFFSETS].long()
     escape_rows = torch.repeat_interleave(torch.arange(rows, device=offsets.device), offsets.diff())
     bits[escape_rows, parts[ESCAPE_COLS].long()] = parts[ESCAPE_VALUES]
     return bits.view(dtype).reshape(shape)
+
+
+def _exponent_pair_lookup(table: torch.Tensor, num_bytes: int) -> torch.Tensor:
+    """For each of the 256 index bytes, the two weights' bytes with only their exponent bits set,
+    as one int32 (bfloat16) or int64 (float32) per entry."""
+    codes = torch.arange(256, device=table.device)
+    pairs = torch.zeros(256, 2, num_bytes, dtype=torch.uint8, device=table.device)
+    for weight, index in enumerate((codes & 0x0F, codes >> 4)):
+        exponent = table[index]
+        pairs[:, weight, -1] = exponent >> 1
+        pairs[:, weight, -2] = (exponent & 1) << 7
+    return pairs.reshape(256, 2 * num_bytes).view(torch.int32 if num_bytes == 2 else torch.int64).reshape(256)
 
 
 def coded_bytes(parts: Parts) -> int:
@@ -116,11 +131,6 @@ def _pack_nibbles(index: torch.Tensor) -> torch.Tensor:
     if index.shape[1] % 2:
         index = torch.nn.functional.pad(index, (0, 1))
     return (index[:, 0::2] | (index[:, 1::2] << 4)).to(torch.uint8)
-
-
-def _unpack_nibbles(packed: torch.Tensor, cols: int) -> torch.Tensor:
-    unpacked = torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
-    return unpacked[:, :cols]
 
 
 def _row_offsets(escape_rows: torch.Tensor, rows: int) -> torch.Tensor:

@@ -106,6 +106,7 @@ class BatchStore:
         self._db = sqlite3.connect(folder / DATABASE, isolation_level=None, check_same_thread=False,
                                    timeout=BUSY_TIMEOUT_MS / 1000)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crashed process loses nothing, a power cut the last
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         self.adopt_orphans()

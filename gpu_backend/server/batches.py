@@ -41,6 +41,7 @@ MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # Workers AI: "Ensure that the total paylo
 MAX_RUNNING_ITEMS = 16
 SLOT_POLL_S = 0.05  # while items wait for a slot: interactive requests free slots without telling us
 PURGE_EVERY_S = 60.0
+RETRY_AFTER_FAILURE_S = 1.0
 REFERENCE = "external_reference"
 INTERNAL_MESSAGE = "AiError: internal error: the failure is in the backend's log"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -214,18 +215,26 @@ class BatchRunner:
 
     async def _run(self) -> None:
         while True:
-            if time.monotonic() - self._purged_at > PURGE_EVERY_S:
-                self._store.purge_expired()
-                self._purged_at = time.monotonic()
-            item = self._claim() if len(self._items) < self._max_running else None
-            if item is None:
-                waiting = bool(self._store.queued_models())
-                await self._sleep(SLOT_POLL_S if waiting else PURGE_EVERY_S)
-                continue
-            task = asyncio.get_running_loop().create_task(self._run_item(item), name="edgewise-batch-item")
-            self._items.add(task)
-            task.add_done_callback(self._items.discard)
-            await asyncio.sleep(0)  # the item takes its slot before the next one is chosen
+            try:
+                await self._step()
+            except Exception:  # noqa: BLE001 - a failing disk must not end the batches for good
+                log.exception("the batch runner failed; it tries again in %g s", RETRY_AFTER_FAILURE_S)
+                await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+
+    async def _step(self) -> None:
+        """Start one item, or wait for a reason to look again."""
+        if time.monotonic() - self._purged_at > PURGE_EVERY_S:
+            self._store.purge_expired()
+            self._purged_at = time.monotonic()
+        item = self._claim() if len(self._items) < self._max_running else None
+        if item is None:
+            waiting = bool(self._store.queued_models())
+            await self._sleep(SLOT_POLL_S if waiting else PURGE_EVERY_S)
+            return
+        task = asyncio.get_running_loop().create_task(self._run_item(item), name="edgewise-batch-item")
+        self._items.add(task)
+        task.add_done_callback(self._items.discard)
+        await asyncio.sleep(0)  # the item takes its slot before the next one is chosen
 
     def _claim(self) -> QueuedItem | None:
         """The oldest queued item of a model that would admit it now, marked running."""

@@ -32,9 +32,14 @@ def random_document(rng: random.Random, items: int) -> str:
 
 
 def timed_fill(rows: int, steps: int, tokenizer: llguidance.LLTokenizer, grammar: str, texts: list[list[int]],
-               executor: llguidance.LLExecutor | None) -> float:
-    """Mean seconds per step to fill ``rows`` masks, each row a matcher walking its own document."""
-    matchers = [llguidance.LLMatcher(tokenizer, grammar) for _ in range(rows)]
+               executor: llguidance.LLExecutor | None, copies: bool = False) -> float:
+    """Mean seconds per step to fill ``rows`` masks, each row a matcher walking its own document.
+    ``copies``: the matchers are deep copies of one compiled matcher, as the engine makes them."""
+    if copies:
+        compiled = llguidance.LLMatcher(tokenizer, grammar)
+        matchers = [compiled.deep_copy() for _ in range(rows)]
+    else:
+        matchers = [llguidance.LLMatcher(tokenizer, grammar) for _ in range(rows)]
     mask = llg_torch.allocate_token_bitmask(rows, tokenizer.vocab_size)
     total = 0.0
     for step in range(steps):
@@ -69,11 +74,12 @@ def main() -> None:
         results: dict[str, float] = {}
         variants: list[tuple[str, llguidance.LLExecutor | None]] = [("serial", None), ("executor default", llguidance.LLExecutor())]
         variants += [(f"executor {n} threads", llguidance.LLExecutor(n)) for n in sorted({2, cpus // 2, cpus} - {0})]
+        variants += [("executor default, deep copies", llguidance.LLExecutor())]
         for name, executor in variants:
             texts = [ours.encode(random_document(rng, 40))[: args.steps] for _ in range(args.rows)]
             if min(len(t) for t in texts) < args.steps:
                 raise AssertionError("a random document is shorter than --steps tokens")
-            seconds = timed_fill(args.rows, args.steps, tokenizer, grammar, texts, executor)
+            seconds = timed_fill(args.rows, args.steps, tokenizer, grammar, texts, executor, "copies" in name)
             results[name] = seconds * 1000
             print(f"{name:22} {seconds * 1000:7.3f} ms per step of {args.rows} rows "
                   f"({seconds * 1e6 / args.rows:6.1f} us/row)", flush=True)

@@ -216,10 +216,15 @@ def run_mode(llm: LLM, prompts: list[list[int]], full: SamplingParams, first: Sa
     core = llm.engine.core
     ttft, _ = timed(llm, prompts, first)
     stats = core.stats
-    steps, wait_s, mask_s = stats.steps, stats.wait_s, core.grammar_mask_s
+    steps, wait_s, mask_s, fill_s = stats.steps, stats.wait_s, core.grammar_mask_s, _fill_s(core)
     total, outputs = timed(llm, prompts, full)
     return {"ttft_s": ttft, "total_s": total, "outputs": outputs, "steps": stats.steps - steps,
-            "wait_s": stats.wait_s - wait_s, "mask_s": core.grammar_mask_s - mask_s}
+            "wait_s": stats.wait_s - wait_s, "mask_s": core.grammar_mask_s - mask_s, "fill_s": _fill_s(core) - fill_s}
+
+
+def _fill_s(core: Any) -> float:
+    """Host seconds llguidance spent filling rows (0 before the first constrained request)."""
+    return core._grammars.fill_s if core._grammars is not None else 0.0
 
 
 def verify_constrained(outputs: list[Any], new_tokens: int, compiler: GrammarCompiler,
@@ -272,6 +277,7 @@ def measure(llm: LLM, batch: int, prompt_len: int, new_tokens: int, repeats: int
                      "step_ms": 1000 * decode_s / (new_tokens - 1), "engine_steps": best["steps"],
                      "wait_ms_per_step": 1000 * best["wait_s"] / best["steps"],
                      "mask_ms_per_step": 1000 * best["mask_s"] / best["steps"],
+                     "llguidance_fill_ms_per_step": 1000 * best["fill_s"] / best["steps"],
                      "all_repeats_total_s": [r["total_s"] for r in mode_runs]}
     free_row, con_row = row["free"], row["constrained"]
     row["ratio"] = con_row["decode_tok_s"] / free_row["decode_tok_s"]
@@ -293,8 +299,12 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a tiny float32 Llama on CPU, few tokens")
     parser.add_argument("--names", choices=sorted(NAME_SCHEMAS), default="any",
                         help="the schema's name strings: any text (worst case), or lower-case words")
+    parser.add_argument("--torch-threads", type=int, help="torch.set_num_threads before the engine starts")
+    parser.add_argument("--grammar-threads", type=int, help="llguidance's executor threads (default: its own)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     batches = [int(b) for b in args.batches.split(",")]
     targets = {} if args.tiny else {32: 0.9, 1: 0.95}  # issue 19's, for the GPU run
     if args.tiny:
@@ -321,6 +331,10 @@ def main() -> None:
         generator = torch.Generator().manual_seed(1)
         check_prompts = [torch.randint(low_id, high_id, (prompt_len,), generator=generator).tolist() for _ in range(4)]
         texts = check_correctness(llm, check_prompts, max_tokens=256)
+        if args.grammar_threads:  # the engine made its compiler for the check; give it an executor of this size
+            import llguidance
+
+            llm.engine.core._grammars._executor = llguidance.LLExecutor(args.grammar_threads)
         print(f"check: {len(texts)} outputs of a small schema parse and validate, e.g. {texts[0]}", flush=True)
         eos_ids = {*config["eos_token_id"], llm.tokenizer.eos_token_id}  # what the engine stops on
         compiler = GrammarCompiler(llm.tokenizer, config["vocab_size"], eos_ids)
@@ -341,6 +355,8 @@ def main() -> None:
                   f"step time added {row['added_step_ms']:+.3f} ms, hidden {hidden}; host waiting for the device "
                   f"{free_row['wait_ms_per_step']:.3f} ms/step free, {con_row['wait_ms_per_step']:.3f} constrained",
                   flush=True)
+            print(f"          of which llguidance filling rows {con_row['llguidance_fill_ms_per_step']:.3f} ms/step",
+                  flush=True)
             print(f"          constrained text: {row['sample']!r}", flush=True)
         del llm
         gc.collect()
@@ -350,6 +366,7 @@ def main() -> None:
                    "new_tokens": new_tokens, "repeats": args.repeats, "best_of_repeats": True,
                    "vocab_size": config["vocab_size"], "max_token_bytes": max_token_bytes,
                    "cuda_graphs": not options.get("enforce_eager", False),
+                   "torch_threads": torch.get_num_threads(), "grammar_threads": args.grammar_threads or "llguidance default",
                    "schema": throughput_schema(0, args.names) | {"note": "minItems per batch row: ceil(N * max_token_bytes / 19) + 1"},
                    "hidden_fraction": "1 - (constrained step ms - free step ms) / host mask ms per step, clamped to [0, 1]"},
         "check": {"schema": CHECK_SCHEMA, "outputs": texts},

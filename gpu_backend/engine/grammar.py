@@ -15,6 +15,7 @@ is allowed, so the request finishes with "stop"; ``max_tokens`` still cuts it of
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
@@ -119,6 +120,7 @@ class GrammarCompiler:
         self.vocab_size = vocab_size
         self._compiled: OrderedDict[StructuredOutput, llguidance.LLMatcher] = OrderedDict()
         self._executor: llguidance.LLExecutor | None = None
+        self.fill_s = 0.0  # host seconds in llguidance filling rows (the rest of a step's mask time is ours)
 
     @property
     def bitmask_vocab_size(self) -> int:
@@ -168,6 +170,7 @@ class GrammarCompiler:
 
     def fill_bitmask(self, rows: list[tuple[GrammarMatcher, int]], bitmask: torch.Tensor) -> None:
         """Fill ``bitmask[row]`` for each (matcher, row); several at once on llguidance's threads."""
+        started = time.perf_counter()
         if len(rows) > 1:
             if self._executor is None:
                 self._executor = llguidance.LLExecutor()
@@ -176,6 +179,7 @@ class GrammarCompiler:
         else:
             for matcher, row in rows:
                 llguidance.torch.fill_next_token_bitmask(matcher.matcher, bitmask, row)
+        self.fill_s += time.perf_counter() - started
         for matcher, row in rows:
             matcher.fix_end_tokens(bitmask, row)
 

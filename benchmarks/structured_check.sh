@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One device call for structured output (issue 19): llguidance's raw mask cost, then structured_decode.py
+# (correctness check + free vs constrained decode, batch 32 and 1) in the variants asked for, then the GPU tests.
+#
+#   bash benchmarks/structured_check.sh OUT_DIR [diag|final|tests]
+#
+# diag: the mask's host cost three ways at batch 32 (as the engine runs it; torch.set_num_threads(1); llguidance
+# on 8 threads), to find where the host time goes. final: batch 32 and 1, both name schemas. tests: pytest -m gpu.
+# Each step has its own time bound, so one slow step cannot eat the call.
+set -u
+out=$1
+what=${2:-final}
+site=${SITE:-/tmp/site}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$site:$PWD:$PWD/sdk:$PWD/benchmarks
+nvidia-smi -L
+python3 -c 'import torch, triton, llguidance; print("torch", torch.__version__, "triton", triton.__version__, "llguidance", llguidance.__version__ if hasattr(llguidance, "__version__") else "?")'
+sd() {  # sd NAME ARGS...
+    local name=$1; shift
+    echo "== structured_decode $name: $*"
+    timeout 170 python3 benchmarks/structured_decode.py --out "$out/structured_decode_$name.json" "$@" \
+        | grep -vE "^\s+constrained text"
+}
+if [ "$what" = diag ]; then
+    timeout 60 python3 benchmarks/grammar_mask_cost.py --out "$out/grammar_mask_cost.json" | tail -8
+    sd default --batches 32 --repeats 2
+    sd torch1 --batches 32 --repeats 2 --torch-threads 1
+    sd llg8 --batches 32 --repeats 2 --grammar-threads 8
+elif [ "$what" = final ]; then
+    sd any --batches 32,1 --repeats 3 "${@:3}"
+    sd lowercase --batches 32,1 --repeats 3 --names lowercase "${@:3}"
+fi
+if [ "$what" = tests ]; then
+    timeout "${TESTS_TIMEOUT:-400}" python3 -m pytest -q -m gpu tests/gpu_backend -p no:cacheprovider --maxfail=10 \
+        --continue-on-collection-errors --timeout 120 2>&1 | tee "$out/gpu_tests.log" | tail -15
+fi

@@ -374,6 +374,8 @@ def test_a_batch_waits_while_interactive_requests_hold_every_slot(held: tuple[st
         assert admission.in_flight(TINY) == 2
     finally:
         engines.release.set()
+    for holder in holders:
+        holder.join(30)
     busiest = 0
     deadline = time.monotonic() + DONE_WITHIN_S
     while "responses" not in (result := post(url, {"request_id": request_id}).json()["result"]):
@@ -383,8 +385,6 @@ def test_a_batch_waits_while_interactive_requests_hold_every_slot(held: tuple[st
         time.sleep(0.005)
     assert busiest <= admission.background_limit(TINY) == 1
     assert [response["success"] for response in result["responses"]] == [True] * 3
-    for holder in holders:
-        holder.join(30)
     _until(lambda: admission.total_in_flight() == 0)
 
 

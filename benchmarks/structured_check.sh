@@ -17,14 +17,16 @@ python3 -c 'import torch, triton, llguidance; print("torch", torch.__version__, 
 sd() {  # sd NAME ARGS...
     local name=$1; shift
     echo "== structured_decode $name: $*"
-    timeout 170 python3 benchmarks/structured_decode.py --out "$out/structured_decode_$name.json" "$@" \
+    timeout "${SD_TIMEOUT:-170}" python3 benchmarks/structured_decode.py --out "$out/structured_decode_$name.json" "$@" \
         | grep -vE "^\s+constrained text"
 }
 if [ "$what" = diag ]; then
-    timeout 60 python3 benchmarks/grammar_mask_cost.py --out "$out/grammar_mask_cost.json" | tail -8
-    sd default --batches 32 --repeats 2
-    sd torch1 --batches 32 --repeats 2 --torch-threads 1
-    sd llg8 --batches 32 --repeats 2 --grammar-threads 8
+    sd default --batches 32 --repeats 1 --new-tokens 256
+    sd torch1 --batches 32 --repeats 1 --new-tokens 256 --torch-threads 1
+    sd llg8 --batches 32 --repeats 1 --new-tokens 256 --grammar-threads 8
+    timeout 50 python3 benchmarks/grammar_mask_cost.py --out "$out/grammar_mask_cost.json" | tail -8
+    timeout 80 python3 -m pytest -q -m gpu tests/gpu_backend/layers/test_sampler.py tests/gpu_backend/engine/test_llm_gpu.py \
+        -p no:cacheprovider --timeout 60 2>&1 | tail -4
 elif [ "$what" = final ]; then
     sd any --batches 32,1 --repeats 3 "${@:3}"
     sd lowercase --batches 32,1 --repeats 3 --names lowercase "${@:3}"

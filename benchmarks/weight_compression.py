@@ -7,7 +7,8 @@ every layer has the same shapes and statistics). Reported: file ratio against th
 bfloat16 safetensors file; the exponent entropy (pooled over all weights) and the entropy limit
 (each coded tensor's exponents at its own entropy, sign and mantissa as they are, the rest raw);
 escape rate; bits per coded weight; the estimated ratio had the exponent index 3 or 5 bits; and the
-CPU decode time of every tensor (checksums included).
+CPU decode time of every tensor (checksums included), and on a GPU, when there is one, the
+plain-torch decode time of every coded tensor with its parts already on the GPU.
 
     PYTHONPATH=.:sdk python3 benchmarks/weight_compression.py [--layers 1] [--out benchmarks/results/weight_compression.json]
 """
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,12 +33,14 @@ from llama_shapes import LLAMA_3_1_8B, environment
 from gpu_backend.builtin_models import builtin_model_path
 from gpu_backend.loader import weight_files
 from gpu_backend.weights import compress_checkpoint, open_weights
-from gpu_backend.weights.codec import exponent_histogram
+from gpu_backend.weights.codec import decode_parts, exponent_histogram
 from gpu_backend.weights.compress import is_worth_coding
+from gpu_backend.weights.format import CODED
 
 ESCAPE_BYTES = 4 + 2  # column (int32) and bfloat16 bits
 ROW_OFFSET_BYTES = 4
 TABLE_BYTES = 16
+DECODE_REPEATS = 3
 
 
 def random_llama_folder(folder: Path, num_layers: int) -> Path:
@@ -91,6 +95,28 @@ def estimated_ratio(tensors: dict[str, torch.Tensor], index_bits: int) -> float:
     return coded / total
 
 
+def gpu_decode_s(folder: Path) -> float | None:
+    """Seconds the plain-torch decoder takes on the GPU for every coded tensor, parts already there
+    (what decoding a whole model at load costs there, and a bound on a per-layer decode-to-scratch)."""
+    if not torch.cuda.is_available():
+        return None
+    coded = []
+    for file in weight_files(folder):
+        with open_weights(file) as handle:
+            for name, entry in handle.header.tensors.items():
+                if entry.encoding == CODED:
+                    parts = {k: v.cuda() for k, v in handle.get_slice(name).parts().items()}
+                    coded.append((parts, entry.torch_dtype, entry.shape))
+    for parts, dtype, shape in coded[:2]:  # warm-up
+        decode_parts(parts, dtype, shape)
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for parts, dtype, shape in coded:
+        decode_parts(parts, dtype, shape)
+    torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
 def measure(name: str, src: Path, tmp: Path) -> dict:
     tensors = bf16_tensors(src)
     bf16_file = tmp / f"{name}.bf16.safetensors"
@@ -112,11 +138,15 @@ def measure(name: str, src: Path, tmp: Path) -> dict:
         limit_bytes += tensor.numel() * (8 + entropy_bits(histogram)) / 8 if is_worth_coding(tensor) else raw
     tensor_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
 
-    started = time.perf_counter()
-    decoded = bf16_tensors(tmp / name)  # every tensor read, checked against its checksums and decoded
-    decode_s = time.perf_counter() - started
+    decode_runs = []
+    for _ in range(DECODE_REPEATS):
+        started = time.perf_counter()
+        decoded = bf16_tensors(tmp / name)  # every tensor read, checked against its checksums and decoded
+        decode_runs.append(time.perf_counter() - started)
+    decode_s = statistics.median(decode_runs)
     assert all(torch.equal(decoded[k].view(torch.uint8), tensors[k].view(torch.uint8)) for k in tensors
                if tensors[k].is_floating_point()), f"{name} did not round-trip"
+    on_gpu = gpu_decode_s(tmp / name)
     result = {
         "weights": sum(t.numel() for t in tensors.values()),
         "bf16_file_bytes": bf16_file.stat().st_size,
@@ -130,15 +160,19 @@ def measure(name: str, src: Path, tmp: Path) -> dict:
         "escape_rate": summary.num_escapes / max(1, summary.num_coded_weights),
         "estimated_ratio_by_index_bits": {bits: estimated_ratio(tensors, bits) for bits in (3, 4, 5)},
         "compress_s": compress_s,
-        "cpu_decode_s": decode_s,
+        "cpu_decode_s": decode_s,  # median of DECODE_REPEATS
+        "cpu_decode_runs_s": decode_runs,
         "cpu_decode_gb_s": tensor_bytes / decode_s / 1e9,
+        "gpu_decode_s": on_gpu,  # None: no GPU here
+        "gpu_decode_gb_s": tensor_bytes / on_gpu / 1e9 if on_gpu else None,
     }
     print(f"{name:18} ratio {result['ratio_vs_bf16_file']:.4f} of bf16 safetensors "
           f"({1 - result['ratio_vs_bf16_file']:.1%} smaller); entropy limit {result['entropy_limit_ratio']:.4f} "
           f"(exponent entropy {result['exponent_entropy_bits_pooled']:.2f} bits); escapes "
           f"{result['escape_rate']:.3%}; est. 3/4/5-bit index "
           + "/".join(f"{r:.3f}" for r in result["estimated_ratio_by_index_bits"].values())
-          + f"; CPU decode {decode_s:.2f} s ({result['cpu_decode_gb_s']:.2f} GB/s of bf16)")
+          + f"; CPU decode {decode_s:.2f} s ({result['cpu_decode_gb_s']:.2f} GB/s of bf16)"
+          + (f"; GPU decode {on_gpu * 1e3:.1f} ms ({result['gpu_decode_gb_s']:.0f} GB/s)" if on_gpu else ""))
     return result
 
 

@@ -78,10 +78,12 @@ def layout_of(dtype: torch.dtype) -> FloatLayout:
     try:
         return LAYOUTS[dtype]
     except KeyError:
+        why = (" (float16 keeps only 5 exponent bits and its sign and mantissa do not fill whole bytes, so a "
+               "fixed-rate code would save 1 bit in 16)" if dtype == torch.float16 else "")
         raise UnsupportedWeightsDtypeError(
-            f"the compressed-weights format has no code for {dtype} (it codes bfloat16 and float32; float16 "
-            "keeps only 5 exponent bits, so a code would save 1 bit in 16): pass --dtype bfloat16 "
-            "(lossless only if the weights were bfloat16 before) or --dtype float32 (lossless from float16)"
+            f"the compressed-weights format has no code for {dtype}{why}; it codes bfloat16 and float32: pass "
+            "--dtype float32 (lossless from float16 and bfloat16) or --dtype bfloat16 (lossless only for "
+            "weights that were bfloat16)"
         ) from None
 
 

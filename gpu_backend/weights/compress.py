@@ -68,6 +68,8 @@ def compress_checkpoint(src: Path, dst: Path, files: Sequence[Path], *, dtype: t
         layout_of(dtype)  # an unsupported dtype fails before anything is written
     if dst.exists():
         raise CheckpointError(f"{dst} already exists; pass a new folder to write the compressed checkpoint to")
+    if dst.resolve().is_relative_to(src.resolve()):
+        raise CheckpointError(f"{dst} is inside {src}; pass a folder outside the checkpoint being compressed")
     dst.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
     try:

@@ -68,11 +68,17 @@ class CompressedFile:
         self.file = file
         self.decode_device = decode_device
         stored = set(handle.keys())
+        expected: set[str] = set()
         for name, entry in header.tensors.items():
             wanted = [part_name(name, part) for part in PARTS] if entry.encoding == CODED else [name]
             missing = [w for w in wanted if w not in stored]
             if missing:
                 raise CompressedWeightsError(f"{file}: tensor {name!r} is missing its stored part {missing[0]!r}")
+            expected.update(wanted)
+        unlisted = sorted(stored - expected)
+        if unlisted:  # a tensor the header does not list would never load: the file is not as written
+            raise CompressedWeightsError(f"{file}: stored tensor {unlisted[0]!r} is not in the compressed-weights "
+                                         "header")
 
     def keys(self) -> list[str]:
         return list(self.header.tensors)

@@ -115,7 +115,7 @@ def test_float16_checkpoint_is_refused_unless_cast(checkpoints: dict[str, Path],
     assert_bit_identical(source_tensors(src, torch.float32), decoded_tensors(tmp_path / "out"))
 
 
-def test_existing_destination_and_compressed_source_are_refused(checkpoints: dict[str, Path],
+def test_existing_destination_compressed_source_and_nested_destination_are_refused(checkpoints: dict[str, Path],
                                                                tmp_path: Path) -> None:
     compress(checkpoints["llama"], tmp_path / "out")
     with pytest.raises(CheckpointError, match="already exists"):
@@ -123,6 +123,10 @@ def test_existing_destination_and_compressed_source_are_refused(checkpoints: dic
     with pytest.raises(CheckpointError, match="already compressed"):
         compress(tmp_path / "out", tmp_path / "again")
     assert not (tmp_path / "again").exists()
+    with pytest.raises(CheckpointError, match="is inside"):
+        compress(tmp_path / "out", tmp_path / "out" / "nested")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in checkpoints["llama"].iterdir())
 
 
 def test_an_interrupted_compress_leaves_nothing_behind(checkpoints: dict[str, Path], tmp_path: Path,

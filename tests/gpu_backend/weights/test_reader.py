@@ -85,7 +85,7 @@ def test_another_format_name_and_a_malformed_header_are_refused(compressed: Path
         pass
 
 
-def test_a_missing_part_and_a_part_of_the_wrong_shape_are_named(compressed: Path, tmp_path: Path) -> None:
+def test_a_missing_part_a_stray_tensor_and_a_part_of_the_wrong_shape_are_named(compressed: Path, tmp_path: Path) -> None:
     file = compressed / "model.safetensors"
     with safe_open(file, framework="pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
@@ -95,6 +95,10 @@ def test_a_missing_part_and_a_part_of_the_wrong_shape_are_named(compressed: Path
     save_file(missing, str(tmp_path / "missing.safetensors"), metadata=metadata)
     with pytest.raises(CompressedWeightsError, match=f"'{WEIGHT}' is missing its stored part"), \
             open_weights(tmp_path / "missing.safetensors"):
+        pass
+    save_file({**tensors, "stray.weight": torch.zeros(2)}, str(tmp_path / "stray.safetensors"), metadata=metadata)
+    with pytest.raises(CompressedWeightsError, match="stored tensor 'stray.weight' is not in the"), \
+            open_weights(tmp_path / "stray.safetensors"):
         pass
     body = json.loads(metadata[METADATA_KEY])
     body["tensors"][WEIGHT]["shape"][0] += 1  # the header disagrees with the parts

@@ -23,7 +23,9 @@ def weights() -> None:
 @click.option("--dtype", type=click.Choice(_DTYPES), default=None,
               help="Cast the floating weights to this dtype first; compression is lossless with respect to it "
                    "(default: keep each tensor's dtype).")
-def compress(src: Path, dst: Path, dtype: str | None) -> None:
+@click.option("--format", "format_name", type=click.Choice(["ecf"]), default="ecf", show_default=True,
+              help="The compressed format (docs/weights-format.md): ecf, a fixed-rate exponent code.")
+def compress(src: Path, dst: Path, dtype: str | None, format_name: str) -> None:
     """Write SRC (a Hugging Face folder or a built-in model's name) to the new folder DST, weights compressed.
 
     \b

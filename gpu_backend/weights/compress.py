@@ -14,7 +14,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ..errors import CheckpointError, CompressedWeightsError
 from .codec import Parts, coded_bytes, crc32, decode_parts, encode
 from .format import (
     CODED,
+    ESCAPE_COLS,
     RAW,
     FileHeader,
     TensorEntry,
@@ -42,19 +43,22 @@ Advance = Callable[[int], None]
 
 @dataclass(frozen=True)
 class CompressSummary:
-    """What one compression wrote: sizes in bytes of the weight files' tensor data and counts."""
+    """What one compression wrote: sizes in bytes of the weight files' tensor data, and counts."""
 
-    source_bytes: int  # the tensors as stored in SRC (before any --dtype cast)
-    cast_bytes: int  # the same tensors in the chosen dtype: what "lossless" and the ratio refer to
-    written_bytes: int  # the tensors as stored in DST
-    num_coded: int
-    num_raw: int
-    num_coded_weights: int
-    num_escapes: int
+    source_bytes: int = 0  # the tensors as stored in SRC (before any --dtype cast)
+    cast_bytes: int = 0  # the same tensors in the chosen dtype: what "lossless" and the ratio refer to
+    written_bytes: int = 0  # the tensors as stored in DST
+    num_coded: int = 0
+    num_raw: int = 0
+    num_coded_weights: int = 0
+    num_escapes: int = 0
 
     @property
     def ratio(self) -> float:
         return self.written_bytes / self.cast_bytes
+
+    def __add__(self, other: CompressSummary) -> CompressSummary:
+        return CompressSummary(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 def compress_checkpoint(src: Path, dst: Path, files: Sequence[Path], *, dtype: torch.dtype | None = None,
@@ -78,7 +82,8 @@ def compress_checkpoint(src: Path, dst: Path, files: Sequence[Path], *, dtype: t
             _set_config_dtype(staging / "config.json", dtype)
         total = sum(f.stat().st_size for f in files)
         with _progress_bar(total, progress and sys.stderr.isatty()) as advance:
-            counts = [_compress_file(file, staging / file.name, dtype, advance) for file in files]
+            summary = sum((_compress_file(file, staging / file.name, dtype, advance) for file in files),
+                          CompressSummary())
         if (src / INDEX_FILE).is_file():
             _write_index(staging, files)
         os.chmod(staging, 0o755)  # mkdtemp's 0o700 would hide the folder from other users
@@ -86,32 +91,34 @@ def compress_checkpoint(src: Path, dst: Path, files: Sequence[Path], *, dtype: t
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return CompressSummary(*(sum(column) for column in zip(*counts, strict=True)))
+    return summary
 
 
-def _compress_file(file: Path, out: Path, dtype: torch.dtype | None, advance: Advance) -> tuple[int, ...]:
+def _compress_file(file: Path, out: Path, dtype: torch.dtype | None, advance: Advance) -> CompressSummary:
     stored: dict[str, torch.Tensor] = {}
     entries: dict[str, TensorEntry] = {}
-    source_bytes = cast_bytes = num_coded = num_coded_weights = num_escapes = 0
-    for name, tensor in _read_tensors(file):
-        source_bytes += _nbytes(tensor)
-        advance(_nbytes(tensor))
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        cast_bytes += _nbytes(tensor)
-        parts = encode(tensor) if is_worth_coding(tensor) else None
-        if parts is not None and coded_bytes(parts) < _nbytes(tensor):
-            entries[name] = _coded_entry(name, tensor, parts)
-            stored.update({part_name(name, part): value for part, value in parts.items()})
-            num_coded += 1
-            num_coded_weights += tensor.numel()
-            num_escapes += parts["escape_cols"].numel()
-        else:
-            entries[name] = TensorEntry(RAW, dtype_name(tensor.dtype), tuple(tensor.shape), crc32(tensor))
-            stored[name] = tensor.contiguous()
+    summary = CompressSummary()
+    for name, source in _read_tensors(file):
+        advance(_nbytes(source))
+        tensor = source.to(dtype) if dtype is not None and source.is_floating_point() else source
+        entries[name], parts = _store(name, tensor)
+        stored.update(parts)
+        coded = entries[name].encoding == CODED
+        summary += CompressSummary(
+            source_bytes=_nbytes(source), cast_bytes=_nbytes(tensor), written_bytes=sum(map(_nbytes, parts.values())),
+            num_coded=int(coded), num_raw=int(not coded), num_coded_weights=tensor.numel() if coded else 0,
+            num_escapes=parts[part_name(name, ESCAPE_COLS)].numel() if coded else 0)
     save_file(stored, str(out), metadata=FileHeader(entries).to_metadata())
-    written = sum(_nbytes(t) for t in stored.values())
-    return source_bytes, cast_bytes, written, num_coded, len(entries) - num_coded, num_coded_weights, num_escapes
+    return summary
+
+
+def _store(name: str, tensor: torch.Tensor) -> tuple[TensorEntry, dict[str, torch.Tensor]]:
+    """How ``tensor`` is stored: its entry in the header and the tensors under their stored names."""
+    parts = encode(tensor) if is_worth_coding(tensor) else None
+    if parts is None or coded_bytes(parts) >= _nbytes(tensor):  # a code no smaller than the bytes is no gain
+        return TensorEntry(RAW, dtype_name(tensor.dtype), tuple(tensor.shape), crc32(tensor)), {name: tensor}
+    stored = {part_name(name, part): value for part, value in parts.items()}
+    return _coded_entry(name, tensor, parts), stored
 
 
 def is_worth_coding(tensor: torch.Tensor) -> bool:

@@ -66,4 +66,4 @@ def test_help_names_the_command() -> None:
     result = edgewise("--help")
     assert "weights compress" in result.output
     result = edgewise("weights", "compress", "--help")
-    assert result.exit_code == 0 and "--dtype" in result.output
+    assert result.exit_code == 0 and "--dtype" in result.output and "--format" in result.output

@@ -9,8 +9,10 @@ leaves out; these copies end on ``<|eot_id|>`` the same way, and take ``max_posi
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 from gpu_backend.tokenizer import Tokenizer
 
@@ -30,3 +32,19 @@ def special_eos_copy(source: Path, folder: Path, max_positions: int = 2048, chat
 
 def _update(path: Path, **values: object) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
+def random_schema(rng: random.Random, depth: int = 0) -> dict[str, Any]:
+    """Nested objects, arrays, enums, bounded integers, short strings, required and optional fields."""
+    leaves = [lambda: {"type": "boolean"}, lambda: {"enum": rng.sample(["red", "green", "blue", 7, None], 3)},
+              lambda: {"type": "integer", "minimum": -(low := rng.randint(0, 20)), "maximum": low + rng.randint(0, 50)},
+              lambda: {"type": "string", "maxLength": rng.randint(1, 4)}]
+    kinds = ["leaf", "leaf", "array"] + (["object"] if depth < 2 else [])
+    kind = rng.choice(kinds)
+    if kind == "array":
+        return {"type": "array", "items": rng.choice(leaves)(), "maxItems": rng.randint(0, 2)}
+    if kind == "leaf" and depth > 0:
+        return rng.choice(leaves)()
+    names = rng.sample(["a", "b", "c", "d"], rng.randint(1, 3))
+    return {"type": "object", "properties": {name: random_schema(rng, depth + 1) for name in names},
+            "required": rng.sample(names, rng.randint(0, len(names))), "additionalProperties": False}

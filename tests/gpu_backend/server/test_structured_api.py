@@ -23,7 +23,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend_fixtures import MODEL, TOKEN, Backend, serving
-from structured_fixtures import special_eos_copy
+from structured_fixtures import random_schema, special_eos_copy
 from gpu_backend.engine.structured_output import StructuredOutput
 from gpu_backend.errors import InvalidRequestError
 from gpu_backend.server.api import create_app
@@ -147,25 +147,9 @@ def test_workers_ai_answers_response_as_an_object(backend: Backend) -> None:
     assert result["usage"]["completion_tokens"] > 0
 
 
-def _random_schema(rng: random.Random, depth: int = 0) -> dict[str, Any]:
-    """Nested objects, arrays, enums, bounded integers, short strings, required and optional fields."""
-    leaves = [lambda: {"type": "boolean"}, lambda: {"enum": rng.sample(["red", "green", "blue", 7, None], 3)},
-              lambda: {"type": "integer", "minimum": -(low := rng.randint(0, 20)), "maximum": low + rng.randint(0, 50)},
-              lambda: {"type": "string", "maxLength": rng.randint(1, 4)}]
-    kinds = ["leaf", "leaf", "array"] + (["object"] if depth < 2 else [])
-    kind = rng.choice(kinds)
-    if kind == "array":
-        return {"type": "array", "items": rng.choice(leaves)(), "maxItems": rng.randint(0, 2)}
-    if kind == "leaf" and depth > 0:
-        return rng.choice(leaves)()
-    names = rng.sample(["a", "b", "c", "d"], rng.randint(1, 3))
-    return {"type": "object", "properties": {name: _random_schema(rng, depth + 1) for name in names},
-            "required": rng.sample(names, rng.randint(0, len(names))), "additionalProperties": False}
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_random_schemas_validate(backend: Backend, seed: int) -> None:
-    schema = _random_schema(random.Random(seed))
+    schema = random_schema(random.Random(seed))
     reply = backend.run({"prompt": "Fill the form.", "max_tokens": 150, "temperature": 0.8, "seed": seed + 1,
                           "response_format": {"type": "json_schema", "json_schema": schema}})
     assert reply.status_code == 200, reply.text

@@ -127,7 +127,7 @@ def test_responses_style_input_on_a_gpt_oss_name(url: str) -> None:
     as_messages = run(url, TINY, {"messages": [{"role": "system", "content": "Answer in verse."},
                                                {"role": "user", "content": "What is love?"}], **GREEDY})
     assert message["content"][0] == {"type": "output_text", "text": as_messages.json()["result"]["response"],
-                                     "annotations": []}
+                                     "annotations": [], "logprobs": []}  # OpenAI's part: logprobs only when asked
     assert result["usage"]["output_tokens"] == as_messages.json()["result"]["usage"]["completion_tokens"]
     listed = run(url, GPT_OSS, {"input": [{"role": "user", "content": "What is love?"}], **GREEDY}).json()["result"]
     assert listed["output"][0]["content"][0]["text"]

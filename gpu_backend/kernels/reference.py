@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gpu_backend.weights.packed import CompressedWeight
+
 
 def store_kv_cache(
     key: torch.Tensor,
@@ -162,8 +164,12 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x W^T + b``; the Triton backend has a GEMV for single rows."""
+def linear(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, bias: torch.Tensor | None = None
+           ) -> torch.Tensor:
+    """``x W^T + b``; the Triton backend has a GEMV for single rows. A compressed (ECF) weight is
+    decoded first, by the twin of the Triton decode (CompressedWeight.decode)."""
+    if isinstance(weight, CompressedWeight):
+        weight = weight.decode()
     return F.linear(x, weight, bias)
 
 

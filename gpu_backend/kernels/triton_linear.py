@@ -13,6 +13,14 @@ memory per fused op (docs/engine.md, "Kernels"):
   residual.
 - `silu_and_mul_linear`: silu(gate) * up, the input of down_proj.
 Both round exactly where their separate kernels do. Other shapes run the separate kernels.
+
+A weight may also be an ECF ``CompressedWeight`` (docs/weights-format.md; gpu_backend/weights/packed.py),
+which stays coded in GPU memory: 1.5 bytes per weight instead of 2. At one row the same GEMV kernel
+decodes each tile where it would load a bf16 tile (the ``ECF`` constexpr): the sign-mantissa byte
+plane, the exponent nibble and its row's 16-entry table, and the row's escapes in order from its
+CSR offset. The tiles, and so the summation, are the bf16 kernel's: the output is bit for bit the
+bf16 GEMV's on the decoded weight. Several rows decode the whole weight into a reusable scratch
+buffer (`decode_to_scratch`) and run torch's matmul on it, exact by construction.
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ import triton.language as tl
 
 from gpu_backend.kernels import pdl, triton_ops
 from gpu_backend.kernels.pdl import wait_then_release
+from gpu_backend.weights.packed import CompressedWeight, Scratch
 
 _GEMV_DTYPES = (torch.bfloat16, torch.float16)
+Weight = torch.Tensor | CompressedWeight
 PLAIN, RMS_NORM, SILU_MUL = 0, 1, 2  # what the GEMV does to its input first
 
 
@@ -51,16 +61,46 @@ def _input_chunk(x_ptr, res_ptr, norm_w_ptr, c, K, rstd, dtype: tl.constexpr,
 
 
 @triton.jit
+def _ecf_tile(w_rows, index_rows, table_rows, escape_values_ptr, run, ok, c):
+    """A bfloat16 weight tile decoded from its ECF planes (docs/weights-format.md), and the rows'
+    running escape positions moved past it. ``run[r]`` is the escape-list entry of row r's next
+    escape: escapes are in column order within a row, so the tile's k-th escape of row r is
+    entry run[r] + k, with no need to read their columns."""
+    top = tl.load(w_rows + c[None, :], mask=ok, other=0).to(tl.int32)
+    packed = tl.load(index_rows + (c // 2)[None, :], mask=ok, other=0).to(tl.int32)
+    index = (packed >> ((c % 2) * 4)[None, :]) & 0xF
+    exponent = tl.load(table_rows + index, mask=ok, other=0).to(tl.int32)
+    bits = ((top & 0x80) << 8) | (exponent << 7) | (top & 0x7F)
+    escaped = ((index == 15) & ok).to(tl.int32)
+    count = tl.sum(escaped, axis=1)
+    if tl.sum(count, axis=0) > 0:
+        entry = run[:, None] + tl.cumsum(escaped, axis=1) - 1
+        value = tl.load(escape_values_ptr + entry, mask=escaped != 0, other=0).to(tl.int32) & 0xFFFF
+        bits = tl.where(escaped != 0, value, bits)
+    return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True), run + count
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, res_ptr, norm_w_ptr, new_res_ptr, N, K, stride_wn, eps,
+                 index_ptr, tables_ptr, row_tables_ptr, escape_offsets_ptr, escape_values_ptr, stride_in,
                  HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PROLOGUE: tl.constexpr,
-                 HAS_RESIDUAL: tl.constexpr, BLOCK_ROW: tl.constexpr, USE_PDL: tl.constexpr):
+                 HAS_RESIDUAL: tl.constexpr, BLOCK_ROW: tl.constexpr, USE_PDL: tl.constexpr, ECF: tl.constexpr):
+    """ECF: w_ptr is the weight's sign-mantissa plane and each tile is decoded where a bf16 tile is
+    loaded; everything else, tiling and summation order included, is the bf16 kernel's."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     cols = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + rows[:, None] * stride_wn
     dtype = y_ptr.dtype.element_ty
     # The weights depend on no earlier kernel: the first tile is in flight before the wait.
-    w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
+    if ECF:
+        index_rows = index_ptr + rows[:, None] * stride_in
+        table_rows = tables_ptr + tl.load(row_tables_ptr + rows, mask=row_ok, other=0)[:, None] * 16
+        run = tl.load(escape_offsets_ptr + rows, mask=row_ok, other=0)
+        w, run = _ecf_tile(w_rows, index_rows, table_rows, escape_values_ptr, run,
+                           row_ok[:, None] & (cols < K)[None, :], cols)
+    else:
+        w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
     if USE_PDL:
         wait_then_release()
     rstd = 0.0
@@ -79,12 +119,42 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, res_ptr, norm_w_ptr, new_res_ptr, N
     acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1)
     for k0 in range(BLOCK_K, K, BLOCK_K):
         c = k0 + cols
-        w = tl.load(w_rows + c[None, :], mask=row_ok[:, None] & (c < K)[None, :], other=0.0)
+        if ECF:
+            w, run = _ecf_tile(w_rows, index_rows, table_rows, escape_values_ptr, run,
+                               row_ok[:, None] & (c < K)[None, :], c)
+        else:
+            w = tl.load(w_rows + c[None, :], mask=row_ok[:, None] & (c < K)[None, :], other=0.0)
         x = _input_chunk(x_ptr, res_ptr, norm_w_ptr, c, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL)
         acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
     tl.store(y_ptr + rows, acc.to(dtype), mask=row_ok)
+
+
+@triton.jit
+def _ecf_decode_kernel(w_ptr, index_ptr, tables_ptr, row_tables_ptr, out_ptr, N, K, stride_in,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """A whole bfloat16 weight decoded into ``out`` (int16 bits), escapes left for _ecf_escape_kernel."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    c = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    row_ok = rows < N
+    ok = row_ok[:, None] & (c < K)[None, :]
+    top = tl.load(w_ptr + rows[:, None] * K + c[None, :], mask=ok, other=0).to(tl.int32)
+    packed = tl.load(index_ptr + rows[:, None] * stride_in + (c // 2)[None, :], mask=ok, other=0).to(tl.int32)
+    index = (packed >> ((c % 2) * 4)[None, :]) & 0xF
+    table_rows = tables_ptr + tl.load(row_tables_ptr + rows, mask=row_ok, other=0)[:, None] * 16
+    exponent = tl.load(table_rows + index, mask=ok, other=0).to(tl.int32)
+    bits = ((top & 0x80) << 8) | (exponent << 7) | (top & 0x7F)
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * K + c[None, :], bits.to(tl.int16), mask=ok)
+
+
+@triton.jit
+def _ecf_escape_kernel(escape_rows_ptr, escape_cols_ptr, escape_values_ptr, out_ptr, E, K, BLOCK: tl.constexpr):
+    j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = j < E
+    r = tl.load(escape_rows_ptr + j, mask=ok, other=0).to(tl.int64)
+    c = tl.load(escape_cols_ptr + j, mask=ok, other=0)
+    tl.store(out_ptr + r * K + c, tl.load(escape_values_ptr + j, mask=ok, other=0), mask=ok)
 
 
 def _block_n(n: int, k: int) -> int:
@@ -95,38 +165,67 @@ def _block_n(n: int, k: int) -> int:
     return 16 if n >= 6144 and k <= 4096 else 8
 
 
-def _gemv_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _gemv_fits(x: torch.Tensor, weight: Weight) -> bool:
+    if isinstance(weight, CompressedWeight):  # the ECF decode in the GEMV makes bfloat16 only
+        return (x.dim() == 2 and x.shape[0] == 1 and x.is_cuda and x.dtype == torch.bfloat16
+                and weight.dtype == torch.bfloat16)
     return (x.dim() == 2 and x.shape[0] == 1 and x.is_cuda and x.dtype in _GEMV_DTYPES
             and weight.dtype == x.dtype and weight.stride(1) == 1)
 
 
-def _gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, prologue: int = PLAIN,
+def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: int = PLAIN,
           residual: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
           new_residual: torch.Tensor | None = None) -> torch.Tensor:
     n, k = weight.shape
     y = torch.empty((1, n), dtype=x.dtype, device=x.device)
     block_n = _block_n(n, k)
     use_pdl = pdl.enabled(x)
+    if isinstance(weight, CompressedWeight):
+        w, stride_wn, ecf = weight.sign_mantissa[0], k, True
+        ecf_args = (weight.exponent_index, weight.tables, weight.row_tables, weight.escape_row_offsets,
+                    weight.escape_values, weight.exponent_index.stride(0))
+    else:
+        w, stride_wn, ecf = weight, weight.stride(0), False
+        ecf_args = (w, w, w, w, w, 0)
     _gemv_kernel[(triton.cdiv(n, block_n),)](
-        x, weight, bias if bias is not None else weight, y,
-        residual if residual is not None else x, norm_weight if norm_weight is not None else weight,
-        new_residual if new_residual is not None else y, n, k, weight.stride(0), eps,
+        x, w, bias if bias is not None else x, y,
+        residual if residual is not None else x, norm_weight if norm_weight is not None else x,
+        new_residual if new_residual is not None else y, n, k, stride_wn, eps, *ecf_args,
         HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=1024, PROLOGUE=prologue,
         HAS_RESIDUAL=residual is not None, BLOCK_ROW=triton.next_power_of_2(k) if prologue == RMS_NORM else 1,
-        USE_PDL=use_pdl, num_warps=8, **pdl.launch_options(use_pdl),
+        USE_PDL=use_pdl, num_warps=8, ECF=ecf, **pdl.launch_options(use_pdl),
     )
     return y
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def decode_to_scratch(weight: CompressedWeight) -> torch.Tensor:
+    """The dense weight, decoded into the reusable scratch buffer (valid until the next decode):
+    the matmul for several rows (prefill, batched decode) then runs on it as on a bf16 weight."""
+    if weight.dtype != torch.bfloat16:
+        return weight.decode()
+    n, k = weight.shape
+    out = Scratch.take(weight.shape, weight.dtype, weight.device)
+    bits = out.view(torch.int16)
+    _ecf_decode_kernel[(triton.cdiv(n, 32), triton.cdiv(k, 256))](
+        weight.sign_mantissa[0], weight.exponent_index, weight.tables, weight.row_tables, bits, n, k,
+        weight.exponent_index.stride(0), BLOCK_N=32, BLOCK_K=256, num_warps=8)
+    if weight.num_escapes:
+        _ecf_escape_kernel[(triton.cdiv(weight.num_escapes, 1024),)](
+            weight.escape_rows, weight.escape_cols, weight.escape_values, bits, weight.num_escapes, k, BLOCK=1024)
+    return out
+
+
+def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``weight`` dense, or compressed (ECF): decoded inside the GEMV for one row, else into scratch."""
     if not _gemv_fits(x, weight):
-        return F.linear(x, weight, bias)
+        dense = decode_to_scratch(weight) if isinstance(weight, CompressedWeight) else weight
+        return F.linear(x, dense, bias)
     return _gemv(x.contiguous(), weight, bias)
 
 
 def rms_norm_linear(
     x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-    weight: torch.Tensor, bias: torch.Tensor | None = None,
+    weight: Weight, bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(linear(rms_norm(x + residual)), x + residual); without a residual, (linear(rms_norm(x)), x)."""
     fits = (_gemv_fits(x, weight) and norm_weight.dtype == x.dtype and x.shape[-1] <= 16384
@@ -144,7 +243,7 @@ def rms_norm_linear(
     return y, new_residual
 
 
-def silu_and_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+def silu_and_mul_linear(gate_up: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None
                         ) -> torch.Tensor:
     """linear(silu(gate) * up) for gate_up = [gate | up]."""
     if not _gemv_fits(gate_up, weight) or gate_up.shape[-1] != 2 * weight.shape[1]:

@@ -1,0 +1,208 @@
+"""ECF weights kept coded in memory: a layer's slices of checkpoint tensors, decoded inside the matmul.
+
+A linear layer that holds a ``CompressedWeight`` instead of a dense parameter keeps each source
+tensor's parts (docs/weights-format.md) for its own rows or columns only:
+
+- ``slice_rows`` / ``slice_cols`` cut a tensor's parts the way ``narrow`` cuts the dense tensor
+  (a column slice starts at an even column, so it is a plain slice of the nibble plane), the
+  escape list re-based to the slice;
+- ``CompressedWeight.stack`` puts the parts of several source tensors one above the other (QKV,
+  gate_up): each keeps its own exponent table, which ``row_tables`` names per row.
+
+``CompressedWeight.decode`` is the plain-torch twin of the Triton decode (per-row table lookup,
+escapes written last): the CPU matmul and the reference the kernels are tested against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+import torch
+
+from ..errors import CompressedWeightsError
+from .codec import Parts, encode
+from .format import (
+    ESCAPE_COLS,
+    ESCAPE_ROW_OFFSETS,
+    ESCAPE_VALUES,
+    EXPONENT_INDEX,
+    EXPONENT_TABLE,
+    SIGN_MANTISSA,
+    layout_of,
+)
+
+
+def slice_rows(parts: Parts, start: int, length: int) -> Parts:
+    """The parts of ``tensor[start:start + length]`` (copies: the whole tensor's parts can go)."""
+    offsets = parts[ESCAPE_ROW_OFFSETS]
+    first, last = int(offsets[start]), int(offsets[start + length])
+    return {
+        SIGN_MANTISSA: parts[SIGN_MANTISSA][:, start:start + length].clone(),
+        EXPONENT_INDEX: parts[EXPONENT_INDEX][start:start + length].clone(),
+        EXPONENT_TABLE: parts[EXPONENT_TABLE].clone(),
+        ESCAPE_ROW_OFFSETS: (offsets[start:start + length + 1] - first).to(torch.int32),
+        ESCAPE_COLS: parts[ESCAPE_COLS][first:last].clone(),
+        ESCAPE_VALUES: parts[ESCAPE_VALUES][first:last].clone(),
+    }
+
+
+def slice_cols(parts: Parts, start: int, length: int) -> Parts:
+    """The parts of ``tensor[:, start:start + length]`` of a 2-D tensor; ``start`` must be even."""
+    if start % 2:
+        raise CompressedWeightsError(f"a slice of compressed columns must start at an even column, not {start}")
+    rows = parts[EXPONENT_INDEX].shape[0]
+    index = parts[EXPONENT_INDEX][:, start // 2:(start + length + 1) // 2].clone()
+    if length % 2:  # the last byte's high nibble is the next column's, outside the slice: pad with zero
+        index[:, -1] &= 0x0F
+    offsets = parts[ESCAPE_ROW_OFFSETS].long()
+    escape_rows = torch.repeat_interleave(torch.arange(rows), offsets.diff())
+    cols = parts[ESCAPE_COLS]
+    inside = (cols >= start) & (cols < start + length)
+    kept_rows = escape_rows[inside]
+    new_offsets = torch.zeros(rows + 1, dtype=torch.int64)
+    new_offsets[1:] = torch.cumsum(torch.bincount(kept_rows, minlength=rows), 0)
+    return {
+        SIGN_MANTISSA: parts[SIGN_MANTISSA][:, :, start:start + length].clone(),
+        EXPONENT_INDEX: index,
+        EXPONENT_TABLE: parts[EXPONENT_TABLE].clone(),
+        ESCAPE_ROW_OFFSETS: new_offsets.to(torch.int32),
+        ESCAPE_COLS: (cols[inside] - start).to(torch.int32),
+        ESCAPE_VALUES: parts[ESCAPE_VALUES][inside].clone(),
+    }
+
+
+def encode_dense(tensor: torch.Tensor) -> Parts:
+    """The parts of a dense 2-D tensor (a source tensor the file keeps raw), coded here, on the CPU."""
+    return encode(tensor.detach().cpu())
+
+
+@dataclass
+class CompressedWeight:
+    """A 2-D weight ``[rows, cols]`` held as ECF planes, possibly stacked from several source tensors.
+
+    ``sign_mantissa`` is uint8 ``[B, rows, cols]`` (B = 1 for bfloat16), ``exponent_index`` uint8
+    ``[rows, ceil(cols / 2)]``, ``tables`` uint8 ``[num_sources, 16]`` and ``row_tables`` int32
+    ``[rows]`` the table of each row; escapes are CSR by row (``escape_row_offsets``) with their
+    rows listed too (``escape_rows``, for the scatter that patches a decoded weight).
+    """
+
+    dtype: torch.dtype
+    sign_mantissa: torch.Tensor
+    exponent_index: torch.Tensor
+    tables: torch.Tensor
+    row_tables: torch.Tensor
+    escape_row_offsets: torch.Tensor
+    escape_rows: torch.Tensor
+    escape_cols: torch.Tensor
+    escape_values: torch.Tensor
+
+    @classmethod
+    def stack(cls, sources: list[Parts], dtype: torch.dtype, device: torch.device | str = "cpu") -> CompressedWeight:
+        """The parts of ``sources`` (same column count) one above the other, on ``device``."""
+        if not sources:
+            raise CompressedWeightsError("a compressed weight needs at least one source tensor")
+        cols = {tuple(p[SIGN_MANTISSA].shape[2:]) for p in sources}
+        if len(cols) != 1:
+            raise CompressedWeightsError(f"stacked compressed tensors differ in columns: {sorted(cols)}")
+        row_counts = [p[EXPONENT_INDEX].shape[0] for p in sources]
+        bases = torch.tensor([0, *row_counts]).cumsum(0)
+        escape_bases = [0]
+        for p in sources:
+            escape_bases.append(escape_bases[-1] + p[ESCAPE_COLS].numel())
+        offsets = torch.cat([sources[0][ESCAPE_ROW_OFFSETS][:1].long()] + [
+            p[ESCAPE_ROW_OFFSETS][1:].long() + base for p, base in zip(sources, escape_bases[:-1], strict=True)])
+        escape_rows = torch.cat([
+            torch.repeat_interleave(torch.arange(n), p[ESCAPE_ROW_OFFSETS].long().diff()) + int(base)
+            for p, n, base in zip(sources, row_counts, bases[:-1], strict=True)])
+        row_tables = torch.cat([torch.full((n,), i, dtype=torch.int32) for i, n in enumerate(row_counts)])
+        weight = cls(
+            dtype=dtype,
+            sign_mantissa=torch.cat([p[SIGN_MANTISSA] for p in sources], dim=1),
+            exponent_index=torch.cat([p[EXPONENT_INDEX] for p in sources]),
+            tables=torch.stack([p[EXPONENT_TABLE] for p in sources]),
+            row_tables=row_tables,
+            escape_row_offsets=offsets.to(torch.int32),
+            escape_rows=escape_rows.to(torch.int32),
+            escape_cols=torch.cat([p[ESCAPE_COLS] for p in sources]).to(torch.int32),
+            escape_values=torch.cat([p[ESCAPE_VALUES] for p in sources]),
+        )
+        return weight.to(device)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.sign_mantissa.shape[1:])
+
+    @property
+    def device(self) -> torch.device:
+        return self.sign_mantissa.device
+
+    @property
+    def num_escapes(self) -> int:
+        return self.escape_values.numel()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory, every plane and list included."""
+        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+
+    def to(self, device: torch.device | str) -> CompressedWeight:
+        return CompressedWeight(self.dtype, **{name: t.to(device).contiguous() for name, t in self._tensors().items()})
+
+    def decode(self) -> torch.Tensor:
+        """The dense weight, bit for bit (plain torch, on this weight's device)."""
+        layout = layout_of(self.dtype)
+        rows, cols = self.shape
+        packed = self.exponent_index.to(torch.int32)
+        index = torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(rows, -1)[:, :cols]
+        exponent = self.tables.to(torch.int32)[self.row_tables.long()[:, None], index.long()]
+        top = self.sign_mantissa[-1].to(torch.int32)
+        high = ((top & 0x80) << 8) | (exponent << 7) | (top & 0x7F)  # sign, exponent, mantissa's top 7 bits
+        shift = layout.total_bits - 16
+        bits = (high.to(torch.int64) << shift)
+        for plane in range(layout.sign_mantissa_bytes - 1):  # float32's two low mantissa bytes
+            bits |= self.sign_mantissa[plane].to(torch.int64) << (8 * plane)
+        bits = _wrap(bits, layout.total_bits).to(layout.bits_dtype)
+        bits[self.escape_rows.long(), self.escape_cols.long()] = self.escape_values
+        return bits.view(self.dtype)
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dtype"}
+
+    def __repr__(self) -> str:
+        return (f"CompressedWeight({tuple(self.shape)}, {self.dtype}, {len(self.tables)} table(s), "
+                f"{self.num_escapes} escapes, {self.nbytes} bytes)")
+
+
+def _wrap(bits: torch.Tensor, width: int) -> torch.Tensor:
+    """Unsigned ``width``-bit patterns as the signed integers of that width (int16/int32 views)."""
+    return torch.where(bits >= 1 << (width - 1), bits - (1 << width), bits)
+
+
+class Scratch:
+    """One reusable dense buffer per (device, dtype) that weights are decoded into before a matmul.
+
+    ``reserve`` sizes it while loading (before any CUDA graph is captured, so captured graphs keep
+    pointing at the same buffer); ``take`` returns its first ``numel`` elements, growing it only
+    if nothing reserved that much.
+    """
+
+    _buffers: ClassVar[dict[tuple[torch.device, torch.dtype], torch.Tensor]] = {}
+
+    @classmethod
+    def reserve(cls, numel: int, dtype: torch.dtype, device: torch.device) -> None:
+        key = (torch.device(device), dtype)
+        held = cls._buffers.get(key)
+        if held is None or held.numel() < numel:
+            cls._buffers.pop(key, None)
+            cls._buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+
+    @classmethod
+    def take(cls, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        numel = shape[0] * shape[1]
+        cls.reserve(numel, dtype, device)
+        return cls._buffers[(torch.device(device), dtype)][:numel].view(shape)
+
+    @classmethod
+    def nbytes(cls, device: torch.device) -> int:
+        return sum(b.numel() * b.element_size() for (d, _), b in cls._buffers.items() if d == torch.device(device))

@@ -1,0 +1,130 @@
+"""The ECF GEMV and decode-to-scratch kernels against the bf16 GEMV on the decoded weight, bit for bit.
+
+Every test runs on CUDA (marked gpu, skipped without a GPU) and on CPU under Triton's interpreter,
+in the subprocess that test_ecf_interpreter starts with TRITON_INTERPRET=1. The weights carry
+escapes on purpose (rare exponents planted in several rows and in several K tiles of one row), and
+the stacked ones two exponent tables (gate_up), so every branch of the tile decode runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from triton_interpreter import INTERPRETING, run_cpu_variants
+
+from gpu_backend.kernels import reference
+from gpu_backend.weights.codec import encode
+from gpu_backend.weights.packed import CompressedWeight
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+NEEDS_CUDA = pytest.mark.skipif(INTERPRETING or not torch.cuda.is_available(), reason="needs CUDA")
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+DEVICES = [
+    pytest.param("cuda", marks=[pytest.mark.gpu, NEEDS_CUDA]),
+    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRETING, reason="CPU runs only in the interpreter run")),
+]
+# (rows, cols): one K tile and a partial one; three K tiles, the last partial; a tiny odd-width one
+SHAPES = [(40, 300), (24, 2100), (3, 65)]
+
+
+def _weight_with_escapes(rows: int, cols: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    w = 0.02 * torch.randn(rows, cols, generator=gen)
+    planted = [(1, 0), (1, cols // 2), (1, cols - 1), (rows - 1, 3), (rows // 2, cols - 2)]
+    planted += [(i % rows, (37 * i) % cols) for i in range(5, 24)]  # 24 rare exponents: more than the table holds
+    for i, (r, c) in enumerate(planted):
+        w[r, c] = (-1) ** i * 2.0 ** (40 + 3 * i)  # exponents no other weight has: most are escaped
+    return w.to(torch.bfloat16)
+
+
+def _compressed(rows: int, cols: int, seed: int, stacked: bool) -> CompressedWeight:
+    if not stacked:
+        return CompressedWeight.stack([encode(_weight_with_escapes(rows, cols, seed))], torch.bfloat16)
+    upper = _weight_with_escapes(rows, cols, seed)
+    lower = (30 * _weight_with_escapes(rows, cols, seed + 1).float()).to(torch.bfloat16)  # another table
+    return CompressedWeight.stack([encode(upper), encode(lower)], torch.bfloat16)
+
+
+def _on(device: str, weight: CompressedWeight) -> CompressedWeight:
+    assert weight.num_escapes >= 5
+    return weight.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("rows", "cols"), SHAPES)
+@pytest.mark.parametrize("stacked", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_ecf_gemv_equals_bf16_gemv(device: str, rows: int, cols: int, stacked: bool, with_bias: bool) -> None:
+    from gpu_backend.kernels import triton_linear
+
+    weight = _on(device, _compressed(rows, cols, rows + cols, stacked))
+    dense = weight.decode()
+    gen = torch.Generator().manual_seed(cols)
+    x = torch.randn(1, cols, generator=gen).to(torch.bfloat16).to(device)
+    bias = torch.randn(weight.shape[0], generator=gen).to(torch.bfloat16).to(device) if with_bias else None
+    got = triton_linear._gemv(x, weight, bias)
+    assert torch.equal(got, triton_linear._gemv(x, dense, bias))
+    torch.testing.assert_close(got.float(), reference.linear(x, weight, bias).float(), atol=2e-2, rtol=2e-2)
+    if device == "cuda":  # the public entry takes the same kernel
+        assert torch.equal(triton_linear.linear(x, weight, bias), got)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("rows", "cols"), SHAPES[:2])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_ecf_rms_norm_gemv_equals_bf16(device: str, rows: int, cols: int, with_residual: bool) -> None:
+    from gpu_backend.kernels import triton_linear
+
+    weight = _on(device, _compressed(rows, cols, rows, stacked=True))
+    gen = torch.Generator().manual_seed(rows + with_residual)
+    x = (3 * torch.randn(1, cols, generator=gen)).to(torch.bfloat16).to(device)
+    residual = torch.randn(1, cols, generator=gen).to(torch.bfloat16).to(device) if with_residual else None
+    norm_weight = (1 + 0.1 * torch.randn(cols, generator=gen)).to(torch.bfloat16).to(device)
+    outputs = []
+    for w in (weight, weight.decode()):
+        new_residual = torch.empty_like(x) if with_residual else None
+        y = triton_linear._gemv(x, w, None, triton_linear.RMS_NORM, residual, norm_weight, 1e-5, new_residual)
+        outputs.append((y, new_residual))
+    assert torch.equal(outputs[0][0], outputs[1][0])
+    if with_residual:
+        assert torch.equal(outputs[0][1], outputs[1][1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("rows", "cols"), SHAPES[:2])
+def test_ecf_silu_mul_gemv_equals_bf16(device: str, rows: int, cols: int) -> None:
+    from gpu_backend.kernels import triton_linear
+
+    weight = _on(device, _compressed(rows, cols, cols, stacked=False))
+    gen = torch.Generator().manual_seed(cols)
+    gate_up = torch.randn(1, 2 * cols, generator=gen).to(torch.bfloat16).to(device)
+    got = triton_linear._gemv(gate_up, weight, None, triton_linear.SILU_MUL)
+    assert torch.equal(got, triton_linear._gemv(gate_up, weight.decode(), None, triton_linear.SILU_MUL))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("rows", "cols"), [(40, 300), (70, 515)])
+@pytest.mark.parametrize("stacked", [False, True])
+def test_decode_to_scratch_is_the_weight(device: str, rows: int, cols: int, stacked: bool) -> None:
+    """The scratch decode is the twin's decode, which is the source tensor (stacked: both of them)."""
+    from gpu_backend.kernels import triton_linear
+
+    weight = _on(device, _compressed(rows, cols, rows * cols, stacked))
+    expected = torch.cat([_weight_with_escapes(rows, cols, rows * cols)]
+                         + ([(30 * _weight_with_escapes(rows, cols, rows * cols + 1).float()).to(torch.bfloat16)]
+                            if stacked else []))
+    decoded = triton_linear.decode_to_scratch(weight)
+    assert torch.equal(decoded.cpu().view(torch.int16), expected.view(torch.int16))
+    assert torch.equal(weight.decode().cpu().view(torch.int16), expected.view(torch.int16))
+    # several rows: the matmul on the scratch buffer is torch's on the decoded weight
+    x = torch.randn(5, cols).to(torch.bfloat16).to(device)
+    assert torch.equal(triton_linear.linear(x, weight), torch.nn.functional.linear(x, expected.to(device)))
+
+
+@pytest.mark.skipif(INTERPRETING, reason="already inside the interpreter run")
+def test_ecf_interpreter() -> None:
+    """Run this file's CPU variants with TRITON_INTERPRET=1 set before triton is imported."""
+    run_cpu_variants(__file__, timeout_s=300)

@@ -54,6 +54,15 @@ class CheckpointTensor:
         """The whole tensor (replicated parameters)."""
         return self._read((Ellipsis,))
 
+    def coded_parts(self) -> dict[str, torch.Tensor] | None:
+        """The tensor's ECF parts on the CPU, checked against their checksums, when the file stores it
+        coded in the dtype it loads in; else None (docs/weights-format.md)."""
+        parts_of = getattr(self._stored, "coded_parts", None)
+        parts = parts_of(self.dtype) if parts_of is not None else None
+        if parts is not None:
+            self.bytes_read += sum(part.numel() * part.element_size() for part in parts.values())
+        return parts
+
     def _read(self, index: tuple[Any, ...]) -> torch.Tensor:
         try:
             raw = self._stored[index]

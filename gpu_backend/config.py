@@ -200,6 +200,10 @@ class EngineConfig:
     attention_backend: str = "auto"  # triton | torch | auto
     load_format: str = "safetensors"  # or "dummy": random weights of the right shapes, for benchmarks
     skip_tokenizer_init: bool = False  # token-id prompts only, outputs without text
+    # An ECF-compressed checkpoint (docs/weights-format.md): "kernel" keeps the linear layers' weights
+    # coded in GPU memory, decoded inside the matmuls (bf16 on CUDA; elsewhere it decodes at load);
+    # "decode_at_load" decodes every tensor to dense while loading.
+    compressed_weights: str = "kernel"
 
     def __post_init__(self) -> None:
         if self.max_num_seqs is None:
@@ -210,6 +214,8 @@ class EngineConfig:
             raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.load_format not in ("safetensors", "dummy"):
             raise ValueError(f"load_format must be safetensors or dummy, not {self.load_format!r}")
+        if self.compressed_weights not in ("kernel", "decode_at_load"):
+            raise ValueError(f"compressed_weights must be kernel or decode_at_load, not {self.compressed_weights!r}")
         if self.attention_backend not in ("auto", "triton", "torch"):
             raise ValueError(f"attention_backend must be auto, triton or torch, not {self.attention_backend!r}")
         if self.max_num_seqs <= 0 or self.max_num_batched_tokens <= 0:

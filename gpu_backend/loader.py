@@ -29,7 +29,7 @@ from .errors import CheckpointError
 from .parallel.state import tp_size
 from .prefetch import prefetching
 from .weights.format import source_name
-from .weights.reader import open_weights
+from .weights.reader import is_compressed, open_weights
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -39,10 +39,18 @@ Advance = Callable[[int], None]
 
 
 def load_weights(model: torch.nn.Module, folder: Path, *, dtype: torch.dtype, device: torch.device,
-                 progress: bool = True) -> int:
-    """Fill every parameter of ``model`` from the ``*.safetensors`` files in ``folder``; returns bytes read."""
+                 progress: bool = True, keep_compressed: bool = False) -> int:
+    """Fill every parameter of ``model`` from the ``*.safetensors`` files in ``folder``; returns bytes read.
+
+    ``keep_compressed``: when the folder is ECF-compressed, the modules that can (linear layers,
+    ``keep_compressed()``) hold their weights coded and decode them in their matmuls; every other
+    tensor, and every tensor without it, is decoded here, at load time."""
     files = weight_files(Path(folder))
     targets = _Targets.of(model)
+    holders = [m for m in model.modules() if hasattr(m, "keep_compressed")]
+    if keep_compressed and holders and any(is_compressed(file) for file in files):
+        for module in holders:
+            module.keep_compressed()
     loaded: dict[int, set[ShardId]] = {}  # by id(param): a parameter shared under two names is one entry
     num_bytes_read = 0
     show = progress and sys.stderr.isatty()
@@ -57,6 +65,10 @@ def load_weights(model: torch.nn.Module, folder: Path, *, dtype: torch.dtype, de
                 advance(tensor.bytes_read)
                 num_bytes_read += tensor.bytes_read
     _check_complete(targets, loaded, folder)
+    for module in holders:
+        module.finish_loading()
+    if device.type == "cuda" and keep_compressed:  # the emptied dense weights go back to the driver
+        torch.cuda.empty_cache()
     return num_bytes_read
 
 

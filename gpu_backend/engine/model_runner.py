@@ -100,7 +100,10 @@ class ModelRunner:
         if self.config.load_format == "dummy":
             _fill_dummy_weights(model)
         else:
-            load_weights(model, Path(self.config.model), dtype=self.dtype, device=self.device, progress=progress)
+            keep_compressed = (self.config.compressed_weights == "kernel" and self.device.type == "cuda"
+                               and self.dtype == torch.bfloat16)
+            load_weights(model, Path(self.config.model), dtype=self.dtype, device=self.device, progress=progress,
+                         keep_compressed=keep_compressed)
         log.info("loaded %s in %.1f s", self.config.model, time.perf_counter() - started)
         return model.eval()
 

@@ -95,7 +95,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, res_ptr, norm_w_ptr, new_res_ptr, N
     # The weights depend on no earlier kernel: the first tile is in flight before the wait.
     if ECF:
         index_rows = index_ptr + rows[:, None] * stride_in
-        table_rows = tables_ptr + tl.load(row_tables_ptr + rows, mask=row_ok, other=0)[:, None] * 16
+        table_rows = tables_ptr + tl.load(row_tables_ptr + rows, mask=row_ok, other=0).to(tl.int32)[:, None] * 16
         run = tl.load(escape_offsets_ptr + rows, mask=row_ok, other=0)
         w, run = _ecf_tile(w_rows, index_rows, table_rows, escape_values_ptr, run,
                            row_ok[:, None] & (cols < K)[None, :], cols)
@@ -142,7 +142,7 @@ def _ecf_decode_kernel(w_ptr, index_ptr, tables_ptr, row_tables_ptr, out_ptr, N,
     top = tl.load(w_ptr + rows[:, None] * K + c[None, :], mask=ok, other=0).to(tl.int32)
     packed = tl.load(index_ptr + rows[:, None] * stride_in + (c // 2)[None, :], mask=ok, other=0).to(tl.int32)
     index = (packed >> ((c % 2) * 4)[None, :]) & 0xF
-    table_rows = tables_ptr + tl.load(row_tables_ptr + rows, mask=row_ok, other=0)[:, None] * 16
+    table_rows = tables_ptr + tl.load(row_tables_ptr + rows, mask=row_ok, other=0).to(tl.int32)[:, None] * 16
     exponent = tl.load(table_rows + index, mask=ok, other=0).to(tl.int32)
     bits = ((top & 0x80) << 8) | (exponent << 7) | (top & 0x7F)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * K + c[None, :], bits.to(tl.int16), mask=ok)

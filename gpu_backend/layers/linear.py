@@ -4,12 +4,17 @@ Column-parallel layers split the output dimension (no communication), row-parall
 input dimension (one all-reduce after the matmul). Fused layers (QKV, gate+up) load each
 checkpoint tensor into its own row range, named by the ``shard_id`` the loader passes. Loaders
 ``narrow`` the checkpoint tensor, so a rank reads only its slice from the file.
+
+Loading an ECF-compressed checkpoint with ``keep_compressed()`` called first (the loader does, on
+CUDA), a layer holds its weight coded instead (``self.compressed``, weights/packed.py): each source
+tensor's parts cut to this rank's rows (column-parallel) or even column range (row-parallel), its
+escape list re-based, the sources stacked with a table each (QKV, gate_up). The dense parameter
+is then empty, and the matmuls decode the weight as they read it (kernels/triton_linear.py).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint_tensor import Loaded, materialize, narrow
@@ -17,6 +22,8 @@ from ..errors import CheckpointError
 from ..kernels import Kernels, reference
 from ..parallel.comm import all_reduce
 from ..parallel.state import tp_rank, tp_size
+from ..weights.codec import Parts
+from ..weights.packed import CompressedWeight, Scratch, coded_slice
 
 
 def _divide(numerator: int, denominator: int, what: str) -> int:
@@ -42,7 +49,9 @@ class LinearBase(nn.Module):
     def __init__(self, input_size: int, output_size: int, bias: bool, ops: Kernels | None = None) -> None:
         super().__init__()
         self.ops = ops
-        self.matmul = ops.linear if ops is not None else F.linear  # the Triton one has a batch-1 GEMV
+        self.matmul = ops.linear if ops is not None else reference.linear  # the Triton one has a batch-1 GEMV
+        self.compressed: CompressedWeight | None = None  # set instead of the dense weight by keep_compressed
+        self._coded_sources: dict[int, Parts] | None = None  # while loading compressed: first row -> parts
         self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
         if bias:
@@ -52,10 +61,56 @@ class LinearBase(nn.Module):
             self.register_parameter("bias", None)
 
     def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id: object = None) -> None:
-        _copy(param, loaded, "replicated weight")
+        self._place(param, loaded, "replicated weight")
+
+    @property
+    def matmul_weight(self) -> torch.Tensor | CompressedWeight:
+        """What the matmuls read: the compressed weight when the layer holds one, else the dense one."""
+        return self.compressed if self.compressed is not None else self.weight
+
+    def keep_compressed(self) -> None:
+        """Hold the weight coded from the next load on: the dense parameter is emptied now, and the
+        weight loader keeps each source tensor's parts (this rank's slice) until finish_loading."""
+        self._weight_shape = tuple(self.weight.shape)
+        self._coded_sources = {}
+        self.weight.data = torch.empty(0, dtype=self.weight.dtype, device=self.weight.device)
+
+    def finish_loading(self) -> None:
+        """Stack the kept parts into the layer's compressed weight (no-op unless keep_compressed)."""
+        if self._coded_sources is None:
+            return
+        sources, next_row = [], 0
+        for first_row, parts in sorted(self._coded_sources.items()):
+            if first_row != next_row:
+                raise CheckpointError(f"compressed weight: rows {next_row}..{first_row} were never loaded")
+            sources.append(parts)
+            next_row += parts["exponent_index"].shape[0]
+        if next_row != self._weight_shape[0]:
+            raise CheckpointError(f"compressed weight: {next_row} of {self._weight_shape[0]} rows loaded")
+        self.compressed = CompressedWeight.stack(sources, self.weight.dtype, self.weight.device)
+        self._coded_sources = None
+        if self.compressed.device.type == "cuda":  # batches of several rows decode into it (graph-safe)
+            Scratch.reserve(self.compressed.shape.numel(), self.compressed.dtype, self.compressed.device)
+
+    def _place(self, param: nn.Parameter, loaded: Loaded, what: str, rows: tuple[int, int] | None = None,
+               along: tuple[int, int, int] | None = None) -> None:
+        """Copy ``loaded``, narrowed ``along`` (dim, start, length), into ``param`` (its ``rows``
+        (first, count) only), or keep its coded slice when the layer holds its weight compressed."""
+        if self._coded_sources is None or param is not self.weight:
+            target = param if rows is None else param.data.narrow(0, *rows)
+            _copy(target, loaded if along is None else narrow(loaded, *along), what)
+            return
+        first, count = rows if rows is not None else (0, self._weight_shape[0])
+        shape = list(loaded.shape)
+        if along is not None:
+            shape[along[0]] = along[2]
+        if tuple(shape) != (count, self._weight_shape[1]):
+            raise CheckpointError(f"{what}: checkpoint shape {tuple(shape)} does not fit "
+                                  f"{(count, self._weight_shape[1])}")
+        self._coded_sources[first] = coded_slice(loaded, along)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.matmul(x, self.weight, self.bias)
+        return self.matmul(x, self.matmul_weight, self.bias)
 
     def forward_normed(self, x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +119,7 @@ class LinearBase(nn.Module):
         `norm` is an RMSNorm (weight, eps); without a residual the new residual is x itself.
         """
         fused = self.ops.rms_norm_linear if self.ops is not None else reference.rms_norm_linear
-        return fused(x, residual, norm.weight, norm.eps, self.weight, self.bias)
+        return fused(x, residual, norm.weight, norm.eps, self.matmul_weight, self.bias)
 
 
 class ColumnParallelLinear(LinearBase):
@@ -76,7 +131,7 @@ class ColumnParallelLinear(LinearBase):
 
     def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id: object = None) -> None:
         rows = self.output_size_per_rank
-        _copy(param, narrow(loaded, 0, tp_rank() * rows, rows), "column-parallel weight")
+        self._place(param, loaded, "column-parallel weight", along=(0, tp_rank() * rows, rows))
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -90,7 +145,7 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         index = int(shard_id)  # type: ignore[arg-type]
         rows = self.output_sizes[index] // tp_size()
         offset = sum(self.output_sizes[:index]) // tp_size()
-        _copy(param.data.narrow(0, offset, rows), narrow(loaded, 0, tp_rank() * rows, rows), f"merged part {index}")
+        self._place(param, loaded, f"merged part {index}", rows=(offset, rows), along=(0, tp_rank() * rows, rows))
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -126,7 +181,7 @@ class QKVParallelLinear(ColumnParallelLinear):
             rows, start = self.kv_size, (tp_rank() // self.kv_replicas) * self.kv_size
         else:
             raise CheckpointError(f"QKV shard id must be q, k or v, not {shard_id!r}")
-        _copy(param.data.narrow(0, offset, rows), narrow(loaded, 0, start, rows), f"{shard_id}_proj")
+        self._place(param, loaded, f"{shard_id}_proj", rows=(offset, rows), along=(0, start, rows))
 
 
 class RowParallelLinear(LinearBase):
@@ -137,18 +192,18 @@ class RowParallelLinear(LinearBase):
         super().__init__(self.input_size_per_rank, output_size, bias, ops)
 
     def weight_loader(self, param: nn.Parameter, loaded: Loaded, shard_id: object = None) -> None:
-        if param.dim() == 1:  # bias: whole on every rank
+        if param is not self.weight:  # bias: whole on every rank
             _copy(param, loaded, "row-parallel bias")
             return
         cols = self.input_size_per_rank
-        _copy(param, narrow(loaded, 1, tp_rank() * cols, cols), "row-parallel weight")
+        self._place(param, loaded, "row-parallel weight", along=(1, tp_rank() * cols, cols))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias if tp_rank() == 0 else None
-        return all_reduce(self.matmul(x, self.weight, bias))
+        return all_reduce(self.matmul(x, self.matmul_weight, bias))
 
     def forward_gated(self, gate_up: torch.Tensor) -> torch.Tensor:
         """forward(silu(gate) * up) for gate_up = [gate | up], in one kernel where the backend can."""
         fused = self.ops.silu_and_mul_linear if self.ops is not None else reference.silu_and_mul_linear
         bias = self.bias if tp_rank() == 0 else None
-        return all_reduce(fused(gate_up, self.weight, bias))
+        return all_reduce(fused(gate_up, self.matmul_weight, bias))

@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import torch
 
+from ..checkpoint_tensor import CheckpointTensor, Loaded, check_range, materialize, narrow
 from ..errors import CompressedWeightsError
 from .codec import Parts, encode
 from .format import (
@@ -77,12 +78,29 @@ def encode_dense(tensor: torch.Tensor) -> Parts:
     return encode(tensor.detach().cpu())
 
 
+def coded_slice(loaded: Loaded, along: tuple[int, int, int] | None) -> Parts:
+    """The parts of ``loaded`` narrowed ``along`` (dim, start, length) of a 2-D checkpoint tensor.
+
+    A tensor the file stores coded (in the dtype it loads in) is sliced coded; any other (kept raw
+    by the compressor, or coded in another dtype) is read dense and coded here, which is lossless.
+    """
+    if along is not None:
+        check_range(loaded.shape, *along)
+    parts = loaded.coded_parts() if isinstance(loaded, CheckpointTensor) else None
+    if parts is None or (along is not None and along[0] == 1 and along[1] % 2):
+        return encode_dense(materialize(loaded) if along is None else narrow(loaded, *along))
+    if along is None:
+        return parts
+    dim, start, length = along
+    return slice_rows(parts, start, length) if dim == 0 else slice_cols(parts, start, length)
+
+
 @dataclass
 class CompressedWeight:
     """A 2-D weight ``[rows, cols]`` held as ECF planes, possibly stacked from several source tensors.
 
     ``sign_mantissa`` is uint8 ``[B, rows, cols]`` (B = 1 for bfloat16), ``exponent_index`` uint8
-    ``[rows, ceil(cols / 2)]``, ``tables`` uint8 ``[num_sources, 16]`` and ``row_tables`` int32
+    ``[rows, ceil(cols / 2)]``, ``tables`` uint8 ``[num_sources, 16]`` and ``row_tables`` uint8
     ``[rows]`` the table of each row; escapes are CSR by row (``escape_row_offsets``) with their
     rows listed too (``escape_rows``, for the scatter that patches a decoded weight).
     """
@@ -115,7 +133,9 @@ class CompressedWeight:
         escape_rows = torch.cat([
             torch.repeat_interleave(torch.arange(n), p[ESCAPE_ROW_OFFSETS].long().diff()) + int(base)
             for p, n, base in zip(sources, row_counts, bases[:-1], strict=True)])
-        row_tables = torch.cat([torch.full((n,), i, dtype=torch.int32) for i, n in enumerate(row_counts)])
+        if len(sources) > 256:
+            raise CompressedWeightsError(f"a compressed weight stacks at most 256 source tensors, not {len(sources)}")
+        row_tables = torch.cat([torch.full((n,), i, dtype=torch.uint8) for i, n in enumerate(row_counts)])
         weight = cls(
             dtype=dtype,
             sign_mantissa=torch.cat([p[SIGN_MANTISSA] for p in sources], dim=1),
@@ -206,3 +226,10 @@ class Scratch:
     @classmethod
     def nbytes(cls, device: torch.device) -> int:
         return sum(b.numel() * b.element_size() for (d, _), b in cls._buffers.items() if d == torch.device(device))
+
+
+def held_weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of weights ``module`` holds: its parameters (each once) and its compressed weights."""
+    params = {id(p): p.numel() * p.element_size() for p in module.parameters()}
+    compressed = [m.compressed.nbytes for m in module.modules() if getattr(m, "compressed", None) is not None]
+    return sum(params.values()) + sum(compressed)

@@ -4,8 +4,9 @@
 ``get_tensor``); for a compressed file the names are the checkpoint's own and each tensor is checked
 against its checksums and decoded to its dense dtype on the CPU when first indexed.
 
-This is the seam for in-kernel decoding: a GPU path would take ``CompressedSlice.parts()`` (verified,
-still coded) into the layer instead of indexing the slice, and decode tiles inside its GEMV/GEMM.
+For in-kernel decoding a linear layer takes ``CompressedSlice.coded_parts()`` (verified, still coded;
+through ``CheckpointTensor.coded_parts``) instead of indexing the slice, keeps its own rows or
+columns of them (weights/packed.py), and its GEMV/GEMM decodes tiles (kernels/triton_linear.py).
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ class CompressedSlice:
         if self._decoded is None:
             self._decoded = self._read_checked()
         return self._decoded[index]
+
+    def coded_parts(self, dtype: torch.dtype) -> Parts | None:
+        """``parts()`` when the tensor is coded and decodes to ``dtype``; else None."""
+        return self.parts() if self.entry.encoding == CODED and self.entry.torch_dtype == dtype else None
 
     def parts(self) -> Parts:
         """The coded parts, each checked against its checksum (CODED tensors only)."""

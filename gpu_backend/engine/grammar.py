@@ -59,7 +59,7 @@ class GrammarMatcher:
         self.matcher = matcher
         self.end_token_ids = end_token_ids
         # llguidance allows its eos where the grammar may end; ours are the request's end tokens.
-        self._eos_not_ending = [t for t in grammar_eos_ids if t not in end_token_ids]
+        self.eos_not_ending = tuple(t for t in grammar_eos_ids if t not in end_token_ids)
         self.num_accepted = 0
 
     def accept(self, token_id: int) -> bool:
@@ -84,26 +84,37 @@ class GrammarMatcher:
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         llguidance.torch.fill_next_token_bitmask(self.matcher, bitmask, row)
-        self.fix_end_tokens(bitmask, row)
-
-    def fix_end_tokens(self, bitmask: torch.Tensor, row: int) -> None:
-        """Swap llguidance's eos bits for this request's end tokens (allowed where the grammar may end)."""
-        words = bitmask[row].numpy().view(np.uint32)
-        may_end = self.matcher.is_accepting()
-        for token_id in self._eos_not_ending:
-            _set_bit(words, token_id, False)
-        for token_id in self.end_token_ids:
-            _set_bit(words, token_id, may_end)
+        fix_end_tokens([(self, row)], bitmask)
 
 
-def _set_bit(words: np.ndarray, token_id: int, value: bool) -> None:
+def fix_end_tokens(rows: Sequence[tuple[GrammarMatcher, int]], bitmask: torch.Tensor) -> None:
+    """Swap llguidance's eos bits for each row's own end tokens (allowed where its grammar may end).
+
+    Rows whose requests end on the same tokens (usually all of them) are fixed together, one numpy
+    operation per token id, not one per row: this runs on the step's critical path."""
+    words = bitmask.numpy().view(np.uint32)
+    groups: dict[tuple[frozenset[int], tuple[int, ...]], list[tuple[int, bool]]] = {}
+    for matcher, row in rows:
+        key = (matcher.end_token_ids, matcher.eos_not_ending)
+        groups.setdefault(key, []).append((row, matcher.matcher.is_accepting()))
+    for (end_token_ids, eos_not_ending), members in groups.items():
+        row_ids = np.fromiter((row for row, _ in members), dtype=np.intp, count=len(members))
+        may_end = np.fromiter((accepting for _, accepting in members), dtype=bool, count=len(members))
+        for token_id in eos_not_ending:
+            _set_bits(words, row_ids, token_id, False)
+        for token_id in end_token_ids:
+            _set_bits(words, row_ids[may_end], token_id, True)
+            _set_bits(words, row_ids[~may_end], token_id, False)
+
+
+def _set_bits(words: np.ndarray, row_ids: np.ndarray, token_id: int, value: bool) -> None:
     word, bit = divmod(token_id, 32)
-    if word >= len(words):
+    if word >= words.shape[1] or not len(row_ids):
         return
     if value:
-        words[word] |= np.uint32(1 << bit)
+        words[row_ids, word] |= np.uint32(1 << bit)
     else:
-        words[word] &= np.uint32(~(1 << bit) & 0xFFFFFFFF)
+        words[row_ids, word] &= np.uint32(~(1 << bit) & 0xFFFFFFFF)
 
 
 class GrammarCompiler:
@@ -180,8 +191,7 @@ class GrammarCompiler:
             for matcher, row in rows:
                 llguidance.torch.fill_next_token_bitmask(matcher.matcher, bitmask, row)
         self.fill_s += time.perf_counter() - started
-        for matcher, row in rows:
-            matcher.fix_end_tokens(bitmask, row)
+        fix_end_tokens(rows, bitmask)
 
 
 def llguidance_apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:

@@ -106,6 +106,28 @@ def test_end_tokens_are_the_requests_not_llguidances(compiler: GrammarCompiler) 
     assert allowed(mask[0]) == [9]
 
 
+def test_rows_of_one_batch_end_on_their_own_tokens(compiler: GrammarCompiler) -> None:
+    """One step's rows filled together: rows with the model's eos, with a stop token instead, done or not."""
+    done, going = StructuredOutput.lark('start: "ok"'), StructuredOutput.lark('start: "ok" "ok"')
+    eos_ids = [2, 382]
+    specs = [SamplingParams(structured=done), SamplingParams(structured=going),
+             SamplingParams(structured=done, ignore_eos=True, stop_token_ids=[9]),
+             SamplingParams(structured=going, ignore_eos=True, stop_token_ids=[9])]
+    matchers = [compiler.matcher(params.with_defaults(eos_token_ids=eos_ids)) for params in specs]
+    for matcher in matchers:
+        for token in compiler.tokenizer.tokenize_str("ok"):
+            matcher.accept(token)
+    mask = allocate_bitmask(5, 384)  # row 4: unconstrained, left as it is
+    compiler.fill_bitmask([(matcher, row) for row, matcher in enumerate(matchers)], mask)
+    assert allowed(mask[0]) == eos_ids and allowed(mask[2]) == [9]
+    assert not set(allowed(mask[1])) & {2, 9, 382} and not set(allowed(mask[3])) & {2, 9, 382}
+    assert allowed(mask[4]) == list(range(384))
+    single = allocate_bitmask(4, 384)
+    for row, matcher in enumerate(matchers):
+        matcher.fill_bitmask(single, row)
+    assert torch.equal(single, mask[:4])  # filled one by one, the same rows
+
+
 @pytest.mark.parametrize(("structured", "reason"), [
     (StructuredOutput.json_schema({"type": "object", "properties": {"a": {"type": "intger"}}}), "intger"),
     (StructuredOutput("json_schema", "{not json"), "not valid"),

@@ -66,7 +66,9 @@ def _ecf_tile(w_rows, index_rows, table_rows, escape_values_ptr, run, ok, c):
     running escape positions moved past it. ``run[r]`` is the escape-list entry of row r's next
     escape: escapes are in column order within a row, so the tile's k-th escape of row r is
     entry run[r] + k, with no need to read their columns."""
-    top = tl.load(w_rows + c[None, :], mask=ok, other=0).to(tl.int32)
+    # 8 bytes a thread, as a bf16 tile loads 8 weights a thread: the same register layout, so the
+    # same reduction order (a byte load alone would take 16 a thread)
+    top = tl.load(w_rows + tl.max_contiguous(c, 8)[None, :], mask=ok, other=0).to(tl.int32)
     packed = tl.load(index_rows + (c // 2)[None, :], mask=ok, other=0).to(tl.int32)
     index = (packed >> ((c % 2) * 4)[None, :]) & 0xF
     exponent = tl.load(table_rows + index, mask=ok, other=0).to(tl.int32)

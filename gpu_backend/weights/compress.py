@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -95,17 +95,30 @@ def compress_checkpoint(src: Path, dst: Path, files: Sequence[Path], *, dtype: t
 
 
 def _compress_file(file: Path, out: Path, dtype: torch.dtype | None, advance: Advance) -> CompressSummary:
+    def cast() -> Iterator[tuple[str, torch.Tensor, int]]:
+        for name, source in _read_tensors(file):
+            advance(_nbytes(source))
+            yield name, source.to(dtype) if dtype is not None and source.is_floating_point() else source, _nbytes(source)
+
+    return _write_file(cast(), out)
+
+
+def compress_tensors(tensors: Iterable[tuple[str, torch.Tensor]], out: Path) -> CompressSummary:
+    """Write named tensors as one ECF weights file ``out``, as ``compress_checkpoint`` writes each file:
+    for weights made in memory (a benchmark's random model) that are never saved dense."""
+    return _write_file(((name, tensor, _nbytes(tensor)) for name, tensor in tensors), Path(out))
+
+
+def _write_file(tensors: Iterable[tuple[str, torch.Tensor, int]], out: Path) -> CompressSummary:
     stored: dict[str, torch.Tensor] = {}
     entries: dict[str, TensorEntry] = {}
     summary = CompressSummary()
-    for name, source in _read_tensors(file):
-        advance(_nbytes(source))
-        tensor = source.to(dtype) if dtype is not None and source.is_floating_point() else source
+    for name, tensor, source_bytes in tensors:
         entries[name], parts = _store(name, tensor)
         stored.update(parts)
         coded = entries[name].encoding == CODED
         summary += CompressSummary(
-            source_bytes=_nbytes(source), cast_bytes=_nbytes(tensor), written_bytes=sum(map(_nbytes, parts.values())),
+            source_bytes=source_bytes, cast_bytes=_nbytes(tensor), written_bytes=sum(map(_nbytes, parts.values())),
             num_coded=int(coded), num_raw=int(not coded), num_coded_weights=tensor.numel() if coded else 0,
             num_escapes=parts[part_name(name, ESCAPE_COLS)].numel() if coded else 0)
     save_file(stored, str(out), metadata=FileHeader(entries).to_metadata())

@@ -224,6 +224,11 @@ class Scratch:
         return cls._buffers[(torch.device(device), dtype)][:numel].view(shape)
 
     @classmethod
+    def release(cls) -> None:
+        """Drop every buffer (a model that used them is gone)."""
+        cls._buffers.clear()
+
+    @classmethod
     def nbytes(cls, device: torch.device) -> int:
         return sum(b.numel() * b.element_size() for (d, _), b in cls._buffers.items() if d == torch.device(device))
 

@@ -1,0 +1,66 @@
+"""ECF weights kept coded in GPU memory (compressed_weights="kernel", the default on CUDA): the model
+generates the original's tokens with CUDA graphs on, through the batch-1 GEMV that decodes its tiles
+and the decode-to-scratch path of batches, and holds its linear weights in about 0.75 of the bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from compressed_checkpoints import compress
+
+from gpu_backend import LLM, SamplingParams
+from gpu_backend.builtin_models import builtin_model_path
+from gpu_backend.layers.linear import LinearBase
+from gpu_backend.weights.packed import held_weight_bytes
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
+OPTIONS = {"device": "cuda", "dtype": "bfloat16", "num_kv_blocks": 64, "progress": False}
+PROMPTS = ["ROMEO:", "KING HENRY:", "JULIET:"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    src = builtin_model_path("@cf/edgewise/tiny-shakespeare")
+    dst = tmp_path_factory.mktemp("ecf") / "shakespeare-ecf"
+    compress(src, dst)
+    return src, dst
+
+
+def _linears(llm: LLM) -> list[LinearBase]:
+    return [m for m in llm.engine.runner.model.modules() if isinstance(m, LinearBase)]
+
+
+def _tokens(llm: LLM, prompts: list[str], seed: int | None = None) -> list[list[int]]:
+    params = SamplingParams(temperature=0.0 if seed is None else 0.8, seed=seed, max_tokens=40, ignore_eos=True)
+    return [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+
+
+def test_kernel_mode_generates_the_original_tokens_with_cuda_graphs(folders: tuple[Path, Path]) -> None:
+    src, ecf = folders
+    original = LLM(str(src), **OPTIONS)
+    compressed = LLM(str(ecf), **OPTIONS)
+    assert original.engine.runner.graphs is not None and compressed.engine.runner.graphs is not None
+    assert all(layer.compressed is not None and layer.weight.numel() == 0 for layer in _linears(compressed))
+    for prompts in (PROMPTS[:1], PROMPTS):  # batch 1: the ECF GEMV; batch 3: decode-to-scratch + matmul
+        assert _tokens(compressed, prompts) == _tokens(original, prompts)
+    assert _tokens(compressed, PROMPTS, seed=7) == _tokens(original, PROMPTS, seed=7)
+
+
+def test_linear_weights_take_three_quarters_of_the_memory(folders: tuple[Path, Path]) -> None:
+    src, ecf = folders
+    original, compressed = LLM(str(src), **OPTIONS), LLM(str(ecf), **OPTIONS)
+    dense_bytes = sum(layer.weight.nbytes for layer in _linears(original))
+    coded_bytes = sum(layer.compressed.nbytes for layer in _linears(compressed))
+    assert 0.75 < coded_bytes / dense_bytes < 0.78  # 12 bits a weight + 5 bytes a row at 192-512 columns
+    # everything else (the tied embedding, the norms) stays as it is
+    others = held_weight_bytes(original.engine.runner.model) - dense_bytes
+    assert held_weight_bytes(compressed.engine.runner.model) == others + coded_bytes
+
+
+def test_decode_at_load_holds_dense_weights(folders: tuple[Path, Path]) -> None:
+    src, ecf = folders
+    dense = LLM(str(ecf), compressed_weights="decode_at_load", **OPTIONS)
+    assert all(layer.compressed is None and layer.weight.numel() > 0 for layer in _linears(dense))
+    assert _tokens(dense, PROMPTS) == _tokens(LLM(str(src), **OPTIONS), PROMPTS)

@@ -60,17 +60,27 @@ class _InFlight:
 @dataclass
 class _StepMasks:
     """What the runner calls once a step's forward pass is queued, before its sampler: read the
-    batch before back (its tokens advance the grammars), then make the step's token bitmask."""
+    batch before back (its tokens advance the grammars), then make the step's token bitmask. The
+    batch before's outputs are built after the sampler is queued: they are not on the mask's path."""
 
     core: EngineCore
     batch: ScheduledBatch
     in_flight: _InFlight | None
-    outputs: list[EngineOutput] | None = None  # of the batch before, once read back here
+    read: _ReadBack | None = None  # the batch before, once read back here
 
     def __call__(self, plan: SamplingPlan) -> torch.Tensor | None:
-        if self.in_flight is not None and self.outputs is None:
-            self.outputs = self.core._finish(self.in_flight)
+        if self.in_flight is not None and self.read is None:
+            self.read = self.core._read_back(self.in_flight)
         return self.core._token_masks(self.batch, plan)
+
+
+@dataclass
+class _ReadBack:
+    """A launched batch's tokens, read back and applied to its sequences and grammars."""
+
+    resolved: list[Sequence]
+    sampled: list[int | None]
+    sampler_output: SamplerOutput | None
 
 
 class EngineCore:
@@ -267,8 +277,9 @@ class EngineCore:
             launched = self.runner.launch(batch, in_flight.launched if in_flight is not None else None,
                                           **({"masks": masks} if masks is not None else {}))
         self.stats.launch_s += time.perf_counter() - scheduled
-        if masks is not None and masks.outputs is not None:
-            outputs = masks.outputs  # read back while this step's forward pass ran
+        if masks is not None and masks.read is not None:
+            assert in_flight is not None
+            outputs = self._outputs(in_flight, masks.read)  # read back while this step's forward pass ran
         elif in_flight is not None:
             outputs = self._finish(in_flight)
         if launched is not None:
@@ -320,6 +331,10 @@ class EngineCore:
 
     def _finish(self, in_flight: _InFlight) -> list[EngineOutput]:
         """Read a launched batch's tokens back, apply them and build the requests' outputs."""
+        return self._outputs(in_flight, self._read_back(in_flight))
+
+    def _read_back(self, in_flight: _InFlight) -> _ReadBack:
+        """Wait for a launched batch's tokens, resolve its sequences (stops) and advance their grammars."""
         waiting = time.perf_counter()
         sampled, sampler_output = self.runner.collect(in_flight.launched)
         finishing = time.perf_counter()
@@ -329,17 +344,23 @@ class EngineCore:
             request = self.requests.get(seq.request_id)
             if request is not None and request.grammar is not None and not seq.is_finished:
                 self._accept(request, seq.last_token_id)
-        if sampler_output is not None and sampler_output.logprobs is not None:
-            self._record_logprobs(in_flight.batch, sampled, sampler_output)
+        self.stats.postprocess_s += time.perf_counter() - finishing
+        return _ReadBack(resolved, sampled, sampler_output)
+
+    def _outputs(self, in_flight: _InFlight, read: _ReadBack) -> list[EngineOutput]:
+        """The outputs of a batch read back: its logprobs recorded, its finished requests released."""
+        started = time.perf_counter()
+        if read.sampler_output is not None and read.sampler_output.logprobs is not None:
+            self._record_logprobs(in_flight.batch, read.sampled, read.sampler_output)
         outputs = []
-        for seq in resolved:
+        for seq in read.resolved:
             request = self.requests.get(seq.request_id)
             if request is None:
                 continue
             output = self._advance(request, seq.is_finished)
             if output is not None:
                 outputs.append(output)
-        self.stats.postprocess_s += time.perf_counter() - finishing
+        self.stats.postprocess_s += time.perf_counter() - started
         return outputs
 
     # -- structured output ---------------------------------------------------------------------

@@ -309,20 +309,22 @@ def test_each_token_advances_its_matcher_once(llm: LLM) -> None:
 
 def test_the_mask_is_made_after_the_forward_pass_is_queued(checkpoints: dict[str, Path],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """Step k: forward k, then read k-1 back (advancing the grammars), then the mask, then sampling."""
+    """Step k: forward k, then read k-1 back (advancing the grammars), then the mask, then sampling; k-1's
+    outputs are built only after that, off the mask's path."""
     core = EngineCore(EngineConfig(model=str(checkpoints["llama"]), **OPTIONS), progress=False)
     runner = core.runner
     events: list[str] = []
-    for obj, name in ((runner, "forward"), (runner, "sampler"), (core, "_finish"), (core, "_token_masks")):
+    for obj, name in ((runner, "forward"), (runner, "sampler"), (core, "_read_back"), (core, "_token_masks"),
+                      (core, "_outputs")):
         original = getattr(obj, name)
         monkeypatch.setattr(obj, name, lambda *a, _o=original, _n=name, **k: events.append(_n) or _o(*a, **k))
     params = SamplingParams(temperature=0.0, max_tokens=8, structured=StructuredOutput.lark('start: "abcdefghijklmnop"'))
     core.add_request(PROMPTS[0], params, "ordered")
     while core.has_unfinished_requests():
         core.step()
-    steady = ["forward", "_finish", "_token_masks", "sampler"]
+    steady = ["forward", "_read_back", "_token_masks", "sampler", "_outputs"]
     assert events[:3] == ["forward", "_token_masks", "sampler"]  # the first step has nothing to read back
-    assert events[3:7] == steady and events[7:11] == steady
+    assert events[3:8] == steady and events[8:13] == steady
     assert core.grammar_mask_s > 0
 
 

@@ -1,6 +1,7 @@
 """Lossless compressed weights (ECF, docs/weights-format.md): the format, its torch codec, reading and writing.
 
-A floor below the loader: it imports only ``gpu_backend.errors`` and the libraries.
+A floor below the loader and the layers: it imports only ``gpu_backend.errors``, ``gpu_backend.checkpoint_tensor``
+and the libraries.
 """
 
 from .compress import CompressSummary, compress_checkpoint, compress_tensors

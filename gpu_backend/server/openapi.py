@@ -108,16 +108,19 @@ def _errors(body: str) -> Schema:
 def _run(model: Schema) -> Schema:
     inputs = {"anyOf": [_ref("PromptInput"), _ref("MessagesInput"), _ref("ResponsesInput"), _ref("EmbeddingsInput"),
                         _ref("BatchRequest"), _ref("BatchPoll")]}
-    result = {"anyOf": [_ref("TextGenerationResult"), _ref("ResponsesResult"), _ref("EmbeddingsResult"),
-                        _ref("BatchStatus"), _ref("BatchResponses")]}
+    result = {"anyOf": [_ref("TextGenerationResult"), _ref("ChatCompletion"), _ref("ResponsesResult"),
+                        _ref("EmbeddingsResult"), _ref("BatchStatus"), _ref("BatchResponses")]}
     ok = _json(_success(result))
     ok["content"]["text/event-stream"] = {"schema": {"type": "string", "description": "data: {\"response\": ...}"
                                                      " events (tool calls in one {\"response\": \"\", "
                                                      "\"tool_calls\": [...]} event), then data: [DONE] (with "
-                                                     "\"stream\": true)"}}
+                                                     "\"stream\": true); for a chat.completion name, OpenAI's "
+                                                     "chat.completion.chunk events"}}
     return _operation(
         "Run a model (Workers AI)", {"200": ok, **_errors("ErrorEnvelope")},
         description="Text generation takes prompt, messages or instructions/input; embeddings take text. "
+                    "A name Cloudflare serves in OpenAI's schema (gpt-oss, gemma-4, kimi-k2.5+, glm-5, deepseek-v4) "
+                    "answers a ChatCompletion (its catalog entry's output_schema says which). "
                     "With ?queueRequest=true, {requests: [...]} is queued as an async batch (BatchRequest, "
                     "answered with BatchStatus); {request_id} polls it, with or without the parameter (BatchPoll, "
                     "answered with BatchStatus, then BatchResponses). "

@@ -115,3 +115,16 @@ def test_the_catalog_says_which_schema_a_name_uses(shaped: Backend) -> None:
     assert schemas == {GPT_OSS: CHAT_COMPLETION, MODEL: WORKERS_AI}
 
 
+
+
+def test_a_chat_completion_answer_is_the_documented_one(shaped: Backend) -> None:
+    from jsonschema import Draft202012Validator
+
+    document = httpx.get(f"{shaped.url}/openapi.json", headers=shaped.headers()).json()
+    path = document["paths"]["/client/v4/accounts/{account_id}/ai/run/{model}"]["post"]
+    schema = path["responses"]["200"]["content"]["application/json"]["schema"]
+    validator = Draft202012Validator({**schema, "components": document["components"]})
+    answer = shaped.run(GREEDY, GPT_OSS).json()
+    assert validator.is_valid(answer), list(validator.iter_errors(answer))[:3]
+    chat = document["components"]["schemas"]["ChatCompletion"]
+    assert Draft202012Validator({**chat, "components": document["components"]}).is_valid(answer["result"])

@@ -24,7 +24,10 @@ BACKENDS = ("auto", "triton", "torch")
 
 @dataclass(frozen=True)
 class Kernels:
-    """One backend's kernels; every field has the signature of the function of that name in reference.py."""
+    """One backend's kernels; every field has the signature of the function of that name in reference.py.
+
+    The three linears take a dense weight or an ECF ``CompressedWeight`` (weights/packed.py), kept coded
+    in memory and decoded as it is read (docs/engine.md, "Kernels")."""
 
     name: str
     store_kv_cache: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], None]

@@ -42,7 +42,7 @@ from llama_shapes import LLAMA_3_1_8B, environment, parameter_bytes, write_model
 from gpu_backend import LLM, SamplingParams
 from gpu_backend.layers.linear import LinearBase
 from gpu_backend.weights import compress_tensors
-from gpu_backend.weights.packed import Scratch, held_weight_bytes
+from gpu_backend.weights.packed import held_weight_bytes, scratch_bytes
 
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # datasheet HBM bandwidth, bytes/s
 TINY_LLAMA: dict[str, Any] = {
@@ -131,12 +131,11 @@ def prefill_seconds(llm: LLM, device: str, prompt_len: int, repeats: int) -> flo
     return best
 
 
-def weight_memory(llm: LLM, device: str) -> dict[str, int]:
+def weight_memory(llm: LLM) -> dict[str, int]:
     """Bytes the model's weights take: parameters and compressed planes, and the scratch buffer."""
     model = llm.engine.runner.model
     linears = [m for m in model.modules() if isinstance(m, LinearBase)]
-    return {"weights": held_weight_bytes(model), "scratch": Scratch.nbytes(torch.device(device, 0) if device == "cuda"
-                                                                              else torch.device(device)),
+    return {"weights": held_weight_bytes(model), "scratch": scratch_bytes(model),
             "linear_dense": sum(m.weight.nbytes for m in linears),
             "linear_compressed": sum(m.compressed.nbytes for m in linears if m.compressed is not None)}
 
@@ -196,7 +195,7 @@ def main() -> int:
             llm = LLM(str(folder), device=device, dtype="bfloat16", skip_tokenizer_init=True, progress=False,
                       max_num_seqs=max(batches), max_model_len=max(prefill_len, prompt_len + new_tokens) + 16,
                       **extra, **options)
-            row: dict[str, Any] = {"ready_s": time.perf_counter() - started, "memory_bytes": weight_memory(llm, device),
+            row: dict[str, Any] = {"ready_s": time.perf_counter() - started, "memory_bytes": weight_memory(llm),
                                    "kv_cache_bytes": llm.engine.runner.kv_cache.nbytes}
             if device == "cuda":
                 row["cuda_allocated_minus_kv_bytes"] = torch.cuda.memory_allocated() - row["kv_cache_bytes"]
@@ -218,7 +217,6 @@ def main() -> int:
                   + (f" (floor {peak / read:.0f} tok/s at {peak / 1e12:.2f} TB/s)" if peak else ""), flush=True)
             del llm
             gc.collect()  # the model and its graphs sit in reference cycles
-            Scratch.release()
             if device == "cuda":
                 torch.cuda.empty_cache()
     identical = None

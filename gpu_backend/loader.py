@@ -29,6 +29,7 @@ from .errors import CheckpointError
 from .parallel.state import tp_size
 from .prefetch import prefetching
 from .weights.format import source_name
+from .weights.packed import share_scratch
 from .weights.reader import is_compressed, open_weights
 
 SINGLE_FILE = "model.safetensors"
@@ -67,8 +68,9 @@ def load_weights(model: torch.nn.Module, folder: Path, *, dtype: torch.dtype, de
     _check_complete(targets, loaded, folder)
     for module in holders:
         module.finish_loading()
-    if device.type == "cuda" and keep_compressed:  # the emptied dense weights go back to the driver
-        torch.cuda.empty_cache()
+    if device.type == "cuda" and keep_compressed:
+        share_scratch(m.compressed for m in holders if m.compressed is not None)  # batches decode into it
+        torch.cuda.empty_cache()  # the emptied dense weights go back to the driver
     return num_bytes_read
 
 

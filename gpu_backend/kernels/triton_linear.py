@@ -32,7 +32,7 @@ import triton.language as tl
 
 from gpu_backend.kernels import pdl, triton_ops
 from gpu_backend.kernels.pdl import wait_then_release
-from gpu_backend.weights.packed import CompressedWeight, Scratch
+from gpu_backend.weights.packed import CompressedWeight
 
 _GEMV_DTYPES = (torch.bfloat16, torch.float16)
 Weight = torch.Tensor | CompressedWeight
@@ -201,12 +201,15 @@ def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: 
 
 
 def decode_to_scratch(weight: CompressedWeight) -> torch.Tensor:
-    """The dense weight, decoded into the reusable scratch buffer (valid until the next decode):
-    the matmul for several rows (prefill, batched decode) then runs on it as on a bf16 weight."""
+    """The dense weight, decoded into its model's scratch buffer (valid until the next decode; a
+    new tensor without one): the matmul for several rows (prefill, batched decode) then runs on it."""
     if weight.dtype != torch.bfloat16:
         return weight.decode()
     n, k = weight.shape
-    out = Scratch.take(weight.shape, weight.dtype, weight.device)
+    if weight.scratch is not None:
+        out = weight.scratch[:n * k].view(n, k)
+    else:
+        out = torch.empty((n, k), dtype=weight.dtype, device=weight.device)
     bits = out.view(torch.int16)
     _ecf_decode_kernel[(triton.cdiv(n, 32), triton.cdiv(k, 256))](
         weight.sign_mantissa[0], weight.exponent_index, weight.tables, weight.row_tables, bits, n, k,

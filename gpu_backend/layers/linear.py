@@ -23,7 +23,7 @@ from ..kernels import Kernels, reference
 from ..parallel.comm import all_reduce
 from ..parallel.state import tp_rank, tp_size
 from ..weights.codec import Parts
-from ..weights.packed import CompressedWeight, Scratch, coded_slice
+from ..weights.packed import CompressedWeight, coded_slice
 
 
 def _divide(numerator: int, denominator: int, what: str) -> int:
@@ -89,8 +89,6 @@ class LinearBase(nn.Module):
             raise CheckpointError(f"compressed weight: {next_row} of {self._weight_shape[0]} rows loaded")
         self.compressed = CompressedWeight.stack(sources, self.weight.dtype, self.weight.device)
         self._coded_sources = None
-        if self.compressed.device.type == "cuda":  # batches of several rows decode into it (graph-safe)
-            Scratch.reserve(self.compressed.shape.numel(), self.compressed.dtype, self.compressed.device)
 
     def _place(self, param: nn.Parameter, loaded: Loaded, what: str, rows: tuple[int, int] | None = None,
                along: tuple[int, int, int] | None = None) -> None:

@@ -7,7 +7,8 @@ tensor's parts (docs/weights-format.md) for its own rows or columns only:
   (a column slice starts at an even column, so it is a plain slice of the nibble plane), the
   escape list re-based to the slice;
 - ``CompressedWeight.stack`` puts the parts of several source tensors one above the other (QKV,
-  gate_up): each keeps its own exponent table, which ``row_tables`` names per row.
+  gate_up): each keeps its own exponent table, which ``row_tables`` names per row;
+- ``share_scratch`` gives a model's weights the dense buffer that batches decode a weight into.
 
 ``CompressedWeight.decode`` is the plain-torch twin of the Triton decode (per-row table lookup,
 escapes written last): the CPU matmul and the reference the kernels are tested against.
@@ -15,8 +16,8 @@ escapes written last): the CPU matmul and the reference the kernels are tested a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import ClassVar
 
 import torch
 
@@ -114,6 +115,7 @@ class CompressedWeight:
     escape_rows: torch.Tensor
     escape_cols: torch.Tensor
     escape_values: torch.Tensor
+    scratch: torch.Tensor | None = None  # dense buffer, shared by a model's weights: share_scratch
 
     @classmethod
     def stack(cls, sources: list[Parts], dtype: torch.dtype, device: torch.device | str = "cpu") -> CompressedWeight:
@@ -187,7 +189,7 @@ class CompressedWeight:
         return bits.view(self.dtype)
 
     def _tensors(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dtype"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("dtype", "scratch")}
 
     def __repr__(self) -> str:
         return (f"CompressedWeight({tuple(self.shape)}, {self.dtype}, {len(self.tables)} table(s), "
@@ -199,38 +201,18 @@ def _wrap(bits: torch.Tensor, width: int) -> torch.Tensor:
     return torch.where(bits >= 1 << (width - 1), bits - (1 << width), bits)
 
 
-class Scratch:
-    """One reusable dense buffer per (device, dtype) that weights are decoded into before a matmul.
-
-    ``reserve`` sizes it while loading (before any CUDA graph is captured, so captured graphs keep
-    pointing at the same buffer); ``take`` returns its first ``numel`` elements, growing it only
-    if nothing reserved that much.
-    """
-
-    _buffers: ClassVar[dict[tuple[torch.device, torch.dtype], torch.Tensor]] = {}
-
-    @classmethod
-    def reserve(cls, numel: int, dtype: torch.dtype, device: torch.device) -> None:
-        key = (torch.device(device), dtype)
-        held = cls._buffers.get(key)
-        if held is None or held.numel() < numel:
-            cls._buffers.pop(key, None)
-            cls._buffers[key] = torch.empty(numel, dtype=dtype, device=device)
-
-    @classmethod
-    def take(cls, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        numel = shape[0] * shape[1]
-        cls.reserve(numel, dtype, device)
-        return cls._buffers[(torch.device(device), dtype)][:numel].view(shape)
-
-    @classmethod
-    def release(cls) -> None:
-        """Drop every buffer (a model that used them is gone)."""
-        cls._buffers.clear()
-
-    @classmethod
-    def nbytes(cls, device: torch.device) -> int:
-        return sum(b.numel() * b.element_size() for (d, _), b in cls._buffers.items() if d == torch.device(device))
+def share_scratch(weights: Iterable[CompressedWeight]) -> None:
+    """Give a model's compressed weights one scratch buffer per device and dtype, the size of the
+    largest, that a matmul of several rows decodes its weight into. Set while loading, before any
+    CUDA graph is captured, so captured graphs keep pointing at it; another model has its own."""
+    largest: dict[tuple[torch.device, torch.dtype], int] = {}
+    weights = list(weights)
+    for weight in weights:
+        key = (weight.device, weight.dtype)
+        largest[key] = max(largest.get(key, 0), weight.shape.numel())
+    buffers = {key: torch.empty(numel, dtype=key[1], device=key[0]) for key, numel in largest.items()}
+    for weight in weights:
+        weight.scratch = buffers[(weight.device, weight.dtype)]
 
 
 def held_weight_bytes(module: torch.nn.Module) -> int:
@@ -238,3 +220,10 @@ def held_weight_bytes(module: torch.nn.Module) -> int:
     params = {id(p): p.numel() * p.element_size() for p in module.parameters()}
     compressed = [m.compressed.nbytes for m in module.modules() if getattr(m, "compressed", None) is not None]
     return sum(params.values()) + sum(compressed)
+
+
+def scratch_bytes(module: torch.nn.Module) -> int:
+    """Bytes of the scratch buffers ``module``'s compressed weights share (each buffer once)."""
+    buffers = {id(m.compressed.scratch): m.compressed.scratch for m in module.modules()
+               if getattr(m, "compressed", None) is not None and m.compressed.scratch is not None}
+    return sum(b.numel() * b.element_size() for b in buffers.values())

@@ -16,7 +16,7 @@ from triton_interpreter import INTERPRETING, run_cpu_variants
 
 from gpu_backend.kernels import reference
 from gpu_backend.weights.codec import encode
-from gpu_backend.weights.packed import CompressedWeight
+from gpu_backend.weights.packed import CompressedWeight, share_scratch
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 NEEDS_CUDA = pytest.mark.skipif(INTERPRETING or not torch.cuda.is_available(), reason="needs CUDA")
@@ -118,6 +118,13 @@ def test_decode_to_scratch_is_the_weight(device: str, rows: int, cols: int, stac
                             if stacked else []))
     decoded = triton_linear.decode_to_scratch(weight)
     assert torch.equal(decoded.cpu().view(torch.int16), expected.view(torch.int16))
+    smaller = _on(device, _compressed(rows // 2, cols, rows, stacked=False))
+    share_scratch([weight, smaller])  # one buffer, the size of the larger weight
+    assert weight.scratch is smaller.scratch and weight.scratch.numel() == weight.shape.numel()
+    weight.scratch.fill_(float("nan"))
+    into = triton_linear.decode_to_scratch(weight)
+    assert into.data_ptr() == weight.scratch.data_ptr()
+    assert torch.equal(into.cpu().view(torch.int16), expected.view(torch.int16))
     assert torch.equal(weight.decode().cpu().view(torch.int16), expected.view(torch.int16))
     # several rows: the matmul on the scratch buffer is torch's on the decoded weight
     x = torch.randn(5, cols).to(torch.bfloat16).to(device)

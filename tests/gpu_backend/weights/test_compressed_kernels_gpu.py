@@ -42,7 +42,10 @@ def test_kernel_mode_generates_the_original_tokens_with_cuda_graphs(folders: tup
     original = LLM(str(src), **OPTIONS)
     compressed = LLM(str(ecf), **OPTIONS)
     assert original.engine.runner.graphs is not None and compressed.engine.runner.graphs is not None
-    assert all(layer.compressed is not None and layer.weight.numel() == 0 for layer in _linears(compressed))
+    held = [layer.compressed for layer in _linears(compressed)]
+    assert all(weight is not None for weight in held) and all(layer.weight.numel() == 0 for layer in _linears(compressed))
+    assert len({id(weight.scratch) for weight in held}) == 1  # one scratch buffer, the largest weight's size
+    assert held[0].scratch.numel() == max(weight.shape.numel() for weight in held)
     for prompts in (PROMPTS[:1], PROMPTS):  # batch 1: the ECF GEMV; batch 3: decode-to-scratch + matmul
         assert _tokens(compressed, prompts) == _tokens(original, prompts)
     assert _tokens(compressed, PROMPTS, seed=7) == _tokens(original, PROMPTS, seed=7)

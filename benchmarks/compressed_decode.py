@@ -150,7 +150,7 @@ def step_weight_bytes(memory: dict[str, int], config: dict[str, Any]) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batches", default="1,32", help="decode batch sizes (the first must be 1)")
+    parser.add_argument("--batches", default="1,32,64", help="decode batch sizes (the first must be 1)")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--prefill-len", type=int, default=4096)

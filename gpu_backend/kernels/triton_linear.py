@@ -36,6 +36,9 @@ from gpu_backend.weights.packed import CompressedWeight
 
 _GEMV_DTYPES = (torch.bfloat16, torch.float16)
 Weight = torch.Tensor | CompressedWeight
+# False: a compressed weight at one row is decoded into its scratch buffer and the bf16 GEMV runs on
+# that (exact by construction, but the weight is written and read dense once more)
+FUSED_ECF_DECODE = True
 PLAIN, RMS_NORM, SILU_MUL = 0, 1, 2  # what the GEMV does to its input first
 
 
@@ -169,7 +172,7 @@ def _block_n(n: int, k: int) -> int:
 
 def _gemv_fits(x: torch.Tensor, weight: Weight) -> bool:
     if isinstance(weight, CompressedWeight):  # the ECF decode in the GEMV makes bfloat16 only
-        return (x.dim() == 2 and x.shape[0] == 1 and x.is_cuda and x.dtype == torch.bfloat16
+        return (FUSED_ECF_DECODE and x.dim() == 2 and x.shape[0] == 1 and x.is_cuda and x.dtype == torch.bfloat16
                 and weight.dtype == torch.bfloat16)
     return (x.dim() == 2 and x.shape[0] == 1 and x.is_cuda and x.dtype in _GEMV_DTYPES
             and weight.dtype == x.dtype and weight.stride(1) == 1)
@@ -220,11 +223,19 @@ def decode_to_scratch(weight: CompressedWeight) -> torch.Tensor:
     return out
 
 
+def _decoded_unless_fused(x: torch.Tensor, weight: Weight) -> Weight:
+    """A compressed weight the ECF GEMV will not take, decoded into scratch: then every path runs as
+    it does on a bf16 weight (the bf16 GEMV at one row, torch's matmul for several)."""
+    if isinstance(weight, CompressedWeight) and not _gemv_fits(x, weight):
+        return decode_to_scratch(weight)
+    return weight
+
+
 def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``weight`` dense, or compressed (ECF): decoded inside the GEMV for one row, else into scratch."""
+    weight = _decoded_unless_fused(x, weight)
     if not _gemv_fits(x, weight):
-        dense = decode_to_scratch(weight) if isinstance(weight, CompressedWeight) else weight
-        return F.linear(x, dense, bias)
+        return F.linear(x, weight, bias)
     return _gemv(x.contiguous(), weight, bias)
 
 
@@ -233,6 +244,7 @@ def rms_norm_linear(
     weight: Weight, bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(linear(rms_norm(x + residual)), x + residual); without a residual, (linear(rms_norm(x)), x)."""
+    weight = _decoded_unless_fused(x, weight)
     fits = (_gemv_fits(x, weight) and norm_weight.dtype == x.dtype and x.shape[-1] <= 16384
             and (residual is None or residual.dtype == x.dtype))
     if not fits:
@@ -251,6 +263,7 @@ def rms_norm_linear(
 def silu_and_mul_linear(gate_up: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None
                         ) -> torch.Tensor:
     """linear(silu(gate) * up) for gate_up = [gate | up]."""
+    weight = _decoded_unless_fused(gate_up, weight)
     if not _gemv_fits(gate_up, weight) or gate_up.shape[-1] != 2 * weight.shape[1]:
         return linear(triton_ops.silu_and_mul(gate_up), weight, bias)
     return _gemv(gate_up.contiguous(), weight, bias, SILU_MUL)

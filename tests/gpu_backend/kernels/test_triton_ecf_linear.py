@@ -72,6 +72,56 @@ def test_ecf_gemv_equals_bf16_gemv(device: str, rows: int, cols: int, stacked: b
         assert torch.equal(triton_linear.linear(x, weight, bias), got)
 
 
+@pytest.mark.gpu
+@NEEDS_CUDA
+@pytest.mark.parametrize(("sources", "cols"), [([4096, 1024, 1024], 4096), ([14336, 14336], 4096), ([4096], 14336),
+                                               ([128256], 4096)])
+def test_ecf_gemv_at_llama_8b_shapes(sources: list[int], cols: int) -> None:
+    """qkv, gate_up, down_proj and an LM-head-sized weight (16-, 8- and 4-row tiles), random N(0, 0.02)
+    weights with their natural escapes, each fused prologue too."""
+    from gpu_backend.kernels import triton_linear
+
+    gen = torch.Generator(device="cuda").manual_seed(cols + len(sources))
+    parts = [encode((0.02 * torch.randn(rows, cols, device="cuda", generator=gen)).to(torch.bfloat16).cpu())
+             for rows in sources]
+    weight = CompressedWeight.stack(parts, torch.bfloat16, "cuda")
+    assert weight.num_escapes > 0
+    dense = weight.decode()
+    x = torch.randn(1, cols, device="cuda", generator=gen).to(torch.bfloat16)
+    assert torch.equal(triton_linear.linear(x, weight), triton_linear.linear(x, dense))
+    norm_weight = torch.ones(cols, device="cuda", dtype=torch.bfloat16)
+    for residual in (None, x.flip(-1)):
+        y, r = triton_linear.rms_norm_linear(x, residual, norm_weight, 1e-5, weight)
+        y_dense, r_dense = triton_linear.rms_norm_linear(x, residual, norm_weight, 1e-5, dense)
+        assert torch.equal(y, y_dense) and torch.equal(r, r_dense)
+    gate_up = torch.randn(1, 2 * cols, device="cuda", generator=gen).to(torch.bfloat16)
+    assert torch.equal(triton_linear.silu_and_mul_linear(gate_up, weight),
+                       triton_linear.silu_and_mul_linear(gate_up, dense))
+    several = torch.randn(5, cols, device="cuda", generator=gen).to(torch.bfloat16)
+    assert torch.equal(triton_linear.linear(several, weight), triton_linear.linear(several, dense))
+
+
+@pytest.mark.gpu
+@NEEDS_CUDA
+def test_unfused_ecf_decode_runs_the_bf16_kernels_on_the_scratch_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FUSED_ECF_DECODE = False: one row decodes into scratch, then the bf16 GEMV (and its fused
+    prologues) runs on it: the bf16 path's output by construction."""
+    from gpu_backend.kernels import triton_linear
+
+    monkeypatch.setattr(triton_linear, "FUSED_ECF_DECODE", False)
+    weight = _on("cuda", _compressed(40, 2100, 3, stacked=True))
+    share_scratch([weight])
+    dense = weight.decode()
+    x = torch.randn(1, 2100, device="cuda").to(torch.bfloat16)
+    norm_weight = torch.ones(2100, device="cuda", dtype=torch.bfloat16)
+    assert torch.equal(triton_linear.linear(x, weight), triton_linear.linear(x, dense))
+    y, r = triton_linear.rms_norm_linear(x, x, norm_weight, 1e-5, weight)
+    y_dense, r_dense = triton_linear.rms_norm_linear(x, x, norm_weight, 1e-5, dense)
+    assert torch.equal(y, y_dense) and torch.equal(r, r_dense)
+    gate_up = torch.randn(1, 4200, device="cuda").to(torch.bfloat16)
+    assert torch.equal(triton_linear.silu_and_mul_linear(gate_up, weight), triton_linear.silu_and_mul_linear(gate_up, dense))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("rows", "cols"), SHAPES[:2])
 @pytest.mark.parametrize("with_residual", [False, True])

@@ -8,7 +8,9 @@ checkpoint. Three variants then run one after the other in this process, on the 
 - ``ecf-decode-at-load``: the ECF folder decoded to dense bf16 while loading; the same weights as
   ecf-kernel, in bf16, so its greedy tokens are what ecf-kernel must reproduce;
 - ``ecf-kernel``: the ECF folder kept coded in GPU memory, decoded inside the batch-1 GEMV and into
-  a scratch buffer for batches and prefill (``compressed_weights="kernel"``).
+  a scratch buffer for batches and prefill (``compressed_weights="kernel"``);
+- ``ecf-scratch`` (not run unless named): kept coded, but batch 1 too decodes into the scratch
+  buffer and runs the bf16 GEMV on it (``triton_linear.FUSED_ECF_DECODE = False``).
 
 Per variant: time to ready, the GPU memory its weights take (parameters, compressed planes and the
 decode scratch buffer), batch-1 and batch-N decode tok/s (CUDA graphs), the time of one prefill,
@@ -189,7 +191,12 @@ def main() -> int:
                 "bf16": (dense_folder, {"load_format": "dummy"}),
                 "ecf-decode-at-load": (ecf_folder, {"compressed_weights": "decode_at_load"}),
                 "ecf-kernel": (ecf_folder, {"compressed_weights": "kernel"}),
+                "ecf-scratch": (ecf_folder, {"compressed_weights": "kernel"}),
             }[variant]
+            if variant == "ecf-scratch" and device == "cuda":
+                from gpu_backend.kernels import triton_linear
+
+                triton_linear.FUSED_ECF_DECODE = False
             _sync(device)
             started = time.perf_counter()
             llm = LLM(str(folder), device=device, dtype="bfloat16", skip_tokenizer_init=True, progress=False,
@@ -215,14 +222,19 @@ def main() -> int:
                   + f"  prefill {prefill_len}: {row['prefill_s'] * 1000:7.1f} ms  "
                   f"{row['batch1_weight_GB_s']:6.0f} GB/s of weights at batch 1"
                   + (f" (floor {peak / read:.0f} tok/s at {peak / 1e12:.2f} TB/s)" if peak else ""), flush=True)
+            if variant == "ecf-scratch" and device == "cuda":
+                triton_linear.FUSED_ECF_DECODE = True
             del llm
             gc.collect()  # the model and its graphs sit in reference cycles
             if device == "cuda":
                 torch.cuda.empty_cache()
     identical = None
-    if "ecf-kernel" in tokens and "ecf-decode-at-load" in tokens:
-        identical = tokens["ecf-kernel"] == tokens["ecf-decode-at-load"]
-        print(f"greedy tokens of ecf-kernel and ecf-decode-at-load identical: {identical}")
+    if "ecf-decode-at-load" in tokens:
+        for variant in ("ecf-kernel", "ecf-scratch"):
+            if variant in tokens:
+                same = tokens[variant] == tokens["ecf-decode-at-load"]
+                identical = same if identical is None else identical and same
+                print(f"greedy tokens of {variant} and ecf-decode-at-load identical: {same}")
     if "bf16" in results:
         base = results["bf16"]
         for variant in results:

@@ -21,7 +21,13 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from ..checkpoint_tensor import CheckpointTensor, Loaded, check_range, materialize, narrow
+from ..checkpoint_tensor import (
+    CheckpointTensor,
+    Loaded,
+    check_range,
+    materialize,
+    narrow,
+)
 from ..errors import CompressedWeightsError
 from .codec import Parts, encode
 from .format import (

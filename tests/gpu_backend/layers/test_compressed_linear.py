@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoints import build_checkpoint
 from compressed_checkpoints import compress
 from safetensors.torch import load_file, save_file
 
-from checkpoints import build_checkpoint
 from gpu_backend.checkpoint_tensor import CheckpointTensor
 from gpu_backend.config import ModelConfig
 from gpu_backend.errors import CompressedWeightsError
@@ -28,7 +28,13 @@ from gpu_backend.loader import load_weights, weight_files
 from gpu_backend.models.registry import build_model
 from gpu_backend.parallel.state import TensorParallel, set_tensor_parallel
 from gpu_backend.weights.codec import decode_parts, encode
-from gpu_backend.weights.packed import CompressedWeight, coded_slice, held_weight_bytes, slice_cols, slice_rows
+from gpu_backend.weights.packed import (
+    CompressedWeight,
+    coded_slice,
+    held_weight_bytes,
+    slice_cols,
+    slice_rows,
+)
 
 CPU = torch.device("cpu")
 BF16 = torch.bfloat16

@@ -51,7 +51,7 @@ def load_weights(model: torch.nn.Module, folder: Path, *, dtype: torch.dtype, de
     holders = [m for m in model.modules() if hasattr(m, "keep_compressed")]
     if keep_compressed and holders and any(is_compressed(file) for file in files):
         for module in holders:
-            module.keep_compressed()
+            module.keep_compressed()  # a no-op for layers built compressed (layers.linear.built_compressed)
     loaded: dict[int, set[ShardId]] = {}  # by id(param): a parameter shared under two names is one entry
     num_bytes_read = 0
     show = progress and sys.stderr.isatty()
@@ -111,6 +111,11 @@ class _Targets:
     def is_tied_head(self, target: str) -> bool:
         # a tied lm_head shares the embedding's weight, unless an alias fills it on its own (last stage)
         return self.tied and target == LM_HEAD and LM_HEAD not in self.aliases.values()
+
+
+def is_compressed_folder(folder: Path) -> bool:
+    """Whether the checkpoint in ``folder`` has ECF-compressed weights (docs/weights-format.md)."""
+    return any(is_compressed(file) for file in weight_files(Path(folder)))
 
 
 def weight_files(folder: Path) -> list[Path]:

@@ -17,8 +17,9 @@ import torch
 from ..config import EngineConfig, ModelConfig
 from ..kernels import get_kernels
 from ..layers.attention import AttentionMetadata
+from ..layers.linear import built_compressed
 from ..layers.sampler import Sampler, SamplerOutput, skip_draws
-from ..loader import load_weights
+from ..loader import is_compressed_folder, load_weights
 from ..models.registry import build_model
 from ..parallel.pipeline import PipelineStage
 from .block_tables import BlockTables
@@ -90,18 +91,20 @@ class ModelRunner:
 
     def _build_and_load(self, progress: bool) -> torch.nn.Module:
         started = time.perf_counter()
+        # an ECF checkpoint in kernel mode: the linear layers never hold a whole dense weight
+        keep_compressed = (self.config.load_format != "dummy" and self.config.compressed_weights == "kernel"
+                           and self.device.type == "cuda" and self.dtype == torch.bfloat16
+                           and is_compressed_folder(Path(self.config.model)))
         previous = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
         try:
-            with torch.device(self.device):
+            with torch.device(self.device), built_compressed(keep_compressed):
                 model = build_model(self.model_config, self.ops, self.stage)
         finally:
             torch.set_default_dtype(previous)
         if self.config.load_format == "dummy":
             _fill_dummy_weights(model)
         else:
-            keep_compressed = (self.config.compressed_weights == "kernel" and self.device.type == "cuda"
-                               and self.dtype == torch.bfloat16)
             load_weights(model, Path(self.config.model), dtype=self.dtype, device=self.device, progress=progress,
                          keep_compressed=keep_compressed)
         log.info("loaded %s in %.1f s", self.config.model, time.perf_counter() - started)

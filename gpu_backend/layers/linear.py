@@ -14,6 +14,9 @@ is then empty, and the matmuls decode the weight as they read it (kernels/triton
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -30,6 +33,21 @@ def _divide(numerator: int, denominator: int, what: str) -> int:
     if numerator % denominator:
         raise CheckpointError(f"{what} ({numerator}) is not divisible by the tensor-parallel size {denominator}")
     return numerator // denominator
+
+
+_built_compressed = False
+
+
+@contextmanager
+def built_compressed(enabled: bool = True) -> Iterator[None]:
+    """Linear layers built inside hold their weights compressed from the start (``keep_compressed``):
+    each dense weight is freed as soon as it is made, so building never holds more than one."""
+    global _built_compressed
+    previous, _built_compressed = _built_compressed, enabled
+    try:
+        yield
+    finally:
+        _built_compressed = previous
 
 
 def _copy(param: nn.Parameter, loaded: Loaded, name: str) -> None:
@@ -52,7 +70,11 @@ class LinearBase(nn.Module):
         self.matmul = ops.linear if ops is not None else reference.linear  # the Triton one has a batch-1 GEMV
         self.compressed: CompressedWeight | None = None  # set instead of the dense weight by keep_compressed
         self._coded_sources: dict[int, Parts] | None = None  # while loading compressed: first row -> parts
-        self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
+        if _built_compressed:  # no dense weight at all: loading keeps the coded parts (keep_compressed)
+            self.weight = nn.Parameter(torch.empty(0), requires_grad=False)
+            self._weight_shape, self._coded_sources = (output_size, input_size), {}
+        else:
+            self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
         if bias:
             self.bias = nn.Parameter(torch.empty(output_size), requires_grad=False)
@@ -71,6 +93,8 @@ class LinearBase(nn.Module):
     def keep_compressed(self) -> None:
         """Hold the weight coded from the next load on: the dense parameter is emptied now, and the
         weight loader keeps each source tensor's parts (this rank's slice) until finish_loading."""
+        if self._coded_sources is not None:
+            return
         self._weight_shape = tuple(self.weight.shape)
         self._coded_sources = {}
         self.weight.data = torch.empty(0, dtype=self.weight.dtype, device=self.weight.device)

@@ -23,7 +23,7 @@ from gpu_backend.checkpoint_tensor import CheckpointTensor
 from gpu_backend.config import ModelConfig
 from gpu_backend.errors import CompressedWeightsError
 from gpu_backend.kernels import get_kernels
-from gpu_backend.layers.linear import LinearBase
+from gpu_backend.layers.linear import LinearBase, built_compressed
 from gpu_backend.loader import load_weights, weight_files
 from gpu_backend.models.registry import build_model
 from gpu_backend.parallel.state import TensorParallel, set_tensor_parallel
@@ -72,14 +72,18 @@ def tensor_parallel() -> Iterator[None]:
     set_tensor_parallel(TensorParallel())
 
 
-def _load(folder: Path, keep_compressed: bool) -> torch.nn.Module:
+def _build(folder: Path, born_compressed: bool = False) -> torch.nn.Module:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(BF16)  # as ModelRunner._build_and_load
     try:
-        with CPU:
-            model = build_model(ModelConfig.from_pretrained(folder), get_kernels("torch"))
+        with CPU, built_compressed(born_compressed):
+            return build_model(ModelConfig.from_pretrained(folder), get_kernels("torch"))
     finally:
         torch.set_default_dtype(previous)
+
+
+def _load(folder: Path, keep_compressed: bool) -> torch.nn.Module:
+    model = _build(folder)
     load_weights(model, folder, dtype=BF16, device=CPU, progress=False, keep_compressed=keep_compressed)
     return model
 
@@ -146,6 +150,22 @@ def test_held_weights_are_three_quarters_and_a_little(folders: dict[str, tuple[P
     assert held_weight_bytes(held) < held_weight_bytes(dense)
     big = CompressedWeight.stack([encode(_escaped(1024, 2048, 0)), encode(_escaped(512, 2048, 1))], BF16)
     assert 0.75 < big.nbytes / (big.shape.numel() * 2) < 0.753
+
+
+def test_layers_built_compressed_never_hold_a_dense_weight(folders: dict[str, tuple[Path, Path]]) -> None:
+    """As ModelRunner builds for kernel mode: no dense linear weight is ever made, and loading (which
+    calls keep_compressed again, a no-op then) gives what keep_compressed after building gives."""
+    src, ecf = folders["qwen2"]
+    model = _build(ecf, born_compressed=True)
+    assert all(layer.weight.numel() == 0 for layer in _linears(model).values())
+    assert _build(ecf).model.layers[0].mlp.gate_up_proj.weight.numel() > 0  # the flag does not outlive the build
+    load_weights(model, ecf, dtype=BF16, device=CPU, progress=False, keep_compressed=True)
+    expected = _linears(_load(src, keep_compressed=False))
+    for name, layer in _linears(model).items():
+        assert layer.compressed is not None and layer.compressed.shape == expected[name].weight.shape, name
+        assert torch.equal(layer.compressed.decode().view(torch.int16), expected[name].weight.data.view(torch.int16))
+        if layer.bias is not None:
+            assert torch.equal(layer.bias.data, expected[name].bias.data), name
 
 
 def test_plain_folder_keeps_dense_weights(folders: dict[str, tuple[Path, Path]]) -> None:

@@ -6,7 +6,7 @@ checkpoint tensor into its own row range, named by the ``shard_id`` the loader p
 ``narrow`` the checkpoint tensor, so a rank reads only its slice from the file.
 
 Loading an ECF-compressed checkpoint with ``keep_compressed()`` called first (the loader does, on
-CUDA), a layer holds its weight coded instead (``self.compressed``, weights/packed.py): each source
+CUDA; ModelRunner builds the layers so, ``built_compressed``), a layer holds its weight coded instead (``self.compressed``, weights/packed.py): each source
 tensor's parts cut to this rank's rows (column-parallel) or even column range (row-parallel), its
 escape list re-based, the sources stacked with a table each (QKV, gate_up). The dense parameter
 is then empty, and the matmuls decode the weight as they read it (kernels/triton_linear.py).
@@ -41,7 +41,7 @@ _built_compressed = False
 @contextmanager
 def built_compressed(enabled: bool = True) -> Iterator[None]:
     """Linear layers built inside hold their weights compressed from the start (``keep_compressed``):
-    each dense weight is freed as soon as it is made, so building never holds more than one."""
+    no dense weight is ever made, so loading a compressed checkpoint never holds the dense model."""
     global _built_compressed
     previous, _built_compressed = _built_compressed, enabled
     try:

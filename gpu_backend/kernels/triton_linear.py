@@ -18,9 +18,11 @@ A weight may also be an ECF ``CompressedWeight`` (docs/weights-format.md; gpu_ba
 which stays coded in GPU memory: 1.5 bytes per weight instead of 2. At one row the same GEMV kernel
 decodes each tile where it would load a bf16 tile (the ``ECF`` constexpr): the sign-mantissa byte
 plane, the exponent nibble and its row's 16-entry table, and the row's escapes in order from its
-CSR offset. The tiles, and so the summation, are the bf16 kernel's: the output is bit for bit the
-bf16 GEMV's on the decoded weight. Several rows decode the whole weight into a reusable scratch
-buffer (`decode_to_scratch`) and run torch's matmul on it, exact by construction.
+CSR offset. The tiles, and so the summation, are the bf16 kernel's, so the output is meant to be
+bit for bit the bf16 GEMV's on the decoded weight (checked under Triton's interpreter; on a GPU the
+compiler picks the tile's register layout from its loads, which the CUDA tests check). Several
+rows decode the whole weight into the model's scratch buffer (`decode_to_scratch`) and run what a
+bf16 weight runs on it, exact by construction; `FUSED_ECF_DECODE = False` does so at one row too.
 """
 
 from __future__ import annotations

@@ -202,8 +202,9 @@ class EngineConfig:
     skip_tokenizer_init: bool = False  # token-id prompts only, outputs without text
     # An ECF-compressed checkpoint (docs/weights-format.md): "kernel" keeps the linear layers' weights
     # coded in GPU memory, decoded inside the matmuls (bf16 on CUDA; elsewhere it decodes at load);
-    # "decode_at_load" decodes every tensor to dense while loading.
-    compressed_weights: str = "kernel"
+    # "decode_at_load" decodes every tensor to dense while loading. The default stays decode_at_load
+    # until the kernels' exactness has been checked on a GPU (tests/gpu_backend/weights, -m gpu).
+    compressed_weights: str = "decode_at_load"
 
     def __post_init__(self) -> None:
         if self.max_num_seqs is None:

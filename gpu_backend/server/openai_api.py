@@ -49,8 +49,8 @@ async def completions(request: Request) -> Response | EventStream:
 
 async def _complete(request: Request, chat: bool) -> Response | EventStream:
     service: Service = request.app.state.service
-    body = _object(await read_json(request, service.limits))
-    requested = _model(body, service)
+    body = json_object(await read_json(request, service.limits))
+    requested = requested_model(body, service)
     model = served_model(request, requested)
     inputs = parse_text_generation(_workers_ai_inputs(body, chat), requested, request.headers.get(SESSION_HEADER),
                                    service.limits, dialect="openai")
@@ -68,8 +68,8 @@ async def _complete(request: Request, chat: bool) -> Response | EventStream:
 
 async def embeddings(request: Request) -> Response:
     service: Service = request.app.state.service
-    body = _object(await read_json(request, service.limits))
-    requested = _model(body, service)
+    body = json_object(await read_json(request, service.limits))
+    requested = requested_model(body, service)
     model = served_model(request, requested)
     given = body.get("input")
     inputs = parse_embeddings({"text": given} if given is not None else {}, service.limits)
@@ -140,7 +140,8 @@ def _include_usage(body: dict[str, Any]) -> bool:
     return include_usage
 
 
-def _model(body: dict[str, Any], service: Service) -> str:
+def requested_model(body: dict[str, Any], service: Service) -> str:
+    """The body's ``model``: a printable name (which model serves it is ``served_model``'s question)."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadInputError(f"'model' is required: one of {', '.join(service.client.model_names())}", param="model")
@@ -150,7 +151,7 @@ def _model(body: dict[str, Any], service: Service) -> str:
     return model
 
 
-def _object(body: Any) -> dict[str, Any]:
+def json_object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadInputError(f"the body must be a JSON object, got {type(body).__name__}")
     return body

@@ -46,8 +46,8 @@ _INCLUDABLE = (LOGPROBS_INCLUDE, "reasoning.encrypted_content")  # no model here
 
 async def create_response(request: Request) -> Response | EventStream:
     service: Service = request.app.state.service
-    body = openai_api._object(await read_json(request, service.limits))
-    requested = openai_api._model(body, service)
+    body = openai_api.json_object(await read_json(request, service.limits))
+    requested = openai_api.requested_model(body, service)
     model = served_model(request, requested)
     _refuse_unkept(body)
     text_format = _text_format(body.get("text"))

@@ -74,6 +74,41 @@ def encode(tensor: torch.Tensor) -> Parts:
     }
 
 
+def encode_on_device(tensor: torch.Tensor) -> Parts:
+    """``encode``'s parts, bit for bit, computed on the tensor's own device (CPU or CUDA) with no
+    host round trip but the escape count: a GPU codes a weight it has just made without copying it.
+
+    The table is ``exponent_table``'s order by one sort of (-count, exponent) keys; the index is
+    filled by one comparison per table entry, last entry first, so a zero padding entry never wins
+    over a used exponent 0 and no int64 copy of the weight is made.
+    """
+    layout = layout_of(tensor.dtype)
+    rows, cols = matrix_shape(tuple(tensor.shape))
+    matrix = tensor.detach().contiguous().reshape(rows, cols)
+    sign_mantissa, exponent = _split_bytes(matrix, layout)
+    histogram = torch.bincount(exponent.reshape(-1), minlength=NUM_EXPONENTS)
+    exponents = torch.arange(NUM_EXPONENTS, device=matrix.device)
+    top = torch.argsort(exponents - histogram * NUM_EXPONENTS)[:ESCAPE_INDEX]  # most common, then smaller
+    used = histogram[top] > 0
+    table = torch.zeros(TABLE_SIZE, dtype=torch.uint8, device=matrix.device)
+    table[:ESCAPE_INDEX] = torch.where(used, top, 0).to(torch.uint8)
+    index = torch.full_like(exponent, ESCAPE_INDEX)
+    for position in reversed(range(ESCAPE_INDEX)):
+        index.masked_fill_((exponent == table[position]) & used[position], position)
+    escaped = torch.nonzero(index.reshape(-1) == ESCAPE_INDEX).squeeze(1)
+    escape_rows, escape_cols = escaped // cols, escaped % cols
+    offsets = torch.zeros(rows + 1, dtype=torch.int64, device=matrix.device)
+    offsets[1:] = torch.cumsum(torch.bincount(escape_rows, minlength=rows), 0)
+    return {
+        SIGN_MANTISSA: sign_mantissa,
+        EXPONENT_INDEX: _pack_nibbles(index),
+        EXPONENT_TABLE: table,
+        ESCAPE_ROW_OFFSETS: offsets.to(torch.int32),
+        ESCAPE_COLS: escape_cols.to(torch.int32),
+        ESCAPE_VALUES: matrix.view(layout.bits_dtype)[escape_rows, escape_cols].clone(),
+    }
+
+
 def decode_parts(parts: Parts, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     """The tensor ``encode`` was given, from its parts, on the parts' device.
 

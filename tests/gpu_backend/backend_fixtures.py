@@ -7,14 +7,19 @@ to it over TCP.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from gpu_backend.server.api import create_app
 from gpu_backend.server.background import serving
+from gpu_backend.server.client import LocalEngines
 
-__all__ = ["EMBEDDINGS", "MINILM", "MODEL", "OPTIONS", "TOKEN", "Backend", "metric", "serving"]
+__all__ = ["EMBEDDINGS", "MINILM", "MODEL", "OPTIONS", "TOKEN", "Backend", "metric", "served_backend", "serving"]
 
 MODEL = "@cf/test/llama"
 EMBEDDINGS = "@cf/baai/bge-small-en-v1.5"  # a Workers AI name, mapped to the built-in MiniLM
@@ -43,6 +48,17 @@ class Backend:
         import openai
 
         return openai.OpenAI(base_url=self.url + prefix, api_key=TOKEN, max_retries=0)
+
+
+@contextmanager
+def served_backend(models: Mapping[str, str | Path], max_queue: int = 8, **options: Any) -> Iterator[Backend]:
+    """A backend serving ``models`` (LocalEngines with ``options``), running until the block ends."""
+    engines = LocalEngines(dict(models), **options)
+    try:
+        with serving(create_app(engines, TOKEN, max_queue=max_queue)) as url:
+            yield Backend(url, engines)
+    finally:
+        engines.shutdown()
 
 
 def metric(url: str, name: str, model: str = MODEL) -> float:

@@ -14,10 +14,8 @@ import jsonschema
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from backend_fixtures import MODEL, OPTIONS, TOKEN, Backend, serving
+from backend_fixtures import MODEL, OPTIONS, Backend, served_backend
 from gpu_backend.server.answer_shapes import CHAT_COMPLETION, WORKERS_AI, answer_shape
-from gpu_backend.server.api import create_app
-from gpu_backend.server.client import LocalEngines
 
 GPT_OSS = "@cf/openai/gpt-oss-20b"
 MESSAGES = [{"role": "user", "content": "Hello there"}]
@@ -29,13 +27,9 @@ WEATHER = {"name": "get_weather", "description": "The weather in a city",
 
 @pytest.fixture(scope="module")
 def shaped(checkpoints: dict[str, Path]) -> Iterator[Backend]:
-    engines = LocalEngines({GPT_OSS: checkpoints["llama"], MODEL: checkpoints["llama"]},
-                           **{**OPTIONS, "num_kv_blocks": 256, "max_model_len": 1024})  # room for a tools prompt
-    try:
-        with serving(create_app(engines, TOKEN, max_queue=8)) as url:
-            yield Backend(url, engines)
-    finally:
-        engines.shutdown()
+    models = {GPT_OSS: checkpoints["llama"], MODEL: checkpoints["llama"]}
+    with served_backend(models, **{**OPTIONS, "num_kv_blocks": 256, "max_model_len": 1024}) as backend:  # tools fit
+        yield backend
 
 
 @pytest.mark.parametrize(("name", "shape"), [

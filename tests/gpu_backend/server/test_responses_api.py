@@ -21,10 +21,8 @@ import openai
 import pytest
 from jsonschema import Draft202012Validator
 
-from backend_fixtures import MODEL, TOKEN, Backend, serving
+from backend_fixtures import MODEL, Backend, served_backend
 from structured_fixtures import special_eos_copy
-from gpu_backend.server.api import create_app
-from gpu_backend.server.client import LocalEngines
 
 GREEDY = {"temperature": 0}
 PERSON = {
@@ -46,12 +44,9 @@ TEXT_END = ["response.output_text.done", "response.content_part.done", "response
 @pytest.fixture(scope="module")
 def backend(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     folder = special_eos_copy(checkpoints["llama"], tmp_path_factory.mktemp("responses") / "llama", 1024)
-    engines = LocalEngines({MODEL: folder}, device="cpu", dtype="float32", num_kv_blocks=128, max_model_len=1024)
-    try:
-        with serving(create_app(engines, TOKEN, max_queue=8)) as url:
-            yield Backend(url, engines)
-    finally:
-        engines.shutdown()
+    with served_backend({MODEL: folder}, device="cpu", dtype="float32", num_kv_blocks=128,
+                        max_model_len=1024) as backend:
+        yield backend
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,10 @@ import openai
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend_fixtures import MODEL, TOKEN, Backend, serving
+from backend_fixtures import MODEL, TOKEN, Backend, served_backend
 from structured_fixtures import random_schema, special_eos_copy
 from gpu_backend.engine.structured_output import StructuredOutput
 from gpu_backend.errors import InvalidRequestError
-from gpu_backend.server.api import create_app
-from gpu_backend.server.client import LocalEngines
 from gpu_backend.server.errors import BadInputError
 from gpu_backend.server.schemas import parse_text_generation
 from gpu_backend.server.structured import json_answer
@@ -57,12 +55,9 @@ class Verdict(BaseModel):
 @pytest.fixture(scope="module")
 def backend(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     folder = special_eos_copy(checkpoints["llama"], tmp_path_factory.mktemp("structured") / "llama", 1024)
-    engines = LocalEngines({MODEL: folder}, device="cpu", dtype="float32", num_kv_blocks=128, max_model_len=1024)
-    try:
-        with serving(create_app(engines, TOKEN, max_queue=8)) as url:
-            yield Backend(url, engines)
-    finally:
-        engines.shutdown()
+    with served_backend({MODEL: folder}, device="cpu", dtype="float32", num_kv_blocks=128,
+                        max_model_len=1024) as backend:
+        yield backend
 
 
 @pytest.fixture(scope="module")

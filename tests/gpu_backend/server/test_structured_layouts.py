@@ -12,11 +12,9 @@ from typing import Any
 import jsonschema
 import pytest
 
-from backend_fixtures import MODEL, TOKEN, Backend, serving
+from backend_fixtures import MODEL, Backend, served_backend
 from structured_fixtures import random_schema, special_eos_copy
 from gpu_backend.cluster.config import ClusterConfig
-from gpu_backend.server.api import create_app
-from gpu_backend.server.client import LocalEngines
 
 OPTIONS = {"device": "cpu", "dtype": "float32", "num_kv_blocks": 256, "max_model_len": 1024}
 LAYOUTS = {
@@ -60,20 +58,12 @@ def folder(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="module")
 def expected(folder: Path) -> Iterator[dict[str, Any]]:
-    engines = LocalEngines({MODEL: folder}, **OPTIONS)
-    try:
-        with serving(create_app(engines, TOKEN)) as url:
-            yield _answers(Backend(url, engines))
-    finally:
-        engines.shutdown()
+    with served_backend({MODEL: folder}, **OPTIONS) as backend:
+        yield _answers(backend)
 
 
 @pytest.mark.parametrize("layout", [name for name in LAYOUTS if name != "single"])
 def test_every_layout_answers_valid_json_and_calls_as_one_process_does(folder: Path, expected: dict[str, Any],
                                                                       layout: str) -> None:
-    engines = LocalEngines({MODEL: folder}, cluster=LAYOUTS[layout], **OPTIONS)
-    try:
-        with serving(create_app(engines, TOKEN)) as url:
-            assert _answers(Backend(url, engines)) == expected
-    finally:
-        engines.shutdown()
+    with served_backend({MODEL: folder}, cluster=LAYOUTS[layout], **OPTIONS) as backend:
+        assert _answers(backend) == expected

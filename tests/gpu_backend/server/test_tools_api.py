@@ -23,10 +23,9 @@ import openai
 import pytest
 import websockets
 
-from backend_fixtures import MODEL, TOKEN, Backend, serving
+from backend_fixtures import MODEL, TOKEN, Backend, served_backend
 from structured_fixtures import special_eos_copy
-from gpu_backend.server.api import create_app
-from gpu_backend.server.client import LocalEngines, render_prompt
+from gpu_backend.server.client import render_prompt
 from gpu_backend.server.errors import BadInputError
 from gpu_backend.server.schemas import parse_text_generation
 from gpu_backend.server.tools import Tool, ToolChoice
@@ -78,12 +77,8 @@ def backend(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     root = tmp_path_factory.mktemp("tools")
     models = {MODEL: special_eos_copy(checkpoints["llama"], root / "llama"),
               HERMES_MODEL: special_eos_copy(checkpoints["llama"], root / "hermes", chat_template=HERMES_TEMPLATE)}
-    engines = LocalEngines(models, device="cpu", dtype="float32", num_kv_blocks=512, max_model_len=2048)
-    try:
-        with serving(create_app(engines, TOKEN, max_queue=8)) as url:
-            yield Backend(url, engines)
-    finally:
-        engines.shutdown()
+    with served_backend(models, device="cpu", dtype="float32", num_kv_blocks=512, max_model_len=2048) as backend:
+        yield backend
 
 
 @pytest.fixture(scope="module")

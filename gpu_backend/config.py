@@ -198,7 +198,9 @@ class EngineConfig:
     enforce_eager: bool = False  # no CUDA graphs
     async_scheduling: bool = True  # launch step k before reading step k-1's tokens back (see LLMEngine.step)
     attention_backend: str = "auto"  # triton | torch | auto
-    load_format: str = "safetensors"  # or "dummy": random weights of the right shapes, for benchmarks
+    # or "dummy": random weights of the right shapes, for benchmarks; with compressed_weights="kernel" the
+    # linear layers' N(0, 0.02) weights are made and ECF-coded one tensor at a time on the device, never dense
+    load_format: str = "safetensors"
     skip_tokenizer_init: bool = False  # token-id prompts only, outputs without text
     # An ECF-compressed checkpoint (docs/weights-format.md): "kernel" keeps the linear layers' weights
     # coded in GPU memory, decoded inside the matmuls (bf16 on CUDA; elsewhere it decodes at load);

@@ -17,11 +17,14 @@ import torch
 from ..config import EngineConfig, ModelConfig
 from ..kernels import get_kernels
 from ..layers.attention import AttentionMetadata
-from ..layers.linear import built_compressed
+from ..layers.linear import LinearBase, MergedColumnParallelLinear, QKVParallelLinear, built_compressed
 from ..layers.sampler import Sampler, SamplerOutput, skip_draws
 from ..loader import is_compressed_folder, load_weights
 from ..models.registry import build_model
 from ..parallel.pipeline import PipelineStage
+from ..parallel.state import tp_size
+from ..weights.codec import encode_on_device
+from ..weights.packed import share_scratch
 from .block_tables import BlockTables
 from .cuda_graphs import DecodeGraphs
 from .device_copy import to_device
@@ -92,9 +95,14 @@ class ModelRunner:
     def _build_and_load(self, progress: bool) -> torch.nn.Module:
         started = time.perf_counter()
         # an ECF checkpoint in kernel mode: the linear layers never hold a whole dense weight
-        keep_compressed = (self.config.load_format != "dummy" and self.config.compressed_weights == "kernel"
-                           and self.device.type == "cuda" and self.dtype == torch.bfloat16
-                           and is_compressed_folder(Path(self.config.model)))
+        # random weights in kernel mode: made and coded one tensor at a time (_fill_dummy_compressed)
+        dummy_compressed = self.config.load_format == "dummy" and self.config.compressed_weights == "kernel"
+        if dummy_compressed and self.dtype not in (torch.bfloat16, torch.float32):
+            raise ValueError(f"load_format='dummy' with compressed_weights='kernel' makes ECF weights, which code "
+                             f"bfloat16 or float32, not {self.dtype}: pass dtype='bfloat16'")
+        keep_compressed = dummy_compressed or (
+            self.config.load_format != "dummy" and self.config.compressed_weights == "kernel"
+            and self.device.type == "cuda" and self.dtype == torch.bfloat16 and is_compressed_folder(Path(self.config.model)))
         previous = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
         try:
@@ -104,6 +112,8 @@ class ModelRunner:
             torch.set_default_dtype(previous)
         if self.config.load_format == "dummy":
             _fill_dummy_weights(model)
+            if dummy_compressed:
+                _fill_dummy_compressed(model, self.dtype, self.device)
         else:
             load_weights(model, Path(self.config.model), dtype=self.dtype, device=self.device, progress=progress,
                          keep_compressed=keep_compressed)
@@ -279,6 +289,39 @@ def _fill_dummy_weights(model: torch.nn.Module) -> None:
             param.fill_(1.0)
         else:
             param.uniform_(-0.02, 0.02, generator=generator)
+
+
+def _source_rows(layer: LinearBase) -> list[int]:
+    """This rank's rows of each checkpoint tensor a linear layer stacks (q, k, v; gate, up; or one)."""
+    if isinstance(layer, QKVParallelLinear):
+        return [layer.q_size, layer.kv_size, layer.kv_size]
+    if isinstance(layer, MergedColumnParallelLinear):
+        return [size // tp_size() for size in layer.output_sizes]
+    return [layer._weight_shape[0]]
+
+
+@torch.no_grad()
+def _fill_dummy_compressed(model: torch.nn.Module, dtype: torch.dtype, device: torch.device, seed: int = 1) -> None:
+    """Random N(0, 0.02) weights for the linear layers built compressed, made and ECF-coded on ``device``
+    one checkpoint-sized tensor at a time: no dense weight larger than one such tensor ever exists,
+    so a model too large for the device in bf16 loads. Each tensor keeps its own table, as when read."""
+    generator = torch.Generator(device).manual_seed(seed)
+    layers = [m for m in model.modules() if isinstance(m, LinearBase) and m._coded_sources is not None]
+    for layer in layers:
+        first, cols = 0, layer._weight_shape[1]
+        for rows in _source_rows(layer):
+            dense = torch.empty((rows, cols), dtype=dtype, device=device)
+            step = max(1, (1 << 24) // cols)  # float32 draws in chunks: a fraction of the tensor's size more
+            for start in range(0, rows, step):
+                chunk = dense[start:start + step]
+                chunk.copy_(0.02 * torch.randn(chunk.shape, generator=generator, device=device))
+            layer._coded_sources[first] = encode_on_device(dense)
+            first += rows
+            del dense
+        layer.finish_loading()
+    if device.type == "cuda":
+        share_scratch(layer.compressed for layer in layers)  # batches decode into it
+        torch.cuda.empty_cache()  # the coding's temporaries, before the KV cache is sized from what is free
 
 
 def _to_host(result: SamplerOutput) -> SamplerOutput:

@@ -138,12 +138,13 @@ class CompressedWeight:
             escape_bases.append(escape_bases[-1] + p[ESCAPE_COLS].numel())
         offsets = torch.cat([sources[0][ESCAPE_ROW_OFFSETS][:1].long()] + [
             p[ESCAPE_ROW_OFFSETS][1:].long() + base for p, base in zip(sources, escape_bases[:-1], strict=True)])
+        at = sources[0][SIGN_MANTISSA].device  # the parts' device: the CPU when read, or where they were coded
         escape_rows = torch.cat([
-            torch.repeat_interleave(torch.arange(n), p[ESCAPE_ROW_OFFSETS].long().diff()) + int(base)
+            torch.repeat_interleave(torch.arange(n, device=at), p[ESCAPE_ROW_OFFSETS].long().diff()) + int(base)
             for p, n, base in zip(sources, row_counts, bases[:-1], strict=True)])
         if len(sources) > 256:
             raise CompressedWeightsError(f"a compressed weight stacks at most 256 source tensors, not {len(sources)}")
-        row_tables = torch.cat([torch.full((n,), i, dtype=torch.uint8) for i, n in enumerate(row_counts)])
+        row_tables = torch.cat([torch.full((n,), i, dtype=torch.uint8, device=at) for i, n in enumerate(row_counts)])
         weight = cls(
             dtype=dtype,
             sign_mantissa=torch.cat([p[SIGN_MANTISSA] for p in sources], dim=1),

@@ -27,7 +27,8 @@ class CheckpointTensor:
     """One tensor of an open safetensors file, converted on read as the loader always did.
 
     Floating tensors come back in the model's ``dtype``, others keep their own; every read lands on
-    ``device``. ``bytes_read`` counts the file bytes copied so far. Valid only while the file is open.
+    ``device``. ``bytes_read`` counts the file bytes copied so far (of a compressed file: the coded
+    bytes its reader read). Valid only while the file is open.
     """
 
     def __init__(self, name: str, stored: Any, *, dtype: torch.dtype, device: torch.device) -> None:
@@ -54,21 +55,29 @@ class CheckpointTensor:
         """The whole tensor (replicated parameters)."""
         return self._read((Ellipsis,))
 
-    def coded_parts(self) -> dict[str, torch.Tensor] | None:
+    def coded_parts(self, along: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor] | None:
         """The tensor's ECF parts on the CPU, checked against their checksums, when the file stores it
-        coded in the dtype it loads in; else None (docs/weights-format.md)."""
+        coded in the dtype it loads in; else None (docs/weights-format.md). With ``along`` = (dim, start,
+        length), the parts of that slice only (rows, or columns from an even start; None from an odd one),
+        cut as weights/packed.py's ``slice_rows``/``slice_cols`` cut the whole parts: a version-2 file
+        reads just the tiles that cover it."""
         parts_of = getattr(self._stored, "coded_parts", None)
-        parts = parts_of(self.dtype) if parts_of is not None else None
-        if parts is not None:
-            self.bytes_read += sum(part.numel() * part.element_size() for part in parts.values())
+        if parts_of is None:
+            return None
+        if along is not None:
+            check_range(self.shape, *along)
+        before = self._stored.bytes_read
+        parts = parts_of(self.dtype) if along is None else parts_of(self.dtype, along)
+        self.bytes_read += self._stored.bytes_read - before
         return parts
 
     def _read(self, index: tuple[Any, ...]) -> torch.Tensor:
+        before = getattr(self._stored, "bytes_read", None)  # a compressed file counts the bytes it reads
         try:
             raw = self._stored[index]
         except SafetensorError as error:
             raise CheckpointError(f"tensor {self.name!r} could not be read: {error}") from None
-        self.bytes_read += raw.numel() * raw.element_size()
+        self.bytes_read += raw.numel() * raw.element_size() if before is None else self._stored.bytes_read - before
         return raw.to(device=self.device, dtype=self.dtype)
 
     def __repr__(self) -> str:

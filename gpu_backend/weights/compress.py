@@ -28,15 +28,23 @@ from .format import (
     CODED,
     ESCAPE_COLS,
     RAW,
+    WHOLE_PARTS,
     FileHeader,
     TensorEntry,
+    TileGrid,
     dtype_name,
     layout_of,
+    matrix_shape,
     part_name,
 )
+from .reader import tile_checksums
 
 INDEX_FILE = "model.safetensors.index.json"
 MIN_CODED_ELEMENTS = 4096  # below this a tensor is a norm, a bias or a tiny table: kept as it is
+# checksum tiles (docs/weights-format.md, "Checksums"): up to MAX_TILE_BLOCKS row blocks by as many column blocks
+# (a tensor-parallel rank of up to 8 reads its slice's tiles only), none smaller than MIN_TILE_WEIGHTS weights
+MAX_TILE_BLOCKS = 8
+MIN_TILE_WEIGHTS = 8192
 _WEIGHT_PATTERNS = ("*.safetensors", INDEX_FILE, "pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
 Advance = Callable[[int], None]
 
@@ -147,8 +155,28 @@ def _coded_entry(name: str, tensor: torch.Tensor, parts: Parts) -> TensorEntry:
     if crc32(decode_parts(parts, tensor.dtype, tuple(tensor.shape))) != expected:
         raise CompressedWeightsError(f"tensor {name!r} does not decode to itself; nothing was written (a bug: "
                                      "please report it with the checkpoint)")
-    part_crc32 = {part: crc32(value) for part, value in parts.items()}
-    return TensorEntry(CODED, dtype_name(tensor.dtype), tuple(tensor.shape), expected, part_crc32)
+    grid = TileGrid(*matrix_shape(tuple(tensor.shape)), *tile_shape(*matrix_shape(tuple(tensor.shape))))
+    return TensorEntry(CODED, dtype_name(tensor.dtype), tuple(tensor.shape), expected,
+                       {part: crc32(parts[part]) for part in WHOLE_PARTS}, (grid.tile_rows, grid.tile_cols),
+                       tile_checksums(parts, grid))
+
+
+def tile_shape(rows: int, cols: int) -> tuple[int, int]:
+    """(tile rows, tile columns) of a coded matrix's checksum grid: its rows and its columns split into equal
+    blocks, a power of two of them up to ``MAX_TILE_BLOCKS`` each (rows and columns in turn), so that a
+    tensor-parallel rank's rows or columns at 2, 4 or 8 ranks are whole blocks; blocks of columns stay even
+    (whole bytes of the nibble plane); no tile smaller than ``MIN_TILE_WEIGHTS`` weights."""
+    row_blocks, col_blocks = 1, 1
+    grown = True
+    while grown:
+        grown = False
+        if row_blocks < MAX_TILE_BLOCKS and rows % (2 * row_blocks) == 0 and \
+                rows // (2 * row_blocks) * (cols // col_blocks) >= MIN_TILE_WEIGHTS:
+            row_blocks, grown = 2 * row_blocks, True
+        if col_blocks < MAX_TILE_BLOCKS and cols % (4 * col_blocks) == 0 and \
+                rows // row_blocks * (cols // (2 * col_blocks)) >= MIN_TILE_WEIGHTS:
+            col_blocks, grown = 2 * col_blocks, True
+    return rows // row_blocks, max(2, cols // col_blocks + (cols // col_blocks) % 2)
 
 
 def _read_tensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:

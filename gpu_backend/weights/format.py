@@ -23,7 +23,8 @@ from ..errors import (
 )
 
 FORMAT_NAME = "edgewise.ecf"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what the compressor writes
+READ_VERSIONS = (1, 2)  # 1: one checksum per part; 2: the planes checksummed per tile (a rank reads its slice)
 METADATA_KEY = "edgewise.weights"
 PART_SEPARATOR = "#ecf."
 INDEX_BITS = 4
@@ -39,6 +40,10 @@ ESCAPE_ROW_OFFSETS = "escape_row_offsets"  # int32 [rows + 1]: row r's escapes a
 ESCAPE_COLS = "escape_cols"  # int32 [num_escapes]: column of each escape, rows in order, columns ascending
 ESCAPE_VALUES = "escape_values"  # int16 (bf16) / int32 (fp32) [num_escapes]: the weight's whole bit pattern
 PARTS = (SIGN_MANTISSA, EXPONENT_INDEX, EXPONENT_TABLE, ESCAPE_ROW_OFFSETS, ESCAPE_COLS, ESCAPE_VALUES)
+# version 2: which parts are checksummed whole, per tile of the weight grid, and per row block
+WHOLE_PARTS = (EXPONENT_TABLE, ESCAPE_ROW_OFFSETS)
+TILED_PARTS = (SIGN_MANTISSA, EXPONENT_INDEX)
+ROW_BLOCK_PARTS = (ESCAPE_COLS, ESCAPE_VALUES)
 
 CODED = "ecf"
 RAW = "raw"
@@ -106,6 +111,43 @@ def source_name(stored_name: str) -> str:
 
 
 @dataclass(frozen=True)
+class TileGrid:
+    """The checksum grid of a version-2 coded tensor: ``tile_rows`` x ``tile_cols`` tiles, row-major, the
+    last row and column of tiles cut short by the matrix's edge. ``tile_cols`` is even, so a tile's
+    columns are whole bytes of the nibble plane."""
+
+    rows: int
+    cols: int
+    tile_rows: int
+    tile_cols: int
+
+    @property
+    def num_row_blocks(self) -> int:
+        return -(-self.rows // self.tile_rows)
+
+    @property
+    def num_col_blocks(self) -> int:
+        return -(-self.cols // self.tile_cols)
+
+    def row_bounds(self, block: int) -> tuple[int, int]:
+        return block * self.tile_rows, min((block + 1) * self.tile_rows, self.rows)
+
+    def col_bounds(self, block: int) -> tuple[int, int]:
+        return block * self.tile_cols, min((block + 1) * self.tile_cols, self.cols)
+
+    def row_blocks(self, start: int, stop: int) -> range:
+        """The row blocks that cover rows ``start..stop-1`` (none for an empty range)."""
+        return range(start // self.tile_rows, -(-stop // self.tile_rows)) if stop > start else range(0)
+
+    def col_blocks(self, start: int, stop: int) -> range:
+        return range(start // self.tile_cols, -(-stop // self.tile_cols)) if stop > start else range(0)
+
+    def num_checksums(self, part: str) -> int:
+        """How many checksums the header lists for a tiled or row-blocked part."""
+        return self.num_row_blocks * (self.num_col_blocks if part in TILED_PARTS else 1)
+
+
+@dataclass(frozen=True)
 class TensorEntry:
     """One checkpoint tensor in a file: how it is stored and the checksums to check it by."""
 
@@ -113,31 +155,68 @@ class TensorEntry:
     dtype: str  # the checkpoint dtype it decodes to ("bfloat16")
     shape: tuple[int, ...]
     crc32: int  # of the decoded tensor's bytes (for RAW: of the stored tensor, the same bytes)
-    part_crc32: dict[str, int] = field(default_factory=dict)  # CODED: each stored part's bytes
+    # CODED: each part's checksum; version 1 lists every part here, version 2 only WHOLE_PARTS
+    part_crc32: dict[str, int] = field(default_factory=dict)
+    # CODED, version 2: (tile_rows, tile_cols), and per TILED_PARTS part a checksum per tile (row-major),
+    # per ROW_BLOCK_PARTS part one per row block of tile_rows rows
+    tile_shape: tuple[int, int] | None = None
+    tile_crc32: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPE_NAMES.get(self.dtype) or getattr(torch, self.dtype)
 
+    @property
+    def tiled(self) -> bool:
+        """Whether the planes are checksummed per tile (version 2), so a slice can be read and checked alone."""
+        return self.tile_shape is not None
+
+    def grid(self) -> TileGrid:
+        """The checksum grid (version-2 coded tensors only)."""
+        if self.tile_shape is None:
+            raise CompressedWeightsError("a version-1 tensor has no tile grid: its parts are checksummed whole")
+        return TileGrid(*matrix_shape(self.shape), *self.tile_shape)
+
     def to_json(self) -> dict[str, Any]:
-        raw = {"encoding": self.encoding, "dtype": self.dtype, "shape": list(self.shape), "crc32": self.crc32}
+        raw: dict[str, Any] = {"encoding": self.encoding, "dtype": self.dtype, "shape": list(self.shape),
+                               "crc32": self.crc32}
         if self.encoding == CODED:
             raw["parts"] = dict(self.part_crc32)
+        if self.tile_shape is not None:
+            raw["tiles"] = {"shape": list(self.tile_shape), **{k: list(v) for k, v in self.tile_crc32.items()}}
         return raw
 
     @classmethod
-    def from_json(cls, name: str, raw: dict[str, Any]) -> TensorEntry:
+    def from_json(cls, name: str, raw: dict[str, Any], version: int = FORMAT_VERSION) -> TensorEntry:
         try:
+            tiles = raw.get("tiles") if version >= 2 else None
             entry = cls(encoding=raw["encoding"], dtype=raw["dtype"], shape=tuple(int(d) for d in raw["shape"]),
-                        crc32=int(raw["crc32"]), part_crc32={k: int(v) for k, v in raw.get("parts", {}).items()})
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
+                        crc32=int(raw["crc32"]), part_crc32={k: int(v) for k, v in raw.get("parts", {}).items()},
+                        tile_shape=None if tiles is None else (int(tiles["shape"][0]), int(tiles["shape"][1])),
+                        tile_crc32={} if tiles is None else {k: tuple(int(c) for c in v) for k, v in tiles.items()
+                                                             if k != "shape"})
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
             raise CompressedWeightsError(f"tensor {name!r}: malformed header entry ({error!r})") from None
         if entry.encoding not in (CODED, RAW):
             raise CompressedWeightsError(f"tensor {name!r}: unknown encoding {entry.encoding!r}")
-        if entry.encoding == CODED and set(entry.part_crc32) != set(PARTS):
-            raise CompressedWeightsError(f"tensor {name!r}: header lists parts {sorted(entry.part_crc32)}, "
-                                         f"expected {sorted(PARTS)}")
+        if entry.encoding == CODED:
+            entry._check_checksum_lists(name, version)
         return entry
+
+    def _check_checksum_lists(self, name: str, version: int) -> None:
+        whole = PARTS if version == 1 else WHOLE_PARTS
+        if set(self.part_crc32) != set(whole):
+            raise CompressedWeightsError(f"tensor {name!r}: header lists parts {sorted(self.part_crc32)}, "
+                                         f"expected {sorted(whole)}")
+        if version == 1:
+            return
+        if self.tile_shape is None or set(self.tile_crc32) != set(TILED_PARTS + ROW_BLOCK_PARTS):
+            raise CompressedWeightsError(f"tensor {name!r}: header lists tile checksums for "
+                                         f"{sorted(self.tile_crc32)}, expected {sorted(TILED_PARTS + ROW_BLOCK_PARTS)}")
+        tile_rows, tile_cols = self.tile_shape
+        if tile_rows < 1 or tile_cols < 2 or tile_cols % 2:
+            raise CompressedWeightsError(f"tensor {name!r}: tile shape {list(self.tile_shape)} is not positive rows "
+                                         "by an even number of columns")
 
 
 @dataclass(frozen=True)
@@ -165,8 +244,9 @@ class FileHeader:
             raise CompressedWeightsError(f"{file}: malformed {METADATA_KEY} header ({error!r})") from None
         if name != FORMAT_NAME:
             raise CompressedWeightsError(f"{file}: weights format {name!r} is not {FORMAT_NAME!r}")
-        if version != FORMAT_VERSION:
+        if version not in READ_VERSIONS:
             raise WeightsFormatVersionError(
-                f"{file}: written in {FORMAT_NAME} version {version}, but this edgewise reads version "
-                f"{FORMAT_VERSION} only (compress the original checkpoint again with this version, or upgrade)")
-        return cls({name: TensorEntry.from_json(name, raw) for name, raw in tensors.items()}, version)
+                f"{file}: written in {FORMAT_NAME} version {version}, but this edgewise reads versions "
+                f"{' and '.join(map(str, READ_VERSIONS))} only (compress the original checkpoint again with this "
+                "version, or upgrade)")
+        return cls({name: TensorEntry.from_json(name, raw, version) for name, raw in tensors.items()}, version)

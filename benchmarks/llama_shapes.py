@@ -30,6 +30,15 @@ LLAMA_3_1_8B: dict[str, Any] = {
     "eos_token_id": [128001, 128008, 128009],
 }
 
+LLAMA_3_1_70B: dict[str, Any] = {
+    **LLAMA_3_1_8B,
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_hidden_layers": 80,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+}
+
 
 def write_model_folder(folder: Path, config: dict[str, Any] = LLAMA_3_1_8B) -> Path:
     folder.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,7 @@ from gpu_backend import LLM, SamplingParams
 
 USABLE_KV_TOKENS = 16 * 4096  # batch 16 at a 4,096-token context
 ATTEMPT_TIMEOUT_S = 240
+BLOCK_SIZE = 16  # EngineConfig's default: the KV cache's tokens per block
 
 
 def kv_bytes_per_token(config: dict[str, Any], itemsize: int = 2) -> int:
@@ -91,12 +92,19 @@ def run_bf16_attempt(folder: Path, device: str, utilization: float, num_kv_block
         llm = LLM(str(folder), device=device, dtype="bfloat16", load_format="dummy", skip_tokenizer_init=True,
                   progress=False, enforce_eager=True, max_num_seqs=16, max_model_len=8192,
                   gpu_memory_utilization=utilization, **options)
-    except (torch.OutOfMemoryError, MemoryError) as error:
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and not isinstance(error, torch.OutOfMemoryError) and not any(
+                sign in str(error) for sign in ("out of memory", "ALLOC_FAILED")):  # e.g. cuBLAS's workspace
+            raise
         print(json.dumps({"fits": False, "error": f"{type(error).__name__}: {str(error)[:400]}"}), flush=True)
         return 0
     runner = llm.engine.runner
     print(json.dumps({"fits": True, "error": None, "kv_tokens": runner.num_blocks * runner.block_size}), flush=True)
     return 0
+
+
+def card_bytes(device: str) -> int | None:
+    return torch.cuda.get_device_properties(0).total_memory if device == "cuda" else None
 
 
 def greedy_check(llm: LLM, vocab_size: int, new_tokens: int) -> dict[str, Any]:
@@ -124,8 +132,9 @@ def run_ecf(folder: Path, config: dict[str, Any], device: str, args: argparse.Na
                            "kv_tokens": runner.num_blocks * runner.block_size,
                            "kv_cache_bytes": runner.kv_cache.nbytes, "memory_bytes": weight_memory(llm),
                            "cuda_graphs": runner.graphs is not None}
-    if device == "cuda":
-        row["peak_allocated_while_loading_bytes"] = torch.cuda.max_memory_allocated()
+    if device == "cuda":  # what loading, KV sizing, warm-up and graphs took at most beyond what stays held
+        row["peak_allocated_until_ready_bytes"] = torch.cuda.max_memory_allocated()
+        row["peak_transient_bytes"] = row["peak_allocated_until_ready_bytes"] - torch.cuda.memory_allocated()
     row["usable_kv"] = row["kv_tokens"] >= args.usable_kv_tokens
     print(f"ECF kernel mode: ready in {row['ready_s']:.1f} s, weights {row['memory_bytes']['weights'] / 1e9:.1f} GB "
           f"(+ scratch {row['memory_bytes']['scratch'] / 1e9:.2f}), KV cache {row['kv_tokens']} tokens "
@@ -174,9 +183,9 @@ def main() -> int:
         return run_bf16_attempt(args.bf16_attempt, args.device, args.gpu_memory_utilization, args.num_kv_blocks)
     if args.tiny:
         config, device = TINY_LLAMA, "cpu"
-        args.batches, args.repeats, args.new_tokens, args.prompt_len = [b for b in args.batches if b <= 4] or [1], 1, \
-            min(args.new_tokens, 8), min(args.prompt_len, 16)
-        args.max_model_len, args.usable_kv_tokens, args.check_tokens = 256, 4 * 256, min(args.check_tokens, 6)
+        args.batches = [b for b in args.batches if b <= 4] or [1]
+        args.repeats, args.new_tokens, args.prompt_len, args.check_tokens = 1, min(args.new_tokens, 8), 16, 6
+        args.max_model_len, args.usable_kv_tokens = 256, 4 * 256
         options: dict[str, Any] = {"enforce_eager": True, "kv_cache_memory_gb": 0.05}
     else:
         if not torch.cuda.is_available():
@@ -185,9 +194,8 @@ def main() -> int:
         config, device, options = LLAMA_3_1_70B, "cuda", {}
     if args.num_layers:
         config = {**config, "num_hidden_layers": args.num_layers}
-    card = torch.cuda.get_device_properties(0).total_memory if device == "cuda" else None
     record: dict[str, Any] = {
-        "benchmark": "compressed_capacity", **environment(),
+        "benchmark": "compressed_capacity",
         "config": {"model": "tiny Llama" if args.tiny else "Llama-3.1-70B shape", "num_layers": config["num_hidden_layers"],
                    "weights": "random N(0, 0.02) bf16, ECF-coded on the device tensor by tensor",
                    "batches": args.batches, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
@@ -196,19 +204,21 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_model_folder(Path(tmp) / "shape", config)
-        bf16 = bf16_bound(config, card, args.gpu_memory_utilization)
+        attempts = {}
+        if not args.skip_bf16:  # first, while this process holds no CUDA context: the children get the whole card
+            attempts["auto_sized"] = attempt_bf16(folder, device, args.gpu_memory_utilization, None)
+            attempts["usable_kv"] = attempt_bf16(folder, device, args.gpu_memory_utilization,
+                                                 -(-args.usable_kv_tokens // BLOCK_SIZE))
+        record.update(environment())
+        card = card_bytes(device)
+        bf16 = {**bf16_bound(config, card, args.gpu_memory_utilization), **attempts}
         print(f"bf16 weights {bf16['weight_bytes'] / 1e9:.1f} GB" + (
             f" on a {card / 1e9:.1f} GB card: at most {bf16['kv_tokens_upper_bound_at_utilization']} KV tokens at "
             f"utilization {args.gpu_memory_utilization}, {bf16['kv_tokens_upper_bound_whole_card']} with the whole card "
             f"and nothing else (usable: {args.usable_kv_tokens})" if card else ""), flush=True)
-        if not args.skip_bf16:
-            block_size = 16
-            bf16["auto_sized"] = attempt_bf16(folder, device, args.gpu_memory_utilization, None)
-            bf16["usable_kv"] = attempt_bf16(folder, device, args.gpu_memory_utilization,
-                                             -(-args.usable_kv_tokens // block_size))
-            for name in ("auto_sized", "usable_kv"):
-                print(f"bf16 engine, {name}: fits {bf16[name]['fits']} ({bf16[name]['seconds']:.1f} s) "
-                      f"{bf16[name].get('error') or ''}", flush=True)
+        for name, attempt in attempts.items():
+            print(f"bf16 engine, {name}: fits {attempt['fits']} ({attempt['seconds']:.1f} s) "
+                  f"{attempt.get('error') or ''}", flush=True)
         record["bf16"] = bf16
         record["ecf"] = run_ecf(folder, config, device, args, options)
     if args.out:

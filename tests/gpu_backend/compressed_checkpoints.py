@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 from gpu_backend.loader import weight_files
 from gpu_backend.weights import CompressSummary, compress_checkpoint, open_weights
-from gpu_backend.weights.format import METADATA_KEY
+from gpu_backend.weights.codec import crc32
+from gpu_backend.weights.format import CODED, METADATA_KEY, PARTS, part_name
 
 BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64, 1: torch.uint8}
 
@@ -74,3 +75,18 @@ def rewrite_header(file: Path, **changes: object) -> None:
     body = json.loads(metadata[METADATA_KEY])
     body.update(changes)
     save_file(tensors, str(file), metadata={**metadata, METADATA_KEY: json.dumps(body)})
+
+
+def as_version_1(folder: Path) -> None:
+    """Rewrite a compressed folder's files as ECF version 1 wrote them: one checksum per part, no tiles."""
+    for file in weight_files(folder):
+        with safe_open(file, framework="pt", device="cpu") as handle:
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+            metadata = handle.metadata()
+        body = json.loads(metadata[METADATA_KEY])
+        for name, entry in body["tensors"].items():
+            if entry["encoding"] == CODED:
+                entry["parts"] = {part: crc32(tensors[part_name(name, part)]) for part in PARTS}
+                del entry["tiles"]
+        body["version"] = 1
+        save_file(tensors, str(file), metadata={**metadata, METADATA_KEY: json.dumps(body)})

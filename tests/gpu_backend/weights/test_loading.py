@@ -10,7 +10,7 @@ import httpx
 import pytest
 import torch
 from backend_fixtures import OPTIONS, TOKEN, serving
-from compressed_checkpoints import compress
+from compressed_checkpoints import as_version_1, compress
 from spawned_ranks import run_engine_rank, run_ranks
 
 from gpu_backend import LLM, SamplingParams
@@ -18,6 +18,7 @@ from gpu_backend.builtin_models import builtin_model_path
 from gpu_backend.engine.embedder import Embedder
 from gpu_backend.server.api import create_app
 from gpu_backend.server.client import LocalEngines
+from gpu_backend.weights import compress as compress_module
 
 PROMPTS = ["Once upon a time", "The quick brown fox", "A"]
 SAMPLINGS = {"greedy": SamplingParams(temperature=0.0, max_tokens=16),
@@ -35,6 +36,13 @@ def compressed(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFa
         compress(checkpoints[arch], dst)
     folders[SHAKESPEARE] = root / "shakespeare"
     compress(builtin_model_path(SHAKESPEARE), folders[SHAKESPEARE])
+    with pytest.MonkeyPatch.context() as patch:  # tiles of 512 weights: several per matrix, as real ones have
+        patch.setattr(compress_module, "MIN_TILE_WEIGHTS", 512)
+        compress(checkpoints["qwen2"], root / "qwen2_small_tiles")
+    folders["qwen2_small_tiles"] = root / "qwen2_small_tiles"
+    compress(checkpoints["qwen2"], root / "qwen2_v1")
+    as_version_1(root / "qwen2_v1")
+    folders["qwen2_v1"] = root / "qwen2_v1"
     return folders
 
 
@@ -71,12 +79,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_tp2_ranks_load_their_slices_of_a_compressed_checkpoint(checkpoints: dict[str, Path],
+@pytest.mark.parametrize("folder", ["qwen2", "qwen2_small_tiles", "qwen2_v1"])
+def test_tp2_ranks_load_their_slices_of_a_compressed_checkpoint(checkpoints: dict[str, Path], folder: str,
                                                                  compressed: dict[str, Path], tmp_path: Path) -> None:
+    """Version 2 (each rank reads the tiles of its slices: with small tiles, about half of each matrix) and
+    version 1 (each rank reads every part whole, then cuts it)."""
     sampling = {"temperature": 0.0, "max_tokens": 16}
     expected = token_ids(checkpoints["qwen2"], SamplingParams(**sampling))
     options = {**OPTIONS, "num_kv_blocks": 64}
-    run_ranks(run_engine_rank, 2, (2, free_port(), str(compressed["qwen2"]), PROMPTS, sampling, options, str(tmp_path)))
+    run_ranks(run_engine_rank, 2, (2, free_port(), str(compressed[folder]), PROMPTS, sampling, options, str(tmp_path)))
     for rank in range(2):
         assert torch.load(tmp_path / f"rank{rank}.pt") == expected
 

@@ -6,7 +6,6 @@ slice is never read by that rank, one inside names its tile; version 1 files sti
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 import torch
 from backend_fixtures import OPTIONS
 from compressed_checkpoints import (
+    as_version_1,
     assert_bit_identical,
     compress,
     decoded_tensors,
@@ -23,7 +23,6 @@ from compressed_checkpoints import (
     stored_range,
 )
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from gpu_backend import LLM, SamplingParams
 from gpu_backend.checkpoint_tensor import CheckpointTensor
@@ -35,7 +34,7 @@ from gpu_backend.models.registry import build_model
 from gpu_backend.parallel.state import TensorParallel, set_tensor_parallel
 from gpu_backend.weights import compress as compress_module
 from gpu_backend.weights import compress_tensors, open_weights
-from gpu_backend.weights.codec import crc32, encode
+from gpu_backend.weights.codec import encode
 from gpu_backend.weights.format import (
     CODED,
     ESCAPE_COLS,
@@ -43,7 +42,6 @@ from gpu_backend.weights.format import (
     ESCAPE_VALUES,
     EXPONENT_INDEX,
     FORMAT_VERSION,
-    METADATA_KEY,
     PARTS,
     SIGN_MANTISSA,
     FileHeader,
@@ -74,21 +72,6 @@ def header_of(file: Path) -> FileHeader:
         header = FileHeader.from_metadata(handle.metadata(), str(file))
     assert header is not None
     return header
-
-
-def as_version_1(folder: Path) -> None:
-    """Rewrite a compressed folder's files as version 1 wrote them: one checksum per part, no tiles."""
-    for file in weight_files(folder):
-        with safe_open(file, framework="pt", device="cpu") as handle:
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-            metadata = handle.metadata()
-        body = json.loads(metadata[METADATA_KEY])
-        for name, entry in body["tensors"].items():
-            if entry["encoding"] == CODED:
-                entry["parts"] = {part: crc32(tensors[part_name(name, part)]) for part in PARTS}
-                del entry["tiles"]
-        body["version"] = 1
-        save_file(tensors, str(file), metadata={**metadata, METADATA_KEY: json.dumps(body)})
 
 
 def weight() -> torch.Tensor:

@@ -89,4 +89,4 @@ def as_version_1(folder: Path) -> None:
                 entry["parts"] = {part: crc32(tensors[part_name(name, part)]) for part in PARTS}
                 del entry["tiles"]
         body["version"] = 1
-        save_file(tensors, str(file), metadata={**metadata, METADATA_KEY: json.dumps(body)})
+        save_file(tensors, str(file), metadata={**metadata, METADATA_KEY: json.dumps(body, separators=(",", ":"))})

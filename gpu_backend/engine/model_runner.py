@@ -297,7 +297,7 @@ def _source_rows(layer: LinearBase) -> list[int]:
         return [layer.q_size, layer.kv_size, layer.kv_size]
     if isinstance(layer, MergedColumnParallelLinear):
         return [size // tp_size() for size in layer.output_sizes]
-    return [layer._weight_shape[0]]
+    return [layer.weight_shape[0]]
 
 
 @torch.no_grad()
@@ -306,16 +306,16 @@ def _fill_dummy_compressed(model: torch.nn.Module, dtype: torch.dtype, device: t
     one checkpoint-sized tensor at a time: no dense weight larger than one such tensor ever exists,
     so a model too large for the device in bf16 loads. Each tensor keeps its own table, as when read."""
     generator = torch.Generator(device).manual_seed(seed)
-    layers = [m for m in model.modules() if isinstance(m, LinearBase) and m._coded_sources is not None]
+    layers = [m for m in model.modules() if isinstance(m, LinearBase) and m.loading_compressed]
     for layer in layers:
-        first, cols = 0, layer._weight_shape[1]
+        first, cols = 0, layer.weight_shape[1]
         for rows in _source_rows(layer):
             dense = torch.empty((rows, cols), dtype=dtype, device=device)
             step = max(1, (1 << 24) // cols)  # float32 draws in chunks: a fraction of the tensor's size more
             for start in range(0, rows, step):
                 chunk = dense[start:start + step]
                 chunk.copy_(0.02 * torch.randn(chunk.shape, generator=generator, device=device))
-            layer._coded_sources[first] = encode_on_device(dense)
+            layer.keep_coded(first, encode_on_device(dense))
             first += rows
             del dense
         layer.finish_loading()

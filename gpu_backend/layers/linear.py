@@ -90,6 +90,22 @@ class LinearBase(nn.Module):
         """What the matmuls read: the compressed weight when the layer holds one, else the dense one."""
         return self.compressed if self.compressed is not None else self.weight
 
+    @property
+    def loading_compressed(self) -> bool:
+        """Between keep_compressed (or a compressed build) and finish_loading: loads keep coded parts."""
+        return self._coded_sources is not None
+
+    @property
+    def weight_shape(self) -> tuple[int, int]:
+        """This rank's (rows, columns) of the weight, whether it is held dense or coded."""
+        return self._weight_shape if self._coded_sources is not None else tuple(self.weight.shape)  # type: ignore[return-value]
+
+    def keep_coded(self, first_row: int, parts: Parts) -> None:
+        """Take the coded parts of the weight's rows from ``first_row`` on (one source tensor's, encoded
+        elsewhere, e.g. on the device); finish_loading stacks them."""
+        assert self._coded_sources is not None, "keep_coded needs keep_compressed or a compressed build first"
+        self._coded_sources[first_row] = parts
+
     def keep_compressed(self) -> None:
         """Hold the weight coded from the next load on: the dense parameter is emptied now, and the
         weight loader keeps each source tensor's parts (this rank's slice) until finish_loading."""

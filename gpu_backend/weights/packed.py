@@ -93,13 +93,12 @@ def coded_slice(loaded: Loaded, along: tuple[int, int, int] | None) -> Parts:
     """
     if along is not None:
         check_range(loaded.shape, *along)
-    parts = loaded.coded_parts() if isinstance(loaded, CheckpointTensor) else None
-    if parts is None or (along is not None and along[0] == 1 and along[1] % 2):
+    # the reader reads (and checks) only the tiles that cover the slice; None: not stored coded in this
+    # dtype, or a column range at an odd start, which the nibble plane cannot slice
+    parts = loaded.coded_parts(along) if isinstance(loaded, CheckpointTensor) else None
+    if parts is None:
         return encode_dense(materialize(loaded) if along is None else narrow(loaded, *along))
-    if along is None:
-        return parts
-    dim, start, length = along
-    return slice_rows(parts, start, length) if dim == 0 else slice_cols(parts, start, length)
+    return parts
 
 
 @dataclass

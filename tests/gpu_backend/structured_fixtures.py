@@ -9,11 +9,14 @@ leaves out; these copies end on ``<|eot_id|>`` the same way, and take ``max_posi
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 import random
 import shutil
 from pathlib import Path
 from typing import Any
 
+from backend_fixtures import MODEL, Backend, served_backend
 from gpu_backend.tokenizer import Tokenizer
 
 END_TOKEN = "<|eot_id|>"
@@ -48,3 +51,12 @@ def random_schema(rng: random.Random, depth: int = 0) -> dict[str, Any]:
     names = rng.sample(["a", "b", "c", "d"], rng.randint(1, 3))
     return {"type": "object", "properties": {name: random_schema(rng, depth + 1) for name in names},
             "required": rng.sample(names, rng.randint(0, len(names))), "additionalProperties": False}
+
+
+@contextmanager
+def special_eos_backend(source: Path, folder: Path) -> Iterator[Backend]:
+    """A backend serving, as MODEL, a copy of ``source`` that ends on a special token, with room for
+    rendered tools and long conversations (1,024 positions)."""
+    with served_backend({MODEL: special_eos_copy(source, folder, 1024)}, device="cpu", dtype="float32",
+                        num_kv_blocks=128, max_model_len=1024) as backend:
+        yield backend

@@ -21,8 +21,8 @@ import openai
 import pytest
 from jsonschema import Draft202012Validator
 
-from backend_fixtures import MODEL, Backend, served_backend
-from structured_fixtures import special_eos_copy
+from backend_fixtures import MODEL, Backend
+from structured_fixtures import special_eos_backend
 
 GREEDY = {"temperature": 0}
 PERSON = {
@@ -43,9 +43,7 @@ TEXT_END = ["response.output_text.done", "response.content_part.done", "response
 
 @pytest.fixture(scope="module")
 def backend(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    folder = special_eos_copy(checkpoints["llama"], tmp_path_factory.mktemp("responses") / "llama", 1024)
-    with served_backend({MODEL: folder}, device="cpu", dtype="float32", num_kv_blocks=128,
-                        max_model_len=1024) as backend:
+    with special_eos_backend(checkpoints["llama"], tmp_path_factory.mktemp("responses") / "llama") as backend:
         yield backend
 
 

@@ -22,8 +22,8 @@ import openai
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend_fixtures import MODEL, TOKEN, Backend, served_backend
-from structured_fixtures import random_schema, special_eos_copy
+from backend_fixtures import MODEL, TOKEN, Backend
+from structured_fixtures import random_schema, special_eos_backend
 from gpu_backend.engine.structured_output import StructuredOutput
 from gpu_backend.errors import InvalidRequestError
 from gpu_backend.server.errors import BadInputError
@@ -54,9 +54,7 @@ class Verdict(BaseModel):
 
 @pytest.fixture(scope="module")
 def backend(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    folder = special_eos_copy(checkpoints["llama"], tmp_path_factory.mktemp("structured") / "llama", 1024)
-    with served_backend({MODEL: folder}, device="cpu", dtype="float32", num_kv_blocks=128,
-                        max_model_len=1024) as backend:
+    with special_eos_backend(checkpoints["llama"], tmp_path_factory.mktemp("structured") / "llama") as backend:
         yield backend
 
 

@@ -94,8 +94,8 @@ class ModelRunner:
 
     def _build_and_load(self, progress: bool) -> torch.nn.Module:
         started = time.perf_counter()
-        # an ECF checkpoint in kernel mode: the linear layers never hold a whole dense weight
-        # random weights in kernel mode: made and coded one tensor at a time (_fill_dummy_compressed)
+        # Kernel mode: the linear layers never hold a whole dense weight, whether they read an ECF checkpoint
+        # or take random weights made and coded one tensor at a time (_fill_dummy_compressed).
         dummy_compressed = self.config.load_format == "dummy" and self.config.compressed_weights == "kernel"
         if dummy_compressed and self.dtype not in (torch.bfloat16, torch.float32):
             raise ValueError(f"load_format='dummy' with compressed_weights='kernel' makes ECF weights, which code "
@@ -230,7 +230,7 @@ class ModelRunner:
             return LaunchedStep(inputs.seq_ids, inputs.sampled_rows, None, None)
         index = to_device(inputs.last_token_indices(), torch.long, self.device)
         logits = self.model.compute_logits(hidden.index_select(0, index))
-        # Built before the masks: they may read the previous step back and release finished rows.
+        # From the plan alone: the masks read the previous step back, but release nothing until it is sampled.
         sampling = build_sampling_batch(inputs.sampling, logits.shape[-1], self.device, self._generator)
         if masks is not None:
             add_token_bitmask(sampling, masks(inputs.sampling), self.device)

@@ -21,9 +21,10 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .admission import NoBackgroundSlot
 from .batch_store import BatchStore, ItemOutcome, QueuedItem
@@ -47,6 +48,7 @@ INTERNAL_MESSAGE = "AiError: internal error: the failure is in the backend's log
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
+T = TypeVar("T")
 ExecuteItem = Callable[["Service", QueuedItem], Awaitable[ItemOutcome]]
 
 
@@ -100,14 +102,32 @@ def queue_request(query: str | None) -> bool:
     raise BadInputError(f"queueRequest must be true or false, got {query!r}", param="queueRequest")
 
 
-def batch_answer(service: Service, model: str, task: str, body: Any) -> dict[str, Any]:
+async def batch_answer(service: Service, model: str, task: str, body: Any) -> dict[str, Any]:
     """The run route's answer to a batch call: a poll when ``body`` names a request_id, else a batch queued."""
     if service.batches is None:
         raise BadInputError("this backend keeps no async batches: serve it with `edgewise backend serve` "
                             "(--batch-dir), or create_app(..., batches=BatchConfig(folder))", param="queueRequest")
     if isinstance(body, dict) and "request_id" in body:
-        return service.batches.poll(model, body)
-    return service.batches.submit(model, task, body, service)
+        return await service.batches.poll(model, body)
+    return await service.batches.submit(model, task, body, service)
+
+
+class StoreCalls:
+    """The store's calls, made on one thread of their own: SQLite's writes, and its waits while another
+    backend on the same folder holds the write lock (up to the store's busy timeout), never block the
+    event loop, and one thread keeps them in order on the one connection."""
+
+    def __init__(self, store: BatchStore) -> None:
+        self.store = store
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="edgewise-batch-store")
+
+    async def __call__(self, method: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, method, *args)
+
+    def close(self) -> None:
+        """Wait for the call in progress, if any (a caller cancelled meanwhile), then close the store."""
+        self._thread.shutdown(wait=True)
+        self.store.close()
 
 
 class Batches:
@@ -116,30 +136,31 @@ class Batches:
     def __init__(self, config: BatchConfig, service: Service, execute: ExecuteItem) -> None:
         self.config = config
         self.store = BatchStore(config.folder, config.retention_s)
-        self._runner = BatchRunner(self.store, service, execute, config.max_running_items)
+        self._calls = StoreCalls(self.store)
+        self._runner = BatchRunner(self._calls, service, execute, config.max_running_items)
 
     async def start(self) -> None:
         self._runner.start()
 
     async def stop(self) -> None:
         await self._runner.stop()
-        self.store.close()
+        self._calls.close()
 
-    def submit(self, model: str, task: str, body: Any, service: Service) -> dict[str, Any]:
+    async def submit(self, model: str, task: str, body: Any, service: Service) -> dict[str, Any]:
         """Queue the batch in ``body`` (checked whole first); the answer names its request_id."""
         items = self._checked_items(model, task, body, service)
-        request_id = self.store.add(model, items)
+        request_id = await self._calls(self.store.add, model, items)
         self._runner.start()  # served without a lifespan: the first batch starts the runner
         self._runner.wake()
         return {"status": "queued", "request_id": request_id, "model": model}
 
-    def poll(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def poll(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
         request_id = body["request_id"]
         if not isinstance(request_id, str) or not request_id:
             raise BadInputError(f"'request_id' must be the string a queued batch answered, got {request_id!r}",
                                 param="request_id")
         self._runner.start()  # after a restart, a poll is the first sign of life
-        state = self.store.state(request_id)
+        state = await self._calls(self.store.state, request_id)
         if state is None:
             raise UnknownBatchError(request_id, self.config.retention_s)
         if state.model != model:
@@ -189,8 +210,9 @@ def _checked_item(index: int, item: Any, model: str, task: str, service: Service
 class BatchRunner:
     """One task that starts queued items, oldest batch first, whenever their model grants a background slot."""
 
-    def __init__(self, store: BatchStore, service: Service, execute: ExecuteItem, max_running: int) -> None:
-        self._store = store
+    def __init__(self, calls: StoreCalls, service: Service, execute: ExecuteItem, max_running: int) -> None:
+        self._calls = calls
+        self._store = calls.store
         self._service = service
         self._execute = execute
         self._max_running = max_running
@@ -224,11 +246,11 @@ class BatchRunner:
     async def _step(self) -> None:
         """Start one item, or wait for a reason to look again."""
         if time.monotonic() - self._purged_at > PURGE_EVERY_S:
-            self._store.purge_expired()
+            await self._calls(self._store.purge_expired)
             self._purged_at = time.monotonic()
-        item = self._claim() if len(self._items) < self._max_running else None
+        item = await self._claim() if len(self._items) < self._max_running else None
         if item is None:
-            waiting = bool(self._store.queued_models())
+            waiting = bool(await self._calls(self._store.queued_models))
             await self._sleep(SLOT_POLL_S if waiting else PURGE_EVERY_S)
             return
         task = asyncio.get_running_loop().create_task(self._run_item(item), name="edgewise-batch-item")
@@ -236,15 +258,15 @@ class BatchRunner:
         task.add_done_callback(self._items.discard)
         await asyncio.sleep(0)  # the item takes its slot before the next one is chosen
 
-    def _claim(self) -> QueuedItem | None:
+    async def _claim(self) -> QueuedItem | None:
         """The oldest queued item of a model that would admit it now, marked running."""
-        for model in self._store.queued_models():
+        for model in await self._calls(self._store.queued_models):
             try:
                 admitted = self._service.admission.can_admit_background(self._service.client.served_name(model))
             except ServiceError:
                 admitted = True  # no such model any more: the item runs, to fail with the reason
             if admitted:
-                return self._store.claim_next(model)
+                return await self._calls(self._store.claim_next, model)
         return None
 
     async def _sleep(self, timeout_s: float) -> None:
@@ -258,10 +280,10 @@ class BatchRunner:
         try:
             outcome = await self._execute(self._service, item)
         except NoBackgroundSlot:  # an interactive request took the slot first
-            self._store.requeue(item)
+            await self._calls(self._store.requeue, item)
             return
         except Exception:  # noqa: BLE001 - one item's failure is its answer, never the batch's
             log.exception("batch %s item %d failed", item.request_id, item.id)
             outcome = ItemOutcome(error={"code": INTERNAL_ERROR_CODE, "message": INTERNAL_MESSAGE})
-        self._store.finish(item, outcome)
+        await self._calls(self._store.finish, item, outcome)
         self._wake.set()

@@ -60,7 +60,7 @@ async def run_model(request: Request) -> Response | EventStream:
     body = await read_json(request, service.limits)
     queued = queue_request(request.query_params.get("queueRequest"))
     if is_batch_call(queued, body):  # async batches: queued, or polled by request_id
-        return JSONResponse(envelope(batch_answer(service, requested, info.task, body)))
+        return JSONResponse(envelope(await batch_answer(service, requested, info.task, body)))
     busy_refused = reject_if_busy(body)
     if info.task == "text-embeddings":
         return JSONResponse(envelope(await embeddings_result(request, model, body, busy_refused)))

@@ -407,3 +407,31 @@ def test_stopping_the_backend_mid_item_runs_the_item_again_at_the_next_start(tmp
     finally:
         held_engines.release.set()
         engines.shutdown()
+
+
+def test_a_store_waiting_on_another_backends_write_lock_blocks_no_other_request(backend: Backend,
+                                                                              tmp_path: Path) -> None:
+    """Another backend on the same folder holds SQLite's write lock: the batch waits for it on the store's
+    thread, while the event loop goes on answering everything else at once."""
+    with batch_server(backend.engines, tmp_path) as (base, _):
+        url = base + MODEL
+        holder = sqlite3.connect(tmp_path / DATABASE, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # as a second backend's write would, for a moment
+        answers: list[httpx.Response] = []
+        queuing = threading.Thread(target=lambda: answers.append(
+            post(url, {"requests": [{"prompt": "hi", "max_tokens": 2}]}, queue=True)))
+        try:
+            queuing.start()
+            time.sleep(0.3)  # the batch is now waiting for the lock
+            started = time.monotonic()
+            health = httpx.get(base.split("/client/")[0] + "/healthz", timeout=5)
+            run = post(url, {"prompt": "hi", "max_tokens": 2})
+            assert health.status_code == 200 and run.status_code == 200
+            assert time.monotonic() - started < 3.0  # not held up behind the waiting batch
+            assert not answers  # still waiting
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+            queuing.join(30)
+        assert answers and answers[0].status_code == 200, answers
+        wait_done(url, answers[0].json()["result"]["request_id"])

@@ -106,3 +106,33 @@ def test_the_backend_serves_a_compressed_folder_as_it_serves_the_original(checkp
         engines.shutdown()
     assert answers[0]["success"] and answers[0]["result"]["response"]
     assert answers[1]["result"]["response"] == answers[0]["result"]["response"]
+
+
+@pytest.mark.parametrize(("tp", "pp"), [(1, 2), (2, 2)], ids=["pp2", "tp2-pp2"])
+def test_a_sharded_instance_over_a_compressed_folder_generates_what_one_process_does(
+        checkpoints: dict[str, Path], compressed: dict[str, Path], tp: int, pp: int) -> None:
+    """Pipeline stages load only their layers' tensors, and each TP rank of a stage its slices, from the
+    compressed folder (Gloo on CPU)."""
+    import asyncio
+
+    from gpu_backend.cluster.config import ClusterConfig
+    from gpu_backend.cluster.sharded_engine import ShardedEngine
+    from gpu_backend.config import EngineConfig
+
+    sampling = SamplingParams(temperature=0.0, max_tokens=12)
+    expected = token_ids(checkpoints["qwen2"], sampling, PROMPTS[:2])
+    engine = ShardedEngine(EngineConfig(model=str(compressed["qwen2_small_tiles"]), **OPTIONS),
+                           ClusterConfig.colocated(tp, pp, instance_timeout_s=20.0))
+
+    async def generate(prompt: str, request_id: str) -> list[int]:
+        tokens: list[int] = []
+        async for output in engine.generate(prompt, sampling, request_id):
+            tokens += output.new_token_ids
+        return tokens
+
+    try:
+        got = [asyncio.run(generate(prompt, f"p{index}")) for index, prompt in enumerate(PROMPTS[:2])]
+        assert engine.error is None
+    finally:
+        engine.shutdown()
+    assert got == expected

@@ -58,6 +58,17 @@ def parameter_bytes(config: dict[str, Any], itemsize: int = 2) -> dict[str, int]
             "params_matmul": config["num_hidden_layers"] * (h * (q + 2 * kv) + q * h + 3 * h * i) + v * h}
 
 
+def cpu_name() -> str:
+    """The host CPU's model name (Linux), for a benchmark's record."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment() -> dict[str, Any]:
     import torch
 

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_runtime.bindings import vectorize, vectorize_config, vectorize_store  # noqa: E402
+from llama_shapes import cpu_name  # noqa: E402  (benchmarks/ is on the path: this script's folder)
 
 RESULTS = ROOT / "benchmarks" / "results" / "vectorize_query.json"
 TARGET_P50_MS, TARGET_RECALL = 5.0, 0.95
@@ -72,16 +73,6 @@ async def timed_queries(index: vectorize.VectorizeIndex, queries: np.ndarray, to
 def recall(found: list[list[str]], truth: np.ndarray, ids: np.ndarray) -> float:
     hits = [len(set(got) & set(ids[row].tolist())) / len(row) for got, row in zip(found, truth)]
     return float(np.mean(hits))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:

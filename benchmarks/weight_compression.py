@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from llama_shapes import LLAMA_3_1_8B, environment
+from llama_shapes import LLAMA_3_1_8B, cpu_name, environment
 
 from gpu_backend.builtin_models import builtin_model_path
 from gpu_backend.loader import weight_files
@@ -174,16 +173,6 @@ def measure(name: str, src: Path, tmp: Path) -> dict:
           + f"; CPU decode {decode_s:.2f} s ({result['cpu_decode_gb_s']:.2f} GB/s of bf16)"
           + (f"; GPU decode {on_gpu * 1e3:.1f} ms ({result['gpu_decode_gb_s']:.0f} GB/s)" if on_gpu else ""))
     return result
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -1,8 +1,11 @@
 """``edgewise backend serve``'s cluster: the shorthand flags and ``--cluster`` give one ClusterConfig,
-which is what the service is started with (captured here instead of loading models)."""
+which is what the service is started with (captured here instead of loading models); and where its
+async batches are kept (``--batch-dir``, ``--batch-retention``), which ``edgewise dev`` sets to its
+project's state folder."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from edge_runtime.backend_process import serve_command
+from edge_runtime.config import EdgewiseConfig
 from gpu_backend.cluster.config import ClusterConfig, InstanceSpec
+from gpu_backend.server.batches import DEFAULT_RETENTION_S, BatchConfig
 from gpu_backend.server import serve as service
 from wrangler_like_cli.main import cli
 
@@ -72,3 +78,58 @@ def test_a_cluster_that_cannot_run_is_refused_before_anything_loads(served: list
     result = serve(*args)
     assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
     assert served == []
+
+
+# -- async batches ------------------------------------------------------------------------------
+
+
+def test_batch_dir_and_retention_reach_the_service(served: list[dict[str, Any]], tmp_path: Path) -> None:
+    result = serve("--batch-dir", str(tmp_path), "--batch-retention", "30m")
+    assert result.exit_code == 0, result.output
+    assert served[-1]["batches"] == BatchConfig(tmp_path, 1800.0)
+
+
+def test_by_default_batches_are_kept_a_day_under_the_state_folder(served: list[dict[str, Any]], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert serve().exit_code == 0
+    assert served[-1]["batches"] == BatchConfig(tmp_path / "edgewise" / "batches", DEFAULT_RETENTION_S)
+
+
+def test_a_bad_retention_is_refused_before_anything_loads(served: list[dict[str, Any]]) -> None:
+    result = serve("--batch-retention", "soon")
+    assert result.exit_code != 0 and not served
+    assert "--batch-retention" in result.output and "24h" in result.output
+
+
+def test_edgewise_dev_passes_the_batch_folder(tmp_path: Path, served: list[dict[str, Any]]) -> None:
+    command = serve_command(EdgewiseConfig(), tmp_path / "state" / "ai")
+    assert command[command.index("--batch-dir") + 1] == str(tmp_path / "state" / "ai")
+    assert "--batch-dir" not in serve_command(EdgewiseConfig())
+    start = command.index("serve") + 1
+    result = serve(*command[start:])  # the real CLI takes it
+    assert result.exit_code == 0, result.output
+    assert served[-1]["batches"].folder == tmp_path / "state" / "ai"
+
+
+def test_edgewise_dev_keeps_batches_under_the_projects_state_folder(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from wrangler_like_cli import dev as dev_module
+    from edge_runtime.config import load_config
+
+    (tmp_path / "entry.py").write_text("")
+    (tmp_path / "wrangler.toml").write_text('name = "w"\nmain = "entry.py"\ncompatibility_date = "2025-11-02"\n'
+                                            '[ai]\nbinding = "AI"\n')
+    commands: list[list[str]] = []
+
+    def start(command: list[str], ready_timeout_s: float) -> Any:
+        commands.append(command)
+        raise dev_module.BackendStartError("stopped by the test")
+
+    monkeypatch.setattr(dev_module.BackendProcess, "start", start)
+    config = load_config(tmp_path, None, None, {})
+    for persist_to, expected in [(None, tmp_path / ".wrangler" / "state" / "v3" / "ai" / "batches"),
+                                 (tmp_path / "kept", tmp_path / "kept" / "v3" / "ai" / "batches")]:
+        with pytest.raises(dev_module.BackendStartError):
+            dev_module._start_backend(config, contextlib.ExitStack(), persist_to)
+        assert commands[-1][commands[-1].index("--batch-dir") + 1] == str(expected.resolve())

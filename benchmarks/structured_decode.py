@@ -215,11 +215,18 @@ def run_mode(llm: LLM, prompts: list[list[int]], full: SamplingParams, first: Sa
     """One repeat: a 1-token run (prefill) and an N-token run, with the engine counters of the latter."""
     core = llm.engine.core
     ttft, _ = timed(llm, prompts, first)
-    stats = core.stats
-    steps, wait_s, mask_s, fill_s = stats.steps, stats.wait_s, core.grammar_mask_s, _fill_s(core)
+    before = core.stats.as_dict()
+    mask_s, fill_s = core.grammar_mask_s, _fill_s(core)
     total, outputs = timed(llm, prompts, full)
-    return {"ttft_s": ttft, "total_s": total, "outputs": outputs, "steps": stats.steps - steps,
-            "wait_s": stats.wait_s - wait_s, "mask_s": core.grammar_mask_s - mask_s, "fill_s": _fill_s(core) - fill_s}
+    after = core.stats.as_dict()
+    phases = {name: after[name] - before[name] for name in HOST_PHASES}
+    return {"ttft_s": ttft, "total_s": total, "outputs": outputs, "steps": after["steps"] - before["steps"],
+            "wait_s": phases["wait_s"], "phases_s": phases, "mask_s": core.grammar_mask_s - mask_s,
+            "fill_s": _fill_s(core) - fill_s}
+
+
+# StepStats' host phases (launch_s holds prepare_s and, in a constrained run, the mask time).
+HOST_PHASES = ("schedule_s", "prepare_s", "launch_s", "wait_s", "postprocess_s")
 
 
 def _fill_s(core: Any) -> float:
@@ -278,6 +285,8 @@ def measure(llm: LLM, batch: int, prompt_len: int, new_tokens: int, repeats: int
                      "wait_ms_per_step": 1000 * best["wait_s"] / best["steps"],
                      "mask_ms_per_step": 1000 * best["mask_s"] / best["steps"],
                      "llguidance_fill_ms_per_step": 1000 * best["fill_s"] / best["steps"],
+                     "host_ms_per_step": {name.removesuffix("_s"): 1000 * seconds / best["steps"]
+                                          for name, seconds in best["phases_s"].items()},
                      "all_repeats_total_s": [r["total_s"] for r in mode_runs]}
     free_row, con_row = row["free"], row["constrained"]
     row["ratio"] = con_row["decode_tok_s"] / free_row["decode_tok_s"]
@@ -288,6 +297,25 @@ def measure(llm: LLM, batch: int, prompt_len: int, new_tokens: int, repeats: int
     row["added_step_ms"] = added_ms
     row["hidden_fraction"] = min(1.0, max(0.0, 1.0 - added_ms / mask_ms)) if mask_ms > 0 else None
     return row
+
+
+def profile_constrained(llm: LLM, batch: int, prompt_len: int, new_tokens: int, names: str,
+                        low_id: int, high_id: int) -> None:
+    """cProfile one constrained run: where the host's time goes, function by function (own time)."""
+    import cProfile
+    import pstats
+
+    generator = torch.Generator().manual_seed(batch)
+    prompts = [torch.randint(low_id, high_id, (prompt_len,), generator=generator).tolist() for _ in range(batch)]
+    structured = StructuredOutput.json_schema(throughput_schema(new_tokens, names))
+    params = SamplingParams(temperature=0.0, max_tokens=new_tokens, structured=structured)
+    llm.generate(prompts, params)  # this schema compiled
+    profiler = cProfile.Profile()
+    profiler.enable()
+    timed(llm, prompts, params)
+    profiler.disable()
+    print(f"== profile: batch {batch}, {new_tokens} constrained tokens", flush=True)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
 
 
 def main() -> None:
@@ -301,6 +329,9 @@ def main() -> None:
                         help="the schema's name strings: any text (worst case), or lower-case words")
     parser.add_argument("--torch-threads", type=int, help="torch.set_num_threads before the engine starts")
     parser.add_argument("--grammar-threads", type=int, help="llguidance's executor threads (default: its own)")
+    parser.add_argument("--profile", type=int, metavar="TOKENS",
+                        help="after the measurements, cProfile one constrained run of the first batch size, "
+                             "TOKENS new tokens, and print its 30 costliest functions (own time)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.torch_threads:
@@ -357,7 +388,12 @@ def main() -> None:
                   flush=True)
             print(f"          of which llguidance filling rows {con_row['llguidance_fill_ms_per_step']:.3f} ms/step",
                   flush=True)
+            for mode in ("free", "constrained"):
+                print(f"          {mode} host ms/step: " + "  ".join(
+                    f"{name} {ms:.3f}" for name, ms in row[mode]["host_ms_per_step"].items()), flush=True)
             print(f"          constrained text: {row['sample']!r}", flush=True)
+        if args.profile:
+            profile_constrained(llm, batches[0], prompt_len, args.profile, args.names, low_id, high_id)
         del llm
         gc.collect()
     record = {

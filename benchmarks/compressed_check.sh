@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One device call for lossless weight compression (issue 20): the ECF kernels' GPU tests, bf16
+# batch-1 decode on this tree and on a baseline tree (the GEMV kernel gained the ECF path: does bf16
+# still run as fast?), then compressed_decode.py (bf16, ECF decoded at load, ECF in the kernels).
+#
+#   bash benchmarks/compressed_check.sh OUT_DIR [BASELINE_DIR] [all|tests|decode|capacity]
+#
+# capacity: compressed_capacity.py on the Llama-3.1-70B shape (an H200), then the weights' GPU tests.
+# Each step has its own time bound (CD_TIMEOUT for compressed_decode.py), so one slow step cannot eat the call.
+set -u
+out=$1
+baseline=${2:-}
+what=${3:-all}
+site=${SITE:-/tmp/site}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$site:$PWD:$PWD/sdk:$PWD/benchmarks
+nvidia-smi -L
+python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
+gpu_tests() {  # gpu_tests TIMEOUT LOG PATHS...
+    local limit=$1 log=$2; shift 2
+    timeout "$limit" python3 -m pytest -q -m gpu "$@" -p no:cacheprovider --maxfail=20 --timeout 120 2>&1 \
+        | tee "$out/$log" | tail -12
+}
+if [ "$what" = all ] || [ "$what" = tests ]; then
+    echo "== GPU tests: ECF kernels, bf16 GEMV, compressed loading"
+    gpu_tests 200 gpu_tests_ecf.log tests/gpu_backend/kernels/test_triton_ecf_linear.py \
+        tests/gpu_backend/kernels/test_triton_linear.py tests/gpu_backend/weights
+fi
+if [ "$what" = all ] || [ "$what" = decode ]; then
+    if [ -n "$baseline" ]; then
+        for tree in "$baseline" "$PWD"; do
+            name=$([ "$tree" = "$PWD" ] && echo this || echo baseline)
+            echo "== bf16 decode_latency, $name tree"
+            PYTHONPATH=$site:$tree:$tree/sdk timeout 100 python3 "$tree/benchmarks/decode_latency.py" \
+                --variants graphs --out "$out/decode_latency_$name.json" | tail -2
+        done
+    fi
+    echo "== compressed_decode"
+    timeout "${CD_TIMEOUT:-330}" python3 benchmarks/compressed_decode.py --out "$out/compressed_decode.json" \
+        ${CD_ARGS:-}
+fi
+if [ "$what" = capacity ]; then
+    echo "== compressed_capacity"
+    timeout "${CAP_TIMEOUT:-420}" python3 benchmarks/compressed_capacity.py --out "$out/compressed_capacity.json"
+    gpu_tests 120 gpu_tests_weights.log tests/gpu_backend/weights
+fi

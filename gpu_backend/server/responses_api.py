@@ -4,7 +4,8 @@ The body is translated into Workers AI's Responses-style inputs (``instructions`
 checked by the same schemas as every route; the answer is made by ``responses_output.py``, as the
 run route's Responses-style answers are. ``input`` is a string or a list of items: messages
 (``{role, content}``, with or without ``type: "message"``; content as a string or text parts),
-``function_call`` and ``function_call_output`` items, so a tool loop works. ``text.format`` is
+``function_call`` and ``function_call_output`` items, so a tool loop works (``responses_input.py``
+turns them into chat messages, on this route and the run route alike). ``text.format`` is
 OpenAI's ``response_format`` flattened (``{type: "json_schema", name, schema, strict}``);
 function ``tools`` are flat (``{type: "function", name, description, parameters}``). This backend
 keeps no responses: fields that need a stored one (``previous_response_id``, ``conversation``,
@@ -13,7 +14,6 @@ keeps no responses: fields that need a stored one (``previous_response_id``, ``c
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -25,7 +25,7 @@ from .errors import BadInputError
 from .generation import Generation, unless_disconnected
 from .request_scope import resources
 from .responses_output import ResponseEcho, ResponseFrame, response_events, response_object
-from .schemas import SESSION_HEADER, Message, parse_text_generation
+from .schemas import SESSION_HEADER, parse_text_generation
 from .streaming import EventStream
 from .structured import SCHEMA_NAME, checked_schema
 from .workers_ai import served_model
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 # Responses' own fields, and Workers AI's sampling extras that the chat route takes too (ignore_eos for benchmarks)
 _PASSED_THROUGH = ("temperature", "top_p", "top_k", "seed", "frequency_penalty", "presence_penalty",
                    "repetition_penalty", "ignore_eos", "stream", "tools", "parallel_tool_calls", "top_logprobs")
-_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 _KEPT_NOWHERE = "this backend keeps no responses: send the whole conversation in 'input' and remove it"
 _NEEDS_STORAGE = {"previous_response_id": _KEPT_NOWHERE, "conversation": _KEPT_NOWHERE,
                   "prompt": "stored prompt templates are not supported: send 'instructions' and 'input' instead"}
@@ -68,13 +67,13 @@ def _workers_ai_inputs(body: dict[str, Any], text_format: dict[str, Any], includ
     inputs.setdefault("temperature", openai_api.OPENAI_DEFAULT_TEMPERATURE)
     if "instructions" in body and body["instructions"] is not None:
         inputs["instructions"] = body["instructions"]
-    inputs["input"] = _input(body.get("input"))
+    inputs["input"] = body.get("input")  # items become chat messages in parse_text_generation, as on the run route
     inputs["max_tokens"] = _max_output_tokens(body.get("max_output_tokens"))
     inputs["response_format"] = _response_format(text_format)
     inputs["logprobs"] = include_logprobs
     if body.get("tool_choice") is not None:
         inputs["tool_choice"] = _tool_choice(body["tool_choice"])
-    return {key: value for key, value in inputs.items() if value is not None}
+    return {key: value for key, value in inputs.items() if value is not None or key == "input"}
 
 
 def _refuse_unkept(body: dict[str, Any]) -> None:
@@ -94,82 +93,6 @@ def _refuse_unkept(body: dict[str, Any]) -> None:
     if body.get("truncation") not in (None, "disabled"):
         raise BadInputError(f"'truncation' must be \"disabled\" (or left out), got {body['truncation']!r}: this "
                             f"backend never drops input; shorten 'input' instead", param="truncation")
-
-
-def _input(value: Any) -> str | list[Message]:
-    if isinstance(value, str) and value:
-        return value
-    if not isinstance(value, list) or not value:
-        raise BadInputError("'input' is required: a non-empty string, or a list of items such as {\"role\": \"user\", "
-                            "\"content\": \"...\"}", param="input")
-    messages: list[Message] = []
-    for index, item in enumerate(value):
-        _add_item(messages, item, f"input[{index}]")
-    return messages
-
-
-def _add_item(messages: list[Message], item: Any, where: str) -> None:
-    """Appends one input item as chat messages: a function call joins the assistant turn before it."""
-    kind = item.get("type", "message") if isinstance(item, dict) else None
-    if kind == "message":
-        messages.append(_message(item, where))
-    elif kind == "function_call":
-        call = {"id": _string(item, "call_id", where), "type": "function",
-                "function": {"name": _string(item, "name", where), "arguments": _arguments(item, where)}}
-        if messages and messages[-1]["role"] == "assistant":
-            messages[-1].setdefault("tool_calls", []).append(call)
-        else:
-            messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
-    elif kind == "function_call_output":
-        output = item.get("output")
-        messages.append({"role": "tool", "tool_call_id": _string(item, "call_id", where),
-                         "content": output if isinstance(output, str) else _text(output, f"{where}.output")})
-    else:
-        raise BadInputError(f"'{where}' must be a message {{\"role\", \"content\"}} or an item of type \"message\", "
-                            f"\"function_call\" or \"function_call_output\", got "
-                            f"{kind if kind is not None else type(item).__name__!r}", param="input")
-
-
-def _message(item: dict[str, Any], where: str) -> Message:
-    role = item.get("role")
-    if role not in _ROLES:
-        raise BadInputError(f"'{where}.role' must be \"user\", \"assistant\", \"system\" or \"developer\", got "
-                            f"{role!r}", param="input")
-    content = item.get("content")
-    return {"role": _ROLES[role], "content": content if isinstance(content, str) else _text(content, f"{where}.content")}
-
-
-def _text(parts: Any, where: str) -> str:
-    """The text of a list of ``input_text`` (or ``output_text``) parts; this backend's models read text only."""
-    if not isinstance(parts, list):
-        raise BadInputError(f"'{where}' must be a string or a list of {{\"type\": \"input_text\", \"text\": ...}} "
-                            f"parts", param="input")
-    texts = []
-    for index, part in enumerate(parts):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in ("input_text", "output_text") or not isinstance(part.get("text"), str):
-            raise BadInputError(f"'{where}[{index}]' must be a text part {{\"type\": \"input_text\", \"text\": ...}}, "
-                                f"got type {kind!r}: this backend's models read text only", param="input")
-        texts.append(part["text"])
-    return "".join(texts)
-
-
-def _string(item: dict[str, Any], key: str, where: str) -> str:
-    value = item.get(key)
-    if not isinstance(value, str) or not value:
-        raise BadInputError(f"'{where}.{key}' must be a non-empty string", param="input")
-    return value
-
-
-def _arguments(item: dict[str, Any], where: str) -> str:
-    arguments = item.get("arguments")
-    try:
-        if isinstance(arguments, str) and isinstance(json.loads(arguments), dict):
-            return arguments
-    except ValueError:
-        pass
-    raise BadInputError(f"'{where}.arguments' must be a JSON object as text, such as \"{{\\\"city\\\": "
-                        f"\\\"Paris\\\"}}\"", param="input")
 
 
 def _max_output_tokens(value: Any) -> int | None:

@@ -19,6 +19,7 @@ from ..engine.sampling_params import MAX_ABS_LOGIT_BIAS, MAX_LOGIT_BIAS_TOKENS, 
 from ..engine.structured_output import StructuredOutput
 from .errors import BadInputError, LoraUnsupportedError
 from .limits import DEFAULT_LIMITS, InputLimits
+from .responses_input import chat_messages
 from .structured import Dialect, parse_response_format
 from .tools import Tool, ToolChoice, message_tool_calls, parse_tool_choice, parse_tools
 
@@ -233,10 +234,10 @@ def _responses_messages(inputs: dict[str, Any], limits: InputLimits) -> list[Mes
     if isinstance(given, str) and given:
         messages.append({"role": "user", "content": _unicode(given, "input", "input")})
     elif isinstance(given, list) and given:
-        messages.extend(_messages(given, "input", limits))
+        messages.extend(_messages(chat_messages(given), "input", limits))
     else:
-        raise BadInputError("'input' is required with 'instructions': a non-empty string or list of messages",
-                            param="input")
+        raise BadInputError("'input' is required: a non-empty string, or a list of items such as {\"role\": \"user\", "
+                            "\"content\": \"...\"}", param="input")
     return messages
 
 

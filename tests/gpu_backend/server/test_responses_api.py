@@ -232,6 +232,23 @@ def test_the_run_routes_responses_style_call_is_the_same_item(backend: Backend, 
     assert _without_ids(reply.json()["result"]["output"]) == _without_ids(response.model_dump(mode="json", exclude_unset=True)["output"])
 
 
+def test_the_run_route_takes_function_call_items_as_the_responses_route_does(
+        backend: Backend, client: openai.OpenAI) -> None:
+    items = [{"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Be brief."}]},
+             {"role": "user", "content": "Weather in Paris?"},
+             {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+             {"type": "function_call_output", "call_id": "call_1", "output": "Sunny, 21 C"}]
+    response = client.responses.create(model=MODEL, input=items, tools=[WEATHER], tool_choice="none",
+                                       max_output_tokens=10, **GREEDY)
+    reply = backend.run({"input": items, "tools": [WEATHER], "tool_choice": "none", "max_tokens": 10, **GREEDY})
+    assert reply.status_code == 200, reply.text
+    result = reply.json()["result"]
+    assert _without_ids(result["output"]) == _without_ids(response.model_dump(mode="json", exclude_unset=True)["output"])
+    assert result["usage"]["input_tokens"] == response.usage.input_tokens  # the same conversation reached the model
+    bad = backend.run({"input": [{"type": "function_call_output", "output": "x"}]})
+    assert bad.status_code == 400 and "'input[0].call_id' must be a non-empty string" in bad.text
+
+
 def test_answers_and_bodies_are_what_the_openapi_document_says(backend: Backend) -> None:
     document = httpx.get(f"{backend.url}/openapi.json", headers=backend.headers()).json()
     components = document["components"]

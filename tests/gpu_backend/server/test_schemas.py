@@ -52,6 +52,26 @@ def test_responses_style_input() -> None:
     assert listed.messages == [{"role": "user", "content": "hi"}]
 
 
+def test_responses_style_items_become_the_chat_turns_they_spell() -> None:
+    call = {"type": "function_call", "call_id": "call_1", "name": "lookup", "arguments": '{"id": 7}'}
+    parsed = parse_text_generation({"input": [
+        {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Use tools."}]},
+        {"role": "user", "content": "Who is 7?"},
+        call, {**call, "call_id": "call_2", "arguments": '{"id": 8}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "Ada"},
+        {"type": "function_call_output", "call_id": "call_2", "output": [{"type": "input_text", "text": "Alan"}]},
+    ]}, MODEL)
+    assert parsed.messages == [  # the arguments parsed, as chat templates read them
+        {"role": "system", "content": "Use tools."},
+        {"role": "user", "content": "Who is 7?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": {"id": 7}}},
+            {"id": "call_2", "type": "function", "function": {"name": "lookup", "arguments": {"id": 8}}}]},
+        {"role": "tool", "content": "Ada", "tool_call_id": "call_1"},
+        {"role": "tool", "content": "Alan", "tool_call_id": "call_2"},
+    ]
+
+
 @pytest.mark.parametrize(("body", "match"), [
     ({}, "required properties at '/' are 'prompt' or 'messages'"),
     ({"prompt": "a", "messages": [{"role": "user", "content": "b"}]}, "mutually exclusive"),

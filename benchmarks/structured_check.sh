@@ -5,7 +5,8 @@
 #   bash benchmarks/structured_check.sh OUT_DIR [diag|final|tests]
 #
 # diag: the mask's host cost four ways at batch 32 (as the engine runs it, with a cProfile of one run;
-# torch.set_num_threads(1); OMP_WAIT_POLICY=PASSIVE; llguidance on 8 threads), to find where the host time goes. final: batch 32 and 1, both name schemas. tests: pytest -m gpu.
+# torch.set_num_threads(1); OMP_WAIT_POLICY=PASSIVE; llguidance on 8 threads) and with unbounded name strings,
+# to find where the host time goes. final: batch 32 and 1, each name schema. tests: pytest -m gpu.
 # Each step has its own time bound, so one slow step cannot eat the call.
 set -u
 out=$1
@@ -21,9 +22,10 @@ sd() {  # sd NAME ARGS...
         | grep -vE "^\s+constrained text"
 }
 if [ "$what" = diag ]; then
-    for variant in ${DIAG_VARIANTS:-default torch1 passive llg8}; do
+    for variant in ${DIAG_VARIANTS:-default text torch1 passive llg8}; do
         case $variant in
             default) sd default --batches 32 --repeats 1 --new-tokens 256 --profile 128 ;;
+            text) sd text --batches 32 --repeats 1 --new-tokens 256 --names text ;;
             torch1) sd torch1 --batches 32 --repeats 1 --new-tokens 256 --torch-threads 1 ;;
             passive) OMP_WAIT_POLICY=PASSIVE sd passive --batches 32 --repeats 1 --new-tokens 256 ;;
             llg8) sd llg8 --batches 32 --repeats 1 --new-tokens 256 --grammar-threads 8 ;;
@@ -35,6 +37,7 @@ if [ "$what" = diag ]; then
         -p no:cacheprovider --timeout 60 2>&1 | tail -4
 elif [ "$what" = final ]; then
     sd any --batches 32,1 --repeats 3 "${@:3}"
+    sd text --batches 32,1 --repeats 3 --names text "${@:3}"
     sd lowercase --batches 32,1 --repeats 3 --names lowercase "${@:3}"
 fi
 if [ "$what" = tests ]; then

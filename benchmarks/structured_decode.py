@@ -93,6 +93,8 @@ NAME_SCHEMAS = {
     # Any string: a random-weight model then picks arbitrary tokens (odd bytes, partial UTF-8) inside
     # it, every one a fresh lexer state for the grammar engine: the worst case for the mask's host time.
     "any": {"type": "string", "maxLength": 12},
+    # Any string of any length: what a Pydantic ``str`` field gives, the most common string in real schemas.
+    "text": {"type": "string"},
     # Lower-case words, as a field with a pattern or an enum-like vocabulary keeps them.
     "lowercase": {"type": "string", "pattern": "^[a-z]{1,12}$"},
 }

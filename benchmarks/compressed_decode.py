@@ -65,7 +65,7 @@ def write_ecf_folder(folder: Path, config: dict[str, Any], device: str, seed: in
     generator = torch.Generator(device=device).manual_seed(seed)
 
     def random(*shape: int) -> torch.Tensor:
-        return (0.02 * torch.randn(shape, generator=generator, device=device)).to(torch.bfloat16).cpu()
+        return (0.02 * torch.randn(shape, generator=generator, device=device)).to(torch.bfloat16)  # coded there
 
     def ones(n: int) -> torch.Tensor:
         return torch.ones(n, dtype=torch.bfloat16)

@@ -23,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError, CompressedWeightsError
-from .codec import Parts, coded_bytes, crc32, decode_parts, encode
+from .codec import Parts, coded_bytes, crc32, decode_parts, encode, encode_on_device
 from .format import (
     CODED,
     ESCAPE_COLS,
@@ -134,12 +134,33 @@ def _write_file(tensors: Iterable[tuple[str, torch.Tensor, int]], out: Path) -> 
 
 
 def _store(name: str, tensor: torch.Tensor) -> tuple[TensorEntry, dict[str, torch.Tensor]]:
-    """How ``tensor`` is stored: its entry in the header and the tensors under their stored names."""
-    parts = encode(tensor) if is_worth_coding(tensor) else None
+    """How ``tensor`` is stored: its entry in the header and the tensors under their stored names.
+
+    A tensor on a GPU (a benchmark's random weights) is coded and checked there, then brought to the host."""
+    checked_on_device = tensor.device.type != "cpu"
+    parts = None
+    if is_worth_coding(tensor):
+        parts = _coded_on_device(name, tensor) if checked_on_device else encode(tensor)
+    tensor = tensor.cpu()
     if parts is None or coded_bytes(parts) >= _nbytes(tensor):  # a code no smaller than the bytes is no gain
         return TensorEntry(RAW, dtype_name(tensor.dtype), tuple(tensor.shape), crc32(tensor)), {name: tensor}
     stored = {part_name(name, part): value for part, value in parts.items()}
-    return _coded_entry(name, tensor, parts), stored
+    return _coded_entry(name, tensor, parts, decodes_to_itself=checked_on_device), stored
+
+
+def _coded_on_device(name: str, tensor: torch.Tensor) -> Parts:
+    """``encode_on_device``'s parts, checked to decode to ``tensor`` bit for bit on its device, then on the host."""
+    parts = encode_on_device(tensor)
+    bits = layout_of(tensor.dtype).bits_dtype
+    decoded = decode_parts(parts, tensor.dtype, tuple(tensor.shape))
+    if not torch.equal(decoded.view(bits), tensor.contiguous().view(bits)):
+        raise _not_itself(name)
+    return {part: value.cpu() for part, value in parts.items()}
+
+
+def _not_itself(name: str) -> CompressedWeightsError:
+    return CompressedWeightsError(f"tensor {name!r} does not decode to itself; nothing was written (a bug: "
+                                  "please report it with the checkpoint)")
 
 
 def is_worth_coding(tensor: torch.Tensor) -> bool:
@@ -150,11 +171,11 @@ def is_worth_coding(tensor: torch.Tensor) -> bool:
     return True
 
 
-def _coded_entry(name: str, tensor: torch.Tensor, parts: Parts) -> TensorEntry:
+def _coded_entry(name: str, tensor: torch.Tensor, parts: Parts, decodes_to_itself: bool = False) -> TensorEntry:
+    """``decodes_to_itself``: already checked (on the device that coded it)."""
     expected = crc32(tensor)
-    if crc32(decode_parts(parts, tensor.dtype, tuple(tensor.shape))) != expected:
-        raise CompressedWeightsError(f"tensor {name!r} does not decode to itself; nothing was written (a bug: "
-                                     "please report it with the checkpoint)")
+    if not decodes_to_itself and crc32(decode_parts(parts, tensor.dtype, tuple(tensor.shape))) != expected:
+        raise _not_itself(name)
     grid = TileGrid(*matrix_shape(tuple(tensor.shape)), *tile_shape(*matrix_shape(tuple(tensor.shape))))
     return TensorEntry(CODED, dtype_name(tensor.dtype), tuple(tensor.shape), expected,
                        {part: crc32(parts[part]) for part in WHOLE_PARTS}, (grid.tile_rows, grid.tile_cols),

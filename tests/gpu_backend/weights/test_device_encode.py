@@ -11,6 +11,7 @@ import torch
 from compressed_checkpoints import source_tensors
 
 from gpu_backend.builtin_models import builtin_model_path
+from gpu_backend.weights import compress_tensors
 from gpu_backend.weights.codec import Parts, decode_parts, encode, encode_on_device
 
 SHIPPED = ("@cf/edgewise/tiny-shakespeare", "@cf/sentence-transformers/all-minilm-l6-v2")
@@ -71,6 +72,7 @@ def test_edge_values(name: str) -> None:
     assert torch.equal(decode_parts(parts, tensor.dtype, tuple(tensor.shape)).view(bits), tensor.view(bits))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name", list(edge_tensors()))
 def test_on_a_gpu_the_parts_stay_there_and_equal_the_cpu_ones(name: str) -> None:
@@ -78,3 +80,14 @@ def test_on_a_gpu_the_parts_stay_there_and_equal_the_cpu_ones(name: str) -> None
     parts = encode_on_device(tensor.cuda())
     assert all(part.is_cuda for part in parts.values())
     assert_same_parts(encode(tensor), parts)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_file_of_gpu_tensors_is_byte_for_byte_the_file_of_their_host_copies(tmp_path: Path) -> None:
+    tensors = [("w.weight", (0.02 * torch.randn(256, 512)).to(torch.bfloat16)), ("n.weight", torch.ones(512)),
+               ("e.weight", edge_tensors()["every_bf16_pattern"]),
+               ("o.weight", edge_tensors()["odd_cols_with_nans"])]
+    compress_tensors(tensors, tmp_path / "host.safetensors")
+    compress_tensors([(name, tensor.cuda()) for name, tensor in tensors], tmp_path / "gpu.safetensors")
+    assert (tmp_path / "gpu.safetensors").read_bytes() == (tmp_path / "host.safetensors").read_bytes()

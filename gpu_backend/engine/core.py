@@ -390,7 +390,8 @@ class EngineCore:
         bitmask = None
         if rows:
             assert self._grammars is not None
-            bitmask = allocate_bitmask(len(plan.rows), self._grammars.bitmask_vocab_size)
+            bitmask = allocate_bitmask(len(plan.rows), self._grammars.bitmask_vocab_size,
+                                       pinned=self.runner.device.type == "cuda")
             self._grammars.fill_bitmask(rows, bitmask)
         self.grammar_mask_s += time.perf_counter() - started
         return bitmask

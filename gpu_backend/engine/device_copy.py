@@ -18,7 +18,11 @@ def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.T
 
 
 def tensor_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor's copy on `device` (the host tensor may be changed as soon as this returns)."""
+    """A host tensor's copy on `device`. A pageable one is staged, so it may be changed as soon as this
+    returns; a pinned one is copied straight from, so its owner lets it be (the caching host allocator
+    reuses its block only once the copy has run)."""
     if device.type == "cpu":
         return tensor.clone()
+    if tensor.is_pinned():
+        return tensor.to(device, non_blocking=True)
     return tensor.pin_memory().to(device, non_blocking=True)

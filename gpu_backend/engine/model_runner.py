@@ -28,6 +28,7 @@ from ..weights.packed import share_scratch
 from .block_tables import BlockTables
 from .cuda_graphs import DecodeGraphs
 from .device_copy import to_device
+from .host_threads import use_one_thread_for_gpu_engine
 from .kernel_warmup import warm_up
 from .sampling_batch import SamplingPlan, add_token_bitmask, build_sampling_batch
 from .scheduler import ScheduledBatch
@@ -89,6 +90,8 @@ class ModelRunner:
             started = time.perf_counter()
             self.graphs = DecodeGraphs(self, max_batch_size=min(config.max_num_seqs, 512))
             log.info("captured %d decode graphs in %.1f s", len(self.graphs.graphs), time.perf_counter() - started)
+        if self.device.type == "cuda":  # loaded: from here on the host only keeps the device busy
+            use_one_thread_for_gpu_engine()
 
     # -- setup -------------------------------------------------------------------------------
 

@@ -364,3 +364,11 @@ def test_constrained_decoding_on_gpu(checkpoints: dict[str, Path], enforce_eager
     want = [o.outputs[0].token_ids for o in gpu.generate(PROMPTS, plain)]
     assert [o.outputs[0].token_ids for o in gpu.generate(PROMPTS, every)] == want
     assert gpu.engine.core.grammar_mask_s > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_engines_bitmask_is_pinned_and_allows_every_token() -> None:
+    bitmask = allocate_bitmask(3, 1000, pinned=True)
+    assert bitmask.is_pinned() and bitmask.shape == (3, 32) and bool((bitmask == -1).all())
+    assert torch.equal(bitmask.cuda().cpu(), bitmask)

@@ -6,7 +6,8 @@
 #
 # diag: the mask's host cost four ways at batch 32 (as the engine runs it, with a cProfile of one run;
 # torch.set_num_threads(1); OMP_WAIT_POLICY=PASSIVE; llguidance on 8 threads) and with unbounded name strings,
-# to find where the host time goes. final: batch 32 and 1, each name schema. tests: pytest -m gpu.
+# to find where the host time goes. final: batch 32 and 1, each name schema, then the engine's and sampler's
+# GPU tests. tests: every GPU test.
 # Each step has its own time bound, so one slow step cannot eat the call.
 set -u
 out=$1
@@ -39,6 +40,9 @@ elif [ "$what" = final ]; then
     sd any --batches 32,1 --repeats 3 "${@:3}"
     sd text --batches 32,1 --repeats 3 --names text "${@:3}"
     sd lowercase --batches 32,1 --repeats 3 --names lowercase "${@:3}"
+    sd any_llg12 --batches 32 --repeats 1 --grammar-threads 12  # llguidance's own default thread count, to compare
+    timeout "${TESTS_TIMEOUT:-150}" python3 -m pytest -q -m gpu tests/gpu_backend/engine tests/gpu_backend/layers/test_sampler.py \
+        -p no:cacheprovider --timeout 120 -rf 2>&1 | tee "$out/gpu_tests_engine.log" | tail -6
 fi
 if [ "$what" = tests ]; then
     timeout "${TESTS_TIMEOUT:-400}" python3 -m pytest -q -m gpu tests/gpu_backend -p no:cacheprovider --maxfail=10 \

@@ -1,0 +1,71 @@
+"""Where the ECF GEMV loses time and exactness, at the Llama-3.1-8B shapes (one GPU, a few seconds).
+
+For each weight shape: random N(0, 0.02) bf16 weights coded as they come (a few escapes per tile) and
+the same weights with every rare exponent replaced (no escapes at all), the batch-1 GEMV timed on the
+dense weight, on each coded one, and decode_to_scratch on its own; and how far the coded GEMV's output
+is from the dense one's (outputs that differ, largest difference).
+
+    PYTHONPATH=.:sdk python3 benchmarks/ecf_gemv_probe.py [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from llama_shapes import environment
+
+from gpu_backend.weights.codec import encode_on_device
+from gpu_backend.weights.packed import CompressedWeight
+
+SHAPES = {"qkv": (6144, 4096), "gate_up": (28672, 4096), "down": (4096, 14336), "lm_head": (128256, 4096)}
+
+
+def without_escapes(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` with each value whose exponent is not among its 15 most common set to 0.01 (a common one)."""
+    exponent = (weight.view(torch.int16).to(torch.int32) >> 7) & 0xFF
+    counts = torch.bincount(exponent.flatten(), minlength=256)
+    common = torch.zeros(256, dtype=torch.bool, device=weight.device)
+    common[torch.argsort(counts, descending=True)[:15]] = True
+    return torch.where(common[exponent], weight, torch.full_like(weight, 0.01))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    import triton.testing
+
+    from gpu_backend.kernels import triton_linear
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    rows = []
+    for name, (n, k) in SHAPES.items():
+        dense = (0.02 * torch.randn(n, k, device="cuda", generator=gen)).to(torch.bfloat16)
+        x = torch.randn(1, k, device="cuda", generator=gen).to(torch.bfloat16)
+        bf16_ms = triton.testing.do_bench(lambda: triton_linear._gemv(x, dense, None))
+        row = {"shape": name, "n": n, "k": k, "bf16_ms": bf16_ms, "bf16_GB_s": n * k * 2 / bf16_ms / 1e6}
+        for kind, weight in (("coded", dense), ("no_escapes", without_escapes(dense))):
+            coded = CompressedWeight.stack([encode_on_device(weight)], torch.bfloat16, "cuda")
+            reference = triton_linear._gemv(x, coded.decode(), None)
+            got = triton_linear._gemv(x, coded, None)
+            ms = triton.testing.do_bench(lambda: triton_linear._gemv(x, coded, None))
+            scratch_ms = triton.testing.do_bench(lambda: triton_linear.decode_to_scratch(coded))
+            row[kind] = {"escapes": coded.num_escapes, "gemv_ms": ms, "vs_bf16": bf16_ms / ms,
+                         "coded_GB_s": coded.nbytes / ms / 1e6, "decode_to_scratch_ms": scratch_ms,
+                         "outputs_differing": int((got != reference).sum()),
+                         "max_abs_diff": float((got.float() - reference.float()).abs().max())}
+        rows.append(row)
+        print(f"{name:8} bf16 {bf16_ms * 1000:7.1f} us ({row['bf16_GB_s']:5.0f} GB/s)  " + "  ".join(
+            f"{kind}: {row[kind]['gemv_ms'] * 1000:7.1f} us ({row[kind]['vs_bf16']:.2f}x, {row[kind]['escapes']} escapes, "
+            f"scratch decode {row[kind]['decode_to_scratch_ms'] * 1000:.0f} us, {row[kind]['outputs_differing']} outputs "
+            f"differ by up to {row[kind]['max_abs_diff']:.3g})" for kind in ("coded", "no_escapes")), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({"benchmark": "ecf_gemv_probe", **environment(), "results": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -52,7 +52,7 @@ from tokenizers.models import BPE
 from llama_shapes import LLAMA_3_1_8B, environment, write_model_folder
 
 from gpu_backend import LLM, SamplingParams
-from gpu_backend.engine.grammar import GrammarCompiler
+from gpu_backend.engine.grammar import GrammarCompiler, fill_threads
 from gpu_backend.engine.structured_output import StructuredOutput
 
 TINY_LLAMA: dict[str, Any] = {
@@ -404,7 +404,7 @@ def main() -> None:
                    "new_tokens": new_tokens, "repeats": args.repeats, "best_of_repeats": True,
                    "vocab_size": config["vocab_size"], "max_token_bytes": max_token_bytes,
                    "cuda_graphs": not options.get("enforce_eager", False),
-                   "torch_threads": torch.get_num_threads(), "grammar_threads": args.grammar_threads or "llguidance default",
+                   "torch_threads": torch.get_num_threads(), "grammar_threads": args.grammar_threads or fill_threads(),
                    "schema": throughput_schema(0, args.names) | {"note": "minItems per batch row: ceil(N * max_token_bytes / 19) + 1"},
                    "hidden_fraction": "1 - (constrained step ms - free step ms) / host mask ms per step, clamped to [0, 1]"},
         "check": {"schema": CHECK_SCHEMA, "outputs": texts},

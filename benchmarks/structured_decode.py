@@ -18,9 +18,10 @@ free and constrained runs alternate (best of ``--repeats``):
   every token accepted by a fresh matcher of the schema.
 
 Decode tok/s = batch * (N - 1) / (time of the N-token run - time of a 1-token run), as in
-decode_latency.py. Mask time per step = ``EngineCore.grammar_mask_s`` (host time in
-``_token_masks``: allocating the step's bitmask, llguidance filling the constrained rows on its
-thread pool, fixing the end-token bits) over the run's engine steps. Hidden fraction =
+decode_latency.py. Mask time per step = ``EngineCore.grammar_mask_s`` (host time filling masks:
+llguidance filling the constrained rows on its thread pool, fixing the end-token bits; on the
+engine's mask thread, while the step goes on) over the run's engine steps; the time a step then
+waited for the mask thread is ``EngineCore.grammar_wait_s``. Hidden fraction =
 1 - (constrained step time - free step time) / mask time, clamped to [0, 1]: the share of the mask
 time that did not lengthen the step. The step-time difference also holds what is not mask
 filling (the matchers taking each token, the bitmask's copy to the device, the masked sampler
@@ -218,13 +219,13 @@ def run_mode(llm: LLM, prompts: list[list[int]], full: SamplingParams, first: Sa
     core = llm.engine.core
     ttft, _ = timed(llm, prompts, first)
     before = core.stats.as_dict()
-    mask_s, fill_s = core.grammar_mask_s, _fill_s(core)
+    mask_s, fill_s, mask_wait_s = core.grammar_mask_s, _fill_s(core), core.grammar_wait_s
     total, outputs = timed(llm, prompts, full)
     after = core.stats.as_dict()
     phases = {name: after[name] - before[name] for name in HOST_PHASES}
     return {"ttft_s": ttft, "total_s": total, "outputs": outputs, "steps": after["steps"] - before["steps"],
             "wait_s": phases["wait_s"], "phases_s": phases, "mask_s": core.grammar_mask_s - mask_s,
-            "fill_s": _fill_s(core) - fill_s}
+            "fill_s": _fill_s(core) - fill_s, "mask_wait_s": core.grammar_wait_s - mask_wait_s}
 
 
 # StepStats' host phases (launch_s holds prepare_s and, in a constrained run, the mask time).
@@ -287,6 +288,7 @@ def measure(llm: LLM, batch: int, prompt_len: int, new_tokens: int, repeats: int
                      "wait_ms_per_step": 1000 * best["wait_s"] / best["steps"],
                      "mask_ms_per_step": 1000 * best["mask_s"] / best["steps"],
                      "llguidance_fill_ms_per_step": 1000 * best["fill_s"] / best["steps"],
+                     "mask_wait_ms_per_step": 1000 * best["mask_wait_s"] / best["steps"],
                      "host_ms_per_step": {name.removesuffix("_s"): 1000 * seconds / best["steps"]
                                           for name, seconds in best["phases_s"].items()},
                      "all_repeats_total_s": [r["total_s"] for r in mode_runs]}
@@ -388,8 +390,8 @@ def main() -> None:
                   f"step time added {row['added_step_ms']:+.3f} ms, hidden {hidden}; host waiting for the device "
                   f"{free_row['wait_ms_per_step']:.3f} ms/step free, {con_row['wait_ms_per_step']:.3f} constrained",
                   flush=True)
-            print(f"          of which llguidance filling rows {con_row['llguidance_fill_ms_per_step']:.3f} ms/step",
-                  flush=True)
+            print(f"          of which llguidance filling rows {con_row['llguidance_fill_ms_per_step']:.3f} ms/step; "
+                  f"the step waited {con_row['mask_wait_ms_per_step']:.3f} ms/step for the mask thread", flush=True)
             for mode in ("free", "constrained"):
                 print(f"          {mode} host ms/step: " + "  ".join(
                     f"{name} {ms:.3f}" for name, ms in row[mode]["host_ms_per_step"].items()), flush=True)

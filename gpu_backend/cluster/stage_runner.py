@@ -96,6 +96,8 @@ class StageRunner(ModelRunner):
 class DriverRunner(StageRunner):
     """Rank 0's runner: plans each step, sends it to every other rank, then runs its own part."""
 
+    holds_sampler = False  # the step's mask goes to the other ranks from inside launch
+
     def __init__(self, config: EngineConfig, model_config: ModelConfig, place: RankGroups, stage: PipelineStage,
                  control: comm.ControlPlane, *, token_group: dist.ProcessGroup | None = None,
                  progress: bool = False) -> None:

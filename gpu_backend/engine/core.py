@@ -1,8 +1,9 @@
 """The step loop in token ids: schedule a batch, run it, hand the tokens back to the scheduler.
 
-``EngineCore`` is synchronous and single-threaded, and makes no text. Each step returns an
-``EngineOutput`` for every request that gained a token or finished, holding only that step's
-ids (and logprobs), so emitting a token costs the same at any length. ``AsyncLLM`` drives it
+``EngineCore`` is synchronous and makes no text. Its one helper thread fills grammar masks while
+a step's caller goes on (see ``step``); the next step waits for it before touching a grammar.
+Each step returns an ``EngineOutput`` for every request that gained a token or finished, holding
+only that step's ids (and logprobs), so emitting a token costs the same at any length. ``AsyncLLM`` drives it
 from a background thread, a sharded instance's driver from its loop, and the offline
 ``LLMEngine`` adds text on top. Prefill and decode are the same ``step``: the scheduler decides
 which tokens of which sequences run, the model runner runs them.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Collection
 import logging
 import time
@@ -55,6 +57,8 @@ class EngineRequest:
 class _InFlight:
     batch: ScheduledBatch
     launched: LaunchedStep
+    # Its sampler held back: the mask being filled on the mask thread meanwhile (None: no row needs one).
+    mask: Future[torch.Tensor] | None = None
 
 
 @dataclass
@@ -107,7 +111,9 @@ class EngineCore:
         self._in_flight: _InFlight | None = None  # the batch on the device whose tokens are not read yet
         self._pipeline: deque[_InFlight] = deque()  # with pipeline stages: oldest first
         self._grammars: GrammarCompiler | None = None  # made for the first structured request
-        self.grammar_mask_s = 0.0  # host time making token bitmasks
+        self.grammar_mask_s = 0.0  # host time filling token bitmasks (on the mask thread, or in the step)
+        self.grammar_wait_s = 0.0  # time a step waited for the mask thread
+        self._mask_thread: ThreadPoolExecutor | None = None  # made for the first held-back sampler
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -255,6 +261,13 @@ class EngineCore:
         A sequence that stops in batch k-1 also ran in batch k; that extra token is dropped.
         With ``async_scheduling=False`` each batch is read back before the step returns.
         A pipeline keeps one batch per stage in flight instead (``_pipeline_step``).
+
+        A batch with rows under a grammar needs batch k-1's tokens for its mask. In one process,
+        its forward pass is queued with the sampler held back; batch k-1 is read back and its tokens
+        advance the grammars; the mask is then filled on the mask thread while this step builds
+        batch k-1's outputs, the caller handles them and the next step schedules; the next step
+        queues the sampler with the mask before its own forward pass. A sharded instance's driver,
+        which sends the mask to its ranks, makes it inside the launch instead (``_StepMasks``).
         """
         if self.runner.pipeline_depth > 1:
             return self._pipeline_step()
@@ -263,6 +276,8 @@ class EngineCore:
         scheduled = time.perf_counter()
         outputs: list[EngineOutput] = []
         in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None and in_flight.launched.held is not None:
+            self._sample_held(in_flight)  # its tokens are this step's pending inputs
         if not batch.seqs and in_flight is None and self.scheduler.has_unfinished:
             raise EngineError("the scheduler found nothing to run while requests are waiting")
         if in_flight is not None and any(seq.has_pending_token and seq.sampling_params.has_penalties
@@ -272,12 +287,22 @@ class EngineCore:
             in_flight = None
             batch = batch.without_finished()
         launched = None
-        masks = _StepMasks(self, batch, in_flight) if self._has_grammar(batch) else None
+        grammar = self._has_grammar(batch)
+        hold = grammar and self.runner.holds_sampler and self.config.async_scheduling
+        masks = _StepMasks(self, batch, in_flight) if grammar and not hold else None
         if batch.seqs:
             launched = self.runner.launch(batch, in_flight.launched if in_flight is not None else None,
-                                          **({"masks": masks} if masks is not None else {}))
+                                          **({"masks": masks} if masks is not None else {}),
+                                          **({"hold_sampler": True} if hold else {}))
         self.stats.launch_s += time.perf_counter() - scheduled
-        if masks is not None and masks.read is not None:
+        mask = None
+        if hold and launched is not None:
+            read = self._read_back(in_flight) if in_flight is not None else None
+            if launched.held is not None:  # it samples a row (a prompt chunk that does not end samples none)
+                mask = self._start_token_masks(batch, launched.held.plan)  # filled while the host goes on
+            if in_flight is not None and read is not None:
+                outputs = self._outputs(in_flight, read)
+        elif masks is not None and masks.read is not None:
             assert in_flight is not None
             outputs = self._outputs(in_flight, masks.read)  # read back while this step's forward pass ran
         elif in_flight is not None:
@@ -286,7 +311,7 @@ class EngineCore:
             sampled_rows = set(launched.sampled_rows)
             self.scheduler.update(batch, [PENDING_TOKEN if row in sampled_rows else None
                                           for row in range(len(batch.seqs))])
-            self._in_flight = _InFlight(batch, launched)
+            self._in_flight = _InFlight(batch, launched, mask)
             self._count(batch)
             if not self.config.async_scheduling:
                 outputs += self._finish(self._in_flight)
@@ -379,7 +404,27 @@ class EngineCore:
 
     def _token_masks(self, batch: ScheduledBatch, plan: SamplingPlan) -> torch.Tensor | None:
         """The bitmask of ``plan``'s rows: each constrained row from its grammar, every other row all ones."""
-        started = time.perf_counter()
+        rows = self._constrained_rows(batch, plan)
+        return self._filled(rows, self._new_bitmask(plan)) if rows else None
+
+    def _start_token_masks(self, batch: ScheduledBatch, plan: SamplingPlan) -> Future[torch.Tensor] | None:
+        """``_token_masks``, filled on the mask thread: the rows' grammars are left alone until it is done."""
+        rows = self._constrained_rows(batch, plan)
+        if not rows:
+            return None
+        if self._mask_thread is None:
+            self._mask_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
+        return self._mask_thread.submit(self._filled, rows, self._new_bitmask(plan))
+
+    def _sample_held(self, in_flight: _InFlight) -> None:
+        """Queue a held-back sampler, with its mask once the mask thread has made it."""
+        waiting = time.perf_counter()
+        bitmask = in_flight.mask.result() if in_flight.mask is not None else None
+        self.grammar_wait_s += time.perf_counter() - waiting
+        in_flight.mask = None
+        self.runner.sample(in_flight.launched, bitmask)
+
+    def _constrained_rows(self, batch: ScheduledBatch, plan: SamplingPlan) -> list[tuple[GrammarMatcher, int]]:
         seqs = {seq.seq_id: seq for seq in batch.seqs}
         rows = []
         for index in plan.constrained_rows:
@@ -387,12 +432,16 @@ class EngineCore:
             request = self.requests.get(seq.request_id)
             if request is not None and request.grammar is not None and not seq.is_finished:
                 rows.append((request.grammar, index))
-        bitmask = None
-        if rows:
-            assert self._grammars is not None
-            bitmask = allocate_bitmask(len(plan.rows), self._grammars.bitmask_vocab_size,
-                                       pinned=self.runner.device.type == "cuda")
-            self._grammars.fill_bitmask(rows, bitmask)
+        return rows
+
+    def _new_bitmask(self, plan: SamplingPlan) -> torch.Tensor:
+        assert self._grammars is not None
+        return allocate_bitmask(len(plan.rows), self._grammars.bitmask_vocab_size, pinned=self.runner.device.type == "cuda")
+
+    def _filled(self, rows: list[tuple[GrammarMatcher, int]], bitmask: torch.Tensor) -> torch.Tensor:
+        started = time.perf_counter()
+        assert self._grammars is not None
+        self._grammars.fill_bitmask(rows, bitmask)
         self.grammar_mask_s += time.perf_counter() - started
         return bitmask
 

@@ -18,7 +18,7 @@ from ..config import EngineConfig, ModelConfig
 from ..kernels import get_kernels
 from ..layers.attention import AttentionMetadata
 from ..layers.linear import LinearBase, MergedColumnParallelLinear, QKVParallelLinear, built_compressed
-from ..layers.sampler import Sampler, SamplerOutput, skip_draws
+from ..layers.sampler import Sampler, SamplerOutput, SamplingBatch, skip_draws
 from ..loader import is_compressed_folder, load_weights
 from ..models.registry import build_model
 from ..parallel.pipeline import PipelineStage
@@ -41,6 +41,16 @@ TokenMasks = Callable[[SamplingPlan], "torch.Tensor | None"]
 
 
 @dataclass
+class HeldSampler:
+    """A step's sampler, not queued yet: the logits, the sampling batch built from the plan, and the plan
+    (which says the rows whose mask it waits for)."""
+
+    logits: torch.Tensor
+    batch: SamplingBatch
+    plan: SamplingPlan
+
+
+@dataclass
 class LaunchedStep:
     """A step queued on the device: `token_ids[i]` (on the device) belongs to batch row `sampled_rows[i]`.
 
@@ -55,6 +65,9 @@ class LaunchedStep:
     host: SamplerOutput | None
     ready: torch.cuda.Event | None = None
     receive: Callable[[], SamplerOutput] | None = None
+    # Launched with its sampler held back (``launch(..., hold_sampler=True)``), until
+    # ``ModelRunner.sample`` gives it the mask and queues it.
+    held: HeldSampler | None = None
 
     def token_rows(self) -> dict[int, int]:
         """seq_id -> row of `token_ids`."""
@@ -63,6 +76,7 @@ class LaunchedStep:
 
 class ModelRunner:
     pipeline_depth = 1  # batches in flight at once: a pipeline of P stages keeps P (see LLMEngine.step)
+    holds_sampler = True  # launch(hold_sampler=True), then sample(): a sharded instance's driver cannot
 
     def __init__(self, config: EngineConfig, model_config: ModelConfig, *, progress: bool = True,
                  stage: PipelineStage | None = None) -> None:
@@ -192,16 +206,18 @@ class ModelRunner:
 
     @torch.inference_mode()
     def launch(self, batch: ScheduledBatch, previous: LaunchedStep | None = None,
-               masks: TokenMasks | None = None) -> LaunchedStep:
+               masks: TokenMasks | None = None, *, hold_sampler: bool = False) -> LaunchedStep:
         """Queue one step on the device without waiting for it.
 
         A sequence whose last token is still pending (sampled by `previous`, not read back yet)
         gets it as input straight from `previous`'s device tensor. `masks`: see `run`.
+        `hold_sampler`: queue the forward pass only; the sampler follows with `sample`, once the
+        step's mask is made (the engine then makes it while doing the rest of its step's work).
         """
         started = time.perf_counter()
         inputs = self.plan(batch, previous)
         self.prepare_s += time.perf_counter() - started
-        return self.run(inputs, previous, masks)
+        return self.run(inputs, previous, masks, hold_sampler=hold_sampler)
 
     def plan(self, batch: ScheduledBatch, previous: LaunchedStep | None) -> StepInputs:
         """The step's inputs as host values (what a sharded instance's driver sends to its ranks)."""
@@ -217,7 +233,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, inputs: StepInputs, previous: LaunchedStep | None = None,
-            masks: TokenMasks | None = None) -> LaunchedStep:
+            masks: TokenMasks | None = None, *, hold_sampler: bool = False) -> LaunchedStep:
         """Run the model on one step's inputs and sample; every rank of an instance runs the same inputs.
 
         `masks(plan)`: the sampled rows' grammar bitmask (host int32, or None), called once the
@@ -235,18 +251,27 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden.index_select(0, index))
         # From the plan alone: the masks read the previous step back, but release nothing until it is sampled.
         sampling = build_sampling_batch(inputs.sampling, logits.shape[-1], self.device, self._generator)
-        if masks is not None:
-            add_token_bitmask(sampling, masks(inputs.sampling), self.device)
-        result = self.sampler(logits, sampling)
+        step = LaunchedStep(inputs.seq_ids, inputs.sampled_rows, None, None,
+                            held=HeldSampler(logits, sampling, inputs.sampling))
+        if not hold_sampler:
+            self.sample(step, masks(inputs.sampling) if masks is not None else None)
+        return step
+
+    @torch.inference_mode()
+    def sample(self, step: LaunchedStep, bitmask: torch.Tensor | None) -> None:
+        """Queue the sampler of a step launched with ``hold_sampler`` (or just launched), with the
+        sampled rows' grammar bitmask (host int32, or None): ``step`` then holds its tokens."""
+        assert step.held is not None, "the step's sampler is already queued"
+        held, step.held = step.held, None
+        add_token_bitmask(held.batch, bitmask, self.device)
+        result = self.sampler(held.logits, held.batch)
         self.after_sampling(result)
         # Start the copy back now: read later with a plain .tolist(), it would queue behind the
         # next step and wait for that one too.
-        host = _to_host(result)
-        ready = None
+        step.token_ids, step.host = result.token_ids, _to_host(result)
         if self.device.type == "cuda":
-            ready = torch.cuda.Event()
-            ready.record()
-        return LaunchedStep(inputs.seq_ids, inputs.sampled_rows, result.token_ids, host, ready)
+            step.ready = torch.cuda.Event()
+            step.ready.record()
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
                 ) -> torch.Tensor | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -307,25 +308,45 @@ def test_each_token_advances_its_matcher_once(llm: LLM) -> None:
     assert matcher is not None and matcher.num_accepted == len(tokens) - 1  # all but the end token
 
 
-def test_the_mask_is_made_after_the_forward_pass_is_queued(checkpoints: dict[str, Path],
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """Step k: forward k, then read k-1 back (advancing the grammars), then the mask, then sampling; k-1's
-    outputs are built only after that, off the mask's path."""
+def test_the_mask_is_filled_on_its_thread_while_the_step_goes_on(checkpoints: dict[str, Path],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step k: k-1's held-back sampler is queued with its mask, then forward k (its sampler held back),
+    then k-1 is read back (advancing the grammars), k's mask is started on the mask thread, and k-1's
+    outputs are built while it fills."""
     core = EngineCore(EngineConfig(model=str(checkpoints["llama"]), **OPTIONS), progress=False)
     runner = core.runner
     events: list[str] = []
-    for obj, name in ((runner, "forward"), (runner, "sampler"), (core, "_read_back"), (core, "_token_masks"),
+    for obj, name in ((runner, "forward"), (runner, "sampler"), (core, "_read_back"), (core, "_start_token_masks"),
                       (core, "_outputs")):
         original = getattr(obj, name)
         monkeypatch.setattr(obj, name, lambda *a, _o=original, _n=name, **k: events.append(_n) or _o(*a, **k))
+    threads: set[str] = set()
+    filled = core._filled
+    monkeypatch.setattr(core, "_filled", lambda *a: threads.add(threading.current_thread().name) or filled(*a))
     params = SamplingParams(temperature=0.0, max_tokens=8, structured=StructuredOutput.lark('start: "abcdefghijklmnop"'))
     core.add_request(PROMPTS[0], params, "ordered")
     while core.has_unfinished_requests():
         core.step()
-    steady = ["forward", "_read_back", "_token_masks", "sampler", "_outputs"]
-    assert events[:3] == ["forward", "_token_masks", "sampler"]  # the first step has nothing to read back
-    assert events[3:8] == steady and events[8:13] == steady
-    assert core.grammar_mask_s > 0
+    steady = ["sampler", "forward", "_read_back", "_start_token_masks", "_outputs"]
+    assert events[:2] == ["forward", "_start_token_masks"]  # the first step has nothing to read back
+    assert events[2:7] == steady and events[7:12] == steady
+    assert threads == {"grammar-masks_0"} and core.grammar_mask_s > 0
+
+
+def test_without_async_scheduling_the_mask_is_made_inside_the_launch(checkpoints: dict[str, Path],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each batch read back before its step returns: forward k, its mask, its sampler, in one step."""
+    core = EngineCore(EngineConfig(model=str(checkpoints["llama"]), **{**OPTIONS, "async_scheduling": False}),
+                      progress=False)
+    events: list[str] = []
+    for obj, name in ((core.runner, "forward"), (core.runner, "sampler"), (core, "_token_masks")):
+        original = getattr(obj, name)
+        monkeypatch.setattr(obj, name, lambda *a, _o=original, _n=name, **k: events.append(_n) or _o(*a, **k))
+    params = SamplingParams(temperature=0.0, max_tokens=4, structured=StructuredOutput.lark('start: "abcdefghijklmnop"'))
+    core.add_request(PROMPTS[0], params, "in-order")
+    while core.has_unfinished_requests():
+        core.step()
+    assert events[:6] == ["forward", "_token_masks", "sampler"] * 2
 
 
 def test_a_decode_instance_matcher_takes_the_prefill_instances_token(checkpoints: dict[str, Path]) -> None:

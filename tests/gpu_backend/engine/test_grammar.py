@@ -333,6 +333,24 @@ def test_the_mask_is_filled_on_its_thread_while_the_step_goes_on(checkpoints: di
     assert threads == {"grammar-masks_0"} and core.grammar_mask_s > 0
 
 
+def test_a_mask_that_fails_on_its_thread_fails_the_next_step(checkpoints: dict[str, Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error reaches the step loop's caller (AsyncLLM then fails every stream), not the mask thread alone."""
+    core = EngineCore(EngineConfig(model=str(checkpoints["llama"]), **OPTIONS), progress=False)
+    params = SamplingParams(temperature=0.0, max_tokens=8, structured=StructuredOutput.json_schema(PERSON))
+    core.add_request(PROMPTS[0], params, "failing")
+    core.step()  # compiles the grammar and starts the first mask
+    assert core._grammars is not None
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("the grammar engine failed")
+
+    monkeypatch.setattr(core._grammars, "fill_bitmask", broken)
+    with pytest.raises(RuntimeError, match="the grammar engine failed"):
+        for _ in range(3):
+            core.step()
+
+
 def test_without_async_scheduling_the_mask_is_made_inside_the_launch(checkpoints: dict[str, Path],
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Each batch read back before its step returns: forward k, its mask, its sampler, in one step."""

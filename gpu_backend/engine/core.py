@@ -3,18 +3,18 @@
 ``EngineCore`` is synchronous and makes no text. Its one helper thread fills grammar masks while
 a step's caller goes on (see ``step``); the next step waits for it before touching a grammar.
 Each step returns an ``EngineOutput`` for every request that gained a token or finished, holding
-only that step's ids (and logprobs), so emitting a token costs the same at any length. ``AsyncLLM`` drives it
-from a background thread, a sharded instance's driver from its loop, and the offline
-``LLMEngine`` adds text on top. Prefill and decode are the same ``step``: the scheduler decides
-which tokens of which sequences run, the model runner runs them.
+only that step's ids (and logprobs), so emitting a token costs the same at any length.
+``AsyncLLM`` drives it from a background thread, a sharded instance's driver from its loop, and
+the offline ``LLMEngine`` adds text on top. Prefill and decode are the same ``step``: the
+scheduler decides which tokens of which sequences run, the model runner runs them.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 import logging
 import time
 from dataclasses import dataclass
@@ -300,7 +300,8 @@ class EngineCore:
             read = self._read_back(in_flight) if in_flight is not None else None
             if launched.held is not None:  # it samples a row (a prompt chunk that does not end samples none)
                 mask = self._start_token_masks(batch, launched.held.plan)  # filled while the host goes on
-            if in_flight is not None and read is not None:
+            if read is not None:
+                assert in_flight is not None
                 outputs = self._outputs(in_flight, read)
         elif masks is not None and masks.read is not None:
             assert in_flight is not None
@@ -436,7 +437,8 @@ class EngineCore:
 
     def _new_bitmask(self, plan: SamplingPlan) -> torch.Tensor:
         assert self._grammars is not None
-        return allocate_bitmask(len(plan.rows), self._grammars.bitmask_vocab_size, pinned=self.runner.device.type == "cuda")
+        return allocate_bitmask(len(plan.rows), self._grammars.bitmask_vocab_size,
+                                pinned=self.runner.device.type == "cuda")
 
     def _filled(self, rows: list[tuple[GrammarMatcher, int]], bitmask: torch.Tensor) -> torch.Tensor:
         started = time.perf_counter()

@@ -149,7 +149,8 @@ def _store(name: str, tensor: torch.Tensor) -> tuple[TensorEntry, dict[str, torc
 
 
 def _coded_on_device(name: str, tensor: torch.Tensor) -> Parts:
-    """``encode_on_device``'s parts, checked to decode to ``tensor`` bit for bit on its device, then on the host."""
+    """``encode_on_device``'s parts, checked on the tensor's device to decode to it bit for bit, then
+    copied to the host."""
     parts = encode_on_device(tensor)
     bits = layout_of(tensor.dtype).bits_dtype
     decoded = decode_parts(parts, tensor.dtype, tuple(tensor.shape))

@@ -1,5 +1,5 @@
 """Hundreds of clients leaving at random moments, over HTTP (whole answers and SSE) and WebSocket,
-in one process and with prefill and decode on separate instances: afterwards nothing runs, no
+some in JSON mode, in one process and with prefill and decode on separate instances: afterwards nothing runs, no
 admission slot is held and no KV block is used, and the next request is answered."""
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from gpu_backend.server.client import LocalEngines
 NUM_CLIENTS = 240
 AT_ONCE = 40  # clients connected at the same time
 SEED = 15
+SMALL_SCHEMA = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+                "required": ["n"], "additionalProperties": False}
 LAYOUTS = {
     "single": None,
     "disaggregated": ClusterConfig.disaggregated(instance_timeout_s=20.0),
@@ -87,6 +89,11 @@ async def _client(rng: random.Random, url: str) -> tuple[str, str]:
     body = {"prompt": rng.choice(["Once upon a time", "The", "ROMEO: what light"]), "temperature": 0,
             "max_tokens": rng.choice([8, 60, 200]), "ignore_eos": True, "stream": rng.random() < 0.6}
     delay_s = rng.choice([0.0, 0.0, 0.005, 0.02, 0.1, 0.3])
+    if rng.random() < 0.25:  # JSON mode, whole answers (it does not stream on Workers AI): masks fill as clients leave
+        body = {"prompt": body["prompt"], "temperature": 0, "max_tokens": 60,
+                "response_format": {"type": "json_schema", "json_schema": SMALL_SCHEMA}}
+        read_bytes = rng.choice([0, 0, 20, 400])
+        return f"http json, {read_bytes} bytes", await _leave_http(url, body, read_bytes, delay_s)
     if rng.random() < 0.35:
         frames = rng.choice([0, 1, 3])
         return f"websocket, {frames} frames", await _leave_websocket(url, body, frames, delay_s)

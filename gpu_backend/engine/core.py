@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ from .stats import StepStats
 
 log = logging.getLogger(__name__)
 _request_ids = itertools.count()
+MASK_START_TIMEOUT_S = 1.0  # the mask thread takes a step's rows within microseconds; this only bounds the wait
 
 
 @dataclass
@@ -415,7 +417,12 @@ class EngineCore:
             return None
         if self._mask_thread is None:
             self._mask_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
-        return self._mask_thread.submit(self._filled, rows, self._new_bitmask(plan))
+        begun = threading.Event()
+        mask = self._mask_thread.submit(self._filled, rows, self._new_bitmask(plan), begun)
+        # Wait (releasing the GIL) until the mask thread has begun: else it might only get the GIL, and
+        # start, once this thread next blocks, the next step's wait for this very mask.
+        begun.wait(MASK_START_TIMEOUT_S)
+        return mask
 
     def _sample_held(self, in_flight: _InFlight) -> None:
         """Queue a held-back sampler, with its mask once the mask thread has made it."""
@@ -440,7 +447,10 @@ class EngineCore:
         return allocate_bitmask(len(plan.rows), self._grammars.bitmask_vocab_size,
                                 pinned=self.runner.device.type == "cuda")
 
-    def _filled(self, rows: list[tuple[GrammarMatcher, int]], bitmask: torch.Tensor) -> torch.Tensor:
+    def _filled(self, rows: list[tuple[GrammarMatcher, int]], bitmask: torch.Tensor,
+                begun: threading.Event | None = None) -> torch.Tensor:
+        if begun is not None:
+            begun.set()  # from here the thread that started it may go on: the fill soon leaves the GIL
         started = time.perf_counter()
         assert self._grammars is not None
         self._grammars.fill_bitmask(rows, bitmask)

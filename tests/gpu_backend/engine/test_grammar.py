@@ -322,14 +322,21 @@ def test_the_mask_is_filled_on_its_thread_while_the_step_goes_on(checkpoints: di
         monkeypatch.setattr(obj, name, lambda *a, _o=original, _n=name, **k: events.append(_n) or _o(*a, **k))
     threads: set[str] = set()
     filled = core._filled
-    monkeypatch.setattr(core, "_filled", lambda *a: threads.add(threading.current_thread().name) or filled(*a))
+
+    def fill(*args: Any) -> Any:
+        threads.add(threading.current_thread().name)
+        events.append("the fill begins")
+        return filled(*args)
+
+    monkeypatch.setattr(core, "_filled", fill)
     params = SamplingParams(temperature=0.0, max_tokens=8, structured=StructuredOutput.lark('start: "abcdefghijklmnop"'))
     core.add_request(PROMPTS[0], params, "ordered")
     while core.has_unfinished_requests():
         core.step()
-    steady = ["sampler", "forward", "_read_back", "_start_token_masks", "_outputs"]
-    assert events[:2] == ["forward", "_start_token_masks"]  # the first step has nothing to read back
-    assert events[2:7] == steady and events[7:12] == steady
+    # The step goes on only once the fill has begun on its thread (it would otherwise wait for the GIL).
+    steady = ["sampler", "forward", "_read_back", "_start_token_masks", "the fill begins", "_outputs"]
+    assert events[:3] == ["forward", "_start_token_masks", "the fill begins"]  # nothing to read back yet
+    assert events[3:9] == steady and events[9:15] == steady
     assert threads == {"grammar-masks_0"} and core.grammar_mask_s > 0
 
 

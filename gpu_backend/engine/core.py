@@ -14,9 +14,8 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Collection
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
@@ -27,7 +26,8 @@ from ..errors import EngineError, InvalidRequestError, PromptTooLongError
 from ..layers.sampler import SamplerOutput
 from ..tokenizer import Tokenizer
 from .block_manager import BlockManager
-from .grammar import GrammarCompiler, GrammarMatcher, allocate_bitmask
+from .grammar import GrammarCompiler, GrammarMatcher
+from .mask_filler import MaskFiller, Rows
 from .model_runner import LaunchedStep, ModelRunner
 from .outputs import EngineOutput, Logprob
 from .sampling_batch import SamplingPlan
@@ -38,7 +38,6 @@ from .stats import StepStats
 
 log = logging.getLogger(__name__)
 _request_ids = itertools.count()
-MASK_START_TIMEOUT_S = 1.0  # the mask thread takes a step's rows within microseconds; this only bounds the wait
 
 
 @dataclass
@@ -113,9 +112,7 @@ class EngineCore:
         self._in_flight: _InFlight | None = None  # the batch on the device whose tokens are not read yet
         self._pipeline: deque[_InFlight] = deque()  # with pipeline stages: oldest first
         self._grammars: GrammarCompiler | None = None  # made for the first structured request
-        self.grammar_mask_s = 0.0  # host time filling token bitmasks (on the mask thread, or in the step)
-        self.grammar_wait_s = 0.0  # time a step waited for the mask thread
-        self._mask_thread: ThreadPoolExecutor | None = None  # made for the first held-back sampler
+        self._masks: MaskFiller | None = None  # with it
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -161,6 +158,7 @@ class EngineCore:
                                       "without one (skip_tokenizer_init)")
         if self._grammars is None:
             self._grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size, self._eos_token_ids())
+            self._masks = MaskFiller(self._grammars, pinned=self.runner.device.type == "cuda")
         return self._grammars
 
     # -- a prompt prefilled by another instance ----------------------------------------------------
@@ -408,31 +406,25 @@ class EngineCore:
     def _token_masks(self, batch: ScheduledBatch, plan: SamplingPlan) -> torch.Tensor | None:
         """The bitmask of ``plan``'s rows: each constrained row from its grammar, every other row all ones."""
         rows = self._constrained_rows(batch, plan)
-        return self._filled(rows, self._new_bitmask(plan)) if rows else None
+        assert self._masks is not None
+        return self._masks.fill(rows, len(plan.rows)) if rows else None
 
     def _start_token_masks(self, batch: ScheduledBatch, plan: SamplingPlan) -> Future[torch.Tensor] | None:
-        """``_token_masks``, filled on the mask thread: the rows' grammars are left alone until it is done."""
+        """``_token_masks``, filled on the mask thread while the step goes on."""
         rows = self._constrained_rows(batch, plan)
-        if not rows:
-            return None
-        if self._mask_thread is None:
-            self._mask_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
-        begun = threading.Event()
-        mask = self._mask_thread.submit(self._filled, rows, self._new_bitmask(plan), begun)
-        # Wait (releasing the GIL) until the mask thread has begun: else it might only get the GIL, and
-        # start, once this thread next blocks, the next step's wait for this very mask.
-        begun.wait(MASK_START_TIMEOUT_S)
-        return mask
+        assert self._masks is not None
+        return self._masks.start(rows, len(plan.rows)) if rows else None
 
     def _sample_held(self, in_flight: _InFlight) -> None:
         """Queue a held-back sampler, with its mask once the mask thread has made it."""
-        waiting = time.perf_counter()
-        bitmask = in_flight.mask.result() if in_flight.mask is not None else None
-        self.grammar_wait_s += time.perf_counter() - waiting
+        bitmask = None
+        if in_flight.mask is not None:
+            assert self._masks is not None
+            bitmask = self._masks.wait(in_flight.mask)
         in_flight.mask = None
         self.runner.sample(in_flight.launched, bitmask)
 
-    def _constrained_rows(self, batch: ScheduledBatch, plan: SamplingPlan) -> list[tuple[GrammarMatcher, int]]:
+    def _constrained_rows(self, batch: ScheduledBatch, plan: SamplingPlan) -> Rows:
         seqs = {seq.seq_id: seq for seq in batch.seqs}
         rows = []
         for index in plan.constrained_rows:
@@ -442,20 +434,15 @@ class EngineCore:
                 rows.append((request.grammar, index))
         return rows
 
-    def _new_bitmask(self, plan: SamplingPlan) -> torch.Tensor:
-        assert self._grammars is not None
-        return allocate_bitmask(len(plan.rows), self._grammars.bitmask_vocab_size,
-                                pinned=self.runner.device.type == "cuda")
+    @property
+    def grammar_mask_s(self) -> float:
+        """Host time filling token bitmasks (on the mask thread, or in the step)."""
+        return self._masks.fill_s if self._masks is not None else 0.0
 
-    def _filled(self, rows: list[tuple[GrammarMatcher, int]], bitmask: torch.Tensor,
-                begun: threading.Event | None = None) -> torch.Tensor:
-        if begun is not None:
-            begun.set()  # from here the thread that started it may go on: the fill soon leaves the GIL
-        started = time.perf_counter()
-        assert self._grammars is not None
-        self._grammars.fill_bitmask(rows, bitmask)
-        self.grammar_mask_s += time.perf_counter() - started
-        return bitmask
+    @property
+    def grammar_wait_s(self) -> float:
+        """Time the steps waited for the mask thread."""
+        return self._masks.wait_s if self._masks is not None else 0.0
 
     def _count(self, batch: ScheduledBatch) -> None:
         stats = self.stats

@@ -320,17 +320,18 @@ def test_the_mask_is_filled_on_its_thread_while_the_step_goes_on(checkpoints: di
                       (core, "_outputs")):
         original = getattr(obj, name)
         monkeypatch.setattr(obj, name, lambda *a, _o=original, _n=name, **k: events.append(_n) or _o(*a, **k))
+    params = SamplingParams(temperature=0.0, max_tokens=8, structured=StructuredOutput.lark('start: "abcdefghijklmnop"'))
+    core.add_request(PROMPTS[0], params, "ordered")
     threads: set[str] = set()
-    filled = core._filled
+    assert core._masks is not None
+    filled = core._masks.fill
 
     def fill(*args: Any) -> Any:
         threads.add(threading.current_thread().name)
         events.append("the fill begins")
         return filled(*args)
 
-    monkeypatch.setattr(core, "_filled", fill)
-    params = SamplingParams(temperature=0.0, max_tokens=8, structured=StructuredOutput.lark('start: "abcdefghijklmnop"'))
-    core.add_request(PROMPTS[0], params, "ordered")
+    monkeypatch.setattr(core._masks, "fill", fill)
     while core.has_unfinished_requests():
         core.step()
     # The step goes on only once the fill has begun on its thread (it would otherwise wait for the GIL).

@@ -16,15 +16,15 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
 
 from .checkpoint_tensor import CheckpointTensor
+from .byte_progress import byte_progress
 from .errors import CheckpointError
 from .parallel.state import tp_size
 from .prefetch import prefetching
@@ -36,7 +36,6 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 LM_HEAD = "lm_head.weight"
 ShardId = str | int | None
-Advance = Callable[[int], None]
 
 
 def load_weights(model: torch.nn.Module, folder: Path, *, dtype: torch.dtype, device: torch.device,
@@ -57,7 +56,8 @@ def load_weights(model: torch.nn.Module, folder: Path, *, dtype: torch.dtype, de
     show = progress and sys.stderr.isatty()
     # a compressed file stores a tensor as parts named after it: prefetch the parts of wanted tensors
     ahead = prefetching(files, lambda stored: targets.wants(source_name(stored))) if tp_size() == 1 else nullcontext()
-    with torch.no_grad(), ahead, _progress_bar(sum(f.stat().st_size for f in files), show) as advance:
+    total_bytes = sum(f.stat().st_size for f in files)
+    with torch.no_grad(), ahead, byte_progress("Loading weights", total_bytes, show) as advance:
         for file in files:
             for tensor in _open_tensors(file, dtype, device, targets.wants):
                 param, shard_id = targets.find(tensor.name, file)
@@ -224,19 +224,3 @@ def _checkpoint_name(target: str, shard_id: ShardId, packed: dict[str, tuple[str
     return target
 
 
-@contextmanager
-def _progress_bar(total_bytes: int, show: bool) -> Iterator[Advance]:
-    """A rich bar over bytes read; a no-op unless ``show`` (stderr is a terminal)."""
-    if not show:
-        yield lambda num_bytes: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
-
-    columns: list[Any] = [TextColumn("Loading weights"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                          TimeElapsedColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("weights", total=total_bytes)
-        yield lambda num_bytes: bar.advance(task, num_bytes)
-        # headers, skipped tensors and other ranks' slices are never read: fill the bar at the end
-        bar.update(task, completed=total_bytes)

@@ -12,8 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..byte_progress import Advance, byte_progress
 from ..errors import CheckpointError, CompressedWeightsError
 from .codec import Parts, coded_bytes, crc32, decode_parts, encode, encode_on_device
 from .format import (
@@ -46,7 +46,6 @@ MIN_CODED_ELEMENTS = 4096  # below this a tensor is a norm, a bias or a tiny tab
 MAX_TILE_BLOCKS = 8
 MIN_TILE_WEIGHTS = 8192
 _WEIGHT_PATTERNS = ("*.safetensors", INDEX_FILE, "pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
-Advance = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ def compress_checkpoint(src: Path, dst: Path, files: Sequence[Path], *, dtype: t
         if dtype is not None:
             _set_config_dtype(staging / "config.json", dtype)
         total = sum(f.stat().st_size for f in files)
-        with _progress_bar(total, progress and sys.stderr.isatty()) as advance:
+        with byte_progress("Compressing weights", total, progress and sys.stderr.isatty()) as advance:
             summary = sum((_compress_file(file, staging / file.name, dtype, advance) for file in files),
                           CompressSummary())
         if (src / INDEX_FILE).is_file():
@@ -236,25 +235,3 @@ def _write_index(folder: Path, files: Sequence[Path]) -> None:
     (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
-@contextmanager
-def _progress_bar(total_bytes: int, show: bool) -> Iterator[Advance]:
-    """A rich bar over the source bytes coded; a no-op unless ``show`` (stderr is a terminal)."""
-    if not show:
-        yield lambda num_bytes: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TransferSpeedColumn,
-    )
-
-    columns: list[Any] = [TextColumn("Compressing weights"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                          TimeElapsedColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("weights", total=total_bytes)
-        yield lambda num_bytes: bar.advance(task, num_bytes)
-        bar.update(task, completed=total_bytes)

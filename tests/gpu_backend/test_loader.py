@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpu_backend import loader
 from gpu_backend.checkpoint_tensor import materialize
 from gpu_backend.config import ModelConfig
 from gpu_backend.errors import CheckpointError
@@ -248,12 +247,6 @@ def test_progress_is_quiet_without_a_terminal(tmp_path: Path, capfd: pytest.Capt
     save_file(checkpoint_tensors(), tmp_path / "model.safetensors")
     load_weights(TinyModel(), tmp_path, dtype=torch.float32, device=CPU, progress=True)
     assert capfd.readouterr().err == ""
-
-
-def test_progress_bar_renders_when_shown() -> None:
-    with loader._progress_bar(100, True) as advance:
-        advance(60)
-        advance(30)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

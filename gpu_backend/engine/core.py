@@ -276,21 +276,31 @@ class EngineCore:
         scheduled = time.perf_counter()
         outputs: list[EngineOutput] = []
         in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None and in_flight.launched.held is not None:
-            self._sample_held(in_flight)  # its tokens are this step's pending inputs
         if not batch.seqs and in_flight is None and self.scheduler.has_unfinished:
             raise EngineError("the scheduler found nothing to run while requests are waiting")
-        if in_flight is not None and any(seq.has_pending_token and seq.sampling_params.has_penalties
-                                         for seq in batch.seqs):
-            # penalties count the sequence's tokens on the host: read the last batch back first
+        # penalties count the sequence's tokens on the host: then the last batch is read back first
+        read_first = in_flight is not None and any(seq.has_pending_token and seq.sampling_params.has_penalties
+                                                    for seq in batch.seqs)
+        grammar = self._has_grammar(batch)
+        hold = grammar and self.runner.holds_sampler and self.config.async_scheduling
+        planned = None
+        if hold and batch.seqs and not read_first:
+            # the step's inputs on the host while the mask thread still fills the batch before's mask:
+            # off the path from that mask to this step's forward pass
+            planned = self.runner.plan(batch, in_flight.launched if in_flight is not None else None)
+        if in_flight is not None and in_flight.launched.held is not None:
+            self._sample_held(in_flight)  # its tokens are this step's pending inputs
+        if read_first:
+            assert in_flight is not None
             outputs = self._finish(in_flight)
             in_flight = None
             batch = batch.without_finished()
         launched = None
-        grammar = self._has_grammar(batch)
-        hold = grammar and self.runner.holds_sampler and self.config.async_scheduling
         masks = _StepMasks(self, batch, in_flight) if grammar and not hold else None
-        if batch.seqs:
+        if planned is not None:
+            launched = self.runner.run(planned, in_flight.launched if in_flight is not None else None,
+                                       hold_sampler=True)
+        elif batch.seqs:
             launched = self.runner.launch(batch, in_flight.launched if in_flight is not None else None,
                                           **({"masks": masks} if masks is not None else {}),
                                           **({"hold_sampler": True} if hold else {}))

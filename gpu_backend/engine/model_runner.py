@@ -214,17 +214,17 @@ class ModelRunner:
         `hold_sampler`: queue the forward pass only; the sampler follows with `sample`, once the
         step's mask is made (the engine then makes it while doing the rest of its step's work).
         """
-        started = time.perf_counter()
-        inputs = self.plan(batch, previous)
-        self.prepare_s += time.perf_counter() - started
-        return self.run(inputs, previous, masks, hold_sampler=hold_sampler)
+        return self.run(self.plan(batch, previous), previous, masks, hold_sampler=hold_sampler)
 
     def plan(self, batch: ScheduledBatch, previous: LaunchedStep | None) -> StepInputs:
-        """The step's inputs as host values (what a sharded instance's driver sends to its ranks)."""
+        """The step's inputs as host values (what a sharded instance's driver sends to its ranks).
+        Host work only: it reads nothing of `previous` but which rows its sequences had."""
+        started = time.perf_counter()
         inputs = plan_step(batch.seqs, batch.num_new_tokens, self.block_tables.gather, self.block_size,
                            previous.token_rows() if previous is not None else {})
         sampled = [batch.seqs[row] for row in inputs.sampled_rows]
         inputs.sampling = SamplingPlan.of(sampled, self.seed_for) if sampled else None
+        self.prepare_s += time.perf_counter() - started
         return inputs
 
     def seed_for(self, seq: Sequence) -> int | None:

@@ -310,14 +310,14 @@ def test_each_token_advances_its_matcher_once(llm: LLM) -> None:
 
 def test_the_mask_is_filled_on_its_thread_while_the_step_goes_on(checkpoints: dict[str, Path],
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """Step k: k-1's held-back sampler is queued with its mask, then forward k (its sampler held back),
-    then k-1 is read back (advancing the grammars), k's mask is started on the mask thread, and k-1's
-    outputs are built while it fills."""
+    """Step k: k is planned on the host (while k-1's mask may still fill), k-1's held-back sampler is
+    queued with its mask, then forward k (its sampler held back), then k-1 is read back (advancing the
+    grammars), k's mask is started on the mask thread, and k-1's outputs are built while it fills."""
     core = EngineCore(EngineConfig(model=str(checkpoints["llama"]), **OPTIONS), progress=False)
     runner = core.runner
     events: list[str] = []
-    for obj, name in ((runner, "forward"), (runner, "sampler"), (core, "_read_back"), (core, "_start_token_masks"),
-                      (core, "_outputs")):
+    for obj, name in ((runner, "plan"), (runner, "forward"), (runner, "sampler"), (core, "_read_back"),
+                      (core, "_start_token_masks"), (core, "_outputs")):
         original = getattr(obj, name)
         monkeypatch.setattr(obj, name, lambda *a, _o=original, _n=name, **k: events.append(_n) or _o(*a, **k))
     params = SamplingParams(temperature=0.0, max_tokens=8, structured=StructuredOutput.lark('start: "abcdefghijklmnop"'))
@@ -335,9 +335,9 @@ def test_the_mask_is_filled_on_its_thread_while_the_step_goes_on(checkpoints: di
     while core.has_unfinished_requests():
         core.step()
     # The step goes on only once the fill has begun on its thread (it would otherwise wait for the GIL).
-    steady = ["sampler", "forward", "_read_back", "_start_token_masks", "the fill begins", "_outputs"]
-    assert events[:3] == ["forward", "_start_token_masks", "the fill begins"]  # nothing to read back yet
-    assert events[3:9] == steady and events[9:15] == steady
+    steady = ["plan", "sampler", "forward", "_read_back", "_start_token_masks", "the fill begins", "_outputs"]
+    assert events[:4] == ["plan", "forward", "_start_token_masks", "the fill begins"]  # nothing to read back yet
+    assert events[4:11] == steady and events[11:18] == steady
     assert threads == {"grammar-masks_0"} and core.grammar_mask_s > 0
 
 
@@ -419,3 +419,16 @@ def test_a_gpu_engines_bitmask_is_pinned_and_allows_every_token() -> None:
     bitmask = allocate_bitmask(3, 1000, pinned=True)
     assert bitmask.is_pinned() and bitmask.shape == (3, 32) and bool((bitmask == -1).all())
     assert torch.equal(bitmask.cuda().cpu(), bitmask)
+
+
+def test_penalties_under_a_grammar_read_the_batch_before_back_first(llm: LLM) -> None:
+    """A penalty counts tokens on the host, so its batch is read back before the next is planned;
+    the grammar still holds, beside a free request sharing the batch."""
+    constrained = SamplingParams(temperature=0.0, max_tokens=60, repetition_penalty=1.3,
+                                 structured=StructuredOutput.json_schema(PERSON))
+    free = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    outputs = llm.generate(PROMPTS[:3], [constrained, free, constrained])
+    for output in (outputs[0], outputs[2]):
+        assert output.outputs[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(completion_text(llm, output.outputs[0])), PERSON)
+    assert len(outputs[1].outputs[0].token_ids) == 12

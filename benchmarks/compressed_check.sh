@@ -3,8 +3,11 @@
 # compressed_decode.py (bf16, ECF decoded at load, ECF in the kernels), then bf16 batch-1 decode on a
 # baseline tree and this one (the GEMV kernel gained the ECF path: does bf16 still run as fast?).
 #
-#   bash benchmarks/compressed_check.sh OUT_DIR [BASELINE_DIR] [all|tests|decode|capacity]
+#   bash benchmarks/compressed_check.sh OUT_DIR [BASELINE_DIR] [all|tests|decode|capacity|kernels]
 #
+# kernels (short, first after a kernel change): bf16 batch-1 decode on the baseline tree and this one,
+# ecf_gemv_probe.py (each GEMV against bf16 at the Llama-3.1-8B shapes, exactness included), then the
+# kernels' GPU tests.
 # capacity: compressed_capacity.py on the Llama-3.1-70B shape (an H200), then the weights' GPU tests.
 # Each step has its own time bound (CD_TIMEOUT for compressed_decode.py), so one slow step cannot eat the call.
 set -u
@@ -21,6 +24,14 @@ gpu_tests() {  # gpu_tests TIMEOUT LOG PATHS...
         --continue-on-collection-errors -rf 2>&1 \
         | tee "$out/$log" | tail -12
 }
+ab_decode() {  # bf16 batch-1 decode, baseline tree then this one
+    for tree in "$baseline" "$PWD"; do
+        name=$([ "$tree" = "$PWD" ] && echo this || echo baseline)
+        echo "== bf16 decode_latency, $name tree"
+        PYTHONPATH=$site:$tree:$tree/sdk timeout 90 python3 "$tree/benchmarks/decode_latency.py" \
+            --variants graphs --repeats 2 --out "$out/decode_latency_$name.json" | tail -2
+    done
+}
 if [ "$what" = all ] || [ "$what" = tests ]; then
     echo "== GPU tests: ECF kernels, bf16 GEMV, compressed loading"
     gpu_tests 170 gpu_tests_ecf.log tests/gpu_backend/kernels/test_triton_ecf_linear.py \
@@ -31,13 +42,15 @@ if [ "$what" = all ] || [ "$what" = decode ]; then
     timeout "${CD_TIMEOUT:-300}" python3 benchmarks/compressed_decode.py --out "$out/compressed_decode.json" \
         ${CD_ARGS:-}
     if [ -n "$baseline" ]; then  # last: the A/B is the step a short call can lose
-        for tree in "$baseline" "$PWD"; do
-            name=$([ "$tree" = "$PWD" ] && echo this || echo baseline)
-            echo "== bf16 decode_latency, $name tree"
-            PYTHONPATH=$site:$tree:$tree/sdk timeout 90 python3 "$tree/benchmarks/decode_latency.py" \
-                --variants graphs --repeats 2 --out "$out/decode_latency_$name.json" | tail -2
-        done
+        ab_decode
     fi
+fi
+if [ "$what" = kernels ]; then
+    [ -n "$baseline" ] && ab_decode
+    echo "== ecf_gemv_probe"
+    timeout 90 python3 benchmarks/ecf_gemv_probe.py --out "$out/ecf_gemv_probe.json" | tail -8
+    gpu_tests 150 gpu_tests_kernels.log tests/gpu_backend/kernels/test_triton_ecf_linear.py \
+        tests/gpu_backend/kernels/test_triton_linear.py tests/gpu_backend/weights/test_compressed_kernels_gpu.py
 fi
 if [ "$what" = capacity ]; then
     echo "== compressed_capacity"

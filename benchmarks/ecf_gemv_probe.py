@@ -18,19 +18,18 @@ import torch
 
 from llama_shapes import environment
 
-from gpu_backend.weights.codec import encode_on_device
 from gpu_backend.weights.packed import CompressedWeight
+from gpu_backend.weights.planes import WINDOW, best_window
 
 SHAPES = {"qkv": (6144, 4096), "gate_up": (28672, 4096), "down": (4096, 14336), "lm_head": (128256, 4096)}
 
 
 def without_escapes(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` with each value whose exponent is not among its 15 most common set to 0.01 (a common one)."""
+    """``weight`` with each value whose exponent is outside its window set to 0.01 (inside it)."""
     exponent = (weight.view(torch.int16).to(torch.int32) >> 7) & 0xFF
-    counts = torch.bincount(exponent.flatten(), minlength=256)
-    common = torch.zeros(256, dtype=torch.bool, device=weight.device)
-    common[torch.argsort(counts, descending=True)[:15]] = True
-    return torch.where(common[exponent], weight, torch.full_like(weight, 0.01))
+    base = best_window(exponent.to(torch.uint8))
+    inside = (exponent >= base) & (exponent < base + WINDOW)
+    return torch.where(inside, weight, torch.full_like(weight, 0.01))
 
 
 def main() -> None:
@@ -49,7 +48,7 @@ def main() -> None:
         bf16_ms = triton.testing.do_bench(lambda: triton_linear._gemv(x, dense, None))
         row = {"shape": name, "n": n, "k": k, "bf16_ms": bf16_ms, "bf16_GB_s": n * k * 2 / bf16_ms / 1e6}
         for kind, weight in (("coded", dense), ("no_escapes", without_escapes(dense))):
-            coded = CompressedWeight.stack([encode_on_device(weight)], torch.bfloat16, "cuda")
+            coded = CompressedWeight.from_dense(weight)
             reference = triton_linear._gemv(x, coded.decode(), None)
             got = triton_linear._gemv(x, coded, None)
             ms = triton.testing.do_bench(lambda: triton_linear._gemv(x, coded, None))

@@ -262,12 +262,10 @@ class EngineCore:
         With ``async_scheduling=False`` each batch is read back before the step returns.
         A pipeline keeps one batch per stage in flight instead (``_pipeline_step``).
 
-        A batch with rows under a grammar needs batch k-1's tokens for its mask. In one process,
-        its forward pass is queued with the sampler held back; batch k-1 is read back and its tokens
-        advance the grammars; the mask is then filled on the mask thread while this step builds
-        batch k-1's outputs, the caller handles them and the next step schedules; the next step
-        queues the sampler with the mask before its own forward pass. A sharded instance's driver,
-        which sends the mask to its ranks, makes it inside the launch instead (``_StepMasks``).
+        A batch with rows under a grammar needs batch k-1's tokens for its mask. In one process its
+        sampler is held back and the mask filled on the mask thread while the host goes on (the
+        order: docs/engine.md, "How the mask flows"); a sharded instance's driver, which sends the
+        mask to its ranks, makes it inside the launch instead (``_StepMasks``).
         """
         if self.runner.pipeline_depth > 1:
             return self._pipeline_step()
@@ -283,26 +281,21 @@ class EngineCore:
                                                     for seq in batch.seqs)
         grammar = self._has_grammar(batch)
         hold = grammar and self.runner.holds_sampler and self.config.async_scheduling
-        planned = None
-        if hold and batch.seqs and not read_first:
-            # the step's inputs on the host while the mask thread still fills the batch before's mask:
-            # off the path from that mask to this step's forward pass
-            planned = self.runner.plan(batch, in_flight.launched if in_flight is not None else None)
+        # with a held sampler, plan the step while the mask thread may still fill the batch before's mask
+        planned = (self.runner.plan(batch, in_flight.launched if in_flight is not None else None)
+                   if hold and batch.seqs and not read_first else None)
         if in_flight is not None and in_flight.launched.held is not None:
             self._sample_held(in_flight)  # its tokens are this step's pending inputs
         if read_first:
-            assert in_flight is not None
-            outputs = self._finish(in_flight)
-            in_flight = None
+            outputs, in_flight = self._finish(in_flight), None  # type: ignore[arg-type]
             batch = batch.without_finished()
         launched = None
         masks = _StepMasks(self, batch, in_flight) if grammar and not hold else None
+        previous = in_flight.launched if in_flight is not None else None
         if planned is not None:
-            launched = self.runner.run(planned, in_flight.launched if in_flight is not None else None,
-                                       hold_sampler=True)
+            launched = self.runner.run(planned, previous, hold_sampler=True)
         elif batch.seqs:
-            launched = self.runner.launch(batch, in_flight.launched if in_flight is not None else None,
-                                          **({"masks": masks} if masks is not None else {}),
+            launched = self.runner.launch(batch, previous, **({"masks": masks} if masks is not None else {}),
                                           **({"hold_sampler": True} if hold else {}))
         self.stats.launch_s += time.perf_counter() - scheduled
         mask = None

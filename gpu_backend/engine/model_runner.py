@@ -23,8 +23,7 @@ from ..loader import is_compressed_folder, load_weights
 from ..models.registry import build_model
 from ..parallel.pipeline import PipelineStage
 from ..parallel.state import tp_size
-from ..weights.codec import encode_on_device
-from ..weights.packed import share_scratch
+from ..weights.packed import CompressedWeight, share_scratch
 from .block_tables import BlockTables
 from .cuda_graphs import DecodeGraphs
 from .device_copy import to_device
@@ -114,9 +113,9 @@ class ModelRunner:
         # Kernel mode: the linear layers never hold a whole dense weight, whether they read an ECF checkpoint
         # or take random weights made and coded one tensor at a time (_fill_dummy_compressed).
         dummy_compressed = self.config.load_format == "dummy" and self.config.compressed_weights == "kernel"
-        if dummy_compressed and self.dtype not in (torch.bfloat16, torch.float32):
-            raise ValueError(f"load_format='dummy' with compressed_weights='kernel' makes ECF weights, which code "
-                             f"bfloat16 or float32, not {self.dtype}: pass dtype='bfloat16'")
+        if dummy_compressed and self.dtype != torch.bfloat16:
+            raise ValueError(f"load_format='dummy' with compressed_weights='kernel' makes ECF weights held coded, "
+                             f"which are bfloat16, not {self.dtype}: pass dtype='bfloat16'")
         keep_compressed = dummy_compressed or (
             self.config.load_format != "dummy" and self.config.compressed_weights == "kernel"
             and self.device.type == "cuda" and self.dtype == torch.bfloat16 and is_compressed_folder(Path(self.config.model)))
@@ -329,6 +328,11 @@ def _source_rows(layer: LinearBase) -> list[int]:
 
 
 @torch.no_grad()
+def code_dense(matrix: torch.Tensor) -> CompressedWeight:
+    """One random source tensor coded where it was made (a name the tests watch)."""
+    return CompressedWeight.from_dense(matrix)
+
+
 def _fill_dummy_compressed(model: torch.nn.Module, dtype: torch.dtype, device: torch.device, seed: int = 1) -> None:
     """Random N(0, 0.02) weights for the linear layers built compressed, made and ECF-coded on ``device``
     one checkpoint-sized tensor at a time: no dense weight larger than one such tensor ever exists,
@@ -343,7 +347,7 @@ def _fill_dummy_compressed(model: torch.nn.Module, dtype: torch.dtype, device: t
             for start in range(0, rows, step):
                 chunk = dense[start:start + step]
                 chunk.copy_(0.02 * torch.randn(chunk.shape, generator=generator, device=device))
-            layer.keep_coded(first, encode_on_device(dense))
+            layer.keep_coded(first, code_dense(dense))
             first += rows
             del dense
         layer.finish_loading()

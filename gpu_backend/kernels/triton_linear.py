@@ -1,10 +1,11 @@
 """``y = x W^T + b`` for one row of x (batch-1 decode): a Triton GEMV, else torch's matmul.
 
 At one row a linear layer only streams its weight; on an H100 the chain of Llama-8B decode GEMVs
-in a CUDA graph reads 2.96 TB/s, the card's copy bandwidth (benchmarks/gemv_chain.py; cuBLAS
-2.71). Each program reduces BLOCK_N rows of W over the whole of K, so no split-K pass or second
-launch is needed. Launched with PDL (pdl.py), each program's first weight tile is already loading
-while the kernel before it finishes.
+in a CUDA graph read 2.96 TB/s, the card's copy bandwidth (benchmarks/gemv_chain.py; cuBLAS 2.71),
+measured before the sums below were made layout-independent; the GEMV as it is now has not run on a
+GPU yet (docs/weights-format.md, "On a GPU"). Each program reduces BLOCK_N rows of W over the
+whole of K, so no split-K pass or second launch is needed. Launched with PDL (pdl.py), each
+program's first weight tile is already loading while the kernel before it finishes.
 
 The GEMV can also compute its input itself, which saves a launch and a round trip through
 memory per fused op (docs/engine.md, "Kernels"):
@@ -14,18 +15,25 @@ memory per fused op (docs/engine.md, "Kernels"):
 - `silu_and_mul_linear`: silu(gate) * up, the input of down_proj.
 Both round exactly where their separate kernels do. Other shapes run the separate kernels.
 
-A weight may also be an ECF ``CompressedWeight`` (docs/weights-format.md; gpu_backend/weights/packed.py),
-which stays coded in GPU memory: 1.5 bytes per weight instead of 2. At one row the same GEMV kernel
-decodes each tile where it would load a bf16 tile (the ``ECF`` constexpr): the sign-mantissa byte
-plane, the exponent nibble and its row's 16-entry table, and the row's escapes in order from its
-CSR offset. The tiles, and so the summation, are the bf16 kernel's, so the output is meant to be
-bit for bit the bf16 GEMV's on the decoded weight (checked under Triton's interpreter; on a GPU the
-compiler picks the tile's register layout from its loads, which the CUDA tests check). Several
-rows decode the whole weight into the model's scratch buffer (`decode_to_scratch`) and run what a
-bf16 weight runs on it, exact by construction; `FUSED_ECF_DECODE = False` does so at one row too.
+The sums are laid down so that none depends on how the compiler lays a tile out in registers:
+each output element keeps a K tile's width of running sums (one per column), advanced by one fused
+multiply-add per tile, then summed by halving (`_row_sums`). So a kernel that gets the same weights
+another way gets the same output.
+
+A weight may also be an ECF ``CompressedWeight`` (docs/weights-format.md; gpu_backend/weights/packed.py
+and planes.py), which stays coded in GPU memory: 1.5 bytes per weight instead of 2. At one row the
+same GEMV kernel (the ``ECF`` constexpr) loads each tile's three plane words a group of 8 weights,
+decodes four weights at a time in byte lanes (``_ecf_pairs``), swaps in an escaped group's entry,
+and adds the products into the same sums as the bf16 kernel: bit for bit the bf16 GEMV's output on
+the decoded weight. Several rows decode the whole weight into the model's scratch buffer
+(`decode_to_scratch`) and run what a bf16 weight runs on it, exact by construction;
+`FUSED_ECF_DECODE = False` does so at one row too. The fused SiLU is not used with an ECF weight
+(see `silu_and_mul_linear`).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +43,7 @@ import triton.language as tl
 from gpu_backend.kernels import pdl, triton_ops
 from gpu_backend.kernels.pdl import wait_then_release
 from gpu_backend.weights.packed import CompressedWeight
+from gpu_backend.weights.planes import GROUP, tile_cols
 
 _GEMV_DTYPES = (torch.bfloat16, torch.float16)
 Weight = torch.Tensor | CompressedWeight
@@ -42,72 +51,184 @@ Weight = torch.Tensor | CompressedWeight
 # that (exact by construction, but the weight is written and read dense once more)
 FUSED_ECF_DECODE = True
 PLAIN, RMS_NORM, SILU_MUL = 0, 1, 2  # what the GEMV does to its input first
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter runs no inline PTX
+
+
+@triton.jit
+def _load(ptr, ok, EVEN_K: tl.constexpr):
+    """Zeros where not ``ok``; EVEN_K: every column is inside K, so no mask at all."""
+    if EVEN_K:
+        return tl.load(ptr)
+    return tl.load(ptr, mask=ok, other=0.0)
 
 
 @triton.jit
 def _input_chunk(x_ptr, res_ptr, norm_w_ptr, c, K, rstd, dtype: tl.constexpr,
-                 PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """Columns c of the GEMV's input, in fp32, rounded as the separate kernels round them."""
+                 PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, EVEN_K: tl.constexpr):
+    """Columns c of the GEMV's input, in fp32, rounded as the separate kernels round them (zeros
+    past K)."""
     ok = c < K
     if PROLOGUE == 1:
-        s = tl.load(x_ptr + c, mask=ok, other=0.0)
+        s = _load(x_ptr + c, ok, EVEN_K)
         if HAS_RESIDUAL:
-            s = (s.to(tl.float32) + tl.load(res_ptr + c, mask=ok, other=0.0).to(tl.float32)).to(dtype)
+            s = (s.to(tl.float32) + _load(res_ptr + c, ok, EVEN_K).to(tl.float32)).to(dtype)
         normed = (s.to(tl.float32) * rstd).to(dtype)
-        w = tl.load(norm_w_ptr + c, mask=ok, other=0.0)
+        w = _load(norm_w_ptr + c, ok, EVEN_K)
         return (normed.to(tl.float32) * w.to(tl.float32)).to(dtype).to(tl.float32)
     elif PROLOGUE == 2:
-        gate = tl.load(x_ptr + c, mask=ok, other=0.0).to(tl.float32)
-        up = tl.load(x_ptr + K + c, mask=ok, other=0.0).to(tl.float32)
+        gate = _load(x_ptr + c, ok, EVEN_K).to(tl.float32)
+        up = _load(x_ptr + K + c, ok, EVEN_K).to(tl.float32)
         silu = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
         return (silu * up).to(dtype).to(tl.float32)
     else:
-        return tl.load(x_ptr + c, mask=ok, other=0.0).to(tl.float32)
+        return _load(x_ptr + c, ok, EVEN_K).to(tl.float32)
 
 
 @triton.jit
-def _ecf_tile(w_rows, index_rows, table_rows, escape_values_ptr, run, ok, c):
-    """A bfloat16 weight tile decoded from its ECF planes (docs/weights-format.md), and the rows'
-    running escape positions moved past it. ``run[r]`` is the escape-list entry of row r's next
-    escape: escapes are in column order within a row, so the tile's k-th escape of row r is
-    entry run[r] + k, with no need to read their columns."""
-    # 8 bytes a thread, as a bf16 tile loads 8 weights a thread: the same register layout, so the
-    # same reduction order (a byte load alone would take 16 a thread)
-    top = tl.load(w_rows + tl.max_contiguous(c, 8)[None, :], mask=ok, other=0).to(tl.int32)
-    packed = tl.load(index_rows + (c // 2)[None, :], mask=ok, other=0).to(tl.int32)
-    index = (packed >> ((c % 2) * 4)[None, :]) & 0xF
-    exponent = tl.load(table_rows + index, mask=ok, other=0).to(tl.int32)
-    bits = ((top & 0x80) << 8) | (exponent << 7) | (top & 0x7F)
-    escaped = ((index == 15) & ok).to(tl.int32)
-    count = tl.sum(escaped, axis=1)
-    if tl.sum(count, axis=0) > 0:
-        entry = run[:, None] + tl.cumsum(escaped, axis=1) - 1
-        value = tl.load(escape_values_ptr + entry, mask=escaped != 0, other=0).to(tl.int32) & 0xFFFF
-        bits = tl.where(escaped != 0, value, bits)
-    return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True), run + count
+def _fma_phase(acc, w, x_ptr, res_ptr, norm_w_ptr, c, K, rstd, dtype: tl.constexpr,
+               PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, EVEN_K: tl.constexpr):
+    """acc + w * x[c], one rounding per element: the same sum whatever the registers' layout."""
+    x = _input_chunk(x_ptr, res_ptr, norm_w_ptr, c, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, EVEN_K)
+    return tl.fma(w, x[None, :], acc)
+
+
+@triton.jit
+def _ecf_tile(word_rows, plane_stride, t, G: tl.constexpr):
+    """A K tile's three plane words per group (weights/planes.py): LOW, HIGH, INDEX."""
+    w = word_rows + (t * G + tl.arange(0, G))[None, :]
+    return tl.load(w), tl.load(w + plane_stride), tl.load(w + 2 * plane_stride)
+
+
+@triton.jit
+def _ecf_escapes(lo, ix, escapes_ptr, escapes_addr, ASM: tl.constexpr):
+    """Which groups escape (a nibble of 15), and their 4 words of bf16 pairs (undefined elsewhere).
+    ASM: one predicated 16-byte load an escaped group from ``escapes_addr`` (the list's address as an
+    integer); else two 8-byte loads through ``escapes_ptr`` (the int32 [E, 4] list seen as int64 [E, 2])."""
+    both = ix & (ix >> 1)
+    escaped = ((both & (both >> 2)) & 0x11111111) != 0
+    # an escaped group's LOW word is its entry number
+    if ASM:
+        e0, e1, e2, e3 = tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $4, 0; @p ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$5]; }",
+            "=r,=r,=r,=r,r,l", [escaped.to(tl.int32), escapes_addr + lo.to(tl.int64) * 16],
+            dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+    else:
+        entry = escapes_ptr + lo.to(tl.int64) * 2
+        first = tl.load(entry, mask=escaped)
+        second = tl.load(entry + 1, mask=escaped)
+        e0, e1 = first.to(tl.int32), (first >> 32).to(tl.int32)
+        e2, e3 = second.to(tl.int32), (second >> 32).to(tl.int32)
+    return escaped, e0, e1, e2, e3
+
+
+@triton.jit
+def _ecf_pairs(word, exponents, ASM: tl.constexpr):
+    """Four weights' bf16 bits, decoded in byte lanes: ``word`` holds their sign-mantissa bytes and
+    ``exponents`` their biased exponents, a byte each. Returns the pairs (bytes 0 and 2, 1 and 3)
+    as bf16 words, the first of each in the low half. ASM: one PTX op per bit-select (lop3) and per
+    byte shuffle (prmt), which the compiler does not find by itself; else the same bits in plain
+    integer ops (Triton's interpreter runs no PTX)."""
+    shifted_down = exponents >> 1
+    shifted_up = exponents << 7
+    if ASM:
+        # lop3 0xE4 = (a & c) | (b & ~c)
+        high = tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, 0x80808080, 0xE4;", "=r,r,r", [word, shifted_down],
+                                         dtype=tl.int32, is_pure=True, pack=1)  # sign | exponent >> 1
+        low = tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, 0x7F7F7F7F, 0xE4;", "=r,r,r", [word, shifted_up],
+                                        dtype=tl.int32, is_pure=True, pack=1)  # exponent's low bit | mantissa
+        even = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x6240;", "=r,r,r", [low, high],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+        odd = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7351;", "=r,r,r", [low, high],
+                                        dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        high = (word & -2139062144) | (shifted_down & 0x7F7F7F7F)  # -2139062144 is 0x80808080
+        low = (word & 0x7F7F7F7F) | (shifted_up & -2139062144)
+        even = (low & 0x00FF00FF) | ((high << 8) & -16711936)  # -16711936 is 0xFF00FF00
+        odd = ((low >> 8) & 0x00FF00FF) | (high & -16711936)
+    return even, odd
+
+
+@triton.jit
+def _ecf_group(lo, hi, ix, base4, escapes_ptr, escapes_addr, ASM: tl.constexpr):
+    """A tile's groups as four words of bf16 pairs: phases (0, 2), (1, 3), (4, 6), (5, 7)."""
+    escaped, e0, e1, e2, e3 = _ecf_escapes(lo, ix, escapes_ptr, escapes_addr, ASM)
+    p02, p13 = _ecf_pairs(lo, (ix & 0x0F0F0F0F) + base4, ASM)
+    p46, p57 = _ecf_pairs(hi, ((ix >> 4) & 0x0F0F0F0F) + base4, ASM)
+    return (tl.where(escaped, e0, p02), tl.where(escaped, e1, p13), tl.where(escaped, e2, p46),
+            tl.where(escaped, e3, p57))
+
+
+@triton.jit
+def _fma_pair(first, second, pair, c, K, x_ptr, res_ptr, norm_w_ptr, rstd, dtype: tl.constexpr,
+              PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, EVEN_K: tl.constexpr, SECOND: tl.constexpr):
+    """Two phases' running sums advanced by a word of bf16 pairs: the low halves are columns c, the
+    high halves columns c + SECOND."""
+    low = (pair << 16).to(tl.float32, bitcast=True)
+    high = (pair & -65536).to(tl.float32, bitcast=True)
+    first = _fma_phase(first, low, x_ptr, res_ptr, norm_w_ptr, c, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, EVEN_K)
+    second = _fma_phase(second, high, x_ptr, res_ptr, norm_w_ptr, c + SECOND, K, rstd, dtype, PROLOGUE,
+                        HAS_RESIDUAL, EVEN_K)
+    return first, second
+
+
+@triton.jit
+def _ecf_fma(a0, a1, a2, a3, a4, a5, a6, a7, lo, hi, ix, base4, escapes_ptr, escapes_addr, x_ptr, res_ptr,
+             norm_w_ptr, c0, K, rstd, dtype: tl.constexpr, PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+             G: tl.constexpr, EVEN_K: tl.constexpr, ASM: tl.constexpr):
+    """The 8 phases' running sums advanced by one decoded K tile: phase j's are columns j*G.. of the tile."""
+    p02, p13, p46, p57 = _ecf_group(lo, hi, ix, base4, escapes_ptr, escapes_addr, ASM)
+    c = c0 + tl.arange(0, G)
+    a0, a2 = _fma_pair(a0, a2, p02, c, K, x_ptr, res_ptr, norm_w_ptr, rstd, dtype, PROLOGUE, HAS_RESIDUAL, EVEN_K,
+                       2 * G)
+    a1, a3 = _fma_pair(a1, a3, p13, c + G, K, x_ptr, res_ptr, norm_w_ptr, rstd, dtype, PROLOGUE, HAS_RESIDUAL,
+                       EVEN_K, 2 * G)
+    a4, a6 = _fma_pair(a4, a6, p46, c + 4 * G, K, x_ptr, res_ptr, norm_w_ptr, rstd, dtype, PROLOGUE, HAS_RESIDUAL,
+                       EVEN_K, 2 * G)
+    a5, a7 = _fma_pair(a5, a7, p57, c + 5 * G, K, x_ptr, res_ptr, norm_w_ptr, rstd, dtype, PROLOGUE, HAS_RESIDUAL,
+                       EVEN_K, 2 * G)
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@triton.jit
+def _halve(acc, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr):
+    return tl.sum(tl.reshape(acc, [BLOCK_N, 2, WIDTH // 2]), axis=1)
+
+
+@triton.jit
+def _row_sums(acc, BLOCK_N: tl.constexpr, G: tl.constexpr):
+    """Each row of acc [BLOCK_N, G] summed by halving (column i + column i + width/2, width G down
+    to 2): two-element sums only, so the same additions whatever the registers' layout."""
+    for i in tl.static_range(11):  # widths G, G/2, ..., 2 (G is at most 1024)
+        if (G >> i) >= 2:
+            acc = _halve(acc, BLOCK_N, G >> i)
+    return tl.reshape(acc, [BLOCK_N])
 
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, res_ptr, norm_w_ptr, new_res_ptr, N, K, stride_wn, eps,
-                 index_ptr, tables_ptr, row_tables_ptr, escape_offsets_ptr, escape_values_ptr, stride_in,
-                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PROLOGUE: tl.constexpr,
-                 HAS_RESIDUAL: tl.constexpr, BLOCK_ROW: tl.constexpr, USE_PDL: tl.constexpr, ECF: tl.constexpr):
-    """ECF: w_ptr is the weight's sign-mantissa plane and each tile is decoded where a bf16 tile is
-    loaded; everything else, tiling and summation order included, is the bf16 kernel's."""
+                 base_ptr, escapes_ptr, escapes_addr, plane_stride,
+                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, G: tl.constexpr, PROLOGUE: tl.constexpr,
+                 HAS_RESIDUAL: tl.constexpr, BLOCK_ROW: tl.constexpr, USE_PDL: tl.constexpr, ECF: tl.constexpr,
+                 EVEN_K: tl.constexpr, ASM: tl.constexpr):
+    """y = x W^T for one row x, in K tiles of KT = 8*G columns. Every output element keeps KT running
+    sums, one per column of a tile, each advanced by one fma per tile in tile order; they are then
+    summed by halving (_row_sums). No sum depends on how the compiler lays a tile out in registers,
+    so the ECF form (w_ptr the weight's planes, weights/planes.py, each tile decoded in registers as
+    8 phases of G columns) gives bit for bit what the bf16 kernel gives on the decoded weight."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
-    cols = tl.arange(0, BLOCK_K)
-    w_rows = w_ptr + rows[:, None] * stride_wn
+    safe_rows = tl.minimum(rows, N - 1)  # rows past N load row N-1 and are never stored
+    w_rows = w_ptr + safe_rows[:, None].to(tl.int64) * stride_wn
     dtype = y_ptr.dtype.element_ty
+    KT: tl.constexpr = 8 * G
+    num_tiles = tl.cdiv(K, KT)
+    cols = tl.arange(0, KT)
     # The weights depend on no earlier kernel: the first tile is in flight before the wait.
     if ECF:
-        index_rows = index_ptr + rows[:, None] * stride_in
-        table_rows = tables_ptr + tl.load(row_tables_ptr + rows, mask=row_ok, other=0).to(tl.int32)[:, None] * 16
-        run = tl.load(escape_offsets_ptr + rows, mask=row_ok, other=0)
-        w, run = _ecf_tile(w_rows, index_rows, table_rows, escape_values_ptr, run,
-                           row_ok[:, None] & (cols < K)[None, :], cols)
+        base4 = (tl.load(base_ptr + safe_rows).to(tl.int32) * 0x01010101)[:, None]  # the window's base, a byte each
+        lo, hi, ix = _ecf_tile(w_rows, plane_stride, 0, G)
     else:
-        w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
+        w = _load(w_rows + cols[None, :], (cols < K)[None, :], EVEN_K)
     if USE_PDL:
         wait_then_release()
     rstd = 0.0
@@ -122,46 +243,54 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, res_ptr, norm_w_ptr, new_res_ptr, N
                 tl.store(new_res_ptr + everything, s, mask=everything < K)
         s32 = s.to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(s32 * s32, axis=0) / K + eps)
-    x = _input_chunk(x_ptr, res_ptr, norm_w_ptr, cols, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL)
-    acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-    for k0 in range(BLOCK_K, K, BLOCK_K):
-        c = k0 + cols
-        if ECF:
-            w, run = _ecf_tile(w_rows, index_rows, table_rows, escape_values_ptr, run,
-                               row_ok[:, None] & (c < K)[None, :], c)
-        else:
-            w = tl.load(w_rows + c[None, :], mask=row_ok[:, None] & (c < K)[None, :], other=0.0)
-        x = _input_chunk(x_ptr, res_ptr, norm_w_ptr, c, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL)
-        acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+    if ECF:
+        a0 = tl.zeros([BLOCK_N, G], dtype=tl.float32)
+        a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
+        a0, a1, a2, a3, a4, a5, a6, a7 = _ecf_fma(a0, a1, a2, a3, a4, a5, a6, a7, lo, hi, ix, base4, escapes_ptr,
+                                                  escapes_addr, x_ptr, res_ptr, norm_w_ptr, 0, K, rstd, dtype,
+                                                  PROLOGUE, HAS_RESIDUAL, G, EVEN_K, ASM)
+        for t in range(1, num_tiles):
+            lo, hi, ix = _ecf_tile(w_rows, plane_stride, t, G)
+            a0, a1, a2, a3, a4, a5, a6, a7 = _ecf_fma(a0, a1, a2, a3, a4, a5, a6, a7, lo, hi, ix, base4,
+                                                      escapes_ptr, escapes_addr, x_ptr, res_ptr, norm_w_ptr, t * KT,
+                                                      K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, G, EVEN_K, ASM)
+        # the first three halvings of the bf16 kernel's KT sums: columns c and c + KT/2 are phases j and j+4
+        out = _row_sums(((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), BLOCK_N, G)
+    else:
+        acc = _fma_phase(tl.zeros([BLOCK_N, KT], dtype=tl.float32), w.to(tl.float32), x_ptr, res_ptr, norm_w_ptr,
+                         cols, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, EVEN_K)
+        for t in range(1, num_tiles):
+            c = t * KT + cols
+            w = _load(w_rows + c[None, :], (c < K)[None, :], EVEN_K)
+            acc = _fma_phase(acc, w.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c, K, rstd, dtype, PROLOGUE,
+                             HAS_RESIDUAL, EVEN_K)
+        out = _row_sums(acc, BLOCK_N, KT)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-    tl.store(y_ptr + rows, acc.to(dtype), mask=row_ok)
+        out += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + rows, out.to(dtype), mask=row_ok)
 
 
 @triton.jit
-def _ecf_decode_kernel(w_ptr, index_ptr, tables_ptr, row_tables_ptr, out_ptr, N, K, stride_in,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """A whole bfloat16 weight decoded into ``out`` (int16 bits), escapes left for _ecf_escape_kernel."""
+def _ecf_decode_kernel(w_ptr, base_ptr, escapes_ptr, escapes_addr, out_ptr, N, K, stride_wn, plane_stride,
+                       BLOCK_N: tl.constexpr, G: tl.constexpr, ASM: tl.constexpr):
+    """One [BLOCK_N, 8*G] tile of a weight's planes decoded into ``out`` (int16 bits, [N, K])."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    c = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    row_ok = rows < N
-    ok = row_ok[:, None] & (c < K)[None, :]
-    top = tl.load(w_ptr + rows[:, None] * K + c[None, :], mask=ok, other=0).to(tl.int32)
-    packed = tl.load(index_ptr + rows[:, None] * stride_in + (c // 2)[None, :], mask=ok, other=0).to(tl.int32)
-    index = (packed >> ((c % 2) * 4)[None, :]) & 0xF
-    table_rows = tables_ptr + tl.load(row_tables_ptr + rows, mask=row_ok, other=0).to(tl.int32)[:, None] * 16
-    exponent = tl.load(table_rows + index, mask=ok, other=0).to(tl.int32)
-    bits = ((top & 0x80) << 8) | (exponent << 7) | (top & 0x7F)
-    tl.store(out_ptr + rows[:, None].to(tl.int64) * K + c[None, :], bits.to(tl.int16), mask=ok)
-
-
-@triton.jit
-def _ecf_escape_kernel(escape_rows_ptr, escape_cols_ptr, escape_values_ptr, out_ptr, E, K, BLOCK: tl.constexpr):
-    j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = j < E
-    r = tl.load(escape_rows_ptr + j, mask=ok, other=0).to(tl.int64)
-    c = tl.load(escape_cols_ptr + j, mask=ok, other=0)
-    tl.store(out_ptr + r * K + c, tl.load(escape_values_ptr + j, mask=ok, other=0), mask=ok)
+    t = tl.program_id(1)
+    safe_rows = tl.minimum(rows, N - 1)
+    lo, hi, ix = _ecf_tile(w_ptr + safe_rows[:, None].to(tl.int64) * stride_wn, plane_stride, t, G)
+    base4 = (tl.load(base_ptr + safe_rows).to(tl.int32) * 0x01010101)[:, None]
+    p02, p13, p46, p57 = _ecf_group(lo, hi, ix, base4, escapes_ptr, escapes_addr, ASM)
+    out_rows = out_ptr + rows[:, None].to(tl.int64) * K
+    c = t * 8 * G + tl.arange(0, G)
+    ok = (rows < N)[:, None]
+    tl.store(out_rows + c[None, :], p02.to(tl.int16), mask=ok & (c < K)[None, :])
+    tl.store(out_rows + (c + G)[None, :], p13.to(tl.int16), mask=ok & (c + G < K)[None, :])
+    tl.store(out_rows + (c + 2 * G)[None, :], (p02 >> 16).to(tl.int16), mask=ok & (c + 2 * G < K)[None, :])
+    tl.store(out_rows + (c + 3 * G)[None, :], (p13 >> 16).to(tl.int16), mask=ok & (c + 3 * G < K)[None, :])
+    tl.store(out_rows + (c + 4 * G)[None, :], p46.to(tl.int16), mask=ok & (c + 4 * G < K)[None, :])
+    tl.store(out_rows + (c + 5 * G)[None, :], p57.to(tl.int16), mask=ok & (c + 5 * G < K)[None, :])
+    tl.store(out_rows + (c + 6 * G)[None, :], (p46 >> 16).to(tl.int16), mask=ok & (c + 6 * G < K)[None, :])
+    tl.store(out_rows + (c + 7 * G)[None, :], (p57 >> 16).to(tl.int16), mask=ok & (c + 7 * G < K)[None, :])
 
 
 def _block_n(n: int, k: int) -> int:
@@ -188,40 +317,46 @@ def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: 
     block_n = _block_n(n, k)
     use_pdl = pdl.enabled(x)
     if isinstance(weight, CompressedWeight):
-        w, stride_wn, ecf = weight.sign_mantissa[0], k, True
-        ecf_args = (weight.exponent_index, weight.tables, weight.row_tables, weight.escape_row_offsets,
-                    weight.escape_values, weight.exponent_index.stride(0))
+        w, stride_wn, ecf = weight.planes, weight.planes.shape[2], True
+        escapes = _escape_words(weight)
+        ecf_args = (weight.exponent_base, escapes, escapes.data_ptr(), weight.planes.stride(0))
     else:
         w, stride_wn, ecf = weight, weight.stride(0), False
-        ecf_args = (w, w, w, w, w, 0)
+        ecf_args = (w, w, 0, 0)
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, w, bias if bias is not None else x, y,
         residual if residual is not None else x, norm_weight if norm_weight is not None else x,
         new_residual if new_residual is not None else y, n, k, stride_wn, eps, *ecf_args,
-        HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=1024, PROLOGUE=prologue,
+        HAS_BIAS=bias is not None, BLOCK_N=block_n, G=tile_cols(k) // GROUP, PROLOGUE=prologue,
         HAS_RESIDUAL=residual is not None, BLOCK_ROW=triton.next_power_of_2(k) if prologue == RMS_NORM else 1,
-        USE_PDL=use_pdl, num_warps=8, ECF=ecf, **pdl.launch_options(use_pdl),
+        USE_PDL=use_pdl, num_warps=8, ECF=ecf, EVEN_K=k % tile_cols(k) == 0, ASM=not _INTERPRETED,
+        **pdl.launch_options(use_pdl),
     )
     return y
+
+
+def _escape_words(weight: CompressedWeight) -> torch.Tensor:
+    """The escape list as the kernels read it, two 8-byte words an entry; never an empty tensor
+    (its null pointer), though a weight without escapes never reads it."""
+    if weight.escapes.numel():
+        return weight.escapes.view(torch.int64)
+    return torch.zeros(2, dtype=torch.int64, device=weight.device)
 
 
 def decode_to_scratch(weight: CompressedWeight) -> torch.Tensor:
     """The dense weight, decoded into its model's scratch buffer (valid until the next decode; a
     new tensor without one): the matmul for several rows (prefill, batched decode) then runs on it."""
-    if weight.dtype != torch.bfloat16:
-        return weight.decode()
     n, k = weight.shape
     if weight.scratch is not None:
         out = weight.scratch[:n * k].view(n, k)
     else:
         out = torch.empty((n, k), dtype=weight.dtype, device=weight.device)
-    bits = out.view(torch.int16)
-    _ecf_decode_kernel[(triton.cdiv(n, 32), triton.cdiv(k, 256))](
-        weight.sign_mantissa[0], weight.exponent_index, weight.tables, weight.row_tables, bits, n, k,
-        weight.exponent_index.stride(0), BLOCK_N=32, BLOCK_K=256, num_warps=8)
-    if weight.num_escapes:
-        _ecf_escape_kernel[(triton.cdiv(weight.num_escapes, 1024),)](
-            weight.escape_rows, weight.escape_cols, weight.escape_values, bits, weight.num_escapes, k, BLOCK=1024)
+    groups = weight.planes.shape[2]
+    tile = tile_cols(k)
+    escapes = _escape_words(weight)
+    _ecf_decode_kernel[(triton.cdiv(n, 16), groups * GROUP // tile)](
+        weight.planes, weight.exponent_base, escapes, escapes.data_ptr(), out.view(torch.int16), n, k, groups,
+        weight.planes.stride(0), BLOCK_N=16, G=tile // GROUP, ASM=not _INTERPRETED, num_warps=8)
     return out
 
 
@@ -266,6 +401,9 @@ def silu_and_mul_linear(gate_up: torch.Tensor, weight: Weight, bias: torch.Tenso
                         ) -> torch.Tensor:
     """linear(silu(gate) * up) for gate_up = [gate | up]."""
     weight = _decoded_unless_fused(gate_up, weight)
-    if not _gemv_fits(gate_up, weight) or gate_up.shape[-1] != 2 * weight.shape[1]:
+    # An ECF weight takes the separate kernel first: the fused SiLU would be recomputed by each of a
+    # tile's row threads, and with the decode that made the GEMV loop twice as long (from the SASS).
+    if (not _gemv_fits(gate_up, weight) or gate_up.shape[-1] != 2 * weight.shape[1]
+            or isinstance(weight, CompressedWeight)):
         return linear(triton_ops.silu_and_mul(gate_up), weight, bias)
     return _gemv(gate_up.contiguous(), weight, bias, SILU_MUL)

@@ -25,7 +25,6 @@ from ..errors import CheckpointError
 from ..kernels import Kernels, reference
 from ..parallel.comm import all_reduce
 from ..parallel.state import tp_rank, tp_size
-from ..weights.codec import Parts
 from ..weights.packed import CompressedWeight, coded_slice
 
 
@@ -69,7 +68,7 @@ class LinearBase(nn.Module):
         self.ops = ops
         self.matmul = ops.linear if ops is not None else reference.linear  # the Triton one has a batch-1 GEMV
         self.compressed: CompressedWeight | None = None  # set instead of the dense weight by keep_compressed
-        self._coded_sources: dict[int, Parts] | None = None  # while loading compressed: first row -> parts
+        self._coded_sources: dict[int, CompressedWeight] | None = None  # while loading compressed: by first row
         if _built_compressed:  # no dense weight at all: loading keeps the coded parts (keep_compressed)
             self.weight = nn.Parameter(torch.empty(0), requires_grad=False)
             self._weight_shape, self._coded_sources = (output_size, input_size), {}
@@ -100,15 +99,15 @@ class LinearBase(nn.Module):
         """This rank's (rows, columns) of the weight, whether it is held dense or coded."""
         return self._weight_shape if self._coded_sources is not None else tuple(self.weight.shape)  # type: ignore[return-value]
 
-    def keep_coded(self, first_row: int, parts: Parts) -> None:
-        """Take the coded parts of the weight's rows from ``first_row`` on (one source tensor's, encoded
-        elsewhere, e.g. on the device); finish_loading stacks them."""
+    def keep_coded(self, first_row: int, coded: CompressedWeight) -> None:
+        """Take the weight's rows from ``first_row`` on, coded (one source tensor's, coded elsewhere,
+        e.g. on the device); finish_loading stacks them."""
         assert self._coded_sources is not None, "keep_coded needs keep_compressed or a compressed build first"
-        self._coded_sources[first_row] = parts
+        self._coded_sources[first_row] = coded
 
     def keep_compressed(self) -> None:
         """Hold the weight coded from the next load on: the dense parameter is emptied now, and the
-        weight loader keeps each source tensor's parts (this rank's slice) until finish_loading."""
+        weight loader keeps each source tensor (this rank's slice) coded until finish_loading."""
         if self._coded_sources is not None:
             return
         self._weight_shape = tuple(self.weight.shape)
@@ -116,19 +115,25 @@ class LinearBase(nn.Module):
         self.weight.data = torch.empty(0, dtype=self.weight.dtype, device=self.weight.device)
 
     def finish_loading(self) -> None:
-        """Stack the kept parts into the layer's compressed weight (no-op unless keep_compressed)."""
+        """Stack the kept source tensors into the layer's compressed weight (no-op unless keep_compressed).
+        A weight whose code would not be smaller than its dense form (a tensor whose exponents no window
+        holds, such as one of mostly exact zeros) is held dense instead: losslessly, only not smaller."""
         if self._coded_sources is None:
             return
         sources, next_row = [], 0
-        for first_row, parts in sorted(self._coded_sources.items()):
+        for first_row, coded in sorted(self._coded_sources.items()):
             if first_row != next_row:
                 raise CheckpointError(f"compressed weight: rows {next_row}..{first_row} were never loaded")
-            sources.append(parts)
-            next_row += parts["exponent_index"].shape[0]
+            sources.append(coded)
+            next_row += coded.shape[0]
         if next_row != self._weight_shape[0]:
             raise CheckpointError(f"compressed weight: {next_row} of {self._weight_shape[0]} rows loaded")
-        self.compressed = CompressedWeight.stack(sources, self.weight.dtype, self.weight.device)
         self._coded_sources = None
+        compressed = CompressedWeight.stack(sources)
+        if compressed.nbytes >= compressed.shape.numel() * compressed.dtype.itemsize:
+            self.weight.data = compressed.decode()
+            return
+        self.compressed = compressed
 
     def _place(self, param: nn.Parameter, loaded: Loaded, what: str, rows: tuple[int, int] | None = None,
                along: tuple[int, int, int] | None = None) -> None:
@@ -145,7 +150,8 @@ class LinearBase(nn.Module):
         if tuple(shape) != (count, self._weight_shape[1]):
             raise CheckpointError(f"{what}: checkpoint shape {tuple(shape)} does not fit "
                                   f"{(count, self._weight_shape[1])}")
-        self._coded_sources[first] = coded_slice(loaded, along)
+        self._coded_sources[first] = CompressedWeight.from_parts(coded_slice(loaded, along), self.weight.dtype,
+                                                                 self.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x, self.matmul_weight, self.bias)

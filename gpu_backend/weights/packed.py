@@ -1,23 +1,24 @@
 """ECF weights kept coded in memory: a layer's slices of checkpoint tensors, decoded inside the matmul.
 
-A linear layer that holds a ``CompressedWeight`` instead of a dense parameter keeps each source
-tensor's parts (docs/weights-format.md) for its own rows or columns only:
+A linear layer that holds a ``CompressedWeight`` instead of a dense parameter reads each source
+tensor's file parts (docs/weights-format.md) for its own rows or columns only:
 
 - ``slice_rows`` / ``slice_cols`` cut a tensor's parts the way ``narrow`` cuts the dense tensor
   (a column slice starts at an even column, so it is a plain slice of the nibble plane), the
-  escape list re-based to the slice;
-- ``CompressedWeight.stack`` puts the parts of several source tensors one above the other (QKV,
-  gate_up): each keeps its own exponent table, which ``row_tables`` names per row;
+  escape list re-based to the slice; ``coded_slice`` asks the reader for them;
+- ``CompressedWeight.from_parts`` recodes them, on the device the layer runs on, into the kernels'
+  form (weights/planes.py), and ``CompressedWeight.stack`` puts several source tensors one above
+  the other (QKV, gate_up), each keeping its exponent window;
 - ``share_scratch`` gives a model's weights the dense buffer that batches decode a weight into.
 
-``CompressedWeight.decode`` is the plain-torch twin of the Triton decode (per-row table lookup,
-escapes written last): the CPU matmul and the reference the kernels are tested against.
+``CompressedWeight.decode`` is the plain-torch twin of the Triton decode: the CPU matmul and the
+reference the kernels are tested against.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -28,8 +29,9 @@ from ..checkpoint_tensor import (
     materialize,
     narrow,
 )
-from ..errors import CompressedWeightsError
-from .codec import Parts, encode
+from ..errors import CompressedWeightsError, UnsupportedWeightsDtypeError
+from . import planes
+from .codec import Parts, decode_parts, encode
 from .format import (
     ESCAPE_COLS,
     ESCAPE_ROW_OFFSETS,
@@ -37,7 +39,6 @@ from .format import (
     EXPONENT_INDEX,
     EXPONENT_TABLE,
     SIGN_MANTISSA,
-    layout_of,
 )
 
 
@@ -103,108 +104,91 @@ def coded_slice(loaded: Loaded, along: tuple[int, int, int] | None) -> Parts:
 
 @dataclass
 class CompressedWeight:
-    """A 2-D weight ``[rows, cols]`` held as ECF planes, possibly stacked from several source tensors.
+    """A bfloat16 2-D weight ``[rows, cols]`` held coded in the kernels' form (weights/planes.py),
+    possibly stacked from several source tensors, each with its own exponent window.
 
-    ``sign_mantissa`` is uint8 ``[B, rows, cols]`` (B = 1 for bfloat16), ``exponent_index`` uint8
-    ``[rows, ceil(cols / 2)]``, ``tables`` uint8 ``[num_sources, 16]`` and ``row_tables`` uint8
-    ``[rows]`` the table of each row; escapes are CSR by row (``escape_row_offsets``) with their
-    rows listed too (``escape_rows``, for the scatter that patches a decoded weight).
+    ``planes`` is int32 ``[3, rows, groups]``, ``exponent_base`` uint8 ``[rows]`` the window of each
+    row, ``escapes`` int32 ``[E, 4]`` the escaped groups' bit patterns; ``source_rows`` the rows of
+    each source tensor, ``num_escapes`` how many of the weights lie outside their window.
     """
 
     dtype: torch.dtype
-    sign_mantissa: torch.Tensor
-    exponent_index: torch.Tensor
-    tables: torch.Tensor
-    row_tables: torch.Tensor
-    escape_row_offsets: torch.Tensor
-    escape_rows: torch.Tensor
-    escape_cols: torch.Tensor
-    escape_values: torch.Tensor
+    planes: torch.Tensor
+    exponent_base: torch.Tensor
+    escapes: torch.Tensor
+    cols: int
+    source_rows: tuple[int, ...]
+    num_escapes: int
     scratch: torch.Tensor | None = None  # dense buffer, shared by a model's weights: share_scratch
 
     @classmethod
-    def stack(cls, sources: list[Parts], dtype: torch.dtype, device: torch.device | str = "cpu") -> CompressedWeight:
-        """The parts of ``sources`` (same column count) one above the other, on ``device``."""
+    def from_dense(cls, matrix: torch.Tensor) -> CompressedWeight:
+        """One source tensor, bfloat16 ``[rows, cols]``, coded on its own device."""
+        coded, base, escapes, num_escapes = planes.encode(matrix)
+        return cls(torch.bfloat16, coded, base, escapes, matrix.shape[1], (matrix.shape[0],), num_escapes)
+
+    @classmethod
+    def from_parts(cls, parts: Parts, dtype: torch.dtype, device: torch.device | str = "cpu") -> CompressedWeight:
+        """One source tensor from its file parts (docs/weights-format.md), recoded on ``device``."""
+        if dtype != torch.bfloat16:
+            raise UnsupportedWeightsDtypeError(f"weights kept coded in memory are bfloat16, not {dtype}: "
+                                               f"load with compressed_weights='decode_at_load'")
+        rows = parts[EXPONENT_INDEX].shape[0]
+        cols = parts[SIGN_MANTISSA].shape[2]
+        on_device = {name: part.to(device) for name, part in parts.items()}
+        return cls.from_dense(decode_parts(on_device, dtype, (rows, cols)))
+
+    @classmethod
+    def stack(cls, sources: list[CompressedWeight]) -> CompressedWeight:
+        """``sources`` (same columns, same device) one above the other; each keeps its window."""
         if not sources:
             raise CompressedWeightsError("a compressed weight needs at least one source tensor")
-        cols = {tuple(p[SIGN_MANTISSA].shape[2:]) for p in sources}
-        if len(cols) != 1:
-            raise CompressedWeightsError(f"stacked compressed tensors differ in columns: {sorted(cols)}")
-        row_counts = [p[EXPONENT_INDEX].shape[0] for p in sources]
-        bases = torch.tensor([0, *row_counts]).cumsum(0)
-        escape_bases = [0]
-        for p in sources:
-            escape_bases.append(escape_bases[-1] + p[ESCAPE_COLS].numel())
-        offsets = torch.cat([sources[0][ESCAPE_ROW_OFFSETS][:1].long()] + [
-            p[ESCAPE_ROW_OFFSETS][1:].long() + base for p, base in zip(sources, escape_bases[:-1], strict=True)])
-        at = sources[0][SIGN_MANTISSA].device  # the parts' device: the CPU when read, or where they were coded
-        escape_rows = torch.cat([
-            torch.repeat_interleave(torch.arange(n, device=at), p[ESCAPE_ROW_OFFSETS].long().diff()) + int(base)
-            for p, n, base in zip(sources, row_counts, bases[:-1], strict=True)])
-        if len(sources) > 256:
-            raise CompressedWeightsError(f"a compressed weight stacks at most 256 source tensors, not {len(sources)}")
-        row_tables = torch.cat([torch.full((n,), i, dtype=torch.uint8, device=at) for i, n in enumerate(row_counts)])
-        weight = cls(
-            dtype=dtype,
-            sign_mantissa=torch.cat([p[SIGN_MANTISSA] for p in sources], dim=1),
-            exponent_index=torch.cat([p[EXPONENT_INDEX] for p in sources]),
-            tables=torch.stack([p[EXPONENT_TABLE] for p in sources]),
-            row_tables=row_tables,
-            escape_row_offsets=offsets.to(torch.int32),
-            escape_rows=escape_rows.to(torch.int32),
-            escape_cols=torch.cat([p[ESCAPE_COLS] for p in sources]).to(torch.int32),
-            escape_values=torch.cat([p[ESCAPE_VALUES] for p in sources]),
+        widths = sorted({source.cols for source in sources})
+        if len(widths) != 1:
+            raise CompressedWeightsError(f"stacked compressed tensors differ in columns: {widths}")
+        if len(sources) == 1:
+            return sources[0]
+        rebased, first_entry = [], 0
+        for source in sources:
+            coded = source.planes.clone()
+            escaped = planes.group_escaped(coded[planes.INDEX])
+            coded[planes.LOW][escaped] += first_entry  # entry numbers into the stacked list
+            rebased.append(coded)
+            first_entry += source.escapes.shape[0]
+        return cls(
+            dtype=torch.bfloat16,
+            planes=torch.cat(rebased, dim=1),
+            exponent_base=torch.cat([source.exponent_base for source in sources]),
+            escapes=torch.cat([source.escapes for source in sources]),
+            cols=widths[0],
+            source_rows=tuple(rows for source in sources for rows in source.source_rows),
+            num_escapes=sum(source.num_escapes for source in sources),
         )
-        return weight.to(device)
 
     @property
     def shape(self) -> torch.Size:
-        return torch.Size(self.sign_mantissa.shape[1:])
+        return torch.Size((self.planes.shape[1], self.cols))
 
     @property
     def device(self) -> torch.device:
-        return self.sign_mantissa.device
-
-    @property
-    def num_escapes(self) -> int:
-        return self.escape_values.numel()
+        return self.planes.device
 
     @property
     def nbytes(self) -> int:
-        """Bytes held in memory, every plane and list included."""
-        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+        """Bytes held in memory: the planes, the windows and the escapes."""
+        return sum(t.numel() * t.element_size() for t in (self.planes, self.exponent_base, self.escapes))
 
     def to(self, device: torch.device | str) -> CompressedWeight:
-        return CompressedWeight(self.dtype, **{name: t.to(device).contiguous() for name, t in self._tensors().items()})
+        return replace(self, planes=self.planes.to(device), exponent_base=self.exponent_base.to(device),
+                       escapes=self.escapes.to(device), scratch=None)
 
     def decode(self) -> torch.Tensor:
         """The dense weight, bit for bit (plain torch, on this weight's device)."""
-        layout = layout_of(self.dtype)
-        rows, cols = self.shape
-        packed = self.exponent_index.to(torch.int32)
-        index = torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(rows, -1)[:, :cols]
-        exponent = self.tables.to(torch.int32)[self.row_tables.long()[:, None], index.long()]
-        top = self.sign_mantissa[-1].to(torch.int32)
-        high = ((top & 0x80) << 8) | (exponent << 7) | (top & 0x7F)  # sign, exponent, mantissa's top 7 bits
-        shift = layout.total_bits - 16
-        bits = (high.to(torch.int64) << shift)
-        for plane in range(layout.sign_mantissa_bytes - 1):  # float32's two low mantissa bytes
-            bits |= self.sign_mantissa[plane].to(torch.int64) << (8 * plane)
-        bits = _wrap(bits, layout.total_bits).to(layout.bits_dtype)
-        bits[self.escape_rows.long(), self.escape_cols.long()] = self.escape_values
-        return bits.view(self.dtype)
-
-    def _tensors(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("dtype", "scratch")}
+        return planes.decode(self.planes, self.exponent_base, self.escapes, self.cols)
 
     def __repr__(self) -> str:
-        return (f"CompressedWeight({tuple(self.shape)}, {self.dtype}, {len(self.tables)} table(s), "
+        return (f"CompressedWeight({tuple(self.shape)}, {self.dtype}, {len(self.source_rows)} source(s), "
                 f"{self.num_escapes} escapes, {self.nbytes} bytes)")
-
-
-def _wrap(bits: torch.Tensor, width: int) -> torch.Tensor:
-    """Unsigned ``width``-bit patterns as the signed integers of that width (int16/int32 views)."""
-    return torch.where(bits >= 1 << (width - 1), bits - (1 << width), bits)
 
 
 def share_scratch(weights: Iterable[CompressedWeight]) -> None:

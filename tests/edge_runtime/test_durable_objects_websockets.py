@@ -75,7 +75,9 @@ async def test_a_message_is_broadcast_to_fifty_accepted_sockets(room) -> None:
         assert received == ["u0: hello"] * 50
         [listed] = directory(edge).describe()
         assert listed["websockets"] == 50 and listed["name"] == "lobby"
-    assert _module(edge).BUILT == ["lobby"]
+    # one object serves them all; on a loaded machine it may hibernate between connects and wake again
+    built = _module(edge).BUILT
+    assert built and set(built) == {"lobby"}
 
 
 async def test_the_object_hibernates_and_wakes_for_the_next_message(room) -> None:

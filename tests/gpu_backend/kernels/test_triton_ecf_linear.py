@@ -2,8 +2,9 @@
 
 Every test runs on CUDA (marked gpu, skipped without a GPU) and on CPU under Triton's interpreter,
 in the subprocess that test_ecf_interpreter starts with TRITON_INTERPRET=1. The weights carry
-escapes on purpose (rare exponents planted in several rows and in several K tiles of one row), and
-the stacked ones two exponent tables (gate_up), so every branch of the tile decode runs.
+escapes on purpose (rare exponents planted in several rows, in several K tiles of one row and in
+every phase of a group), and the stacked ones two exponent windows (gate_up), so every branch of
+the tile decode runs. The shapes cover K tiles of 64 and 1024 columns, each with a padded last tile.
 """
 
 from __future__ import annotations
@@ -26,26 +27,31 @@ DEVICES = [
     pytest.param("cuda", marks=[pytest.mark.gpu, NEEDS_CUDA]),
     pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRETING, reason="CPU runs only in the interpreter run")),
 ]
-# (rows, cols): one K tile and a partial one; three K tiles, the last partial; a tiny odd-width one
-SHAPES = [(40, 300), (24, 2100), (3, 65)]
+# (rows, cols): K tiles of 64, the last partial; 33 tiles of 64, the last partial; a tiny odd-width one;
+# 4 tiles of 1024, the last partial
+SHAPES = [(40, 300), (24, 2100), (3, 65), (9, 4060)]
 
 
 def _weight_with_escapes(rows: int, cols: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     w = 0.02 * torch.randn(rows, cols, generator=gen)
     planted = [(1, 0), (1, cols // 2), (1, cols - 1), (rows - 1, 3), (rows // 2, cols - 2)]
-    planted += [(i % rows, (37 * i) % cols) for i in range(5, 24)]  # 24 rare exponents: more than the table holds
+    planted += [(i % rows, (37 * i) % cols) for i in range(5, 24)]  # 24 rare exponents: most outside the window
     for i, (r, c) in enumerate(planted):
         w[r, c] = (-1) ** i * 2.0 ** (40 + 3 * i)  # exponents no other weight has: most are escaped
     return w.to(torch.bfloat16)
 
 
+def _coded(tensor: torch.Tensor) -> CompressedWeight:
+    return CompressedWeight.from_parts(encode(tensor), torch.bfloat16)  # as loading does: file parts, recoded
+
+
 def _compressed(rows: int, cols: int, seed: int, stacked: bool) -> CompressedWeight:
     if not stacked:
-        return CompressedWeight.stack([encode(_weight_with_escapes(rows, cols, seed))], torch.bfloat16)
+        return _coded(_weight_with_escapes(rows, cols, seed))
     upper = _weight_with_escapes(rows, cols, seed)
-    lower = (30 * _weight_with_escapes(rows, cols, seed + 1).float()).to(torch.bfloat16)  # another table
-    return CompressedWeight.stack([encode(upper), encode(lower)], torch.bfloat16)
+    lower = (30 * _weight_with_escapes(rows, cols, seed + 1).float()).to(torch.bfloat16)  # another window
+    return CompressedWeight.stack([_coded(upper), _coded(lower)])
 
 
 def _on(device: str, weight: CompressedWeight) -> CompressedWeight:
@@ -82,9 +88,9 @@ def test_ecf_gemv_at_llama_8b_shapes(sources: list[int], cols: int) -> None:
     from gpu_backend.kernels import triton_linear
 
     gen = torch.Generator(device="cuda").manual_seed(cols + len(sources))
-    parts = [encode((0.02 * torch.randn(rows, cols, device="cuda", generator=gen)).to(torch.bfloat16).cpu())
-             for rows in sources]
-    weight = CompressedWeight.stack(parts, torch.bfloat16, "cuda")
+    weight = CompressedWeight.stack([
+        CompressedWeight.from_dense((0.02 * torch.randn(rows, cols, device="cuda", generator=gen)).to(torch.bfloat16))
+        for rows in sources])
     assert weight.num_escapes > 0
     dense = weight.decode()
     x = torch.randn(1, cols, device="cuda", generator=gen).to(torch.bfloat16)

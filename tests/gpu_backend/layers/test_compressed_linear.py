@@ -35,6 +35,7 @@ from gpu_backend.weights.packed import (
     slice_cols,
     slice_rows,
 )
+from gpu_backend.weights.planes import padded_cols
 
 CPU = torch.device("cpu")
 BF16 = torch.bfloat16
@@ -112,7 +113,7 @@ def test_each_rank_keeps_its_slices_and_decodes_its_dense_weight(folders: dict[s
             assert torch.equal(layer.bias.data, dense[name].bias.data), name
         total_escapes += layer.compressed.num_escapes
         num_sources = {"qkv_proj": 3, "gate_up_proj": 2}.get(name.rsplit(".", 1)[-1], 1)
-        assert layer.compressed.tables.shape == (num_sources, 16), name
+        assert len(layer.compressed.source_rows) == num_sources, name
     assert total_escapes > 0
 
 
@@ -139,16 +140,18 @@ def test_compressed_layers_compute_what_dense_ones_do(folders: dict[str, tuple[P
 
 
 def test_held_weights_are_three_quarters_and_a_little(folders: dict[str, tuple[Path, Path]]) -> None:
-    """12 bits a weight; per row 4 bytes of escape offset and 1 of table number; 10 bytes an escape."""
+    """12 bits a weight (of the columns padded to whole K tiles), a byte of window base a row, 16 bytes
+    an escaped group of 8."""
     src, ecf = folders["llama"]
     dense, held = _load(src, keep_compressed=False), _load(ecf, keep_compressed=True)
     for name, layer in _linears(held).items():
         weight = layer.compressed
         rows, cols = weight.shape
-        expected = rows * cols + rows * ((cols + 1) // 2) + 5 * rows + 4 + 16 * len(weight.tables) + 10 * weight.num_escapes
+        expected = 12 * rows * (padded_cols(cols) // 8) + rows + 16 * weight.escapes.shape[0]
         assert weight.nbytes == expected, name
+        assert weight.escapes.shape[0] <= weight.num_escapes, name
     assert held_weight_bytes(held) < held_weight_bytes(dense)
-    big = CompressedWeight.stack([encode(_escaped(1024, 2048, 0)), encode(_escaped(512, 2048, 1))], BF16)
+    big = CompressedWeight.stack([_coded(_escaped(1024, 2048, 0)), _coded(_escaped(512, 2048, 1))])
     assert 0.75 < big.nbytes / (big.shape.numel() * 2) < 0.753
 
 
@@ -206,12 +209,29 @@ def test_odd_column_start_is_refused_by_the_slicer_and_coded_anew_by_the_layer_p
     assert torch.equal(decode_parts(parts, BF16, (9, 5)).view(torch.int16), tensor[:, 3:8].contiguous().view(torch.int16))
 
 
-def test_stacked_sources_keep_their_own_tables() -> None:
+def _coded(tensor: torch.Tensor) -> CompressedWeight:
+    return CompressedWeight.from_parts(encode(tensor), BF16)
+
+
+def test_stacked_sources_keep_their_own_windows() -> None:
     upper, lower = _escaped(6, 40, 1), (1e6 * _escaped(5, 40, 2).float()).to(BF16)
-    weight = CompressedWeight.stack([encode(upper), encode(lower)], BF16)
-    assert not torch.equal(weight.tables[0], weight.tables[1])
-    assert weight.row_tables.tolist() == [0] * 6 + [1] * 5
+    weight = CompressedWeight.stack([_coded(upper), _coded(lower)])
+    bases = weight.exponent_base.tolist()
+    assert len(set(bases[:6])) == 1 and len(set(bases[6:])) == 1 and bases[0] != bases[6]
+    assert weight.source_rows == (6, 5) and weight.escapes.shape[0] >= 2  # the planted exponents in both
     assert torch.equal(weight.decode().view(torch.int16), torch.cat([upper, lower]).view(torch.int16))
+
+
+def test_a_weight_no_window_codes_smaller_is_held_dense(folders: dict[str, tuple[Path, Path]]) -> None:
+    """Mostly exact zeros: every group escapes, so the code would be larger than the weight."""
+    layer = LinearBase(64, 16, bias=False)
+    layer.keep_compressed()
+    sparse = torch.zeros(16, 64)
+    sparse[::3, ::5] = 0.02 * torch.randn(6, 13)
+    layer.keep_coded(0, CompressedWeight.from_dense(sparse.to(BF16)))
+    layer.finish_loading()
+    assert layer.compressed is None
+    assert torch.equal(layer.weight.data.view(torch.int16), sparse.to(BF16).view(torch.int16))
 
 
 def test_checkpoint_tensor_gives_coded_parts_only_in_its_own_dtype(folders: dict[str, tuple[Path, Path]]) -> None:

@@ -12,6 +12,7 @@ import torch
 from gpu_backend import LLM, SamplingParams
 from gpu_backend.engine import model_runner
 from gpu_backend.layers.linear import LinearBase, MergedColumnParallelLinear, QKVParallelLinear
+from gpu_backend.weights.packed import CompressedWeight
 
 OPTIONS = {"device": "cpu", "dtype": "bfloat16", "load_format": "dummy", "compressed_weights": "kernel",
            "skip_tokenizer_init": True, "enforce_eager": True, "num_kv_blocks": 32, "progress": False}
@@ -30,21 +31,21 @@ def _tokens(llm: LLM, prompts: list[list[int]]) -> list[list[int]]:
 def test_linear_layers_hold_only_codes_made_one_tensor_at_a_time(checkpoints: dict[str, Path],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     coded: list[tuple[tuple[int, ...], torch.device]] = []
-    encode = model_runner.encode_on_device
+    code = model_runner.code_dense
 
-    def recording(tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+    def recording(tensor: torch.Tensor) -> CompressedWeight:
         coded.append((tuple(tensor.shape), tensor.device))
-        return encode(tensor)
+        return code(tensor)
 
-    monkeypatch.setattr(model_runner, "encode_on_device", recording)
+    monkeypatch.setattr(model_runner, "code_dense", recording)
     llm = LLM(str(checkpoints["llama"]), **OPTIONS)
     linears = _linears(llm)
     assert linears and all(layer.compressed is not None and layer.weight.numel() == 0 for layer in linears)
-    # q, k, v and gate, up are coded apart, each with its table, as a checkpoint's tensors are
+    # q, k, v and gate, up are coded apart, each with its exponent window, as a checkpoint's tensors are
     for layer in linears:
         expected = 3 if isinstance(layer, QKVParallelLinear) else 2 if isinstance(layer, MergedColumnParallelLinear) else 1
-        assert layer.compressed.tables.shape[0] == expected
-    assert len(coded) == sum(layer.compressed.tables.shape[0] for layer in linears)
+        assert len(layer.compressed.source_rows) == expected
+    assert len(coded) == sum(len(layer.compressed.source_rows) for layer in linears)
     largest_tensor = max(rows * cols for (rows, cols), _ in coded)
     smallest_layer = min(sum(layer.compressed.shape.numel() for layer in linears if layer in block.modules())
                          for block in llm.engine.runner.model.stage_layers())

@@ -290,21 +290,21 @@ def test_each_tp2_rank_loads_its_slices_reading_about_half_of_the_coded_bytes(ch
 @pytest.mark.usefixtures("tensor_parallel", "small_tiles")
 def test_each_tp2_rank_keeps_its_coded_slices_reading_about_half_of_the_coded_bytes(checkpoints: dict[str, Path],
                                                                                    tmp_path: Path) -> None:
-    """Kernel mode (keep_compressed): each rank holds its slices coded, read tile by tile from the file."""
+    """Kernel mode (keep_compressed, bfloat16): each rank holds its slices coded, read tile by tile from the file."""
     from gpu_backend.layers.linear import LinearBase
 
-    compress(checkpoints["llama"], tmp_path / "v2")
+    compress(checkpoints["llama"], tmp_path / "v2", dtype=torch.bfloat16)
     _, everything = load_rank(tmp_path / "v2", 0, 1)
     for rank in range(2):
         expected, _ = load_rank(checkpoints["llama"], rank, 2)
         set_tensor_parallel(TensorParallel(rank=rank, size=2))
         with torch.device("cpu"):
-            model = build_model(ModelConfig.from_pretrained(tmp_path / "v2"), get_kernels("torch"))
-        num_bytes_read = load_weights(model, tmp_path / "v2", dtype=torch.float32, device=CPU, progress=False,
+            model = build_model(ModelConfig.from_pretrained(tmp_path / "v2"), get_kernels("torch")).to(torch.bfloat16)
+        num_bytes_read = load_weights(model, tmp_path / "v2", dtype=torch.bfloat16, device=CPU, progress=False,
                                       keep_compressed=True)
         kept = {name: module for name, module in model.named_modules()
                 if isinstance(module, LinearBase) and module.compressed is not None}
         assert kept, "no linear layer kept its weight coded"
         for name, module in kept.items():
-            assert torch.equal(module.compressed.decode(), expected[f"{name}.weight"]), (rank, name)
+            assert torch.equal(module.compressed.decode(), expected[f"{name}.weight"].to(torch.bfloat16)), (rank, name)
         assert num_bytes_read < 0.6 * everything, (rank, num_bytes_read, everything)

@@ -82,7 +82,7 @@ def run_layout(layout: str, folder: Path, corpus: Path, args: argparse.Namespace
         startup_compiled = sorted(triton_cache_entries() - at_start)
         for rate in args.rates.split(","):  # one at a time, to see what each compiles
             before = triton_cache_entries()
-            report = serving.main(["--base-url", url, "--token", token, "--model", MODEL, "--tokenizer", str(folder),
+            report = serving.main(["--base-url", url, f"--token={token}", "--model", MODEL, "--tokenizer", str(folder),
                                    "--corpus", str(corpus), "--input-len", str(args.input_len), "--output-len",
                                    str(args.output_len), "--rates", rate, "--num-prompts", str(args.num_prompts),
                                    "--seed", str(args.seed), "--slo-ttft-ms", str(args.slo_ttft_ms),

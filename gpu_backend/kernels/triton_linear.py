@@ -27,8 +27,8 @@ decodes four weights at a time in byte lanes (``_ecf_pairs``), swaps in an escap
 and adds the products into the same sums as the bf16 kernel: bit for bit the bf16 GEMV's output on
 the decoded weight. Several rows decode the whole weight into the model's scratch buffer
 (`decode_to_scratch`) and run what a bf16 weight runs on it, exact by construction;
-`FUSED_ECF_DECODE = False` does so at one row too. The fused SiLU is not used with an ECF weight
-(see `silu_and_mul_linear`).
+`FUSED_ECF_DECODE = False` does so at one row too. An ECF weight takes the separate norm and SiLU
+kernels before its GEMV rather than the fused prologues (see `silu_and_mul_linear`).
 """
 
 from __future__ import annotations
@@ -335,12 +335,18 @@ def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: 
     return y
 
 
+_NO_ESCAPES: dict[torch.device, torch.Tensor] = {}
+
+
 def _escape_words(weight: CompressedWeight) -> torch.Tensor:
     """The escape list as the kernels read it, two 8-byte words an entry; never an empty tensor
-    (its null pointer), though a weight without escapes never reads it."""
+    (its null pointer), though a weight without escapes never reads it: then one shared stand-in
+    per device, made on first use (the engine's profiling step, before any graph is captured)."""
     if weight.escapes.numel():
         return weight.escapes.view(torch.int64)
-    return torch.zeros(2, dtype=torch.int64, device=weight.device)
+    if weight.device not in _NO_ESCAPES:
+        _NO_ESCAPES[weight.device] = torch.zeros(2, dtype=torch.int64, device=weight.device)
+    return _NO_ESCAPES[weight.device]
 
 
 def decode_to_scratch(weight: CompressedWeight) -> torch.Tensor:
@@ -382,8 +388,10 @@ def rms_norm_linear(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(linear(rms_norm(x + residual)), x + residual); without a residual, (linear(rms_norm(x)), x)."""
     weight = _decoded_unless_fused(x, weight)
+    # An ECF weight takes the separate norm kernel first, as in silu_and_mul_linear: in the fused
+    # prologue each of a tile's row threads recomputes the norm, which made the ECF loop 40% longer.
     fits = (_gemv_fits(x, weight) and norm_weight.dtype == x.dtype and x.shape[-1] <= 16384
-            and (residual is None or residual.dtype == x.dtype))
+            and (residual is None or residual.dtype == x.dtype) and not isinstance(weight, CompressedWeight))
     if not fits:
         if residual is None:
             return linear(triton_ops.rms_norm(x, norm_weight, eps), weight, bias), x
@@ -401,8 +409,8 @@ def silu_and_mul_linear(gate_up: torch.Tensor, weight: Weight, bias: torch.Tenso
                         ) -> torch.Tensor:
     """linear(silu(gate) * up) for gate_up = [gate | up]."""
     weight = _decoded_unless_fused(gate_up, weight)
-    # An ECF weight takes the separate kernel first: the fused SiLU would be recomputed by each of a
-    # tile's row threads, and with the decode that made the GEMV loop twice as long (from the SASS).
+    # An ECF weight takes the separate kernel first: in the fused prologue each of a tile's row threads
+    # recomputes the SiLU, which made the ECF loop twice as long (904 SASS instructions against 445).
     if (not _gemv_fits(gate_up, weight) or gate_up.shape[-1] != 2 * weight.shape[1]
             or isinstance(weight, CompressedWeight)):
         return linear(triton_ops.silu_and_mul(gate_up), weight, bias)

@@ -95,11 +95,14 @@ def encode(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     kp = padded_cols(cols)
     tile = tile_cols(cols)
     groups = kp // GROUP
-    planes = torch.empty((3, rows, groups), dtype=torch.int32, device=matrix.device)
-    escape_chunks, escaped_weights = [], 0
+    device = matrix.device
+    planes = torch.empty((3, rows, groups), dtype=torch.int32, device=device)
+    group_escaped = torch.empty((rows, groups), dtype=torch.bool, device=device)
+    escaped_weights = torch.zeros((), dtype=torch.int64, device=device)
     step = max(1, _CHUNK_WEIGHTS // kp)
-    padding = _grouped(torch.arange(kp, device=matrix.device)[None], tile) >= cols  # [1, groups, 8]
-    for start in range(0, rows, step):
+    padding = _grouped(torch.arange(kp, device=device)[None], tile) >= cols  # [1, groups, 8]
+    shifts = torch.arange(4, device=device) * 8
+    for start in range(0, rows, step):  # no host sync in here: a GPU codes a 70B layer's tensors quickly
         chunk = _grouped(torch.nn.functional.pad(bits[start:start + step], (0, kp - cols)), tile).long()
         n = chunk.shape[0]
         exponent = (chunk >> 7) & 0xFF
@@ -107,26 +110,23 @@ def encode(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
         escaped = (index < 0) | (index >= WINDOW)
         index = torch.where(escaped, ESCAPE, index)
         top = ((chunk >> 8) & 0x80) | (chunk & 0x7F)
-        shifts = torch.arange(4, device=matrix.device) * 8
-        low = (top[..., :4] << shifts).sum(-1)
-        high = (top[..., 4:] << shifts).sum(-1)
-        packed = (index[..., :4] << shifts).sum(-1) | (index[..., 4:] << (shifts + 4)).sum(-1)
-        group_escaped = escaped.any(-1)
-        escaped_weights += int(escaped.sum())
-        if group_escaped.any():
-            entries = chunk[group_escaped]  # [e, 8] bit patterns, row-major order of the groups
-            pairs = entries[:, PAIR_LOW] | (entries[:, PAIR_HIGH] << 16)
-            first = sum(e.shape[0] for e in escape_chunks)
-            low[group_escaped] = torch.arange(first, first + entries.shape[0], device=matrix.device)
-            high[group_escaped] = 0
-            escape_chunks.append(_to_int32(pairs))
-        planes[LOW, start:start + n] = _to_int32(low)
-        planes[HIGH, start:start + n] = _to_int32(high)
-        planes[INDEX, start:start + n] = _to_int32(packed)
-    escapes = (torch.cat(escape_chunks) if escape_chunks
-               else torch.zeros((0, 4), dtype=torch.int32, device=matrix.device))
+        planes[LOW, start:start + n] = _to_int32((top[..., :4] << shifts).sum(-1))
+        planes[HIGH, start:start + n] = _to_int32((top[..., 4:] << shifts).sum(-1))
+        planes[INDEX, start:start + n] = _to_int32((index[..., :4] << shifts).sum(-1)
+                                                   | (index[..., 4:] << (shifts + 4)).sum(-1))
+        group_escaped[start:start + n] = escaped.any(-1)
+        escaped_weights += escaped.sum()
+    # the escaped groups, row-major: entry e holds group e's 8 bit patterns, and its LOW word holds e
+    where = torch.nonzero(group_escaped)
+    row, group = where[:, 0], where[:, 1]
+    columns = (group // (tile // GROUP) * tile + group % (tile // GROUP))[:, None] \
+        + torch.arange(GROUP, device=device)[None] * (tile // GROUP)  # [E, 8], a group's phases
+    values = torch.where(columns < cols, bits[row[:, None], columns.clamp(max=cols - 1)], 0).long()
+    escapes = _to_int32(values[:, PAIR_LOW] | (values[:, PAIR_HIGH] << 16))
+    planes[LOW, row, group] = torch.arange(where.shape[0], dtype=torch.int32, device=device)
+    planes[HIGH, row, group] = 0
     exponent_base = torch.full((rows,), base, dtype=torch.uint8, device=matrix.device)
-    return planes, exponent_base, escapes, escaped_weights
+    return planes, exponent_base, escapes, int(escaped_weights)
 
 
 def _grouped(columns: torch.Tensor, tile: int) -> torch.Tensor:

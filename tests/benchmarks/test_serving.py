@@ -169,7 +169,7 @@ def backend() -> Iterator[tuple[str, str]]:
 
 def run(backend: tuple[str, str], tmp_path: Path, *extra: str) -> dict:
     url, token = backend
-    return serving.main(["--base-url", url, "--model", SHAKESPEARE, "--token", token, "--num-prompts", "6",
+    return serving.main(["--base-url", url, "--model", SHAKESPEARE, f"--token={token}", "--num-prompts", "6",
                          "--input-len", "16", "--output-len", "8", "--range-ratio", "0.5",
                          "--out", str(tmp_path / "serving.json"), *extra])
 

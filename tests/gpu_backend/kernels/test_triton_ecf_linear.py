@@ -4,7 +4,7 @@ Every test runs on CUDA (marked gpu, skipped without a GPU) and on CPU under Tri
 in the subprocess that test_ecf_interpreter starts with TRITON_INTERPRET=1. The weights carry
 escapes on purpose (rare exponents planted in several rows, in several K tiles of one row and in
 every phase of a group), and the stacked ones two exponent windows (gate_up), so every branch of
-the tile decode runs. The shapes cover K tiles of 64 and 1024 columns, each with a padded last tile.
+the tile decode runs. The shapes cover K tiles of 16, 64 and 1024 columns, each with a padded last tile.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ DEVICES = [
     pytest.param("cuda", marks=[pytest.mark.gpu, NEEDS_CUDA]),
     pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRETING, reason="CPU runs only in the interpreter run")),
 ]
-# (rows, cols): K tiles of 64, the last partial; 33 tiles of 64, the last partial; a tiny odd-width one;
-# 4 tiles of 1024, the last partial
+# (rows, cols) and their K tiles (planes.tile_cols), each with a padded last one: 19 of 16 columns;
+# 33 of 64; a tiny odd-width one, 5 of 16; 4 of 1024
 SHAPES = [(40, 300), (24, 2100), (3, 65), (9, 4060)]
 
 

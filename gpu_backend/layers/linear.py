@@ -25,7 +25,7 @@ from ..errors import CheckpointError
 from ..kernels import Kernels, reference
 from ..parallel.comm import all_reduce
 from ..parallel.state import tp_rank, tp_size
-from ..weights.packed import CompressedWeight, coded_slice
+from ..weights.packed import CompressedWeight, coded_source
 
 
 def _divide(numerator: int, denominator: int, what: str) -> int:
@@ -150,8 +150,7 @@ class LinearBase(nn.Module):
         if tuple(shape) != (count, self._weight_shape[1]):
             raise CheckpointError(f"{what}: checkpoint shape {tuple(shape)} does not fit "
                                   f"{(count, self._weight_shape[1])}")
-        self._coded_sources[first] = CompressedWeight.from_parts(coded_slice(loaded, along), self.weight.dtype,
-                                                                 self.weight.device)
+        self._coded_sources[first] = coded_source(loaded, along, self.weight.dtype, self.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x, self.matmul_weight, self.bias)

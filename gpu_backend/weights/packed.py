@@ -5,7 +5,7 @@ tensor's file parts (docs/weights-format.md) for its own rows or columns only:
 
 - ``slice_rows`` / ``slice_cols`` cut a tensor's parts the way ``narrow`` cuts the dense tensor
   (a column slice starts at an even column, so it is a plain slice of the nibble plane), the
-  escape list re-based to the slice; ``coded_slice`` asks the reader for them;
+  escape list re-based to the slice; ``coded_source`` asks the reader for them;
 - ``CompressedWeight.from_parts`` recodes them, on the device the layer runs on, into the kernels'
   form (weights/planes.py), and ``CompressedWeight.stack`` puts several source tensors one above
   the other (QKV, gate_up), each keeping its exponent window;
@@ -31,7 +31,7 @@ from ..checkpoint_tensor import (
 )
 from ..errors import CompressedWeightsError, UnsupportedWeightsDtypeError
 from . import planes
-from .codec import Parts, decode_parts, encode
+from .codec import Parts, decode_parts
 from .format import (
     ESCAPE_COLS,
     ESCAPE_ROW_OFFSETS,
@@ -81,27 +81,6 @@ def slice_cols(parts: Parts, start: int, length: int) -> Parts:
     }
 
 
-def encode_dense(tensor: torch.Tensor) -> Parts:
-    """The parts of a dense 2-D tensor (a source tensor the file keeps raw), coded here, on the CPU."""
-    return encode(tensor.detach().cpu())
-
-
-def coded_slice(loaded: Loaded, along: tuple[int, int, int] | None) -> Parts:
-    """The parts of ``loaded`` narrowed ``along`` (dim, start, length) of a 2-D checkpoint tensor.
-
-    A tensor the file stores coded (in the dtype it loads in) is sliced coded; any other (kept raw
-    by the compressor, or coded in another dtype) is read dense and coded here, which is lossless.
-    """
-    if along is not None:
-        check_range(loaded.shape, *along)
-    # the reader reads (and checks) only the tiles that cover the slice; None: not stored coded in this
-    # dtype, or a column range at an odd start, which the nibble plane cannot slice
-    parts = loaded.coded_parts(along) if isinstance(loaded, CheckpointTensor) else None
-    if parts is None:
-        return encode_dense(materialize(loaded) if along is None else narrow(loaded, *along))
-    return parts
-
-
 @dataclass
 class CompressedWeight:
     """A bfloat16 2-D weight ``[rows, cols]`` held coded in the kernels' form (weights/planes.py),
@@ -130,9 +109,7 @@ class CompressedWeight:
     @classmethod
     def from_parts(cls, parts: Parts, dtype: torch.dtype, device: torch.device | str = "cpu") -> CompressedWeight:
         """One source tensor from its file parts (docs/weights-format.md), recoded on ``device``."""
-        if dtype != torch.bfloat16:
-            raise UnsupportedWeightsDtypeError(f"weights kept coded in memory are bfloat16, not {dtype}: "
-                                               f"load with compressed_weights='decode_at_load'")
+        _check_bfloat16(dtype)
         rows = parts[EXPONENT_INDEX].shape[0]
         cols = parts[SIGN_MANTISSA].shape[2]
         on_device = {name: part.to(device) for name, part in parts.items()}
@@ -189,6 +166,31 @@ class CompressedWeight:
     def __repr__(self) -> str:
         return (f"CompressedWeight({tuple(self.shape)}, {self.dtype}, {len(self.source_rows)} source(s), "
                 f"{self.num_escapes} escapes, {self.nbytes} bytes)")
+
+
+def coded_source(loaded: Loaded, along: tuple[int, int, int] | None, dtype: torch.dtype,
+                 device: torch.device | str) -> CompressedWeight:
+    """``loaded`` narrowed ``along`` (dim, start, length), one source tensor of a layer, coded on ``device``.
+
+    A tensor the file stores coded (in the dtype it loads in) is read coded, only the tiles that
+    cover the slice, and recoded; any other (kept raw by the compressor, coded in another dtype, or
+    a column range at an odd start, which the nibble plane cannot slice) is read dense and coded
+    straight from that: lossless either way.
+    """
+    _check_bfloat16(dtype)
+    if along is not None:
+        check_range(loaded.shape, *along)
+    parts = loaded.coded_parts(along) if isinstance(loaded, CheckpointTensor) else None
+    if parts is None:
+        dense = materialize(loaded) if along is None else narrow(loaded, *along)
+        return CompressedWeight.from_dense(dense.to(device=device, dtype=dtype))
+    return CompressedWeight.from_parts(parts, dtype, device)
+
+
+def _check_bfloat16(dtype: torch.dtype) -> None:
+    if dtype != torch.bfloat16:
+        raise UnsupportedWeightsDtypeError(f"weights kept coded in memory are bfloat16, not {dtype}: "
+                                           f"load with compressed_weights='decode_at_load'")
 
 
 def share_scratch(weights: Iterable[CompressedWeight]) -> None:

@@ -40,6 +40,8 @@ bf16 GEMV does its masked zeros, and the scratch decode never writes it.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..errors import CompressedWeightsError
@@ -53,6 +55,7 @@ PAIR_LOW, PAIR_HIGH = [0, 1, 4, 5], [2, 3, 6, 7]  # the phases in the low and hi
 _CHUNK_WEIGHTS = 1 << 22  # rows are recoded in chunks of about this many weights: bounded temporaries
 
 
+@functools.lru_cache(maxsize=None)  # on every GEMV launch's host path
 def tile_cols(cols: int) -> int:
     """The K tile of a weight with ``cols`` columns, for the ECF and the bf16 GEMV alike: the widest
     that pads at most 2% (1024 for every Llama-3 shape), else the one that pads least."""

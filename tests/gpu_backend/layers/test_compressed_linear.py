@@ -30,7 +30,7 @@ from gpu_backend.parallel.state import TensorParallel, set_tensor_parallel
 from gpu_backend.weights.codec import decode_parts, encode
 from gpu_backend.weights.packed import (
     CompressedWeight,
-    coded_slice,
+    coded_source,
     held_weight_bytes,
     slice_cols,
     slice_rows,
@@ -205,8 +205,8 @@ def test_odd_column_start_is_refused_by_the_slicer_and_coded_anew_by_the_layer_p
     tensor = _escaped(9, 20, 1)
     with pytest.raises(CompressedWeightsError, match="even column"):
         slice_cols(encode(tensor), 3, 5)
-    parts = coded_slice(tensor, (1, 3, 5))  # a plain tensor (or a raw one): read dense, coded here
-    assert torch.equal(decode_parts(parts, BF16, (9, 5)).view(torch.int16), tensor[:, 3:8].contiguous().view(torch.int16))
+    coded = coded_source(tensor, (1, 3, 5), BF16, CPU)  # a plain tensor (or a raw one): read dense, coded here
+    assert torch.equal(coded.decode().view(torch.int16), tensor[:, 3:8].contiguous().view(torch.int16))
 
 
 def _coded(tensor: torch.Tensor) -> CompressedWeight:

@@ -34,7 +34,7 @@ ab_decode() {  # bf16 batch-1 decode, baseline tree then this one
 }
 if [ "$what" = all ] || [ "$what" = tests ]; then
     echo "== GPU tests: ECF kernels, bf16 GEMV, compressed loading"
-    gpu_tests 170 gpu_tests_ecf.log tests/gpu_backend/kernels/test_triton_ecf_linear.py \
+    gpu_tests 170 gpu_tests_ecf.log tests/gpu_backend/kernels/test_triton_ecf_linear.py tests/gpu_backend/kernels/test_triton_gemm.py \
         tests/gpu_backend/kernels/test_triton_linear.py tests/gpu_backend/weights
 fi
 if [ "$what" = all ] || [ "$what" = decode ]; then
@@ -49,7 +49,7 @@ if [ "$what" = kernels ]; then
     [ -n "$baseline" ] && ab_decode
     echo "== ecf_gemv_probe"
     timeout 90 python3 benchmarks/ecf_gemv_probe.py --out "$out/ecf_gemv_probe.json" | tail -8
-    gpu_tests 150 gpu_tests_kernels.log tests/gpu_backend/kernels/test_triton_ecf_linear.py \
+    gpu_tests 150 gpu_tests_kernels.log tests/gpu_backend/kernels/test_triton_ecf_linear.py tests/gpu_backend/kernels/test_triton_gemm.py \
         tests/gpu_backend/kernels/test_triton_linear.py tests/gpu_backend/weights/test_compressed_kernels_gpu.py
 fi
 if [ "$what" = capacity ]; then

@@ -3,7 +3,8 @@
 For each weight shape: random N(0, 0.02) bf16 weights coded as they come (a few escapes per tile) and
 the same weights with every rare exponent replaced (no escapes at all), the batch-1 GEMV timed on the
 dense weight, on each coded one, and decode_to_scratch on its own; and how far the coded GEMV's output
-is from the dense one's (outputs that differ, largest difference).
+is from the dense one's (outputs that differ, largest difference). Then batched decode (32 and 64 rows):
+cuBLAS, the phase GEMM on the dense and the coded weight (equal bits?), and scratch decode + cuBLAS.
 
     PYTHONPATH=.:sdk python3 benchmarks/ecf_gemv_probe.py [--out FILE]
 """
@@ -32,6 +33,27 @@ def without_escapes(weight: torch.Tensor) -> torch.Tensor:
     return torch.where(inside, weight, torch.full_like(weight, 0.01))
 
 
+def gemm_rows(dense: torch.Tensor, coded: CompressedWeight, gen: torch.Generator) -> dict[str, dict]:
+    """Batched decode of one weight: cuBLAS on the dense weight, the phase GEMM (kernels/triton_gemm.py)
+    on the dense and on the coded weight, and the scratch decode then cuBLAS, at 32 and 64 rows."""
+    import torch.nn.functional as F
+    import triton.testing
+
+    from gpu_backend.kernels import triton_gemm, triton_linear
+
+    out = {}
+    for m in (32, 64):
+        x = torch.randn(m, dense.shape[1], device="cuda", generator=gen).to(torch.bfloat16)
+        bench = triton.testing.do_bench
+        cublas_ms = bench(lambda: F.linear(x, dense))
+        ecf_ms = bench(lambda: triton_gemm.gemm(x, coded))
+        out[str(m)] = {"cublas_ms": cublas_ms, "bf16_ms": bench(lambda: triton_gemm.gemm(x, dense)),
+                       "ecf_ms": ecf_ms, "ecf_vs_cublas": cublas_ms / ecf_ms,
+                       "scratch_ms": bench(lambda: F.linear(x, triton_linear.decode_to_scratch(coded))),
+                       "ecf_equals_bf16": bool(torch.equal(triton_gemm.gemm(x, coded), triton_gemm.gemm(x, dense)))}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path)
@@ -57,11 +79,16 @@ def main() -> None:
                          "coded_GB_s": coded.nbytes / ms / 1e6, "decode_to_scratch_ms": scratch_ms,
                          "outputs_differing": int((got != reference).sum()),
                          "max_abs_diff": float((got.float() - reference.float()).abs().max())}
+        row["gemm"] = gemm_rows(dense, CompressedWeight.from_dense(dense), gen)
         rows.append(row)
         print(f"{name:8} bf16 {bf16_ms * 1000:7.1f} us ({row['bf16_GB_s']:5.0f} GB/s)  " + "  ".join(
             f"{kind}: {row[kind]['gemv_ms'] * 1000:7.1f} us ({row[kind]['vs_bf16']:.2f}x, {row[kind]['escapes']} escapes, "
             f"scratch decode {row[kind]['decode_to_scratch_ms'] * 1000:.0f} us, {row[kind]['outputs_differing']} outputs "
             f"differ by up to {row[kind]['max_abs_diff']:.3g})" for kind in ("coded", "no_escapes")), flush=True)
+        for m, g in row["gemm"].items():
+            print(f"{name:8} {m:>3} rows: cuBLAS {g['cublas_ms'] * 1000:7.1f} us  phase GEMM bf16 {g['bf16_ms'] * 1000:7.1f} "
+                  f"us  ECF {g['ecf_ms'] * 1000:7.1f} us ({g['ecf_vs_cublas']:.2f}x cuBLAS), scratch + cuBLAS "
+                  f"{g['scratch_ms'] * 1000:7.1f} us; ECF == bf16 GEMM: {g['ecf_equals_bf16']}", flush=True)
     if args.out:
         args.out.write_text(json.dumps({"benchmark": "ecf_gemv_probe", **environment(), "results": rows}, indent=2) + "\n")
 

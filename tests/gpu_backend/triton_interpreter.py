@@ -7,14 +7,24 @@ The interpreter must be switched on before triton is imported, so a test file's 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+NEEDS_TRITON = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+NEEDS_CUDA = pytest.mark.skipif(INTERPRETING or not torch.cuda.is_available(), reason="needs CUDA")
+# a kernel test's two variants: CUDA (marked gpu), and CPU inside the interpreter run only
+DEVICES = [
+    pytest.param("cuda", marks=[pytest.mark.gpu, NEEDS_CUDA]),
+    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRETING, reason="CPU runs only in the interpreter run")),
+]
 ROOT = Path(__file__).resolve().parents[2]
 
 

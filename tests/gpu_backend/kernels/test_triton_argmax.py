@@ -7,23 +7,20 @@ Triton's interpreter, in the subprocess that test_argmax_interpreter starts with
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
-from triton_interpreter import INTERPRETING, run_cpu_variants
+from triton_interpreter import (
+    DEVICES,
+    INTERPRETING,
+    NEEDS_CUDA,
+    NEEDS_TRITON,
+    run_cpu_variants,
+)
 
 from gpu_backend.kernels import get_kernels, reference
 from gpu_backend.layers.sampler import Sampler, SamplingBatch
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-NEEDS_CUDA = pytest.mark.skipif(INTERPRETING or not torch.cuda.is_available(), reason="needs CUDA")
-
-pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-DEVICES = [
-    pytest.param("cuda", marks=[pytest.mark.gpu, NEEDS_CUDA]),
-    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRETING, reason="CPU runs only in the interpreter run")),
-]
+pytestmark = NEEDS_TRITON
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 VOCAB_SIZES = [1, 7, 4095, 4096, 4097, 32000, 128256, 151936]  # Llama-2, Llama-3, Qwen2 vocabularies
 CHUNK = 2048  # triton_ops.ARGMAX_CHUNK, not imported so that this module imports without triton

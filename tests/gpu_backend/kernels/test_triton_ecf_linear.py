@@ -9,24 +9,21 @@ the tile decode runs. The shapes cover K tiles of 16, 64 and 1024 columns, each 
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
-from triton_interpreter import INTERPRETING, run_cpu_variants
+from triton_interpreter import (
+    DEVICES,
+    INTERPRETING,
+    NEEDS_CUDA,
+    NEEDS_TRITON,
+    run_cpu_variants,
+)
 
 from gpu_backend.kernels import reference
 from gpu_backend.weights.codec import encode
 from gpu_backend.weights.packed import CompressedWeight, share_scratch
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-NEEDS_CUDA = pytest.mark.skipif(INTERPRETING or not torch.cuda.is_available(), reason="needs CUDA")
-
-pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-DEVICES = [
-    pytest.param("cuda", marks=[pytest.mark.gpu, NEEDS_CUDA]),
-    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRETING, reason="CPU runs only in the interpreter run")),
-]
+pytestmark = NEEDS_TRITON
 # (rows, cols) and their K tiles (planes.tile_cols), each with a padded last one: 19 of 16 columns;
 # 33 of 64; a tiny odd-width one, 5 of 16; 4 of 1024
 SHAPES = [(40, 300), (24, 2100), (3, 65), (9, 4060)]

@@ -125,6 +125,16 @@ def escape_words(weight: CompressedWeight) -> torch.Tensor:
     return _NO_ESCAPES[weight.device]
 
 
+def weight_args(weight: torch.Tensor | CompressedWeight) -> tuple[torch.Tensor, int, tuple, bool]:
+    """What a kernel of both forms takes for its weight: ``(w, row stride, (window bases, escape
+    list, its address, plane stride), is ECF)``; a dense weight fills the ECF slots with stand-ins."""
+    if isinstance(weight, CompressedWeight):
+        escapes = escape_words(weight)
+        return (weight.planes, weight.planes.shape[2],
+                (weight.exponent_base, escapes, escapes.data_ptr(), weight.planes.stride(0)), True)
+    return weight, weight.stride(0), (weight, weight, 0, 0), False
+
+
 def decode_to_scratch(weight: CompressedWeight) -> torch.Tensor:
     """The dense weight, decoded into its model's scratch buffer (valid until the next decode; a
     new tensor without one): the matmul for several rows (prefill, batched decode) then runs on it."""
@@ -133,10 +143,9 @@ def decode_to_scratch(weight: CompressedWeight) -> torch.Tensor:
         out = weight.scratch[:n * k].view(n, k)
     else:
         out = torch.empty((n, k), dtype=weight.dtype, device=weight.device)
-    groups = weight.planes.shape[2]
+    planes, stride_wn, (base, escapes, escapes_addr, plane_stride), _ = weight_args(weight)
     tile = tile_cols(k)
-    escapes = escape_words(weight)
-    _ecf_decode_kernel[(triton.cdiv(n, 16), groups * GROUP // tile)](
-        weight.planes, weight.exponent_base, escapes, escapes.data_ptr(), out.view(torch.int16), n, k, groups,
-        weight.planes.stride(0), BLOCK_N=16, G=tile // GROUP, ASM=not INTERPRETED, num_warps=8)
+    _ecf_decode_kernel[(triton.cdiv(n, 16), stride_wn * GROUP // tile)](
+        planes, base, escapes, escapes_addr, out.view(torch.int16), n, k, stride_wn, plane_stride,
+        BLOCK_N=16, G=tile // GROUP, ASM=not INTERPRETED, num_warps=8)
     return out

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gpu_backend.kernels.ecf_decode import INTERPRETED, decode_group, escape_words
+from gpu_backend.kernels.ecf_decode import INTERPRETED, decode_group, weight_args
 from gpu_backend.weights.packed import CompressedWeight
 from gpu_backend.weights.planes import GROUP, tile_cols
 
@@ -108,13 +108,7 @@ def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, block_n: int 
     n = weight.shape[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64
-    if isinstance(weight, CompressedWeight):
-        escapes = escape_words(weight)
-        w, stride_wn, ecf = weight.planes, weight.planes.shape[2], True
-        ecf_args = (weight.exponent_base, escapes, escapes.data_ptr(), weight.planes.stride(0))
-    else:
-        w, stride_wn, ecf = weight, weight.stride(0), False
-        ecf_args = (w, w, 0, 0)
+    w, stride_wn, ecf_args, ecf = weight_args(weight)
     _gemm_kernel[(triton.cdiv(n, block_n), triton.cdiv(m, block_m))](
         x, w, y, m, n, k, x.stride(0), stride_wn, *ecf_args, BLOCK_M=block_m, BLOCK_N=block_n,
         G=tile_cols(k) // GROUP, GS=MIN_PHASE_COLS * 2 if tile_cols(k) >= 256 else MIN_PHASE_COLS, ECF=ecf,

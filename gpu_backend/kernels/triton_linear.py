@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from gpu_backend.kernels import pdl, triton_ops
-from gpu_backend.kernels.ecf_decode import INTERPRETED, decode_group, decode_to_scratch, escape_words, load_tile
+from gpu_backend.kernels.ecf_decode import INTERPRETED, decode_group, decode_to_scratch, load_tile, weight_args
 from gpu_backend.kernels.pdl import wait_then_release
 from gpu_backend.weights.packed import CompressedWeight
 from gpu_backend.weights.planes import GROUP, tile_cols
@@ -225,13 +225,7 @@ def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: 
     y = torch.empty((1, n), dtype=x.dtype, device=x.device)
     block_n = _block_n(n, k)
     use_pdl = pdl.enabled(x)
-    if isinstance(weight, CompressedWeight):
-        w, stride_wn, ecf = weight.planes, weight.planes.shape[2], True
-        escapes = escape_words(weight)
-        ecf_args = (weight.exponent_base, escapes, escapes.data_ptr(), weight.planes.stride(0))
-    else:
-        w, stride_wn, ecf = weight, weight.stride(0), False
-        ecf_args = (w, w, 0, 0)
+    w, stride_wn, ecf_args, ecf = weight_args(weight)
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, w, bias if bias is not None else x, y,
         residual if residual is not None else x, norm_weight if norm_weight is not None else x,

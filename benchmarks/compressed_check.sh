@@ -48,7 +48,7 @@ fi
 if [ "$what" = kernels ]; then
     [ -n "$baseline" ] && ab_decode
     echo "== ecf_gemv_probe"
-    timeout 90 python3 benchmarks/ecf_gemv_probe.py --out "$out/ecf_gemv_probe.json" | tail -8
+    timeout 200 python3 benchmarks/ecf_gemv_probe.py --out "$out/ecf_gemv_probe.json" | tail -30
     gpu_tests 150 gpu_tests_kernels.log tests/gpu_backend/kernels/test_triton_ecf_linear.py tests/gpu_backend/kernels/test_triton_gemm.py \
         tests/gpu_backend/kernels/test_triton_linear.py tests/gpu_backend/weights/test_compressed_kernels_gpu.py
 fi

@@ -33,6 +33,20 @@ def without_escapes(weight: torch.Tensor) -> torch.Tensor:
     return torch.where(inside, weight, torch.full_like(weight, 0.01))
 
 
+def prefetching(run) -> float:
+    """The time of ``run`` with the GEMV loading each tile a loop step ahead (triton_linear.GEMV_PREFETCH)."""
+    import triton.testing
+
+    from gpu_backend.kernels import triton_linear
+
+    saved = dict(triton_linear.GEMV_PREFETCH)
+    triton_linear.GEMV_PREFETCH.update(bf16=True, ecf=True)
+    try:
+        return triton.testing.do_bench(run)
+    finally:
+        triton_linear.GEMV_PREFETCH.update(saved)
+
+
 def gemm_rows(dense: torch.Tensor, coded: CompressedWeight, gen: torch.Generator) -> dict[str, dict]:
     """Batched decode of one weight: cuBLAS on the dense weight, the phase GEMM (kernels/triton_gemm.py)
     on the dense and on the coded weight, and the scratch decode then cuBLAS, at 32 and 64 rows."""
@@ -54,6 +68,37 @@ def gemm_rows(dense: torch.Tensor, coded: CompressedWeight, gen: torch.Generator
     return out
 
 
+def gemm_sweep(gen: torch.Generator) -> list[dict]:
+    """The phase GEMM's launch options at gate_up, 64 rows (the largest batched-decode read): the tile
+    height, warps and pipeline stages, dense and coded, against cuBLAS."""
+    import torch.nn.functional as F
+    import triton.testing
+
+    from gpu_backend.kernels import triton_gemm
+
+    n, k = SHAPES["gate_up"]
+    dense = (0.02 * torch.randn(n, k, device="cuda", generator=gen)).to(torch.bfloat16)
+    coded = CompressedWeight.from_dense(dense)
+    x = torch.randn(64, k, device="cuda", generator=gen).to(torch.bfloat16)
+    cublas_ms = triton.testing.do_bench(lambda: F.linear(x, dense))
+    rows = []
+    for block_n in (32, 64, 128):
+        for num_warps in (4, 8):
+            for num_stages in (2, 3, 4):
+                options = {"block_n": block_n, "num_warps": num_warps, "num_stages": num_stages}
+                try:
+                    bf16_ms = triton.testing.do_bench(lambda: triton_gemm.gemm(x, dense, **options))
+                    ecf_ms = triton.testing.do_bench(lambda: triton_gemm.gemm(x, coded, **options))
+                except Exception as error:  # e.g. out of shared memory at this tile
+                    rows.append({**options, "error": str(error)[:200]})
+                    continue
+                rows.append({**options, "cublas_ms": cublas_ms, "bf16_ms": bf16_ms, "ecf_ms": ecf_ms,
+                             "bf16_vs_cublas": cublas_ms / bf16_ms, "ecf_vs_cublas": cublas_ms / ecf_ms})
+                print(f"gate_up 64 rows {options}: cuBLAS {cublas_ms * 1000:.1f} us, phase GEMM bf16 "
+                      f"{bf16_ms * 1000:.1f} us, ECF {ecf_ms * 1000:.1f} us", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path)
@@ -68,7 +113,8 @@ def main() -> None:
         dense = (0.02 * torch.randn(n, k, device="cuda", generator=gen)).to(torch.bfloat16)
         x = torch.randn(1, k, device="cuda", generator=gen).to(torch.bfloat16)
         bf16_ms = triton.testing.do_bench(lambda: triton_linear._gemv(x, dense, None))
-        row = {"shape": name, "n": n, "k": k, "bf16_ms": bf16_ms, "bf16_GB_s": n * k * 2 / bf16_ms / 1e6}
+        row = {"shape": name, "n": n, "k": k, "bf16_ms": bf16_ms, "bf16_GB_s": n * k * 2 / bf16_ms / 1e6,
+               "bf16_prefetch_ms": prefetching(lambda: triton_linear._gemv(x, dense, None))}
         for kind, weight in (("coded", dense), ("no_escapes", without_escapes(dense))):
             coded = CompressedWeight.from_dense(weight)
             reference = triton_linear._gemv(x, coded.decode(), None)
@@ -76,6 +122,7 @@ def main() -> None:
             ms = triton.testing.do_bench(lambda: triton_linear._gemv(x, coded, None))
             scratch_ms = triton.testing.do_bench(lambda: triton_linear.decode_to_scratch(coded))
             row[kind] = {"escapes": coded.num_escapes, "gemv_ms": ms, "vs_bf16": bf16_ms / ms,
+                         "gemv_prefetch_ms": prefetching(lambda: triton_linear._gemv(x, coded, None)),
                          "coded_GB_s": coded.nbytes / ms / 1e6, "decode_to_scratch_ms": scratch_ms,
                          "outputs_differing": int((got != reference).sum()),
                          "max_abs_diff": float((got.float() - reference.float()).abs().max())}
@@ -85,12 +132,18 @@ def main() -> None:
             f"{kind}: {row[kind]['gemv_ms'] * 1000:7.1f} us ({row[kind]['vs_bf16']:.2f}x, {row[kind]['escapes']} escapes, "
             f"scratch decode {row[kind]['decode_to_scratch_ms'] * 1000:.0f} us, {row[kind]['outputs_differing']} outputs "
             f"differ by up to {row[kind]['max_abs_diff']:.3g})" for kind in ("coded", "no_escapes")), flush=True)
+        print(f"{name:8} prefetching: bf16 {row['bf16_prefetch_ms'] * 1000:7.1f} us  ECF "
+              f"{row['coded']['gemv_prefetch_ms'] * 1000:7.1f} us", flush=True)
         for m, g in row["gemm"].items():
             print(f"{name:8} {m:>3} rows: cuBLAS {g['cublas_ms'] * 1000:7.1f} us  phase GEMM bf16 {g['bf16_ms'] * 1000:7.1f} "
                   f"us  ECF {g['ecf_ms'] * 1000:7.1f} us ({g['ecf_vs_cublas']:.2f}x cuBLAS), scratch + cuBLAS "
                   f"{g['scratch_ms'] * 1000:7.1f} us; ECF == bf16 GEMM: {g['ecf_equals_bf16']}", flush=True)
+    record = {"benchmark": "ecf_gemv_probe", **environment(), "results": rows}
+    if args.out:  # written before the sweep too, so a call that runs out of time keeps the rows above
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+    record["gemm_sweep"] = gemm_sweep(gen)
     if args.out:
-        args.out.write_text(json.dumps({"benchmark": "ecf_gemv_probe", **environment(), "results": rows}, indent=2) + "\n")
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

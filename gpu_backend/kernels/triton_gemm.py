@@ -48,9 +48,9 @@ def _high(pair):
 
 
 @triton.jit
-def _gemm_kernel(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_wn, base_ptr, escapes_ptr, escapes_addr,
+def _gemm_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, base_ptr, escapes_ptr, escapes_addr,
                  plane_stride, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, G: tl.constexpr, GS: tl.constexpr,
-                 ECF: tl.constexpr, ASM: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, ECF: tl.constexpr, ASM: tl.constexpr):
     """A K tile's groups are taken GS at a time (a slice of each phase's G columns), so a coded tile
     fits in registers; the dense form takes the same slices in the same order."""
     rows_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -85,6 +85,8 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_wn, base_ptr, e
                 cj = c + j * G
                 w = tl.load(w_rows + cj[None, :], mask=(cj < K)[None, :], other=0.0)
                 acc = _dot_phase(acc, x_rows, m_ok, cj, K, w, ASM)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + safe_n).to(tl.float32)[None, :]
     y = y_ptr + rows_m[:, None].to(tl.int64) * N + rows_n[None, :]
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (rows_n < N)[None, :])
 
@@ -98,8 +100,11 @@ def fits(x: torch.Tensor, weight: torch.Tensor | CompressedWeight) -> bool:
             and (isinstance(weight, CompressedWeight) or weight.stride(1) == 1))
 
 
-def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, block_n: int = 32) -> torch.Tensor:
-    """``x W^T`` (bf16, [M, N]) in the phase order above; ``fits(x, weight)`` must hold."""
+def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, bias: torch.Tensor | None = None,
+         block_n: int = 32, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+    """``x W^T + b`` (bf16, [M, N]) in the phase order above; ``fits(x, weight)`` must hold. The tile
+    height and launch options may change how the tensor cores are driven: a dense weight and its coded
+    form are equal only under the same ones."""
     if not fits(x, weight):
         raise ValueError(f"the phase GEMM takes 2-D bf16 rows and a bf16 weight with K tiles of 128+ columns, "
                          f"not {tuple(x.shape)} {x.dtype} against {tuple(weight.shape)} {weight.dtype}")
@@ -110,7 +115,8 @@ def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, block_n: int 
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64
     w, stride_wn, ecf_args, ecf = weight_args(weight)
     _gemm_kernel[(triton.cdiv(n, block_n), triton.cdiv(m, block_m))](
-        x, w, y, m, n, k, x.stride(0), stride_wn, *ecf_args, BLOCK_M=block_m, BLOCK_N=block_n,
-        G=tile_cols(k) // GROUP, GS=MIN_PHASE_COLS * 2 if tile_cols(k) >= 256 else MIN_PHASE_COLS, ECF=ecf,
-        ASM=not INTERPRETED, num_warps=4)
+        x, w, bias if bias is not None else x, y, m, n, k, x.stride(0), stride_wn, *ecf_args, BLOCK_M=block_m,
+        BLOCK_N=block_n, G=tile_cols(k) // GROUP, GS=MIN_PHASE_COLS * 2 if tile_cols(k) >= 256 else MIN_PHASE_COLS,
+        HAS_BIAS=bias is not None, ECF=ecf, ASM=not INTERPRETED, num_warps=num_warps,
+        num_stages=num_stages)
     return y

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from gpu_backend.kernels import pdl, triton_ops
+from gpu_backend.kernels import pdl, triton_gemm, triton_ops
 from gpu_backend.kernels.ecf_decode import INTERPRETED, decode_group, decode_to_scratch, load_tile, weight_args
 from gpu_backend.kernels.pdl import wait_then_release
 from gpu_backend.weights.packed import CompressedWeight
@@ -49,7 +49,14 @@ Weight = torch.Tensor | CompressedWeight
 # False: a compressed weight at one row is decoded into its scratch buffer and the bf16 GEMV runs on
 # that (exact by construction, but the weight is written and read dense once more)
 FUSED_ECF_DECODE = True
+# The GEMV loads each weight tile one loop step ahead of its sums (register double-buffering): more bytes
+# in flight a thread, for more registers. By form, bf16 and ECF; the sums are the same either way.
+GEMV_PREFETCH = {"bf16": False, "ecf": False}
 PLAIN, RMS_NORM, SILU_MUL = 0, 1, 2  # what the GEMV does to its input first
+# Batches of 2 to PHASE_GEMM_ROWS rows (batched decode) run the phase GEMM (triton_gemm.py) on dense and
+# coded weights alike, so the two give the same bits; 0 leaves every batch to torch's matmul (cuBLAS),
+# before which a coded weight is decoded into scratch.
+PHASE_GEMM_ROWS = 0
 
 
 @triton.jit
@@ -141,7 +148,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, res_ptr, norm_w_ptr, new_res_ptr, N
                  base_ptr, escapes_ptr, escapes_addr, plane_stride,
                  HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, G: tl.constexpr, PROLOGUE: tl.constexpr,
                  HAS_RESIDUAL: tl.constexpr, BLOCK_ROW: tl.constexpr, USE_PDL: tl.constexpr, ECF: tl.constexpr,
-                 EVEN_K: tl.constexpr, ASM: tl.constexpr):
+                 EVEN_K: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr):
     """y = x W^T for one row x, in K tiles of KT = 8*G columns. Every output element keeps KT running
     sums, one per column of a tile, each advanced by one fma per tile in tile order; they are then
     summed by halving (_row_sums). No sum depends on how the compiler lays a tile out in registers,
@@ -178,24 +185,48 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, res_ptr, norm_w_ptr, new_res_ptr, N
     if ECF:
         a0 = tl.zeros([BLOCK_N, G], dtype=tl.float32)
         a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
-        a0, a1, a2, a3, a4, a5, a6, a7 = _ecf_fma(a0, a1, a2, a3, a4, a5, a6, a7, lo, hi, ix, base4, escapes_ptr,
-                                                  escapes_addr, x_ptr, res_ptr, norm_w_ptr, 0, K, rstd, dtype,
-                                                  PROLOGUE, HAS_RESIDUAL, G, EVEN_K, ASM)
-        for t in range(1, num_tiles):
-            lo, hi, ix = load_tile(w_rows, plane_stride, t, G)
-            a0, a1, a2, a3, a4, a5, a6, a7 = _ecf_fma(a0, a1, a2, a3, a4, a5, a6, a7, lo, hi, ix, base4,
-                                                      escapes_ptr, escapes_addr, x_ptr, res_ptr, norm_w_ptr, t * KT,
+        if PREFETCH:  # tile t's words are loading while tile t - 1 is decoded and summed
+            for t in range(1, num_tiles):
+                next_lo, next_hi, next_ix = load_tile(w_rows, plane_stride, t, G)
+                a0, a1, a2, a3, a4, a5, a6, a7 = _ecf_fma(a0, a1, a2, a3, a4, a5, a6, a7, lo, hi, ix, base4,
+                                                          escapes_ptr, escapes_addr, x_ptr, res_ptr, norm_w_ptr,
+                                                          (t - 1) * KT, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, G,
+                                                          EVEN_K, ASM)
+                lo, hi, ix = next_lo, next_hi, next_ix
+            a0, a1, a2, a3, a4, a5, a6, a7 = _ecf_fma(a0, a1, a2, a3, a4, a5, a6, a7, lo, hi, ix, base4, escapes_ptr,
+                                                      escapes_addr, x_ptr, res_ptr, norm_w_ptr, (num_tiles - 1) * KT,
                                                       K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, G, EVEN_K, ASM)
+        else:
+            a0, a1, a2, a3, a4, a5, a6, a7 = _ecf_fma(a0, a1, a2, a3, a4, a5, a6, a7, lo, hi, ix, base4, escapes_ptr,
+                                                      escapes_addr, x_ptr, res_ptr, norm_w_ptr, 0, K, rstd, dtype,
+                                                      PROLOGUE, HAS_RESIDUAL, G, EVEN_K, ASM)
+            for t in range(1, num_tiles):
+                lo, hi, ix = load_tile(w_rows, plane_stride, t, G)
+                a0, a1, a2, a3, a4, a5, a6, a7 = _ecf_fma(a0, a1, a2, a3, a4, a5, a6, a7, lo, hi, ix, base4,
+                                                          escapes_ptr, escapes_addr, x_ptr, res_ptr, norm_w_ptr,
+                                                          t * KT, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, G, EVEN_K,
+                                                          ASM)
         # the first three halvings of the bf16 kernel's KT sums: columns c and c + KT/2 are phases j and j+4
         out = _row_sums(((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), BLOCK_N, G)
     else:
-        acc = _fma_phase(tl.zeros([BLOCK_N, KT], dtype=tl.float32), w.to(tl.float32), x_ptr, res_ptr, norm_w_ptr,
-                         cols, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, EVEN_K)
-        for t in range(1, num_tiles):
-            c = t * KT + cols
-            w = _load(w_rows + c[None, :], (c < K)[None, :], EVEN_K)
-            acc = _fma_phase(acc, w.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c, K, rstd, dtype, PROLOGUE,
+        acc = tl.zeros([BLOCK_N, KT], dtype=tl.float32)
+        if PREFETCH:
+            for t in range(1, num_tiles):
+                c = t * KT + cols
+                next_w = _load(w_rows + c[None, :], (c < K)[None, :], EVEN_K)
+                acc = _fma_phase(acc, w.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c - KT, K, rstd, dtype, PROLOGUE,
+                                 HAS_RESIDUAL, EVEN_K)
+                w = next_w
+            acc = _fma_phase(acc, w.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, (num_tiles - 1) * KT + cols, K, rstd,
+                             dtype, PROLOGUE, HAS_RESIDUAL, EVEN_K)
+        else:
+            acc = _fma_phase(acc, w.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, cols, K, rstd, dtype, PROLOGUE,
                              HAS_RESIDUAL, EVEN_K)
+            for t in range(1, num_tiles):
+                c = t * KT + cols
+                w = _load(w_rows + c[None, :], (c < K)[None, :], EVEN_K)
+                acc = _fma_phase(acc, w.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c, K, rstd, dtype, PROLOGUE,
+                                 HAS_RESIDUAL, EVEN_K)
         out = _row_sums(acc, BLOCK_N, KT)
     if HAS_BIAS:
         out += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
@@ -233,6 +264,7 @@ def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: 
         HAS_BIAS=bias is not None, BLOCK_N=block_n, G=tile_cols(k) // GROUP, PROLOGUE=prologue,
         HAS_RESIDUAL=residual is not None, BLOCK_ROW=triton.next_power_of_2(k) if prologue == RMS_NORM else 1,
         USE_PDL=use_pdl, num_warps=8, ECF=ecf, EVEN_K=k % tile_cols(k) == 0, ASM=not INTERPRETED,
+        PREFETCH=GEMV_PREFETCH["ecf" if ecf else "bf16"],
         **pdl.launch_options(use_pdl),
     )
     return y
@@ -247,7 +279,10 @@ def _decoded_unless_fused(x: torch.Tensor, weight: Weight) -> Weight:
 
 
 def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``weight`` dense, or compressed (ECF): decoded inside the GEMV for one row, else into scratch."""
+    """``weight`` dense, or compressed (ECF): decoded inside the GEMV for one row or the phase GEMM for a
+    few (PHASE_GEMM_ROWS), else into scratch."""
+    if 1 < x.shape[0] <= PHASE_GEMM_ROWS and x.is_cuda and triton_gemm.fits(x, weight):
+        return triton_gemm.gemm(x, weight, bias)
     weight = _decoded_unless_fused(x, weight)
     if not _gemv_fits(x, weight):
         return F.linear(x, weight, bias)
@@ -259,7 +294,6 @@ def rms_norm_linear(
     weight: Weight, bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(linear(rms_norm(x + residual)), x + residual); without a residual, (linear(rms_norm(x)), x)."""
-    weight = _decoded_unless_fused(x, weight)
     # An ECF weight takes the separate norm kernel first, as in silu_and_mul_linear: in the fused
     # prologue each of a tile's row threads recomputes the norm, which made the ECF loop 40% longer.
     fits = (_gemv_fits(x, weight) and norm_weight.dtype == x.dtype and x.shape[-1] <= 16384
@@ -280,7 +314,6 @@ def rms_norm_linear(
 def silu_and_mul_linear(gate_up: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None
                         ) -> torch.Tensor:
     """linear(silu(gate) * up) for gate_up = [gate | up]."""
-    weight = _decoded_unless_fused(gate_up, weight)
     # An ECF weight takes the separate kernel first: in the fused prologue each of a tile's row threads
     # recomputes the SiLU, which made the ECF loop twice as long (904 SASS instructions against 445).
     if (not _gemv_fits(gate_up, weight) or gate_up.shape[-1] != 2 * weight.shape[1]

@@ -39,9 +39,11 @@ def test_coded_weight_gives_the_dense_weights_bits(device: str, m: int, n: int, 
     coded = coded.to(device)
     dense = coded.decode()
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(torch.bfloat16).to(device)
-    got = triton_gemm.gemm(x, coded)
-    assert torch.equal(got, triton_gemm.gemm(x, dense))
-    torch.testing.assert_close(got.float(), F.linear(x.float(), dense.float()), atol=2e-2, rtol=2e-2)
+    bias = torch.randn(dense.shape[0]).to(torch.bfloat16).to(device) if m == 40 else None
+    got = triton_gemm.gemm(x, coded, bias)
+    assert torch.equal(got, triton_gemm.gemm(x, dense, bias))
+    expected = F.linear(x.float(), dense.float(), None if bias is None else bias.float())
+    torch.testing.assert_close(got.float(), expected, atol=2e-2, rtol=2e-2)
 
 
 def test_narrow_phases_are_not_taken() -> None:

@@ -49,7 +49,7 @@ if [ "$what" = kernels ]; then
     [ -n "$baseline" ] && ab_decode
     echo "== ecf_gemv_probe"
     timeout 200 python3 benchmarks/ecf_gemv_probe.py --out "$out/ecf_gemv_probe.json" | tail -30
-    gpu_tests 150 gpu_tests_kernels.log tests/gpu_backend/kernels/test_triton_ecf_linear.py tests/gpu_backend/kernels/test_triton_gemm.py \
+    gpu_tests 120 gpu_tests_kernels.log tests/gpu_backend/kernels/test_triton_ecf_linear.py tests/gpu_backend/kernels/test_triton_gemm.py \
         tests/gpu_backend/kernels/test_triton_linear.py tests/gpu_backend/weights/test_compressed_kernels_gpu.py
 fi
 if [ "$what" = capacity ]; then

@@ -164,8 +164,6 @@ def main() -> int:
     parser.add_argument("--prefill-len", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--phase-gemm-rows", type=int, help="triton_linear.PHASE_GEMM_ROWS for every variant: batches "
-                        "of up to this many rows run the phase GEMM, dense and coded (0: cuBLAS)")
     parser.add_argument("--num-layers", type=int, help="fewer decoder layers than the shape's, for a shorter run")
     parser.add_argument("--tiny", action="store_true", help="a tiny bf16 Llama on CPU, few tokens")
     parser.add_argument("--out", type=Path)
@@ -184,13 +182,6 @@ def main() -> int:
         options = {"gpu_memory_utilization": 0.85}
     if args.num_layers:
         config = {**config, "num_hidden_layers": args.num_layers}
-    phase_gemm_rows = None
-    if device == "cuda":
-        from gpu_backend.kernels import triton_linear
-
-        if args.phase_gemm_rows is not None:
-            triton_linear.PHASE_GEMM_ROWS = args.phase_gemm_rows
-        phase_gemm_rows = triton_linear.PHASE_GEMM_ROWS
     peak = PEAK_BANDWIDTH.get(next((k for k in PEAK_BANDWIDTH if device == "cuda" and k in torch.cuda.get_device_name(0)),
                                    ""))
     results: dict[str, Any] = {}
@@ -263,7 +254,7 @@ def main() -> int:
         "benchmark": "compressed_decode", **environment(),
         "config": {"model": "tiny Llama" if args.tiny else "Llama-3.1-8B shape", "weights": "random N(0, 0.02) bf16",
                    "batches": batches, "prompt_len": prompt_len, "new_tokens": new_tokens, "prefill_len": prefill_len,
-                   "repeats": args.repeats, "phase_gemm_rows": phase_gemm_rows,
+                   "repeats": args.repeats,
                    "timing": "TTFT and prefill: best of repeats; decode: median over repeats of full run - TTFT"},
         "ecf_folder": made, "bf16_weight_bytes_read_per_token": parameter_bytes(config)["read_per_token"],
         "greedy_tokens_identical": identical, "results": results,

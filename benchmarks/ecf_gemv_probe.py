@@ -3,10 +3,11 @@
 For each weight shape: random N(0, 0.02) bf16 weights coded as they come (a few escapes per tile) and
 the same weights with every rare exponent replaced (no escapes at all), the batch-1 GEMV timed on the
 dense weight, on each coded one, and decode_to_scratch on its own; and how far the coded GEMV's output
-is from the dense one's (outputs that differ, largest difference). Then batched decode (32 and 64 rows):
-cuBLAS, the phase GEMM on the dense and the coded weight (equal bits?), and scratch decode + cuBLAS.
+is from the dense one's (outputs that differ, largest difference); each GEMV loading its tiles a step
+ahead and not. With ``--gemm``, batched decode too (32 and 64 rows): cuBLAS, the phase GEMM on the dense
+and the coded weight (equal bits?), and scratch decode + cuBLAS, then the GEMM's launch options.
 
-    PYTHONPATH=.:sdk python3 benchmarks/ecf_gemv_probe.py [--out FILE]
+    PYTHONPATH=.:sdk python3 benchmarks/ecf_gemv_probe.py [--gemm] [--out FILE]
 """
 
 from __future__ import annotations
@@ -33,18 +34,17 @@ def without_escapes(weight: torch.Tensor) -> torch.Tensor:
     return torch.where(inside, weight, torch.full_like(weight, 0.01))
 
 
-def prefetching(run) -> float:
-    """The time of ``run`` with the GEMV loading each tile a loop step ahead (triton_linear.GEMV_PREFETCH)."""
+def prefetching(run, prefetch: bool) -> float:
+    """The time of ``run`` with the GEMV loading each tile a loop step ahead or not (triton_linear.GEMV_PREFETCH)."""
     import triton.testing
 
     from gpu_backend.kernels import triton_linear
 
-    saved = dict(triton_linear.GEMV_PREFETCH)
-    triton_linear.GEMV_PREFETCH.update(bf16=True, ecf=True)
+    saved, triton_linear.GEMV_PREFETCH = triton_linear.GEMV_PREFETCH, prefetch
     try:
         return triton.testing.do_bench(run)
     finally:
-        triton_linear.GEMV_PREFETCH.update(saved)
+        triton_linear.GEMV_PREFETCH = saved
 
 
 def gemm_rows(dense: torch.Tensor, coded: CompressedWeight, gen: torch.Generator) -> dict[str, dict]:
@@ -84,7 +84,7 @@ def gemm_sweep(gen: torch.Generator) -> list[dict]:
     rows = []
     for block_n in (32, 64, 128):
         for num_warps in (4, 8):
-            for num_stages in (2, 3, 4):
+            for num_stages in (2, 3):
                 options = {"block_n": block_n, "num_warps": num_warps, "num_stages": num_stages}
                 try:
                     bf16_ms = triton.testing.do_bench(lambda: triton_gemm.gemm(x, dense, **options))
@@ -102,6 +102,7 @@ def gemm_sweep(gen: torch.Generator) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--gemm", action="store_true", help="also the phase GEMM against cuBLAS, and its launch sweep")
     args = parser.parse_args()
     import triton.testing
 
@@ -114,7 +115,8 @@ def main() -> None:
         x = torch.randn(1, k, device="cuda", generator=gen).to(torch.bfloat16)
         bf16_ms = triton.testing.do_bench(lambda: triton_linear._gemv(x, dense, None))
         row = {"shape": name, "n": n, "k": k, "bf16_ms": bf16_ms, "bf16_GB_s": n * k * 2 / bf16_ms / 1e6,
-               "bf16_prefetch_ms": prefetching(lambda: triton_linear._gemv(x, dense, None))}
+               "bf16_prefetch_ms": prefetching(lambda: triton_linear._gemv(x, dense, None), True),
+               "bf16_no_prefetch_ms": prefetching(lambda: triton_linear._gemv(x, dense, None), False)}
         for kind, weight in (("coded", dense), ("no_escapes", without_escapes(dense))):
             coded = CompressedWeight.from_dense(weight)
             reference = triton_linear._gemv(x, coded.decode(), None)
@@ -122,27 +124,31 @@ def main() -> None:
             ms = triton.testing.do_bench(lambda: triton_linear._gemv(x, coded, None))
             scratch_ms = triton.testing.do_bench(lambda: triton_linear.decode_to_scratch(coded))
             row[kind] = {"escapes": coded.num_escapes, "gemv_ms": ms, "vs_bf16": bf16_ms / ms,
-                         "gemv_prefetch_ms": prefetching(lambda: triton_linear._gemv(x, coded, None)),
+                         "gemv_prefetch_ms": prefetching(lambda: triton_linear._gemv(x, coded, None), True),
+                         "gemv_no_prefetch_ms": prefetching(lambda: triton_linear._gemv(x, coded, None), False),
                          "coded_GB_s": coded.nbytes / ms / 1e6, "decode_to_scratch_ms": scratch_ms,
                          "outputs_differing": int((got != reference).sum()),
                          "max_abs_diff": float((got.float() - reference.float()).abs().max())}
-        row["gemm"] = gemm_rows(dense, CompressedWeight.from_dense(dense), gen)
+        if args.gemm:
+            row["gemm"] = gemm_rows(dense, CompressedWeight.from_dense(dense), gen)
         rows.append(row)
         print(f"{name:8} bf16 {bf16_ms * 1000:7.1f} us ({row['bf16_GB_s']:5.0f} GB/s)  " + "  ".join(
             f"{kind}: {row[kind]['gemv_ms'] * 1000:7.1f} us ({row[kind]['vs_bf16']:.2f}x, {row[kind]['escapes']} escapes, "
             f"scratch decode {row[kind]['decode_to_scratch_ms'] * 1000:.0f} us, {row[kind]['outputs_differing']} outputs "
             f"differ by up to {row[kind]['max_abs_diff']:.3g})" for kind in ("coded", "no_escapes")), flush=True)
-        print(f"{name:8} prefetching: bf16 {row['bf16_prefetch_ms'] * 1000:7.1f} us  ECF "
-              f"{row['coded']['gemv_prefetch_ms'] * 1000:7.1f} us", flush=True)
-        for m, g in row["gemm"].items():
+        print(f"{name:8} loading ahead / not: bf16 {row['bf16_prefetch_ms'] * 1000:7.1f} / "
+              f"{row['bf16_no_prefetch_ms'] * 1000:7.1f} us  ECF {row['coded']['gemv_prefetch_ms'] * 1000:7.1f} / "
+              f"{row['coded']['gemv_no_prefetch_ms'] * 1000:7.1f} us", flush=True)
+        for m, g in row.get("gemm", {}).items():
             print(f"{name:8} {m:>3} rows: cuBLAS {g['cublas_ms'] * 1000:7.1f} us  phase GEMM bf16 {g['bf16_ms'] * 1000:7.1f} "
                   f"us  ECF {g['ecf_ms'] * 1000:7.1f} us ({g['ecf_vs_cublas']:.2f}x cuBLAS), scratch + cuBLAS "
                   f"{g['scratch_ms'] * 1000:7.1f} us; ECF == bf16 GEMM: {g['ecf_equals_bf16']}", flush=True)
     record = {"benchmark": "ecf_gemv_probe", **environment(), "results": rows}
     if args.out:  # written before the sweep too, so a call that runs out of time keeps the rows above
         args.out.write_text(json.dumps(record, indent=2) + "\n")
-    record["gemm_sweep"] = gemm_sweep(gen)
-    if args.out:
+    if args.gemm:
+        record["gemm_sweep"] = gemm_sweep(gen)
+    if args.out and args.gemm:
         args.out.write_text(json.dumps(record, indent=2) + "\n")
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from gpu_backend.kernels import pdl, triton_gemm, triton_ops
+from gpu_backend.kernels import pdl, triton_ops
 from gpu_backend.kernels.ecf_decode import INTERPRETED, decode_group, decode_to_scratch, load_tile, weight_args
 from gpu_backend.kernels.pdl import wait_then_release
 from gpu_backend.weights.packed import CompressedWeight
@@ -49,14 +49,11 @@ Weight = torch.Tensor | CompressedWeight
 # False: a compressed weight at one row is decoded into its scratch buffer and the bf16 GEMV runs on
 # that (exact by construction, but the weight is written and read dense once more)
 FUSED_ECF_DECODE = True
-# The GEMV loads each weight tile one loop step ahead of its sums (register double-buffering): more bytes
-# in flight a thread, for more registers. By form, bf16 and ECF; the sums are the same either way.
-GEMV_PREFETCH = {"bf16": False, "ecf": False}
+# Whether the GEMV loads each weight tile one loop step ahead of its sums (register double-buffering: more
+# bytes in flight a thread, for more registers); None: where it was measured faster (_prefetches). The sums
+# are the same either way.
+GEMV_PREFETCH: bool | None = None
 PLAIN, RMS_NORM, SILU_MUL = 0, 1, 2  # what the GEMV does to its input first
-# Batches of 2 to PHASE_GEMM_ROWS rows (batched decode) run the phase GEMM (triton_gemm.py) on dense and
-# coded weights alike, so the two give the same bits; 0 leaves every batch to torch's matmul (cuBLAS),
-# before which a coded weight is decoded into scratch.
-PHASE_GEMM_ROWS = 0
 
 
 @triton.jit
@@ -129,6 +126,44 @@ def _ecf_fma(a0, a1, a2, a3, a4, a5, a6, a7, lo, hi, ix, base4, escapes_ptr, esc
 
 
 @triton.jit
+def _dense_tile(w_rows, c0, K, G: tl.constexpr, EVEN_K: tl.constexpr):
+    """A bf16 K tile from column c0 as the ECF form has it: 8 phases, phase j columns c0 + j*G..."""
+    c = c0 + tl.arange(0, G)
+    return (_load(w_rows + c[None, :], (c < K)[None, :], EVEN_K),
+            _load(w_rows + (c + G)[None, :], (c + G < K)[None, :], EVEN_K),
+            _load(w_rows + (c + 2 * G)[None, :], (c + 2 * G < K)[None, :], EVEN_K),
+            _load(w_rows + (c + 3 * G)[None, :], (c + 3 * G < K)[None, :], EVEN_K),
+            _load(w_rows + (c + 4 * G)[None, :], (c + 4 * G < K)[None, :], EVEN_K),
+            _load(w_rows + (c + 5 * G)[None, :], (c + 5 * G < K)[None, :], EVEN_K),
+            _load(w_rows + (c + 6 * G)[None, :], (c + 6 * G < K)[None, :], EVEN_K),
+            _load(w_rows + (c + 7 * G)[None, :], (c + 7 * G < K)[None, :], EVEN_K))
+
+
+@triton.jit
+def _dense_fma(a0, a1, a2, a3, a4, a5, a6, a7, w0, w1, w2, w3, w4, w5, w6, w7, x_ptr, res_ptr, norm_w_ptr, c0, K,
+               rstd, dtype: tl.constexpr, PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, G: tl.constexpr,
+               EVEN_K: tl.constexpr):
+    """The 8 phases' running sums advanced by one bf16 tile (_dense_tile), as _ecf_fma advances them."""
+    c = c0 + tl.arange(0, G)
+    a0 = _fma_phase(a0, w0.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, EVEN_K)
+    a1 = _fma_phase(a1, w1.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c + G, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL,
+                    EVEN_K)
+    a2 = _fma_phase(a2, w2.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c + 2 * G, K, rstd, dtype, PROLOGUE,
+                    HAS_RESIDUAL, EVEN_K)
+    a3 = _fma_phase(a3, w3.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c + 3 * G, K, rstd, dtype, PROLOGUE,
+                    HAS_RESIDUAL, EVEN_K)
+    a4 = _fma_phase(a4, w4.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c + 4 * G, K, rstd, dtype, PROLOGUE,
+                    HAS_RESIDUAL, EVEN_K)
+    a5 = _fma_phase(a5, w5.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c + 5 * G, K, rstd, dtype, PROLOGUE,
+                    HAS_RESIDUAL, EVEN_K)
+    a6 = _fma_phase(a6, w6.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c + 6 * G, K, rstd, dtype, PROLOGUE,
+                    HAS_RESIDUAL, EVEN_K)
+    a7 = _fma_phase(a7, w7.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c + 7 * G, K, rstd, dtype, PROLOGUE,
+                    HAS_RESIDUAL, EVEN_K)
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@triton.jit
 def _halve(acc, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr):
     return tl.sum(tl.reshape(acc, [BLOCK_N, 2, WIDTH // 2]), axis=1)
 
@@ -161,13 +196,12 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, res_ptr, norm_w_ptr, new_res_ptr, N
     dtype = y_ptr.dtype.element_ty
     KT: tl.constexpr = 8 * G
     num_tiles = tl.cdiv(K, KT)
-    cols = tl.arange(0, KT)
     # The weights depend on no earlier kernel: the first tile is in flight before the wait.
     if ECF:
         base4 = (tl.load(base_ptr + safe_rows).to(tl.int32) * 0x01010101)[:, None]  # the window's base, a byte each
         lo, hi, ix = load_tile(w_rows, plane_stride, 0, G)
     else:
-        w = _load(w_rows + cols[None, :], (cols < K)[None, :], EVEN_K)
+        w0, w1, w2, w3, w4, w5, w6, w7 = _dense_tile(w_rows, 0, K, G, EVEN_K)
     if USE_PDL:
         wait_then_release()
     rstd = 0.0
@@ -206,28 +240,30 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, res_ptr, norm_w_ptr, new_res_ptr, N
                                                           escapes_ptr, escapes_addr, x_ptr, res_ptr, norm_w_ptr,
                                                           t * KT, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, G, EVEN_K,
                                                           ASM)
-        # the first three halvings of the bf16 kernel's KT sums: columns c and c + KT/2 are phases j and j+4
-        out = _row_sums(((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), BLOCK_N, G)
     else:
-        acc = tl.zeros([BLOCK_N, KT], dtype=tl.float32)
+        a0 = tl.zeros([BLOCK_N, G], dtype=tl.float32)
+        a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
         if PREFETCH:
             for t in range(1, num_tiles):
-                c = t * KT + cols
-                next_w = _load(w_rows + c[None, :], (c < K)[None, :], EVEN_K)
-                acc = _fma_phase(acc, w.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c - KT, K, rstd, dtype, PROLOGUE,
-                                 HAS_RESIDUAL, EVEN_K)
-                w = next_w
-            acc = _fma_phase(acc, w.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, (num_tiles - 1) * KT + cols, K, rstd,
-                             dtype, PROLOGUE, HAS_RESIDUAL, EVEN_K)
+                n0, n1, n2, n3, n4, n5, n6, n7 = _dense_tile(w_rows, t * KT, K, G, EVEN_K)
+                a0, a1, a2, a3, a4, a5, a6, a7 = _dense_fma(a0, a1, a2, a3, a4, a5, a6, a7, w0, w1, w2, w3, w4, w5,
+                                                            w6, w7, x_ptr, res_ptr, norm_w_ptr, (t - 1) * KT, K, rstd,
+                                                            dtype, PROLOGUE, HAS_RESIDUAL, G, EVEN_K)
+                w0, w1, w2, w3, w4, w5, w6, w7 = n0, n1, n2, n3, n4, n5, n6, n7
+            a0, a1, a2, a3, a4, a5, a6, a7 = _dense_fma(a0, a1, a2, a3, a4, a5, a6, a7, w0, w1, w2, w3, w4, w5, w6,
+                                                        w7, x_ptr, res_ptr, norm_w_ptr, (num_tiles - 1) * KT, K, rstd,
+                                                        dtype, PROLOGUE, HAS_RESIDUAL, G, EVEN_K)
         else:
-            acc = _fma_phase(acc, w.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, cols, K, rstd, dtype, PROLOGUE,
-                             HAS_RESIDUAL, EVEN_K)
+            a0, a1, a2, a3, a4, a5, a6, a7 = _dense_fma(a0, a1, a2, a3, a4, a5, a6, a7, w0, w1, w2, w3, w4, w5, w6,
+                                                        w7, x_ptr, res_ptr, norm_w_ptr, 0, K, rstd, dtype, PROLOGUE,
+                                                        HAS_RESIDUAL, G, EVEN_K)
             for t in range(1, num_tiles):
-                c = t * KT + cols
-                w = _load(w_rows + c[None, :], (c < K)[None, :], EVEN_K)
-                acc = _fma_phase(acc, w.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c, K, rstd, dtype, PROLOGUE,
-                                 HAS_RESIDUAL, EVEN_K)
-        out = _row_sums(acc, BLOCK_N, KT)
+                w0, w1, w2, w3, w4, w5, w6, w7 = _dense_tile(w_rows, t * KT, K, G, EVEN_K)
+                a0, a1, a2, a3, a4, a5, a6, a7 = _dense_fma(a0, a1, a2, a3, a4, a5, a6, a7, w0, w1, w2, w3, w4, w5,
+                                                            w6, w7, x_ptr, res_ptr, norm_w_ptr, t * KT, K, rstd, dtype,
+                                                            PROLOGUE, HAS_RESIDUAL, G, EVEN_K)
+    # the 8 phases' sums, then each row's G by halving: the same additions for both forms
+    out = _row_sums(((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), BLOCK_N, G)
     if HAS_BIAS:
         out += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
     tl.store(y_ptr + rows, out.to(dtype), mask=row_ok)
@@ -239,6 +275,12 @@ def _block_n(n: int, k: int) -> int:
     if n >= 65536:
         return 4
     return 16 if n >= 6144 and k <= 4096 else 8
+
+
+def _prefetches(programs: int, ecf: bool) -> bool:
+    # On an H200 (benchmarks/results/ecf_gemv_probe.json) loading ahead made the ECF GEMV 18% faster on
+    # gate_up and the LM head (1,792 and 32,064 programs) and 12-18% slower on qkv and down_proj (384, 512).
+    return ecf and programs >= 1024
 
 
 def _gemv_fits(x: torch.Tensor, weight: Weight) -> bool:
@@ -264,7 +306,7 @@ def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: 
         HAS_BIAS=bias is not None, BLOCK_N=block_n, G=tile_cols(k) // GROUP, PROLOGUE=prologue,
         HAS_RESIDUAL=residual is not None, BLOCK_ROW=triton.next_power_of_2(k) if prologue == RMS_NORM else 1,
         USE_PDL=use_pdl, num_warps=8, ECF=ecf, EVEN_K=k % tile_cols(k) == 0, ASM=not INTERPRETED,
-        PREFETCH=GEMV_PREFETCH["ecf" if ecf else "bf16"],
+        PREFETCH=_prefetches(triton.cdiv(n, block_n), ecf) if GEMV_PREFETCH is None else GEMV_PREFETCH,
         **pdl.launch_options(use_pdl),
     )
     return y
@@ -279,10 +321,7 @@ def _decoded_unless_fused(x: torch.Tensor, weight: Weight) -> Weight:
 
 
 def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``weight`` dense, or compressed (ECF): decoded inside the GEMV for one row or the phase GEMM for a
-    few (PHASE_GEMM_ROWS), else into scratch."""
-    if 1 < x.shape[0] <= PHASE_GEMM_ROWS and x.is_cuda and triton_gemm.fits(x, weight):
-        return triton_gemm.gemm(x, weight, bias)
+    """``weight`` dense, or compressed (ECF): decoded inside the GEMV for one row, else into scratch."""
     weight = _decoded_unless_fused(x, weight)
     if not _gemv_fits(x, weight):
         return F.linear(x, weight, bias)

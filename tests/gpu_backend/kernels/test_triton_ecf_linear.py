@@ -84,8 +84,9 @@ def test_prefetching_gemv_sums_alike(device: str, rows: int, cols: int, monkeypa
     weight = _on(device, _compressed(rows, cols, cols, stacked=False))
     dense = weight.decode()
     x = torch.randn(1, cols, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16).to(device)
+    monkeypatch.setattr(triton_linear, "GEMV_PREFETCH", False)
     plain = triton_linear._gemv(x, weight, None), triton_linear._gemv(x, dense, None)
-    monkeypatch.setattr(triton_linear, "GEMV_PREFETCH", {"bf16": True, "ecf": True})
+    monkeypatch.setattr(triton_linear, "GEMV_PREFETCH", True)
     assert torch.equal(triton_linear._gemv(x, weight, None), plain[0])
     assert torch.equal(triton_linear._gemv(x, dense, None), plain[1])
     assert torch.equal(plain[0], plain[1])
@@ -139,31 +140,6 @@ def test_unfused_ecf_decode_runs_the_bf16_kernels_on_the_scratch_copy(monkeypatc
     assert torch.equal(y, y_dense) and torch.equal(r, r_dense)
     gate_up = torch.randn(1, 4200, device="cuda").to(torch.bfloat16)
     assert torch.equal(triton_linear.silu_and_mul_linear(gate_up, weight), triton_linear.silu_and_mul_linear(gate_up, dense))
-
-
-@pytest.mark.gpu
-@NEEDS_CUDA
-def test_batches_run_the_phase_gemm_on_both_forms(monkeypatch: pytest.MonkeyPatch) -> None:
-    """PHASE_GEMM_ROWS: a batch of that many rows runs the phase GEMM on the dense and the coded weight
-    alike (the same bits), through the norm and SiLU entry points too; a longer one goes to cuBLAS."""
-    from gpu_backend.kernels import triton_gemm, triton_linear
-
-    monkeypatch.setattr(triton_linear, "PHASE_GEMM_ROWS", 8)
-    weight = _on("cuda", _compressed(40, 2100, 3, stacked=True))
-    share_scratch([weight])
-    dense = weight.decode()
-    bias = torch.randn(80, device="cuda").to(torch.bfloat16)
-    x = torch.randn(8, 2100, device="cuda").to(torch.bfloat16)
-    y = triton_linear.linear(x, weight, bias)
-    assert torch.equal(y, triton_gemm.gemm(x, dense, bias)) and torch.equal(y, triton_linear.linear(x, dense, bias))
-    norm_weight = torch.ones(2100, device="cuda", dtype=torch.bfloat16)
-    assert torch.equal(triton_linear.rms_norm_linear(x, x, norm_weight, 1e-5, weight)[0],
-                       triton_linear.rms_norm_linear(x, x, norm_weight, 1e-5, dense)[0])
-    gate_up = torch.randn(8, 4200, device="cuda").to(torch.bfloat16)
-    assert torch.equal(triton_linear.silu_and_mul_linear(gate_up, weight),
-                       triton_linear.silu_and_mul_linear(gate_up, dense))
-    more = torch.randn(9, 2100, device="cuda").to(torch.bfloat16)
-    assert torch.equal(triton_linear.linear(more, dense), torch.nn.functional.linear(more, dense))
 
 
 @pytest.mark.parametrize("device", DEVICES)

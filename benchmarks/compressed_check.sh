@@ -5,9 +5,9 @@
 #
 #   bash benchmarks/compressed_check.sh OUT_DIR [BASELINE_DIR] [all|tests|decode|capacity|kernels]
 #
-# kernels (short, first after a kernel change): bf16 batch-1 decode on the baseline tree and this one,
-# ecf_gemv_probe.py (each GEMV against bf16 at the Llama-3.1-8B shapes, exactness included), then the
-# kernels' GPU tests.
+# kernels (short, first after a kernel change): ecf_gemv_probe.py (each GEMV against bf16 at the
+# Llama-3.1-8B shapes, exactness included; PROBE_ARGS=--gemm for the batched GEMM too), bf16 batch-1
+# decode on the baseline tree and this one, then the kernels' GPU tests.
 # capacity: compressed_capacity.py on the Llama-3.1-70B shape (an H200), then the weights' GPU tests.
 # Each step has its own time bound (CD_TIMEOUT for compressed_decode.py), so one slow step cannot eat the call.
 set -u
@@ -46,9 +46,9 @@ if [ "$what" = all ] || [ "$what" = decode ]; then
     fi
 fi
 if [ "$what" = kernels ]; then
-    [ -n "$baseline" ] && ab_decode
     echo "== ecf_gemv_probe"
-    timeout 200 python3 benchmarks/ecf_gemv_probe.py --out "$out/ecf_gemv_probe.json" | tail -30
+    timeout 200 python3 benchmarks/ecf_gemv_probe.py --out "$out/ecf_gemv_probe.json" ${PROBE_ARGS:-} | tail -30
+    [ -n "$baseline" ] && ab_decode
     gpu_tests 120 gpu_tests_kernels.log tests/gpu_backend/kernels/test_triton_ecf_linear.py tests/gpu_backend/kernels/test_triton_gemm.py \
         tests/gpu_backend/kernels/test_triton_linear.py tests/gpu_backend/weights/test_compressed_kernels_gpu.py
 fi

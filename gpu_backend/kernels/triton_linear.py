@@ -2,10 +2,10 @@
 
 At one row a linear layer only streams its weight; on an H100 the chain of Llama-8B decode GEMVs
 in a CUDA graph read 2.96 TB/s, the card's copy bandwidth (benchmarks/gemv_chain.py; cuBLAS 2.71),
-measured before the sums below were made layout-independent; the GEMV as it is now has not run on a
-GPU yet (docs/weights-format.md, "On a GPU"). Each program reduces BLOCK_N rows of W over the
-whole of K, so no split-K pass or second launch is needed. Launched with PDL (pdl.py), each
-program's first weight tile is already loading while the kernel before it finishes.
+with the dense GEMV that is still the default (``DENSE_GEMV = "tiles"``, `_tile_gemv_kernel`). Each
+program reduces BLOCK_N rows of W over the whole of K, so no split-K pass or second launch is needed.
+Launched with PDL (pdl.py), each program's first weight tile is already loading while the kernel
+before it finishes.
 
 The GEMV can also compute its input itself, which saves a launch and a round trip through
 memory per fused op (docs/engine.md, "Kernels"):
@@ -15,17 +15,21 @@ memory per fused op (docs/engine.md, "Kernels"):
 - `silu_and_mul_linear`: silu(gate) * up, the input of down_proj.
 Both round exactly where their separate kernels do. Other shapes run the separate kernels.
 
-The sums are laid down so that none depends on how the compiler lays a tile out in registers:
-each output element keeps a K tile's width of running sums (one per column), advanced by one fused
-multiply-add per tile, then summed by halving (`_row_sums`). So a kernel that gets the same weights
-another way gets the same output.
+The other dense form (``DENSE_GEMV = "phases"``, `_gemv_kernel`) lays its sums down so that none
+depends on how the compiler lays a tile out in registers: each output element keeps a K tile's width
+of running sums (one per column, in 8 phases of G columns), advanced by one fused multiply-add per
+tile, then summed by halving (`_row_sums`). So a kernel that gets the same weights another way, the
+ECF GEMV below, gets the same output. It has not been timed on a GPU (docs/weights-format.md, "On a
+GPU"), so it is not the default yet.
 
 A weight may also be an ECF ``CompressedWeight`` (docs/weights-format.md; gpu_backend/weights/packed.py
 and planes.py), which stays coded in GPU memory: 1.5 bytes per weight instead of 2. At one row the
 same GEMV kernel (the ``ECF`` constexpr) loads each tile's three plane words a group of 8 weights,
 decodes four weights at a time in byte lanes (``_ecf_pairs``), swaps in an escaped group's entry,
-and adds the products into the same sums as the bf16 kernel: bit for bit the bf16 GEMV's output on
-the decoded weight. Several rows decode the whole weight into the model's scratch buffer
+and adds the products into the same sums as the "phases" bf16 kernel: bit for bit its output on the
+decoded weight. (On an H200, 0 outputs differed at the Llama-3.1-8B shapes from the dense form before
+"phases", which kept the same sums as one [rows, 8*G] block; "phases" itself has not run on a GPU.)
+Several rows decode the whole weight into the model's scratch buffer
 (`decode_to_scratch`) and run what a bf16 weight runs on it, exact by construction;
 `FUSED_ECF_DECODE = False` does so at one row too. An ECF weight takes the separate norm and SiLU
 kernels before its GEMV rather than the fused prologues (see `silu_and_mul_linear`).
@@ -49,6 +53,12 @@ Weight = torch.Tensor | CompressedWeight
 # False: a compressed weight at one row is decoded into its scratch buffer and the bf16 GEMV runs on
 # that (exact by construction, but the weight is written and read dense once more)
 FUSED_ECF_DECODE = True
+# The bf16 GEMV: "tiles" sums each K tile's products across the tile, then into the row's sum (the
+# default: 183 tok/s batch-1 Llama-3.1-8B decode on an H100); "phases" keeps the running sums the ECF
+# GEMV keeps, so a coded weight gives bit for bit what its dense weight gives. "phases" has not been
+# timed on a GPU yet; the form before it, with a K tile's width of sums, ran at 0.7-1.6 TB/s on an H200
+# (benchmarks/results/ecf_gemv_probe_h200_column_sums.json), so "tiles" stays the default until it is.
+DENSE_GEMV = "tiles"
 # Whether the GEMV loads each weight tile one loop step ahead of its sums (register double-buffering: more
 # bytes in flight a thread, for more registers); None: where it was measured faster (_prefetches). The sums
 # are the same either way.
@@ -126,6 +136,51 @@ def _ecf_fma(a0, a1, a2, a3, a4, a5, a6, a7, lo, hi, ix, base4, escapes_ptr, esc
 
 
 @triton.jit
+def _tile_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, res_ptr, norm_w_ptr, new_res_ptr, N, K, stride_wn, eps,
+                      HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PROLOGUE: tl.constexpr,
+                      HAS_RESIDUAL: tl.constexpr, BLOCK_ROW: tl.constexpr, USE_PDL: tl.constexpr):
+    """y = x W^T for one row x and a dense W (DENSE_GEMV "tiles"): each [BLOCK_N, BLOCK_K] tile's
+    products are summed across the tile, then added to the row's sum."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    cols = tl.arange(0, BLOCK_K)
+    w_rows = w_ptr + rows[:, None] * stride_wn
+    dtype = y_ptr.dtype.element_ty
+    # The weights depend on no earlier kernel: the first tile is in flight before the wait.
+    w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
+    if USE_PDL:
+        wait_then_release()
+    rstd = 0.0
+    if PROLOGUE == 1:
+        rstd = _rstd(x_ptr, res_ptr, new_res_ptr, K, eps, dtype, HAS_RESIDUAL, BLOCK_ROW)
+    x = _input_chunk(x_ptr, res_ptr, norm_w_ptr, cols, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, False)
+    acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        c = k0 + cols
+        w = tl.load(w_rows + c[None, :], mask=row_ok[:, None] & (c < K)[None, :], other=0.0)
+        x = _input_chunk(x_ptr, res_ptr, norm_w_ptr, c, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, False)
+        acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + rows, acc.to(dtype), mask=row_ok)
+
+
+@triton.jit
+def _rstd(x_ptr, res_ptr, new_res_ptr, K, eps, dtype: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+          BLOCK_ROW: tl.constexpr):
+    """1 / RMS of the row (plus the residual, which program 0 writes back), summed as _rms_norm_kernel sums it."""
+    everything = tl.arange(0, BLOCK_ROW)
+    s = tl.load(x_ptr + everything, mask=everything < K, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(res_ptr + everything, mask=everything < K, other=0.0)
+        s = (s.to(tl.float32) + r.to(tl.float32)).to(dtype)
+        if tl.program_id(0) == 0:
+            tl.store(new_res_ptr + everything, s, mask=everything < K)
+    s32 = s.to(tl.float32)
+    return 1.0 / tl.sqrt(tl.sum(s32 * s32, axis=0) / K + eps)
+
+
+@triton.jit
 def _dense_tile(w_rows, c0, K, G: tl.constexpr, EVEN_K: tl.constexpr):
     """A bf16 K tile from column c0 as the ECF form has it: 8 phases, phase j columns c0 + j*G..."""
     c = c0 + tl.arange(0, G)
@@ -145,7 +200,8 @@ def _dense_fma(a0, a1, a2, a3, a4, a5, a6, a7, w0, w1, w2, w3, w4, w5, w6, w7, x
                EVEN_K: tl.constexpr):
     """The 8 phases' running sums advanced by one bf16 tile (_dense_tile), as _ecf_fma advances them."""
     c = c0 + tl.arange(0, G)
-    a0 = _fma_phase(a0, w0.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, EVEN_K)
+    a0 = _fma_phase(a0, w0.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL,
+                    EVEN_K)
     a1 = _fma_phase(a1, w1.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c + G, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL,
                     EVEN_K)
     a2 = _fma_phase(a2, w2.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c + 2 * G, K, rstd, dtype, PROLOGUE,
@@ -206,16 +262,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, res_ptr, norm_w_ptr, new_res_ptr, N
         wait_then_release()
     rstd = 0.0
     if PROLOGUE == 1:
-        # the whole row for the norm's statistic, summed as _rms_norm_kernel sums it
-        everything = tl.arange(0, BLOCK_ROW)
-        s = tl.load(x_ptr + everything, mask=everything < K, other=0.0)
-        if HAS_RESIDUAL:
-            r = tl.load(res_ptr + everything, mask=everything < K, other=0.0)
-            s = (s.to(tl.float32) + r.to(tl.float32)).to(dtype)
-            if tl.program_id(0) == 0:
-                tl.store(new_res_ptr + everything, s, mask=everything < K)
-        s32 = s.to(tl.float32)
-        rstd = 1.0 / tl.sqrt(tl.sum(s32 * s32, axis=0) / K + eps)
+        rstd = _rstd(x_ptr, res_ptr, new_res_ptr, K, eps, dtype, HAS_RESIDUAL, BLOCK_ROW)
     if ECF:
         a0 = tl.zeros([BLOCK_N, G], dtype=tl.float32)
         a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
@@ -299,6 +346,16 @@ def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: 
     block_n = _block_n(n, k)
     use_pdl = pdl.enabled(x)
     w, stride_wn, ecf_args, ecf = weight_args(weight)
+    if not ecf and DENSE_GEMV == "tiles":
+        _tile_gemv_kernel[(triton.cdiv(n, block_n),)](
+            x, w, bias if bias is not None else x, y,
+            residual if residual is not None else x, norm_weight if norm_weight is not None else x,
+            new_residual if new_residual is not None else y, n, k, stride_wn, eps,
+            HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=1024, PROLOGUE=prologue,
+            HAS_RESIDUAL=residual is not None, BLOCK_ROW=triton.next_power_of_2(k) if prologue == RMS_NORM else 1,
+            USE_PDL=use_pdl, num_warps=8, **pdl.launch_options(use_pdl),
+        )
+        return y
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, w, bias if bias is not None else x, y,
         residual if residual is not None else x, norm_weight if norm_weight is not None else x,

@@ -24,6 +24,15 @@ from gpu_backend.weights.codec import encode
 from gpu_backend.weights.packed import CompressedWeight, share_scratch
 
 pytestmark = NEEDS_TRITON
+
+
+@pytest.fixture(autouse=True)
+def phase_sums(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dense GEMV that sums as the ECF GEMV does (triton_linear.DENSE_GEMV "phases"): the one a coded
+    weight must equal bit for bit."""
+    from gpu_backend.kernels import triton_linear
+
+    monkeypatch.setattr(triton_linear, "DENSE_GEMV", "phases")
 # (rows, cols) and their K tiles (planes.tile_cols), each with a padded last one: 19 of 16 columns;
 # 33 of 64; a tiny odd-width one, 5 of 16; 4 of 1024
 SHAPES = [(40, 300), (24, 2100), (3, 65), (9, 4060)]

@@ -1,4 +1,4 @@
-"""The Triton batch-1 GEMV against F.linear on CUDA; other inputs fall through to F.linear."""
+"""The Triton batch-1 GEMV, both dense forms, against F.linear on CUDA; other inputs fall through to F.linear."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ import torch.nn.functional as F
 from gpu_backend.kernels import get_kernels
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.fixture(autouse=True, params=["tiles", "phases"])
+def dense_gemv(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs on both dense GEMVs (triton_linear.DENSE_GEMV)."""
+    from gpu_backend.kernels import triton_linear
+
+    monkeypatch.setattr(triton_linear, "DENSE_GEMV", request.param)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

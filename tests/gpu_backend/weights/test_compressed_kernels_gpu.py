@@ -37,7 +37,12 @@ def _tokens(llm: LLM, prompts: list[str], seed: int | None = None) -> list[list[
     return [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
 
 
-def test_kernel_mode_generates_the_original_tokens_with_cuda_graphs(folders: tuple[Path, Path]) -> None:
+def test_kernel_mode_generates_the_original_tokens_with_cuda_graphs(folders: tuple[Path, Path],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against the original on the dense GEMV that sums as the ECF GEMV does (DENSE_GEMV "phases")."""
+    from gpu_backend.kernels import triton_linear
+
+    monkeypatch.setattr(triton_linear, "DENSE_GEMV", "phases")
     src, ecf = folders
     original = LLM(str(src), **OPTIONS)
     compressed = LLM(str(ecf), compressed_weights="kernel", **OPTIONS)

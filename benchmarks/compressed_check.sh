@@ -9,6 +9,8 @@
 # Llama-3.1-8B shapes, exactness included; PROBE_ARGS=--gemm for the batched GEMM too), bf16 batch-1
 # decode on the baseline tree and this one, then the kernels' GPU tests.
 # capacity: compressed_capacity.py on the Llama-3.1-70B shape (an H200), then the weights' GPU tests.
+# SITE (default /tmp/site) must hold the project's dependencies, the grammar engine (llguidance) included:
+# the engine imports it, so without it no engine step runs.
 # Each step has its own time bound (CD_TIMEOUT for compressed_decode.py), so one slow step cannot eat the call.
 set -u
 out=$1

@@ -6,7 +6,8 @@ checkpoint. Three variants then run one after the other in this process, on the 
 
 - ``bf16``: the plain engine over random bf16 weights (``load_format="dummy"``), the usual baseline;
 - ``ecf-decode-at-load``: the ECF folder decoded to dense bf16 while loading; the same weights as
-  ecf-kernel, in bf16, so its greedy tokens are what ecf-kernel must reproduce;
+  ecf-kernel, in bf16, on the dense GEMV that sums as the ECF GEMV does (``DENSE_GEMV = "phases"``),
+  so its greedy tokens are what ecf-kernel must reproduce, and beside ``bf16`` it times that form;
 - ``ecf-kernel``: the ECF folder kept coded in GPU memory, decoded inside the batch-1 GEMV and into
   a scratch buffer for batches and prefill (``compressed_weights="kernel"``);
 - ``ecf-scratch`` (not run unless named): kept coded, but batch 1 too decodes into the scratch
@@ -199,10 +200,12 @@ def main() -> int:
                 "ecf-kernel": (ecf_folder, {"compressed_weights": "kernel"}),
                 "ecf-scratch": (ecf_folder, {"compressed_weights": "kernel"}),
             }[variant]
-            if variant == "ecf-scratch" and device == "cuda":
+            if device == "cuda":
                 from gpu_backend.kernels import triton_linear
 
-                triton_linear.FUSED_ECF_DECODE = False
+                # the dense GEMV that sums as the ECF GEMV does: the greedy tokens ecf-kernel must reproduce
+                triton_linear.DENSE_GEMV = "phases" if variant == "ecf-decode-at-load" else "tiles"
+                triton_linear.FUSED_ECF_DECODE = variant != "ecf-scratch"
             _sync(device)
             started = time.perf_counter()
             llm = LLM(str(folder), device=device, dtype="bfloat16", skip_tokenizer_init=True, progress=False,
@@ -228,8 +231,8 @@ def main() -> int:
                   + f"  prefill {prefill_len}: {row['prefill_s'] * 1000:7.1f} ms  "
                   f"{row['batch1_weight_GB_s']:6.0f} GB/s of weights at batch 1"
                   + (f" (floor {peak / read:.0f} tok/s at {peak / 1e12:.2f} TB/s)" if peak else ""), flush=True)
-            if variant == "ecf-scratch" and device == "cuda":
-                triton_linear.FUSED_ECF_DECODE = True
+            if device == "cuda":
+                triton_linear.DENSE_GEMV, triton_linear.FUSED_ECF_DECODE = "tiles", True
             del llm
             gc.collect()  # the model and its graphs sit in reference cycles
             if device == "cuda":

@@ -2,8 +2,8 @@
 
 For each weight shape: random N(0, 0.02) bf16 weights coded as they come (a few escapes per tile) and
 the same weights with every rare exponent replaced (no escapes at all), the batch-1 GEMV timed on the
-dense weight, on each coded one, and decode_to_scratch on its own; and how far the coded GEMV's output
-is from the dense one's (outputs that differ, largest difference); each GEMV loading its tiles a step
+dense weight (both dense forms, triton_linear.DENSE_GEMV), on each coded one, and decode_to_scratch on its own; and how far the coded GEMV's output
+is from the "phases" dense one's (outputs that differ, largest difference); each GEMV loading its tiles a step
 ahead and not. With ``--gemm``, batched decode too (32 and 64 rows): cuBLAS, the phase GEMM on the dense
 and the coded weight (equal bits?), and scratch decode + cuBLAS, then the GEMM's launch options.
 
@@ -113,13 +113,14 @@ def main() -> None:
     for name, (n, k) in SHAPES.items():
         dense = (0.02 * torch.randn(n, k, device="cuda", generator=gen)).to(torch.bfloat16)
         x = torch.randn(1, k, device="cuda", generator=gen).to(torch.bfloat16)
-        bf16_ms = triton.testing.do_bench(lambda: triton_linear._gemv(x, dense, None))
+        bf16_ms = triton.testing.do_bench(lambda: triton_linear._gemv(x, dense, None))  # the default dense GEMV
+        triton_linear.DENSE_GEMV = "phases"  # from here on: the dense form that sums as the ECF GEMV does
         row = {"shape": name, "n": n, "k": k, "bf16_ms": bf16_ms, "bf16_GB_s": n * k * 2 / bf16_ms / 1e6,
-               "bf16_prefetch_ms": prefetching(lambda: triton_linear._gemv(x, dense, None), True),
-               "bf16_no_prefetch_ms": prefetching(lambda: triton_linear._gemv(x, dense, None), False)}
+               "bf16_phases_prefetch_ms": prefetching(lambda: triton_linear._gemv(x, dense, None), True),
+               "bf16_phases_ms": prefetching(lambda: triton_linear._gemv(x, dense, None), False)}
         for kind, weight in (("coded", dense), ("no_escapes", without_escapes(dense))):
             coded = CompressedWeight.from_dense(weight)
-            reference = triton_linear._gemv(x, coded.decode(), None)
+            reference = triton_linear._gemv(x, coded.decode(), None)  # "phases": equal bits expected
             got = triton_linear._gemv(x, coded, None)
             ms = triton.testing.do_bench(lambda: triton_linear._gemv(x, coded, None))
             scratch_ms = triton.testing.do_bench(lambda: triton_linear.decode_to_scratch(coded))
@@ -136,8 +137,9 @@ def main() -> None:
             f"{kind}: {row[kind]['gemv_ms'] * 1000:7.1f} us ({row[kind]['vs_bf16']:.2f}x, {row[kind]['escapes']} escapes, "
             f"scratch decode {row[kind]['decode_to_scratch_ms'] * 1000:.0f} us, {row[kind]['outputs_differing']} outputs "
             f"differ by up to {row[kind]['max_abs_diff']:.3g})" for kind in ("coded", "no_escapes")), flush=True)
-        print(f"{name:8} loading ahead / not: bf16 {row['bf16_prefetch_ms'] * 1000:7.1f} / "
-              f"{row['bf16_no_prefetch_ms'] * 1000:7.1f} us  ECF {row['coded']['gemv_prefetch_ms'] * 1000:7.1f} / "
+        triton_linear.DENSE_GEMV = "tiles"
+        print(f"{name:8} loading ahead / not: bf16 phases {row['bf16_phases_prefetch_ms'] * 1000:7.1f} / "
+              f"{row['bf16_phases_ms'] * 1000:7.1f} us  ECF {row['coded']['gemv_prefetch_ms'] * 1000:7.1f} / "
               f"{row['coded']['gemv_no_prefetch_ms'] * 1000:7.1f} us", flush=True)
         for m, g in row.get("gemm", {}).items():
             print(f"{name:8} {m:>3} rows: cuBLAS {g['cublas_ms'] * 1000:7.1f} us  phase GEMM bf16 {g['bf16_ms'] * 1000:7.1f} "

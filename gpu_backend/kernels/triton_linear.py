@@ -69,6 +69,7 @@ GEMV_PREFETCH: bool | None = None
 # the whole matmul's bits on this card (_pieces_exact), so outputs stay the dense model's. Off until timed
 # (benchmarks/ecf_gemv_probe.py --gemm).
 SCRATCH_PIECE_BYTES: int | None = None
+PIECE_MAX_ROWS = 512  # above this many rows a matmul is no longer bound by reading its weight: the whole one
 PLAIN, RMS_NORM, SILU_MUL = 0, 1, 2  # what the GEMV does to its input first
 
 
@@ -403,21 +404,24 @@ def _decoded_pieces(weight: CompressedWeight, rows: int):
 _EXACT_PIECES: dict[tuple, bool] = {}
 
 
-def _pieces_exact(x: torch.Tensor, n: int, rows: int, with_bias: bool) -> bool:
-    """Whether matmuls of ``rows`` rows of a [n, k] weight give, bit for bit, what one matmul of the
+def _pieces_exact(x: torch.Tensor, weight: CompressedWeight, rows: int, with_bias: bool) -> bool:
+    """Whether matmuls of ``rows`` rows of ``weight`` at a time give, bit for bit, what one matmul of the
     whole weight gives, for inputs of ``x``'s shape on this device: checked once per shape on random
-    values (where the library takes another summation order for a piece, nearly every output differs).
-    Unchecked while a CUDA graph is being captured (the check waits on the GPU): then no."""
-    m, k = x.reshape(-1, x.shape[-1]).shape
+    values written into the weight's scratch buffer (where the library takes another summation order
+    for a piece, nearly every output differs). Not checked while a CUDA graph is being captured (the
+    check waits on the GPU), nor above PIECE_MAX_ROWS rows: then no."""
+    (m, k), n = x.reshape(-1, x.shape[-1]).shape, weight.shape[0]
     key = (m, n, k, rows, with_bias, x.dtype, x.device)
     if key not in _EXACT_PIECES:
-        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        if m > PIECE_MAX_ROWS or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
             return False
         gen = torch.Generator(device=x.device).manual_seed(0)
         a = torch.randn(m, k, generator=gen, device=x.device).to(x.dtype)
-        w = (0.02 * torch.randn(n, k, generator=gen, device=x.device)).to(x.dtype)
         b = torch.randn(n, generator=gen, device=x.device).to(x.dtype) if with_bias else None
-        pieces = ((s, min(n, s + rows), w[s:min(n, s + rows)].clone()) for s in range(0, n, rows))
+        w = (weight.scratch[:n * k] if weight.scratch is not None
+             else torch.empty(n * k, dtype=weight.dtype, device=x.device)).view(n, k)
+        w.normal_(0.0, 0.02, generator=gen)
+        pieces = ((s, min(n, s + rows), w[s:min(n, s + rows)]) for s in range(0, n, rows))
         _EXACT_PIECES[key] = torch.equal(matmul_in_pieces(a, pieces, n, b), F.linear(a, w, b))
     return _EXACT_PIECES[key]
 
@@ -427,7 +431,7 @@ def _scratch_linear(x: torch.Tensor, weight: CompressedWeight, bias: torch.Tenso
     (SCRATCH_PIECE_BYTES), else the whole weight then one matmul."""
     n, k = weight.shape
     rows = n if SCRATCH_PIECE_BYTES is None else piece_rows(k, SCRATCH_PIECE_BYTES)
-    if rows >= n or not _pieces_exact(x, n, rows, bias is not None):
+    if rows >= n or not _pieces_exact(x, weight, rows, bias is not None):
         return F.linear(x, decode_to_scratch(weight), bias)
     return matmul_in_pieces(x, _decoded_pieces(weight, rows), n, bias)
 

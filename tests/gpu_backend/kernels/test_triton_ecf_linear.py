@@ -233,8 +233,10 @@ def test_scratch_pieces(device: str, stacked: bool, monkeypatch: pytest.MonkeyPa
     bias = torch.randn(weight.shape[0], generator=torch.Generator().manual_seed(2)).to(torch.bfloat16).to(device)
     monkeypatch.setattr(triton_linear, "SCRATCH_PIECE_BYTES", 1)  # pieces of 64 rows
     assert triton_linear.piece_rows(cols, 1) == 64 and triton_linear.piece_rows(cols, 300 * 2 * cols) == 256
+    tall = torch.zeros(triton_linear.PIECE_MAX_ROWS + 1, cols, dtype=torch.bfloat16, device=device)
+    assert not triton_linear._pieces_exact(tall, weight, 64, False)  # not bound by the weight: the whole one
     for b in (None, bias):
-        exact = triton_linear._pieces_exact(x, weight.shape[0], 64, b is not None)
+        exact = triton_linear._pieces_exact(x, weight, 64, b is not None)
         expected = torch.nn.functional.linear(x, dense, b)
         assert torch.equal(triton_linear.linear(x, weight, b), expected) or not exact
         pieces = [(s, min(s + 64, len(dense)), dense[s:s + 64]) for s in range(0, len(dense), 64)]

@@ -11,9 +11,7 @@ checkpoint. Three variants then run one after the other in this process, on the 
 - ``ecf-kernel``: the ECF folder kept coded in GPU memory, decoded inside the batch-1 GEMV and into
   a scratch buffer for batches and prefill (``compressed_weights="kernel"``);
 - ``ecf-scratch`` (not run unless named): kept coded, but batch 1 too decodes into the scratch
-  buffer and runs the bf16 GEMV on it (``triton_linear.FUSED_ECF_DECODE = False``);
-- ``ecf-pieces`` (not run unless named): ecf-kernel with batches decoded into scratch a piece of
-  ``--piece-mb`` at a time (``triton_linear.SCRATCH_PIECE_BYTES``), where that is exact.
+  buffer and runs the bf16 GEMV on it (``triton_linear.FUSED_ECF_DECODE = False``).
 
 Per variant: time to ready, the GPU memory its weights take (parameters, compressed planes and the
 decode scratch buffer), batch-1 and batch-N decode tok/s (CUDA graphs), the time of one prefill,
@@ -168,7 +166,6 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--num-layers", type=int, help="fewer decoder layers than the shape's, for a shorter run")
-    parser.add_argument("--piece-mb", type=int, default=16, help="ecf-pieces: the scratch piece, in MB of bf16")
     parser.add_argument("--tiny", action="store_true", help="a tiny bf16 Llama on CPU, few tokens")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -202,7 +199,6 @@ def main() -> int:
                 "ecf-decode-at-load": (ecf_folder, {"compressed_weights": "decode_at_load"}),
                 "ecf-kernel": (ecf_folder, {"compressed_weights": "kernel"}),
                 "ecf-scratch": (ecf_folder, {"compressed_weights": "kernel"}),
-                "ecf-pieces": (ecf_folder, {"compressed_weights": "kernel"}),
             }[variant]
             if device == "cuda":
                 from gpu_backend.kernels import triton_linear
@@ -210,7 +206,6 @@ def main() -> int:
                 # the dense GEMV that sums as the ECF GEMV does: the greedy tokens ecf-kernel must reproduce
                 triton_linear.DENSE_GEMV = "phases" if variant == "ecf-decode-at-load" else "tiles"
                 triton_linear.FUSED_ECF_DECODE = variant != "ecf-scratch"
-                triton_linear.SCRATCH_PIECE_BYTES = args.piece_mb << 20 if variant == "ecf-pieces" else None
             _sync(device)
             started = time.perf_counter()
             llm = LLM(str(folder), device=device, dtype="bfloat16", skip_tokenizer_init=True, progress=False,
@@ -238,14 +233,13 @@ def main() -> int:
                   + (f" (floor {peak / read:.0f} tok/s at {peak / 1e12:.2f} TB/s)" if peak else ""), flush=True)
             if device == "cuda":
                 triton_linear.DENSE_GEMV, triton_linear.FUSED_ECF_DECODE = "tiles", True
-                triton_linear.SCRATCH_PIECE_BYTES = None
             del llm
             gc.collect()  # the model and its graphs sit in reference cycles
             if device == "cuda":
                 torch.cuda.empty_cache()
     identical = None
     if "ecf-decode-at-load" in tokens:
-        for variant in ("ecf-kernel", "ecf-scratch", "ecf-pieces"):
+        for variant in ("ecf-kernel", "ecf-scratch"):
             if variant in tokens:
                 same = tokens[variant] == tokens["ecf-decode-at-load"]
                 identical = same if identical is None else identical and same

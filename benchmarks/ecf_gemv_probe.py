@@ -6,9 +6,9 @@ dense weight (both dense forms, triton_linear.DENSE_GEMV), on each coded one, an
 is from the "phases" dense one's (outputs that differ, largest difference); each GEMV loading its tiles a step
 ahead and not. With ``--gemm``, batched decode too (32 and 64 rows): cuBLAS, the phase GEMM on the dense
 and the coded weight (equal bits?), and scratch decode + cuBLAS, then the GEMM's launch options. With
-``--pieces``, batched decode through scratch a piece at a time (in CUDA graphs).
+``--block-n``, only the batch-1 GEMVs' rows a program and loading ahead, for ECF and "phases".
 
-    PYTHONPATH=.:sdk python3 benchmarks/ecf_gemv_probe.py [--gemm] [--pieces] [--out FILE]
+    PYTHONPATH=.:sdk python3 benchmarks/ecf_gemv_probe.py [--gemm | --block-n] [--out FILE]
 """
 
 from __future__ import annotations
@@ -69,80 +69,57 @@ def gemm_rows(dense: torch.Tensor, coded: CompressedWeight, gen: torch.Generator
     return out
 
 
-PIECE_MB = (4, 8, 16, 32)
+SWEEP_SHAPES = {**SHAPES, "o_proj": (4096, 4096)}
 
 
-def overlapped_pieces(x: torch.Tensor, coded: CompressedWeight, rows: int, buffers: list[torch.Tensor],
-                      side: torch.cuda.Stream) -> torch.Tensor:
-    """Scratch decode in pieces, each piece decoded on ``side`` into one of two buffers while cuBLAS multiplies
-    the one before on the current stream (the next decode into a buffer waits for the matmul that read it)."""
-    from gpu_backend.kernels import triton_linear
-
-    n, k = coded.shape
-    main = torch.cuda.current_stream()
-    freed: list[torch.cuda.Event | None] = [None, None]
-    side.wait_stream(main)
-
-    def pieces():
-        for i, start in enumerate(range(0, n, rows)):
-            stop, buffer = min(n, start + rows), i % 2
-            with torch.cuda.stream(side):
-                if freed[buffer] is not None:
-                    side.wait_event(freed[buffer])
-                piece = triton_linear.decode_to_scratch(coded, start, stop,
-                                                        out=buffers[buffer][:(stop - start) * k].view(stop - start, k))
-                ready = torch.cuda.Event()
-                ready.record(side)
-            main.wait_event(ready)
-            yield start, stop, piece
-            freed[buffer] = torch.cuda.Event()
-            freed[buffer].record(main)
-
-    y = triton_linear.matmul_in_pieces(x, pieces(), n)
-    main.wait_stream(side)
-    return y
-
-
-def scratch_pieces(dense: torch.Tensor, coded: CompressedWeight, gen: torch.Generator) -> dict[str, dict]:
-    """Batched decode through scratch a piece at a time (triton_linear.SCRATCH_PIECE_BYTES): each piece of the
-    weight decoded into a buffer that may still be in L2 when cuBLAS reads it, one after the other and, with
-    two buffers, decode and matmul overlapped on two streams; in CUDA graphs, against cuBLAS on the whole
-    dense weight (and equal to it bit for bit?), at 32 and 64 rows."""
-    import torch.nn.functional as F
+def block_n_sweep(gen: torch.Generator) -> list[dict]:
+    """The batch-1 GEMV's rows a program (block_n) and loading ahead, for the ECF form and the dense form that
+    sums as it does ("phases"), at each shape (the sums, so the bits, are the same at every block_n)."""
     import triton.testing
 
     from gpu_backend.kernels import triton_linear
 
-    n, k = dense.shape
-    bench = triton.testing.do_bench_cudagraph
-    coded.scratch = torch.empty(n * k, dtype=torch.bfloat16, device="cuda")
-    side = torch.cuda.Stream()
-    out = {}
-    for m in (32, 64):
-        x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
-        full = F.linear(x, dense)
-        row = {"cublas_ms": bench(lambda: F.linear(x, dense)),
-               "scratch_ms": bench(lambda: F.linear(x, triton_linear.decode_to_scratch(coded)))}
-        for mb in PIECE_MB:
-            rows = triton_linear.piece_rows(k, mb << 20)
-            if rows >= n:
-                continue
-            buffers = [torch.empty(rows * k, dtype=torch.bfloat16, device="cuda") for _ in range(2)]
-            pieces = lambda: triton_linear.matmul_in_pieces(x, triton_linear._decoded_pieces(coded, rows), n)  # noqa: E731
-            overlap = lambda: overlapped_pieces(x, coded, rows, buffers, side)  # noqa: E731
-            row[f"{mb}MB"] = {"rows": rows, "pieces_ms": bench(pieces), "overlapped_ms": bench(overlap),
-                              "pieces_equal_cublas": bool(torch.equal(pieces(), full)),
-                              "overlapped_equal_cublas": bool(torch.equal(overlap(), full))}
-        out[str(m)] = row
-        best = min(((min(v["pieces_ms"], v["overlapped_ms"]), key) for key, v in row.items() if isinstance(v, dict)),
-                   default=None)
-        print(f"pieces {n}x{k} {m:>3} rows: cuBLAS {row['cublas_ms'] * 1000:7.1f} us, whole scratch "
-              f"{row['scratch_ms'] * 1000:7.1f} us; " + ", ".join(
-                  f"{key} {v['pieces_ms'] * 1000:.1f} / {v['overlapped_ms'] * 1000:.1f} us overlapped (equal: "
-                  f"{v['pieces_equal_cublas']}/{v['overlapped_equal_cublas']})"
-                  for key, v in row.items() if isinstance(v, dict)) + f"; best {best[1] if best else '-'}", flush=True)
-    coded.scratch = None
-    return out
+    rows = []
+    saved = triton_linear.DENSE_GEMV, triton_linear.GEMV_PREFETCH
+    triton_linear.DENSE_GEMV = "phases"
+    try:
+        for name, (n, k) in SWEEP_SHAPES.items():
+            dense = (0.02 * torch.randn(n, k, device="cuda", generator=gen)).to(torch.bfloat16)
+            coded = CompressedWeight.from_dense(dense)
+            x = torch.randn(1, k, device="cuda", generator=gen).to(torch.bfloat16)
+            triton_linear.DENSE_GEMV = "tiles"
+            tiles_ms = triton.testing.do_bench(lambda: triton_linear._gemv(x, dense, None))
+            triton_linear.DENSE_GEMV = "phases"
+            reference = triton_linear._gemv(x, dense, None)
+            row = {"shape": name, "n": n, "k": k, "tiles_ms": tiles_ms, "runs": []}
+            for block_n in (2, 4, 8, 16, 32):
+                for prefetch in (False, True):
+                    triton_linear.GEMV_PREFETCH = prefetch
+                    run = {"block_n": block_n, "prefetch": prefetch}
+                    for form, weight in (("ecf", coded), ("phases", dense)):
+                        try:
+                            run[f"{form}_ms"] = triton.testing.do_bench(
+                                lambda: triton_linear._gemv(x, weight, None, block_n=block_n))
+                            run[f"{form}_equal"] = bool(torch.equal(
+                                triton_linear._gemv(x, weight, None, block_n=block_n), reference))
+                        except Exception as error:  # e.g. out of registers or shared memory at this tile
+                            run[f"{form}_error"] = str(error)[:200]
+                    row["runs"].append(run)
+            rows.append(row)
+            timed = [r for r in row["runs"] if "ecf_ms" in r]
+            best_ecf = min(timed, key=lambda r: r["ecf_ms"], default=None)
+            best_dense = min((r for r in row["runs"] if "phases_ms" in r), key=lambda r: r["phases_ms"], default=None)
+            print(f"block_n {name:8} tiles {tiles_ms * 1000:6.1f} us; best ECF "
+                  + (f"{best_ecf['ecf_ms'] * 1000:6.1f} us at {best_ecf['block_n']}/{best_ecf['prefetch']}"
+                     if best_ecf else "-")
+                  + "; best phases "
+                  + (f"{best_dense['phases_ms'] * 1000:6.1f} us at {best_dense['block_n']}/{best_dense['prefetch']}"
+                     if best_dense else "-")
+                  + "; all equal: " + str(all(r.get("ecf_equal", True) and r.get("phases_equal", True)
+                                              for r in row["runs"])), flush=True)
+    finally:
+        triton_linear.DENSE_GEMV, triton_linear.GEMV_PREFETCH = saved
+    return rows
 
 
 def gemm_sweep(gen: torch.Generator) -> list[dict]:
@@ -180,13 +157,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--gemm", action="store_true", help="also the phase GEMM against cuBLAS, and its launch sweep")
-    parser.add_argument("--pieces", action="store_true", help="also batched scratch decode a piece at a time")
+    parser.add_argument("--block-n", action="store_true", help="only the GEMVs' rows a program and loading ahead")
     args = parser.parse_args()
     import triton.testing
 
     from gpu_backend.kernels import triton_linear
 
     gen = torch.Generator(device="cuda").manual_seed(0)
+    if args.block_n:
+        record = {"benchmark": "ecf_gemv_probe --block-n", **environment(), "block_n_sweep": block_n_sweep(gen)}
+        if args.out:
+            args.out.write_text(json.dumps(record, indent=2) + "\n")
+        return
     rows = []
     for name, (n, k) in SHAPES.items():
         dense = (0.02 * torch.randn(n, k, device="cuda", generator=gen)).to(torch.bfloat16)
@@ -210,8 +192,6 @@ def main() -> None:
                          "max_abs_diff": float((got.float() - reference.float()).abs().max())}
         if args.gemm:
             row["gemm"] = gemm_rows(dense, CompressedWeight.from_dense(dense), gen)
-        if args.pieces:
-            row["pieces"] = scratch_pieces(dense, CompressedWeight.from_dense(dense), gen)
         rows.append(row)
         print(f"{name:8} bf16 {bf16_ms * 1000:7.1f} us ({row['bf16_GB_s']:5.0f} GB/s)  " + "  ".join(
             f"{kind}: {row[kind]['gemv_ms'] * 1000:7.1f} us ({row[kind]['vs_bf16']:.2f}x, {row[kind]['escapes']} escapes, "

@@ -89,17 +89,16 @@ def decode_group(lo, hi, ix, base4, escapes_ptr, escapes_addr, ASM: tl.constexpr
 
 
 @triton.jit
-def _ecf_decode_kernel(w_ptr, base_ptr, escapes_ptr, escapes_addr, out_ptr, ROW0, N, K, stride_wn, plane_stride,
+def _ecf_decode_kernel(w_ptr, base_ptr, escapes_ptr, escapes_addr, out_ptr, N, K, stride_wn, plane_stride,
                        BLOCK_N: tl.constexpr, G: tl.constexpr, ASM: tl.constexpr):
-    """One [BLOCK_N, 8*G] tile of rows ROW0.. < N of a weight's planes decoded into ``out`` (int16 bits,
-    [N - ROW0, K]: the weight's row ROW0 is out's row 0)."""
-    rows = ROW0 + tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    """One [BLOCK_N, 8*G] tile of a weight's planes decoded into ``out`` (int16 bits, [N, K])."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     t = tl.program_id(1)
     safe_rows = tl.minimum(rows, N - 1)
     lo, hi, ix = load_tile(w_ptr + safe_rows[:, None].to(tl.int64) * stride_wn, plane_stride, t, G)
     base4 = (tl.load(base_ptr + safe_rows).to(tl.int32) * 0x01010101)[:, None]
     p02, p13, p46, p57 = decode_group(lo, hi, ix, base4, escapes_ptr, escapes_addr, ASM)
-    out_rows = out_ptr + (rows - ROW0)[:, None].to(tl.int64) * K
+    out_rows = out_ptr + rows[:, None].to(tl.int64) * K
     c = t * 8 * G + tl.arange(0, G)
     ok = (rows < N)[:, None]
     tl.store(out_rows + c[None, :], p02.to(tl.int16), mask=ok & (c < K)[None, :])
@@ -136,22 +135,17 @@ def weight_args(weight: torch.Tensor | CompressedWeight) -> tuple[torch.Tensor, 
     return weight, weight.stride(0), (weight, weight, 0, 0), False
 
 
-def decode_to_scratch(weight: CompressedWeight, start: int = 0, stop: int | None = None,
-                      out: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows ``start:stop`` of the dense weight (all of it by default), decoded into ``out``, else into the
-    model's scratch buffer (valid until the next decode), else into a new tensor: the matmul for several
-    rows (prefill, batched decode) then runs on it."""
+def decode_to_scratch(weight: CompressedWeight) -> torch.Tensor:
+    """The dense weight, decoded into its model's scratch buffer (valid until the next decode; a
+    new tensor without one): the matmul for several rows (prefill, batched decode) then runs on it."""
     n, k = weight.shape
-    stop = n if stop is None else stop
-    if not 0 <= start < stop <= n:
-        raise ValueError(f"rows {start}:{stop} are not inside the weight's {n} rows")
-    if out is None and weight.scratch is not None:
-        out = weight.scratch[:(stop - start) * k].view(stop - start, k)
-    elif out is None:
-        out = torch.empty((stop - start, k), dtype=weight.dtype, device=weight.device)
+    if weight.scratch is not None:
+        out = weight.scratch[:n * k].view(n, k)
+    else:
+        out = torch.empty((n, k), dtype=weight.dtype, device=weight.device)
     planes, stride_wn, (base, escapes, escapes_addr, plane_stride), _ = weight_args(weight)
     tile = tile_cols(k)
-    _ecf_decode_kernel[(triton.cdiv(stop - start, 16), stride_wn * GROUP // tile)](
-        planes, base, escapes, escapes_addr, out.view(torch.int16), start, stop, k, stride_wn, plane_stride,
+    _ecf_decode_kernel[(triton.cdiv(n, 16), stride_wn * GROUP // tile)](
+        planes, base, escapes, escapes_addr, out.view(torch.int16), n, k, stride_wn, plane_stride,
         BLOCK_N=16, G=tile // GROUP, ASM=not INTERPRETED, num_warps=8)
     return out

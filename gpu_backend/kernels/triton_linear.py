@@ -63,13 +63,6 @@ DENSE_GEMV = "tiles"
 # bytes in flight a thread, for more registers); None: where it was measured faster (_prefetches). The sums
 # are the same either way.
 GEMV_PREFETCH: bool | None = None
-# Several rows on a compressed weight: decode and multiply the weight a piece of about this many dense
-# bytes at a time (rows of it), each piece written into scratch and read back by cuBLAS while it is still
-# in L2; None: the whole weight, then one matmul. Pieces run only where their matmuls were checked to give
-# the whole matmul's bits on this card (_pieces_exact), so outputs stay the dense model's. Off until timed
-# (benchmarks/ecf_gemv_probe.py --gemm).
-SCRATCH_PIECE_BYTES: int | None = None
-PIECE_MAX_ROWS = 512  # above this many rows a matmul is no longer bound by reading its weight: the whole one
 PLAIN, RMS_NORM, SILU_MUL = 0, 1, 2  # what the GEMV does to its input first
 
 
@@ -347,10 +340,11 @@ def _gemv_fits(x: torch.Tensor, weight: Weight) -> bool:
 
 def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: int = PLAIN,
           residual: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
-          new_residual: torch.Tensor | None = None) -> torch.Tensor:
+          new_residual: torch.Tensor | None = None, block_n: int | None = None) -> torch.Tensor:
+    """The GEMV; ``block_n``: rows a program, else _block_n's (either way each row's sums are the same)."""
     n, k = weight.shape
     y = torch.empty((1, n), dtype=x.dtype, device=x.device)
-    block_n = _block_n(n, k)
+    block_n = block_n or _block_n(n, k)
     use_pdl = pdl.enabled(x)
     w, stride_wn, ecf_args, ecf = weight_args(weight)
     if not ecf and DENSE_GEMV == "tiles":
@@ -376,70 +370,17 @@ def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: 
     return y
 
 
-def piece_rows(k: int, piece_bytes: int) -> int:
-    """Rows of a [*, k] bf16 weight in a piece of about ``piece_bytes``: a multiple of 64, at least 64."""
-    return max(64, piece_bytes // (2 * k) // 64 * 64)
-
-
-def matmul_in_pieces(x: torch.Tensor, pieces, n: int, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x W^T + b`` with W's rows given a piece at a time: ``pieces`` yields (start, stop, W[start:stop])
-    and each piece's product is written straight into its columns of the output."""
-    x2 = x.reshape(-1, x.shape[-1])
-    y = torch.empty((x2.shape[0], n), dtype=x.dtype, device=x.device)
-    for start, stop, piece in pieces:
-        if bias is None:
-            torch.mm(x2, piece.t(), out=y[:, start:stop])
-        else:
-            torch.addmm(bias[start:stop], x2, piece.t(), out=y[:, start:stop])
-    return y.view(*x.shape[:-1], n)
-
-
-def _decoded_pieces(weight: CompressedWeight, rows: int):
-    n = weight.shape[0]
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        yield start, stop, decode_to_scratch(weight, start, stop)
-
-
-_EXACT_PIECES: dict[tuple, bool] = {}
-
-
-def _pieces_exact(x: torch.Tensor, weight: CompressedWeight, rows: int, with_bias: bool) -> bool:
-    """Whether matmuls of ``rows`` rows of ``weight`` at a time give, bit for bit, what one matmul of the
-    whole weight gives, for inputs of ``x``'s shape on this device: checked once per shape on random
-    values written into the weight's scratch buffer (where the library takes another summation order
-    for a piece, nearly every output differs). Not checked while a CUDA graph is being captured (the
-    check waits on the GPU), nor above PIECE_MAX_ROWS rows: then no."""
-    (m, k), n = x.reshape(-1, x.shape[-1]).shape, weight.shape[0]
-    key = (m, n, k, rows, with_bias, x.dtype, x.device)
-    if key not in _EXACT_PIECES:
-        if m > PIECE_MAX_ROWS or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-            return False
-        gen = torch.Generator(device=x.device).manual_seed(0)
-        a = torch.randn(m, k, generator=gen, device=x.device).to(x.dtype)
-        b = torch.randn(n, generator=gen, device=x.device).to(x.dtype) if with_bias else None
-        w = (weight.scratch[:n * k] if weight.scratch is not None
-             else torch.empty(n * k, dtype=weight.dtype, device=x.device)).view(n, k)
-        w.normal_(0.0, 0.02, generator=gen)
-        pieces = ((s, min(n, s + rows), w[s:min(n, s + rows)]) for s in range(0, n, rows))
-        _EXACT_PIECES[key] = torch.equal(matmul_in_pieces(a, pieces, n, b), F.linear(a, w, b))
-    return _EXACT_PIECES[key]
-
-
-def _scratch_linear(x: torch.Tensor, weight: CompressedWeight, bias: torch.Tensor | None) -> torch.Tensor:
-    """Several rows on a compressed weight: decoded into scratch a piece at a time where that is exact
-    (SCRATCH_PIECE_BYTES), else the whole weight then one matmul."""
-    n, k = weight.shape
-    rows = n if SCRATCH_PIECE_BYTES is None else piece_rows(k, SCRATCH_PIECE_BYTES)
-    if rows >= n or not _pieces_exact(x, weight, rows, bias is not None):
-        return F.linear(x, decode_to_scratch(weight), bias)
-    return matmul_in_pieces(x, _decoded_pieces(weight, rows), n, bias)
+def _decoded_unless_fused(x: torch.Tensor, weight: Weight) -> Weight:
+    """A compressed weight the ECF GEMV will not take, decoded into scratch: then every path runs as
+    it does on a bf16 weight (the bf16 GEMV at one row, torch's matmul for several)."""
+    if isinstance(weight, CompressedWeight) and not _gemv_fits(x, weight):
+        return decode_to_scratch(weight)
+    return weight
 
 
 def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``weight`` dense, or compressed (ECF): decoded inside the GEMV for one row, else into scratch."""
-    if isinstance(weight, CompressedWeight) and not _gemv_fits(x, weight):
-        return _scratch_linear(x, weight, bias)
+    weight = _decoded_unless_fused(x, weight)
     if not _gemv_fits(x, weight):
         return F.linear(x, weight, bias)
     return _gemv(x.contiguous(), weight, bias)

@@ -210,42 +210,6 @@ def test_decode_to_scratch_is_the_weight(device: str, rows: int, cols: int, stac
     assert torch.equal(triton_linear.linear(x, weight), torch.nn.functional.linear(x, expected.to(device)))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("stacked", [False, True])
-def test_scratch_pieces(device: str, stacked: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Decoding rows start:stop gives those rows; several rows decoded a piece at a time (SCRATCH_PIECE_BYTES)
-    give the matmul of the dense pieces, and whichever way runs, the dense weight's matmul where that is exact."""
-    from gpu_backend.kernels import triton_linear
-
-    rows, cols = 70, 515
-    weight = _on(device, _compressed(rows, cols, 7, stacked))
-    dense = weight.decode()
-    for start, stop in ((0, 64), (64, weight.shape[0]), (5, 6)):
-        assert torch.equal(triton_linear.decode_to_scratch(weight, start, stop).view(torch.int16),
-                           dense[start:stop].view(torch.int16))
-    into = torch.full((3, cols), float("nan"), dtype=torch.bfloat16, device=device)
-    assert triton_linear.decode_to_scratch(weight, 2, 5, out=into) is into
-    assert torch.equal(into.view(torch.int16), dense[2:5].view(torch.int16))
-    with pytest.raises(ValueError, match="rows 5:4 are not inside"):
-        triton_linear.decode_to_scratch(weight, 5, 4)
-    share_scratch([weight])
-    x = torch.randn(3, cols, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).to(device)
-    bias = torch.randn(weight.shape[0], generator=torch.Generator().manual_seed(2)).to(torch.bfloat16).to(device)
-    monkeypatch.setattr(triton_linear, "SCRATCH_PIECE_BYTES", 1)  # pieces of 64 rows
-    assert triton_linear.piece_rows(cols, 1) == 64 and triton_linear.piece_rows(cols, 300 * 2 * cols) == 256
-    tall = torch.zeros(triton_linear.PIECE_MAX_ROWS + 1, cols, dtype=torch.bfloat16, device=device)
-    assert not triton_linear._pieces_exact(tall, weight, 64, False)  # not bound by the weight: the whole one
-    for b in (None, bias):
-        exact = triton_linear._pieces_exact(x, weight, 64, b is not None)
-        expected = torch.nn.functional.linear(x, dense, b)
-        assert torch.equal(triton_linear.linear(x, weight, b), expected) or not exact
-        pieces = [(s, min(s + 64, len(dense)), dense[s:s + 64]) for s in range(0, len(dense), 64)]
-        with monkeypatch.context() as forced:
-            forced.setattr(triton_linear, "_pieces_exact", lambda *args: True)  # pieces, exact or not
-            got = triton_linear.linear(x, weight, b)
-        assert torch.equal(got, triton_linear.matmul_in_pieces(x, pieces, len(dense), b))
-
-
 @pytest.mark.skipif(INTERPRETING, reason="already inside the interpreter run")
 def test_ecf_interpreter() -> None:
     """Run this file's CPU variants with TRITON_INTERPRET=1 set before triton is imported."""

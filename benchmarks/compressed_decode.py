@@ -6,8 +6,9 @@ checkpoint. Three variants then run one after the other in this process, on the 
 
 - ``bf16``: the plain engine over random bf16 weights (``load_format="dummy"``), the usual baseline;
 - ``ecf-decode-at-load``: the ECF folder decoded to dense bf16 while loading; the same weights as
-  ecf-kernel, in bf16, on the dense GEMV that sums as the ECF GEMV does (``DENSE_GEMV = "phases"``),
-  so its greedy tokens are what ecf-kernel must reproduce, and beside ``bf16`` it times that form;
+  ecf-kernel, in bf16, on the dense GEMV that sums as the ECF GEMV does (``DENSE_GEMV = "phases"``,
+  with the separate norm and SiLU kernels, as ECF runs them), so its greedy tokens are what ecf-kernel
+  must reproduce, and beside ``bf16`` it times that form, the candidate default;
 - ``ecf-kernel``: the ECF folder kept coded in GPU memory, decoded inside the batch-1 GEMV and into
   a scratch buffer for batches and prefill (``compressed_weights="kernel"``);
 - ``ecf-scratch`` (not run unless named): kept coded, but batch 1 too decodes into the scratch

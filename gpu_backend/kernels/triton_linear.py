@@ -19,20 +19,22 @@ The other dense form (``DENSE_GEMV = "phases"``, `_gemv_kernel`) lays its sums d
 depends on how the compiler lays a tile out in registers: each output element keeps a K tile's width
 of running sums (one per column, in 8 phases of G columns), advanced by one fused multiply-add per
 tile, then summed by halving (`_row_sums`). So a kernel that gets the same weights another way, the
-ECF GEMV below, gets the same output. It has not been timed on a GPU (docs/weights-format.md, "On a
-GPU"), so it is not the default yet.
+ECF GEMV below, gets the same output. Plain, it took the time "tiles" takes on an H100 at the
+Llama-3.1-8B shapes; with the fused prologues below every row thread of a tile recomputes the norm or
+the SiLU, and the engine's batch-1 decode ran at 102 tok/s against 183 (docs/weights-format.md, "On a
+GPU"). So it now takes the separate kernels as the ECF GEMV does (`_fuses_prologue`); that has not run
+on a GPU, and "tiles" stays the default until it has.
 
 A weight may also be an ECF ``CompressedWeight`` (docs/weights-format.md; gpu_backend/weights/packed.py
 and planes.py), which stays coded in GPU memory: 1.5 bytes per weight instead of 2. At one row the
 same GEMV kernel (the ``ECF`` constexpr) loads each tile's three plane words a group of 8 weights,
 decodes four weights at a time in byte lanes (``_ecf_pairs``), swaps in an escaped group's entry,
 and adds the products into the same sums as the "phases" bf16 kernel: bit for bit its output on the
-decoded weight. (On an H200, 0 outputs differed at the Llama-3.1-8B shapes from the dense form before
-"phases", which kept the same sums as one [rows, 8*G] block; "phases" itself has not run on a GPU.)
+decoded weight (on an H100, 0 outputs differ from "phases" at the Llama-3.1-8B shapes).
 Several rows decode the whole weight into the model's scratch buffer
 (`decode_to_scratch`) and run what a bf16 weight runs on it, exact by construction;
-`FUSED_ECF_DECODE = False` does so at one row too. An ECF weight takes the separate norm and SiLU
-kernels before its GEMV rather than the fused prologues (see `silu_and_mul_linear`).
+`FUSED_ECF_DECODE = False` does so at one row too. An ECF weight, and a bf16 one under "phases", takes
+the separate norm and SiLU kernels before its GEMV rather than the fused prologues (`_fuses_prologue`).
 """
 
 from __future__ import annotations
@@ -55,9 +57,9 @@ Weight = torch.Tensor | CompressedWeight
 FUSED_ECF_DECODE = True
 # The bf16 GEMV: "tiles" sums each K tile's products across the tile, then into the row's sum (the
 # default: 183 tok/s batch-1 Llama-3.1-8B decode on an H100); "phases" keeps the running sums the ECF
-# GEMV keeps, so a coded weight gives bit for bit what its dense weight gives. "phases" has not been
-# timed on a GPU yet; the form before it, with a K tile's width of sums, ran at 0.7-1.6 TB/s on an H200
-# (benchmarks/results/ecf_gemv_probe_h200_column_sums.json), so "tiles" stays the default until it is.
+# GEMV keeps, so a coded weight gives bit for bit what its dense weight gives. Plain, both took the same
+# time on an H100; with the fused prologues "phases" made engine decode 0.56x as fast
+# (benchmarks/results/compressed_decode_h100.json), so "tiles" stays the default.
 DENSE_GEMV = "tiles"
 # Whether the GEMV loads each weight tile one loop step ahead of its sums (register double-buffering: more
 # bytes in flight a thread, for more registers); None: where it was measured faster (_prefetches). The sums
@@ -325,8 +327,10 @@ def _block_n(n: int, k: int) -> int:
 
 
 def _prefetches(programs: int, ecf: bool) -> bool:
-    # On an H200 (benchmarks/results/ecf_gemv_probe.json) loading ahead made the ECF GEMV 18% faster on
-    # gate_up and the LM head (1,792 and 32,064 programs) and 12-18% slower on qkv and down_proj (384, 512).
+    # On an H200 (benchmarks/results/ecf_gemv_probe_h200_column_sums.json) loading ahead made the ECF GEMV
+    # 18% faster on gate_up and the LM head (1,792 and 32,064 programs) and 12-18% slower on qkv and
+    # down_proj (384, 512). On an H100 (ecf_gemv_probe_h100_pieces.json) it was 15-16% faster on gate_up
+    # and the LM head, 14% faster on qkv and the same on down_proj: the rule holds there too, qkv aside.
     return ecf and programs >= 1024
 
 
@@ -386,15 +390,22 @@ def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) ->
     return _gemv(x.contiguous(), weight, bias)
 
 
+def _fuses_prologue(weight: Weight) -> bool:
+    """Whether the GEMV computes its input's norm or SiLU itself: only the "tiles" form. The phase-sum
+    form (ECF, and bf16 under "phases") takes the separate kernel first, which rounds alike: in its fused
+    prologue each row thread of a tile recomputes the input, which made the ECF loop 40% longer with the
+    norm and twice as long with the SiLU (904 SASS instructions against 445), and engine decode on
+    "phases" 0.56x as fast (benchmarks/results/compressed_decode_h100.json)."""
+    return DENSE_GEMV == "tiles" and not isinstance(weight, CompressedWeight)
+
+
 def rms_norm_linear(
     x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
     weight: Weight, bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(linear(rms_norm(x + residual)), x + residual); without a residual, (linear(rms_norm(x)), x)."""
-    # An ECF weight takes the separate norm kernel first, as in silu_and_mul_linear: in the fused
-    # prologue each of a tile's row threads recomputes the norm, which made the ECF loop 40% longer.
     fits = (_gemv_fits(x, weight) and norm_weight.dtype == x.dtype and x.shape[-1] <= 16384
-            and (residual is None or residual.dtype == x.dtype) and not isinstance(weight, CompressedWeight))
+            and (residual is None or residual.dtype == x.dtype) and _fuses_prologue(weight))
     if not fits:
         if residual is None:
             return linear(triton_ops.rms_norm(x, norm_weight, eps), weight, bias), x
@@ -411,9 +422,6 @@ def rms_norm_linear(
 def silu_and_mul_linear(gate_up: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None
                         ) -> torch.Tensor:
     """linear(silu(gate) * up) for gate_up = [gate | up]."""
-    # An ECF weight takes the separate kernel first: in the fused prologue each of a tile's row threads
-    # recomputes the SiLU, which made the ECF loop twice as long (904 SASS instructions against 445).
-    if (not _gemv_fits(gate_up, weight) or gate_up.shape[-1] != 2 * weight.shape[1]
-            or isinstance(weight, CompressedWeight)):
+    if not _gemv_fits(gate_up, weight) or gate_up.shape[-1] != 2 * weight.shape[1] or not _fuses_prologue(weight):
         return linear(triton_ops.silu_and_mul(gate_up), weight, bias)
     return _gemv(gate_up.contiguous(), weight, bias, SILU_MUL)

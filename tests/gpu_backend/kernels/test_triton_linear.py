@@ -48,6 +48,8 @@ def test_several_rows_and_float32_use_f_linear() -> None:
 def test_rms_norm_linear_equals_norm_then_gemv(dtype: torch.dtype, n: int, k: int, with_residual: bool) -> None:
     """The norm inside the GEMV rounds where the separate kernels do: same residual bit for bit,
     output within a rounding step of the two-kernel path."""
+    from gpu_backend.kernels import triton_linear
+
     kernels = get_kernels("triton")
     generator = torch.Generator(device="cuda").manual_seed(n + k + with_residual)
     x = 3 * torch.randn(1, k, device="cuda", dtype=dtype, generator=generator)
@@ -61,6 +63,8 @@ def test_rms_norm_linear_equals_norm_then_gemv(dtype: torch.dtype, n: int, k: in
         normed, expected_residual = kernels.fused_add_rms_norm(x, residual, norm_weight, 1e-5)
     assert torch.equal(new_residual, expected_residual)
     torch.testing.assert_close(y.float(), kernels.linear(normed, w, None).float(), atol=2e-2, rtol=2e-2)
+    if triton_linear.DENSE_GEMV == "phases":  # the separate kernels, as an ECF weight takes them: the same bits
+        assert torch.equal(y, kernels.linear(normed, w, None))
     # several rows take the separate kernels
     y2, r2 = kernels.rms_norm_linear(x.repeat(2, 1), None if residual is None else residual.repeat(2, 1),
                                      norm_weight, 1e-5, w, None)
@@ -71,6 +75,8 @@ def test_rms_norm_linear_equals_norm_then_gemv(dtype: torch.dtype, n: int, k: in
 @pytest.mark.parametrize(("n", "k"), [(4096, 14336), (500, 300)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_silu_and_mul_linear_equals_silu_then_gemv(dtype: torch.dtype, n: int, k: int, with_bias: bool) -> None:
+    from gpu_backend.kernels import triton_linear
+
     kernels = get_kernels("triton")
     generator = torch.Generator(device="cuda").manual_seed(n + k)
     gate_up = torch.randn(1, 2 * k, device="cuda", dtype=dtype, generator=generator)
@@ -79,3 +85,5 @@ def test_silu_and_mul_linear_equals_silu_then_gemv(dtype: torch.dtype, n: int, k
     expected = kernels.linear(kernels.silu_and_mul(gate_up), w, b)
     torch.testing.assert_close(kernels.silu_and_mul_linear(gate_up, w, b).float(), expected.float(),
                                atol=2e-2, rtol=2e-2)
+    if triton_linear.DENSE_GEMV == "phases":
+        assert torch.equal(kernels.silu_and_mul_linear(gate_up, w, b), expected)

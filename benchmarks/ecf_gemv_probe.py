@@ -81,7 +81,6 @@ def block_n_sweep(gen: torch.Generator) -> list[dict]:
 
     rows = []
     saved = triton_linear.DENSE_GEMV, triton_linear.GEMV_PREFETCH
-    triton_linear.DENSE_GEMV = "phases"
     try:
         for name, (n, k) in SWEEP_SHAPES.items():
             dense = (0.02 * torch.randn(n, k, device="cuda", generator=gen)).to(torch.bfloat16)

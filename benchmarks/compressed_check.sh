@@ -8,7 +8,7 @@
 # batch1 (the next call for the batch-1 target): ecf_gemv_probe.py --block-n (the GEMVs' rows a program
 # and loading ahead, ECF and "phases"), compressed_decode.py at batch 1 (bf16 on "tiles"; "phases" with
 # the separate norm and SiLU kernels, the candidate default that ECF equals bit for bit; ECF in the
-# kernels), then the kernels' GPU tests.
+# kernels, as they are and with the sweep's best settings per shape), then the kernels' GPU tests.
 # kernels (short, first after a kernel change): ecf_gemv_probe.py (each GEMV against bf16 at the
 # Llama-3.1-8B shapes, exactness included; PROBE_ARGS=--gemm for the batched GEMM too), bf16 batch-1
 # decode on the baseline tree and this one, then the kernels' GPU tests.
@@ -62,8 +62,12 @@ if [ "$what" = batch1 ]; then
     echo "== ecf_gemv_probe --block-n"
     timeout 170 python3 benchmarks/ecf_gemv_probe.py --block-n --out "$out/ecf_gemv_probe_block_n.json" | tail -8
     echo "== compressed_decode, batch 1"
-    timeout "${CD_TIMEOUT:-240}" python3 benchmarks/compressed_decode.py --batches 1 --repeats 2 --new-tokens 128 \
-        --variants bf16,ecf-decode-at-load,ecf-kernel --out "$out/compressed_decode_batch1.json" ${CD_ARGS:-}
+    variants=bf16,ecf-decode-at-load,ecf-kernel tuning=()
+    if [ -s "$out/ecf_gemv_probe_block_n.json" ]; then  # the sweep's best settings, ECF in the engine with them
+        variants=$variants,ecf-kernel-tuned tuning=(--gemv-tuning "$out/ecf_gemv_probe_block_n.json")
+    fi
+    timeout "${CD_TIMEOUT:-270}" python3 benchmarks/compressed_decode.py --batches 1 --repeats 2 --new-tokens 128 \
+        --variants $variants "${tuning[@]}" --out "$out/compressed_decode_batch1.json" ${CD_ARGS:-}
     gpu_tests 120 gpu_tests_kernels.log tests/gpu_backend/kernels/test_triton_ecf_linear.py \
         tests/gpu_backend/kernels/test_triton_linear.py tests/gpu_backend/weights/test_compressed_kernels_gpu.py
 fi

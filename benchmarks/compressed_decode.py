@@ -11,6 +11,8 @@ checkpoint. Three variants then run one after the other in this process, on the 
   must reproduce, and beside ``bf16`` it times that form, the candidate default;
 - ``ecf-kernel``: the ECF folder kept coded in GPU memory, decoded inside the batch-1 GEMV and into
   a scratch buffer for batches and prefill (``compressed_weights="kernel"``);
+- ``ecf-kernel-tuned`` (not run unless named): ecf-kernel with the GEMV's rows a program and loading
+  ahead per shape from ``--gemv-tuning FILE`` (the record of ``ecf_gemv_probe.py --block-n``);
 - ``ecf-scratch`` (not run unless named): kept coded, but batch 1 too decodes into the scratch
   buffer and runs the bf16 GEMV on it (``triton_linear.FUSED_ECF_DECODE = False``).
 
@@ -41,6 +43,7 @@ from typing import Any
 
 import torch
 
+from ecf_gemv_probe import load_tuning
 from llama_shapes import LLAMA_3_1_8B, environment, parameter_bytes, write_model_folder
 
 from gpu_backend import LLM, SamplingParams
@@ -166,11 +169,15 @@ def main() -> int:
     parser.add_argument("--prefill-len", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--gemv-tuning", type=Path,
+                        help="ecf_gemv_probe.py --block-n record: the GEMV settings of ecf-kernel-tuned")
     parser.add_argument("--num-layers", type=int, help="fewer decoder layers than the shape's, for a shorter run")
     parser.add_argument("--tiny", action="store_true", help="a tiny bf16 Llama on CPU, few tokens")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
+    if "ecf-kernel-tuned" in args.variants.split(",") and not args.gemv_tuning:
+        parser.error("ecf-kernel-tuned needs --gemv-tuning FILE")
     if args.tiny:
         config, device, batches, args.repeats = TINY_LLAMA, "cpu", [b for b in batches if b <= 4] or [1], 1
         new_tokens, prompt_len, prefill_len = min(args.new_tokens, 12), min(args.prompt_len, 16), 64
@@ -199,6 +206,7 @@ def main() -> int:
                 "bf16": (dense_folder, {"load_format": "dummy"}),
                 "ecf-decode-at-load": (ecf_folder, {"compressed_weights": "decode_at_load"}),
                 "ecf-kernel": (ecf_folder, {"compressed_weights": "kernel"}),
+                "ecf-kernel-tuned": (ecf_folder, {"compressed_weights": "kernel"}),
                 "ecf-scratch": (ecf_folder, {"compressed_weights": "kernel"}),
             }[variant]
             if device == "cuda":
@@ -207,6 +215,7 @@ def main() -> int:
                 # the dense GEMV that sums as the ECF GEMV does: the greedy tokens ecf-kernel must reproduce
                 triton_linear.DENSE_GEMV = "phases" if variant == "ecf-decode-at-load" else "tiles"
                 triton_linear.FUSED_ECF_DECODE = variant != "ecf-scratch"
+                triton_linear.PHASE_GEMV_TUNING = load_tuning(args.gemv_tuning) if variant == "ecf-kernel-tuned" else {}
             _sync(device)
             started = time.perf_counter()
             llm = LLM(str(folder), device=device, dtype="bfloat16", skip_tokenizer_init=True, progress=False,
@@ -234,13 +243,14 @@ def main() -> int:
                   + (f" (floor {peak / read:.0f} tok/s at {peak / 1e12:.2f} TB/s)" if peak else ""), flush=True)
             if device == "cuda":
                 triton_linear.DENSE_GEMV, triton_linear.FUSED_ECF_DECODE = "tiles", True
+                triton_linear.PHASE_GEMV_TUNING = {}
             del llm
             gc.collect()  # the model and its graphs sit in reference cycles
             if device == "cuda":
                 torch.cuda.empty_cache()
     identical = None
     if "ecf-decode-at-load" in tokens:
-        for variant in ("ecf-kernel", "ecf-scratch"):
+        for variant in ("ecf-kernel", "ecf-kernel-tuned", "ecf-scratch"):
             if variant in tokens:
                 same = tokens[variant] == tokens["ecf-decode-at-load"]
                 identical = same if identical is None else identical and same

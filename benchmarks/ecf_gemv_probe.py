@@ -6,7 +6,8 @@ dense weight (both dense forms, triton_linear.DENSE_GEMV), on each coded one, an
 is from the "phases" dense one's (outputs that differ, largest difference); each GEMV loading its tiles a step
 ahead and not. With ``--gemm``, batched decode too (32 and 64 rows): cuBLAS, the phase GEMM on the dense
 and the coded weight (equal bits?), and scratch decode + cuBLAS, then the GEMM's launch options. With
-``--block-n``, only the batch-1 GEMVs' rows a program and loading ahead, for ECF and "phases".
+``--block-n``, only the batch-1 GEMVs' rows a program and loading ahead, for ECF and "phases", and the best
+of each per shape (``best``: what compressed_decode.py --gemv-tuning loads).
 
     PYTHONPATH=.:sdk python3 benchmarks/ecf_gemv_probe.py [--gemm | --block-n] [--out FILE]
 """
@@ -121,6 +122,26 @@ def block_n_sweep(gen: torch.Generator) -> list[dict]:
     return rows
 
 
+def best_settings(sweep: list[dict]) -> list[dict]:
+    """Per shape and form (ECF, and bf16 "phases"), the fastest rows a program and loading ahead of a
+    block_n sweep whose outputs all equalled the reference: entries for triton_linear.PHASE_GEMV_TUNING."""
+    best = []
+    for row in sweep:
+        for form, ecf in (("ecf", True), ("phases", False)):
+            timed = [r for r in row["runs"] if f"{form}_ms" in r and r.get(f"{form}_equal")]
+            if timed:
+                pick = min(timed, key=lambda r: r[f"{form}_ms"])
+                best.append({"shape": row["shape"], "n": row["n"], "k": row["k"], "ecf": ecf,
+                             "block_n": pick["block_n"], "prefetch": pick["prefetch"], "ms": pick[f"{form}_ms"]})
+    return best
+
+
+def load_tuning(path: Path) -> dict[tuple[int, int, bool], tuple[int, bool]]:
+    """triton_linear.PHASE_GEMV_TUNING from the record a ``--block-n`` run wrote."""
+    record = json.loads(path.read_text())
+    return {(e["n"], e["k"], e["ecf"]): (e["block_n"], e["prefetch"]) for e in record["best"]}
+
+
 def gemm_sweep(gen: torch.Generator) -> list[dict]:
     """The phase GEMM's launch options at gate_up, 64 rows (the largest batched-decode read): the tile
     height, warps and pipeline stages, dense and coded, against cuBLAS."""
@@ -164,7 +185,12 @@ def main() -> None:
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     if args.block_n:
-        record = {"benchmark": "ecf_gemv_probe --block-n", **environment(), "block_n_sweep": block_n_sweep(gen)}
+        sweep = block_n_sweep(gen)
+        record = {"benchmark": "ecf_gemv_probe --block-n", **environment(), "block_n_sweep": sweep,
+                  "best": best_settings(sweep)}
+        for entry in record["best"]:
+            print(f"best {entry['shape']:8} {'ECF' if entry['ecf'] else 'phases':6} block_n {entry['block_n']:2} "
+                  f"prefetch {entry['prefetch']!s:5} {entry['ms'] * 1000:6.1f} us")
         if args.out:
             args.out.write_text(json.dumps(record, indent=2) + "\n")
         return

@@ -65,6 +65,11 @@ DENSE_GEMV = "tiles"
 # bytes in flight a thread, for more registers); None: where it was measured faster (_prefetches). The sums
 # are the same either way.
 GEMV_PREFETCH: bool | None = None
+# The phase-sum GEMV's rows a program and loading ahead at a weight shape, (n, k, ecf) -> (block_n, prefetch),
+# where a sweep on the card found them faster than _block_n's and _prefetches' (benchmarks/ecf_gemv_probe.py
+# --block-n writes one, compressed_decode.py --gemv-tuning loads it). Each row's sums, so its bits, are the
+# same under any entry.
+PHASE_GEMV_TUNING: dict[tuple[int, int, bool], tuple[int, bool]] = {}
 PLAIN, RMS_NORM, SILU_MUL = 0, 1, 2  # what the GEMV does to its input first
 
 
@@ -345,13 +350,14 @@ def _gemv_fits(x: torch.Tensor, weight: Weight) -> bool:
 def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: int = PLAIN,
           residual: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
           new_residual: torch.Tensor | None = None, block_n: int | None = None) -> torch.Tensor:
-    """The GEMV; ``block_n``: rows a program, else _block_n's (either way each row's sums are the same)."""
+    """The GEMV; ``block_n``: rows a program, else PHASE_GEMV_TUNING's or _block_n's (each row's sums are the
+    same whichever)."""
     n, k = weight.shape
     y = torch.empty((1, n), dtype=x.dtype, device=x.device)
-    block_n = block_n or _block_n(n, k)
     use_pdl = pdl.enabled(x)
     w, stride_wn, ecf_args, ecf = weight_args(weight)
     if not ecf and DENSE_GEMV == "tiles":
+        block_n = block_n or _block_n(n, k)
         _tile_gemv_kernel[(triton.cdiv(n, block_n),)](
             x, w, bias if bias is not None else x, y,
             residual if residual is not None else x, norm_weight if norm_weight is not None else x,
@@ -361,6 +367,9 @@ def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: 
             USE_PDL=use_pdl, num_warps=8, **pdl.launch_options(use_pdl),
         )
         return y
+    tuned_block_n, tuned_prefetch = PHASE_GEMV_TUNING.get((n, k, ecf), (None, None))
+    block_n = block_n or tuned_block_n or _block_n(n, k)
+    prefetch = GEMV_PREFETCH if GEMV_PREFETCH is not None else tuned_prefetch
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, w, bias if bias is not None else x, y,
         residual if residual is not None else x, norm_weight if norm_weight is not None else x,
@@ -368,7 +377,7 @@ def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: 
         HAS_BIAS=bias is not None, BLOCK_N=block_n, G=tile_cols(k) // GROUP, PROLOGUE=prologue,
         HAS_RESIDUAL=residual is not None, BLOCK_ROW=triton.next_power_of_2(k) if prologue == RMS_NORM else 1,
         USE_PDL=use_pdl, num_warps=8, ECF=ecf, EVEN_K=k % tile_cols(k) == 0, ASM=not INTERPRETED,
-        PREFETCH=_prefetches(triton.cdiv(n, block_n), ecf) if GEMV_PREFETCH is None else GEMV_PREFETCH,
+        PREFETCH=_prefetches(triton.cdiv(n, block_n), ecf) if prefetch is None else prefetch,
         **pdl.launch_options(use_pdl),
     )
     return y

@@ -101,6 +101,35 @@ def test_prefetching_gemv_sums_alike(device: str, rows: int, cols: int, monkeypa
     assert torch.equal(plain[0], plain[1])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_tuned_gemv_sums_alike(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PHASE_GEMV_TUNING entry (other rows a program, loading ahead) changes no bit of either form's output,
+    and applies to its own shape and form only."""
+    from gpu_backend.kernels import triton_linear
+
+    rows, cols = SHAPES[3]
+    weight = _on(device, _compressed(rows, cols, cols + 1, stacked=False))
+    dense = weight.decode()
+    x = torch.randn(1, cols, generator=torch.Generator().manual_seed(cols)).to(torch.bfloat16).to(device)
+    plain = triton_linear._gemv(x, weight, None)
+    assert torch.equal(plain, triton_linear._gemv(x, dense, None))
+    launched = []
+
+    class Recorded:  # the kernel, its grids and loading ahead noted
+        def __getitem__(self, grid: tuple[int]):
+            def launch(*args, **meta):
+                launched.append((grid, meta["PREFETCH"]))
+                return kernel[grid](*args, **meta)
+            return launch
+
+    kernel = triton_linear._gemv_kernel
+    monkeypatch.setattr(triton_linear, "_gemv_kernel", Recorded())
+    monkeypatch.setattr(triton_linear, "PHASE_GEMV_TUNING", {(rows, cols, True): (2, True), (rows, cols, False): (4, True)})
+    assert torch.equal(triton_linear._gemv(x, weight, None), plain)
+    assert torch.equal(triton_linear._gemv(x, dense, None), plain)
+    assert launched == [((-(-rows // 2),), True), ((-(-rows // 4),), True)]
+
+
 @pytest.mark.gpu
 @NEEDS_CUDA
 @pytest.mark.parametrize(("sources", "cols"), [([4096, 1024, 1024], 4096), ([14336, 14336], 4096), ([4096], 14336),

@@ -6,7 +6,7 @@
 #   bash benchmarks/compressed_check.sh OUT_DIR [BASELINE_DIR] [all|tests|decode|capacity|kernels|batch1]
 #
 # batch1 (the next call for the batch-1 target): ecf_gemv_probe.py --block-n (the GEMVs' rows a program
-# and loading ahead, ECF and "phases"), compressed_decode.py at batch 1 (bf16 on "tiles"; "phases" with
+# and loading ahead, ECF and "phases"; then the ECF GEMV's fused norm/SiLU against the separate kernels), compressed_decode.py at batch 1 (bf16 on "tiles"; "phases" with
 # the separate norm and SiLU kernels, the candidate default that ECF equals bit for bit; ECF in the
 # kernels, as they are and with the sweep's best settings per shape), then the kernels' GPU tests.
 # kernels (short, first after a kernel change): ecf_gemv_probe.py (each GEMV against bf16 at the
@@ -60,7 +60,7 @@ if [ "$what" = kernels ]; then
 fi
 if [ "$what" = batch1 ]; then
     echo "== ecf_gemv_probe --block-n"
-    timeout 170 python3 benchmarks/ecf_gemv_probe.py --block-n --out "$out/ecf_gemv_probe_block_n.json" | tail -8
+    timeout 200 python3 benchmarks/ecf_gemv_probe.py --block-n --out "$out/ecf_gemv_probe_block_n.json" | tail -18
     echo "== compressed_decode, batch 1"
     variants=bf16,ecf-decode-at-load,ecf-kernel tuning=()
     if [ -s "$out/ecf_gemv_probe_block_n.json" ]; then  # the sweep's best settings, ECF in the engine with them
@@ -68,7 +68,7 @@ if [ "$what" = batch1 ]; then
     fi
     timeout "${CD_TIMEOUT:-270}" python3 benchmarks/compressed_decode.py --batches 1 --repeats 2 --new-tokens 128 \
         --variants $variants "${tuning[@]}" --out "$out/compressed_decode_batch1.json" ${CD_ARGS:-}
-    gpu_tests 120 gpu_tests_kernels.log tests/gpu_backend/kernels/test_triton_ecf_linear.py \
+    gpu_tests 100 gpu_tests_kernels.log tests/gpu_backend/kernels/test_triton_ecf_linear.py \
         tests/gpu_backend/kernels/test_triton_linear.py tests/gpu_backend/weights/test_compressed_kernels_gpu.py
 fi
 if [ "$what" = capacity ]; then

@@ -7,7 +7,8 @@ is from the "phases" dense one's (outputs that differ, largest difference); each
 ahead and not. With ``--gemm``, batched decode too (32 and 64 rows): cuBLAS, the phase GEMM on the dense
 and the coded weight (equal bits?), and scratch decode + cuBLAS, then the GEMM's launch options. With
 ``--block-n``, only the batch-1 GEMVs' rows a program and loading ahead, for ECF and "phases", and the best
-of each per shape (``best``: what compressed_decode.py --gemv-tuning loads).
+of each per shape (``best``: what compressed_decode.py --gemv-tuning loads), then the ECF GEMV with its
+input's norm or SiLU fused in against the separate kernels, in CUDA graphs.
 
     PYTHONPATH=.:sdk python3 benchmarks/ecf_gemv_probe.py [--gemm | --block-n] [--out FILE]
 """
@@ -122,6 +123,74 @@ def block_n_sweep(gen: torch.Generator) -> list[dict]:
     return rows
 
 
+PROLOGUE_SHAPES = {"qkv": "norm", "gate_up": "norm", "down": "silu"}
+
+
+def prologue_sweep(gen: torch.Generator, sweep: list[dict]) -> list[dict]:
+    """The ECF GEMV computing its input itself (the residual add and RMS norm before qkv and gate_up, the
+    SiLU before down_proj) against the separate kernel then the plain GEMV, both captured in a CUDA graph
+    (as the engine runs them), at 2-16 rows a program, each loading ahead as the plain sweep found best;
+    the default dense form ("tiles", which fuses them) beside. Equal: the fused output's bits are those
+    of the separate kernels'."""
+    import triton.testing
+
+    from gpu_backend.kernels import triton_linear, triton_ops
+
+    bench = triton.testing.do_bench_cudagraph
+    rows = []
+    saved = triton_linear.DENSE_GEMV, triton_linear.GEMV_PREFETCH
+    try:
+        for name, prologue in PROLOGUE_SHAPES.items():
+            n, k = SHAPES[name]
+            dense = (0.02 * torch.randn(n, k, device="cuda", generator=gen)).to(torch.bfloat16)
+            coded = CompressedWeight.from_dense(dense)
+            norm_weight = (1 + 0.1 * torch.randn(k, device="cuda", generator=gen)).to(torch.bfloat16)
+            if prologue == "norm":
+                x, residual = (torch.randn(1, k, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(2))
+                new_residual = torch.empty_like(x)
+
+                def fused(weight, block_n=None):
+                    return triton_linear._gemv(x, weight, None, triton_linear.RMS_NORM, residual, norm_weight, 1e-5,
+                                               new_residual, block_n=block_n)
+
+                def separate(weight, block_n=None):
+                    normed, _ = triton_ops.fused_add_rms_norm(x, residual, norm_weight, 1e-5)
+                    return triton_linear._gemv(normed, weight, None, block_n=block_n)
+            else:
+                gate_up = torch.randn(1, 2 * k, device="cuda", generator=gen).to(torch.bfloat16)
+
+                def fused(weight, block_n=None):
+                    return triton_linear._gemv(gate_up, weight, None, triton_linear.SILU_MUL, block_n=block_n)
+
+                def separate(weight, block_n=None):
+                    return triton_linear._gemv(triton_ops.silu_and_mul(gate_up), weight, None, block_n=block_n)
+            triton_linear.DENSE_GEMV, triton_linear.GEMV_PREFETCH = "tiles", None
+            row = {"shape": name, "prologue": prologue, "tiles_fused_ms": bench(lambda: fused(dense)),
+                   "tiles_separate_ms": bench(lambda: separate(dense)), "runs": []}
+            plain = next(r for r in sweep if r["shape"] == name)["runs"]
+            for block_n in (2, 4, 8, 16):
+                timed = [r for r in plain if r["block_n"] == block_n and "ecf_ms" in r]
+                if not timed:
+                    continue
+                triton_linear.GEMV_PREFETCH = min(timed, key=lambda r: r["ecf_ms"])["prefetch"]
+                run = {"block_n": block_n, "prefetch": triton_linear.GEMV_PREFETCH}
+                try:
+                    run["ecf_fused_ms"] = bench(lambda: fused(coded, block_n))
+                    run["ecf_separate_ms"] = bench(lambda: separate(coded, block_n))
+                    run["equal"] = bool(torch.equal(fused(coded, block_n), separate(coded, block_n)))
+                except Exception as error:  # e.g. out of registers at this tile
+                    run["error"] = str(error)[:200]
+                row["runs"].append(run)
+            rows.append(row)
+            print(f"prologue {name:8} ({prologue}) tiles fused {row['tiles_fused_ms'] * 1000:6.1f} us, separate "
+                  f"{row['tiles_separate_ms'] * 1000:6.1f}; ECF fused / separate: " + ", ".join(
+                      f"{r['block_n']}: {r['ecf_fused_ms'] * 1000:.1f} / {r['ecf_separate_ms'] * 1000:.1f}"
+                      f"{'' if r['equal'] else ' (NOT EQUAL)'}" for r in row["runs"] if "equal" in r), flush=True)
+    finally:
+        triton_linear.DENSE_GEMV, triton_linear.GEMV_PREFETCH = saved
+    return rows
+
+
 def best_settings(sweep: list[dict]) -> list[dict]:
     """Per shape and form (ECF, and bf16 "phases"), the fastest rows a program and loading ahead of a
     block_n sweep whose outputs all equalled the reference: entries for triton_linear.PHASE_GEMV_TUNING."""
@@ -191,6 +260,9 @@ def main() -> None:
         for entry in record["best"]:
             print(f"best {entry['shape']:8} {'ECF' if entry['ecf'] else 'phases':6} block_n {entry['block_n']:2} "
                   f"prefetch {entry['prefetch']!s:5} {entry['ms'] * 1000:6.1f} us")
+        if args.out:  # the settings first: the prologue sweep after them is the part a short call may lose
+            args.out.write_text(json.dumps(record, indent=2) + "\n")
+        record["prologue_sweep"] = prologue_sweep(gen, sweep)
         if args.out:
             args.out.write_text(json.dumps(record, indent=2) + "\n")
         return

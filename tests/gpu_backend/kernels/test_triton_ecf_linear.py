@@ -124,7 +124,8 @@ def test_tuned_gemv_sums_alike(device: str, monkeypatch: pytest.MonkeyPatch) -> 
 
     kernel = triton_linear._gemv_kernel
     monkeypatch.setattr(triton_linear, "_gemv_kernel", Recorded())
-    monkeypatch.setattr(triton_linear, "PHASE_GEMV_TUNING", {(rows, cols, True): (2, True), (rows, cols, False): (4, True)})
+    tuning = {(rows, cols, True): (2, True), (rows, cols, False): (4, True)}
+    monkeypatch.setattr(triton_linear, "PHASE_GEMV_TUNING", tuning)
     assert torch.equal(triton_linear._gemv(x, weight, None), plain)
     assert torch.equal(triton_linear._gemv(x, dense, None), plain)
     assert launched == [((-(-rows // 2),), True), ((-(-rows // 4),), True)]

@@ -62,11 +62,11 @@ FUSED_ECF_DECODE = True
 # (benchmarks/results/compressed_decode_h100.json), so "tiles" stays the default.
 DENSE_GEMV = "tiles"
 # Whether the GEMV loads each weight tile one loop step ahead of its sums (register double-buffering: more
-# bytes in flight a thread, for more registers); None: where it was measured faster (_prefetches). The sums
-# are the same either way.
+# bytes in flight a thread, for more registers); None: where it was measured faster (_phase_settings). The
+# sums are the same either way.
 GEMV_PREFETCH: bool | None = None
 # The phase-sum GEMV's rows a program and loading ahead at a weight shape, (n, k, ecf) -> (block_n, prefetch),
-# where a sweep on the card found them faster than _block_n's and _prefetches' (benchmarks/ecf_gemv_probe.py
+# where a sweep on the card found them faster than _phase_settings' (benchmarks/ecf_gemv_probe.py
 # --block-n writes one, compressed_decode.py --gemv-tuning loads it). Each row's sums, so its bits, are the
 # same under any entry.
 PHASE_GEMV_TUNING: dict[tuple[int, int, bool], tuple[int, bool]] = {}
@@ -331,12 +331,25 @@ def _block_n(n: int, k: int) -> int:
     return 16 if n >= 6144 and k <= 4096 else 8
 
 
-def _prefetches(programs: int, ecf: bool) -> bool:
-    # On an H200 (benchmarks/results/ecf_gemv_probe_h200_column_sums.json) loading ahead made the ECF GEMV
-    # 18% faster on gate_up and the LM head (1,792 and 32,064 programs) and 12-18% slower on qkv and
-    # down_proj (384, 512). On an H100 (ecf_gemv_probe_h100_pieces.json) it was 15-16% faster on gate_up
-    # and the LM head, 14% faster on qkv and the same on down_proj: the rule holds there too, qkv aside.
-    return ecf and programs >= 1024
+# The phase-sum GEMV's (rows a program, loading ahead) by weight shape, ECF and bf16 "phases": the fastest of
+# the sweep on an H100 at the Llama-3.1-8B shapes (ecf_gemv_probe.py --block-n,
+# benchmarks/results/ecf_gemv_probe_block_n_h100.json; µs, ECF / phases). Long rows, K > 8192 (down_proj):
+# 48.8 / 52.6. An LM head, N >= 65536: 272.3 / 341.7. Wide, N >= 16384 (gate_up): 77.0 / 88.8. Between
+# (qkv): 27.4 / 28.9. Square and smaller (o_proj): 24.8 / 21.7. The ECF settings ran the engine's
+# batch-1 decode at 204.6 tok/s against 182.3 for bf16 "tiles" (compressed_decode_batch1_h100.json).
+_PHASE_SETTINGS = {  # shape class: ((ECF block_n, prefetch), (phases block_n, prefetch))
+    "long rows": ((16, True), (16, False)),
+    "lm head": ((8, False), (8, False)),
+    "wide": ((4, True), (16, False)),
+    "between": ((8, False), (8, True)),
+    "square": ((2, False), (8, False)),
+}
+
+
+def _phase_settings(n: int, k: int, ecf: bool) -> tuple[int, bool]:
+    shape = ("long rows" if k > 8192 else "lm head" if n >= 65536 else "wide" if n >= 16384
+             else "between" if n > k else "square")
+    return _PHASE_SETTINGS[shape][0 if ecf else 1]
 
 
 def _gemv_fits(x: torch.Tensor, weight: Weight) -> bool:
@@ -350,8 +363,8 @@ def _gemv_fits(x: torch.Tensor, weight: Weight) -> bool:
 def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: int = PLAIN,
           residual: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
           new_residual: torch.Tensor | None = None, block_n: int | None = None) -> torch.Tensor:
-    """The GEMV; ``block_n``: rows a program, else PHASE_GEMV_TUNING's or _block_n's (each row's sums are the
-    same whichever)."""
+    """The GEMV; ``block_n``: rows a program, else PHASE_GEMV_TUNING's or _phase_settings' ("tiles":
+    _block_n's). Each row's sums are the same whichever."""
     n, k = weight.shape
     y = torch.empty((1, n), dtype=x.dtype, device=x.device)
     use_pdl = pdl.enabled(x)
@@ -367,8 +380,8 @@ def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: 
             USE_PDL=use_pdl, num_warps=8, **pdl.launch_options(use_pdl),
         )
         return y
-    tuned_block_n, tuned_prefetch = PHASE_GEMV_TUNING.get((n, k, ecf), (None, None))
-    block_n = block_n or tuned_block_n or _block_n(n, k)
+    tuned_block_n, tuned_prefetch = PHASE_GEMV_TUNING.get((n, k, ecf)) or _phase_settings(n, k, ecf)
+    block_n = block_n or tuned_block_n
     prefetch = GEMV_PREFETCH if GEMV_PREFETCH is not None else tuned_prefetch
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, w, bias if bias is not None else x, y,
@@ -377,7 +390,7 @@ def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: 
         HAS_BIAS=bias is not None, BLOCK_N=block_n, G=tile_cols(k) // GROUP, PROLOGUE=prologue,
         HAS_RESIDUAL=residual is not None, BLOCK_ROW=triton.next_power_of_2(k) if prologue == RMS_NORM else 1,
         USE_PDL=use_pdl, num_warps=8, ECF=ecf, EVEN_K=k % tile_cols(k) == 0, ASM=not INTERPRETED,
-        PREFETCH=_prefetches(triton.cdiv(n, block_n), ecf) if prefetch is None else prefetch,
+        PREFETCH=prefetch,
         **pdl.launch_options(use_pdl),
     )
     return y

@@ -117,7 +117,7 @@ class ModelRunner:
             raise ValueError(f"load_format='dummy' with compressed_weights='kernel' makes ECF weights held coded, "
                              f"which are bfloat16, not {self.dtype}: pass dtype='bfloat16'")
         keep_compressed = dummy_compressed or (
-            self.config.load_format != "dummy" and self.config.compressed_weights == "kernel"
+            self.config.load_format != "dummy" and self.config.compressed_weights in ("auto", "kernel")
             and self.device.type == "cuda" and self.dtype == torch.bfloat16 and is_compressed_folder(Path(self.config.model)))
         previous = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)

@@ -1,40 +1,32 @@
 """``y = x W^T + b`` for one row of x (batch-1 decode): a Triton GEMV, else torch's matmul.
 
-At one row a linear layer only streams its weight; on an H100 the chain of Llama-8B decode GEMVs
-in a CUDA graph read 2.96 TB/s, the card's copy bandwidth (benchmarks/gemv_chain.py; cuBLAS 2.71),
-with the dense GEMV that is still the default (``DENSE_GEMV = "tiles"``, `_tile_gemv_kernel`). Each
-program reduces BLOCK_N rows of W over the whole of K, so no split-K pass or second launch is needed.
-Launched with PDL (pdl.py), each program's first weight tile is already loading while the kernel
-before it finishes.
+At one row a linear layer only streams its weight. Each program reduces BLOCK_N rows of W over the
+whole of K, so no split-K pass or second launch is needed. Launched with PDL (pdl.py), each
+program's first weight tile is already loading while the kernel before it finishes.
 
-The GEMV can also compute its input itself, which saves a launch and a round trip through
-memory per fused op (docs/engine.md, "Kernels"):
-- `rms_norm_linear`: the (residual add and) RMS norm that precedes qkv and gate_up. Every
-  program recomputes the row's norm from the row (a few KB from L2); program 0 writes the new
-  residual.
-- `silu_and_mul_linear`: silu(gate) * up, the input of down_proj.
-Both round exactly where their separate kernels do. Other shapes run the separate kernels.
-
-The other dense form (``DENSE_GEMV = "phases"``, `_gemv_kernel`) lays its sums down so that none
-depends on how the compiler lays a tile out in registers: each output element keeps a K tile's width
-of running sums (one per column, in 8 phases of G columns), advanced by one fused multiply-add per
-tile, then summed by halving (`_row_sums`). So a kernel that gets the same weights another way, the
-ECF GEMV below, gets the same output. Plain, it took the time "tiles" takes on an H100 at the
-Llama-3.1-8B shapes; with the fused prologues below every row thread of a tile recomputes the norm or
-the SiLU, and the engine's batch-1 decode ran at 102 tok/s against 183 (docs/weights-format.md, "On a
-GPU"). So it now takes the separate kernels as the ECF GEMV does (`_fuses_prologue`); that has not run
-on a GPU, and "tiles" stays the default until it has.
+Two dense forms (``DENSE_GEMV``), both measured on an H100 in the engine's batch-1 Llama-3.1-8B decode
+(benchmarks/results/compressed_decode_settings_h100.json):
+- ``"phases"`` (`_gemv_kernel`, the default: 180.4 tok/s) lays its sums down so that none depends on
+  how the compiler lays a tile out in registers: each output element keeps a K tile's width of running
+  sums (one per column, in 8 phases of G columns), advanced by one fused multiply-add per tile, then
+  summed by halving (`_row_sums`). So a kernel that gets the same weights another way, the ECF GEMV
+  below, gets the same output, and a compressed model answers as its dense original does. Its input's
+  norm or SiLU comes from the separate kernel (triton_ops), rounded as everywhere else.
+- ``"tiles"`` (`_tile_gemv_kernel`: 182.6 tok/s, 1.2% faster) sums each tile's products across the
+  tile, and can compute its input itself, which saves a launch per fused op (docs/engine.md,
+  "Kernels"): `rms_norm_linear`, the (residual add and) RMS norm before qkv and gate_up (every program
+  recomputes the row's norm from the row, a few KB from L2; program 0 writes the new residual), and
+  `silu_and_mul_linear`, silu(gate) * up before down_proj. Both round exactly where their separate
+  kernels do. Its sums are not the ECF GEMV's.
 
 A weight may also be an ECF ``CompressedWeight`` (docs/weights-format.md; gpu_backend/weights/packed.py
 and planes.py), which stays coded in GPU memory: 1.5 bytes per weight instead of 2. At one row the
-same GEMV kernel (the ``ECF`` constexpr) loads each tile's three plane words a group of 8 weights,
-decodes four weights at a time in byte lanes (``_ecf_pairs``), swaps in an escaped group's entry,
-and adds the products into the same sums as the "phases" bf16 kernel: bit for bit its output on the
-decoded weight (on an H100, 0 outputs differ from "phases" at the Llama-3.1-8B shapes).
-Several rows decode the whole weight into the model's scratch buffer
-(`decode_to_scratch`) and run what a bf16 weight runs on it, exact by construction;
-`FUSED_ECF_DECODE = False` does so at one row too. An ECF weight, and a bf16 one under "phases", takes
-the separate norm and SiLU kernels before its GEMV rather than the fused prologues (`_fuses_prologue`).
+same GEMV kernel as "phases" (the ``ECF`` constexpr) loads each tile's three plane words a group of 8
+weights, decodes four weights at a time in byte lanes (``_ecf_pairs``), swaps in an escaped group's
+entry, and adds the products into the same sums: bit for bit the "phases" output on the decoded weight
+(204.7 tok/s on that H100, 1.12x "tiles"). Several rows decode the whole weight into the model's
+scratch buffer (`decode_to_scratch`) and run what a bf16 weight runs on it, exact by construction;
+`FUSED_ECF_DECODE = False` does so at one row too.
 """
 
 from __future__ import annotations
@@ -55,12 +47,9 @@ Weight = torch.Tensor | CompressedWeight
 # False: a compressed weight at one row is decoded into its scratch buffer and the bf16 GEMV runs on
 # that (exact by construction, but the weight is written and read dense once more)
 FUSED_ECF_DECODE = True
-# The bf16 GEMV: "tiles" sums each K tile's products across the tile, then into the row's sum (the
-# default: 183 tok/s batch-1 Llama-3.1-8B decode on an H100); "phases" keeps the running sums the ECF
-# GEMV keeps, so a coded weight gives bit for bit what its dense weight gives. Plain, both took the same
-# time on an H100; with the fused prologues "phases" made engine decode 0.56x as fast
-# (benchmarks/results/compressed_decode_h100.json), so "tiles" stays the default.
-DENSE_GEMV = "tiles"
+# The dense GEMV (module docstring): "phases" sums as the ECF GEMV does, so a compressed model's output is
+# its dense original's; "tiles" ran batch-1 decode 1.2% faster on an H100 and fuses the norm and SiLU.
+DENSE_GEMV = "phases"
 # Whether the GEMV loads each weight tile one loop step ahead of its sums (register double-buffering: more
 # bytes in flight a thread, for more registers); None: where it was measured faster (_phase_settings). The
 # sums are the same either way.
@@ -335,8 +324,9 @@ def _block_n(n: int, k: int) -> int:
 # the sweep on an H100 at the Llama-3.1-8B shapes (ecf_gemv_probe.py --block-n,
 # benchmarks/results/ecf_gemv_probe_block_n_h100.json; µs, ECF / phases). Long rows, K > 8192 (down_proj):
 # 48.8 / 52.6. An LM head, N >= 65536: 272.3 / 341.7. Wide, N >= 16384 (gate_up): 77.0 / 88.8. Between
-# (qkv): 27.4 / 28.9. Square and smaller (o_proj): 24.8 / 21.7. The ECF settings ran the engine's
-# batch-1 decode at 204.6 tok/s against 182.3 for bf16 "tiles" (compressed_decode_batch1_h100.json).
+# (qkv): 27.4 / 28.9. Square and smaller (o_proj): 24.8 / 21.7. With these the engine's batch-1 decode ran
+# 204.7 tok/s on ECF weights and 180.4 on bf16 "phases", against 182.6 on bf16 "tiles"
+# (compressed_decode_settings_h100.json).
 _PHASE_SETTINGS = {  # shape class: ((ECF block_n, prefetch), (phases block_n, prefetch))
     "long rows": ((16, True), (16, False)),
     "lm head": ((8, False), (8, False)),
@@ -417,7 +407,8 @@ def _fuses_prologue(weight: Weight) -> bool:
     form (ECF, and bf16 under "phases") takes the separate kernel first, which rounds alike: in its fused
     prologue each row thread of a tile recomputes the input, which made the ECF loop 40% longer with the
     norm and twice as long with the SiLU (904 SASS instructions against 445), and engine decode on
-    "phases" 0.56x as fast (benchmarks/results/compressed_decode_h100.json)."""
+    "phases" 0.56x as fast (benchmarks/results/compressed_decode_h100.json). In CUDA graphs the separate
+    kernels were also the faster route for the ECF GEMV (ecf_gemv_probe_block_n_h100.json, "prologue_sweep")."""
     return DENSE_GEMV == "tiles" and not isinstance(weight, CompressedWeight)
 
 

@@ -133,3 +133,19 @@ def test_edgewise_dev_keeps_batches_under_the_projects_state_folder(tmp_path: Pa
         with pytest.raises(dev_module.BackendStartError):
             dev_module._start_backend(config, contextlib.ExitStack(), persist_to)
         assert commands[-1][commands[-1].index("--batch-dir") + 1] == str(expected.resolve())
+
+
+# -- compressed checkpoints ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "held"), [([], "auto"), (["--compressed-weights", "decode-at-load"], "decode_at_load"),
+                                            (["--compressed-weights", "kernel"], "kernel")])
+def test_compressed_weights_reach_the_engines(served: list[dict[str, Any]], args: list[str], held: str) -> None:
+    result = serve(*args)
+    assert result.exit_code == 0, result.output
+    assert served[-1]["compressed_weights"] == held
+
+
+def test_an_unknown_way_to_hold_compressed_weights_is_refused(served: list[dict[str, Any]]) -> None:
+    result = serve("--compressed-weights", "lazy")
+    assert result.exit_code == 2 and "auto" in result.output and served == []

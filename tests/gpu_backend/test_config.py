@@ -229,3 +229,9 @@ def test_an_explicit_max_num_seqs_wins_on_every_device() -> None:
 
 def test_available_cpus_counts_the_cores_this_process_may_use() -> None:
     assert 1 <= config_module.available_cpus() <= (os.cpu_count() or 1)
+
+
+def test_compressed_weights_default_to_auto_and_refuse_anything_else() -> None:
+    assert EngineConfig(model="m").compressed_weights == "auto"
+    with pytest.raises(ValueError, match="must be auto, kernel or decode_at_load, not 'lazy'"):
+        EngineConfig(model="m", compressed_weights="lazy")

@@ -1,4 +1,4 @@
-"""ECF weights kept coded in GPU memory (compressed_weights="kernel", opt-in until these tests pass on a GPU): the model
+"""ECF weights kept coded in GPU memory (compressed_weights "auto", the default, and "kernel"): the model
 generates the original's tokens with CUDA graphs on, through the batch-1 GEMV that decodes its tiles
 and the decode-to-scratch path of batches, and holds its linear weights in about 0.75 of the bytes."""
 
@@ -37,15 +37,15 @@ def _tokens(llm: LLM, prompts: list[str], seed: int | None = None) -> list[list[
     return [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
 
 
-def test_kernel_mode_generates_the_original_tokens_with_cuda_graphs(folders: tuple[Path, Path],
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Against the original on the dense GEMV that sums as the ECF GEMV does (DENSE_GEMV "phases")."""
+def test_kernel_mode_generates_the_original_tokens_with_cuda_graphs(folders: tuple[Path, Path]) -> None:
+    """By default, against the original as it runs by default (the dense GEMV "phases", which sums as the
+    ECF GEMV does)."""
     from gpu_backend.kernels import triton_linear
 
-    monkeypatch.setattr(triton_linear, "DENSE_GEMV", "phases")
+    assert triton_linear.DENSE_GEMV == "phases"
     src, ecf = folders
     original = LLM(str(src), **OPTIONS)
-    compressed = LLM(str(ecf), compressed_weights="kernel", **OPTIONS)
+    compressed = LLM(str(ecf), **OPTIONS)
     assert original.engine.runner.graphs is not None and compressed.engine.runner.graphs is not None
     held = [layer.compressed for layer in _linears(compressed)]
     assert all(weight is not None for weight in held) and all(layer.weight.numel() == 0 for layer in _linears(compressed))

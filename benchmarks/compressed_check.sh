@@ -8,7 +8,7 @@
 # batch1 (the next call for the batch-1 target): ecf_gemv_probe.py --block-n (the GEMVs' rows a program
 # and loading ahead, ECF and "phases"; then the ECF GEMV's fused norm/SiLU against the separate
 # kernels), compressed_decode.py at batch 1 (bf16 on "tiles"; "phases" with the separate norm and SiLU
-# kernels, the candidate default that ECF equals bit for bit; ECF in the kernels, as they are and with
+# kernels, the default dense form, which ECF equals bit for bit; ECF in the kernels, as they are and with
 # the sweep's best settings per shape), then the kernels' GPU tests.
 # kernels (short, first after a kernel change): ecf_gemv_probe.py (each GEMV against bf16 at the
 # Llama-3.1-8B shapes, exactness included; PROBE_ARGS=--gemm for the batched GEMM too), bf16 batch-1

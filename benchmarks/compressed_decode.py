@@ -4,11 +4,12 @@ Random N(0, 0.02) bfloat16 weights are made layer by layer (on the GPU when ther
 written straight into an ECF folder by the compressor (``compress_tensors``), never as a dense
 checkpoint. Three variants then run one after the other in this process, on the same GPU:
 
-- ``bf16``: the plain engine over random bf16 weights (``load_format="dummy"``), the usual baseline;
+- ``bf16``: the plain engine over random bf16 weights (``load_format="dummy"``), the usual baseline, on
+  the faster dense GEMV (``DENSE_GEMV = "tiles"``);
 - ``ecf-decode-at-load``: the ECF folder decoded to dense bf16 while loading; the same weights as
   ecf-kernel, in bf16, on the dense GEMV that sums as the ECF GEMV does (``DENSE_GEMV = "phases"``,
   with the separate norm and SiLU kernels, as ECF runs them), so its greedy tokens are what ecf-kernel
-  must reproduce, and beside ``bf16`` it times that form, the candidate default;
+  must reproduce, and beside ``bf16`` (the faster ``"tiles"`` form) it times that form, the default;
 - ``ecf-kernel``: the ECF folder kept coded in GPU memory, decoded inside the batch-1 GEMV and into
   a scratch buffer for batches and prefill (``compressed_weights="kernel"``);
 - ``ecf-kernel-tuned`` (not run unless named): ecf-kernel with the GEMV's rows a program and loading
@@ -212,8 +213,9 @@ def main() -> int:
             if device == "cuda":
                 from gpu_backend.kernels import triton_linear
 
-                # the dense GEMV that sums as the ECF GEMV does: the greedy tokens ecf-kernel must reproduce
-                triton_linear.DENSE_GEMV = "phases" if variant == "ecf-decode-at-load" else "tiles"
+                # bf16 on the faster dense form; the others on the default one, which sums as the ECF GEMV does
+                # (the dense LM head of kernel mode included)
+                triton_linear.DENSE_GEMV = "tiles" if variant == "bf16" else "phases"
                 triton_linear.FUSED_ECF_DECODE = variant != "ecf-scratch"
                 triton_linear.PHASE_GEMV_TUNING = load_tuning(args.gemv_tuning) if variant == "ecf-kernel-tuned" else {}
             _sync(device)
@@ -242,7 +244,7 @@ def main() -> int:
                   f"{row['batch1_weight_GB_s']:6.0f} GB/s of weights at batch 1"
                   + (f" (floor {peak / read:.0f} tok/s at {peak / 1e12:.2f} TB/s)" if peak else ""), flush=True)
             if device == "cuda":
-                triton_linear.DENSE_GEMV, triton_linear.FUSED_ECF_DECODE = "tiles", True
+                triton_linear.DENSE_GEMV, triton_linear.FUSED_ECF_DECODE = "phases", True
                 triton_linear.PHASE_GEMV_TUNING = {}
             del llm
             gc.collect()  # the model and its graphs sit in reference cycles

@@ -138,7 +138,8 @@ def test_edgewise_dev_keeps_batches_under_the_projects_state_folder(tmp_path: Pa
 # -- compressed checkpoints ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("args", "held"), [([], "auto"), (["--compressed-weights", "decode-at-load"], "decode_at_load"),
+@pytest.mark.parametrize(("args", "held"), [([], "auto"),
+                                            (["--compressed-weights", "decode-at-load"], "decode_at_load"),
                                             (["--compressed-weights", "kernel"], "kernel")])
 def test_compressed_weights_reach_the_engines(served: list[dict[str, Any]], args: list[str], held: str) -> None:
     result = serve(*args)

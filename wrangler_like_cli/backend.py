@@ -123,11 +123,12 @@ def serve(ctx: click.Context, models: tuple[str, ...], strict_models: bool, host
     except ValueError as error:
         fail(str(error))
         return
+    held = compressed_weights.replace("-", "_")  # EngineConfig's spelling
     place = torchrun_env()
     if place is not None:
         _serve_ranks(resolved, place, cluster, host=host, port=port, token=token, max_queue=max_queue,
                      log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype,
-                     compressed_weights=compressed_weights.replace("-", "_"), read_timeouts=read_timeouts,
+                     compressed_weights=held, read_timeouts=read_timeouts,
                      strict_models=strict_models, batches=batches)
         return
     if not token:
@@ -141,7 +142,7 @@ def serve(ctx: click.Context, models: tuple[str, ...], strict_models: bool, host
     err_console.print(f"edgewise backend · loading {names} on {device}{shape}", markup=False)
     service.serve(resolved, host=host, port=port, token=token, max_queue=max_queue,
                   log_level=_UVICORN_LEVELS[log_level], device=device, dtype=dtype,
-                  compressed_weights=compressed_weights.replace("-", "_"), cluster=cluster,
+                  compressed_weights=held, cluster=cluster,
                   read_timeouts=read_timeouts, strict_models=strict_models, batches=batches)
 
 

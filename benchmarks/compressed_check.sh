@@ -3,7 +3,7 @@
 # compressed_decode.py (bf16, ECF decoded at load, ECF in the kernels), then bf16 batch-1 decode on a
 # baseline tree and this one (the GEMV kernel gained the ECF path: does bf16 still run as fast?).
 #
-#   bash benchmarks/compressed_check.sh OUT_DIR [BASELINE_DIR] [all|tests|decode|capacity|kernels|batch1]
+#   bash benchmarks/compressed_check.sh OUT_DIR [BASELINE_DIR] [all|tests|decode|capacity|kernels|batch1|batched]
 #
 # batch1 (the next call for the batch-1 target): ecf_gemv_probe.py --block-n (the GEMVs' rows a program
 # and loading ahead, ECF and "phases"; then the ECF GEMV's fused norm/SiLU against the separate
@@ -13,6 +13,10 @@
 # kernels (short, first after a kernel change): ecf_gemv_probe.py (each GEMV against bf16 at the
 # Llama-3.1-8B shapes, exactness included; PROBE_ARGS=--gemm for the batched GEMM too), bf16 batch-1
 # decode on the baseline tree and this one, then the kernels' GPU tests.
+# batched (the next call for the batch-32/64 target): ecf_gemv_probe.py --gemm (the phase GEMM on dense and
+# coded weights against cuBLAS over a grid of launches, and each shape's best), compressed_decode.py at
+# batches 1/32/64 (bf16 on cuBLAS; the same weights dense and coded with batches on the phase GEMM, at the
+# sweep's launches: the coded model must give the dense one's tokens), then the GEMM's GPU tests.
 # capacity: compressed_capacity.py on the Llama-3.1-70B shape (an H200), then the weights' GPU tests.
 # SITE (default /tmp/site) must hold the project's dependencies, the grammar engine (llguidance) included:
 # the engine imports it, so without it no engine step runs.
@@ -73,6 +77,22 @@ if [ "$what" = batch1 ]; then
     if [ "$left" -ge 60 ]; then
         gpu_tests "$left" gpu_tests_kernels.log tests/gpu_backend/kernels/test_triton_ecf_linear.py \
             tests/gpu_backend/kernels/test_triton_linear.py tests/gpu_backend/weights/test_compressed_kernels_gpu.py
+    fi
+fi
+if [ "$what" = batched ]; then
+    echo "== ecf_gemv_probe --gemm"
+    timeout "${PROBE_TIMEOUT:-240}" python3 benchmarks/ecf_gemv_probe.py --gemm --out "$out/ecf_gemv_probe_gemm.json" \
+        | grep -v "^ "
+    echo "== compressed_decode, batches on the phase GEMM"
+    tuning=()
+    [ -s "$out/ecf_gemv_probe_gemm.json" ] && tuning=(--gemm-tuning "$out/ecf_gemv_probe_gemm.json")
+    timeout "${CD_TIMEOUT:-250}" python3 benchmarks/compressed_decode.py --batches 1,32,64 --repeats 2 --new-tokens 128 \
+        --variants bf16,ecf-decode-at-load-gemm,ecf-kernel-gemm "${tuning[@]}" --out "$out/compressed_decode_gemm.json" \
+        ${CD_ARGS:-}
+    left=$(( ${CALL_SECONDS:-560} - SECONDS ))
+    if [ "$left" -ge 45 ]; then
+        gpu_tests "$left" gpu_tests_gemm.log tests/gpu_backend/kernels/test_triton_gemm.py \
+            tests/gpu_backend/weights/test_compressed_kernels_gpu.py
     fi
 fi
 if [ "$what" = capacity ]; then

@@ -15,13 +15,17 @@ checkpoint. Three variants then run one after the other in this process, on the 
 - ``ecf-kernel-tuned`` (not run unless named): ecf-kernel with the GEMV's rows a program and loading
   ahead per shape from ``--gemv-tuning FILE`` (the record of ``ecf_gemv_probe.py --block-n``);
 - ``ecf-scratch`` (not run unless named): kept coded, but batch 1 too decodes into the scratch
-  buffer and runs the bf16 GEMV on it (``triton_linear.FUSED_ECF_DECODE = False``).
+  buffer and runs the bf16 GEMV on it (``triton_linear.FUSED_ECF_DECODE = False``);
+- ``ecf-decode-at-load-gemm`` and ``ecf-kernel-gemm`` (not run unless named): the two above with batches
+  of 2..64 rows on the phase GEMM (``triton_linear.BATCH_GEMM = "phases"``, kernels/triton_gemm.py)
+  instead of cuBLAS: the dense weights loaded as they are, the coded ones decoded in its registers;
+  with ``--gemm-tuning FILE`` (the record of ``ecf_gemv_probe.py --gemm``) at its best launch per shape.
 
 Per variant: time to ready, the GPU memory its weights take (parameters, compressed planes and the
 decode scratch buffer), batch-1 and batch-N decode tok/s (CUDA graphs), the time of one prefill,
 and the GB/s of weight bytes read per decode step beside the floor set by the datasheet bandwidth.
-The greedy tokens of ecf-kernel and ecf-decode-at-load must be identical (batch 1 and batch N);
-the script exits 1 when they are not.
+The greedy tokens of ecf-kernel and ecf-decode-at-load must be identical (batch 1 and batch N), and
+those of ecf-kernel-gemm and ecf-decode-at-load-gemm; the script exits 1 when they are not.
 
     PYTHONPATH=.:sdk python3 benchmarks/compressed_decode.py [--out benchmarks/results/compressed_decode.json]
     python benchmarks/compressed_decode.py --tiny     # a tiny bf16 Llama on CPU: checks the script
@@ -44,7 +48,7 @@ from typing import Any
 
 import torch
 
-from ecf_gemv_probe import load_tuning
+from ecf_gemv_probe import load_gemm_tuning, load_tuning
 from llama_shapes import LLAMA_3_1_8B, environment, parameter_bytes, write_model_folder
 
 from gpu_backend import LLM, SamplingParams
@@ -172,6 +176,8 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--gemv-tuning", type=Path,
                         help="ecf_gemv_probe.py --block-n record: the GEMV settings of ecf-kernel-tuned")
+    parser.add_argument("--gemm-tuning", type=Path,
+                        help="ecf_gemv_probe.py --gemm record: the phase GEMM's launches of the -gemm variants")
     parser.add_argument("--num-layers", type=int, help="fewer decoder layers than the shape's, for a shorter run")
     parser.add_argument("--tiny", action="store_true", help="a tiny bf16 Llama on CPU, few tokens")
     parser.add_argument("--out", type=Path)
@@ -206,18 +212,23 @@ def main() -> int:
             folder, extra = {
                 "bf16": (dense_folder, {"load_format": "dummy"}),
                 "ecf-decode-at-load": (ecf_folder, {"compressed_weights": "decode_at_load"}),
+                "ecf-decode-at-load-gemm": (ecf_folder, {"compressed_weights": "decode_at_load"}),
                 "ecf-kernel": (ecf_folder, {"compressed_weights": "kernel"}),
+                "ecf-kernel-gemm": (ecf_folder, {"compressed_weights": "kernel"}),
                 "ecf-kernel-tuned": (ecf_folder, {"compressed_weights": "kernel"}),
                 "ecf-scratch": (ecf_folder, {"compressed_weights": "kernel"}),
             }[variant]
             if device == "cuda":
-                from gpu_backend.kernels import triton_linear
+                from gpu_backend.kernels import triton_gemm, triton_linear
 
                 # bf16 on the faster dense form; the others on the default one, which sums as the ECF GEMV does
                 # (the dense LM head of kernel mode included)
                 triton_linear.DENSE_GEMV = "tiles" if variant == "bf16" else "phases"
                 triton_linear.FUSED_ECF_DECODE = variant != "ecf-scratch"
                 triton_linear.PHASE_GEMV_TUNING = load_tuning(args.gemv_tuning) if variant == "ecf-kernel-tuned" else {}
+                on_gemm = variant.endswith("-gemm")
+                triton_linear.BATCH_GEMM = "phases" if on_gemm else "cublas"
+                triton_gemm.TUNING = load_gemm_tuning(args.gemm_tuning) if on_gemm and args.gemm_tuning else {}
             _sync(device)
             started = time.perf_counter()
             llm = LLM(str(folder), device=device, dtype="bfloat16", skip_tokenizer_init=True, progress=False,
@@ -237,7 +248,7 @@ def main() -> int:
             row["batch1_weight_GB_s"] = row["batch1"]["decode_tok_s"] * read / 1e9
             results[variant] = row
             memory = row["memory_bytes"]
-            print(f"{variant:19} ready {row['ready_s']:6.1f} s  weights {memory['weights'] / 1e9:6.2f} GB "
+            print(f"{variant:23} ready {row['ready_s']:6.1f} s  weights {memory['weights'] / 1e9:6.2f} GB "
                   f"(+ scratch {memory['scratch'] / 1e9:.2f})  "
                   + "  ".join(f"batch {b}: {row[f'batch{b}']['decode_tok_s']:8.1f} tok/s" for b in batches)
                   + f"  prefill {prefill_len}: {row['prefill_s'] * 1000:7.1f} ms  "
@@ -245,18 +256,18 @@ def main() -> int:
                   + (f" (floor {peak / read:.0f} tok/s at {peak / 1e12:.2f} TB/s)" if peak else ""), flush=True)
             if device == "cuda":
                 triton_linear.DENSE_GEMV, triton_linear.FUSED_ECF_DECODE = "phases", True
-                triton_linear.PHASE_GEMV_TUNING = {}
+                triton_linear.PHASE_GEMV_TUNING, triton_linear.BATCH_GEMM, triton_gemm.TUNING = {}, "cublas", {}
             del llm
             gc.collect()  # the model and its graphs sit in reference cycles
             if device == "cuda":
                 torch.cuda.empty_cache()
     identical = None
-    if "ecf-decode-at-load" in tokens:
-        for variant in ("ecf-kernel", "ecf-kernel-tuned", "ecf-scratch"):
-            if variant in tokens:
-                same = tokens[variant] == tokens["ecf-decode-at-load"]
-                identical = same if identical is None else identical and same
-                print(f"greedy tokens of {variant} and ecf-decode-at-load identical: {same}")
+    for variant, reference in (("ecf-kernel", "ecf-decode-at-load"), ("ecf-kernel-tuned", "ecf-decode-at-load"),
+                               ("ecf-scratch", "ecf-decode-at-load"), ("ecf-kernel-gemm", "ecf-decode-at-load-gemm")):
+        if variant in tokens and reference in tokens:
+            same = tokens[variant] == tokens[reference]
+            identical = same if identical is None else identical and same
+            print(f"greedy tokens of {variant} and {reference} identical: {same}")
     if "bf16" in results:
         base = results["bf16"]
         for variant in results:

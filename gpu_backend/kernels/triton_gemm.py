@@ -2,21 +2,35 @@
 
 Built for the batched-decode targets of compressed weights (docs/weights-format.md, "On a GPU"):
 decoding a whole weight into scratch before cuBLAS reads it moves 5.5 bytes a weight where bf16
-moves 2, so batch 32 cannot come near bf16 that way. This GEMM decodes each tile of an ECF weight
-in registers, as the GEMV does, and feeds the tensor cores the same bf16 values the dense form
-would: per K tile of ``8 * G`` columns, and per slice of ``GS`` of its groups, it takes 8 dots of
-``GS`` columns each, phase 0 to 7 (phase j of group g is column ``j * G + g`` of the tile,
-weights/planes.py), accumulated in that order. The dense
-and the coded weight therefore give the same bits, which cuBLAS and a coded weight cannot.
+moves 2, so batch 32 cannot come near bf16 that way. This GEMM decodes each slice of an ECF weight in
+registers, as the GEMV does, and hands the tensor cores the very bf16 operand the dense form loads, so
+the two forms give the same bits, which cuBLAS and a coded weight cannot.
 
-Not used by the layers: for a compressed model to answer as its dense original does at every batch,
-the dense one would have to run this GEMM too instead of cuBLAS, and on an H200 it took 1.5-2.4x
-cuBLAS's time on bf16 weights (gate_up at 64 rows: 105 us at best against 70), with the coded and
-dense outputs unequal at 32 rows (`benchmarks/ecf_gemv_probe.py --gemm` times both against cuBLAS;
-results/ecf_gemv_probe_h200_column_sums.json).
+**The operand.** A weight's K tiles hold 8 phases of G columns (weights/planes.py). The loop takes a
+tile's groups GS at a time (a *slice*): each slice is one ``[BLOCK_N, 8 * GS]`` operand whose
+positions run through the 8 phases in the order 0, 2, 4, 6, 1, 3, 5, 7, GS consecutive columns each.
+The dense form loads it as 8 runs of GS columns a row; the ECF form decodes the slice's plane words into
+four words of bf16 pairs and joins them into the same positions. One ``tl.dot`` a slice then takes its
+16-column steps in the same order for both.
+
+**Swapped operands.** The weight tile is the dot's left operand, ``acc[BLOCK_N, BLOCK_M] = W x^T``, so
+the tensor cores' M side is 64 or 128 weight rows however few rows x has (a Hopper warpgroup MMA needs
+64), and x is the narrow right operand, as wide as the batch.
+
+**Split K.** A projection with few rows of W (qkv, o_proj, down_proj) gives too few tiles to fill the
+GPU, so the K steps may be cut into ``split_k`` runs; each writes its fp32 sums to a workspace and a
+second kernel adds the runs in order, the bias after them (one run writes y itself). The sums
+therefore depend on the launch (tile height, GS, split): a dense weight and its coded form are equal
+under the same launch, which `gemm` picks from the shape alone (and TUNING).
+
+Used by the layers only where ``triton_linear.DENSE_GEMM = "phases"``: then a dense model runs it at
+2..``MAX_ROWS`` rows too, and a compressed one answers as it does. `benchmarks/ecf_gemv_probe.py --gemm`
+times both forms against cuBLAS and checks their bits.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -26,71 +40,118 @@ from gpu_backend.kernels.ecf_decode import INTERPRETED, decode_group, weight_arg
 from gpu_backend.weights.packed import CompressedWeight
 from gpu_backend.weights.planes import GROUP, tile_cols
 
-MIN_PHASE_COLS = 16  # a tensor-core dot takes at least 16 columns: K tiles of 128 and up
+MIN_PHASE_COLS = 16  # a tensor-core step takes 16 columns, so a slice takes at least 16 of each phase
+MAX_ROWS = 64  # rows of x the layers send here; more (prefill) go to cuBLAS
+# `gemm`'s launch options: the tile height, groups a slice (None: MIN_PHASE_COLS), K runs (None: enough to fill
+# the GPU), warps and pipeline stages
+DEFAULTS = {"block_n": 64, "group_slice": None, "split_k": None, "num_warps": 4, "num_stages": 3}
+# Launch options by (n, k, rows block) where a sweep on the card found faster ones than DEFAULTS
+# (benchmarks/ecf_gemv_probe.py --gemm writes them, compressed_decode.py --gemm-tuning loads them). A dense
+# weight and its coded form take the same entry, so they stay equal.
+TUNING: dict[tuple[int, int, int], dict[str, int | None]] = {}
 
 
 @triton.jit
-def _dot_phase(acc, x_rows, m_ok, c, K, w, ASM: tl.constexpr):
-    """acc + x[:, c] @ w^T, w a [BLOCK_N, G] bf16 phase of W. Triton's interpreter (not ASM) multiplies
-    bfloat16 operands wrongly, so there they are widened to float32 first: exactly, the same for both forms."""
-    x = tl.load(x_rows + c[None, :], mask=m_ok[:, None] & (c < K)[None, :], other=0.0)
+def _operand_cols(GS: tl.constexpr, G: tl.constexpr):
+    """Each operand position's column within its K tile, for a slice starting at group 0: position p is
+    group p % GS of phase (0, 2, 4, 6, 1, 3, 5, 7)[p // GS], the order `_slice_operand` lays them in."""
+    p = tl.arange(0, 8 * GS)
+    r = p // GS
+    phase = (r >> 2) + 4 * ((r >> 1) & 1) + 2 * (r & 1)
+    # runs of GS consecutive columns starting at multiples of GS, which the compiler does not see by itself:
+    # told, it loads a run in 16-byte pieces instead of one 2-byte value at a time
+    return tl.max_contiguous(tl.multiple_of(phase * G + p % GS, GS), GS)
+
+
+@triton.jit
+def _halves(pairs):
+    """A word of bf16 pairs as its low and high bf16 values, joined on a new last axis."""
+    low = (pairs & 0xFFFF).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    high = (pairs >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    return tl.join(low, high)
+
+
+@triton.jit
+def _slice_operand(p02, p13, p46, p57, BLOCK_N: tl.constexpr, GS: tl.constexpr):
+    """A slice's decoded pairs ([BLOCK_N, GS] each) as the [BLOCK_N, 8 * GS] operand: the joins give
+    [BLOCK_N, GS, 8], the phases on the last axis, which then becomes the major one."""
+    # axes a (the word p02 or p13; p46 or p57), w (phases 0-3 or 4-7), h (the word's low or high bf16):
+    # r = 4a + 2w + h holds phase a + 4w + 2h, which _operand_cols follows
+    w = _halves(tl.join(tl.join(p02, p13), tl.join(p46, p57)))  # [BLOCK_N, GS, 2 (a), 2 (w), 2 (h)]
+    w = tl.reshape(w, (BLOCK_N, GS, 8))
+    return tl.reshape(tl.permute(w, (0, 2, 1)), (BLOCK_N, 8 * GS))
+
+
+@triton.jit
+def _dot(w, xt, acc, ASM: tl.constexpr):
+    """acc + w @ xt. Triton's interpreter (not ASM) multiplies bfloat16 operands wrongly, so there they
+    are widened to float32 first: exactly, the same for both forms."""
     if ASM:
-        return tl.dot(x, tl.trans(w), acc)
-    return tl.dot(x.to(tl.float32), tl.trans(w).to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(w, xt, acc)
+    return tl.dot(w.to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
 
 
 @triton.jit
-def _low(pair):
-    return (pair & 0xFFFF).to(tl.int16).to(tl.bfloat16, bitcast=True)
-
-
-@triton.jit
-def _high(pair):
-    return (pair >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
-
-
-@triton.jit
-def _gemm_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, base_ptr, escapes_ptr, escapes_addr,
-                 plane_stride, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, G: tl.constexpr, GS: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, ECF: tl.constexpr, ASM: tl.constexpr):
-    """A K tile's groups are taken GS at a time (a slice of each phase's G columns), so a coded tile
-    fits in registers; the dense form takes the same slices in the same order."""
+def _gemm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, base_ptr, escapes_ptr, escapes_addr,
+                 plane_stride, steps_per_split, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, G: tl.constexpr,
+                 GS: tl.constexpr, ECF: tl.constexpr, ASM: tl.constexpr, WHOLE_K: tl.constexpr,
+                 HAS_BIAS: tl.constexpr):
+    """This program's [BLOCK_N, BLOCK_M] block of W x^T over its run of K steps (a step: one slice of one
+    K tile): WHOLE_K (one run), plus the bias into ``out`` = y ([M, N]), rounded as `_sum_splits_kernel`
+    rounds; else as fp32 sums into ``out`` ([splits, N, M]: the run's own plane)."""
     rows_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     safe_n = tl.minimum(rows_n, N - 1)  # rows past N load row N-1 and are never stored
     rows_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = rows_m < M
-    x_rows = x_ptr + rows_m[:, None].to(tl.int64) * stride_xm
-    w_rows = w_ptr + safe_n[:, None].to(tl.int64) * stride_wn
-    KT: tl.constexpr = 8 * G
+    split = tl.program_id(2)
     SLICES: tl.constexpr = G // GS
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    x_cols = x_ptr + rows_m[None, :].to(tl.int64) * stride_xm
+    w_rows = w_ptr + safe_n[:, None].to(tl.int64) * stride_wn
+    offsets = _operand_cols(GS, G)
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     if ECF:
         base4 = (tl.load(base_ptr + safe_n).to(tl.int32) * 0x01010101)[:, None]
-    for step in range(0, tl.cdiv(K, KT) * SLICES):
+    first = split * steps_per_split
+    last = tl.minimum(first + steps_per_split, tl.cdiv(K, 8 * G) * SLICES)
+    for step in range(first, last):
         t = step // SLICES
-        g = (step % SLICES) * GS + tl.arange(0, GS)  # this slice's groups of tile t
-        c = t * KT + g  # phase 0's columns; phase j's are c + j * G
+        group = t * G + (step % SLICES) * GS  # the slice's first group, counted over the row
+        cols = t * 8 * G + (step % SLICES) * GS + offsets
+        xt = tl.load(x_cols + cols[:, None], mask=(cols < K)[:, None] & m_ok[None, :], other=0.0)
         if ECF:
-            words = w_rows + (t * G + g)[None, :]
+            words = w_rows + (group + tl.arange(0, GS))[None, :]
             lo, hi, ix = tl.load(words), tl.load(words + plane_stride), tl.load(words + 2 * plane_stride)
             p02, p13, p46, p57 = decode_group(lo, hi, ix, base4, escapes_ptr, escapes_addr, ASM)
-            acc = _dot_phase(acc, x_rows, m_ok, c, K, _low(p02), ASM)
-            acc = _dot_phase(acc, x_rows, m_ok, c + G, K, _low(p13), ASM)
-            acc = _dot_phase(acc, x_rows, m_ok, c + 2 * G, K, _high(p02), ASM)
-            acc = _dot_phase(acc, x_rows, m_ok, c + 3 * G, K, _high(p13), ASM)
-            acc = _dot_phase(acc, x_rows, m_ok, c + 4 * G, K, _low(p46), ASM)
-            acc = _dot_phase(acc, x_rows, m_ok, c + 5 * G, K, _low(p57), ASM)
-            acc = _dot_phase(acc, x_rows, m_ok, c + 6 * G, K, _high(p46), ASM)
-            acc = _dot_phase(acc, x_rows, m_ok, c + 7 * G, K, _high(p57), ASM)
+            w = _slice_operand(p02, p13, p46, p57, BLOCK_N, GS)
         else:
-            for j in tl.static_range(8):
-                cj = c + j * G
-                w = tl.load(w_rows + cj[None, :], mask=(cj < K)[None, :], other=0.0)
-                acc = _dot_phase(acc, x_rows, m_ok, cj, K, w, ASM)
+            w = tl.load(w_rows + cols[None, :], mask=(cols < K)[None, :], other=0.0)
+        acc = _dot(w, xt, acc, ASM)
+    ok = (rows_n < N)[:, None] & m_ok[None, :]
+    if WHOLE_K:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + safe_n).to(tl.float32)[:, None]
+        y = out_ptr + rows_m[None, :].to(tl.int64) * N + rows_n[:, None]
+        tl.store(y, acc.to(out_ptr.dtype.element_ty), mask=ok)
+    else:
+        out = out_ptr + split.to(tl.int64) * N * M + rows_n[:, None].to(tl.int64) * M + rows_m[None, :]
+        tl.store(out, acc, mask=ok)
+
+
+@triton.jit
+def _sum_splits_kernel(part_ptr, b_ptr, y_ptr, M, N, SPLITS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    """y[m, n] = the runs' sums added in run order, then the bias, rounded once to y's dtype."""
+    rows_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ok = (rows_n < N)[:, None] & (rows_m < M)[None, :]
+    at = rows_n[:, None].to(tl.int64) * M + rows_m[None, :]
+    acc = tl.load(part_ptr + at, mask=ok, other=0.0)
+    for split in tl.static_range(1, SPLITS):
+        acc += tl.load(part_ptr + split * N * M + at, mask=ok, other=0.0)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + safe_n).to(tl.float32)[None, :]
-    y = y_ptr + rows_m[:, None].to(tl.int64) * N + rows_n[None, :]
-    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (rows_n < N)[None, :])
+        acc += tl.load(b_ptr + rows_n, mask=rows_n < N, other=0.0).to(tl.float32)[:, None]
+    y = y_ptr + rows_m[None, :].to(tl.int64) * N + rows_n[:, None]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=ok)
 
 
 def fits(x: torch.Tensor, weight: torch.Tensor | CompressedWeight) -> bool:
@@ -102,23 +163,63 @@ def fits(x: torch.Tensor, weight: torch.Tensor | CompressedWeight) -> bool:
             and (isinstance(weight, CompressedWeight) or weight.stride(1) == 1))
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: a few runs, so its tests cover the split
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _block_m(m: int) -> int:
+    return 16 if m <= 16 else 32 if m <= 32 else 64
+
+
+def launch(m: int, n: int, k: int, device: torch.device, **options: int | None) -> dict[str, int]:
+    """The launch `gemm` makes for these shapes: ``options`` over TUNING's entry over DEFAULTS, the K runs
+    (by default enough for about two programs an SM, each run at least 4 steps long) worked out."""
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown GEMM launch options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    block_m = _block_m(m)
+    plan = {**DEFAULTS, **TUNING.get((n, k, block_m), {}), **options, "block_m": block_m}
+    g = tile_cols(k) // GROUP
+    gs = plan["group_slice"] = plan["group_slice"] or MIN_PHASE_COLS
+    if g % gs:
+        raise ValueError(f"a slice of {gs} groups does not divide this weight's K tiles' {g}")
+    steps = triton.cdiv(k, 8 * g) * (g // gs)
+    split_k = plan["split_k"]
+    if split_k is None:
+        tiles = triton.cdiv(n, plan["block_n"]) * triton.cdiv(m, block_m)
+        split_k = max(1, min(triton.cdiv(2 * _multiprocessors(device), tiles), steps // 4))
+    plan["steps_per_split"] = triton.cdiv(steps, max(1, min(split_k, steps)))
+    plan["split_k"] = triton.cdiv(steps, plan["steps_per_split"])
+    return plan
+
+
 def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, bias: torch.Tensor | None = None,
-         block_n: int = 32, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
-    """``x W^T + b`` (bf16, [M, N]) in the phase order above; ``fits(x, weight)`` must hold. The tile
-    height and launch options may change how the tensor cores are driven: a dense weight and its coded
-    form are equal only under the same ones."""
+         **options: int | None) -> torch.Tensor:
+    """``x W^T + b`` (bf16, [M, N]) in the slice order above; ``fits(x, weight)`` must hold. ``options``
+    (DEFAULTS' names) override the launch; a dense weight and its coded form give equal bits under equal
+    ones."""
     if not fits(x, weight):
         raise ValueError(f"the phase GEMM takes 2-D bf16 rows and a bf16 weight with K tiles of 128+ columns, "
                          f"not {tuple(x.shape)} {x.dtype} against {tuple(weight.shape)} {weight.dtype}")
     x = x.contiguous()
     m, k = x.shape
     n = weight.shape[0]
+    plan = launch(m, n, k, x.device, **options)
+    block_m, block_n, splits = plan["block_m"], plan["block_n"], plan["split_k"]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    block_m = 16 if m <= 16 else 32 if m <= 32 else 64
+    sums = y if splits == 1 else torch.empty((splits, n, m), dtype=torch.float32, device=x.device)
     w, stride_wn, ecf_args, ecf = weight_args(weight)
-    _gemm_kernel[(triton.cdiv(n, block_n), triton.cdiv(m, block_m))](
-        x, w, bias if bias is not None else x, y, m, n, k, x.stride(0), stride_wn, *ecf_args, BLOCK_M=block_m,
-        BLOCK_N=block_n, G=tile_cols(k) // GROUP, GS=MIN_PHASE_COLS * 2 if tile_cols(k) >= 256 else MIN_PHASE_COLS,
-        HAS_BIAS=bias is not None, ECF=ecf, ASM=not INTERPRETED, num_warps=num_warps,
-        num_stages=num_stages)
+    _gemm_kernel[(triton.cdiv(n, block_n), triton.cdiv(m, block_m), splits)](
+        x, w, bias if bias is not None else x, sums, m, n, k, x.stride(0), stride_wn, *ecf_args,
+        plan["steps_per_split"], BLOCK_M=block_m, BLOCK_N=block_n, G=tile_cols(k) // GROUP, GS=plan["group_slice"],
+        ECF=ecf, ASM=not INTERPRETED, WHOLE_K=splits == 1, HAS_BIAS=bias is not None, num_warps=plan["num_warps"],
+        num_stages=plan["num_stages"])
+    if splits == 1:
+        return y
+    _sum_splits_kernel[(triton.cdiv(n, 64), triton.cdiv(m, block_m))](
+        sums, bias if bias is not None else sums, y, m, n, SPLITS=splits, HAS_BIAS=bias is not None,
+        BLOCK_N=64, BLOCK_M=block_m, num_warps=4)
     return y

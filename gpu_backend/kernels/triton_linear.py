@@ -26,7 +26,8 @@ weights, decodes four weights at a time in byte lanes (``_ecf_pairs``), swaps in
 entry, and adds the products into the same sums: bit for bit the "phases" output on the decoded weight
 (204.7 tok/s on that H100, 1.12x "tiles"). Several rows decode the whole weight into the model's
 scratch buffer (`decode_to_scratch`) and run what a bf16 weight runs on it, exact by construction;
-`FUSED_ECF_DECODE = False` does so at one row too.
+`FUSED_ECF_DECODE = False` does so at one row too. Under ``BATCH_GEMM = "phases"`` rows 2..64 instead run
+triton_gemm's GEMM on both forms, the ECF one decoding in registers as the GEMV does.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from gpu_backend.kernels import pdl, triton_ops
+from gpu_backend.kernels import pdl, triton_gemm, triton_ops
 from gpu_backend.kernels.ecf_decode import INTERPRETED, decode_group, decode_to_scratch, load_tile, weight_args
 from gpu_backend.kernels.pdl import wait_then_release
 from gpu_backend.weights.packed import CompressedWeight
@@ -59,6 +60,10 @@ GEMV_PREFETCH: bool | None = None
 # --block-n writes one, compressed_decode.py --gemv-tuning loads it). Each row's sums, so its bits, are the
 # same under any entry.
 PHASE_GEMV_TUNING: dict[tuple[int, int, bool], tuple[int, bool]] = {}
+# Several rows up to triton_gemm.MAX_ROWS (batched decode): "cublas" runs torch's matmul, on a compressed weight
+# after decoding it into scratch; "phases" runs triton_gemm's GEMM on both forms, which sums alike, so a
+# compressed model answers as its dense original does without writing and reading the weight dense again.
+BATCH_GEMM = "cublas"
 PLAIN, RMS_NORM, SILU_MUL = 0, 1, 2  # what the GEMV does to its input first
 
 
@@ -386,6 +391,11 @@ def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: 
     return y
 
 
+def _gemm_fits(x: torch.Tensor, weight: Weight) -> bool:
+    return (BATCH_GEMM == "phases" and x.is_cuda and x.dim() == 2 and 2 <= x.shape[0] <= triton_gemm.MAX_ROWS
+            and triton_gemm.fits(x, weight))
+
+
 def _decoded_unless_fused(x: torch.Tensor, weight: Weight) -> Weight:
     """A compressed weight the ECF GEMV will not take, decoded into scratch: then every path runs as
     it does on a bf16 weight (the bf16 GEMV at one row, torch's matmul for several)."""
@@ -395,7 +405,10 @@ def _decoded_unless_fused(x: torch.Tensor, weight: Weight) -> Weight:
 
 
 def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``weight`` dense, or compressed (ECF): decoded inside the GEMV for one row, else into scratch."""
+    """``weight`` dense, or compressed (ECF): decoded inside the GEMV for one row (and inside the GEMM
+    for a few, under BATCH_GEMM "phases"), else into scratch."""
+    if _gemm_fits(x, weight):
+        return triton_gemm.gemm(x, weight, bias)
     weight = _decoded_unless_fused(x, weight)
     if not _gemv_fits(x, weight):
         return F.linear(x, weight, bias)

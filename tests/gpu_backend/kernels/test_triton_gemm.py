@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from triton_interpreter import (
     DEVICES,
     INTERPRETING,
+    NEEDS_CUDA,
     NEEDS_TRITON,
     run_cpu_variants,
 )
@@ -27,10 +28,14 @@ def _weight(rows: int, cols: int, seed: int) -> torch.Tensor:
     return w.to(torch.bfloat16)
 
 
-# (rows of x, rows of W, columns): K tiles of 128 with a padded last one; of 1024, exact; M past one block
+# (rows of x, rows of W, columns, launch): K tiles of 128 with a padded last one; of 1024, exact, in
+# slices of 32 groups and 64 and in 3 runs of K; M past one block and W rows past one block of 64
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(("m", "n", "k"), [(3, 70, 250), (17, 64, 2048), (40, 33, 384)])
-def test_coded_weight_gives_the_dense_weights_bits(device: str, m: int, n: int, k: int) -> None:
+@pytest.mark.parametrize(("m", "n", "k", "options"), [
+    (3, 70, 250, {}), (17, 64, 2048, {"group_slice": 32, "split_k": 1}), (5, 64, 2048, {"group_slice": 64}),
+    (40, 130, 384, {"split_k": 3}),
+])
+def test_coded_weight_gives_the_dense_weights_bits(device: str, m: int, n: int, k: int, options: dict) -> None:
     from gpu_backend.kernels import triton_gemm
 
     upper, lower = _weight(n, k, n), (30 * _weight(n // 2 + 1, k, k).float()).to(torch.bfloat16)
@@ -39,9 +44,9 @@ def test_coded_weight_gives_the_dense_weights_bits(device: str, m: int, n: int, 
     coded = coded.to(device)
     dense = coded.decode()
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(torch.bfloat16).to(device)
-    bias = torch.randn(dense.shape[0]).to(torch.bfloat16).to(device) if m == 40 else None
-    got = triton_gemm.gemm(x, coded, bias)
-    assert torch.equal(got, triton_gemm.gemm(x, dense, bias))
+    bias = torch.randn(dense.shape[0]).to(torch.bfloat16).to(device) if m in (17, 40) else None  # one run, 3
+    got = triton_gemm.gemm(x, coded, bias, **options)
+    assert torch.equal(got, triton_gemm.gemm(x, dense, bias, **options))
     expected = F.linear(x.float(), dense.float(), None if bias is None else bias.float())
     torch.testing.assert_close(got.float(), expected, atol=2e-2, rtol=2e-2)
 
@@ -53,6 +58,40 @@ def test_narrow_phases_are_not_taken() -> None:
     assert not triton_gemm.fits(x, torch.zeros(8, 96, dtype=torch.bfloat16))  # K tiles of 32: phases of 4
     with pytest.raises(ValueError, match="128"):
         triton_gemm.gemm(x, torch.zeros(8, 96, dtype=torch.bfloat16))
+
+
+@pytest.mark.gpu
+@NEEDS_CUDA
+def test_linear_sends_a_few_rows_to_the_gemm_under_phases(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpu_backend.kernels import triton_gemm, triton_linear
+
+    monkeypatch.setattr(triton_linear, "BATCH_GEMM", "phases")
+    coded = CompressedWeight.from_dense(_weight(256, 1024, 0)).to("cuda")
+    dense = coded.decode()
+    for m in (2, 64):
+        x = torch.randn(m, 1024, device="cuda").to(torch.bfloat16)
+        assert torch.equal(triton_linear.linear(x, coded), triton_gemm.gemm(x, dense))
+        assert torch.equal(triton_linear.linear(x, dense), triton_gemm.gemm(x, dense))
+    x = torch.randn(65, 1024, device="cuda").to(torch.bfloat16)  # past MAX_ROWS: cuBLAS on the decoded weight
+    assert torch.equal(triton_linear.linear(x, coded), F.linear(x, dense))
+
+
+def test_a_slice_must_divide_the_tiles_cpu() -> None:  # cpu: in the interpreter run, which has triton
+    from gpu_backend.kernels import triton_gemm
+
+    assert triton_gemm.launch(4, 4096, 4096, torch.device("cpu"), group_slice=32)["group_slice"] == 32
+    with pytest.raises(ValueError, match="48 groups"):
+        triton_gemm.launch(4, 4096, 4096, torch.device("cpu"), group_slice=48)
+
+
+def test_the_split_covers_every_step_cpu() -> None:
+    from gpu_backend.kernels import triton_gemm
+
+    # down_proj: 14 K tiles of 8 slices of 16 groups, in 5 runs of 23 steps
+    plan = triton_gemm.launch(32, 4096, 14336, torch.device("cpu"), split_k=5)
+    assert (plan["split_k"], plan["steps_per_split"]) == (5, 23) and 5 * 23 >= 14 * 8 > 4 * 23
+    plan = triton_gemm.launch(32, 4096, 14336, torch.device("cpu"), split_k=1000)  # never past one step a run
+    assert plan["split_k"] * plan["steps_per_split"] >= 112 and plan["steps_per_split"] == 1
 
 
 @pytest.mark.skipif(INTERPRETING, reason="already inside the interpreter run")

@@ -72,3 +72,24 @@ def test_decode_at_load_holds_dense_weights(folders: tuple[Path, Path]) -> None:
     dense = LLM(str(ecf), compressed_weights="decode_at_load", **OPTIONS)
     assert all(layer.compressed is None and layer.weight.numel() > 0 for layer in _linears(dense))
     assert _tokens(dense, PROMPTS) == _tokens(LLM(str(src), **OPTIONS), PROMPTS)
+
+
+def test_batches_on_the_phase_gemm_generate_the_original_tokens(folders: tuple[Path, Path], monkeypatch) -> None:
+    """Under BATCH_GEMM "phases" both models run batches on triton_gemm (here down_proj: the other weights'
+    K tiles are too narrow for it), the compressed one decoding in registers: still the original's tokens."""
+    from gpu_backend.kernels import triton_gemm, triton_linear
+
+    monkeypatch.setattr(triton_linear, "BATCH_GEMM", "phases")
+    coded_calls = []
+    gemm = triton_gemm.gemm
+
+    def counting(x, weight, *args, **kwargs):
+        coded_calls.append(not isinstance(weight, torch.Tensor))
+        return gemm(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(triton_gemm, "gemm", counting)
+    src, ecf = folders
+    original, compressed = LLM(str(src), **OPTIONS), LLM(str(ecf), **OPTIONS)
+    assert _tokens(compressed, PROMPTS) == _tokens(original, PROMPTS)
+    assert _tokens(compressed, PROMPTS, seed=7) == _tokens(original, PROMPTS, seed=7)
+    assert True in coded_calls and False in coded_calls

@@ -1,0 +1,96 @@
+"""The phase GEMM (kernels/triton_gemm.py) compiled for a Hopper GPU on a machine without one: per launch,
+for the dense and the coded form, the registers, spills, shared memory, the tensor-core instruction and
+how the operands are loaded. No timing: what it shows is whether both forms drive the tensor cores alike
+(the precondition of their equal bits) and whether a launch fits before a device call is spent on it.
+
+Needs triton with its NVIDIA backend (ptxas and cuobjdump ship in the wheel); runs on CPU.
+
+    PYTHONPATH=.:sdk python3 benchmarks/kernel_sass.py [--launch BLOCK_M,BLOCK_N,GS,WARPS,STAGES ...] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from gpu_backend.kernels import triton_gemm
+
+DEFAULT_LAUNCHES = ("64,64,16,4,3", "32,64,16,4,3", "16,64,16,4,3", "64,128,16,8,3", "64,64,32,4,3")
+# arguments the launcher passes as multiples of 16, which Triton specializes on at run time: so must we here
+DIVISIBLE_BY_16 = ("x_ptr", "w_ptr", "b_ptr", "out_ptr", "N", "K", "stride_xm", "stride_wn", "base_ptr",
+                   "escapes_ptr", "plane_stride")
+
+
+def compile_gemm(ecf: bool, block_m: int, block_n: int, gs: int, num_warps: int, num_stages: int,
+                 capability: int = 90):
+    """The GEMM kernel of one form for a weight with K tiles of 1,024 (G = 128, every Llama-3 shape)."""
+    signature = {"x_ptr": "*bf16", "w_ptr": "*i32" if ecf else "*bf16", "b_ptr": "*bf16", "out_ptr": "*bf16",
+                 "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_wn": "i32",
+                 "base_ptr": "*u8" if ecf else "*bf16", "escapes_ptr": "*i64" if ecf else "*bf16",
+                 "escapes_addr": "i64", "plane_stride": "i32", "steps_per_split": "i32"}
+    constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "G": 128, "GS": gs, "ECF": ecf, "ASM": True,
+                 "WHOLE_K": True, "HAS_BIAS": False}
+    names = list(signature)
+    attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in DIVISIBLE_BY_16}
+    source = ASTSource(triton_gemm._gemm_kernel, {**signature, **dict.fromkeys(constants, "constexpr")}, constants,
+                       attrs)
+    return triton.compile(source, target=GPUTarget("cuda", capability, 128),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def _cuobjdump(*args: str) -> str:
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return subprocess.run([str(tool), *args], capture_output=True, text=True, check=True).stdout
+
+
+def describe(kernel) -> dict:
+    ptx = kernel.asm["ptx"]
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(kernel.asm["cubin"])
+        cubin.flush()
+        usage = _cuobjdump("-res-usage", cubin.name)
+        sass = _cuobjdump("-sass", cubin.name)
+    opcodes = Counter(re.findall(r"^\s+/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", sass, re.M))
+    registers = re.search(r"REG:(\d+)", usage)
+    return {"registers": int(registers.group(1)) if registers else None, "spill_loads": opcodes["LDL"],
+            "spill_stores": opcodes["STL"], "shared_bytes": kernel.metadata.shared,
+            "mma": sorted(set(re.findall(r"wgmma\.mma_async[\w.]*|mma\.sync[\w.]*", ptx))),
+            "async_copies": "cp.async" in ptx, "sass_instructions": sum(opcodes.values()),
+            "top_opcodes": dict(opcodes.most_common(12))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--launch", action="append", help="BLOCK_M,BLOCK_N,GS,WARPS,STAGES (repeatable)")
+    parser.add_argument("--capability", type=int, default=90)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    rows = []
+    for launch in args.launch or DEFAULT_LAUNCHES:
+        block_m, block_n, gs, warps, stages = (int(v) for v in launch.split(","))
+        row = {"block_m": block_m, "block_n": block_n, "group_slice": gs, "num_warps": warps, "num_stages": stages}
+        for form in ("dense", "ecf"):
+            row[form] = describe(compile_gemm(form == "ecf", block_m, block_n, gs, warps, stages, args.capability))
+        row["same_mma"] = row["dense"]["mma"] == row["ecf"]["mma"]
+        rows.append(row)
+        print(f"{launch:16} " + "  ".join(
+            f"{form}: {row[form]['registers']} regs, {row[form]['spill_loads'] + row[form]['spill_stores']} spill ops, "
+            f"{row[form]['shared_bytes'] // 1024} KB shared, {','.join(row[form]['mma']) or 'no MMA'}"
+            for form in ("dense", "ecf")), flush=True)
+    if args.out:
+        record = {"benchmark": "kernel_sass", "triton": triton.__version__, "capability": args.capability,
+                  "launches": rows}
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

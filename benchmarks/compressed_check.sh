@@ -81,7 +81,7 @@ if [ "$what" = batch1 ]; then
 fi
 if [ "$what" = batched ]; then
     echo "== ecf_gemv_probe --gemm"
-    timeout "${PROBE_TIMEOUT:-240}" python3 benchmarks/ecf_gemv_probe.py --gemm --out "$out/ecf_gemv_probe_gemm.json" \
+    timeout "${PROBE_TIMEOUT:-260}" python3 benchmarks/ecf_gemv_probe.py --gemm --out "$out/ecf_gemv_probe_gemm.json" \
         | grep -v "^ "
     echo "== compressed_decode, batches on the phase GEMM"
     tuning=()

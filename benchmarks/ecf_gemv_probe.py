@@ -196,7 +196,8 @@ def load_tuning(path: Path) -> dict[tuple[int, int, bool], tuple[int, bool]]:
     return {(e["n"], e["k"], e["ecf"]): (e["block_n"], e["prefetch"]) for e in record["best"]}
 
 
-GEMM_GRID = {"block_n": (64, 128), "num_warps": (4, 8), "num_stages": (2, 3, 4), "group_slice": (16, 32)}
+GEMM_GRID = {"block_n": (64, 128), "num_warps": (4, 8), "num_stages": (3, 4), "group_slice": (16, 32),
+             "a_in_registers": (1, 0)}
 
 
 def gemm_sweep(gen: torch.Generator, rows_list: tuple[int, ...]) -> Iterator[dict]:

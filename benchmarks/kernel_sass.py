@@ -1,6 +1,7 @@
 """The phase GEMM (kernels/triton_gemm.py) compiled for a Hopper GPU on a machine without one: per launch,
-for the dense and the coded form, the registers, spills, shared memory, the tensor-core instruction and
-how the operands are loaded. No timing: what it shows is whether both forms drive the tensor cores alike
+for the coded form and the dense one (its tile through registers, the default, and straight from shared
+memory), the registers, spills, shared memory, the tensor-core instruction, how many dots a K step is cut
+into and where their A operand comes from. No timing: what it shows is whether both forms drive the tensor cores alike
 (the precondition of their equal bits) and whether a launch fits before a device call is spent on it.
 
 Needs triton with its NVIDIA backend (ptxas and cuobjdump ship in the wheel); runs on CPU.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import re
 import subprocess
 import tempfile
@@ -31,14 +33,14 @@ DIVISIBLE_BY_16 = ("x_ptr", "w_ptr", "b_ptr", "out_ptr", "N", "K", "stride_xm", 
 
 
 def compile_gemm(ecf: bool, block_m: int, block_n: int, gs: int, num_warps: int, num_stages: int,
-                 capability: int = 90):
+                 capability: int = 90, a_regs: bool = False):
     """The GEMM kernel of one form for a weight with K tiles of 1,024 (G = 128, every Llama-3 shape)."""
     signature = {"x_ptr": "*bf16", "w_ptr": "*i32" if ecf else "*bf16", "b_ptr": "*bf16", "out_ptr": "*bf16",
                  "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_wn": "i32",
                  "base_ptr": "*u8" if ecf else "*bf16", "escapes_ptr": "*i64" if ecf else "*bf16",
                  "escapes_addr": "i64", "plane_stride": "i32", "steps_per_split": "i32"}
     constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "G": 128, "GS": gs, "ECF": ecf, "ASM": True,
-                 "WHOLE_K": True, "HAS_BIAS": False}
+                 "WHOLE_K": True, "HAS_BIAS": False, "A_REGS": a_regs}
     names = list(signature)
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in DIVISIBLE_BY_16}
     source = ASTSource(triton_gemm._gemm_kernel, {**signature, **dict.fromkeys(constants, "constexpr")}, constants,
@@ -53,7 +55,8 @@ def _cuobjdump(*args: str) -> str:
 
 
 def describe(kernel) -> dict:
-    ptx = kernel.asm["ptx"]
+    ptx, ttgir = kernel.asm["ptx"], kernel.asm["ttgir"]
+    dots = [line for line in ttgir.splitlines() if "ttng.warp_group_dot " in line]
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(kernel.asm["cubin"])
         cubin.flush()
@@ -65,6 +68,9 @@ def describe(kernel) -> dict:
             "spill_stores": opcodes["STL"], "shared_bytes": kernel.metadata.shared,
             "mma": sorted(set(re.findall(r"wgmma\.mma_async[\w.]*|mma\.sync[\w.]*", ptx))),
             "async_copies": "cp.async" in ptx, "sass_instructions": sum(opcodes.values()),
+            # how the loop drives the warpgroup MMA: the dots a K step is cut into, and where A comes from
+            "warpgroup_dots": len(dots),
+            "a_from": sorted({"registers" if "dot_op<{opIdx = 0" in line else "shared" for line in dots}),
             "top_opcodes": dict(opcodes.most_common(12))}
 
 
@@ -78,17 +84,21 @@ def main() -> None:
     for launch in args.launch or DEFAULT_LAUNCHES:
         block_m, block_n, gs, warps, stages = (int(v) for v in launch.split(","))
         row = {"block_m": block_m, "block_n": block_n, "group_slice": gs, "num_warps": warps, "num_stages": stages}
-        for form in ("dense", "ecf"):
-            row[form] = describe(compile_gemm(form == "ecf", block_m, block_n, gs, warps, stages, args.capability))
-        row["same_mma"] = row["dense"]["mma"] == row["ecf"]["mma"]
+        forms = {"dense": (False, True), "dense_a_from_shared": (False, False), "ecf": (True, False)}
+        for form, (ecf, a_regs) in forms.items():
+            row[form] = describe(compile_gemm(ecf, block_m, block_n, gs, warps, stages, args.capability, a_regs))
+        driven = ("mma", "warpgroup_dots", "a_from")
+        row["dense_drives_mma_as_ecf"] = all(row["dense"][key] == row["ecf"][key] for key in driven)
         rows.append(row)
-        print(f"{launch:16} " + "  ".join(
+        print(f"{launch:16} " + "; ".join(
             f"{form}: {row[form]['registers']} regs, {row[form]['spill_loads'] + row[form]['spill_stores']} spill ops, "
-            f"{row[form]['shared_bytes'] // 1024} KB shared, {','.join(row[form]['mma']) or 'no MMA'}"
-            for form in ("dense", "ecf")), flush=True)
+            f"{row[form]['shared_bytes'] // 1024} KB shared, {','.join(row[form]['mma']) or 'no MMA'} x "
+            f"{row[form]['warpgroup_dots']}, A from {'/'.join(row[form]['a_from'])}" for form in forms)
+            + f"; dense drives the MMA as ECF does: {row['dense_drives_mma_as_ecf']}", flush=True)
     if args.out:
-        record = {"benchmark": "kernel_sass", "triton": triton.__version__, "capability": args.capability,
-                  "launches": rows}
+        record = {"benchmark": "kernel_sass", "python": platform.python_version(), "triton": triton.__version__,
+                  "capability": args.capability, "device": "none: compiled for the capability, not run",
+                  "weight": "K tiles of 1,024 columns (G = 128), every Llama-3 shape", "launches": rows}
         args.out.write_text(json.dumps(record, indent=2) + "\n")
 
 

@@ -17,6 +17,11 @@ four words of bf16 pairs and joins them into the same positions. One ``tl.dot`` 
 the tensor cores' M side is 64 or 128 weight rows however few rows x has (a Hopper warpgroup MMA needs
 64), and x is the narrow right operand, as wide as the batch.
 
+**One path through the tensor cores.** A decoded tile reaches the warpgroup MMA from registers; a
+loaded one would go from shared memory, which Triton also splits differently. With ``a_in_registers``
+(the default) the dense tile passes through registers too, so that both forms compile to the same
+MMA sequence (benchmarks/kernel_sass.py shows it); 0 lets the dense form feed it from shared memory.
+
 **Split K.** A projection with few rows of W (qkv, o_proj, down_proj) gives too few tiles to fill the
 GPU, so the K steps may be cut into ``split_k`` runs; each writes its fp32 sums to a workspace and a
 second kernel adds the runs in order, the bias after them (one run writes y itself). The sums
@@ -43,8 +48,10 @@ from gpu_backend.weights.planes import GROUP, tile_cols
 MIN_PHASE_COLS = 16  # a tensor-core step takes 16 columns, so a slice takes at least 16 of each phase
 MAX_ROWS = 64  # rows of x the layers send here; more (prefill) go to cuBLAS
 # `gemm`'s launch options: the tile height, groups a slice (None: MIN_PHASE_COLS), K runs (None: enough to fill
-# the GPU), warps and pipeline stages
-DEFAULTS = {"block_n": 64, "group_slice": None, "split_k": None, "num_warps": 4, "num_stages": 3}
+# the GPU), warps, pipeline stages, and whether a dense weight's tile reaches the tensor cores from registers, as a
+# decoded one does (1), or straight from shared memory (0)
+DEFAULTS = {"block_n": 64, "group_slice": None, "split_k": None, "num_warps": 4, "num_stages": 3,
+            "a_in_registers": 1}
 # Launch options by (n, k, rows block) where a sweep on the card found faster ones than DEFAULTS
 # (benchmarks/ecf_gemv_probe.py --gemm writes them, compressed_decode.py --gemm-tuning loads them). A dense
 # weight and its coded form take the same entry, so they stay equal.
@@ -95,7 +102,7 @@ def _dot(w, xt, acc, ASM: tl.constexpr):
 def _gemm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, base_ptr, escapes_ptr, escapes_addr,
                  plane_stride, steps_per_split, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, G: tl.constexpr,
                  GS: tl.constexpr, ECF: tl.constexpr, ASM: tl.constexpr, WHOLE_K: tl.constexpr,
-                 HAS_BIAS: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, A_REGS: tl.constexpr):
     """This program's [BLOCK_N, BLOCK_M] block of W x^T over its run of K steps (a step: one slice of one
     K tile): WHOLE_K (one run), plus the bias into ``out`` = y ([M, N]), rounded as `_sum_splits_kernel`
     rounds; else as fp32 sums into ``out`` ([splits, N, M]: the run's own plane)."""
@@ -125,6 +132,9 @@ def _gemm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, ba
             w = _slice_operand(p02, p13, p46, p57, BLOCK_N, GS)
         else:
             w = tl.load(w_rows + cols[None, :], mask=(cols < K)[None, :], other=0.0)
+            if A_REGS and ASM:  # through registers, as the decoded operand goes
+                w = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [w], dtype=tl.bfloat16, is_pure=True,
+                                              pack=2)
         acc = _dot(w, xt, acc, ASM)
     ok = (rows_n < N)[:, None] & m_ok[None, :]
     if WHOLE_K:
@@ -215,8 +225,8 @@ def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, bias: torch.T
     _gemm_kernel[(triton.cdiv(n, block_n), triton.cdiv(m, block_m), splits)](
         x, w, bias if bias is not None else x, sums, m, n, k, x.stride(0), stride_wn, *ecf_args,
         plan["steps_per_split"], BLOCK_M=block_m, BLOCK_N=block_n, G=tile_cols(k) // GROUP, GS=plan["group_slice"],
-        ECF=ecf, ASM=not INTERPRETED, WHOLE_K=splits == 1, HAS_BIAS=bias is not None, num_warps=plan["num_warps"],
-        num_stages=plan["num_stages"])
+        ECF=ecf, ASM=not INTERPRETED, WHOLE_K=splits == 1, HAS_BIAS=bias is not None,
+        A_REGS=bool(plan["a_in_registers"]) and not ecf, num_warps=plan["num_warps"], num_stages=plan["num_stages"])
     if splits == 1:
         return y
     _sum_splits_kernel[(triton.cdiv(n, 64), triton.cdiv(m, block_m))](

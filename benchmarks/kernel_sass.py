@@ -40,7 +40,7 @@ def compile_gemm(ecf: bool, block_m: int, block_n: int, gs: int, num_warps: int,
                  "base_ptr": "*u8" if ecf else "*bf16", "escapes_ptr": "*i64" if ecf else "*bf16",
                  "escapes_addr": "i64", "plane_stride": "i32", "steps_per_split": "i32"}
     constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "G": 128, "GS": gs, "ECF": ecf, "ASM": True,
-                 "WHOLE_K": True, "HAS_BIAS": False, "A_REGS": a_regs}
+                 "WHOLE_K": True, "HAS_BIAS": False, "A_REGS": a_regs, "EVEN_K": True}
     names = list(signature)
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in DIVISIBLE_BY_16}
     source = ASTSource(triton_gemm._gemm_kernel, {**signature, **dict.fromkeys(constants, "constexpr")}, constants,

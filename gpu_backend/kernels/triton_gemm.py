@@ -102,17 +102,19 @@ def _dot(w, xt, acc, ASM: tl.constexpr):
 def _gemm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, base_ptr, escapes_ptr, escapes_addr,
                  plane_stride, steps_per_split, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, G: tl.constexpr,
                  GS: tl.constexpr, ECF: tl.constexpr, ASM: tl.constexpr, WHOLE_K: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, A_REGS: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, A_REGS: tl.constexpr, EVEN_K: tl.constexpr):
     """This program's [BLOCK_N, BLOCK_M] block of W x^T over its run of K steps (a step: one slice of one
     K tile): WHOLE_K (one run), plus the bias into ``out`` = y ([M, N]), rounded as `_sum_splits_kernel`
-    rounds; else as fp32 sums into ``out`` ([splits, N, M]: the run's own plane)."""
+    rounds; else as fp32 sums into ``out`` ([splits, N, M]: the run's own plane). EVEN_K: no column is
+    past K, so no load needs a mask (rows of x past M load row M-1, as rows of W past N do, and are never
+    stored)."""
     rows_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     safe_n = tl.minimum(rows_n, N - 1)  # rows past N load row N-1 and are never stored
     rows_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = rows_m < M
     split = tl.program_id(2)
     SLICES: tl.constexpr = G // GS
-    x_cols = x_ptr + rows_m[None, :].to(tl.int64) * stride_xm
+    x_cols = x_ptr + tl.minimum(rows_m, M - 1)[None, :].to(tl.int64) * stride_xm
     w_rows = w_ptr + safe_n[:, None].to(tl.int64) * stride_wn
     offsets = _operand_cols(GS, G)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
@@ -124,14 +126,20 @@ def _gemm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, ba
         t = step // SLICES
         group = t * G + (step % SLICES) * GS  # the slice's first group, counted over the row
         cols = t * 8 * G + (step % SLICES) * GS + offsets
-        xt = tl.load(x_cols + cols[:, None], mask=(cols < K)[:, None] & m_ok[None, :], other=0.0)
+        if EVEN_K:
+            xt = tl.load(x_cols + cols[:, None])
+        else:  # a padded column's decoded weight is finite: its input must be 0
+            xt = tl.load(x_cols + cols[:, None], mask=(cols < K)[:, None], other=0.0)
         if ECF:
             words = w_rows + (group + tl.arange(0, GS))[None, :]
             lo, hi, ix = tl.load(words), tl.load(words + plane_stride), tl.load(words + 2 * plane_stride)
             p02, p13, p46, p57 = decode_group(lo, hi, ix, base4, escapes_ptr, escapes_addr, ASM)
             w = _slice_operand(p02, p13, p46, p57, BLOCK_N, GS)
         else:
-            w = tl.load(w_rows + cols[None, :], mask=(cols < K)[None, :], other=0.0)
+            if EVEN_K:
+                w = tl.load(w_rows + cols[None, :])
+            else:
+                w = tl.load(w_rows + cols[None, :], mask=(cols < K)[None, :], other=0.0)
             if A_REGS and ASM:  # through registers, as the decoded operand goes
                 w = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [w], dtype=tl.bfloat16, is_pure=True,
                                               pack=2)
@@ -226,7 +234,8 @@ def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, bias: torch.T
         x, w, bias if bias is not None else x, sums, m, n, k, x.stride(0), stride_wn, *ecf_args,
         plan["steps_per_split"], BLOCK_M=block_m, BLOCK_N=block_n, G=tile_cols(k) // GROUP, GS=plan["group_slice"],
         ECF=ecf, ASM=not INTERPRETED, WHOLE_K=splits == 1, HAS_BIAS=bias is not None,
-        A_REGS=bool(plan["a_in_registers"]) and not ecf, num_warps=plan["num_warps"], num_stages=plan["num_stages"])
+        A_REGS=bool(plan["a_in_registers"]) and not ecf, EVEN_K=k % tile_cols(k) == 0, num_warps=plan["num_warps"],
+        num_stages=plan["num_stages"])
     if splits == 1:
         return y
     _sum_splits_kernel[(triton.cdiv(n, 64), triton.cdiv(m, block_m))](

@@ -28,7 +28,7 @@ second kernel adds the runs in order, the bias after them (one run writes y itse
 therefore depend on the launch (tile height, GS, split): a dense weight and its coded form are equal
 under the same launch, which `gemm` picks from the shape alone (and TUNING).
 
-Used by the layers only where ``triton_linear.DENSE_GEMM = "phases"``: then a dense model runs it at
+Used by the layers only where ``triton_linear.BATCH_GEMM = "phases"``: then a dense model runs it at
 2..``MAX_ROWS`` rows too, and a compressed one answers as it does. `benchmarks/ecf_gemv_probe.py --gemm`
 times both forms against cuBLAS and checks their bits.
 """

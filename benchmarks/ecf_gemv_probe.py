@@ -196,17 +196,20 @@ def load_tuning(path: Path) -> dict[tuple[int, int, bool], tuple[int, bool]]:
     return {(e["n"], e["k"], e["ecf"]): (e["block_n"], e["prefetch"]) for e in record["best"]}
 
 
-GEMM_GRID = {"block_n": (64, 128), "num_warps": (4, 8), "num_stages": (3, 4), "group_slice": (16, 32),
-             "a_in_registers": (1, 0)}
+# the phase GEMM's launches a sweep tries: every tile height, warps and stages, in each way of driving the MMA
+# (triton_gemm's module docstring), with slices of 16 groups, and of 32 where x is the A operand
+ARRANGEMENTS = ({"w_as_a": 0, "group_slice": 16}, {"w_as_a": 0, "group_slice": 32},
+                {"w_as_a": 1, "a_in_registers": 1, "group_slice": 16},
+                {"w_as_a": 1, "a_in_registers": 0, "group_slice": 16})
+GEMM_LAUNCHES = [{"block_n": block_n, "num_warps": warps, "num_stages": stages, **arrangement}
+                 for arrangement in ARRANGEMENTS for block_n in (64, 128) for warps in (4, 8) for stages in (3, 4)]
 
 
 def gemm_sweep(gen: torch.Generator, rows_list: tuple[int, ...]) -> Iterator[dict]:
     """Batched decode through the phase GEMM (kernels/triton_gemm.py) at each shape and number of rows:
     cuBLAS on the dense weight, scratch decode then cuBLAS (what a coded weight runs without the GEMM),
-    and the GEMM on the dense and on the coded weight at every launch of GEMM_GRID (K runs as `launch`
+    and the GEMM on the dense and on the coded weight at every launch of GEMM_LAUNCHES (K runs as `launch`
     picks them), with whether the two forms' outputs are equal: a row per shape and number of rows."""
-    import itertools
-
     import torch.nn.functional as F
     import triton.testing
 
@@ -220,12 +223,11 @@ def gemm_sweep(gen: torch.Generator, rows_list: tuple[int, ...]) -> Iterator[dic
         coded = CompressedWeight.from_dense(dense)
         for m in rows_list:
             x = torch.randn(m, k, device=gen.device, generator=gen).to(torch.bfloat16)
-            row = {"shape": name, "n": n, "k": k, "m": m, "block_m": triton_gemm.launch(m, n, k, x.device)["block_m"],
+            row = {"shape": name, "n": n, "k": k, "m": m, "rows_class": triton_gemm.rows_class(m),
                    "cublas_ms": bench(lambda: F.linear(x, dense)),
                    "scratch_ms": bench(lambda: F.linear(x, triton_linear.decode_to_scratch(coded))), "runs": []}
-            for values in itertools.product(*GEMM_GRID.values()):
-                options = dict(zip(GEMM_GRID, values))
-                run = {**options, "split_k": triton_gemm.launch(m, n, k, x.device, **options)["split_k"]}
+            for options in GEMM_LAUNCHES:
+                run = {"options": options, "split_k": triton_gemm.launch(m, n, k, x.device, **options)["split_k"]}
                 try:
                     run["bf16_ms"] = bench(lambda: triton_gemm.gemm(x, dense, **options))
                     run["ecf_ms"] = bench(lambda: triton_gemm.gemm(x, coded, **options))
@@ -238,10 +240,9 @@ def gemm_sweep(gen: torch.Generator, rows_list: tuple[int, ...]) -> Iterator[dic
             best = min(timed, key=lambda r: r["bf16_ms"] + r["ecf_ms"], default=None)
             row["best"] = best
             if best:  # both forms equal, but are they right: against the fp32 product
-                options = {key: best[key] for key in GEMM_GRID}
-                error = triton_gemm.gemm(x, coded, **options).float() - F.linear(x.float(), dense.float())
+                error = triton_gemm.gemm(x, coded, **best["options"]).float() - F.linear(x.float(), dense.float())
                 best["max_abs_error_vs_fp32"] = float(error.abs().max())
-            launch = {key: best[key] for key in (*GEMM_GRID, "split_k")} if best else None
+            launch = {**best["options"], "split_k": best["split_k"]} if best else None
             print(f"GEMM {name:8} {m:2} rows: cuBLAS {row['cublas_ms'] * 1000:7.1f} us, scratch + cuBLAS "
                   f"{row['scratch_ms'] * 1000:7.1f} us; "
                   + (f"best {launch}: bf16 {best['bf16_ms'] * 1000:7.1f} us ({row['cublas_ms'] / best['bf16_ms']:.2f}x "
@@ -253,9 +254,9 @@ def gemm_sweep(gen: torch.Generator, rows_list: tuple[int, ...]) -> Iterator[dic
 
 
 def gemm_best(sweep: list[dict]) -> list[dict]:
-    """Each (shape, rows block)'s fastest launch with equal outputs: what compressed_decode.py --gemm-tuning loads."""
-    return [{"shape": row["shape"], "n": row["n"], "k": row["k"], "block_m": row["block_m"],
-             "options": {key: row["best"][key] for key in GEMM_GRID}, "cublas_ms": row["cublas_ms"],
+    """Each (shape, rows class)'s fastest launch with equal outputs: what compressed_decode.py --gemm-tuning loads."""
+    return [{"shape": row["shape"], "n": row["n"], "k": row["k"], "rows_class": row["rows_class"],
+             "options": row["best"]["options"], "cublas_ms": row["cublas_ms"],
              "bf16_ms": row["best"]["bf16_ms"], "ecf_ms": row["best"]["ecf_ms"]}
             for row in sweep if row["best"]]
 
@@ -263,7 +264,7 @@ def gemm_best(sweep: list[dict]) -> list[dict]:
 def load_gemm_tuning(path: Path) -> dict[tuple[int, int, int], dict[str, int]]:
     """triton_gemm.TUNING from the record a ``--gemm`` run wrote."""
     record = json.loads(path.read_text())
-    return {(e["n"], e["k"], e["block_m"]): e["options"] for e in record["best"]}
+    return {(e["n"], e["k"], e["rows_class"]): e["options"] for e in record["best"]}
 
 
 def main() -> None:
@@ -279,7 +280,8 @@ def main() -> None:
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     if args.gemm:
-        record = {"benchmark": "ecf_gemv_probe --gemm", **environment(), "grid": GEMM_GRID, "gemm_sweep": []}
+        record = {"benchmark": "ecf_gemv_probe --gemm", **environment(), "launches": GEMM_LAUNCHES,
+                  "gemm_sweep": []}
         for shape_rows in gemm_sweep(gen, tuple(int(m) for m in args.gemm_rows.split(","))):
             record["gemm_sweep"].append(shape_rows)
             record["best"] = gemm_best(record["gemm_sweep"])

@@ -1,12 +1,15 @@
 """The phase GEMM (kernels/triton_gemm.py) compiled for a Hopper GPU on a machine without one: per launch,
-for the coded form and the dense one (its tile through registers, the default, and straight from shared
-memory), the registers, spills, shared memory, the tensor-core instruction, how many dots a K step is cut
-into and where their A operand comes from. No timing: what it shows is whether both forms drive the tensor cores alike
+for the coded and the dense form in each way of driving the MMA (x as its A operand; the weight tile as A,
+a dense one through registers or straight from shared memory): registers, spills, shared memory, the
+tensor-core instruction, how many dots a K step is cut into and where their A operand comes from, and
+the K loop's SASS instructions and barriers. No timing: what it shows is whether both forms drive the tensor cores alike
 (the precondition of their equal bits) and whether a launch fits before a device call is spent on it.
 
 Needs triton with its NVIDIA backend (ptxas and cuobjdump ship in the wheel); runs on CPU.
 
     PYTHONPATH=.:sdk python3 benchmarks/kernel_sass.py [--launch BLOCK_M,BLOCK_N,GS,WARPS,STAGES ...] [--out FILE]
+
+BLOCK_M applies where the weight is the A operand; with x as A it is always 64.
 """
 
 from __future__ import annotations
@@ -26,21 +29,27 @@ from triton.compiler import ASTSource
 
 from gpu_backend.kernels import triton_gemm
 
-DEFAULT_LAUNCHES = ("64,64,16,4,3", "32,64,16,4,3", "16,64,16,4,3", "64,128,16,8,3", "64,64,32,4,3")
+# (coded?, weight tile as the MMA's A operand?, a dense one through registers?), by name
+FORMS = {"ecf, x as A": (True, False, False), "dense, x as A": (False, False, False),
+         "ecf, W as A": (True, True, False), "dense, W as A": (False, True, True),
+         "dense, W as A from shared": (False, True, False)}
+DEFAULT_LAUNCHES = ("64,64,16,4,3", "64,64,16,4,4", "64,128,16,4,3", "64,128,16,8,3", "64,128,16,8,4", "64,64,32,4,3",
+                    "32,64,16,4,3", "16,64,16,4,3")
 # arguments the launcher passes as multiples of 16, which Triton specializes on at run time: so must we here
 DIVISIBLE_BY_16 = ("x_ptr", "w_ptr", "b_ptr", "out_ptr", "N", "K", "stride_xm", "stride_wn", "base_ptr",
                    "escapes_ptr", "plane_stride")
 
 
 def compile_gemm(ecf: bool, block_m: int, block_n: int, gs: int, num_warps: int, num_stages: int,
-                 capability: int = 90, a_regs: bool = False):
+                 capability: int = 90, w_as_a: bool = False, a_regs: bool = False):
     """The GEMM kernel of one form for a weight with K tiles of 1,024 (G = 128, every Llama-3 shape)."""
     signature = {"x_ptr": "*bf16", "w_ptr": "*i32" if ecf else "*bf16", "b_ptr": "*bf16", "out_ptr": "*bf16",
                  "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_wn": "i32",
                  "base_ptr": "*u8" if ecf else "*bf16", "escapes_ptr": "*i64" if ecf else "*bf16",
                  "escapes_addr": "i64", "plane_stride": "i32", "steps_per_split": "i32"}
     constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "G": 128, "GS": gs, "ECF": ecf, "ASM": True,
-                 "WHOLE_K": True, "HAS_BIAS": False, "A_REGS": a_regs, "EVEN_K": True}
+                 "WHOLE_K": True, "HAS_BIAS": False, "W_AS_A": w_as_a, "A_REGS": a_regs,
+                 "EVEN_K": True}
     names = list(signature)
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in DIVISIBLE_BY_16}
     source = ASTSource(triton_gemm._gemm_kernel, {**signature, **dict.fromkeys(constants, "constexpr")}, constants,
@@ -63,6 +72,7 @@ def describe(kernel) -> dict:
         usage = _cuobjdump("-res-usage", cubin.name)
         sass = _cuobjdump("-sass", cubin.name)
     opcodes = Counter(re.findall(r"^\s+/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", sass, re.M))
+    loop = _main_loop(sass)
     registers = re.search(r"REG:(\d+)", usage)
     return {"registers": int(registers.group(1)) if registers else None, "spill_loads": opcodes["LDL"],
             "spill_stores": opcodes["STL"], "shared_bytes": kernel.metadata.shared,
@@ -71,7 +81,22 @@ def describe(kernel) -> dict:
             # how the loop drives the warpgroup MMA: the dots a K step is cut into, and where A comes from
             "warpgroup_dots": len(dots),
             "a_from": sorted({"registers" if "dot_op<{opIdx = 0" in line else "shared" for line in dots}),
-            "top_opcodes": dict(opcodes.most_common(12))}
+            "top_opcodes": dict(opcodes.most_common(12)),
+            "loop_instructions": len(loop), "loop_barriers": sum("BAR.SYNC" in line for line in loop)}
+
+
+def _main_loop(sass: str) -> list[str]:
+    """The SASS lines of the kernel's K loop: from the target of its backward branch to that branch (the
+    longest such span)."""
+    lines = [line for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
+    address = [int(re.match(r"\s+/\*([0-9a-f]{4})\*/", line).group(1), 16) for line in lines]
+    best: list[str] = []
+    for here, line in zip(address, lines):
+        target = re.search(r"BRA\s.*?0x([0-9a-f]+)", line)
+        if target and int(target.group(1), 16) < here:
+            body = [other for at, other in zip(address, lines) if int(target.group(1), 16) <= at <= here]
+            best = max(best, body, key=len)
+    return best
 
 
 def main() -> None:
@@ -84,17 +109,20 @@ def main() -> None:
     for launch in args.launch or DEFAULT_LAUNCHES:
         block_m, block_n, gs, warps, stages = (int(v) for v in launch.split(","))
         row = {"block_m": block_m, "block_n": block_n, "group_slice": gs, "num_warps": warps, "num_stages": stages}
-        forms = {"dense": (False, True), "dense_a_from_shared": (False, False), "ecf": (True, False)}
-        for form, (ecf, a_regs) in forms.items():
-            row[form] = describe(compile_gemm(ecf, block_m, block_n, gs, warps, stages, args.capability, a_regs))
+        for form, (ecf, w_as_a, a_regs) in FORMS.items():
+            row[form] = describe(compile_gemm(ecf, block_m if w_as_a else 64, block_n, gs, warps, stages,
+                                              args.capability, w_as_a, a_regs))
         driven = ("mma", "warpgroup_dots", "a_from")
-        row["dense_drives_mma_as_ecf"] = all(row["dense"][key] == row["ecf"][key] for key in driven)
+        for dense, ecf in (("dense, x as A", "ecf, x as A"), ("dense, W as A", "ecf, W as A")):
+            row[f"{dense}: drives the MMA as ECF does"] = all(row[dense][key] == row[ecf][key] for key in driven)
         rows.append(row)
         print(f"{launch:16} " + "; ".join(
             f"{form}: {row[form]['registers']} regs, {row[form]['spill_loads'] + row[form]['spill_stores']} spill ops, "
             f"{row[form]['shared_bytes'] // 1024} KB shared, {','.join(row[form]['mma']) or 'no MMA'} x "
-            f"{row[form]['warpgroup_dots']}, A from {'/'.join(row[form]['a_from'])}" for form in forms)
-            + f"; dense drives the MMA as ECF does: {row['dense_drives_mma_as_ecf']}", flush=True)
+            f"{row[form]['warpgroup_dots']}, A from {'/'.join(row[form]['a_from'])}, "
+            f"{row[form]['loop_instructions']} instructions and {row[form]['loop_barriers']} barriers a step"
+            for form in FORMS), flush=True)
+        print("    " + "; ".join(f"{key}: {value}" for key, value in row.items() if key.endswith("ECF does")))
     if args.out:
         record = {"benchmark": "kernel_sass", "python": platform.python_version(), "triton": triton.__version__,
                   "capability": args.capability, "device": "none: compiled for the capability, not run",

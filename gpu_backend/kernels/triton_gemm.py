@@ -13,14 +13,18 @@ The dense form loads it as 8 runs of GS columns a row; the ECF form decodes the 
 four words of bf16 pairs and joins them into the same positions. One ``tl.dot`` a slice then takes its
 16-column steps in the same order for both.
 
-**Swapped operands.** The weight tile is the dot's left operand, ``acc[BLOCK_N, BLOCK_M] = W x^T``, so
-the tensor cores' M side is 64 or 128 weight rows however few rows x has (a Hopper warpgroup MMA needs
-64), and x is the narrow right operand, as wide as the batch.
+**One path through the tensor cores.** A Hopper warpgroup MMA (``wgmma``) takes an A operand of 64
+rows; with fewer, Triton falls back to the older MMA, where the first form of this GEMM gave the two
+forms unequal outputs. Both forms must also reach the MMA the same way. Two arrangements do:
 
-**One path through the tensor cores.** A decoded tile reaches the warpgroup MMA from registers; a
-loaded one would go from shared memory, which Triton also splits differently. With ``a_in_registers``
-(the default) the dense tile passes through registers too, so that both forms compile to the same
-MMA sequence (benchmarks/kernel_sass.py shows it); 0 lets the dense form feed it from shared memory.
+- ``w_as_a`` 0 (the default): ``x W^T`` with x as A, always 64 rows (rows past M are zeros, never
+  stored), and the weight tile as B. B comes from shared memory in both forms, the decoded tile stored
+  there, the dense one copied there; the MMA can be as wide as the tile (``m64n{BLOCK_N}k16``).
+- ``w_as_a`` 1: ``W x^T``, the weight tile as A (64 or 128 rows) and x as B, as wide as the batch.
+  A decoded tile reaches the MMA from registers; with ``a_in_registers`` (the default) a dense tile passes
+  through registers too, since from shared memory Triton splits the dot differently.
+
+benchmarks/kernel_sass.py shows what each compiles to.
 
 **Split K.** A projection with few rows of W (qkv, o_proj, down_proj) gives too few tiles to fill the
 GPU, so the K steps may be cut into ``split_k`` runs; each writes its fp32 sums to a workspace and a
@@ -48,11 +52,12 @@ from gpu_backend.weights.planes import GROUP, tile_cols
 MIN_PHASE_COLS = 16  # a tensor-core step takes 16 columns, so a slice takes at least 16 of each phase
 MAX_ROWS = 64  # rows of x the layers send here; more (prefill) go to cuBLAS
 # `gemm`'s launch options: the tile height, groups a slice (None: MIN_PHASE_COLS), K runs (None: enough to fill
-# the GPU), warps, pipeline stages, and whether a dense weight's tile reaches the tensor cores from registers, as a
-# decoded one does (1), or straight from shared memory (0)
-DEFAULTS = {"block_n": 64, "group_slice": None, "split_k": None, "num_warps": 4, "num_stages": 3,
+# the GPU), warps, pipeline stages, whether the weight tile is the MMA's A operand (1) or x is (0), and, where the
+# weight is, whether a dense tile reaches the tensor cores from registers, as a decoded one does (1), or straight
+# from shared memory (0)
+DEFAULTS = {"block_n": 64, "group_slice": None, "split_k": None, "num_warps": 4, "num_stages": 3, "w_as_a": 0,
             "a_in_registers": 1}
-# Launch options by (n, k, rows block) where a sweep on the card found faster ones than DEFAULTS
+# Launch options by (n, k, rows_class(m)) where a sweep on the card found faster ones than DEFAULTS
 # (benchmarks/ecf_gemv_probe.py --gemm writes them, compressed_decode.py --gemm-tuning loads them). A dense
 # weight and its coded form take the same entry, so they stay equal.
 TUNING: dict[tuple[int, int, int], dict[str, int | None]] = {}
@@ -90,34 +95,37 @@ def _slice_operand(p02, p13, p46, p57, BLOCK_N: tl.constexpr, GS: tl.constexpr):
 
 
 @triton.jit
-def _dot(w, xt, acc, ASM: tl.constexpr):
-    """acc + w @ xt. Triton's interpreter (not ASM) multiplies bfloat16 operands wrongly, so there they
+def _dot(a, b, acc, ASM: tl.constexpr):
+    """acc + a @ b. Triton's interpreter (not ASM) multiplies bfloat16 operands wrongly, so there they
     are widened to float32 first: exactly, the same for both forms."""
     if ASM:
-        return tl.dot(w, xt, acc)
-    return tl.dot(w.to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(a, b, acc)
+    return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
 
 
 @triton.jit
 def _gemm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, base_ptr, escapes_ptr, escapes_addr,
                  plane_stride, steps_per_split, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, G: tl.constexpr,
                  GS: tl.constexpr, ECF: tl.constexpr, ASM: tl.constexpr, WHOLE_K: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, A_REGS: tl.constexpr, EVEN_K: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, W_AS_A: tl.constexpr, A_REGS: tl.constexpr, EVEN_K: tl.constexpr):
     """This program's [BLOCK_N, BLOCK_M] block of W x^T over its run of K steps (a step: one slice of one
     K tile): WHOLE_K (one run), plus the bias into ``out`` = y ([M, N]), rounded as `_sum_splits_kernel`
-    rounds; else as fp32 sums into ``out`` ([splits, N, M]: the run's own plane). EVEN_K: no column is
-    past K, so no load needs a mask (rows of x past M load row M-1, as rows of W past N do, and are never
-    stored)."""
+    rounds; else as fp32 sums into ``out`` ([splits, N, M]: the run's own plane). W_AS_A: the weight tile
+    is the MMA's A operand (``W x^T``), else x is (``x W^T``, then turned). EVEN_K: no column is past K, so
+    no weight load needs a mask (rows of W past N load row N-1 and are never stored)."""
     rows_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     safe_n = tl.minimum(rows_n, N - 1)  # rows past N load row N-1 and are never stored
     rows_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = rows_m < M
     split = tl.program_id(2)
     SLICES: tl.constexpr = G // GS
-    x_cols = x_ptr + tl.minimum(rows_m, M - 1)[None, :].to(tl.int64) * stride_xm
+    x_rows = x_ptr + rows_m[:, None].to(tl.int64) * stride_xm
     w_rows = w_ptr + safe_n[:, None].to(tl.int64) * stride_wn
     offsets = _operand_cols(GS, G)
-    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    if W_AS_A:
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if ECF:
         base4 = (tl.load(base_ptr + safe_n).to(tl.int32) * 0x01010101)[:, None]
     first = split * steps_per_split
@@ -126,10 +134,12 @@ def _gemm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, ba
         t = step // SLICES
         group = t * G + (step % SLICES) * GS  # the slice's first group, counted over the row
         cols = t * 8 * G + (step % SLICES) * GS + offsets
+        # rows of x past M are zeros (never stored), and so are columns past K (a padded column's decoded
+        # weight is finite)
         if EVEN_K:
-            xt = tl.load(x_cols + cols[:, None])
-        else:  # a padded column's decoded weight is finite: its input must be 0
-            xt = tl.load(x_cols + cols[:, None], mask=(cols < K)[:, None], other=0.0)
+            x = tl.load(x_rows + cols[None, :], mask=m_ok[:, None], other=0.0)
+        else:
+            x = tl.load(x_rows + cols[None, :], mask=m_ok[:, None] & (cols < K)[None, :], other=0.0)
         if ECF:
             words = w_rows + (group + tl.arange(0, GS))[None, :]
             lo, hi, ix = tl.load(words), tl.load(words + plane_stride), tl.load(words + 2 * plane_stride)
@@ -140,10 +150,15 @@ def _gemm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, ba
                 w = tl.load(w_rows + cols[None, :])
             else:
                 w = tl.load(w_rows + cols[None, :], mask=(cols < K)[None, :], other=0.0)
-            if A_REGS and ASM:  # through registers, as the decoded operand goes
+            if W_AS_A and A_REGS and ASM:  # through registers, as the decoded operand goes
                 w = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [w], dtype=tl.bfloat16, is_pure=True,
                                               pack=2)
-        acc = _dot(w, xt, acc, ASM)
+        if W_AS_A:
+            acc = _dot(w, tl.trans(x), acc, ASM)
+        else:
+            acc = _dot(x, tl.trans(w), acc, ASM)
+    if not W_AS_A:
+        acc = tl.trans(acc)
     ok = (rows_n < N)[:, None] & m_ok[None, :]
     if WHOLE_K:
         if HAS_BIAS:
@@ -188,7 +203,8 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _block_m(m: int) -> int:
+def rows_class(m: int) -> int:
+    """The rows of x a launch is tuned for (TUNING's key): 16, 32 or 64."""
     return 16 if m <= 16 else 32 if m <= 32 else 64
 
 
@@ -198,8 +214,9 @@ def launch(m: int, n: int, k: int, device: torch.device, **options: int | None) 
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown GEMM launch options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    block_m = _block_m(m)
-    plan = {**DEFAULTS, **TUNING.get((n, k, block_m), {}), **options, "block_m": block_m}
+    plan = {**DEFAULTS, **TUNING.get((n, k, rows_class(m)), {}), **options}
+    # x as the A operand: 64 rows, the least a warpgroup MMA takes
+    block_m = plan["block_m"] = rows_class(m) if plan["w_as_a"] else 64
     g = tile_cols(k) // GROUP
     gs = plan["group_slice"] = plan["group_slice"] or MIN_PHASE_COLS
     if g % gs:
@@ -233,9 +250,9 @@ def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, bias: torch.T
     _gemm_kernel[(triton.cdiv(n, block_n), triton.cdiv(m, block_m), splits)](
         x, w, bias if bias is not None else x, sums, m, n, k, x.stride(0), stride_wn, *ecf_args,
         plan["steps_per_split"], BLOCK_M=block_m, BLOCK_N=block_n, G=tile_cols(k) // GROUP, GS=plan["group_slice"],
-        ECF=ecf, ASM=not INTERPRETED, WHOLE_K=splits == 1, HAS_BIAS=bias is not None,
-        A_REGS=bool(plan["a_in_registers"]) and not ecf, EVEN_K=k % tile_cols(k) == 0, num_warps=plan["num_warps"],
-        num_stages=plan["num_stages"])
+        ECF=ecf, ASM=not INTERPRETED, WHOLE_K=splits == 1, HAS_BIAS=bias is not None, W_AS_A=bool(plan["w_as_a"]),
+        A_REGS=bool(plan["w_as_a"] and plan["a_in_registers"]) and not ecf, EVEN_K=k % tile_cols(k) == 0,
+        num_warps=plan["num_warps"], num_stages=plan["num_stages"])
     if splits == 1:
         return y
     _sum_splits_kernel[(triton.cdiv(n, 64), triton.cdiv(m, block_m))](

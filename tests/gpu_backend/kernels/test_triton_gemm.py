@@ -29,11 +29,12 @@ def _weight(rows: int, cols: int, seed: int) -> torch.Tensor:
 
 
 # (rows of x, rows of W, columns, launch): K tiles of 128 with a padded last one; of 1024, exact, in
-# slices of 32 groups and 64 and in 3 runs of K; M past one block and W rows past one block of 64
+# slices of 32 groups and 64 and in 3 runs of K; M past one block and W rows past one block of 64; x as
+# the MMA's A operand (the default) and the weight (w_as_a)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("m", "n", "k", "options"), [
-    (3, 70, 250, {}), (17, 64, 2048, {"group_slice": 32, "split_k": 1}), (5, 64, 2048, {"group_slice": 64}),
-    (40, 130, 384, {"split_k": 3}),
+    (3, 70, 250, {}), (3, 70, 250, {"w_as_a": 1}), (17, 64, 2048, {"group_slice": 32, "split_k": 1, "w_as_a": 1}),
+    (5, 64, 2048, {"group_slice": 64}), (40, 130, 384, {"split_k": 3}), (40, 130, 384, {"split_k": 3, "w_as_a": 1}),
 ])
 def test_coded_weight_gives_the_dense_weights_bits(device: str, m: int, n: int, k: int, options: dict) -> None:
     from gpu_backend.kernels import triton_gemm

@@ -245,10 +245,10 @@ def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, bias: torch.T
     plan = launch(m, n, k, x.device, **options)
     block_m, block_n, splits = plan["block_m"], plan["block_n"], plan["split_k"]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    sums = y if splits == 1 else torch.empty((splits, n, m), dtype=torch.float32, device=x.device)
+    out = y if splits == 1 else torch.empty((splits, n, m), dtype=torch.float32, device=x.device)  # the runs' sums
     w, stride_wn, ecf_args, ecf = weight_args(weight)
     _gemm_kernel[(triton.cdiv(n, block_n), triton.cdiv(m, block_m), splits)](
-        x, w, bias if bias is not None else x, sums, m, n, k, x.stride(0), stride_wn, *ecf_args,
+        x, w, bias if bias is not None else x, out, m, n, k, x.stride(0), stride_wn, *ecf_args,
         plan["steps_per_split"], BLOCK_M=block_m, BLOCK_N=block_n, G=tile_cols(k) // GROUP, GS=plan["group_slice"],
         ECF=ecf, ASM=not INTERPRETED, WHOLE_K=splits == 1, HAS_BIAS=bias is not None, W_AS_A=bool(plan["w_as_a"]),
         A_REGS=bool(plan["w_as_a"] and plan["a_in_registers"]) and not ecf, EVEN_K=k % tile_cols(k) == 0,
@@ -256,6 +256,6 @@ def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, bias: torch.T
     if splits == 1:
         return y
     _sum_splits_kernel[(triton.cdiv(n, 64), triton.cdiv(m, block_m))](
-        sums, bias if bias is not None else sums, y, m, n, SPLITS=splits, HAS_BIAS=bias is not None,
+        out, bias if bias is not None else out, y, m, n, SPLITS=splits, HAS_BIAS=bias is not None,
         BLOCK_N=64, BLOCK_M=block_m, num_warps=4)
     return y

@@ -3,7 +3,7 @@
 # compressed_decode.py (bf16, ECF decoded at load, ECF in the kernels), then bf16 batch-1 decode on a
 # baseline tree and this one (the GEMV kernel gained the ECF path: does bf16 still run as fast?).
 #
-#   bash benchmarks/compressed_check.sh OUT_DIR [BASELINE_DIR] [all|tests|decode|capacity|kernels|batch1|batched]
+#   bash benchmarks/compressed_check.sh OUT_DIR [BASELINE_DIR] [all|tests|decode|capacity|kernels|batch1|batched|sharded]
 #
 # batch1 (the next call for the batch-1 target): ecf_gemv_probe.py --block-n (the GEMVs' rows a program
 # and loading ahead, ECF and "phases"; then the ECF GEMV's fused norm/SiLU against the separate
@@ -18,6 +18,8 @@
 # batches 1/32/64 (bf16 on cuBLAS; the same weights dense and coded with batches on the phase GEMM, at the
 # sweep's launches: the coded model must give the dense one's tokens), then the GEMM's GPU tests.
 # capacity: compressed_capacity.py on the Llama-3.1-70B shape (an H200), then the weights' GPU tests.
+# sharded (a call of 2 or 4 GPUs): coded weights in the kernels under TP and PP, against the original sharded
+# the same way (the layouts that fit the machine's GPUs).
 # SITE (default /tmp/site) must hold the project's dependencies, the grammar engine (llguidance) included:
 # the engine imports it, so without it no engine step runs.
 # Each step has its own time bound (CD_TIMEOUT for compressed_decode.py), so one slow step cannot eat the call.
@@ -99,4 +101,8 @@ if [ "$what" = capacity ]; then
     echo "== compressed_capacity"
     timeout "${CAP_TIMEOUT:-420}" python3 benchmarks/compressed_capacity.py --out "$out/compressed_capacity.json"
     gpu_tests 120 gpu_tests_weights.log tests/gpu_backend/weights
+fi
+if [ "$what" = sharded ]; then
+    echo "== GPU tests: coded weights under TP and PP"
+    gpu_tests "${SHARDED_TIMEOUT:-400}" gpu_tests_sharded.log tests/gpu_backend/weights/test_compressed_sharded_gpu.py
 fi

@@ -205,7 +205,8 @@ GEMM_LAUNCHES = [{"block_n": block_n, "num_warps": warps, "num_stages": stages, 
                  for arrangement in ARRANGEMENTS for block_n in (64, 128) for warps in (4, 8) for stages in (3, 4)]
 
 
-def gemm_sweep(gen: torch.Generator, rows_list: tuple[int, ...]) -> Iterator[dict]:
+def gemm_sweep(gen: torch.Generator, rows_list: tuple[int, ...], shapes: list[str] | None = None,
+               launches: list[dict] | None = None) -> Iterator[dict]:
     """Batched decode through the phase GEMM (kernels/triton_gemm.py) at each shape and number of rows:
     cuBLAS on the dense weight, scratch decode then cuBLAS (what a coded weight runs without the GEMM),
     and the GEMM on the dense and on the coded weight at every launch of GEMM_LAUNCHES (K runs as `launch`
@@ -219,6 +220,8 @@ def gemm_sweep(gen: torch.Generator, rows_list: tuple[int, ...]) -> Iterator[dic
         return triton.testing.do_bench(run, warmup=10, rep=40)
 
     for name, (n, k) in SWEEP_SHAPES.items():
+        if shapes and name not in shapes:
+            continue
         dense = (0.02 * torch.randn(n, k, device=gen.device, generator=gen)).to(torch.bfloat16)
         coded = CompressedWeight.from_dense(dense)
         for m in rows_list:
@@ -226,7 +229,7 @@ def gemm_sweep(gen: torch.Generator, rows_list: tuple[int, ...]) -> Iterator[dic
             row = {"shape": name, "n": n, "k": k, "m": m, "rows_class": triton_gemm.rows_class(m),
                    "cublas_ms": bench(lambda: F.linear(x, dense)),
                    "scratch_ms": bench(lambda: F.linear(x, triton_linear.decode_to_scratch(coded))), "runs": []}
-            for options in GEMM_LAUNCHES:
+            for options in launches or GEMM_LAUNCHES:
                 run = {"options": options, "split_k": triton_gemm.launch(m, n, k, x.device, **options)["split_k"]}
                 try:
                     run["bf16_ms"] = bench(lambda: triton_gemm.gemm(x, dense, **options))
@@ -272,6 +275,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--gemm", action="store_true", help="only the phase GEMM against cuBLAS, over its launches")
     parser.add_argument("--gemm-rows", default="32,64", help="rows of x for --gemm")
+    parser.add_argument("--gemm-shapes", help="--gemm at these shapes only (comma-separated names)")
+    parser.add_argument("--gemm-launches", type=json.loads,
+                        help="--gemm at these launches (a JSON list of option dicts) instead of GEMM_LAUNCHES")
     parser.add_argument("--block-n", action="store_true", help="only the GEMVs' rows a program and loading ahead")
     args = parser.parse_args()
     import triton.testing
@@ -280,9 +286,10 @@ def main() -> None:
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     if args.gemm:
-        record = {"benchmark": "ecf_gemv_probe --gemm", **environment(), "launches": GEMM_LAUNCHES,
-                  "gemm_sweep": []}
-        for shape_rows in gemm_sweep(gen, tuple(int(m) for m in args.gemm_rows.split(","))):
+        launches = args.gemm_launches or GEMM_LAUNCHES
+        record = {"benchmark": "ecf_gemv_probe --gemm", **environment(), "launches": launches, "gemm_sweep": []}
+        shapes = args.gemm_shapes.split(",") if args.gemm_shapes else None
+        for shape_rows in gemm_sweep(gen, tuple(int(m) for m in args.gemm_rows.split(",")), shapes, launches):
             record["gemm_sweep"].append(shape_rows)
             record["best"] = gemm_best(record["gemm_sweep"])
             if args.out:  # after every shape: a call that runs out of time keeps what it measured

@@ -44,6 +44,7 @@ import functools
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from gpu_backend.kernels.ecf_decode import INTERPRETED, decode_group, weight_args
 from gpu_backend.weights.packed import CompressedWeight
@@ -231,6 +232,29 @@ def launch(m: int, n: int, k: int, device: torch.device, **options: int | None) 
     return plan
 
 
+# (the kernel's compile-time arguments and warps, the stages asked for) -> the stages whose buffers fit
+_STAGES_THAT_FIT: dict[tuple, int] = {}
+
+
+def _launch_within_shared_memory(grid: tuple[int, ...], args: tuple, constants: dict, num_stages: int) -> None:
+    """Launch `_gemm_kernel` with ``num_stages`` or, where the pipeline's buffers would pass the GPU's shared
+    memory (wide slices with x as A: 64 rows of x and the weight tile per stage), with as many fewer as it
+    takes. Pipelining only hides loads: the sums, and so the bits, are the same at any number of stages.
+    Triton finds the overflow when it loads the compiled kernel, before anything runs."""
+    key = (tuple(sorted(constants.items())), num_stages)
+    stages = _STAGES_THAT_FIT.get(key, num_stages)
+    while True:
+        try:
+            _gemm_kernel[grid](*args, **constants, num_stages=stages)
+        except OutOfResources:
+            if stages == 1:
+                raise
+            stages -= 1
+            continue
+        _STAGES_THAT_FIT[key] = stages
+        return
+
+
 def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, bias: torch.Tensor | None = None,
          **options: int | None) -> torch.Tensor:
     """``x W^T + b`` (bf16, [M, N]) in the slice order above; ``fits(x, weight)`` must hold. ``options``
@@ -247,12 +271,15 @@ def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, bias: torch.T
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     out = y if splits == 1 else torch.empty((splits, n, m), dtype=torch.float32, device=x.device)  # the runs' sums
     w, stride_wn, ecf_args, ecf = weight_args(weight)
-    _gemm_kernel[(triton.cdiv(n, block_n), triton.cdiv(m, block_m), splits)](
-        x, w, bias if bias is not None else x, out, m, n, k, x.stride(0), stride_wn, *ecf_args,
-        plan["steps_per_split"], BLOCK_M=block_m, BLOCK_N=block_n, G=tile_cols(k) // GROUP, GS=plan["group_slice"],
-        ECF=ecf, ASM=not INTERPRETED, WHOLE_K=splits == 1, HAS_BIAS=bias is not None, W_AS_A=bool(plan["w_as_a"]),
-        A_REGS=bool(plan["w_as_a"] and plan["a_in_registers"]) and not ecf, EVEN_K=k % tile_cols(k) == 0,
-        num_warps=plan["num_warps"], num_stages=plan["num_stages"])
+    _launch_within_shared_memory(
+        (triton.cdiv(n, block_n), triton.cdiv(m, block_m), splits),
+        (x, w, bias if bias is not None else x, out, m, n, k, x.stride(0), stride_wn, *ecf_args,
+         plan["steps_per_split"]),
+        {"BLOCK_M": block_m, "BLOCK_N": block_n, "G": tile_cols(k) // GROUP, "GS": plan["group_slice"], "ECF": ecf,
+         "ASM": not INTERPRETED, "WHOLE_K": splits == 1, "HAS_BIAS": bias is not None,
+         "W_AS_A": bool(plan["w_as_a"]), "A_REGS": bool(plan["w_as_a"] and plan["a_in_registers"]) and not ecf,
+         "EVEN_K": k % tile_cols(k) == 0, "num_warps": plan["num_warps"]},
+        plan["num_stages"])
     if splits == 1:
         return y
     _sum_splits_kernel[(triton.cdiv(n, 64), triton.cdiv(m, block_m))](

@@ -41,9 +41,11 @@ def _answers(backend: Backend) -> dict[str, Any]:
             assert reply.status_code == 200, reply.text
             answers[f"{name}-{index}"] = reply.json()["result"]["response"]
             jsonschema.validate(answers[f"{name}-{index}"], schema)
+    # one call: with parallel calls allowed the random model may call again and again until max_tokens, and
+    # whether it does changes from day to day (the chat template writes today's date into the prompt)
     completion = backend.openai_client().chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Where is order 7?"}], tools=[LOOKUP],
-        tool_choice="required", temperature=0, max_tokens=120)
+        tool_choice="required", parallel_tool_calls=False, temperature=0, max_tokens=120)
     call = completion.choices[0].message.tool_calls[0].function
     assert completion.choices[0].finish_reason == "tool_calls" and call.name == "lookup"
     jsonschema.validate(json.loads(call.arguments), LOOKUP["function"]["parameters"])

@@ -221,6 +221,8 @@ def main() -> int:
             print(f"bf16 engine, {name}: fits {attempt['fits']} ({attempt['seconds']:.1f} s) "
                   f"{attempt.get('error') or ''}", flush=True)
         record["bf16"] = bf16
+        if args.out:  # a call that runs out of time keeps the bf16 part
+            args.out.write_text(json.dumps(record, indent=2) + "\n")
         record["ecf"] = run_ecf(folder, config, device, args, options)
     if args.out:
         args.out.write_text(json.dumps(record, indent=2) + "\n")

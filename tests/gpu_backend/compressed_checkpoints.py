@@ -22,6 +22,15 @@ def compress(src: Path, dst: Path, dtype: torch.dtype | None = None) -> Compress
     return compress_checkpoint(src, dst, weight_files(src), dtype=dtype, progress=False)
 
 
+def compressed_shakespeare(root: Path) -> tuple[Path, Path]:
+    """The shipped tiny-shakespeare (bfloat16) and its compressed copy under ``root``."""
+    from gpu_backend.builtin_models import builtin_model_path
+
+    src = builtin_model_path("@cf/edgewise/tiny-shakespeare")
+    compress(src, root / "shakespeare-ecf")
+    return src, root / "shakespeare-ecf"
+
+
 def source_tensors(folder: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Every tensor of a plain checkpoint, floating ones cast to ``dtype`` as compress does."""
     tensors = {}

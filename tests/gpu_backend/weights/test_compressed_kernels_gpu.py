@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from compressed_checkpoints import compress
+from compressed_checkpoints import compressed_shakespeare
 
 from gpu_backend import LLM, SamplingParams
-from gpu_backend.builtin_models import builtin_model_path
 from gpu_backend.layers.linear import LinearBase
 from gpu_backend.weights.packed import held_weight_bytes
 
@@ -22,10 +21,7 @@ PROMPTS = ["ROMEO:", "KING HENRY:", "JULIET:"]
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    src = builtin_model_path("@cf/edgewise/tiny-shakespeare")
-    dst = tmp_path_factory.mktemp("ecf") / "shakespeare-ecf"
-    compress(src, dst)
-    return src, dst
+    return compressed_shakespeare(tmp_path_factory.mktemp("ecf"))
 
 
 def _linears(llm: LLM) -> list[LinearBase]:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from compressed_checkpoints import compress
+from compressed_checkpoints import compressed_shakespeare
 
 from gpu_backend import LLM, SamplingParams
-from gpu_backend.builtin_models import builtin_model_path
 from gpu_backend.cluster.config import ClusterConfig
 from gpu_backend.cluster.sharded_engine import ShardedEngine
 from gpu_backend.config import EngineConfig
@@ -31,10 +30,7 @@ CASES = [(2, 1, None), (2, 1, 7), (1, 2, None), (2, 2, None)]
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    src = builtin_model_path("@cf/edgewise/tiny-shakespeare")
-    dst = tmp_path_factory.mktemp("ecf") / "shakespeare-ecf"
-    compress(src, dst)
-    return src, dst
+    return compressed_shakespeare(tmp_path_factory.mktemp("ecf"))
 
 
 def _sharded_tokens(folder: Path, tp: int, pp: int, params: SamplingParams, **options) -> list[list[int]]:

@@ -197,8 +197,10 @@ def load_tuning(path: Path) -> dict[tuple[int, int, bool], tuple[int, bool]]:
 
 
 # the phase GEMM's launches a sweep tries: every tile height, warps and stages, in each way of driving the MMA
-# (triton_gemm's module docstring), with slices of 16 groups, and of 32 where x is the A operand
+# (triton_gemm's module docstring), with slices of 16 groups, and of 32 where x is the A operand (and slices of 16
+# with dense steps of 2: the dense form's runs of 32 groups, the coded form's slices of 16)
 ARRANGEMENTS = ({"w_as_a": 0, "group_slice": 16}, {"w_as_a": 0, "group_slice": 32},
+                {"w_as_a": 0, "group_slice": 16, "dense_slices": 2},
                 {"w_as_a": 1, "a_in_registers": 1, "group_slice": 16},
                 {"w_as_a": 1, "a_in_registers": 0, "group_slice": 16})
 GEMM_LAUNCHES = [{"block_n": block_n, "num_warps": warps, "num_stages": stages, **arrangement}

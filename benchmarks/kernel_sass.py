@@ -41,7 +41,7 @@ DIVISIBLE_BY_16 = ("x_ptr", "w_ptr", "b_ptr", "out_ptr", "N", "K", "stride_xm", 
 
 
 def compile_gemm(ecf: bool, block_m: int, block_n: int, gs: int, num_warps: int, num_stages: int,
-                 capability: int = 90, w_as_a: bool = False, a_regs: bool = False):
+                 capability: int = 90, w_as_a: bool = False, a_regs: bool = False, wide: int = 1):
     """The GEMM kernel of one form for a weight with K tiles of 1,024 (G = 128, every Llama-3 shape)."""
     signature = {"x_ptr": "*bf16", "w_ptr": "*i32" if ecf else "*bf16", "b_ptr": "*bf16", "out_ptr": "*bf16",
                  "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_wn": "i32",
@@ -49,7 +49,7 @@ def compile_gemm(ecf: bool, block_m: int, block_n: int, gs: int, num_warps: int,
                  "escapes_addr": "i64", "plane_stride": "i32", "steps_per_split": "i32"}
     constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "G": 128, "GS": gs, "ECF": ecf, "ASM": True,
                  "WHOLE_K": True, "HAS_BIAS": False, "W_AS_A": w_as_a, "A_REGS": a_regs,
-                 "EVEN_K": True}
+                 "EVEN_K": True, "WIDE": wide}
     names = list(signature)
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in DIVISIBLE_BY_16}
     source = ASTSource(triton_gemm._gemm_kernel, {**signature, **dict.fromkeys(constants, "constexpr")}, constants,
@@ -101,17 +101,20 @@ def _main_loop(sass: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--launch", action="append", help="BLOCK_M,BLOCK_N,GS,WARPS,STAGES (repeatable)")
+    parser.add_argument("--launch", action="append",
+                        help="BLOCK_M,BLOCK_N,GS,WARPS,STAGES[,DENSE_SLICES] (repeatable; the last, slices a dense "
+                             "step loads, defaults to 1)")
     parser.add_argument("--capability", type=int, default=90)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     rows = []
     for launch in args.launch or DEFAULT_LAUNCHES:
-        block_m, block_n, gs, warps, stages = (int(v) for v in launch.split(","))
-        row = {"block_m": block_m, "block_n": block_n, "group_slice": gs, "num_warps": warps, "num_stages": stages}
+        block_m, block_n, gs, warps, stages, wide = ([int(v) for v in launch.split(",")] + [1])[:6]
+        row = {"block_m": block_m, "block_n": block_n, "group_slice": gs, "num_warps": warps, "num_stages": stages,
+               "dense_slices": wide}
         for form, (ecf, w_as_a, a_regs) in FORMS.items():
             row[form] = describe(compile_gemm(ecf, block_m if w_as_a else 64, block_n, gs, warps, stages,
-                                              args.capability, w_as_a, a_regs))
+                                              args.capability, w_as_a, a_regs, wide))
         driven = ("mma", "warpgroup_dots", "a_from")
         for dense, ecf in (("dense, x as A", "ecf, x as A"), ("dense, W as A", "ecf, W as A")):
             row[f"{dense}: drives the MMA as ECF does"] = all(row[dense][key] == row[ecf][key] for key in driven)

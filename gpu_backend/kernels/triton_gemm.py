@@ -55,9 +55,10 @@ MAX_ROWS = 64  # rows of x the layers send here; more (prefill) go to cuBLAS
 # `gemm`'s launch options: the tile height, groups a slice (None: MIN_PHASE_COLS), K runs (None: enough to fill
 # the GPU), warps, pipeline stages, whether the weight tile is the MMA's A operand (1) or x is (0), and, where the
 # weight is, whether a dense tile reaches the tensor cores from registers, as a decoded one does (1), or straight
-# from shared memory (0)
+# from shared memory (0), and the slices a dense loop step loads at once (`_gemm_kernel`'s WIDE; K runs are cut
+# in whole steps of that many slices for both forms, so the coded one still sums as the dense one does)
 DEFAULTS = {"block_n": 64, "group_slice": None, "split_k": None, "num_warps": 4, "num_stages": 3, "w_as_a": 0,
-            "a_in_registers": 1}
+            "a_in_registers": 1, "dense_slices": 1}
 # Launch options by (n, k, rows_class(m)) where a sweep on the card found faster ones than DEFAULTS
 # (benchmarks/ecf_gemv_probe.py --gemm writes them, compressed_decode.py --gemm-tuning loads them). A dense
 # weight and its coded form take the same entry, so they stay equal.
@@ -74,6 +75,25 @@ def _operand_cols(GS: tl.constexpr, G: tl.constexpr):
     # runs of GS consecutive columns starting at multiples of GS, which the compiler does not see by itself:
     # told, it loads a run in 16-byte pieces instead of one 2-byte value at a time
     return tl.max_contiguous(tl.multiple_of(phase * G + p % GS, GS), GS)
+
+
+@triton.jit
+def _wide_dense_operand(w_rows, base, K, BLOCK_N: tl.constexpr, G: tl.constexpr, GS: tl.constexpr,
+                        WIDE: tl.constexpr, EVEN_K: tl.constexpr):
+    """WIDE consecutive slices of a dense tile, starting at column ``base`` of a row, as one
+    ``[BLOCK_N, WIDE * 8 * GS]`` operand: slice after slice, each in `_operand_cols`' order. Loaded phase by
+    phase in runs of WIDE * GS columns (128 bytes at 4 slices of 16 groups, against 32 a slice), then laid
+    out in that order: one dot over it takes the 16-column steps WIDE one-slice dots take."""
+    u = tl.arange(0, 8 * WIDE * GS)
+    r = u // (WIDE * GS)
+    phase = (r >> 2) + 4 * ((r >> 1) & 1) + 2 * (r & 1)  # loaded in _operand_cols' phase order
+    cols = base + tl.max_contiguous(tl.multiple_of(phase * G + u % (WIDE * GS), WIDE * GS), WIDE * GS)
+    if EVEN_K:
+        w = tl.load(w_rows + cols[None, :])
+    else:
+        w = tl.load(w_rows + cols[None, :], mask=(cols < K)[None, :], other=0.0)
+    w = tl.permute(tl.reshape(w, (BLOCK_N, 8, WIDE, GS)), (0, 2, 1, 3))  # [rows, slice, phase, group]
+    return tl.reshape(w, (BLOCK_N, WIDE * 8 * GS))
 
 
 @triton.jit
@@ -105,15 +125,37 @@ def _dot(a, b, acc, ASM: tl.constexpr):
 
 
 @triton.jit
+def _slice_by_slice(x, w, acc, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GS: tl.constexpr, WIDE: tl.constexpr,
+                    W_AS_A: tl.constexpr):
+    """A wide dense step's dot in Triton's interpreter: one dot a slice, in order. The tensor cores take a
+    dot's columns 16 at a time, in order, so on a GPU one dot over the step sums as the coded form's one-slice
+    dots do; the interpreter's single dot would sum the whole step at once, in another order."""
+    x3 = tl.reshape(x.to(tl.float32), (BLOCK_M, WIDE, 8 * GS))
+    w3 = tl.reshape(w.to(tl.float32), (BLOCK_N, WIDE, 8 * GS))
+    for j in tl.static_range(WIDE):
+        pick = (tl.arange(0, WIDE) == j)[None, :, None]
+        xj = tl.sum(tl.where(pick, x3, 0.0), axis=1)
+        wj = tl.sum(tl.where(pick, w3, 0.0), axis=1)
+        if W_AS_A:
+            acc = _dot(wj, tl.trans(xj), acc, False)
+        else:
+            acc = _dot(xj, tl.trans(wj), acc, False)
+    return acc
+
+
+@triton.jit
 def _gemm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, base_ptr, escapes_ptr, escapes_addr,
                  plane_stride, steps_per_split, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, G: tl.constexpr,
                  GS: tl.constexpr, ECF: tl.constexpr, ASM: tl.constexpr, WHOLE_K: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, W_AS_A: tl.constexpr, A_REGS: tl.constexpr, EVEN_K: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, W_AS_A: tl.constexpr, A_REGS: tl.constexpr, EVEN_K: tl.constexpr,
+                 WIDE: tl.constexpr):
     """This program's [BLOCK_N, BLOCK_M] block of W x^T over its run of K steps (a step: one slice of one
     K tile): WHOLE_K (one run), plus the bias into ``out`` = y ([M, N]), rounded as `_sum_splits_kernel`
     rounds; else as fp32 sums into ``out`` ([splits, N, M]: the run's own plane). W_AS_A: the weight tile
     is the MMA's A operand (``W x^T``), else x is (``x W^T``, then turned). EVEN_K: no column is past K, so
-    no weight load needs a mask (rows of W past N load row N-1 and are never stored)."""
+    no weight load needs a mask (rows of W past N load row N-1 and are never stored). WIDE: slices a dense
+    step takes (`_wide_dense_operand`); a run's steps are whole multiples of it, and the coded form takes
+    its slices one a step."""
     rows_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     safe_n = tl.minimum(rows_n, N - 1)  # rows past N load row N-1 and are never stored
     rows_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -123,6 +165,9 @@ def _gemm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, ba
     x_rows = x_ptr + rows_m[:, None].to(tl.int64) * stride_xm
     w_rows = w_ptr + safe_n[:, None].to(tl.int64) * stride_wn
     offsets = _operand_cols(GS, G)
+    STEP: tl.constexpr = 1 if ECF else WIDE
+    if STEP > 1:  # x's columns for the positions of WIDE slices, slice after slice
+        offsets = tl.reshape(tl.arange(0, WIDE)[:, None] * GS + offsets[None, :], (WIDE * 8 * GS,))
     if W_AS_A:
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     else:
@@ -131,7 +176,7 @@ def _gemm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, ba
         base4 = (tl.load(base_ptr + safe_n).to(tl.int32) * 0x01010101)[:, None]
     first = split * steps_per_split
     last = tl.minimum(first + steps_per_split, tl.cdiv(K, 8 * G) * SLICES)
-    for step in range(first, last):
+    for step in range(first, last, STEP):
         t = step // SLICES
         group = t * G + (step % SLICES) * GS  # the slice's first group, counted over the row
         cols = t * 8 * G + (step % SLICES) * GS + offsets
@@ -147,14 +192,18 @@ def _gemm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, ba
             p02, p13, p46, p57 = decode_group(lo, hi, ix, base4, escapes_ptr, escapes_addr, ASM)
             w = _slice_operand(p02, p13, p46, p57, BLOCK_N, GS)
         else:
-            if EVEN_K:
+            if STEP > 1:
+                w = _wide_dense_operand(w_rows, t * 8 * G + (step % SLICES) * GS, K, BLOCK_N, G, GS, WIDE, EVEN_K)
+            elif EVEN_K:
                 w = tl.load(w_rows + cols[None, :])
             else:
                 w = tl.load(w_rows + cols[None, :], mask=(cols < K)[None, :], other=0.0)
             if W_AS_A and A_REGS and ASM:  # through registers, as the decoded operand goes
                 w = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [w], dtype=tl.bfloat16, is_pure=True,
                                               pack=2)
-        if W_AS_A:
+        if STEP > 1 and not ASM:
+            acc = _slice_by_slice(x, w, acc, BLOCK_M, BLOCK_N, GS, WIDE, W_AS_A)
+        elif W_AS_A:
             acc = _dot(w, tl.trans(x), acc, ASM)
         else:
             acc = _dot(x, tl.trans(w), acc, ASM)
@@ -222,12 +271,15 @@ def launch(m: int, n: int, k: int, device: torch.device, **options: int | None) 
     gs = plan["group_slice"] = plan["group_slice"] or MIN_PHASE_COLS
     if g % gs:
         raise ValueError(f"a slice of {gs} groups does not divide this weight's K tiles' {g}")
+    wide = plan["dense_slices"]
+    if wide < 1 or (g // gs) % wide:
+        raise ValueError(f"dense_slices must divide the {g // gs} slices of this weight's K tiles, not {wide}")
     steps = triton.cdiv(k, 8 * g) * (g // gs)
     split_k = plan["split_k"]
     if split_k is None:
         tiles = triton.cdiv(n, plan["block_n"]) * triton.cdiv(m, block_m)
         split_k = max(1, min(triton.cdiv(2 * _multiprocessors(device), tiles), steps // 4))
-    plan["steps_per_split"] = triton.cdiv(steps, max(1, min(split_k, steps)))
+    plan["steps_per_split"] = wide * triton.cdiv(triton.cdiv(steps, max(1, min(split_k, steps))), wide)
     plan["split_k"] = triton.cdiv(steps, plan["steps_per_split"])
     return plan
 
@@ -278,7 +330,7 @@ def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, bias: torch.T
         {"BLOCK_M": block_m, "BLOCK_N": block_n, "G": tile_cols(k) // GROUP, "GS": plan["group_slice"], "ECF": ecf,
          "ASM": not INTERPRETED, "WHOLE_K": splits == 1, "HAS_BIAS": bias is not None,
          "W_AS_A": bool(plan["w_as_a"]), "A_REGS": bool(plan["w_as_a"] and plan["a_in_registers"]) and not ecf,
-         "EVEN_K": k % tile_cols(k) == 0, "num_warps": plan["num_warps"]},
+         "EVEN_K": k % tile_cols(k) == 0, "WIDE": plan["dense_slices"], "num_warps": plan["num_warps"]},
         plan["num_stages"])
     if splits == 1:
         return y

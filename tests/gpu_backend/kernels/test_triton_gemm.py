@@ -30,11 +30,14 @@ def _weight(rows: int, cols: int, seed: int) -> torch.Tensor:
 
 # (rows of x, rows of W, columns, launch): K tiles of 128 with a padded last one; of 1024, exact, in
 # slices of 32 groups and 64 and in 3 runs of K; M past one block and W rows past one block of 64; x as
-# the MMA's A operand (the default) and the weight (w_as_a)
+# the MMA's A operand (the default) and the weight (w_as_a); dense steps of several slices (dense_slices),
+# over a padded tile, in 3 runs, and with the weight as A
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("m", "n", "k", "options"), [
     (3, 70, 250, {}), (3, 70, 250, {"w_as_a": 1}), (17, 64, 2048, {"group_slice": 32, "split_k": 1, "w_as_a": 1}),
     (5, 64, 2048, {"group_slice": 64}), (40, 130, 384, {"split_k": 3}), (40, 130, 384, {"split_k": 3, "w_as_a": 1}),
+    (3, 70, 250, {"dense_slices": 2}), (17, 64, 2048, {"dense_slices": 4, "split_k": 3}),
+    (5, 64, 2048, {"dense_slices": 8, "w_as_a": 1}),
 ])
 def test_coded_weight_gives_the_dense_weights_bits(device: str, m: int, n: int, k: int, options: dict) -> None:
     from gpu_backend.kernels import triton_gemm
@@ -93,6 +96,16 @@ def test_the_split_covers_every_step_cpu() -> None:
     assert (plan["split_k"], plan["steps_per_split"]) == (5, 23) and 5 * 23 >= 14 * 8 > 4 * 23
     plan = triton_gemm.launch(32, 4096, 14336, torch.device("cpu"), split_k=1000)  # never past one step a run
     assert plan["split_k"] * plan["steps_per_split"] >= 112 and plan["steps_per_split"] == 1
+
+
+def test_runs_are_whole_dense_steps_cpu() -> None:
+    from gpu_backend.kernels import triton_gemm
+
+    # runs of 23 slices would cut dense steps of 4 slices: runs of 24 (6 steps) instead, the last one shorter
+    plan = triton_gemm.launch(32, 4096, 14336, torch.device("cpu"), split_k=5, dense_slices=4)
+    assert (plan["split_k"], plan["steps_per_split"]) == (5, 24)
+    with pytest.raises(ValueError, match="dense_slices must divide the 8 slices"):
+        triton_gemm.launch(32, 4096, 14336, torch.device("cpu"), dense_slices=3)
 
 
 @pytest.mark.skipif(INTERPRETING, reason="already inside the interpreter run")

@@ -26,6 +26,11 @@ forms unequal outputs. Both forms must also reach the MMA the same way. Two arra
 
 benchmarks/kernel_sass.py shows what each compiles to.
 
+**Dense steps of several slices** (``dense_slices``). A slice's 8 runs of GS columns are short (32 bytes a
+row at GS 16). The dense form may load several consecutive slices a step, phase by phase in longer runs, and
+lay them out slice after slice: the tensor cores take a dot's columns 16 at a time in order, so one dot over
+them sums as the coded form's one dot a slice does.
+
 **Split K.** A projection with few rows of W (qkv, o_proj, down_proj) gives too few tiles to fill the
 GPU, so the K steps may be cut into ``split_k`` runs; each writes its fp32 sums to a workspace and a
 second kernel adds the runs in order, the bias after them (one run writes y itself). The sums

@@ -71,12 +71,17 @@ TUNING: dict[tuple[int, int, int], dict[str, int | None]] = {}
 
 
 @triton.jit
+def _phase(r):
+    """The phase at place ``r`` of the operand's order of phases, 0, 2, 4, 6, 1, 3, 5, 7."""
+    return (r >> 2) + 4 * ((r >> 1) & 1) + 2 * (r & 1)
+
+
+@triton.jit
 def _operand_cols(GS: tl.constexpr, G: tl.constexpr):
     """Each operand position's column within its K tile, for a slice starting at group 0: position p is
     group p % GS of phase (0, 2, 4, 6, 1, 3, 5, 7)[p // GS], the order `_slice_operand` lays them in."""
     p = tl.arange(0, 8 * GS)
-    r = p // GS
-    phase = (r >> 2) + 4 * ((r >> 1) & 1) + 2 * (r & 1)
+    phase = _phase(p // GS)
     # runs of GS consecutive columns starting at multiples of GS, which the compiler does not see by itself:
     # told, it loads a run in 16-byte pieces instead of one 2-byte value at a time
     return tl.max_contiguous(tl.multiple_of(phase * G + p % GS, GS), GS)
@@ -90,8 +95,7 @@ def _wide_dense_operand(w_rows, base, K, BLOCK_N: tl.constexpr, G: tl.constexpr,
     phase in runs of WIDE * GS columns (128 bytes at 4 slices of 16 groups, against 32 a slice), then laid
     out in that order: one dot over it takes the 16-column steps WIDE one-slice dots take."""
     u = tl.arange(0, 8 * WIDE * GS)
-    r = u // (WIDE * GS)
-    phase = (r >> 2) + 4 * ((r >> 1) & 1) + 2 * (r & 1)  # loaded in _operand_cols' phase order
+    phase = _phase(u // (WIDE * GS))
     cols = base + tl.max_contiguous(tl.multiple_of(phase * G + u % (WIDE * GS), WIDE * GS), WIDE * GS)
     if EVEN_K:
         w = tl.load(w_rows + cols[None, :])

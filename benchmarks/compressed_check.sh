@@ -13,8 +13,9 @@
 # kernels (short, first after a kernel change): ecf_gemv_probe.py (each GEMV against bf16 at the
 # Llama-3.1-8B shapes, exactness included; PROBE_ARGS=--gemm for the batched GEMM too), bf16 batch-1
 # decode on the baseline tree and this one, then the kernels' GPU tests.
-# batched (the next call for the batch-32/64 target): ecf_gemv_probe.py --gemm (the phase GEMM on dense and
-# coded weights against cuBLAS over a grid of launches, and each shape's best), compressed_decode.py at
+# batched (the next call for the batch-32/64 target): ecf_gemv_probe.py --gemm (first the ECF GEMV, scratch
+# decode and GEMM with a coded weight's planes further apart; then the phase GEMM on dense and coded weights
+# against cuBLAS over a grid of launches, in their own layout and slice by slice, and each shape's best), compressed_decode.py at
 # batches 1/32/64 (bf16 on cuBLAS; the same weights dense and coded with batches on the phase GEMM, at the
 # sweep's launches: the coded model must give the dense one's tokens), then the GEMM's GPU tests.
 # capacity: compressed_capacity.py on the Llama-3.1-70B shape (an H200), then the weights' GPU tests.

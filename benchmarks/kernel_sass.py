@@ -7,7 +7,8 @@ the K loop's SASS instructions and barriers. No timing: what it shows is whether
 
 Needs triton with its NVIDIA backend (ptxas and cuobjdump ship in the wheel); runs on CPU.
 
-    PYTHONPATH=.:sdk python3 benchmarks/kernel_sass.py [--launch BLOCK_M,BLOCK_N,GS,WARPS,STAGES ...] [--out FILE]
+    PYTHONPATH=.:sdk python3 benchmarks/kernel_sass.py [--launch BLOCK_M,BLOCK_N,GS,WARPS,STAGES[,WIDE[,SLICED]] ...]
+        [--out FILE]
 
 BLOCK_M applies where the weight is the A operand; with x as A it is always 64.
 """
@@ -41,15 +42,17 @@ DIVISIBLE_BY_16 = ("x_ptr", "w_ptr", "b_ptr", "out_ptr", "N", "K", "stride_xm", 
 
 
 def compile_gemm(ecf: bool, block_m: int, block_n: int, gs: int, num_warps: int, num_stages: int,
-                 capability: int = 90, w_as_a: bool = False, a_regs: bool = False, wide: int = 1):
-    """The GEMM kernel of one form for a weight with K tiles of 1,024 (G = 128, every Llama-3 shape)."""
+                 capability: int = 90, w_as_a: bool = False, a_regs: bool = False, wide: int = 1,
+                 sliced: bool = False):
+    """The GEMM kernel of one form for a weight with K tiles of 1,024 (G = 128, every Llama-3 shape), in its own
+    layout or laid out slice by slice (triton_gemm.SliceOrdered)."""
     signature = {"x_ptr": "*bf16", "w_ptr": "*i32" if ecf else "*bf16", "b_ptr": "*bf16", "out_ptr": "*bf16",
                  "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_wn": "i32",
                  "base_ptr": "*u8" if ecf else "*bf16", "escapes_ptr": "*i64" if ecf else "*bf16",
                  "escapes_addr": "i64", "plane_stride": "i32", "steps_per_split": "i32"}
     constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "G": 128, "GS": gs, "ECF": ecf, "ASM": True,
                  "WHOLE_K": True, "HAS_BIAS": False, "W_AS_A": w_as_a, "A_REGS": a_regs,
-                 "EVEN_K": True, "WIDE": wide}
+                 "EVEN_K": True, "WIDE": wide, "SLICED": sliced}
     names = list(signature)
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in DIVISIBLE_BY_16}
     source = ASTSource(triton_gemm._gemm_kernel, {**signature, **dict.fromkeys(constants, "constexpr")}, constants,
@@ -82,7 +85,10 @@ def describe(kernel) -> dict:
             "warpgroup_dots": len(dots),
             "a_from": sorted({"registers" if "dot_op<{opIdx = 0" in line else "shared" for line in dots}),
             "top_opcodes": dict(opcodes.most_common(12)),
-            "loop_instructions": len(loop), "loop_barriers": sum("BAR.SYNC" in line for line in loop)}
+            "loop_instructions": len(loop), "loop_barriers": sum("BAR.SYNC" in line for line in loop),
+            # global loads a step: asynchronous copies into shared memory, and loads into registers
+            "loop_async_copies": sum("LDGSTS" in line for line in loop),
+            "loop_global_loads": sum(bool(re.search(r"\bLDG\b", line)) for line in loop)}
 
 
 def _main_loop(sass: str) -> list[str]:
@@ -102,19 +108,19 @@ def _main_loop(sass: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--launch", action="append",
-                        help="BLOCK_M,BLOCK_N,GS,WARPS,STAGES[,DENSE_SLICES] (repeatable; the last, slices a dense "
-                             "step loads, defaults to 1)")
+                        help="BLOCK_M,BLOCK_N,GS,WARPS,STAGES[,DENSE_SLICES[,SLICED]] (repeatable; slices a dense "
+                             "step loads, default 1; SLICED 1: the weight laid out slice by slice, default 0)")
     parser.add_argument("--capability", type=int, default=90)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     rows = []
     for launch in args.launch or DEFAULT_LAUNCHES:
-        block_m, block_n, gs, warps, stages, wide = ([int(v) for v in launch.split(",")] + [1])[:6]
+        block_m, block_n, gs, warps, stages, wide, sliced = ([int(v) for v in launch.split(",")] + [1, 0])[:7]
         row = {"block_m": block_m, "block_n": block_n, "group_slice": gs, "num_warps": warps, "num_stages": stages,
-               "dense_slices": wide}
+               "dense_slices": wide, "slice_ordered": bool(sliced)}
         for form, (ecf, w_as_a, a_regs) in FORMS.items():
             row[form] = describe(compile_gemm(ecf, block_m if w_as_a else 64, block_n, gs, warps, stages,
-                                              args.capability, w_as_a, a_regs, wide))
+                                              args.capability, w_as_a, a_regs, wide, bool(sliced)))
         driven = ("mma", "warpgroup_dots", "a_from")
         for dense, ecf in (("dense, x as A", "ecf, x as A"), ("dense, W as A", "ecf, W as A")):
             row[f"{dense}: drives the MMA as ECF does"] = all(row[dense][key] == row[ecf][key] for key in driven)
@@ -123,7 +129,8 @@ def main() -> None:
             f"{form}: {row[form]['registers']} regs, {row[form]['spill_loads'] + row[form]['spill_stores']} spill ops, "
             f"{row[form]['shared_bytes'] // 1024} KB shared, {','.join(row[form]['mma']) or 'no MMA'} x "
             f"{row[form]['warpgroup_dots']}, A from {'/'.join(row[form]['a_from'])}, "
-            f"{row[form]['loop_instructions']} instructions and {row[form]['loop_barriers']} barriers a step"
+            f"{row[form]['loop_instructions']} instructions, {row[form]['loop_barriers']} barriers, "
+            f"{row[form]['loop_async_copies']} async copies and {row[form]['loop_global_loads']} loads a step"
             for form in FORMS), flush=True)
         print("    " + "; ".join(f"{key}: {value}" for key, value in row.items() if key.endswith("ECF does")))
     if args.out:

@@ -31,6 +31,13 @@ row at GS 16). The dense form may load several consecutive slices a step, phase 
 lay them out slice after slice: the tensor cores take a dot's columns 16 at a time in order, so one dot over
 them sums as the coded form's one dot a slice does.
 
+**Weights laid out slice by slice** (`SliceOrdered`, a measurement for now). In the weight's own layout a
+dense slice is 8 runs of GS columns a row and a coded one 3 runs of GS words (one a plane), far apart. Re-laid
+so that each slice's operand, or its three planes' words, lie in one run a row, a loop step reads 256 bytes
+a row (dense, GS 16) or 192 (coded) in one piece. The sums are the same, so the bits are: the layout moves
+only where the values come from. `benchmarks/ecf_gemv_probe.py --gemm` times it against the weight's own
+layout; the layers do not use it.
+
 **Split K.** A projection with few rows of W (qkv, o_proj, down_proj) gives too few tiles to fill the
 GPU, so the K steps may be cut into ``split_k`` runs; each writes its fp32 sums to a workspace and a
 second kernel adds the runs in order, the bias after them (one run writes y itself). The sums
@@ -45,13 +52,15 @@ times both forms against cuBLAS and checks their bits.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
-from gpu_backend.kernels.ecf_decode import INTERPRETED, decode_group, weight_args
+from gpu_backend.kernels.ecf_decode import INTERPRETED, decode_group, escape_words, weight_args
 from gpu_backend.weights.packed import CompressedWeight
 from gpu_backend.weights.planes import GROUP, tile_cols
 
@@ -68,6 +77,59 @@ DEFAULTS = {"block_n": 64, "group_slice": None, "split_k": None, "num_warps": 4,
 # (benchmarks/ecf_gemv_probe.py --gemm writes them, compressed_decode.py --gemm-tuning loads them). A dense
 # weight and its coded form take the same entry, so they stay equal.
 TUNING: dict[tuple[int, int, int], dict[str, int | None]] = {}
+PHASE_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # the phases of a slice's operand, in order (`_phase`)
+
+
+@dataclass(frozen=True, eq=False)
+class SliceOrdered:
+    """A weight laid out for `gemm` at slices of ``group_slice`` groups, each loop step's values in one run a
+    row (module docstring). ``data``: dense, bf16 ``[N, padded K]``, each slice's operand in turn, in
+    `_operand_cols`' order (padded columns zero); coded, the planes as int32 ``[N, slices, 3, group_slice]``,
+    with the weight's window bases and escapes. Made by `slice_ordered`."""
+
+    data: torch.Tensor
+    cols: int
+    group_slice: int
+    exponent_base: torch.Tensor | None = None  # coded only
+    escapes: torch.Tensor | None = None
+
+    @property
+    def coded(self) -> bool:
+        return self.exponent_base is not None
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.data.shape[0], self.cols))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+
+def slice_ordered(weight: torch.Tensor | CompressedWeight, group_slice: int = MIN_PHASE_COLS) -> SliceOrdered:
+    """``weight`` (dense bf16 ``[N, K]`` or coded) re-laid slice by slice for `gemm` at ``group_slice`` groups
+    a slice: a copy, the weight itself untouched."""
+    k = weight.shape[1]
+    tile = tile_cols(k)
+    g = tile // GROUP
+    if g < MIN_PHASE_COLS or g % group_slice or group_slice < MIN_PHASE_COLS:
+        raise ValueError(f"a slice of {group_slice} groups does not divide this weight's K tiles' {g} "
+                         f"(or is under {MIN_PHASE_COLS})")
+    slices = g // group_slice
+    if isinstance(weight, CompressedWeight):
+        planes = weight.planes  # [3, rows, groups], the groups of whole (padded) K tiles
+        rows, groups = planes.shape[1], planes.shape[2]
+        data = planes.view(3, rows, groups // group_slice, group_slice).permute(1, 2, 0, 3).contiguous()
+        return SliceOrdered(data, k, group_slice, weight.exponent_base, weight.escapes)
+    n, tiles = weight.shape[0], -(-k // tile)
+    padded = F.pad(weight, (0, tiles * tile - k)).view(n, tiles, 8, slices, group_slice)  # [n, t, phase, s, j]
+    order = torch.tensor(PHASE_ORDER, device=weight.device)
+    data = padded.index_select(2, order).permute(0, 1, 3, 2, 4).reshape(n, tiles * tile).contiguous()
+    return SliceOrdered(data, k, group_slice)
 
 
 @triton.jit
@@ -157,14 +219,16 @@ def _gemm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, ba
                  plane_stride, steps_per_split, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, G: tl.constexpr,
                  GS: tl.constexpr, ECF: tl.constexpr, ASM: tl.constexpr, WHOLE_K: tl.constexpr,
                  HAS_BIAS: tl.constexpr, W_AS_A: tl.constexpr, A_REGS: tl.constexpr, EVEN_K: tl.constexpr,
-                 WIDE: tl.constexpr):
+                 WIDE: tl.constexpr, SLICED: tl.constexpr):
     """This program's [BLOCK_N, BLOCK_M] block of W x^T over its run of K steps (a step: one slice of one
     K tile): WHOLE_K (one run), plus the bias into ``out`` = y ([M, N]), rounded as `_sum_splits_kernel`
     rounds; else as fp32 sums into ``out`` ([splits, N, M]: the run's own plane). W_AS_A: the weight tile
     is the MMA's A operand (``W x^T``), else x is (``x W^T``, then turned). EVEN_K: no column is past K, so
     no weight load needs a mask (rows of W past N load row N-1 and are never stored). WIDE: slices a dense
     step takes (`_wide_dense_operand`); a run's steps are whole multiples of it, and the coded form takes
-    its slices one a step."""
+    its slices one a step. SLICED: the weight is a `SliceOrdered` one's data (step s's values at s * 8 * GS
+    of a row, dense, or its three planes' words at s * 3 * GS, ``plane_stride`` GS apart), padded, so
+    its loads need no mask."""
     rows_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     safe_n = tl.minimum(rows_n, N - 1)  # rows past N load row N-1 and are never stored
     rows_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -196,12 +260,17 @@ def _gemm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, ba
         else:
             x = tl.load(x_rows + cols[None, :], mask=m_ok[:, None] & (cols < K)[None, :], other=0.0)
         if ECF:
-            words = w_rows + (group + tl.arange(0, GS))[None, :]
+            if SLICED:
+                words = w_rows + (step * 3 * GS + tl.arange(0, GS))[None, :]
+            else:
+                words = w_rows + (group + tl.arange(0, GS))[None, :]
             lo, hi, ix = tl.load(words), tl.load(words + plane_stride), tl.load(words + 2 * plane_stride)
             p02, p13, p46, p57 = decode_group(lo, hi, ix, base4, escapes_ptr, escapes_addr, ASM)
             w = _slice_operand(p02, p13, p46, p57, BLOCK_N, GS)
         else:
-            if STEP > 1:
+            if SLICED:  # the step's STEP slices lie in order, in one run
+                w = tl.load(w_rows + (step * 8 * GS + tl.arange(0, STEP * 8 * GS))[None, :])
+            elif STEP > 1:
                 w = _wide_dense_operand(w_rows, t * 8 * G + (step % SLICES) * GS, K, BLOCK_N, G, GS, WIDE, EVEN_K)
             elif EVEN_K:
                 w = tl.load(w_rows + cols[None, :])
@@ -252,7 +321,19 @@ def fits(x: torch.Tensor, weight: torch.Tensor | CompressedWeight) -> bool:
     k = weight.shape[1]
     return (x.dim() == 2 and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and x.shape[1] == k
             and tile_cols(k) // GROUP >= MIN_PHASE_COLS
-            and (isinstance(weight, CompressedWeight) or weight.stride(1) == 1))
+            and (isinstance(weight, (CompressedWeight, SliceOrdered)) or weight.stride(1) == 1))
+
+
+def _weight_args(weight: torch.Tensor | CompressedWeight | SliceOrdered) -> tuple[torch.Tensor, int, tuple, bool]:
+    """`ecf_decode.weight_args`, and the same for a `SliceOrdered` weight: its data's row stride, and, coded,
+    planes ``group_slice`` words apart."""
+    if not isinstance(weight, SliceOrdered):
+        return weight_args(weight)
+    data = weight.data
+    if not weight.coded:
+        return data, data.stride(0), (data, data, 0, 0), False
+    escapes = escape_words(weight)
+    return data, data.stride(0), (weight.exponent_base, escapes, escapes.data_ptr(), weight.group_slice), True
 
 
 @functools.lru_cache(maxsize=None)
@@ -316,14 +397,20 @@ def _launch_within_shared_memory(grid: tuple[int, ...], args: tuple, constants: 
         return
 
 
-def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, bias: torch.Tensor | None = None,
+def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight | SliceOrdered, bias: torch.Tensor | None = None,
          **options: int | None) -> torch.Tensor:
     """``x W^T + b`` (bf16, [M, N]) in the slice order above; ``fits(x, weight)`` must hold. ``options``
     (DEFAULTS' names) override the launch; a dense weight and its coded form give equal bits under equal
-    ones."""
+    ones, in either layout (a `SliceOrdered` weight takes its own slices)."""
     if not fits(x, weight):
         raise ValueError(f"the phase GEMM takes 2-D bf16 rows and a bf16 weight with K tiles of 128+ columns, "
                          f"not {tuple(x.shape)} {x.dtype} against {tuple(weight.shape)} {weight.dtype}")
+    sliced = isinstance(weight, SliceOrdered)
+    if sliced:
+        if options.get("group_slice") not in (None, weight.group_slice):
+            raise ValueError(f"this weight is laid out in slices of {weight.group_slice} groups, "
+                             f"not {options['group_slice']}")
+        options = {**options, "group_slice": weight.group_slice}
     x = x.contiguous()
     m, k = x.shape
     n = weight.shape[0]
@@ -331,7 +418,7 @@ def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, bias: torch.T
     block_m, block_n, splits = plan["block_m"], plan["block_n"], plan["split_k"]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     out = y if splits == 1 else torch.empty((splits, n, m), dtype=torch.float32, device=x.device)  # the runs' sums
-    w, stride_wn, ecf_args, ecf = weight_args(weight)
+    w, stride_wn, ecf_args, ecf = _weight_args(weight)
     _launch_within_shared_memory(
         (triton.cdiv(n, block_n), triton.cdiv(m, block_m), splits),
         (x, w, bias if bias is not None else x, out, m, n, k, x.stride(0), stride_wn, *ecf_args,
@@ -339,7 +426,8 @@ def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, bias: torch.T
         {"BLOCK_M": block_m, "BLOCK_N": block_n, "G": tile_cols(k) // GROUP, "GS": plan["group_slice"], "ECF": ecf,
          "ASM": not INTERPRETED, "WHOLE_K": splits == 1, "HAS_BIAS": bias is not None,
          "W_AS_A": bool(plan["w_as_a"]), "A_REGS": bool(plan["w_as_a"] and plan["a_in_registers"]) and not ecf,
-         "EVEN_K": k % tile_cols(k) == 0, "WIDE": plan["dense_slices"], "num_warps": plan["num_warps"]},
+         "EVEN_K": k % tile_cols(k) == 0, "WIDE": plan["dense_slices"], "SLICED": sliced,
+         "num_warps": plan["num_warps"]},
         plan["num_stages"])
     if splits == 1:
         return y

@@ -15,7 +15,8 @@
 # decode on the baseline tree and this one, then the kernels' GPU tests.
 # batched (the next call for the batch-32/64 target): ecf_gemv_probe.py --gemm (first the ECF GEMV, scratch
 # decode and GEMM with a coded weight's planes further apart; then the phase GEMM on dense and coded weights
-# against cuBLAS over a grid of launches, in their own layout and slice by slice, and each shape's best), compressed_decode.py at
+# against cuBLAS over a grid of launches, in their own layout, slice by slice and in K tiles of 128, at 32 rows
+# unless PROBE_ARGS says otherwise, and each shape's best), then, if 200 s are left, compressed_decode.py at
 # batches 1/32/64 (bf16 on cuBLAS; the same weights dense and coded with batches on the phase GEMM, at the
 # sweep's launches: the coded model must give the dense one's tokens), then the GEMM's GPU tests.
 # capacity: compressed_capacity.py on the Llama-3.1-70B shape (an H200), then the weights' GPU tests.
@@ -84,14 +85,17 @@ if [ "$what" = batch1 ]; then
 fi
 if [ "$what" = batched ]; then
     echo "== ecf_gemv_probe --gemm"
-    timeout "${PROBE_TIMEOUT:-260}" python3 benchmarks/ecf_gemv_probe.py --gemm --out "$out/ecf_gemv_probe_gemm.json" \
-        | grep -v "^ "
-    echo "== compressed_decode, batches on the phase GEMM"
-    tuning=()
-    [ -s "$out/ecf_gemv_probe_gemm.json" ] && tuning=(--gemm-tuning "$out/ecf_gemv_probe_gemm.json")
-    timeout "${CD_TIMEOUT:-250}" python3 benchmarks/compressed_decode.py --batches 1,32,64 --repeats 2 --new-tokens 128 \
-        --variants bf16,ecf-decode-at-load-gemm,ecf-kernel-gemm "${tuning[@]}" --out "$out/compressed_decode_gemm.json" \
-        ${CD_ARGS:-}
+    timeout "${PROBE_TIMEOUT:-300}" python3 benchmarks/ecf_gemv_probe.py --gemm --out "$out/ecf_gemv_probe_gemm.json" \
+        ${PROBE_ARGS:---gemm-rows 32} | grep -v "^ "
+    left=$(( ${CALL_SECONDS:-560} - SECONDS ))
+    if [ "$left" -ge 200 ]; then  # the engine on the layout it runs: worth it only with the time to finish
+        echo "== compressed_decode, batches on the phase GEMM"
+        tuning=()
+        [ -s "$out/ecf_gemv_probe_gemm.json" ] && tuning=(--gemm-tuning "$out/ecf_gemv_probe_gemm.json")
+        timeout "$(( left - 45 ))" python3 benchmarks/compressed_decode.py --batches 1,32,64 --repeats 2 \
+            --new-tokens 128 --variants bf16,ecf-decode-at-load-gemm,ecf-kernel-gemm "${tuning[@]}" \
+            --out "$out/compressed_decode_gemm.json" ${CD_ARGS:-}
+    fi
     left=$(( ${CALL_SECONDS:-560} - SECONDS ))
     if [ "$left" -ge 45 ]; then
         gpu_tests "$left" gpu_tests_gemm.log tests/gpu_backend/kernels/test_triton_gemm.py \

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import torch
 
 from llama_shapes import environment
 
+from gpu_backend.weights import planes
 from gpu_backend.weights.packed import CompressedWeight
 from gpu_backend.weights.planes import WINDOW, best_window
 
@@ -79,7 +81,8 @@ def planes_apart_sweep(gen: torch.Generator, shapes: list[str] | None = None) ->
     the ECF GEMV was slower than the dense one (the only such shape) and the scratch decode took twice qkv's
     time (ecf_gemv_probe_block_n_h100.json, ecf_gemv_probe_gemm_h100.json). Per shape and PLANE_PADS: the
     batch-1 ECF GEMV, the scratch decode and the phase GEMM at 32 rows (its default launch), with the GEMV's
-    and the GEMM's outputs against the planes as allocated."""
+    and the GEMM's outputs against the planes as allocated. Then both batch-1 GEMVs in K tiles of
+    SMALL_TILE, which the GEMM's "tile128" layout would bring to the GEMV too."""
     import triton.testing
 
     from gpu_backend.kernels import triton_gemm, triton_linear
@@ -105,6 +108,20 @@ def planes_apart_sweep(gen: torch.Generator, shapes: list[str] | None = None) ->
                 "gemm_32_rows_ms": bench(lambda: triton_gemm.gemm(x32, apart)),
                 "equal": bool(torch.equal(triton_linear._gemv(x1, apart, None), gemv)
                               and torch.equal(triton_gemm.gemm(x32, apart), gemm))})
+        # the batch-1 GEMVs, both forms, in the K tiles the layers use and in tiles of SMALL_TILE ("tile128")
+        dense = coded.decode()
+        row["gemv_phases_ms"] = bench(lambda: triton_linear._gemv(x1, dense, None))
+        with k_tiles(SMALL_TILE):
+            small = CompressedWeight.from_dense(dense)
+            row["tile128"] = {"gemv_ms": bench(lambda: triton_linear._gemv(x1, small, None)),
+                              "gemv_phases_ms": bench(lambda: triton_linear._gemv(x1, dense, None)),
+                              "equal": bool(torch.equal(triton_linear._gemv(x1, small, None),
+                                                        triton_linear._gemv(x1, dense, None)))}
+        print(f"GEMV {name:8} ECF / phases: {row['runs'][0]['gemv_ms'] * 1000:6.1f} / "
+              f"{row['gemv_phases_ms'] * 1000:6.1f} us"
+              f"; in K tiles of {SMALL_TILE}: {row['tile128']['gemv_ms'] * 1000:6.1f} / "
+              f"{row['tile128']['gemv_phases_ms'] * 1000:6.1f} us{'' if row['tile128']['equal'] else ' UNEQUAL'}",
+              flush=True)
         print(f"planes apart {name:8} " + "; ".join(
             f"+{run['pad_bytes']} B: GEMV {run['gemv_ms'] * 1000:6.1f} us, scratch {run['scratch_ms'] * 1000:6.1f}, "
             f"GEMM 32 rows {run['gemm_32_rows_ms'] * 1000:6.1f}{'' if run['equal'] else ' UNEQUAL'}"
@@ -253,23 +270,44 @@ def load_tuning(path: Path) -> dict[tuple[int, int, bool], tuple[int, bool]]:
 # (triton_gemm's module docstring), with slices of 16 groups, and of 32 where x is the A operand (and slices of 16
 # with dense steps of 2: the dense form's runs of 32 groups, the coded form's slices of 16); each on the weights in
 # their own layout and laid out slice by slice (``"layout": "slices"``, triton_gemm.SliceOrdered: not a launch
-# option, the probe re-lays both weights for it)
+# option, the probe re-lays both weights for it). And with K tiles of 128 columns (``"layout": "tile128"``: the
+# coded weight made with them), where a slice of 16 groups is a whole tile, so a dense step reads 256 contiguous
+# bytes a row of the weight as it is; only slices of 16, one a step.
 ARRANGEMENTS = ({"w_as_a": 0, "group_slice": 16}, {"w_as_a": 0, "group_slice": 32},
                 {"w_as_a": 0, "group_slice": 16, "dense_slices": 2},
                 {"w_as_a": 1, "a_in_registers": 1, "group_slice": 16},
                 {"w_as_a": 1, "a_in_registers": 0, "group_slice": 16})
 LAYOUTS = ({}, {"layout": "slices"})
+TILE128_ARRANGEMENTS = [{**arrangement, "layout": "tile128"} for arrangement in ARRANGEMENTS
+                        if arrangement["group_slice"] == 16 and "dense_slices" not in arrangement]
+SMALL_TILE = 128  # the K tile of the "tile128" layout
 LAUNCH_SETS = {
     # the whole grid in both layouts (80 launches)
     "all": [{"block_n": block_n, "num_warps": warps, "num_stages": stages, **arrangement, **layout}
             for layout in LAYOUTS for arrangement in ARRANGEMENTS for block_n in (64, 128) for warps in (4, 8)
             for stages in (3, 4)],
-    # 3 stages only (4 was no faster at the median on an H100: ecf_gemv_probe_gemm_h100.json), both layouts: 40
-    # launches, what one device call has time for
+    # 3 stages only (4 was no faster at the median on an H100: ecf_gemv_probe_gemm_h100.json), both layouts and
+    # K tiles of 128: 52 launches, what one device call has time for at one number of rows
     "layouts": [{"block_n": block_n, "num_warps": warps, "num_stages": 3, **arrangement, **layout}
-                for layout in LAYOUTS for arrangement in ARRANGEMENTS for block_n in (64, 128) for warps in (4, 8)],
+                for layout in LAYOUTS for arrangement in ARRANGEMENTS for block_n in (64, 128) for warps in (4, 8)]
+    + [{"block_n": block_n, "num_warps": warps, "num_stages": 3, **arrangement}
+       for arrangement in TILE128_ARRANGEMENTS for block_n in (64, 128) for warps in (4, 8)],
 }
 GEMM_LAUNCHES = LAUNCH_SETS["layouts"]
+
+
+@contextmanager
+def k_tiles(tile: int) -> Iterator[None]:
+    """Weights coded and kernels launched meanwhile take K tiles of at most ``tile`` columns
+    (planes.TILE_COLS narrowed), whatever their width."""
+    saved = planes.TILE_COLS
+    planes.TILE_COLS = tuple(cols for cols in saved if cols <= tile)
+    planes.tile_cols.cache_clear()
+    try:
+        yield
+    finally:
+        planes.TILE_COLS = saved
+        planes.tile_cols.cache_clear()
 
 
 def launches_argument(value: str) -> list[dict]:
@@ -303,6 +341,19 @@ def gemm_sweep(gen: torch.Generator, rows_list: tuple[int, ...], shapes: list[st
         dense = (0.02 * torch.randn(n, k, device=gen.device, generator=gen)).to(torch.bfloat16)
         coded = CompressedWeight.from_dense(dense)
         sliced: dict[int, tuple] = {}  # group_slice -> (dense, coded) laid out slice by slice, made once a shape
+        with k_tiles(SMALL_TILE):
+            coded_small_tiles = CompressedWeight.from_dense(dense)
+
+        def weights(layout: str | None, options: dict):
+            """The dense and the coded weight a launch of this layout runs on, and the K tiles it runs in."""
+            if layout == "tile128":
+                return dense, coded_small_tiles, k_tiles(SMALL_TILE)
+            if layout == "slices":
+                gs = options.get("group_slice") or triton_gemm.MIN_PHASE_COLS
+                if gs not in sliced:
+                    sliced[gs] = (triton_gemm.slice_ordered(dense, gs), triton_gemm.slice_ordered(coded, gs))
+                return *sliced[gs], nullcontext()
+            return dense, coded, nullcontext()
         for m in rows_list:
             x = torch.randn(m, k, device=gen.device, generator=gen).to(torch.bfloat16)
             row = {"shape": name, "n": n, "k": k, "m": m, "rows_class": triton_gemm.rows_class(m),
@@ -312,16 +363,12 @@ def gemm_sweep(gen: torch.Generator, rows_list: tuple[int, ...], shapes: list[st
                 options = {key: value for key, value in launch_.items() if key != "layout"}
                 run = {"options": launch_, "split_k": triton_gemm.launch(m, n, k, x.device, **options)["split_k"]}
                 try:
-                    dense_w, coded_w = dense, coded
-                    if launch_.get("layout") == "slices":
-                        gs = options.get("group_slice") or triton_gemm.MIN_PHASE_COLS
-                        if gs not in sliced:
-                            sliced[gs] = (triton_gemm.slice_ordered(dense, gs), triton_gemm.slice_ordered(coded, gs))
-                        dense_w, coded_w = sliced[gs]
-                    run["bf16_ms"] = bench(lambda: triton_gemm.gemm(x, dense_w, **options))
-                    run["ecf_ms"] = bench(lambda: triton_gemm.gemm(x, coded_w, **options))
-                    got = triton_gemm.gemm(x, dense_w, **options)
-                    run["equal"] = bool(torch.equal(triton_gemm.gemm(x, coded_w, **options), got))
+                    dense_w, coded_w, tiles = weights(launch_.get("layout"), options)
+                    with tiles:
+                        run["bf16_ms"] = bench(lambda: triton_gemm.gemm(x, dense_w, **options))
+                        run["ecf_ms"] = bench(lambda: triton_gemm.gemm(x, coded_w, **options))
+                        got = triton_gemm.gemm(x, dense_w, **options)
+                        run["equal"] = bool(torch.equal(triton_gemm.gemm(x, coded_w, **options), got))
                     if dense_w is not dense:  # the same sums, so the same bits as the weight's own layout
                         run["equal"] = run["equal"] and bool(torch.equal(got, triton_gemm.gemm(x, dense, **options)))
                 except Exception as error:  # e.g. out of registers or shared memory at this tile
@@ -332,21 +379,26 @@ def gemm_sweep(gen: torch.Generator, rows_list: tuple[int, ...], shapes: list[st
             # one and 150 in the other)
             row["cublas_ms_after"] = bench(lambda: F.linear(x, dense))
             row["scratch_ms_after"] = bench(lambda: F.linear(x, triton_linear.decode_to_scratch(coded)))
-            for key, layout in (("best", None), ("best_slice_ordered", "slices")):
+            for key, layout in BEST_BY_LAYOUT:
                 best = _fastest(row["runs"], layout)
                 row[key] = best
                 if best:  # both forms equal, but are they right: against the fp32 product
                     options = {option: value for option, value in best["options"].items() if option != "layout"}
-                    error = triton_gemm.gemm(x, coded, **options).float() - F.linear(x.float(), dense.float())
+                    _, coded_w, tiles = weights(layout, options)
+                    with tiles:
+                        error = triton_gemm.gemm(x, coded_w, **options).float() - F.linear(x.float(), dense.float())
                     best["max_abs_error_vs_fp32"] = float(error.abs().max())
             print(f"GEMM {name:8} {m:2} rows: cuBLAS {row['cublas_ms'] * 1000:7.1f} us "
                   f"({row['cublas_ms_after'] * 1000:.1f} after), scratch + cuBLAS {row['scratch_ms'] * 1000:7.1f} us "
                   f"({row['scratch_ms_after'] * 1000:.1f} after); "
-                  + "; ".join(_best_line(row, key, label) for key, label in (("best", "own layout"),
-                                                                               ("best_slice_ordered", "slice order")))
+                  + "; ".join(_best_line(row, key, layout or "own layout") for key, layout in BEST_BY_LAYOUT)
                   + f"; {sum(1 for r in row['runs'] if 'equal' in r and not r['equal'])} launches unequal, "
                   f"{sum(1 for r in row['runs'] if 'error' in r)} failed", flush=True)
             yield row
+
+
+# each layout's fastest launch, by key of a sweep row
+BEST_BY_LAYOUT = (("best", None), ("best_slice_ordered", "slices"), ("best_tile128", "tile128"))
 
 
 def _fastest(runs: list[dict], layout: str | None) -> dict | None:

@@ -17,9 +17,32 @@ import triton
 import triton.language as tl
 
 from gpu_backend.weights.packed import CompressedWeight
-from gpu_backend.weights.planes import GROUP, tile_cols
+from gpu_backend.weights.planes import GROUP, padded_cols, tile_cols
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# Groups of a row a GEMV or scratch-decode step takes at most: a 1,024-column K tile's (every Llama-3 shape's,
+# what those kernels were tuned at). Narrower tiles are taken several a step, up to that (`tiles_a_step`).
+STEP_GROUPS = 128
+
+
+def tiles_a_step(k: int) -> int:
+    """K tiles a GEMV or scratch-decode step takes for a weight of ``k`` columns: the most, a power of two
+    dividing the tile count, whose groups stay within STEP_GROUPS (1 at tiles of 1,024 columns)."""
+    groups, tiles = tile_cols(k) // GROUP, padded_cols(k) // tile_cols(k)
+    step = 1
+    while 2 * step * groups <= STEP_GROUPS and tiles % (2 * step) == 0:
+        step *= 2
+    return step
+
+
+@triton.jit
+def phase0_cols(G: tl.constexpr, TILES: tl.constexpr):
+    """Phase 0's columns in a step of TILES K tiles of 8*G columns, from the step's first: a run of G in
+    each tile (phase j's are these + j*G), laid out tile after tile as the step's TILES*G groups are."""
+    if TILES == 1:
+        return tl.arange(0, G)
+    u = tl.arange(0, TILES * G)
+    return tl.max_contiguous(tl.multiple_of((u // G) * (8 * G) + u % G, G), G)
 
 
 @triton.jit
@@ -90,16 +113,17 @@ def decode_group(lo, hi, ix, base4, escapes_ptr, escapes_addr, ASM: tl.constexpr
 
 @triton.jit
 def _ecf_decode_kernel(w_ptr, base_ptr, escapes_ptr, escapes_addr, out_ptr, N, K, stride_wn, plane_stride,
-                       BLOCK_N: tl.constexpr, G: tl.constexpr, ASM: tl.constexpr):
-    """One [BLOCK_N, 8*G] tile of a weight's planes decoded into ``out`` (int16 bits, [N, K])."""
+                       BLOCK_N: tl.constexpr, G: tl.constexpr, ASM: tl.constexpr, TILES: tl.constexpr):
+    """TILES K tiles of BLOCK_N rows ([BLOCK_N, 8*G] each) of a weight's planes decoded into ``out`` (int16
+    bits, [N, K])."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    t = tl.program_id(1)
+    t = tl.program_id(1)  # the step: TILES tiles
     safe_rows = tl.minimum(rows, N - 1)
-    lo, hi, ix = load_tile(w_ptr + safe_rows[:, None].to(tl.int64) * stride_wn, plane_stride, t, G)
+    lo, hi, ix = load_tile(w_ptr + safe_rows[:, None].to(tl.int64) * stride_wn, plane_stride, t, TILES * G)
     base4 = (tl.load(base_ptr + safe_rows).to(tl.int32) * 0x01010101)[:, None]
     p02, p13, p46, p57 = decode_group(lo, hi, ix, base4, escapes_ptr, escapes_addr, ASM)
     out_rows = out_ptr + rows[:, None].to(tl.int64) * K
-    c = t * 8 * G + tl.arange(0, G)
+    c = t * 8 * TILES * G + phase0_cols(G, TILES)
     ok = (rows < N)[:, None]
     tl.store(out_rows + c[None, :], p02.to(tl.int16), mask=ok & (c < K)[None, :])
     tl.store(out_rows + (c + G)[None, :], p13.to(tl.int16), mask=ok & (c + G < K)[None, :])
@@ -144,8 +168,8 @@ def decode_to_scratch(weight: CompressedWeight) -> torch.Tensor:
     else:
         out = torch.empty((n, k), dtype=weight.dtype, device=weight.device)
     planes, stride_wn, (base, escapes, escapes_addr, plane_stride), _ = weight_args(weight)
-    tile = tile_cols(k)
-    _ecf_decode_kernel[(triton.cdiv(n, 16), stride_wn * GROUP // tile)](
+    tile, tiles = tile_cols(k), tiles_a_step(k)
+    _ecf_decode_kernel[(triton.cdiv(n, 16), stride_wn * GROUP // (tile * tiles))](
         planes, base, escapes, escapes_addr, out.view(torch.int16), n, k, stride_wn, plane_stride,
-        BLOCK_N=16, G=tile // GROUP, ASM=not INTERPRETED, num_warps=8)
+        BLOCK_N=16, G=tile // GROUP, ASM=not INTERPRETED, TILES=tiles, num_warps=8)
     return out

@@ -9,7 +9,9 @@ Two dense forms (``DENSE_GEMV``), both measured on an H100 in the engine's batch
 - ``"phases"`` (`_gemv_kernel`, the default: 180.4 tok/s) lays its sums down so that none depends on
   how the compiler lays a tile out in registers: each output element keeps a K tile's width of running
   sums (one per column, in 8 phases of G columns), advanced by one fused multiply-add per tile, then
-  summed by halving (`_row_sums`). So a kernel that gets the same weights another way, the ECF GEMV
+  summed by halving (`_row_sums`); K tiles narrower than 1,024 columns are taken several a step
+  (`ecf_decode.tiles_a_step`), each step's columns one running sum. So a kernel that gets the same
+  weights another way, the ECF GEMV
   below, gets the same output, and a compressed model answers as its dense original does. Its input's
   norm or SiLU comes from the separate kernel (triton_ops), rounded as everywhere else.
 - ``"tiles"`` (`_tile_gemv_kernel`: 182.6 tok/s, 1.2% faster) sums each tile's products across the
@@ -38,7 +40,15 @@ import triton
 import triton.language as tl
 
 from gpu_backend.kernels import pdl, triton_gemm, triton_ops
-from gpu_backend.kernels.ecf_decode import INTERPRETED, decode_group, decode_to_scratch, load_tile, weight_args
+from gpu_backend.kernels.ecf_decode import (
+    INTERPRETED,
+    decode_group,
+    decode_to_scratch,
+    load_tile,
+    phase0_cols,
+    tiles_a_step,
+    weight_args,
+)
 from gpu_backend.kernels.pdl import wait_then_release
 from gpu_backend.weights.packed import CompressedWeight
 from gpu_backend.weights.planes import GROUP, tile_cols
@@ -121,10 +131,11 @@ def _fma_pair(first, second, pair, c, K, x_ptr, res_ptr, norm_w_ptr, rstd, dtype
 @triton.jit
 def _ecf_fma(a0, a1, a2, a3, a4, a5, a6, a7, lo, hi, ix, base4, escapes_ptr, escapes_addr, x_ptr, res_ptr,
              norm_w_ptr, c0, K, rstd, dtype: tl.constexpr, PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-             G: tl.constexpr, EVEN_K: tl.constexpr, ASM: tl.constexpr):
-    """The 8 phases' running sums advanced by one decoded K tile: phase j's are columns j*G.. of the tile."""
+             G: tl.constexpr, EVEN_K: tl.constexpr, ASM: tl.constexpr, TILES: tl.constexpr):
+    """The 8 phases' running sums advanced by one decoded step of TILES K tiles from column c0: phase j's
+    are columns j*G.. of each tile."""
     p02, p13, p46, p57 = decode_group(lo, hi, ix, base4, escapes_ptr, escapes_addr, ASM)
-    c = c0 + tl.arange(0, G)
+    c = c0 + phase0_cols(G, TILES)
     a0, a2 = _fma_pair(a0, a2, p02, c, K, x_ptr, res_ptr, norm_w_ptr, rstd, dtype, PROLOGUE, HAS_RESIDUAL, EVEN_K,
                        2 * G)
     a1, a3 = _fma_pair(a1, a3, p13, c + G, K, x_ptr, res_ptr, norm_w_ptr, rstd, dtype, PROLOGUE, HAS_RESIDUAL,
@@ -182,9 +193,10 @@ def _rstd(x_ptr, res_ptr, new_res_ptr, K, eps, dtype: tl.constexpr, HAS_RESIDUAL
 
 
 @triton.jit
-def _dense_tile(w_rows, c0, K, G: tl.constexpr, EVEN_K: tl.constexpr):
-    """A bf16 K tile from column c0 as the ECF form has it: 8 phases, phase j columns c0 + j*G..."""
-    c = c0 + tl.arange(0, G)
+def _dense_tile(w_rows, c0, K, G: tl.constexpr, EVEN_K: tl.constexpr, TILES: tl.constexpr):
+    """A bf16 step of TILES K tiles from column c0 as the ECF form has it: 8 phases, phase j each tile's
+    columns j*G..."""
+    c = c0 + phase0_cols(G, TILES)
     return (_load(w_rows + c[None, :], (c < K)[None, :], EVEN_K),
             _load(w_rows + (c + G)[None, :], (c + G < K)[None, :], EVEN_K),
             _load(w_rows + (c + 2 * G)[None, :], (c + 2 * G < K)[None, :], EVEN_K),
@@ -198,9 +210,9 @@ def _dense_tile(w_rows, c0, K, G: tl.constexpr, EVEN_K: tl.constexpr):
 @triton.jit
 def _dense_fma(a0, a1, a2, a3, a4, a5, a6, a7, w0, w1, w2, w3, w4, w5, w6, w7, x_ptr, res_ptr, norm_w_ptr, c0, K,
                rstd, dtype: tl.constexpr, PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, G: tl.constexpr,
-               EVEN_K: tl.constexpr):
-    """The 8 phases' running sums advanced by one bf16 tile (_dense_tile), as _ecf_fma advances them."""
-    c = c0 + tl.arange(0, G)
+               EVEN_K: tl.constexpr, TILES: tl.constexpr):
+    """The 8 phases' running sums advanced by one bf16 step (_dense_tile), as _ecf_fma advances them."""
+    c = c0 + phase0_cols(G, TILES)
     a0 = _fma_phase(a0, w0.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL,
                     EVEN_K)
     a1 = _fma_phase(a1, w1.to(tl.float32), x_ptr, res_ptr, norm_w_ptr, c + G, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL,
@@ -240,9 +252,10 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, res_ptr, norm_w_ptr, new_res_ptr, N
                  base_ptr, escapes_ptr, escapes_addr, plane_stride,
                  HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, G: tl.constexpr, PROLOGUE: tl.constexpr,
                  HAS_RESIDUAL: tl.constexpr, BLOCK_ROW: tl.constexpr, USE_PDL: tl.constexpr, ECF: tl.constexpr,
-                 EVEN_K: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr):
-    """y = x W^T for one row x, in K tiles of KT = 8*G columns. Every output element keeps KT running
-    sums, one per column of a tile, each advanced by one fma per tile in tile order; they are then
+                 EVEN_K: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr, TILES: tl.constexpr):
+    """y = x W^T for one row x, in steps of TILES K tiles of 8*G columns (so KT = 8*TILES*G columns a step,
+    TILES*G groups). Every output element keeps KT running
+    sums, one per column of a step, each advanced by one fma per step in step order; they are then
     summed by halving (_row_sums). No sum depends on how the compiler lays a tile out in registers,
     so the ECF form (w_ptr the weight's planes, weights/planes.py, each tile decoded in registers as
     8 phases of G columns) gives bit for bit what the bf16 kernel gives on the decoded weight."""
@@ -251,67 +264,68 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, res_ptr, norm_w_ptr, new_res_ptr, N
     safe_rows = tl.minimum(rows, N - 1)  # rows past N load row N-1 and are never stored
     w_rows = w_ptr + safe_rows[:, None].to(tl.int64) * stride_wn
     dtype = y_ptr.dtype.element_ty
-    KT: tl.constexpr = 8 * G
-    num_tiles = tl.cdiv(K, KT)
+    W: tl.constexpr = TILES * G  # groups a step
+    KT: tl.constexpr = 8 * W
+    num_tiles = tl.cdiv(K, KT)  # steps (`gemv_tiles_a_step` picks TILES so that each is whole)
     # The weights depend on no earlier kernel: the first tile is in flight before the wait.
     if ECF:
         base4 = (tl.load(base_ptr + safe_rows).to(tl.int32) * 0x01010101)[:, None]  # the window's base, a byte each
-        lo, hi, ix = load_tile(w_rows, plane_stride, 0, G)
+        lo, hi, ix = load_tile(w_rows, plane_stride, 0, W)
     else:
-        w0, w1, w2, w3, w4, w5, w6, w7 = _dense_tile(w_rows, 0, K, G, EVEN_K)
+        w0, w1, w2, w3, w4, w5, w6, w7 = _dense_tile(w_rows, 0, K, G, EVEN_K, TILES)
     if USE_PDL:
         wait_then_release()
     rstd = 0.0
     if PROLOGUE == 1:
         rstd = _rstd(x_ptr, res_ptr, new_res_ptr, K, eps, dtype, HAS_RESIDUAL, BLOCK_ROW)
     if ECF:
-        a0 = tl.zeros([BLOCK_N, G], dtype=tl.float32)
+        a0 = tl.zeros([BLOCK_N, W], dtype=tl.float32)
         a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
         if PREFETCH:  # tile t's words are loading while tile t - 1 is decoded and summed
             for t in range(1, num_tiles):
-                next_lo, next_hi, next_ix = load_tile(w_rows, plane_stride, t, G)
+                next_lo, next_hi, next_ix = load_tile(w_rows, plane_stride, t, W)
                 a0, a1, a2, a3, a4, a5, a6, a7 = _ecf_fma(a0, a1, a2, a3, a4, a5, a6, a7, lo, hi, ix, base4,
                                                           escapes_ptr, escapes_addr, x_ptr, res_ptr, norm_w_ptr,
                                                           (t - 1) * KT, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, G,
-                                                          EVEN_K, ASM)
+                                                          EVEN_K, ASM, TILES)
                 lo, hi, ix = next_lo, next_hi, next_ix
             a0, a1, a2, a3, a4, a5, a6, a7 = _ecf_fma(a0, a1, a2, a3, a4, a5, a6, a7, lo, hi, ix, base4, escapes_ptr,
                                                       escapes_addr, x_ptr, res_ptr, norm_w_ptr, (num_tiles - 1) * KT,
-                                                      K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, G, EVEN_K, ASM)
+                                                      K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, G, EVEN_K, ASM, TILES)
         else:
             a0, a1, a2, a3, a4, a5, a6, a7 = _ecf_fma(a0, a1, a2, a3, a4, a5, a6, a7, lo, hi, ix, base4, escapes_ptr,
                                                       escapes_addr, x_ptr, res_ptr, norm_w_ptr, 0, K, rstd, dtype,
-                                                      PROLOGUE, HAS_RESIDUAL, G, EVEN_K, ASM)
+                                                      PROLOGUE, HAS_RESIDUAL, G, EVEN_K, ASM, TILES)
             for t in range(1, num_tiles):
-                lo, hi, ix = load_tile(w_rows, plane_stride, t, G)
+                lo, hi, ix = load_tile(w_rows, plane_stride, t, W)
                 a0, a1, a2, a3, a4, a5, a6, a7 = _ecf_fma(a0, a1, a2, a3, a4, a5, a6, a7, lo, hi, ix, base4,
                                                           escapes_ptr, escapes_addr, x_ptr, res_ptr, norm_w_ptr,
                                                           t * KT, K, rstd, dtype, PROLOGUE, HAS_RESIDUAL, G, EVEN_K,
-                                                          ASM)
+                                                          ASM, TILES)
     else:
-        a0 = tl.zeros([BLOCK_N, G], dtype=tl.float32)
+        a0 = tl.zeros([BLOCK_N, W], dtype=tl.float32)
         a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
         if PREFETCH:
             for t in range(1, num_tiles):
-                n0, n1, n2, n3, n4, n5, n6, n7 = _dense_tile(w_rows, t * KT, K, G, EVEN_K)
+                n0, n1, n2, n3, n4, n5, n6, n7 = _dense_tile(w_rows, t * KT, K, G, EVEN_K, TILES)
                 a0, a1, a2, a3, a4, a5, a6, a7 = _dense_fma(a0, a1, a2, a3, a4, a5, a6, a7, w0, w1, w2, w3, w4, w5,
                                                             w6, w7, x_ptr, res_ptr, norm_w_ptr, (t - 1) * KT, K, rstd,
-                                                            dtype, PROLOGUE, HAS_RESIDUAL, G, EVEN_K)
+                                                            dtype, PROLOGUE, HAS_RESIDUAL, G, EVEN_K, TILES)
                 w0, w1, w2, w3, w4, w5, w6, w7 = n0, n1, n2, n3, n4, n5, n6, n7
             a0, a1, a2, a3, a4, a5, a6, a7 = _dense_fma(a0, a1, a2, a3, a4, a5, a6, a7, w0, w1, w2, w3, w4, w5, w6,
                                                         w7, x_ptr, res_ptr, norm_w_ptr, (num_tiles - 1) * KT, K, rstd,
-                                                        dtype, PROLOGUE, HAS_RESIDUAL, G, EVEN_K)
+                                                        dtype, PROLOGUE, HAS_RESIDUAL, G, EVEN_K, TILES)
         else:
             a0, a1, a2, a3, a4, a5, a6, a7 = _dense_fma(a0, a1, a2, a3, a4, a5, a6, a7, w0, w1, w2, w3, w4, w5, w6,
                                                         w7, x_ptr, res_ptr, norm_w_ptr, 0, K, rstd, dtype, PROLOGUE,
-                                                        HAS_RESIDUAL, G, EVEN_K)
+                                                        HAS_RESIDUAL, G, EVEN_K, TILES)
             for t in range(1, num_tiles):
-                w0, w1, w2, w3, w4, w5, w6, w7 = _dense_tile(w_rows, t * KT, K, G, EVEN_K)
+                w0, w1, w2, w3, w4, w5, w6, w7 = _dense_tile(w_rows, t * KT, K, G, EVEN_K, TILES)
                 a0, a1, a2, a3, a4, a5, a6, a7 = _dense_fma(a0, a1, a2, a3, a4, a5, a6, a7, w0, w1, w2, w3, w4, w5,
                                                             w6, w7, x_ptr, res_ptr, norm_w_ptr, t * KT, K, rstd, dtype,
-                                                            PROLOGUE, HAS_RESIDUAL, G, EVEN_K)
-    # the 8 phases' sums, then each row's G by halving: the same additions for both forms
-    out = _row_sums(((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), BLOCK_N, G)
+                                                            PROLOGUE, HAS_RESIDUAL, G, EVEN_K, TILES)
+    # the 8 phases' sums, then each row's W by halving: the same additions for both forms
+    out = _row_sums(((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), BLOCK_N, W)
     if HAS_BIAS:
         out += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
     tl.store(y_ptr + rows, out.to(dtype), mask=row_ok)
@@ -385,7 +399,7 @@ def _gemv(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None, prologue: 
         HAS_BIAS=bias is not None, BLOCK_N=block_n, G=tile_cols(k) // GROUP, PROLOGUE=prologue,
         HAS_RESIDUAL=residual is not None, BLOCK_ROW=triton.next_power_of_2(k) if prologue == RMS_NORM else 1,
         USE_PDL=use_pdl, num_warps=8, ECF=ecf, EVEN_K=k % tile_cols(k) == 0, ASM=not INTERPRETED,
-        PREFETCH=prefetch,
+        PREFETCH=prefetch, TILES=tiles_a_step(k),
         **pdl.launch_options(use_pdl),
     )
     return y

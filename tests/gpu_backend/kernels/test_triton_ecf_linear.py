@@ -240,6 +240,43 @@ def test_decode_to_scratch_is_the_weight(device: str, rows: int, cols: int, stac
     assert torch.equal(triton_linear.linear(x, weight), torch.nn.functional.linear(x, expected.to(device)))
 
 
+# K tiles narrower than the layers' (planes.TILE_COLS narrowed, as ecf_gemv_probe.py's "tile128" does): a GEMV or
+# scratch-decode step takes several (ecf_decode.tiles_a_step). 32 tiles of 128 columns, 8 a step; 254 of 16, 2 a
+# step; both with a padded last tile, escapes and two windows
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("tiles", "step"), [((128, 64, 32, 16), 8), ((16,), 2)])
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_several_tiles_a_step(device: str, tiles: tuple[int, ...], step: int, prefetch: bool,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpu_backend.kernels import ecf_decode, triton_linear
+    from gpu_backend.weights import planes
+
+    monkeypatch.setattr(triton_linear, "GEMV_PREFETCH", prefetch)
+    saved = planes.TILE_COLS
+    planes.TILE_COLS = tiles
+    planes.tile_cols.cache_clear()
+    try:
+        assert ecf_decode.tiles_a_step(4060) == step and planes.tile_cols(4060) == tiles[-1 if step == 2 else 0]
+        weight = _on(device, _compressed(9, 4060, 3, stacked=True))
+        dense = weight.decode()
+        x = torch.randn(1, 4060, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16).to(device)
+        got = triton_linear._gemv(x, weight, None)
+        assert torch.equal(got, triton_linear._gemv(x, dense, None))
+        torch.testing.assert_close(got.float(), reference.linear(x, weight, None).float(), atol=2e-2, rtol=2e-2)
+        assert torch.equal(triton_linear.decode_to_scratch(weight).view(torch.int16), dense.view(torch.int16))
+    finally:
+        planes.TILE_COLS = saved
+        planes.tile_cols.cache_clear()
+
+
+def test_tiles_a_step() -> None:
+    from gpu_backend.kernels import ecf_decode
+
+    assert ecf_decode.tiles_a_step(4096) == ecf_decode.tiles_a_step(14336) == 1  # 1,024-column tiles: one a step
+    assert ecf_decode.tiles_a_step(300) == 1  # 19 tiles of 16: no power of two above 1 divides them
+    assert ecf_decode.tiles_a_step(1536) == 1  # 3 tiles of 512
+
+
 @pytest.mark.skipif(INTERPRETING, reason="already inside the interpreter run")
 def test_ecf_interpreter() -> None:
     """Run this file's CPU variants with TRITON_INTERPRET=1 set before triton is imported."""

@@ -17,8 +17,9 @@
 # decode and GEMM with a coded weight's planes further apart; then the phase GEMM on dense and coded weights
 # against cuBLAS over a grid of launches, in their own layout, slice by slice and in K tiles of 128, at 32 rows
 # unless PROBE_ARGS says otherwise, and each shape's best), then, if 200 s are left, compressed_decode.py at
-# batches 1/32/64 (bf16 on cuBLAS; the same weights dense and coded with batches on the phase GEMM, at the
-# sweep's launches: the coded model must give the dense one's tokens), then the GEMM's GPU tests.
+# batches 1/32/64 (bf16 on cuBLAS; the same weights dense and coded in K tiles of 128 with batches on the phase
+# GEMM, at the sweep's launches: the coded model must give the dense one's tokens; CD_VARIANTS=bf16,
+# ecf-decode-at-load-gemm,ecf-kernel-gemm for the tiles the layers use now), then the GEMM's GPU tests.
 # capacity: compressed_capacity.py on the Llama-3.1-70B shape (an H200), then the weights' GPU tests.
 # sharded (a call of 2 or 4 GPUs): coded weights in the kernels under TP and PP, against the original sharded
 # the same way (the layouts that fit the machine's GPUs).
@@ -93,8 +94,8 @@ if [ "$what" = batched ]; then
         tuning=()
         [ -s "$out/ecf_gemv_probe_gemm.json" ] && tuning=(--gemm-tuning "$out/ecf_gemv_probe_gemm.json")
         timeout "$(( left - 45 ))" python3 benchmarks/compressed_decode.py --batches 1,32,64 --repeats 2 \
-            --new-tokens 128 --variants bf16,ecf-decode-at-load-gemm,ecf-kernel-gemm "${tuning[@]}" \
-            --out "$out/compressed_decode_gemm.json" ${CD_ARGS:-}
+            --new-tokens 128 --variants "${CD_VARIANTS:-bf16,ecf-decode-at-load-gemm128,ecf-kernel-gemm128}" \
+            "${tuning[@]}" --out "$out/compressed_decode_gemm.json" ${CD_ARGS:-}
     fi
     left=$(( ${CALL_SECONDS:-560} - SECONDS ))
     if [ "$left" -ge 45 ]; then

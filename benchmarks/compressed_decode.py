@@ -19,7 +19,11 @@ checkpoint. Three variants then run one after the other in this process, on the 
 - ``ecf-decode-at-load-gemm`` and ``ecf-kernel-gemm`` (not run unless named): the two above with batches
   of 2..64 rows on the phase GEMM (``triton_linear.BATCH_GEMM = "phases"``, kernels/triton_gemm.py)
   instead of cuBLAS: the dense weights loaded as they are, the coded ones decoded in its registers;
-  with ``--gemm-tuning FILE`` (the record of ``ecf_gemv_probe.py --gemm``) at its best launch per shape.
+  with ``--gemm-tuning FILE`` (the record of ``ecf_gemv_probe.py --gemm``) at its best launch per shape;
+- ``ecf-decode-at-load-gemm128`` and ``ecf-kernel-gemm128`` (not run unless named): the two -gemm variants with
+  every weight in K tiles of 128 columns (``planes.TILE_COLS`` narrowed while loading and running): the dense
+  weights as they are, the coded planes made in those tiles, the batch-1 GEMVs taking 8 a step; the GEMM's
+  launches from the record's ``best_tile128``.
 
 Per variant: time to ready, the GPU memory its weights take (parameters, compressed planes and the
 decode scratch buffer), batch-1 and batch-N decode tok/s (CUDA graphs), the time of one prefill,
@@ -38,6 +42,7 @@ checks the folder writing, the loading, the measurements and the token compariso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import sys
@@ -48,7 +53,7 @@ from typing import Any
 
 import torch
 
-from ecf_gemv_probe import load_gemm_tuning, load_tuning
+from ecf_gemv_probe import SMALL_TILE, k_tiles, load_gemm_tuning, load_tuning
 from llama_shapes import LLAMA_3_1_8B, environment, parameter_bytes, write_model_folder
 
 from gpu_backend import LLM, SamplingParams
@@ -215,6 +220,8 @@ def main() -> int:
                 "ecf-decode-at-load-gemm": (ecf_folder, {"compressed_weights": "decode_at_load"}),
                 "ecf-kernel": (ecf_folder, {"compressed_weights": "kernel"}),
                 "ecf-kernel-gemm": (ecf_folder, {"compressed_weights": "kernel"}),
+                "ecf-decode-at-load-gemm128": (ecf_folder, {"compressed_weights": "decode_at_load"}),
+                "ecf-kernel-gemm128": (ecf_folder, {"compressed_weights": "kernel"}),
                 "ecf-kernel-tuned": (ecf_folder, {"compressed_weights": "kernel"}),
                 "ecf-scratch": (ecf_folder, {"compressed_weights": "kernel"}),
             }[variant]
@@ -226,44 +233,51 @@ def main() -> int:
                 triton_linear.DENSE_GEMV = "tiles" if variant == "bf16" else "phases"
                 triton_linear.FUSED_ECF_DECODE = variant != "ecf-scratch"
                 triton_linear.PHASE_GEMV_TUNING = load_tuning(args.gemv_tuning) if variant == "ecf-kernel-tuned" else {}
-                on_gemm = variant.endswith("-gemm")
+                on_gemm = variant.endswith(("-gemm", "-gemm128"))
                 triton_linear.BATCH_GEMM = "phases" if on_gemm else "cublas"
-                triton_gemm.TUNING = load_gemm_tuning(args.gemm_tuning) if on_gemm and args.gemm_tuning else {}
-            _sync(device)
-            started = time.perf_counter()
-            llm = LLM(str(folder), device=device, dtype="bfloat16", skip_tokenizer_init=True, progress=False,
-                      max_num_seqs=max(batches), max_model_len=max(prefill_len, prompt_len + new_tokens) + 16,
-                      **extra, **options)
-            row: dict[str, Any] = {"ready_s": time.perf_counter() - started, "memory_bytes": weight_memory(llm),
-                                   "kv_cache_bytes": llm.engine.runner.kv_cache.nbytes}
-            if device == "cuda":
-                row["cuda_allocated_minus_kv_bytes"] = torch.cuda.memory_allocated() - row["kv_cache_bytes"]
-            tokens[variant] = {}
-            for batch in batches:
-                speed, tokens[variant][batch] = decode_speed(llm, device, batch, prompt_len, new_tokens, args.repeats)
-                row[f"batch{batch}"] = speed
-            row["prefill_s"] = prefill_seconds(llm, device, prefill_len, args.repeats)
-            read = step_weight_bytes(row["memory_bytes"], config)
-            row["weight_bytes_read_per_step"] = read
-            row["batch1_weight_GB_s"] = row["batch1"]["decode_tok_s"] * read / 1e9
-            results[variant] = row
-            memory = row["memory_bytes"]
-            print(f"{variant:23} ready {row['ready_s']:6.1f} s  weights {memory['weights'] / 1e9:6.2f} GB "
-                  f"(+ scratch {memory['scratch'] / 1e9:.2f})  "
-                  + "  ".join(f"batch {b}: {row[f'batch{b}']['decode_tok_s']:8.1f} tok/s" for b in batches)
-                  + f"  prefill {prefill_len}: {row['prefill_s'] * 1000:7.1f} ms  "
-                  f"{row['batch1_weight_GB_s']:6.0f} GB/s of weights at batch 1"
-                  + (f" (floor {peak / read:.0f} tok/s at {peak / 1e12:.2f} TB/s)" if peak else ""), flush=True)
-            if device == "cuda":
-                triton_linear.DENSE_GEMV, triton_linear.FUSED_ECF_DECODE = "phases", True
-                triton_linear.PHASE_GEMV_TUNING, triton_linear.BATCH_GEMM, triton_gemm.TUNING = {}, "cublas", {}
-            del llm
+                tuning_key = "best_tile128" if variant.endswith("-gemm128") else "best"
+                triton_gemm.TUNING = (load_gemm_tuning(args.gemm_tuning, tuning_key) if on_gemm and args.gemm_tuning
+                                      else {})
+            # K tiles of 128 for the -gemm128 variants: while the planes are made at load, and for every launch
+            tiles = k_tiles(SMALL_TILE) if variant.endswith("-gemm128") else contextlib.nullcontext()
+            with tiles:
+                _sync(device)
+                started = time.perf_counter()
+                llm = LLM(str(folder), device=device, dtype="bfloat16", skip_tokenizer_init=True, progress=False,
+                          max_num_seqs=max(batches), max_model_len=max(prefill_len, prompt_len + new_tokens) + 16,
+                          **extra, **options)
+                row: dict[str, Any] = {"ready_s": time.perf_counter() - started, "memory_bytes": weight_memory(llm),
+                                       "kv_cache_bytes": llm.engine.runner.kv_cache.nbytes}
+                if device == "cuda":
+                    row["cuda_allocated_minus_kv_bytes"] = torch.cuda.memory_allocated() - row["kv_cache_bytes"]
+                tokens[variant] = {}
+                for batch in batches:
+                    speed, tokens[variant][batch] = decode_speed(llm, device, batch, prompt_len, new_tokens,
+                                                                 args.repeats)
+                    row[f"batch{batch}"] = speed
+                row["prefill_s"] = prefill_seconds(llm, device, prefill_len, args.repeats)
+                read = step_weight_bytes(row["memory_bytes"], config)
+                row["weight_bytes_read_per_step"] = read
+                row["batch1_weight_GB_s"] = row["batch1"]["decode_tok_s"] * read / 1e9
+                results[variant] = row
+                memory = row["memory_bytes"]
+                print(f"{variant:23} ready {row['ready_s']:6.1f} s  weights {memory['weights'] / 1e9:6.2f} GB "
+                      f"(+ scratch {memory['scratch'] / 1e9:.2f})  "
+                      + "  ".join(f"batch {b}: {row[f'batch{b}']['decode_tok_s']:8.1f} tok/s" for b in batches)
+                      + f"  prefill {prefill_len}: {row['prefill_s'] * 1000:7.1f} ms  "
+                      f"{row['batch1_weight_GB_s']:6.0f} GB/s of weights at batch 1"
+                      + (f" (floor {peak / read:.0f} tok/s at {peak / 1e12:.2f} TB/s)" if peak else ""), flush=True)
+                if device == "cuda":
+                    triton_linear.DENSE_GEMV, triton_linear.FUSED_ECF_DECODE = "phases", True
+                    triton_linear.PHASE_GEMV_TUNING, triton_linear.BATCH_GEMM, triton_gemm.TUNING = {}, "cublas", {}
+                del llm
             gc.collect()  # the model and its graphs sit in reference cycles
             if device == "cuda":
                 torch.cuda.empty_cache()
     identical = None
     for variant, reference in (("ecf-kernel", "ecf-decode-at-load"), ("ecf-kernel-tuned", "ecf-decode-at-load"),
-                               ("ecf-scratch", "ecf-decode-at-load"), ("ecf-kernel-gemm", "ecf-decode-at-load-gemm")):
+                               ("ecf-scratch", "ecf-decode-at-load"), ("ecf-kernel-gemm", "ecf-decode-at-load-gemm"),
+                               ("ecf-kernel-gemm128", "ecf-decode-at-load-gemm128")):
         if variant in tokens and reference in tokens:
             same = tokens[variant] == tokens[reference]
             identical = same if identical is None else identical and same

@@ -416,19 +416,20 @@ def _best_line(row: dict, key: str, label: str) -> str:
             f"cuBLAS), ECF {best['ecf_ms'] * 1000:7.1f} us ({row['cublas_ms'] / best['ecf_ms']:.2f}x)")
 
 
-def gemm_best(sweep: list[dict]) -> list[dict]:
-    """Each (shape, rows class)'s fastest launch with equal outputs on the weights in their own layout, the one
-    the layers run: what compressed_decode.py --gemm-tuning loads."""
+def gemm_best(sweep: list[dict], key: str = "best") -> list[dict]:
+    """Each (shape, rows class)'s fastest launch with equal outputs in one layout (BEST_BY_LAYOUT's ``key``; by
+    default the weights' own, the one the layers run), its launch options only: what compressed_decode.py
+    --gemm-tuning loads."""
     return [{"shape": row["shape"], "n": row["n"], "k": row["k"], "rows_class": row["rows_class"],
-             "options": row["best"]["options"], "cublas_ms": row["cublas_ms"],
-             "bf16_ms": row["best"]["bf16_ms"], "ecf_ms": row["best"]["ecf_ms"]}
-            for row in sweep if row["best"]]
+             "options": {option: value for option, value in row[key]["options"].items() if option != "layout"},
+             "cublas_ms": row["cublas_ms"], "bf16_ms": row[key]["bf16_ms"], "ecf_ms": row[key]["ecf_ms"]}
+            for row in sweep if row.get(key)]
 
 
-def load_gemm_tuning(path: Path) -> dict[tuple[int, int, int], dict[str, int]]:
-    """triton_gemm.TUNING from the record a ``--gemm`` run wrote."""
+def load_gemm_tuning(path: Path, key: str = "best") -> dict[tuple[int, int, int], dict[str, int]]:
+    """triton_gemm.TUNING from the record a ``--gemm`` run wrote: its ``best`` (own layout) or ``best_tile128``."""
     record = json.loads(path.read_text())
-    return {(e["n"], e["k"], e["rows_class"]): e["options"] for e in record["best"]}
+    return {(e["n"], e["k"], e["rows_class"]): e["options"] for e in record.get(key, [])}
 
 
 def main() -> None:
@@ -459,6 +460,7 @@ def main() -> None:
         for shape_rows in gemm_sweep(gen, tuple(int(m) for m in args.gemm_rows.split(",")), shapes, launches):
             record["gemm_sweep"].append(shape_rows)
             record["best"] = gemm_best(record["gemm_sweep"])
+            record["best_tile128"] = gemm_best(record["gemm_sweep"], "best_tile128")
             if args.out:  # after every shape: a call that runs out of time keeps what it measured
                 args.out.write_text(json.dumps(record, indent=2) + "\n")
         return

@@ -5,6 +5,8 @@ tensor-core instruction, how many dots a K step is cut into and where their A op
 the K loop's SASS instructions and barriers. No timing: what it shows is whether both forms drive the tensor cores alike
 (the precondition of their equal bits) and whether a launch fits before a device call is spent on it.
 
+With ``--gemv``, the batch-1 phase-sum GEMV instead, both forms, in K tiles of 1,024 and of 128 (several a step).
+
 Needs triton with its NVIDIA backend (ptxas and cuobjdump ship in the wheel); runs on CPU.
 
     PYTHONPATH=.:sdk python3 benchmarks/kernel_sass.py [--launch BLOCK_M,BLOCK_N,GS,WARPS,STAGES[,WIDE[,SLICED]] ...]
@@ -43,14 +45,14 @@ DIVISIBLE_BY_16 = ("x_ptr", "w_ptr", "b_ptr", "out_ptr", "N", "K", "stride_xm", 
 
 def compile_gemm(ecf: bool, block_m: int, block_n: int, gs: int, num_warps: int, num_stages: int,
                  capability: int = 90, w_as_a: bool = False, a_regs: bool = False, wide: int = 1,
-                 sliced: bool = False):
-    """The GEMM kernel of one form for a weight with K tiles of 1,024 (G = 128, every Llama-3 shape), in its own
-    layout or laid out slice by slice (triton_gemm.SliceOrdered)."""
+                 sliced: bool = False, tile: int = 1024):
+    """The GEMM kernel of one form for a weight with K tiles of ``tile`` columns (1,024: G = 128, every Llama-3
+    shape), in its own layout or laid out slice by slice (triton_gemm.SliceOrdered)."""
     signature = {"x_ptr": "*bf16", "w_ptr": "*i32" if ecf else "*bf16", "b_ptr": "*bf16", "out_ptr": "*bf16",
                  "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_wn": "i32",
                  "base_ptr": "*u8" if ecf else "*bf16", "escapes_ptr": "*i64" if ecf else "*bf16",
                  "escapes_addr": "i64", "plane_stride": "i32", "steps_per_split": "i32"}
-    constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "G": 128, "GS": gs, "ECF": ecf, "ASM": True,
+    constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "G": tile // 8, "GS": gs, "ECF": ecf, "ASM": True,
                  "WHOLE_K": True, "HAS_BIAS": False, "W_AS_A": w_as_a, "A_REGS": a_regs,
                  "EVEN_K": True, "WIDE": wide, "SLICED": sliced}
     names = list(signature)
@@ -59,6 +61,52 @@ def compile_gemm(ecf: bool, block_m: int, block_n: int, gs: int, num_warps: int,
                        attrs)
     return triton.compile(source, target=GPUTarget("cuda", capability, 128),
                           options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def compile_gemv(ecf: bool, tile: int, prefetch: bool, block_n: int = 8, capability: int = 90):
+    """The batch-1 phase-sum GEMV (triton_linear._gemv_kernel) of one form for a weight with K tiles of ``tile``
+    columns, as `_gemv` launches it for 4,096 columns: several narrow tiles a step (ecf_decode.tiles_a_step)."""
+    from gpu_backend.kernels import ecf_decode, triton_linear
+    from gpu_backend.weights import planes
+
+    saved = planes.TILE_COLS
+    planes.TILE_COLS = tuple(cols for cols in saved if cols <= tile)
+    planes.tile_cols.cache_clear()
+    try:
+        tiles = ecf_decode.tiles_a_step(4096)
+    finally:
+        planes.TILE_COLS = saved
+        planes.tile_cols.cache_clear()
+    signature = {"x_ptr": "*bf16", "w_ptr": "*i32" if ecf else "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16",
+                 "res_ptr": "*bf16", "norm_w_ptr": "*bf16", "new_res_ptr": "*bf16", "N": "i32", "K": "i32",
+                 "stride_wn": "i32", "eps": "fp32", "base_ptr": "*u8" if ecf else "*bf16",
+                 "escapes_ptr": "*i64" if ecf else "*bf16", "escapes_addr": "i64", "plane_stride": "i32"}
+    constants = {"HAS_BIAS": False, "BLOCK_N": block_n, "G": tile // 8, "PROLOGUE": 0, "HAS_RESIDUAL": False,
+                 "BLOCK_ROW": 1, "USE_PDL": True, "ECF": ecf, "EVEN_K": True, "ASM": True, "PREFETCH": prefetch,
+                 "TILES": tiles}
+    names = list(signature)
+    attrs = {(names.index(name),): [["tt.divisibility", 16]]
+             for name in ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "K", "stride_wn", "base_ptr", "plane_stride")}
+    source = ASTSource(triton_linear._gemv_kernel, {**signature, **dict.fromkeys(constants, "constexpr")}, constants,
+                       attrs)
+    return tiles, triton.compile(source, target=GPUTarget("cuda", capability, 128), options={"num_warps": 8})
+
+
+def gemv_rows(capability: int) -> list[dict]:
+    """Both GEMV forms, loading ahead or not, in K tiles of 1,024 and of 128: what each compiles to."""
+    rows = []
+    for tile in (1024, 128):
+        for ecf in (True, False):
+            for prefetch in (False, True):
+                tiles, kernel = compile_gemv(ecf, tile, prefetch, capability=capability)
+                row = {"tile": tile, "tiles_a_step": tiles, "form": "ecf" if ecf else "dense phases",
+                       "prefetch": prefetch, **describe(kernel)}
+                rows.append(row)
+                print(f"GEMV tiles of {tile:4} ({tiles} a step) {row['form']:12} prefetch {prefetch!s:5}: "
+                      f"{row['registers']} regs, {row['spill_loads'] + row['spill_stores']} spill ops, "
+                      f"{row['loop_instructions']} instructions and {row['loop_global_loads']} loads a step",
+                      flush=True)
+    return rows
 
 
 def _cuobjdump(*args: str) -> str:
@@ -111,16 +159,30 @@ def main() -> None:
                         help="BLOCK_M,BLOCK_N,GS,WARPS,STAGES[,DENSE_SLICES[,SLICED]] (repeatable; slices a dense "
                              "step loads, default 1; SLICED 1: the weight laid out slice by slice, default 0)")
     parser.add_argument("--capability", type=int, default=90)
+    parser.add_argument("--tile", type=int, default=1024, help="the weight's K tiles (128: the probe's tile128)")
+    parser.add_argument("--gemv", action="store_true",
+                        help="the batch-1 GEMV instead, both forms, in K tiles of 1,024 and of 128")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.gemv:
+        record = {"benchmark": "kernel_sass --gemv", "python": platform.python_version(), "triton": triton.__version__,
+                  "capability": args.capability, "device": "none: compiled for the capability, not run",
+                  "weight": "4,096 columns, 8 rows a program", "gemv": gemv_rows(args.capability)}
+        if args.out:
+            args.out.write_text(json.dumps(record, indent=2) + "\n")
+        return
     rows = []
     for launch in args.launch or DEFAULT_LAUNCHES:
         block_m, block_n, gs, warps, stages, wide, sliced = ([int(v) for v in launch.split(",")] + [1, 0])[:7]
+        if (args.tile // 8) % (gs * wide):
+            print(f"{launch:16} skipped: slices of {gs} groups, {wide} a dense step, do not divide K tiles of "
+                  f"{args.tile // 8} groups")
+            continue
         row = {"block_m": block_m, "block_n": block_n, "group_slice": gs, "num_warps": warps, "num_stages": stages,
                "dense_slices": wide, "slice_ordered": bool(sliced)}
         for form, (ecf, w_as_a, a_regs) in FORMS.items():
             row[form] = describe(compile_gemm(ecf, block_m if w_as_a else 64, block_n, gs, warps, stages,
-                                              args.capability, w_as_a, a_regs, wide, bool(sliced)))
+                                              args.capability, w_as_a, a_regs, wide, bool(sliced), args.tile))
         driven = ("mma", "warpgroup_dots", "a_from")
         for dense, ecf in (("dense, x as A", "ecf, x as A"), ("dense, W as A", "ecf, W as A")):
             row[f"{dense}: drives the MMA as ECF does"] = all(row[dense][key] == row[ecf][key] for key in driven)
@@ -136,7 +198,7 @@ def main() -> None:
     if args.out:
         record = {"benchmark": "kernel_sass", "python": platform.python_version(), "triton": triton.__version__,
                   "capability": args.capability, "device": "none: compiled for the capability, not run",
-                  "weight": "K tiles of 1,024 columns (G = 128), every Llama-3 shape", "launches": rows}
+                  "weight": f"K tiles of {args.tile:,} columns (G = {args.tile // 8})", "launches": rows}
         args.out.write_text(json.dumps(record, indent=2) + "\n")
 
 

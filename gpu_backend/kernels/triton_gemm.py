@@ -402,6 +402,18 @@ def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight | SliceOrdered
     """``x W^T + b`` (bf16, [M, N]) in the slice order above; ``fits(x, weight)`` must hold. ``options``
     (DEFAULTS' names) override the launch; a dense weight and its coded form give equal bits under equal
     ones, in either layout (a `SliceOrdered` weight takes its own slices)."""
+    return _gemm(x, weight, bias, options, warmup=False)
+
+
+def compile_ahead(x: torch.Tensor, weight: torch.Tensor | CompressedWeight | SliceOrdered,
+                  bias: torch.Tensor | None = None, **options: int | None) -> None:
+    """Compile the kernels ``gemm(x, weight, bias, **options)`` would launch, without launching them: inside
+    ``triton.AsyncCompileMode`` (benchmarks/ecf_gemv_probe.py), many launches compile at once in a thread pool."""
+    _gemm(x, weight, bias, options, warmup=True)
+
+
+def _gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight | SliceOrdered, bias: torch.Tensor | None,
+          options: dict[str, int | None], warmup: bool) -> torch.Tensor:
     if not fits(x, weight):
         raise ValueError(f"the phase GEMM takes 2-D bf16 rows and a bf16 weight with K tiles of 128+ columns, "
                          f"not {tuple(x.shape)} {x.dtype} against {tuple(weight.shape)} {weight.dtype}")
@@ -419,19 +431,23 @@ def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight | SliceOrdered
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     out = y if splits == 1 else torch.empty((splits, n, m), dtype=torch.float32, device=x.device)  # the runs' sums
     w, stride_wn, ecf_args, ecf = _weight_args(weight)
-    _launch_within_shared_memory(
-        (triton.cdiv(n, block_n), triton.cdiv(m, block_m), splits),
-        (x, w, bias if bias is not None else x, out, m, n, k, x.stride(0), stride_wn, *ecf_args,
-         plan["steps_per_split"]),
-        {"BLOCK_M": block_m, "BLOCK_N": block_n, "G": tile_cols(k) // GROUP, "GS": plan["group_slice"], "ECF": ecf,
-         "ASM": not INTERPRETED, "WHOLE_K": splits == 1, "HAS_BIAS": bias is not None,
-         "W_AS_A": bool(plan["w_as_a"]), "A_REGS": bool(plan["w_as_a"] and plan["a_in_registers"]) and not ecf,
-         "EVEN_K": k % tile_cols(k) == 0, "WIDE": plan["dense_slices"], "SLICED": sliced,
-         "num_warps": plan["num_warps"]},
-        plan["num_stages"])
-    if splits == 1:
+    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), splits)
+    args = (x, w, bias if bias is not None else x, out, m, n, k, x.stride(0), stride_wn, *ecf_args,
+            plan["steps_per_split"])
+    constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "G": tile_cols(k) // GROUP, "GS": plan["group_slice"],
+                 "ECF": ecf, "ASM": not INTERPRETED, "WHOLE_K": splits == 1, "HAS_BIAS": bias is not None,
+                 "W_AS_A": bool(plan["w_as_a"]), "A_REGS": bool(plan["w_as_a"] and plan["a_in_registers"]) and not ecf,
+                 "EVEN_K": k % tile_cols(k) == 0, "WIDE": plan["dense_slices"], "SLICED": sliced,
+                 "num_warps": plan["num_warps"]}
+    sum_grid = (triton.cdiv(n, 64), triton.cdiv(m, block_m))
+    sum_args = (out, bias if bias is not None else out, y, m, n)
+    sum_constants = {"SPLITS": splits, "HAS_BIAS": bias is not None, "BLOCK_N": 64, "BLOCK_M": block_m, "num_warps": 4}
+    if warmup:
+        _gemm_kernel.warmup(*args, grid=grid, **constants, num_stages=plan["num_stages"])
+        if splits > 1:
+            _sum_splits_kernel.warmup(*sum_args, grid=sum_grid, **sum_constants)
         return y
-    _sum_splits_kernel[(triton.cdiv(n, 64), triton.cdiv(m, block_m))](
-        out, bias if bias is not None else out, y, m, n, SPLITS=splits, HAS_BIAS=bias is not None,
-        BLOCK_N=64, BLOCK_M=block_m, num_warps=4)
+    _launch_within_shared_memory(grid, args, constants, plan["num_stages"])
+    if splits > 1:
+        _sum_splits_kernel[sum_grid](*sum_args, **sum_constants)
     return y

@@ -19,7 +19,8 @@
 # unless PROBE_ARGS says otherwise, and each shape's best), then, if 200 s are left, compressed_decode.py at
 # batches 1/32/64 (bf16 on cuBLAS; the same weights dense and coded in K tiles of 128 with batches on the phase
 # GEMM, at the sweep's launches: the coded model must give the dense one's tokens; CD_VARIANTS=bf16,
-# ecf-decode-at-load-gemm,ecf-kernel-gemm for the tiles the layers use now), then the GEMM's GPU tests.
+# ecf-decode-at-load-gemm,ecf-kernel-gemm for the tiles the layers use now), then the GEMM's and the GEMVs' GPU
+# tests (tiles of 128 among them).
 # capacity: compressed_capacity.py on the Llama-3.1-70B shape (an H200), then the weights' GPU tests.
 # sharded (a call of 2 or 4 GPUs): coded weights in the kernels under TP and PP, against the original sharded
 # the same way (the layouts that fit the machine's GPUs).
@@ -100,7 +101,7 @@ if [ "$what" = batched ]; then
     left=$(( ${CALL_SECONDS:-560} - SECONDS ))
     if [ "$left" -ge 45 ]; then
         gpu_tests "$left" gpu_tests_gemm.log tests/gpu_backend/kernels/test_triton_gemm.py \
-            tests/gpu_backend/weights/test_compressed_kernels_gpu.py
+            tests/gpu_backend/kernels/test_triton_ecf_linear.py tests/gpu_backend/weights/test_compressed_kernels_gpu.py
     fi
 fi
 if [ "$what" = capacity ]; then

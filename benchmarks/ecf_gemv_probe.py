@@ -290,11 +290,15 @@ LAUNCH_SETS = {
             for layout in LAYOUTS for arrangement in ARRANGEMENTS for block_n in (64, 128) for warps in (4, 8)
             for stages in (3, 4)],
     # 3 stages only (4 was no faster at the median on an H100: ecf_gemv_probe_gemm_h100.json), both layouts and
-    # K tiles of 128: 52 launches, what one device call has time for at one number of rows
+    # K tiles of 128: 57 launches, what one device call has time for at one number of rows
     "layouts": [{"block_n": block_n, "num_warps": warps, "num_stages": 3, **arrangement, **layout}
                 for layout in LAYOUTS for arrangement in ARRANGEMENTS for block_n in (64, 128) for warps in (4, 8)]
     + [{"block_n": block_n, "num_warps": warps, "num_stages": 3, **arrangement}
-       for arrangement in TILE128_ARRANGEMENTS for block_n in (64, 128) for warps in (4, 8)],
+       for arrangement in TILE128_ARRANGEMENTS for block_n in (64, 128) for warps in (4, 8)]
+    # and 256-row weight tiles, where x's share of each step's loads is a quarter (x as A) or less: 8 warps and
+    # 2 stages, which fit the card's shared memory (kernel_sass.py: 144-160 KB, no spills)
+    + [{"block_n": 256, "num_warps": 8, "num_stages": 2, **arrangement}
+       for arrangement in (*TILE128_ARRANGEMENTS, ARRANGEMENTS[1], ARRANGEMENTS[3])],
 }
 GEMM_LAUNCHES = LAUNCH_SETS["layouts"]
 
@@ -404,8 +408,8 @@ def gemm_sweep(gen: torch.Generator, rows_list: tuple[int, ...], shapes: list[st
 
 def _compile_ahead(x: torch.Tensor, launches: list[dict], weights) -> dict:
     """Compile every launch's kernels, both forms, at once in a thread pool (``triton.AsyncCompileMode``), so
-    that the sweep's time goes to timing: one at a time, 52 launches took most of a call's compiling. Where the
-    mode is missing or fails, the sweep compiles as it goes, as before."""
+    that the sweep's time goes to timing: a sweep has 200-odd kernels, about 0.75 s each one at a time (sm_90,
+    compiled on this project's CPU machines). Where the mode is missing or fails, the sweep compiles as it goes."""
     import triton
 
     from gpu_backend.kernels import triton_gemm

@@ -11,9 +11,9 @@
 # kernels, the default dense form, which ECF equals bit for bit; ECF in the kernels, as they are and with
 # the sweep's best settings per shape), then the kernels' GPU tests.
 # kernels (short, first after a kernel change): ecf_gemv_probe.py (each GEMV against bf16 at the
-# Llama-3.1-8B shapes, exactness included; PROBE_ARGS=--gemm for the batched GEMM too), bf16 batch-1
+# Llama-3.1-8B shapes, exactness included; PROBE_ARGS for its options), bf16 batch-1
 # decode on the baseline tree and this one, then the kernels' GPU tests.
-# batched (the next call for the batch-32/64 target): ecf_gemv_probe.py --gemm (first the ECF GEMV, scratch
+# batched (the next call for the batch-32/64 target): gemm_probe.py (first the ECF GEMV, scratch
 # decode and GEMM with a coded weight's planes further apart; then the phase GEMM on dense and coded weights
 # against cuBLAS over a grid of launches, in their own layout, slice by slice and in K tiles of 128, at 32 rows
 # unless PROBE_ARGS says otherwise, and each shape's best), then, if 200 s are left, compressed_decode.py at
@@ -86,14 +86,14 @@ if [ "$what" = batch1 ]; then
     fi
 fi
 if [ "$what" = batched ]; then
-    echo "== ecf_gemv_probe --gemm"
-    timeout "${PROBE_TIMEOUT:-300}" python3 benchmarks/ecf_gemv_probe.py --gemm --out "$out/ecf_gemv_probe_gemm.json" \
-        ${PROBE_ARGS:---gemm-rows 32} | grep -v "^ "
+    echo "== gemm_probe"
+    timeout "${PROBE_TIMEOUT:-300}" python3 benchmarks/gemm_probe.py --out "$out/gemm_probe.json" \
+        ${PROBE_ARGS:---rows 32} | grep -v "^ "
     left=$(( ${CALL_SECONDS:-560} - SECONDS ))
     if [ "$left" -ge 200 ]; then  # the engine on the layout it runs: worth it only with the time to finish
         echo "== compressed_decode, batches on the phase GEMM"
         tuning=()
-        [ -s "$out/ecf_gemv_probe_gemm.json" ] && tuning=(--gemm-tuning "$out/ecf_gemv_probe_gemm.json")
+        [ -s "$out/gemm_probe.json" ] && tuning=(--gemm-tuning "$out/gemm_probe.json")
         timeout "$(( left - 45 ))" python3 benchmarks/compressed_decode.py --batches 1,32,64 --repeats 2 \
             --new-tokens 128 --variants "${CD_VARIANTS:-bf16,ecf-decode-at-load-gemm128,ecf-kernel-gemm128}" \
             "${tuning[@]}" --out "$out/compressed_decode_gemm.json" ${CD_ARGS:-}

@@ -19,7 +19,7 @@ checkpoint. Three variants then run one after the other in this process, on the 
 - ``ecf-decode-at-load-gemm`` and ``ecf-kernel-gemm`` (not run unless named): the two above with batches
   of 2..64 rows on the phase GEMM (``triton_linear.BATCH_GEMM = "phases"``, kernels/triton_gemm.py)
   instead of cuBLAS: the dense weights loaded as they are, the coded ones decoded in its registers;
-  with ``--gemm-tuning FILE`` (the record of ``ecf_gemv_probe.py --gemm``) at its best launch per shape;
+  with ``--gemm-tuning FILE`` (the record of ``gemm_probe.py``) at its best launch per shape;
 - ``ecf-decode-at-load-gemm128`` and ``ecf-kernel-gemm128`` (not run unless named): the two -gemm variants with
   every weight in K tiles of 128 columns (``planes.TILE_COLS`` narrowed while loading and running): the dense
   weights as they are, the coded planes made in those tiles, the batch-1 GEMVs taking 8 a step; the GEMM's
@@ -53,7 +53,8 @@ from typing import Any
 
 import torch
 
-from ecf_gemv_probe import SMALL_TILE, k_tiles, load_gemm_tuning, load_tuning
+from ecf_gemv_probe import load_tuning
+from gemm_probe import SMALL_TILE, k_tiles, load_gemm_tuning
 from llama_shapes import LLAMA_3_1_8B, environment, parameter_bytes, write_model_folder
 
 from gpu_backend import LLM, SamplingParams
@@ -182,7 +183,7 @@ def main() -> int:
     parser.add_argument("--gemv-tuning", type=Path,
                         help="ecf_gemv_probe.py --block-n record: the GEMV settings of ecf-kernel-tuned")
     parser.add_argument("--gemm-tuning", type=Path,
-                        help="ecf_gemv_probe.py --gemm record: the phase GEMM's launches of the -gemm variants")
+                        help="gemm_probe.py record: the phase GEMM's launches of the -gemm variants")
     parser.add_argument("--num-layers", type=int, help="fewer decoder layers than the shape's, for a shorter run")
     parser.add_argument("--tiny", action="store_true", help="a tiny bf16 Llama on CPU, few tokens")
     parser.add_argument("--out", type=Path)

@@ -47,7 +47,7 @@ def compile_gemm(ecf: bool, block_m: int, block_n: int, gs: int, num_warps: int,
                  capability: int = 90, w_as_a: bool = False, a_regs: bool = False, wide: int = 1,
                  sliced: bool = False, tile: int = 1024):
     """The GEMM kernel of one form for a weight with K tiles of ``tile`` columns (1,024: G = 128, every Llama-3
-    shape), in its own layout or laid out slice by slice (triton_gemm.SliceOrdered)."""
+    shape), in its own layout or laid out slice by slice (kernels/slice_order.py)."""
     signature = {"x_ptr": "*bf16", "w_ptr": "*i32" if ecf else "*bf16", "b_ptr": "*bf16", "out_ptr": "*bf16",
                  "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_wn": "i32",
                  "base_ptr": "*u8" if ecf else "*bf16", "escapes_ptr": "*i64" if ecf else "*bf16",

@@ -31,12 +31,10 @@ row at GS 16). The dense form may load several consecutive slices a step, phase 
 lay them out slice after slice: the tensor cores take a dot's columns 16 at a time in order, so one dot over
 them sums as the coded form's one dot a slice does.
 
-**Weights laid out slice by slice** (`SliceOrdered`, a measurement for now). In the weight's own layout a
-dense slice is 8 runs of GS columns a row and a coded one 3 runs of GS words (one a plane), far apart. Re-laid
-so that each slice's operand, or its three planes' words, lie in one run a row, a loop step reads 256 bytes
-a row (dense, GS 16) or 192 (coded) in one piece. The sums are the same, so the bits are: the layout moves
-only where the values come from. `benchmarks/ecf_gemv_probe.py --gemm` times it against the weight's own
-layout; the layers do not use it.
+**Weights laid out slice by slice** (slice_order.py, a measurement for now): each slice's operand, or its
+three planes' words, in one run a row, so that a loop step reads 256 bytes a row (dense, GS 16) or 192
+(coded) in one piece. The sums are the same, so the bits are. `benchmarks/gemm_probe.py` times it against
+the weight's own layout; the layers do not use it.
 
 **Split K.** A projection with few rows of W (qkv, o_proj, down_proj) gives too few tiles to fill the
 GPU, so the K steps may be cut into ``split_k`` runs; each writes its fp32 sums to a workspace and a
@@ -45,26 +43,24 @@ therefore depend on the launch (tile height, GS, split): a dense weight and its 
 under the same launch, which `gemm` picks from the shape alone (and TUNING).
 
 Used by the layers only where ``triton_linear.BATCH_GEMM = "phases"``: then a dense model runs it at
-2..``MAX_ROWS`` rows too, and a compressed one answers as it does. `benchmarks/ecf_gemv_probe.py --gemm`
+2..``MAX_ROWS`` rows too, and a compressed one answers as it does. `benchmarks/gemm_probe.py`
 times both forms against cuBLAS and checks their bits.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
 from gpu_backend.kernels.ecf_decode import INTERPRETED, decode_group, escape_words, weight_args
+from gpu_backend.kernels.slice_order import MIN_PHASE_COLS, SliceOrdered
 from gpu_backend.weights.packed import CompressedWeight
 from gpu_backend.weights.planes import GROUP, tile_cols
 
-MIN_PHASE_COLS = 16  # a tensor-core step takes 16 columns, so a slice takes at least 16 of each phase
 MAX_ROWS = 64  # rows of x the layers send here; more (prefill) go to cuBLAS
 # `gemm`'s launch options: the tile height, groups a slice (None: MIN_PHASE_COLS), K runs (None: enough to fill
 # the GPU), warps, pipeline stages, whether the weight tile is the MMA's A operand (1) or x is (0), and, where the
@@ -74,64 +70,9 @@ MAX_ROWS = 64  # rows of x the layers send here; more (prefill) go to cuBLAS
 DEFAULTS = {"block_n": 64, "group_slice": None, "split_k": None, "num_warps": 4, "num_stages": 3, "w_as_a": 0,
             "a_in_registers": 1, "dense_slices": 1}
 # Launch options by (n, k, rows_class(m)) where a sweep on the card found faster ones than DEFAULTS
-# (benchmarks/ecf_gemv_probe.py --gemm writes them, compressed_decode.py --gemm-tuning loads them). A dense
+# (benchmarks/gemm_probe.py writes them, compressed_decode.py --gemm-tuning loads them). A dense
 # weight and its coded form take the same entry, so they stay equal.
 TUNING: dict[tuple[int, int, int], dict[str, int | None]] = {}
-PHASE_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # the phases of a slice's operand, in order (`_phase`)
-
-
-@dataclass(frozen=True, eq=False)
-class SliceOrdered:
-    """A weight laid out for `gemm` at slices of ``group_slice`` groups, each loop step's values in one run a
-    row (module docstring). ``data``: dense, bf16 ``[N, padded K]``, each slice's operand in turn, in
-    `_operand_cols`' order (padded columns zero); coded, the planes as int32 ``[N, slices, 3, group_slice]``,
-    with the weight's window bases and escapes. Made by `slice_ordered`."""
-
-    data: torch.Tensor
-    cols: int
-    group_slice: int
-    exponent_base: torch.Tensor | None = None  # coded only
-    escapes: torch.Tensor | None = None
-
-    @property
-    def coded(self) -> bool:
-        return self.exponent_base is not None
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((self.data.shape[0], self.cols))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.bfloat16
-
-    @property
-    def device(self) -> torch.device:
-        return self.data.device
-
-
-def slice_ordered(weight: torch.Tensor | CompressedWeight, group_slice: int = MIN_PHASE_COLS) -> SliceOrdered:
-    """``weight`` (dense bf16 ``[N, K]`` or coded) re-laid slice by slice for `gemm` at ``group_slice`` groups
-    a slice: a copy, the weight itself untouched."""
-    k = weight.shape[1]
-    tile = tile_cols(k)
-    g = tile // GROUP
-    if g < MIN_PHASE_COLS or g % group_slice or group_slice < MIN_PHASE_COLS:
-        raise ValueError(f"a slice of {group_slice} groups does not divide this weight's K tiles' {g} "
-                         f"(or is under {MIN_PHASE_COLS})")
-    slices = g // group_slice
-    if isinstance(weight, CompressedWeight):
-        planes = weight.planes  # [3, rows, groups], the groups of whole (padded) K tiles
-        rows, groups = planes.shape[1], planes.shape[2]
-        data = planes.view(3, rows, groups // group_slice, group_slice).permute(1, 2, 0, 3).contiguous()
-        return SliceOrdered(data, k, group_slice, weight.exponent_base, weight.escapes)
-    n, tiles = weight.shape[0], -(-k // tile)
-    padded = F.pad(weight, (0, tiles * tile - k)).view(n, tiles, 8, slices, group_slice)  # [n, t, phase, s, j]
-    order = torch.tensor(PHASE_ORDER, device=weight.device)
-    data = padded.index_select(2, order).permute(0, 1, 3, 2, 4).reshape(n, tiles * tile).contiguous()
-    return SliceOrdered(data, k, group_slice)
-
-
 @triton.jit
 def _phase(r):
     """The phase at place ``r`` of the operand's order of phases, 0, 2, 4, 6, 1, 3, 5, 7."""
@@ -408,7 +349,7 @@ def gemm(x: torch.Tensor, weight: torch.Tensor | CompressedWeight | SliceOrdered
 def compile_ahead(x: torch.Tensor, weight: torch.Tensor | CompressedWeight | SliceOrdered,
                   bias: torch.Tensor | None = None, **options: int | None) -> None:
     """Compile the kernels ``gemm(x, weight, bias, **options)`` would launch, without launching them: inside
-    ``triton.AsyncCompileMode`` (benchmarks/ecf_gemv_probe.py), many launches compile at once in a thread pool."""
+    ``triton.AsyncCompileMode`` (benchmarks/gemm_probe.py), many launches compile at once in a thread pool."""
     _gemm(x, weight, bias, options, warmup=True)
 
 

@@ -240,7 +240,7 @@ def test_decode_to_scratch_is_the_weight(device: str, rows: int, cols: int, stac
     assert torch.equal(triton_linear.linear(x, weight), torch.nn.functional.linear(x, expected.to(device)))
 
 
-# K tiles narrower than the layers' (planes.TILE_COLS narrowed, as ecf_gemv_probe.py's "tile128" does): a GEMV or
+# K tiles narrower than the layers' (planes.TILE_COLS narrowed, as gemm_probe.py's "tile128" does): a GEMV or
 # scratch-decode step takes several (ecf_decode.tiles_a_step). 32 tiles of 128 columns, 8 a step; 254 of 16, 2 a
 # step; both with a padded last tile, escapes and two windows
 @pytest.mark.parametrize("device", DEVICES)

@@ -68,43 +68,26 @@ def test_coded_weight_gives_the_dense_weights_bits(device: str, m: int, n: int, 
     (5, 64, 2048, {"dense_slices": 2}),
 ])
 def test_slice_ordered_weights_give_the_same_bits(device: str, m: int, n: int, k: int, options: dict) -> None:
-    from gpu_backend.kernels import triton_gemm
+    from gpu_backend.kernels import slice_order, triton_gemm
 
     coded = _stacked(n, k, device)
     dense = coded.decode()
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(torch.bfloat16).to(device)
     bias = torch.randn(dense.shape[0]).to(torch.bfloat16).to(device) if m == 40 else None
     expected = triton_gemm.gemm(x, dense, bias, **options)
-    group_slice = options.get("group_slice", triton_gemm.MIN_PHASE_COLS)
+    group_slice = options.get("group_slice", slice_order.MIN_PHASE_COLS)
     for weight in (dense, coded):
-        sliced = triton_gemm.slice_ordered(weight, group_slice)
+        sliced = slice_order.slice_ordered(weight, group_slice)
         assert sliced.shape == weight.shape
         assert torch.equal(triton_gemm.gemm(x, sliced, bias, **options), expected)
 
 
-def test_the_slice_ordered_layout() -> None:
-    """Step s's operand is the row's columns in `_operand_cols`' order, dense; its 3 planes' words, coded."""
-    from gpu_backend.kernels import triton_gemm
+def test_a_slice_ordered_weight_takes_its_own_slices() -> None:
+    from gpu_backend.kernels import slice_order, triton_gemm
 
-    k, tile, g, gs = 2300, 256, 32, 16  # 9 K tiles of 256 columns (phases of 32), the last one padded
-    coded = _stacked(9, k, "cpu")
-    dense = coded.decode()
-    sliced = triton_gemm.slice_ordered(dense, gs)
-    assert sliced.data.shape == (dense.shape[0], 2304) and not sliced.coded
-    for step in (0, 1, 5, 17):  # the steps of 9 tiles of 2 slices
-        t, s = divmod(step, g // gs)
-        cols = [t * tile + phase * g + s * gs + j for phase in triton_gemm.PHASE_ORDER for j in range(gs)]
-        operand = sliced.data[:, step * 8 * gs:(step + 1) * 8 * gs]
-        inside = torch.tensor(cols) < k
-        assert torch.equal(operand[:, inside], dense[:, torch.tensor(cols)[inside]])
-        assert not operand[:, ~inside].any()  # padded columns are zero
-    words = triton_gemm.slice_ordered(coded, gs)
-    assert words.coded and words.data.shape == (dense.shape[0], 2304 // (8 * gs), 3, gs)
-    assert torch.equal(words.data[:, 5], coded.planes[:, :, 5 * gs:6 * gs].transpose(0, 1))
-    with pytest.raises(ValueError, match="48 groups"):
-        triton_gemm.slice_ordered(dense, 48)
+    sliced = slice_order.slice_ordered(_stacked(9, 2300, "cpu").decode(), 16)
     with pytest.raises(ValueError, match="laid out in slices of 16 groups, not 32"):
-        triton_gemm.gemm(torch.zeros(2, k, dtype=torch.bfloat16), sliced, group_slice=32)
+        triton_gemm.gemm(torch.zeros(2, 2300, dtype=torch.bfloat16), sliced, group_slice=32)
 
 
 def test_narrow_phases_are_not_taken() -> None:

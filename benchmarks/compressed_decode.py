@@ -48,6 +48,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,53 @@ def step_weight_bytes(memory: dict[str, int], config: dict[str, Any]) -> int:
     return memory["linear_dense"] + memory["linear_compressed"] + v * h * 2 + norms
 
 
+@contextlib.contextmanager
+def kernel_settings(variant: str, device: str, gemv_tuning: Path | None, gemm_tuning: Path | None) -> Iterator[None]:
+    """The kernels' settings ``variant`` runs with (module docstring), the defaults again after it. The
+    -gemm128 variants take K tiles of 128 while their planes are made at load and for every launch."""
+    narrow = k_tiles(SMALL_TILE) if variant.endswith("-gemm128") else contextlib.nullcontext()
+    if device != "cuda":  # no kernel runs on CPU
+        with narrow:
+            yield
+        return
+    from gpu_backend.kernels import triton_gemm, triton_linear
+
+    # bf16 on the faster dense form; the others on the default one, which sums as the ECF GEMV does (the dense
+    # LM head of kernel mode included)
+    triton_linear.DENSE_GEMV = "tiles" if variant == "bf16" else "phases"
+    triton_linear.FUSED_ECF_DECODE = variant != "ecf-scratch"
+    triton_linear.PHASE_GEMV_TUNING = load_tuning(gemv_tuning) if variant == "ecf-kernel-tuned" else {}
+    on_gemm = variant.endswith(("-gemm", "-gemm128"))
+    triton_linear.BATCH_GEMM = "phases" if on_gemm else "cublas"
+    tuning_key = "best_tile128" if variant.endswith("-gemm128") else "best"
+    triton_gemm.TUNING = load_gemm_tuning(gemm_tuning, tuning_key) if on_gemm and gemm_tuning else {}
+    try:
+        with narrow:
+            yield
+    finally:
+        triton_linear.DENSE_GEMV, triton_linear.FUSED_ECF_DECODE = "phases", True
+        triton_linear.PHASE_GEMV_TUNING, triton_linear.BATCH_GEMM, triton_gemm.TUNING = {}, "cublas", {}
+
+
+def measure(folder: Path, llm_options: dict[str, Any], device: str, batches: list[int], prompt_len: int,
+            new_tokens: int, prefill_len: int, repeats: int) -> tuple[dict[str, Any], dict[int, list[list[int]]]]:
+    """One variant's engine: time to ready, weight memory, decode at each batch and one prefill; and its
+    greedy tokens by batch."""
+    _sync(device)
+    started = time.perf_counter()
+    llm = LLM(str(folder), device=device, dtype="bfloat16", skip_tokenizer_init=True, progress=False, **llm_options)
+    row: dict[str, Any] = {"ready_s": time.perf_counter() - started, "memory_bytes": weight_memory(llm),
+                           "kv_cache_bytes": llm.engine.runner.kv_cache.nbytes}
+    if device == "cuda":
+        row["cuda_allocated_minus_kv_bytes"] = torch.cuda.memory_allocated() - row["kv_cache_bytes"]
+    tokens = {}
+    for batch in batches:
+        row[f"batch{batch}"], tokens[batch] = decode_speed(llm, device, batch, prompt_len, new_tokens, repeats)
+    row["prefill_s"] = prefill_seconds(llm, device, prefill_len, repeats)
+    del llm
+    return row, tokens
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", default="1,32,64", help="decode batch sizes (the first must be 1)")
@@ -226,52 +274,22 @@ def main() -> int:
                 "ecf-kernel-tuned": (ecf_folder, {"compressed_weights": "kernel"}),
                 "ecf-scratch": (ecf_folder, {"compressed_weights": "kernel"}),
             }[variant]
-            if device == "cuda":
-                from gpu_backend.kernels import triton_gemm, triton_linear
-
-                # bf16 on the faster dense form; the others on the default one, which sums as the ECF GEMV does
-                # (the dense LM head of kernel mode included)
-                triton_linear.DENSE_GEMV = "tiles" if variant == "bf16" else "phases"
-                triton_linear.FUSED_ECF_DECODE = variant != "ecf-scratch"
-                triton_linear.PHASE_GEMV_TUNING = load_tuning(args.gemv_tuning) if variant == "ecf-kernel-tuned" else {}
-                on_gemm = variant.endswith(("-gemm", "-gemm128"))
-                triton_linear.BATCH_GEMM = "phases" if on_gemm else "cublas"
-                tuning_key = "best_tile128" if variant.endswith("-gemm128") else "best"
-                triton_gemm.TUNING = (load_gemm_tuning(args.gemm_tuning, tuning_key) if on_gemm and args.gemm_tuning
-                                      else {})
-            # K tiles of 128 for the -gemm128 variants: while the planes are made at load, and for every launch
-            tiles = k_tiles(SMALL_TILE) if variant.endswith("-gemm128") else contextlib.nullcontext()
-            with tiles:
-                _sync(device)
-                started = time.perf_counter()
-                llm = LLM(str(folder), device=device, dtype="bfloat16", skip_tokenizer_init=True, progress=False,
-                          max_num_seqs=max(batches), max_model_len=max(prefill_len, prompt_len + new_tokens) + 16,
-                          **extra, **options)
-                row: dict[str, Any] = {"ready_s": time.perf_counter() - started, "memory_bytes": weight_memory(llm),
-                                       "kv_cache_bytes": llm.engine.runner.kv_cache.nbytes}
-                if device == "cuda":
-                    row["cuda_allocated_minus_kv_bytes"] = torch.cuda.memory_allocated() - row["kv_cache_bytes"]
-                tokens[variant] = {}
-                for batch in batches:
-                    speed, tokens[variant][batch] = decode_speed(llm, device, batch, prompt_len, new_tokens,
-                                                                 args.repeats)
-                    row[f"batch{batch}"] = speed
-                row["prefill_s"] = prefill_seconds(llm, device, prefill_len, args.repeats)
-                read = step_weight_bytes(row["memory_bytes"], config)
-                row["weight_bytes_read_per_step"] = read
-                row["batch1_weight_GB_s"] = row["batch1"]["decode_tok_s"] * read / 1e9
-                results[variant] = row
-                memory = row["memory_bytes"]
-                print(f"{variant:23} ready {row['ready_s']:6.1f} s  weights {memory['weights'] / 1e9:6.2f} GB "
-                      f"(+ scratch {memory['scratch'] / 1e9:.2f})  "
-                      + "  ".join(f"batch {b}: {row[f'batch{b}']['decode_tok_s']:8.1f} tok/s" for b in batches)
-                      + f"  prefill {prefill_len}: {row['prefill_s'] * 1000:7.1f} ms  "
-                      f"{row['batch1_weight_GB_s']:6.0f} GB/s of weights at batch 1"
-                      + (f" (floor {peak / read:.0f} tok/s at {peak / 1e12:.2f} TB/s)" if peak else ""), flush=True)
-                if device == "cuda":
-                    triton_linear.DENSE_GEMV, triton_linear.FUSED_ECF_DECODE = "phases", True
-                    triton_linear.PHASE_GEMV_TUNING, triton_linear.BATCH_GEMM, triton_gemm.TUNING = {}, "cublas", {}
-                del llm
+            with kernel_settings(variant, device, args.gemv_tuning, args.gemm_tuning):
+                llm_options = {"max_num_seqs": max(batches),
+                               "max_model_len": max(prefill_len, prompt_len + new_tokens) + 16, **extra, **options}
+                row, tokens[variant] = measure(folder, llm_options, device, batches, prompt_len, new_tokens,
+                                               prefill_len, args.repeats)
+            read = step_weight_bytes(row["memory_bytes"], config)
+            row["weight_bytes_read_per_step"] = read
+            row["batch1_weight_GB_s"] = row["batch1"]["decode_tok_s"] * read / 1e9
+            results[variant] = row
+            memory = row["memory_bytes"]
+            print(f"{variant:23} ready {row['ready_s']:6.1f} s  weights {memory['weights'] / 1e9:6.2f} GB "
+                  f"(+ scratch {memory['scratch'] / 1e9:.2f})  "
+                  + "  ".join(f"batch {b}: {row[f'batch{b}']['decode_tok_s']:8.1f} tok/s" for b in batches)
+                  + f"  prefill {prefill_len}: {row['prefill_s'] * 1000:7.1f} ms  "
+                  f"{row['batch1_weight_GB_s']:6.0f} GB/s of weights at batch 1"
+                  + (f" (floor {peak / read:.0f} tok/s at {peak / 1e12:.2f} TB/s)" if peak else ""), flush=True)
             gc.collect()  # the model and its graphs sit in reference cycles
             if device == "cuda":
                 torch.cuda.empty_cache()

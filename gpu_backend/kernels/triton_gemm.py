@@ -73,6 +73,8 @@ DEFAULTS = {"block_n": 64, "group_slice": None, "split_k": None, "num_warps": 4,
 # (benchmarks/gemm_probe.py writes them, compressed_decode.py --gemm-tuning loads them). A dense
 # weight and its coded form take the same entry, so they stay equal.
 TUNING: dict[tuple[int, int, int], dict[str, int | None]] = {}
+
+
 @triton.jit
 def _phase(r):
     """The phase at place ``r`` of the operand's order of phases, 0, 2, 4, 6, 1, 3, 5, 7."""

@@ -11,9 +11,9 @@ Two dense forms (``DENSE_GEMV``), both measured on an H100 in the engine's batch
   sums (one per column, in 8 phases of G columns), advanced by one fused multiply-add per tile, then
   summed by halving (`_row_sums`); K tiles narrower than 1,024 columns are taken several a step
   (`ecf_decode.tiles_a_step`), each step's columns one running sum. So a kernel that gets the same
-  weights another way, the ECF GEMV
-  below, gets the same output, and a compressed model answers as its dense original does. Its input's
-  norm or SiLU comes from the separate kernel (triton_ops), rounded as everywhere else.
+  weights another way, the ECF GEMV below, gets the same output, and a compressed model answers as its
+  dense original does. Its input's norm or SiLU comes from the separate kernel (triton_ops), rounded as
+  everywhere else.
 - ``"tiles"`` (`_tile_gemv_kernel`: 182.6 tok/s, 1.2% faster) sums each tile's products across the
   tile, and can compute its input itself, which saves a launch per fused op (docs/engine.md,
   "Kernels"): `rms_norm_linear`, the (residual add and) RMS norm before qkv and gate_up (every program
@@ -266,7 +266,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, res_ptr, norm_w_ptr, new_res_ptr, N
     dtype = y_ptr.dtype.element_ty
     W: tl.constexpr = TILES * G  # groups a step
     KT: tl.constexpr = 8 * W
-    num_tiles = tl.cdiv(K, KT)  # steps (`gemv_tiles_a_step` picks TILES so that each is whole)
+    num_tiles = tl.cdiv(K, KT)  # steps (`ecf_decode.tiles_a_step` picks TILES so that each is whole)
     # The weights depend on no earlier kernel: the first tile is in flight before the wait.
     if ECF:
         base4 = (tl.load(base_ptr + safe_rows).to(tl.int32) * 0x01010101)[:, None]  # the window's base, a byte each

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gpu_backend.weights.packed import CompressedWeight
+from gpu_backend.weights.packed import CompressedWeight, Weight
 
 
 def store_kv_cache(
@@ -164,8 +164,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, bias: torch.Tensor | None = None
-           ) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x W^T + b``; the Triton backend has a GEMV for single rows. A compressed (ECF) weight is
     decoded first, by the twin of the Triton decode (CompressedWeight.decode)."""
     if isinstance(weight, CompressedWeight):
@@ -175,7 +174,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor | CompressedWeight, bias: torch
 
 def rms_norm_linear(
     x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-    weight: torch.Tensor, bias: torch.Tensor | None = None,
+    weight: Weight, bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(linear(rms_norm(x + residual)), x + residual); without a residual, (linear(rms_norm(x)), x)."""
     if residual is None:
@@ -184,8 +183,7 @@ def rms_norm_linear(
     return linear(normed, weight, bias), new_residual
 
 
-def silu_and_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-                        ) -> torch.Tensor:
+def silu_and_mul_linear(gate_up: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """linear(silu(gate) * up) for gate_up = [gate | up]."""
     return linear(silu_and_mul(gate_up), weight, bias)
 

@@ -50,11 +50,10 @@ from gpu_backend.kernels.ecf_decode import (
     weight_args,
 )
 from gpu_backend.kernels.pdl import wait_then_release
-from gpu_backend.weights.packed import CompressedWeight
+from gpu_backend.weights.packed import CompressedWeight, Weight
 from gpu_backend.weights.planes import GROUP, tile_cols
 
 _GEMV_DTYPES = (torch.bfloat16, torch.float16)
-Weight = torch.Tensor | CompressedWeight
 # False: a compressed weight at one row is decoded into its scratch buffer and the bf16 GEMV runs on
 # that (exact by construction, but the weight is written and read dense once more)
 FUSED_ECF_DECODE = True

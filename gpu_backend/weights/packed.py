@@ -168,6 +168,10 @@ class CompressedWeight:
                 f"{self.num_escapes} escapes, {self.nbytes} bytes)")
 
 
+# a linear layer's weight as the kernels take it: dense, or kept coded
+Weight = torch.Tensor | CompressedWeight
+
+
 def coded_source(loaded: Loaded, along: tuple[int, int, int] | None, dtype: torch.dtype,
                  device: torch.device | str) -> CompressedWeight:
     """``loaded`` narrowed ``along`` (dim, start, length), one source tensor of a layer, coded on ``device``.

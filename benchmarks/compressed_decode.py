@@ -21,7 +21,7 @@ checkpoint. Three variants then run one after the other in this process, on the 
   instead of cuBLAS: the dense weights loaded as they are, the coded ones decoded in its registers;
   with ``--gemm-tuning FILE`` (the record of ``gemm_probe.py``) at its best launch per shape;
 - ``ecf-decode-at-load-gemm128`` and ``ecf-kernel-gemm128`` (not run unless named): the two -gemm variants with
-  every weight in K tiles of 128 columns (``planes.TILE_COLS`` narrowed while loading and running): the dense
+  every weight in K tiles of 128 columns (``planes.tiles_at_most`` while loading and running): the dense
   weights as they are, the coded planes made in those tiles, the batch-1 GEMVs taking 8 a step; the GEMM's
   launches from the record's ``best_tile128``.
 
@@ -55,12 +55,12 @@ from typing import Any
 import torch
 
 from ecf_gemv_probe import load_tuning
-from gemm_probe import SMALL_TILE, k_tiles, load_gemm_tuning
+from gemm_probe import SMALL_TILE, load_gemm_tuning
 from llama_shapes import LLAMA_3_1_8B, environment, parameter_bytes, write_model_folder
 
 from gpu_backend import LLM, SamplingParams
 from gpu_backend.layers.linear import LinearBase
-from gpu_backend.weights import compress_tensors
+from gpu_backend.weights import compress_tensors, planes
 from gpu_backend.weights.packed import held_weight_bytes, scratch_bytes
 
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # datasheet HBM bandwidth, bytes/s
@@ -177,7 +177,7 @@ def step_weight_bytes(memory: dict[str, int], config: dict[str, Any]) -> int:
 def kernel_settings(variant: str, device: str, gemv_tuning: Path | None, gemm_tuning: Path | None) -> Iterator[None]:
     """The kernels' settings ``variant`` runs with (module docstring), the defaults again after it. The
     -gemm128 variants take K tiles of 128 while their planes are made at load and for every launch."""
-    narrow = k_tiles(SMALL_TILE) if variant.endswith("-gemm128") else contextlib.nullcontext()
+    narrow = planes.tiles_at_most(SMALL_TILE) if variant.endswith("-gemm128") else contextlib.nullcontext()
     if device != "cuda":  # no kernel runs on CPU
         with narrow:
             yield

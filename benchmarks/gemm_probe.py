@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -65,20 +65,6 @@ LAUNCH_SETS = {
        for arrangement in (*TILE128_ARRANGEMENTS, ARRANGEMENTS[1], ARRANGEMENTS[3])],
 }
 GEMM_LAUNCHES = LAUNCH_SETS["layouts"]
-
-
-@contextmanager
-def k_tiles(tile: int) -> Iterator[None]:
-    """Weights coded and kernels launched meanwhile take K tiles of at most ``tile`` columns
-    (planes.TILE_COLS narrowed), whatever their width."""
-    saved = planes.TILE_COLS
-    planes.TILE_COLS = tuple(cols for cols in saved if cols <= tile)
-    planes.tile_cols.cache_clear()
-    try:
-        yield
-    finally:
-        planes.TILE_COLS = saved
-        planes.tile_cols.cache_clear()
 
 
 def launches_argument(value: str) -> list[dict]:
@@ -142,7 +128,7 @@ def planes_apart_sweep(gen: torch.Generator, shapes: list[str] | None = None) ->
         # the batch-1 GEMVs, both forms, in the K tiles the layers use and in tiles of SMALL_TILE ("tile128")
         dense = coded.decode()
         row["gemv_phases_ms"] = bench(lambda: triton_linear._gemv(x1, dense, None))
-        with k_tiles(SMALL_TILE):
+        with planes.tiles_at_most(SMALL_TILE):
             small = CompressedWeight.from_dense(dense)
             row["tile128"] = {"gemv_ms": bench(lambda: triton_linear._gemv(x1, small, None)),
                               "gemv_phases_ms": bench(lambda: triton_linear._gemv(x1, dense, None)),
@@ -181,13 +167,13 @@ def gemm_sweep(gen: torch.Generator, rows_list: tuple[int, ...], shapes: list[st
         dense = (0.02 * torch.randn(n, k, device=gen.device, generator=gen)).to(torch.bfloat16)
         coded = CompressedWeight.from_dense(dense)
         sliced: dict[int, tuple] = {}  # group_slice -> (dense, coded) laid out slice by slice, made once a shape
-        with k_tiles(SMALL_TILE):
+        with planes.tiles_at_most(SMALL_TILE):
             coded_small_tiles = CompressedWeight.from_dense(dense)
 
         def weights(layout: str | None, options: dict):
             """The dense and the coded weight a launch of this layout runs on, and the K tiles it runs in."""
             if layout == "tile128":
-                return dense, coded_small_tiles, k_tiles(SMALL_TILE)
+                return dense, coded_small_tiles, planes.tiles_at_most(SMALL_TILE)
             if layout == "slices":
                 gs = options.get("group_slice") or slice_order.MIN_PHASE_COLS
                 if gs not in sliced:

@@ -69,14 +69,8 @@ def compile_gemv(ecf: bool, tile: int, prefetch: bool, block_n: int = 8, capabil
     from gpu_backend.kernels import ecf_decode, triton_linear
     from gpu_backend.weights import planes
 
-    saved = planes.TILE_COLS
-    planes.TILE_COLS = tuple(cols for cols in saved if cols <= tile)
-    planes.tile_cols.cache_clear()
-    try:
+    with planes.tiles_at_most(tile):
         tiles = ecf_decode.tiles_a_step(4096)
-    finally:
-        planes.TILE_COLS = saved
-        planes.tile_cols.cache_clear()
     signature = {"x_ptr": "*bf16", "w_ptr": "*i32" if ecf else "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16",
                  "res_ptr": "*bf16", "norm_w_ptr": "*bf16", "new_res_ptr": "*bf16", "N": "i32", "K": "i32",
                  "stride_wn": "i32", "eps": "fp32", "base_ptr": "*u8" if ecf else "*bf16",

@@ -41,6 +41,8 @@ bf16 GEMV does its masked zeros, and the scratch decode never writes it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -65,6 +67,22 @@ def tile_cols(cols: int) -> int:
         if padded(tile) <= cols * 1.02:
             return tile
     return min(TILE_COLS, key=lambda tile: (padded(tile), -tile))
+
+
+@contextmanager
+def tiles_at_most(cols: int) -> Iterator[None]:
+    """Weights coded, decoded and launched meanwhile take K tiles of at most ``cols`` columns (TILE_COLS
+    narrowed), whatever their width: for measurements and tests of narrow tiles. A weight must be coded and
+    run in the same tiles."""
+    global TILE_COLS
+    saved = TILE_COLS
+    TILE_COLS = tuple(tile for tile in saved if tile <= cols)
+    tile_cols.cache_clear()
+    try:
+        yield
+    finally:
+        TILE_COLS = saved
+        tile_cols.cache_clear()
 
 
 def padded_cols(cols: int) -> int:

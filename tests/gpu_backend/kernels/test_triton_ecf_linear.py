@@ -240,23 +240,20 @@ def test_decode_to_scratch_is_the_weight(device: str, rows: int, cols: int, stac
     assert torch.equal(triton_linear.linear(x, weight), torch.nn.functional.linear(x, expected.to(device)))
 
 
-# K tiles narrower than the layers' (planes.TILE_COLS narrowed, as gemm_probe.py's "tile128" does): a GEMV or
+# K tiles narrower than the layers' (planes.tiles_at_most, as gemm_probe.py's "tile128" does): a GEMV or
 # scratch-decode step takes several (ecf_decode.tiles_a_step). 32 tiles of 128 columns, 8 a step; 32 of 16, all
 # in one step; both with a padded last tile, escapes and two windows
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(("tiles", "cols", "step"), [((128, 64, 32, 16), 4060, 8), ((16,), 500, 32)])
+@pytest.mark.parametrize(("tile", "cols", "step"), [(128, 4060, 8), (16, 500, 32)])
 @pytest.mark.parametrize("prefetch", [False, True])
-def test_several_tiles_a_step(device: str, tiles: tuple[int, ...], cols: int, step: int, prefetch: bool,
+def test_several_tiles_a_step(device: str, tile: int, cols: int, step: int, prefetch: bool,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     from gpu_backend.kernels import ecf_decode, triton_linear
     from gpu_backend.weights import planes
 
     monkeypatch.setattr(triton_linear, "GEMV_PREFETCH", prefetch)
-    saved = planes.TILE_COLS
-    planes.TILE_COLS = tiles
-    planes.tile_cols.cache_clear()
-    try:
-        assert ecf_decode.tiles_a_step(cols) == step and planes.tile_cols(cols) == tiles[0]
+    with planes.tiles_at_most(tile):
+        assert ecf_decode.tiles_a_step(cols) == step and planes.tile_cols(cols) == tile
         weight = _on(device, _compressed(9, cols, 3, stacked=True))
         dense = weight.decode()
         x = torch.randn(1, cols, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16).to(device)
@@ -264,9 +261,6 @@ def test_several_tiles_a_step(device: str, tiles: tuple[int, ...], cols: int, st
         assert torch.equal(got, triton_linear._gemv(x, dense, None))
         torch.testing.assert_close(got.float(), reference.linear(x, weight, None).float(), atol=2e-2, rtol=2e-2)
         assert torch.equal(triton_linear.decode_to_scratch(weight).view(torch.int16), dense.view(torch.int16))
-    finally:
-        planes.TILE_COLS = saved
-        planes.tile_cols.cache_clear()
 
 
 def test_tiles_a_step() -> None:

@@ -92,21 +92,17 @@ def test_batches_on_the_phase_gemm_generate_the_original_tokens(folders: tuple[P
 
 
 def test_narrow_k_tiles_generate_the_original_tokens(folders: tuple[Path, Path], monkeypatch) -> None:
-    """Every weight in K tiles of 128 columns or fewer (planes.TILE_COLS narrowed, as compressed_decode.py's
+    """Every weight in K tiles of 128 columns or fewer (planes.tiles_at_most, as compressed_decode.py's
     -gemm128 variants run): the planes made in them, the GEMVs several tiles a step (down_proj: 4 tiles of 128,
     4 a step), batches on the phase GEMM: still the original's tokens, run the same way."""
     from gpu_backend.kernels import ecf_decode, triton_linear
     from gpu_backend.weights import planes
 
     monkeypatch.setattr(triton_linear, "BATCH_GEMM", "phases")
-    monkeypatch.setattr(planes, "TILE_COLS", (128, 64, 32, 16))
-    planes.tile_cols.cache_clear()
-    try:
+    with planes.tiles_at_most(128):
         assert planes.tile_cols(512) == 128 and ecf_decode.tiles_a_step(512) == 4
         src, ecf = folders
         original, compressed = LLM(str(src), **OPTIONS), LLM(str(ecf), **OPTIONS)
         for prompts in (PROMPTS[:1], PROMPTS):
             assert _tokens(compressed, prompts) == _tokens(original, prompts)
         assert _tokens(compressed, PROMPTS, seed=7) == _tokens(original, PROMPTS, seed=7)
-    finally:
-        planes.tile_cols.cache_clear()  # the tiles the layers use again, once monkeypatch restores TILE_COLS

@@ -113,3 +113,13 @@ def test_only_bfloat16_is_held_coded() -> None:
 
     with pytest.raises(UnsupportedWeightsDtypeError, match="decode_at_load"):
         CompressedWeight.from_parts(encode(_random(4, 64, 0).float()), torch.float32)
+
+
+def test_tiles_at_most_narrows_the_tiles_and_restores_them() -> None:
+    from gpu_backend.weights import planes
+
+    assert planes.tile_cols(4096) == 1024
+    with pytest.raises(RuntimeError), planes.tiles_at_most(128):
+        assert planes.tile_cols(4096) == 128 and planes.padded_cols(4060) == 4096
+        raise RuntimeError("restored even so")
+    assert planes.tile_cols(4096) == 1024 and planes.TILE_COLS[0] == 1024

@@ -67,6 +67,11 @@ LAUNCH_SETS = {
 GEMM_LAUNCHES = LAUNCH_SETS["layouts"]
 
 
+def launch_options(launch: dict) -> dict:
+    """A sweep launch's options for triton_gemm.gemm: all but its layout, which the probe applies to the weights."""
+    return {option: value for option, value in launch.items() if option != "layout"}
+
+
 def launches_argument(value: str) -> list[dict]:
     """``--launches``: a name in LAUNCH_SETS, or a JSON list of launch dicts."""
     if value in LAUNCH_SETS:
@@ -187,7 +192,7 @@ def gemm_sweep(gen: torch.Generator, rows_list: tuple[int, ...], shapes: list[st
                    "scratch_ms": bench(lambda: F.linear(x, triton_linear.decode_to_scratch(coded))), "runs": []}
             row["compiled_ahead"] = _compile_ahead(x, launches or GEMM_LAUNCHES, weights)
             for launch_ in launches or GEMM_LAUNCHES:
-                options = {key: value for key, value in launch_.items() if key != "layout"}
+                options = launch_options(launch_)
                 run = {"options": launch_, "split_k": triton_gemm.launch(m, n, k, x.device, **options)["split_k"]}
                 try:
                     dense_w, coded_w, tiles = weights(launch_.get("layout"), options)
@@ -210,7 +215,7 @@ def gemm_sweep(gen: torch.Generator, rows_list: tuple[int, ...], shapes: list[st
                 best = _fastest(row["runs"], layout)
                 row[key] = best
                 if best:  # both forms equal, but are they right: against the fp32 product
-                    options = {option: value for option, value in best["options"].items() if option != "layout"}
+                    options = launch_options(best["options"])
                     _, coded_w, tiles = weights(layout, options)
                     with tiles:
                         error = triton_gemm.gemm(x, coded_w, **options).float() - F.linear(x.float(), dense.float())
@@ -240,7 +245,7 @@ def _compile_ahead(x: torch.Tensor, launches: list[dict], weights) -> dict:
     try:
         with ThreadPoolExecutor(os.cpu_count() or 4) as pool, mode(pool):
             for launch_ in launches:
-                options = {key: value for key, value in launch_.items() if key != "layout"}
+                options = launch_options(launch_)
                 try:
                     dense_w, coded_w, tiles = weights(launch_.get("layout"), options)
                     with tiles:
@@ -268,7 +273,7 @@ def _best_line(row: dict, key: str, label: str) -> str:
     best = row[key]
     if not best:
         return f"{label}: no launch with equal outputs"
-    launch = {**{k: v for k, v in best["options"].items() if k != "layout"}, "split_k": best["split_k"]}
+    launch = {**launch_options(best["options"]), "split_k": best["split_k"]}
     return (f"{label} best {launch}: bf16 {best['bf16_ms'] * 1000:7.1f} us ({row['cublas_ms'] / best['bf16_ms']:.2f}x "
             f"cuBLAS), ECF {best['ecf_ms'] * 1000:7.1f} us ({row['cublas_ms'] / best['ecf_ms']:.2f}x)")
 
@@ -278,7 +283,7 @@ def gemm_best(sweep: list[dict], key: str = "best") -> list[dict]:
     default the weights' own, the one the layers run), its launch options only: what compressed_decode.py
     --gemm-tuning loads."""
     return [{"shape": row["shape"], "n": row["n"], "k": row["k"], "rows_class": row["rows_class"],
-             "options": {option: value for option, value in row[key]["options"].items() if option != "layout"},
+             "options": launch_options(row[key]["options"]),
              "cublas_ms": row["cublas_ms"], "bf16_ms": row[key]["bf16_ms"], "ecf_ms": row[key]["ecf_ms"]}
             for row in sweep if row.get(key)]
 
